@@ -1,0 +1,15 @@
+//! `plugboard-engine`: everything in Plugboard that is not drawing.
+//!
+//! A bundle directory (`plugin.toml`, the library, `plugin.sig`) is read once by
+//! [`bundle::Bundle::open`]: the manifest is parsed and validated ([`manifest`]), the library
+//! bytes are hashed while they are copied into a sealed memfd ([`loader`]), and the
+//! signature over both digests is checked against a trust store ([`trust`]). Only then is
+//! the sealed copy — exactly the bytes that were verified — loaded.
+
+pub mod bundle;
+pub mod loader;
+pub mod manifest;
+pub mod trust;
+
+/// Plugboard's own version, which a manifest's `min_host_version` is checked against.
+pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
