@@ -1,0 +1,149 @@
+//! A plugin bundle on disk — `plugin.toml`, the library it names, `plugin.sig` — read once.
+//!
+//! [`Bundle::open`] reads the manifest bytes once (hashing and parsing the same bytes) and
+//! streams the library once into a sealed memfd while hashing it. Verification and loading
+//! then work on those in-memory copies only: a file changed on disk after `open` changes
+//! nothing about what is verified or what runs.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::loader::{self, LoadedLibrary, LoaderError, SealedLibrary};
+use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError};
+use crate::trust::{BundleDigests, BundleSignature, Digest, SIGNATURE_FILE, TrustError, TrustStore, Verified};
+
+/// Why a bundle could not be opened, verified or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: not UTF-8 text: expected a TOML manifest", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("library {}: {source}", path.display())]
+    Library { path: PathBuf, source: LoaderError },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("bundle {}: {source}", dir.display())]
+    Load { dir: PathBuf, source: LoaderError },
+}
+
+/// A bundle read into memory: parsed manifest, digests, signature and the sealed library.
+#[derive(Debug)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    digests: BundleDigests,
+    signature: Option<BundleSignature>,
+    library: SealedLibrary,
+}
+
+impl Bundle {
+    /// Reads and validates the bundle in `dir`. A missing `plugin.sig` is not an error
+    /// here (the bundle is unsigned, which [`Bundle::verify`] refuses); a malformed one is.
+    pub fn open(dir: &Path, limits: &HostLimits) -> Result<Self, BundleError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_bytes = std::fs::read(&manifest_path).map_err(|source| BundleError::Read {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let manifest_digest = Digest::of(&manifest_bytes);
+        let source = std::str::from_utf8(&manifest_bytes).map_err(|_| BundleError::NotUtf8 {
+            path: manifest_path.clone(),
+        })?;
+        let manifest = Manifest::parse(source, &manifest_path, limits)?;
+        manifest.check_bundle(dir)?;
+
+        let library_path = dir.join(&manifest.plugin.library);
+        let file = File::open(&library_path).map_err(|source| BundleError::Read {
+            path: library_path.clone(),
+            source,
+        })?;
+        let (library, library_digest) =
+            SealedLibrary::from_reader(&manifest.plugin.name, file).map_err(|source| BundleError::Library {
+                path: library_path,
+                source,
+            })?;
+
+        let signature_path = dir.join(SIGNATURE_FILE);
+        let signature = match std::fs::read_to_string(&signature_path) {
+            Ok(text) => Some(BundleSignature::parse(&text, &signature_path)?),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(BundleError::Read {
+                    path: signature_path,
+                    source,
+                });
+            }
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest,
+            digests: BundleDigests {
+                manifest: manifest_digest,
+                library: library_digest,
+            },
+            signature,
+            library,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Digests of the bytes read by [`Bundle::open`] — the bytes that would run.
+    pub fn digests(&self) -> &BundleDigests {
+        &self.digests
+    }
+
+    pub fn signature(&self) -> Option<&BundleSignature> {
+        self.signature.as_ref()
+    }
+
+    /// The sealed copy of the library.
+    pub fn library(&self) -> &SealedLibrary {
+        &self.library
+    }
+
+    /// Checks the signature over the digests of the bytes read, against `store`.
+    pub fn verify(&self, store: &TrustStore) -> Result<Verified, TrustError> {
+        store.verify(
+            &self.digests,
+            self.signature.as_ref(),
+            &self.manifest.plugin.name,
+            &self.manifest.plugin.version.to_string(),
+        )
+    }
+
+    /// Loads the sealed library into this process. Runs the library's constructors: in
+    /// process isolation only the confined worker calls this.
+    pub fn load(self, _verified: &Verified) -> Result<(Manifest, LoadedLibrary), BundleError> {
+        let library = loader::load(self.library).map_err(|source| BundleError::Load {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        Ok((self.manifest, library))
+    }
+
+    /// Loads without a trust verdict: only for development hosts that explicitly allow
+    /// unsigned bundles (and, in the engine, only inside a sandbox).
+    pub fn load_unverified(self) -> Result<(Manifest, LoadedLibrary), BundleError> {
+        let library = loader::load(self.library).map_err(|source| BundleError::Load {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        Ok((self.manifest, library))
+    }
+
+    /// Gives up the sealed library, e.g. to pass its descriptor to a worker.
+    pub fn into_parts(self) -> (Manifest, BundleDigests, SealedLibrary) {
+        (self.manifest, self.digests, self.library)
+    }
+}

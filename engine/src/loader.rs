@@ -1,0 +1,209 @@
+//! The host side of loading a plugin library: the verified bytes go into a sealed memfd
+//! and are loaded from `/proc/self/fd/N`, so nothing can change between check and load.
+//!
+//! [`SealedLibrary::from_reader`] reads the library once, hashing each chunk as it copies
+//! it into an anonymous memory file, then seals the file against any further change. The
+//! digest it returns is the digest of exactly the bytes the memfd holds; the signature is
+//! checked against that digest; only then does [`load`] hand the memfd's path to `dlopen`.
+//! The ABI checks themselves (version first, then the table) are the SDK's
+//! [`PluginLibrary::open`](plugboard_sdk::host::PluginLibrary::open).
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use plugboard_sdk::host::{HostError, PluginLibrary};
+
+use crate::trust::{Digest, DigestBuilder};
+
+/// Why a library could not be sealed or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("cannot create a sealed memory file for the library: {source}")]
+    Memfd { source: nix::Error },
+    #[error("cannot copy the library into its sealed memory file: {source}")]
+    Copy { source: io::Error },
+    #[error("cannot seal the library's memory file: {source}")]
+    Seal { source: nix::Error },
+    #[error(
+        "the library's memory file is not sealed against writes (seals {seals:#x}); refusing to load bytes that could change"
+    )]
+    NotSealed { seals: i32 },
+    #[error("no free descriptor path to load the library from: {source}")]
+    Descriptor { source: nix::Error },
+    #[error(transparent)]
+    Abi(#[from] HostError),
+}
+
+/// The seals that make a memfd immutable: no writes, no size change, no seal removal.
+const IMMUTABLE_SEALS: SealFlag = SealFlag::F_SEAL_WRITE
+    .union(SealFlag::F_SEAL_SHRINK)
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+const COPY_CHUNK: usize = 1 << 20;
+
+/// A plugin library's bytes in an anonymous, sealed (immutable) memory file.
+#[derive(Debug)]
+pub struct SealedLibrary {
+    memfd: OwnedFd,
+    len: u64,
+}
+
+impl SealedLibrary {
+    /// Copies everything `reader` yields into a new memfd, hashing it on the way (the
+    /// source is read once), then seals the memfd. Returns the sealed copy and the SHA3-512
+    /// of exactly those bytes.
+    pub fn from_reader(name: &str, mut reader: impl Read) -> Result<(Self, Digest), LoaderError> {
+        let memfd = memfd_create(
+            format!("plugboard:{name}").as_str(),
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|source| LoaderError::Memfd { source })?;
+        let mut file = File::from(memfd);
+        let mut hasher = DigestBuilder::new();
+        let mut buffer = vec![0u8; COPY_CHUNK];
+        let mut len = 0u64;
+        loop {
+            let read = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(LoaderError::Copy { source }),
+            };
+            let chunk = &buffer[..read];
+            hasher.update(chunk);
+            file.write_all(chunk).map_err(|source| LoaderError::Copy { source })?;
+            len += read as u64;
+        }
+        let memfd = OwnedFd::from(file);
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(IMMUTABLE_SEALS)).map_err(|source| LoaderError::Seal { source })?;
+        let sealed = Self { memfd, len };
+        sealed.check_sealed()?;
+        Ok((sealed, hasher.finish()))
+    }
+
+    /// Confirms with the kernel that the memfd can no longer change.
+    fn check_sealed(&self) -> Result<(), LoaderError> {
+        let seals = fcntl(&self.memfd, FcntlArg::F_GET_SEALS).map_err(|source| LoaderError::Seal { source })?;
+        if SealFlag::from_bits_truncate(seals).contains(IMMUTABLE_SEALS) {
+            Ok(())
+        } else {
+            Err(LoaderError::NotSealed { seals })
+        }
+    }
+
+    /// Number of bytes in the library.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memfd, e.g. to hand to a worker process.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+
+    /// Reads the sealed bytes back (for checks and tests; loading never needs this).
+    pub fn read_back(&self) -> io::Result<Vec<u8>> {
+        let file = File::from(self.memfd.try_clone()?);
+        let mut bytes = vec![0u8; usize::try_from(self.len).map_err(io::Error::other)?];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0)?;
+        Ok(bytes)
+    }
+}
+
+/// A plugin library loaded from its sealed memfd. The memfd stays open for as long as the
+/// library is loaded: the dynamic loader knows the library by its `/proc/self/fd/N` path,
+/// and a reused descriptor number must never alias a still-loaded library.
+#[derive(Debug)]
+pub struct LoadedLibrary {
+    // Declared first so it is dropped (dlclose) before the descriptors are released.
+    library: Option<Arc<PluginLibrary>>,
+    descriptor: Option<OwnedFd>,
+    sealed: Option<SealedLibrary>,
+}
+
+impl LoadedLibrary {
+    /// The opened library; instances keep it alive.
+    pub fn library(&self) -> &Arc<PluginLibrary> {
+        self.library.as_ref().expect("present until drop")
+    }
+}
+
+/// Descriptors of libraries that stayed resident after `dlclose` (a library may be marked
+/// not unloadable, e.g. by thread-local destructors). Their paths are still claimed by the
+/// dynamic loader, so their descriptor numbers must never be reused: keep them open.
+static RETIRED_DESCRIPTORS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Whether the dynamic loader already holds a library under `path`.
+fn path_is_resident(path: &std::path::Path) -> bool {
+    // SAFETY: RTLD_NOLOAD never loads (so runs no initialisers); it only looks `path` up
+    // among loaded objects and, if found, takes a reference we release right away.
+    let probe = unsafe {
+        libloading::os::unix::Library::open(Some(path), libc::RTLD_NOLOAD | libloading::os::unix::RTLD_LAZY)
+    };
+    probe.is_ok()
+}
+
+/// Loads a sealed library and checks its ABI. Loading runs the library's constructors:
+/// call this only with verified bytes, and — in process isolation — only inside the
+/// confined worker.
+pub fn load(sealed: SealedLibrary) -> Result<LoadedLibrary, LoaderError> {
+    sealed.check_sealed()?;
+    // Pick a descriptor whose /proc path no resident library claims (see RETIRED_DESCRIPTORS).
+    let mut spare = Vec::new();
+    let descriptor = loop {
+        let candidate = fcntl(&sealed.memfd, FcntlArg::F_DUPFD_CLOEXEC(0))
+            .map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+            })
+            .map_err(|source| LoaderError::Descriptor { source })?;
+        if !path_is_resident(&proc_path(candidate.as_fd())) {
+            break candidate;
+        }
+        // Keep the clashing one open while we look, so the next dup gets another number.
+        spare.push(candidate);
+        if spare.len() > 64 {
+            return Err(LoaderError::Descriptor {
+                source: nix::Error::EMFILE,
+            });
+        }
+    };
+    drop(spare);
+    // SAFETY: the bytes behind this path were verified by the caller and are sealed, so
+    // what runs is exactly what was verified.
+    let library = unsafe { PluginLibrary::open(&proc_path(descriptor.as_fd())) }?;
+    Ok(LoadedLibrary {
+        library: Some(Arc::new(library)),
+        descriptor: Some(descriptor),
+        sealed: Some(sealed),
+    })
+}
+
+impl Drop for LoadedLibrary {
+    fn drop(&mut self) {
+        let path = self.descriptor.as_ref().map(|fd| proc_path(fd.as_fd()));
+        // Unloads unless an instance still holds the library (then it stays, and so must
+        // the descriptor: fall through to the resident check).
+        drop(self.library.take());
+        let resident = path.as_deref().is_some_and(path_is_resident);
+        if resident && let Some(descriptor) = self.descriptor.take() {
+            RETIRED_DESCRIPTORS.lock().unwrap_or_else(PoisonError::into_inner).push(descriptor);
+        }
+        drop(self.sealed.take());
+    }
+}

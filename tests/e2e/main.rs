@@ -1,1 +1,6 @@
+//! End-to-end tests of the `plugboard` binary with real keys, real bundles and real
+//! plugin libraries.
 
+mod cli;
+mod scaffold;
+mod support;

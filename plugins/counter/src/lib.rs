@@ -44,7 +44,10 @@ impl Plugin for Counter {
                 self.value.store(self.start, Ordering::SeqCst);
                 self.host.info("counter reset");
                 // The count still resets when nobody can be told; say so in the reply.
-                let notified = self.host.emit("counter.reset", self.start.to_string().as_bytes()).is_ok();
+                let notified = self
+                    .host
+                    .emit("counter.reset", self.start.to_string().as_bytes())
+                    .is_ok();
                 json::encode(&serde_json::json!({ "count": self.start, "notified": notified }))
             }
             other => Err(Error::unknown_hook(other)),

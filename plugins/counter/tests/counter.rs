@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 
 #[test]
 fn keeps_state_across_calls_and_reads_its_config() {
-    let plugin = TestPlugin::load_with_config(cdylib_path("counter"), &json!({"start": 10, "step": 5}))
-        .expect("libcounter.so loads (run `cargo build --workspace` first)");
+    let plugin =
+        TestPlugin::load_with_config(cdylib_path("counter"), &json!({"start": 10, "step": 5}))
+            .expect("libcounter.so loads (run `cargo build --workspace` first)");
     let first: Value = plugin.call_json("count", &json!(null)).unwrap();
     let second: Value = plugin.call_json("count", &json!(null)).unwrap();
     assert_eq!(first["count"], 15);
@@ -35,6 +36,7 @@ fn reset_emits_through_the_host_and_respects_denial() {
 
 #[test]
 fn invalid_config_refuses_creation_with_the_reason() {
-    let err = TestPlugin::load_with_config(cdylib_path("counter"), &json!({"step": 0})).unwrap_err();
+    let err =
+        TestPlugin::load_with_config(cdylib_path("counter"), &json!({"step": 0})).unwrap_err();
     assert!(err.to_string().contains("`step` must not be 0"), "{err}");
 }

@@ -5,8 +5,11 @@ use plugboard_sdk::testing::{TestPlugin, cdylib_path};
 
 #[test]
 fn greets_by_name_with_the_configured_greeting() {
-    let plugin = TestPlugin::load_with_config(cdylib_path("hello"), &serde_json::json!({"greeting": "Bonjour"}))
-        .expect("libhello.so loads (run `cargo build --workspace` first)");
+    let plugin = TestPlugin::load_with_config(
+        cdylib_path("hello"),
+        &serde_json::json!({"greeting": "Bonjour"}),
+    )
+    .expect("libhello.so loads (run `cargo build --workspace` first)");
     assert_eq!(plugin.call("greet", b"Ada").unwrap(), b"Bonjour, Ada!");
     assert_eq!(plugin.call("greet", b"").unwrap(), b"Bonjour, world!");
     assert_eq!(plugin.logs()[0].level, LogLevel::Info);

@@ -13,7 +13,10 @@ pub struct Panicky {
 
 impl Plugin for Panicky {
     fn create(_host: Host, config: Config) -> Result<Self, Error> {
-        assert!(!config.get_bool("panic_in_create").unwrap_or(false), "asked to panic in create");
+        assert!(
+            !config.get_bool("panic_in_create").unwrap_or(false),
+            "asked to panic in create"
+        );
         Ok(Self {
             panics: AtomicU64::new(0),
         })
@@ -25,7 +28,11 @@ impl Plugin for Panicky {
                 let n = self.panics.fetch_add(1, Ordering::SeqCst) + 1;
                 panic!("panic number {n}: {}", String::from_utf8_lossy(payload));
             }
-            "ok" => Ok(format!("still alive after {} panics", self.panics.load(Ordering::SeqCst)).into_bytes()),
+            "ok" => Ok(format!(
+                "still alive after {} panics",
+                self.panics.load(Ordering::SeqCst)
+            )
+            .into_bytes()),
             other => Err(Error::unknown_hook(other)),
         }
     }

@@ -67,7 +67,8 @@ impl PluginBuffer {
 }
 
 /// Logs one UTF-8 message.
-pub type LogFn = unsafe extern "C" fn(context: *mut c_void, level: u32, message: *const u8, len: usize);
+pub type LogFn =
+    unsafe extern "C" fn(context: *mut c_void, level: u32, message: *const u8, len: usize);
 
 /// Emits a hook to the plugins subscribed to it; returns one of the `EMIT_*` codes.
 pub type EmitFn = unsafe extern "C" fn(
@@ -111,7 +112,8 @@ pub type CallFn = unsafe extern "C" fn(
 ) -> i32;
 
 /// Checks health: [`STATUS_OK`] when healthy, otherwise a status and a message.
-pub type HealthFn = unsafe extern "C" fn(instance: *mut c_void, detail_out: *mut PluginBuffer) -> i32;
+pub type HealthFn =
+    unsafe extern "C" fn(instance: *mut c_void, detail_out: *mut PluginBuffer) -> i32;
 
 /// Destroys an instance; it is not used again.
 pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);

@@ -18,8 +18,12 @@ impl Config {
         }
         match serde_json::from_slice(bytes) {
             Ok(Value::Object(values)) => Ok(Self { values }),
-            Ok(other) => Err(Error::invalid_input(format!("config must be a JSON object, got `{other}`"))),
-            Err(err) => Err(Error::invalid_input(format!("config is not valid JSON: {err}"))),
+            Ok(other) => Err(Error::invalid_input(format!(
+                "config must be a JSON object, got `{other}`"
+            ))),
+            Err(err) => Err(Error::invalid_input(format!(
+                "config is not valid JSON: {err}"
+            ))),
         }
     }
 
@@ -49,8 +53,11 @@ impl Config {
 
     /// Decodes the whole config into the plugin's own settings type.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_value(Value::Object(self.values.clone()))
-            .map_err(|err| Error::invalid_input(format!("config does not match the plugin's settings: {err}")))
+        serde_json::from_value(Value::Object(self.values.clone())).map_err(|err| {
+            Error::invalid_input(format!(
+                "config does not match the plugin's settings: {err}"
+            ))
+        })
     }
 
     pub fn to_json(&self) -> Vec<u8> {

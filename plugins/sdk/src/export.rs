@@ -16,7 +16,8 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         #[allow(unsafe_code)]
         const _: () = {
-            static PLUGBOARD_VTABLE: $crate::abi::PluginVTable = $crate::export::vtable::<$plugin>();
+            static PLUGBOARD_VTABLE: $crate::abi::PluginVTable =
+                $crate::export::vtable::<$plugin>();
 
             /// The one symbol a Plugboard host looks up.
             // SAFETY: the name is unique to this library by the ABI contract, and the
@@ -107,7 +108,9 @@ unsafe impl Sync for Host {}
 impl Host {
     /// A host that drops logs and refuses emits, for unit tests of plugin logic.
     pub const fn detached() -> Self {
-        Self { api: std::ptr::null() }
+        Self {
+            api: std::ptr::null(),
+        }
     }
 
     fn api(&self) -> Option<&HostApi> {
@@ -144,7 +147,15 @@ impl Host {
             return Err(EmitError::Failed);
         };
         // SAFETY: `emit` comes from the host's table; both buffers are live for the call.
-        let code = unsafe { emit(api.context, hook.as_ptr(), hook.len(), payload.as_ptr(), payload.len()) };
+        let code = unsafe {
+            emit(
+                api.context,
+                hook.as_ptr(),
+                hook.len(),
+                payload.as_ptr(),
+                payload.len(),
+            )
+        };
         match code {
             abi::EMIT_OK => Ok(()),
             abi::EMIT_DENIED => Err(EmitError::Denied),
@@ -196,7 +207,11 @@ unsafe fn finish(result: Result<Vec<u8>, Error>, out: *mut PluginBuffer) -> i32 
         Err(err) => (err.kind().status(), err.message().as_bytes().to_vec()),
     };
     // SAFETY: forwarded from this function's contract.
-    if unsafe { write_buffer(out, bytes) } { status } else { abi::STATUS_INVALID_INPUT }
+    if unsafe { write_buffer(out, bytes) } {
+        status
+    } else {
+        abi::STATUS_INVALID_INPUT
+    }
 }
 
 /// # Safety
@@ -265,14 +280,18 @@ unsafe extern "C" fn call<P: Plugin>(
     // SAFETY: the host passes buffers of the given lengths that live for this call.
     let (hook, payload) = unsafe { (bytes(hook, hook_len), bytes(payload, payload_len)) };
     let result = guarded(|| {
-        let hook = std::str::from_utf8(hook).map_err(|_| Error::invalid_input("hook name is not UTF-8"))?;
+        let hook = std::str::from_utf8(hook)
+            .map_err(|_| Error::invalid_input("hook name is not UTF-8"))?;
         plugin.call(hook, payload)
     });
     // SAFETY: `reply_out` is null or writable, per the ABI.
     unsafe { finish(result, reply_out) }
 }
 
-unsafe extern "C" fn health<P: Plugin>(instance: *mut c_void, detail_out: *mut PluginBuffer) -> i32 {
+unsafe extern "C" fn health<P: Plugin>(
+    instance: *mut c_void,
+    detail_out: *mut PluginBuffer,
+) -> i32 {
     // SAFETY: as in `call`.
     let Some(plugin) = (unsafe { instance.cast::<P>().as_ref() }) else {
         return abi::STATUS_INVALID_INPUT;

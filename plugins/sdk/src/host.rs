@@ -21,7 +21,11 @@ pub enum HostError {
     /// The entry symbol returned a null table.
     NullTable { path: PathBuf },
     /// The table was built for another ABI version.
-    AbiMismatch { path: PathBuf, found: u32, expected: u32 },
+    AbiMismatch {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     /// The table is shorter than this ABI's, or lacks a required function.
     MalformedTable { path: PathBuf, reason: String },
     /// `create` failed.
@@ -39,18 +43,35 @@ impl fmt::Display for HostError {
                 abi::ENTRY_SYMBOL
             ),
             Self::NullTable { path } => {
-                write!(f, "{}: `{}` returned a null table", path.display(), abi::ENTRY_SYMBOL)
+                write!(
+                    f,
+                    "{}: `{}` returned a null table",
+                    path.display(),
+                    abi::ENTRY_SYMBOL
+                )
             }
-            Self::AbiMismatch { path, found, expected } => write!(
+            Self::AbiMismatch {
+                path,
+                found,
+                expected,
+            } => write!(
                 f,
                 "{} was built for plugin ABI version {found}, but this host speaks version {expected}",
                 path.display()
             ),
             Self::MalformedTable { path, reason } => {
-                write!(f, "{} has a malformed plugin table: {reason}", path.display())
+                write!(
+                    f,
+                    "{} has a malformed plugin table: {reason}",
+                    path.display()
+                )
             }
             Self::Create { status, message } => {
-                write!(f, "the plugin refused to start ({}): {message}", status_name(*status))
+                write!(
+                    f,
+                    "the plugin refused to start ({}): {message}",
+                    status_name(*status)
+                )
             }
         }
     }
@@ -113,7 +134,9 @@ pub struct PluginLibrary {
 
 impl fmt::Debug for PluginLibrary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginLibrary").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("PluginLibrary")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,13 +161,19 @@ impl PluginLibrary {
         })?;
         // SAFETY: the symbol, if present, has the `EntryFn` signature by the ABI contract;
         // the `Symbol` is used only while `library` is alive.
-        let entry = unsafe { library.get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) }
-            .map_err(|_| HostError::NotAPlugin { path: path.to_owned() })?;
+        let entry =
+            unsafe { library.get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes()) }.map_err(|_| {
+                HostError::NotAPlugin {
+                    path: path.to_owned(),
+                }
+            })?;
         // SAFETY: calling the entry function is what the ABI defines it for; it takes no
         // arguments and returns a pointer to static data.
         let vtable = unsafe { entry() };
         if vtable.is_null() {
-            return Err(HostError::NullTable { path: path.to_owned() });
+            return Err(HostError::NullTable {
+                path: path.to_owned(),
+            });
         }
         // SAFETY: `vtable` is non-null and points at the library's table; whatever its
         // version, its first field is a `u32` ABI version, so reading just that is sound.
@@ -161,7 +190,11 @@ impl PluginLibrary {
         if table.struct_size < abi::VTABLE_SIZE {
             return Err(HostError::MalformedTable {
                 path: path.to_owned(),
-                reason: format!("table is {} bytes, expected at least {}", table.struct_size, abi::VTABLE_SIZE),
+                reason: format!(
+                    "table is {} bytes, expected at least {}",
+                    table.struct_size,
+                    abi::VTABLE_SIZE
+                ),
             });
         }
         let missing: Vec<&str> = [
@@ -197,7 +230,11 @@ impl PluginLibrary {
     }
 
     /// Creates an instance with `config` (a JSON object) and the given host callbacks.
-    pub fn instantiate(self: &Arc<Self>, callbacks: Arc<dyn HostCallbacks>, config_json: &[u8]) -> Result<Instance, HostError> {
+    pub fn instantiate(
+        self: &Arc<Self>,
+        callbacks: Arc<dyn HostCallbacks>,
+        config_json: &[u8],
+    ) -> Result<Instance, HostError> {
         let mut host = Box::new(HostState {
             api: HostApi {
                 abi_version: abi::ABI_VERSION,
@@ -272,12 +309,21 @@ unsafe extern "C" fn host_log(context: *mut c_void, level: u32, message: *const 
         // SAFETY: the plugin passes a buffer of `len` bytes that lives for the call.
         unsafe { std::slice::from_raw_parts(message, len) }
     };
-    state.callbacks.log(LogLevel::from_code(level), &String::from_utf8_lossy(message));
+    state.callbacks.log(
+        LogLevel::from_code(level),
+        &String::from_utf8_lossy(message),
+    );
 }
 
 /// # Safety
 /// As for `host_log`, with `hook` and `payload` valid for their lengths.
-unsafe extern "C" fn host_emit(context: *mut c_void, hook: *const u8, hook_len: usize, payload: *const u8, payload_len: usize) -> i32 {
+unsafe extern "C" fn host_emit(
+    context: *mut c_void,
+    hook: *const u8,
+    hook_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+) -> i32 {
     // SAFETY: `context` points at the `HostState` owned by the live instance.
     let Some(state) = (unsafe { context.cast::<HostState>().as_ref() }) else {
         return abi::EMIT_FAILED;
@@ -308,7 +354,9 @@ pub struct Instance {
 
 impl fmt::Debug for Instance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Instance").field("library", &self.library.path).finish_non_exhaustive()
+        f.debug_struct("Instance")
+            .field("library", &self.library.path)
+            .finish_non_exhaustive()
     }
 }
 

@@ -67,11 +67,13 @@ pub mod json {
 
     /// Decodes a JSON payload, naming what was wrong on failure.
     pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
-        serde_json::from_slice(payload).map_err(|err| Error::invalid_input(format!("payload is not the expected JSON: {err}")))
+        serde_json::from_slice(payload)
+            .map_err(|err| Error::invalid_input(format!("payload is not the expected JSON: {err}")))
     }
 
     /// Encodes a reply as JSON.
     pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-        serde_json::to_vec(value).map_err(|err| Error::new(format!("cannot encode reply as JSON: {err}")))
+        serde_json::to_vec(value)
+            .map_err(|err| Error::new(format!("cannot encode reply as JSON: {err}")))
     }
 }

@@ -27,7 +27,10 @@ pub fn cdylib_path(crate_name: &str) -> PathBuf {
     let file = format!("lib{}.so", crate_name.replace('-', "_"));
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<exe> → target/<profile>
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| Path::new("."));
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new("."));
     profile_dir.join(file)
 }
 
@@ -54,23 +57,32 @@ struct Recorder {
 
 impl HostCallbacks for Recorder {
     fn log(&self, level: LogLevel, message: &str) {
-        self.logs.lock().unwrap_or_else(PoisonError::into_inner).push(LogLine {
-            level,
-            message: message.to_owned(),
-        });
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(LogLine {
+                level,
+                message: message.to_owned(),
+            });
     }
 
     fn emit(&self, hook: &str, payload: &[u8]) -> i32 {
-        let allowed = self.allowed_emits.lock().unwrap_or_else(PoisonError::into_inner);
+        let allowed = self
+            .allowed_emits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(allowed) = allowed.as_ref()
             && !allowed.iter().any(|name| name == hook)
         {
             return abi::EMIT_DENIED;
         }
-        self.emitted.lock().unwrap_or_else(PoisonError::into_inner).push(Emitted {
-            hook: hook.to_owned(),
-            payload: payload.to_vec(),
-        });
+        self.emitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Emitted {
+                hook: hook.to_owned(),
+                payload: payload.to_vec(),
+            });
         abi::EMIT_OK
     }
 }
@@ -89,7 +101,10 @@ impl TestPlugin {
     }
 
     /// Loads the library and creates an instance with `config` (a JSON object).
-    pub fn load_with_config(path: impl AsRef<Path>, config: &serde_json::Value) -> Result<Self, HostError> {
+    pub fn load_with_config(
+        path: impl AsRef<Path>,
+        config: &serde_json::Value,
+    ) -> Result<Self, HostError> {
         // SAFETY: a plugin author loads their own freshly built library in their own tests.
         #[allow(unsafe_code)]
         let library = Arc::new(unsafe { PluginLibrary::open(path.as_ref()) }?);
@@ -102,7 +117,11 @@ impl TestPlugin {
     /// Only these hooks may be emitted from now on (like a manifest's `emit` capability);
     /// others are answered `EMIT_DENIED`. By default every emit is accepted.
     pub fn allow_emits(&self, hooks: &[&str]) {
-        *self.recorder.allowed_emits.lock().unwrap_or_else(PoisonError::into_inner) =
+        *self
+            .recorder
+            .allowed_emits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
             Some(hooks.iter().map(|hook| (*hook).to_owned()).collect());
     }
 
@@ -111,7 +130,11 @@ impl TestPlugin {
     }
 
     /// Calls a hook with a JSON payload and decodes a JSON reply.
-    pub fn call_json<R: serde::de::DeserializeOwned>(&self, hook: &str, payload: &serde_json::Value) -> Result<R, CallError> {
+    pub fn call_json<R: serde::de::DeserializeOwned>(
+        &self,
+        hook: &str,
+        payload: &serde_json::Value,
+    ) -> Result<R, CallError> {
         let payload = serde_json::to_vec(payload).unwrap_or_default();
         let reply = self.instance.call(hook, &payload)?;
         serde_json::from_slice(&reply).map_err(|err| CallError {
@@ -126,11 +149,19 @@ impl TestPlugin {
 
     /// Every line logged so far.
     pub fn logs(&self) -> Vec<LogLine> {
-        self.recorder.logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.recorder
+            .logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every hook emitted so far.
     pub fn emitted(&self) -> Vec<Emitted> {
-        self.recorder.emitted.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.recorder
+            .emitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }

@@ -1,0 +1,218 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod bundle_cmds;
+mod new_plugin;
+mod trust_cmds;
+
+use std::io;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+/// Verify, load, sandbox and supervise native plugins.
+#[derive(Debug, Parser)]
+#[command(name = "plugboard", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an Ed25519 signing key pair: <dir>/<name>.key (mode 0600) and <dir>/<name>.pub.
+    Keygen {
+        /// Directory to write the key pair into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Base name of the two files.
+        #[arg(long, default_value = "plugboard")]
+        name: String,
+    },
+    /// Assemble a bundle directory from a manifest and a library, and sign it when a key is given.
+    Pack {
+        /// The plugin's manifest.
+        #[arg(value_name = "PLUGIN.TOML")]
+        manifest: PathBuf,
+        /// The built library; copied into the bundle under the name the manifest gives.
+        #[arg(long, value_name = "FILE.SO")]
+        library: PathBuf,
+        /// The bundle directory to write (created if missing).
+        #[arg(long, value_name = "BUNDLE-DIR")]
+        out: PathBuf,
+        /// Private key to sign the bundle with.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Sign a bundle: writes <bundle-dir>/plugin.sig.
+    Sign {
+        #[arg(value_name = "BUNDLE-DIR")]
+        bundle: PathBuf,
+        /// Private key (PKCS#8 PEM, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Verify a bundle: exits 0 only when it is signed by a pinned, unrevoked key.
+    Verify {
+        #[arg(value_name = "BUNDLE-DIR")]
+        bundle: PathBuf,
+        /// Trust store: a directory of pinned `.pub` keys plus an optional trust.toml.
+        #[arg(long, value_name = "DIR")]
+        trust_store: PathBuf,
+    },
+    /// Show a bundle's manifest summary, digests and signer.
+    Inspect {
+        #[arg(value_name = "BUNDLE-DIR")]
+        bundle: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also say whether the bundle is trusted and whether its key or digest is revoked.
+        #[arg(long, value_name = "DIR")]
+        trust_store: Option<PathBuf>,
+    },
+    /// Manage a trust store: pinned keys, trust levels, revocations, the encrypted trust list.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// Scaffold a plugin crate with its manifest, ready to build, pack and sign.
+    New {
+        /// Plugin name ([a-z0-9-]{1,64}); also the crate's directory name.
+        name: String,
+        /// Where to create the crate directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Path to `plugins/sdk` to depend on (default: the SDK this Plugboard was built from, if present).
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// List pinned keys with their trust levels, revocations and the trust list.
+    List {
+        #[arg(long, value_name = "DIR")]
+        trust_store: PathBuf,
+    },
+    /// Pin a public key (SPKI PEM) in the store.
+    Add {
+        #[arg(long, value_name = "DIR")]
+        trust_store: PathBuf,
+        /// The signer's public key file.
+        #[arg(value_name = "KEY.PUB")]
+        public_key: PathBuf,
+        /// How far bundles signed by this key are trusted.
+        #[arg(long, value_enum, default_value_t = Level::Sandboxed)]
+        level: Level,
+    },
+    /// Revoke a key id or a bundle/library digest.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        trust_store: PathBuf,
+        /// Key id (16 hex characters) to revoke.
+        #[arg(
+            long,
+            value_name = "KEY-ID",
+            required_unless_present = "digest",
+            conflicts_with = "digest"
+        )]
+        key_id: Option<String>,
+        /// SHA3-512 (128 hex characters) of a bundle or a library to revoke.
+        #[arg(long, value_name = "SHA3-512")]
+        digest: Option<String>,
+    },
+    /// Add a bundle (name, version, bundle digest) to the store's encrypted trust list.
+    Allow {
+        #[arg(long, value_name = "DIR")]
+        trust_store: PathBuf,
+        #[arg(value_name = "BUNDLE-DIR")]
+        bundle: PathBuf,
+    },
+    /// Generate a key for the encrypted trust list (32 random bytes, mode 0600).
+    ListKey {
+        #[arg(value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Level {
+    Sandboxed,
+    InProcess,
+}
+
+impl From<Level> for plugboard_engine::trust::TrustLevel {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Sandboxed => Self::Sandboxed,
+            Level::InProcess => Self::InProcess,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { out, name } => bundle_cmds::keygen(&out, &name),
+        Command::Pack {
+            manifest,
+            library,
+            out,
+            key,
+        } => bundle_cmds::pack(&manifest, &library, &out, key.as_deref()),
+        Command::Sign { bundle, key } => bundle_cmds::sign(&bundle, &key),
+        Command::Verify {
+            bundle,
+            trust_store,
+        } => bundle_cmds::verify(&bundle, &trust_store),
+        Command::Inspect {
+            bundle,
+            json,
+            trust_store,
+        } => bundle_cmds::inspect(&bundle, json, trust_store.as_deref()),
+        Command::Trust { command } => match command {
+            TrustCommand::List { trust_store } => trust_cmds::list(&trust_store),
+            TrustCommand::Add {
+                trust_store,
+                public_key,
+                level,
+            } => trust_cmds::add(&trust_store, &public_key, level.into()),
+            TrustCommand::Revoke {
+                trust_store,
+                key_id,
+                digest,
+            } => trust_cmds::revoke(&trust_store, key_id.as_deref(), digest.as_deref()),
+            TrustCommand::Allow {
+                trust_store,
+                bundle,
+            } => trust_cmds::allow(&trust_store, &bundle),
+            TrustCommand::ListKey { out } => trust_cmds::list_key(&out),
+        },
+        Command::New {
+            name,
+            dir,
+            sdk_path,
+        } => new_plugin::scaffold(&name, &dir, sdk_path.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut io::stdout());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,266 @@
+//! `keygen`, `pack`, `sign`, `verify`, `inspect`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use plugboard_engine::bundle::Bundle;
+use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest};
+use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore};
+use serde::Serialize;
+
+pub fn keygen(out: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (key_id, private, public) = trust::write_keypair(out, name)?;
+    println!("key_id: {key_id}");
+    println!(
+        "private key: {} (mode 0600; keep it secret)",
+        private.display()
+    );
+    println!("public key: {}", public.display());
+    Ok(())
+}
+
+pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>) -> Result<()> {
+    let limits = HostLimits::default();
+    let manifest_bytes = std::fs::read(manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let source = std::str::from_utf8(&manifest_bytes).with_context(|| {
+        format!(
+            "{} is not UTF-8 text: expected a TOML manifest",
+            manifest_path.display()
+        )
+    })?;
+    let manifest = Manifest::parse(source, manifest_path, &limits)?;
+    // Load the key before writing anything, so a bad key leaves no half-made bundle.
+    let key = key.map(PrivateKey::load).transpose()?;
+    if !library.is_file() {
+        bail!(
+            "library {} does not exist or is not a file: expected the built plugin (.so)",
+            library.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join(MANIFEST_FILE), &manifest_bytes)
+        .with_context(|| format!("cannot write {}", out.join(MANIFEST_FILE).display()))?;
+    let library_in_bundle = out.join(&manifest.plugin.library);
+    std::fs::copy(library, &library_in_bundle).with_context(|| {
+        format!(
+            "cannot copy {} to {}",
+            library.display(),
+            library_in_bundle.display()
+        )
+    })?;
+    // A signature from an earlier pack would no longer match.
+    match std::fs::remove_file(out.join(SIGNATURE_FILE)) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "cannot remove the stale {}",
+                    out.join(SIGNATURE_FILE).display()
+                )
+            });
+        }
+    }
+    let bundle = Bundle::open(out, &limits)?;
+    println!("bundle: {}", out.display());
+    print_digests(&bundle);
+    if let Some(key) = key {
+        let signature = key.sign_bundle(bundle.digests());
+        signature.write(&out.join(SIGNATURE_FILE))?;
+        println!("key_id: {}", key.key_id());
+    } else {
+        println!(
+            "unsigned: sign it with `plugboard sign {} --key <file>`",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn sign(bundle_dir: &Path, key: &Path) -> Result<()> {
+    let key = PrivateKey::load(key)?;
+    let bundle = Bundle::open(bundle_dir, &HostLimits::default())?;
+    let signature = key.sign_bundle(bundle.digests());
+    let path = bundle_dir.join(SIGNATURE_FILE);
+    signature.write(&path)?;
+    println!(
+        "signed {} {} with key {}: {}",
+        bundle.manifest().plugin.name,
+        bundle.manifest().plugin.version,
+        key.key_id(),
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn verify(bundle_dir: &Path, trust_store: &Path) -> Result<()> {
+    let store = TrustStore::open(trust_store)?;
+    let bundle = Bundle::open(bundle_dir, &HostLimits::default())?;
+    let manifest = bundle.manifest();
+    let verified = bundle.verify(&store).with_context(|| {
+        format!(
+            "{} {} ({}) is not trusted",
+            manifest.plugin.name,
+            manifest.plugin.version,
+            bundle_dir.display()
+        )
+    })?;
+    println!(
+        "ok: {} {} signed by key {} (trust level {})",
+        manifest.plugin.name, manifest.plugin.version, verified.key_id, verified.level
+    );
+    Ok(())
+}
+
+fn print_digests(bundle: &Bundle) {
+    let digests = bundle.digests();
+    println!("manifest_sha3_512: {}", digests.manifest);
+    println!("library_sha3_512: {}", digests.library);
+    println!("bundle_sha3_512: {}", digests.bundle_digest());
+}
+
+/// What `inspect` reports; the field names are a contract for scripts.
+#[derive(Debug, Serialize)]
+struct Inspection {
+    name: String,
+    version: String,
+    api_version: u32,
+    description: String,
+    authors: Vec<String>,
+    library: String,
+    library_bytes: u64,
+    isolation: String,
+    hooks: Vec<HookSummary>,
+    capabilities: serde_json::Value,
+    resources: serde_json::Value,
+    dependencies: serde_json::Value,
+    manifest_sha3_512: String,
+    library_sha3_512: String,
+    bundle_sha3_512: String,
+    signed: bool,
+    key_id: Option<String>,
+    /// `None` when no trust store was given.
+    trusted: Option<bool>,
+    trust_level: Option<String>,
+    /// `None` when no trust store was given (or the bundle is unsigned, for the key).
+    revoked: Option<bool>,
+    trust_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct HookSummary {
+    name: String,
+    priority: String,
+    timeout_ms: u64,
+}
+
+pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Result<()> {
+    let limits = HostLimits::default();
+    let bundle = Bundle::open(bundle_dir, &limits)?;
+    let manifest = bundle.manifest();
+    let digests = bundle.digests();
+    let store = trust_store.map(TrustStore::open).transpose()?;
+    let verdict = store.as_ref().map(|store| bundle.verify(store));
+    let revoked = verdict.as_ref().map(|verdict| {
+        matches!(
+            verdict,
+            Err(TrustError::RevokedKey { .. } | TrustError::RevokedDigest { .. })
+        )
+    });
+    let report = Inspection {
+        name: manifest.plugin.name.clone(),
+        version: manifest.plugin.version.to_string(),
+        api_version: manifest.plugin.api_version,
+        description: manifest.plugin.description.clone(),
+        authors: manifest.plugin.authors.clone(),
+        library: manifest.plugin.library.clone(),
+        library_bytes: bundle.library().len(),
+        isolation: serde_json::to_value(&manifest.isolation.mode)?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        hooks: manifest
+            .hooks
+            .iter()
+            .map(|(name, hook)| HookSummary {
+                name: name.clone(),
+                priority: serde_json::to_value(hook.priority)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                timeout_ms: u64::try_from(manifest.hook_timeout(name, &limits).as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+            .collect(),
+        capabilities: json_value(&manifest.capabilities),
+        resources: json_value(&manifest.effective_resources(&limits)),
+        dependencies: json_value(&manifest.dependencies),
+        manifest_sha3_512: digests.manifest.to_hex(),
+        library_sha3_512: digests.library.to_hex(),
+        bundle_sha3_512: digests.bundle_digest().to_hex(),
+        signed: bundle.signature().is_some(),
+        key_id: bundle
+            .signature()
+            .map(|signature| signature.key_id.to_string()),
+        trusted: verdict.as_ref().map(Result::is_ok),
+        trust_level: verdict
+            .as_ref()
+            .and_then(|verdict| verdict.as_ref().ok())
+            .map(|verified| verified.level.to_string()),
+        revoked,
+        trust_error: verdict
+            .as_ref()
+            .and_then(|verdict| verdict.as_ref().err())
+            .map(ToString::to_string),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("name: {}", report.name);
+    println!("version: {}", report.version);
+    println!("api_version: {}", report.api_version);
+    if !report.description.is_empty() {
+        println!("description: {}", report.description);
+    }
+    println!(
+        "library: {} ({} bytes)",
+        report.library, report.library_bytes
+    );
+    println!("isolation: {}", report.isolation);
+    for hook in &report.hooks {
+        println!(
+            "hook: {} (priority {}, timeout {} ms)",
+            hook.name, hook.priority, hook.timeout_ms
+        );
+    }
+    println!("capabilities: {}", report.capabilities);
+    println!("resources: {}", report.resources);
+    println!("manifest_sha3_512: {}", report.manifest_sha3_512);
+    println!("library_sha3_512: {}", report.library_sha3_512);
+    println!("bundle_sha3_512: {}", report.bundle_sha3_512);
+    println!(
+        "key_id: {}",
+        report.key_id.as_deref().unwrap_or("none (unsigned)")
+    );
+    match (&report.trusted, &report.trust_error) {
+        (None, _) => println!("trusted: unknown (pass --trust-store to check)"),
+        (Some(true), _) => println!(
+            "trusted: yes (trust level {})",
+            report.trust_level.as_deref().unwrap_or("?")
+        ),
+        (Some(false), Some(reason)) => println!("trusted: no: {reason}"),
+        (Some(false), None) => println!("trusted: no"),
+    }
+    match report.revoked {
+        None => println!("revoked: unknown (pass --trust-store to check)"),
+        Some(revoked) => println!("revoked: {}", if revoked { "yes" } else { "no" }),
+    }
+    Ok(())
+}
+
+fn json_value<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,332 @@
+//! The fixed CLI forms: keygen, pack, sign, verify, inspect, trust, completions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::support::{fails, keys, ok, plugboard, plugin_library, repo_root, signed_example};
+
+#[test]
+fn every_command_has_help() {
+    for command in [
+        &["--help"][..],
+        &["keygen", "--help"],
+        &["pack", "--help"],
+        &["sign", "--help"],
+        &["verify", "--help"],
+        &["inspect", "--help"],
+        &["trust", "--help"],
+        &["trust", "list", "--help"],
+        &["trust", "add", "--help"],
+        &["trust", "revoke", "--help"],
+        &["trust", "allow", "--help"],
+        &["new", "--help"],
+        &["completions", "--help"],
+    ] {
+        let args: Vec<&dyn AsRef<std::ffi::OsStr>> = command
+            .iter()
+            .map(|arg| arg as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        let out = ok(&plugboard(&args));
+        assert!(out.contains("Usage: plugboard"), "{command:?}: {out}");
+    }
+}
+
+#[test]
+fn keygen_writes_a_0600_private_key_and_prints_its_id() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "release");
+    let mode = std::fs::metadata(&keys.private)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(keys.key_id.len(), 16);
+    assert!(
+        std::fs::read_to_string(&keys.private)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    assert!(
+        std::fs::read_to_string(&keys.public)
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    // Never overwrite an existing key.
+    let err = fails(&plugboard(&[
+        &"keygen",
+        &"--out",
+        &temp.path().join("keys"),
+        &"--name",
+        &"release",
+    ]));
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn pack_sign_verify_round_trip_and_tampering_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "dev");
+    let bundle = signed_example(temp.path(), "hello", &keys);
+    let out = ok(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(
+        out.contains(&format!("ok: hello 0.1.0 signed by key {}", keys.key_id)),
+        "{out}"
+    );
+
+    // Granting itself the network after signing breaks the signature.
+    let manifest = bundle.join("plugin.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n[capabilities]\nnetwork = true\n");
+    std::fs::write(&manifest, text).unwrap();
+    let err = fails(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(err.contains("does not match this bundle"), "{err}");
+
+    // Re-signing with the same key makes it verify again.
+    ok(&plugboard(&[&"sign", &bundle, &"--key", &keys.private]));
+    ok(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+}
+
+#[test]
+fn unsigned_and_unknown_signer_bundles_fail_with_distinct_reasons() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "pinned");
+    let unsigned = temp.path().join("unsigned");
+    let manifest = repo_root().join("plugins/counter/plugin.toml");
+    let out = ok(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("counter"),
+        &"--out",
+        &unsigned,
+    ]));
+    assert!(out.contains("unsigned"), "{out}");
+    let unsigned_err = fails(&plugboard(&[
+        &"verify",
+        &unsigned,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(unsigned_err.contains("not signed"), "{unsigned_err}");
+
+    let stranger = temp.path().join("stranger");
+    ok(&plugboard(&[
+        &"keygen",
+        &"--out",
+        &stranger,
+        &"--name",
+        &"stranger",
+    ]));
+    ok(&plugboard(&[
+        &"sign",
+        &unsigned,
+        &"--key",
+        &stranger.join("stranger.key"),
+    ]));
+    let unknown_err = fails(&plugboard(&[
+        &"verify",
+        &unsigned,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(
+        unknown_err.contains("not pinned in the trust store"),
+        "{unknown_err}"
+    );
+    assert_ne!(unsigned_err, unknown_err);
+}
+
+#[test]
+fn a_group_readable_private_key_is_refused_like_ssh_does() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "loose");
+    std::fs::set_permissions(&keys.private, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let bundle = temp.path().join("b");
+    let manifest = repo_root().join("plugins/hello/plugin.toml");
+    let err = fails(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("hello"),
+        &"--out",
+        &bundle,
+        &"--key",
+        &keys.private,
+    ]));
+    assert!(err.contains("0640") && err.contains("chmod 600"), "{err}");
+    assert!(!bundle.exists(), "a refused key leaves no half-made bundle");
+}
+
+#[test]
+fn inspect_json_reports_digests_signer_trust_and_revocation() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "dev");
+    let bundle = signed_example(temp.path(), "counter", &keys);
+    let out = ok(&plugboard(&[
+        &"inspect",
+        &bundle,
+        &"--json",
+        &"--trust-store",
+        &keys.store,
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["name"], "counter");
+    assert_eq!(report["version"], "0.1.0");
+    assert_eq!(report["key_id"], keys.key_id.as_str());
+    assert_eq!(report["trusted"], true);
+    assert_eq!(report["revoked"], false);
+    assert_eq!(report["manifest_sha3_512"].as_str().unwrap().len(), 128);
+    // The digest Plugboard prints is the one OpenSSL computes.
+    let openssl = Command::new("openssl")
+        .args(["dgst", "-sha3-512", "-r"])
+        .arg(bundle.join("libcounter.so"))
+        .output();
+    match openssl {
+        Ok(output) if output.status.success() => {
+            let hex = String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(report["library_sha3_512"], hex.as_str());
+        }
+        _ if std::env::var_os("CI").is_some() => panic!("openssl is required in CI"),
+        _ => eprintln!("skipping the openssl comparison: openssl is not installed"),
+    }
+
+    // Revoking the key shows up as revoked and untrusted, and verify fails.
+    ok(&plugboard(&[
+        &"trust",
+        &"revoke",
+        &"--trust-store",
+        &keys.store,
+        &"--key-id",
+        &keys.key_id,
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&ok(&plugboard(&[
+        &"inspect",
+        &bundle,
+        &"--json",
+        &"--trust-store",
+        &keys.store,
+    ])))
+    .unwrap();
+    assert_eq!(report["trusted"], false);
+    assert_eq!(report["revoked"], true);
+    let err = fails(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(err.contains("revoked"), "{err}");
+    let listing = ok(&plugboard(&[
+        &"trust",
+        &"list",
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(
+        listing.contains(&format!("revoked key {}", keys.key_id)),
+        "{listing}"
+    );
+}
+
+#[test]
+fn a_revoked_bundle_digest_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "dev");
+    let bundle = signed_example(temp.path(), "hello", &keys);
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&plugboard(&[&"inspect", &bundle, &"--json"]))).unwrap();
+    assert_eq!(
+        report["trusted"],
+        serde_json::Value::Null,
+        "no store given: trust unknown"
+    );
+    let digest = report["bundle_sha3_512"].as_str().unwrap().to_owned();
+    ok(&plugboard(&[
+        &"trust",
+        &"revoke",
+        &"--trust-store",
+        &keys.store,
+        &"--digest",
+        &digest,
+    ]));
+    let err = fails(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(err.contains("revoked") && err.contains(&digest), "{err}");
+}
+
+#[test]
+fn inspect_text_names_every_contract_field() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "dev");
+    let bundle = signed_example(temp.path(), "hello", &keys);
+    let out = ok(&plugboard(&[
+        &"inspect",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    for field in [
+        "name: hello",
+        "manifest_sha3_512: ",
+        "library_sha3_512: ",
+        "key_id: ",
+        "trusted: yes",
+        "revoked: no",
+    ] {
+        assert!(out.contains(field), "missing {field:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_broken_manifest_fails_pack_with_a_one_line_reason() {
+    let temp = tempfile::tempdir().unwrap();
+    let manifest = temp.path().join("plugin.toml");
+    std::fs::write(&manifest, "[plugin]\nname = \"Bad Name\"\nversion = \"0.1.0\"\napi_version = 1\nlibrary = \"libx.so\"\n").unwrap();
+    let err = fails(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("hello"),
+        &"--out",
+        &temp.path().join("out"),
+    ]));
+    assert!(
+        err.contains("plugin.name") && err.contains("Bad Name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ok(&plugboard(&[&"completions", &shell]));
+        assert!(
+            out.contains("keygen") && out.contains("inspect"),
+            "{shell}: {out}"
+        );
+    }
+}

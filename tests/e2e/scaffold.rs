@@ -1,0 +1,71 @@
+//! `plugboard new` scaffolds a plugin crate that builds, passes its own test, packs, signs
+//! and verifies with the CLI.
+
+use std::process::Command;
+
+use crate::support::{fails, keys, ok, plugboard};
+
+fn cargo(args: &[&str], dir: &std::path::Path, target: &std::path::Path) {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo {args:?} failed in {}:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_tests_packs_signs_and_verifies() {
+    let temp = tempfile::tempdir().unwrap();
+    let out = ok(&plugboard(&[
+        &"new",
+        &"rate-limiter",
+        &"--dir",
+        &temp.path(),
+    ]));
+    assert!(out.contains("librate_limiter.so"), "{out}");
+    let crate_dir = temp.path().join("rate-limiter");
+    let target = temp.path().join("target");
+    cargo(&["build", "--quiet"], &crate_dir, &target);
+    cargo(&["test", "--quiet"], &crate_dir, &target);
+
+    let keys = keys(temp.path(), "author");
+    let bundle = temp.path().join("bundle");
+    ok(&plugboard(&[
+        &"pack",
+        &crate_dir.join("plugin.toml"),
+        &"--library",
+        &target.join("debug/librate_limiter.so"),
+        &"--out",
+        &bundle,
+        &"--key",
+        &keys.private,
+    ]));
+    let verified = ok(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(verified.contains("ok: rate-limiter 0.1.0"), "{verified}");
+}
+
+#[test]
+fn new_refuses_a_bad_name_and_an_existing_directory() {
+    let temp = tempfile::tempdir().unwrap();
+    let err = fails(&plugboard(&[&"new", &"Not_Valid", &"--dir", &temp.path()]));
+    assert!(
+        err.contains("Not_Valid") && err.contains("a-z, 0-9"),
+        "{err}"
+    );
+    std::fs::create_dir(temp.path().join("taken")).unwrap();
+    let err = fails(&plugboard(&[&"new", &"taken", &"--dir", &temp.path()]));
+    assert!(err.contains("already exists"), "{err}");
+}
