@@ -12,8 +12,15 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, the whole chain: scripts read it, people read it.
-            eprintln!("plugboard: error: {err:#}");
+            // One line, the whole chain: scripts read it, people read it. Parser messages
+            // quoted inside (TOML snippets) may span lines; fold them.
+            let reason = format!("{err:#}");
+            let reason: Vec<&str> = reason
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect();
+            eprintln!("plugboard: error: {}", reason.join(" "));
             ExitCode::FAILURE
         }
     }

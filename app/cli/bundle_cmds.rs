@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use plugboard_engine::bundle::Bundle;
-use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest};
+use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest, read_manifest};
 use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore};
 use serde::Serialize;
 
@@ -22,15 +22,8 @@ pub fn keygen(out: &Path, name: &str) -> Result<()> {
 
 pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>) -> Result<()> {
     let limits = HostLimits::default();
-    let manifest_bytes = std::fs::read(manifest_path)
-        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
-    let source = std::str::from_utf8(&manifest_bytes).with_context(|| {
-        format!(
-            "{} is not UTF-8 text: expected a TOML manifest",
-            manifest_path.display()
-        )
-    })?;
-    let manifest = Manifest::parse(source, manifest_path, &limits)?;
+    let source = read_manifest(manifest_path)?;
+    let manifest = Manifest::parse(&source, manifest_path, &limits)?;
     // Load the key before writing anything, so a bad key leaves no half-made bundle.
     let key = key.map(PrivateKey::load).transpose()?;
     if !library.is_file() {
@@ -40,7 +33,7 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
         );
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    std::fs::write(out.join(MANIFEST_FILE), &manifest_bytes)
+    std::fs::write(out.join(MANIFEST_FILE), source.as_bytes())
         .with_context(|| format!("cannot write {}", out.join(MANIFEST_FILE).display()))?;
     let library_in_bundle = out.join(&manifest.plugin.library);
     std::fs::copy(library, &library_in_bundle).with_context(|| {
@@ -157,6 +150,16 @@ struct HookSummary {
 }
 
 pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Result<()> {
+    let report = inspection(bundle_dir, trust_store)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_inspection(&report);
+    }
+    Ok(())
+}
+
+fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspection> {
     let limits = HostLimits::default();
     let bundle = Bundle::open(bundle_dir, &limits)?;
     let manifest = bundle.manifest();
@@ -177,19 +180,13 @@ pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Res
         authors: manifest.plugin.authors.clone(),
         library: manifest.plugin.library.clone(),
         library_bytes: bundle.library().len(),
-        isolation: serde_json::to_value(&manifest.isolation.mode)?
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        isolation: manifest.isolation.mode.as_str().to_owned(),
         hooks: manifest
             .hooks
             .iter()
             .map(|(name, hook)| HookSummary {
                 name: name.clone(),
-                priority: serde_json::to_value(hook.priority)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                priority: hook.priority.to_string(),
                 timeout_ms: u64::try_from(manifest.hook_timeout(name, &limits).as_millis())
                     .unwrap_or(u64::MAX),
             })
@@ -215,10 +212,10 @@ pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Res
             .and_then(|verdict| verdict.as_ref().err())
             .map(ToString::to_string),
     };
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
+    Ok(report)
+}
+
+fn print_inspection(report: &Inspection) {
     println!("name: {}", report.name);
     println!("version: {}", report.version);
     println!("api_version: {}", report.api_version);
@@ -258,7 +255,6 @@ pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Res
         None => println!("revoked: unknown (pass --trust-store to check)"),
         Some(revoked) => println!("revoked: {}", if revoked { "yes" } else { "no" }),
     }
-    Ok(())
 }
 
 fn json_value<T: Serialize>(value: &T) -> serde_json::Value {

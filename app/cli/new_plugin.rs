@@ -10,6 +10,29 @@ fn default_sdk_path() -> Option<PathBuf> {
     path.join("Cargo.toml").is_file().then_some(path)
 }
 
+/// The files of a new plugin crate; `{{key}}` placeholders are filled by [`render`].
+const TEMPLATES: [(&str, &str); 5] = [
+    ("Cargo.toml", include_str!("../templates/new/Cargo.toml.in")),
+    (
+        "plugin.toml",
+        include_str!("../templates/new/plugin.toml.in"),
+    ),
+    ("src/lib.rs", include_str!("../templates/new/lib.rs.in")),
+    (
+        "tests/plugin.rs",
+        include_str!("../templates/new/plugin_test.rs.in"),
+    ),
+    ("README.md", include_str!("../templates/new/README.md.in")),
+];
+
+fn render(template: &str, substitutions: &[(&str, &str)]) -> String {
+    substitutions
+        .iter()
+        .fold(template.to_owned(), |text, (key, value)| {
+            text.replace(&format!("{{{{{key}}}}}"), value)
+        })
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -63,121 +86,16 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
         type_name
     };
 
-    let files: [(&str, String); 5] = [
-        (
-            "Cargo.toml",
-            format!(
-                r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-# A plugin is a shared library exporting the Plugboard ABI.
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-{sdk_dependency}
-
-[dev-dependencies]
-plugboard-sdk = {testing_dependency}
-
-# Standalone crate, even when created inside another workspace.
-[workspace]
-"#
-            ),
-        ),
-        (
-            "plugin.toml",
-            format!(
-                r#"[plugin]
-name = "{name}"
-version = "0.1.0"
-api_version = {abi}
-description = "What {name} does"
-authors = []
-library = "{library}"
-
-# Hooks this plugin answers; priority: critical | high | normal | low | background.
-# A hook's timeout_ms overrides [resources].hook_timeout_ms, which overrides the host default.
-[hooks.ping]
-priority = "normal"
-timeout_ms = 100
-
-# What the sandbox grants. Default: nothing.
-[capabilities]
-fs_read = []
-fs_write = []
-network = false
-spawn = false
-emit = []
-
-[resources]
-memory_mb = 32
-cpu_percent = 25
-max_threads = 8
-"#,
-                abi = plugboard_sdk::abi::ABI_VERSION
-            ),
-        ),
-        (
-            "src/lib.rs",
-            format!(
-                r#"//! The `{name}` Plugboard plugin.
-
-use plugboard_sdk::{{Config, Error, Host, Plugin, export_plugin}};
-
-#[derive(Debug)]
-pub struct {type_name};
-
-impl Plugin for {type_name} {{
-    fn create(_host: Host, _config: Config) -> Result<Self, Error> {{
-        Ok({type_name})
-    }}
-
-    fn call(&self, hook: &str, payload: &[u8]) -> Result<Vec<u8>, Error> {{
-        match hook {{
-            "ping" => Ok([b"pong: ", payload].concat()),
-            other => Err(Error::unknown_hook(other)),
-        }}
-    }}
-}}
-
-export_plugin!({type_name});
-"#
-            ),
-        ),
-        (
-            "tests/plugin.rs",
-            format!(
-                r#"//! Loads the built library through the Plugboard ABI. Run `cargo build` first.
-
-use plugboard_sdk::testing::{{TestPlugin, cdylib_path}};
-
-#[test]
-fn ping_answers_pong() {{
-    let plugin = TestPlugin::load(cdylib_path("{name}")).expect("run `cargo build` before `cargo test`");
-    assert_eq!(plugin.call("ping", b"hi").unwrap(), b"pong: hi");
-}}
-"#
-            ),
-        ),
-        (
-            "README.md",
-            format!(
-                r#"# {name}
-
-A Plugboard plugin.
-
-    cargo build && cargo test
-    plugboard keygen --out keys --name {name}
-    plugboard pack plugin.toml --library target/debug/{library} --out bundle --key keys/{name}.key
-    plugboard verify bundle --trust-store <dir with keys/{name}.pub>
-"#
-            ),
-        ),
+    let abi = plugboard_sdk::abi::ABI_VERSION.to_string();
+    let substitutions = [
+        ("name", name),
+        ("type_name", type_name.as_str()),
+        ("library", library.as_str()),
+        ("sdk_dependency", sdk_dependency.as_str()),
+        ("testing_dependency", testing_dependency.as_str()),
+        ("abi", abi.as_str()),
     ];
+    let files = TEMPLATES.map(|(relative, template)| (relative, render(template, &substitutions)));
     for (relative, contents) in files {
         let path = crate_dir.join(relative);
         if let Some(dir) = path.parent() {

@@ -10,16 +10,16 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::loader::{self, LoadedLibrary, LoaderError, SealedLibrary};
-use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError};
-use crate::trust::{BundleDigests, BundleSignature, Digest, SIGNATURE_FILE, TrustError, TrustStore, Verified};
+use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError, read_manifest};
+use crate::trust::{
+    BundleDigests, BundleSignature, Digest, SIGNATURE_FILE, TrustError, TrustStore, Verified,
+};
 
 /// Why a bundle could not be opened, verified or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("{}: not UTF-8 text: expected a TOML manifest", path.display())]
-    NotUtf8 { path: PathBuf },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("library {}: {source}", path.display())]
@@ -45,15 +45,9 @@ impl Bundle {
     /// here (the bundle is unsigned, which [`Bundle::verify`] refuses); a malformed one is.
     pub fn open(dir: &Path, limits: &HostLimits) -> Result<Self, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest_bytes = std::fs::read(&manifest_path).map_err(|source| BundleError::Read {
-            path: manifest_path.clone(),
-            source,
-        })?;
-        let manifest_digest = Digest::of(&manifest_bytes);
-        let source = std::str::from_utf8(&manifest_bytes).map_err(|_| BundleError::NotUtf8 {
-            path: manifest_path.clone(),
-        })?;
-        let manifest = Manifest::parse(source, &manifest_path, limits)?;
+        let source = read_manifest(&manifest_path)?;
+        let manifest_digest = Digest::of(source.as_bytes());
+        let manifest = Manifest::parse(&source, &manifest_path, limits)?;
         manifest.check_bundle(dir)?;
 
         let library_path = dir.join(&manifest.plugin.library);
@@ -61,8 +55,8 @@ impl Bundle {
             path: library_path.clone(),
             source,
         })?;
-        let (library, library_digest) =
-            SealedLibrary::from_reader(&manifest.plugin.name, file).map_err(|source| BundleError::Library {
+        let (library, library_digest) = SealedLibrary::from_reader(&manifest.plugin.name, file)
+            .map_err(|source| BundleError::Library {
                 path: library_path,
                 source,
             })?;

@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 /// Runs `plugboard` with `args` and returns its output.
 pub fn plugboard(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_plugboard"))
-        .args(args.iter().map(|arg| arg.as_ref()))
+        .args(args.iter().map(AsRef::as_ref))
         .env("NO_COLOR", "1")
         .output()
         .expect("the plugboard binary runs")

@@ -90,9 +90,16 @@ fn memfd_holds_exactly_the_hashed_bytes_and_cannot_be_changed() {
     let path = format!("/proc/self/fd/{}", sealed.fd().as_raw_fd());
     let mut writer = OpenOptions::new().write(true).open(&path).unwrap();
     let err = writer.write_all(b"patched").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "write to a sealed memfd: {err}");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EPERM),
+        "write to a sealed memfd: {err}"
+    );
     assert!(writer.set_len(1).is_err(), "a sealed memfd must not shrink");
-    assert!(writer.set_len(sealed.len() + 1).is_err(), "a sealed memfd must not grow");
+    assert!(
+        writer.set_len(sealed.len() + 1).is_err(),
+        "a sealed memfd must not grow"
+    );
     assert_eq!(sealed.read_back().unwrap(), bytes);
 }
 

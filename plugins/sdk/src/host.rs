@@ -260,7 +260,7 @@ impl PluginLibrary {
                 &raw mut error,
             )
         };
-        let message = self.take_buffer(error);
+        let message = self.take_buffer(&error);
         if status != abi::STATUS_OK || instance.is_null() {
             let message = if status == abi::STATUS_OK {
                 "create reported success but returned no instance".to_owned()
@@ -270,14 +270,14 @@ impl PluginLibrary {
             return Err(HostError::Create { status, message });
         }
         Ok(Instance {
-            instance,
+            handle: instance,
             library: Arc::clone(self),
             _host: host,
         })
     }
 
     /// Copies a plugin-owned buffer and hands it back to the plugin to free.
-    fn take_buffer(&self, buffer: PluginBuffer) -> Vec<u8> {
+    fn take_buffer(&self, buffer: &PluginBuffer) -> Vec<u8> {
         if buffer.data.is_null() {
             return Vec::new();
         }
@@ -347,7 +347,7 @@ unsafe extern "C" fn host_emit(
 
 /// A live plugin instance. Dropping it destroys the instance.
 pub struct Instance {
-    instance: *mut c_void,
+    handle: *mut c_void,
     library: Arc<PluginLibrary>,
     _host: Box<HostState>,
 }
@@ -374,7 +374,7 @@ impl Instance {
         // SAFETY: `instance` is live until `Drop`; all buffers are valid for the call.
         let status = unsafe {
             call(
-                self.instance,
+                self.handle,
                 hook.as_ptr(),
                 hook.len(),
                 payload.as_ptr(),
@@ -382,7 +382,7 @@ impl Instance {
                 &raw mut reply,
             )
         };
-        self.finish(status, reply)
+        self.finish(status, &reply)
     }
 
     /// Asks the plugin whether it is healthy.
@@ -390,11 +390,11 @@ impl Instance {
         let health = self.library.table().health.expect("checked in open");
         let mut detail = PluginBuffer::EMPTY;
         // SAFETY: as in `call`.
-        let status = unsafe { health(self.instance, &raw mut detail) };
-        self.finish(status, detail).map(drop)
+        let status = unsafe { health(self.handle, &raw mut detail) };
+        self.finish(status, &detail).map(drop)
     }
 
-    fn finish(&self, status: i32, buffer: PluginBuffer) -> Result<Vec<u8>, CallError> {
+    fn finish(&self, status: i32, buffer: &PluginBuffer) -> Result<Vec<u8>, CallError> {
         let bytes = self.library.take_buffer(buffer);
         if status == abi::STATUS_OK {
             Ok(bytes)
@@ -416,6 +416,6 @@ impl Drop for Instance {
         let destroy = self.library.table().destroy.expect("checked in open");
         // SAFETY: the instance is live and this is the only place it is destroyed; no
         // other call can be running because we hold it exclusively.
-        unsafe { destroy(self.instance) };
+        unsafe { destroy(self.handle) };
     }
 }
