@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bundle_cmds;
+mod headless;
 mod new_plugin;
 mod trust_cmds;
 
@@ -87,6 +88,31 @@ enum Command {
         /// Path to `plugins/sdk` to depend on (default: the SDK this Plugboard was built from, if present).
         #[arg(long, value_name = "DIR")]
         sdk_path: Option<PathBuf>,
+    },
+    /// Run the engine without the dashboard: start every bundle found, print snapshots as
+    /// JSON lines (with --json), stop everything cleanly at the end or on SIGINT/SIGTERM.
+    Headless {
+        /// Trust store with the pinned signing keys.
+        #[arg(long, value_name = "DIR")]
+        trust_store: Option<PathBuf>,
+        /// A directory holding bundle directories (repeatable).
+        #[arg(long = "plugins", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Drive the plugins' hooks at this many calls per second.
+        #[arg(long, value_name = "RATE")]
+        traffic: Option<f64>,
+        /// Stop after this long (500ms, 10s, 2m, 1h); default: until SIGINT/SIGTERM.
+        #[arg(long, value_name = "D", value_parser = headless::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Print snapshots as JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Time between snapshots.
+        #[arg(long, value_name = "D", value_parser = headless::parse_duration, default_value = "1s")]
+        interval: std::time::Duration,
+        /// Development only: also load unsigned or untrusted bundles (still sandboxed).
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Print shell completions.
     Completions {
@@ -195,6 +221,23 @@ pub fn run(cli: Cli) -> Result<()> {
             } => trust_cmds::allow(&trust_store, &bundle),
             TrustCommand::ListKey { out } => trust_cmds::list_key(&out),
         },
+        Command::Headless {
+            trust_store,
+            plugin_dirs,
+            traffic,
+            duration,
+            json,
+            interval,
+            allow_unsigned,
+        } => headless::run(&headless::HeadlessOptions {
+            trust_store,
+            plugin_dirs,
+            traffic,
+            duration,
+            json,
+            interval,
+            allow_unsigned,
+        }),
         Command::New {
             name,
             dir,

@@ -7,9 +7,20 @@
 //! the sealed copy — exactly the bytes that were verified — loaded.
 
 pub mod bundle;
+pub mod engine;
+pub mod events;
+pub mod hooks;
+pub mod ipc;
 pub mod loader;
 pub mod manifest;
+pub mod sandbox;
+pub mod snapshot;
 pub mod trust;
+pub mod worker;
 
 /// Plugboard's own version, which a manifest's `min_host_version` is checked against.
 pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use engine::{CallReport, Command, Engine, EngineConfig, EngineError, Outcome};
+pub use events::{Event, EventKind};
+pub use snapshot::{PluginSnapshot, PluginState, Snapshot};

@@ -129,6 +129,22 @@ impl SealedLibrary {
         Ok((sealed, digest))
     }
 
+    /// Adopts a memfd passed by the engine (in the worker), refusing one that is not
+    /// sealed: the worker loads only bytes that can no longer change.
+    pub fn from_sealed_fd(memfd: OwnedFd) -> Result<Self, LoaderError> {
+        let len = File::from(
+            memfd
+                .try_clone()
+                .map_err(|source| LoaderError::Copy { source })?,
+        )
+        .metadata()
+        .map_err(|source| LoaderError::Copy { source })?
+        .len();
+        let sealed = Self { memfd, len };
+        sealed.check_sealed()?;
+        Ok(sealed)
+    }
+
     /// Confirms with the kernel that the memfd can no longer change.
     fn check_sealed(&self) -> Result<(), LoaderError> {
         let seals = fcntl(&self.memfd, FcntlArg::F_GET_SEALS)

@@ -20,6 +20,7 @@ fn every_command_has_help() {
         &["trust", "revoke", "--help"],
         &["trust", "allow", "--help"],
         &["new", "--help"],
+        &["headless", "--help"],
         &["completions", "--help"],
     ] {
         let args: Vec<&dyn AsRef<std::ffi::OsStr>> = command

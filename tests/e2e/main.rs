@@ -2,5 +2,6 @@
 //! plugin libraries.
 
 mod cli;
+mod headless;
 mod scaffold;
 mod support;

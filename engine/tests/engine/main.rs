@@ -1,6 +1,11 @@
-//! Integration tests of `plugboard-engine` against real files, real keys and real libraries.
+//! Integration tests of `plugboard-engine` against real files, real keys, real libraries,
+//! real worker processes and the real kernel.
 
+mod cgroup;
+mod confine;
+mod ipc;
 mod loader;
 mod manifest;
 mod support;
 mod trust;
+mod worker;

@@ -1,0 +1,146 @@
+//! `plugboard headless`: the engine without the dashboard, printing snapshots.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use plugboard_engine::{Command, Engine, EngineConfig, Snapshot};
+
+/// Options of `plugboard headless`.
+#[derive(Debug)]
+pub struct HeadlessOptions {
+    pub trust_store: Option<PathBuf>,
+    pub plugin_dirs: Vec<PathBuf>,
+    pub traffic: Option<f64>,
+    pub duration: Option<Duration>,
+    pub json: bool,
+    pub interval: Duration,
+    pub allow_unsigned: bool,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: expected a number with an optional unit, such as 500ms, 10s, 2m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?}: expected ms, s, m or h"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!(
+            "{text:?} is not a duration: expected a positive number"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `plugboard-host` lives next to the `plugboard` binary.
+fn host_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the plugboard binary")?;
+    let host = exe.with_file_name("plugboard-host");
+    if !host.is_file() {
+        bail!(
+            "the worker binary {} is missing: build the workspace (`cargo build --workspace`) or install plugboard-host next to plugboard",
+            host.display()
+        );
+    }
+    Ok(host)
+}
+
+fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(snapshot)?);
+        return Ok(());
+    }
+    println!(
+        "-- uptime {:.1}s, {} plugin(s)",
+        Duration::from_millis(snapshot.uptime_ms).as_secs_f64(),
+        snapshot.plugins.len()
+    );
+    for plugin in &snapshot.plugins {
+        let calls: u64 = plugin.hooks.values().map(|hook| hook.calls).sum();
+        println!(
+            "{:<16} {:<8} {:<11} pid {:<8} [{}] calls {calls} violations {}{}",
+            plugin.name,
+            plugin.version.as_deref().unwrap_or("?"),
+            format!("{:?}", plugin.state).to_lowercase(),
+            plugin
+                .sandbox_pid
+                .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+            plugin.active_mechanisms.join(" "),
+            plugin.violations,
+            plugin
+                .reason
+                .as_deref()
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+pub fn run(options: &HeadlessOptions) -> Result<()> {
+    if options.plugin_dirs.is_empty() {
+        bail!("no plugin directory: pass --plugins <dir> (a directory holding bundle directories)");
+    }
+    for dir in &options.plugin_dirs {
+        if !dir.is_dir() {
+            bail!(
+                "plugin directory {} does not exist or is not a directory",
+                dir.display()
+            );
+        }
+    }
+    let mut config = EngineConfig::new(host_binary()?);
+    config.plugin_dirs.clone_from(&options.plugin_dirs);
+    config.trust_store.clone_from(&options.trust_store);
+    config.allow_unsigned = options.allow_unsigned;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    let engine = Engine::start(config).context("the engine cannot start")?;
+    for plugin in engine.plugins() {
+        // A plugin that fails verification or start-up shows as Rejected/Failed with its
+        // reason in the snapshots; the others run.
+        let _ = engine.execute(Command::Start { plugin });
+    }
+    if options.traffic.is_some() {
+        engine.execute(Command::Traffic {
+            rate: options.traffic,
+        })?;
+    }
+    let started = Instant::now();
+    let mut next_print = Instant::now();
+    while !stop.load(Ordering::SeqCst)
+        && options
+            .duration
+            .is_none_or(|duration| started.elapsed() < duration)
+    {
+        if Instant::now() >= next_print {
+            print(&engine.snapshot(), options.json)?;
+            next_print += options.interval;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(options.interval));
+    }
+    engine.execute(Command::Traffic { rate: None })?;
+    engine.shutdown();
+    print(&engine.snapshot(), options.json)?;
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! `plugboard-host`: runs one plugin in a confined worker process.
+//!
+//! The engine spawns it (never forks itself) with exactly these descriptors: 0 `/dev/null`,
+//! 1 and 2 pipes the engine reads, 3 the IPC socket (SOCK_SEQPACKET), 4 the sealed memfd
+//! holding the verified library. The protocol:
+//!
+//! ```text
+//! worker → Hello            engine → Welcome { plan }      (how to confine, what to load)
+//!                           engine → Proceed               (the worker is in its cgroup now)
+//! worker: uid switch, parent-death signal, user + other namespaces, fork (the child is
+//!         pid 1 of the new pid namespace and does the rest; the parent mirrors its exit),
+//!         mounts, rlimits, not dumpable, no_new_privs, Landlock, capabilities, seccomp
+//! worker → Confined { steps, sandbox_pid }
+//! worker → SeccompListener  (+ the listener fd)           (the engine answers violations)
+//! worker: load the library from the memfd, create the instance
+//! worker → Ready | LoadFailed
+//! engine → Call / Health / EmitResult / Shutdown;  worker → Reply / Log / Emit
+//! ```
+//!
+//! No plugin code — not even a library constructor — runs before `Confined` is sent.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::unistd::{getpid, getppid, pipe, read, write};
+use plugboard_engine::ipc::{
+    Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
+};
+use plugboard_engine::loader::{self, SealedLibrary};
+use plugboard_engine::sandbox::Mechanism;
+use plugboard_engine::sandbox::landlock::{self, FsPolicy};
+use plugboard_engine::sandbox::process::{self, ConfineError, ForkSide};
+use plugboard_engine::sandbox::seccomp::{self, SyscallPolicy};
+use plugboard_sdk::host::{HostCallbacks, Instance};
+use plugboard_sdk::{LogLevel, abi};
+
+const SOCKET_FD: RawFd = 3;
+const LIBRARY_FD: RawFd = 4;
+/// How long a plugin's `emit` waits for the engine's answer.
+const EMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
+    #[error("IPC with the engine: {0}")]
+    Ipc(#[from] IpcError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("required confinement failed: {0}")]
+    Required(String),
+    #[error("plugin: {0}")]
+    Plugin(String),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("plugboard-host: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Collects one report per confinement step and aborts on a required one that failed.
+struct Steps {
+    reports: Vec<StepReport>,
+    required: Vec<String>,
+}
+
+impl Steps {
+    fn record<T>(
+        &mut self,
+        mechanism: Mechanism,
+        result: Result<T, String>,
+    ) -> Result<Option<T>, WorkerError> {
+        let name = mechanism.name().to_owned();
+        match result {
+            Ok(value) => {
+                self.reports.push(StepReport {
+                    mechanism: name,
+                    ok: true,
+                    detail: String::new(),
+                });
+                Ok(Some(value))
+            }
+            Err(reason) => {
+                let required = self.required.contains(&name);
+                self.reports.push(StepReport {
+                    mechanism: name.clone(),
+                    ok: false,
+                    detail: reason.clone(),
+                });
+                if required {
+                    Err(WorkerError::Required(format!("{name}: {reason}")))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, mechanism: Mechanism, note: &str) {
+        let name = mechanism.name().to_owned();
+        if let Some(report) = self
+            .reports
+            .iter_mut()
+            .rev()
+            .find(|report| report.mechanism == name)
+        {
+            if !report.detail.is_empty() {
+                report.detail.push_str("; ");
+            }
+            report.detail.push_str(note);
+        }
+    }
+}
+
+fn run() -> Result<(), WorkerError> {
+    process::close_descriptors_above(LIBRARY_FD)?;
+    let socket = process::adopt_inherited_fd(SOCKET_FD, "IPC socket")?;
+    let memfd = process::adopt_inherited_fd(LIBRARY_FD, "library memfd")?;
+    let channel = Arc::new(Channel::from_fd(socket));
+    let engine = getppid();
+    channel.send(&WorkerMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: getpid().as_raw().unsigned_abs(),
+    })?;
+    let plan = match channel.recv::<EngineMessage>()? {
+        EngineMessage::Welcome { protocol, plan } if protocol == PROTOCOL_VERSION => plan,
+        EngineMessage::Welcome { protocol, .. } => {
+            return Err(WorkerError::Protocol(format!(
+                "engine speaks protocol {protocol}, this worker speaks {PROTOCOL_VERSION}"
+            )));
+        }
+        other => {
+            return Err(WorkerError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            )));
+        }
+    };
+    match channel.recv::<EngineMessage>()? {
+        EngineMessage::Proceed => {}
+        other => {
+            return Err(WorkerError::Protocol(format!(
+                "expected Proceed, got {other:?}"
+            )));
+        }
+    }
+
+    let mut steps = Steps {
+        reports: Vec::new(),
+        required: plan.require.clone(),
+    };
+    let confined = confine(&plan, engine, &channel, &mut steps);
+    let (sandbox_pid, listener) = match confined {
+        Ok(confined) => confined,
+        Err(err) => {
+            // Tell the engine which step failed before giving up.
+            let _ = channel.send(&WorkerMessage::Confined {
+                steps: steps.reports,
+                sandbox_pid: 0,
+            });
+            return Err(err);
+        }
+    };
+    channel.send(&WorkerMessage::Confined {
+        steps: steps.reports,
+        sandbox_pid,
+    })?;
+    if let Some(listener) = listener {
+        channel.send_with_fd(&WorkerMessage::SeccompListener, listener.as_fd())?;
+    }
+
+    // Only now does plugin code run: the library's constructors, then `create`.
+    let instance = match load(memfd, &plan, &channel) {
+        Ok(instance) => instance,
+        Err(reason) => {
+            let _ = channel.send(&WorkerMessage::LoadFailed {
+                reason: reason.clone(),
+            });
+            return Err(WorkerError::Plugin(reason));
+        }
+    };
+    channel.send(&WorkerMessage::Ready)?;
+    serve(&channel, instance.0, &instance.1)
+}
+
+/// Runs every confinement step. Returns (in the sandboxed child) its host pid and the
+/// seccomp listener; the intermediary parent never returns.
+fn confine(
+    plan: &ConfinementPlan,
+    engine: nix::unistd::Pid,
+    channel: &Channel,
+    steps: &mut Steps,
+) -> Result<(u32, Option<OwnedFd>), WorkerError> {
+    steps.record(
+        Mechanism::UnprivilegedUid,
+        process::switch_user(plan.uid, plan.gid).map_err(|e| e.to_string()),
+    )?;
+    // The uid switch cleared any parent-death signal: set it now, and never go on without.
+    process::die_with_parent(engine)?;
+    let namespaces = steps.record(
+        Mechanism::Namespaces,
+        process::enter_user_namespace(plan.uid, plan.gid)
+            .and_then(|()| process::enter_namespaces(plan.network))
+            .map_err(|e| e.to_string()),
+    )?;
+    // Entering a user namespace changes the credentials, which clears the parent-death
+    // signal again (the kernel resets it on any credential change that is not a pure
+    // drop): set it once more, still checking the engine is there.
+    process::die_with_parent(engine)?;
+    let (pid_reader, pid_writer) = pipe().map_err(|err| ConfineError {
+        step: "fork",
+        reason: err.to_string(),
+    })?;
+    if namespaces.is_some() {
+        match process::fork_into_pid_namespace()? {
+            ForkSide::Parent { child } => {
+                drop(pid_reader);
+                let _ = write(&pid_writer, &child.as_raw().to_le_bytes());
+                drop(pid_writer);
+                // The intermediary keeps nothing of the engine's (the socket and the memfd
+                // are the child's now) and no privilege. It never returns, so nothing
+                // closes these descriptors a second time.
+                let _ = channel;
+                let _ = process::close_descriptors_above(2);
+                let _ = process::set_no_new_privs();
+                let _ = process::drop_capabilities();
+                process::mirror_child_exit(child);
+            }
+            ForkSide::Child => {}
+        }
+    }
+    drop(pid_writer);
+    let sandbox_pid = if namespaces.is_some() {
+        // Pid 1 of its namespace: the parent is the intermediary, which mirrors our end.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|err| {
+            ConfineError {
+                step: "parent-death signal",
+                reason: err.to_string(),
+            }
+        })?;
+        let mut bytes = [0u8; 4];
+        let _ = read(pid_reader.as_fd(), &mut bytes);
+        u32::from_le_bytes(bytes)
+    } else {
+        getpid().as_raw().unsigned_abs()
+    };
+    drop(pid_reader);
+    if namespaces.is_some() {
+        let notes = process::set_up_mounts(plan.tmpfs_bytes)?;
+        process::set_hostname(&format!("plugboard-{}", plan.plugin))?;
+        for note in notes {
+            steps.note(Mechanism::Namespaces, &note);
+        }
+    }
+    steps.record(
+        Mechanism::Rlimits,
+        process::apply_rlimits(plan.max_open_files, plan.address_space_bytes)
+            .map_err(|e| e.to_string()),
+    )?;
+    process::set_not_dumpable()?;
+    steps.record(
+        Mechanism::NoNewPrivs,
+        process::set_no_new_privs().map_err(|e| e.to_string()),
+    )?;
+    let mut fs_write = plan.fs_write.clone();
+    if namespaces.is_some() {
+        fs_write.push("/tmp".into());
+    }
+    let policy = FsPolicy {
+        read: plan.fs_read.clone(),
+        write: fs_write,
+        ..FsPolicy::system_defaults()
+    };
+    steps.record(
+        Mechanism::Landlock,
+        landlock::restrict(&policy)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    )?;
+    steps.record(
+        Mechanism::Capabilities,
+        process::drop_capabilities().map_err(|e| e.to_string()),
+    )?;
+    let listener = steps.record(
+        Mechanism::Seccomp,
+        seccomp::install(&SyscallPolicy {
+            network: plan.network,
+            spawn: plan.spawn,
+        })
+        .map_err(|e| e.to_string()),
+    )?;
+    Ok((sandbox_pid, listener))
+}
+
+/// Forwards the plugin's log lines and emits to the engine.
+struct EngineLink {
+    channel: Arc<Channel>,
+    next_emit: AtomicU64,
+    pending_emits: Mutex<HashMap<u64, mpsc::Sender<i32>>>,
+}
+
+impl HostCallbacks for EngineLink {
+    fn log(&self, level: LogLevel, message: &str) {
+        let _ = self.channel.send(&WorkerMessage::Log {
+            level: level.code(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn emit(&self, hook: &str, payload: &[u8]) -> i32 {
+        let id = self.next_emit.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = mpsc::channel();
+        self.pending_emits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, answer);
+        let sent = self.channel.send(&WorkerMessage::Emit {
+            id,
+            hook: hook.to_owned(),
+            payload: payload.to_vec(),
+        });
+        let code = match sent {
+            Ok(()) => answered
+                .recv_timeout(EMIT_TIMEOUT)
+                .unwrap_or(abi::EMIT_FAILED),
+            Err(_) => abi::EMIT_FAILED,
+        };
+        self.pending_emits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        code
+    }
+}
+
+fn load(
+    memfd: OwnedFd,
+    plan: &ConfinementPlan,
+    channel: &Arc<Channel>,
+) -> Result<(Instance, Arc<EngineLink>), String> {
+    let sealed = SealedLibrary::from_sealed_fd(memfd).map_err(|err| err.to_string())?;
+    let loaded = loader::load(sealed).map_err(|err| err.to_string())?;
+    let link = Arc::new(EngineLink {
+        channel: Arc::clone(channel),
+        next_emit: AtomicU64::new(1),
+        pending_emits: Mutex::new(HashMap::new()),
+    });
+    let instance = loaded
+        .library()
+        .instantiate(link.clone(), &plan.config_json)
+        .map_err(|err| err.to_string())?;
+    // The library stays loaded for the life of the process; the instance holds it.
+    std::mem::forget(loaded);
+    Ok((instance, link))
+}
+
+enum Job {
+    Call {
+        id: u64,
+        hook: String,
+        payload: Vec<u8>,
+    },
+    Health {
+        id: u64,
+    },
+}
+
+fn execute(instance: &Instance, job: Job) -> WorkerMessage {
+    let (id, result) = match job {
+        Job::Call { id, hook, payload } => (id, instance.call(&hook, &payload)),
+        Job::Health { id } => (id, instance.health().map(|()| Vec::new())),
+    };
+    match result {
+        Ok(body) => WorkerMessage::Reply {
+            id,
+            status: abi::STATUS_OK,
+            body,
+        },
+        Err(err) => WorkerMessage::Reply {
+            id,
+            status: err.status,
+            body: err.message.into_bytes(),
+        },
+    }
+}
+
+/// Reads requests on this thread and runs them on a few executor threads, so several
+/// calls are in flight and an `emit` inside a hook can get its answer.
+fn serve(
+    channel: &Arc<Channel>,
+    instance: Instance,
+    link: &Arc<EngineLink>,
+) -> Result<(), WorkerError> {
+    const EXECUTORS: usize = 2;
+    let instance = Arc::new(instance);
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    let executors: Vec<_> = (0..EXECUTORS)
+        .map(|_| {
+            let (instance, queue, channel) = (
+                Arc::clone(&instance),
+                Arc::clone(&queue),
+                Arc::clone(channel),
+            );
+            std::thread::spawn(move || {
+                loop {
+                    let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(job) = job else { break };
+                    if channel.send(&execute(&instance, job)).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    let outcome = loop {
+        match channel.recv::<EngineMessage>() {
+            Ok(EngineMessage::Call { id, hook, payload }) => {
+                let _ = jobs.send(Job::Call { id, hook, payload });
+            }
+            Ok(EngineMessage::Health { id }) => {
+                let _ = jobs.send(Job::Health { id });
+            }
+            Ok(EngineMessage::EmitResult { id, code }) => {
+                if let Some(answer) = link
+                    .pending_emits
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id)
+                {
+                    let _ = answer.send(code);
+                }
+            }
+            Ok(EngineMessage::Shutdown) | Err(IpcError::Closed) => break Ok(()),
+            Ok(other) => {
+                break Err(WorkerError::Protocol(format!(
+                    "unexpected {other:?} while serving"
+                )));
+            }
+            Err(err) => break Err(err.into()),
+        }
+    };
+    drop(jobs);
+    for executor in executors {
+        let _ = executor.join();
+    }
+    // Destroys the instance (the plugin's own shutdown) before the process exits.
+    drop(instance);
+    outcome
+}

@@ -1,0 +1,119 @@
+//! The engine's event log: lifecycle changes and violations, in a bounded in-memory ring
+//! for front ends, and pushed to subscribers as they happen.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::PluginState;
+use crate::worker::ExitStatus;
+
+/// How many events the ring keeps.
+pub const EVENT_RING: usize = 2000;
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increases by one per event, from 1.
+    pub seq: u64,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub plugin: Option<String>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    Discovered {
+        dir: String,
+    },
+    StateChanged {
+        from: PluginState,
+        to: PluginState,
+    },
+    /// Verification or start-up refused the plugin.
+    Rejected {
+        reason: String,
+    },
+    Started {
+        worker_pid: u32,
+        sandbox_pid: u32,
+        mechanisms: Vec<String>,
+    },
+    Stopped {
+        exit: Option<ExitStatus>,
+    },
+    /// The worker ended while it should have been running.
+    Crashed {
+        exit: ExitStatus,
+    },
+    /// A seccomp-filtered syscall, answered EPERM by the engine.
+    ForbiddenSyscall {
+        syscall: String,
+        detail: String,
+    },
+    ProtocolViolation {
+        reason: String,
+    },
+    HookTimeout {
+        hook: String,
+        timeout_ms: u64,
+    },
+    /// A plugin emitted a hook its manifest does not grant.
+    ForbiddenEmit {
+        hook: String,
+    },
+    /// Engine-level notes (traffic on/off, shutdown).
+    Engine {
+        message: String,
+    },
+}
+
+/// The ring plus the live subscribers.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    ring: VecDeque<Event>,
+    next_seq: u64,
+    subscribers: Vec<mpsc::Sender<Event>>,
+}
+
+pub(crate) fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+impl EventLog {
+    pub fn push(&mut self, plugin: Option<&str>, kind: EventKind) -> Event {
+        self.next_seq += 1;
+        let event = Event {
+            seq: self.next_seq,
+            at_ms: unix_millis(SystemTime::now()),
+            plugin: plugin.map(str::to_owned),
+            kind,
+        };
+        if self.ring.len() == EVENT_RING {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(event.clone());
+        // Subscribers that went away are dropped here.
+        self.subscribers
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+        event
+    }
+
+    pub fn subscribe(&mut self) -> mpsc::Receiver<Event> {
+        let (sender, receiver) = mpsc::channel();
+        self.subscribers.push(sender);
+        receiver
+    }
+
+    pub fn recent(&self) -> Vec<Event> {
+        self.ring.iter().cloned().collect()
+    }
+}

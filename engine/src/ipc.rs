@@ -1,0 +1,486 @@
+//! Frames and messages between the engine and its workers (`plugboard-host`).
+//!
+//! An engine and a worker talk over one `SOCK_SEQPACKET` socketpair: one datagram is one
+//! frame ([`encode_frame`], [`decode_frame`]), one frame is one message ([`EngineMessage`]
+//! engine → worker, [`WorkerMessage`] worker → engine). SEQPACKET keeps datagram
+//! boundaries and delivers in order, so neither side ever reassembles a stream, and a send
+//! is atomic: threads sharing a [`Channel`] never interleave their messages.
+//!
+//! Workers run plugin code and are untrusted. Everything a [`Channel`] receives is checked
+//! — datagram size, header, body, trailing bytes, attached descriptors — and any deviation
+//! is an [`IpcError::Protocol`] naming what was wrong and what was expected. The channel
+//! itself stays usable after one (the bad datagram is consumed whole); the supervisor
+//! decides what a violation costs the worker (DESIGN.md: it is killed).
+
+mod frame;
+mod message;
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, getsockopt,
+    recvmsg, send, sendmsg, setsockopt, socketpair, sockopt,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use frame::{HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, decode_frame, encode_frame};
+pub use message::{ConfinementPlan, EngineMessage, PROTOCOL_VERSION, StepReport, WorkerMessage};
+
+use frame::{check_frame_size, protocol};
+
+/// What went wrong on an IPC channel.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The socket itself failed (the message says which call).
+    #[error("IPC socket error: {source}")]
+    Io {
+        #[from]
+        source: io::Error,
+    },
+    /// The peer closed its end (or shut down writing); nothing more will arrive.
+    #[error("the peer closed the IPC channel")]
+    Closed,
+    /// The peer sent something that is not a valid frame of the expected message type.
+    #[error("IPC protocol violation: {reason}")]
+    Protocol { reason: String },
+    /// A message too large to send as one frame.
+    #[error("message of {bytes} bytes exceeds the {max}-byte limit of one frame")]
+    TooLarge { bytes: usize, max: usize },
+    /// A message that postcard cannot encode (e.g. a path that is not UTF-8).
+    #[error("cannot encode message: {reason}")]
+    Encode { reason: String },
+}
+
+/// The most descriptors one `SCM_RIGHTS` message can carry (the kernel's `SCM_MAX_FD`).
+/// The receive side makes room for all of them so it never loses track of one.
+const SCM_MAX_FD: usize = 253;
+
+/// `SO_SNDBUF` requested for both ends of a pair (the kernel doubles it): a datagram must
+/// fit in the sender's buffer, and a maximal frame should not have to wait for an empty one.
+const SEND_BUFFER_REQUEST: usize = 2 * MAX_FRAME_BYTES;
+
+/// The kernel refuses a unix datagram longer than `sk_sndbuf - 32` with `EMSGSIZE`.
+const SEND_BUFFER_OVERHEAD: usize = 32;
+
+/// One end of the engine⇄worker `SOCK_SEQPACKET` socketpair.
+///
+/// All methods take `&self` and may be called from several threads at once: each send is
+/// one datagram, so senders never interleave; each receive takes one whole datagram, and
+/// every receiving thread has its own buffer, so receivers never wait for each other.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+/// Per-thread receive buffers: a datagram is read whole into `data`, which must hold
+/// `MAX_FRAME_BYTES + 1` bytes to tell a maximal frame from an oversized one. Allocated on
+/// a thread's first receive; pages the kernel never writes stay unbacked.
+#[derive(Default)]
+struct ReceiveBuffers {
+    data: Vec<u8>,
+    /// Room for one `SCM_RIGHTS` message of `SCM_MAX_FD` descriptors.
+    control: Vec<u8>,
+}
+
+thread_local! {
+    static RECEIVE_BUFFERS: RefCell<ReceiveBuffers> = RefCell::new(ReceiveBuffers::default());
+}
+
+/// Which descriptors the caller accepts with the next message.
+#[derive(Clone, Copy)]
+enum FdPolicy {
+    None,
+    AtMostOne,
+}
+
+/// One received datagram, before its frame is decoded.
+struct Datagram {
+    /// The datagram's real length (`MSG_TRUNC`), which may exceed the buffer.
+    len: usize,
+    fds: Vec<OwnedFd>,
+    /// Control data other than one `SCM_RIGHTS` message.
+    control_problem: Option<String>,
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Channel {
+    /// A connected pair of channels (`SOCK_SEQPACKET`, both ends close-on-exec).
+    ///
+    /// Both ends get a send buffer large enough for a [`MAX_FRAME_BYTES`] frame when the
+    /// process may set one (root uses `SO_SNDBUFFORCE`; otherwise `SO_SNDBUF` is capped by
+    /// `net.core.wmem_max`, and a frame that does not fit is refused at send time with
+    /// [`IpcError::TooLarge`]). The options stay with the socket when one end is passed to
+    /// a worker.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|errno| os_error("socketpair(AF_UNIX, SOCK_SEQPACKET)", errno))?;
+        for end in [&a, &b] {
+            raise_send_buffer(end);
+        }
+        Ok((Channel::from_fd(a), Channel::from_fd(b)))
+    }
+
+    /// Wraps one end of a `SOCK_SEQPACKET` socketpair, e.g. the one a worker inherited.
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// The socket, e.g. to pass to a spawned worker or to poll alongside other descriptors.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Gives the socket back.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Sends one message as one datagram. Blocks while the socket's send buffer is full.
+    pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), IpcError> {
+        let frame = encode_frame(msg)?;
+        self.send_frame(&frame, None)
+    }
+
+    /// Sends one message with `fd` attached (`SCM_RIGHTS`) in the same datagram; the
+    /// receiver gets its own descriptor for the same open file.
+    pub fn send_with_fd<T: Serialize + ?Sized>(
+        &self,
+        msg: &T,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), IpcError> {
+        let frame = encode_frame(msg)?;
+        self.send_frame(&frame, Some(fd))
+    }
+
+    /// Receives one message, blocking until one arrives. A descriptor attached to it is a
+    /// protocol violation (the descriptor is closed).
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T, IpcError> {
+        match self.receive(None, FdPolicy::None)? {
+            Some((msg, _)) => Ok(msg),
+            None => unreachable_timeout(),
+        }
+    }
+
+    /// Receives one message and the descriptor attached to it, if any (close-on-exec).
+    /// More than one descriptor is a protocol violation (all of them are closed).
+    pub fn recv_with_fd<T: DeserializeOwned>(&self) -> Result<(T, Option<OwnedFd>), IpcError> {
+        match self.receive(None, FdPolicy::AtMostOne)? {
+            Some(received) => Ok(received),
+            None => unreachable_timeout(),
+        }
+    }
+
+    /// Like [`Channel::recv`], but gives up after `timeout` with `Ok(None)`.
+    pub fn recv_timeout<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<T>, IpcError> {
+        Ok(self
+            .receive(Some(timeout), FdPolicy::None)?
+            .map(|(msg, _)| msg))
+    }
+
+    /// Like [`Channel::recv_with_fd`], but gives up after `timeout` with `Ok(None)`.
+    pub fn recv_with_fd_timeout<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<(T, Option<OwnedFd>)>, IpcError> {
+        self.receive(Some(timeout), FdPolicy::AtMostOne)
+    }
+
+    fn send_frame(&self, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), IpcError> {
+        let iov = [IoSlice::new(frame)];
+        let fds: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+        loop {
+            // Plain send(2) when there is nothing to attach: cheaper than sendmsg(2).
+            let result = if cmsgs.is_empty() {
+                send(self.fd.as_raw_fd(), frame, MsgFlags::MSG_NOSIGNAL)
+            } else {
+                sendmsg::<()>(
+                    self.fd.as_raw_fd(),
+                    &iov,
+                    cmsgs,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+            };
+            match result {
+                Ok(sent) if sent == frame.len() => return Ok(()),
+                Ok(sent) => {
+                    return Err(IpcError::Io {
+                        source: io::Error::other(format!(
+                            "the IPC socket took {sent} of {} bytes; a SOCK_SEQPACKET \
+                             send is all or nothing (is this a stream socket?)",
+                            frame.len()
+                        )),
+                    });
+                }
+                Err(Errno::EINTR) => {}
+                // A socket someone made non-blocking: wait until it can take more.
+                Err(Errno::EAGAIN) => self.wait_for(PollFlags::POLLOUT, None)?,
+                Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED | Errno::ENOTCONN) => {
+                    return Err(IpcError::Closed);
+                }
+                Err(Errno::EMSGSIZE) => {
+                    return Err(IpcError::TooLarge {
+                        bytes: frame.len(),
+                        max: self.send_limit(),
+                    });
+                }
+                Err(errno) => return Err(os_error("sending on the IPC socket", errno).into()),
+            }
+        }
+    }
+
+    /// The largest datagram this socket's send buffer accepts.
+    fn send_limit(&self) -> usize {
+        getsockopt(&self.fd, sockopt::SndBuf).map_or(MAX_FRAME_BYTES, |sndbuf| {
+            sndbuf
+                .saturating_sub(SEND_BUFFER_OVERHEAD)
+                .min(MAX_FRAME_BYTES)
+        })
+    }
+
+    /// Receives and decodes one datagram; `Ok(None)` only when `timeout` ran out.
+    ///
+    /// Without a timeout this is one blocking `recvmsg`; with one, a non-blocking
+    /// `recvmsg` and `poll` until the deadline.
+    fn receive<T: DeserializeOwned>(
+        &self,
+        timeout: Option<Duration>,
+        policy: FdPolicy,
+    ) -> Result<Option<(T, Option<OwnedFd>)>, IpcError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let blocking = deadline.is_none();
+        let mut resets = 0;
+        loop {
+            let receive_into = |buffers: &mut ReceiveBuffers| {
+                self.receive_datagram(buffers, blocking).map(|datagram| {
+                    datagram.map(|datagram| self.decode_datagram(&buffers.data, datagram, policy))
+                })
+            };
+            // A receive from a thread-local destructor gets a buffer of its own.
+            let received = RECEIVE_BUFFERS
+                .try_with(|buffers| receive_into(&mut buffers.borrow_mut()))
+                .unwrap_or_else(|_| receive_into(&mut ReceiveBuffers::default()));
+            match received {
+                Ok(Some(decoded)) => return decoded.map(Some),
+                Ok(None) => {}
+                // The peer closed while messages we sent it were unread. The error is
+                // reported (and cleared) before the messages it sent us, which are still
+                // queued: go on reading them; the end of the queue is `Closed`.
+                Err(Errno::ECONNRESET) if resets == 0 => {
+                    resets += 1;
+                    continue;
+                }
+                Err(Errno::ECONNRESET | Errno::ENOTCONN | Errno::EPIPE) => {
+                    return Err(IpcError::Closed);
+                }
+                Err(errno) => return Err(os_error("recvmsg on the IPC socket", errno).into()),
+            }
+            // Nothing queued (or a socket someone made non-blocking): wait for a datagram.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            self.wait_for(PollFlags::POLLIN, deadline)?;
+        }
+    }
+
+    /// One `recvmsg` (non-blocking unless `blocking`): `Ok(None)` if nothing is queued.
+    /// Descriptors that came with the datagram are owned (and so closed on every path)
+    /// from here on.
+    fn receive_datagram(
+        &self,
+        buffers: &mut ReceiveBuffers,
+        blocking: bool,
+    ) -> Result<Option<Datagram>, Errno> {
+        if buffers.data.len() != MAX_FRAME_BYTES + 1 {
+            buffers.data = vec![0; MAX_FRAME_BYTES + 1];
+            buffers.control = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+        }
+        let mut flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
+        if !blocking {
+            flags |= MsgFlags::MSG_DONTWAIT;
+        }
+        loop {
+            let mut iov = [IoSliceMut::new(&mut buffers.data)];
+            let received = match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut buffers.control),
+                flags,
+            ) {
+                Ok(received) => received,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(errno) => return Err(errno),
+            };
+            let mut fds = Vec::new();
+            let mut control_problem = None;
+            match received.cmsgs() {
+                Ok(cmsgs) => {
+                    for cmsg in cmsgs {
+                        match cmsg {
+                            ControlMessageOwned::ScmRights(raw) => {
+                                fds.extend(raw.into_iter().map(adopt_received_fd));
+                            }
+                            // Only SCM_RIGHTS reaches a socket without SO_PASSCRED & co.
+                            other => {
+                                control_problem = Some(format!(
+                                    "unexpected control message {other:?}, expected at most \
+                                     SCM_RIGHTS"
+                                ));
+                            }
+                        }
+                    }
+                }
+                // MSG_CTRUNC: ruled out by the SCM_MAX_FD-sized buffer, but if it happens
+                // the descriptors that did arrive cannot be found to be closed.
+                Err(_) => {
+                    control_problem = Some(format!(
+                        "control data truncated: more than the {SCM_MAX_FD} descriptors a \
+                         datagram may carry"
+                    ));
+                }
+            }
+            return Ok(Some(Datagram {
+                len: received.bytes,
+                fds,
+                control_problem,
+            }));
+        }
+    }
+
+    fn decode_datagram<T: DeserializeOwned>(
+        &self,
+        data: &[u8],
+        datagram: Datagram,
+        policy: FdPolicy,
+    ) -> Result<(T, Option<OwnedFd>), IpcError> {
+        let Datagram {
+            len,
+            mut fds,
+            control_problem,
+        } = datagram;
+        if let Some(reason) = control_problem {
+            return Err(protocol(reason));
+        }
+        if len == 0 && fds.is_empty() {
+            return Err(if self.peer_has_shut_down() {
+                IpcError::Closed
+            } else {
+                protocol(format!(
+                    "empty datagram, expected a frame of at least {HEADER_BYTES} bytes"
+                ))
+            });
+        }
+        match (policy, fds.len()) {
+            (_, 0) | (FdPolicy::AtMostOne, 1) => {}
+            (FdPolicy::None, n) => {
+                return Err(protocol(format!(
+                    "datagram carried {n} file descriptor(s) where none was expected"
+                )));
+            }
+            (FdPolicy::AtMostOne, n) => {
+                return Err(protocol(format!(
+                    "datagram carried {n} file descriptors, expected at most one"
+                )));
+            }
+        }
+        check_frame_size(len)?;
+        let frame = data.get(..len).ok_or_else(|| {
+            protocol(format!(
+                "frame of {len} bytes does not fit the {}-byte receive buffer",
+                data.len()
+            ))
+        })?;
+        let msg = decode_frame(frame)?;
+        Ok((msg, fds.pop()))
+    }
+
+    /// Whether the peer closed its end or shut down writing (`POLLRDHUP`/`POLLHUP`), which
+    /// tells end-of-stream apart from an empty datagram.
+    fn peer_has_shut_down(&self) -> bool {
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        let mut fds = [PollFd::new(self.fd.as_fd(), rdhup)];
+        loop {
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(ready) => return ready > 0,
+                Err(Errno::EINTR) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Waits until the socket is ready for `events` or `deadline` passes.
+    fn wait_for(&self, events: PollFlags, deadline: Option<Instant>) -> Result<(), IpcError> {
+        let mut fds = [PollFd::new(self.fd.as_fd(), events)];
+        let timeout = deadline.map_or(PollTimeout::NONE, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            // Round up, so a wait for 0.4 ms does not turn into a busy loop of 0 ms polls.
+            let millis = left.as_nanos().div_ceil(1_000_000);
+            i32::try_from(millis)
+                .ok()
+                .and_then(|ms| PollTimeout::try_from(ms).ok())
+                .unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(errno) => Err(os_error("poll on the IPC socket", errno).into()),
+        }
+    }
+}
+
+/// Takes ownership of a descriptor that arrived with `SCM_RIGHTS`.
+#[allow(unsafe_code)]
+fn adopt_received_fd(raw: RawFd) -> OwnedFd {
+    // SAFETY: `raw` was installed in this process's descriptor table by the kernel during
+    // the `recvmsg` that just returned it (SCM_RIGHTS); nothing else in the process has
+    // seen the number, so this `OwnedFd` is its only owner and closes it exactly once.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// Makes sure a maximal frame fits in `fd`'s send buffer, as far as this process may.
+fn raise_send_buffer(fd: &OwnedFd) {
+    let current = getsockopt(fd, sockopt::SndBuf).unwrap_or(0);
+    if current >= SEND_BUFFER_REQUEST {
+        return;
+    }
+    if setsockopt(fd, sockopt::SndBufForce, &SEND_BUFFER_REQUEST).is_err() {
+        // Unprivileged: capped at net.core.wmem_max; `send` reports a frame that does not
+        // fit as TooLarge with the real limit.
+        let _ = setsockopt(fd, sockopt::SndBuf, &SEND_BUFFER_REQUEST);
+    }
+}
+
+fn os_error(call: &str, errno: Errno) -> io::Error {
+    io::Error::new(
+        io::Error::from(errno).kind(),
+        format!("{call}: {}", io::Error::from(errno)),
+    )
+}
+
+/// A receive without a deadline only returns once a datagram arrived.
+fn unreachable_timeout<T>() -> Result<T, IpcError> {
+    Err(IpcError::Io {
+        source: io::Error::other("a receive without a timeout returned without a message"),
+    })
+}

@@ -1,0 +1,257 @@
+//! Process-level confinement steps, run by the worker (`plugboard-host`) on itself, in the
+//! order DESIGN.md gives: uid switch, parent-death signal, namespaces (user first), the
+//! fork into the new pid namespace, mounts, rlimits, not dumpable, no_new_privs and the
+//! capability drop. Landlock and seccomp are in their own modules.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use caps::CapSet;
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{
+    ForkResult, Gid, Pid, Uid, fork, getppid, setgroups, sethostname, setresgid, setresuid,
+};
+
+/// A confinement step that failed, naming the step and the kernel's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {reason}")]
+pub struct ConfineError {
+    pub step: &'static str,
+    pub reason: String,
+}
+
+fn fail(step: &'static str) -> impl FnOnce(nix::Error) -> ConfineError {
+    move |err| ConfineError {
+        step,
+        reason: err.to_string(),
+    }
+}
+
+/// Takes ownership of a descriptor the engine passed at a fixed number, after checking it
+/// is open.
+pub fn adopt_inherited_fd(fd: RawFd, what: &'static str) -> Result<OwnedFd, ConfineError> {
+    // F_GETFD fails with EBADF for a closed descriptor, without touching anything.
+    // SAFETY: plain fcntl query on an integer descriptor; no memory is involved.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(ConfineError {
+            step: what,
+            reason: format!("descriptor {fd} was not passed by the engine"),
+        });
+    }
+    // SAFETY: the descriptor is open (checked above) and, by the spawn protocol, passed to
+    // this process for it alone; nothing else in the worker owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or higher (the engine moves the
+/// descriptors it passes to a worker clear of the numbers they are dup2'd onto).
+pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<OwnedFd> {
+    let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))
+        .map_err(std::io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC just created `raw`; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Closes every descriptor above `highest_kept`: whatever else was inherited is a way out.
+pub fn close_descriptors_above(highest_kept: RawFd) -> Result<(), ConfineError> {
+    let first = u32::try_from(highest_kept + 1).unwrap_or(u32::MAX);
+    // SAFETY: closes descriptors this process does not use (only 0..=highest_kept are in
+    // use at this point of the worker's start); no Rust object owns any of them.
+    let result = unsafe { libc::close_range(first, u32::MAX, 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(ConfineError {
+            step: "close inherited descriptors",
+            reason: std::io::Error::last_os_error().to_string(),
+        })
+    }
+}
+
+/// Switches to an unprivileged host uid/gid with no supplementary groups.
+pub fn switch_user(uid: u32, gid: u32) -> Result<(), ConfineError> {
+    setgroups(&[]).map_err(fail("drop supplementary groups"))?;
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setresgid(gid, gid, gid).map_err(fail("switch gid"))?;
+    setresuid(uid, uid, uid).map_err(fail("switch uid"))?;
+    Ok(())
+}
+
+/// Dies with SIGKILL when the parent (thread) goes away. Set after the uid switch, which
+/// clears it; and checks the parent did not die before the call.
+pub fn die_with_parent(expected_parent: Pid) -> Result<(), ConfineError> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(fail("parent-death signal"))?;
+    if getppid() != expected_parent {
+        return Err(ConfineError {
+            step: "parent-death signal",
+            reason: "the engine exited before the worker was confined".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn write_proc_file(path: &str, contents: &str, step: &'static str) -> Result<(), ConfineError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|err| ConfineError {
+            step,
+            reason: format!("{path}: {err}"),
+        })
+}
+
+/// Enters a new user namespace in which the worker keeps its (unprivileged) host ids: it
+/// gains capabilities over the namespaces it creates next, and nothing on the host.
+pub fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), ConfineError> {
+    // The uid switch made the process non-dumpable, which makes its /proc files root's:
+    // it could not write its own id maps. Dumpable again until `set_not_dumpable`.
+    prctl::set_dumpable(true).map_err(fail("user namespace: dumpable for the id maps"))?;
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(fail("user namespace"))?;
+    write_proc_file("/proc/self/setgroups", "deny", "user namespace: setgroups")?;
+    write_proc_file(
+        "/proc/self/uid_map",
+        &format!("{uid} {uid} 1\n"),
+        "user namespace: uid_map",
+    )?;
+    write_proc_file(
+        "/proc/self/gid_map",
+        &format!("{gid} {gid} 1\n"),
+        "user namespace: gid_map",
+    )?;
+    Ok(())
+}
+
+/// Enters new mount, ipc, uts, cgroup and pid namespaces, and a new network namespace
+/// (only `lo`) unless the plugin may use the network. The pid namespace applies to the
+/// children: the caller forks next.
+pub fn enter_namespaces(network: bool) -> Result<(), ConfineError> {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWPID;
+    if !network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(fail("namespaces"))
+}
+
+/// Which side of the fork into the new pid namespace this is.
+#[derive(Debug)]
+pub enum ForkSide {
+    /// The intermediary: waits for the sandboxed child and mirrors its end.
+    Parent { child: Pid },
+    /// Pid 1 of the new pid namespace: goes on to load the plugin.
+    Child,
+}
+
+/// Forks once into the new pid namespace.
+pub fn fork_into_pid_namespace() -> Result<ForkSide, ConfineError> {
+    // SAFETY: the worker is single-threaded at this point (no thread has been started
+    // since exec), so the child may run arbitrary code after fork.
+    match unsafe { fork() }.map_err(fail("fork into the pid namespace"))? {
+        ForkResult::Parent { child } => Ok(ForkSide::Parent { child }),
+        ForkResult::Child => Ok(ForkSide::Child),
+    }
+}
+
+/// The intermediary's last act: waits for the sandboxed child and ends the same way, so
+/// the engine sees the plugin's exit code or signal as the worker's.
+pub fn mirror_child_exit(child: Pid) -> ! {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                // Re-raise with the default action so the engine sees the same signal.
+                // SAFETY: resetting a signal to its default disposition installs no Rust
+                // handler; nothing else in this single-threaded process relies on it.
+                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+                let _ = nix::sys::signal::raise(sig);
+                std::process::exit(128 + sig as i32);
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => std::process::exit(125),
+        }
+    }
+}
+
+/// Mounts for the sandboxed child: nothing propagates back to the host, a fresh `/proc`
+/// for the new pid namespace, and a private size-limited `/tmp` that disappears with it.
+/// Returns notes on what could not be mounted (not fatal: the namespaces still hold).
+pub fn set_up_mounts(tmpfs_bytes: u64) -> Result<Vec<String>, ConfineError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(fail("mount namespace: make / private"))?;
+    let mut notes = Vec::new();
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(err) = mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>) {
+        notes.push(format!("/proc of the new pid namespace not mounted: {err}"));
+    }
+    let options = format!("size={tmpfs_bytes},mode=0700");
+    mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        nosuid,
+        Some(options.as_str()),
+    )
+    .map_err(fail("private /tmp"))?;
+    Ok(notes)
+}
+
+pub fn set_hostname(name: &str) -> Result<(), ConfineError> {
+    sethostname(name).map_err(fail("hostname"))
+}
+
+/// Open files, no core dumps, and an address-space backstop far above the memory limit
+/// (the cgroup enforces memory; this only stops runaway reservations).
+pub fn apply_rlimits(max_open_files: u64, address_space_bytes: u64) -> Result<(), ConfineError> {
+    setrlimit(Resource::RLIMIT_NOFILE, max_open_files, max_open_files)
+        .map_err(fail("rlimit: open files"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(fail("rlimit: core"))?;
+    setrlimit(
+        Resource::RLIMIT_AS,
+        address_space_bytes,
+        address_space_bytes,
+    )
+    .map_err(fail("rlimit: address space"))?;
+    Ok(())
+}
+
+/// Not dumpable: no core files, no ptrace attach, `/proc/<pid>` owned by root.
+pub fn set_not_dumpable() -> Result<(), ConfineError> {
+    prctl::set_dumpable(false).map_err(fail("not dumpable"))
+}
+
+pub fn set_no_new_privs() -> Result<(), ConfineError> {
+    prctl::set_no_new_privs().map_err(fail("no_new_privs"))
+}
+
+/// Drops every capability: bounding set first (needs CAP_SETPCAP, which goes last),
+/// then ambient, inheritable, permitted and effective.
+pub fn drop_capabilities() -> Result<(), ConfineError> {
+    let caps_error = |step: &'static str| {
+        move |err: caps::errors::CapsError| ConfineError {
+            step,
+            reason: err.to_string(),
+        }
+    };
+    caps::clear(None, CapSet::Bounding).map_err(caps_error("capabilities: bounding set"))?;
+    caps::clear(None, CapSet::Ambient).map_err(caps_error("capabilities: ambient"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("capabilities: inheritable"))?;
+    caps::clear(None, CapSet::Effective).map_err(caps_error("capabilities: effective"))?;
+    caps::clear(None, CapSet::Permitted).map_err(caps_error("capabilities: permitted"))?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The engine's end of a worker's seccomp filter: reads each suspended call, answers
+//! `EPERM`, and says what was attempted.
+//!
+//! Kernel behaviour this relies on (Linux 6.18, `kernel/seccomp.c`):
+//! - a notified call suspends the calling *thread* until the listener answers; the
+//!   listener polls readable (`POLLIN`) while a call waits to be read;
+//! - the listener belongs to the *filter*, not to a thread: every thread and child process
+//!   created after the filter was loaded shares it. `POLLHUP` comes once the last of them
+//!   has exited; one thread exiting while another still runs changes nothing. An exited
+//!   child that has not been reaped yet no longer counts (measured: `POLLHUP` before
+//!   `waitpid`);
+//! - a caller that is killed (or interrupted before the engine read its call) vanishes from
+//!   the queue; reading then fails with `ENOENT`, and so do the validity check and the
+//!   answer for a call read before the caller died;
+//! - if the listener is closed, waiting and future notified calls fail with `ENOSYS`: the
+//!   filter fails closed, but unreported.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde::{Deserialize, Serialize};
+
+use super::{SeccompError, detail, syscall_name};
+
+/// One forbidden call, as the engine records it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Notification {
+    /// The calling thread's id as seen from the listener's pid namespace (0 if the caller is
+    /// not visible there). It names a thread, not necessarily its process.
+    pub pid: u32,
+    /// The system call's name, e.g. `socket`.
+    pub syscall: String,
+    /// The raw argument registers. Pointers point into the caller's memory, which is not
+    /// read: it could change between the read and the decision.
+    pub args: [u64; 6],
+    /// The arguments that explain the call, decoded from registers (`domain AF_INET, type
+    /// SOCK_STREAM` for `socket`, the flags for `clone`); empty when none do.
+    pub detail: String,
+}
+
+/// A seccomp user-notification listener: the engine answers every call on it with `EPERM`.
+#[derive(Debug)]
+pub struct NotifyListener {
+    fd: OwnedFd,
+}
+
+/// What `poll` said about the listener.
+enum Readiness {
+    CallWaiting,
+    TimedOut,
+    Closed,
+}
+
+impl NotifyListener {
+    /// Wraps a listener descriptor, typically received from a worker over its socket.
+    pub fn new(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// Waits up to `timeout` for one notification; answers it with `EPERM` (after checking
+    /// the notification id is still valid) and returns what was attempted. `Ok(None)` on
+    /// timeout. [`SeccompError::ListenerClosed`] when every thread and process under the
+    /// filter is gone (the descriptor reports `POLLHUP`).
+    ///
+    /// A call whose caller died after it was read is still returned: the attempt happened,
+    /// only the answer had nobody left to receive it.
+    pub fn next(&self, timeout: Duration) -> Result<Option<Notification>, SeccompError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let remaining = deadline.map_or(timeout, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            });
+            match self.wait(remaining)? {
+                Readiness::TimedOut => return Ok(None),
+                Readiness::Closed => return Err(SeccompError::ListenerClosed),
+                Readiness::CallWaiting => {}
+            }
+            // The caller may have been killed between poll and read; then wait on.
+            if let Some(request) = self.receive()? {
+                return self.answer(&request).map(Some);
+            }
+        }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<Readiness, SeccompError> {
+        let started = Instant::now();
+        loop {
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            let left = timeout.saturating_sub(started.elapsed());
+            match poll(&mut fds, poll_timeout(left)) {
+                Ok(0) => return Ok(Readiness::TimedOut),
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(source) => return Err(SeccompError::Poll { source }),
+            }
+            let events = fds[0].revents().unwrap_or(PollFlags::empty());
+            // A waiting call first: it can still be answered while the filter goes away.
+            if events.contains(PollFlags::POLLIN) {
+                return Ok(Readiness::CallWaiting);
+            }
+            if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                return Ok(Readiness::Closed);
+            }
+            // Only POLLIN was asked for and POLLNVAL cannot happen on an owned descriptor;
+            // should anything else wake us, wait out the rest.
+        }
+    }
+
+    /// Reads one waiting call; `None` if its caller vanished after `poll`.
+    fn receive(&self) -> Result<Option<libc::seccomp_notif>, SeccompError> {
+        loop {
+            // The kernel refuses a buffer that is not zeroed (it may grow new fields).
+            // SAFETY: `seccomp_notif` is plain integers, for which all-zero is valid.
+            let mut request: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+            // SAFETY: SECCOMP_IOCTL_NOTIF_RECV writes one `struct seccomp_notif` through the
+            // pointer, which points to a live, writable value of exactly that type.
+            let result = unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    libc::SECCOMP_IOCTL_NOTIF_RECV,
+                    &raw mut request,
+                )
+            };
+            if result == 0 {
+                return Ok(Some(request));
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::ENOENT) => return Ok(None),
+                _ => return Err(SeccompError::Receive { source: error }),
+            }
+        }
+    }
+
+    fn answer(&self, request: &libc::seccomp_notif) -> Result<Notification, SeccompError> {
+        // The filter kills every call from another architecture before any rule runs, so
+        // `nr` is always a native system call number.
+        let syscall = syscall_name(request.data.nr);
+        let notification = Notification {
+            pid: request.pid,
+            detail: detail::describe(&syscall, &request.data.args),
+            args: request.data.args,
+            syscall,
+        };
+        // The pid is only meaningful while the id is valid: once the caller is gone, the
+        // pid may already name another thread.
+        if !self.still_waiting(request.id)? {
+            return Ok(notification);
+        }
+        let response = libc::seccomp_notif_resp {
+            id: request.id,
+            val: 0,
+            error: -libc::EPERM,
+            flags: 0,
+        };
+        loop {
+            // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads one `struct seccomp_notif_resp` through
+            // the pointer, which points to a live, initialised value of exactly that type.
+            let result = unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    libc::SECCOMP_IOCTL_NOTIF_SEND,
+                    &raw const response,
+                )
+            };
+            if result == 0 {
+                return Ok(notification);
+            }
+            let source = io::Error::last_os_error();
+            match source.raw_os_error() {
+                Some(libc::EINTR) => {}
+                // Killed since the check: the attempt stands, the answer has no recipient.
+                Some(libc::ENOENT) => return Ok(notification),
+                _ => {
+                    return Err(SeccompError::Respond {
+                        id: request.id,
+                        syscall: notification.syscall,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether the caller of notification `id` still waits for its answer.
+    fn still_waiting(&self, id: u64) -> Result<bool, SeccompError> {
+        loop {
+            // SAFETY: SECCOMP_IOCTL_NOTIF_ID_VALID reads one u64 through the pointer, which
+            // points to a live local.
+            let result = unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+                    &raw const id,
+                )
+            };
+            if result == 0 {
+                return Ok(true);
+            }
+            let source = io::Error::last_os_error();
+            match source.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::ENOENT) => return Ok(false),
+                _ => return Err(SeccompError::Receive { source }),
+            }
+        }
+    }
+}
+
+impl AsFd for NotifyListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// `timeout` for `poll(2)`, rounded up to whole milliseconds so that a short remainder
+/// waits rather than spinning, and capped at what `poll` can express.
+fn poll_timeout(timeout: Duration) -> PollTimeout {
+    let millis = timeout.as_micros().div_ceil(1000);
+    i32::try_from(millis).map_or(PollTimeout::MAX, |millis| {
+        PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+    })
+}

@@ -1,0 +1,104 @@
+//! What front ends read: an owned, serializable picture of the engine, built on request.
+//! The JSON field names are a contract (README, "Snapshot fields").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+use crate::hooks::HookStatsSnapshot;
+use crate::worker::{ExitStatus, MechanismState, OutputStream};
+
+/// A plugin's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// A bundle directory was found; not verified yet.
+    Discovered,
+    /// Failed verification (the reason is in `reason`).
+    Rejected,
+    /// Signature and manifest checked; not running.
+    Verified,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    /// Running but unhealthy.
+    Degraded,
+    /// Crashed or failed to start.
+    Failed,
+    /// Unloaded by policy.
+    Quarantined,
+    Unloaded,
+}
+
+/// Health as far as the engine knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Unknown,
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// One captured line of a plugin's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    pub at_ms: u64,
+    pub stream: OutputStream,
+    pub line: String,
+}
+
+/// Who signed a plugin and how far it is trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustInfo {
+    pub signed: bool,
+    pub key_id: Option<String>,
+    pub level: Option<String>,
+    pub library_sha3_512: Option<String>,
+    /// Loaded without a trust verdict (host in development mode).
+    pub unverified: bool,
+}
+
+/// One plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginSnapshot {
+    pub name: String,
+    pub version: Option<String>,
+    pub dir: String,
+    pub state: PluginState,
+    /// Why it is Rejected or Failed.
+    pub reason: Option<String>,
+    pub health: Health,
+    /// `process` (sandboxed worker) or `in-process`.
+    pub isolation: String,
+    /// Mechanism name → whether the kernel granted it, with details.
+    pub mechanisms: BTreeMap<String, MechanismState>,
+    /// Badges of the active mechanisms (`ns cg sc ll …`).
+    pub active_mechanisms: Vec<String>,
+    pub worker_pid: Option<u32>,
+    pub sandbox_pid: Option<u32>,
+    pub cgroup: Option<String>,
+    pub trust: TrustInfo,
+    pub hooks: BTreeMap<String, HookStatsSnapshot>,
+    pub violations: u64,
+    pub last_exit: Option<ExitStatus>,
+    pub output_dropped: u64,
+    /// The newest captured output lines (at most 20 here; the ring keeps more).
+    pub recent_output: Vec<OutputLine>,
+}
+
+/// The engine as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub taken_at_ms: u64,
+    pub engine_pid: u32,
+    pub uptime_ms: u64,
+    pub version: String,
+    /// Calls per second of the traffic generator, when it runs.
+    pub traffic: Option<f64>,
+    pub plugins: Vec<PluginSnapshot>,
+    /// The newest events (at most 50 here).
+    pub recent_events: Vec<Event>,
+}

@@ -1,0 +1,994 @@
+//! The engine's side of one sandboxed worker: spawn it (from a long-lived spawner thread,
+//! posix_spawn, never a fork of the engine), put it into its cgroup, follow its handshake,
+//! hold its seccomp listener, call its hooks, capture its output, and stop it leaving
+//! nothing behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+use serde::{Deserialize, Serialize};
+
+use crate::ipc::{
+    Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
+};
+use crate::loader::SealedLibrary;
+use crate::sandbox::Mechanism;
+use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup};
+use crate::sandbox::seccomp::{Notification, NotifyListener};
+
+/// How long each handshake step may take before the worker is considered broken.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a worker could not be started or used.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot spawn the worker {}: {reason}", binary.display())]
+    Spawn { binary: PathBuf, reason: String },
+    #[error("worker of `{plugin}`: {reason}")]
+    Handshake { plugin: String, reason: String },
+    #[error("worker of `{plugin}` violated the protocol: {reason}")]
+    Protocol { plugin: String, reason: String },
+    #[error("required confinement of `{plugin}` failed: {mechanism}: {detail}")]
+    Confinement {
+        plugin: String,
+        mechanism: String,
+        detail: String,
+    },
+    #[error("`{plugin}` failed to load: {reason}")]
+    Load { plugin: String, reason: String },
+    #[error("cgroup for `{plugin}`: {reason}")]
+    Cgroup { plugin: String, reason: String },
+    #[error("IPC with the worker of `{plugin}`: {source}")]
+    Ipc { plugin: String, source: IpcError },
+}
+
+/// Whether one mechanism is active for a worker, as established by the kernel-facing
+/// steps (the engine's own cgroup step and the worker's step reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MechanismState {
+    pub active: bool,
+    pub detail: String,
+}
+
+/// Something a worker did that the engine must know about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerEvent {
+    /// A forbidden syscall, caught by the seccomp filter and answered EPERM by the engine.
+    ForbiddenSyscall {
+        syscall: String,
+        detail: String,
+        pid: u32,
+    },
+    /// The worker broke the protocol and was killed.
+    ProtocolViolation { reason: String },
+    /// A line the plugin wrote to stdout/stderr or logged through the host API.
+    Output { stream: OutputStream, line: String },
+    /// The worker process ended.
+    Exited { status: ExitStatus },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+    /// `host.log` at a level: error, warn, info, debug.
+    Log {
+        level: u32,
+    },
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitStatus {
+    Code { code: i32 },
+    Signal { signal: i32 },
+}
+
+/// Where a worker's events go (the plugin's actor, or a test's channel).
+pub type EventSink = Arc<dyn Fn(WorkerEvent) + Send + Sync>;
+
+/// The answer to one hook call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    pub status: i32,
+    pub body: Vec<u8>,
+    pub duration: Duration,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    #[error("timed out after {timeout:?}")]
+    Timeout { timeout: Duration },
+    #[error("the worker is gone")]
+    WorkerGone,
+}
+
+/// What it takes to start one worker.
+#[derive(Debug)]
+pub struct WorkerSpec<'a> {
+    pub plugin: String,
+    pub host_binary: PathBuf,
+    pub library: &'a SealedLibrary,
+    pub plan: ConfinementPlan,
+    pub limits: CgroupLimits,
+    /// The only environment the worker gets.
+    pub env: Vec<(String, String)>,
+}
+
+/// Starts workers from one long-lived thread: `PR_SET_PDEATHSIG` fires when the spawning
+/// *thread* exits, so spawning from short-lived threads would kill workers at random.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    requests: mpsc::Sender<SpawnRequest>,
+}
+
+struct SpawnRequest {
+    binary: PathBuf,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    /// (source, target) descriptor numbers in the child.
+    fds: Vec<(OwnedFd, i32)>,
+    reply: mpsc::Sender<Result<Pid, String>>,
+}
+
+impl Spawner {
+    /// The process-wide spawner (its thread lives as long as the process).
+    pub fn global() -> &'static Spawner {
+        static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+        SPAWNER.get_or_init(|| {
+            let (requests, inbox) = mpsc::channel::<SpawnRequest>();
+            std::thread::Builder::new()
+                .name("plugboard-spawner".to_owned())
+                .spawn(move || {
+                    for request in inbox {
+                        let result = spawn_now(&request).map_err(|err| err.to_string());
+                        let _ = request.reply.send(result);
+                    }
+                })
+                .expect("the spawner thread starts");
+            Spawner { requests }
+        })
+    }
+
+    fn spawn(&self, request: SpawnRequest) -> Result<Pid, String> {
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .send(SpawnRequest { reply, ..request })
+            .map_err(|_| "the spawner thread is gone".to_owned())?;
+        answer
+            .recv()
+            .map_err(|_| "the spawner thread is gone".to_owned())?
+    }
+}
+
+fn spawn_now(request: &SpawnRequest) -> nix::Result<Pid> {
+    let mut actions = PosixSpawnFileActions::init()?;
+    // stdin is /dev/null; the listed descriptors are dup2'd to their numbers (dup2 clears
+    // close-on-exec on the copy only); everything else the engine has is close-on-exec.
+    actions.add_open(0, "/dev/null", OFlag::O_RDONLY, Mode::empty())?;
+    for (fd, target) in &request.fds {
+        actions.add_dup2(fd.as_raw_fd(), *target)?;
+    }
+    let mut attr = PosixSpawnAttr::init()?;
+    // A clean signal state: tokio or the caller may have blocked or ignored signals.
+    attr.set_sigmask(&SigSet::empty())?;
+    attr.set_sigdefault(&SigSet::all())?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let mut args = vec![
+        CString::new(request.binary.as_os_str().as_encoded_bytes())
+            .map_err(|_| nix::Error::EINVAL)?,
+    ];
+    args.extend(request.args.iter().cloned());
+    posix_spawn(
+        request.binary.as_path(),
+        &actions,
+        &attr,
+        &args,
+        &request.env,
+    )
+}
+
+/// Descriptors must arrive at numbers above the ones they are dup2'd onto, or a dup2
+/// could overwrite a source before it is copied.
+fn above_targets(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 4 {
+        return Ok(fd);
+    }
+    crate::sandbox::process::duplicate_at_or_above(fd.as_fd(), 10)
+}
+
+type PendingCalls = Mutex<HashMap<u64, mpsc::Sender<(i32, Vec<u8>)>>>;
+
+/// A running, confined worker.
+#[derive(Debug)]
+pub struct Worker {
+    plugin: String,
+    /// The intermediary process the engine spawned (in the engine's pid namespace).
+    pid: Pid,
+    /// Pid 1 of the worker's pid namespace, which runs plugin code (host pid).
+    sandbox_pid: u32,
+    channel: Arc<Channel>,
+    cgroup: Mutex<Option<PluginCgroup>>,
+    cgroup_path: String,
+    cgroup_dirs: Vec<PathBuf>,
+    mechanisms: BTreeMap<Mechanism, MechanismState>,
+    pending: Arc<PendingCalls>,
+    next_id: AtomicU64,
+    exited: Arc<AtomicBool>,
+    exit_status: Arc<Mutex<Option<ExitStatus>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Spawns `plugboard-host` with the socket, the sealed library and the output pipes as its
+/// only descriptors (3, 4, 1, 2; stdin /dev/null). Returns its pid, the engine's end of the
+/// socket and the read ends of the pipes.
+fn spawn_process(spec: &WorkerSpec<'_>) -> Result<(Pid, Channel, OwnedFd, OwnedFd), WorkerError> {
+    let plugin = spec.plugin.clone();
+    let io = |err: std::io::Error| handshake_error(&plugin, err.to_string());
+    let (engine_end, worker_end) = Channel::pair().map_err(io)?;
+    let (stdout_read, stdout_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
+    let (stderr_read, stderr_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
+    let library = spec.library.fd().try_clone_to_owned().map_err(io)?;
+    let fds = vec![
+        (above_targets(worker_end.into_fd()).map_err(io)?, 3),
+        (above_targets(library).map_err(io)?, 4),
+        (above_targets(stdout_write).map_err(io)?, 1),
+        (above_targets(stderr_write).map_err(io)?, 2),
+    ];
+    let env = spec
+        .env
+        .iter()
+        .filter_map(|(key, value)| CString::new(format!("{key}={value}")).ok())
+        .collect();
+    let args = vec![CString::new(format!("--plugin={plugin}")).unwrap_or_default()];
+    let pid = Spawner::global()
+        .spawn(SpawnRequest {
+            binary: spec.host_binary.clone(),
+            args,
+            env,
+            fds,
+            reply: mpsc::channel().0,
+        })
+        .map_err(|reason| WorkerError::Spawn {
+            binary: spec.host_binary.clone(),
+            reason,
+        })?;
+    Ok((pid, engine_end, stdout_read, stderr_read))
+}
+
+fn handshake_error(plugin: &str, reason: impl Into<String>) -> WorkerError {
+    WorkerError::Handshake {
+        plugin: plugin.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Worker {
+    /// Spawns, confines and loads one plugin worker, and returns when it is ready or has
+    /// failed (then nothing of it is left behind).
+    pub fn start(
+        scope: &EngineScope,
+        spec: WorkerSpec<'_>,
+        events: &EventSink,
+    ) -> Result<Worker, WorkerError> {
+        let plugin = spec.plugin.clone();
+        let ipc = |source| WorkerError::Ipc {
+            plugin: plugin.clone(),
+            source,
+        };
+        let (pid, engine_end, stdout_read, stderr_read) = spawn_process(&spec)?;
+        // From here on, a failure must kill the worker and remove its cgroup.
+        let mut starting = Starting {
+            pid,
+            cgroup: None,
+            done: false,
+        };
+        let channel = Arc::new(engine_end);
+
+        expect_hello(&channel, &plugin, pid)?;
+        let cgroup = join_cgroup(scope, &plugin, &spec.limits, pid)?;
+        starting.cgroup = Some(cgroup);
+        let require = spec.plan.require.clone();
+        channel
+            .send(&EngineMessage::Welcome {
+                protocol: PROTOCOL_VERSION,
+                plan: spec.plan,
+            })
+            .map_err(ipc)?;
+        channel.send(&EngineMessage::Proceed).map_err(ipc)?;
+
+        let (steps, sandbox_pid) = match recv_within(&channel, &plugin)? {
+            WorkerMessage::Confined { steps, sandbox_pid } => (steps, sandbox_pid),
+            other => {
+                return Err(handshake_error(
+                    &plugin,
+                    format!("expected Confined, got {other:?}"),
+                ));
+            }
+        };
+        let mut mechanisms = mechanisms_from(&steps);
+        mechanisms.insert(
+            Mechanism::Cgroup,
+            MechanismState {
+                active: true,
+                detail: starting
+                    .cgroup
+                    .as_ref()
+                    .map(PluginCgroup::display_path)
+                    .unwrap_or_default(),
+            },
+        );
+        if let Some(failed) = steps
+            .iter()
+            .find(|step| !step.ok && require.contains(&step.mechanism))
+        {
+            return Err(WorkerError::Confinement {
+                plugin: plugin.clone(),
+                mechanism: failed.mechanism.clone(),
+                detail: failed.detail.clone(),
+            });
+        }
+        let seccomp_active = mechanisms
+            .get(&Mechanism::Seccomp)
+            .is_some_and(|state| state.active);
+        let listener = if seccomp_active {
+            Some(receive_listener(&channel, &plugin)?)
+        } else {
+            None
+        };
+        await_ready(&channel, &plugin, events)?;
+
+        let exited = Arc::new(AtomicBool::new(false));
+        let exit_status = Arc::new(Mutex::new(None));
+        let pending: Arc<PendingCalls> = Arc::new(Mutex::new(HashMap::new()));
+        let threads = start_threads(
+            &plugin,
+            pid,
+            &channel,
+            (stdout_read, stderr_read),
+            listener,
+            &WorkerState {
+                exited: Arc::clone(&exited),
+                exit_status: Arc::clone(&exit_status),
+                pending: Arc::clone(&pending),
+            },
+            events,
+        );
+        starting.done = true;
+        let cgroup = starting.cgroup.take();
+        Ok(Worker {
+            plugin,
+            pid,
+            sandbox_pid,
+            channel,
+            cgroup_path: cgroup
+                .as_ref()
+                .map(PluginCgroup::display_path)
+                .unwrap_or_default(),
+            cgroup_dirs: cgroup.as_ref().map(PluginCgroup::paths).unwrap_or_default(),
+            cgroup: Mutex::new(cgroup),
+            mechanisms,
+            pending,
+            next_id: AtomicU64::new(1),
+            exited,
+            exit_status,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// The process the engine spawned (the intermediary in the engine's pid namespace).
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
+    }
+
+    /// The host pid of the process running plugin code (pid 1 of its namespace).
+    pub fn sandbox_pid(&self) -> u32 {
+        self.sandbox_pid
+    }
+
+    /// The worker's cgroup, as shown to people (`/plugboard-engine-…/plugboard-<plugin>-…`).
+    pub fn cgroup_path(&self) -> &str {
+        &self.cgroup_path
+    }
+
+    /// The cgroup's directories, one per controller (v1) or one (v2).
+    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+        &self.cgroup_dirs
+    }
+
+    /// The limits as the kernel holds them, read back from the cgroup files.
+    pub fn cgroup_limits(&self) -> Option<CgroupLimits> {
+        let cgroup = self.cgroup.lock().unwrap_or_else(PoisonError::into_inner);
+        cgroup.as_ref().and_then(|cgroup| cgroup.read_limits().ok())
+    }
+
+    pub fn mechanisms(&self) -> &BTreeMap<Mechanism, MechanismState> {
+        &self.mechanisms
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.exited.load(Ordering::SeqCst)
+    }
+
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self
+            .exit_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls `hook`; waits at most `timeout`. A late reply is discarded.
+    pub fn call(
+        &self,
+        hook: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<CallOutcome, CallFailure> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.request(
+            id,
+            &EngineMessage::Call {
+                id,
+                hook: hook.to_owned(),
+                payload: payload.to_vec(),
+            },
+            timeout,
+        )
+    }
+
+    /// Asks the plugin for its health.
+    pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.request(id, &EngineMessage::Health { id }, timeout)
+    }
+
+    fn request(
+        &self,
+        id: u64,
+        message: &EngineMessage,
+        timeout: Duration,
+    ) -> Result<CallOutcome, CallFailure> {
+        let (answer, answered) = mpsc::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, answer);
+        let start = Instant::now();
+        if self.channel.send(message).is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            return Err(CallFailure::WorkerGone);
+        }
+        let outcome = answered.recv_timeout(timeout);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        match outcome {
+            Ok((status, body)) => Ok(CallOutcome {
+                status,
+                body,
+                duration: start.elapsed(),
+            }),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(CallFailure::Timeout { timeout }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(CallFailure::WorkerGone),
+        }
+    }
+
+    /// Asks the worker to shut down, kills it after `grace`, and removes its cgroup: no
+    /// process and no cgroup remain.
+    pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
+        let _ = self.channel.send(&EngineMessage::Shutdown);
+        let deadline = Instant::now() + grace;
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.kill();
+        self.exit_status()
+    }
+
+    /// Kills the worker now (both processes, and whatever else is in its cgroup), waits
+    /// for it to be reaped and removes its cgroup.
+    pub fn kill(&self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        if self.sandbox_pid != 0 {
+            let _ = kill(
+                Pid::from_raw(i32::try_from(self.sandbox_pid).unwrap_or(0)),
+                Signal::SIGKILL,
+            );
+        }
+        let cgroup = self
+            .cgroup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(cgroup) = cgroup {
+            let _ = cgroup.remove();
+        }
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let current = std::thread::current().id();
+        for thread in threads {
+            // The waiter or reader may be the one stopping its own worker.
+            if thread.thread().id() != current {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A worker between spawn and ready: dropped early, it kills the process and removes the
+/// cgroup.
+struct Starting {
+    pid: Pid,
+    cgroup: Option<PluginCgroup>,
+    done: bool,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+        if let Some(cgroup) = self.cgroup.take() {
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+/// What the worker's threads share with the [`Worker`].
+struct WorkerState {
+    exited: Arc<AtomicBool>,
+    exit_status: Arc<Mutex<Option<ExitStatus>>>,
+    pending: Arc<PendingCalls>,
+}
+
+/// The threads that follow a running worker: its reader, its output pipes, its seccomp
+/// listener and the waiter that reaps it.
+fn start_threads(
+    plugin: &str,
+    pid: Pid,
+    channel: &Arc<Channel>,
+    (stdout_read, stderr_read): (OwnedFd, OwnedFd),
+    listener: Option<NotifyListener>,
+    state: &WorkerState,
+    events: &EventSink,
+) -> Vec<JoinHandle<()>> {
+    let mut threads = vec![
+        spawn_reader(
+            plugin,
+            Arc::clone(channel),
+            Arc::clone(&state.pending),
+            pid,
+            Arc::clone(events),
+        ),
+        spawn_output(
+            plugin,
+            File::from(stdout_read),
+            OutputStream::Stdout,
+            Arc::clone(events),
+        ),
+        spawn_output(
+            plugin,
+            File::from(stderr_read),
+            OutputStream::Stderr,
+            Arc::clone(events),
+        ),
+    ];
+    if let Some(listener) = listener {
+        threads.push(spawn_listener(
+            plugin,
+            listener,
+            Arc::clone(&state.exited),
+            Arc::clone(events),
+        ));
+    }
+    threads.push(spawn_waiter(
+        plugin,
+        pid,
+        Arc::clone(&state.exited),
+        Arc::clone(&state.exit_status),
+        Arc::clone(&state.pending),
+        Arc::clone(events),
+    ));
+    threads
+}
+
+/// Creates the worker's cgroup and puts the worker in, before it may go on confining.
+fn join_cgroup(
+    scope: &EngineScope,
+    plugin: &str,
+    limits: &CgroupLimits,
+    pid: Pid,
+) -> Result<PluginCgroup, WorkerError> {
+    let cgroup_error = |err: crate::sandbox::cgroup::CgroupError| WorkerError::Cgroup {
+        plugin: plugin.to_owned(),
+        reason: err.to_string(),
+    };
+    let cgroup = PluginCgroup::create(scope, plugin, limits).map_err(cgroup_error)?;
+    match cgroup.add_process(pid.as_raw().unsigned_abs()) {
+        Ok(()) => Ok(cgroup),
+        Err(err) => {
+            let _ = cgroup.remove();
+            Err(cgroup_error(err))
+        }
+    }
+}
+
+fn expect_hello(channel: &Channel, plugin: &str, pid: Pid) -> Result<(), WorkerError> {
+    match recv_within(channel, plugin)? {
+        WorkerMessage::Hello {
+            protocol,
+            pid: reported,
+        } if protocol == PROTOCOL_VERSION && reported == pid.as_raw().unsigned_abs() => Ok(()),
+        WorkerMessage::Hello { protocol, .. } if protocol != PROTOCOL_VERSION => {
+            Err(handshake_error(
+                plugin,
+                format!("worker speaks protocol {protocol}, the engine {PROTOCOL_VERSION}"),
+            ))
+        }
+        other => Err(handshake_error(
+            plugin,
+            format!("expected Hello from pid {pid}, got {other:?}"),
+        )),
+    }
+}
+
+fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, WorkerError> {
+    match channel.recv_with_fd::<WorkerMessage>() {
+        Ok((WorkerMessage::SeccompListener, Some(fd))) => Ok(NotifyListener::new(fd)),
+        Ok((other, _)) => Err(handshake_error(
+            plugin,
+            format!("expected SeccompListener with its fd, got {other:?}"),
+        )),
+        Err(source) => Err(WorkerError::Ipc {
+            plugin: plugin.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Waits for Ready; the plugin may log while it is being created.
+fn await_ready(channel: &Channel, plugin: &str, events: &EventSink) -> Result<(), WorkerError> {
+    loop {
+        match recv_within(channel, plugin)? {
+            WorkerMessage::Ready => return Ok(()),
+            WorkerMessage::Log { level, message } => events(WorkerEvent::Output {
+                stream: OutputStream::Log { level },
+                line: message,
+            }),
+            WorkerMessage::LoadFailed { reason } => {
+                return Err(WorkerError::Load {
+                    plugin: plugin.to_owned(),
+                    reason,
+                });
+            }
+            other => {
+                return Err(handshake_error(
+                    plugin,
+                    format!("expected Ready, got {other:?}"),
+                ));
+            }
+        }
+    }
+}
+
+fn recv_within(channel: &Channel, plugin: &str) -> Result<WorkerMessage, WorkerError> {
+    match channel.recv_timeout::<WorkerMessage>(HANDSHAKE_TIMEOUT) {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => Err(handshake_error(
+            plugin,
+            format!("no answer within {HANDSHAKE_TIMEOUT:?}"),
+        )),
+        Err(IpcError::Closed) => Err(handshake_error(
+            plugin,
+            "the worker exited during the handshake (see its stderr)",
+        )),
+        Err(source) => Err(WorkerError::Ipc {
+            plugin: plugin.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn mechanisms_from(steps: &[StepReport]) -> BTreeMap<Mechanism, MechanismState> {
+    Mechanism::ALL
+        .into_iter()
+        .filter(|mechanism| *mechanism != Mechanism::Cgroup)
+        .map(|mechanism| {
+            let name = mechanism.name().to_owned();
+            let state = match steps.iter().find(|step| step.mechanism == name) {
+                Some(step) => MechanismState {
+                    active: step.ok,
+                    detail: step.detail.clone(),
+                },
+                None => MechanismState {
+                    active: false,
+                    detail: "not reported by the worker".to_owned(),
+                },
+            };
+            (mechanism, state)
+        })
+        .collect()
+}
+
+fn named(plugin: &str, role: &str) -> std::thread::Builder {
+    std::thread::Builder::new().name(format!("pb-{role}-{plugin}"))
+}
+
+/// Routes replies to their callers and log lines to the events; anything out of protocol
+/// kills the worker.
+fn spawn_reader(
+    plugin: &str,
+    channel: Arc<Channel>,
+    pending: Arc<PendingCalls>,
+    pid: Pid,
+    events: EventSink,
+) -> JoinHandle<()> {
+    named(plugin, "reader")
+        .spawn(move || {
+            let violation = loop {
+                match channel.recv::<WorkerMessage>() {
+                    Ok(WorkerMessage::Reply { id, status, body }) => {
+                        // A reply for an unknown id is a late reply to a timed-out call
+                        // only if we issued that id; ids never issued are a violation.
+                        let answer = pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&id);
+                        if let Some(answer) = answer {
+                            let _ = answer.send((status, body));
+                        }
+                    }
+                    Ok(WorkerMessage::Log { level, message }) => {
+                        events(WorkerEvent::Output {
+                            stream: OutputStream::Log { level },
+                            line: message,
+                        });
+                    }
+                    Ok(WorkerMessage::Emit { id, .. }) => {
+                        // Emitting through the engine comes with hook dispatch; until
+                        // then every emit is refused, never silently dropped.
+                        if channel
+                            .send(&EngineMessage::EmitResult {
+                                id,
+                                code: plugboard_sdk::abi::EMIT_DENIED,
+                            })
+                            .is_err()
+                        {
+                            break None;
+                        }
+                    }
+                    Ok(other) => break Some(format!("unexpected {other:?} after the handshake")),
+                    Err(IpcError::Closed) => break None,
+                    Err(IpcError::Protocol { reason }) => break Some(reason),
+                    Err(err) => break Some(err.to_string()),
+                }
+            };
+            if let Some(reason) = violation {
+                let _ = kill(pid, Signal::SIGKILL);
+                events(WorkerEvent::ProtocolViolation { reason });
+            }
+            // Wake every caller still waiting: their worker is gone.
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        })
+        .expect("thread starts")
+}
+
+/// Bounded line length so a hostile plugin cannot make the engine buffer without end.
+const MAX_LINE: usize = 4096;
+
+fn spawn_output(
+    plugin: &str,
+    pipe: File,
+    stream: OutputStream,
+    events: EventSink,
+) -> JoinHandle<()> {
+    named(plugin, "output")
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match std::io::Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                        events(WorkerEvent::Output { stream, line: text });
+                    }
+                }
+            }
+        })
+        .expect("thread starts")
+}
+
+fn spawn_listener(
+    plugin: &str,
+    listener: NotifyListener,
+    exited: Arc<AtomicBool>,
+    events: EventSink,
+) -> JoinHandle<()> {
+    named(plugin, "seccomp")
+        .spawn(move || {
+            while !exited.load(Ordering::SeqCst) {
+                match listener.next(Duration::from_millis(200)) {
+                    Ok(Some(Notification {
+                        pid,
+                        syscall,
+                        detail,
+                        ..
+                    })) => {
+                        events(WorkerEvent::ForbiddenSyscall {
+                            syscall,
+                            detail,
+                            pid,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .expect("thread starts")
+}
+
+fn spawn_waiter(
+    plugin: &str,
+    pid: Pid,
+    exited: Arc<AtomicBool>,
+    exit_status: Arc<Mutex<Option<ExitStatus>>>,
+    pending: Arc<PendingCalls>,
+    events: EventSink,
+) -> JoinHandle<()> {
+    named(plugin, "waiter")
+        .spawn(move || {
+            let status = loop {
+                match waitpid(pid, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code { code },
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        break ExitStatus::Signal {
+                            signal: signal as i32,
+                        };
+                    }
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(_) => break ExitStatus::Code { code: -1 },
+                }
+            };
+            *exit_status.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+            exited.store(true, Ordering::SeqCst);
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            events(WorkerEvent::Exited { status });
+        })
+        .expect("thread starts")
+}
+
+/// Where `plugboard-host` is: next to the running executable (the `plugboard` binary, or a
+/// test binary's `target/<profile>/`), else on `PATH`.
+pub fn find_host_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("plugboard-host"),
+        dir.parent()?.join("plugboard-host"),
+    ]
+    .into_iter()
+    .find(|path| path.is_file())
+}
+
+/// What the host decides about every worker, whatever its manifest says.
+#[derive(Debug, Clone)]
+pub struct WorkerPolicy {
+    /// The `plugboard-host` binary.
+    pub host_binary: PathBuf,
+    /// Mechanisms whose failure refuses the plugin (default: all).
+    pub require: Vec<Mechanism>,
+    /// The only environment variables a worker gets.
+    pub env: Vec<(String, String)>,
+    /// Size of each worker's private `/tmp`.
+    pub tmpfs_bytes: u64,
+}
+
+impl WorkerPolicy {
+    /// Every mechanism required, an empty environment, a 16 MiB `/tmp`.
+    pub fn new(host_binary: PathBuf) -> Self {
+        Self {
+            host_binary,
+            require: Mechanism::ALL.to_vec(),
+            env: Vec::new(),
+            tmpfs_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Unprivileged host uids for workers: a block per engine process, one uid per worker, so
+/// no two workers share an identity on the host.
+fn next_worker_uid() -> u32 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let sequence = u32::try_from(NEXT.fetch_add(1, Ordering::Relaxed) % 1000).unwrap_or(0);
+    100_000_000 + (std::process::id() % 100_000) * 1000 + sequence
+}
+
+/// The confinement plan and cgroup limits for one plugin, from its manifest and the host.
+pub fn plan_for(
+    manifest: &crate::manifest::Manifest,
+    limits: &crate::manifest::HostLimits,
+    policy: &WorkerPolicy,
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> (ConfinementPlan, CgroupLimits) {
+    let resources = manifest.effective_resources(limits);
+    let memory_bytes = resources.memory_mb * 1024 * 1024;
+    let uid = next_worker_uid();
+    let require = policy
+        .require
+        .iter()
+        .map(|mechanism| mechanism.name().to_owned())
+        .collect();
+    let plan = ConfinementPlan {
+        plugin: manifest.plugin.name.clone(),
+        uid,
+        gid: uid,
+        network: manifest.capabilities.network,
+        spawn: manifest.capabilities.spawn,
+        fs_read: manifest.capabilities.fs_read.clone(),
+        fs_write: manifest.capabilities.fs_write.clone(),
+        max_open_files: u64::from(resources.max_open_files),
+        // A backstop only: glibc reserves 64 MiB arenas per thread, and the cgroup is what
+        // enforces memory (an OOM kill, not a malloc failure).
+        address_space_bytes: memory_bytes.saturating_mul(8).saturating_add(4 << 30),
+        tmpfs_bytes: policy.tmpfs_bytes,
+        env: policy.env.clone(),
+        config_json: serde_json::to_vec(config).unwrap_or_else(|_| b"{}".to_vec()),
+        require,
+    };
+    let cgroup = CgroupLimits {
+        memory_bytes,
+        cpu_percent: resources.cpu_percent,
+        pids_max: u64::from(resources.max_threads),
+    };
+    (plan, cgroup)
+}

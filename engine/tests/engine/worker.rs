@@ -1,0 +1,254 @@
+//! Sandboxed workers, checked from outside with kernel evidence: `/proc/<pid>/…`, cgroup
+//! files, seccomp notifications and exit statuses — never what the worker says.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use plugboard_engine::bundle::Bundle;
+use plugboard_engine::manifest::HostLimits;
+use plugboard_engine::sandbox::Mechanism;
+use plugboard_engine::sandbox::cgroup::{CgroupRoot, EngineScope};
+use plugboard_engine::worker::{
+    ExitStatus, Worker, WorkerEvent, WorkerPolicy, WorkerSpec, plan_for,
+};
+
+use crate::support::{Signer, built_plugin, example_bundle};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `plugboard-host` binary built beside the plugin libraries.
+pub fn host_binary() -> PathBuf {
+    let path = built_plugin("hello").with_file_name("plugboard-host");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+pub struct Running {
+    pub worker: Worker,
+    pub events: mpsc::Receiver<WorkerEvent>,
+    pub scope: EngineScope,
+    _temp: tempfile::TempDir,
+}
+
+/// Verifies and starts the example plugin `name` in a confined worker.
+pub fn start(name: &str) -> Running {
+    let temp = tempfile::tempdir().unwrap();
+    let signer = Signer::new(temp.path());
+    let dir = example_bundle(temp.path(), name, &signer);
+    let bundle = Bundle::open(&dir, &HostLimits::default()).unwrap();
+    bundle.verify(&signer.store()).unwrap();
+    let (manifest, _digests, library) = bundle.into_parts();
+    let scope = EngineScope::create(&CgroupRoot::system().expect("cgroups are mounted"))
+        .expect("engine cgroup scope");
+    let (plan, limits) = plan_for(
+        &manifest,
+        &HostLimits::default(),
+        &WorkerPolicy::new(host_binary()),
+        &manifest.default_config(),
+    );
+    let (sender, events) = mpsc::channel();
+    let worker = Worker::start(
+        &scope,
+        WorkerSpec {
+            plugin: manifest.plugin.name.clone(),
+            host_binary: host_binary(),
+            library: &library,
+            plan,
+            limits,
+            env: Vec::new(),
+        },
+        &(std::sync::Arc::new(move |event| {
+            let _ = sender.send(event);
+        }) as plugboard_engine::worker::EventSink),
+    )
+    .unwrap_or_else(|err| panic!("worker for {name} starts: {err}"));
+    Running {
+        worker,
+        events,
+        scope,
+        _temp: temp,
+    }
+}
+
+/// Waits for an event matching `wanted`, printing what was seen on failure.
+pub fn wait_for_event(
+    events: &mpsc::Receiver<WorkerEvent>,
+    within: Duration,
+    wanted: impl Fn(&WorkerEvent) -> bool,
+) -> WorkerEvent {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(event) => seen.push(event),
+            Err(_) => break,
+        }
+    }
+    panic!("no matching event within {within:?}; saw {seen:#?}");
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn call_text(worker: &Worker, hook: &str, payload: &str) -> String {
+    let outcome = worker.call(hook, payload.as_bytes(), CALL_TIMEOUT).unwrap();
+    String::from_utf8_lossy(&outcome.body).into_owned()
+}
+
+#[test]
+fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
+    let running = start("hello");
+    let worker = &running.worker;
+    assert_eq!(call_text(worker, "greet", "sandbox"), "Hello, sandbox!");
+    let pid = worker.sandbox_pid();
+    assert_ne!(pid, 0);
+
+    for namespace in ["user", "pid", "net", "mnt", "ipc", "uts", "cgroup"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{namespace}")).unwrap();
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{namespace}")).unwrap();
+        assert_ne!(
+            ours, theirs,
+            "{namespace} namespace is shared with the engine"
+        );
+    }
+    let uids = status_field(pid, "Uid");
+    assert!(uids.split_whitespace().all(|uid| uid != "0"), "Uid: {uids}");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    for mechanism in Mechanism::ALL {
+        let state = &worker.mechanisms()[&mechanism];
+        assert!(state.active, "{mechanism:?} not active: {}", state.detail);
+    }
+
+    // Its cgroup holds it and the manifest's limits (hello: 32 MiB, 25 % CPU, 8 pids).
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(membership.contains(worker.cgroup_path()), "{membership}");
+    let limits = worker.cgroup_limits().expect("limits readable");
+    assert_eq!(limits.memory_bytes, 32 * 1024 * 1024);
+    assert_eq!(limits.cpu_percent, 25);
+    assert_eq!(limits.pids_max, 8);
+
+    // Only `lo` in its network namespace.
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"]);
+
+    // Nothing of the engine's beyond the socket, the library memfd, the output pipes and
+    // /dev/null: a file the engine holds open must not be visible in the worker.
+    let engine_only = tempfile::tempfile().unwrap();
+    let secret = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&engine_only)
+    ))
+    .unwrap();
+    let mut kinds = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let target = std::fs::read_link(entry.unwrap().path())
+            .unwrap()
+            .display()
+            .to_string();
+        assert_ne!(target, secret.display().to_string());
+        let kind = if target == "/dev/null" {
+            "null"
+        } else if target.starts_with("pipe:") {
+            "pipe"
+        } else if target.starts_with("socket:") {
+            "socket"
+        } else if target.starts_with("/memfd:plugboard:") {
+            "library"
+        } else if target.starts_with("anon_inode:") {
+            "anon"
+        } else {
+            panic!("unexpected descriptor in the worker: {target}")
+        };
+        kinds.insert(kind);
+    }
+    assert!(
+        kinds.contains("socket") && kinds.contains("library"),
+        "{kinds:?}"
+    );
+
+    let engine_pid = worker.pid();
+    let cgroup_paths = worker.cgroup_dirs().to_vec();
+    let status = running.worker.stop(Duration::from_secs(2));
+    assert_eq!(
+        status,
+        Some(ExitStatus::Code { code: 0 }),
+        "graceful stop exits 0"
+    );
+    assert!(
+        !process_exists(pid) && !process_exists(engine_pid),
+        "no worker process left"
+    );
+    for path in cgroup_paths {
+        assert!(!path.exists(), "cgroup {} left behind", path.display());
+    }
+    running.scope.remove().unwrap();
+}
+
+#[test]
+fn forbidden_network_files_and_spawning_are_blocked_and_network_is_reported_by_name() {
+    let running = start("prober");
+    let worker = &running.worker;
+    let reply = call_text(worker, "connect", "127.0.0.1:9");
+    assert!(
+        reply.starts_with("denied:") && reply.contains("not permitted"),
+        "{reply}"
+    );
+    let event = wait_for_event(&running.events, Duration::from_secs(2), |event| {
+        matches!(event, WorkerEvent::ForbiddenSyscall { .. })
+    });
+    let WorkerEvent::ForbiddenSyscall {
+        syscall, detail, ..
+    } = event
+    else {
+        unreachable!()
+    };
+    assert_eq!(syscall, "socket");
+    assert!(detail.contains("AF_INET"), "{detail}");
+
+    let outside = call_text(worker, "write_file", "/var/tmp/plugboard-prober-escape");
+    assert!(outside.starts_with("denied:"), "{outside}");
+    assert!(!Path::new("/var/tmp/plugboard-prober-escape").exists());
+    let private_tmp = call_text(worker, "write_file", "/tmp/scratch");
+    assert!(
+        private_tmp.starts_with("ok:"),
+        "its private /tmp is writable: {private_tmp}"
+    );
+    assert!(
+        !Path::new("/tmp/scratch").exists(),
+        "the private /tmp is not the host's"
+    );
+
+    let spawn = call_text(worker, "spawn", "");
+    assert!(spawn.starts_with("denied:"), "{spawn}");
+    let env = call_text(worker, "env", "");
+    assert_eq!(env, "", "the environment is cleared");
+    running.worker.stop(Duration::from_secs(2));
+    running.scope.remove().unwrap();
+}

@@ -1,0 +1,103 @@
+//! `prober`: tries, on command, the things a sandbox must stop — for tests and demos. Each
+//! hook attempts one thing and answers what happened (`ok: …` or `denied: <errno>`); the
+//! sandbox, not this plugin, is what decides and reports.
+//!
+//! Hooks: `connect` (TCP to the address in the payload, default 127.0.0.1:9), `write_file`
+//! and `read_file` (the path in the payload), `spawn` (runs `/bin/true`), `whoami`
+//! (uid, pid, hostname), `env` (the environment it was given), `interfaces` (network
+//! interfaces it can see).
+
+use std::io::{Read, Write};
+
+use plugboard_sdk::{Config, Error, Host, Plugin, export_plugin};
+
+#[derive(Debug)]
+pub struct Prober;
+
+fn outcome<T>(result: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> Vec<u8> {
+    match result {
+        Ok(value) => format!("ok: {}", ok(value)).into_bytes(),
+        Err(err) => format!("denied: {err}").into_bytes(),
+    }
+}
+
+fn text(payload: &[u8], default: &str) -> String {
+    let text = String::from_utf8_lossy(payload).trim().to_owned();
+    if text.is_empty() {
+        default.to_owned()
+    } else {
+        text
+    }
+}
+
+impl Plugin for Prober {
+    fn create(_host: Host, _config: Config) -> Result<Self, Error> {
+        Ok(Prober)
+    }
+
+    fn call(&self, hook: &str, payload: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(match hook {
+            "connect" => {
+                let address = text(payload, "127.0.0.1:9");
+                outcome(std::net::TcpStream::connect(address.as_str()), |_| {
+                    format!("connected to {address}")
+                })
+            }
+            "write_file" => {
+                let path = text(payload, "/tmp/prober");
+                outcome(
+                    std::fs::File::create(&path)
+                        .and_then(|mut file| file.write_all(b"written by prober\n")),
+                    |()| format!("wrote {path}"),
+                )
+            }
+            "read_file" => {
+                let path = text(payload, "/etc/hostname");
+                outcome(
+                    std::fs::File::open(&path).and_then(|mut file| {
+                        let mut contents = String::new();
+                        file.read_to_string(&mut contents).map(|_| contents)
+                    }),
+                    |contents| contents,
+                )
+            }
+            "spawn" => outcome(std::process::Command::new("/bin/true").status(), |status| {
+                format!("ran /bin/true: {status}")
+            }),
+            "whoami" => {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let uid = status
+                    .lines()
+                    .find(|line| line.starts_with("Uid:"))
+                    .unwrap_or("Uid: ?")
+                    .to_owned();
+                let hostname =
+                    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!(
+                    "pid {} {uid} hostname {}",
+                    std::process::id(),
+                    hostname.trim()
+                )
+                .into_bytes()
+            }
+            "env" => std::env::vars()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into_bytes(),
+            "interfaces" => {
+                let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+                dev.lines()
+                    .skip(2)
+                    .filter_map(|line| line.split(':').next())
+                    .map(|name| name.trim().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into_bytes()
+            }
+            other => return Err(Error::unknown_hook(other)),
+        })
+    }
+}
+
+export_plugin!(Prober);

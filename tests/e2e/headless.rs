@@ -1,0 +1,238 @@
+//! `plugboard headless`: real engine, real workers, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{fails, keys, ok, plugboard, plugin_library, repo_root};
+
+/// A plugins directory with signed `hello` and `counter`, an unsigned `panicky` and a
+/// tampered copy of `hello` named `hello-tampered`.
+fn plugins_dir(root: &Path) -> (PathBuf, PathBuf) {
+    let keys = keys(root, "fleet");
+    let dir = root.join("plugins");
+    for name in ["hello", "counter"] {
+        let manifest = repo_root().join(format!("plugins/{name}/plugin.toml"));
+        ok(&plugboard(&[
+            &"pack",
+            &manifest,
+            &"--library",
+            &plugin_library(name),
+            &"--out",
+            &dir.join(name),
+            &"--key",
+            &keys.private,
+        ]));
+    }
+    let manifest = repo_root().join("plugins/panicky/plugin.toml");
+    ok(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("panicky"),
+        &"--out",
+        &dir.join("panicky"),
+    ]));
+    (dir, keys.store)
+}
+
+fn spawn_headless(args: &[&str], dir: &Path, store: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .arg("headless")
+        .arg("--plugins")
+        .arg(dir)
+        .arg("--trust-store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("plugboard runs")
+}
+
+/// Alive: exists and is not a zombie (orphans wait for whoever reaps them here, which
+/// can take a while; a zombie has ended all the same).
+fn is_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn plugin<'a>(snapshot: &'a Value, name: &str) -> &'a Value {
+    snapshot["plugins"]
+        .as_array()
+        .and_then(|plugins| plugins.iter().find(|plugin| plugin["name"] == name))
+        .unwrap_or_else(|| panic!("no plugin {name} in {snapshot}"))
+}
+
+#[test]
+fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
+    let temp = tempfile::tempdir().unwrap();
+    let (dir, store) = plugins_dir(temp.path());
+    let output = spawn_headless(
+        &[
+            "--json",
+            "--traffic",
+            "200",
+            "--duration",
+            "3s",
+            "--interval",
+            "500ms",
+        ],
+        &dir,
+        &store,
+    )
+    .wait_with_output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "headless failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let snapshots: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect();
+    assert!(
+        snapshots.len() >= 3,
+        "periodic snapshots plus a final one: {}",
+        snapshots.len()
+    );
+
+    let running = &snapshots[snapshots.len() - 2];
+    let hello = plugin(running, "hello");
+    assert_eq!(hello["state"], "running", "{hello}");
+    assert_eq!(hello["version"], "0.1.0");
+    assert_eq!(hello["isolation"], "process");
+    assert!(hello["sandbox_pid"].as_u64().unwrap() > 0);
+    assert!(hello["worker_pid"].as_u64().unwrap() > 0);
+    assert!(
+        hello["cgroup"]
+            .as_str()
+            .unwrap()
+            .contains("plugboard-hello-")
+    );
+    for badge in ["ns", "cg", "sc", "ll"] {
+        assert!(
+            hello["active_mechanisms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b == badge),
+            "{badge} missing: {hello}"
+        );
+    }
+    assert!(
+        hello["hooks"]["greet"]["calls"].as_u64().unwrap() > 0,
+        "traffic reached hello: {hello}"
+    );
+    assert!(
+        hello["hooks"]["greet"]["recent"]["p99_us"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let counter = plugin(running, "counter");
+    assert_eq!(counter["state"], "running");
+
+    let panicky = plugin(running, "panicky");
+    assert_eq!(panicky["state"], "rejected");
+    assert!(
+        panicky["reason"].as_str().unwrap().contains("not signed"),
+        "{panicky}"
+    );
+
+    let last = snapshots.last().unwrap();
+    for name in ["hello", "counter"] {
+        assert_eq!(
+            plugin(last, name)["state"],
+            "stopped",
+            "stopped cleanly at the end"
+        );
+        let pid = plugin(running, name)["sandbox_pid"].as_u64().unwrap();
+        assert!(!is_alive(pid), "worker {pid} of {name} left running");
+    }
+}
+
+#[test]
+fn sigkill_of_the_engine_takes_its_workers_along_and_the_next_engine_removes_its_cgroups() {
+    let temp = tempfile::tempdir().unwrap();
+    let (dir, store) = plugins_dir(temp.path());
+    let mut engine = spawn_headless(&["--json", "--interval", "200ms"], &dir, &store);
+    let stdout = engine.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (pids, cgroup) = loop {
+        let line = lines.next().expect("a snapshot line").unwrap();
+        let snapshot: Value = serde_json::from_str(&line).unwrap();
+        let hello = plugin(&snapshot, "hello");
+        if hello["state"] == "running" && plugin(&snapshot, "counter")["state"] == "running" {
+            let pids: Vec<u64> = ["hello", "counter"]
+                .iter()
+                .flat_map(|name| {
+                    let plugin = plugin(&snapshot, name);
+                    [
+                        plugin["sandbox_pid"].as_u64().unwrap(),
+                        plugin["worker_pid"].as_u64().unwrap(),
+                    ]
+                })
+                .collect();
+            break (pids, hello["cgroup"].as_str().unwrap().to_owned());
+        }
+    };
+    engine.kill().unwrap(); // SIGKILL
+    engine.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while pids.iter().any(|pid| is_alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers {pids:?} outlived the engine by more than 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The dead engine's cgroups are still there until the next engine starts.
+    let memory_dir = PathBuf::from(format!("/sys/fs/cgroup/memory{cgroup}"));
+    let scope_dir = memory_dir.parent().unwrap().to_owned();
+    assert!(
+        scope_dir.exists(),
+        "{} should still exist",
+        scope_dir.display()
+    );
+    let next = plugboard(&[
+        &"headless",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &store,
+        &"--duration",
+        &"0s",
+    ]);
+    ok(&next);
+    assert!(
+        !scope_dir.exists(),
+        "stale scope {} not removed by the next engine",
+        scope_dir.display()
+    );
+}
+
+#[test]
+fn headless_without_plugins_fails_with_the_reason() {
+    let err = fails(&plugboard(&[&"headless", &"--duration", &"1s"]));
+    assert!(err.contains("--plugins"), "{err}");
+    let err = fails(&plugboard(&[
+        &"headless",
+        &"--plugins",
+        &"/nonexistent/plugboard",
+        &"--duration",
+        &"1s",
+    ]));
+    assert!(err.contains("/nonexistent/plugboard"), "{err}");
+}
