@@ -102,6 +102,7 @@ fn framed_round_trip(channel: &Channel, id: u64, payload: &[u8]) {
             id,
             hook: "on_tick".to_owned(),
             payload: payload.to_vec(),
+            depth: 0,
         })
         .expect("call");
     match channel.recv::<WorkerMessage>().expect("reply") {
@@ -146,6 +147,7 @@ fn measure() {
         id: u64::MAX / 2,
         hook: "on_tick".to_owned(),
         payload: payload.clone(),
+        depth: 0,
     })
     .expect("encode")
     .len()

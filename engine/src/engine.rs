@@ -200,6 +200,8 @@ struct Lifecycle {
     cgroup: Option<String>,
     last_exit: Option<crate::worker::ExitStatus>,
     violations: u64,
+    /// Hooks emitted through the engine (granted ones).
+    emitted: u64,
 }
 
 enum ActorMessage {
@@ -370,6 +372,7 @@ impl Engine {
                 cgroup: None,
                 last_exit: None,
                 violations: 0,
+                emitted: 0,
             }),
             worker: RwLock::new(None),
             stats: Mutex::new(BTreeMap::new()),
@@ -436,7 +439,7 @@ impl Engine {
                 payload,
             } => {
                 let plugin = self.shared.plugin(&plugin)?;
-                call(&self.shared, &plugin, &hook, &payload)
+                call(&self.shared, &plugin, &hook, &payload, 0)
                     .map(|report| Outcome::Called { report })
             }
             Command::Emit { hook, payload } => Ok(Outcome::Emitted {
@@ -451,36 +454,7 @@ impl Engine {
 
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
     pub fn emit(&self, hook: &str, payload: &[u8]) -> Vec<CallReport> {
-        let plugins: Vec<Arc<Plugin>> = self
-            .shared
-            .plugins
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        let mut subscribers: Vec<(crate::manifest::Priority, Arc<Plugin>)> = plugins
-            .into_iter()
-            .filter_map(|plugin| {
-                let lifecycle = plugin
-                    .lifecycle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let priority = lifecycle.manifest.as_ref()?.hooks.get(hook)?.priority;
-                let running = matches!(
-                    lifecycle.state,
-                    PluginState::Running | PluginState::Degraded
-                );
-                drop(lifecycle);
-                running.then_some((priority, plugin))
-            })
-            .collect();
-        subscribers
-            .sort_by(|(a, left), (b, right)| a.cmp(b).then_with(|| left.name.cmp(&right.name)));
-        subscribers
-            .into_iter()
-            .filter_map(|(_, plugin)| call(&self.shared, &plugin, hook, payload).ok())
-            .collect()
+        dispatch(&self.shared, hook, payload, 0)
     }
 
     fn set_traffic(&self, rate: Option<f64>) {
@@ -618,6 +592,91 @@ fn status_name(status: i32) -> &'static str {
 }
 
 /// One call of one plugin's hook, timed and recorded in its statistics.
+/// How many emits deep a chain of plugins emitting to each other may go.
+pub const MAX_EMIT_DEPTH: u32 = 4;
+
+/// Calls every running subscriber of `hook`, in priority order (then by name).
+fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) -> Vec<CallReport> {
+    let plugins: Vec<Arc<Plugin>> = shared
+        .plugins
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    let mut subscribers: Vec<(crate::manifest::Priority, Arc<Plugin>)> = plugins
+        .into_iter()
+        .filter_map(|plugin| {
+            let lifecycle = plugin
+                .lifecycle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let priority = lifecycle.manifest.as_ref()?.hooks.get(hook)?.priority;
+            let running = matches!(
+                lifecycle.state,
+                PluginState::Running | PluginState::Degraded
+            );
+            drop(lifecycle);
+            running.then_some((priority, plugin))
+        })
+        .collect();
+    subscribers.sort_by(|(a, left), (b, right)| a.cmp(b).then_with(|| left.name.cmp(&right.name)));
+    subscribers
+        .into_iter()
+        .filter_map(|(_, plugin)| call(shared, &plugin, hook, payload, depth).ok())
+        .collect()
+}
+
+/// The engine's answer to one plugin's emits: the manifest must grant the hook (anything
+/// else is a violation), and chains stop at [`MAX_EMIT_DEPTH`].
+fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker::EmitHandler {
+    let (shared, emitter) = (Arc::downgrade(shared), emitter.to_owned());
+    Arc::new(move |hook: &str, payload: &[u8], depth: u32| {
+        let Some(shared) = shared.upgrade() else {
+            return plugboard_sdk::abi::EMIT_FAILED;
+        };
+        let Ok(plugin) = shared.plugin(&emitter) else {
+            return plugboard_sdk::abi::EMIT_FAILED;
+        };
+        let granted = {
+            let mut lifecycle = plugin
+                .lifecycle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let granted = lifecycle.manifest.as_ref().is_some_and(|manifest| {
+                manifest
+                    .capabilities
+                    .emit
+                    .iter()
+                    .any(|allowed| allowed == hook)
+            });
+            if granted {
+                lifecycle.emitted += 1;
+            } else {
+                lifecycle.violations += 1;
+            }
+            granted
+        };
+        if !granted {
+            shared.event(
+                Some(&emitter),
+                EventKind::ForbiddenEmit {
+                    hook: hook.to_owned(),
+                },
+            );
+            return plugboard_sdk::abi::EMIT_DENIED;
+        }
+        if depth >= MAX_EMIT_DEPTH {
+            shared.event(Some(&emitter), EventKind::Engine {
+                message: format!("emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH}"),
+            });
+            return plugboard_sdk::abi::EMIT_FAILED;
+        }
+        dispatch(&shared, hook, payload, depth + 1);
+        plugboard_sdk::abi::EMIT_OK
+    })
+}
+
 /// A hook's timeout and the plugin's cap on calls in flight; refuses unknown hooks.
 fn call_limits(
     shared: &Shared,
@@ -652,6 +711,7 @@ fn call(
     plugin: &Plugin,
     hook: &str,
     payload: &[u8],
+    depth: u32,
 ) -> Result<CallReport, EngineError> {
     let (timeout, max_in_flight) = call_limits(shared, plugin, hook)?;
     let worker = plugin
@@ -683,7 +743,7 @@ fn call(
         entry.begin();
     }
     let start = Instant::now();
-    let outcome = worker.call(hook, payload, timeout);
+    let outcome = worker.call_at_depth(hook, payload, depth, timeout);
     let elapsed = start.elapsed();
     let (result, call_report) = match outcome {
         Ok(outcome) => {
@@ -770,7 +830,7 @@ fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBool) {
             })
             .collect();
         if let Some((plugin, hook)) = targets.get(turn % targets.len().max(1)) {
-            let _ = call(shared, plugin, hook, b"traffic");
+            let _ = call(shared, plugin, hook, b"traffic", 0);
         }
         turn = turn.wrapping_add(1);
         next += interval;
@@ -887,7 +947,7 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
 
 /// Starts the worker for a verified plugin; its events go to the plugin's actor.
 fn spawn_worker(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     plugin: &Plugin,
     manifest: &Manifest,
     library: &SealedLibrary,
@@ -914,6 +974,7 @@ fn spawn_worker(
             plan,
             limits,
             env: shared.config.worker.env.clone(),
+            emit: Some(emit_handler(shared, &plugin.name)),
         },
         &sink,
     )
@@ -1160,6 +1221,7 @@ fn plugin_snapshot(plugin: &Plugin) -> PluginSnapshot {
         trust: lifecycle.trust.clone(),
         hooks,
         violations: lifecycle.violations,
+        emitted: lifecycle.emitted,
         last_exit: lifecycle.last_exit,
         output_dropped: output.dropped,
         recent_output,

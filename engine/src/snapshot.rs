@@ -83,6 +83,8 @@ pub struct PluginSnapshot {
     pub trust: TrustInfo,
     pub hooks: BTreeMap<String, HookStatsSnapshot>,
     pub violations: u64,
+    /// Hooks this plugin emitted through the engine.
+    pub emitted: u64,
     pub last_exit: Option<ExitStatus>,
     pub output_dropped: u64,
     /// The newest captured output lines (at most 20 here; the ring keeps more).

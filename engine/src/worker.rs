@@ -104,6 +104,9 @@ pub enum ExitStatus {
 /// Where a worker's events go (the plugin's actor, or a test's channel).
 pub type EventSink = Arc<dyn Fn(WorkerEvent) + Send + Sync>;
 
+/// Answers a plugin's emit: `(hook, payload, depth)` → an `abi::EMIT_*` code.
+pub type EmitHandler = Arc<dyn Fn(&str, &[u8], u32) -> i32 + Send + Sync>;
+
 /// The answer to one hook call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOutcome {
@@ -122,7 +125,6 @@ pub enum CallFailure {
 }
 
 /// What it takes to start one worker.
-#[derive(Debug)]
 pub struct WorkerSpec<'a> {
     pub plugin: String,
     pub host_binary: PathBuf,
@@ -131,6 +133,19 @@ pub struct WorkerSpec<'a> {
     pub limits: CgroupLimits,
     /// The only environment the worker gets.
     pub env: Vec<(String, String)>,
+    /// Where the plugin's emits go; without one, every emit is refused.
+    pub emit: Option<EmitHandler>,
+}
+
+impl std::fmt::Debug for WorkerSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSpec")
+            .field("plugin", &self.plugin)
+            .field("host_binary", &self.host_binary)
+            .field("plan", &self.plan)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Starts workers from one long-lived thread: `PR_SET_PDEATHSIG` fires when the spawning
@@ -233,7 +248,7 @@ pub struct Worker {
     cgroup_dirs: Vec<PathBuf>,
     mechanisms: BTreeMap<Mechanism, MechanismState>,
     pending: Arc<PendingCalls>,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
     exited: Arc<AtomicBool>,
     exit_status: Arc<Mutex<Option<ExitStatus>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -326,18 +341,8 @@ impl Worker {
                 ));
             }
         };
-        let mut mechanisms = mechanisms_from(&steps);
-        mechanisms.insert(
-            Mechanism::Cgroup,
-            MechanismState {
-                active: true,
-                detail: starting
-                    .cgroup
-                    .as_ref()
-                    .map(PluginCgroup::display_path)
-                    .unwrap_or_default(),
-            },
-        );
+        let cgroup_path = starting.cgroup.as_ref().map(PluginCgroup::display_path);
+        let mechanisms = mechanisms_from(&steps, cgroup_path.unwrap_or_default());
         if let Some(failed) = steps
             .iter()
             .find(|step| !step.ok && require.contains(&step.mechanism))
@@ -361,6 +366,7 @@ impl Worker {
         let exited = Arc::new(AtomicBool::new(false));
         let exit_status = Arc::new(Mutex::new(None));
         let pending: Arc<PendingCalls> = Arc::new(Mutex::new(HashMap::new()));
+        let next_id = Arc::new(AtomicU64::new(1));
         let threads = start_threads(
             &plugin,
             pid,
@@ -371,6 +377,8 @@ impl Worker {
                 exited: Arc::clone(&exited),
                 exit_status: Arc::clone(&exit_status),
                 pending: Arc::clone(&pending),
+                next_id: Arc::clone(&next_id),
+                emit: spec.emit.clone(),
             },
             events,
         );
@@ -389,7 +397,7 @@ impl Worker {
             cgroup: Mutex::new(cgroup),
             mechanisms,
             pending,
-            next_id: AtomicU64::new(1),
+            next_id,
             exited,
             exit_status,
             threads: Mutex::new(threads),
@@ -448,13 +456,25 @@ impl Worker {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<CallOutcome, CallFailure> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.call_at_depth(hook, payload, 0, timeout)
+    }
+
+    /// Calls `hook` on behalf of an emit chain `depth` emits deep.
+    pub fn call_at_depth(
+        &self,
+        hook: &str,
+        payload: &[u8],
+        depth: u32,
+        timeout: Duration,
+    ) -> Result<CallOutcome, CallFailure> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         self.request(
             id,
             &EngineMessage::Call {
                 id,
                 hook: hook.to_owned(),
                 payload: payload.to_vec(),
+                depth,
             },
             timeout,
         )
@@ -462,7 +482,7 @@ impl Worker {
 
     /// Asks the plugin for its health.
     pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         self.request(id, &EngineMessage::Health { id }, timeout)
     }
 
@@ -579,6 +599,8 @@ struct WorkerState {
     exited: Arc<AtomicBool>,
     exit_status: Arc<Mutex<Option<ExitStatus>>>,
     pending: Arc<PendingCalls>,
+    next_id: Arc<AtomicU64>,
+    emit: Option<EmitHandler>,
 }
 
 /// The threads that follow a running worker: its reader, its output pipes, its seccomp
@@ -595,10 +617,15 @@ fn start_threads(
     let mut threads = vec![
         spawn_reader(
             plugin,
-            Arc::clone(channel),
-            Arc::clone(&state.pending),
-            pid,
-            Arc::clone(events),
+            Reader {
+                channel: Arc::clone(channel),
+                pending: Arc::clone(&state.pending),
+                next_id: Arc::clone(&state.next_id),
+                pid,
+                events: Arc::clone(events),
+                emit: state.emit.clone(),
+                emits_in_flight: Arc::default(),
+            },
         ),
         spawn_output(
             plugin,
@@ -729,8 +756,12 @@ fn recv_within(channel: &Channel, plugin: &str) -> Result<WorkerMessage, WorkerE
     }
 }
 
-fn mechanisms_from(steps: &[StepReport]) -> BTreeMap<Mechanism, MechanismState> {
-    Mechanism::ALL
+/// What the worker's step reports say, plus the cgroup the engine itself put it in.
+fn mechanisms_from(
+    steps: &[StepReport],
+    cgroup_path: String,
+) -> BTreeMap<Mechanism, MechanismState> {
+    let mut mechanisms: BTreeMap<Mechanism, MechanismState> = Mechanism::ALL
         .into_iter()
         .filter(|mechanism| *mechanism != Mechanism::Cgroup)
         .map(|mechanism| {
@@ -747,68 +778,133 @@ fn mechanisms_from(steps: &[StepReport]) -> BTreeMap<Mechanism, MechanismState> 
             };
             (mechanism, state)
         })
-        .collect()
+        .collect();
+    mechanisms.insert(
+        Mechanism::Cgroup,
+        MechanismState {
+            active: true,
+            detail: cgroup_path,
+        },
+    );
+    mechanisms
 }
 
 fn named(plugin: &str, role: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(format!("pb-{role}-{plugin}"))
 }
 
-/// Routes replies to their callers and log lines to the events; anything out of protocol
-/// kills the worker.
-fn spawn_reader(
-    plugin: &str,
+/// Emits a worker may have waiting for an answer at once; more are refused at once, so a
+/// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
+const MAX_EMITS_IN_FLIGHT: usize = 16;
+
+/// What the reader thread of one worker works with.
+struct Reader {
     channel: Arc<Channel>,
     pending: Arc<PendingCalls>,
+    /// The next request id the engine will issue: a reply to any id at or above it answers
+    /// a request that was never sent.
+    next_id: Arc<AtomicU64>,
     pid: Pid,
     events: EventSink,
-) -> JoinHandle<()> {
+    emit: Option<EmitHandler>,
+    emits_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Reader {
+    /// Handles one message; `Err` is a protocol violation.
+    fn handle(&self, message: WorkerMessage) -> Result<(), String> {
+        match message {
+            WorkerMessage::Reply { id, status, body } => {
+                if id >= self.next_id.load(Ordering::SeqCst) {
+                    return Err(format!(
+                        "reply to request {id}, which the engine never sent"
+                    ));
+                }
+                // A known id that is no longer pending is a late reply to a call that timed
+                // out: discarded.
+                let answer = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                if let Some(answer) = answer {
+                    let _ = answer.send((status, body));
+                }
+                Ok(())
+            }
+            WorkerMessage::Log { level, message } => {
+                (self.events)(WorkerEvent::Output {
+                    stream: OutputStream::Log { level },
+                    line: message,
+                });
+                Ok(())
+            }
+            WorkerMessage::Emit {
+                id,
+                hook,
+                payload,
+                depth,
+            } => {
+                self.emit(id, hook, payload, depth);
+                Ok(())
+            }
+            other => Err(format!("unexpected {other:?} after the handshake")),
+        }
+    }
+
+    /// Answers an emit from a thread of its own, so this reader keeps reading (the
+    /// subscribers may call back into this very worker).
+    fn emit(&self, id: u64, hook: String, payload: Vec<u8>, depth: u32) {
+        let answer = move |channel: &Channel, code| {
+            let _ = channel.send(&EngineMessage::EmitResult { id, code });
+        };
+        let Some(handler) = self.emit.clone() else {
+            answer(&self.channel, plugboard_sdk::abi::EMIT_DENIED);
+            return;
+        };
+        if self.emits_in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_EMITS_IN_FLIGHT {
+            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
+            return;
+        }
+        let (channel, in_flight) = (Arc::clone(&self.channel), Arc::clone(&self.emits_in_flight));
+        let spawned = std::thread::Builder::new()
+            .name("pb-emit".to_owned())
+            .spawn(move || {
+                let code = handler(&hook, &payload, depth);
+                answer(&channel, code);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
+        }
+    }
+}
+
+/// Routes replies to their callers, log lines to the events and emits to the engine;
+/// anything out of protocol kills the worker.
+fn spawn_reader(plugin: &str, reader: Reader) -> JoinHandle<()> {
     named(plugin, "reader")
         .spawn(move || {
             let violation = loop {
-                match channel.recv::<WorkerMessage>() {
-                    Ok(WorkerMessage::Reply { id, status, body }) => {
-                        // A reply for an unknown id is a late reply to a timed-out call
-                        // only if we issued that id; ids never issued are a violation.
-                        let answer = pending
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&id);
-                        if let Some(answer) = answer {
-                            let _ = answer.send((status, body));
-                        }
-                    }
-                    Ok(WorkerMessage::Log { level, message }) => {
-                        events(WorkerEvent::Output {
-                            stream: OutputStream::Log { level },
-                            line: message,
-                        });
-                    }
-                    Ok(WorkerMessage::Emit { id, .. }) => {
-                        // Emitting through the engine comes with hook dispatch; until
-                        // then every emit is refused, never silently dropped.
-                        if channel
-                            .send(&EngineMessage::EmitResult {
-                                id,
-                                code: plugboard_sdk::abi::EMIT_DENIED,
-                            })
-                            .is_err()
-                        {
-                            break None;
-                        }
-                    }
-                    Ok(other) => break Some(format!("unexpected {other:?} after the handshake")),
+                let handled = match reader.channel.recv::<WorkerMessage>() {
+                    Ok(message) => reader.handle(message),
                     Err(IpcError::Closed) => break None,
-                    Err(IpcError::Protocol { reason }) => break Some(reason),
-                    Err(err) => break Some(err.to_string()),
+                    Err(IpcError::Protocol { reason }) => Err(reason),
+                    Err(err) => Err(err.to_string()),
+                };
+                if let Err(reason) = handled {
+                    break Some(reason);
                 }
             };
             if let Some(reason) = violation {
-                let _ = kill(pid, Signal::SIGKILL);
-                events(WorkerEvent::ProtocolViolation { reason });
+                let _ = kill(reader.pid, Signal::SIGKILL);
+                (reader.events)(WorkerEvent::ProtocolViolation { reason });
             }
             // Wake every caller still waiting: their worker is gone.
-            pending
+            reader
+                .pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clear();

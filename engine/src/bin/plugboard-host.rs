@@ -216,26 +216,32 @@ fn confine(
     // signal again (the kernel resets it on any credential change that is not a pure
     // drop): set it once more, still checking the engine is there.
     process::die_with_parent(engine)?;
-    let (pid_reader, pid_writer) = pipe().map_err(|err| ConfineError {
+    let pipe_error = |err: nix::Error| ConfineError {
         step: "fork",
         reason: err.to_string(),
-    })?;
+    };
+    let (pid_reader, pid_writer) = pipe().map_err(pipe_error)?;
+    let (abort_reader, abort_writer) = pipe().map_err(pipe_error)?;
     if namespaces.is_some() {
         match process::fork_into_pid_namespace()? {
             ForkSide::Parent { child } => {
                 drop(pid_reader);
+                drop(abort_writer);
                 let _ = write(&pid_writer, &child.as_raw().to_le_bytes());
                 drop(pid_writer);
                 // The intermediary keeps nothing of the engine's (the socket and the memfd
                 // are the child's now) and no privilege. It never returns, so nothing
                 // closes these descriptors a second time.
                 let _ = channel;
-                let _ = process::close_descriptors_above(2);
+                process::close_descriptor_range(SOCKET_FD, LIBRARY_FD);
                 let _ = process::set_no_new_privs();
                 let _ = process::drop_capabilities();
-                process::mirror_child_exit(child);
+                process::mirror_child_exit(child, &abort_reader);
             }
-            ForkSide::Child => {}
+            ForkSide::Child => {
+                drop(abort_reader);
+                process::forward_self_aborts(abort_writer)?;
+            }
         }
     }
     drop(pid_writer);
@@ -324,6 +330,7 @@ impl HostCallbacks for EngineLink {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, answer);
         let sent = self.channel.send(&WorkerMessage::Emit {
+            depth: CALL_DEPTH.get(),
             id,
             hook: hook.to_owned(),
             payload: payload.to_vec(),
@@ -363,11 +370,17 @@ fn load(
     Ok((instance, link))
 }
 
+thread_local! {
+    /// The emit depth of the call this executor thread is running, echoed in its emits.
+    static CALL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 enum Job {
     Call {
         id: u64,
         hook: String,
         payload: Vec<u8>,
+        depth: u32,
     },
     Health {
         id: u64,
@@ -376,7 +389,17 @@ enum Job {
 
 fn execute(instance: &Instance, job: Job) -> WorkerMessage {
     let (id, result) = match job {
-        Job::Call { id, hook, payload } => (id, instance.call(&hook, &payload)),
+        Job::Call {
+            id,
+            hook,
+            payload,
+            depth,
+        } => {
+            CALL_DEPTH.set(depth);
+            let result = instance.call(&hook, &payload);
+            CALL_DEPTH.set(0);
+            (id, result)
+        }
         Job::Health { id } => (id, instance.health().map(|()| Vec::new())),
     };
     match result {
@@ -424,8 +447,18 @@ fn serve(
         .collect();
     let outcome = loop {
         match channel.recv::<EngineMessage>() {
-            Ok(EngineMessage::Call { id, hook, payload }) => {
-                let _ = jobs.send(Job::Call { id, hook, payload });
+            Ok(EngineMessage::Call {
+                id,
+                hook,
+                payload,
+                depth,
+            }) => {
+                let _ = jobs.send(Job::Call {
+                    id,
+                    hook,
+                    payload,
+                    depth,
+                });
             }
             Ok(EngineMessage::Health { id }) => {
                 let _ = jobs.send(Job::Health { id });

@@ -21,12 +21,14 @@ pub enum EngineMessage {
     },
     /// The engine has put the worker into its cgroup; the worker may continue confining.
     Proceed,
-    /// Call one hook.
+    /// Call one hook. `depth` counts the emits that led to this call (0: called by the
+    /// host directly); the engine refuses to go deeper than its bound.
     Call {
         id: u64,
         hook: String,
         #[serde(with = "bytes")]
         payload: Vec<u8>,
+        depth: u32,
     },
     /// Ask for a health check.
     Health { id: u64 },
@@ -95,12 +97,15 @@ pub enum WorkerMessage {
     },
     /// A log line from the plugin (level = ABI log level).
     Log { level: u32, message: String },
-    /// The plugin emits a hook; the engine answers with EmitResult.
+    /// The plugin emits a hook; the engine answers with EmitResult. `depth` is that of
+    /// the call during which the plugin emitted (0 outside any call). The worker is
+    /// untrusted, so the engine also caps emits in flight per worker.
     Emit {
         id: u64,
         hook: String,
         #[serde(with = "bytes")]
         payload: Vec<u8>,
+        depth: u32,
     },
 }
 

@@ -58,6 +58,17 @@ pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Closes descriptors `first..=last` whose owners will never run their destructors (the
+/// intermediary worker process never returns).
+pub fn close_descriptor_range(first: RawFd, last: RawFd) {
+    let (first, last) = (
+        u32::try_from(first).unwrap_or(u32::MAX),
+        u32::try_from(last).unwrap_or(0),
+    );
+    // SAFETY: the caller names descriptors no live Rust object will use or close again.
+    unsafe { libc::close_range(first, last, 0) };
+}
+
 /// Closes every descriptor above `highest_kept`: whatever else was inherited is a way out.
 pub fn close_descriptors_above(highest_kept: RawFd) -> Result<(), ConfineError> {
     let first = u32::try_from(highest_kept + 1).unwrap_or(u32::MAX);
@@ -164,22 +175,81 @@ pub fn fork_into_pid_namespace() -> Result<ForkSide, ConfineError> {
 
 /// The intermediary's last act: waits for the sandboxed child and ends the same way, so
 /// the engine sees the plugin's exit code or signal as the worker's.
-pub fn mirror_child_exit(child: Pid) -> ! {
+///
+/// Pid 1 of a pid namespace cannot die of a signal other than SIGKILL (signals it sends
+/// itself, and signals from outside without a handler, are dropped), so a plugin's
+/// `abort()` would otherwise end as a SIGSEGV (glibc's last resort). The child's SIGABRT
+/// handler (see [`forward_self_aborts`]) writes the signal to `aborts`; the intermediary
+/// then kills the child and ends itself with that signal, which is what the engine sees.
+pub fn mirror_child_exit(child: Pid, aborts: &OwnedFd) -> ! {
+    let mut byte = [0u8; 1];
+    let asked = loop {
+        match nix::unistd::read(aborts, &mut byte) {
+            Err(nix::Error::EINTR) => {}
+            // Plugin code can write here too: only an abort is taken from it, and only as
+            // the label of a death the intermediary itself then causes.
+            Ok(1) => {
+                break Signal::try_from(i32::from(byte[0]))
+                    .ok()
+                    .filter(|sig| *sig == Signal::SIGABRT);
+            }
+            // End of file: the child is gone without asking.
+            _ => break None,
+        }
+    };
+    if asked.is_some() {
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    }
     loop {
         match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
-                // Re-raise with the default action so the engine sees the same signal.
-                // SAFETY: resetting a signal to its default disposition installs no Rust
-                // handler; nothing else in this single-threaded process relies on it.
-                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-                let _ = nix::sys::signal::raise(sig);
-                std::process::exit(128 + sig as i32);
-            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => end_with_signal(asked.unwrap_or(sig)),
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(_) => std::process::exit(125),
         }
     }
+}
+
+/// Ends this process with `sig`, so the engine sees the same signal the plugin died of.
+fn end_with_signal(sig: Signal) -> ! {
+    // SAFETY: resetting a signal to its default disposition installs no Rust handler;
+    // nothing else in this single-threaded process relies on it.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    let _ = nix::sys::signal::raise(sig);
+    std::process::exit(128 + sig as i32);
+}
+
+/// Where the SIGABRT handler of pid 1 reports to its intermediary (-1: nowhere).
+static ABORT_REPORT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn report_abort(signal: libc::c_int) {
+    let fd = ABORT_REPORT_FD.load(std::sync::atomic::Ordering::SeqCst);
+    let byte = u8::try_from(signal).unwrap_or(0);
+    // SAFETY: write(2) and pause(2) are async-signal-safe; `byte` lives on this stack for
+    // the call; a bad `fd` only makes write fail.
+    unsafe {
+        libc::write(fd, (&raw const byte).cast(), 1);
+        loop {
+            libc::pause();
+        }
+    }
+}
+
+/// In pid 1 of the worker's namespace: turns a self-raised SIGABRT (as `abort()` sends)
+/// into a report to the intermediary, which delivers the signal from outside. The
+/// descriptor stays open for the life of the process.
+pub fn forward_self_aborts(report: OwnedFd) -> Result<(), ConfineError> {
+    use std::os::fd::IntoRawFd;
+    ABORT_REPORT_FD.store(report.into_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    let action = nix::sys::signal::SigAction::new(
+        SigHandler::Handler(report_abort),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: `report_abort` only calls async-signal-safe functions and reads an atomic.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGABRT, &action) }
+        .map_err(fail("abort forwarding"))?;
+    Ok(())
 }
 
 /// Mounts for the sandboxed child: nothing propagates back to the host, a fresh `/proc`

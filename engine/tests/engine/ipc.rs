@@ -59,6 +59,7 @@ fn engine_messages() -> Vec<EngineMessage> {
             id: u64::MAX,
             hook: "on_tick".to_owned(),
             payload: (0..=255).collect(),
+            depth: 0,
         },
         EngineMessage::Health { id: 7 },
         EngineMessage::EmitResult { id: 8, code: -3 },
@@ -105,6 +106,7 @@ fn worker_messages() -> Vec<WorkerMessage> {
             id: 2,
             hook: "custom".to_owned(),
             payload: Vec::new(),
+            depth: 0,
         },
     ]
 }
@@ -206,13 +208,15 @@ fn call_with_payload(len: usize) -> EngineMessage {
         id: 0,
         hook: String::new(),
         payload: vec![0xa5; len],
+        depth: 0,
     }
 }
 
 #[test]
 fn encoder_accepts_exactly_the_maximum_and_refuses_one_byte_more() {
-    // Call{id: 0, hook: ""}: variant, id, hook length and a 3-byte payload length = 6.
-    let overhead = HEADER_BYTES + 6;
+    // Call{id: 0, hook: "", depth: 0}: variant, id, hook length, a 3-byte payload length
+    // and the depth = 7.
+    let overhead = HEADER_BYTES + 7;
     let largest = encode_frame(&call_with_payload(MAX_FRAME_BYTES - overhead)).expect("encode");
     assert_eq!(largest.len(), MAX_FRAME_BYTES);
     match encode_frame(&call_with_payload(MAX_FRAME_BYTES - overhead + 1)) {
@@ -328,7 +332,7 @@ fn every_message_round_trips_over_a_socketpair() {
 #[test]
 fn a_maximal_frame_crosses_the_socketpair() {
     let (engine, worker) = Channel::pair().expect("socketpair");
-    let msg = call_with_payload(MAX_FRAME_BYTES - HEADER_BYTES - 6);
+    let msg = call_with_payload(MAX_FRAME_BYTES - HEADER_BYTES - 7);
     match engine.send(&msg) {
         Ok(()) => assert_eq!(worker.recv::<EngineMessage>().expect("recv"), msg),
         // Only without CAP_NET_ADMIN on a host whose net.core.wmem_max is below 1 MiB.
@@ -565,6 +569,7 @@ fn one_end_is_read_and_written_by_two_threads_at_once() {
                         id,
                         hook: "echo".to_owned(),
                         payload: id.to_le_bytes().to_vec(),
+                        depth: 0,
                     })
                     .expect("call");
             }
@@ -907,7 +912,8 @@ fn engine_message() -> impl Strategy<Value = EngineMessage> {
         (any::<u64>(), text(), bytes()).prop_map(|(id, hook, payload)| EngineMessage::Call {
             id,
             hook,
-            payload
+            payload,
+            depth: 0,
         }),
         any::<u64>().prop_map(|id| EngineMessage::Health { id }),
         (any::<u64>(), any::<i32>()).prop_map(|(id, code)| EngineMessage::EmitResult { id, code }),
@@ -938,7 +944,8 @@ fn worker_message() -> impl Strategy<Value = WorkerMessage> {
         (any::<u64>(), text(), bytes()).prop_map(|(id, hook, payload)| WorkerMessage::Emit {
             id,
             hook,
-            payload
+            payload,
+            depth: 0,
         }),
     ]
 }

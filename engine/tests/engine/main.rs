@@ -6,6 +6,7 @@ mod confine;
 mod ipc;
 mod loader;
 mod manifest;
+mod runtime;
 mod support;
 mod trust;
 mod worker;

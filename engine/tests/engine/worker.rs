@@ -62,6 +62,7 @@ pub fn start(name: &str) -> Running {
             plan,
             limits,
             env: Vec::new(),
+            emit: None,
         },
         &(std::sync::Arc::new(move |event| {
             let _ = sender.send(event);

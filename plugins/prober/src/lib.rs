@@ -5,14 +5,21 @@
 //! Hooks: `connect` (TCP to the address in the payload, default 127.0.0.1:9), `write_file`
 //! and `read_file` (the path in the payload), `spawn` (runs `/bin/true`), `whoami`
 //! (uid, pid, hostname), `env` (the environment it was given), `interfaces` (network
-//! interfaces it can see).
+//! interfaces it can see), `sleep` (milliseconds in the payload), `crash` (aborts),
+//! `chatter` (prints and logs as many lines as the payload says), `emit` (emits the hook
+//! named in the payload through the host), `forge` (writes garbage straight onto the
+//! worker's IPC socket, as a hostile plugin could).
 
 use std::io::{Read, Write};
 
 use plugboard_sdk::{Config, Error, Host, Plugin, export_plugin};
 
+mod hostile;
+
 #[derive(Debug)]
-pub struct Prober;
+pub struct Prober {
+    host: Host,
+}
 
 fn outcome<T>(result: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> Vec<u8> {
     match result {
@@ -31,8 +38,8 @@ fn text(payload: &[u8], default: &str) -> String {
 }
 
 impl Plugin for Prober {
-    fn create(_host: Host, _config: Config) -> Result<Self, Error> {
-        Ok(Prober)
+    fn create(host: Host, _config: Config) -> Result<Self, Error> {
+        Ok(Prober { host })
     }
 
     fn call(&self, hook: &str, payload: &[u8]) -> Result<Vec<u8>, Error> {
@@ -95,6 +102,35 @@ impl Plugin for Prober {
                     .join(",")
                     .into_bytes()
             }
+            "sleep" => {
+                let millis: u64 = text(payload, "1000")
+                    .parse()
+                    .map_err(|_| Error::invalid_input("sleep wants milliseconds"))?;
+                std::thread::sleep(std::time::Duration::from_millis(millis));
+                format!("slept {millis} ms").into_bytes()
+            }
+            "crash" => std::process::abort(),
+            "chatter" => {
+                let lines: u32 = text(payload, "10")
+                    .parse()
+                    .map_err(|_| Error::invalid_input("chatter wants a line count"))?;
+                for line in 0..lines {
+                    println!("chatter line {line}");
+                    self.host.info(&format!("log line {line}"));
+                }
+                format!("wrote {lines} lines").into_bytes()
+            }
+            "emit" => {
+                let hook = text(payload, "prober.event");
+                match self.host.emit(&hook, b"from prober") {
+                    Ok(()) => format!("ok: emitted {hook}").into_bytes(),
+                    Err(err) => format!("denied: {err}").into_bytes(),
+                }
+            }
+            "forge" => outcome(
+                hostile::write_to_ipc_socket(b"PB\xff\xff\xff\x7fnot a frame"),
+                |()| "forged".to_owned(),
+            ),
             other => return Err(Error::unknown_hook(other)),
         })
     }

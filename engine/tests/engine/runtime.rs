@@ -1,0 +1,401 @@
+//! The engine API end to end: commands, snapshots and events over real confined workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use plugboard_engine::worker::ExitStatus;
+use plugboard_engine::{
+    Command, Engine, EngineConfig, Event, EventKind, Outcome, PluginSnapshot, PluginState,
+};
+
+use crate::support::{Signer, built_plugin, make_bundle, repo_root};
+use crate::worker::host_binary;
+
+struct Fixture {
+    engine: Engine,
+    events: mpsc::Receiver<Event>,
+    _temp: tempfile::TempDir,
+}
+
+/// Signs `plugins/<name>/plugin.toml` (optionally edited) into `<dir>/<bundle>`.
+fn add_bundle(
+    dir: &Path,
+    signer: &Signer,
+    name: &str,
+    bundle: &str,
+    edit: impl Fn(&str) -> String,
+) {
+    let manifest =
+        std::fs::read_to_string(repo_root().join(format!("plugins/{name}/plugin.toml"))).unwrap();
+    let edited = dir.join(format!("{bundle}.toml"));
+    std::fs::write(&edited, edit(&manifest)).unwrap();
+    let library_name = format!("lib{}.so", name.replace('-', "_"));
+    make_bundle(
+        &dir.join(bundle),
+        &edited,
+        &built_plugin(name),
+        &library_name,
+        Some(&signer.key),
+    );
+    std::fs::remove_file(edited).unwrap();
+}
+
+/// (plugin crate, bundle directory name, manifest edit)
+type BundleSpec<'a> = (&'a str, &'a str, fn(&str) -> String);
+
+fn engine_with(bundles: &[BundleSpec<'_>], grace: Duration) -> Fixture {
+    let temp = tempfile::tempdir().unwrap();
+    let signer = Signer::new(temp.path());
+    let plugins: PathBuf = temp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for (name, bundle, edit) in bundles {
+        add_bundle(&plugins, &signer, name, bundle, edit);
+    }
+    let mut config = EngineConfig::new(host_binary());
+    config.plugin_dirs = vec![plugins];
+    config.trust_store = Some(signer.store_dir.clone());
+    config.grace = grace;
+    let engine = Engine::start(config).expect("engine starts");
+    let events = engine.subscribe();
+    Fixture {
+        engine,
+        events,
+        _temp: temp,
+    }
+}
+
+fn same(manifest: &str) -> String {
+    manifest.to_owned()
+}
+
+fn plugin(engine: &Engine, name: &str) -> PluginSnapshot {
+    engine
+        .snapshot()
+        .plugins
+        .into_iter()
+        .find(|plugin| plugin.name == name)
+        .unwrap_or_else(|| panic!("no plugin {name}"))
+}
+
+fn start(engine: &Engine, name: &str) {
+    engine
+        .execute(Command::Start {
+            plugin: name.to_owned(),
+        })
+        .unwrap_or_else(|err| panic!("{name} starts: {err}"));
+}
+
+fn call(engine: &Engine, plugin: &str, hook: &str, payload: &str) -> plugboard_engine::CallReport {
+    match engine.execute(Command::Call {
+        plugin: plugin.to_owned(),
+        hook: hook.to_owned(),
+        payload: payload.as_bytes().to_vec(),
+    }) {
+        Ok(Outcome::Called { report }) => report,
+        other => panic!("call {plugin}.{hook}: {other:?}"),
+    }
+}
+
+/// Waits for an event matching `wanted`; on failure says what was seen.
+fn wait_for(
+    events: &mpsc::Receiver<Event>,
+    within: Duration,
+    wanted: impl Fn(&Event) -> bool,
+) -> Event {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(event) => seen.push(event.kind),
+            Err(_) => break,
+        }
+    }
+    panic!("no matching event within {within:?}; saw {seen:#?}");
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn load_start_call_stop_unload_leave_nothing_behind() {
+    let fixture = engine_with(&[("hello", "hello", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    assert_eq!(plugin(engine, "hello").state, PluginState::Discovered);
+    engine
+        .execute(Command::Load {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    let verified = plugin(engine, "hello");
+    assert_eq!(verified.state, PluginState::Verified);
+    assert!(verified.trust.signed && !verified.trust.unverified);
+    start(engine, "hello");
+    let running = plugin(engine, "hello");
+    assert_eq!(running.state, PluginState::Running);
+    assert_eq!(
+        call(engine, "hello", "greet", "engine").reply,
+        "Hello, engine!"
+    );
+    let stats = &plugin(engine, "hello").hooks["greet"];
+    assert_eq!((stats.calls, stats.errors, stats.timeouts), (1, 0, 0));
+    assert!(stats.since_start.p50_us > 0);
+
+    let (pid, cgroup) = (running.sandbox_pid.unwrap(), running.cgroup.unwrap());
+    engine
+        .execute(Command::Stop {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    let stopped = plugin(engine, "hello");
+    assert_eq!(stopped.state, PluginState::Stopped);
+    assert_eq!(stopped.last_exit, Some(ExitStatus::Code { code: 0 }));
+    assert!(!process_alive(pid));
+    assert!(
+        !Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists(),
+        "cgroup {cgroup} left behind"
+    );
+    let err = engine.execute(Command::Stop {
+        plugin: "hello".into(),
+    });
+    assert!(err.is_ok(), "stopping a stopped plugin is a no-op: {err:?}");
+    engine
+        .execute(Command::Unload {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").state, PluginState::Unloaded);
+    let states: Vec<PluginState> = engine
+        .recent_events()
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::StateChanged { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            PluginState::Verified,
+            PluginState::Starting,
+            PluginState::Running,
+            PluginState::Stopping,
+            PluginState::Stopped,
+            PluginState::Unloaded
+        ]
+    );
+}
+
+fn critical(manifest: &str) -> String {
+    manifest
+        .replace("name = \"hello\"", "name = \"zz-urgent\"")
+        .replace("priority = \"normal\"", "priority = \"critical\"")
+}
+
+fn background(manifest: &str) -> String {
+    manifest
+        .replace("name = \"hello\"", "name = \"aa-later\"")
+        .replace("priority = \"normal\"", "priority = \"background\"")
+}
+
+#[test]
+fn emit_calls_every_subscriber_in_priority_order() {
+    let fixture = engine_with(
+        &[
+            ("hello", "hello", same),
+            ("hello", "zz-urgent", critical),
+            ("hello", "aa-later", background),
+        ],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    for name in ["hello", "zz-urgent", "aa-later"] {
+        start(engine, name);
+    }
+    let Ok(Outcome::Emitted { reports }) = engine.execute(Command::Emit {
+        hook: "greet".into(),
+        payload: b"all".to_vec(),
+    }) else {
+        panic!("emit failed")
+    };
+    let order: Vec<&str> = reports
+        .iter()
+        .map(|report| report.plugin.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        ["zz-urgent", "hello", "aa-later"],
+        "critical, normal, background"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|report| report.status == "ok" && report.reply == "Hello, all!")
+    );
+}
+
+#[test]
+fn a_timed_out_call_is_counted_and_its_late_reply_discarded() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let report = call(engine, "prober", "sleep", "700");
+    assert_eq!(report.status, "timeout", "{report:?}");
+    wait_for(
+        &fixture.events,
+        Duration::from_secs(1),
+        |event| matches!(&event.kind, EventKind::HookTimeout { hook, timeout_ms: 300 } if hook == "sleep"),
+    );
+    // The late reply arrives while this call waits; it must not be mistaken for a
+    // protocol violation nor answer this call.
+    let next = call(engine, "prober", "sleep", "800");
+    assert_eq!(next.status, "timeout");
+    let whoami = call(engine, "prober", "whoami", "");
+    assert_eq!(whoami.status, "ok", "{whoami:?}");
+    let stats = plugin(engine, "prober").hooks["sleep"].clone();
+    assert_eq!((stats.calls, stats.timeouts), (2, 2));
+    assert_eq!(plugin(engine, "prober").state, PluginState::Running);
+    assert_eq!(plugin(engine, "prober").violations, 0);
+}
+
+#[test]
+fn a_hostile_worker_is_killed_and_the_engine_keeps_serving_others() {
+    let fixture = engine_with(
+        &[("prober", "prober", same), ("hello", "hello", same)],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    start(engine, "hello");
+    let _ = call(engine, "prober", "forge", "");
+    wait_for(
+        &fixture.events,
+        Duration::from_secs(2),
+        |event| matches!(&event.kind, EventKind::ProtocolViolation { reason } if reason.contains("frame")),
+    );
+    wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(event.kind, EventKind::Crashed { .. })
+    });
+    let prober = plugin(engine, "prober");
+    assert_eq!(prober.state, PluginState::Failed);
+    assert_eq!(prober.last_exit, Some(ExitStatus::Signal { signal: 9 }));
+    assert!(prober.violations >= 1);
+    assert_eq!(
+        call(engine, "hello", "greet", "still here").reply,
+        "Hello, still here!"
+    );
+}
+
+#[test]
+fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let cgroup = plugin(engine, "prober").cgroup.unwrap();
+    let started = Instant::now();
+    let report = call(engine, "prober", "crash", "");
+    assert_eq!(report.status, "gone", "{report:?}");
+    let event = wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(event.kind, EventKind::Crashed { .. })
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "crash noticed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        event.kind,
+        EventKind::Crashed {
+            exit: ExitStatus::Signal { signal: 6 }
+        }
+    );
+    let prober = plugin(engine, "prober");
+    assert_eq!(prober.state, PluginState::Failed);
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists());
+    // And it can be started again.
+    start(engine, "prober");
+    assert_eq!(call(engine, "prober", "whoami", "").status, "ok");
+}
+
+#[test]
+fn output_is_captured_with_streams_and_a_flood_is_rate_limited() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    assert_eq!(call(engine, "prober", "chatter", "3").status, "ok");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let prober = plugin(engine, "prober");
+        let has = |needle: &str| prober.recent_output.iter().any(|line| line.line == needle);
+        if has("chatter line 2") && has("log line 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "output not captured: {:#?}",
+            prober.recent_output
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(call(engine, "prober", "chatter", "3000").status, "ok");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while plugin(engine, "prober").output_dropped == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a flood of 6000 lines dropped nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(plugin(engine, "prober").recent_output.len() <= 20);
+}
+
+#[test]
+fn emits_are_checked_against_the_manifest_and_counted() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    assert_eq!(
+        call(engine, "prober", "emit", "prober.allowed").reply,
+        "ok: emitted prober.allowed"
+    );
+    let denied = call(engine, "prober", "emit", "billing.charge");
+    assert!(denied.reply.starts_with("denied:"), "{denied:?}");
+    wait_for(
+        &fixture.events,
+        Duration::from_secs(1),
+        |event| matches!(&event.kind, EventKind::ForbiddenEmit { hook } if hook == "billing.charge"),
+    );
+    let prober = plugin(engine, "prober");
+    assert_eq!((prober.emitted, prober.violations), (1, 1));
+}
+
+#[test]
+fn stop_kills_a_plugin_that_does_not_finish_within_the_grace_period() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_millis(300));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    // The hook keeps sleeping in the worker after the call times out.
+    assert_eq!(call(engine, "prober", "sleep", "30000").status, "timeout");
+    let started = Instant::now();
+    engine
+        .execute(Command::Stop {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let prober = plugin(engine, "prober");
+    assert_eq!(prober.state, PluginState::Stopped);
+    assert_eq!(prober.last_exit, Some(ExitStatus::Signal { signal: 9 }));
+}
