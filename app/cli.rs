@@ -92,6 +92,9 @@ enum Command {
     /// Run the engine without the dashboard: start every bundle found, print snapshots as
     /// JSON lines (with --json), stop everything cleanly at the end or on SIGINT/SIGTERM.
     Headless {
+        /// Host configuration file (TOML); flags given here add to or override it.
+        #[arg(long, value_name = "F")]
+        config: Option<PathBuf>,
         /// Trust store with the pinned signing keys.
         #[arg(long, value_name = "DIR")]
         trust_store: Option<PathBuf>,
@@ -222,6 +225,7 @@ pub fn run(cli: Cli) -> Result<()> {
             TrustCommand::ListKey { out } => trust_cmds::list_key(&out),
         },
         Command::Headless {
+            config,
             trust_store,
             plugin_dirs,
             traffic,
@@ -230,6 +234,7 @@ pub fn run(cli: Cli) -> Result<()> {
             interval,
             allow_unsigned,
         } => headless::run(&headless::HeadlessOptions {
+            config,
             trust_store,
             plugin_dirs,
             traffic,

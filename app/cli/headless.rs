@@ -11,6 +11,7 @@ use plugboard_engine::{Command, Engine, EngineConfig, Snapshot};
 /// Options of `plugboard headless`.
 #[derive(Debug)]
 pub struct HeadlessOptions {
+    pub config: Option<PathBuf>,
     pub trust_store: Option<PathBuf>,
     pub plugin_dirs: Vec<PathBuf>,
     pub traffic: Option<f64>,
@@ -95,10 +96,23 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
 }
 
 pub fn run(options: &HeadlessOptions) -> Result<()> {
-    if options.plugin_dirs.is_empty() {
-        bail!("no plugin directory: pass --plugins <dir> (a directory holding bundle directories)");
+    let mut config = EngineConfig::new(host_binary()?);
+    if let Some(file) = &options.config {
+        plugboard_engine::host_config::apply_file(&mut config, file)?;
     }
-    for dir in &options.plugin_dirs {
+    config
+        .plugin_dirs
+        .extend(options.plugin_dirs.iter().cloned());
+    if options.trust_store.is_some() {
+        config.trust_store.clone_from(&options.trust_store);
+    }
+    config.allow_unsigned |= options.allow_unsigned;
+    if config.plugin_dirs.is_empty() {
+        bail!(
+            "no plugin directory: pass --plugins <dir> (a directory holding bundle directories) or set plugin_dirs in --config"
+        );
+    }
+    for dir in &config.plugin_dirs {
         if !dir.is_dir() {
             bail!(
                 "plugin directory {} does not exist or is not a directory",
@@ -106,10 +120,6 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
             );
         }
     }
-    let mut config = EngineConfig::new(host_binary()?);
-    config.plugin_dirs.clone_from(&options.plugin_dirs);
-    config.trust_store.clone_from(&options.trust_store);
-    config.allow_unsigned = options.allow_unsigned;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))

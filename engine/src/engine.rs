@@ -463,10 +463,14 @@ impl Engine {
             .traffic
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, running)) = traffic.take() {
-            running.store(false, Ordering::SeqCst);
-        }
+        let was_on = traffic
+            .take()
+            .map(|(_, running)| running.store(false, Ordering::SeqCst))
+            .is_some();
         let Some(rate) = rate.filter(|rate| *rate > 0.0) else {
+            if !was_on {
+                return;
+            }
             self.shared.event(
                 None,
                 EventKind::Engine {

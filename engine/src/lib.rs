@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod engine;
 pub mod events;
 pub mod hooks;
+pub mod host_config;
 pub mod ipc;
 pub mod loader;
 pub mod manifest;

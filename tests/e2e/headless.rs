@@ -236,3 +236,50 @@ fn headless_without_plugins_fails_with_the_reason() {
     ]));
     assert!(err.contains("/nonexistent/plugboard"), "{err}");
 }
+
+#[test]
+fn headless_reads_a_host_configuration_and_refuses_a_broken_one() {
+    let temp = tempfile::tempdir().unwrap();
+    let (dir, store) = plugins_dir(temp.path());
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n[sandbox]\nenv = {{ LANG = \"C\" }}\n",
+            dir.display().to_string(),
+            store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = ok(&plugboard(&[
+        &"headless",
+        &"--config",
+        &config,
+        &"--duration",
+        &"1s",
+        &"--json",
+    ]));
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        plugin(&last, "hello")["state"],
+        "stopped",
+        "it ran and stopped: {last}"
+    );
+
+    std::fs::write(
+        &config,
+        "plugin_dirs = []\n[sandbox]\nrequire = [\"selinux\"]\n",
+    )
+    .unwrap();
+    let err = fails(&plugboard(&[
+        &"headless",
+        &"--config",
+        &config,
+        &"--duration",
+        &"1s",
+    ]));
+    assert!(
+        err.contains("host.toml") && err.contains("line 3") && err.contains("selinux"),
+        "{err}"
+    );
+}
