@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Plugboard's main job until the dashboard lands: make a throw-away signing key, pin it in a
-# fresh trust store, pack and sign the `hello` example bundle, verify and inspect it, then
-# show that a tampered manifest (granting itself the network) is refused.
+# fresh trust store, pack and sign the example bundles, verify and inspect one, show that a
+# tampered manifest (granting itself the network) is refused, then run every bundle confined
+# in the headless engine under traffic for a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,15 +15,28 @@ run() { printf '\n$ %s\n' "$*"; "$@"; }
 
 run "$plugboard" keygen --out "$work/keys" --name demo
 run "$plugboard" trust add --trust-store "$work/trust" "$work/keys/demo.pub"
-run "$plugboard" pack plugins/hello/plugin.toml --library target/debug/libhello.so \
-    --out "$work/hello" --key "$work/keys/demo.key"
-run "$plugboard" verify "$work/hello" --trust-store "$work/trust"
-run "$plugboard" inspect "$work/hello" --trust-store "$work/trust"
+for plugin in hello counter; do
+    run "$plugboard" pack "plugins/$plugin/plugin.toml" --library "target/debug/lib$plugin.so" \
+        --out "$work/plugins/$plugin" --key "$work/keys/demo.key"
+done
+run "$plugboard" pack plugins/hello-c/plugin.toml --library target/debug/libhello_c.so \
+    --out "$work/plugins/hello-c" --key "$work/keys/demo.key"
+run "$plugboard" verify "$work/plugins/hello" --trust-store "$work/trust"
+run "$plugboard" inspect "$work/plugins/hello" --trust-store "$work/trust"
 
-printf '\n# tampering: the bundle grants itself the network after it was signed\n'
-printf '\n[capabilities]\nnetwork = true\n' >>"$work/hello/plugin.toml"
-if run "$plugboard" verify "$work/hello" --trust-store "$work/trust"; then
+printf '\n# tampering: a copy of hello grants itself the network after it was signed\n'
+cp -r "$work/plugins/hello" "$work/plugins/hello-tampered"
+printf '\n[capabilities]\nnetwork = true\n' >>"$work/plugins/hello-tampered/plugin.toml"
+if run "$plugboard" verify "$work/plugins/hello-tampered" --trust-store "$work/trust"; then
     echo "the tampered bundle verified: this is a bug" >&2
     exit 1
 fi
 printf '\nrefused, as it must be.\n'
+
+if [ "$(id -u)" -ne 0 ]; then
+    printf '\n(skipping the confined run: cgroups and the workers'"'"' uid switch need root)\n'
+    exit 0
+fi
+printf '\n# every bundle in a confined worker, 100 calls/s for 4 s (the tampered one is rejected)\n'
+run "$plugboard" headless --plugins "$work/plugins" --trust-store "$work/trust" \
+    --traffic 100 --duration 4s --interval 2s

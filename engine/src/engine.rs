@@ -191,6 +191,8 @@ impl OutputRing {
 struct Lifecycle {
     state: PluginState,
     reason: Option<String>,
+    /// Set when the bundle can never be loaded as it is (a duplicate name).
+    blocked: Option<String>,
     manifest: Option<Manifest>,
     library: Option<SealedLibrary>,
     trust: TrustInfo,
@@ -353,16 +355,40 @@ impl Engine {
             .plugins
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if plugins.values().any(|plugin| plugin.dir == dir) || plugins.contains_key(&name) {
+        if plugins.values().any(|plugin| plugin.dir == dir) {
             return;
         }
+        // Two bundles claiming one name: the second is shown under its directory's name,
+        // refused, rather than silently hidden.
+        let (name, blocked) = match plugins.get(&name) {
+            Some(other) => {
+                let key = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if plugins.contains_key(&key) {
+                    return;
+                }
+                let reason = format!(
+                    "duplicate plugin name `{name}`: {} already provides it",
+                    other.dir.display()
+                );
+                (key, Some(reason))
+            }
+            None => (name, None),
+        };
         let (inbox, messages) = mpsc::channel();
         let plugin = Arc::new(Plugin {
             name: name.clone(),
             dir: dir.to_owned(),
             lifecycle: Mutex::new(Lifecycle {
-                state: PluginState::Discovered,
-                reason: None,
+                state: if blocked.is_some() {
+                    PluginState::Rejected
+                } else {
+                    PluginState::Discovered
+                },
+                reason: blocked.clone(),
+                blocked,
                 manifest: None,
                 library: None,
                 trust: TrustInfo::default(),
@@ -560,11 +586,22 @@ impl Engine {
             .values()
             .cloned()
             .collect();
+        // Ask every actor at once, so plugins stop in parallel, then wait for them all.
+        let answers: Vec<_> = plugins
+            .iter()
+            .filter_map(|plugin| {
+                let (reply, answer) = mpsc::channel();
+                plugin
+                    .inbox
+                    .send(ActorMessage::Stop(reply))
+                    .ok()
+                    .map(|()| answer)
+            })
+            .collect();
+        for answer in answers {
+            let _ = answer.recv();
+        }
         for plugin in &plugins {
-            let (reply, answer) = mpsc::channel();
-            if plugin.inbox.send(ActorMessage::Stop(reply)).is_ok() {
-                let _ = answer.recv();
-            }
             let _ = plugin.inbox.send(ActorMessage::Exit);
             if let Some(actor) = plugin
                 .actor
@@ -887,6 +924,12 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
         .lifecycle
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    if let Some(reason) = lifecycle.blocked.clone() {
+        return Err(EngineError::StartFailed {
+            plugin: plugin.name.clone(),
+            reason,
+        });
+    }
     if matches!(
         lifecycle.state,
         PluginState::Running | PluginState::Starting | PluginState::Degraded
@@ -1148,7 +1191,7 @@ fn on_worker_event(shared: &Shared, plugin: &Plugin, event: WorkerEvent) {
                 PluginState::Running | PluginState::Degraded | PluginState::Starting
             ) {
                 lifecycle.last_exit = Some(status);
-                lifecycle.reason = Some(format!("worker exited: {status:?}"));
+                lifecycle.reason = Some(format!("the worker ended unexpectedly: {status}"));
                 lifecycle.worker_pid = None;
                 lifecycle.sandbox_pid = None;
                 set_state(shared, plugin, &mut lifecycle, PluginState::Failed);

@@ -107,6 +107,18 @@ pub type EventSink = Arc<dyn Fn(WorkerEvent) + Send + Sync>;
 /// Answers a plugin's emit: `(hook, payload, depth)` → an `abi::EMIT_*` code.
 pub type EmitHandler = Arc<dyn Fn(&str, &[u8], u32) -> i32 + Send + Sync>;
 
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code { code } => write!(f, "exit code {code}"),
+            ExitStatus::Signal { signal } => match Signal::try_from(*signal) {
+                Ok(name) => write!(f, "killed by signal {signal} ({name})"),
+                Err(_) => write!(f, "killed by signal {signal}"),
+            },
+        }
+    }
+}
+
 /// The answer to one hook call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOutcome {
@@ -949,7 +961,7 @@ fn spawn_listener(
     named(plugin, "seccomp")
         .spawn(move || {
             while !exited.load(Ordering::SeqCst) {
-                match listener.next(Duration::from_millis(200)) {
+                match listener.next(Duration::from_millis(50)) {
                     Ok(Some(Notification {
                         pid,
                         syscall,
