@@ -116,6 +116,12 @@ enum Command {
         /// Development only: also load unsigned or untrusted bundles (still sandboxed).
         #[arg(long)]
         allow_unsigned: bool,
+        /// Append the plugins' captured output to this file.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        /// Append every event as a JSON line to this file.
+        #[arg(long, value_name = "FILE")]
+        audit_file: Option<PathBuf>,
     },
     /// Print shell completions.
     Completions {
@@ -233,6 +239,8 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             interval,
             allow_unsigned,
+            log_file,
+            audit_file,
         } => headless::run(&headless::HeadlessOptions {
             config,
             trust_store,
@@ -242,6 +250,8 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             interval,
             allow_unsigned,
+            log_file,
+            audit_file,
         }),
         Command::New {
             name,

@@ -19,6 +19,8 @@ pub struct HeadlessOptions {
     pub json: bool,
     pub interval: Duration,
     pub allow_unsigned: bool,
+    pub log_file: Option<PathBuf>,
+    pub audit_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
@@ -107,6 +109,12 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
         config.trust_store.clone_from(&options.trust_store);
     }
     config.allow_unsigned |= options.allow_unsigned;
+    if options.log_file.is_some() {
+        config.log_file.clone_from(&options.log_file);
+    }
+    if options.audit_file.is_some() {
+        config.audit_file.clone_from(&options.audit_file);
+    }
     if config.plugin_dirs.is_empty() {
         bail!(
             "no plugin directory: pass --plugins <dir> (a directory holding bundle directories) or set plugin_dirs in --config"

@@ -7,6 +7,7 @@
 //! go straight to the running worker and record into the plugin's hook statistics.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -50,6 +51,11 @@ pub struct EngineConfig {
     pub grace: Duration,
     /// Where the cgroup hierarchies are mounted.
     pub cgroup_root: PathBuf,
+    /// The engine's log: captured plugin output (what the rate limit let through), one
+    /// line each, appended.
+    pub log_file: Option<PathBuf>,
+    /// Every event as a JSON line, appended (the audit trail).
+    pub audit_file: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -62,6 +68,8 @@ impl EngineConfig {
             worker: WorkerPolicy::new(host_binary),
             grace: Duration::from_secs(2),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            log_file: None,
+            audit_file: None,
         }
     }
 }
@@ -71,6 +79,8 @@ impl EngineConfig {
 pub enum EngineError {
     #[error("cgroups: {reason}")]
     Cgroups { reason: String },
+    #[error("cannot open {}: {reason}", file.display())]
+    File { file: PathBuf, reason: String },
     #[error("trust store: {reason}")]
     TrustStore { reason: String },
     #[error("cannot read plugin directory {}: {reason}", dir.display())]
@@ -165,7 +175,8 @@ impl OutputRing {
         }
     }
 
-    fn push(&mut self, stream: OutputStream, line: String) {
+    /// Keeps the line unless the rate limit drops it; says which.
+    fn push(&mut self, stream: OutputStream, line: String) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens
             + now.duration_since(self.refilled).as_secs_f64() * OUTPUT_LINES_PER_SEC)
@@ -173,7 +184,7 @@ impl OutputRing {
         self.refilled = now;
         if self.tokens < 1.0 {
             self.dropped += 1;
-            return;
+            return false;
         }
         self.tokens -= 1.0;
         if self.lines.len() == OUTPUT_RING {
@@ -184,6 +195,7 @@ impl OutputRing {
             stream,
             line,
         });
+        true
     }
 }
 
@@ -228,6 +240,8 @@ struct Plugin {
 
 struct Shared {
     config: EngineConfig,
+    log: Option<Mutex<std::fs::File>>,
+    audit: Option<Mutex<std::fs::File>>,
     scope: EngineScope,
     trust: Option<TrustStore>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
@@ -238,10 +252,37 @@ struct Shared {
 
 impl Shared {
     fn event(&self, plugin: Option<&str>, kind: EventKind) {
-        self.events
+        let event = self
+            .events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(plugin, kind);
+        if let Some(audit) = &self.audit {
+            if let Ok(line) = serde_json::to_string(&event) {
+                let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
+                // A line per event, flushed at once so it survives an engine crash.
+                let _ = writeln!(audit, "{line}").and_then(|()| audit.flush());
+            }
+        }
+    }
+
+    fn log_output(&self, plugin: &str, stream: OutputStream, line: &str) {
+        if let Some(log) = &self.log {
+            let stream = match stream {
+                OutputStream::Stdout => "stdout".to_owned(),
+                OutputStream::Stderr => "stderr".to_owned(),
+                OutputStream::Log { level } => {
+                    format!("log:{}", plugboard_sdk::LogLevel::from_code(level).name())
+                }
+            };
+            let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = writeln!(
+                log,
+                "{} {plugin} {stream} {line}",
+                unix_millis(SystemTime::now())
+            )
+            .and_then(|()| log.flush());
+        }
     }
 
     fn plugin(&self, name: &str) -> Result<Arc<Plugin>, EngineError> {
@@ -288,8 +329,30 @@ impl Engine {
             ),
             None => None,
         };
+        let open_append =
+            |file: &Option<PathBuf>| -> Result<Option<Mutex<std::fs::File>>, EngineError> {
+                file.as_ref()
+                    .map(|file| {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(file)
+                            .map(Mutex::new)
+                            .map_err(|err| EngineError::File {
+                                file: file.clone(),
+                                reason: err.to_string(),
+                            })
+                    })
+                    .transpose()
+            };
+        let (log, audit) = (
+            open_append(&config.log_file)?,
+            open_append(&config.audit_file)?,
+        );
         let shared = Arc::new(Shared {
             config,
+            log,
+            audit,
             scope,
             trust,
             plugins: RwLock::new(BTreeMap::new()),
@@ -1153,11 +1216,14 @@ fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineE
 fn on_worker_event(shared: &Shared, plugin: &Plugin, event: WorkerEvent) {
     match event {
         WorkerEvent::Output { stream, line } => {
-            plugin
+            let kept = plugin
                 .output
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(stream, line);
+                .push(stream, line.clone());
+            if kept {
+                shared.log_output(&plugin.name, stream, &line);
+            }
         }
         WorkerEvent::ForbiddenSyscall {
             syscall, detail, ..

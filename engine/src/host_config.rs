@@ -8,6 +8,8 @@
 //! allow_unsigned = false        # development only: unsigned bundles still run sandboxed
 //! grace_ms = 2000               # how long a stopping plugin gets before it is killed
 //! cgroup_root = "/sys/fs/cgroup"
+//! log_file = "/var/log/plugboard/engine.log"     # captured plugin output
+//! audit_file = "/var/log/plugboard/audit.jsonl"  # every event, one JSON line each
 //!
 //! [sandbox]
 //! # Mechanisms whose failure refuses a plugin (default: all of them). Lower this only on
@@ -55,6 +57,8 @@ struct FileConfig {
     allow_unsigned: bool,
     grace_ms: Option<u64>,
     cgroup_root: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    audit_file: Option<PathBuf>,
     #[serde(default)]
     sandbox: SandboxSection,
     limits: Option<LimitsSection>,
@@ -133,6 +137,12 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
     }
     if let Some(root) = parsed.cgroup_root {
         config.cgroup_root = resolve(root);
+    }
+    if let Some(log) = parsed.log_file {
+        config.log_file = Some(resolve(log));
+    }
+    if let Some(audit) = parsed.audit_file {
+        config.audit_file = Some(resolve(audit));
     }
     if let Some(require) = parsed.sandbox.require {
         config.worker.require = require;

@@ -73,10 +73,40 @@ fn plugin<'a>(snapshot: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no plugin {name} in {snapshot}"))
 }
 
+/// The engine's log has the plugin's own log line; the audit trail every event in order.
+fn assert_log_and_audit(log: &Path, audit: &Path) {
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains(" hello log:info hello ready")),
+        "{log}"
+    );
+    let events: Vec<Value> = std::fs::read_to_string(audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
+        .collect();
+    assert!(
+        events
+            .windows(2)
+            .all(|pair| pair[1]["seq"].as_u64() > pair[0]["seq"].as_u64())
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| event["kind"] == "rejected" && event["plugin"] == "panicky")
+    );
+    assert!(events.iter().any(|event| event["kind"] == "state_changed"
+        && event["plugin"] == "hello"
+        && event["to"] == "stopped"));
+}
+
 #[test]
 fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
     let temp = tempfile::tempdir().unwrap();
     let (dir, store) = plugins_dir(temp.path());
+    let log = temp.path().join("engine.log");
+    let audit = temp.path().join("audit.jsonl");
     let output = spawn_headless(
         &[
             "--json",
@@ -86,6 +116,10 @@ fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
             "3s",
             "--interval",
             "500ms",
+            "--log-file",
+            log.to_str().unwrap(),
+            "--audit-file",
+            audit.to_str().unwrap(),
         ],
         &dir,
         &store,
@@ -150,6 +184,8 @@ fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
         panicky["reason"].as_str().unwrap().contains("not signed"),
         "{panicky}"
     );
+
+    assert_log_and_audit(&log, &audit);
 
     let last = snapshots.last().unwrap();
     for name in ["hello", "counter"] {

@@ -62,6 +62,16 @@ impl LogLevel {
         }
     }
 
+    /// The lower-case name (`error`, `warn`, `info`, `debug`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+        }
+    }
+
     /// The level for an ABI code; unknown codes read as `Debug`, the least alarming.
     pub const fn from_code(code: u32) -> Self {
         match code {
