@@ -1092,6 +1092,9 @@ pub fn plan_for(
         env: policy.env.clone(),
         config_json: serde_json::to_vec(config).unwrap_or_else(|_| b"{}".to_vec()),
         require,
+        // Leave the plugin's own threads room under the pids limit (the intermediary and
+        // the serving threads count too).
+        serve_threads: ((resources.max_threads.saturating_sub(1)) / 2).clamp(1, 4),
     };
     let cgroup = CgroupLimits {
         memory_bytes,

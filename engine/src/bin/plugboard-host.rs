@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use nix::unistd::{getpid, getppid, pipe, read, write};
@@ -189,7 +189,7 @@ fn run() -> Result<(), WorkerError> {
         }
     };
     channel.send(&WorkerMessage::Ready)?;
-    serve(&channel, instance.0, &instance.1)
+    serve(&channel, instance.0, &instance.1, plan.serve_threads)
 }
 
 /// Runs every confinement step. Returns (in the sandboxed child) its host pid and the
@@ -416,53 +416,67 @@ fn execute(instance: &Instance, job: Job) -> WorkerMessage {
     }
 }
 
-/// Reads requests on this thread and runs them on a few executor threads, so several
-/// calls are in flight and an `emit` inside a hook can get its answer.
-fn serve(
-    channel: &Arc<Channel>,
-    instance: Instance,
-    link: &Arc<EngineLink>,
+/// Serves requests on `threads` threads (this one included), each receiving from the
+/// socket itself and running the call it received: no hand-off between threads on the
+/// call path, several calls in flight, and while one thread waits for an emit's answer
+/// another receives it. Whichever thread gets `Shutdown` (or sees the engine gone) waits
+/// for the calls in flight, destroys the instance and ends the process.
+fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, threads: u32) -> ! {
+    let instance = Arc::new(RwLock::new(Some(instance)));
+    for _ in 1..threads.max(1) {
+        let (channel, instance, link) =
+            (Arc::clone(channel), Arc::clone(&instance), Arc::clone(link));
+        let spawned = std::thread::Builder::new()
+            .name("serve".to_owned())
+            .spawn(move || {
+                let outcome = serve_requests(&channel, &instance, &link);
+                finish(&instance, outcome)
+            });
+        if spawned.is_err() {
+            // Fewer threads (the pids limit): the ones running still serve.
+            break;
+        }
+    }
+    let outcome = serve_requests(channel, &instance, link);
+    finish(&instance, outcome)
+}
+
+/// Destroys the instance (the plugin's own shutdown) once no call is running, and exits.
+fn finish(instance: &RwLock<Option<Instance>>, outcome: Result<(), WorkerError>) -> ! {
+    drop(
+        instance
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(err) => {
+            eprintln!("plugboard-host: {err}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn serve_requests(
+    channel: &Channel,
+    instance: &RwLock<Option<Instance>>,
+    link: &EngineLink,
 ) -> Result<(), WorkerError> {
-    const EXECUTORS: usize = 2;
-    let instance = Arc::new(instance);
-    let (jobs, queue) = mpsc::channel::<Job>();
-    let queue = Arc::new(Mutex::new(queue));
-    let executors: Vec<_> = (0..EXECUTORS)
-        .map(|_| {
-            let (instance, queue, channel) = (
-                Arc::clone(&instance),
-                Arc::clone(&queue),
-                Arc::clone(channel),
-            );
-            std::thread::spawn(move || {
-                loop {
-                    let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                    let Ok(job) = job else { break };
-                    if channel.send(&execute(&instance, job)).is_err() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    let outcome = loop {
-        match channel.recv::<EngineMessage>() {
+    loop {
+        let job = match channel.recv::<EngineMessage>() {
             Ok(EngineMessage::Call {
                 id,
                 hook,
                 payload,
                 depth,
-            }) => {
-                let _ = jobs.send(Job::Call {
-                    id,
-                    hook,
-                    payload,
-                    depth,
-                });
-            }
-            Ok(EngineMessage::Health { id }) => {
-                let _ = jobs.send(Job::Health { id });
-            }
+            }) => Job::Call {
+                id,
+                hook,
+                payload,
+                depth,
+            },
+            Ok(EngineMessage::Health { id }) => Job::Health { id },
             Ok(EngineMessage::EmitResult { id, code }) => {
                 if let Some(answer) = link
                     .pending_emits
@@ -472,21 +486,23 @@ fn serve(
                 {
                     let _ = answer.send(code);
                 }
+                continue;
             }
-            Ok(EngineMessage::Shutdown) | Err(IpcError::Closed) => break Ok(()),
+            Ok(EngineMessage::Shutdown) | Err(IpcError::Closed) => return Ok(()),
             Ok(other) => {
-                break Err(WorkerError::Protocol(format!(
+                return Err(WorkerError::Protocol(format!(
                     "unexpected {other:?} while serving"
                 )));
             }
-            Err(err) => break Err(err.into()),
-        }
-    };
-    drop(jobs);
-    for executor in executors {
-        let _ = executor.join();
+            Err(err) => return Err(err.into()),
+        };
+        let reply = {
+            let guard = instance.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(instance) = guard.as_ref() else {
+                return Ok(()); // shutting down
+            };
+            execute(instance, job)
+        };
+        channel.send(&reply)?;
     }
-    // Destroys the instance (the plugin's own shutdown) before the process exits.
-    drop(instance);
-    outcome
 }

@@ -68,6 +68,8 @@ pub struct ConfinementPlan {
     pub config_json: Vec<u8>,
     /// Mechanism names the host requires (e.g. "seccomp"); the worker aborts if one fails.
     pub require: Vec<String>,
+    /// Threads the worker serves requests on (calls in flight at once).
+    pub serve_threads: u32,
 }
 
 /// A message from a worker to the engine. Workers are untrusted: everything in here is

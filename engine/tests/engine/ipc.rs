@@ -45,6 +45,7 @@ fn plan() -> ConfinementPlan {
         env: vec![("LANG".to_owned(), "C.UTF-8".to_owned())],
         config_json: br#"{"greeting":"hi"}"#.to_vec(),
         require: vec!["seccomp".to_owned(), "landlock".to_owned()],
+        serve_threads: 3,
     }
 }
 
@@ -875,7 +876,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
         (any::<u64>(), any::<u64>(), any::<u64>()),
         vec((text(), text()), 0..3),
         bytes(),
-        vec(text(), 0..3),
+        (vec(text(), 0..3), any::<u32>()),
     )
         .prop_map(
             |(
@@ -885,7 +886,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
                 (max_open_files, address_space_bytes, tmpfs_bytes),
                 env,
                 config_json,
-                require,
+                (require, serve_threads),
             )| ConfinementPlan {
                 plugin,
                 uid,
@@ -900,6 +901,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
                 env,
                 config_json,
                 require,
+                serve_threads,
             },
         )
 }
