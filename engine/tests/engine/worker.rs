@@ -11,7 +11,7 @@ use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::sandbox::cgroup::{CgroupRoot, EngineScope};
 use plugboard_engine::worker::{
-    ExitStatus, Worker, WorkerEvent, WorkerPolicy, WorkerSpec, plan_for,
+    ExitStatus, Worker, WorkerError, WorkerEvent, WorkerPolicy, WorkerSpec, plan_for,
 };
 
 use crate::support::{Signer, built_plugin, example_bundle};
@@ -38,6 +38,14 @@ pub struct Running {
 
 /// Verifies and starts the example plugin `name` in a confined worker.
 pub fn start(name: &str) -> Running {
+    start_with(name, |_| {}).unwrap_or_else(|err| panic!("worker for {name} starts: {err}"))
+}
+
+/// Like [`start`], with the confinement plan adjusted first.
+pub fn start_with(
+    name: &str,
+    adjust: impl FnOnce(&mut plugboard_engine::ipc::ConfinementPlan),
+) -> Result<Running, WorkerError> {
     let temp = tempfile::tempdir().unwrap();
     let signer = Signer::new(temp.path());
     let dir = example_bundle(temp.path(), name, &signer);
@@ -46,12 +54,13 @@ pub fn start(name: &str) -> Running {
     let (manifest, _digests, library) = bundle.into_parts();
     let scope = EngineScope::create(&CgroupRoot::system().expect("cgroups are mounted"))
         .expect("engine cgroup scope");
-    let (plan, limits) = plan_for(
+    let (mut plan, limits) = plan_for(
         &manifest,
         &HostLimits::default(),
         &WorkerPolicy::new(host_binary()),
         &manifest.default_config(),
     );
+    adjust(&mut plan);
     let (sender, events) = mpsc::channel();
     let worker = Worker::start(
         &scope,
@@ -67,13 +76,18 @@ pub fn start(name: &str) -> Running {
         &(std::sync::Arc::new(move |event| {
             let _ = sender.send(event);
         }) as plugboard_engine::worker::EventSink),
-    )
-    .unwrap_or_else(|err| panic!("worker for {name} starts: {err}"));
-    Running {
-        worker,
-        events,
-        scope,
-        _temp: temp,
+    );
+    match worker {
+        Ok(worker) => Ok(Running {
+            worker,
+            events,
+            scope,
+            _temp: temp,
+        }),
+        Err(err) => {
+            scope.remove().unwrap();
+            Err(err)
+        }
     }
 }
 
@@ -136,6 +150,35 @@ fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
     assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Seccomp"), "2");
+    // Not dumpable: the kernel hands its /proc files to root although it runs as non-root.
+    let status_owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{pid}/status")).unwrap(),
+    );
+    assert_eq!(
+        status_owner, 0,
+        "/proc/{pid} of a non-dumpable process belongs to root"
+    );
+    // Its rlimits: open files from the manifest (host default 256), no core dumps, and an
+    // address-space backstop far above the 32 MiB memory limit.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = |name: &str| -> String {
+        let line = limits
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {limits}"));
+        line[name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(soft("Max open files"), "256");
+    assert_eq!(soft("Max core file size"), "0");
+    let address_space: u64 = soft("Max address space").parse().unwrap();
+    assert!(
+        address_space >= 4 << 30,
+        "address space backstop {address_space}"
+    );
     for mechanism in Mechanism::ALL {
         let state = &worker.mechanisms()[&mechanism];
         assert!(state.active, "{mechanism:?} not active: {}", state.detail);
@@ -250,6 +293,51 @@ fn forbidden_network_files_and_spawning_are_blocked_and_network_is_reported_by_n
     assert!(spawn.starts_with("denied:"), "{spawn}");
     let env = call_text(worker, "env", "");
     assert_eq!(env, "", "the environment is cleared");
+    running.worker.stop(Duration::from_secs(2));
+    running.scope.remove().unwrap();
+}
+
+#[test]
+fn a_required_mechanism_that_fails_refuses_the_plugin_and_a_lowered_requirement_shows_it() {
+    use std::os::unix::fs::PermissionsExt;
+    // A directory the worker's unprivileged uid cannot reach (its parent is root's, mode
+    // 0700): Landlock cannot open it to add a rule, so the Landlock step fails for real.
+    // Not under /tmp, which the worker sees as its own private tmpfs.
+    let parent = tempfile::Builder::new()
+        .prefix("plugboard-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let locked = parent.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+
+    let refused = start_with("hello", |plan| plan.fs_read.push(locked.clone()));
+    match refused {
+        Err(WorkerError::Confinement {
+            mechanism, detail, ..
+        }) => {
+            assert_eq!(mechanism, "landlock");
+            assert!(detail.contains("locked"), "{detail}");
+        }
+        Err(other) => panic!("expected a refused Landlock step, got {other}"),
+        Ok(_) => panic!("a plugin whose required Landlock step failed was started"),
+    }
+
+    let running = start_with("hello", |plan| {
+        plan.fs_read.push(locked.clone());
+        plan.require.retain(|mechanism| mechanism != "landlock");
+    })
+    .unwrap_or_else(|err| panic!("with landlock not required it runs: {err}"));
+    let landlock = &running.worker.mechanisms()[&Mechanism::Landlock];
+    assert!(
+        !landlock.active && landlock.detail.contains("locked"),
+        "{landlock:?}"
+    );
+    assert!(running.worker.mechanisms()[&Mechanism::Seccomp].active);
+    assert_eq!(
+        call_text(&running.worker, "greet", "anyway"),
+        "Hello, anyway!"
+    );
     running.worker.stop(Duration::from_secs(2));
     running.scope.remove().unwrap();
 }
