@@ -119,6 +119,34 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
+/// How a worker ended, once it has; `wait` blocks until then (or a deadline).
+#[derive(Debug, Default)]
+pub struct ExitWatch {
+    status: Mutex<Option<ExitStatus>>,
+    changed: std::sync::Condvar,
+}
+
+impl ExitWatch {
+    fn set(&self, status: ExitStatus) {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+        self.changed.notify_all();
+    }
+
+    fn get(&self) -> Option<ExitStatus> {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the worker has ended or `timeout` passed; returns how it ended.
+    fn wait(&self, timeout: Duration) -> Option<ExitStatus> {
+        let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let (status, _) = self
+            .changed
+            .wait_timeout_while(status, timeout, |status| status.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        *status
+    }
+}
+
 /// The answer to one hook call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOutcome {
@@ -262,7 +290,7 @@ pub struct Worker {
     pending: Arc<PendingCalls>,
     next_id: Arc<AtomicU64>,
     exited: Arc<AtomicBool>,
-    exit_status: Arc<Mutex<Option<ExitStatus>>>,
+    exit_status: Arc<ExitWatch>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -376,7 +404,7 @@ impl Worker {
         await_ready(&channel, &plugin, events)?;
 
         let exited = Arc::new(AtomicBool::new(false));
-        let exit_status = Arc::new(Mutex::new(None));
+        let exit_status = Arc::new(ExitWatch::default());
         let pending: Arc<PendingCalls> = Arc::new(Mutex::new(HashMap::new()));
         let next_id = Arc::new(AtomicU64::new(1));
         let threads = start_threads(
@@ -455,10 +483,7 @@ impl Worker {
     }
 
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *self
-            .exit_status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.exit_status.get()
     }
 
     /// Calls `hook`; waits at most `timeout`. A late reply is discarded.
@@ -537,10 +562,7 @@ impl Worker {
     /// process and no cgroup remain.
     pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
         let _ = self.channel.send(&EngineMessage::Shutdown);
-        let deadline = Instant::now() + grace;
-        while self.is_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.exit_status.wait(grace);
         self.kill();
         self.exit_status()
     }
@@ -548,13 +570,15 @@ impl Worker {
     /// Kills the worker now (both processes, and whatever else is in its cgroup), waits
     /// for it to be reaped and removes its cgroup.
     pub fn kill(&self) {
-        let _ = kill(self.pid, Signal::SIGKILL);
+        // The sandboxed child first: killed after its parent, it would be an orphan left
+        // for the host's init to reap.
         if self.sandbox_pid != 0 {
             let _ = kill(
                 Pid::from_raw(i32::try_from(self.sandbox_pid).unwrap_or(0)),
                 Signal::SIGKILL,
             );
         }
+        let _ = kill(self.pid, Signal::SIGKILL);
         let cgroup = self
             .cgroup
             .lock()
@@ -609,7 +633,7 @@ impl Drop for Starting {
 /// What the worker's threads share with the [`Worker`].
 struct WorkerState {
     exited: Arc<AtomicBool>,
-    exit_status: Arc<Mutex<Option<ExitStatus>>>,
+    exit_status: Arc<ExitWatch>,
     pending: Arc<PendingCalls>,
     next_id: Arc<AtomicU64>,
     emit: Option<EmitHandler>,
@@ -986,7 +1010,7 @@ fn spawn_waiter(
     plugin: &str,
     pid: Pid,
     exited: Arc<AtomicBool>,
-    exit_status: Arc<Mutex<Option<ExitStatus>>>,
+    exit_status: Arc<ExitWatch>,
     pending: Arc<PendingCalls>,
     events: EventSink,
 ) -> JoinHandle<()> {
@@ -1004,7 +1028,7 @@ fn spawn_waiter(
                     Err(_) => break ExitStatus::Code { code: -1 },
                 }
             };
-            *exit_status.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+            exit_status.set(status);
             exited.store(true, Ordering::SeqCst);
             pending
                 .lock()

@@ -128,82 +128,9 @@ fn call_text(worker: &Worker, hook: &str, payload: &str) -> String {
     String::from_utf8_lossy(&outcome.body).into_owned()
 }
 
-#[test]
-fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
-    let running = start("hello");
-    let worker = &running.worker;
-    assert_eq!(call_text(worker, "greet", "sandbox"), "Hello, sandbox!");
-    let pid = worker.sandbox_pid();
-    assert_ne!(pid, 0);
-
-    for namespace in ["user", "pid", "net", "mnt", "ipc", "uts", "cgroup"] {
-        let ours = std::fs::read_link(format!("/proc/self/ns/{namespace}")).unwrap();
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{namespace}")).unwrap();
-        assert_ne!(
-            ours, theirs,
-            "{namespace} namespace is shared with the engine"
-        );
-    }
-    let uids = status_field(pid, "Uid");
-    assert!(uids.split_whitespace().all(|uid| uid != "0"), "Uid: {uids}");
-    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
-    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
-    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
-    assert_eq!(status_field(pid, "Seccomp"), "2");
-    // Not dumpable: the kernel hands its /proc files to root although it runs as non-root.
-    let status_owner = std::os::unix::fs::MetadataExt::uid(
-        &std::fs::metadata(format!("/proc/{pid}/status")).unwrap(),
-    );
-    assert_eq!(
-        status_owner, 0,
-        "/proc/{pid} of a non-dumpable process belongs to root"
-    );
-    // Its rlimits: open files from the manifest (host default 256), no core dumps, and an
-    // address-space backstop far above the 32 MiB memory limit.
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let soft = |name: &str| -> String {
-        let line = limits
-            .lines()
-            .find(|line| line.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} in {limits}"));
-        line[name.len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    assert_eq!(soft("Max open files"), "256");
-    assert_eq!(soft("Max core file size"), "0");
-    let address_space: u64 = soft("Max address space").parse().unwrap();
-    assert!(
-        address_space >= 4 << 30,
-        "address space backstop {address_space}"
-    );
-    for mechanism in Mechanism::ALL {
-        let state = &worker.mechanisms()[&mechanism];
-        assert!(state.active, "{mechanism:?} not active: {}", state.detail);
-    }
-
-    // Its cgroup holds it and the manifest's limits (hello: 32 MiB, 25 % CPU, 8 pids).
-    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(membership.contains(worker.cgroup_path()), "{membership}");
-    let limits = worker.cgroup_limits().expect("limits readable");
-    assert_eq!(limits.memory_bytes, 32 * 1024 * 1024);
-    assert_eq!(limits.cpu_percent, 25);
-    assert_eq!(limits.pids_max, 8);
-
-    // Only `lo` in its network namespace.
-    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
-    let interfaces: Vec<&str> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|line| line.split(':').next())
-        .map(str::trim)
-        .collect();
-    assert_eq!(interfaces, ["lo"]);
-
-    // Nothing of the engine's beyond the socket, the library memfd, the output pipes and
-    // /dev/null: a file the engine holds open must not be visible in the worker.
+/// Nothing of the engine's beyond the socket, the library memfd, the output pipes and
+/// /dev/null: a file the engine holds open must not be visible in the worker.
+fn assert_only_passed_descriptors(pid: u32) {
     let engine_only = tempfile::tempfile().unwrap();
     let secret = std::fs::read_link(format!(
         "/proc/self/fd/{}",
@@ -236,6 +163,87 @@ fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
         kinds.contains("socket") && kinds.contains("library"),
         "{kinds:?}"
     );
+}
+
+fn assert_rlimits_and_not_dumpable(pid: u32) {
+    // Not dumpable: the kernel hands its /proc files to root although it runs as non-root.
+    let status_owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{pid}/status")).unwrap(),
+    );
+    assert_eq!(
+        status_owner, 0,
+        "/proc/{pid} of a non-dumpable process belongs to root"
+    );
+    // Its rlimits: open files from the manifest (host default 256), no core dumps, and an
+    // address-space backstop far above the 32 MiB memory limit.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = |name: &str| -> String {
+        let line = limits
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {limits}"));
+        line[name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(soft("Max open files"), "256");
+    assert_eq!(soft("Max core file size"), "0");
+    let address_space: u64 = soft("Max address space").parse().unwrap();
+    assert!(
+        address_space >= 4 << 30,
+        "address space backstop {address_space}"
+    );
+}
+
+#[test]
+fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
+    let running = start("hello");
+    let worker = &running.worker;
+    assert_eq!(call_text(worker, "greet", "sandbox"), "Hello, sandbox!");
+    let pid = worker.sandbox_pid();
+    assert_ne!(pid, 0);
+
+    for namespace in ["user", "pid", "net", "mnt", "ipc", "uts", "cgroup"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{namespace}")).unwrap();
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{namespace}")).unwrap();
+        assert_ne!(
+            ours, theirs,
+            "{namespace} namespace is shared with the engine"
+        );
+    }
+    let uids = status_field(pid, "Uid");
+    assert!(uids.split_whitespace().all(|uid| uid != "0"), "Uid: {uids}");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_rlimits_and_not_dumpable(pid);
+    for mechanism in Mechanism::ALL {
+        let state = &worker.mechanisms()[&mechanism];
+        assert!(state.active, "{mechanism:?} not active: {}", state.detail);
+    }
+
+    // Its cgroup holds it and the manifest's limits (hello: 32 MiB, 25 % CPU, 8 pids).
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(membership.contains(worker.cgroup_path()), "{membership}");
+    let limits = worker.cgroup_limits().expect("limits readable");
+    assert_eq!(limits.memory_bytes, 32 * 1024 * 1024);
+    assert_eq!(limits.cpu_percent, 25);
+    assert_eq!(limits.pids_max, 8);
+
+    // Only `lo` in its network namespace.
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"]);
+
+    assert_only_passed_descriptors(pid);
 
     let engine_pid = worker.pid();
     let cgroup_paths = worker.cgroup_dirs().to_vec();
