@@ -285,6 +285,16 @@ impl Shared {
         }
     }
 
+    /// Every known plugin, in name order (a copy: no lock is held afterwards).
+    fn all_plugins(&self) -> Vec<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn plugin(&self, name: &str) -> Result<Arc<Plugin>, EngineError> {
         self.plugins
             .read()
@@ -585,14 +595,7 @@ impl Engine {
 
     /// The engine as of now.
     pub fn snapshot(&self) -> Snapshot {
-        let plugins: Vec<Arc<Plugin>> = self
-            .shared
-            .plugins
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let plugins = self.shared.all_plugins();
         let events = self
             .shared
             .events
@@ -641,14 +644,7 @@ impl Engine {
     /// Stops every plugin (gracefully, then by force) and removes the engine's cgroups.
     pub fn shutdown(&self) {
         self.set_traffic(None);
-        let plugins: Vec<Arc<Plugin>> = self
-            .shared
-            .plugins
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let plugins = self.shared.all_plugins();
         // Ask every actor at once, so plugins stop in parallel, then wait for them all.
         let answers: Vec<_> = plugins
             .iter()
@@ -701,13 +697,7 @@ pub const MAX_EMIT_DEPTH: u32 = 4;
 
 /// Calls every running subscriber of `hook`, in priority order (then by name).
 fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) -> Vec<CallReport> {
-    let plugins: Vec<Arc<Plugin>> = shared
-        .plugins
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
+    let plugins = shared.all_plugins();
     let mut subscribers: Vec<(crate::manifest::Priority, Arc<Plugin>)> = plugins
         .into_iter()
         .filter_map(|plugin| {

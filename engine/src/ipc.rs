@@ -17,7 +17,7 @@ mod message;
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -340,7 +340,10 @@ impl Channel {
                     for cmsg in cmsgs {
                         match cmsg {
                             ControlMessageOwned::ScmRights(raw) => {
-                                fds.extend(raw.into_iter().map(adopt_received_fd));
+                                fds.extend(
+                                    raw.into_iter()
+                                        .map(crate::sandbox::process::adopt_received_fd),
+                                );
                             }
                             // Only SCM_RIGHTS reaches a socket without SO_PASSCRED & co.
                             other => {
@@ -447,15 +450,6 @@ impl Channel {
             Err(errno) => Err(os_error("poll on the IPC socket", errno).into()),
         }
     }
-}
-
-/// Takes ownership of a descriptor that arrived with `SCM_RIGHTS`.
-#[allow(unsafe_code)]
-fn adopt_received_fd(raw: RawFd) -> OwnedFd {
-    // SAFETY: `raw` was installed in this process's descriptor table by the kernel during
-    // the `recvmsg` that just returned it (SCM_RIGHTS); nothing else in the process has
-    // seen the number, so this `OwnedFd` is its only owner and closes it exactly once.
-    unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
 /// Makes sure a maximal frame fits in `fd`'s send buffer, as far as this process may.

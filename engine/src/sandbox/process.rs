@@ -49,6 +49,15 @@ pub fn adopt_inherited_fd(fd: RawFd, what: &'static str) -> Result<OwnedFd, Conf
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Takes ownership of a descriptor that arrived with `SCM_RIGHTS` (used by `ipc`; the
+/// engine keeps its `unsafe` in `sandbox` and `loader`).
+pub fn adopt_received_fd(raw: RawFd) -> OwnedFd {
+    // SAFETY: `raw` was installed in this process's descriptor table by the kernel during
+    // the `recvmsg` that just returned it (SCM_RIGHTS); nothing else in the process has
+    // seen the number, so this `OwnedFd` is its only owner and closes it exactly once.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
 /// A close-on-exec duplicate of `fd` numbered `min` or higher (the engine moves the
 /// descriptors it passes to a worker clear of the numbers they are dup2'd onto).
 pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<OwnedFd> {
