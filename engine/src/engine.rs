@@ -1189,7 +1189,8 @@ fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineE
     } else if to == PluginState::Stopped
         && !matches!(
             lifecycle.state,
-            PluginState::Stopped | PluginState::Stopping
+            // Stopping a crashed plugin acknowledges it: Failed → Stopped.
+            PluginState::Stopped | PluginState::Stopping | PluginState::Failed
         )
     {
         return Err(EngineError::WrongState {

@@ -320,7 +320,13 @@ fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
     let prober = plugin(engine, "prober");
     assert_eq!(prober.state, PluginState::Failed);
     assert!(!Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists());
-    // And it can be started again.
+    // Stopping it acknowledges the crash; and it can be started again.
+    engine
+        .execute(Command::Stop {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "prober").state, PluginState::Stopped);
     start(engine, "prober");
     assert_eq!(call(engine, "prober", "whoami", "").status, "ok");
 }
