@@ -1238,37 +1238,40 @@ fn on_worker_event(shared: &Shared, plugin: &Plugin, event: WorkerEvent) {
             shared.event(Some(&plugin.name), EventKind::ProtocolViolation { reason });
         }
         WorkerEvent::Exited { status } => {
-            let mut lifecycle = plugin
-                .lifecycle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
             // An exit while running is a crash; during a stop it is expected.
-            if matches!(
-                lifecycle.state,
-                PluginState::Running | PluginState::Degraded | PluginState::Starting
-            ) {
-                lifecycle.last_exit = Some(status);
-                lifecycle.reason = Some(format!("the worker ended unexpectedly: {status}"));
-                lifecycle.worker_pid = None;
-                lifecycle.sandbox_pid = None;
-                set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
-                drop(lifecycle);
-                shared.event(Some(&plugin.name), EventKind::Crashed { exit: status });
-                // Reap what is left: the cgroup and the worker's threads.
-                let worker = plugin
-                    .worker
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if let Some(worker) = worker {
-                    worker.kill();
-                }
+            let crashed = matches!(
                 plugin
                     .lifecycle
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .cgroup = None;
+                    .state,
+                PluginState::Running | PluginState::Degraded | PluginState::Starting
+            );
+            if !crashed {
+                return;
             }
+            // Reap what is left (the cgroup, the worker's threads) before anyone is told,
+            // so whoever reacts to the crash finds nothing of the old worker.
+            let worker = plugin
+                .worker
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(worker) = worker {
+                worker.kill();
+            }
+            let mut lifecycle = plugin
+                .lifecycle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            lifecycle.last_exit = Some(status);
+            lifecycle.reason = Some(format!("the worker ended unexpectedly: {status}"));
+            lifecycle.worker_pid = None;
+            lifecycle.sandbox_pid = None;
+            lifecycle.cgroup = None;
+            set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
+            drop(lifecycle);
+            shared.event(Some(&plugin.name), EventKind::Crashed { exit: status });
         }
     }
 }

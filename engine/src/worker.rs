@@ -195,12 +195,17 @@ pub struct Spawner {
     requests: mpsc::Sender<SpawnRequest>,
 }
 
-struct SpawnRequest {
+/// What to spawn: the binary, its arguments and environment, and the descriptors it gets.
+struct Launch {
     binary: PathBuf,
     args: Vec<CString>,
     env: Vec<CString>,
     /// (source, target) descriptor numbers in the child.
     fds: Vec<(OwnedFd, i32)>,
+}
+
+struct SpawnRequest {
+    launch: Launch,
     reply: mpsc::Sender<Result<Pid, String>>,
 }
 
@@ -214,7 +219,7 @@ impl Spawner {
                 .name("plugboard-spawner".to_owned())
                 .spawn(move || {
                     for request in inbox {
-                        let result = spawn_now(&request).map_err(|err| err.to_string());
+                        let result = spawn_now(&request.launch).map_err(|err| err.to_string());
                         let _ = request.reply.send(result);
                     }
                 })
@@ -223,10 +228,10 @@ impl Spawner {
         })
     }
 
-    fn spawn(&self, request: SpawnRequest) -> Result<Pid, String> {
+    fn spawn(&self, launch: Launch) -> Result<Pid, String> {
         let (reply, answer) = mpsc::channel();
         self.requests
-            .send(SpawnRequest { reply, ..request })
+            .send(SpawnRequest { launch, reply })
             .map_err(|_| "the spawner thread is gone".to_owned())?;
         answer
             .recv()
@@ -234,7 +239,7 @@ impl Spawner {
     }
 }
 
-fn spawn_now(request: &SpawnRequest) -> nix::Result<Pid> {
+fn spawn_now(request: &Launch) -> nix::Result<Pid> {
     let mut actions = PosixSpawnFileActions::init()?;
     // stdin is /dev/null; the listed descriptors are dup2'd to their numbers (dup2 clears
     // close-on-exec on the copy only); everything else the engine has is close-on-exec.
@@ -317,12 +322,11 @@ fn spawn_process(spec: &WorkerSpec<'_>) -> Result<(Pid, Channel, OwnedFd, OwnedF
         .collect();
     let args = vec![CString::new(format!("--plugin={plugin}")).unwrap_or_default()];
     let pid = Spawner::global()
-        .spawn(SpawnRequest {
+        .spawn(Launch {
             binary: spec.host_binary.clone(),
             args,
             env,
             fds,
-            reply: mpsc::channel().0,
         })
         .map_err(|reason| WorkerError::Spawn {
             binary: spec.host_binary.clone(),
@@ -935,8 +939,10 @@ fn spawn_reader(plugin: &str, reader: Reader) -> JoinHandle<()> {
                 }
             };
             if let Some(reason) = violation {
-                let _ = kill(reader.pid, Signal::SIGKILL);
+                // Reported before the kill, so the violation always precedes the exit it
+                // causes in the plugin's event stream.
                 (reader.events)(WorkerEvent::ProtocolViolation { reason });
+                let _ = kill(reader.pid, Signal::SIGKILL);
             }
             // Wake every caller still waiting: their worker is gone.
             reader
