@@ -234,14 +234,10 @@ fn sigkill_of_the_engine_takes_its_workers_along_and_the_next_engine_removes_its
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The dead engine's cgroups are still there until the next engine starts.
+    // The dead engine's cgroups stay until the next engine starts (here, or any engine
+    // another test starts meanwhile: only that a next start leaves none is asserted).
     let memory_dir = PathBuf::from(format!("/sys/fs/cgroup/memory{cgroup}"));
     let scope_dir = memory_dir.parent().unwrap().to_owned();
-    assert!(
-        scope_dir.exists(),
-        "{} should still exist",
-        scope_dir.display()
-    );
     let next = plugboard(&[
         &"headless",
         &"--plugins",
