@@ -91,38 +91,7 @@ enum Command {
     },
     /// Run the engine without the dashboard: start every bundle found, print snapshots as
     /// JSON lines (with --json), stop everything cleanly at the end or on SIGINT/SIGTERM.
-    Headless {
-        /// Host configuration file (TOML); flags given here add to or override it.
-        #[arg(long, value_name = "F")]
-        config: Option<PathBuf>,
-        /// Trust store with the pinned signing keys.
-        #[arg(long, value_name = "DIR")]
-        trust_store: Option<PathBuf>,
-        /// A directory holding bundle directories (repeatable).
-        #[arg(long = "plugins", value_name = "DIR")]
-        plugin_dirs: Vec<PathBuf>,
-        /// Drive the plugins' hooks at this many calls per second.
-        #[arg(long, value_name = "RATE")]
-        traffic: Option<f64>,
-        /// Stop after this long (500ms, 10s, 2m, 1h); default: until SIGINT/SIGTERM.
-        #[arg(long, value_name = "D", value_parser = headless::parse_duration)]
-        duration: Option<std::time::Duration>,
-        /// Print snapshots as JSON lines.
-        #[arg(long)]
-        json: bool,
-        /// Time between snapshots.
-        #[arg(long, value_name = "D", value_parser = headless::parse_duration, default_value = "1s")]
-        interval: std::time::Duration,
-        /// Development only: also load unsigned or untrusted bundles (still sandboxed).
-        #[arg(long)]
-        allow_unsigned: bool,
-        /// Append the plugins' captured output to this file.
-        #[arg(long, value_name = "FILE")]
-        log_file: Option<PathBuf>,
-        /// Append every event as a JSON line to this file.
-        #[arg(long, value_name = "FILE")]
-        audit_file: Option<PathBuf>,
-    },
+    Headless(headless::HeadlessOptions),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -230,29 +199,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } => trust_cmds::allow(&trust_store, &bundle),
             TrustCommand::ListKey { out } => trust_cmds::list_key(&out),
         },
-        Command::Headless {
-            config,
-            trust_store,
-            plugin_dirs,
-            traffic,
-            duration,
-            json,
-            interval,
-            allow_unsigned,
-            log_file,
-            audit_file,
-        } => headless::run(&headless::HeadlessOptions {
-            config,
-            trust_store,
-            plugin_dirs,
-            traffic,
-            duration,
-            json,
-            interval,
-            allow_unsigned,
-            log_file,
-            audit_file,
-        }),
+        Command::Headless(options) => headless::run(&options),
         Command::New {
             name,
             dir,

@@ -9,17 +9,37 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::{Command, Engine, EngineConfig, Snapshot};
 
 /// Options of `plugboard headless`.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct HeadlessOptions {
+    /// Host configuration file (TOML); flags given here add to or override it.
+    #[arg(long, value_name = "F")]
     pub config: Option<PathBuf>,
+    /// Trust store with the pinned signing keys.
+    #[arg(long, value_name = "DIR")]
     pub trust_store: Option<PathBuf>,
+    /// A directory holding bundle directories (repeatable).
+    #[arg(long = "plugins", value_name = "DIR")]
     pub plugin_dirs: Vec<PathBuf>,
+    /// Drive the plugins' hooks at this many calls per second.
+    #[arg(long, value_name = "RATE")]
     pub traffic: Option<f64>,
-    pub duration: Option<Duration>,
+    /// Stop after this long (500ms, 10s, 2m, 1h); default: until SIGINT/SIGTERM.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Print snapshots as JSON lines.
+    #[arg(long)]
     pub json: bool,
-    pub interval: Duration,
+    /// Time between snapshots.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
+    pub interval: std::time::Duration,
+    /// Development only: also load unsigned or untrusted bundles (still sandboxed).
+    #[arg(long)]
     pub allow_unsigned: bool,
+    /// Append the plugins' captured output to this file.
+    #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Append every event as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
     pub audit_file: Option<PathBuf>,
 }
 

@@ -61,7 +61,7 @@ struct FileConfig {
     audit_file: Option<PathBuf>,
     #[serde(default)]
     sandbox: SandboxSection,
-    limits: Option<LimitsSection>,
+    limits: Option<HostLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,24 +71,6 @@ struct SandboxSection {
     #[serde(default)]
     env: BTreeMap<String, String>,
     tmpfs_mb: Option<u64>,
-}
-
-/// Every field optional: what is not given keeps the built-in default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsSection {
-    default_memory_mb: Option<u64>,
-    max_memory_mb: Option<u64>,
-    default_cpu_percent: Option<u32>,
-    max_cpu_percent: Option<u32>,
-    default_max_threads: Option<u32>,
-    max_threads: Option<u32>,
-    default_max_open_files: Option<u32>,
-    max_open_files: Option<u32>,
-    default_hook_timeout_ms: Option<u64>,
-    max_hook_timeout_ms: Option<u64>,
-    default_max_in_flight: Option<u32>,
-    max_in_flight: Option<u32>,
 }
 
 fn invalid(file: &Path, message: impl Into<String>) -> HostConfigError {
@@ -158,39 +140,10 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
         config.worker.tmpfs_bytes = mb * 1024 * 1024;
     }
     if let Some(limits) = parsed.limits {
-        config.limits = merge_limits(&config.limits, &limits);
-        check_limits(&config.limits).map_err(|message| invalid(file, message))?;
+        check_limits(&limits).map_err(|message| invalid(file, message))?;
+        config.limits = limits;
     }
     Ok(())
-}
-
-fn merge_limits(base: &HostLimits, given: &LimitsSection) -> HostLimits {
-    HostLimits {
-        default_memory_mb: given.default_memory_mb.unwrap_or(base.default_memory_mb),
-        max_memory_mb: given.max_memory_mb.unwrap_or(base.max_memory_mb),
-        default_cpu_percent: given
-            .default_cpu_percent
-            .unwrap_or(base.default_cpu_percent),
-        max_cpu_percent: given.max_cpu_percent.unwrap_or(base.max_cpu_percent),
-        default_max_threads: given
-            .default_max_threads
-            .unwrap_or(base.default_max_threads),
-        max_threads: given.max_threads.unwrap_or(base.max_threads),
-        default_max_open_files: given
-            .default_max_open_files
-            .unwrap_or(base.default_max_open_files),
-        max_open_files: given.max_open_files.unwrap_or(base.max_open_files),
-        default_hook_timeout_ms: given
-            .default_hook_timeout_ms
-            .unwrap_or(base.default_hook_timeout_ms),
-        max_hook_timeout_ms: given
-            .max_hook_timeout_ms
-            .unwrap_or(base.max_hook_timeout_ms),
-        default_max_in_flight: given
-            .default_max_in_flight
-            .unwrap_or(base.default_max_in_flight),
-        max_in_flight: given.max_in_flight.unwrap_or(base.max_in_flight),
-    }
 }
 
 /// Each default must be at least 1 and within its maximum.

@@ -112,8 +112,10 @@ pub const SUPPORTED_API_VERSIONS: &[u32] = &[plugboard_sdk::abi::ABI_VERSION];
 /// arbitrarily large file handed to us would let a bundle exhaust the engine's memory.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
-/// The host policy's defaults and maxima for `[resources]` and hook timeouts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The host policy's defaults and maxima for `[resources]` and hook timeouts. In a host
+/// configuration file every field is optional (missing ones keep the built-in default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HostLimits {
     pub default_memory_mb: u64,
     pub max_memory_mb: u64,
