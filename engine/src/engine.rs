@@ -24,6 +24,7 @@ use crate::loader::SealedLibrary;
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
 use crate::snapshot::{Health, OutputLine, PluginSnapshot, PluginState, Snapshot, TrustInfo};
+use crate::supervisor::{PluginOverrides, RestartPolicy, WatchPolicy};
 use crate::trust::TrustStore;
 use crate::worker::{
     CallFailure, EventSink, MechanismState, OutputStream, Worker, WorkerEvent, WorkerPolicy,
@@ -56,6 +57,20 @@ pub struct EngineConfig {
     pub log_file: Option<PathBuf>,
     /// Every event as a JSON line, appended (the audit trail).
     pub audit_file: Option<PathBuf>,
+    /// Single bundle directories to manage besides those found in `plugin_dirs`.
+    pub bundles: Vec<PathBuf>,
+    /// How crashed plugins are restarted.
+    pub restart: RestartPolicy,
+    /// Per-plugin overrides (`[plugins.<name>]`), by plugin name.
+    pub plugins: BTreeMap<String, PluginOverrides>,
+    /// At most this many plugins run at once (`None`: no cap).
+    pub max_plugins: Option<usize>,
+    /// Memory limit of the parent cgroup all workers share, in MiB (`None`: no budget).
+    pub memory_budget_mb: Option<u64>,
+    /// Where hook toggles and disabled plugins persist across engine restarts.
+    pub state_file: Option<PathBuf>,
+    /// Whether bundle directories are watched for changes.
+    pub watch: WatchPolicy,
 }
 
 impl EngineConfig {
@@ -70,6 +85,13 @@ impl EngineConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             log_file: None,
             audit_file: None,
+            bundles: Vec::new(),
+            restart: RestartPolicy::default(),
+            plugins: BTreeMap::new(),
+            max_plugins: None,
+            memory_budget_mb: None,
+            state_file: None,
+            watch: WatchPolicy::default(),
         }
     }
 }

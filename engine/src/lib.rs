@@ -16,6 +16,7 @@ pub mod loader;
 pub mod manifest;
 pub mod sandbox;
 pub mod snapshot;
+pub mod supervisor;
 pub mod trust;
 pub mod worker;
 
