@@ -63,11 +63,13 @@
 //! The timeout of a call to a hook is, in order of precedence:
 //!
 //! 1. the hook's own `[hooks.<name>].timeout_ms`, if set;
-//! 2. else the plugin-wide `[resources].hook_timeout_ms`, if set;
-//! 3. else the host's default ([`HostLimits::default_hook_timeout_ms`]).
+//! 2. else the host's override `[plugins.<name>.resources].hook_timeout_ms` in its
+//!    configuration file, if set;
+//! 3. else the plugin-wide `[resources].hook_timeout_ms`, if set;
+//! 4. else the host's default ([`HostLimits::default_hook_timeout_ms`]).
 //!
-//! Both manifest values must lie between 1 ms and the host's maximum
-//! ([`HostLimits::max_hook_timeout_ms`]). See [`Manifest::hook_timeout`].
+//! All three values must lie between 1 ms and the host's maximum
+//! ([`HostLimits::max_hook_timeout_ms`]). See [`Manifest::hook_timeout_with`].
 //!
 //! # Errors
 //!
@@ -501,29 +503,68 @@ impl Manifest {
     /// Effective timeout of a hook: the hook's own `timeout_ms`, else
     /// `[resources].hook_timeout_ms`, else `limits.default_hook_timeout_ms`.
     pub fn hook_timeout(&self, hook: &str, limits: &HostLimits) -> Duration {
+        self.hook_timeout_with(hook, limits, &Resources::default())
+    }
+
+    /// [`Manifest::hook_timeout`] with the host's per-plugin overrides
+    /// (`[plugins.<name>.resources]`): the hook's own `timeout_ms`, else the override's
+    /// `hook_timeout_ms`, else `[resources].hook_timeout_ms`, else the host's default.
+    pub fn hook_timeout_with(
+        &self,
+        hook: &str,
+        limits: &HostLimits,
+        overrides: &Resources,
+    ) -> Duration {
         let millis = self
             .hooks
             .get(hook)
             .and_then(|spec| spec.timeout_ms)
-            .or(self.resources.hook_timeout_ms)
-            .unwrap_or(limits.default_hook_timeout_ms);
+            .unwrap_or_else(|| {
+                self.effective_resources_with(limits, overrides)
+                    .hook_timeout_ms
+            });
         Duration::from_millis(millis)
     }
 
     /// Effective resource values (manifest value or host default).
     pub fn effective_resources(&self, limits: &HostLimits) -> EffectiveResources {
+        self.effective_resources_with(limits, &Resources::default())
+    }
+
+    /// Effective resource values with the host's per-plugin overrides: each the override,
+    /// else the manifest's value, else the host's default. The host configuration has
+    /// already checked the overrides against its maxima.
+    pub fn effective_resources_with(
+        &self,
+        limits: &HostLimits,
+        overrides: &Resources,
+    ) -> EffectiveResources {
         let asked = &self.resources;
         EffectiveResources {
-            memory_mb: asked.memory_mb.unwrap_or(limits.default_memory_mb),
-            cpu_percent: asked.cpu_percent.unwrap_or(limits.default_cpu_percent),
-            max_threads: asked.max_threads.unwrap_or(limits.default_max_threads),
-            max_open_files: asked
+            memory_mb: overrides
+                .memory_mb
+                .or(asked.memory_mb)
+                .unwrap_or(limits.default_memory_mb),
+            cpu_percent: overrides
+                .cpu_percent
+                .or(asked.cpu_percent)
+                .unwrap_or(limits.default_cpu_percent),
+            max_threads: overrides
+                .max_threads
+                .or(asked.max_threads)
+                .unwrap_or(limits.default_max_threads),
+            max_open_files: overrides
                 .max_open_files
+                .or(asked.max_open_files)
                 .unwrap_or(limits.default_max_open_files),
-            hook_timeout_ms: asked
+            hook_timeout_ms: overrides
                 .hook_timeout_ms
+                .or(asked.hook_timeout_ms)
                 .unwrap_or(limits.default_hook_timeout_ms),
-            max_in_flight: asked.max_in_flight.unwrap_or(limits.default_max_in_flight),
+            max_in_flight: overrides
+                .max_in_flight
+                .or(asked.max_in_flight)
+                .unwrap_or(limits.default_max_in_flight),
         }
     }
 
@@ -534,6 +575,81 @@ impl Manifest {
             .iter()
             .filter_map(|(key, spec)| Some((key.clone(), spec.default.clone()?)))
             .collect()
+    }
+
+    /// What the plugin receives at creation: the `[config]` defaults overlaid by the host's
+    /// overrides (`[plugins.<name>.config]`). Refused, with a message naming the host's key
+    /// (`plugins.<name>.config.<key>`): an override of a key the manifest does not declare,
+    /// a value not of the declared type (an integer is a valid float and is kept as
+    /// written, as for defaults), and a `required` setting that gets no value.
+    pub fn merged_config(
+        &self,
+        overrides: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let name = &self.plugin.name;
+        let host_key = |key: &str| {
+            format!(
+                "plugins.{}.config.{}",
+                toml_edit::Key::new(name.as_str()).display_repr(),
+                toml_edit::Key::new(key).display_repr()
+            )
+        };
+        let mut merged = self.default_config();
+        for (key, value) in overrides {
+            let Some(spec) = self.config.get(key) else {
+                let expected = if self.config.is_empty() {
+                    "no overrides: it declares no settings".to_owned()
+                } else {
+                    format!(
+                        "one of: {}",
+                        self.config.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                return Err(format!(
+                    "`{}`: `{name}` has no setting `{key}` in its manifest ({}); expected {expected}",
+                    host_key(key),
+                    self.file.display()
+                ));
+            };
+            if !spec.value_type.accepts(value) {
+                return Err(format!(
+                    "`{}` = {value}: expected {}, as `config.{}.type = \"{}\"` in {} says",
+                    host_key(key),
+                    spec.value_type.describe(),
+                    toml_edit::Key::new(key.as_str()).display_repr(),
+                    spec.value_type,
+                    self.location_of(&format!(
+                        "config.{}.type",
+                        toml_edit::Key::new(key.as_str()).display_repr()
+                    )),
+                ));
+            }
+            merged.insert(key.clone(), value.clone());
+        }
+        if let Some((key, spec)) = self
+            .config
+            .iter()
+            .find(|(key, spec)| spec.required && !merged.contains_key(key.as_str()))
+        {
+            return Err(format!(
+                "`{}` is missing: `{name}` requires setting `{key}` ({}) and its manifest gives no default; expected {}",
+                host_key(key),
+                self.location_of(&format!(
+                    "config.{}",
+                    toml_edit::Key::new(key.as_str()).display_repr()
+                )),
+                spec.value_type.describe(),
+            ));
+        }
+        Ok(merged)
+    }
+
+    /// `file:line` of a dotted key of this manifest, or just the file.
+    fn location_of(&self, dotted_key: &str) -> String {
+        match self.line_of(dotted_key) {
+            Some(line) => format!("{}:{line}", self.file.display()),
+            None => self.file.display().to_string(),
+        }
     }
 
     /// The file the manifest was read from (as given to [`Manifest::parse`]).
@@ -579,4 +695,180 @@ pub fn read_manifest(file: &Path) -> Result<String, ManifestError> {
         file: file.to_path_buf(),
         byte_offset: err.utf8_error().valid_up_to(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn manifest(extra: &str) -> Manifest {
+        let source = format!(
+            "[plugin]\nname = \"hello\"\nversion = \"0.1.0\"\napi_version = 1\nlibrary = \"libhello.so\"\n{extra}"
+        );
+        Manifest::parse(
+            &source,
+            Path::new("hello/plugin.toml"),
+            &HostLimits::default(),
+        )
+        .unwrap()
+    }
+
+    fn overrides(pairs: &[(&str, serde_json::Value)]) -> BTreeMap<String, serde_json::Value> {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect()
+    }
+
+    const SCHEMA: &str = "[config.greeting]\ntype = \"string\"\ndefault = \"Hello\"\n\
+        [config.ratio]\ntype = \"float\"\ndefault = 0.5\n\
+        [config.retries]\ntype = \"integer\"\n\
+        [config.api_key]\ntype = \"string\"\nrequired = true\n";
+
+    #[test]
+    fn overrides_lie_over_the_defaults() {
+        let manifest = manifest(SCHEMA);
+        let merged = manifest
+            .merged_config(&overrides(&[
+                ("greeting", json!("Hi")),
+                ("ratio", json!(2)),
+                ("api_key", json!("k")),
+            ]))
+            .unwrap();
+        // An integer is a valid float and is kept as written, as for defaults.
+        assert_eq!(
+            serde_json::Value::Object(merged),
+            json!({"greeting": "Hi", "ratio": 2, "api_key": "k"})
+        );
+
+        let merged = manifest
+            .merged_config(&overrides(&[
+                ("api_key", json!("k")),
+                ("retries", json!(3)),
+            ]))
+            .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(merged),
+            json!({"greeting": "Hello", "ratio": 0.5, "api_key": "k", "retries": 3})
+        );
+        assert_eq!(
+            manifest_without_required().merged_config(&BTreeMap::new()),
+            Ok(manifest_without_required().default_config())
+        );
+    }
+
+    fn manifest_without_required() -> Manifest {
+        manifest("[config.greeting]\ntype = \"string\"\ndefault = \"Hello\"\n")
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_missing_required_settings_are_refused() {
+        let manifest = manifest(SCHEMA);
+        let err = manifest
+            .merged_config(&overrides(&[("colour", json!("red"))]))
+            .unwrap_err();
+        assert!(
+            err.contains("`plugins.hello.config.colour`")
+                && err.contains("hello/plugin.toml")
+                && err.contains("expected one of: api_key, greeting, ratio, retries"),
+            "{err}"
+        );
+
+        let err = manifest
+            .merged_config(&overrides(&[
+                ("api_key", json!("k")),
+                ("retries", json!("three")),
+            ]))
+            .unwrap_err();
+        assert!(
+            err.contains(r#"`plugins.hello.config.retries` = "three": expected an integer"#)
+                && err.contains(r#"`config.retries.type = "integer"` in hello/plugin.toml:"#),
+            "{err}"
+        );
+        let err = manifest
+            .merged_config(&overrides(&[
+                ("api_key", json!("k")),
+                ("ratio", json!(true)),
+            ]))
+            .unwrap_err();
+        assert!(err.contains("= true: expected a finite number"), "{err}");
+
+        let err = manifest.merged_config(&BTreeMap::new()).unwrap_err();
+        assert!(
+            err.contains("`plugins.hello.config.api_key` is missing")
+                && err.contains("requires setting `api_key`")
+                && err.contains("expected a string"),
+            "{err}"
+        );
+
+        let err = manifest_without_schema()
+            .merged_config(&overrides(&[("x", json!(1))]))
+            .unwrap_err();
+        assert!(
+            err.contains("expected no overrides: it declares no settings"),
+            "{err}"
+        );
+    }
+
+    fn manifest_without_schema() -> Manifest {
+        manifest("")
+    }
+
+    #[test]
+    fn resources_take_the_override_then_the_manifest_then_the_host_default() {
+        let limits = HostLimits::default();
+        let manifest = manifest(
+            "[hooks.greet]\ntimeout_ms = 50\n[hooks.tick]\n[resources]\nmemory_mb = 64\ncpu_percent = 50\nhook_timeout_ms = 200\n",
+        );
+        let overrides = Resources {
+            memory_mb: Some(256),
+            max_threads: Some(8),
+            hook_timeout_ms: Some(300),
+            ..Resources::default()
+        };
+        let effective = manifest.effective_resources_with(&limits, &overrides);
+        assert_eq!(
+            effective,
+            EffectiveResources {
+                memory_mb: 256,
+                cpu_percent: 50,
+                max_threads: 8,
+                max_open_files: limits.default_max_open_files,
+                hook_timeout_ms: 300,
+                max_in_flight: limits.default_max_in_flight,
+            }
+        );
+        assert_eq!(
+            manifest.effective_resources(&limits),
+            EffectiveResources {
+                memory_mb: 64,
+                cpu_percent: 50,
+                max_threads: limits.default_max_threads,
+                max_open_files: limits.default_max_open_files,
+                hook_timeout_ms: 200,
+                max_in_flight: limits.default_max_in_flight,
+            }
+        );
+
+        // The hook's own timeout wins over everything; then the override, the manifest's
+        // plugin-wide value and the host's default.
+        let ms = Duration::from_millis;
+        assert_eq!(
+            manifest.hook_timeout_with("greet", &limits, &overrides),
+            ms(50)
+        );
+        assert_eq!(
+            manifest.hook_timeout_with("tick", &limits, &overrides),
+            ms(300)
+        );
+        assert_eq!(manifest.hook_timeout("tick", &limits), ms(200));
+        let bare = manifest_without_schema();
+        assert_eq!(
+            bare.hook_timeout_with("tick", &limits, &Resources::default()),
+            ms(limits.default_hook_timeout_ms)
+        );
+        assert_eq!(bare.hook_timeout_with("tick", &limits, &overrides), ms(300));
+    }
 }
