@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod confine;
+mod host_config;
 mod ipc;
 mod loader;
 mod manifest;
