@@ -607,7 +607,7 @@ fn start_worker_from(
     let (manifest, _digests, library) = bundle.into_parts();
     let (plan, cgroup_limits) = plan_for(
         &manifest,
-        &fixture.limits,
+        &manifest.effective_resources(&fixture.limits),
         &fixture.policy,
         &manifest.default_config(),
     );
@@ -734,7 +734,7 @@ fn hello_serve_threads(fixture: &Fixture) -> usize {
     let manifest = bundle.manifest();
     let (plan, _) = plan_for(
         manifest,
-        &fixture.limits,
+        &manifest.effective_resources(&fixture.limits),
         &fixture.policy,
         &manifest.default_config(),
     );
@@ -1422,7 +1422,7 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
     let plan = || {
         plan_for(
             &manifest,
-            &fixture.limits,
+            &manifest.effective_resources(&fixture.limits),
             &fixture.policy,
             &manifest.default_config(),
         )

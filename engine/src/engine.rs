@@ -1,41 +1,34 @@
 //! The engine: plugins found in directories, verified, started in confined workers,
-//! called, stopped. Front ends send [`Command`]s and read [`Snapshot`]s and [`Event`]s.
+//! called, stopped, reloaded and restarted. Front ends send [`Command`]s and read
+//! [`Snapshot`]s and [`Event`]s.
 //!
-//! Each plugin has an actor thread that owns its lifecycle state: commands (load, start,
-//! stop, unload) and its worker's events (exit, violations, output) are messages to that
-//! actor, so nothing else mutates the state. Hook calls do not queue behind the actor: they
-//! go straight to the running worker and record into the plugin's hook statistics.
+//! Lifecycle transitions happen in each plugin's actor ([`crate::supervisor`]); hook calls go
+//! straight to the running worker ([`crate::hooks::dispatch`]). This module owns what they
+//! share and turns commands into actor messages, resolving dependencies on the way.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::Bundle;
 use crate::events::{Event, EventKind, EventLog, unix_millis};
-use crate::hooks::{CallResult, HookStats};
-use crate::loader::SealedLibrary;
+use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
-use crate::snapshot::{Health, OutputLine, PluginSnapshot, PluginState, Snapshot, TrustInfo};
-use crate::supervisor::{PluginOverrides, RestartPolicy, WatchPolicy};
-use crate::trust::TrustStore;
-use crate::worker::{
-    CallFailure, EventSink, MechanismState, OutputStream, Worker, WorkerEvent, WorkerPolicy,
-    WorkerSpec, plan_for,
+use crate::snapshot::{Health, PluginSnapshot, PluginState, Snapshot, Supervision};
+use crate::supervisor::state_file::{PersistedState, PluginToggles};
+use crate::supervisor::{
+    ActorMessage, DiskChange, Lifecycle, OutputRing, Plugin, PluginOverrides, Reply, RestartPolicy,
+    WatchPolicy, dependencies, millis, run_actor,
 };
-
-/// Captured output lines kept per plugin.
-const OUTPUT_RING: usize = 500;
-/// Output lines accepted per second per plugin (burst: twice that); the rest are counted
-/// as dropped, so a chatty or hostile plugin cannot exhaust the engine's memory.
-const OUTPUT_LINES_PER_SEC: f64 = 200.0;
+use crate::trust::TrustStore;
+use crate::watcher::{BundleChange, BundleWatcher};
+use crate::worker::{OutputStream, WorkerPolicy};
 
 /// How the engine is set up.
 #[derive(Debug, Clone)]
@@ -122,6 +115,41 @@ pub enum EngineError {
     UnknownHook { plugin: String, hook: String },
     #[error("`{plugin}` is no longer running")]
     Gone { plugin: String },
+    #[error(
+        "`{plugin}` depends on `{dependency}` ({requirement}), but no plugin of that name is known"
+    )]
+    MissingDependency {
+        plugin: String,
+        dependency: String,
+        requirement: String,
+    },
+    #[error(
+        "`{plugin}` depends on `{dependency}` {requirement}, but `{dependency}` is version {found}"
+    )]
+    IncompatibleDependency {
+        plugin: String,
+        dependency: String,
+        requirement: String,
+        found: String,
+    },
+    #[error("`{plugin}` depends on `{dependency}`, which cannot run: {reason}")]
+    DependencyUnavailable {
+        plugin: String,
+        dependency: String,
+        reason: String,
+    },
+    #[error("dependency cycle: {cycle}")]
+    DependencyCycle { cycle: String },
+    #[error("`{plugin}` is needed by running plugins: {}; force the {action} to stop them too", dependents.join(", "))]
+    HasDependents {
+        plugin: String,
+        action: &'static str,
+        dependents: Vec<String>,
+    },
+    #[error("`{plugin}`: reload failed, the old version keeps serving: {reason}")]
+    ReloadFailed { plugin: String, reason: String },
+    #[error(transparent)]
+    StateFile(#[from] crate::supervisor::state_file::StateFileError),
 }
 
 /// What a front end asks of the engine.
@@ -137,11 +165,41 @@ pub enum Command {
     Start {
         plugin: String,
     },
+    /// Stop; refused while running plugins depend on it, unless `force` (which stops those
+    /// dependents first).
     Stop {
         plugin: String,
+        #[serde(default)]
+        force: bool,
     },
+    /// Stop and drop the verified library (the bundle is read again at the next start).
     Unload {
         plugin: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Verify the bundle again; a running plugin's new version starts beside the old one
+    /// and takes over once healthy.
+    Reload {
+        plugin: String,
+    },
+    /// Allow the plugin to start again (persisted).
+    Enable {
+        plugin: String,
+    },
+    /// Stop the plugin and keep it from starting (persisted).
+    Disable {
+        plugin: String,
+    },
+    /// Let calls and emits reach this hook of this plugin again (persisted).
+    EnableHook {
+        plugin: String,
+        hook: String,
+    },
+    /// Refuse calls of this hook of this plugin and skip it in emits (persisted).
+    DisableHook {
+        plugin: String,
+        hook: String,
     },
     /// Call one plugin's hook directly.
     Call {
@@ -165,7 +223,8 @@ pub enum Command {
 pub struct CallReport {
     pub plugin: String,
     pub hook: String,
-    /// `ok`, `error`, `unknown_hook`, `panic`, `invalid_input`, `timeout`, `busy` or `gone`.
+    /// `ok`, `error`, `unknown_hook`, `panic`, `invalid_input`, `timeout`, `busy`,
+    /// `disabled` or `gone`.
     pub status: String,
     pub reply: String,
     pub duration_us: u64,
@@ -180,100 +239,25 @@ pub enum Outcome {
     Emitted { reports: Vec<CallReport> },
 }
 
-struct OutputRing {
-    lines: VecDeque<OutputLine>,
-    dropped: u64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl OutputRing {
-    fn new() -> Self {
-        Self {
-            lines: VecDeque::with_capacity(OUTPUT_RING),
-            dropped: 0,
-            tokens: OUTPUT_LINES_PER_SEC * 2.0,
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Keeps the line unless the rate limit drops it; says which.
-    fn push(&mut self, stream: OutputStream, line: String) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens
-            + now.duration_since(self.refilled).as_secs_f64() * OUTPUT_LINES_PER_SEC)
-            .min(OUTPUT_LINES_PER_SEC * 2.0);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            self.dropped += 1;
-            return false;
-        }
-        self.tokens -= 1.0;
-        if self.lines.len() == OUTPUT_RING {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(OutputLine {
-            at_ms: unix_millis(SystemTime::now()),
-            stream,
-            line,
-        });
-        true
-    }
-}
-
-/// The lifecycle part of a plugin, owned by its actor.
-struct Lifecycle {
-    state: PluginState,
-    reason: Option<String>,
-    /// Set when the bundle can never be loaded as it is (a duplicate name).
-    blocked: Option<String>,
-    manifest: Option<Manifest>,
-    library: Option<SealedLibrary>,
-    trust: TrustInfo,
-    mechanisms: BTreeMap<String, MechanismState>,
-    worker_pid: Option<u32>,
-    sandbox_pid: Option<u32>,
-    cgroup: Option<String>,
-    last_exit: Option<crate::worker::ExitStatus>,
-    violations: u64,
-    /// Hooks emitted through the engine (granted ones).
-    emitted: u64,
-}
-
-enum ActorMessage {
-    Load(mpsc::Sender<Result<(), EngineError>>),
-    Start(mpsc::Sender<Result<(), EngineError>>),
-    Stop(mpsc::Sender<Result<(), EngineError>>),
-    Unload(mpsc::Sender<Result<(), EngineError>>),
-    Worker(WorkerEvent),
-    Exit,
-}
-
-struct Plugin {
-    name: String,
-    dir: PathBuf,
-    lifecycle: Mutex<Lifecycle>,
-    worker: RwLock<Option<Arc<Worker>>>,
-    stats: Mutex<BTreeMap<String, HookStats>>,
-    output: Mutex<OutputRing>,
-    inbox: mpsc::Sender<ActorMessage>,
-    actor: Mutex<Option<JoinHandle<()>>>,
-}
-
-struct Shared {
-    config: EngineConfig,
+/// What the engine's threads (actors, workers' event sinks, the traffic generator) share.
+pub(crate) struct Shared {
+    pub config: EngineConfig,
     log: Option<Mutex<std::fs::File>>,
     audit: Option<Mutex<std::fs::File>>,
-    scope: EngineScope,
-    trust: Option<TrustStore>,
+    pub scope: EngineScope,
+    pub trust: Option<TrustStore>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     events: Mutex<EventLog>,
     started: Instant,
     traffic: Mutex<Option<(f64, Arc<AtomicBool>)>>,
+    /// Serializes the `max_plugins` check with the transition to Starting.
+    pub start_gate: Mutex<()>,
+    /// The operator's persisted toggles (written through on every change).
+    persisted: Mutex<PersistedState>,
 }
 
 impl Shared {
-    fn event(&self, plugin: Option<&str>, kind: EventKind) {
+    pub fn event(&self, plugin: Option<&str>, kind: EventKind) {
         let event = self
             .events
             .lock()
@@ -288,7 +272,7 @@ impl Shared {
         }
     }
 
-    fn log_output(&self, plugin: &str, stream: OutputStream, line: &str) {
+    pub fn log_output(&self, plugin: &str, stream: OutputStream, line: &str) {
         if let Some(log) = &self.log {
             let stream = match stream {
                 OutputStream::Stdout => "stdout".to_owned(),
@@ -308,7 +292,7 @@ impl Shared {
     }
 
     /// Every known plugin, in name order (a copy: no lock is held afterwards).
-    fn all_plugins(&self) -> Vec<Arc<Plugin>> {
+    pub fn all_plugins(&self) -> Vec<Arc<Plugin>> {
         self.plugins
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -317,7 +301,7 @@ impl Shared {
             .collect()
     }
 
-    fn plugin(&self, name: &str) -> Result<Arc<Plugin>, EngineError> {
+    pub fn plugin(&self, name: &str) -> Result<Arc<Plugin>, EngineError> {
         self.plugins
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -332,6 +316,8 @@ impl Shared {
 /// The engine. Dropping it stops every plugin.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// Watches the bundle directories while the engine runs (when the host wants it).
+    watcher: Mutex<Option<BundleWatcher>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -381,6 +367,17 @@ impl Engine {
             open_append(&config.log_file)?,
             open_append(&config.audit_file)?,
         );
+        let persisted = match &config.state_file {
+            Some(file) => PersistedState::load(file)?,
+            None => PersistedState::default(),
+        };
+        if let Some(budget) = config.memory_budget_mb {
+            scope
+                .limit_memory(budget.saturating_mul(1024 * 1024))
+                .map_err(|err| EngineError::Cgroups {
+                    reason: format!("memory budget of {budget} MiB: {err}"),
+                })?;
+        }
         let shared = Arc::new(Shared {
             config,
             log,
@@ -391,6 +388,8 @@ impl Engine {
             events: Mutex::new(EventLog::default()),
             started: Instant::now(),
             traffic: Mutex::new(None),
+            start_gate: Mutex::new(()),
+            persisted: Mutex::new(persisted),
         });
         for name in stale {
             shared.event(
@@ -400,9 +399,47 @@ impl Engine {
                 },
             );
         }
-        let engine = Engine { shared };
+        let engine = Engine {
+            shared,
+            watcher: Mutex::new(None),
+        };
         engine.discover()?;
+        engine.watch();
         Ok(engine)
+    }
+
+    /// Starts the bundle watcher: new bundles are discovered, changed and removed ones
+    /// marked (and, when the host asks for it, changed running ones reloaded). A watcher
+    /// that cannot start is reported, not fatal: the engine runs without it.
+    fn watch(&self) {
+        let policy = &self.shared.config.watch;
+        if !policy.enabled {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let started = BundleWatcher::start(
+            &self.shared.config.plugin_dirs,
+            &self.shared.config.bundles,
+            Duration::from_millis(policy.debounce_ms),
+            move |changes| {
+                if let Some(shared) = shared.upgrade() {
+                    for change in changes {
+                        on_bundle_change(&shared, &change);
+                    }
+                }
+            },
+        );
+        match started {
+            Ok(watcher) => {
+                *self.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(watcher);
+            }
+            Err(err) => self.shared.event(
+                None,
+                EventKind::Engine {
+                    message: format!("bundle directories are not watched: {err}"),
+                },
+            ),
+        }
     }
 
     /// Names of the known plugins.
@@ -416,7 +453,10 @@ impl Engine {
             .collect()
     }
 
+    /// Registers bundle directories not known yet: those in the plugin directories and the
+    /// single bundles of the configuration.
     fn discover(&self) -> Result<(), EngineError> {
+        let mut found = Vec::new();
         for dir in &self.shared.config.plugin_dirs {
             let entries = std::fs::read_dir(dir).map_err(|err| EngineError::PluginDir {
                 dir: dir.clone(),
@@ -428,140 +468,59 @@ impl Engine {
                 .filter(|path| path.join(MANIFEST_FILE).is_file())
                 .collect();
             bundles.sort();
-            for bundle in bundles {
-                self.add_bundle(&bundle);
+            found.extend(bundles);
+        }
+        for bundle in &self.shared.config.bundles {
+            if !bundle.join(MANIFEST_FILE).is_file() {
+                return Err(EngineError::PluginDir {
+                    dir: bundle.clone(),
+                    reason: format!("not a bundle directory: it has no {MANIFEST_FILE}"),
+                });
             }
+            found.push(bundle.clone());
+        }
+        for bundle in found {
+            add_bundle(&self.shared, &bundle);
         }
         Ok(())
-    }
-
-    /// Registers a bundle directory (named after its directory until its manifest is read).
-    fn add_bundle(&self, dir: &Path) {
-        let name = Manifest::load(dir, &self.shared.config.limits).map_or_else(
-            |_| {
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            },
-            |manifest| manifest.plugin.name,
-        );
-        let mut plugins = self
-            .shared
-            .plugins
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if plugins.values().any(|plugin| plugin.dir == dir) {
-            return;
-        }
-        // Two bundles claiming one name: the second is shown under its directory's name,
-        // refused, rather than silently hidden.
-        let (name, blocked) = match plugins.get(&name) {
-            Some(other) => {
-                let key = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if plugins.contains_key(&key) {
-                    return;
-                }
-                let reason = format!(
-                    "duplicate plugin name `{name}`: {} already provides it",
-                    other.dir.display()
-                );
-                (key, Some(reason))
-            }
-            None => (name, None),
-        };
-        let (inbox, messages) = mpsc::channel();
-        let plugin = Arc::new(Plugin {
-            name: name.clone(),
-            dir: dir.to_owned(),
-            lifecycle: Mutex::new(Lifecycle {
-                state: if blocked.is_some() {
-                    PluginState::Rejected
-                } else {
-                    PluginState::Discovered
-                },
-                reason: blocked.clone(),
-                blocked,
-                manifest: None,
-                library: None,
-                trust: TrustInfo::default(),
-                mechanisms: BTreeMap::new(),
-                worker_pid: None,
-                sandbox_pid: None,
-                cgroup: None,
-                last_exit: None,
-                violations: 0,
-                emitted: 0,
-            }),
-            worker: RwLock::new(None),
-            stats: Mutex::new(BTreeMap::new()),
-            output: Mutex::new(OutputRing::new()),
-            inbox,
-            actor: Mutex::new(None),
-        });
-        let actor = {
-            let (shared, plugin) = (Arc::clone(&self.shared), Arc::clone(&plugin));
-            std::thread::Builder::new()
-                .name(format!("pb-actor-{name}"))
-                .spawn(move || run_actor(&shared, &plugin, &messages))
-                .expect("actor thread starts")
-        };
-        *plugin.actor.lock().unwrap_or_else(PoisonError::into_inner) = Some(actor);
-        plugins.insert(name.clone(), plugin);
-        drop(plugins);
-        self.shared.event(
-            Some(&name),
-            EventKind::Discovered {
-                dir: dir.display().to_string(),
-            },
-        );
-    }
-
-    fn ask(
-        &self,
-        plugin: &str,
-        message: fn(mpsc::Sender<Result<(), EngineError>>) -> ActorMessage,
-    ) -> Result<(), EngineError> {
-        let plugin = self.shared.plugin(plugin)?;
-        let (reply, answer) = mpsc::channel();
-        plugin
-            .inbox
-            .send(message(reply))
-            .map_err(|_| EngineError::Gone {
-                plugin: plugin.name.clone(),
-            })?;
-        answer.recv().map_err(|_| EngineError::Gone {
-            plugin: plugin.name.clone(),
-        })?
     }
 
     /// Carries out one command. Blocks until it is done: a front end that must stay
     /// responsive runs this on a thread of its own.
     pub fn execute(&self, command: Command) -> Result<Outcome, EngineError> {
+        let shared = &self.shared;
         match command {
             Command::Discover => self.discover().map(|()| Outcome::Done),
-            Command::Load { plugin } => self
-                .ask(&plugin, ActorMessage::Load)
+            Command::Load { plugin } => shared
+                .plugin(&plugin)?
+                .ask(ActorMessage::Load)
                 .map(|()| Outcome::Done),
-            Command::Start { plugin } => self
-                .ask(&plugin, ActorMessage::Start)
+            Command::Start { plugin } => self.start_plugin(&plugin).map(|()| Outcome::Done),
+            Command::Stop { plugin, force } => self
+                .stop_plugin(&plugin, force, "stop", ActorMessage::Stop)
                 .map(|()| Outcome::Done),
-            Command::Stop { plugin } => self
-                .ask(&plugin, ActorMessage::Stop)
+            Command::Unload { plugin, force } => self
+                .stop_plugin(&plugin, force, "unload", ActorMessage::Unload)
                 .map(|()| Outcome::Done),
-            Command::Unload { plugin } => self
-                .ask(&plugin, ActorMessage::Unload)
+            Command::Reload { plugin } => shared
+                .plugin(&plugin)?
+                .ask(ActorMessage::Reload)
+                .map(|()| Outcome::Done),
+            Command::Enable { plugin } => self.set_enabled(&plugin, true).map(|()| Outcome::Done),
+            Command::Disable { plugin } => self.set_enabled(&plugin, false).map(|()| Outcome::Done),
+            Command::EnableHook { plugin, hook } => self
+                .set_hook_enabled(&plugin, &hook, true)
+                .map(|()| Outcome::Done),
+            Command::DisableHook { plugin, hook } => self
+                .set_hook_enabled(&plugin, &hook, false)
                 .map(|()| Outcome::Done),
             Command::Call {
                 plugin,
                 hook,
                 payload,
             } => {
-                let plugin = self.shared.plugin(&plugin)?;
-                call(&self.shared, &plugin, &hook, &payload, 0)
-                    .map(|report| Outcome::Called { report })
+                let plugin = shared.plugin(&plugin)?;
+                call(shared, &plugin, &hook, &payload, 0).map(|report| Outcome::Called { report })
             }
             Command::Emit { hook, payload } => Ok(Outcome::Emitted {
                 reports: self.emit(&hook, &payload),
@@ -571,6 +530,142 @@ impl Engine {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// Starts the plugin's dependencies (in order) and then the plugin.
+    fn start_plugin(&self, name: &str) -> Result<(), EngineError> {
+        for plugin in dependencies::start_order(&self.shared, name)? {
+            let result = plugin.ask(ActorMessage::Start);
+            match result {
+                Err(err) if plugin.name != name => {
+                    return Err(EngineError::DependencyUnavailable {
+                        plugin: name.to_owned(),
+                        dependency: plugin.name.clone(),
+                        reason: err.to_string(),
+                    });
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops (or unloads) a plugin; running dependents refuse it unless `force`, which
+    /// stops them first.
+    fn stop_plugin(
+        &self,
+        name: &str,
+        force: bool,
+        action: &'static str,
+        message: fn(Reply) -> ActorMessage,
+    ) -> Result<(), EngineError> {
+        let plugin = self.shared.plugin(name)?;
+        let dependents = dependencies::running_dependents(&self.shared, name);
+        if !dependents.is_empty() {
+            let names: Vec<String> = dependents
+                .iter()
+                .map(|dependent| dependent.name.clone())
+                .collect();
+            if !force {
+                return Err(EngineError::HasDependents {
+                    plugin: name.to_owned(),
+                    action,
+                    dependents: names,
+                });
+            }
+            self.shared.event(
+                Some(name),
+                EventKind::Engine {
+                    message: format!(
+                        "forced {action}: stopping its dependents first: {}",
+                        names.join(", ")
+                    ),
+                },
+            );
+            for dependent in dependents {
+                dependent.ask(ActorMessage::Stop)?;
+            }
+        }
+        plugin.ask(message)
+    }
+
+    fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
+        let plugin = self.shared.plugin(name)?;
+        if !enabled {
+            let dependents = dependencies::running_dependents(&self.shared, name);
+            if !dependents.is_empty() {
+                return Err(EngineError::HasDependents {
+                    plugin: name.to_owned(),
+                    action: "disable",
+                    dependents: dependents
+                        .iter()
+                        .map(|dependent| dependent.name.clone())
+                        .collect(),
+                });
+            }
+        }
+        plugin.ask(|reply| ActorMessage::SetEnabled(enabled, reply))?;
+        self.persist(name, |toggles| toggles.enabled = Some(enabled))
+    }
+
+    fn set_hook_enabled(&self, name: &str, hook: &str, enabled: bool) -> Result<(), EngineError> {
+        let plugin = self.shared.plugin(name)?;
+        let known = plugin
+            .lifecycle()
+            .manifest
+            .as_ref()
+            .is_none_or(|manifest| manifest.hooks.contains_key(hook));
+        if !known {
+            return Err(EngineError::UnknownHook {
+                plugin: name.to_owned(),
+                hook: hook.to_owned(),
+            });
+        }
+        let changed = {
+            let mut disabled = plugin
+                .disabled_hooks
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if enabled {
+                disabled.remove(hook)
+            } else {
+                disabled.insert(hook.to_owned())
+            }
+        };
+        if changed {
+            self.shared.event(
+                Some(name),
+                EventKind::HookToggled {
+                    hook: hook.to_owned(),
+                    enabled,
+                },
+            );
+        }
+        self.persist(name, |toggles| {
+            if enabled {
+                toggles.disabled_hooks.remove(hook);
+            } else {
+                toggles.disabled_hooks.insert(hook.to_owned());
+            }
+        })
+    }
+
+    /// Records an operator's toggle in the state file (when the host keeps one).
+    fn persist(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut PluginToggles),
+    ) -> Result<(), EngineError> {
+        let mut persisted = self
+            .shared
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        change(persisted.plugins.entry(name.to_owned()).or_default());
+        if let Some(file) = &self.shared.config.state_file {
+            persisted.save(file)?;
+        }
+        Ok(())
     }
 
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
@@ -639,7 +734,7 @@ impl Engine {
                 .map(|(rate, _)| *rate),
             plugins: plugins
                 .iter()
-                .map(|plugin| plugin_snapshot(plugin))
+                .map(|plugin| plugin_snapshot(&self.shared, plugin))
                 .collect(),
             recent_events,
         }
@@ -665,6 +760,12 @@ impl Engine {
 
     /// Stops every plugin (gracefully, then by force) and removes the engine's cgroups.
     pub fn shutdown(&self) {
+        drop(
+            self.watcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         self.set_traffic(None);
         let plugins = self.shared.all_plugins();
         // Ask every actor at once, so plugins stop in parallel, then wait for them all.
@@ -703,606 +804,118 @@ impl Drop for Engine {
     }
 }
 
-fn status_name(status: i32) -> &'static str {
-    match status {
-        plugboard_sdk::abi::STATUS_OK => "ok",
-        plugboard_sdk::abi::STATUS_UNKNOWN_HOOK => "unknown_hook",
-        plugboard_sdk::abi::STATUS_PANIC => "panic",
-        plugboard_sdk::abi::STATUS_INVALID_INPUT => "invalid_input",
-        _ => "error",
-    }
-}
-
-/// One call of one plugin's hook, timed and recorded in its statistics.
-/// How many emits deep a chain of plugins emitting to each other may go.
-pub const MAX_EMIT_DEPTH: u32 = 4;
-
-/// Calls every running subscriber of `hook`, in priority order (then by name).
-fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) -> Vec<CallReport> {
-    let plugins = shared.all_plugins();
-    let mut subscribers: Vec<(crate::manifest::Priority, Arc<Plugin>)> = plugins
+/// What the watcher saw, handed to the plugin's actor (or, for a new bundle, discovered).
+fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
+    let dir = change.path();
+    let known = shared
+        .all_plugins()
         .into_iter()
-        .filter_map(|plugin| {
-            let lifecycle = plugin
-                .lifecycle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let priority = lifecycle.manifest.as_ref()?.hooks.get(hook)?.priority;
-            let running = matches!(
-                lifecycle.state,
-                PluginState::Running | PluginState::Degraded
-            );
-            drop(lifecycle);
-            running.then_some((priority, plugin))
-        })
-        .collect();
-    subscribers.sort_by(|(a, left), (b, right)| a.cmp(b).then_with(|| left.name.cmp(&right.name)));
-    subscribers
-        .into_iter()
-        .filter_map(|(_, plugin)| call(shared, &plugin, hook, payload, depth).ok())
-        .collect()
-}
-
-/// The engine's answer to one plugin's emits: the manifest must grant the hook (anything
-/// else is a violation), and chains stop at [`MAX_EMIT_DEPTH`].
-fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker::EmitHandler {
-    let (shared, emitter) = (Arc::downgrade(shared), emitter.to_owned());
-    Arc::new(move |hook: &str, payload: &[u8], depth: u32| {
-        let Some(shared) = shared.upgrade() else {
-            return plugboard_sdk::abi::EMIT_FAILED;
-        };
-        let Ok(plugin) = shared.plugin(&emitter) else {
-            return plugboard_sdk::abi::EMIT_FAILED;
-        };
-        let granted = {
-            let mut lifecycle = plugin
-                .lifecycle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let granted = lifecycle.manifest.as_ref().is_some_and(|manifest| {
-                manifest
-                    .capabilities
-                    .emit
-                    .iter()
-                    .any(|allowed| allowed == hook)
-            });
-            if granted {
-                lifecycle.emitted += 1;
-            } else {
-                lifecycle.violations += 1;
-            }
-            granted
-        };
-        if !granted {
-            shared.event(
-                Some(&emitter),
-                EventKind::ForbiddenEmit {
-                    hook: hook.to_owned(),
-                },
-            );
-            return plugboard_sdk::abi::EMIT_DENIED;
+        .find(|plugin| plugin.dir == dir);
+    let message = match (change, &known) {
+        (BundleChange::Added(_), None) => {
+            add_bundle(shared, dir);
+            return;
         }
-        if depth >= MAX_EMIT_DEPTH {
-            shared.event(Some(&emitter), EventKind::Engine {
-                message: format!("emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH}"),
-            });
-            return plugboard_sdk::abi::EMIT_FAILED;
-        }
-        dispatch(&shared, hook, payload, depth + 1);
-        plugboard_sdk::abi::EMIT_OK
-    })
-}
-
-/// A hook's timeout and the plugin's cap on calls in flight; refuses unknown hooks.
-fn call_limits(
-    shared: &Shared,
-    plugin: &Plugin,
-    hook: &str,
-) -> Result<(Duration, u64), EngineError> {
-    let lifecycle = plugin
-        .lifecycle
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let manifest = lifecycle
-        .manifest
-        .as_ref()
-        .ok_or_else(|| EngineError::Gone {
-            plugin: plugin.name.clone(),
-        })?;
-    if !manifest.hooks.contains_key(hook) {
-        return Err(EngineError::UnknownHook {
-            plugin: plugin.name.clone(),
-            hook: hook.to_owned(),
-        });
-    }
-    let limits = &shared.config.limits;
-    Ok((
-        manifest.hook_timeout(hook, limits),
-        u64::from(manifest.effective_resources(limits).max_in_flight),
-    ))
-}
-
-fn call(
-    shared: &Shared,
-    plugin: &Plugin,
-    hook: &str,
-    payload: &[u8],
-    depth: u32,
-) -> Result<CallReport, EngineError> {
-    let (timeout, max_in_flight) = call_limits(shared, plugin, hook)?;
-    let worker = plugin
-        .worker
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-        .ok_or_else(|| EngineError::Gone {
-            plugin: plugin.name.clone(),
-        })?;
-    let report = |status: &str, reply: String, elapsed: Duration| CallReport {
-        plugin: plugin.name.clone(),
-        hook: hook.to_owned(),
-        status: status.to_owned(),
-        reply,
-        duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        (BundleChange::Added(_), Some(_)) => DiskChange::Restored,
+        (BundleChange::Changed(_), _) => DiskChange::Changed,
+        (BundleChange::Removed(_), _) => DiskChange::Removed,
     };
-    {
-        let mut stats = plugin.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = stats.entry(hook.to_owned()).or_default();
-        if entry.snapshot_in_flight() >= max_in_flight {
-            entry.end(Duration::ZERO, &CallResult::Busy);
-            return Ok(report(
-                "busy",
-                format!("{max_in_flight} calls already in flight"),
-                Duration::ZERO,
-            ));
-        }
-        entry.begin();
-    }
-    let start = Instant::now();
-    let outcome = worker.call_at_depth(hook, payload, depth, timeout);
-    let elapsed = start.elapsed();
-    let (result, call_report) = match outcome {
-        Ok(outcome) => {
-            let reply = String::from_utf8_lossy(&outcome.body).into_owned();
-            let result = if outcome.status == plugboard_sdk::abi::STATUS_OK {
-                CallResult::Ok
-            } else {
-                CallResult::Error {
-                    message: reply.clone(),
-                }
-            };
-            (
-                result,
-                report(status_name(outcome.status), reply, outcome.duration),
-            )
-        }
-        Err(CallFailure::Timeout { timeout }) => {
-            shared.event(
-                Some(&plugin.name),
-                EventKind::HookTimeout {
-                    hook: hook.to_owned(),
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                },
-            );
-            (
-                CallResult::Timeout,
-                report(
-                    "timeout",
-                    format!("no reply within {} ms", timeout.as_millis()),
-                    elapsed,
-                ),
-            )
-        }
-        Err(CallFailure::WorkerGone) => (
-            CallResult::Error {
-                message: "the worker is gone".to_owned(),
-            },
-            report("gone", "the worker is gone".to_owned(), elapsed),
-        ),
-    };
-    plugin
-        .stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(hook.to_owned())
-        .or_default()
-        .end(elapsed, &result);
-    Ok(call_report)
-}
-
-fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBool) {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut next = Instant::now();
-    let mut turn = 0usize;
-    while running.load(Ordering::SeqCst) {
-        let targets: Vec<(Arc<Plugin>, String)> = shared
-            .plugins
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .flat_map(|plugin| {
-                let lifecycle = plugin
-                    .lifecycle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let running = matches!(
-                    lifecycle.state,
-                    PluginState::Running | PluginState::Degraded
-                );
-                let hooks: Vec<String> = if running {
-                    lifecycle
-                        .manifest
-                        .as_ref()
-                        .map(|manifest| manifest.hooks.keys().cloned().collect())
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                drop(lifecycle);
-                hooks
-                    .into_iter()
-                    .map(|hook| (Arc::clone(plugin), hook))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if let Some((plugin, hook)) = targets.get(turn % targets.len().max(1)) {
-            let _ = call(shared, plugin, hook, b"traffic", 0);
-        }
-        turn = turn.wrapping_add(1);
-        next += interval;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        } else {
-            next = Instant::now();
-        }
+    if let Some(plugin) = known {
+        let _ = plugin.inbox.send(ActorMessage::Disk(message));
     }
 }
 
-fn set_state(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, to: PluginState) {
-    let from = lifecycle.state;
-    if from != to {
-        lifecycle.state = to;
-        shared.event(Some(&plugin.name), EventKind::StateChanged { from, to });
-    }
-}
-
-fn run_actor(shared: &Arc<Shared>, plugin: &Arc<Plugin>, messages: &mpsc::Receiver<ActorMessage>) {
-    for message in messages {
-        match message {
-            ActorMessage::Load(reply) => {
-                let _ = reply.send(load(shared, plugin));
-            }
-            ActorMessage::Start(reply) => {
-                let _ = reply.send(start(shared, plugin));
-            }
-            ActorMessage::Stop(reply) => {
-                let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
-            }
-            ActorMessage::Unload(reply) => {
-                let result = stop(shared, plugin, PluginState::Unloaded).map(|()| {
-                    plugin
-                        .lifecycle
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .library = None;
-                });
-                let _ = reply.send(result);
-            }
-            ActorMessage::Worker(event) => on_worker_event(shared, plugin, event),
-            ActorMessage::Exit => break,
-        }
-    }
-}
-
-fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
-    let mut lifecycle = plugin
-        .lifecycle
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(reason) = lifecycle.blocked.clone() {
-        return Err(EngineError::StartFailed {
-            plugin: plugin.name.clone(),
-            reason,
-        });
-    }
-    if matches!(
-        lifecycle.state,
-        PluginState::Running | PluginState::Starting | PluginState::Degraded
-    ) {
-        return Ok(());
-    }
-    let verdict = Bundle::open(&plugin.dir, &shared.config.limits)
-        .map_err(|err| err.to_string())
-        .and_then(|bundle| {
-            let verified = match (&shared.trust, shared.config.allow_unsigned) {
-                (Some(store), allow_unsigned) => match bundle.verify(store) {
-                    Ok(verified) => Some(verified),
-                    Err(_) if allow_unsigned => None,
-                    Err(err) => return Err(err.to_string()),
-                },
-                (None, true) => None,
-                (None, false) => {
-                    return Err(
-                        "no trust store is configured and unsigned bundles are not allowed"
-                            .to_owned(),
-                    );
-                }
-            };
-            Ok((bundle, verified))
-        });
-    match verdict {
-        Ok((bundle, verified)) => {
-            let signature = bundle
-                .signature()
-                .map(|signature| signature.key_id.to_string());
-            let (manifest, digests, library) = bundle.into_parts();
-            lifecycle.trust = TrustInfo {
-                signed: signature.is_some(),
-                key_id: signature,
-                level: verified.as_ref().map(|verified| verified.level.to_string()),
-                library_sha3_512: Some(digests.library.to_hex()),
-                unverified: verified.is_none(),
-            };
-            lifecycle.manifest = Some(manifest);
-            lifecycle.library = Some(library);
-            lifecycle.reason = None;
-            set_state(shared, plugin, &mut lifecycle, PluginState::Verified);
-            Ok(())
-        }
-        Err(reason) => {
-            lifecycle.reason = Some(reason.clone());
-            set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
-            drop(lifecycle);
-            shared.event(
-                Some(&plugin.name),
-                EventKind::Rejected {
-                    reason: reason.clone(),
-                },
-            );
-            Err(EngineError::StartFailed {
-                plugin: plugin.name.clone(),
-                reason,
-            })
-        }
-    }
-}
-
-/// Starts the worker for a verified plugin; its events go to the plugin's actor.
-fn spawn_worker(
-    shared: &Arc<Shared>,
-    plugin: &Plugin,
-    manifest: &Manifest,
-    library: &SealedLibrary,
-) -> Result<Worker, crate::worker::WorkerError> {
-    let (plan, limits) = plan_for(
-        manifest,
-        &shared.config.limits,
-        &shared.config.worker,
-        &manifest.default_config(),
-    );
-    let inbox = Mutex::new(plugin.inbox.clone());
-    let sink: EventSink = Arc::new(move |event| {
-        let _ = inbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(ActorMessage::Worker(event));
-    });
-    Worker::start(
-        &shared.scope,
-        WorkerSpec {
-            plugin: plugin.name.clone(),
-            host_binary: shared.config.worker.host_binary.clone(),
-            library,
-            plan,
-            limits,
-            env: shared.config.worker.env.clone(),
-            emit: Some(emit_handler(shared, &plugin.name)),
+/// Registers a bundle directory (named after its directory until its manifest is read),
+/// with the host's and the operator's toggles applied, and starts its actor.
+fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
+    let name = Manifest::load(dir, &shared.config.limits).map_or_else(
+        |_| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         },
-        &sink,
-    )
-}
-
-fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
-    let state = plugin
-        .lifecycle
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .state;
-    match state {
-        PluginState::Running | PluginState::Degraded | PluginState::Starting => return Ok(()),
-        PluginState::Discovered | PluginState::Unloaded | PluginState::Rejected => {
-            load(shared, plugin)?;
-        }
-        PluginState::Quarantined => {
-            return Err(EngineError::WrongState {
-                plugin: plugin.name.clone(),
-                state,
-                action: "start",
-                expected: "cleared from quarantine first",
-            });
-        }
-        PluginState::Verified
-        | PluginState::Stopped
-        | PluginState::Failed
-        | PluginState::Stopping => {}
-    }
-    let mut lifecycle = plugin
-        .lifecycle
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    set_state(shared, plugin, &mut lifecycle, PluginState::Starting);
-    let (Some(manifest), Some(library)) = (lifecycle.manifest.clone(), lifecycle.library.as_ref())
-    else {
-        return Err(EngineError::WrongState {
-            plugin: plugin.name.clone(),
-            state,
-            action: "start",
-            expected: "verified",
-        });
-    };
-    let started = spawn_worker(shared, plugin, &manifest, library);
-    match started {
-        Ok(worker) => {
-            lifecycle.mechanisms = worker
-                .mechanisms()
-                .iter()
-                .map(|(mechanism, state)| (mechanism.name().to_owned(), state.clone()))
-                .collect();
-            lifecycle.worker_pid = Some(worker.pid());
-            lifecycle.sandbox_pid = Some(worker.sandbox_pid());
-            lifecycle.cgroup = Some(worker.cgroup_path().to_owned());
-            lifecycle.reason = None;
-            let active = worker
-                .mechanisms()
-                .iter()
-                .filter(|(_, state)| state.active)
-                .map(|(mechanism, _)| mechanism.badge().to_owned())
-                .collect();
-            shared.event(
-                Some(&plugin.name),
-                EventKind::Started {
-                    worker_pid: worker.pid(),
-                    sandbox_pid: worker.sandbox_pid(),
-                    mechanisms: active,
-                },
-            );
-            *plugin
-                .worker
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(worker));
-            set_state(shared, plugin, &mut lifecycle, PluginState::Running);
-            Ok(())
-        }
-        Err(err) => {
-            let reason = err.to_string();
-            lifecycle.reason = Some(reason.clone());
-            set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
-            Err(EngineError::StartFailed {
-                plugin: plugin.name.clone(),
-                reason,
-            })
-        }
-    }
-}
-
-fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineError> {
-    let worker = plugin
-        .worker
+        |manifest| manifest.plugin.name,
+    );
+    let mut plugins = shared
+        .plugins
         .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    let mut lifecycle = plugin
-        .lifecycle
-        .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    if let Some(worker) = worker {
-        set_state(shared, plugin, &mut lifecycle, PluginState::Stopping);
-        drop(lifecycle);
-        let exit = worker.stop(shared.config.grace);
-        lifecycle = plugin
-            .lifecycle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        lifecycle.last_exit = exit;
-        lifecycle.worker_pid = None;
-        lifecycle.sandbox_pid = None;
-        lifecycle.cgroup = None;
-        shared.event(Some(&plugin.name), EventKind::Stopped { exit });
-    } else if to == PluginState::Stopped
-        && !matches!(
-            lifecycle.state,
-            // Stopping a crashed plugin acknowledges it: Failed → Stopped.
-            PluginState::Stopped | PluginState::Stopping | PluginState::Failed
-        )
-    {
-        return Err(EngineError::WrongState {
-            plugin: plugin.name.clone(),
-            state: lifecycle.state,
-            action: "stop",
-            expected: "running",
-        });
+    if plugins.values().any(|plugin| plugin.dir == dir) {
+        return;
     }
-    set_state(shared, plugin, &mut lifecycle, to);
-    Ok(())
-}
-
-fn on_worker_event(shared: &Shared, plugin: &Plugin, event: WorkerEvent) {
-    match event {
-        WorkerEvent::Output { stream, line } => {
-            let kept = plugin
-                .output
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(stream, line.clone());
-            if kept {
-                shared.log_output(&plugin.name, stream, &line);
-            }
-        }
-        WorkerEvent::ForbiddenSyscall {
-            syscall, detail, ..
-        } => {
-            plugin
-                .lifecycle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .violations += 1;
-            shared.event(
-                Some(&plugin.name),
-                EventKind::ForbiddenSyscall { syscall, detail },
-            );
-        }
-        WorkerEvent::ProtocolViolation { reason } => {
-            plugin
-                .lifecycle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .violations += 1;
-            shared.event(Some(&plugin.name), EventKind::ProtocolViolation { reason });
-        }
-        WorkerEvent::Exited { status } => {
-            // An exit while running is a crash; during a stop it is expected.
-            let crashed = matches!(
-                plugin
-                    .lifecycle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .state,
-                PluginState::Running | PluginState::Degraded | PluginState::Starting
-            );
-            if !crashed {
+    // Two bundles claiming one name: the second is shown under its directory's name,
+    // refused, rather than silently hidden.
+    let (name, blocked) = match plugins.get(&name) {
+        Some(other) => {
+            let key = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if plugins.contains_key(&key) {
                 return;
             }
-            // Reap what is left (the cgroup, the worker's threads) before anyone is told,
-            // so whoever reacts to the crash finds nothing of the old worker.
-            let worker = plugin
-                .worker
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(worker) = worker {
-                worker.kill();
-            }
-            let mut lifecycle = plugin
-                .lifecycle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            lifecycle.last_exit = Some(status);
-            lifecycle.reason = Some(format!("the worker ended unexpectedly: {status}"));
-            lifecycle.worker_pid = None;
-            lifecycle.sandbox_pid = None;
-            lifecycle.cgroup = None;
-            set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
-            drop(lifecycle);
-            shared.event(Some(&plugin.name), EventKind::Crashed { exit: status });
+            let reason = format!(
+                "duplicate plugin name `{name}`: {} already provides it",
+                other.dir.display()
+            );
+            (key, Some(reason))
+        }
+        None => (name, None),
+    };
+    let toggles = shared
+        .persisted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .plugins
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
+    let configured = shared
+        .config
+        .plugins
+        .get(&name)
+        .and_then(|overrides| overrides.enabled);
+    // The operator's last word (persisted) wins over the configuration file.
+    let enabled = toggles.enabled.or(configured).unwrap_or(true);
+    let mut lifecycle = Lifecycle::new(blocked);
+    if !enabled {
+        lifecycle.disabled = true;
+        if lifecycle.blocked.is_none() {
+            lifecycle.state = PluginState::Disabled;
         }
     }
+    let (inbox, messages) = mpsc::channel();
+    let plugin = Arc::new(Plugin {
+        name: name.clone(),
+        dir: dir.to_owned(),
+        lifecycle: Mutex::new(lifecycle),
+        running: RwLock::new(None),
+        stats: Mutex::new(BTreeMap::new()),
+        disabled_hooks: RwLock::new(toggles.disabled_hooks),
+        output: Mutex::new(OutputRing::new()),
+        inbox,
+        actor: Mutex::new(None),
+    });
+    let actor = {
+        let (shared, plugin) = (Arc::clone(shared), Arc::clone(&plugin));
+        std::thread::Builder::new()
+            .name(format!("pb-actor-{name}"))
+            .spawn(move || run_actor(&shared, &plugin, &messages))
+            .expect("actor thread starts")
+    };
+    *plugin.actor.lock().unwrap_or_else(PoisonError::into_inner) = Some(actor);
+    plugins.insert(name.clone(), plugin);
+    drop(plugins);
+    shared.event(
+        Some(&name),
+        EventKind::Discovered {
+            dir: dir.display().to_string(),
+        },
+    );
 }
 
-fn plugin_snapshot(plugin: &Plugin) -> PluginSnapshot {
-    let lifecycle = plugin
-        .lifecycle
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
+    let lifecycle = plugin.lifecycle();
     let hooks = plugin
         .stats
         .lock()
@@ -1354,5 +967,47 @@ fn plugin_snapshot(plugin: &Plugin) -> PluginSnapshot {
         last_exit: lifecycle.last_exit,
         output_dropped: output.dropped,
         recent_output,
+        enabled: !lifecycle.disabled,
+        disabled_hooks: plugin
+            .disabled_hooks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect(),
+        dependencies: lifecycle
+            .manifest
+            .as_ref()
+            .map(|manifest| {
+                manifest
+                    .dependencies
+                    .iter()
+                    .map(|(name, requirement)| (name.clone(), requirement.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        changed_on_disk: lifecycle.changed_on_disk,
+        removed_from_disk: lifecycle.removed_from_disk,
+        supervision: supervision_snapshot(&shared.config.restart, &lifecycle),
+    }
+}
+
+fn supervision_snapshot(policy: &RestartPolicy, lifecycle: &Lifecycle) -> Supervision {
+    let window = policy.window();
+    let used = lifecycle
+        .backoff
+        .recent
+        .iter()
+        .filter(|at| at.elapsed() <= window)
+        .count();
+    let used = u32::try_from(used).unwrap_or(u32::MAX);
+    Supervision {
+        starts: lifecycle.starts,
+        restarts: lifecycle.restarts,
+        last_start_ms: millis(lifecycle.last_start),
+        last_reload_ms: millis(lifecycle.last_reload),
+        backoff_step: used,
+        next_retry_ms: millis(lifecycle.backoff.next_retry.map(|(_, at)| at)),
+        restart_budget_left: policy.max_restarts.saturating_sub(used),
     }
 }

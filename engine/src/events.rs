@@ -67,6 +67,42 @@ pub enum EventKind {
     ForbiddenEmit {
         hook: String,
     },
+    /// A new version took over from the old one.
+    Reloaded {
+        from_version: Option<String>,
+        to_version: String,
+        library_sha3_512: Option<String>,
+    },
+    /// A reload was refused or its new version failed; the old one keeps serving.
+    ReloadFailed {
+        reason: String,
+    },
+    /// A crashed plugin restarts after `delay_ms` (attempt `attempt` of the window).
+    BackingOff {
+        attempt: u32,
+        delay_ms: u64,
+        budget_left: u32,
+    },
+    /// The restart budget is spent: the plugin stays Failed.
+    RestartsExhausted {
+        restarts: u32,
+        window_s: u64,
+    },
+    HookToggled {
+        hook: String,
+        enabled: bool,
+    },
+    PluginToggled {
+        enabled: bool,
+    },
+    /// The bundle on disk changed since it was verified.
+    BundleChanged {
+        dir: String,
+    },
+    /// The bundle directory disappeared.
+    BundleRemoved {
+        dir: String,
+    },
     /// Engine-level notes (traffic on/off, shutdown).
     Engine {
         message: String,

@@ -2,6 +2,8 @@
 //! percentiles (`hdrhistogram`) over the last 60 s and since start, mean and total time,
 //! last call, last error. Snapshots carry the numbers, never the histograms.
 
+pub mod dispatch;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod supervisor;
 pub mod trust;
+pub mod watcher;
 pub mod worker;
 
 /// Plugboard's own version, which a manifest's `min_host_version` is checked against.
@@ -25,4 +26,5 @@ pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use engine::{CallReport, Command, Engine, EngineConfig, EngineError, Outcome};
 pub use events::{Event, EventKind};
+pub use hooks::dispatch::MAX_EMIT_DEPTH;
 pub use snapshot::{PluginSnapshot, PluginState, Snapshot};

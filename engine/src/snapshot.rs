@@ -21,15 +21,44 @@ pub enum PluginState {
     Verified,
     Starting,
     Running,
+    /// A new version is starting beside the running one; traffic switches when it is
+    /// healthy.
+    Reloading,
     Stopping,
     Stopped,
     /// Running but unhealthy.
     Degraded,
-    /// Crashed or failed to start.
+    /// Crashed; waiting for the next restart (see `supervision`).
+    BackingOff,
+    /// Crashed or failed to start, and not restarted (policy off or budget exhausted).
     Failed,
+    /// Kept from starting by the host configuration or an operator.
+    Disabled,
     /// Unloaded by policy.
     Quarantined,
     Unloaded,
+}
+
+impl PluginState {
+    /// The state's name as in snapshots (`backing_off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Discovered => "discovered",
+            Self::Rejected => "rejected",
+            Self::Verified => "verified",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Reloading => "reloading",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Degraded => "degraded",
+            Self::BackingOff => "backing_off",
+            Self::Failed => "failed",
+            Self::Disabled => "disabled",
+            Self::Quarantined => "quarantined",
+            Self::Unloaded => "unloaded",
+        }
+    }
 }
 
 /// Health as far as the engine knows it.
@@ -89,6 +118,34 @@ pub struct PluginSnapshot {
     pub output_dropped: u64,
     /// The newest captured output lines (at most 20 here; the ring keeps more).
     pub recent_output: Vec<OutputLine>,
+    /// `false` when the host configuration or an operator disabled it.
+    pub enabled: bool,
+    /// Hooks an operator disabled: calls are refused, emits skip them.
+    pub disabled_hooks: Vec<String>,
+    /// `[dependencies]`: plugin name → semver requirement.
+    pub dependencies: BTreeMap<String, String>,
+    /// The bundle on disk is not what was verified (the watcher saw a change).
+    pub changed_on_disk: bool,
+    /// The bundle directory is gone from disk.
+    pub removed_from_disk: bool,
+    pub supervision: Supervision,
+}
+
+/// Starts, restarts and where a crashed plugin is in its restart policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervision {
+    /// Workers started (restarts included, reloads not).
+    pub starts: u64,
+    /// Restarts after a crash.
+    pub restarts: u64,
+    pub last_start_ms: Option<u64>,
+    pub last_reload_ms: Option<u64>,
+    /// Restarts within the policy's window so far: the backoff step the next crash takes.
+    pub backoff_step: u32,
+    /// When the scheduled restart happens (BackingOff only).
+    pub next_retry_ms: Option<u64>,
+    /// Restarts left in the window before a crash ends in Failed.
+    pub restart_budget_left: u32,
 }
 
 /// The engine as a whole.

@@ -1,108 +1,242 @@
-//! Supervision policy: how crashed plugins are restarted, what the host overrides per
-//! plugin, and whether bundle directories are watched.
+//! Supervision: one actor thread per plugin owns its lifecycle state — load, start, stop,
+//! reload, unload, enable/disable, restarts with backoff after a crash — and reacts to its
+//! worker's events. Commands and worker events are messages to that actor, so nothing else
+//! changes the state. Hook calls do not queue behind the actor: they go straight to the
+//! running worker ([`Running`]).
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+mod actor;
+pub(crate) mod dependencies;
+mod policy;
+pub(crate) mod state_file;
 
-use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::manifest::Resources;
+pub use policy::{PluginOverrides, RestartPolicy, WatchPolicy};
 
-/// How a crashed plugin is restarted: after `initial_delay_ms`, then each delay `factor`
-/// times the previous one up to `max_delay_ms`; at most `max_restarts` restarts within
-/// `window_s` seconds, after which the plugin stays Failed until an operator starts it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RestartPolicy {
-    /// Restart crashed plugins at all.
-    pub enabled: bool,
-    pub initial_delay_ms: u64,
-    pub factor: f64,
-    pub max_delay_ms: u64,
-    /// The budget: restarts allowed per window.
-    pub max_restarts: u32,
-    pub window_s: u64,
+pub(crate) use actor::{millis, run_actor};
+
+use crate::engine::EngineError;
+use crate::events::unix_millis;
+use crate::hooks::HookStats;
+use crate::loader::SealedLibrary;
+use crate::manifest::Manifest;
+use crate::snapshot::{OutputLine, PluginState, TrustInfo};
+use crate::worker::{ExitStatus, MechanismState, OutputStream, Worker, WorkerEvent};
+
+/// Captured output lines kept per plugin.
+const OUTPUT_RING: usize = 500;
+/// Output lines accepted per second per plugin (burst: twice that); the rest are counted
+/// as dropped, so a chatty or hostile plugin cannot exhaust the engine's memory.
+const OUTPUT_LINES_PER_SEC: f64 = 200.0;
+
+/// A plugin's captured output: a bounded ring behind a token-bucket rate limit.
+pub(crate) struct OutputRing {
+    pub lines: VecDeque<OutputLine>,
+    pub dropped: u64,
+    tokens: f64,
+    refilled: Instant,
 }
 
-impl Default for RestartPolicy {
-    fn default() -> Self {
+impl OutputRing {
+    pub fn new() -> Self {
         Self {
-            enabled: true,
-            initial_delay_ms: 500,
-            factor: 2.0,
-            max_delay_ms: 30_000,
-            max_restarts: 5,
-            window_s: 300,
+            lines: VecDeque::with_capacity(OUTPUT_RING),
+            dropped: 0,
+            tokens: OUTPUT_LINES_PER_SEC * 2.0,
+            refilled: Instant::now(),
         }
     }
-}
 
-impl RestartPolicy {
-    /// The delay before restart number `step` (0-based) of the current window.
-    pub fn delay(&self, step: u32) -> Duration {
-        let initial = self.initial_delay_ms as f64;
-        let scaled = initial * self.factor.powi(i32::try_from(step).unwrap_or(i32::MAX));
-        let capped = scaled.min(self.max_delay_ms as f64).max(0.0);
-        // `as` saturates for floats: a huge product becomes the cap, never a wrap.
-        Duration::from_millis(capped as u64)
+    /// Keeps the line unless the rate limit drops it; says which.
+    pub fn push(&mut self, stream: OutputStream, line: String) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.refilled).as_secs_f64() * OUTPUT_LINES_PER_SEC)
+            .min(OUTPUT_LINES_PER_SEC * 2.0);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.tokens -= 1.0;
+        if self.lines.len() == OUTPUT_RING {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(OutputLine {
+            at_ms: unix_millis(SystemTime::now()),
+            stream,
+            line,
+        });
+        true
     }
-
-    pub fn window(&self) -> Duration {
-        Duration::from_secs(self.window_s)
-    }
 }
 
-/// `[plugins.<name>]` in the host configuration: the host's say over one plugin.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginOverrides {
-    /// `false` keeps the plugin from starting (shown as Disabled).
-    pub enabled: Option<bool>,
-    /// Config values over the manifest's defaults, checked against its `[config]` schema.
-    pub config: BTreeMap<String, serde_json::Value>,
-    /// Resource values over the manifest's, each within the host's maxima.
-    pub resources: Resources,
-    /// This plugin's grace period when stopping, instead of the host-wide one.
-    pub grace_ms: Option<u64>,
+/// Where a crashed plugin is in its restart policy.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// When the restarts of the current window happened (oldest first).
+    pub recent: VecDeque<Instant>,
+    /// The pending restart, when one is scheduled.
+    pub next_retry: Option<(Instant, SystemTime)>,
 }
 
-/// Whether bundle directories are watched for changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WatchPolicy {
-    pub enabled: bool,
-    /// Changes closer together than this are reported once.
-    pub debounce_ms: u64,
-    /// Reload a running plugin whose bundle changed on disk (otherwise it is only marked).
-    pub reload_on_change: bool,
+/// The lifecycle part of a plugin, owned by its actor.
+pub(crate) struct Lifecycle {
+    pub state: PluginState,
+    pub reason: Option<String>,
+    /// Set when the bundle can never be loaded as it is (a duplicate name).
+    pub blocked: Option<String>,
+    pub manifest: Option<Manifest>,
+    pub library: Option<SealedLibrary>,
+    /// The merged config the plugin receives at creation.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    pub trust: TrustInfo,
+    pub mechanisms: BTreeMap<String, MechanismState>,
+    pub worker_pid: Option<u32>,
+    pub sandbox_pid: Option<u32>,
+    pub cgroup: Option<String>,
+    pub last_exit: Option<ExitStatus>,
+    pub violations: u64,
+    /// Hooks emitted through the engine (granted ones).
+    pub emitted: u64,
+    /// Disabled by the host configuration or an operator: it does not start.
+    pub disabled: bool,
+    /// Generation of the current worker; events of older workers are ignored.
+    pub generation: u64,
+    pub starts: u64,
+    pub restarts: u64,
+    pub last_start: Option<SystemTime>,
+    pub last_reload: Option<SystemTime>,
+    pub backoff: Backoff,
+    /// The bundle on disk differs from what was verified (seen by the watcher).
+    pub changed_on_disk: bool,
+    /// The bundle directory is gone from disk.
+    pub removed_from_disk: bool,
 }
 
-impl Default for WatchPolicy {
-    fn default() -> Self {
+impl Lifecycle {
+    pub fn new(blocked: Option<String>) -> Self {
         Self {
-            enabled: true,
-            debounce_ms: 500,
-            reload_on_change: false,
+            state: if blocked.is_some() {
+                PluginState::Rejected
+            } else {
+                PluginState::Discovered
+            },
+            reason: blocked.clone(),
+            blocked,
+            manifest: None,
+            library: None,
+            config: serde_json::Map::new(),
+            trust: TrustInfo::default(),
+            mechanisms: BTreeMap::new(),
+            worker_pid: None,
+            sandbox_pid: None,
+            cgroup: None,
+            last_exit: None,
+            violations: 0,
+            emitted: 0,
+            disabled: false,
+            generation: 0,
+            starts: 0,
+            restarts: 0,
+            last_start: None,
+            last_reload: None,
+            backoff: Backoff::default(),
+            changed_on_disk: false,
+            removed_from_disk: false,
         }
     }
+
+    /// Whether the plugin has (or is about to have) a worker serving calls.
+    pub fn is_up(&self) -> bool {
+        matches!(
+            self.state,
+            PluginState::Running
+                | PluginState::Degraded
+                | PluginState::Starting
+                | PluginState::Reloading
+        )
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A running plugin as the call path sees it: the worker and what each call needs to know,
+/// computed once at start so a call takes no lifecycle lock.
+pub(crate) struct Running {
+    pub worker: Arc<Worker>,
+    pub generation: u64,
+    pub timeouts: BTreeMap<String, Duration>,
+    pub max_in_flight: u64,
+}
 
-    #[test]
-    fn backoff_grows_by_the_factor_and_stops_at_the_cap() {
-        let policy = RestartPolicy {
-            initial_delay_ms: 100,
-            factor: 3.0,
-            max_delay_ms: 1000,
-            ..RestartPolicy::default()
+/// An answer to a command, sent back by the actor.
+pub(crate) type Reply = mpsc::Sender<Result<(), EngineError>>;
+
+/// What the bundle watcher saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DiskChange {
+    Changed,
+    Removed,
+    Restored,
+}
+
+pub(crate) enum ActorMessage {
+    Load(Reply),
+    Start(Reply),
+    Stop(Reply),
+    Unload(Reply),
+    Reload(Reply),
+    SetEnabled(bool, Reply),
+    Worker { generation: u64, event: WorkerEvent },
+    Disk(DiskChange),
+    Exit,
+}
+
+/// One plugin: its bundle directory, the actor-owned lifecycle, and what calls touch.
+pub(crate) struct Plugin {
+    pub name: String,
+    pub dir: PathBuf,
+    pub lifecycle: Mutex<Lifecycle>,
+    pub running: RwLock<Option<Arc<Running>>>,
+    pub stats: Mutex<BTreeMap<String, HookStats>>,
+    pub disabled_hooks: RwLock<BTreeSet<String>>,
+    pub output: Mutex<OutputRing>,
+    pub inbox: mpsc::Sender<ActorMessage>,
+    pub actor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Plugin {
+    pub fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn running(&self) -> Option<Arc<Running>> {
+        self.running
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn hook_enabled(&self, hook: &str) -> bool {
+        !self
+            .disabled_hooks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(hook)
+    }
+
+    /// Sends `message` to the actor and waits for its answer.
+    pub fn ask(&self, message: impl FnOnce(Reply) -> ActorMessage) -> Result<(), EngineError> {
+        let (reply, answer) = mpsc::channel();
+        let gone = || EngineError::Gone {
+            plugin: self.name.clone(),
         };
-        let delays: Vec<u64> = (0..5)
-            .map(|step| u64::try_from(policy.delay(step).as_millis()).unwrap())
-            .collect();
-        assert_eq!(delays, [100, 300, 900, 1000, 1000]);
-        assert_eq!(policy.delay(u32::MAX), Duration::from_millis(1000));
+        self.inbox.send(message(reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
     }
 }

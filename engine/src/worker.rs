@@ -521,6 +521,14 @@ impl Worker {
         )
     }
 
+    /// Requests sent and not answered yet (calls and health checks).
+    pub fn in_flight(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Asks the plugin for its health.
     pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
@@ -1094,11 +1102,10 @@ fn next_worker_uid() -> u32 {
 /// The confinement plan and cgroup limits for one plugin, from its manifest and the host.
 pub fn plan_for(
     manifest: &crate::manifest::Manifest,
-    limits: &crate::manifest::HostLimits,
+    resources: &crate::manifest::EffectiveResources,
     policy: &WorkerPolicy,
     config: &serde_json::Map<String, serde_json::Value>,
 ) -> (ConfinementPlan, CgroupLimits) {
-    let resources = manifest.effective_resources(limits);
     let memory_bytes = resources.memory_mb * 1024 * 1024;
     let uid = next_worker_uid();
     let require = policy

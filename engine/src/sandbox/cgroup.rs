@@ -551,6 +551,27 @@ impl EngineScope {
         format!("/{}", self.name)
     }
 
+    /// Caps the memory of all the scope's workers together (the host's memory budget): the
+    /// scope is the parent of every plugin cgroup, so their usage counts against it.
+    pub fn limit_memory(&self, bytes: u64) -> Result<(), CgroupError> {
+        let dir = self.hierarchies.memory.join(&self.name);
+        files::write(&dir, self.memory_limit_file(), &bytes.to_string())
+    }
+
+    /// The scope's memory limit in bytes (`None`: unlimited).
+    pub fn memory_limit(&self) -> Result<Option<u64>, CgroupError> {
+        let dir = self.hierarchies.memory.join(&self.name);
+        files::read_limit(&dir, self.memory_limit_file())
+    }
+
+    fn memory_limit_file(&self) -> &'static str {
+        if self.root.layout.uses_v1_hierarchies() {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        }
+    }
+
     /// Kills every process in the scope's plugin cgroups and removes them and the scope from
     /// every controller. Taking `&self` lets an engine that shares its scope remove it at
     /// shutdown; a second call finds nothing to do.

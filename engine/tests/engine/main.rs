@@ -8,6 +8,7 @@ mod ipc;
 mod loader;
 mod manifest;
 mod runtime;
+mod supervision;
 mod support;
 mod trust;
 mod worker;

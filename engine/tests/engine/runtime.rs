@@ -12,14 +12,16 @@ use plugboard_engine::{
 use crate::support::{Signer, built_plugin, make_bundle, repo_root};
 use crate::worker::host_binary;
 
-struct Fixture {
-    engine: Engine,
-    events: mpsc::Receiver<Event>,
-    _temp: tempfile::TempDir,
+pub struct Fixture {
+    pub engine: Engine,
+    pub events: mpsc::Receiver<Event>,
+    pub signer: Signer,
+    pub plugins: PathBuf,
+    pub temp: tempfile::TempDir,
 }
 
 /// Signs `plugins/<name>/plugin.toml` (optionally edited) into `<dir>/<bundle>`.
-fn add_bundle(
+pub fn add_bundle(
     dir: &Path,
     signer: &Signer,
     name: &str,
@@ -42,9 +44,17 @@ fn add_bundle(
 }
 
 /// (plugin crate, bundle directory name, manifest edit)
-type BundleSpec<'a> = (&'a str, &'a str, fn(&str) -> String);
+pub type BundleSpec<'a> = (&'a str, &'a str, fn(&str) -> String);
 
 fn engine_with(bundles: &[BundleSpec<'_>], grace: Duration) -> Fixture {
+    engine_configured(bundles, |config| config.grace = grace)
+}
+
+/// An engine over freshly signed `bundles`, its configuration adjusted by `adjust`.
+pub fn engine_configured(
+    bundles: &[BundleSpec<'_>],
+    adjust: impl FnOnce(&mut EngineConfig),
+) -> Fixture {
     let temp = tempfile::tempdir().unwrap();
     let signer = Signer::new(temp.path());
     let plugins: PathBuf = temp.path().join("plugins");
@@ -53,23 +63,25 @@ fn engine_with(bundles: &[BundleSpec<'_>], grace: Duration) -> Fixture {
         add_bundle(&plugins, &signer, name, bundle, edit);
     }
     let mut config = EngineConfig::new(host_binary());
-    config.plugin_dirs = vec![plugins];
+    config.plugin_dirs = vec![plugins.clone()];
     config.trust_store = Some(signer.store_dir.clone());
-    config.grace = grace;
+    adjust(&mut config);
     let engine = Engine::start(config).expect("engine starts");
     let events = engine.subscribe();
     Fixture {
         engine,
         events,
-        _temp: temp,
+        signer,
+        plugins,
+        temp,
     }
 }
 
-fn same(manifest: &str) -> String {
+pub fn same(manifest: &str) -> String {
     manifest.to_owned()
 }
 
-fn plugin(engine: &Engine, name: &str) -> PluginSnapshot {
+pub fn plugin(engine: &Engine, name: &str) -> PluginSnapshot {
     engine
         .snapshot()
         .plugins
@@ -78,7 +90,7 @@ fn plugin(engine: &Engine, name: &str) -> PluginSnapshot {
         .unwrap_or_else(|| panic!("no plugin {name}"))
 }
 
-fn start(engine: &Engine, name: &str) {
+pub fn start(engine: &Engine, name: &str) {
     engine
         .execute(Command::Start {
             plugin: name.to_owned(),
@@ -86,7 +98,12 @@ fn start(engine: &Engine, name: &str) {
         .unwrap_or_else(|err| panic!("{name} starts: {err}"));
 }
 
-fn call(engine: &Engine, plugin: &str, hook: &str, payload: &str) -> plugboard_engine::CallReport {
+pub fn call(
+    engine: &Engine,
+    plugin: &str,
+    hook: &str,
+    payload: &str,
+) -> plugboard_engine::CallReport {
     match engine.execute(Command::Call {
         plugin: plugin.to_owned(),
         hook: hook.to_owned(),
@@ -98,7 +115,7 @@ fn call(engine: &Engine, plugin: &str, hook: &str, payload: &str) -> plugboard_e
 }
 
 /// Waits for an event matching `wanted`; on failure says what was seen.
-fn wait_for(
+pub fn wait_for(
     events: &mpsc::Receiver<Event>,
     within: Duration,
     wanted: impl Fn(&Event) -> bool,
@@ -115,7 +132,7 @@ fn wait_for(
     panic!("no matching event within {within:?}; saw {seen:#?}");
 }
 
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -153,6 +170,7 @@ fn load_start_call_stop_unload_leave_nothing_behind() {
     engine
         .execute(Command::Stop {
             plugin: "hello".into(),
+            force: false,
         })
         .unwrap();
     let stopped = plugin(engine, "hello");
@@ -165,11 +183,13 @@ fn load_start_call_stop_unload_leave_nothing_behind() {
     );
     let err = engine.execute(Command::Stop {
         plugin: "hello".into(),
+        force: false,
     });
     assert!(err.is_ok(), "stopping a stopped plugin is a no-op: {err:?}");
     engine
         .execute(Command::Unload {
             plugin: "hello".into(),
+            force: false,
         })
         .unwrap();
     assert_eq!(plugin(engine, "hello").state, PluginState::Unloaded);
@@ -296,7 +316,10 @@ fn a_hostile_worker_is_killed_and_the_engine_keeps_serving_others() {
 
 #[test]
 fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
-    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    // Without restarts, to see the crash itself (supervision.rs tests the backoff).
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart.enabled = false;
+    });
     let engine = &fixture.engine;
     start(engine, "prober");
     let cgroup = plugin(engine, "prober").cgroup.unwrap();
@@ -324,6 +347,7 @@ fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
     engine
         .execute(Command::Stop {
             plugin: "prober".into(),
+            force: false,
         })
         .unwrap();
     assert_eq!(plugin(engine, "prober").state, PluginState::Stopped);
@@ -394,6 +418,7 @@ fn stop_kills_a_plugin_that_does_not_finish_within_the_grace_period() {
     engine
         .execute(Command::Stop {
             plugin: "prober".into(),
+            force: false,
         })
         .unwrap();
     assert!(

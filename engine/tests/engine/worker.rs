@@ -56,7 +56,7 @@ pub fn start_with(
         .expect("engine cgroup scope");
     let (mut plan, limits) = plan_for(
         &manifest,
-        &HostLimits::default(),
+        &manifest.effective_resources(&HostLimits::default()),
         &WorkerPolicy::new(host_binary()),
         &manifest.default_config(),
     );

@@ -1,0 +1,243 @@
+//! Hook calls: one plugin's hook directly, a hook emitted to every subscriber in priority
+//! order, emits from plugins checked against their manifests, and the traffic generator.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::CallResult;
+use crate::engine::{CallReport, EngineError, Shared};
+use crate::events::EventKind;
+use crate::manifest::Priority;
+use crate::snapshot::PluginState;
+use crate::supervisor::{Plugin, Running};
+use crate::worker::CallFailure;
+
+/// How many emits deep a chain of plugins emitting to each other may go.
+pub const MAX_EMIT_DEPTH: u32 = 4;
+
+fn status_name(status: i32) -> &'static str {
+    match status {
+        plugboard_sdk::abi::STATUS_OK => "ok",
+        plugboard_sdk::abi::STATUS_UNKNOWN_HOOK => "unknown_hook",
+        plugboard_sdk::abi::STATUS_PANIC => "panic",
+        plugboard_sdk::abi::STATUS_INVALID_INPUT => "invalid_input",
+        _ => "error",
+    }
+}
+
+/// Calls every running subscriber of `hook` that has it enabled, in priority order (then
+/// by name).
+pub(crate) fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) -> Vec<CallReport> {
+    let mut subscribers: Vec<(Priority, Arc<Plugin>)> = shared
+        .all_plugins()
+        .into_iter()
+        .filter_map(|plugin| {
+            let lifecycle = plugin.lifecycle();
+            let priority = lifecycle.manifest.as_ref()?.hooks.get(hook)?.priority;
+            let serving = matches!(
+                lifecycle.state,
+                PluginState::Running | PluginState::Degraded | PluginState::Reloading
+            );
+            drop(lifecycle);
+            (serving && plugin.hook_enabled(hook)).then_some((priority, plugin))
+        })
+        .collect();
+    subscribers.sort_by(|(a, left), (b, right)| a.cmp(b).then_with(|| left.name.cmp(&right.name)));
+    subscribers
+        .into_iter()
+        .filter_map(|(_, plugin)| call(shared, &plugin, hook, payload, depth).ok())
+        .collect()
+}
+
+/// The engine's answer to one plugin's emits: the manifest must grant the hook (anything
+/// else is a violation), and chains stop at [`MAX_EMIT_DEPTH`].
+pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker::EmitHandler {
+    let (shared, emitter) = (Arc::downgrade(shared), emitter.to_owned());
+    Arc::new(move |hook: &str, payload: &[u8], depth: u32| {
+        let Some(shared) = shared.upgrade() else {
+            return plugboard_sdk::abi::EMIT_FAILED;
+        };
+        let Ok(plugin) = shared.plugin(&emitter) else {
+            return plugboard_sdk::abi::EMIT_FAILED;
+        };
+        let granted = {
+            let mut lifecycle = plugin.lifecycle();
+            let granted = lifecycle.manifest.as_ref().is_some_and(|manifest| {
+                manifest
+                    .capabilities
+                    .emit
+                    .iter()
+                    .any(|allowed| allowed == hook)
+            });
+            if granted {
+                lifecycle.emitted += 1;
+            } else {
+                lifecycle.violations += 1;
+            }
+            granted
+        };
+        if !granted {
+            shared.event(
+                Some(&emitter),
+                EventKind::ForbiddenEmit {
+                    hook: hook.to_owned(),
+                },
+            );
+            return plugboard_sdk::abi::EMIT_DENIED;
+        }
+        if depth >= MAX_EMIT_DEPTH {
+            shared.event(Some(&emitter), EventKind::Engine {
+                message: format!("emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH}"),
+            });
+            return plugboard_sdk::abi::EMIT_FAILED;
+        }
+        dispatch(&shared, hook, payload, depth + 1);
+        plugboard_sdk::abi::EMIT_OK
+    })
+}
+
+/// One call of one plugin's hook, timed and recorded in its statistics. A disabled hook
+/// and a plugin at its `max_in_flight` cap are refused without reaching the plugin.
+pub(crate) fn call(
+    shared: &Shared,
+    plugin: &Plugin,
+    hook: &str,
+    payload: &[u8],
+    depth: u32,
+) -> Result<CallReport, EngineError> {
+    let gone = || EngineError::Gone {
+        plugin: plugin.name.clone(),
+    };
+    let mut running = plugin.running().ok_or_else(gone)?;
+    let Some(&timeout) = running.timeouts.get(hook) else {
+        return Err(EngineError::UnknownHook {
+            plugin: plugin.name.clone(),
+            hook: hook.to_owned(),
+        });
+    };
+    let report = |status: &str, reply: String, elapsed: Duration| CallReport {
+        plugin: plugin.name.clone(),
+        hook: hook.to_owned(),
+        status: status.to_owned(),
+        reply,
+        duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+    };
+    if !plugin.hook_enabled(hook) {
+        return Ok(report(
+            "disabled",
+            format!("hook `{hook}` of `{}` is disabled", plugin.name),
+            Duration::ZERO,
+        ));
+    }
+    {
+        let mut stats = plugin.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = stats.entry(hook.to_owned()).or_default();
+        if entry.snapshot_in_flight() >= running.max_in_flight {
+            entry.end(Duration::ZERO, &CallResult::Busy);
+            return Ok(report(
+                "busy",
+                format!("{} calls already in flight", running.max_in_flight),
+                Duration::ZERO,
+            ));
+        }
+        entry.begin();
+    }
+    let start = Instant::now();
+    let mut outcome = running.worker.call_at_depth(hook, payload, depth, timeout);
+    // A reload may retire the worker between our lookup and our request: the call then
+    // goes to its successor, so a reload loses no call.
+    if matches!(outcome, Err(CallFailure::WorkerGone)) {
+        if let Some(successor) = plugin.running().filter(|next| !same_worker(next, &running)) {
+            running = successor;
+            outcome = running.worker.call_at_depth(hook, payload, depth, timeout);
+        }
+    }
+    let elapsed = start.elapsed();
+    let (result, call_report) = match outcome {
+        Ok(outcome) => {
+            let reply = String::from_utf8_lossy(&outcome.body).into_owned();
+            let result = if outcome.status == plugboard_sdk::abi::STATUS_OK {
+                CallResult::Ok
+            } else {
+                CallResult::Error {
+                    message: reply.clone(),
+                }
+            };
+            (
+                result,
+                report(status_name(outcome.status), reply, outcome.duration),
+            )
+        }
+        Err(CallFailure::Timeout { timeout }) => {
+            shared.event(
+                Some(&plugin.name),
+                EventKind::HookTimeout {
+                    hook: hook.to_owned(),
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                },
+            );
+            (
+                CallResult::Timeout,
+                report(
+                    "timeout",
+                    format!("no reply within {} ms", timeout.as_millis()),
+                    elapsed,
+                ),
+            )
+        }
+        Err(CallFailure::WorkerGone) => (
+            CallResult::Error {
+                message: "the worker is gone".to_owned(),
+            },
+            report("gone", "the worker is gone".to_owned(), elapsed),
+        ),
+    };
+    plugin
+        .stats
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(hook.to_owned())
+        .or_default()
+        .end(elapsed, &result);
+    Ok(call_report)
+}
+
+fn same_worker(left: &Running, right: &Running) -> bool {
+    Arc::ptr_eq(&left.worker, &right.worker)
+}
+
+/// Calls every enabled hook of every running plugin, round-robin, `rate` times a second,
+/// until `running` is cleared.
+pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBool) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut next = Instant::now();
+    let mut turn = 0usize;
+    while running.load(Ordering::SeqCst) {
+        let targets: Vec<(Arc<Plugin>, String)> = shared
+            .all_plugins()
+            .into_iter()
+            .flat_map(|plugin| {
+                let hooks: Vec<String> = plugin
+                    .running()
+                    .map(|running| running.timeouts.keys().cloned().collect())
+                    .unwrap_or_default();
+                hooks
+                    .into_iter()
+                    .filter(|hook| plugin.hook_enabled(hook))
+                    .map(|hook| (Arc::clone(&plugin), hook))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if let Some((plugin, hook)) = targets.get(turn % targets.len().max(1)) {
+            let _ = call(shared, plugin, hook, b"traffic", 0);
+        }
+        turn = turn.wrapping_add(1);
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        } else {
+            next = Instant::now();
+        }
+    }
+}

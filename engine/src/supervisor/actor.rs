@@ -1,0 +1,830 @@
+//! The per-plugin actor: every lifecycle transition happens here, on the plugin's own
+//! thread, one message at a time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Running};
+use crate::bundle::Bundle;
+use crate::engine::{EngineError, Shared};
+use crate::events::{EventKind, unix_millis};
+use crate::hooks::dispatch::emit_handler;
+use crate::loader::SealedLibrary;
+use crate::manifest::{IsolationMode, Manifest};
+use crate::snapshot::{PluginState, TrustInfo};
+use crate::worker::{EventSink, Worker, WorkerEvent, plan_for};
+
+pub(crate) fn run_actor(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    messages: &mpsc::Receiver<ActorMessage>,
+) {
+    loop {
+        // A scheduled restart is the actor's only timer.
+        let retry_at = plugin.lifecycle().backoff.next_retry.map(|(at, _)| at);
+        let message = match retry_at {
+            Some(at) => match messages.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(message) => message,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    restart_after_backoff(shared, plugin);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match messages.recv() {
+                Ok(message) => message,
+                Err(_) => break,
+            },
+        };
+        match message {
+            ActorMessage::Load(reply) => {
+                let _ = reply.send(load(shared, plugin));
+            }
+            ActorMessage::Start(reply) => {
+                // An operator's start cancels a pending restart and starts a fresh window.
+                plugin.lifecycle().backoff = super::Backoff::default();
+                let _ = reply.send(start(shared, plugin));
+            }
+            ActorMessage::Stop(reply) => {
+                let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
+            }
+            ActorMessage::Unload(reply) => {
+                let result = stop(shared, plugin, PluginState::Unloaded).map(|()| {
+                    plugin.lifecycle().library = None;
+                });
+                let _ = reply.send(result);
+            }
+            ActorMessage::Reload(reply) => {
+                let _ = reply.send(reload(shared, plugin));
+            }
+            ActorMessage::SetEnabled(enabled, reply) => {
+                let _ = reply.send(set_enabled(shared, plugin, enabled));
+            }
+            ActorMessage::Worker { generation, event } => {
+                on_worker_event(shared, plugin, generation, event);
+            }
+            ActorMessage::Disk(change) => on_disk_change(shared, plugin, change),
+            ActorMessage::Exit => break,
+        }
+    }
+}
+
+pub(crate) fn set_state(
+    shared: &Shared,
+    plugin: &Plugin,
+    lifecycle: &mut Lifecycle,
+    to: PluginState,
+) {
+    let from = lifecycle.state;
+    if from != to {
+        lifecycle.state = to;
+        shared.event(Some(&plugin.name), EventKind::StateChanged { from, to });
+    }
+}
+
+/// A bundle read, checked and verified: what a start or a reload runs.
+struct VerifiedBundle {
+    manifest: Manifest,
+    library: SealedLibrary,
+    config: serde_json::Map<String, serde_json::Value>,
+    trust: TrustInfo,
+}
+
+/// Reads the bundle in `plugin.dir`, checks its signature against the trust store (or the
+/// development flag), the in-process rule and the host's config overrides.
+fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, String> {
+    let bundle = Bundle::open(&plugin.dir, &shared.config.limits).map_err(|err| err.to_string())?;
+    let verified = match (&shared.trust, shared.config.allow_unsigned) {
+        (Some(store), allow_unsigned) => match bundle.verify(store) {
+            Ok(verified) => Some(verified),
+            Err(_) if allow_unsigned => None,
+            Err(err) => return Err(err.to_string()),
+        },
+        (None, true) => None,
+        (None, false) => {
+            return Err(
+                "no trust store is configured and unsigned bundles are not allowed".to_owned(),
+            );
+        }
+    };
+    let name = &bundle.manifest().plugin.name;
+    if *name != plugin.name {
+        return Err(format!(
+            "the bundle in {} now names itself `{name}`, not `{}`",
+            plugin.dir.display(),
+            plugin.name
+        ));
+    }
+    if bundle.manifest().isolation.mode == IsolationMode::InProcess {
+        let level = verified.as_ref().map(|verified| verified.level);
+        if level != Some(crate::trust::TrustLevel::InProcess) {
+            return Err(format!(
+                "`[isolation] mode = \"in-process\"` needs a signer trusted at level `in-process`; {}",
+                match level {
+                    Some(level) => format!("this bundle's signer is trusted at level `{level}`"),
+                    None => "this bundle is not verified (development mode runs such bundles sandboxed only)".to_owned(),
+                }
+            ));
+        }
+    }
+    let overrides = shared.config.plugins.get(&plugin.name);
+    let config = match overrides {
+        Some(overrides) => {
+            bundle
+                .manifest()
+                .merged_config(&overrides.config)
+                .map_err(|reason| {
+                    format!("host configuration `[plugins.{}]`: {reason}", plugin.name)
+                })?
+        }
+        None => bundle.manifest().merged_config(&BTreeMap::new())?,
+    };
+    let signature = bundle
+        .signature()
+        .map(|signature| signature.key_id.to_string());
+    let (manifest, digests, library) = bundle.into_parts();
+    Ok(VerifiedBundle {
+        manifest,
+        library,
+        config,
+        trust: TrustInfo {
+            signed: signature.is_some(),
+            key_id: signature,
+            level: verified.as_ref().map(|verified| verified.level.to_string()),
+            library_sha3_512: Some(digests.library.to_hex()),
+            unverified: verified.is_none(),
+        },
+    })
+}
+
+fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
+    let mut lifecycle = plugin.lifecycle();
+    if let Some(reason) = lifecycle.blocked.clone() {
+        return Err(EngineError::StartFailed {
+            plugin: plugin.name.clone(),
+            reason,
+        });
+    }
+    if lifecycle.is_up() || lifecycle.state == PluginState::BackingOff {
+        return Ok(());
+    }
+    match verify_bundle(shared, plugin) {
+        Ok(verified) => {
+            lifecycle.manifest = Some(verified.manifest);
+            lifecycle.library = Some(verified.library);
+            lifecycle.config = verified.config;
+            lifecycle.trust = verified.trust;
+            lifecycle.reason = None;
+            lifecycle.changed_on_disk = false;
+            let to = if lifecycle.disabled {
+                PluginState::Disabled
+            } else {
+                PluginState::Verified
+            };
+            set_state(shared, plugin, &mut lifecycle, to);
+            Ok(())
+        }
+        Err(reason) => {
+            lifecycle.reason = Some(reason.clone());
+            set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
+            drop(lifecycle);
+            shared.event(
+                Some(&plugin.name),
+                EventKind::Rejected {
+                    reason: reason.clone(),
+                },
+            );
+            Err(EngineError::StartFailed {
+                plugin: plugin.name.clone(),
+                reason,
+            })
+        }
+    }
+}
+
+/// Starts a worker for `manifest`; its events reach the actor tagged with `generation`.
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    plugin: &Plugin,
+    generation: u64,
+    manifest: &Manifest,
+    library: &SealedLibrary,
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Running, String> {
+    let overrides = shared
+        .config
+        .plugins
+        .get(&plugin.name)
+        .map(|overrides| overrides.resources)
+        .unwrap_or_default();
+    let limits = &shared.config.limits;
+    let resources = manifest.effective_resources_with(limits, &overrides);
+    let (plan, cgroup_limits) = plan_for(manifest, &resources, &shared.config.worker, config);
+    let inbox = Mutex::new(plugin.inbox.clone());
+    let sink: EventSink = Arc::new(move |event| {
+        let _ = inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(ActorMessage::Worker { generation, event });
+    });
+    let worker = Worker::start(
+        &shared.scope,
+        crate::worker::WorkerSpec {
+            plugin: plugin.name.clone(),
+            host_binary: shared.config.worker.host_binary.clone(),
+            library,
+            plan,
+            limits: cgroup_limits,
+            env: shared.config.worker.env.clone(),
+            emit: Some(emit_handler(shared, &plugin.name)),
+        },
+        &sink,
+    )
+    .map_err(|err| err.to_string())?;
+    let timeouts = manifest
+        .hooks
+        .keys()
+        .map(|hook| {
+            (
+                hook.clone(),
+                manifest.hook_timeout_with(hook, limits, &overrides),
+            )
+        })
+        .collect();
+    Ok(Running {
+        worker: Arc::new(worker),
+        generation,
+        timeouts,
+        max_in_flight: u64::from(resources.max_in_flight),
+    })
+}
+
+/// Records a new worker in the lifecycle (pids, cgroup, mechanisms) and announces it.
+fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, running: &Running) {
+    let worker = &running.worker;
+    lifecycle.mechanisms = worker
+        .mechanisms()
+        .iter()
+        .map(|(mechanism, state)| (mechanism.name().to_owned(), state.clone()))
+        .collect();
+    lifecycle.worker_pid = Some(worker.pid());
+    lifecycle.sandbox_pid = Some(worker.sandbox_pid());
+    lifecycle.cgroup = Some(worker.cgroup_path().to_owned());
+    lifecycle.generation = running.generation;
+    lifecycle.reason = None;
+    let active = worker
+        .mechanisms()
+        .iter()
+        .filter(|(_, state)| state.active)
+        .map(|(mechanism, _)| mechanism.badge().to_owned())
+        .collect();
+    shared.event(
+        Some(&plugin.name),
+        EventKind::Started {
+            worker_pid: worker.pid(),
+            sandbox_pid: worker.sandbox_pid(),
+            mechanisms: active,
+        },
+    );
+    if lifecycle.trust.unverified {
+        shared.event(
+            Some(&plugin.name),
+            EventKind::Engine {
+                message: format!(
+                    "`{}` runs UNVERIFIED (allow_unsigned, development only): sandboxed, but nobody vouches for its code",
+                    plugin.name
+                ),
+            },
+        );
+    }
+}
+
+/// Refuses a start the host's policy does not allow: disabled, quarantined, a dependency
+/// not running, or `max_plugins` reached.
+fn check_startable(
+    shared: &Shared,
+    plugin: &Plugin,
+    lifecycle: &Lifecycle,
+) -> Result<(), EngineError> {
+    let state = lifecycle.state;
+    if lifecycle.disabled {
+        return Err(EngineError::WrongState {
+            plugin: plugin.name.clone(),
+            state,
+            action: "start",
+            expected: "enabled first",
+        });
+    }
+    if state == PluginState::Quarantined {
+        return Err(EngineError::WrongState {
+            plugin: plugin.name.clone(),
+            state,
+            action: "start",
+            expected: "cleared from quarantine first",
+        });
+    }
+    if let Some(manifest) = &lifecycle.manifest {
+        super::dependencies::check_running(shared, &plugin.name, manifest)?;
+    }
+    if let Some(max) = shared.config.max_plugins {
+        let running: Vec<String> = shared
+            .all_plugins()
+            .iter()
+            .filter(|other| other.name != plugin.name && other.lifecycle().is_up())
+            .map(|other| other.name.clone())
+            .collect();
+        if running.len() >= max {
+            return Err(EngineError::StartFailed {
+                plugin: plugin.name.clone(),
+                reason: format!(
+                    "the host runs at most {max} plugins (`max_plugins`) and {} are up: {}",
+                    running.len(),
+                    running.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
+    let state = plugin.lifecycle().state;
+    match state {
+        PluginState::Running
+        | PluginState::Degraded
+        | PluginState::Starting
+        | PluginState::Reloading => return Ok(()),
+        PluginState::Discovered | PluginState::Unloaded | PluginState::Rejected => {
+            load(shared, plugin)?;
+        }
+        PluginState::Verified
+        | PluginState::Stopped
+        | PluginState::Failed
+        | PluginState::BackingOff
+        | PluginState::Stopping
+        | PluginState::Disabled
+        | PluginState::Quarantined => {}
+    }
+    // Only one start at a time passes the `max_plugins` check and becomes Starting.
+    let gate = shared
+        .start_gate
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut lifecycle = plugin.lifecycle();
+    check_startable(shared, plugin, &lifecycle)?;
+    if lifecycle.manifest.is_none() || lifecycle.library.is_none() {
+        return Err(EngineError::WrongState {
+            plugin: plugin.name.clone(),
+            state: lifecycle.state,
+            action: "start",
+            expected: "verified",
+        });
+    }
+    lifecycle.backoff.next_retry = None;
+    set_state(shared, plugin, &mut lifecycle, PluginState::Starting);
+    drop(gate);
+    let generation = lifecycle.generation + 1;
+    let started = if let (Some(manifest), Some(library)) = (&lifecycle.manifest, &lifecycle.library)
+    {
+        spawn_worker(
+            shared,
+            plugin,
+            generation,
+            manifest,
+            library,
+            &lifecycle.config,
+        )
+    } else {
+        Err("the bundle is not verified".to_owned())
+    };
+    match started {
+        Ok(running) => {
+            // Serving before anyone hears of the start.
+            let running = Arc::new(running);
+            *plugin
+                .running
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&running));
+            adopt_worker(shared, plugin, &mut lifecycle, &running);
+            lifecycle.starts += 1;
+            lifecycle.last_start = Some(SystemTime::now());
+            set_state(shared, plugin, &mut lifecycle, PluginState::Running);
+            Ok(())
+        }
+        Err(reason) => {
+            lifecycle.generation = generation;
+            lifecycle.reason = Some(reason.clone());
+            set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
+            Err(EngineError::StartFailed {
+                plugin: plugin.name.clone(),
+                reason,
+            })
+        }
+    }
+}
+
+/// Stops the worker (gracefully, then by force) and ends in `to`.
+fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineError> {
+    let running = plugin
+        .running
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let mut lifecycle = plugin.lifecycle();
+    lifecycle.backoff.next_retry = None;
+    if let Some(running) = running {
+        set_state(shared, plugin, &mut lifecycle, PluginState::Stopping);
+        drop(lifecycle);
+        let exit = running.worker.stop(grace(shared, &plugin.name));
+        lifecycle = plugin.lifecycle();
+        lifecycle.last_exit = exit;
+        lifecycle.worker_pid = None;
+        lifecycle.sandbox_pid = None;
+        lifecycle.cgroup = None;
+        shared.event(Some(&plugin.name), EventKind::Stopped { exit });
+    } else if to == PluginState::Stopped
+        && !matches!(
+            lifecycle.state,
+            // Stopping a crashed plugin acknowledges it (Failed → Stopped) and stopping one
+            // waiting to restart cancels the restart.
+            PluginState::Stopped
+                | PluginState::Stopping
+                | PluginState::Failed
+                | PluginState::BackingOff
+        )
+    {
+        return Err(EngineError::WrongState {
+            plugin: plugin.name.clone(),
+            state: lifecycle.state,
+            action: "stop",
+            expected: "running",
+        });
+    }
+    let to = if to == PluginState::Stopped && lifecycle.disabled {
+        PluginState::Disabled
+    } else {
+        to
+    };
+    set_state(shared, plugin, &mut lifecycle, to);
+    Ok(())
+}
+
+fn grace(shared: &Shared, plugin: &str) -> Duration {
+    shared
+        .config
+        .plugins
+        .get(plugin)
+        .and_then(|overrides| overrides.grace_ms)
+        .map_or(shared.config.grace, Duration::from_millis)
+}
+
+/// Verifies the bundle again and, when the plugin runs, starts the new version beside the
+/// old one: traffic switches once the new worker answers its health check, then the old
+/// one drains and stops. A new version that fails leaves the old one serving.
+fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
+    let state = plugin.lifecycle().state;
+    if !matches!(state, PluginState::Running | PluginState::Degraded) {
+        return reverify(shared, plugin, state);
+    }
+    let fail = |reason: String| {
+        let mut lifecycle = plugin.lifecycle();
+        set_state(shared, plugin, &mut lifecycle, state);
+        lifecycle.reason = Some(format!(
+            "reload failed, still running the old version: {reason}"
+        ));
+        drop(lifecycle);
+        shared.event(
+            Some(&plugin.name),
+            EventKind::ReloadFailed {
+                reason: reason.clone(),
+            },
+        );
+        EngineError::ReloadFailed {
+            plugin: plugin.name.clone(),
+            reason,
+        }
+    };
+    let verified = match verify_bundle(shared, plugin) {
+        Ok(verified) => verified,
+        Err(reason) => return Err(fail(reason)),
+    };
+    if let Err(err) = super::dependencies::check_running(shared, &plugin.name, &verified.manifest) {
+        return Err(fail(err.to_string()));
+    }
+    let generation = {
+        let mut lifecycle = plugin.lifecycle();
+        set_state(shared, plugin, &mut lifecycle, PluginState::Reloading);
+        lifecycle.generation + 1
+    };
+    let running = match spawn_worker(
+        shared,
+        plugin,
+        generation,
+        &verified.manifest,
+        &verified.library,
+        &verified.config,
+    ) {
+        Ok(running) => running,
+        Err(reason) => return Err(fail(format!("the new version did not start: {reason}"))),
+    };
+    if let Err(reason) = check_healthy(&running, &verified.manifest) {
+        running.worker.kill();
+        return Err(fail(reason));
+    }
+    let old_version = plugin
+        .lifecycle()
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.plugin.version.to_string());
+    let new_version = verified.manifest.plugin.version.to_string();
+    let digest = verified.trust.library_sha3_512.clone();
+    // Switch: new calls go to the new worker from here on.
+    let old = plugin
+        .running
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .replace(Arc::new(running));
+    {
+        let mut lifecycle = plugin.lifecycle();
+        let running = plugin.running().expect("just installed");
+        adopt_worker(shared, plugin, &mut lifecycle, &running);
+        lifecycle.manifest = Some(verified.manifest);
+        lifecycle.library = Some(verified.library);
+        lifecycle.config = verified.config;
+        lifecycle.trust = verified.trust;
+        lifecycle.last_reload = Some(SystemTime::now());
+        lifecycle.changed_on_disk = false;
+    }
+    // The old worker finishes what it was given, then stops.
+    if let Some(old) = old {
+        let grace = grace(shared, &plugin.name);
+        let deadline = Instant::now() + grace;
+        while old.worker.in_flight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        old.worker.stop(grace);
+    }
+    shared.event(
+        Some(&plugin.name),
+        EventKind::Reloaded {
+            from_version: old_version,
+            to_version: new_version,
+            library_sha3_512: digest,
+        },
+    );
+    let mut lifecycle = plugin.lifecycle();
+    set_state(shared, plugin, &mut lifecycle, PluginState::Running);
+    Ok(())
+}
+
+/// The reload of a plugin that is not running: its bundle is verified afresh.
+fn reverify(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    state: PluginState,
+) -> Result<(), EngineError> {
+    if matches!(
+        state,
+        PluginState::Starting
+            | PluginState::Stopping
+            | PluginState::Reloading
+            | PluginState::Quarantined
+    ) {
+        return Err(EngineError::WrongState {
+            plugin: plugin.name.clone(),
+            state,
+            action: "reload",
+            expected: "running, stopped or failed (a quarantined plugin is cleared first)",
+        });
+    }
+    let mut lifecycle = plugin.lifecycle();
+    lifecycle.library = None;
+    if !lifecycle.disabled {
+        lifecycle.state = PluginState::Discovered;
+    }
+    drop(lifecycle);
+    load(shared, plugin)?;
+    plugin.lifecycle().last_reload = Some(SystemTime::now());
+    Ok(())
+}
+
+/// Healthy means it answers its health check, with OK, within the manifest's timeout.
+fn check_healthy(running: &Running, manifest: &Manifest) -> Result<(), String> {
+    match running.worker.health(manifest.health.timeout()) {
+        Ok(outcome) if outcome.status == plugboard_sdk::abi::STATUS_OK => Ok(()),
+        Ok(outcome) => Err(format!(
+            "the new version reported itself unhealthy: {}",
+            String::from_utf8_lossy(&outcome.body)
+        )),
+        Err(err) => Err(format!(
+            "the new version did not answer its health check: {err}"
+        )),
+    }
+}
+
+fn set_enabled(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    enabled: bool,
+) -> Result<(), EngineError> {
+    let mut lifecycle = plugin.lifecycle();
+    if lifecycle.disabled != enabled {
+        return Ok(());
+    }
+    lifecycle.disabled = !enabled;
+    let state = lifecycle.state;
+    drop(lifecycle);
+    shared.event(Some(&plugin.name), EventKind::PluginToggled { enabled });
+    if enabled {
+        let mut lifecycle = plugin.lifecycle();
+        if lifecycle.state == PluginState::Disabled {
+            let to = if lifecycle.manifest.is_some() && lifecycle.library.is_some() {
+                PluginState::Verified
+            } else {
+                PluginState::Discovered
+            };
+            set_state(shared, plugin, &mut lifecycle, to);
+        }
+        return Ok(());
+    }
+    if plugin.running().is_some() || state == PluginState::BackingOff {
+        stop(shared, plugin, PluginState::Stopped)?;
+    } else if !matches!(
+        state,
+        PluginState::Rejected | PluginState::Quarantined | PluginState::Unloaded
+    ) {
+        let mut lifecycle = plugin.lifecycle();
+        set_state(shared, plugin, &mut lifecycle, PluginState::Disabled);
+    }
+    Ok(())
+}
+
+fn on_worker_event(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    generation: u64,
+    event: WorkerEvent,
+) {
+    match event {
+        WorkerEvent::Output { stream, line } => {
+            let kept = plugin
+                .output
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(stream, line.clone());
+            if kept {
+                shared.log_output(&plugin.name, stream, &line);
+            }
+        }
+        WorkerEvent::ForbiddenSyscall {
+            syscall, detail, ..
+        } => {
+            plugin.lifecycle().violations += 1;
+            shared.event(
+                Some(&plugin.name),
+                EventKind::ForbiddenSyscall { syscall, detail },
+            );
+        }
+        WorkerEvent::ProtocolViolation { reason } => {
+            plugin.lifecycle().violations += 1;
+            shared.event(Some(&plugin.name), EventKind::ProtocolViolation { reason });
+        }
+        WorkerEvent::Exited { status } => {
+            // An exit of the current worker while it should run is a crash; during a stop,
+            // or of a worker a reload replaced, it is expected.
+            let crashed = {
+                let lifecycle = plugin.lifecycle();
+                lifecycle.generation == generation && lifecycle.is_up()
+            };
+            if crashed {
+                on_crash(shared, plugin, status);
+            }
+        }
+    }
+}
+
+fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: crate::worker::ExitStatus) {
+    // Reap what is left (the cgroup, the worker's threads) before anyone is told, so
+    // whoever reacts to the crash finds nothing of the old worker.
+    let running = plugin
+        .running
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(running) = running {
+        running.worker.kill();
+    }
+    let mut lifecycle = plugin.lifecycle();
+    lifecycle.last_exit = Some(status);
+    lifecycle.reason = Some(format!("the worker ended unexpectedly: {status}"));
+    lifecycle.worker_pid = None;
+    lifecycle.sandbox_pid = None;
+    lifecycle.cgroup = None;
+    set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
+    drop(lifecycle);
+    shared.event(Some(&plugin.name), EventKind::Crashed { exit: status });
+    schedule_restart(shared, plugin);
+}
+
+/// After a crash (or a failed restart): the next restart with its delay, or Failed when
+/// the policy is off or the window's budget is spent.
+fn schedule_restart(shared: &Shared, plugin: &Plugin) {
+    let policy = &shared.config.restart;
+    let mut lifecycle = plugin.lifecycle();
+    if !policy.enabled || lifecycle.disabled {
+        return;
+    }
+    let now = Instant::now();
+    let window = policy.window();
+    while lifecycle
+        .backoff
+        .recent
+        .front()
+        .is_some_and(|at| now.duration_since(*at) > window)
+    {
+        lifecycle.backoff.recent.pop_front();
+    }
+    let used = u32::try_from(lifecycle.backoff.recent.len()).unwrap_or(u32::MAX);
+    if used >= policy.max_restarts {
+        lifecycle.reason = Some(format!(
+            "crashed again after {used} restarts within {} s: the restart budget is spent ({}); start it by hand",
+            policy.window_s,
+            lifecycle.reason.as_deref().unwrap_or("no reason recorded")
+        ));
+        drop(lifecycle);
+        shared.event(
+            Some(&plugin.name),
+            EventKind::RestartsExhausted {
+                restarts: used,
+                window_s: policy.window_s,
+            },
+        );
+        return;
+    }
+    let delay = policy.delay(used);
+    lifecycle.backoff.next_retry = Some((now + delay, SystemTime::now() + delay));
+    set_state(shared, plugin, &mut lifecycle, PluginState::BackingOff);
+    drop(lifecycle);
+    shared.event(
+        Some(&plugin.name),
+        EventKind::BackingOff {
+            attempt: used + 1,
+            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            budget_left: policy.max_restarts - used,
+        },
+    );
+}
+
+fn restart_after_backoff(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
+    {
+        let mut lifecycle = plugin.lifecycle();
+        lifecycle.backoff.next_retry = None;
+        lifecycle.backoff.recent.push_back(Instant::now());
+        lifecycle.restarts += 1;
+    }
+    if let Err(err) = start(shared, plugin) {
+        plugin.lifecycle().reason = Some(format!("restart failed: {err}"));
+        schedule_restart(shared, plugin);
+    }
+}
+
+fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange) {
+    let dir = plugin.dir.display().to_string();
+    let reload_now = {
+        let mut lifecycle = plugin.lifecycle();
+        match change {
+            DiskChange::Changed => {
+                lifecycle.changed_on_disk = true;
+                lifecycle.removed_from_disk = false;
+            }
+            DiskChange::Removed => lifecycle.removed_from_disk = true,
+            DiskChange::Restored => {
+                lifecycle.removed_from_disk = false;
+                lifecycle.changed_on_disk = true;
+            }
+        }
+        change != DiskChange::Removed
+            && shared.config.watch.reload_on_change
+            && matches!(
+                lifecycle.state,
+                PluginState::Running | PluginState::Degraded
+            )
+    };
+    shared.event(
+        Some(&plugin.name),
+        match change {
+            DiskChange::Changed | DiskChange::Restored => EventKind::BundleChanged { dir },
+            DiskChange::Removed => EventKind::BundleRemoved { dir },
+        },
+    );
+    if reload_now {
+        // A failed reload is recorded by `reload` itself; the old version keeps serving.
+        let _ = reload(shared, plugin);
+    }
+}
+
+/// Milliseconds since the epoch, for snapshots.
+pub(crate) fn millis(time: Option<SystemTime>) -> Option<u64> {
+    time.map(unix_millis)
+}

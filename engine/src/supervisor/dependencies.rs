@@ -1,0 +1,148 @@
+//! `[dependencies]`: which plugins must run before another, resolved by semver.
+
+use std::sync::Arc;
+
+use super::{ActorMessage, Plugin};
+use crate::engine::{EngineError, Shared};
+use crate::manifest::Manifest;
+use crate::snapshot::PluginState;
+
+/// The plugins to start for `name`, dependencies first (each once), `name` last. Loads
+/// (verifies) every plugin on the way so their manifests and versions are known; refuses a
+/// missing or incompatible dependency and a cycle, naming them.
+pub(crate) fn start_order(shared: &Shared, name: &str) -> Result<Vec<Arc<Plugin>>, EngineError> {
+    let mut order = Vec::new();
+    let mut path = Vec::new();
+    visit(shared, name, &mut path, &mut order)?;
+    Ok(order)
+}
+
+fn visit(
+    shared: &Shared,
+    name: &str,
+    path: &mut Vec<String>,
+    order: &mut Vec<Arc<Plugin>>,
+) -> Result<(), EngineError> {
+    if order.iter().any(|plugin| plugin.name == name) {
+        return Ok(());
+    }
+    if let Some(at) = path.iter().position(|seen| seen == name) {
+        let mut cycle = path[at..].to_vec();
+        cycle.push(name.to_owned());
+        return Err(EngineError::DependencyCycle {
+            cycle: cycle.join(" → "),
+        });
+    }
+    let plugin = shared.plugin(name)?;
+    let manifest = loaded_manifest(&plugin)?;
+    path.push(name.to_owned());
+    for (dependency, requirement) in &manifest.dependencies {
+        let Ok(target) = shared.plugin(dependency) else {
+            return Err(EngineError::MissingDependency {
+                plugin: name.to_owned(),
+                dependency: dependency.clone(),
+                requirement: requirement.to_string(),
+            });
+        };
+        let found = loaded_manifest(&target).map_err(|err| EngineError::DependencyUnavailable {
+            plugin: name.to_owned(),
+            dependency: dependency.clone(),
+            reason: err.to_string(),
+        })?;
+        if !requirement.matches(&found.plugin.version) {
+            return Err(EngineError::IncompatibleDependency {
+                plugin: name.to_owned(),
+                dependency: dependency.clone(),
+                requirement: requirement.to_string(),
+                found: found.plugin.version.to_string(),
+            });
+        }
+        visit(shared, dependency, path, order)?;
+    }
+    path.pop();
+    order.push(plugin);
+    Ok(())
+}
+
+/// The plugin's manifest, verifying the bundle first when that has not happened yet.
+fn loaded_manifest(plugin: &Plugin) -> Result<Manifest, EngineError> {
+    if let Some(manifest) = plugin.lifecycle().manifest.clone() {
+        return Ok(manifest);
+    }
+    plugin.ask(ActorMessage::Load)?;
+    plugin
+        .lifecycle()
+        .manifest
+        .clone()
+        .ok_or_else(|| EngineError::Gone {
+            plugin: plugin.name.clone(),
+        })
+}
+
+/// At start: every dependency of `manifest` must be up, in a matching version.
+pub(crate) fn check_running(
+    shared: &Shared,
+    name: &str,
+    manifest: &Manifest,
+) -> Result<(), EngineError> {
+    for (dependency, requirement) in &manifest.dependencies {
+        let Ok(target) = shared.plugin(dependency) else {
+            return Err(EngineError::MissingDependency {
+                plugin: name.to_owned(),
+                dependency: dependency.clone(),
+                requirement: requirement.to_string(),
+            });
+        };
+        let lifecycle = target.lifecycle();
+        let version = lifecycle
+            .manifest
+            .as_ref()
+            .map(|manifest| manifest.plugin.version.clone());
+        let up = lifecycle.is_up() && lifecycle.state != PluginState::Starting;
+        let state = lifecycle.state;
+        drop(lifecycle);
+        if !up {
+            return Err(EngineError::DependencyUnavailable {
+                plugin: name.to_owned(),
+                dependency: dependency.clone(),
+                reason: format!("it is {}", state.as_str()),
+            });
+        }
+        if let Some(version) = version.filter(|version| !requirement.matches(version)) {
+            return Err(EngineError::IncompatibleDependency {
+                plugin: name.to_owned(),
+                dependency: dependency.clone(),
+                requirement: requirement.to_string(),
+                found: version.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The running plugins that depend on `name`, directly or through others, the farthest
+/// dependents first: the order to stop them in before `name`.
+pub(crate) fn running_dependents(shared: &Shared, name: &str) -> Vec<Arc<Plugin>> {
+    let plugins = shared.all_plugins();
+    let mut found: Vec<Arc<Plugin>> = Vec::new();
+    let mut frontier = vec![name.to_owned()];
+    while let Some(current) = frontier.pop() {
+        for plugin in &plugins {
+            let lifecycle = plugin.lifecycle();
+            let depends = lifecycle
+                .manifest
+                .as_ref()
+                .is_some_and(|manifest| manifest.dependencies.contains_key(&current));
+            let up = lifecycle.is_up() || lifecycle.state == PluginState::BackingOff;
+            drop(lifecycle);
+            if depends && up && plugin.name != name {
+                found.retain(|known| known.name != plugin.name);
+                found.push(Arc::clone(plugin));
+                frontier.push(plugin.name.clone());
+            }
+        }
+    }
+    // Found breadth-first from `name`: the last found depend on the earlier ones.
+    found.reverse();
+    found
+}

@@ -1,0 +1,499 @@
+//! Watches bundle directories and reports bundles that appeared, changed or went away.
+//!
+//! The roots are plugin directories (each direct child holding a `plugin.toml` is a bundle)
+//! and single bundle directories. `notify` reports raw file-system events
+//! (inotify on Linux) and `notify-debouncer-full` coalesces them per path; the watcher then
+//! maps every path to the bundle it belongs to (`<plugin_dir>/<bundle>/…` belongs to
+//! `<plugin_dir>/<bundle>`) and reports a bundle once it has been quiet for the debounce
+//! interval, so a copy of three files, or an editor's burst of writes, is one report.
+//!
+//! What is reported is decided by the state on disk when the bundle has settled, not by
+//! the kinds of the events: a directory that now holds a `plugin.toml` and was not known is
+//! [`BundleChange::Added`]; one that was known and still has it is
+//! [`BundleChange::Changed`]; a known one that is gone, or lost its `plugin.toml`, is
+//! [`BundleChange::Removed`]. Reading a bundle (the engine opening its files to verify
+//! them) is not a change: access events are ignored.
+//!
+//! When the kernel's event queue overflows, or the watcher reports an error, every root is
+//! rescanned: bundles are compared with the set of known ones, and a known bundle counts as
+//! changed only if the size, time stamps or identity of one of its entries differ from what
+//! was seen last. A root that is removed and created again is watched again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::EventKind;
+use notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, new_debouncer_opt};
+
+/// The file whose presence makes a directory a bundle.
+const MANIFEST_FILE: &str = "plugin.toml";
+/// A bundle written to without pause is still reported after this many debounce intervals.
+const MAX_DELAY_FACTOR: u32 = 10;
+/// Runtime errors kept for [`BundleWatcher::take_errors`].
+const MAX_KEPT_ERRORS: usize = 16;
+
+/// What happened to one bundle directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BundleChange {
+    /// A directory with a `plugin.toml` that was not known before.
+    Added(PathBuf),
+    /// A known bundle whose files changed.
+    Changed(PathBuf),
+    /// A known bundle that is gone, or no longer has a `plugin.toml`.
+    Removed(PathBuf),
+}
+
+impl BundleChange {
+    /// The bundle directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Added(path) | Self::Changed(path) | Self::Removed(path) => path,
+        }
+    }
+}
+
+/// Why watching could not start, or what went wrong while watching.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start the file watcher: {source}")]
+    Start { source: notify::Error },
+    #[error("cannot watch {}: {source}", dir.display())]
+    Watch { dir: PathBuf, source: notify::Error },
+    #[error("cannot list the plugin directory {}: {source}", dir.display())]
+    List { dir: PathBuf, source: io::Error },
+    #[error("watching the bundle directories: {reason}")]
+    Runtime { reason: String },
+}
+
+type FileDebouncer = Debouncer<RecommendedWatcher, NoCache>;
+
+/// Watches plugin and bundle directories until dropped.
+pub struct BundleWatcher {
+    debouncer: Arc<Mutex<Option<FileDebouncer>>>,
+    stopped: Arc<AtomicBool>,
+    errors: Arc<Mutex<Vec<WatchError>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BundleWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleWatcher")
+            .field("stopped", &self.stopped.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the debouncer hands the classifier thread.
+enum Signal {
+    Paths(Vec<PathBuf>),
+    Rescan,
+    Error(String),
+}
+
+/// A watched root: a plugin directory (its children are bundles) or one bundle directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Root {
+    path: PathBuf,
+    kind: RootKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootKind {
+    PluginDir,
+    Bundle,
+}
+
+impl BundleWatcher {
+    /// Starts watching `plugin_dirs` (every direct child with a `plugin.toml` is a bundle)
+    /// and the single bundle directories `bundles`. Bundles present now are known; from
+    /// here on `on_changes` is called, from a thread of the watcher, with the bundles that
+    /// were added, changed or removed, each once it has been quiet for `debounce`.
+    ///
+    /// Every directory must exist. Dropping the watcher stops it; once the drop returns,
+    /// `on_changes` is not called again.
+    pub fn start(
+        plugin_dirs: &[PathBuf],
+        bundles: &[PathBuf],
+        debounce: Duration,
+        on_changes: impl Fn(Vec<BundleChange>) + Send + 'static,
+    ) -> Result<Self, WatchError> {
+        let roots: Vec<Root> = plugin_dirs
+            .iter()
+            .map(|path| Root {
+                path: path.clone(),
+                kind: RootKind::PluginDir,
+            })
+            .chain(bundles.iter().map(|path| Root {
+                path: path.clone(),
+                kind: RootKind::Bundle,
+            }))
+            .collect();
+        let (signals, inbox) = mpsc::channel::<Signal>();
+        // The debouncer only tidies the raw events per path; the quiet window per bundle is
+        // applied by the classifier.
+        let raw_debounce = (debounce / 4).max(Duration::from_millis(5));
+        let mut debouncer = new_debouncer_opt::<_, RecommendedWatcher, NoCache>(
+            raw_debounce,
+            None,
+            move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    let mut paths = Vec::new();
+                    for event in events {
+                        if event.need_rescan() {
+                            let _ = signals.send(Signal::Rescan);
+                        } else if !matches!(event.kind, EventKind::Access(_)) {
+                            paths.extend(event.event.paths);
+                        }
+                    }
+                    if !paths.is_empty() {
+                        let _ = signals.send(Signal::Paths(paths));
+                    }
+                }
+                Err(errors) => {
+                    for error in errors {
+                        let _ = signals.send(Signal::Error(error.to_string()));
+                    }
+                }
+            },
+            NoCache,
+            notify::Config::default(),
+        )
+        .map_err(|source| WatchError::Start { source })?;
+        for root in &roots {
+            debouncer
+                .watch(&root.path, RecursiveMode::Recursive)
+                .map_err(|source| WatchError::Watch {
+                    dir: root.path.clone(),
+                    source,
+                })?;
+            // The parent tells us when the root itself is removed and created again (its
+            // own watch goes away with it). Best effort: the root's watch is what matters.
+            if let Some(parent) = root.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let _ = debouncer.watch(parent, RecursiveMode::NonRecursive);
+            }
+        }
+        // Listed after the watches are in place, so nothing happens unseen in between.
+        let mut known = BTreeMap::new();
+        for root in &roots {
+            for bundle in candidates(root)? {
+                if is_bundle(&bundle) {
+                    let print = fingerprint(&bundle);
+                    known.insert(bundle, print);
+                }
+            }
+        }
+        let debouncer = Arc::new(Mutex::new(Some(debouncer)));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let mut classifier = Classifier {
+            roots,
+            known,
+            pending: HashMap::new(),
+            rescan: BTreeMap::new(),
+            quiet: debounce,
+            max_delay: debounce.saturating_mul(MAX_DELAY_FACTOR),
+            debouncer: Arc::clone(&debouncer),
+            errors: Arc::clone(&errors),
+        };
+        let thread_stopped = Arc::clone(&stopped);
+        let thread = std::thread::Builder::new()
+            .name("pb-bundle-watcher".to_owned())
+            .spawn(move || classifier.run(&inbox, &thread_stopped, &on_changes))
+            .map_err(|err| WatchError::Start {
+                source: notify::Error::io(err),
+            })?;
+        Ok(Self {
+            debouncer,
+            stopped,
+            errors,
+            thread: Some(thread),
+        })
+    }
+
+    /// Errors the watcher ran into since the last call (each also triggered a rescan), at
+    /// most the newest 16.
+    pub fn take_errors(&self) -> Vec<WatchError> {
+        std::mem::take(&mut *self.errors.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Drop for BundleWatcher {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let debouncer = self
+            .debouncer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Joins the debouncer's thread, which drops its end of the channel: the classifier
+        // sees the channel close and ends.
+        if let Some(debouncer) = debouncer {
+            debouncer.stop();
+        }
+        if let Some(thread) = self.thread.take() {
+            // Dropped from inside `on_changes`: the classifier ends on its own.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// What was seen of a bundle's entries: name → (size, mtime, ctime, inode). Used only to
+/// tell after a rescan whether a bundle changed while no events were seen.
+type Fingerprint = BTreeMap<std::ffi::OsString, (u64, i64, i64, i64, i64, u64)>;
+
+fn fingerprint(bundle: &Path) -> Fingerprint {
+    let Ok(entries) = std::fs::read_dir(bundle) else {
+        return Fingerprint::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            // Follows symbolic links: a bundle's library may be one.
+            let meta = std::fs::metadata(entry.path()).ok()?;
+            Some((
+                entry.file_name(),
+                (
+                    meta.len(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.ctime(),
+                    meta.ctime_nsec(),
+                    meta.ino(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn is_bundle(dir: &Path) -> bool {
+    dir.join(MANIFEST_FILE).is_file()
+}
+
+/// The directories under `root` that are (or may be) bundles right now.
+fn candidates(root: &Root) -> Result<Vec<PathBuf>, WatchError> {
+    match root.kind {
+        RootKind::Bundle => Ok(vec![root.path.clone()]),
+        RootKind::PluginDir => {
+            let entries = std::fs::read_dir(&root.path).map_err(|source| WatchError::List {
+                dir: root.path.clone(),
+                source,
+            })?;
+            Ok(entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| path.is_dir())
+                .collect())
+        }
+    }
+}
+
+/// A bundle waiting for its quiet window to pass.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+    /// Events were seen for it (else it is only being rescanned).
+    touched: bool,
+}
+
+struct Classifier {
+    roots: Vec<Root>,
+    known: BTreeMap<PathBuf, Fingerprint>,
+    pending: HashMap<PathBuf, Pending>,
+    /// Roots to list again (and watch again) once quiet, with when they were last marked.
+    rescan: BTreeMap<usize, Instant>,
+    quiet: Duration,
+    max_delay: Duration,
+    debouncer: Arc<Mutex<Option<FileDebouncer>>>,
+    errors: Arc<Mutex<Vec<WatchError>>>,
+}
+
+impl Classifier {
+    fn run(
+        &mut self,
+        inbox: &mpsc::Receiver<Signal>,
+        stopped: &AtomicBool,
+        on_changes: &dyn Fn(Vec<BundleChange>),
+    ) {
+        loop {
+            let wait = self
+                .next_deadline()
+                .map_or(Duration::from_secs(3600), |deadline| {
+                    deadline.saturating_duration_since(Instant::now())
+                });
+            match inbox.recv_timeout(wait) {
+                Ok(Signal::Paths(paths)) => {
+                    let now = Instant::now();
+                    for path in paths {
+                        self.touch(&path, now);
+                    }
+                }
+                Ok(Signal::Rescan) => self.rescan_all(Instant::now()),
+                Ok(Signal::Error(reason)) => {
+                    let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+                    if errors.len() >= MAX_KEPT_ERRORS {
+                        errors.remove(0);
+                    }
+                    errors.push(WatchError::Runtime { reason });
+                    drop(errors);
+                    self.rescan_all(Instant::now());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let changes = self.settle(Instant::now());
+            if !changes.is_empty() && !stopped.load(Ordering::SeqCst) {
+                // A panicking callback must not end the watching.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    on_changes(changes);
+                }));
+            }
+        }
+    }
+
+    /// Classifies every bundle (and rescans every root) whose quiet window has passed.
+    fn settle(&mut self, now: Instant) -> Vec<BundleChange> {
+        let settled: Vec<usize> = self
+            .rescan
+            .iter()
+            .filter(|(_, last)| now >= **last + self.quiet)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in settled {
+            self.rescan.remove(&index);
+            self.rescan_root(index, now);
+        }
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| {
+                now >= pending.last + self.quiet || now >= pending.first + self.max_delay
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        let mut changes: Vec<BundleChange> = due
+            .into_iter()
+            .filter_map(|path| {
+                let pending = self.pending.remove(&path)?;
+                self.classify(path, pending.touched)
+            })
+            .collect();
+        changes.sort();
+        changes
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|pending| (pending.last + self.quiet).min(pending.first + self.max_delay))
+            .chain(self.rescan.values().map(|last| *last + self.quiet))
+            .min()
+    }
+
+    fn rescan_all(&mut self, now: Instant) {
+        for index in 0..self.roots.len() {
+            self.rescan.insert(index, now);
+        }
+    }
+
+    /// Notes an event on `path`: the bundles it belongs to wait for their quiet window.
+    fn touch(&mut self, path: &Path, now: Instant) {
+        let mut bundles = Vec::new();
+        for (index, root) in self.roots.iter().enumerate() {
+            if path == root.path {
+                // The root itself appeared, went away or moved: list it (and watch it)
+                // again once things settle.
+                self.rescan.insert(index, now);
+            }
+            let Ok(rest) = path.strip_prefix(&root.path) else {
+                continue;
+            };
+            match root.kind {
+                RootKind::Bundle => bundles.push(root.path.clone()),
+                RootKind::PluginDir => {
+                    if let Some(first) = rest.components().next() {
+                        bundles.push(root.path.join(first));
+                    }
+                }
+            }
+        }
+        for bundle in bundles {
+            self.pending
+                .entry(bundle)
+                .and_modify(|pending| {
+                    pending.last = now;
+                    pending.touched = true;
+                })
+                .or_insert(Pending {
+                    first: now,
+                    last: now,
+                    touched: true,
+                });
+        }
+    }
+
+    /// Lists a root again: watches it again if it came back, and queues every bundle in
+    /// it, and every known one that was in it, for classification now.
+    fn rescan_root(&mut self, index: usize, now: Instant) {
+        let root = self.roots[index].clone();
+        if root.path.is_dir()
+            && let Some(debouncer) = self
+                .debouncer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+        {
+            // Idempotent for a root that is still watched.
+            let _ = debouncer.watch(&root.path, RecursiveMode::Recursive);
+        }
+        let mut bundles = candidates(&root).unwrap_or_default();
+        bundles.extend(
+            self.known
+                .keys()
+                .filter(|known| match root.kind {
+                    RootKind::Bundle => **known == root.path,
+                    RootKind::PluginDir => known.parent() == Some(root.path.as_path()),
+                })
+                .cloned(),
+        );
+        for bundle in bundles {
+            self.pending.entry(bundle).or_insert(Pending {
+                first: now,
+                last: now.checked_sub(self.quiet).unwrap_or(now),
+                touched: false,
+            });
+        }
+    }
+
+    /// Decides what happened to `bundle`, from the disk as it is now.
+    fn classify(&mut self, bundle: PathBuf, touched: bool) -> Option<BundleChange> {
+        let present = is_bundle(&bundle);
+        match (present, self.known.contains_key(&bundle)) {
+            (true, true) => {
+                let print = fingerprint(&bundle);
+                let previous = self.known.insert(bundle.clone(), print.clone());
+                (touched || previous.as_ref() != Some(&print))
+                    .then_some(BundleChange::Changed(bundle))
+            }
+            (true, false) => {
+                let print = fingerprint(&bundle);
+                self.known.insert(bundle.clone(), print);
+                Some(BundleChange::Added(bundle))
+            }
+            (false, true) => {
+                self.known.remove(&bundle);
+                Some(BundleChange::Removed(bundle))
+            }
+            (false, false) => None,
+        }
+    }
+}

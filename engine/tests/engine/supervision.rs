@@ -1,0 +1,693 @@
+//! Supervision over real confined workers: restarts with backoff, reload without losing a
+//! call, dependencies, persisted toggles, the host's caps and overrides.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use plugboard_engine::supervisor::RestartPolicy;
+use plugboard_engine::{Command, EngineError, EventKind, PluginState};
+
+use crate::runtime::{
+    add_bundle, call, engine_configured, plugin, process_alive, same, start, wait_for,
+};
+
+fn restart_policy(initial_ms: u64, max_restarts: u32) -> RestartPolicy {
+    RestartPolicy {
+        enabled: true,
+        initial_delay_ms: initial_ms,
+        factor: 2.0,
+        max_delay_ms: 10_000,
+        max_restarts,
+        window_s: 60,
+    }
+}
+
+fn stop(engine: &plugboard_engine::Engine, name: &str, force: bool) -> Result<(), EngineError> {
+    engine
+        .execute(Command::Stop {
+            plugin: name.to_owned(),
+            force,
+        })
+        .map(drop)
+}
+
+#[test]
+fn a_crashing_plugin_restarts_with_growing_delays_until_its_budget_is_spent() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart = restart_policy(300, 2);
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    for (attempt, delay_ms) in [(1u32, 300u64), (2, 600)] {
+        assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+        let crashed = wait_for(&fixture.events, Duration::from_secs(2), |event| {
+            matches!(event.kind, EventKind::Crashed { .. })
+        });
+        let backing_off = wait_for(&fixture.events, Duration::from_secs(1), |event| {
+            matches!(event.kind, EventKind::BackingOff { .. })
+        });
+        assert_eq!(
+            backing_off.kind,
+            EventKind::BackingOff {
+                attempt,
+                delay_ms,
+                budget_left: 3 - attempt,
+            }
+        );
+        let waiting = plugin(engine, "prober");
+        assert_eq!(waiting.state, PluginState::BackingOff);
+        assert_eq!(waiting.supervision.backoff_step, attempt - 1);
+        assert_eq!(waiting.supervision.restart_budget_left, 3 - attempt);
+        let next_retry = waiting
+            .supervision
+            .next_retry_ms
+            .expect("a retry is scheduled");
+        assert!(
+            next_retry.abs_diff(crashed.at_ms + delay_ms) < 150,
+            "retry at {next_retry}, crash at {} + {delay_ms}",
+            crashed.at_ms
+        );
+        let restarted = wait_for(&fixture.events, Duration::from_secs(3), |event| {
+            matches!(event.kind, EventKind::Started { .. })
+        });
+        let waited = restarted.at_ms - crashed.at_ms;
+        assert!(
+            (delay_ms..delay_ms + 700).contains(&waited),
+            "attempt {attempt}: restarted {waited} ms after the crash, policy says {delay_ms} ms"
+        );
+        assert_eq!(call(engine, "prober", "whoami", "").status, "ok");
+    }
+    // The third crash within the window finds the budget spent.
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        event.kind
+            == EventKind::RestartsExhausted {
+                restarts: 2,
+                window_s: 60,
+            }
+    });
+    let failed = plugin(engine, "prober");
+    assert_eq!(failed.state, PluginState::Failed);
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("restart budget"),
+        "{:?}",
+        failed.reason
+    );
+    assert_eq!(
+        (failed.supervision.starts, failed.supervision.restarts),
+        (3, 2)
+    );
+    assert_eq!(failed.supervision.restart_budget_left, 0);
+    assert!(failed.supervision.next_retry_ms.is_none());
+    // An operator's start begins afresh.
+    start(engine, "prober");
+    assert_eq!(plugin(engine, "prober").state, PluginState::Running);
+}
+
+#[test]
+fn stopping_a_plugin_that_is_backing_off_cancels_its_restart() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart = restart_policy(400, 3);
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    call(engine, "prober", "crash", "");
+    wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(event.kind, EventKind::BackingOff { .. })
+    });
+    stop(engine, "prober", false).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let stopped = plugin(engine, "prober");
+    assert_eq!(stopped.state, PluginState::Stopped);
+    assert_eq!(stopped.supervision.starts, 1, "no restart after the stop");
+}
+
+fn version_2(manifest: &str) -> String {
+    manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+}
+
+#[test]
+fn a_reload_under_continuous_traffic_loses_no_call() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "hello");
+    let old_pid = plugin(&engine, "hello").worker_pid.unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let answered = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (engine, running, answered) = (
+                Arc::clone(&engine),
+                Arc::clone(&running),
+                Arc::clone(&answered),
+            );
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while running.load(Ordering::SeqCst) {
+                    let report = call(&engine, "hello", "greet", "reload");
+                    if report.status == "ok" {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        failures.push(report);
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        "hello",
+        version_2,
+    );
+    let before = answered.load(Ordering::SeqCst);
+    engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .expect("the new version takes over");
+    std::thread::sleep(Duration::from_millis(200));
+    running.store(false, Ordering::SeqCst);
+    let failures: Vec<_> = callers
+        .into_iter()
+        .flat_map(|caller| caller.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "calls lost during the reload: {failures:?}"
+    );
+    assert!(
+        answered.load(Ordering::SeqCst) > before + 10,
+        "traffic kept flowing"
+    );
+    let reloaded = plugin(&engine, "hello");
+    assert_eq!(reloaded.state, PluginState::Running);
+    assert_eq!(reloaded.version.as_deref(), Some("0.2.0"));
+    assert_ne!(reloaded.worker_pid, Some(old_pid));
+    assert!(reloaded.supervision.last_reload_ms.is_some());
+    assert!(!process_alive(old_pid), "the old worker is gone");
+    let events = engine.recent_events();
+    assert!(events.iter().any(|event| matches!(
+        &event.kind,
+        EventKind::Reloaded { from_version: Some(from), to_version, .. }
+            if from == "0.1.0" && to_version == "0.2.0"
+    )));
+}
+
+#[test]
+fn a_reload_to_a_broken_bundle_leaves_the_old_version_serving() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let before = plugin(engine, "hello");
+    // Tampered after signing: the library no longer matches the signature.
+    let library = fixture.plugins.join("hello/libhello.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&library, bytes).unwrap();
+    let err = engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::ReloadFailed { .. })
+            && err.to_string().contains("old version keeps serving"),
+        "{err}"
+    );
+    wait_for(&fixture.events, Duration::from_secs(1), |event| {
+        matches!(event.kind, EventKind::ReloadFailed { .. })
+    });
+    let after = plugin(engine, "hello");
+    assert_eq!(after.state, PluginState::Running);
+    assert_eq!(after.worker_pid, before.worker_pid);
+    assert_eq!(after.trust.library_sha3_512, before.trust.library_sha3_512);
+    assert_eq!(call(engine, "hello", "greet", "still").status, "ok");
+}
+
+#[test]
+fn a_reload_whose_new_version_cannot_start_leaves_the_old_version_serving() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let before = plugin(engine, "hello").worker_pid;
+    // Signed and verified, but the library has no plugin entry point: the new worker
+    // reports that it cannot load it.
+    let manifest = fixture.temp.path().join("hello.toml");
+    std::fs::write(
+        &manifest,
+        version_2(
+            &std::fs::read_to_string(crate::support::repo_root().join("plugins/hello/plugin.toml"))
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    crate::support::make_bundle(
+        &fixture.plugins.join("hello"),
+        &manifest,
+        &crate::support::compile_c_fixture(fixture.temp.path(), "no_entry"),
+        "libhello.so",
+        Some(&fixture.signer.key),
+    );
+    let err = engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("did not start"), "{err}");
+    assert_eq!(plugin(engine, "hello").worker_pid, before);
+    assert_eq!(call(engine, "hello", "greet", "still").status, "ok");
+}
+
+fn counter_needs_hello(manifest: &str) -> String {
+    format!("{manifest}\n[dependencies]\nhello = \"^0.1\"\n")
+}
+
+#[test]
+fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
+    let fixture = engine_configured(
+        &[
+            ("hello", "hello", same),
+            ("counter", "counter", counter_needs_hello),
+        ],
+        |_| {},
+    );
+    let engine = &fixture.engine;
+    start(engine, "counter");
+    let (hello, counter) = (plugin(engine, "hello"), plugin(engine, "counter"));
+    assert_eq!(
+        (hello.state, counter.state),
+        (PluginState::Running, PluginState::Running)
+    );
+    assert_eq!(
+        counter.dependencies.get("hello").map(String::as_str),
+        Some("^0.1")
+    );
+    let started: Vec<String> = engine
+        .recent_events()
+        .into_iter()
+        .filter(|event| matches!(event.kind, EventKind::Started { .. }))
+        .filter_map(|event| event.plugin)
+        .collect();
+    assert_eq!(started, ["hello", "counter"], "the dependency starts first");
+
+    let err = stop(engine, "hello", false).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::HasDependents { dependents, .. } if dependents == &["counter"]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("counter"), "{err}");
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+    let err = engine
+        .execute(Command::Unload {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap_err();
+    assert!(matches!(err, EngineError::HasDependents { .. }), "{err}");
+
+    stop(engine, "hello", true).unwrap();
+    assert_eq!(plugin(engine, "hello").state, PluginState::Stopped);
+    assert_eq!(plugin(engine, "counter").state, PluginState::Stopped);
+}
+
+#[test]
+fn missing_incompatible_and_cyclic_dependencies_are_refused_by_name() {
+    let fixture = engine_configured(
+        &[
+            ("hello", "hello", |manifest| {
+                format!("{manifest}\n[dependencies]\ncounter = \"*\"\n")
+            }),
+            ("counter", "counter", counter_needs_hello),
+            ("prober", "prober", |manifest| {
+                format!("{manifest}\n[dependencies]\nmissing-one = \"^1\"\n")
+            }),
+            ("panicky", "panicky", |manifest| {
+                format!("{manifest}\n[dependencies]\nhello = \">=2\"\n")
+            }),
+        ],
+        |_| {},
+    );
+    let engine = &fixture.engine;
+    let start_error = |name: &str| {
+        engine
+            .execute(Command::Start {
+                plugin: name.to_owned(),
+            })
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        start_error("counter"),
+        "dependency cycle: counter → hello → counter"
+    );
+    assert_eq!(
+        start_error("prober"),
+        "`prober` depends on `missing-one` (^1), but no plugin of that name is known"
+    );
+    assert_eq!(
+        start_error("panicky"),
+        "`panicky` depends on `hello` >=2, but `hello` is version 0.1.0"
+    );
+    for name in ["hello", "counter", "prober", "panicky"] {
+        assert_ne!(plugin(engine, name).state, PluginState::Running, "{name}");
+    }
+}
+
+#[test]
+fn hook_and_plugin_toggles_persist_across_engine_restarts() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("state.json");
+    let fixture = engine_configured(
+        &[("hello", "hello", same), ("counter", "counter", same)],
+        |config| config.state_file = Some(state_file.clone()),
+    );
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    start(engine, "counter");
+    engine
+        .execute(Command::DisableHook {
+            plugin: "hello".into(),
+            hook: "greet".into(),
+        })
+        .unwrap();
+    let refused = call(engine, "hello", "greet", "x");
+    assert_eq!(refused.status, "disabled", "{refused:?}");
+    assert!(
+        engine
+            .emit("greet", b"x")
+            .iter()
+            .all(|report| report.plugin != "hello"),
+        "emits skip a disabled hook"
+    );
+    engine
+        .execute(Command::Disable {
+            plugin: "counter".into(),
+        })
+        .unwrap();
+    let counter = plugin(engine, "counter");
+    assert_eq!(
+        (counter.state, counter.enabled),
+        (PluginState::Disabled, false)
+    );
+    assert!(counter.worker_pid.is_none());
+    let err = engine
+        .execute(Command::Start {
+            plugin: "counter".into(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("enabled first"), "{err}");
+    let saved = std::fs::read_to_string(&state_file).unwrap();
+    assert!(
+        saved.contains("greet") && saved.contains("counter"),
+        "{saved}"
+    );
+
+    // A new engine over the same bundles and state file remembers both.
+    let plugins = fixture.plugins.clone();
+    let store = fixture.signer.store_dir.clone();
+    drop(fixture.engine);
+    let mut config = plugboard_engine::EngineConfig::new(crate::worker::host_binary());
+    config.plugin_dirs = vec![plugins];
+    config.trust_store = Some(store);
+    config.state_file = Some(state_file.clone());
+    let engine = plugboard_engine::Engine::start(config).unwrap();
+    assert_eq!(plugin(&engine, "hello").disabled_hooks, ["greet"]);
+    assert_eq!(plugin(&engine, "counter").state, PluginState::Disabled);
+    engine
+        .execute(Command::Enable {
+            plugin: "counter".into(),
+        })
+        .unwrap();
+    engine
+        .execute(Command::EnableHook {
+            plugin: "hello".into(),
+            hook: "greet".into(),
+        })
+        .unwrap();
+    start(&engine, "counter");
+    start(&engine, "hello");
+    assert_eq!(call(&engine, "hello", "greet", "x").status, "ok");
+    assert!(plugin(&engine, "hello").disabled_hooks.is_empty());
+}
+
+#[test]
+fn max_plugins_caps_how_many_run_at_once() {
+    let fixture = engine_configured(
+        &[("hello", "hello", same), ("counter", "counter", same)],
+        |config| config.max_plugins = Some(1),
+    );
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let err = engine
+        .execute(Command::Start {
+            plugin: "counter".into(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_plugins") && err.contains("hello"),
+        "{err}"
+    );
+    stop(engine, "hello", false).unwrap();
+    start(engine, "counter");
+}
+
+#[test]
+fn a_call_beyond_max_in_flight_is_refused_as_busy_and_counted() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.plugins.insert(
+            "prober".into(),
+            plugboard_engine::supervisor::PluginOverrides {
+                resources: plugboard_engine::manifest::Resources {
+                    max_in_flight: Some(1),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+    });
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "prober");
+    let sleeper = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || call(&engine, "prober", "sleep", "200"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while plugin(&engine, "prober")
+        .hooks
+        .get("sleep")
+        .is_none_or(|hook| hook.in_flight == 0)
+    {
+        assert!(Instant::now() < deadline, "the sleep call never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let refused = call(&engine, "prober", "sleep", "1");
+    assert_eq!(refused.status, "busy", "{refused:?}");
+    assert_eq!(sleeper.join().unwrap().status, "ok");
+    let stats = &plugin(&engine, "prober").hooks["sleep"];
+    assert_eq!((stats.calls, stats.busy), (2, 1));
+}
+
+#[test]
+fn host_overrides_reach_the_plugin_config_and_its_cgroup_and_the_budget_caps_the_scope() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.memory_budget_mb = Some(256);
+        config.plugins.insert(
+            "hello".into(),
+            plugboard_engine::supervisor::PluginOverrides {
+                config: [("greeting".to_owned(), serde_json::json!("Howdy"))].into(),
+                resources: plugboard_engine::manifest::Resources {
+                    memory_mb: Some(48),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let reply = call(engine, "hello", "greet", "admin");
+    assert!(reply.reply.contains("Howdy"), "{reply:?}");
+    let cgroup = plugin(engine, "hello").cgroup.unwrap();
+    let read =
+        |path: String| std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    assert_eq!(
+        read(format!(
+            "/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes"
+        ))
+        .trim(),
+        (48u64 << 20).to_string()
+    );
+    let scope = std::path::Path::new(&cgroup)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    assert_eq!(
+        read(format!(
+            "/sys/fs/cgroup/memory{scope}/memory.limit_in_bytes"
+        ))
+        .trim(),
+        (256u64 << 20).to_string()
+    );
+}
+
+#[test]
+fn a_config_override_the_schema_refuses_rejects_the_plugin_with_the_key() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.plugins.insert(
+            "hello".into(),
+            plugboard_engine::supervisor::PluginOverrides {
+                config: [("greeting".to_owned(), serde_json::json!(3))].into(),
+                ..Default::default()
+            },
+        );
+    });
+    let engine = &fixture.engine;
+    let err = engine
+        .execute(Command::Start {
+            plugin: "hello".into(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("greeting") && err.contains("[plugins.hello]"),
+        "{err}"
+    );
+    assert_eq!(plugin(engine, "hello").state, PluginState::Rejected);
+}
+
+#[test]
+fn a_host_that_allows_unsigned_bundles_runs_them_sandboxed_and_says_so() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.trust_store = None;
+        config.allow_unsigned = true;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let hello = plugin(engine, "hello");
+    assert!(hello.trust.unverified);
+    assert!(
+        hello.active_mechanisms.contains(&"sc".to_owned()),
+        "{:?}",
+        hello.active_mechanisms
+    );
+    assert!(engine.recent_events().iter().any(|event| matches!(
+        &event.kind,
+        EventKind::Engine { message } if message.contains("UNVERIFIED")
+    )));
+}
+
+/// Polls the snapshot until `ready` holds for plugin `name` (or fails after `within`).
+fn wait_until(
+    engine: &plugboard_engine::Engine,
+    name: &str,
+    within: Duration,
+    ready: impl Fn(&plugboard_engine::PluginSnapshot) -> bool,
+) -> plugboard_engine::PluginSnapshot {
+    let deadline = Instant::now() + within;
+    loop {
+        let snapshot = engine.snapshot();
+        if let Some(found) = snapshot
+            .plugins
+            .into_iter()
+            .find(|plugin| plugin.name == name)
+        {
+            if ready(&found) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never got there: {found:#?}"
+            );
+        } else {
+            assert!(Instant::now() < deadline, "{name} never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_watcher_marks_changed_and_removed_bundles_and_discovers_new_ones() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        "hello",
+        version_2,
+    );
+    let changed = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
+        hello.changed_on_disk
+    });
+    assert_eq!(
+        changed.state,
+        PluginState::Running,
+        "a change alone does not reload"
+    );
+    assert_eq!(changed.version.as_deref(), Some("0.1.0"));
+
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "counter",
+        "counter",
+        same,
+    );
+    let counter = wait_until(engine, "counter", Duration::from_secs(5), |_| true);
+    assert_eq!(counter.state, PluginState::Discovered);
+
+    std::fs::remove_dir_all(fixture.plugins.join("counter")).unwrap();
+    wait_until(engine, "counter", Duration::from_secs(5), |counter| {
+        counter.removed_from_disk
+    });
+
+    // A reload takes the new version and clears the mark.
+    engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    let reloaded = plugin(engine, "hello");
+    assert!(!reloaded.changed_on_disk);
+    assert_eq!(reloaded.version.as_deref(), Some("0.2.0"));
+}
+
+#[test]
+fn with_reload_on_change_a_changed_bundle_is_reloaded_by_itself() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+        config.watch.reload_on_change = true;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        "hello",
+        version_2,
+    );
+    // Writing a bundle is several files: a reload may see a half-written one and fail (the
+    // old version serves on); the next change reloads again. It settles on the new one.
+    wait_until(engine, "hello", Duration::from_secs(8), |hello| {
+        hello.version.as_deref() == Some("0.2.0")
+            && hello.state == PluginState::Running
+            && !hello.changed_on_disk
+    });
+    assert_eq!(call(engine, "hello", "greet", "x").status, "ok");
+}
