@@ -1,6 +1,8 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bundle_cmds;
+mod call_cmd;
+mod engine_options;
 mod headless;
 mod new_plugin;
 mod trust_cmds;
@@ -92,6 +94,28 @@ enum Command {
     /// Run the engine without the dashboard: start every bundle found, print snapshots as
     /// JSON lines (with --json), stop everything cleanly at the end or on SIGINT/SIGTERM.
     Headless(headless::HeadlessOptions),
+    /// Start one bundle sandboxed, call one hook, print the reply and stop it (exit 1 when
+    /// the status is not `ok`).
+    Call {
+        #[arg(value_name = "BUNDLE-DIR")]
+        bundle: PathBuf,
+        /// The hook to call.
+        hook: String,
+        /// The payload (`-` reads it from stdin; default: empty).
+        payload: Option<String>,
+        /// Print one JSON object: reply, status, duration, mechanisms.
+        #[arg(long)]
+        json: bool,
+        /// Trust store with the pinned signing keys.
+        #[arg(long, value_name = "DIR")]
+        trust_store: Option<PathBuf>,
+        /// Host configuration file (TOML).
+        #[arg(long, value_name = "F")]
+        config: Option<PathBuf>,
+        /// Development only: call an unsigned or untrusted bundle (still sandboxed).
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -200,6 +224,23 @@ pub fn run(cli: Cli) -> Result<()> {
             TrustCommand::ListKey { out } => trust_cmds::list_key(&out),
         },
         Command::Headless(options) => headless::run(&options),
+        Command::Call {
+            bundle,
+            hook,
+            payload,
+            json,
+            trust_store,
+            config,
+            allow_unsigned,
+        } => {
+            let options = engine_options::EngineOptions {
+                config,
+                trust_store,
+                allow_unsigned,
+                ..engine_options::EngineOptions::default()
+            };
+            call_cmd::run(&options, &bundle, &hook, payload.as_deref(), json)
+        }
         Command::New {
             name,
             dir,

@@ -1,25 +1,19 @@
 //! `plugboard headless`: the engine without the dashboard, printing snapshots.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::{Command, Engine, EngineConfig, Snapshot};
+use plugboard_engine::{Command, Engine, Snapshot};
+
+use super::engine_options::EngineOptions;
 
 /// Options of `plugboard headless`.
 #[derive(Debug, clap::Args)]
 pub struct HeadlessOptions {
-    /// Host configuration file (TOML); flags given here add to or override it.
-    #[arg(long, value_name = "F")]
-    pub config: Option<PathBuf>,
-    /// Trust store with the pinned signing keys.
-    #[arg(long, value_name = "DIR")]
-    pub trust_store: Option<PathBuf>,
-    /// A directory holding bundle directories (repeatable).
-    #[arg(long = "plugins", value_name = "DIR")]
-    pub plugin_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineOptions,
     /// Drive the plugins' hooks at this many calls per second.
     #[arg(long, value_name = "RATE")]
     pub traffic: Option<f64>,
@@ -32,15 +26,6 @@ pub struct HeadlessOptions {
     /// Time between snapshots.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     pub interval: std::time::Duration,
-    /// Development only: also load unsigned or untrusted bundles (still sandboxed).
-    #[arg(long)]
-    pub allow_unsigned: bool,
-    /// Append the plugins' captured output to this file.
-    #[arg(long, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Append every event as a JSON line to this file.
-    #[arg(long, value_name = "FILE")]
-    pub audit_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
@@ -70,19 +55,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
-}
-
-/// `plugboard-host` lives next to the `plugboard` binary.
-fn host_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot locate the plugboard binary")?;
-    let host = exe.with_file_name("plugboard-host");
-    if !host.is_file() {
-        bail!(
-            "the worker binary {} is missing: build the workspace (`cargo build --workspace`) or install plugboard-host next to plugboard",
-            host.display()
-        );
-    }
-    Ok(host)
 }
 
 fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
@@ -118,35 +90,11 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
 }
 
 pub fn run(options: &HeadlessOptions) -> Result<()> {
-    let mut config = EngineConfig::new(host_binary()?);
-    if let Some(file) = &options.config {
-        plugboard_engine::host_config::apply_file(&mut config, file)?;
-    }
-    config
-        .plugin_dirs
-        .extend(options.plugin_dirs.iter().cloned());
-    if options.trust_store.is_some() {
-        config.trust_store.clone_from(&options.trust_store);
-    }
-    config.allow_unsigned |= options.allow_unsigned;
-    if options.log_file.is_some() {
-        config.log_file.clone_from(&options.log_file);
-    }
-    if options.audit_file.is_some() {
-        config.audit_file.clone_from(&options.audit_file);
-    }
+    let config = options.engine.engine_config()?;
     if config.plugin_dirs.is_empty() {
         bail!(
             "no plugin directory: pass --plugins <dir> (a directory holding bundle directories) or set plugin_dirs in --config"
         );
-    }
-    for dir in &config.plugin_dirs {
-        if !dir.is_dir() {
-            bail!(
-                "plugin directory {} does not exist or is not a directory",
-                dir.display()
-            );
-        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
