@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::events::{Event, EventKind, EventLog, unix_millis};
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
+use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
-use crate::snapshot::{Health, PluginSnapshot, PluginState, Snapshot, Supervision};
+use crate::snapshot::{Health, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision};
 use crate::supervisor::state_file::{PersistedState, PluginToggles};
 use crate::supervisor::{
     ActorMessage, DiskChange, Lifecycle, OutputRing, Plugin, PluginOverrides, Reply, RestartPolicy,
@@ -64,6 +65,10 @@ pub struct EngineConfig {
     pub state_file: Option<PathBuf>,
     /// Whether bundle directories are watched for changes.
     pub watch: WatchPolicy,
+    /// How often workers' resources (and the host's) are sampled.
+    pub sample_interval: Duration,
+    /// How much resource history is kept per plugin (at least 600 samples).
+    pub sample_history: Duration,
 }
 
 impl EngineConfig {
@@ -85,6 +90,8 @@ impl EngineConfig {
             memory_budget_mb: None,
             state_file: None,
             watch: WatchPolicy::default(),
+            sample_interval: Duration::from_secs(1),
+            sample_history: Duration::from_secs(600),
         }
     }
 }
@@ -254,6 +261,8 @@ pub(crate) struct Shared {
     pub start_gate: Mutex<()>,
     /// The operator's persisted toggles (written through on every change).
     persisted: Mutex<PersistedState>,
+    /// Host totals, refreshed by the sampler.
+    pub host: Mutex<HostSnapshot>,
 }
 
 impl Shared {
@@ -316,6 +325,8 @@ impl Shared {
 /// The engine. Dropping it stops every plugin.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The resource sampler thread, stopped at shutdown.
+    sampler: Mutex<Option<Sampler>>,
     /// Watches the bundle directories while the engine runs (when the host wants it).
     watcher: Mutex<Option<BundleWatcher>>,
 }
@@ -390,6 +401,7 @@ impl Engine {
             traffic: Mutex::new(None),
             start_gate: Mutex::new(()),
             persisted: Mutex::new(persisted),
+            host: Mutex::new(HostSnapshot::default()),
         });
         for name in stale {
             shared.event(
@@ -399,8 +411,10 @@ impl Engine {
                 },
             );
         }
+        let sampler = Sampler::start(&shared);
         let engine = Engine {
             shared,
+            sampler: Mutex::new(Some(sampler)),
             watcher: Mutex::new(None),
         };
         engine.discover()?;
@@ -732,12 +746,25 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
                 .map(|(rate, _)| *rate),
+            host: *self.shared.host.lock().unwrap_or_else(PoisonError::into_inner),
             plugins: plugins
                 .iter()
                 .map(|plugin| plugin_snapshot(&self.shared, plugin))
                 .collect(),
             recent_events,
         }
+    }
+
+    /// A plugin's resource samples, oldest first (about ten minutes at the default pace):
+    /// what charts draw.
+    pub fn resource_history(&self, plugin: &str) -> Result<Vec<ResourceSample>, EngineError> {
+        Ok(self
+            .shared
+            .plugin(plugin)?
+            .resources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .history())
     }
 
     /// Events as they happen.
@@ -767,6 +794,12 @@ impl Engine {
                 .take(),
         );
         self.set_traffic(None);
+        drop(
+            self.sampler
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let plugins = self.shared.all_plugins();
         // Ask every actor at once, so plugins stop in parallel, then wait for them all.
         let answers: Vec<_> = plugins
@@ -893,6 +926,10 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
         stats: Mutex::new(BTreeMap::new()),
         disabled_hooks: RwLock::new(toggles.disabled_hooks),
         output: Mutex::new(OutputRing::new()),
+        resources: Mutex::new(SampleSeries::new(
+            shared.config.sample_history,
+            shared.config.sample_interval,
+        )),
         inbox,
         actor: Mutex::new(None),
     });
@@ -989,6 +1026,13 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         changed_on_disk: lifecycle.changed_on_disk,
         removed_from_disk: lifecycle.removed_from_disk,
         supervision: supervision_snapshot(&shared.config.restart, &lifecycle),
+        resources: plugin
+            .resources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latest()
+            .copied()
+            .filter(|_| lifecycle.worker_pid.is_some()),
     }
 }
 

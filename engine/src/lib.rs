@@ -14,6 +14,7 @@ pub mod host_config;
 pub mod ipc;
 pub mod loader;
 pub mod manifest;
+pub mod monitor;
 pub mod sandbox;
 pub mod snapshot;
 pub mod supervisor;

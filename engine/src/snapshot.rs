@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::hooks::HookStatsSnapshot;
+use crate::monitor::ResourceSample;
 use crate::worker::{ExitStatus, MechanismState, OutputStream};
 
 /// A plugin's lifecycle state.
@@ -129,6 +130,8 @@ pub struct PluginSnapshot {
     /// The bundle directory is gone from disk.
     pub removed_from_disk: bool,
     pub supervision: Supervision,
+    /// The newest resource sample of its worker (`None` until sampled, or in-process).
+    pub resources: Option<ResourceSample>,
 }
 
 /// Starts, restarts and where a crashed plugin is in its restart policy.
@@ -157,7 +160,26 @@ pub struct Snapshot {
     pub version: String,
     /// Calls per second of the traffic generator, when it runs.
     pub traffic: Option<f64>,
+    /// Host totals and the engine's own cost, as of the last sample.
+    pub host: HostSnapshot,
     pub plugins: Vec<PluginSnapshot>,
     /// The newest events (at most 50 here).
     pub recent_events: Vec<Event>,
+}
+
+/// The host and the engine process, from `sysinfo` at the sampler's pace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostSnapshot {
+    /// All CPUs together, 0–100.
+    pub cpu_percent: f64,
+    pub cpus: usize,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub load_1: f64,
+    pub load_5: f64,
+    pub load_15: f64,
+    /// The engine process: percent of one core, and resident memory. In-process plugins
+    /// are part of these numbers.
+    pub engine_cpu_percent: f64,
+    pub engine_rss_bytes: u64,
 }

@@ -24,6 +24,7 @@ use crate::events::unix_millis;
 use crate::hooks::HookStats;
 use crate::loader::SealedLibrary;
 use crate::manifest::Manifest;
+use crate::monitor::SampleSeries;
 use crate::snapshot::{OutputLine, PluginState, TrustInfo};
 use crate::worker::{ExitStatus, MechanismState, OutputStream, Worker, WorkerEvent};
 
@@ -204,6 +205,8 @@ pub(crate) struct Plugin {
     pub stats: Mutex<BTreeMap<String, HookStats>>,
     pub disabled_hooks: RwLock<BTreeSet<String>>,
     pub output: Mutex<OutputRing>,
+    /// Resource samples of its workers (the sampler writes, snapshots and charts read).
+    pub resources: Mutex<SampleSeries>,
     pub inbox: mpsc::Sender<ActorMessage>,
     pub actor: Mutex<Option<JoinHandle<()>>>,
 }

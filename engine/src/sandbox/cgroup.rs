@@ -404,6 +404,15 @@ impl CgroupRoot {
             .map(|(_, dir)| dir.as_path())
     }
 
+    /// The directory of cgroup `relative` (as in [`PluginCgroup::display_path`]) in
+    /// `controller`'s hierarchy.
+    pub fn controller_dir(&self, controller: Controller, relative: &str) -> Result<PathBuf, CgroupError> {
+        Ok(self
+            .hierarchies()?
+            .get(controller)
+            .join(relative.trim_start_matches('/')))
+    }
+
     /// Every controller's hierarchy root, or an error naming the first one missing.
     fn hierarchies(&self) -> Result<ControllerDirs, CgroupError> {
         let find = |controller| {

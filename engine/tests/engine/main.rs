@@ -7,6 +7,7 @@ mod host_config;
 mod ipc;
 mod loader;
 mod manifest;
+mod monitor;
 mod runtime;
 mod supervision;
 mod support;

@@ -1,0 +1,539 @@
+//! Resource sampling of sandboxed workers: memory, CPU, throttling and pids from the
+//! worker's cgroup, threads, RSS, descriptors and I/O from `/proc`.
+//!
+//! A [`WorkerProbe`] opens every file once, when the worker starts, and re-reads it from
+//! offset 0 at each sample (cgroup and proc files regenerate their content on every read):
+//! reopening would double the cost per plugin. The probe returns raw counters; a
+//! [`SampleSeries`] turns consecutive readings into rates and keeps the ring the charts
+//! draw from.
+
+mod sampler;
+
+pub(crate) use sampler::Sampler;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::unix_millis;
+use crate::sandbox::cgroup::{CgroupLayout, CgroupRoot, Controller};
+
+/// Why a worker cannot be sampled (it is gone, or a file is missing or malformed).
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: expected {expected}, found {found:?}", path.display())]
+    Parse {
+        path: PathBuf,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("cgroup of the worker: {0}")]
+    Cgroup(#[from] crate::sandbox::cgroup::CgroupError),
+}
+
+/// One file, opened once and re-read from the start.
+#[derive(Debug)]
+struct KeptFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl KeptFile {
+    fn open(path: PathBuf) -> Result<Self, MonitorError> {
+        match File::open(&path) {
+            Ok(file) => Ok(Self { path, file }),
+            Err(source) => Err(MonitorError::Open { path, source }),
+        }
+    }
+
+    fn open_optional(path: PathBuf) -> Option<Self> {
+        File::open(&path).ok().map(|file| Self { path, file })
+    }
+
+    /// The whole content, read with `pread` at offset 0 into `buffer`.
+    fn read<'a>(&self, buffer: &'a mut Vec<u8>) -> Result<&'a str, MonitorError> {
+        buffer.clear();
+        buffer.resize(buffer.capacity().max(4096), 0);
+        let mut filled = 0;
+        loop {
+            if filled == buffer.len() {
+                buffer.resize(buffer.len() * 2, 0);
+            }
+            match self.file.read_at(&mut buffer[filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(MonitorError::Read {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        buffer.truncate(filled);
+        std::str::from_utf8(buffer).map_err(|_| MonitorError::Parse {
+            path: self.path.clone(),
+            expected: "text",
+            found: String::from_utf8_lossy(buffer).into_owned(),
+        })
+    }
+
+    fn number(&self, buffer: &mut Vec<u8>) -> Result<u64, MonitorError> {
+        let text = self.read(buffer)?.trim();
+        text.parse().map_err(|_| MonitorError::Parse {
+            path: self.path.clone(),
+            expected: "a number",
+            found: text.to_owned(),
+        })
+    }
+
+    /// The value of `key` in a `key value` per line file (`cpu.stat`, `memory.events`),
+    /// 0 when the key is absent.
+    fn keyed(&self, buffer: &mut Vec<u8>, key: &str) -> Result<u64, MonitorError> {
+        Ok(keyed_value(self.read(buffer)?, key).unwrap_or(0))
+    }
+}
+
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(|c: char| c == ' ' || c == ':')?;
+        (name == key).then(|| {
+            value
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .ok()
+        })?
+    })
+}
+
+/// Counters read from one worker at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: Option<u64>,
+    /// Times the memory limit was hit (v1 `failcnt`, v2 `memory.events` `max`).
+    pub memory_limit_hits: u64,
+    pub oom_kills: u64,
+    pub cpu_usage_ns: u64,
+    pub cpu_periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_ns: u64,
+    pub pids_current: u64,
+    /// Forks refused by the pids limit (`pids.events` `max`).
+    pub pids_limit_hits: u64,
+    pub threads: u64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// The limits the worker runs under, read once when the probe opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbedLimits {
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU quota as percent of one core (`None`: no quota).
+    pub cpu_quota_percent: Option<f64>,
+    pub pids_max: Option<u64>,
+}
+
+/// The open files of one worker.
+#[derive(Debug)]
+pub struct WorkerProbe {
+    layout: CgroupLayout,
+    memory_usage: KeptFile,
+    memory_peak: Option<KeptFile>,
+    /// v1 `memory.failcnt`; v2 `memory.events` (which also has the OOM kills).
+    memory_hits: KeptFile,
+    /// v1 `memory.oom_control`.
+    oom_control: Option<KeptFile>,
+    /// v1 `cpuacct.usage`.
+    cpu_usage: Option<KeptFile>,
+    cpu_stat: KeptFile,
+    pids_current: KeptFile,
+    pids_events: Option<KeptFile>,
+    status: KeptFile,
+    io: Option<KeptFile>,
+    fd_dir: nix::dir::Dir,
+    fd_dir_path: PathBuf,
+    limits: ProbedLimits,
+    buffer: Vec<u8>,
+}
+
+impl WorkerProbe {
+    /// Opens the files of cgroup `cgroup` (relative to the controller roots, as in
+    /// snapshots) and of process `pid` (the one running plugin code).
+    pub fn open(root: &CgroupRoot, cgroup: &str, pid: u32) -> Result<Self, MonitorError> {
+        let layout = root.layout();
+        let dir = |controller| root.controller_dir(controller, cgroup);
+        let (memory, cpu, cpuacct, pids) = (
+            dir(Controller::Memory)?,
+            dir(Controller::Cpu)?,
+            dir(Controller::CpuAcct)?,
+            dir(Controller::Pids)?,
+        );
+        let proc_dir = Path::new("/proc").join(pid.to_string());
+        let v1 = layout.uses_v1_hierarchies();
+        let mut buffer = Vec::with_capacity(4096);
+        let limits = read_limits(v1, &memory, &cpu, &pids, &mut buffer);
+        let fd_dir_path = proc_dir.join("fd");
+        let fd_dir = nix::dir::Dir::open(
+            &fd_dir_path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|errno| MonitorError::Open {
+            path: fd_dir_path.clone(),
+            source: errno.into(),
+        })?;
+        Ok(Self {
+            layout,
+            memory_usage: KeptFile::open(memory.join(if v1 {
+                "memory.usage_in_bytes"
+            } else {
+                "memory.current"
+            }))?,
+            memory_peak: KeptFile::open_optional(memory.join(if v1 {
+                "memory.max_usage_in_bytes"
+            } else {
+                "memory.peak"
+            })),
+            memory_hits: KeptFile::open(memory.join(if v1 {
+                "memory.failcnt"
+            } else {
+                "memory.events"
+            }))?,
+            oom_control: v1
+                .then(|| KeptFile::open(memory.join("memory.oom_control")))
+                .transpose()?,
+            cpu_usage: v1
+                .then(|| KeptFile::open(cpuacct.join("cpuacct.usage")))
+                .transpose()?,
+            cpu_stat: KeptFile::open(cpu.join("cpu.stat"))?,
+            pids_current: KeptFile::open(pids.join("pids.current"))?,
+            pids_events: KeptFile::open_optional(pids.join("pids.events")),
+            status: KeptFile::open(proc_dir.join("status"))?,
+            io: KeptFile::open_optional(proc_dir.join("io")),
+            fd_dir,
+            fd_dir_path,
+            limits,
+            buffer,
+        })
+    }
+
+    pub fn limits(&self) -> ProbedLimits {
+        self.limits
+    }
+
+    /// Reads every counter once.
+    pub fn read(&mut self) -> Result<Reading, MonitorError> {
+        let buffer = &mut self.buffer;
+        let v1 = self.layout.uses_v1_hierarchies();
+        let memory_bytes = self.memory_usage.number(buffer)?;
+        let memory_peak_bytes = match &self.memory_peak {
+            Some(file) => Some(file.number(buffer)?),
+            None => None,
+        };
+        let (memory_limit_hits, oom_kills) = if v1 {
+            let hits = self.memory_hits.number(buffer)?;
+            let kills = match &self.oom_control {
+                Some(file) => file.keyed(buffer, "oom_kill")?,
+                None => 0,
+            };
+            (hits, kills)
+        } else {
+            let events = self.memory_hits.read(buffer)?;
+            (
+                keyed_value(events, "max").unwrap_or(0),
+                keyed_value(events, "oom_kill").unwrap_or(0),
+            )
+        };
+        let stat = self.cpu_stat.read(buffer)?;
+        let cpu_periods = keyed_value(stat, "nr_periods").unwrap_or(0);
+        let throttled_periods = keyed_value(stat, "nr_throttled").unwrap_or(0);
+        let (throttled_ns, usage_from_stat) = if v1 {
+            (keyed_value(stat, "throttled_time").unwrap_or(0), None)
+        } else {
+            (
+                keyed_value(stat, "throttled_usec").unwrap_or(0) * 1000,
+                keyed_value(stat, "usage_usec").map(|usec| usec * 1000),
+            )
+        };
+        let cpu_usage_ns = match (&self.cpu_usage, usage_from_stat) {
+            (Some(file), _) => file.number(buffer)?,
+            (None, Some(ns)) => ns,
+            (None, None) => 0,
+        };
+        let pids_current = self.pids_current.number(buffer)?;
+        let pids_limit_hits = match &self.pids_events {
+            Some(file) => file.keyed(buffer, "max")?,
+            None => 0,
+        };
+        let status = self.status.read(buffer)?;
+        let threads = keyed_value(status, "Threads").unwrap_or(0);
+        let rss_bytes = keyed_value(status, "VmRSS").unwrap_or(0) * 1024;
+        let (read_bytes, write_bytes) = match &self.io {
+            Some(file) => {
+                let io = file.read(buffer)?;
+                (
+                    keyed_value(io, "read_bytes").unwrap_or(0),
+                    keyed_value(io, "write_bytes").unwrap_or(0),
+                )
+            }
+            None => (0, 0),
+        };
+        // The iterator rewinds the kept directory when dropped.
+        let open_fds = self
+            .fd_dir
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|entry| !matches!(entry.file_name().to_bytes(), b"." | b".."))
+            .count() as u64;
+        if open_fds == 0 && !self.fd_dir_path.exists() {
+            return Err(MonitorError::Read {
+                path: self.fd_dir_path.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        Ok(Reading {
+            memory_bytes,
+            memory_peak_bytes,
+            memory_limit_hits,
+            oom_kills,
+            cpu_usage_ns,
+            cpu_periods,
+            throttled_periods,
+            throttled_ns,
+            pids_current,
+            pids_limit_hits,
+            threads,
+            rss_bytes,
+            open_fds,
+            read_bytes,
+            write_bytes,
+        })
+    }
+}
+
+fn read_limits(v1: bool, memory: &Path, cpu: &Path, pids: &Path, buffer: &mut Vec<u8>) -> ProbedLimits {
+    let read = |path: PathBuf, buffer: &mut Vec<u8>| -> Option<String> {
+        KeptFile::open_optional(path)?
+            .read(buffer)
+            .ok()
+            .map(|text| text.trim().to_owned())
+    };
+    let number = |text: Option<String>| text.and_then(|text| text.parse::<u64>().ok());
+    // v1 spells "no memory limit" as a huge page-aligned number.
+    let no_limit_v1 = |bytes: u64| bytes < (1 << 62);
+    let memory_limit_bytes = if v1 {
+        number(read(memory.join("memory.limit_in_bytes"), buffer)).filter(|bytes| no_limit_v1(*bytes))
+    } else {
+        number(read(memory.join("memory.max"), buffer))
+    };
+    let cpu_quota_percent = if v1 {
+        let quota = read(cpu.join("cpu.cfs_quota_us"), buffer).and_then(|text| text.parse::<i64>().ok());
+        let period = number(read(cpu.join("cpu.cfs_period_us"), buffer));
+        match (quota, period) {
+            (Some(quota), Some(period)) if quota > 0 && period > 0 => {
+                Some(quota as f64 * 100.0 / period as f64)
+            }
+            _ => None,
+        }
+    } else {
+        read(cpu.join("cpu.max"), buffer).and_then(|text| {
+            let (quota, period) = text.split_once(' ')?;
+            let (quota, period): (f64, f64) = (quota.parse().ok()?, period.parse().ok()?);
+            (period > 0.0).then(|| quota * 100.0 / period)
+        })
+    };
+    ProbedLimits {
+        memory_limit_bytes,
+        cpu_quota_percent,
+        pids_max: number(read(pids.join("pids.max"), buffer)),
+    }
+}
+
+/// One point of a plugin's resource history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ResourceSample {
+    pub at_ms: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_limit_hits: u64,
+    pub oom_kills: u64,
+    /// CPU used since the previous sample, in percent of one core.
+    pub cpu_percent: f64,
+    /// The same in percent of the plugin's quota (`None`: no quota).
+    pub cpu_percent_of_quota: Option<f64>,
+    pub throttled_periods: u64,
+    pub throttled_ms: u64,
+    /// Share of the CPU periods since the previous sample in which it was throttled (0–1).
+    pub throttled_ratio: f64,
+    pub pids_current: u64,
+    pub pids_max: Option<u64>,
+    pub pids_limit_hits: u64,
+    pub threads: u64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// A plugin's samples over time: turns readings into rates, keeps a bounded ring.
+#[derive(Debug)]
+pub struct SampleSeries {
+    ring: VecDeque<ResourceSample>,
+    capacity: usize,
+    previous: Option<(Instant, Reading)>,
+}
+
+impl SampleSeries {
+    /// Keeps at least `keep` of history at one sample per `interval` (never fewer than
+    /// 600 samples).
+    pub fn new(keep: Duration, interval: Duration) -> Self {
+        let per_interval = keep.as_secs_f64() / interval.as_secs_f64().max(0.001);
+        let capacity = (per_interval.ceil() as usize).max(600);
+        Self {
+            ring: VecDeque::with_capacity(capacity.min(4096)),
+            capacity,
+            previous: None,
+        }
+    }
+
+    /// Adds a reading taken at `now`; returns the sample it made and the reading before it.
+    pub fn push(
+        &mut self,
+        now: Instant,
+        reading: Reading,
+        limits: ProbedLimits,
+    ) -> (ResourceSample, Option<Reading>) {
+        let (cpu_percent, throttled_ratio) = match self.previous {
+            Some((then, before)) => {
+                let wall = now.duration_since(then).as_nanos().max(1) as f64;
+                let used = reading.cpu_usage_ns.saturating_sub(before.cpu_usage_ns) as f64;
+                let periods = reading.cpu_periods.saturating_sub(before.cpu_periods);
+                let throttled = reading.throttled_periods.saturating_sub(before.throttled_periods);
+                let ratio = if periods == 0 {
+                    0.0
+                } else {
+                    throttled as f64 / periods as f64
+                };
+                (used * 100.0 / wall, ratio)
+            }
+            None => (0.0, 0.0),
+        };
+        let sample = ResourceSample {
+            at_ms: unix_millis(SystemTime::now()),
+            memory_bytes: reading.memory_bytes,
+            memory_peak_bytes: reading.memory_peak_bytes,
+            memory_limit_bytes: limits.memory_limit_bytes,
+            memory_limit_hits: reading.memory_limit_hits,
+            oom_kills: reading.oom_kills,
+            cpu_percent,
+            cpu_percent_of_quota: limits
+                .cpu_quota_percent
+                .map(|quota| cpu_percent * 100.0 / quota),
+            throttled_periods: reading.throttled_periods,
+            throttled_ms: reading.throttled_ns / 1_000_000,
+            throttled_ratio,
+            pids_current: reading.pids_current,
+            pids_max: limits.pids_max,
+            pids_limit_hits: reading.pids_limit_hits,
+            threads: reading.threads,
+            rss_bytes: reading.rss_bytes,
+            open_fds: reading.open_fds,
+            read_bytes: reading.read_bytes,
+            write_bytes: reading.write_bytes,
+        };
+        if self.ring.len() == self.capacity {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(sample);
+        let before = self.previous.replace((now, reading)).map(|(_, reading)| reading);
+        (sample, before)
+    }
+
+    /// Forgets the previous reading (a new worker starts its counters at zero).
+    pub fn restart(&mut self) {
+        self.previous = None;
+    }
+
+    pub fn latest(&self) -> Option<&ResourceSample> {
+        self.ring.back()
+    }
+
+    pub fn history(&self) -> Vec<ResourceSample> {
+        self.ring.iter().copied().collect()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_values_parse_cgroup_and_proc_formats() {
+        let stat = "nr_periods 10\nnr_throttled 4\nthrottled_time 123456\n";
+        assert_eq!(keyed_value(stat, "nr_throttled"), Some(4));
+        assert_eq!(keyed_value(stat, "throttled_time"), Some(123_456));
+        let status = "Name:\tplugboard-host\nThreads:\t3\nVmRSS:\t    2048 kB\n";
+        assert_eq!(keyed_value(status, "Threads"), Some(3));
+        assert_eq!(keyed_value(status, "VmRSS"), Some(2048));
+        assert_eq!(keyed_value(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn the_series_turns_counters_into_rates_and_stays_bounded() {
+        let mut series = SampleSeries::new(Duration::from_secs(1), Duration::from_secs(1));
+        assert_eq!(series.capacity(), 600);
+        let start = Instant::now();
+        let limits = ProbedLimits {
+            memory_limit_bytes: Some(64 << 20),
+            cpu_quota_percent: Some(50.0),
+            pids_max: Some(16),
+        };
+        let first = Reading {
+            cpu_usage_ns: 1_000_000_000,
+            cpu_periods: 100,
+            ..Reading::default()
+        };
+        series.push(start, first, limits);
+        // Half a core over one second, throttled in half of the periods.
+        let second = Reading {
+            cpu_usage_ns: 1_500_000_000,
+            cpu_periods: 110,
+            throttled_periods: 5,
+            ..Reading::default()
+        };
+        let (sample, before) = series.push(start + Duration::from_secs(1), second, limits);
+        assert_eq!(before, Some(first));
+        assert!((sample.cpu_percent - 50.0).abs() < 0.01, "{sample:?}");
+        assert!((sample.cpu_percent_of_quota.unwrap() - 100.0).abs() < 0.01);
+        assert!((sample.throttled_ratio - 0.5).abs() < 0.01);
+        for step in 2..700 {
+            series.push(start + Duration::from_secs(step), second, limits);
+        }
+        assert_eq!(series.history().len(), 600);
+    }
+}

@@ -1,0 +1,81 @@
+//! Resource sampling of real sandboxed workers, read from their cgroups and `/proc`.
+
+use std::time::{Duration, Instant};
+
+use plugboard_engine::monitor::WorkerProbe;
+use plugboard_engine::sandbox::cgroup::CgroupRoot;
+
+use crate::runtime::{call, engine_configured, plugin, same, start};
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_running_worker_is_sampled_from_its_cgroup_and_proc_with_its_limits() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.sample_interval = Duration::from_millis(100);
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    for _ in 0..50 {
+        call(engine, "hello", "greet", "sampled");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sample = loop {
+        if let Some(sample) = plugin(engine, "hello")
+            .resources
+            .filter(|sample| sample.at_ms > 0)
+        {
+            if engine.resource_history("hello").unwrap().len() >= 3 {
+                break sample;
+            }
+        }
+        assert!(Instant::now() < deadline, "no samples of hello");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // hello's manifest: memory_mb 32, cpu_percent 25, max_threads 8.
+    assert_eq!(sample.memory_limit_bytes, Some(32 << 20));
+    assert_eq!(sample.pids_max, Some(8));
+    assert!(sample.cpu_percent_of_quota.is_some());
+    assert!(sample.memory_bytes > 0 && sample.rss_bytes > 0, "{sample:?}");
+    assert!(sample.pids_current >= 1 && sample.threads >= 1, "{sample:?}");
+    assert!(sample.open_fds >= 3, "{sample:?}");
+    assert!(sample.cpu_percent >= 0.0 && sample.throttled_ratio >= 0.0);
+    let host = engine.snapshot().host;
+    assert!(host.cpus >= 1 && host.memory_total_bytes > host.memory_used_bytes);
+    assert!(host.engine_rss_bytes > 0, "{host:?}");
+    // Once stopped, a plugin shows no current sample.
+    engine
+        .execute(plugboard_engine::Command::Stop {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap();
+    assert!(plugin(engine, "hello").resources.is_none());
+}
+
+#[test]
+fn a_probe_keeps_its_files_open_and_rereads_them() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.sample_interval = Duration::from_secs(3600);
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let hello = plugin(engine, "hello");
+    let root = CgroupRoot::system().unwrap();
+    let before = open_descriptors();
+    let mut probe =
+        WorkerProbe::open(&root, hello.cgroup.as_ref().unwrap(), hello.sandbox_pid.unwrap())
+            .unwrap();
+    let opened = open_descriptors();
+    assert!(opened > before, "the probe holds its files");
+    let first = probe.read().unwrap();
+    for _ in 0..20 {
+        call(engine, "hello", "greet", "x");
+    }
+    let second = probe.read().unwrap();
+    assert_eq!(open_descriptors(), opened, "reading opens nothing new");
+    assert!(second.cpu_usage_ns >= first.cpu_usage_ns);
+    assert!(second.memory_bytes > 0);
+}
