@@ -12,4 +12,5 @@ mod runtime;
 mod supervision;
 mod support;
 mod trust;
+mod watcher;
 mod worker;
