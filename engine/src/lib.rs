@@ -11,6 +11,7 @@ pub mod engine;
 pub mod events;
 pub mod hooks;
 pub mod host_config;
+pub mod inprocess;
 pub mod ipc;
 pub mod loader;
 pub mod manifest;
