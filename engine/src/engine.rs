@@ -21,7 +21,7 @@ use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
-use crate::snapshot::{Health, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision};
+use crate::snapshot::{HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision};
 use crate::supervisor::state_file::{PersistedState, PluginToggles};
 use crate::supervisor::{
     ActorMessage, DiskChange, Lifecycle, OutputRing, Plugin, PluginOverrides, Reply, RestartPolicy,
@@ -746,7 +746,11 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
                 .map(|(rate, _)| *rate),
-            host: *self.shared.host.lock().unwrap_or_else(PoisonError::into_inner),
+            host: *self
+                .shared
+                .host
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
             plugins: plugins
                 .iter()
                 .map(|plugin| plugin_snapshot(&self.shared, plugin))
@@ -986,8 +990,10 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         dir: plugin.dir.display().to_string(),
         state: lifecycle.state,
         reason: lifecycle.reason.clone(),
-        // Health checks arrive with monitoring; until then the engine does not claim to know.
-        health: Health::Unknown,
+        health: lifecycle.health.health,
+        health_failures: lifecycle.health.failures,
+        health_checked_ms: millis(lifecycle.health.last_checked),
+        health_detail: lifecycle.health.last_failure.clone(),
         isolation: lifecycle.manifest.as_ref().map_or_else(
             || "process".to_owned(),
             |manifest| manifest.isolation.mode.as_str().to_owned(),

@@ -103,6 +103,14 @@ pub enum EventKind {
     BundleRemoved {
         dir: String,
     },
+    /// A health check changed the plugin's health.
+    HealthChanged {
+        from: crate::snapshot::Health,
+        to: crate::snapshot::Health,
+        /// Failed checks in a row, and what the plugin answered to the last one.
+        failures: u32,
+        detail: Option<String>,
+    },
     /// Engine-level notes (traffic on/off, shutdown).
     Engine {
         message: String,

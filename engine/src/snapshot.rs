@@ -62,13 +62,16 @@ impl PluginState {
     }
 }
 
-/// Health as far as the engine knows it.
+/// Health as far as the engine's checks know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
+    /// Not checked yet, or not running.
     Unknown,
     Healthy,
+    /// Checks failing, fewer in a row than the manifest's `failures_before_unhealthy`.
     Degraded,
+    /// That many checks failed in a row: the plugin's state becomes Degraded.
     Unhealthy,
 }
 
@@ -101,6 +104,11 @@ pub struct PluginSnapshot {
     /// Why it is Rejected or Failed.
     pub reason: Option<String>,
     pub health: Health,
+    /// Failed health checks in a row, when the last check was, and the plugin's answer to
+    /// the last failed one.
+    pub health_failures: u32,
+    pub health_checked_ms: Option<u64>,
+    pub health_detail: Option<String>,
     /// `process` (sandboxed worker) or `in-process`.
     pub isolation: String,
     /// Mechanism name → whether the kernel granted it, with details.

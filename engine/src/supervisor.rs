@@ -25,7 +25,7 @@ use crate::hooks::HookStats;
 use crate::loader::SealedLibrary;
 use crate::manifest::Manifest;
 use crate::monitor::SampleSeries;
-use crate::snapshot::{OutputLine, PluginState, TrustInfo};
+use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
 use crate::worker::{ExitStatus, MechanismState, OutputStream, Worker, WorkerEvent};
 
 /// Captured output lines kept per plugin.
@@ -117,6 +117,31 @@ pub(crate) struct Lifecycle {
     pub changed_on_disk: bool,
     /// The bundle directory is gone from disk.
     pub removed_from_disk: bool,
+    pub health: HealthCheck,
+}
+
+/// The state of a plugin's health checks (`[health]` in its manifest).
+#[derive(Debug)]
+pub(crate) struct HealthCheck {
+    pub health: Health,
+    /// Failed checks in a row.
+    pub failures: u32,
+    pub next: Option<Instant>,
+    pub last_checked: Option<SystemTime>,
+    /// The plugin's answer to the last failed check.
+    pub last_failure: Option<String>,
+}
+
+impl HealthCheck {
+    pub fn new() -> Self {
+        Self {
+            health: Health::Unknown,
+            failures: 0,
+            next: None,
+            last_checked: None,
+            last_failure: None,
+        }
+    }
 }
 
 impl Lifecycle {
@@ -149,6 +174,7 @@ impl Lifecycle {
             backoff: Backoff::default(),
             changed_on_disk: false,
             removed_from_disk: false,
+            health: HealthCheck::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::events::{EventKind, unix_millis};
 use crate::hooks::dispatch::emit_handler;
 use crate::loader::SealedLibrary;
 use crate::manifest::{IsolationMode, Manifest};
-use crate::snapshot::{PluginState, TrustInfo};
+use crate::snapshot::{Health, PluginState, TrustInfo};
 use crate::worker::{EventSink, Worker, WorkerEvent, plan_for};
 
 pub(crate) fn run_actor(
@@ -21,13 +21,24 @@ pub(crate) fn run_actor(
     messages: &mpsc::Receiver<ActorMessage>,
 ) {
     loop {
-        // A scheduled restart is the actor's only timer.
-        let retry_at = plugin.lifecycle().backoff.next_retry.map(|(at, _)| at);
-        let message = match retry_at {
+        // The actor's timers: a scheduled restart and the next health check.
+        let (retry_at, check_at) = {
+            let lifecycle = plugin.lifecycle();
+            (
+                lifecycle.backoff.next_retry.map(|(at, _)| at),
+                lifecycle.health.next,
+            )
+        };
+        let due = [retry_at, check_at].into_iter().flatten().min();
+        let message = match due {
             Some(at) => match messages.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(message) => message,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    restart_after_backoff(shared, plugin);
+                    if retry_at == Some(at) {
+                        restart_after_backoff(shared, plugin);
+                    } else {
+                        check_health(shared, plugin);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -273,6 +284,9 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
     lifecycle.cgroup = Some(worker.cgroup_path().to_owned());
     lifecycle.generation = running.generation;
     lifecycle.reason = None;
+    // A new worker is checked at once; until then its health is unknown.
+    lifecycle.health = super::HealthCheck::new();
+    lifecycle.health.next = Some(Instant::now());
     let active = worker
         .mechanisms()
         .iter()
@@ -438,6 +452,7 @@ fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineE
         drop(lifecycle);
         let exit = running.worker.stop(grace(shared, &plugin.name));
         lifecycle = plugin.lifecycle();
+        lifecycle.health = super::HealthCheck::new();
         lifecycle.last_exit = exit;
         lifecycle.worker_pid = None;
         lifecycle.sandbox_pid = None;
@@ -716,6 +731,7 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: crate::worker::E
         running.worker.kill();
     }
     let mut lifecycle = plugin.lifecycle();
+    lifecycle.health = super::HealthCheck::new();
     lifecycle.last_exit = Some(status);
     lifecycle.reason = Some(format!("the worker ended unexpectedly: {status}"));
     lifecycle.worker_pid = None;
@@ -821,6 +837,75 @@ fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange
     if reload_now {
         // A failed reload is recorded by `reload` itself; the old version keeps serving.
         let _ = reload(shared, plugin);
+    }
+}
+
+/// One health check of the running worker, per the manifest's `[health]`: every
+/// transition is an event; reaching `failures_before_unhealthy` failures in a row makes
+/// the plugin Degraded, a passing check makes it Running again.
+fn check_health(shared: &Shared, plugin: &Plugin) {
+    let Some(running) = plugin.running() else {
+        plugin.lifecycle().health.next = None;
+        return;
+    };
+    let Some(spec) = plugin
+        .lifecycle()
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.health)
+    else {
+        return;
+    };
+    let failure = match running.worker.health(spec.timeout()) {
+        Ok(outcome) if outcome.status == plugboard_sdk::abi::STATUS_OK => None,
+        Ok(outcome) => Some(String::from_utf8_lossy(&outcome.body).into_owned()),
+        Err(err) => Some(format!("no answer: {err}")),
+    };
+    let mut lifecycle = plugin.lifecycle();
+    if lifecycle.generation != running.generation {
+        return;
+    }
+    let check = &mut lifecycle.health;
+    let from = check.health;
+    check.last_checked = Some(SystemTime::now());
+    check.next = Some(Instant::now() + spec.interval());
+    let to = match failure {
+        None => {
+            check.failures = 0;
+            check.last_failure = None;
+            Health::Healthy
+        }
+        Some(detail) => {
+            check.failures += 1;
+            check.last_failure = Some(detail);
+            if check.failures >= spec.failures_before_unhealthy {
+                Health::Unhealthy
+            } else {
+                Health::Degraded
+            }
+        }
+    };
+    check.health = to;
+    let (failures, detail) = (check.failures, check.last_failure.clone());
+    if from != to {
+        shared.event(
+            Some(&plugin.name),
+            EventKind::HealthChanged {
+                from,
+                to,
+                failures,
+                detail,
+            },
+        );
+    }
+    match (to, lifecycle.state) {
+        (Health::Unhealthy, PluginState::Running) => {
+            set_state(shared, plugin, &mut lifecycle, PluginState::Degraded);
+        }
+        (Health::Healthy, PluginState::Degraded) => {
+            set_state(shared, plugin, &mut lifecycle, PluginState::Running);
+        }
+        _ => {}
     }
 }
 

@@ -691,3 +691,58 @@ fn with_reload_on_change_a_changed_bundle_is_reloaded_by_itself() {
     });
     assert_eq!(call(engine, "hello", "greet", "x").status, "ok");
 }
+
+fn quick_health(manifest: &str) -> String {
+    format!(
+        "{manifest}\n[health]\ninterval_ms = 100\ntimeout_ms = 80\nfailures_before_unhealthy = 2\n"
+    )
+}
+
+#[test]
+fn health_checks_move_a_plugin_through_degraded_and_unhealthy_and_back() {
+    use plugboard_engine::snapshot::Health;
+    let fixture = engine_configured(&[("prober", "prober", quick_health)], |_| {});
+    let engine = &fixture.engine;
+    assert_eq!(plugin(engine, "prober").health, Health::Unknown);
+    start(engine, "prober");
+    wait_until(engine, "prober", Duration::from_secs(3), |prober| {
+        prober.health == Health::Healthy
+    });
+    assert_eq!(call(engine, "prober", "unhealthy", "").status, "ok");
+    let changes: Vec<(Health, Health)> = (0..2)
+        .map(|_| {
+            let event = wait_for(&fixture.events, Duration::from_secs(3), |event| {
+                matches!(event.kind, EventKind::HealthChanged { from, .. } if from != Health::Unknown)
+            });
+            match event.kind {
+                EventKind::HealthChanged { from, to, detail, .. } => {
+                    assert!(
+                        detail.as_deref().unwrap_or_default().contains("told to fail"),
+                        "{detail:?}"
+                    );
+                    (from, to)
+                }
+                _ => unreachable!(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (Health::Healthy, Health::Degraded),
+            (Health::Degraded, Health::Unhealthy)
+        ]
+    );
+    let sick = wait_until(engine, "prober", Duration::from_secs(1), |prober| {
+        prober.state == PluginState::Degraded
+    });
+    assert!(sick.health_failures >= 2);
+    // Still serving while degraded; a passing check makes it Running again.
+    assert_eq!(call(engine, "prober", "healthy", "").status, "ok");
+    let well = wait_until(engine, "prober", Duration::from_secs(3), |prober| {
+        prober.state == PluginState::Running
+    });
+    assert_eq!((well.health, well.health_failures), (Health::Healthy, 0));
+    stop(engine, "prober", false).unwrap();
+    assert_eq!(plugin(engine, "prober").health, Health::Unknown);
+}

@@ -8,7 +8,8 @@
 //! interfaces it can see), `sleep` (milliseconds in the payload), `crash` (aborts),
 //! `chatter` (prints and logs as many lines as the payload says), `emit` (emits the hook
 //! named in the payload through the host), `forge` (writes garbage straight onto the
-//! worker's IPC socket, as a hostile plugin could).
+//! worker's IPC socket, as a hostile plugin could), `unhealthy` / `healthy` (its health
+//! checks fail / pass from then on).
 
 use std::io::{Read, Write};
 
@@ -19,6 +20,8 @@ mod hostile;
 #[derive(Debug)]
 pub struct Prober {
     host: Host,
+    /// Set by the `unhealthy` hook, cleared by `healthy`: what `health` reports.
+    unhealthy: std::sync::atomic::AtomicBool,
 }
 
 fn outcome<T>(result: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> Vec<u8> {
@@ -39,7 +42,10 @@ fn text(payload: &[u8], default: &str) -> String {
 
 impl Plugin for Prober {
     fn create(host: Host, _config: Config) -> Result<Self, Error> {
-        Ok(Prober { host })
+        Ok(Prober {
+            host,
+            unhealthy: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     fn call(&self, hook: &str, payload: &[u8]) -> Result<Vec<u8>, Error> {
@@ -71,6 +77,16 @@ impl Plugin for Prober {
             "spawn" => outcome(std::process::Command::new("/bin/true").status(), |status| {
                 format!("ran /bin/true: {status}")
             }),
+            "unhealthy" | "healthy" => {
+                let unhealthy = hook == "unhealthy";
+                self.unhealthy
+                    .store(unhealthy, std::sync::atomic::Ordering::SeqCst);
+                format!(
+                    "health checks now {}",
+                    if unhealthy { "fail" } else { "pass" }
+                )
+                .into_bytes()
+            }
             "whoami" => {
                 let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
                 let uid = status
@@ -133,6 +149,13 @@ impl Plugin for Prober {
             ),
             other => return Err(Error::unknown_hook(other)),
         })
+    }
+
+    fn health(&self) -> Result<(), Error> {
+        if self.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::new("told to fail its health checks"));
+        }
+        Ok(())
     }
 }
 
