@@ -5,6 +5,7 @@ mod call_cmd;
 mod engine_options;
 mod headless;
 mod new_plugin;
+mod quarantine_cmd;
 mod trust_cmds;
 
 use std::io;
@@ -116,10 +117,30 @@ enum Command {
         #[arg(long)]
         allow_unsigned: bool,
     },
+    /// List quarantined plugins, or clear one's quarantine (in the engine's state file).
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// Quarantined plugins, when and why.
+    List {
+        #[command(flatten)]
+        engine: engine_options::EngineOptions,
+    },
+    /// Let a quarantined plugin start again.
+    Clear {
+        plugin: String,
+        #[command(flatten)]
+        engine: engine_options::EngineOptions,
     },
 }
 
@@ -246,6 +267,10 @@ pub fn run(cli: Cli) -> Result<()> {
             dir,
             sdk_path,
         } => new_plugin::scaffold(&name, &dir, sdk_path.as_deref()),
+        Command::Quarantine { command } => match command {
+            QuarantineCommand::List { engine } => quarantine_cmd::list(&engine),
+            QuarantineCommand::Clear { plugin, engine } => quarantine_cmd::clear(&engine, &plugin),
+        },
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut io::stdout());
             Ok(())

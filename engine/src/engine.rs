@@ -20,6 +20,7 @@ use crate::events::{Event, EventKind, EventLog, unix_millis};
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
+use crate::policy::Policy;
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
 use crate::snapshot::{HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision};
 use crate::supervisor::state_file::{PersistedState, PluginToggles};
@@ -69,6 +70,8 @@ pub struct EngineConfig {
     pub sample_interval: Duration,
     /// How much resource history is kept per plugin (at least 600 samples).
     pub sample_history: Duration,
+    /// What is done about each kind of violation.
+    pub policy: Policy,
 }
 
 impl EngineConfig {
@@ -92,6 +95,7 @@ impl EngineConfig {
             watch: WatchPolicy::default(),
             sample_interval: Duration::from_secs(1),
             sample_history: Duration::from_secs(600),
+            policy: Policy::default(),
         }
     }
 }
@@ -208,6 +212,10 @@ pub enum Command {
         plugin: String,
         hook: String,
     },
+    /// Let a quarantined plugin be loaded and started again (persisted).
+    ClearQuarantine {
+        plugin: String,
+    },
     /// Call one plugin's hook directly.
     Call {
         plugin: String,
@@ -266,7 +274,46 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Changes one plugin's persisted toggles. The file is read again first, so a change
+    /// made from a shell (`plugboard quarantine clear`) is not overwritten.
+    pub fn persist(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut PluginToggles),
+    ) -> Result<(), EngineError> {
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = &self.config.state_file {
+            *persisted = PersistedState::load(file)?;
+        }
+        change(persisted.plugins.entry(name.to_owned()).or_default());
+        if let Some(file) = &self.config.state_file {
+            persisted.save(file)?;
+        }
+        Ok(())
+    }
+
+    /// The persisted toggles of one plugin, read afresh from the state file.
+    pub fn persisted(&self, name: &str) -> PluginToggles {
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = self
+            .config
+            .state_file
+            .as_ref()
+            .and_then(|file| PersistedState::load(file).ok())
+        {
+            *persisted = state;
+        }
+        persisted.plugins.get(name).cloned().unwrap_or_default()
+    }
+
     pub fn event(&self, plugin: Option<&str>, kind: EventKind) {
+        let durable = matches!(kind, EventKind::Violation { .. });
         let event = self
             .events
             .lock()
@@ -275,8 +322,12 @@ impl Shared {
         if let Some(audit) = &self.audit {
             if let Ok(line) = serde_json::to_string(&event) {
                 let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
-                // A line per event, flushed at once so it survives an engine crash.
+                // A line per event, flushed at once so it survives an engine crash; a
+                // violation is on disk (fsync) before its action is carried out.
                 let _ = writeln!(audit, "{line}").and_then(|()| audit.flush());
+                if durable {
+                    let _ = audit.sync_data();
+                }
             }
         }
     }
@@ -528,13 +579,18 @@ impl Engine {
             Command::DisableHook { plugin, hook } => self
                 .set_hook_enabled(&plugin, &hook, false)
                 .map(|()| Outcome::Done),
+            Command::ClearQuarantine { plugin } => {
+                shared.plugin(&plugin)?.ask(ActorMessage::ClearQuarantine)?;
+                self.persist(&plugin, |toggles| toggles.quarantined = None)
+                    .map(|()| Outcome::Done)
+            }
             Command::Call {
                 plugin,
                 hook,
                 payload,
             } => {
                 let plugin = shared.plugin(&plugin)?;
-                call(shared, &plugin, &hook, &payload, 0).map(|report| Outcome::Called { report })
+                call(&plugin, &hook, &payload, 0).map(|report| Outcome::Called { report })
             }
             Command::Emit { hook, payload } => Ok(Outcome::Emitted {
                 reports: self.emit(&hook, &payload),
@@ -670,16 +726,7 @@ impl Engine {
         name: &str,
         change: impl FnOnce(&mut PluginToggles),
     ) -> Result<(), EngineError> {
-        let mut persisted = self
-            .shared
-            .persisted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        change(persisted.plugins.entry(name.to_owned()).or_default());
-        if let Some(file) = &self.shared.config.state_file {
-            persisted.save(file)?;
-        }
-        Ok(())
+        self.shared.persist(name, change)
     }
 
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
@@ -915,7 +962,10 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
     // The operator's last word (persisted) wins over the configuration file.
     let enabled = toggles.enabled.or(configured).unwrap_or(true);
     let mut lifecycle = Lifecycle::new(blocked);
-    if !enabled {
+    if let Some(quarantine) = &toggles.quarantined {
+        lifecycle.state = PluginState::Quarantined;
+        lifecycle.reason = Some(format!("quarantined: {}", quarantine.reason));
+    } else if !enabled {
         lifecycle.disabled = true;
         if lifecycle.blocked.is_none() {
             lifecycle.state = PluginState::Disabled;

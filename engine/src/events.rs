@@ -47,25 +47,11 @@ pub enum EventKind {
     Stopped {
         exit: Option<ExitStatus>,
     },
-    /// The worker ended while it should have been running.
-    Crashed {
-        exit: ExitStatus,
-    },
-    /// A seccomp-filtered syscall, answered EPERM by the engine.
-    ForbiddenSyscall {
-        syscall: String,
-        detail: String,
-    },
-    ProtocolViolation {
-        reason: String,
-    },
-    HookTimeout {
-        hook: String,
-        timeout_ms: u64,
-    },
-    /// A plugin emitted a hook its manifest does not grant.
-    ForbiddenEmit {
-        hook: String,
+    /// The engine caught the plugin breaking a rule (a crash counts too); `action` is
+    /// what the host's policy did about it.
+    Violation {
+        #[serde(flatten)]
+        violation: crate::policy::Violation,
     },
     /// A new version took over from the old one.
     Reloaded {
@@ -111,6 +97,8 @@ pub enum EventKind {
         failures: u32,
         detail: Option<String>,
     },
+    /// An operator cleared the plugin's quarantine.
+    QuarantineCleared,
     /// Engine-level notes (traffic on/off, shutdown).
     Engine {
         message: String,

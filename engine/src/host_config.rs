@@ -32,6 +32,7 @@ use toml_edit::{ImDocument, Item, Value};
 
 use crate::engine::EngineConfig;
 use crate::manifest::{HostLimits, Resources, is_plugin_name};
+use crate::policy::{Rule, ViolationKind};
 use crate::sandbox::Mechanism;
 use crate::supervisor::{PluginOverrides, RestartPolicy, WatchPolicy};
 
@@ -91,6 +92,9 @@ struct FileConfig {
     watch: Option<WatchPolicy>,
     #[serde(default)]
     plugins: BTreeMap<String, PluginOverrides>,
+    /// Violation kind → rule, over the built-in policy.
+    #[serde(default)]
+    policy: BTreeMap<ViolationKind, Rule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +192,7 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
     if let Some(restart) = parsed.restart {
         config.restart = restart;
     }
+    config.policy.rules.extend(parsed.policy);
     if let Some(watch) = parsed.watch {
         config.watch = watch;
     }
@@ -725,6 +730,45 @@ impl Checker<'_> {
         }
         for (name, overrides) in &parsed.plugins {
             self.check_plugin(name, overrides, &known)?;
+        }
+        for (kind, rule) in &parsed.policy {
+            self.check_rule(*kind, rule)?;
+        }
+        Ok(())
+    }
+
+    /// `[policy.<kind>]`: a count and a window of at least 1; for throttling, a ratio in
+    /// (0, 1] sustained at least a second.
+    fn check_rule(&self, kind: ViolationKind, rule: &Rule) -> Result<(), String> {
+        let path = |key| KeyPath::of(&["policy", kind.as_str(), key]);
+        let within = |key, value: u64, expected: &str| {
+            if (1..=86_400).contains(&value) {
+                Ok(())
+            } else {
+                Err(self.refuse(&path(key), value, expected))
+            }
+        };
+        within(
+            "count",
+            u64::from(rule.count),
+            "an integer number of violations from 1 to 86400",
+        )?;
+        within(
+            "window_s",
+            rule.window_s,
+            "an integer number of seconds from 1 to 86400",
+        )?;
+        within(
+            "sustained_s",
+            rule.sustained_s,
+            "an integer number of seconds from 1 to 86400",
+        )?;
+        if !(rule.ratio.is_finite() && rule.ratio > 0.0 && rule.ratio <= 1.0) {
+            return Err(self.refuse(
+                &path("ratio"),
+                rule.ratio,
+                "a share of CPU periods above 0 and at most 1 (0.5 = half of them throttled)",
+            ));
         }
         Ok(())
     }

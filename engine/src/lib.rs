@@ -16,6 +16,7 @@ pub mod ipc;
 pub mod loader;
 pub mod manifest;
 pub mod monitor;
+pub mod policy;
 pub mod sandbox;
 pub mod snapshot;
 pub mod supervisor;

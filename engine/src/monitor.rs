@@ -112,13 +112,7 @@ impl KeptFile {
 fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (name, value) = line.split_once(|c: char| c == ' ' || c == ':')?;
-        (name == key).then(|| {
-            value
-                .trim()
-                .trim_end_matches(" kB")
-                .parse()
-                .ok()
-        })?
+        (name == key).then(|| value.trim().trim_end_matches(" kB").parse().ok())?
     })
 }
 
@@ -151,6 +145,8 @@ pub struct ProbedLimits {
     /// CPU quota as percent of one core (`None`: no quota).
     pub cpu_quota_percent: Option<f64>,
     pub pids_max: Option<u64>,
+    /// The plugin process's `RLIMIT_NOFILE` soft limit.
+    pub max_open_files: Option<u64>,
 }
 
 /// The open files of one worker.
@@ -191,7 +187,19 @@ impl WorkerProbe {
         let proc_dir = Path::new("/proc").join(pid.to_string());
         let v1 = layout.uses_v1_hierarchies();
         let mut buffer = Vec::with_capacity(4096);
-        let limits = read_limits(v1, &memory, &cpu, &pids, &mut buffer);
+        let mut limits = read_limits(v1, &memory, &cpu, &pids, &mut buffer);
+        limits.max_open_files = std::fs::read_to_string(proc_dir.join("limits"))
+            .ok()
+            .and_then(|text| {
+                let line = text
+                    .lines()
+                    .find(|line| line.starts_with("Max open files"))?;
+                line.trim_start_matches("Max open files")
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
         let fd_dir_path = proc_dir.join("fd");
         let fd_dir = nix::dir::Dir::open(
             &fd_dir_path,
@@ -331,7 +339,13 @@ impl WorkerProbe {
     }
 }
 
-fn read_limits(v1: bool, memory: &Path, cpu: &Path, pids: &Path, buffer: &mut Vec<u8>) -> ProbedLimits {
+fn read_limits(
+    v1: bool,
+    memory: &Path,
+    cpu: &Path,
+    pids: &Path,
+    buffer: &mut Vec<u8>,
+) -> ProbedLimits {
     let read = |path: PathBuf, buffer: &mut Vec<u8>| -> Option<String> {
         KeptFile::open_optional(path)?
             .read(buffer)
@@ -342,12 +356,14 @@ fn read_limits(v1: bool, memory: &Path, cpu: &Path, pids: &Path, buffer: &mut Ve
     // v1 spells "no memory limit" as a huge page-aligned number.
     let no_limit_v1 = |bytes: u64| bytes < (1 << 62);
     let memory_limit_bytes = if v1 {
-        number(read(memory.join("memory.limit_in_bytes"), buffer)).filter(|bytes| no_limit_v1(*bytes))
+        number(read(memory.join("memory.limit_in_bytes"), buffer))
+            .filter(|bytes| no_limit_v1(*bytes))
     } else {
         number(read(memory.join("memory.max"), buffer))
     };
     let cpu_quota_percent = if v1 {
-        let quota = read(cpu.join("cpu.cfs_quota_us"), buffer).and_then(|text| text.parse::<i64>().ok());
+        let quota =
+            read(cpu.join("cpu.cfs_quota_us"), buffer).and_then(|text| text.parse::<i64>().ok());
         let period = number(read(cpu.join("cpu.cfs_period_us"), buffer));
         match (quota, period) {
             (Some(quota), Some(period)) if quota > 0 && period > 0 => {
@@ -366,6 +382,7 @@ fn read_limits(v1: bool, memory: &Path, cpu: &Path, pids: &Path, buffer: &mut Ve
         memory_limit_bytes,
         cpu_quota_percent,
         pids_max: number(read(pids.join("pids.max"), buffer)),
+        max_open_files: None,
     }
 }
 
@@ -429,7 +446,9 @@ impl SampleSeries {
                 let wall = now.duration_since(then).as_nanos().max(1) as f64;
                 let used = reading.cpu_usage_ns.saturating_sub(before.cpu_usage_ns) as f64;
                 let periods = reading.cpu_periods.saturating_sub(before.cpu_periods);
-                let throttled = reading.throttled_periods.saturating_sub(before.throttled_periods);
+                let throttled = reading
+                    .throttled_periods
+                    .saturating_sub(before.throttled_periods);
                 let ratio = if periods == 0 {
                     0.0
                 } else {
@@ -466,7 +485,10 @@ impl SampleSeries {
             self.ring.pop_front();
         }
         self.ring.push_back(sample);
-        let before = self.previous.replace((now, reading)).map(|(_, reading)| reading);
+        let before = self
+            .previous
+            .replace((now, reading))
+            .map(|(_, reading)| reading);
         (sample, before)
     }
 
@@ -512,6 +534,7 @@ mod tests {
             memory_limit_bytes: Some(64 << 20),
             cpu_quota_percent: Some(50.0),
             pids_max: Some(16),
+            max_open_files: Some(64),
         };
         let first = Reading {
             cpu_usage_ns: 1_000_000_000,

@@ -7,7 +7,7 @@
 mod actor;
 pub(crate) mod dependencies;
 mod policy;
-pub(crate) mod state_file;
+pub mod state_file;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use policy::{PluginOverrides, RestartPolicy, WatchPolicy};
 
-pub(crate) use actor::{millis, run_actor};
+pub(crate) use actor::{hooks_in_flight, millis, run_actor};
 
 use crate::engine::EngineError;
 use crate::events::unix_millis;
@@ -25,6 +25,7 @@ use crate::hooks::HookStats;
 use crate::loader::SealedLibrary;
 use crate::manifest::Manifest;
 use crate::monitor::SampleSeries;
+use crate::policy::{Violation, ViolationCounts};
 use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
 use crate::worker::{ExitStatus, MechanismState, OutputStream, Worker, WorkerEvent};
 
@@ -118,6 +119,8 @@ pub(crate) struct Lifecycle {
     /// The bundle directory is gone from disk.
     pub removed_from_disk: bool,
     pub health: HealthCheck,
+    /// Recent violations per kind, for the policy's thresholds.
+    pub violation_counts: ViolationCounts,
 }
 
 /// The state of a plugin's health checks (`[health]` in its manifest).
@@ -175,6 +178,7 @@ impl Lifecycle {
             changed_on_disk: false,
             removed_from_disk: false,
             health: HealthCheck::new(),
+            violation_counts: ViolationCounts::default(),
         }
     }
 
@@ -197,6 +201,8 @@ pub(crate) struct Running {
     pub generation: u64,
     pub timeouts: BTreeMap<String, Duration>,
     pub max_in_flight: u64,
+    /// Hooks whose calls found the worker gone: what it was doing when it died.
+    pub lost_calls: Mutex<BTreeSet<String>>,
 }
 
 /// An answer to a command, sent back by the actor.
@@ -217,7 +223,13 @@ pub(crate) enum ActorMessage {
     Unload(Reply),
     Reload(Reply),
     SetEnabled(bool, Reply),
-    Worker { generation: u64, event: WorkerEvent },
+    ClearQuarantine(Reply),
+    /// Caught outside the actor (a hook timeout, a forbidden emit, a resource counter).
+    Violation(Violation),
+    Worker {
+        generation: u64,
+        event: WorkerEvent,
+    },
     Disk(DiskChange),
     Exit,
 }

@@ -4,5 +4,6 @@
 mod call;
 mod cli;
 mod headless;
+mod quarantine;
 mod scaffold;
 mod support;

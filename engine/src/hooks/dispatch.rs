@@ -9,8 +9,9 @@ use super::CallResult;
 use crate::engine::{CallReport, EngineError, Shared};
 use crate::events::EventKind;
 use crate::manifest::Priority;
+use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::PluginState;
-use crate::supervisor::{Plugin, Running};
+use crate::supervisor::{ActorMessage, Plugin, Running, hooks_in_flight};
 use crate::worker::CallFailure;
 
 /// How many emits deep a chain of plugins emitting to each other may go.
@@ -46,7 +47,7 @@ pub(crate) fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) 
     subscribers.sort_by(|(a, left), (b, right)| a.cmp(b).then_with(|| left.name.cmp(&right.name)));
     subscribers
         .into_iter()
-        .filter_map(|(_, plugin)| call(shared, &plugin, hook, payload, depth).ok())
+        .filter_map(|(_, plugin)| call(&plugin, hook, payload, depth).ok())
         .collect()
 }
 
@@ -72,18 +73,18 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
             });
             if granted {
                 lifecycle.emitted += 1;
-            } else {
-                lifecycle.violations += 1;
             }
             granted
         };
         if !granted {
-            shared.event(
-                Some(&emitter),
-                EventKind::ForbiddenEmit {
-                    hook: hook.to_owned(),
-                },
-            );
+            let violation = Violation::new(
+                ViolationKind::ForbiddenEmit,
+                "engine",
+                format!("emitted `{hook}`, which its manifest's `emit` does not list; refused"),
+            )
+            .fact("emitted", hook.to_owned())
+            .during(hooks_in_flight(&plugin));
+            let _ = plugin.inbox.send(ActorMessage::Violation(violation));
             return plugboard_sdk::abi::EMIT_DENIED;
         }
         if depth >= MAX_EMIT_DEPTH {
@@ -100,7 +101,6 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
 /// One call of one plugin's hook, timed and recorded in its statistics. A disabled hook
 /// and a plugin at its `max_in_flight` cap are refused without reaching the plugin.
 pub(crate) fn call(
-    shared: &Shared,
     plugin: &Plugin,
     hook: &str,
     payload: &[u8],
@@ -154,6 +154,13 @@ pub(crate) fn call(
         }
     }
     let elapsed = start.elapsed();
+    if matches!(outcome, Err(CallFailure::WorkerGone)) {
+        running
+            .lost_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(hook.to_owned());
+    }
     let (result, call_report) = match outcome {
         Ok(outcome) => {
             let reply = String::from_utf8_lossy(&outcome.body).into_owned();
@@ -170,13 +177,15 @@ pub(crate) fn call(
             )
         }
         Err(CallFailure::Timeout { timeout }) => {
-            shared.event(
-                Some(&plugin.name),
-                EventKind::HookTimeout {
-                    hook: hook.to_owned(),
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                },
-            );
+            let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let violation = Violation::new(
+                ViolationKind::HookTimeout,
+                "engine",
+                format!("`{hook}` gave no reply within its timeout of {millis} ms; a late reply is discarded"),
+            )
+            .fact("timeout_ms", millis)
+            .during(Some(hook.to_owned()));
+            let _ = plugin.inbox.send(ActorMessage::Violation(violation));
             (
                 CallResult::Timeout,
                 report(
@@ -230,7 +239,7 @@ pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBoo
             })
             .collect();
         if let Some((plugin, hook)) = targets.get(turn % targets.len().max(1)) {
-            let _ = call(shared, plugin, hook, b"traffic", 0);
+            let _ = call(plugin, hook, b"traffic", 0);
         }
         turn = turn.wrapping_add(1);
         next += interval;

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::WorkerProbe;
+use super::{Reading, ResourceSample, WorkerProbe};
 use crate::engine::Shared;
+use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::HostSnapshot;
+use crate::supervisor::{ActorMessage, hooks_in_flight};
 
 /// Runs until dropped.
 pub(crate) struct Sampler {
@@ -44,10 +46,16 @@ impl Drop for Sampler {
     }
 }
 
-/// A worker's probe, tied to the worker generation it was opened for.
+/// A worker's probe, tied to the worker generation it was opened for, with what the
+/// violation checks remember between samples.
 struct Probed {
     generation: u64,
     probe: WorkerProbe,
+    /// Since when it has been throttled above the policy's ratio, and whether that was
+    /// reported already.
+    throttled_since: Option<(Instant, bool)>,
+    /// Whether the descriptor limit was reached at the previous sample.
+    at_fd_limit: bool,
 }
 
 fn run(shared: &Weak<Shared>, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
@@ -142,6 +150,8 @@ fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
                 Probed {
                     generation: running.generation,
                     probe,
+                    throttled_since: None,
+                    at_fd_limit: false,
                 },
             );
         }
@@ -151,15 +161,138 @@ fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
         match probed.probe.read() {
             Ok(reading) => {
                 let limits = probed.probe.limits();
-                plugin
+                let now = Instant::now();
+                let (sample, before) = plugin
                     .resources
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(Instant::now(), reading, limits);
+                    .push(now, reading, limits);
+                for violation in check(shared, probed, &sample, before.as_ref(), now) {
+                    let _ = plugin.inbox.send(ActorMessage::Violation(
+                        violation.during(hooks_in_flight(&plugin)),
+                    ));
+                }
             }
             Err(_) => {
                 probes.remove(&plugin.name);
             }
         }
     }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The violations one sample shows, against the previous reading: limit hits and OOM
+/// kills counted by the cgroup, sustained throttling, the descriptor limit reached.
+fn check(
+    shared: &Shared,
+    probed: &mut Probed,
+    sample: &ResourceSample,
+    before: Option<&Reading>,
+    now: Instant,
+) -> Vec<Violation> {
+    let mut found = Vec::new();
+    if let Some(before) = before {
+        let hits = sample
+            .memory_limit_hits
+            .saturating_sub(before.memory_limit_hits);
+        if hits > 0 {
+            let limit = sample.memory_limit_bytes.unwrap_or(0);
+            found.push(
+                Violation::new(
+                    ViolationKind::MemoryLimit,
+                    "cgroup",
+                    format!(
+                        "hit its memory limit of {} {hits} time(s) (using {})",
+                        mib(limit),
+                        mib(sample.memory_bytes)
+                    ),
+                )
+                .fact("limit_bytes", limit)
+                .fact("observed_bytes", sample.memory_bytes)
+                .fact("hits", hits),
+            );
+        }
+        let kills = sample.oom_kills.saturating_sub(before.oom_kills);
+        if kills > 0 {
+            let limit = sample.memory_limit_bytes.unwrap_or(0);
+            found.push(
+                Violation::new(
+                    ViolationKind::OomKill,
+                    "cgroup",
+                    format!(
+                        "the kernel's OOM killer ended {kills} of its processes at its memory limit of {}",
+                        mib(limit)
+                    ),
+                )
+                .fact("limit_bytes", limit)
+                .fact("oom_kills", kills),
+            );
+        }
+        let refused = sample
+            .pids_limit_hits
+            .saturating_sub(before.pids_limit_hits);
+        if refused > 0 {
+            let limit = sample.pids_max.unwrap_or(0);
+            found.push(
+                Violation::new(
+                    ViolationKind::PidsLimit,
+                    "cgroup",
+                    format!("{refused} fork(s) or thread(s) refused at its limit of {limit} tasks"),
+                )
+                .fact("limit", limit)
+                .fact("observed", sample.pids_current)
+                .fact("refused", refused),
+            );
+        }
+    }
+    let rule = shared.config.policy.rule(ViolationKind::CpuThrottled);
+    if sample.throttled_ratio > rule.ratio {
+        let quota = probed.probe.limits().cpu_quota_percent.unwrap_or(0.0);
+        let (since, reported) = probed.throttled_since.get_or_insert((now, false));
+        let sustained = now.duration_since(*since);
+        if !*reported && sustained >= Duration::from_secs(rule.sustained_s) {
+            *reported = true;
+            found.push(
+                Violation::new(
+                    ViolationKind::CpuThrottled,
+                    "cgroup",
+                    format!(
+                        "throttled in {:.0}% of its CPU periods for {} s (quota {:.0}% of a core; the policy's threshold is {:.0}% for {} s)",
+                        sample.throttled_ratio * 100.0,
+                        sustained.as_secs(),
+                        quota,
+                        rule.ratio * 100.0,
+                        rule.sustained_s
+                    ),
+                )
+                .fact("ratio", sample.throttled_ratio)
+                .fact("sustained_s", sustained.as_secs())
+                .fact("throttled_ms", sample.throttled_ms),
+            );
+        }
+    } else {
+        probed.throttled_since = None;
+    }
+    let limit = probed.probe.limits().max_open_files;
+    let at_limit = limit.is_some_and(|limit| sample.open_fds >= limit);
+    if at_limit && !probed.at_fd_limit {
+        let limit = limit.unwrap_or(0);
+        found.push(
+            Violation::new(
+                ViolationKind::FdLimit,
+                "rlimits",
+                format!(
+                    "{} descriptors open: its limit is {limit}, further opens fail with EMFILE",
+                    sample.open_fds
+                ),
+            )
+            .fact("limit", limit)
+            .fact("observed", sample.open_fds),
+        );
+    }
+    probed.at_fd_limit = at_limit;
+    found
 }

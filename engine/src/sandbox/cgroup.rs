@@ -406,7 +406,11 @@ impl CgroupRoot {
 
     /// The directory of cgroup `relative` (as in [`PluginCgroup::display_path`]) in
     /// `controller`'s hierarchy.
-    pub fn controller_dir(&self, controller: Controller, relative: &str) -> Result<PathBuf, CgroupError> {
+    pub fn controller_dir(
+        &self,
+        controller: Controller,
+        relative: &str,
+    ) -> Result<PathBuf, CgroupError> {
         Ok(self
             .hierarchies()?
             .get(controller)

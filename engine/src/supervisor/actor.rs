@@ -12,8 +12,9 @@ use crate::events::{EventKind, unix_millis};
 use crate::hooks::dispatch::emit_handler;
 use crate::loader::SealedLibrary;
 use crate::manifest::{IsolationMode, Manifest};
+use crate::policy::{Action, Violation, ViolationKind};
 use crate::snapshot::{Health, PluginState, TrustInfo};
-use crate::worker::{EventSink, Worker, WorkerEvent, plan_for};
+use crate::worker::{EventSink, ExitStatus, Worker, WorkerEvent, plan_for};
 
 pub(crate) fn run_actor(
     shared: &Arc<Shared>,
@@ -72,6 +73,10 @@ pub(crate) fn run_actor(
             ActorMessage::SetEnabled(enabled, reply) => {
                 let _ = reply.send(set_enabled(shared, plugin, enabled));
             }
+            ActorMessage::ClearQuarantine(reply) => {
+                let _ = reply.send(clear_quarantine(shared, plugin));
+            }
+            ActorMessage::Violation(violation) => on_violation(shared, plugin, violation),
             ActorMessage::Worker { generation, event } => {
                 on_worker_event(shared, plugin, generation, event);
             }
@@ -104,39 +109,64 @@ struct VerifiedBundle {
 
 /// Reads the bundle in `plugin.dir`, checks its signature against the trust store (or the
 /// development flag), the in-process rule and the host's config overrides.
-fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, String> {
+/// Why a bundle was refused; `trust` when its signature or signer was the problem.
+struct Refusal {
+    reason: String,
+    trust: bool,
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            trust: false,
+        }
+    }
+}
+
+fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, Refusal> {
     let bundle = Bundle::open(&plugin.dir, &shared.config.limits).map_err(|err| err.to_string())?;
     let verified = match (&shared.trust, shared.config.allow_unsigned) {
         (Some(store), allow_unsigned) => match bundle.verify(store) {
             Ok(verified) => Some(verified),
             Err(_) if allow_unsigned => None,
-            Err(err) => return Err(err.to_string()),
+            Err(err) => {
+                return Err(Refusal {
+                    reason: err.to_string(),
+                    trust: true,
+                });
+            }
         },
         (None, true) => None,
         (None, false) => {
-            return Err(
-                "no trust store is configured and unsigned bundles are not allowed".to_owned(),
-            );
+            return Err(Refusal {
+                reason: "no trust store is configured and unsigned bundles are not allowed"
+                    .to_owned(),
+                trust: true,
+            });
         }
     };
     let name = &bundle.manifest().plugin.name;
     if *name != plugin.name {
-        return Err(format!(
+        return Err(Refusal::from(format!(
             "the bundle in {} now names itself `{name}`, not `{}`",
             plugin.dir.display(),
             plugin.name
-        ));
+        )));
     }
     if bundle.manifest().isolation.mode == IsolationMode::InProcess {
         let level = verified.as_ref().map(|verified| verified.level);
         if level != Some(crate::trust::TrustLevel::InProcess) {
-            return Err(format!(
+            return Err(Refusal {
+                trust: true,
+                reason: format!(
                 "`[isolation] mode = \"in-process\"` needs a signer trusted at level `in-process`; {}",
                 match level {
                     Some(level) => format!("this bundle's signer is trusted at level `{level}`"),
                     None => "this bundle is not verified (development mode runs such bundles sandboxed only)".to_owned(),
                 }
-            ));
+            ),
+            });
         }
     }
     let overrides = shared.config.plugins.get(&plugin.name);
@@ -170,6 +200,18 @@ fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, Str
 }
 
 fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
+    if plugin.lifecycle().state == PluginState::Quarantined {
+        // Cleared from a shell (`plugboard quarantine clear`) while this engine ran?
+        if shared.persisted(&plugin.name).quarantined.is_some() {
+            return Err(EngineError::WrongState {
+                plugin: plugin.name.clone(),
+                state: PluginState::Quarantined,
+                action: "load or start",
+                expected: "cleared from quarantine first",
+            });
+        }
+        clear_quarantine(shared, plugin)?;
+    }
     let mut lifecycle = plugin.lifecycle();
     if let Some(reason) = lifecycle.blocked.clone() {
         return Err(EngineError::StartFailed {
@@ -196,7 +238,7 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
             set_state(shared, plugin, &mut lifecycle, to);
             Ok(())
         }
-        Err(reason) => {
+        Err(Refusal { reason, trust }) => {
             lifecycle.reason = Some(reason.clone());
             set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
             drop(lifecycle);
@@ -206,6 +248,16 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
                     reason: reason.clone(),
                 },
             );
+            if trust {
+                let violation = Violation::new(
+                    ViolationKind::TrustFailure,
+                    "trust",
+                    format!("refused: {reason}"),
+                );
+                if record_violation(shared, plugin, violation) == Action::Quarantine {
+                    quarantine(shared, plugin, &reason);
+                }
+            }
             Err(EngineError::StartFailed {
                 plugin: plugin.name.clone(),
                 reason,
@@ -268,6 +320,7 @@ fn spawn_worker(
         generation,
         timeouts,
         max_in_flight: u64::from(resources.max_in_flight),
+        lost_calls: Mutex::new(std::collections::BTreeSet::new()),
     })
 }
 
@@ -372,13 +425,13 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         PluginState::Discovered | PluginState::Unloaded | PluginState::Rejected => {
             load(shared, plugin)?;
         }
+        PluginState::Quarantined => load(shared, plugin)?,
         PluginState::Verified
         | PluginState::Stopped
         | PluginState::Failed
         | PluginState::BackingOff
         | PluginState::Stopping
-        | PluginState::Disabled
-        | PluginState::Quarantined => {}
+        | PluginState::Disabled => {}
     }
     // Only one start at a time passes the `max_plugins` check and becomes Starting.
     let gate = shared
@@ -522,7 +575,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     };
     let verified = match verify_bundle(shared, plugin) {
         Ok(verified) => verified,
-        Err(reason) => return Err(fail(reason)),
+        Err(refusal) => return Err(fail(refusal.reason)),
     };
     if let Err(err) = super::dependencies::check_running(shared, &plugin.name, &verified.manifest) {
         return Err(fail(err.to_string()));
@@ -695,15 +748,36 @@ fn on_worker_event(
         WorkerEvent::ForbiddenSyscall {
             syscall, detail, ..
         } => {
-            plugin.lifecycle().violations += 1;
-            shared.event(
-                Some(&plugin.name),
-                EventKind::ForbiddenSyscall { syscall, detail },
-            );
+            let mut violation = Violation::new(
+                ViolationKind::ForbiddenSyscall,
+                "seccomp",
+                if detail.is_empty() {
+                    format!("{syscall} denied (EPERM): its capabilities do not grant it")
+                } else {
+                    format!("{syscall} ({detail}) denied (EPERM): its capabilities do not grant it")
+                },
+            )
+            .fact("syscall", syscall.clone())
+            .during(hooks_in_flight(plugin));
+            if let Some(family) = detail
+                .strip_prefix("domain ")
+                .and_then(|rest| rest.split(',').next())
+            {
+                violation = violation.fact("family", family.to_owned());
+            }
+            if !detail.is_empty() {
+                violation = violation.fact("arguments", detail);
+            }
+            on_violation(shared, plugin, violation);
         }
         WorkerEvent::ProtocolViolation { reason } => {
-            plugin.lifecycle().violations += 1;
-            shared.event(Some(&plugin.name), EventKind::ProtocolViolation { reason });
+            let violation = Violation::new(
+                ViolationKind::ProtocolViolation,
+                "engine",
+                format!("{reason}; the worker was killed"),
+            )
+            .during(hooks_in_flight(plugin));
+            on_violation(shared, plugin, violation);
         }
         WorkerEvent::Exited { status } => {
             // An exit of the current worker while it should run is a crash; during a stop,
@@ -719,7 +793,24 @@ fn on_worker_event(
     }
 }
 
-fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: crate::worker::ExitStatus) {
+fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: ExitStatus) {
+    // The hooks in flight, and those whose calls already found the worker gone.
+    let mut hooks: std::collections::BTreeSet<String> = hooks_in_flight(plugin)
+        .map(|hooks| hooks.split(", ").map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(running) = plugin.running() {
+        hooks.extend(
+            running
+                .lost_calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+    }
+    let hooks = (!hooks.is_empty()).then(|| hooks.into_iter().collect::<Vec<_>>().join(", "));
+    // Whether the kernel's OOM killer did it is in the cgroup, which goes with the worker.
+    let oom = oom_kills(shared, plugin);
     // Reap what is left (the cgroup, the worker's threads) before anyone is told, so
     // whoever reacts to the crash finds nothing of the old worker.
     let running = plugin
@@ -739,8 +830,176 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: crate::worker::E
     lifecycle.cgroup = None;
     set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
     drop(lifecycle);
-    shared.event(Some(&plugin.name), EventKind::Crashed { exit: status });
-    schedule_restart(shared, plugin);
+    let mut violation = match oom {
+        Some((kills, limit)) if kills > 0 => {
+            lifecycle_reason(
+                plugin,
+                format!("OOM-killed at its memory limit ({})", mib(limit)),
+            );
+            Violation::new(
+                ViolationKind::OomKill,
+                "cgroup",
+                format!(
+                    "the kernel's OOM killer ended it at its memory limit of {}",
+                    mib(limit)
+                ),
+            )
+            .fact("limit_bytes", limit)
+            .fact("oom_kills", kills)
+        }
+        _ => Violation::new(
+            ViolationKind::Crash,
+            "engine",
+            format!("the worker ended unexpectedly: {status}"),
+        ),
+    };
+    violation = match status {
+        ExitStatus::Signal { signal } => violation.fact("signal", signal).fact(
+            "signal_name",
+            nix::sys::signal::Signal::try_from(signal).map_or("unknown", |signal| signal.as_str()),
+        ),
+        ExitStatus::Code { code } => violation.fact("exit_code", code),
+    };
+    on_violation(shared, plugin, violation.during(hooks));
+}
+
+fn lifecycle_reason(plugin: &Plugin, reason: String) {
+    plugin.lifecycle().reason = Some(reason);
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "none".to_owned(), |bytes| format!("{} MiB", bytes >> 20))
+}
+
+/// OOM kills counted in the plugin's memory cgroup, and its limit; `None` when they
+/// cannot be read.
+fn oom_kills(shared: &Shared, plugin: &Plugin) -> Option<(u64, Option<u64>)> {
+    let cgroup = plugin.lifecycle().cgroup.clone()?;
+    let root = shared.scope.root();
+    let dir = root
+        .controller_dir(crate::sandbox::cgroup::Controller::Memory, &cgroup)
+        .ok()?;
+    let v1 = root.layout().uses_v1_hierarchies();
+    let events = std::fs::read_to_string(dir.join(if v1 {
+        "memory.oom_control"
+    } else {
+        "memory.events"
+    }))
+    .ok()?;
+    let kills = events.lines().find_map(|line| {
+        line.strip_prefix("oom_kill ")
+            .and_then(|count| count.trim().parse().ok())
+    })?;
+    let limit = std::fs::read_to_string(dir.join(if v1 {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    }))
+    .ok()
+    .and_then(|text| text.trim().parse::<u64>().ok());
+    Some((kills, limit))
+}
+
+/// The hooks with calls in flight (comma separated), the likeliest culprits.
+pub(crate) fn hooks_in_flight(plugin: &Plugin) -> Option<String> {
+    let stats = plugin.stats.lock().unwrap_or_else(PoisonError::into_inner);
+    let busy: Vec<&str> = stats
+        .iter()
+        .filter(|(_, stats)| stats.snapshot_in_flight() > 0)
+        .map(|(hook, _)| hook.as_str())
+        .collect();
+    (!busy.is_empty()).then(|| busy.join(", "))
+}
+
+/// Counts the violation, lets the policy decide the action and records it (durably, in
+/// the audit file) — before the action is carried out.
+fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) -> Action {
+    let rule = shared.config.policy.rule(violation.kind);
+    let action = {
+        let mut lifecycle = plugin.lifecycle();
+        lifecycle.violations += 1;
+        lifecycle
+            .violation_counts
+            .decide(violation.kind, &rule, Instant::now())
+    };
+    violation.action = action;
+    shared.event(Some(&plugin.name), EventKind::Violation { violation });
+    action
+}
+
+/// Records a violation and carries out the action the policy chose.
+fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation) {
+    let kind = violation.kind;
+    let detail = violation.detail.clone();
+    let worker_gone =
+        matches!(kind, ViolationKind::Crash | ViolationKind::OomKill) && plugin.running().is_none();
+    match record_violation(shared, plugin, violation) {
+        Action::Log => {}
+        Action::Restart if worker_gone => schedule_restart(shared, plugin),
+        Action::Restart => {
+            if plugin.running().is_some() {
+                let _ = stop(shared, plugin, PluginState::Stopped);
+                plugin.lifecycle().restarts += 1;
+                if let Err(err) = start(shared, plugin) {
+                    lifecycle_reason(plugin, format!("restart after {kind} failed: {err}"));
+                }
+            }
+        }
+        Action::Stop => {
+            let _ = stop(shared, plugin, PluginState::Stopped);
+            lifecycle_reason(plugin, format!("stopped by policy after {kind}: {detail}"));
+        }
+        Action::Quarantine => quarantine(shared, plugin, &format!("{kind}: {detail}")),
+    }
+}
+
+/// Stops and unloads the plugin and keeps it from starting until an operator clears it,
+/// across engine restarts.
+fn quarantine(shared: &Shared, plugin: &Plugin, reason: &str) {
+    let _ = stop(shared, plugin, PluginState::Quarantined);
+    {
+        let mut lifecycle = plugin.lifecycle();
+        lifecycle.library = None;
+        lifecycle.backoff = super::Backoff::default();
+        lifecycle.reason = Some(format!("quarantined: {reason}"));
+    }
+    let persisted = shared.persist(&plugin.name, |toggles| {
+        toggles.quarantined = Some(super::state_file::Quarantine {
+            reason: reason.to_owned(),
+            at_ms: unix_millis(SystemTime::now()),
+        });
+    });
+    if let Err(err) = persisted {
+        shared.event(
+            Some(&plugin.name),
+            EventKind::Engine {
+                message: format!("the quarantine is not persisted: {err}"),
+            },
+        );
+    }
+}
+
+fn clear_quarantine(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
+    let mut lifecycle = plugin.lifecycle();
+    if lifecycle.state != PluginState::Quarantined {
+        return Err(EngineError::WrongState {
+            plugin: plugin.name.clone(),
+            state: lifecycle.state,
+            action: "clear quarantine",
+            expected: "quarantined",
+        });
+    }
+    lifecycle.reason = None;
+    lifecycle.violation_counts = crate::policy::ViolationCounts::default();
+    let to = if lifecycle.disabled {
+        PluginState::Disabled
+    } else {
+        PluginState::Discovered
+    };
+    set_state(shared, plugin, &mut lifecycle, to);
+    drop(lifecycle);
+    shared.event(Some(&plugin.name), EventKind::QuarantineCleared);
+    Ok(())
 }
 
 /// After a crash (or a failed restart): the next restart with its delay, or Failed when
@@ -748,7 +1007,7 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: crate::worker::E
 fn schedule_restart(shared: &Shared, plugin: &Plugin) {
     let policy = &shared.config.restart;
     let mut lifecycle = plugin.lifecycle();
-    if !policy.enabled || lifecycle.disabled {
+    if !policy.enabled || lifecycle.disabled || lifecycle.state == PluginState::Quarantined {
         return;
     }
     let now = Instant::now();
@@ -843,7 +1102,7 @@ fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange
 /// One health check of the running worker, per the manifest's `[health]`: every
 /// transition is an event; reaching `failures_before_unhealthy` failures in a row makes
 /// the plugin Degraded, a passing check makes it Running again.
-fn check_health(shared: &Shared, plugin: &Plugin) {
+fn check_health(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
     let Some(running) = plugin.running() else {
         plugin.lifecycle().health.next = None;
         return;
@@ -894,7 +1153,7 @@ fn check_health(shared: &Shared, plugin: &Plugin) {
                 from,
                 to,
                 failures,
-                detail,
+                detail: detail.clone(),
             },
         );
     }
@@ -906,6 +1165,20 @@ fn check_health(shared: &Shared, plugin: &Plugin) {
             set_state(shared, plugin, &mut lifecycle, PluginState::Running);
         }
         _ => {}
+    }
+    drop(lifecycle);
+    if to == Health::Unhealthy && from != Health::Unhealthy {
+        let violation = Violation::new(
+            ViolationKind::HealthFailed,
+            "engine",
+            format!(
+                "{failures} health checks failed in a row (threshold {}): {}",
+                spec.failures_before_unhealthy,
+                detail.as_deref().unwrap_or("no detail")
+            ),
+        )
+        .fact("failures", failures);
+        on_violation(shared, plugin, violation);
     }
 }
 

@@ -21,11 +21,23 @@ pub struct PluginToggles {
     pub enabled: Option<bool>,
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub disabled_hooks: BTreeSet<String>,
+    /// Set when policy quarantined the plugin; cleared only by an operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<Quarantine>,
+}
+
+/// Why and when a plugin was quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quarantine {
+    pub reason: String,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
 }
 
 impl PluginToggles {
     fn is_empty(&self) -> bool {
-        self.enabled.is_none() && self.disabled_hooks.is_empty()
+        self.enabled.is_none() && self.disabled_hooks.is_empty() && self.quarantined.is_none()
     }
 }
 
@@ -71,9 +83,12 @@ impl PersistedState {
                 });
             }
         };
-        let state: Self = serde_json::from_str(&text).map_err(|err| StateFileError::Invalid {
-            file: file.to_owned(),
-            reason: err.to_string(),
+        let mut reader = serde_json::Deserializer::from_str(&text);
+        let state: Self = serde_path_to_error::deserialize(&mut reader).map_err(|err| {
+            StateFileError::Invalid {
+                file: file.to_owned(),
+                reason: format!("`{}`: {}", err.path(), err.inner()),
+            }
         })?;
         if state.version != STATE_VERSION {
             return Err(StateFileError::Invalid {
@@ -128,6 +143,10 @@ mod tests {
             PluginToggles {
                 enabled: Some(false),
                 disabled_hooks: BTreeSet::from(["greet".to_owned()]),
+                quarantined: Some(Quarantine {
+                    reason: "protocol violation".to_owned(),
+                    at_ms: 1,
+                }),
             },
         );
         state

@@ -38,8 +38,14 @@ fn a_running_worker_is_sampled_from_its_cgroup_and_proc_with_its_limits() {
     assert_eq!(sample.memory_limit_bytes, Some(32 << 20));
     assert_eq!(sample.pids_max, Some(8));
     assert!(sample.cpu_percent_of_quota.is_some());
-    assert!(sample.memory_bytes > 0 && sample.rss_bytes > 0, "{sample:?}");
-    assert!(sample.pids_current >= 1 && sample.threads >= 1, "{sample:?}");
+    assert!(
+        sample.memory_bytes > 0 && sample.rss_bytes > 0,
+        "{sample:?}"
+    );
+    assert!(
+        sample.pids_current >= 1 && sample.threads >= 1,
+        "{sample:?}"
+    );
     assert!(sample.open_fds >= 3, "{sample:?}");
     assert!(sample.cpu_percent >= 0.0 && sample.throttled_ratio >= 0.0);
     let host = engine.snapshot().host;
@@ -65,9 +71,12 @@ fn a_probe_keeps_its_files_open_and_rereads_them() {
     let hello = plugin(engine, "hello");
     let root = CgroupRoot::system().unwrap();
     let before = open_descriptors();
-    let mut probe =
-        WorkerProbe::open(&root, hello.cgroup.as_ref().unwrap(), hello.sandbox_pid.unwrap())
-            .unwrap();
+    let mut probe = WorkerProbe::open(
+        &root,
+        hello.cgroup.as_ref().unwrap(),
+        hello.sandbox_pid.unwrap(),
+    )
+    .unwrap();
     let opened = open_descriptors();
     assert!(opened > before, "the probe holds its files");
     let first = probe.read().unwrap();

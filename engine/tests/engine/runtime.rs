@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use plugboard_engine::policy::{Action, ViolationKind};
 use plugboard_engine::worker::ExitStatus;
 use plugboard_engine::{
     Command, Engine, EngineConfig, Event, EventKind, Outcome, PluginSnapshot, PluginState,
@@ -269,11 +270,13 @@ fn a_timed_out_call_is_counted_and_its_late_reply_discarded() {
     start(engine, "prober");
     let report = call(engine, "prober", "sleep", "700");
     assert_eq!(report.status, "timeout", "{report:?}");
-    wait_for(
-        &fixture.events,
-        Duration::from_secs(1),
-        |event| matches!(&event.kind, EventKind::HookTimeout { hook, timeout_ms: 300 } if hook == "sleep"),
-    );
+    wait_for(&fixture.events, Duration::from_secs(1), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == ViolationKind::HookTimeout
+                && violation.hook.as_deref() == Some("sleep")
+                && violation.facts["timeout_ms"] == 300
+                && violation.action == Action::Log)
+    });
     // The late reply arrives while this call waits; it must not be mistaken for a
     // protocol violation nor answer this call.
     let next = call(engine, "prober", "sleep", "800");
@@ -282,8 +285,9 @@ fn a_timed_out_call_is_counted_and_its_late_reply_discarded() {
     assert_eq!(whoami.status, "ok", "{whoami:?}");
     let stats = plugin(engine, "prober").hooks["sleep"].clone();
     assert_eq!((stats.calls, stats.timeouts), (2, 2));
+    // Two timeouts are violations, logged; the default policy restarts at three a minute.
     assert_eq!(plugin(engine, "prober").state, PluginState::Running);
-    assert_eq!(plugin(engine, "prober").violations, 0);
+    assert_eq!(plugin(engine, "prober").violations, 2);
 }
 
 #[test]
@@ -296,18 +300,33 @@ fn a_hostile_worker_is_killed_and_the_engine_keeps_serving_others() {
     start(engine, "prober");
     start(engine, "hello");
     let _ = call(engine, "prober", "forge", "");
-    wait_for(
-        &fixture.events,
-        Duration::from_secs(2),
-        |event| matches!(&event.kind, EventKind::ProtocolViolation { reason } if reason.contains("frame")),
-    );
+    // Writing garbage on its socket is hostile: the worker is killed and, by the default
+    // policy, the plugin quarantined (not restarted).
     wait_for(&fixture.events, Duration::from_secs(2), |event| {
-        matches!(event.kind, EventKind::Crashed { .. })
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == ViolationKind::ProtocolViolation
+                && violation.detail.contains("frame")
+                && violation.action == Action::Quarantine)
+    });
+    wait_for(&fixture.events, Duration::from_secs(3), |event| {
+        event.kind
+            == EventKind::StateChanged {
+                from: PluginState::Stopping,
+                to: PluginState::Quarantined,
+            }
     });
     let prober = plugin(engine, "prober");
-    assert_eq!(prober.state, PluginState::Failed);
+    assert_eq!(prober.state, PluginState::Quarantined);
+    assert!(
+        prober
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("protocol_violation")
+    );
     assert_eq!(prober.last_exit, Some(ExitStatus::Signal { signal: 9 }));
-    assert!(prober.violations >= 1);
+    assert_eq!(prober.violations, 1, "the kill that follows is no crash");
+    assert!(prober.worker_pid.is_none());
     assert_eq!(
         call(engine, "hello", "greet", "still here").reply,
         "Hello, still here!"
@@ -326,20 +345,23 @@ fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
     let started = Instant::now();
     let report = call(engine, "prober", "crash", "");
     assert_eq!(report.status, "gone", "{report:?}");
-    let event = wait_for(&fixture.events, Duration::from_secs(2), |event| {
-        matches!(event.kind, EventKind::Crashed { .. })
-    });
+    let event = wait_for(
+        &fixture.events,
+        Duration::from_secs(2),
+        |event| matches!(&event.kind, EventKind::Violation { violation } if violation.kind == ViolationKind::Crash),
+    );
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "crash noticed after {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        event.kind,
-        EventKind::Crashed {
-            exit: ExitStatus::Signal { signal: 6 }
-        }
-    );
+    let EventKind::Violation { violation } = event.kind else {
+        unreachable!()
+    };
+    assert_eq!(violation.facts["signal"], 6);
+    assert_eq!(violation.facts["signal_name"], "SIGABRT");
+    assert_eq!(violation.hook.as_deref(), Some("crash"));
+    assert_eq!(violation.mechanism, "engine");
     let prober = plugin(engine, "prober");
     assert_eq!(prober.state, PluginState::Failed);
     assert!(!Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists());
@@ -398,11 +420,12 @@ fn emits_are_checked_against_the_manifest_and_counted() {
     );
     let denied = call(engine, "prober", "emit", "billing.charge");
     assert!(denied.reply.starts_with("denied:"), "{denied:?}");
-    wait_for(
-        &fixture.events,
-        Duration::from_secs(1),
-        |event| matches!(&event.kind, EventKind::ForbiddenEmit { hook } if hook == "billing.charge"),
-    );
+    wait_for(&fixture.events, Duration::from_secs(1), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == ViolationKind::ForbiddenEmit
+                && violation.facts["emitted"] == "billing.charge"
+                && violation.hook.as_deref() == Some("emit"))
+    });
     let prober = plugin(engine, "prober");
     assert_eq!((prober.emitted, prober.violations), (1, 1));
 }

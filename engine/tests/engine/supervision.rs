@@ -42,7 +42,8 @@ fn a_crashing_plugin_restarts_with_growing_delays_until_its_budget_is_spent() {
     for (attempt, delay_ms) in [(1u32, 300u64), (2, 600)] {
         assert_eq!(call(engine, "prober", "crash", "").status, "gone");
         let crashed = wait_for(&fixture.events, Duration::from_secs(2), |event| {
-            matches!(event.kind, EventKind::Crashed { .. })
+            matches!(&event.kind, EventKind::Violation { violation }
+                if violation.kind == plugboard_engine::policy::ViolationKind::Crash)
         });
         let backing_off = wait_for(&fixture.events, Duration::from_secs(1), |event| {
             matches!(event.kind, EventKind::BackingOff { .. })
@@ -701,7 +702,13 @@ fn quick_health(manifest: &str) -> String {
 #[test]
 fn health_checks_move_a_plugin_through_degraded_and_unhealthy_and_back() {
     use plugboard_engine::snapshot::Health;
-    let fixture = engine_configured(&[("prober", "prober", quick_health)], |_| {});
+    // Logged only, to watch the states (the default policy restarts; tested below).
+    let fixture = engine_configured(&[("prober", "prober", quick_health)], |config| {
+        config.policy.rules.insert(
+            plugboard_engine::policy::ViolationKind::HealthFailed,
+            plugboard_engine::policy::Rule::default(),
+        );
+    });
     let engine = &fixture.engine;
     assert_eq!(plugin(engine, "prober").health, Health::Unknown);
     start(engine, "prober");
@@ -745,4 +752,100 @@ fn health_checks_move_a_plugin_through_degraded_and_unhealthy_and_back() {
     assert_eq!((well.health, well.health_failures), (Health::Healthy, 0));
     stop(engine, "prober", false).unwrap();
     assert_eq!(plugin(engine, "prober").health, Health::Unknown);
+}
+
+#[test]
+fn by_default_an_unhealthy_plugin_is_restarted() {
+    use plugboard_engine::policy::{Action, ViolationKind};
+    use plugboard_engine::snapshot::Health;
+    let fixture = engine_configured(&[("prober", "prober", quick_health)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let before = plugin(engine, "prober").worker_pid;
+    call(engine, "prober", "unhealthy", "");
+    wait_for(&fixture.events, Duration::from_secs(3), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == ViolationKind::HealthFailed && violation.action == Action::Restart)
+    });
+    // The new worker starts with a fresh instance, which is healthy.
+    let restarted = wait_until(engine, "prober", Duration::from_secs(3), |prober| {
+        prober.worker_pid != before && prober.health == Health::Healthy
+    });
+    assert_eq!(restarted.state, PluginState::Running);
+    assert_eq!(restarted.supervision.restarts, 1);
+}
+
+#[test]
+fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
+    use plugboard_engine::supervisor::state_file::PersistedState;
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("state.json");
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.state_file = Some(state_file.clone());
+    });
+    start(&fixture.engine, "prober");
+    let _ = call(&fixture.engine, "prober", "forge", "");
+    wait_until(
+        &fixture.engine,
+        "prober",
+        Duration::from_secs(3),
+        |prober| prober.state == PluginState::Quarantined,
+    );
+    let saved = PersistedState::load(&state_file).unwrap();
+    let quarantine = saved.plugins["prober"]
+        .quarantined
+        .clone()
+        .expect("persisted");
+    assert!(
+        quarantine.reason.contains("protocol_violation"),
+        "{quarantine:?}"
+    );
+
+    // The next engine keeps it quarantined.
+    let (plugins, store) = (fixture.plugins.clone(), fixture.signer.store_dir.clone());
+    drop(fixture.engine);
+    let restart = || {
+        let mut config = plugboard_engine::EngineConfig::new(crate::worker::host_binary());
+        config.plugin_dirs = vec![plugins.clone()];
+        config.trust_store = Some(store.clone());
+        config.state_file = Some(state_file.clone());
+        plugboard_engine::Engine::start(config).unwrap()
+    };
+    let engine = restart();
+    let prober = plugin(&engine, "prober");
+    assert_eq!(prober.state, PluginState::Quarantined);
+    assert!(prober.reason.unwrap_or_default().contains("quarantined"));
+    let err = engine
+        .execute(Command::Start {
+            plugin: "prober".into(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cleared from quarantine first"),
+        "{err}"
+    );
+    engine
+        .execute(Command::ClearQuarantine {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    start(&engine, "prober");
+    assert!(
+        PersistedState::load(&state_file)
+            .unwrap()
+            .plugins
+            .get("prober")
+            .is_none_or(|t| t.quarantined.is_none())
+    );
+
+    // Cleared from a shell while an engine runs: its next start goes through.
+    let _ = call(&engine, "prober", "forge", "");
+    wait_until(&engine, "prober", Duration::from_secs(3), |prober| {
+        prober.state == PluginState::Quarantined
+    });
+    let mut state = PersistedState::load(&state_file).unwrap();
+    state.plugins.get_mut("prober").unwrap().quarantined = None;
+    state.save(&state_file).unwrap();
+    start(&engine, "prober");
+    assert_eq!(plugin(&engine, "prober").state, PluginState::Running);
 }
