@@ -7,6 +7,7 @@
 mod actor;
 pub(crate) mod dependencies;
 mod policy;
+mod runner;
 pub mod state_file;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use policy::{PluginOverrides, RestartPolicy, WatchPolicy};
+pub(crate) use runner::Runner;
 
 pub(crate) use actor::{hooks_in_flight, millis, run_actor};
 
@@ -27,7 +29,7 @@ use crate::manifest::Manifest;
 use crate::monitor::SampleSeries;
 use crate::policy::{Violation, ViolationCounts};
 use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
-use crate::worker::{ExitStatus, MechanismState, OutputStream, Worker, WorkerEvent};
+use crate::worker::{ExitStatus, MechanismState, OutputStream, WorkerEvent};
 
 /// Captured output lines kept per plugin.
 const OUTPUT_RING: usize = 500;
@@ -197,7 +199,7 @@ impl Lifecycle {
 /// A running plugin as the call path sees it: the worker and what each call needs to know,
 /// computed once at start so a call takes no lifecycle lock.
 pub(crate) struct Running {
-    pub worker: Arc<Worker>,
+    pub runner: Runner,
     pub generation: u64,
     pub timeouts: BTreeMap<String, Duration>,
     pub max_in_flight: u64,

@@ -144,13 +144,13 @@ pub(crate) fn call(
         entry.begin();
     }
     let start = Instant::now();
-    let mut outcome = running.worker.call_at_depth(hook, payload, depth, timeout);
+    let mut outcome = running.runner.call_at_depth(hook, payload, depth, timeout);
     // A reload may retire the worker between our lookup and our request: the call then
     // goes to its successor, so a reload loses no call.
     if matches!(outcome, Err(CallFailure::WorkerGone)) {
         if let Some(successor) = plugin.running().filter(|next| !same_worker(next, &running)) {
             running = successor;
-            outcome = running.worker.call_at_depth(hook, payload, depth, timeout);
+            outcome = running.runner.call_at_depth(hook, payload, depth, timeout);
         }
     }
     let elapsed = start.elapsed();
@@ -213,7 +213,7 @@ pub(crate) fn call(
 }
 
 fn same_worker(left: &Running, right: &Running) -> bool {
-    Arc::ptr_eq(&left.worker, &right.worker)
+    left.runner.same(&right.runner)
 }
 
 /// Calls every enabled hook of every running plugin, round-robin, `rate` times a second,

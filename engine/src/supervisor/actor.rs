@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Running};
+use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Runner, Running};
 use crate::bundle::Bundle;
 use crate::engine::{EngineError, Shared};
 use crate::events::{EventKind, unix_millis};
 use crate::hooks::dispatch::emit_handler;
+use crate::inprocess::InProcessPlugin;
 use crate::loader::SealedLibrary;
 use crate::manifest::{IsolationMode, Manifest};
 use crate::policy::{Action, Violation, ViolationKind};
@@ -283,7 +284,6 @@ fn spawn_worker(
         .unwrap_or_default();
     let limits = &shared.config.limits;
     let resources = manifest.effective_resources_with(limits, &overrides);
-    let (plan, cgroup_limits) = plan_for(manifest, &resources, &shared.config.worker, config);
     let inbox = Mutex::new(plugin.inbox.clone());
     let sink: EventSink = Arc::new(move |event| {
         let _ = inbox
@@ -291,20 +291,29 @@ fn spawn_worker(
             .unwrap_or_else(PoisonError::into_inner)
             .send(ActorMessage::Worker { generation, event });
     });
-    let worker = Worker::start(
-        &shared.scope,
-        crate::worker::WorkerSpec {
-            plugin: plugin.name.clone(),
-            host_binary: shared.config.worker.host_binary.clone(),
-            library,
-            plan,
-            limits: cgroup_limits,
-            env: shared.config.worker.env.clone(),
-            emit: Some(emit_handler(shared, &plugin.name)),
-        },
-        &sink,
-    )
-    .map_err(|err| err.to_string())?;
+    let emit = Some(emit_handler(shared, &plugin.name));
+    let runner = if manifest.isolation.mode == IsolationMode::InProcess {
+        let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
+            .map_err(|err| err.to_string())?;
+        Runner::InProcess(Arc::new(loaded))
+    } else {
+        let (plan, cgroup_limits) = plan_for(manifest, &resources, &shared.config.worker, config);
+        let worker = Worker::start(
+            &shared.scope,
+            crate::worker::WorkerSpec {
+                plugin: plugin.name.clone(),
+                host_binary: shared.config.worker.host_binary.clone(),
+                library,
+                plan,
+                limits: cgroup_limits,
+                env: shared.config.worker.env.clone(),
+                emit,
+            },
+            &sink,
+        )
+        .map_err(|err| err.to_string())?;
+        Runner::Worker(Arc::new(worker))
+    };
     let timeouts = manifest
         .hooks
         .keys()
@@ -316,7 +325,7 @@ fn spawn_worker(
         })
         .collect();
     Ok(Running {
-        worker: Arc::new(worker),
+        runner,
         generation,
         timeouts,
         max_in_flight: u64::from(resources.max_in_flight),
@@ -326,22 +335,21 @@ fn spawn_worker(
 
 /// Records a new worker in the lifecycle (pids, cgroup, mechanisms) and announces it.
 fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, running: &Running) {
-    let worker = &running.worker;
-    lifecycle.mechanisms = worker
-        .mechanisms()
+    let mechanisms = running.runner.mechanisms();
+    lifecycle.mechanisms = mechanisms
         .iter()
         .map(|(mechanism, state)| (mechanism.name().to_owned(), state.clone()))
         .collect();
-    lifecycle.worker_pid = Some(worker.pid());
-    lifecycle.sandbox_pid = Some(worker.sandbox_pid());
-    lifecycle.cgroup = Some(worker.cgroup_path().to_owned());
+    let (worker_pid, sandbox_pid, cgroup) = running.runner.identity();
+    lifecycle.worker_pid = Some(worker_pid);
+    lifecycle.sandbox_pid = Some(sandbox_pid);
+    lifecycle.cgroup = cgroup;
     lifecycle.generation = running.generation;
     lifecycle.reason = None;
     // A new worker is checked at once; until then its health is unknown.
     lifecycle.health = super::HealthCheck::new();
     lifecycle.health.next = Some(Instant::now());
-    let active = worker
-        .mechanisms()
+    let active = mechanisms
         .iter()
         .filter(|(_, state)| state.active)
         .map(|(mechanism, _)| mechanism.badge().to_owned())
@@ -349,8 +357,8 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
     shared.event(
         Some(&plugin.name),
         EventKind::Started {
-            worker_pid: worker.pid(),
-            sandbox_pid: worker.sandbox_pid(),
+            worker_pid,
+            sandbox_pid,
             mechanisms: active,
         },
     );
@@ -503,7 +511,7 @@ fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineE
     if let Some(running) = running {
         set_state(shared, plugin, &mut lifecycle, PluginState::Stopping);
         drop(lifecycle);
-        let exit = running.worker.stop(grace(shared, &plugin.name));
+        let exit = running.runner.stop(grace(shared, &plugin.name));
         lifecycle = plugin.lifecycle();
         lifecycle.health = super::HealthCheck::new();
         lifecycle.last_exit = exit;
@@ -597,7 +605,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         Err(reason) => return Err(fail(format!("the new version did not start: {reason}"))),
     };
     if let Err(reason) = check_healthy(&running, &verified.manifest) {
-        running.worker.kill();
+        running.runner.kill();
         return Err(fail(reason));
     }
     let old_version = plugin
@@ -628,10 +636,10 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     if let Some(old) = old {
         let grace = grace(shared, &plugin.name);
         let deadline = Instant::now() + grace;
-        while old.worker.in_flight() > 0 && Instant::now() < deadline {
+        while old.runner.in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        old.worker.stop(grace);
+        old.runner.stop(grace);
     }
     shared.event(
         Some(&plugin.name),
@@ -679,7 +687,7 @@ fn reverify(
 
 /// Healthy means it answers its health check, with OK, within the manifest's timeout.
 fn check_healthy(running: &Running, manifest: &Manifest) -> Result<(), String> {
-    match running.worker.health(manifest.health.timeout()) {
+    match running.runner.health(manifest.health.timeout()) {
         Ok(outcome) if outcome.status == plugboard_sdk::abi::STATUS_OK => Ok(()),
         Ok(outcome) => Err(format!(
             "the new version reported itself unhealthy: {}",
@@ -819,7 +827,7 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: ExitStatus) {
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     if let Some(running) = running {
-        running.worker.kill();
+        running.runner.kill();
     }
     let mut lifecycle = plugin.lifecycle();
     lifecycle.health = super::HealthCheck::new();
@@ -1115,7 +1123,7 @@ fn check_health(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
     else {
         return;
     };
-    let failure = match running.worker.health(spec.timeout()) {
+    let failure = match running.runner.health(spec.timeout()) {
         Ok(outcome) if outcome.status == plugboard_sdk::abi::STATUS_OK => None,
         Ok(outcome) => Some(String::from_utf8_lossy(&outcome.body).into_owned()),
         Err(err) => Some(format!("no answer: {err}")),

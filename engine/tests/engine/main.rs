@@ -4,6 +4,7 @@
 mod cgroup;
 mod confine;
 mod host_config;
+mod in_process;
 mod inprocess;
 mod ipc;
 mod loader;
