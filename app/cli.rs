@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod audit_cmd;
 mod bundle_cmds;
 mod call_cmd;
 mod engine_options;
@@ -121,6 +122,14 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// Read an audit file: every event in order; damaged lines are skipped with a warning.
+    Audit {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// One JSON record per line (schema, seq, at_ms, plugin, kind, …).
+        #[arg(long)]
+        json: bool,
     },
     /// Print shell completions.
     Completions {
@@ -271,6 +280,7 @@ pub fn run(cli: Cli) -> Result<()> {
             QuarantineCommand::List { engine } => quarantine_cmd::list(&engine),
             QuarantineCommand::Clear { plugin, engine } => quarantine_cmd::clear(&engine, &plugin),
         },
+        Command::Audit { file, json } => audit_cmd::show(&file, json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut io::stdout());
             Ok(())

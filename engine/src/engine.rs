@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditLog, AuditPolicy};
 use crate::events::{Event, EventKind, EventLog, unix_millis};
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
@@ -52,6 +53,10 @@ pub struct EngineConfig {
     pub log_file: Option<PathBuf>,
     /// Every event as a JSON line, appended (the audit trail).
     pub audit_file: Option<PathBuf>,
+    /// The audit file is rotated past this size (MiB) ...
+    pub audit_max_mb: u64,
+    /// ... keeping this many rotated files.
+    pub audit_keep: u32,
     /// Single bundle directories to manage besides those found in `plugin_dirs`.
     pub bundles: Vec<PathBuf>,
     /// How crashed plugins are restarted.
@@ -86,6 +91,8 @@ impl EngineConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             log_file: None,
             audit_file: None,
+            audit_max_mb: 64,
+            audit_keep: 5,
             bundles: Vec::new(),
             restart: RestartPolicy::default(),
             plugins: BTreeMap::new(),
@@ -258,7 +265,7 @@ pub enum Outcome {
 pub(crate) struct Shared {
     pub config: EngineConfig,
     log: Option<Mutex<std::fs::File>>,
-    audit: Option<Mutex<std::fs::File>>,
+    audit: Option<Mutex<AuditLog>>,
     pub scope: EngineScope,
     pub trust: Option<TrustStore>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
@@ -314,21 +321,16 @@ impl Shared {
 
     pub fn event(&self, plugin: Option<&str>, kind: EventKind) {
         let durable = matches!(kind, EventKind::Violation { .. });
-        let event = self
-            .events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(plugin, kind);
+        // The audit line is written under the ring's lock, so the file is in `seq` order.
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let event = events.push(plugin, kind);
         if let Some(audit) = &self.audit {
-            if let Ok(line) = serde_json::to_string(&event) {
-                let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
-                // A line per event, flushed at once so it survives an engine crash; a
-                // violation is on disk (fsync) before its action is carried out.
-                let _ = writeln!(audit, "{line}").and_then(|()| audit.flush());
-                if durable {
-                    let _ = audit.sync_data();
-                }
-            }
+            // Written at once so it survives an engine crash; a violation is on disk
+            // (fsync) before its action is carried out.
+            let _ = audit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .append(&event, durable);
         }
     }
 
@@ -425,10 +427,23 @@ impl Engine {
                     })
                     .transpose()
             };
-        let (log, audit) = (
-            open_append(&config.log_file)?,
-            open_append(&config.audit_file)?,
-        );
+        let log = open_append(&config.log_file)?;
+        let audit = config
+            .audit_file
+            .as_ref()
+            .map(|file| {
+                AuditLog::open(AuditPolicy {
+                    file: file.clone(),
+                    max_bytes: config.audit_max_mb.saturating_mul(1024 * 1024),
+                    keep: config.audit_keep,
+                })
+                .map(Mutex::new)
+                .map_err(|err| EngineError::File {
+                    file: file.clone(),
+                    reason: err.to_string(),
+                })
+            })
+            .transpose()?;
         let persisted = match &config.state_file {
             Some(file) => PersistedState::load(file)?,
             None => PersistedState::default(),

@@ -83,6 +83,8 @@ struct FileConfig {
     log_file: Option<PathBuf>,
     audit_file: Option<PathBuf>,
     state_file: Option<PathBuf>,
+    audit_max_mb: Option<u64>,
+    audit_keep: Option<u32>,
     max_plugins: Option<usize>,
     memory_budget_mb: Option<u64>,
     #[serde(default)]
@@ -193,6 +195,12 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
         config.restart = restart;
     }
     config.policy.rules.extend(parsed.policy);
+    if let Some(megabytes) = parsed.audit_max_mb {
+        config.audit_max_mb = megabytes;
+    }
+    if let Some(keep) = parsed.audit_keep {
+        config.audit_keep = keep;
+    }
     if let Some(watch) = parsed.watch {
         config.watch = watch;
     }
@@ -733,6 +741,20 @@ impl Checker<'_> {
         }
         for (kind, rule) in &parsed.policy {
             self.check_rule(*kind, rule)?;
+        }
+        if let Some(megabytes) = parsed.audit_max_mb.filter(|megabytes| *megabytes == 0) {
+            return Err(self.refuse(
+                &KeyPath::of(&["audit_max_mb"]),
+                megabytes,
+                "an integer number of MiB, at least 1",
+            ));
+        }
+        if let Some(keep) = parsed.audit_keep.filter(|keep| *keep > 1000) {
+            return Err(self.refuse(
+                &KeyPath::of(&["audit_keep"]),
+                keep,
+                "an integer number of rotated files from 0 to 1000",
+            ));
         }
         Ok(())
     }

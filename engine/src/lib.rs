@@ -6,6 +6,7 @@
 //! signature over both digests is checked against a trust store ([`trust`]). Only then is
 //! the sealed copy — exactly the bytes that were verified — loaded.
 
+pub mod audit;
 pub mod bundle;
 pub mod engine;
 pub mod events;

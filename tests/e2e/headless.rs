@@ -203,7 +203,13 @@ fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
 fn sigkill_of_the_engine_takes_its_workers_along_and_the_next_engine_removes_its_cgroups() {
     let temp = tempfile::tempdir().unwrap();
     let (dir, store) = plugins_dir(temp.path());
-    let mut engine = spawn_headless(&["--json", "--interval", "200ms"], &dir, &store);
+    let audit = temp.path().join("audit.jsonl");
+    let audit_arg = audit.to_str().unwrap();
+    let mut engine = spawn_headless(
+        &["--json", "--interval", "200ms", "--audit-file", audit_arg],
+        &dir,
+        &store,
+    );
     let stdout = engine.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let (pids, cgroup) = loop {
@@ -226,6 +232,26 @@ fn sigkill_of_the_engine_takes_its_workers_along_and_the_next_engine_removes_its
     };
     engine.kill().unwrap(); // SIGKILL
     engine.wait().unwrap();
+    // The audit file still reads line by line, even with a line torn by the kill.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&audit)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"schema\":1,\"seq\":99999,\"at_").unwrap();
+    let output = plugboard(&[&"audit", &audit, &"--json"]);
+    let records = ok(&output);
+    assert!(
+        records
+            .lines()
+            .all(|line| serde_json::from_str::<Value>(line)
+                .is_ok_and(|record| record["schema"] == 1))
+    );
+    assert!(records.contains("\"state_changed\""), "{records}");
+    assert!(
+        crate::support::stderr(&output).contains("torn last line"),
+        "{}",
+        crate::support::stderr(&output)
+    );
     let deadline = Instant::now() + Duration::from_secs(1);
     while pids.iter().any(|pid| is_alive(*pid)) {
         assert!(

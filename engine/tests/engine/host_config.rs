@@ -118,6 +118,7 @@ invalid_host_configs! {
     policy_unknown_action: "policy_unknown_action.toml" => ["line 2", "reboot", "log", "quarantine"];
     policy_count_zero: "policy_count_zero.toml" => ["line 3: `policy.hook_timeout.count` = 0", "expected an integer number of violations from 1 to 86400"];
     policy_ratio_above_one: "policy_ratio_above_one.toml" => ["line 2: `policy.cpu_throttled.ratio` = 1.5", "expected a share of CPU periods above 0 and at most 1"];
+    audit_max_zero: "audit_max_zero.toml" => ["line 2: `audit_max_mb` = 0", "expected an integer number of MiB, at least 1"];
     toml_syntax_error: "toml_syntax_error.toml" => ["line 2, column 19: invalid TOML: ", "(in `memory_budget_mb =`)"];
 }
 

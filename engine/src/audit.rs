@@ -1,0 +1,263 @@
+//! The audit file: every event as one JSON line — schema version, sequence number,
+//! wall-clock time, plugin and event — appended, rotated by size.
+//!
+//! Every line is written to the kernel as soon as the event happens (it survives the
+//! engine being killed); a violation is also `fsync`ed before its action is carried out,
+//! so it survives the host going down. After a crash the last line may be torn: the
+//! writer starts its first line on a fresh line, and [`read`] skips a torn line with a
+//! warning instead of failing the whole file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+
+/// The version of the line format; a reader refuses lines of a newer one.
+pub const AUDIT_SCHEMA: u32 = 1;
+
+/// One line of the audit file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub schema: u32,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Where and how the audit file is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPolicy {
+    pub file: PathBuf,
+    /// Rotate once the file grows past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` is the newest).
+    pub keep: u32,
+}
+
+impl AuditPolicy {
+    pub fn new(file: PathBuf) -> Self {
+        Self {
+            file,
+            max_bytes: 64 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// The open audit file.
+#[derive(Debug)]
+pub struct AuditLog {
+    policy: AuditPolicy,
+    file: File,
+    size: u64,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Whether the file's last byte is a newline (or the file is empty or absent).
+fn ends_with_newline(path: &Path) -> io::Result<bool> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(err) => return Err(err),
+    };
+    let length = file.metadata()?.len();
+    if length == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::Start(length - 1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+impl AuditLog {
+    /// Opens (or creates) the file for appending. A torn last line, left by an engine that
+    /// was killed mid-write, is closed with a newline so the next record starts clean.
+    pub fn open(policy: AuditPolicy) -> io::Result<Self> {
+        let torn = !ends_with_newline(&policy.file)?;
+        let mut file = open_append(&policy.file)?;
+        if torn {
+            file.write_all(b"\n")?;
+        }
+        let size = file.metadata()?.len();
+        Ok(Self { policy, file, size })
+    }
+
+    /// Appends `event`; with `durable`, also waits until it is on disk.
+    pub fn append(&mut self, event: &Event, durable: bool) -> io::Result<()> {
+        let record = AuditRecord {
+            schema: AUDIT_SCHEMA,
+            event: event.clone(),
+        };
+        let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        // One write per line: concurrent appenders never interleave within a line.
+        self.file.write_all(&line)?;
+        if durable {
+            self.file.sync_data()?;
+        }
+        self.size += line.len() as u64;
+        if self.size > self.policy.max_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// `audit.jsonl` → `audit.jsonl.1` → … → `audit.jsonl.<keep>` (the oldest is dropped).
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        let numbered = |n: u32| {
+            let mut name = self.policy.file.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        if self.policy.keep == 0 {
+            std::fs::remove_file(&self.policy.file)?;
+        } else {
+            for n in (1..self.policy.keep).rev() {
+                let from = numbered(n);
+                if from.exists() {
+                    std::fs::rename(&from, numbered(n + 1))?;
+                }
+            }
+            std::fs::rename(&self.policy.file, numbered(1))?;
+        }
+        self.file = open_append(&self.policy.file)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// What [`read`] found.
+#[derive(Debug, Default)]
+pub struct AuditContents {
+    pub records: Vec<AuditRecord>,
+    /// Lines that could not be used, each saying which and why.
+    pub warnings: Vec<String>,
+}
+
+/// Reads an audit file line by line. A line that is not a record (a torn last line after
+/// a crash, or damage) is skipped with a warning naming it; a record of a newer schema
+/// is skipped likewise.
+pub fn read(path: &Path) -> io::Result<AuditContents> {
+    let mut contents = AuditContents::default();
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        number += 1;
+        let complete = line.last() == Some(&b'\n');
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<AuditRecord>(text) {
+            Ok(record) if record.schema <= AUDIT_SCHEMA => contents.records.push(record),
+            Ok(record) => contents.warnings.push(format!(
+                "{}: line {number}: schema {} is newer than this reader's {AUDIT_SCHEMA}; skipped",
+                path.display(),
+                record.schema
+            )),
+            Err(_) if !complete => contents.warnings.push(format!(
+                "{}: line {number}: a torn last line ({} bytes, the writer was interrupted); skipped",
+                path.display(),
+                line.len()
+            )),
+            Err(err) => contents.warnings.push(format!(
+                "{}: line {number}: not an audit record ({err}); skipped",
+                path.display()
+            )),
+        }
+    }
+    Ok(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventKind, EventLog};
+
+    fn events(count: usize) -> Vec<Event> {
+        let mut log = EventLog::default();
+        (0..count)
+            .map(|n| {
+                log.push(
+                    Some("hello"),
+                    EventKind::Engine {
+                        message: format!("event {n}"),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_last_line_is_skipped_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        let written = events(3);
+        let mut log = AuditLog::open(AuditPolicy::new(file.clone())).unwrap();
+        for event in &written {
+            log.append(event, true).unwrap();
+        }
+        drop(log);
+        // A writer killed mid-line.
+        let mut torn = open_append(&file).unwrap();
+        torn.write_all(b"{\"schema\":1,\"seq\":4,\"at_").unwrap();
+        let read_back = read(&file).unwrap();
+        assert_eq!(
+            read_back
+                .records
+                .iter()
+                .map(|record| record.event.clone())
+                .collect::<Vec<_>>(),
+            written
+        );
+        assert!(
+            read_back
+                .records
+                .iter()
+                .all(|record| record.schema == AUDIT_SCHEMA)
+        );
+        assert_eq!(read_back.warnings.len(), 1, "{:?}", read_back.warnings);
+        assert!(read_back.warnings[0].contains("line 4") && read_back.warnings[0].contains("torn"));
+        // The next engine starts on a fresh line; the torn one stays skipped.
+        let mut log = AuditLog::open(AuditPolicy::new(file.clone())).unwrap();
+        log.append(&events(1)[0], false).unwrap();
+        let read_back = read(&file).unwrap();
+        assert_eq!(read_back.records.len(), 4);
+        assert_eq!(read_back.warnings.len(), 1);
+        assert!(read_back.warnings[0].contains("not an audit record"));
+    }
+
+    #[test]
+    fn the_file_rotates_by_size_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(AuditPolicy {
+            file: file.clone(),
+            max_bytes: 300,
+            keep: 2,
+        })
+        .unwrap();
+        for event in events(40) {
+            log.append(&event, false).unwrap();
+        }
+        let rotated = |n: u32| dir.path().join(format!("audit.jsonl.{n}"));
+        assert!(rotated(1).exists() && rotated(2).exists() && !rotated(3).exists());
+        let newest = read(&file).unwrap().records;
+        let older = read(&rotated(1)).unwrap().records;
+        assert!(older.last().unwrap().event.seq < newest.first().map_or(u64::MAX, |r| r.event.seq));
+        assert!(std::fs::metadata(&file).unwrap().len() <= 400);
+    }
+}
