@@ -497,3 +497,105 @@ impl Classifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classifier(plugin_dir: &Path, quiet: Duration) -> Classifier {
+        let roots = vec![Root {
+            path: plugin_dir.to_owned(),
+            kind: RootKind::PluginDir,
+        }];
+        let mut known = BTreeMap::new();
+        for bundle in candidates(&roots[0]).unwrap() {
+            if is_bundle(&bundle) {
+                let print = fingerprint(&bundle);
+                known.insert(bundle, print);
+            }
+        }
+        Classifier {
+            roots,
+            known,
+            pending: HashMap::new(),
+            rescan: BTreeMap::new(),
+            quiet,
+            max_delay: quiet * MAX_DELAY_FACTOR,
+            debouncer: Arc::new(Mutex::new(None)),
+            errors: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn bundle(dir: &Path, library: &[u8]) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(MANIFEST_FILE), "[plugin]\n").unwrap();
+        std::fs::write(dir.join("libdemo.so"), library).unwrap();
+    }
+
+    #[test]
+    fn a_rescan_reports_only_what_differs_from_what_was_seen() {
+        let temp = tempfile::tempdir().unwrap();
+        let (same, edited, gone, new) = (
+            temp.path().join("same"),
+            temp.path().join("edited"),
+            temp.path().join("gone"),
+            temp.path().join("new"),
+        );
+        for dir in [&same, &edited, &gone] {
+            bundle(dir, b"v1");
+        }
+        let quiet = Duration::from_millis(100);
+        let mut classifier = classifier(temp.path(), quiet);
+        // What happened while no events were seen (e.g. the kernel's queue overflowed).
+        std::fs::write(edited.join("libdemo.so"), b"version 2").unwrap();
+        std::fs::remove_dir_all(&gone).unwrap();
+        bundle(&new, b"v1");
+
+        let now = Instant::now();
+        classifier.rescan_all(now);
+        assert_eq!(
+            classifier.settle(now),
+            vec![],
+            "not before the quiet window"
+        );
+        assert_eq!(
+            classifier.settle(now + quiet),
+            vec![
+                BundleChange::Added(new.clone()),
+                BundleChange::Changed(edited.clone()),
+                BundleChange::Removed(gone.clone()),
+            ]
+        );
+        classifier.rescan_all(now + quiet);
+        assert_eq!(classifier.settle(now + quiet * 2), vec![]);
+    }
+
+    #[test]
+    fn events_keep_a_bundle_waiting_until_it_is_quiet_but_not_forever() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("busy");
+        bundle(&dir, b"v1");
+        let quiet = Duration::from_millis(100);
+        let mut classifier = classifier(temp.path(), quiet);
+        let start = Instant::now();
+        let file = dir.join("libdemo.so");
+        // An event every half quiet window: never quiet, reported at the latest after
+        // MAX_DELAY_FACTOR windows.
+        let mut reported = None;
+        for step in 0..(MAX_DELAY_FACTOR * 4) {
+            let now = start + quiet / 2 * step;
+            classifier.touch(&file, now);
+            let changes = classifier.settle(now);
+            if !changes.is_empty() {
+                assert_eq!(changes, vec![BundleChange::Changed(dir.clone())]);
+                reported = Some(now - start);
+                break;
+            }
+        }
+        assert_eq!(reported, Some(quiet * MAX_DELAY_FACTOR));
+        // Paths outside the roots and entries that are not bundles are ignored.
+        classifier.touch(Path::new("/elsewhere/file"), start);
+        classifier.touch(&temp.path().join("README"), start);
+        assert_eq!(classifier.settle(start + quiet * 100), vec![]);
+    }
+}

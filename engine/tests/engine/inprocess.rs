@@ -19,7 +19,10 @@ fn sealed(name: &str) -> SealedLibrary {
 }
 
 fn config(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    json.as_object().cloned().unwrap_or_default()
+    match json {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// A sink that keeps every event.
@@ -29,6 +32,9 @@ fn recording_sink() -> (EventSink, Arc<Mutex<Vec<WorkerEvent>>>) {
     let sink: EventSink = Arc::new(move |event| kept.lock().unwrap().push(event));
     (sink, events)
 }
+
+/// An emit as the handler saw it: hook, payload, depth.
+type Emitted = (String, Vec<u8>, u32);
 
 fn quiet_sink() -> EventSink {
     Arc::new(|_| {})
@@ -131,7 +137,7 @@ fn an_unknown_hook_is_an_unknown_hook_error() {
 
 #[test]
 fn emits_reach_the_handler_with_the_depth_of_the_call() {
-    let seen: Arc<Mutex<Vec<(String, Vec<u8>, u32)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Emitted>>> = Arc::default();
     let kept = Arc::clone(&seen);
     let handler: EmitHandler = Arc::new(move |hook: &str, payload: &[u8], depth: u32| {
         kept.lock()
