@@ -142,7 +142,27 @@ fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
         snapshots.len()
     );
 
-    let running = &snapshots[snapshots.len() - 2];
+    // The newest periodic snapshot with both running (the final one is after the stop).
+    let running = snapshots[..snapshots.len() - 1]
+        .iter()
+        .rev()
+        .find(|snapshot| {
+            plugin(snapshot, "hello")["state"] == "running"
+                && plugin(snapshot, "counter")["state"] == "running"
+        })
+        .unwrap_or_else(|| {
+            let states: Vec<String> = snapshots
+                .iter()
+                .map(|snapshot| {
+                    format!(
+                        "hello {} counter {}",
+                        plugin(snapshot, "hello")["state"],
+                        plugin(snapshot, "counter")
+                    )
+                })
+                .collect();
+            panic!("no snapshot with hello and counter running: {states:#?}")
+        });
     let hello = plugin(running, "hello");
     assert_eq!(hello["state"], "running", "{hello}");
     assert_eq!(hello["version"], "0.1.0");
