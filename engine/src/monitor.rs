@@ -109,9 +109,26 @@ impl KeptFile {
     }
 }
 
+/// `num_threads` and `rss` (pages) from a `/proc/<pid>/stat` line. The command name may
+/// hold spaces and parentheses, so fields are counted from its closing parenthesis.
+fn stat_fields(line: &str) -> (u64, u64) {
+    let Some((_, rest)) = line.rsplit_once(") ") else {
+        return (0, 0);
+    };
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // After the name: state is field 3 of the line, num_threads 20, rss 24.
+    let field = |number: usize| {
+        fields
+            .get(number - 3)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    (field(20), field(24))
+}
+
 fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
-        let (name, value) = line.split_once(|c: char| c == ' ' || c == ':')?;
+        let (name, value) = line.split_once([' ', ':'])?;
         (name == key).then(|| value.trim().trim_end_matches(" kB").parse().ok())?
     })
 }
@@ -164,7 +181,10 @@ pub struct WorkerProbe {
     cpu_stat: KeptFile,
     pids_current: KeptFile,
     pids_events: Option<KeptFile>,
-    status: KeptFile,
+    /// `/proc/<pid>/stat`: one line with the thread count and RSS (cheaper to generate and
+    /// parse than `status`).
+    stat: KeptFile,
+    page_size: u64,
     io: Option<KeptFile>,
     fd_dir: nix::dir::Dir,
     fd_dir_path: PathBuf,
@@ -236,7 +256,12 @@ impl WorkerProbe {
             cpu_stat: KeptFile::open(cpu.join("cpu.stat"))?,
             pids_current: KeptFile::open(pids.join("pids.current"))?,
             pids_events: KeptFile::open_optional(pids.join("pids.events")),
-            status: KeptFile::open(proc_dir.join("status"))?,
+            stat: KeptFile::open(proc_dir.join("stat"))?,
+            page_size: nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+                .ok()
+                .flatten()
+                .and_then(|size| u64::try_from(size).ok())
+                .unwrap_or(4096),
             io: KeptFile::open_optional(proc_dir.join("io")),
             fd_dir,
             fd_dir_path,
@@ -293,9 +318,8 @@ impl WorkerProbe {
             Some(file) => file.keyed(buffer, "max")?,
             None => 0,
         };
-        let status = self.status.read(buffer)?;
-        let threads = keyed_value(status, "Threads").unwrap_or(0);
-        let rss_bytes = keyed_value(status, "VmRSS").unwrap_or(0) * 1024;
+        let (threads, rss_pages) = stat_fields(self.stat.read(buffer)?);
+        let rss_bytes = rss_pages * self.page_size;
         let (read_bytes, write_bytes) = match &self.io {
             Some(file) => {
                 let io = file.read(buffer)?;
@@ -367,7 +391,7 @@ fn read_limits(
         let period = number(read(cpu.join("cpu.cfs_period_us"), buffer));
         match (quota, period) {
             (Some(quota), Some(period)) if quota > 0 && period > 0 => {
-                Some(quota as f64 * 100.0 / period as f64)
+                Some(ratio(u64::try_from(quota).unwrap_or(0), period) * 100.0)
             }
             _ => None,
         }
@@ -383,6 +407,17 @@ fn read_limits(
         cpu_quota_percent,
         pids_max: number(read(pids.join("pids.max"), buffer)),
         max_open_files: None,
+    }
+}
+
+/// `part / whole` as a float, 0 when `whole` is 0. Counters here stay far below 2^52, where
+/// converting to `f64` starts to round.
+#[allow(clippy::cast_precision_loss)]
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }
 
@@ -426,7 +461,9 @@ impl SampleSeries {
     /// 600 samples).
     pub fn new(keep: Duration, interval: Duration) -> Self {
         let per_interval = keep.as_secs_f64() / interval.as_secs_f64().max(0.001);
-        let capacity = (per_interval.ceil() as usize).max(600);
+        // Bounded before the conversion, so nothing is truncated.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let capacity = (per_interval.ceil().clamp(600.0, 1_000_000.0)) as usize;
         Self {
             ring: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
@@ -443,18 +480,13 @@ impl SampleSeries {
     ) -> (ResourceSample, Option<Reading>) {
         let (cpu_percent, throttled_ratio) = match self.previous {
             Some((then, before)) => {
-                let wall = now.duration_since(then).as_nanos().max(1) as f64;
-                let used = reading.cpu_usage_ns.saturating_sub(before.cpu_usage_ns) as f64;
+                let wall = u64::try_from(now.duration_since(then).as_nanos()).unwrap_or(u64::MAX);
+                let used = reading.cpu_usage_ns.saturating_sub(before.cpu_usage_ns);
                 let periods = reading.cpu_periods.saturating_sub(before.cpu_periods);
                 let throttled = reading
                     .throttled_periods
                     .saturating_sub(before.throttled_periods);
-                let ratio = if periods == 0 {
-                    0.0
-                } else {
-                    throttled as f64 / periods as f64
-                };
-                (used * 100.0 / wall, ratio)
+                (ratio(used, wall) * 100.0, ratio(throttled, periods))
             }
             None => (0.0, 0.0),
         };
@@ -523,6 +555,8 @@ mod tests {
         assert_eq!(keyed_value(status, "Threads"), Some(3));
         assert_eq!(keyed_value(status, "VmRSS"), Some(2048));
         assert_eq!(keyed_value(status, "VmSwap"), None);
+        let stat = "42 (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 7 0 1234 10000000 512 18446744073709551615";
+        assert_eq!(stat_fields(stat), (7, 512));
     }
 
     #[test]

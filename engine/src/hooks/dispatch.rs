@@ -132,7 +132,7 @@ pub(crate) fn call(
     }
     {
         let mut stats = plugin.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = stats.entry(hook.to_owned()).or_default();
+        let entry = stats_of(&mut stats, hook);
         if entry.snapshot_in_flight() >= running.max_in_flight {
             entry.end(Duration::ZERO, &CallResult::Busy);
             return Ok(report(
@@ -202,14 +202,26 @@ pub(crate) fn call(
             report("gone", "the worker is gone".to_owned(), elapsed),
         ),
     };
-    plugin
-        .stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(hook.to_owned())
-        .or_default()
-        .end(elapsed, &result);
+    stats_of(
+        &mut plugin.stats.lock().unwrap_or_else(PoisonError::into_inner),
+        hook,
+    )
+    .end(elapsed, &result);
     Ok(call_report)
+}
+
+/// The hook's statistics, created on its first call (looked up by `&str` afterwards, so
+/// the call path allocates no key).
+fn stats_of<'a>(
+    stats: &'a mut std::collections::BTreeMap<String, super::HookStats>,
+    hook: &str,
+) -> &'a mut super::HookStats {
+    if !stats.contains_key(hook) {
+        stats.insert(hook.to_owned(), super::HookStats::new());
+    }
+    stats
+        .get_mut(hook)
+        .expect("inserted just above, under the same lock")
 }
 
 fn same_worker(left: &Running, right: &Running) -> bool {

@@ -181,7 +181,7 @@ fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
 }
 
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    format!("{}.{} MiB", bytes >> 20, ((bytes & 0xf_ffff) * 10) >> 20)
 }
 
 /// The violations one sample shows, against the previous reading: limit hits and OOM
@@ -248,51 +248,65 @@ fn check(
             );
         }
     }
+    found.extend(check_throttling(shared, probed, sample, now));
+    found.extend(check_descriptors(probed, sample));
+    found
+}
+
+/// Throttled above the policy's ratio for its `sustained_s`: one violation per stretch.
+fn check_throttling(
+    shared: &Shared,
+    probed: &mut Probed,
+    sample: &ResourceSample,
+    now: Instant,
+) -> Option<Violation> {
     let rule = shared.config.policy.rule(ViolationKind::CpuThrottled);
-    if sample.throttled_ratio > rule.ratio {
-        let quota = probed.probe.limits().cpu_quota_percent.unwrap_or(0.0);
-        let (since, reported) = probed.throttled_since.get_or_insert((now, false));
-        let sustained = now.duration_since(*since);
-        if !*reported && sustained >= Duration::from_secs(rule.sustained_s) {
-            *reported = true;
-            found.push(
-                Violation::new(
-                    ViolationKind::CpuThrottled,
-                    "cgroup",
-                    format!(
-                        "throttled in {:.0}% of its CPU periods for {} s (quota {:.0}% of a core; the policy's threshold is {:.0}% for {} s)",
-                        sample.throttled_ratio * 100.0,
-                        sustained.as_secs(),
-                        quota,
-                        rule.ratio * 100.0,
-                        rule.sustained_s
-                    ),
-                )
-                .fact("ratio", sample.throttled_ratio)
-                .fact("sustained_s", sustained.as_secs())
-                .fact("throttled_ms", sample.throttled_ms),
-            );
-        }
-    } else {
+    if sample.throttled_ratio <= rule.ratio {
         probed.throttled_since = None;
+        return None;
     }
+    let quota = probed.probe.limits().cpu_quota_percent.unwrap_or(0.0);
+    let (since, reported) = probed.throttled_since.get_or_insert((now, false));
+    let sustained = now.duration_since(*since);
+    if *reported || sustained < Duration::from_secs(rule.sustained_s) {
+        return None;
+    }
+    *reported = true;
+    Some(
+        Violation::new(
+            ViolationKind::CpuThrottled,
+            "cgroup",
+            format!(
+                "throttled in {:.0}% of its CPU periods for {} s (quota {quota:.0}% of a core; the policy's threshold is {:.0}% for {} s)",
+                sample.throttled_ratio * 100.0,
+                sustained.as_secs(),
+                rule.ratio * 100.0,
+                rule.sustained_s
+            ),
+        )
+        .fact("ratio", sample.throttled_ratio)
+        .fact("sustained_s", sustained.as_secs())
+        .fact("throttled_ms", sample.throttled_ms),
+    )
+}
+
+/// As many descriptors open as the rlimit allows: reported when the limit is reached.
+fn check_descriptors(probed: &mut Probed, sample: &ResourceSample) -> Option<Violation> {
     let limit = probed.probe.limits().max_open_files;
     let at_limit = limit.is_some_and(|limit| sample.open_fds >= limit);
-    if at_limit && !probed.at_fd_limit {
-        let limit = limit.unwrap_or(0);
-        found.push(
-            Violation::new(
-                ViolationKind::FdLimit,
-                "rlimits",
-                format!(
-                    "{} descriptors open: its limit is {limit}, further opens fail with EMFILE",
-                    sample.open_fds
-                ),
-            )
-            .fact("limit", limit)
-            .fact("observed", sample.open_fds),
-        );
-    }
+    let newly = at_limit && !probed.at_fd_limit;
     probed.at_fd_limit = at_limit;
-    found
+    let limit = limit.filter(|_| newly)?;
+    Some(
+        Violation::new(
+            ViolationKind::FdLimit,
+            "rlimits",
+            format!(
+                "{} descriptors open: its limit is {limit}, further opens fail with EMFILE",
+                sample.open_fds
+            ),
+        )
+        .fact("limit", limit)
+        .fact("observed", sample.open_fds),
+    )
 }
