@@ -964,13 +964,7 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
 /// Stops and unloads the plugin and keeps it from starting until an operator clears it,
 /// across engine restarts.
 fn quarantine(shared: &Shared, plugin: &Plugin, reason: &str) {
-    let _ = stop(shared, plugin, PluginState::Quarantined);
-    {
-        let mut lifecycle = plugin.lifecycle();
-        lifecycle.library = None;
-        lifecycle.backoff = super::Backoff::default();
-        lifecycle.reason = Some(format!("quarantined: {reason}"));
-    }
+    // On disk first: once the plugin shows as quarantined, an engine restart keeps it so.
     let persisted = shared.persist(&plugin.name, |toggles| {
         toggles.quarantined = Some(super::state_file::Quarantine {
             reason: reason.to_owned(),
@@ -985,6 +979,11 @@ fn quarantine(shared: &Shared, plugin: &Plugin, reason: &str) {
             },
         );
     }
+    plugin.lifecycle().reason = Some(format!("quarantined: {reason}"));
+    let _ = stop(shared, plugin, PluginState::Quarantined);
+    let mut lifecycle = plugin.lifecycle();
+    lifecycle.library = None;
+    lifecycle.backoff = super::Backoff::default();
 }
 
 fn clear_quarantine(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
