@@ -194,7 +194,11 @@ fn check(
     now: Instant,
 ) -> Vec<Violation> {
     let mut found = Vec::new();
-    if let Some(before) = before {
+    // A worker's cgroup is new: its counters start at zero, so the first reading is
+    // compared with zero (hits before it are reported too).
+    let zero = Reading::default();
+    {
+        let before = before.unwrap_or(&zero);
         let hits = sample
             .memory_limit_hits
             .saturating_sub(before.memory_limit_hits);
