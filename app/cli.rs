@@ -9,6 +9,9 @@ mod new_plugin;
 mod quarantine_cmd;
 mod trust_cmds;
 
+pub use engine_options::EngineOptions;
+pub use headless::parse_duration;
+
 use std::io;
 use std::path::PathBuf;
 
@@ -16,16 +19,23 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 
-/// Verify, load, sandbox and supervise native plugins.
+/// Verify, load, sandbox and supervise native plugins. Without a command: the dashboard.
 #[derive(Debug, Parser)]
 #[command(name = "plugboard", version, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The terminal dashboard over the plugins in the configured directories (the same
+    /// flags as `headless`); also what `plugboard` alone opens.
+    Dashboard(crate::tui::DashboardOptions),
+    /// The dashboard on the example plugins, signed with a throw-away key in a temporary
+    /// directory, the well-behaved ones running under traffic. Needs nothing prepared
+    /// but a built workspace.
+    Demo(crate::tui::ViewOptions),
     /// Generate an Ed25519 signing key pair: <dir>/<name>.key (mode 0600) and <dir>/<name>.pub.
     Keygen {
         /// Directory to write the key pair into (created if missing).
@@ -217,7 +227,12 @@ impl From<Level> for plugboard_engine::trust::TrustLevel {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return crate::tui::dashboard(&crate::tui::DashboardOptions::default());
+    };
+    match command {
+        Command::Dashboard(options) => crate::tui::dashboard(&options),
+        Command::Demo(view) => crate::tui::demo(&view),
         Command::Keygen { out, name } => bundle_cmds::keygen(&out, &name),
         Command::Pack {
             manifest,

@@ -2,6 +2,7 @@
 //! `cli`; each is a thin layer over `plugboard-engine`.
 
 mod cli;
+mod tui;
 
 use std::process::ExitCode;
 

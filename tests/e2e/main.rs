@@ -3,6 +3,7 @@
 
 mod call;
 mod cli;
+mod dashboard;
 mod headless;
 mod quarantine;
 mod scaffold;

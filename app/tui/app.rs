@@ -1,0 +1,1173 @@
+//! The dashboard's state and what keys, clicks, samples, events and command results do to
+//! it. Nothing here touches the terminal or the engine: keys turn into [`Effect`]s (run
+//! this command, quit) that the event loop carries out, so every behaviour is testable
+//! with recorded snapshots.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use plugboard_engine::{CallReport, Command, Event, Outcome, PluginSnapshot, Snapshot};
+use ratatui::layout::{Position, Rect};
+
+use super::columns::{self, Column, Sort};
+use super::describe;
+use super::keymap::{Action, Keymap};
+use super::theme::{Role, Theme, Themes};
+
+/// How many samples the pause history keeps (one per sampling tick).
+pub const HISTORY: usize = 300;
+/// How many events the event log keeps.
+pub const EVENT_LOG: usize = 2000;
+/// Calls per second the traffic key turns on, unless the front end says otherwise.
+pub const DEFAULT_TRAFFIC_RATE: f64 = 20.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    /// Plugin table and event log.
+    Main,
+    /// One plugin.
+    Detail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pane {
+    Plugins,
+    Events,
+    Hooks,
+    PluginEvents,
+    Log,
+    /// Trust, supervision and the granted matrix (its own pane on small terminals).
+    Info,
+}
+
+impl Pane {
+    pub fn title(self) -> &'static str {
+        match self {
+            Pane::Plugins => "Plugins",
+            Pane::Events | Pane::PluginEvents => "Events",
+            Pane::Hooks => "Hooks",
+            Pane::Log => "Log",
+            Pane::Info => "Info",
+        }
+    }
+
+    fn filterable(self) -> bool {
+        matches!(
+            self,
+            Pane::Plugins | Pane::Events | Pane::PluginEvents | Pane::Log
+        )
+    }
+}
+
+/// A command for the engine, with the words the status line uses for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub label: String,
+    pub command: Command,
+}
+
+/// What the event loop must do after a key or a click.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Run a command on a thread of its own; its result comes back to [`App::on_job_done`].
+    Run(Job),
+    /// Stop every plugin gracefully and leave.
+    Quit,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    pub message: String,
+    /// Set when the engine refused because running plugins depend on this one.
+    pub dependents: Vec<String>,
+}
+
+/// A question with a command behind "yes".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirm {
+    pub title: String,
+    pub lines: Vec<String>,
+    pub job: Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptPurpose {
+    /// Editing the filter of a pane (applied as typed; esc restores `previous`).
+    Filter { pane: Pane, previous: String },
+    /// `hook payload` for a call to this plugin.
+    Call { plugin: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub purpose: PromptPurpose,
+    pub input: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Overlay {
+    Help,
+    Confirm(Confirm),
+    Prompt(Prompt),
+    Reply(CallReport),
+}
+
+/// The status line: the last result or refusal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub role: Role,
+}
+
+/// Hook table columns (detail view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookColumn {
+    Name,
+    Calls,
+    Errors,
+    Timeouts,
+    P50,
+    P99,
+    Max,
+    Rate,
+}
+
+impl HookColumn {
+    pub const ALL: [HookColumn; 8] = [
+        HookColumn::Name,
+        HookColumn::Calls,
+        HookColumn::Rate,
+        HookColumn::Errors,
+        HookColumn::Timeouts,
+        HookColumn::P50,
+        HookColumn::P99,
+        HookColumn::Max,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            HookColumn::Name => "HOOK",
+            HookColumn::Calls => "CALLS",
+            HookColumn::Rate => "/S",
+            HookColumn::Errors => "ERR",
+            HookColumn::Timeouts => "T/O",
+            HookColumn::P50 => "P50",
+            HookColumn::P99 => "P99",
+            HookColumn::Max => "MAX",
+        }
+    }
+}
+
+/// Where things were drawn last, so a click finds what it hit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScreenLayout {
+    /// Each pane's whole area (border included).
+    pub panes: Vec<(Pane, Rect)>,
+    /// Each pane's first data row and how many rows it shows, and the index of the item
+    /// drawn in that first row.
+    pub rows: Vec<(Pane, Rect, usize)>,
+    /// Plugin table column headers: column and its x range.
+    pub header_cells: Vec<(Column, u16, u16)>,
+    pub header_row: Option<u16>,
+    /// The detail view showed one pane at a time (small terminal).
+    pub compact: bool,
+}
+
+/// The whole dashboard state.
+#[derive(Debug)]
+pub struct App {
+    pub keymap: Keymap,
+    pub themes: Themes,
+    pub theme: Theme,
+    /// Newest last.
+    pub history: VecDeque<Arc<Snapshot>>,
+    /// While paused: how many samples back from the newest the display is.
+    pub paused: Option<usize>,
+    /// Event log (newest last).
+    pub events: VecDeque<Event>,
+    /// While paused, events after this one are not shown.
+    paused_at_seq: Option<u64>,
+    pub screen: Screen,
+    pub focus: Pane,
+    pub selected_plugin: Option<String>,
+    pub sort: Sort,
+    pub plugin_filter: String,
+    pub event_filter: String,
+    pub plugin_event_filter: String,
+    pub log_filter: String,
+    /// Index into the shown events (0 = newest).
+    pub event_cursor: usize,
+    pub plugin_event_cursor: usize,
+    /// Index into the shown log lines (0 = newest).
+    pub log_cursor: usize,
+    pub selected_hook: Option<String>,
+    pub hook_sort: HookColumn,
+    pub hook_sort_ascending: bool,
+    pub overlay: Option<Overlay>,
+    pub status: Option<Status>,
+    /// Commands running now (label by job id).
+    pub pending: BTreeMap<u64, String>,
+    next_job: u64,
+    pub traffic_rate: f64,
+    pub layout: ScreenLayout,
+    /// Shown instead of an empty plugin table (no plugin directory configured, …).
+    pub empty_hint: Option<String>,
+    pub quitting: bool,
+}
+
+impl App {
+    pub fn new(keymap: Keymap, themes: Themes, theme: Theme) -> App {
+        App {
+            keymap,
+            themes,
+            theme,
+            history: VecDeque::new(),
+            paused: None,
+            events: VecDeque::new(),
+            paused_at_seq: None,
+            screen: Screen::Main,
+            focus: Pane::Plugins,
+            selected_plugin: None,
+            sort: Sort::default(),
+            plugin_filter: String::new(),
+            event_filter: String::new(),
+            plugin_event_filter: String::new(),
+            log_filter: String::new(),
+            event_cursor: 0,
+            plugin_event_cursor: 0,
+            log_cursor: 0,
+            selected_hook: None,
+            hook_sort: HookColumn::P99,
+            hook_sort_ascending: false,
+            overlay: None,
+            status: None,
+            pending: BTreeMap::new(),
+            next_job: 0,
+            traffic_rate: DEFAULT_TRAFFIC_RATE,
+            layout: ScreenLayout::default(),
+            empty_hint: None,
+            quitting: false,
+        }
+    }
+
+    // ----- data in -----
+
+    pub fn on_sample(&mut self, sample: Snapshot) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+            // A paused view that pointed at the evicted sample now shows the oldest.
+            if let Some(back) = self.paused.as_mut() {
+                *back = (*back).min(HISTORY - 2);
+            }
+        }
+        self.history.push_back(Arc::new(sample));
+        // Keep a paused view on the sample it shows.
+        if let Some(back) = self.paused.as_mut() {
+            *back = (*back + 1).min(self.history.len() - 1);
+        }
+        if self.selected_plugin.is_none() {
+            self.selected_plugin = self
+                .visible_plugins()
+                .first()
+                .map(|plugin| plugin.name.clone());
+        }
+    }
+
+    pub fn on_engine_event(&mut self, event: Event) {
+        if self.events.back().is_some_and(|last| last.seq >= event.seq) {
+            return; // already seen (seeded from the ring and delivered live)
+        }
+        if self.events.len() == EVENT_LOG {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+        // A cursor away from the newest stays on the same event as new ones arrive.
+        if self.paused.is_none() {
+            if self.event_cursor > 0 {
+                self.event_cursor += 1;
+            }
+            if self.plugin_event_cursor > 0 {
+                self.plugin_event_cursor += 1;
+            }
+        }
+    }
+
+    pub fn on_job_done(&mut self, id: u64, job: &Job, result: Result<Outcome, JobError>) {
+        self.pending.remove(&id);
+        match result {
+            Ok(Outcome::Called { report }) => {
+                self.status = Some(Status {
+                    text: format!(
+                        "{}: {} in {}",
+                        job.label,
+                        report.status,
+                        super::format::micros(report.duration_us)
+                    ),
+                    role: if report.status == "ok" {
+                        Role::Ok
+                    } else {
+                        Role::Error
+                    },
+                });
+                self.overlay = Some(Overlay::Reply(report));
+            }
+            Ok(Outcome::Emitted { reports }) => {
+                self.status = Some(Status {
+                    text: format!("{}: {} subscriber(s) called", job.label, reports.len()),
+                    role: Role::Ok,
+                });
+            }
+            Ok(Outcome::Done) => {
+                self.status = Some(Status {
+                    text: format!("✓ {}: done", job.label),
+                    role: Role::Ok,
+                });
+            }
+            Err(error) if !error.dependents.is_empty() => {
+                // The engine refused because running plugins depend on this one: ask
+                // before forcing it (which stops them first).
+                let forced = match &job.command {
+                    Command::Stop { plugin, .. } => Some(Command::Stop {
+                        plugin: plugin.clone(),
+                        force: true,
+                    }),
+                    Command::Unload { plugin, .. } => Some(Command::Unload {
+                        plugin: plugin.clone(),
+                        force: true,
+                    }),
+                    _ => None,
+                };
+                self.status = Some(Status {
+                    text: format!("✗ {}: {}", job.label, error.message),
+                    role: Role::Error,
+                });
+                if let Some(command) = forced {
+                    self.overlay = Some(Overlay::Confirm(Confirm {
+                        title: format!("Force {}?", job.label),
+                        lines: vec![
+                            format!(
+                                "Running plugins depend on it: {}.",
+                                error.dependents.join(", ")
+                            ),
+                            "Stop them first and go on?".to_owned(),
+                        ],
+                        job: Job {
+                            label: format!("{} (forced)", job.label),
+                            command,
+                        },
+                    }));
+                }
+            }
+            Err(error) => {
+                self.status = Some(Status {
+                    text: format!("✗ {}: {}", job.label, error.message),
+                    role: Role::Error,
+                });
+            }
+        }
+    }
+
+    /// Registers a command as running and hands out its id.
+    pub fn begin_job(&mut self, job: &Job) -> u64 {
+        self.next_job += 1;
+        self.pending.insert(self.next_job, job.label.clone());
+        self.next_job
+    }
+
+    // ----- what is shown -----
+
+    /// The snapshot on screen (the newest, or the one paused on).
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        let back = self.paused.unwrap_or(0);
+        self.history
+            .len()
+            .checked_sub(1 + back)
+            .and_then(|at| self.history.get(at))
+            .map(AsRef::as_ref)
+    }
+
+    /// Plugins that pass the filter, in sort order.
+    pub fn visible_plugins(&self) -> Vec<&PluginSnapshot> {
+        let Some(snapshot) = self.snapshot() else {
+            return Vec::new();
+        };
+        let mut plugins: Vec<&PluginSnapshot> = snapshot
+            .plugins
+            .iter()
+            .filter(|plugin| columns::matches_filter(plugin, &self.plugin_filter))
+            .collect();
+        plugins.sort_by(|a, b| self.sort.compare(a, b));
+        plugins
+    }
+
+    pub fn selected(&self) -> Option<&PluginSnapshot> {
+        let name = self.selected_plugin.as_deref()?;
+        self.snapshot()?
+            .plugins
+            .iter()
+            .find(|plugin| plugin.name == name)
+    }
+
+    fn selected_index(&self) -> Option<usize> {
+        let name = self.selected_plugin.as_deref()?;
+        self.visible_plugins()
+            .iter()
+            .position(|plugin| plugin.name == name)
+    }
+
+    /// Events shown in the log, newest first (`plugin`: only that plugin's).
+    pub fn visible_events(&self, plugin: Option<&str>) -> Vec<&Event> {
+        let filter = if plugin.is_some() {
+            &self.plugin_event_filter
+        } else {
+            &self.event_filter
+        };
+        self.events
+            .iter()
+            .rev()
+            .filter(|event| self.paused_at_seq.is_none_or(|seq| event.seq <= seq))
+            .filter(|event| plugin.is_none_or(|name| event.plugin.as_deref() == Some(name)))
+            .filter(|event| describe::matches_filter(event, filter))
+            .collect()
+    }
+
+    /// The selected plugin's hooks in the hook table's order: every hook with statistics
+    /// plus the disabled ones.
+    pub fn visible_hooks(&self) -> Vec<String> {
+        let Some(plugin) = self.selected() else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = plugin.hooks.keys().cloned().collect();
+        for hook in &plugin.disabled_hooks {
+            if !names.contains(hook) {
+                names.push(hook.clone());
+            }
+        }
+        let value = |name: &String| -> (u64, f64) {
+            plugin
+                .hooks
+                .get(name)
+                .map_or((0, 0.0), |stats| match self.hook_sort {
+                    HookColumn::Name => (0, 0.0),
+                    HookColumn::Calls => (stats.calls, 0.0),
+                    HookColumn::Rate => (0, stats.calls_per_sec),
+                    HookColumn::Errors => (stats.errors, 0.0),
+                    HookColumn::Timeouts => (stats.timeouts, 0.0),
+                    HookColumn::P50 => (stats.recent.p50_us.max(stats.since_start.p50_us), 0.0),
+                    HookColumn::P99 => (stats.recent.p99_us.max(stats.since_start.p99_us), 0.0),
+                    HookColumn::Max => (stats.since_start.max_us, 0.0),
+                })
+        };
+        names.sort_by(|a, b| {
+            let order = if self.hook_sort == HookColumn::Name {
+                a.cmp(b)
+            } else {
+                let (va, vb) = (value(a), value(b));
+                va.0.cmp(&vb.0)
+                    .then(va.1.partial_cmp(&vb.1).unwrap_or(std::cmp::Ordering::Equal))
+            };
+            let order = if self.hook_sort_ascending {
+                order
+            } else {
+                order.reverse()
+            };
+            order.then_with(|| a.cmp(b))
+        });
+        names
+    }
+
+    /// The selected plugin's log lines (newest first) that pass the log filter.
+    pub fn visible_log(&self) -> Vec<&plugboard_engine::snapshot::OutputLine> {
+        let Some(plugin) = self.selected() else {
+            return Vec::new();
+        };
+        let filter = self.log_filter.to_lowercase();
+        plugin
+            .recent_output
+            .iter()
+            .rev()
+            .filter(|line| filter.is_empty() || line.line.to_lowercase().contains(&filter))
+            .collect()
+    }
+
+    /// The panes of the current screen, in tab order. `compact`: the detail view shows one
+    /// pane at a time, so the info panel becomes a pane of its own.
+    pub fn panes(&self, compact: bool) -> Vec<Pane> {
+        match (self.screen, compact) {
+            (Screen::Main, _) => vec![Pane::Plugins, Pane::Events],
+            (Screen::Detail, false) => vec![Pane::Hooks, Pane::Log, Pane::PluginEvents],
+            (Screen::Detail, true) => vec![Pane::Info, Pane::Hooks, Pane::Log, Pane::PluginEvents],
+        }
+    }
+
+    pub fn traffic_on(&self) -> bool {
+        self.history
+            .back()
+            .is_some_and(|snapshot| snapshot.traffic.is_some())
+    }
+
+    // ----- input -----
+
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if let Some(overlay) = self.overlay.take() {
+            return self.on_overlay_key(overlay, key);
+        }
+        let Some(action) = self.keymap.action_for(&key) else {
+            return Vec::new();
+        };
+        self.on_action(action)
+    }
+
+    fn on_overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Vec<Effect> {
+        let action = self.keymap.action_for(&key);
+        match overlay {
+            // Any key closes help (quit too: it closes help, not the dashboard).
+            Overlay::Help => Vec::new(),
+            Overlay::Reply(report) => {
+                if matches!(key.code, KeyCode::Enter | KeyCode::Esc | KeyCode::Char(' '))
+                    || action == Some(Action::Back)
+                {
+                    return Vec::new();
+                }
+                self.overlay = Some(Overlay::Reply(report));
+                Vec::new()
+            }
+            Overlay::Confirm(confirm) => match key.code {
+                KeyCode::Char('y' | 'Y') | KeyCode::Enter => vec![Effect::Run(confirm.job)],
+                KeyCode::Char('n' | 'N') | KeyCode::Esc => {
+                    self.status = Some(Status {
+                        text: format!("cancelled: {}", confirm.job.label),
+                        role: Role::Muted,
+                    });
+                    Vec::new()
+                }
+                _ => {
+                    self.overlay = Some(Overlay::Confirm(confirm));
+                    Vec::new()
+                }
+            },
+            Overlay::Prompt(prompt) => self.on_prompt_key(prompt, key),
+        }
+    }
+
+    fn on_prompt_key(&mut self, mut prompt: Prompt, key: KeyEvent) -> Vec<Effect> {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Esc => {
+                if let PromptPurpose::Filter { pane, previous } = &prompt.purpose {
+                    self.filter_mut(*pane).clone_from(previous);
+                }
+                return Vec::new();
+            }
+            KeyCode::Enter => return self.submit_prompt(prompt),
+            KeyCode::Backspace => {
+                prompt.input.pop();
+            }
+            KeyCode::Char('u') if ctrl => prompt.input.clear(),
+            KeyCode::Char('w') if ctrl => {
+                let trimmed = prompt.input.trim_end().len();
+                let cut = prompt.input[..trimmed].rfind(' ').map_or(0, |at| at + 1);
+                prompt.input.truncate(cut);
+            }
+            KeyCode::Char(c) if !ctrl => prompt.input.push(c),
+            _ => {}
+        }
+        if let PromptPurpose::Filter { pane, .. } = &prompt.purpose {
+            // Filters apply as they are typed.
+            self.filter_mut(*pane).clone_from(&prompt.input);
+            self.reset_cursor(*pane);
+        }
+        self.overlay = Some(Overlay::Prompt(prompt));
+        Vec::new()
+    }
+
+    fn submit_prompt(&mut self, prompt: Prompt) -> Vec<Effect> {
+        match prompt.purpose {
+            PromptPurpose::Filter { .. } => Vec::new(),
+            PromptPurpose::Call { plugin } => {
+                let input = prompt.input.trim_start();
+                let (hook, payload) = input.split_once(' ').unwrap_or((input, ""));
+                if hook.is_empty() {
+                    self.status = Some(Status {
+                        text: "call: type a hook name, then the payload".to_owned(),
+                        role: Role::Warn,
+                    });
+                    return Vec::new();
+                }
+                vec![Effect::Run(Job {
+                    label: format!("call {plugin}.{hook}"),
+                    command: Command::Call {
+                        plugin,
+                        hook: hook.to_owned(),
+                        payload: payload.as_bytes().to_vec(),
+                    },
+                })]
+            }
+        }
+    }
+
+    fn filter_mut(&mut self, pane: Pane) -> &mut String {
+        match pane {
+            Pane::Events => &mut self.event_filter,
+            Pane::PluginEvents => &mut self.plugin_event_filter,
+            Pane::Log => &mut self.log_filter,
+            Pane::Plugins | Pane::Hooks | Pane::Info => &mut self.plugin_filter,
+        }
+    }
+
+    fn reset_cursor(&mut self, pane: Pane) {
+        match pane {
+            Pane::Events => self.event_cursor = 0,
+            Pane::PluginEvents => self.plugin_event_cursor = 0,
+            Pane::Log => self.log_cursor = 0,
+            Pane::Plugins => {
+                let first = self
+                    .visible_plugins()
+                    .first()
+                    .map(|plugin| plugin.name.clone());
+                if self.selected_index().is_none() {
+                    self.selected_plugin = first;
+                }
+            }
+            Pane::Hooks | Pane::Info => {}
+        }
+    }
+
+    fn warn(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            role: Role::Warn,
+        });
+    }
+
+    /// The plugin a plugin command is about, or a hint in the status line.
+    fn target(&mut self) -> Option<PluginSnapshot> {
+        let selected = self.selected().cloned();
+        if selected.is_none() {
+            self.warn("no plugin selected");
+        }
+        selected
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per action reads best as one match
+    pub fn on_action(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Quit => {
+                self.quitting = true;
+                return vec![Effect::Quit];
+            }
+            Action::Help => self.overlay = Some(Overlay::Help),
+            Action::Start => {
+                if let Some(plugin) = self.target() {
+                    return run(
+                        format!("start {}", plugin.name),
+                        Command::Start {
+                            plugin: plugin.name,
+                        },
+                    );
+                }
+            }
+            Action::Stop => {
+                if let Some(plugin) = self.target() {
+                    return run(
+                        format!("stop {}", plugin.name),
+                        Command::Stop {
+                            plugin: plugin.name,
+                            force: false,
+                        },
+                    );
+                }
+            }
+            Action::Load => {
+                if let Some(plugin) = self.target() {
+                    return run(
+                        format!("load {}", plugin.name),
+                        Command::Load {
+                            plugin: plugin.name,
+                        },
+                    );
+                }
+            }
+            Action::ClearQuarantine => {
+                if let Some(plugin) = self.target() {
+                    return run(
+                        format!("clear quarantine of {}", plugin.name),
+                        Command::ClearQuarantine {
+                            plugin: plugin.name,
+                        },
+                    );
+                }
+            }
+            Action::ToggleEnabled => {
+                if let Some(plugin) = self.target() {
+                    let (verb, command) = if plugin.enabled {
+                        (
+                            "disable",
+                            Command::Disable {
+                                plugin: plugin.name.clone(),
+                            },
+                        )
+                    } else {
+                        (
+                            "enable",
+                            Command::Enable {
+                                plugin: plugin.name.clone(),
+                            },
+                        )
+                    };
+                    return run(format!("{verb} {}", plugin.name), command);
+                }
+            }
+            Action::Reload => {
+                if let Some(plugin) = self.target() {
+                    let mut lines = vec![
+                        format!(
+                            "{} {} ({}): verify the bundle again and start the new version",
+                            plugin.name,
+                            plugin.version.as_deref().unwrap_or("?"),
+                            columns::state_look(plugin.state).label
+                        ),
+                        "beside the running one; traffic switches once it is healthy.".to_owned(),
+                    ];
+                    lines.push(if plugin.changed_on_disk {
+                        "The bundle on disk changed since it was verified.".to_owned()
+                    } else {
+                        "The bundle on disk is unchanged since it was verified.".to_owned()
+                    });
+                    self.overlay = Some(Overlay::Confirm(Confirm {
+                        title: format!("Reload {}?", plugin.name),
+                        lines,
+                        job: Job {
+                            label: format!("reload {}", plugin.name),
+                            command: Command::Reload {
+                                plugin: plugin.name,
+                            },
+                        },
+                    }));
+                }
+            }
+            Action::Unload => {
+                if let Some(plugin) = self.target() {
+                    self.overlay = Some(Overlay::Confirm(Confirm {
+                        title: format!("Unload {}?", plugin.name),
+                        lines: vec![
+                            format!("Stop {} and drop its verified library;", plugin.name),
+                            "the bundle is read and verified again at the next start.".to_owned(),
+                        ],
+                        job: Job {
+                            label: format!("unload {}", plugin.name),
+                            command: Command::Unload {
+                                plugin: plugin.name,
+                                force: false,
+                            },
+                        },
+                    }));
+                }
+            }
+            Action::ToggleHook => {
+                let Some(plugin) = self.target() else {
+                    return Vec::new();
+                };
+                let hook = if self.screen == Screen::Detail && self.focus == Pane::Hooks {
+                    self.selected_hook
+                        .clone()
+                        .or_else(|| self.visible_hooks().first().cloned())
+                } else {
+                    None
+                };
+                let Some(hook) = hook else {
+                    self.warn(format!(
+                        "select a hook first: {} opens the details, then the Hooks pane",
+                        self.keymap.label(Action::Open)
+                    ));
+                    return Vec::new();
+                };
+                let disabled = plugin.disabled_hooks.contains(&hook);
+                let (verb, command) = if disabled {
+                    (
+                        "enable",
+                        Command::EnableHook {
+                            plugin: plugin.name.clone(),
+                            hook: hook.clone(),
+                        },
+                    )
+                } else {
+                    (
+                        "disable",
+                        Command::DisableHook {
+                            plugin: plugin.name.clone(),
+                            hook: hook.clone(),
+                        },
+                    )
+                };
+                return run(format!("{verb} hook {}.{hook}", plugin.name), command);
+            }
+            Action::Traffic => {
+                let rate = (!self.traffic_on()).then_some(self.traffic_rate);
+                let label = match rate {
+                    Some(rate) => format!("traffic on ({} calls/s)", super::format::rate(rate)),
+                    None => "traffic off".to_owned(),
+                };
+                return run(label, Command::Traffic { rate });
+            }
+            Action::Call => {
+                if let Some(plugin) = self.target() {
+                    let hook = if self.screen == Screen::Detail {
+                        self.selected_hook.clone()
+                    } else {
+                        None
+                    }
+                    .or_else(|| plugin.hooks.keys().next().cloned())
+                    .map(|hook| hook + " ")
+                    .unwrap_or_default();
+                    self.overlay = Some(Overlay::Prompt(Prompt {
+                        purpose: PromptPurpose::Call {
+                            plugin: plugin.name,
+                        },
+                        input: hook,
+                    }));
+                }
+            }
+            Action::Pause => self.toggle_pause(),
+            Action::HistoryBack | Action::HistoryForward => {
+                let Some(back) = self.paused else {
+                    self.warn(format!(
+                        "history: pause first ({})",
+                        self.keymap.label(Action::Pause)
+                    ));
+                    return Vec::new();
+                };
+                let newest_back = self.history.len().saturating_sub(1);
+                self.paused = Some(if action == Action::HistoryBack {
+                    (back + 1).min(newest_back)
+                } else {
+                    back.saturating_sub(1)
+                });
+            }
+            Action::Filter => {
+                let pane = self.focus;
+                if !pane.filterable() {
+                    self.warn(format!("the {} pane has no filter", pane.title()));
+                    return Vec::new();
+                }
+                let current = self.filter_mut(pane).clone();
+                self.overlay = Some(Overlay::Prompt(Prompt {
+                    purpose: PromptPurpose::Filter {
+                        pane,
+                        previous: current.clone(),
+                    },
+                    input: current,
+                }));
+            }
+            Action::SortNext | Action::SortPrevious | Action::SortReverse => {
+                self.sort_action(action);
+            }
+            Action::NextPane | Action::PreviousPane => {
+                let panes = self.panes(self.compact_detail());
+                let at = panes
+                    .iter()
+                    .position(|pane| *pane == self.focus)
+                    .unwrap_or(0);
+                let next = if action == Action::NextPane {
+                    (at + 1) % panes.len()
+                } else {
+                    (at + panes.len() - 1) % panes.len()
+                };
+                self.focus = panes[next];
+            }
+            Action::Up => self.move_cursor(-1),
+            Action::Down => self.move_cursor(1),
+            Action::PageUp => self.move_cursor(-self.page_rows()),
+            Action::PageDown => self.move_cursor(self.page_rows()),
+            Action::Top => self.move_cursor(isize::MIN / 2),
+            Action::Bottom => self.move_cursor(isize::MAX / 2),
+            Action::Open => self.open(),
+            Action::Back => self.back(),
+            Action::NextTheme => {
+                let name = self.themes.next_after(&self.theme.name);
+                match self.themes.resolve(&name, self.theme.monochrome) {
+                    Ok(theme) => {
+                        self.status = Some(Status {
+                            text: format!("theme {name}"),
+                            role: Role::Info,
+                        });
+                        self.theme = theme;
+                    }
+                    Err(err) => self.warn(err.to_string()),
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn toggle_pause(&mut self) {
+        if self.paused.take().is_some() {
+            self.paused_at_seq = None;
+            self.status = Some(Status {
+                text: "live".to_owned(),
+                role: Role::Info,
+            });
+        } else {
+            self.paused = Some(0);
+            self.paused_at_seq = self.events.back().map(|event| event.seq).or(Some(0));
+            self.status = Some(Status {
+                text: format!(
+                    "paused: {}/{} step through the last {} samples",
+                    self.keymap.label(Action::HistoryBack),
+                    self.keymap.label(Action::HistoryForward),
+                    self.history.len()
+                ),
+                role: Role::Info,
+            });
+        }
+    }
+
+    fn sort_action(&mut self, action: Action) {
+        if self.screen == Screen::Detail {
+            let at = HookColumn::ALL
+                .iter()
+                .position(|column| *column == self.hook_sort)
+                .unwrap_or(0);
+            let count = HookColumn::ALL.len();
+            match action {
+                Action::SortNext => self.hook_sort = HookColumn::ALL[(at + 1) % count],
+                Action::SortPrevious => self.hook_sort = HookColumn::ALL[(at + count - 1) % count],
+                _ => self.hook_sort_ascending = !self.hook_sort_ascending,
+            }
+            if action != Action::SortReverse {
+                self.hook_sort_ascending = self.hook_sort == HookColumn::Name;
+            }
+            return;
+        }
+        let at = Column::ALL
+            .iter()
+            .position(|column| *column == self.sort.column)
+            .unwrap_or(0);
+        let count = Column::ALL.len();
+        match action {
+            Action::SortNext => self.sort = Sort::by(Column::ALL[(at + 1) % count]),
+            Action::SortPrevious => self.sort = Sort::by(Column::ALL[(at + count - 1) % count]),
+            _ => self.sort.descending = !self.sort.descending,
+        }
+        self.status = Some(Status {
+            text: format!(
+                "sorted by {} {}",
+                self.sort.column.title().to_lowercase(),
+                if self.sort.descending { "▼" } else { "▲" }
+            ),
+            role: Role::Info,
+        });
+    }
+
+    /// Whether the detail view shows one pane at a time (decided by the last draw).
+    fn compact_detail(&self) -> bool {
+        self.screen == Screen::Detail && self.layout.compact
+    }
+
+    fn page_rows(&self) -> isize {
+        self.layout
+            .rows
+            .iter()
+            .find(|(pane, _, _)| *pane == self.focus)
+            .map_or(10, |(_, area, _)| {
+                isize::try_from(area.height.max(2) - 1).unwrap_or(10)
+            })
+    }
+
+    fn move_cursor(&mut self, by: isize) {
+        let step = |at: usize, len: usize| -> usize {
+            if len == 0 {
+                return 0;
+            }
+            at.saturating_add_signed(by).min(len - 1)
+        };
+        match self.focus {
+            Pane::Plugins => {
+                let names: Vec<String> = self
+                    .visible_plugins()
+                    .iter()
+                    .map(|plugin| plugin.name.clone())
+                    .collect();
+                let at = self.selected_index().unwrap_or(0);
+                self.selected_plugin = names.get(step(at, names.len())).cloned();
+            }
+            Pane::Events => {
+                let len = self.visible_events(None).len();
+                self.event_cursor = step(self.event_cursor, len);
+            }
+            Pane::PluginEvents => {
+                let name = self.selected_plugin.clone();
+                let len = self.visible_events(name.as_deref()).len();
+                self.plugin_event_cursor = step(self.plugin_event_cursor, len);
+            }
+            Pane::Log => {
+                let len = self.visible_log().len();
+                self.log_cursor = step(self.log_cursor, len);
+            }
+            Pane::Hooks => {
+                let hooks = self.visible_hooks();
+                let at = self
+                    .selected_hook
+                    .as_ref()
+                    .and_then(|hook| hooks.iter().position(|name| name == hook))
+                    .unwrap_or(0);
+                self.selected_hook = hooks.get(step(at, hooks.len())).cloned();
+            }
+            Pane::Info => {}
+        }
+    }
+
+    fn open(&mut self) {
+        match (self.screen, self.focus) {
+            (Screen::Main, Pane::Events) => {
+                // Jump to the plugin the event is about.
+                let plugin = self
+                    .visible_events(None)
+                    .get(self.event_cursor)
+                    .and_then(|event| event.plugin.clone());
+                if let Some(plugin) = plugin {
+                    self.selected_plugin = Some(plugin);
+                    self.open_detail();
+                }
+            }
+            (Screen::Main, _) => self.open_detail(),
+            (Screen::Detail, _) => {}
+        }
+    }
+
+    fn open_detail(&mut self) {
+        if self.selected().is_none() {
+            self.warn("no plugin selected");
+            return;
+        }
+        self.screen = Screen::Detail;
+        self.focus = Pane::Hooks;
+        self.selected_hook = self.visible_hooks().first().cloned();
+        self.log_cursor = 0;
+        self.plugin_event_cursor = 0;
+    }
+
+    fn back(&mut self) {
+        match self.screen {
+            Screen::Detail => {
+                self.screen = Screen::Main;
+                self.focus = Pane::Plugins;
+            }
+            Screen::Main => {
+                if self.paused.is_some() {
+                    self.toggle_pause();
+                } else if !self.filter_mut(self.focus).is_empty() {
+                    self.filter_mut(self.focus).clear();
+                    self.status = Some(Status {
+                        text: "filter cleared".to_owned(),
+                        role: Role::Info,
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn on_mouse(&mut self, mouse: MouseEvent) -> Vec<Effect> {
+        if self.overlay.is_some() {
+            return Vec::new();
+        }
+        let at = Position::new(mouse.column, mouse.row);
+        match mouse.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                if self.layout.header_row == Some(mouse.row) {
+                    if let Some((column, _, _)) = self
+                        .layout
+                        .header_cells
+                        .iter()
+                        .find(|(_, x, width)| (*x..x + width).contains(&mouse.column))
+                    {
+                        self.sort = if self.sort.column == *column {
+                            Sort {
+                                column: *column,
+                                descending: !self.sort.descending,
+                            }
+                        } else {
+                            Sort::by(*column)
+                        };
+                        self.focus = Pane::Plugins;
+                        return Vec::new();
+                    }
+                }
+                if let Some((pane, _)) =
+                    self.layout.panes.iter().find(|(_, area)| area.contains(at))
+                {
+                    self.focus = *pane;
+                }
+                let hit = self
+                    .layout
+                    .rows
+                    .iter()
+                    .find(|(_, area, _)| area.contains(at))
+                    .map(|(pane, area, first)| (*pane, first + usize::from(mouse.row - area.y)));
+                if let Some((pane, index)) = hit {
+                    self.select_row(pane, index);
+                }
+            }
+            MouseEventKind::ScrollDown | MouseEventKind::ScrollUp => {
+                if let Some((pane, _)) =
+                    self.layout.panes.iter().find(|(_, area)| area.contains(at))
+                {
+                    self.focus = *pane;
+                    self.move_cursor(if mouse.kind == MouseEventKind::ScrollDown {
+                        1
+                    } else {
+                        -1
+                    });
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn select_row(&mut self, pane: Pane, index: usize) {
+        match pane {
+            Pane::Plugins => {
+                let name = self
+                    .visible_plugins()
+                    .get(index)
+                    .map(|plugin| plugin.name.clone());
+                if name.is_some() {
+                    // A click on the selected row opens it, like enter.
+                    if name == self.selected_plugin {
+                        self.open_detail();
+                    }
+                    self.selected_plugin = name;
+                }
+            }
+            Pane::Events => {
+                if index < self.visible_events(None).len() {
+                    self.event_cursor = index;
+                }
+            }
+            Pane::PluginEvents => {
+                let name = self.selected_plugin.clone();
+                if index < self.visible_events(name.as_deref()).len() {
+                    self.plugin_event_cursor = index;
+                }
+            }
+            Pane::Log => {
+                if index < self.visible_log().len() {
+                    self.log_cursor = index;
+                }
+            }
+            Pane::Hooks => {
+                if let Some(hook) = self.visible_hooks().get(index) {
+                    self.selected_hook = Some(hook.clone());
+                }
+            }
+            Pane::Info => {}
+        }
+    }
+}
+
+fn run(label: String, command: Command) -> Vec<Effect> {
+    vec![Effect::Run(Job { label, command })]
+}

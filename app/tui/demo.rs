@@ -1,0 +1,200 @@
+//! `plugboard demo`: nothing prepared. A throw-away signing key in a temporary directory,
+//! the example bundles packed from the libraries built next to this binary and signed
+//! with it, a trust store pinning it, the well-behaved plugins started and traffic on.
+//! The misbehaving examples are verified and wait for the user to start or call them.
+//! The temporary directory goes away when the demo ends.
+
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use plugboard_engine::EngineConfig;
+use plugboard_engine::bundle::Bundle;
+use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest};
+use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore};
+
+use super::ViewOptions;
+use super::app::{App, Status};
+use super::event_loop::{self, Startup};
+use super::theme::Role;
+
+/// An example plugin: its manifest (built into the binary) and whether the demo starts it.
+struct Example {
+    name: &'static str,
+    manifest: &'static str,
+    start: bool,
+}
+
+const EXAMPLES: [Example; 5] = [
+    Example {
+        name: "hello",
+        manifest: include_str!("../../plugins/hello/plugin.toml"),
+        start: true,
+    },
+    Example {
+        name: "counter",
+        manifest: include_str!("../../plugins/counter/plugin.toml"),
+        start: true,
+    },
+    Example {
+        name: "hello-c",
+        manifest: include_str!("../../plugins/hello-c/plugin.toml"),
+        start: true,
+    },
+    Example {
+        name: "panicky",
+        manifest: include_str!("../../plugins/panicky/plugin.toml"),
+        start: false,
+    },
+    Example {
+        name: "prober",
+        manifest: include_str!("../../plugins/prober/plugin.toml"),
+        start: false,
+    },
+];
+
+/// Calls per second the demo's traffic generator makes.
+const DEMO_TRAFFIC: f64 = 20.0;
+
+pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("plugboard-demo-")
+        .tempdir()
+        .context("cannot create the demo's temporary directory")?;
+    let binaries = std::env::current_exe()
+        .context("cannot locate the plugboard binary")?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the plugboard binary has no directory")?;
+    let prepared = prepare(work.path(), &binaries)?;
+
+    let mut config = EngineConfig::new(binaries.join("plugboard-host"));
+    if !config.worker.host_binary.is_file() {
+        bail!(
+            "the worker binary {} is missing: build the workspace (`cargo build --workspace`)",
+            config.worker.host_binary.display()
+        );
+    }
+    config.plugin_dirs = vec![prepared.plugins.clone()];
+    config.trust_store = Some(prepared.trust_store.clone());
+    config.log_file = Some(work.path().join("engine.log"));
+    config.audit_file = Some(work.path().join("audit.jsonl"));
+    config.state_file = Some(work.path().join("state.json"));
+    let engine = plugboard_engine::Engine::start(config).context("the engine cannot start")?;
+
+    app.traffic_rate = DEMO_TRAFFIC;
+    app.status = Some(Status {
+        text: format!(
+            "demo: bundles signed by throw-away key {} in {}",
+            prepared.key_id,
+            work.path().display()
+        ),
+        role: Role::Info,
+    });
+    let (start, load): (Vec<&Example>, Vec<&Example>) =
+        EXAMPLES.iter().partition(|example| example.start);
+    let startup = Startup {
+        start: start
+            .iter()
+            .map(|example| example.name.to_owned())
+            .collect(),
+        load: load.iter().map(|example| example.name.to_owned()).collect(),
+        traffic: Some(DEMO_TRAFFIC),
+        sample_interval: Some(view.refresh),
+    };
+    let result = event_loop::run(engine, app, &startup);
+    // `work` is removed here, after the engine has stopped every worker.
+    drop(work);
+    result
+}
+
+/// What `prepare` made.
+#[derive(Debug)]
+pub struct Prepared {
+    pub plugins: PathBuf,
+    pub trust_store: PathBuf,
+    pub key_id: String,
+}
+
+/// A key, a trust store pinning it, and every example bundle packed and signed under
+/// `work`; libraries are taken from `binaries` (the directory of the built workspace).
+pub fn prepare(work: &Path, binaries: &Path) -> Result<Prepared> {
+    let keys = work.join("keys");
+    let trust_store = work.join("trust");
+    let plugins = work.join("plugins");
+    for dir in [&keys, &trust_store, &plugins] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let key = PrivateKey::generate();
+    let public = keys.join("demo.pub");
+    std::fs::write(&public, key.public_key().to_pem())
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    TrustStore::add_key(&trust_store, &public, TrustLevel::Sandboxed)?;
+
+    let limits = HostLimits::default();
+    for example in &EXAMPLES {
+        let bundle = plugins.join(example.name);
+        let manifest_file = bundle.join(MANIFEST_FILE);
+        let manifest = Manifest::parse(example.manifest, &manifest_file, &limits)?;
+        let library = binaries.join(&manifest.plugin.library);
+        if !library.is_file() {
+            bail!(
+                "{} is missing: build the example plugins first (`cargo build --workspace`)",
+                library.display()
+            );
+        }
+        std::fs::create_dir(&bundle)
+            .with_context(|| format!("cannot create {}", bundle.display()))?;
+        std::fs::write(&manifest_file, example.manifest)
+            .with_context(|| format!("cannot write {}", manifest_file.display()))?;
+        let target = bundle.join(&manifest.plugin.library);
+        std::fs::copy(&library, &target).with_context(|| {
+            format!("cannot copy {} to {}", library.display(), target.display())
+        })?;
+        let opened = Bundle::open(&bundle, &limits)?;
+        key.sign_bundle(opened.digests())
+            .write(&bundle.join(SIGNATURE_FILE))?;
+    }
+    Ok(Prepared {
+        plugins,
+        trust_store,
+        key_id: key.key_id().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_bundles_verify_against_the_demo_trust_store() {
+        // The libraries are built next to the test binary's parent (target/<profile>).
+        let binaries = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .to_path_buf();
+        if !binaries.join("libhello.so").is_file() {
+            eprintln!("skipped: run `cargo build --workspace` first to build the example plugins");
+            return;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let prepared = prepare(work.path(), &binaries).unwrap();
+        let store = TrustStore::open(&prepared.trust_store).unwrap();
+        for example in &EXAMPLES {
+            let bundle =
+                Bundle::open(&prepared.plugins.join(example.name), &HostLimits::default()).unwrap();
+            let verified = bundle.verify(&store).unwrap();
+            assert_eq!(
+                verified.key_id.to_string(),
+                prepared.key_id,
+                "{}",
+                example.name
+            );
+        }
+    }
+}

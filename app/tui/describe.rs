@@ -1,0 +1,330 @@
+//! Events in words: a short kind, a sentence, and how alarming it is.
+//!
+//! Events are read through their JSON form (the README's contract) rather than by
+//! matching the engine's enum, so a kind the engine adds later still shows — with its
+//! fields — instead of breaking the dashboard's build.
+
+use std::fmt::Write as _;
+
+use plugboard_engine::{Event, PluginState};
+use serde_json::{Map, Value};
+
+use super::columns::state_look;
+use super::theme::Role;
+
+/// One event as the log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Described {
+    /// The kind as in snapshots (`state_changed`; a violation shows its own kind).
+    pub kind: String,
+    pub text: String,
+    pub role: Role,
+    /// A violation of the plugin's rules (counted apart in the detail view).
+    pub violation: bool,
+}
+
+fn text_of(fields: &Map<String, Value>, key: &str) -> String {
+    match fields.get(key) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn state_of(fields: &Map<String, Value>, key: &str) -> Option<PluginState> {
+    fields
+        .get(key)
+        .and_then(|value| serde_json::from_value(value.clone()).ok())
+}
+
+/// An exit status in words; accepts `{"code": 1}` and `{"code": {"code": 1}}`.
+fn exit_of(value: Option<&Value>) -> String {
+    let Some(Value::Object(exit)) = value else {
+        return String::new();
+    };
+    let number = |key: &str| -> Option<String> {
+        match exit.get(key)? {
+            Value::Object(inner) => inner.get(key).map(ToString::to_string),
+            other => Some(other.to_string()),
+        }
+    };
+    if let Some(code) = number("code") {
+        format!("exit code {code}")
+    } else if let Some(signal) = number("signal") {
+        format!("killed by signal {signal}")
+    } else {
+        Value::Object(exit.clone()).to_string()
+    }
+}
+
+/// Every field but the bookkeeping ones, as `key=value`, for kinds without a sentence.
+fn fields_text(fields: &Map<String, Value>) -> String {
+    fields
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "seq" | "at_ms" | "plugin" | "kind"))
+        .map(|(key, value)| match value {
+            Value::String(text) => format!("{key}={text}"),
+            other => format!("{key}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[allow(clippy::too_many_lines)] // one arm per kind
+pub fn describe(event: &Event) -> Described {
+    let value = serde_json::to_value(event).unwrap_or(Value::Null);
+    let empty = Map::new();
+    let fields = value.as_object().unwrap_or(&empty);
+    let kind = text_of(fields, "kind");
+    let text = |key: &str| text_of(fields, key);
+    let mut violation = false;
+    let (kind, text, role) = match kind.as_str() {
+        "discovered" => (
+            kind,
+            format!("bundle found in {}", text("dir")),
+            Role::Muted,
+        ),
+        "state_changed" => {
+            let from = state_of(fields, "from").map_or("?", |state| state_look(state).label);
+            let to = state_of(fields, "to").map(state_look);
+            let role = match to.map(|look| look.role) {
+                Some(role @ (Role::Ok | Role::Error | Role::Warn)) => role,
+                _ => Role::Text,
+            };
+            let to = to.map_or_else(
+                || text("to"),
+                |look| format!("{} {}", look.symbol, look.label),
+            );
+            (kind, format!("{from} → {to}"), role)
+        }
+        "rejected" => (kind, format!("rejected: {}", text("reason")), Role::Error),
+        "started" => {
+            let mechanisms: Vec<String> = fields
+                .get("mechanisms")
+                .and_then(Value::as_array)
+                .map(|badges| {
+                    badges
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                kind,
+                format!(
+                    "started: worker {}, sandbox pid {} [{}]",
+                    text("worker_pid"),
+                    text("sandbox_pid"),
+                    mechanisms.join(" ")
+                ),
+                Role::Ok,
+            )
+        }
+        "stopped" => {
+            let exit = exit_of(fields.get("exit"));
+            (
+                kind,
+                if exit.is_empty() {
+                    "stopped".to_owned()
+                } else {
+                    format!("stopped ({exit})")
+                },
+                Role::Text,
+            )
+        }
+        "crashed" => {
+            violation = true;
+            (
+                kind,
+                format!("crashed: {}", exit_of(fields.get("exit"))),
+                Role::Error,
+            )
+        }
+        "forbidden_syscall" => {
+            violation = true;
+            let detail = text("detail");
+            (
+                kind,
+                if detail.is_empty() {
+                    format!("forbidden syscall {}", text("syscall"))
+                } else {
+                    format!("forbidden syscall {}: {detail}", text("syscall"))
+                },
+                Role::Error,
+            )
+        }
+        "protocol_violation" => {
+            violation = true;
+            (
+                kind,
+                format!("protocol violation: {}", text("reason")),
+                Role::Error,
+            )
+        }
+        "hook_timeout" => {
+            violation = true;
+            (
+                kind,
+                format!(
+                    "hook {} timed out after {} ms",
+                    text("hook"),
+                    text("timeout_ms")
+                ),
+                Role::Error,
+            )
+        }
+        "forbidden_emit" => {
+            violation = true;
+            (
+                kind,
+                format!(
+                    "emitted {}, which its manifest does not grant",
+                    text("hook")
+                ),
+                Role::Error,
+            )
+        }
+        // Typed violations: `violation` names the kind, `action` what the policy did.
+        "violation" => {
+            violation = true;
+            let which = text("violation");
+            let mut sentence = which.replace('_', " ");
+            for key in ["hook", "detail"] {
+                let part = text(key);
+                if !part.is_empty() {
+                    sentence.push_str(": ");
+                    sentence.push_str(&part);
+                }
+            }
+            let action = text("action");
+            if !action.is_empty() && action != "log" {
+                let _ = write!(sentence, " → {action}");
+            }
+            let role = if text("severity") == "warning" {
+                Role::Warn
+            } else {
+                Role::Error
+            };
+            (if which.is_empty() { kind } else { which }, sentence, role)
+        }
+        "reloaded" => (
+            kind,
+            format!(
+                "reloaded {} → {}",
+                Some(text("from_version"))
+                    .filter(|version| !version.is_empty())
+                    .unwrap_or_else(|| "?".to_owned()),
+                text("to_version")
+            ),
+            Role::Ok,
+        ),
+        "reload_failed" => (
+            kind,
+            format!("reload failed, old version serves: {}", text("reason")),
+            Role::Error,
+        ),
+        "backing_off" => (
+            kind,
+            format!(
+                "restart #{} in {} ms ({} left in budget)",
+                text("attempt"),
+                text("delay_ms"),
+                text("budget_left")
+            ),
+            Role::Warn,
+        ),
+        "restarts_exhausted" => (
+            kind,
+            format!(
+                "gave up after {} restarts in {} s",
+                text("restarts"),
+                text("window_s")
+            ),
+            Role::Error,
+        ),
+        "hook_toggled" => {
+            let enabled = fields
+                .get("enabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (
+                kind,
+                format!(
+                    "hook {} {}",
+                    text("hook"),
+                    if enabled { "enabled" } else { "disabled" }
+                ),
+                Role::Info,
+            )
+        }
+        "plugin_toggled" => {
+            let enabled = fields
+                .get("enabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (
+                kind,
+                (if enabled { "enabled" } else { "disabled" }).to_owned(),
+                Role::Info,
+            )
+        }
+        "bundle_changed" => (
+            kind,
+            format!("bundle changed on disk: {}", text("dir")),
+            Role::Warn,
+        ),
+        "bundle_removed" => (
+            kind,
+            format!("bundle removed from disk: {}", text("dir")),
+            Role::Warn,
+        ),
+        "health_changed" => {
+            let to = text("to");
+            let detail = text("detail");
+            let role = match to.as_str() {
+                "healthy" => Role::Ok,
+                "unhealthy" => Role::Error,
+                _ => Role::Warn,
+            };
+            let mut sentence = format!("health {} → {to}", text("from"));
+            if !detail.is_empty() {
+                let _ = write!(sentence, ": {detail}");
+            }
+            (kind, sentence, role)
+        }
+        "engine" => (kind, text("message"), Role::Info),
+        _ => {
+            let sentence = fields_text(fields);
+            (kind, sentence, Role::Text)
+        }
+    };
+    Described {
+        kind,
+        text,
+        role,
+        violation,
+    }
+}
+
+/// Whether an event matches the event log's filter. Each word must match: `kind:NAME`
+/// and `plugin:NAME` match those fields (by prefix), any other word the plugin, the kind
+/// or the text.
+pub fn matches_filter(event: &Event, filter: &str) -> bool {
+    if filter.trim().is_empty() {
+        return true;
+    }
+    let described = describe(event);
+    let plugin = event.plugin.as_deref().unwrap_or("engine");
+    let text = described.text.to_lowercase();
+    filter.split_whitespace().all(|word| {
+        let word = word.to_lowercase();
+        if let Some(kind) = word.strip_prefix("kind:") {
+            described.kind.starts_with(kind) || (kind.starts_with("viol") && described.violation)
+        } else if let Some(name) = word.strip_prefix("plugin:") {
+            plugin.starts_with(name)
+        } else {
+            plugin.contains(&word) || described.kind.contains(&word) || text.contains(&word)
+        }
+    })
+}

@@ -1,0 +1,298 @@
+//! The event loop: one channel carries keys, mouse, resizes, samples, engine events,
+//! command results and signals to the UI thread, which redraws when something arrived —
+//! never in a busy loop. Commands run on threads of their own.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use crossterm::event::{Event as TermEvent, KeyEventKind, MouseEventKind};
+use plugboard_engine::{Command, Engine, EngineError, Event, Outcome, Snapshot};
+
+use super::app::{App, Effect, Job, JobError, Status};
+use super::terminal::{self, TerminalGuard};
+use super::theme::Role;
+use super::{sampler, ui};
+
+/// Everything the UI thread reacts to.
+#[derive(Debug)]
+pub enum AppEvent {
+    Terminal(TermEvent),
+    Sample(Box<Snapshot>),
+    Engine(Event),
+    JobDone {
+        id: u64,
+        job: Job,
+        result: Result<Outcome, JobError>,
+    },
+    Signal(i32),
+}
+
+/// How the dashboard begins: which plugins to start, whether to turn traffic on.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    pub start: Vec<String>,
+    pub load: Vec<String>,
+    pub traffic: Option<f64>,
+    pub sample_interval: Option<Duration>,
+}
+
+/// Runs the dashboard until the user quits or a signal arrives; stops every plugin
+/// gracefully on the way out.
+pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
+    let engine = Arc::new(engine);
+    let (sender, receiver) = mpsc::channel();
+    let (wake, wake_receiver) = mpsc::channel();
+    spawn_signal_thread(&sender)?;
+    // Subscribe before reading the ring, so nothing falls between the two.
+    let events = engine.subscribe();
+    for event in engine.recent_events() {
+        app.on_engine_event(event);
+    }
+    spawn_engine_events(events, sender.clone(), wake.clone());
+    {
+        let (engine, sender) = (Arc::clone(&engine), sender.clone());
+        let interval = startup.sample_interval.unwrap_or(Duration::from_secs(1));
+        std::thread::Builder::new()
+            .name("pb-ui-sampler".to_owned())
+            .spawn(move || sampler::run(&engine, interval, &wake_receiver, &sender))
+            .context("cannot start the sampling thread")?;
+    }
+
+    let mut guard = TerminalGuard::enter()?;
+    spawn_input_thread(sender.clone());
+    let runner = JobRunner {
+        engine: Arc::clone(&engine),
+        sender: sender.clone(),
+        wake,
+    };
+    for plugin in &startup.load {
+        runner.run(
+            &mut app,
+            Job {
+                label: format!("load {plugin}"),
+                command: Command::Load {
+                    plugin: plugin.clone(),
+                },
+            },
+        );
+    }
+    for plugin in &startup.start {
+        runner.run(
+            &mut app,
+            Job {
+                label: format!("start {plugin}"),
+                command: Command::Start {
+                    plugin: plugin.clone(),
+                },
+            },
+        );
+    }
+    if let Some(rate) = startup.traffic {
+        app.traffic_rate = rate;
+        runner.run(
+            &mut app,
+            Job {
+                label: format!("traffic on ({rate} calls/s)"),
+                command: Command::Traffic { rate: Some(rate) },
+            },
+        );
+    }
+    drop(sender);
+
+    let outcome = event_loop(&mut guard, &mut app, &receiver, &runner);
+
+    // Leave gracefully whatever ended the loop: say so, stop everything, restore.
+    app.status = Some(Status {
+        text: "stopping plugins…".to_owned(),
+        role: Role::Warn,
+    });
+    if !terminal::panicked() {
+        let _ = guard.terminal.draw(|frame| ui::draw(frame, &mut app));
+    }
+    let _ = engine.execute(Command::Traffic { rate: None });
+    engine.shutdown();
+    drop(guard);
+    outcome
+}
+
+fn event_loop(
+    guard: &mut TerminalGuard,
+    app: &mut App,
+    receiver: &Receiver<AppEvent>,
+    runner: &JobRunner,
+) -> Result<()> {
+    let mut dirty = true;
+    loop {
+        if terminal::panicked() {
+            bail!("a dashboard thread panicked (its message is above)");
+        }
+        if dirty {
+            guard
+                .terminal
+                .draw(|frame| ui::draw(frame, app))
+                .context("cannot draw")?;
+            dirty = false;
+        }
+        // Samples arrive every second, so the clock and countdowns stay current without a
+        // timer of our own; the timeout only guards against a stalled sampler.
+        let first = match receiver.recv_timeout(Duration::from_secs(2)) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => {
+                dirty = true;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        // Take everything already queued before drawing once.
+        let mut next = Some(first);
+        while let Some(event) = next {
+            match handle(app, event, runner) {
+                Handled::Quit => return Ok(()),
+                Handled::Redraw => dirty = true,
+                Handled::Nothing => {}
+            }
+            next = receiver.try_recv().ok();
+        }
+    }
+}
+
+enum Handled {
+    Redraw,
+    Nothing,
+    Quit,
+}
+
+fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
+    let effects = match event {
+        AppEvent::Terminal(TermEvent::Key(key)) if key.kind != KeyEventKind::Release => {
+            app.on_key(key)
+        }
+        AppEvent::Terminal(TermEvent::Mouse(mouse)) => {
+            if mouse.kind == MouseEventKind::Moved {
+                return Handled::Nothing;
+            }
+            app.on_mouse(mouse)
+        }
+        AppEvent::Terminal(TermEvent::Resize(..)) => Vec::new(),
+        AppEvent::Terminal(_) => return Handled::Nothing,
+        AppEvent::Sample(sample) => {
+            app.on_sample(*sample);
+            Vec::new()
+        }
+        AppEvent::Engine(event) => {
+            app.on_engine_event(event);
+            Vec::new()
+        }
+        AppEvent::JobDone { id, job, result } => {
+            app.on_job_done(id, &job, result);
+            Vec::new()
+        }
+        AppEvent::Signal(signal) => {
+            app.status = Some(Status {
+                text: format!("signal {signal}: leaving"),
+                role: Role::Warn,
+            });
+            return Handled::Quit;
+        }
+    };
+    for effect in effects {
+        match effect {
+            Effect::Quit => return Handled::Quit,
+            Effect::Run(job) => runner.run(app, job),
+        }
+    }
+    Handled::Redraw
+}
+
+/// Runs each command on a thread of its own (a start or a stop can take seconds) and
+/// reports back on the UI's channel.
+struct JobRunner {
+    engine: Arc<Engine>,
+    sender: Sender<AppEvent>,
+    wake: Sender<()>,
+}
+
+impl JobRunner {
+    fn run(&self, app: &mut App, job: Job) {
+        let id = app.begin_job(&job);
+        let (engine, sender, wake) = (
+            Arc::clone(&self.engine),
+            self.sender.clone(),
+            self.wake.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("pb-ui-command".to_owned())
+            .spawn(move || {
+                let result = engine
+                    .execute(job.command.clone())
+                    .map_err(|err| job_error(&err));
+                let _ = sender.send(AppEvent::JobDone { id, job, result });
+                let _ = wake.send(());
+            });
+        if let Err(err) = spawned {
+            app.pending.remove(&id);
+            app.status = Some(Status {
+                text: format!("cannot start a command thread: {err}"),
+                role: Role::Error,
+            });
+        }
+    }
+}
+
+fn job_error(err: &EngineError) -> JobError {
+    JobError {
+        message: err.to_string(),
+        dependents: match err {
+            EngineError::HasDependents { dependents, .. } => dependents.clone(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+fn spawn_engine_events(events: Receiver<Event>, sender: Sender<AppEvent>, wake: Sender<()>) {
+    let _ = std::thread::Builder::new()
+        .name("pb-ui-events".to_owned())
+        .spawn(move || {
+            for event in events {
+                if sender.send(AppEvent::Engine(event)).is_err() {
+                    return;
+                }
+                // A state change: refresh the table now, not at the next tick.
+                let _ = wake.send(());
+            }
+        });
+}
+
+/// Blocks in the terminal's `read` on its own thread; ends with the process.
+fn spawn_input_thread(sender: Sender<AppEvent>) {
+    let _ = std::thread::Builder::new()
+        .name("pb-ui-input".to_owned())
+        .spawn(move || {
+            while let Ok(event) = crossterm::event::read() {
+                if sender.send(AppEvent::Terminal(event)).is_err() {
+                    return;
+                }
+            }
+        });
+}
+
+/// SIGTERM, SIGINT and SIGHUP end the dashboard through the same graceful path as `q`.
+fn spawn_signal_thread(sender: &Sender<AppEvent>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("cannot install signal handlers")?;
+    let sender = sender.clone();
+    std::thread::Builder::new()
+        .name("pb-ui-signals".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if sender.send(AppEvent::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! How numbers, durations and times read on screen.
+
+/// Shown where a value does not exist (yet): no samples, no calls.
+pub const NONE: &str = "–";
+
+/// `1h02m`, `3m04s`, `12.3s`.
+pub fn uptime(ms: u64) -> String {
+    let seconds = ms / 1000;
+    if seconds >= 3600 {
+        format!("{}h{:02}m", seconds / 3600, (seconds % 3600) / 60)
+    } else if seconds >= 60 {
+        format!("{}m{:02}s", seconds / 60, seconds % 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// A latency in microseconds: `850µs`, `12.4ms`, `1.20s`.
+pub fn micros(us: u64) -> String {
+    if us < 1000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        let tenths = us / 100;
+        format!("{}.{}ms", tenths / 10, tenths % 10)
+    } else {
+        let hundredths = us / 10_000;
+        format!("{}.{:02}s", hundredths / 100, hundredths % 100)
+    }
+}
+
+/// `512B`, `3.4KiB`, `64.0MiB`, `1.2GiB`.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count}B");
+    }
+    let mut value = count;
+    let mut unit = 0;
+    while value >= 1024 * 1024 && unit + 1 < UNITS.len() {
+        value /= 1024;
+        unit += 1;
+    }
+    let tenths = value * 10 / 1024;
+    format!("{}.{}{}", tenths / 10, tenths % 10, UNITS[unit])
+}
+
+/// Calls per second: `0`, `0.5`, `12`, `1.2k`.
+pub fn rate(per_second: f64) -> String {
+    if per_second <= 0.0 || !per_second.is_finite() {
+        "0".to_owned()
+    } else if per_second < 10.0 {
+        format!("{per_second:.1}")
+    } else if per_second < 1000.0 {
+        format!("{per_second:.0}")
+    } else {
+        format!("{:.1}k", per_second / 1000.0)
+    }
+}
+
+/// Wall-clock `HH:MM:SS` (UTC) of a Unix time in milliseconds.
+pub fn clock(at_ms: u64) -> String {
+    let seconds = at_ms / 1000 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds % 3600 / 60,
+        seconds % 60
+    )
+}
+
+/// `HH:MM:SS.mmm` (UTC), for log lines.
+pub fn clock_millis(at_ms: u64) -> String {
+    format!("{}.{:03}", clock(at_ms), at_ms % 1000)
+}
+
+/// How long from `now_ms` until `at_ms`: `in 3.2s`, or `now`.
+pub fn until(at_ms: u64, now_ms: u64) -> String {
+    match at_ms.checked_sub(now_ms) {
+        Some(wait) if wait > 0 => {
+            let tenths = wait / 100;
+            format!("in {}.{}s", tenths / 10, tenths % 10)
+        }
+        _ => "now".to_owned(),
+    }
+}
+
+/// Cuts `text` to at most `width` characters, marking the cut with `…`.
+pub fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut cut: String = text.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_well() {
+        assert_eq!(uptime(3_723_000), "1h02m");
+        assert_eq!(uptime(184_000), "3m04s");
+        assert_eq!(uptime(9_999), "9s");
+        assert_eq!(micros(850), "850µs");
+        assert_eq!(micros(12_480), "12.4ms");
+        assert_eq!(micros(1_200_000), "1.20s");
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(64 * 1024 * 1024), "64.0MiB");
+        assert_eq!(bytes(3 * 1024 + 400), "3.3KiB");
+        assert_eq!(rate(0.0), "0");
+        assert_eq!(rate(2.25), "2.2");
+        assert_eq!(rate(120.4), "120");
+        assert_eq!(clock(3_723_456), "01:02:03");
+        assert_eq!(clock_millis(3_723_456), "01:02:03.456");
+        assert_eq!(until(5_000, 1_800), "in 3.2s");
+        assert_eq!(until(1_000, 1_800), "now");
+        assert_eq!(truncate("plugboard", 5), "plug…");
+        assert_eq!(truncate("plug", 5), "plug");
+    }
+}

@@ -1,0 +1,612 @@
+//! One plugin: identity line, trust and supervision, what the kernel granted, and the
+//! hook table, log and events as panes.
+
+use plugboard_engine::PluginSnapshot;
+use plugboard_engine::sandbox::Mechanism;
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, List, ListItem, ListState, Paragraph, Row, Table, TableState};
+
+use super::header::style_for;
+use super::{events, pane_block, previous_offset, scroll_offset};
+use crate::tui::app::{App, HookColumn, Pane, ScreenLayout};
+use crate::tui::columns::{health_look, isolation_badges, state_look};
+use crate::tui::format::{self, NONE};
+use crate::tui::theme::Theme;
+
+pub fn draw(
+    frame: &mut Frame,
+    body: Rect,
+    app: &App,
+    previous: &ScreenLayout,
+    layout: &mut ScreenLayout,
+) {
+    let theme = &app.theme;
+    let Some(plugin) = app.selected() else {
+        frame.render_widget(
+            Paragraph::new(Line::styled("the plugin is gone", theme.muted())),
+            body,
+        );
+        return;
+    };
+    let [title_area, rest] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(body);
+    frame.render_widget(Paragraph::new(title_line(plugin, theme)), title_area);
+
+    let compact = rest.height < 18 || rest.width < 60;
+    layout.compact = compact;
+    if compact {
+        // One pane at a time; the info panels are a pane of their own.
+        let pane = if app.panes(true).contains(&app.focus) {
+            app.focus
+        } else {
+            Pane::Hooks
+        };
+        draw_pane(frame, rest, app, plugin, pane, previous, layout);
+        return;
+    }
+    let [info_area, panes_area] =
+        Layout::vertical([Constraint::Length(10), Constraint::Min(4)]).areas(rest);
+    let [trust_area, granted_area] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+            .areas(info_area);
+    let block = pane_block(vec![Span::raw("Trust & supervision")], false, theme);
+    frame.render_widget(
+        Paragraph::new(trust_lines(plugin, theme)).block(block),
+        trust_area,
+    );
+    let block = pane_block(vec![Span::raw("What the kernel granted")], false, theme);
+    frame.render_widget(
+        Paragraph::new(granted_lines(plugin, theme)).block(block),
+        granted_area,
+    );
+
+    if panes_area.height >= 16 {
+        // Tall: the hook table above, log and events side by side below.
+        let [hooks_area, bottom] =
+            Layout::vertical([Constraint::Percentage(45), Constraint::Min(4)]).areas(panes_area);
+        let [log_area, events_area] =
+            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+                .areas(bottom);
+        draw_pane(
+            frame,
+            hooks_area,
+            app,
+            plugin,
+            Pane::Hooks,
+            previous,
+            layout,
+        );
+        draw_pane(frame, log_area, app, plugin, Pane::Log, previous, layout);
+        draw_pane(
+            frame,
+            events_area,
+            app,
+            plugin,
+            Pane::PluginEvents,
+            previous,
+            layout,
+        );
+    } else {
+        let pane = if app.focus == Pane::Info {
+            Pane::Hooks
+        } else {
+            app.focus
+        };
+        draw_pane(frame, panes_area, app, plugin, pane, previous, layout);
+    }
+}
+
+fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
+    let look = state_look(plugin.state);
+    let (health, health_role) = health_look(plugin.health);
+    let _ = health_role;
+    let mut spans = vec![
+        Span::styled(format!(" {} ", plugin.name), theme.title()),
+        Span::styled(plugin.version.clone().unwrap_or_default(), theme.muted()),
+        Span::raw("  "),
+        Span::styled(
+            format!("{} {}", look.symbol, look.label),
+            match look.role {
+                crate::tui::theme::Role::Ok => theme.ok(),
+                crate::tui::theme::Role::Warn => theme.warn(),
+                crate::tui::theme::Role::Error => theme.error(),
+                _ => theme.idle(),
+            },
+        ),
+        Span::styled(format!("  health {health}"), theme.muted()),
+        Span::styled(
+            format!("  {} [{}]", plugin.isolation, isolation_badges(plugin)),
+            theme.info(),
+        ),
+    ];
+    if let (Some(worker), Some(sandbox)) = (plugin.worker_pid, plugin.sandbox_pid) {
+        spans.push(Span::styled(
+            format!("  pid {worker}/{sandbox}"),
+            theme.muted(),
+        ));
+    }
+    if plugin.violations > 0 {
+        spans.push(Span::styled(
+            format!("  {} violations", plugin.violations),
+            theme.error(),
+        ));
+    }
+    Line::from(spans)
+}
+
+#[allow(clippy::too_many_lines)] // one line per fact, in reading order
+fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
+    let label = |text: &'static str| Span::styled(format!("{text:<9}"), theme.muted());
+    let trust = &plugin.trust;
+    let supervision = &plugin.supervision;
+    let mut lines = vec![
+        Line::from(vec![
+            label("key"),
+            match (&trust.key_id, trust.unverified) {
+                (_, true) => Span::styled("UNVERIFIED (development mode)", theme.error()),
+                (Some(key), false) => Span::styled(key.clone(), theme.text()),
+                (None, false) => Span::styled(
+                    if trust.signed { "signed" } else { "unsigned" },
+                    theme.muted(),
+                ),
+            },
+            Span::styled(
+                trust
+                    .level
+                    .as_ref()
+                    .map(|level| format!("  {level}"))
+                    .unwrap_or_default(),
+                theme.muted(),
+            ),
+        ]),
+        Line::from(vec![
+            label("digest"),
+            Span::styled(
+                trust
+                    .library_sha3_512
+                    .as_deref()
+                    .map_or(NONE.to_owned(), |digest| {
+                        format!("sha3-512 {}…", &digest[..digest.len().min(16)])
+                    }),
+                theme.text(),
+            ),
+        ]),
+        Line::from(vec![
+            label("on disk"),
+            if plugin.removed_from_disk {
+                Span::styled("✗ REMOVED since verified", theme.error())
+            } else if plugin.changed_on_disk {
+                Span::styled("▲ CHANGED since verified", theme.warn())
+            } else {
+                Span::styled("✓ as verified", theme.ok())
+            },
+        ]),
+        Line::from(vec![
+            label("starts"),
+            Span::styled(
+                format!("{}  restarts {}", supervision.starts, supervision.restarts),
+                theme.text(),
+            ),
+        ]),
+        Line::from(vec![
+            label("backoff"),
+            Span::styled(
+                format!(
+                    "step {}  budget left {}",
+                    supervision.backoff_step, supervision.restart_budget_left
+                ),
+                if supervision.restart_budget_left == 0 {
+                    theme.error()
+                } else {
+                    theme.text()
+                },
+            ),
+        ]),
+        Line::from(vec![
+            label("retry"),
+            Span::styled(
+                supervision.next_retry_ms.map_or_else(
+                    || NONE.to_owned(),
+                    |at| format!("{} ({})", format::clock(at), format::until(at, now_ms())),
+                ),
+                theme.text(),
+            ),
+        ]),
+    ];
+    if let Some(reason) = &plugin.reason {
+        lines.push(Line::from(vec![
+            label("reason"),
+            Span::styled(reason.clone(), theme.error()),
+        ]));
+    } else if let Some(exit) = plugin.last_exit {
+        lines.push(Line::from(vec![
+            label("last exit"),
+            Span::styled(exit.to_string(), theme.text()),
+        ]));
+    }
+    if !plugin.dependencies.is_empty() {
+        let deps: Vec<String> = plugin
+            .dependencies
+            .iter()
+            .map(|(name, requirement)| format!("{name} {requirement}"))
+            .collect();
+        lines.push(Line::from(vec![
+            label("needs"),
+            Span::styled(deps.join(", "), theme.text()),
+        ]));
+    }
+    if !plugin.enabled {
+        lines.push(Line::from(vec![
+            label("enabled"),
+            Span::styled("no (disabled)", theme.warn()),
+        ]));
+    }
+    lines
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// One line per mechanism: granted or not (symbol and word, not colour alone) and detail.
+fn granted_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
+    if plugin.mechanisms.is_empty() {
+        return vec![Line::styled(
+            "not started yet: nothing to show",
+            theme.muted(),
+        )];
+    }
+    let mut names: Vec<&str> = Mechanism::ALL
+        .iter()
+        .map(|mechanism| mechanism.name())
+        .collect();
+    for name in plugin.mechanisms.keys() {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let badge = Mechanism::ALL
+                .iter()
+                .find(|mechanism| mechanism.name() == name)
+                .map_or("", |mechanism| mechanism.badge());
+            match plugin.mechanisms.get(name) {
+                Some(state) if state.active => Line::from(vec![
+                    Span::styled(format!("✓ {badge:<4}"), theme.ok()),
+                    Span::styled(format!("{name:<17}"), theme.text()),
+                    Span::styled(state.detail.clone(), theme.muted()),
+                ]),
+                Some(state) => Line::from(vec![
+                    Span::styled(format!("✗ {badge:<4}"), theme.error()),
+                    Span::styled(format!("{name:<17}"), theme.text()),
+                    Span::styled(state.detail.clone(), theme.error()),
+                ]),
+                None => Line::from(vec![
+                    Span::styled(format!("? {badge:<4}"), theme.muted()),
+                    Span::styled(format!("{name:<17}"), theme.muted()),
+                    Span::styled("not reported", theme.muted()),
+                ]),
+            }
+        })
+        .collect()
+}
+
+fn draw_pane(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    plugin: &PluginSnapshot,
+    pane: Pane,
+    previous: &ScreenLayout,
+    layout: &mut ScreenLayout,
+) {
+    match pane {
+        Pane::Hooks => draw_hooks(frame, area, app, plugin, previous, layout),
+        Pane::Log => draw_log(frame, area, app, plugin, previous, layout),
+        Pane::Info => {
+            let theme = &app.theme;
+            let mut lines = trust_lines(plugin, theme);
+            lines.push(Line::styled("What the kernel granted", theme.title()));
+            lines.extend(granted_lines(plugin, theme));
+            let block = pane_block(vec![Span::raw("Info")], true, theme);
+            frame.render_widget(Paragraph::new(lines).block(block), area);
+            layout.panes.push((Pane::Info, area));
+        }
+        Pane::PluginEvents | Pane::Events | Pane::Plugins => {
+            events::draw(frame, area, app, Some(&plugin.name), previous, layout);
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)] // the table and its last-error line
+fn draw_hooks(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    plugin: &PluginSnapshot,
+    previous: &ScreenLayout,
+    layout: &mut ScreenLayout,
+) {
+    let theme = &app.theme;
+    let focused = app.focus == Pane::Hooks;
+    let hooks = app.visible_hooks();
+    let block = pane_block(
+        vec![Span::raw(format!(
+            "Hooks {} · by {} {}",
+            hooks.len(),
+            app.hook_sort.title().to_lowercase(),
+            if app.hook_sort_ascending {
+                "▲"
+            } else {
+                "▼"
+            }
+        ))],
+        focused,
+        theme,
+    );
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    layout.panes.push((Pane::Hooks, area));
+    if inner.height < 2 {
+        return;
+    }
+    if hooks.is_empty() {
+        frame.render_widget(
+            Paragraph::new(Line::styled("no hook called yet", theme.muted())),
+            inner,
+        );
+        return;
+    }
+    let columns: Vec<HookColumn> = if inner.width >= 62 {
+        HookColumn::ALL.to_vec()
+    } else {
+        vec![
+            HookColumn::Name,
+            HookColumn::Calls,
+            HookColumn::Errors,
+            HookColumn::P99,
+        ]
+    };
+    let widths: Vec<Constraint> = columns
+        .iter()
+        .map(|column| match column {
+            HookColumn::Name => Constraint::Min(10),
+            HookColumn::Calls => Constraint::Length(8),
+            _ => Constraint::Length(7),
+        })
+        .collect();
+    let header = Row::new(columns.iter().map(|column| {
+        let mut title = column.title().to_owned();
+        if *column == app.hook_sort {
+            title.push(if app.hook_sort_ascending {
+                '▲'
+            } else {
+                '▼'
+            });
+        }
+        Cell::from(Line::from(title).alignment(if *column == HookColumn::Name {
+            Alignment::Left
+        } else {
+            Alignment::Right
+        }))
+    }))
+    .style(theme.title());
+    let rows = hooks.iter().map(|name| {
+        let stats = plugin.hooks.get(name);
+        let disabled = plugin.disabled_hooks.contains(name);
+        Row::new(columns.iter().map(|column| {
+            let (text, style) = match (column, stats) {
+                (HookColumn::Name, _) => (
+                    if disabled {
+                        format!("⊘ {name} (off)")
+                    } else {
+                        name.clone()
+                    },
+                    if disabled { theme.warn() } else { theme.text() },
+                ),
+                (_, None) => (NONE.to_owned(), theme.muted()),
+                (HookColumn::Calls, Some(stats)) => (stats.calls.to_string(), theme.text()),
+                (HookColumn::Rate, Some(stats)) => {
+                    (format::rate(stats.calls_per_sec), theme.text())
+                }
+                (HookColumn::Errors, Some(stats)) => (
+                    stats.errors.to_string(),
+                    if stats.errors > 0 {
+                        theme.warn()
+                    } else {
+                        theme.muted()
+                    },
+                ),
+                (HookColumn::Timeouts, Some(stats)) => (
+                    stats.timeouts.to_string(),
+                    if stats.timeouts > 0 {
+                        theme.error()
+                    } else {
+                        theme.muted()
+                    },
+                ),
+                (HookColumn::P50, Some(stats)) => (
+                    latency(stats.recent.p50_us, stats.since_start.p50_us),
+                    theme.text(),
+                ),
+                (HookColumn::P99, Some(stats)) => (
+                    latency(stats.recent.p99_us, stats.since_start.p99_us),
+                    theme.text(),
+                ),
+                (HookColumn::Max, Some(stats)) => {
+                    (latency(stats.since_start.max_us, 0), theme.text())
+                }
+            };
+            Cell::from(Line::from(text).alignment(if *column == HookColumn::Name {
+                Alignment::Left
+            } else {
+                Alignment::Right
+            }))
+            .style(style)
+        }))
+    });
+    let rows_area = Rect::new(inner.x, inner.y + 1, inner.width, inner.height - 1);
+    let selected = app
+        .selected_hook
+        .as_ref()
+        .and_then(|hook| hooks.iter().position(|name| name == hook))
+        .or(Some(0));
+    let offset = scroll_offset(
+        selected.unwrap_or(0),
+        previous_offset(previous, Pane::Hooks),
+        usize::from(rows_area.height),
+        hooks.len(),
+    );
+    layout.rows.push((Pane::Hooks, rows_area, offset));
+    let table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .row_highlight_style(if focused {
+            theme.selection()
+        } else {
+            theme.text()
+        });
+    let mut state = TableState::default()
+        .with_offset(offset)
+        .with_selected(selected);
+    frame.render_stateful_widget(table, inner, &mut state);
+    // The selected hook's last error, where there is room for it.
+    if let Some(error) = selected
+        .and_then(|at| hooks.get(at))
+        .and_then(|hook| plugin.hooks.get(hook))
+        .and_then(|stats| stats.last_error.as_ref())
+        && inner.height as usize > hooks.len() + 2
+    {
+        let line_area = Rect::new(inner.x, inner.y + inner.height - 1, inner.width, 1);
+        frame.render_widget(
+            Paragraph::new(Line::styled(format!("last error: {error}"), theme.warn())),
+            line_area,
+        );
+    }
+}
+
+/// The last minute's figure when there were calls in it, else the lifetime one.
+fn latency(recent: u64, since_start: u64) -> String {
+    match (recent, since_start) {
+        (0, 0) => NONE.to_owned(),
+        (0, lifetime) => format::micros(lifetime),
+        (recent, _) => format::micros(recent),
+    }
+}
+
+fn draw_log(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    plugin: &PluginSnapshot,
+    previous: &ScreenLayout,
+    layout: &mut ScreenLayout,
+) {
+    let theme = &app.theme;
+    let focused = app.focus == Pane::Log;
+    let lines = app.visible_log();
+    let mut title = vec![Span::raw(format!("Log {}", lines.len()))];
+    if plugin.output_dropped > 0 {
+        title.push(Span::styled(
+            format!(" ({} dropped)", plugin.output_dropped),
+            theme.warn(),
+        ));
+    }
+    if !app.log_filter.is_empty() {
+        title.push(Span::styled(
+            format!(" /{}", app.log_filter),
+            theme.accent(),
+        ));
+    }
+    let block = pane_block(title, focused, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    layout.panes.push((Pane::Log, area));
+    if inner.height == 0 {
+        return;
+    }
+    if lines.is_empty() {
+        let text = if app.log_filter.is_empty() {
+            "no output yet"
+        } else {
+            "no line matches the filter"
+        };
+        frame.render_widget(Paragraph::new(Line::styled(text, theme.muted())), inner);
+        return;
+    }
+    let filter = app.log_filter.to_lowercase();
+    let items: Vec<ListItem> = lines
+        .iter()
+        .map(|line| {
+            let (stream, style) = match line.stream {
+                plugboard_engine::worker::OutputStream::Stdout => ("out", theme.muted()),
+                plugboard_engine::worker::OutputStream::Stderr => ("err", theme.warn()),
+                plugboard_engine::worker::OutputStream::Log { level } => match level {
+                    0 | 1 => ("ERR", theme.error()),
+                    2 => ("WRN", theme.warn()),
+                    3 => ("inf", theme.info()),
+                    _ => ("dbg", theme.muted()),
+                },
+            };
+            let mut spans = vec![
+                Span::styled(format::clock_millis(line.at_ms), theme.muted()),
+                Span::raw(" "),
+                Span::styled(stream, style),
+                Span::raw(" "),
+            ];
+            spans.extend(highlight(&line.line, &filter, app));
+            ListItem::new(Line::from(spans))
+        })
+        .collect();
+    let offset = scroll_offset(
+        app.log_cursor,
+        previous_offset(previous, Pane::Log),
+        usize::from(inner.height),
+        lines.len(),
+    );
+    layout.rows.push((Pane::Log, inner, offset));
+    let list = List::new(items).highlight_style(if focused {
+        theme.selection()
+    } else {
+        theme.text()
+    });
+    let mut state = ListState::default()
+        .with_offset(offset)
+        .with_selected(focused.then_some(app.log_cursor));
+    frame.render_stateful_widget(list, inner, &mut state);
+}
+
+/// The line with every match of the search shown in reverse video.
+fn highlight<'a>(line: &'a str, filter: &str, app: &App) -> Vec<Span<'a>> {
+    let text = app.theme.text();
+    if filter.is_empty() {
+        return vec![Span::styled(line, text)];
+    }
+    let lower = line.to_lowercase();
+    // Lower-casing can change byte lengths outside ASCII: only highlight when it did not.
+    if lower.len() != line.len() {
+        return vec![Span::styled(line, text)];
+    }
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while let Some(found) = lower[at..].find(filter) {
+        let start = at + found;
+        spans.push(Span::styled(&line[at..start], text));
+        spans.push(Span::styled(
+            &line[start..start + filter.len()],
+            style_for(app, crate::tui::theme::Role::Accent)
+                .add_modifier(ratatui::style::Modifier::REVERSED),
+        ));
+        at = start + filter.len();
+    }
+    spans.push(Span::styled(&line[at..], text));
+    spans
+}

@@ -1,0 +1,95 @@
+//! The event log: lifecycle changes and violations, newest first, filterable by kind,
+//! plugin and text.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{List, ListItem, ListState, Paragraph};
+
+use super::header::style_for;
+use super::{pane_block, previous_offset, scroll_offset};
+use crate::tui::app::{App, Pane, ScreenLayout};
+use crate::tui::describe::describe;
+use crate::tui::format;
+
+/// `plugin`: only that plugin's events (the detail view).
+pub fn draw(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    plugin: Option<&str>,
+    previous: &ScreenLayout,
+    layout: &mut ScreenLayout,
+) {
+    let theme = &app.theme;
+    let pane = if plugin.is_some() {
+        Pane::PluginEvents
+    } else {
+        Pane::Events
+    };
+    let (filter, cursor) = if plugin.is_some() {
+        (&app.plugin_event_filter, app.plugin_event_cursor)
+    } else {
+        (&app.event_filter, app.event_cursor)
+    };
+    let events = app.visible_events(plugin);
+    let focused = app.focus == pane;
+    let mut title = vec![Span::raw(format!("Events {}", events.len()))];
+    if !filter.is_empty() {
+        title.push(Span::styled(format!(" /{filter}"), theme.accent()));
+    }
+    let block = pane_block(title, focused, theme);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    layout.panes.push((pane, area));
+    if inner.height == 0 {
+        return;
+    }
+    if events.is_empty() {
+        frame.render_widget(
+            Paragraph::new(Line::styled("no events", theme.muted())),
+            inner,
+        );
+        return;
+    }
+    let wide = inner.width >= 70;
+    let items: Vec<ListItem> = events
+        .iter()
+        .map(|event| {
+            let described = describe(event);
+            let mut spans = vec![
+                Span::styled(format::clock(event.at_ms), theme.muted()),
+                Span::raw(" "),
+            ];
+            if plugin.is_none() {
+                spans.push(Span::styled(
+                    format!(
+                        "{:<12} ",
+                        format::truncate(event.plugin.as_deref().unwrap_or("engine"), 12)
+                    ),
+                    theme.accent(),
+                ));
+            }
+            if wide {
+                spans.push(Span::styled(
+                    format!("{:<18} ", described.kind),
+                    theme.muted(),
+                ));
+            }
+            spans.push(Span::styled(described.text, style_for(app, described.role)));
+            ListItem::new(Line::from(spans))
+        })
+        .collect();
+    let rows = usize::from(inner.height);
+    let offset = scroll_offset(cursor, previous_offset(previous, pane), rows, events.len());
+    layout.rows.push((pane, inner, offset));
+    let list = List::new(items).highlight_style(if focused {
+        theme.selection()
+    } else {
+        theme.text()
+    });
+    let mut state = ListState::default()
+        .with_offset(offset)
+        .with_selected(focused.then_some(cursor));
+    frame.render_stateful_widget(list, inner, &mut state);
+}

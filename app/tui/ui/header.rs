@@ -1,0 +1,146 @@
+//! The header: version, uptime, traffic, host and engine figures, plugins per state.
+
+use std::collections::BTreeMap;
+
+use plugboard_engine::PluginState;
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::Modifier;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+
+use crate::tui::app::App;
+use crate::tui::columns::state_look;
+use crate::tui::format::{self, NONE};
+
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    let theme = &app.theme;
+    let snapshot = app.snapshot();
+    let mut first = vec![Span::styled(" plugboard", theme.title())];
+    if let Some(snapshot) = snapshot {
+        first.push(Span::styled(
+            format!(" {}", snapshot.version),
+            theme.muted(),
+        ));
+        first.push(Span::styled(" │ up ", theme.muted()));
+        first.push(Span::styled(
+            format::uptime(snapshot.uptime_ms),
+            theme.text(),
+        ));
+        first.push(Span::styled(" │ traffic ", theme.muted()));
+        first.push(match snapshot.traffic {
+            Some(rate) => Span::styled(format!("● {}/s", format::rate(rate)), theme.ok()),
+            None => Span::styled("○ off", theme.idle()),
+        });
+        let host = &snapshot.host;
+        // All zeros: the engine has not sampled the host yet.
+        let sampled = host.memory_total_bytes > 0;
+        first.push(Span::styled(" │ host ", theme.muted()));
+        first.push(Span::styled(
+            if sampled {
+                format!(
+                    "cpu {:.0}% mem {}/{}",
+                    host.cpu_percent,
+                    format::bytes(host.memory_used_bytes),
+                    format::bytes(host.memory_total_bytes)
+                )
+            } else {
+                format!("cpu {NONE} mem {NONE}")
+            },
+            theme.text(),
+        ));
+        first.push(Span::styled(" │ engine ", theme.muted()));
+        first.push(Span::styled(
+            if sampled {
+                format!(
+                    "cpu {:.0}% rss {}",
+                    host.engine_cpu_percent,
+                    format::bytes(host.engine_rss_bytes)
+                )
+            } else {
+                format!("cpu {NONE} rss {NONE}")
+            },
+            theme.text(),
+        ));
+    }
+    let mut second = counts(app);
+    if let Some(back) = app.paused {
+        let paused = Span::styled(
+            if back == 0 {
+                " ⏸ PAUSED ".to_owned()
+            } else {
+                format!(" ⏸ PAUSED −{back} ")
+            },
+            theme.warn().add_modifier(Modifier::REVERSED),
+        );
+        second.insert(0, paused);
+        second.insert(1, Span::raw(" "));
+    }
+    if area.height >= 2 {
+        frame.render_widget(
+            Paragraph::new(vec![Line::from(first), Line::from(second)]),
+            area,
+        );
+    } else {
+        // One line: what matters most at a glance: pause, states and traffic.
+        let mut line = second;
+        line.insert(0, Span::styled("plugboard ", theme.title()));
+        if let Some(snapshot) = snapshot {
+            line.push(Span::styled(
+                match snapshot.traffic {
+                    Some(rate) => format!("│ traffic {}/s", format::rate(rate)),
+                    None => "│ traffic off".to_owned(),
+                },
+                theme.muted(),
+            ));
+        }
+        frame.render_widget(Paragraph::new(Line::from(line)), area);
+    }
+}
+
+/// `● 3 running ○ 1 stopped ✗ 1 failed`, worst first.
+fn counts(app: &App) -> Vec<Span<'static>> {
+    let theme = &app.theme;
+    let Some(snapshot) = app.snapshot() else {
+        return vec![Span::styled(" waiting for the engine…", theme.muted())];
+    };
+    let mut by_state: BTreeMap<PluginState, usize> = BTreeMap::new();
+    for plugin in &snapshot.plugins {
+        *by_state.entry(plugin.state).or_default() += 1;
+    }
+    let mut spans = vec![Span::styled(
+        format!(" {} plugins ", snapshot.plugins.len()),
+        theme.text(),
+    )];
+    let mut states: Vec<(PluginState, usize)> = by_state.into_iter().collect();
+    states.sort_by_key(|(state, _)| match state_look(*state).role {
+        crate::tui::theme::Role::Error => 0,
+        crate::tui::theme::Role::Warn => 1,
+        crate::tui::theme::Role::Ok => 2,
+        _ => 3,
+    });
+    for (state, count) in states {
+        let look = state_look(state);
+        spans.push(Span::styled(
+            format!("{} {count} {} ", look.symbol, look.label.to_lowercase()),
+            style_for(app, look.role),
+        ));
+    }
+    spans
+}
+
+pub fn style_for(app: &App, role: crate::tui::theme::Role) -> ratatui::style::Style {
+    use crate::tui::theme::Role;
+    let theme = &app.theme;
+    match role {
+        Role::Ok => theme.ok(),
+        Role::Warn => theme.warn(),
+        Role::Error => theme.error(),
+        Role::Idle => theme.idle(),
+        Role::Muted => theme.muted(),
+        Role::Info => theme.info(),
+        Role::Accent => theme.accent(),
+        Role::Title => theme.title(),
+        _ => theme.text(),
+    }
+}

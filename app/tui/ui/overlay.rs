@@ -1,0 +1,173 @@
+//! What draws over the screen: the `?` help (built from the live keymap), confirmation
+//! dialogs and a call's reply.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+
+use super::centered;
+use crate::tui::app::{App, Overlay};
+use crate::tui::format;
+use crate::tui::keymap::{Action, ActionGroup};
+
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    match &app.overlay {
+        Some(Overlay::Help) => draw_help(frame, area, app),
+        Some(Overlay::Confirm(confirm)) => {
+            let theme = &app.theme;
+            let mut lines: Vec<Line> = confirm
+                .lines
+                .iter()
+                .map(|line| Line::styled(line.clone(), theme.text()))
+                .collect();
+            lines.push(Line::raw(""));
+            lines.push(Line::from(vec![
+                Span::styled(" y ", theme.selection()),
+                Span::styled(" yes    ", theme.text()),
+                Span::styled(" n ", theme.selection()),
+                Span::styled(" no / esc", theme.text()),
+            ]));
+            draw_box(frame, area, app, &confirm.title, lines);
+        }
+        Some(Overlay::Reply(report)) => {
+            let theme = &app.theme;
+            let status_style = if report.status == "ok" {
+                theme.ok()
+            } else {
+                theme.error()
+            };
+            let mut lines = vec![Line::from(vec![
+                Span::styled(
+                    format!("{}.{} → ", report.plugin, report.hook),
+                    theme.text(),
+                ),
+                Span::styled(report.status.clone(), status_style),
+                Span::styled(
+                    format!(" in {}", format::micros(report.duration_us)),
+                    theme.muted(),
+                ),
+            ])];
+            lines.push(Line::raw(""));
+            if report.reply.is_empty() {
+                lines.push(Line::styled("(empty reply)", theme.muted()));
+            } else {
+                lines.extend(
+                    report
+                        .reply
+                        .lines()
+                        .map(|line| Line::styled(line.to_owned(), theme.text())),
+                );
+            }
+            lines.push(Line::raw(""));
+            lines.push(Line::styled("enter / esc: close", theme.muted()));
+            draw_box(frame, area, app, "Reply", lines);
+        }
+        Some(Overlay::Prompt(_)) | None => {}
+    }
+}
+
+fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Line>) {
+    let theme = &app.theme;
+    let longest = lines.iter().map(Line::width).max().unwrap_or(0);
+    let width = u16::try_from(longest + 4)
+        .unwrap_or(u16::MAX)
+        .clamp(30, area.width.saturating_sub(4).max(30));
+    // Wrapped lines need more rows than there are lines.
+    let inner_width = usize::from(width.saturating_sub(2)).max(1);
+    let rows: usize = lines
+        .iter()
+        .map(|line| line.width().max(1).div_ceil(inner_width))
+        .sum();
+    let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
+    let popup = centered(area, width, height);
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered()
+        .border_style(theme.border(true))
+        .title(Line::styled(format!(" {title} "), theme.title()))
+        .style(theme.base());
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(block)
+            .wrap(Wrap { trim: false }),
+        popup,
+    );
+}
+
+fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
+    let theme = &app.theme;
+    let key_width = Action::ALL
+        .iter()
+        .map(|action| app.keymap.labels(*action).chars().count())
+        .max()
+        .unwrap_or(4)
+        .min(16);
+    let section = |group: ActionGroup| -> Vec<Line> {
+        let mut lines = vec![Line::styled(group.title(), theme.title())];
+        for action in Action::ALL.iter().filter(|action| action.group() == group) {
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!(" {:<key_width$} ", app.keymap.labels(*action)),
+                    theme.accent(),
+                ),
+                Span::styled(action.description(), theme.text()),
+            ]));
+        }
+        lines
+    };
+    let mut left = section(ActionGroup::Plugin);
+    left.push(Line::raw(""));
+    left.extend(section(ActionGroup::View));
+    let mut right = section(ActionGroup::Navigation);
+    right.push(Line::raw(""));
+    right.push(Line::styled("Dialogs", theme.title()));
+    right.push(Line::styled(" y / enter  yes    n / esc  no", theme.text()));
+    right.push(Line::raw(""));
+    right.push(Line::styled("Filters", theme.title()));
+    right.push(Line::styled(
+        " words match name, state, kind or text;",
+        theme.text(),
+    ));
+    right.push(Line::styled(
+        " events: kind:crashed plugin:hello",
+        theme.text(),
+    ));
+    right.push(Line::raw(""));
+    right.push(Line::styled(
+        "Mouse: click selects rows and panes,",
+        theme.muted(),
+    ));
+    right.push(Line::styled(
+        "a column title sorts, wheel scrolls.",
+        theme.muted(),
+    ));
+    right.push(Line::raw(""));
+    right.push(Line::styled(
+        "Keys: $XDG_CONFIG_HOME/plugboard/keymap.toml",
+        theme.muted(),
+    ));
+
+    let popup = centered(
+        area,
+        area.width.saturating_sub(2).min(120),
+        area.height.saturating_sub(1),
+    );
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered()
+        .border_style(theme.border(true))
+        .title(Line::styled(" Help — any key closes ", theme.title()))
+        .style(theme.base());
+    let inner = block.inner(popup);
+    frame.render_widget(block, popup);
+    if inner.width >= 90 {
+        let [left_area, right_area] =
+            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+                .areas(inner);
+        frame.render_widget(Paragraph::new(left), left_area);
+        frame.render_widget(Paragraph::new(right), right_area);
+    } else {
+        left.push(Line::raw(""));
+        left.extend(right);
+        frame.render_widget(Paragraph::new(left), inner);
+    }
+}

@@ -1,0 +1,817 @@
+//! Whole-screen tests: recorded snapshots rendered into ratatui's `TestBackend` at the
+//! sizes the dashboard promises (80×24, 40×12, too small), and the keys, clicks, sorting,
+//! filtering, keymap overrides and themes acting on what is drawn.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use plugboard_engine::{Command, Event, Outcome, Snapshot};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::{Color, Modifier};
+use serde_json::{Value, json};
+
+use super::draw;
+use crate::tui::app::{App, Effect, Job, JobError, Overlay, Pane, Screen};
+use crate::tui::columns::Column;
+use crate::tui::keymap::{Action, Keymap};
+use crate::tui::theme::{Theme, Themes};
+
+const NOW_MS: u64 = 1_764_000_000_000;
+
+fn hook(calls: u64, errors: u64, p99_us: u64) -> Value {
+    let percentiles =
+        json!({"p50_us": p99_us / 4, "p90_us": p99_us / 2, "p99_us": p99_us, "max_us": p99_us * 2});
+    json!({
+        "calls": calls, "errors": errors, "timeouts": 0, "busy": 0, "in_flight": 0,
+        "calls_per_sec": f64::from(u32::try_from(calls).unwrap()) / 60.0, "recent": percentiles, "since_start": percentiles,
+        "mean_us": p99_us / 3, "total_ms": calls, "last_call": NOW_MS,
+        "last_error": if errors > 0 { json!("boom") } else { Value::Null },
+        "last_error_at": if errors > 0 { json!(NOW_MS) } else { Value::Null },
+    })
+}
+
+fn mechanisms(active: bool) -> Value {
+    let names = [
+        "unprivileged-uid",
+        "namespaces",
+        "cgroup",
+        "rlimits",
+        "no-new-privs",
+        "landlock",
+        "capabilities",
+        "seccomp",
+    ];
+    let mut map = serde_json::Map::new();
+    for name in names {
+        map.insert(
+            name.to_owned(),
+            json!({"active": active && name != "landlock", "detail": format!("{name} detail")}),
+        );
+    }
+    Value::Object(map)
+}
+
+/// One plugin as the engine would report it.
+fn plugin(name: &str, state: &str) -> Value {
+    let running = state == "running";
+    json!({
+        "name": name, "version": "0.1.0", "dir": format!("/bundles/{name}"), "state": state,
+        "reason": Value::Null, "health": if running { "healthy" } else { "unknown" },
+        "health_failures": 0, "health_checked_ms": Value::Null, "health_detail": Value::Null,
+        "isolation": "process",
+        "mechanisms": if running { mechanisms(true) } else { json!({}) },
+        "active_mechanisms": if running { json!(["uid", "ns", "cg", "rl", "nnp", "cap", "sc"]) } else { json!([]) },
+        "worker_pid": if running { json!(4242) } else { Value::Null },
+        "sandbox_pid": if running { json!(1) } else { Value::Null },
+        "cgroup": Value::Null,
+        "trust": {"signed": true, "key_id": "0123456789abcdef", "level": "sandboxed",
+                  "library_sha3_512": "ab".repeat(64), "unverified": false},
+        "hooks": {}, "violations": 0, "emitted": 0, "last_exit": Value::Null,
+        "output_dropped": 0, "recent_output": [], "enabled": true, "disabled_hooks": [],
+        "dependencies": {}, "changed_on_disk": false, "removed_from_disk": false,
+        "supervision": {"starts": u64::from(running), "restarts": 0, "last_start_ms": Value::Null,
+                        "last_reload_ms": Value::Null, "backoff_step": 0,
+                        "next_retry_ms": Value::Null, "restart_budget_left": 5},
+        "resources": Value::Null,
+    })
+}
+
+/// Four plugins: two running (one slow, one with a violation), one stopped, one failed.
+fn fleet() -> Value {
+    let mut hello = plugin("hello", "running");
+    hello["hooks"] = json!({"greet": hook(600, 0, 850)});
+    hello["recent_output"] = json!([
+        {"at_ms": NOW_MS - 2000, "stream": "stdout", "line": "hello started"},
+        {"at_ms": NOW_MS - 1000, "stream": {"log": {"level": 3}}, "line": "greeted world"},
+        {"at_ms": NOW_MS, "stream": "stderr", "line": "a warning on stderr"},
+    ]);
+    let mut counter = plugin("counter", "running");
+    counter["version"] = json!("0.10.0");
+    counter["hooks"] = json!({"count": hook(1200, 3, 480_000), "reset": hook(10, 0, 90)});
+    counter["violations"] = json!(2);
+    counter["changed_on_disk"] = json!(true);
+    counter["resources"] = json!({
+        "at_ms": NOW_MS, "memory_bytes": 12u64 << 20, "memory_peak_bytes": Value::Null,
+        "memory_limit_bytes": 32u64 << 20, "memory_limit_hits": 0, "oom_kills": 0,
+        "cpu_percent": 7.5, "cpu_percent_of_quota": Value::Null, "throttled_periods": 0,
+        "throttled_ms": 0, "throttled_ratio": 0.0, "pids_current": 3, "pids_max": 8,
+        "pids_limit_hits": 0, "threads": 3, "rss_bytes": 9u64 << 20, "open_fds": 5,
+        "read_bytes": 0, "write_bytes": 0,
+    });
+    let mut dependent = plugin("dependent", "stopped");
+    dependent["dependencies"] = json!({"counter": "^0.1"});
+    let mut broken = plugin("broken", "failed");
+    broken["reason"] = json!("crashed 5 times in 60 s");
+    broken["supervision"]["restart_budget_left"] = json!(0);
+    json!({
+        "taken_at_ms": NOW_MS, "engine_pid": 100, "uptime_ms": 184_000, "version": "0.1.0",
+        "traffic": 20.0,
+        "host": {"cpu_percent": 12.0, "cpus": 2, "memory_total_bytes": 24u64 << 30,
+                 "memory_used_bytes": 3u64 << 30, "load_1": 0.5, "load_5": 0.4, "load_15": 0.3,
+                 "engine_cpu_percent": 1.0, "engine_rss_bytes": 40u64 << 20},
+        "plugins": [hello, counter, dependent, broken],
+        "recent_events": [],
+    })
+}
+
+fn snapshot(value: Value) -> Snapshot {
+    serde_json::from_value(value).expect("the fixture matches the engine's Snapshot")
+}
+
+fn event(seq: u64, plugin: Option<&str>, kind: Value) -> Event {
+    let mut value = kind;
+    value["seq"] = json!(seq);
+    value["at_ms"] = json!(NOW_MS - 10_000 + seq * 1000);
+    value["plugin"] = plugin.map_or(Value::Null, |name| json!(name));
+    serde_json::from_value(value).expect("the fixture matches the engine's Event")
+}
+
+fn app_with(keymap: Keymap, theme: Theme) -> App {
+    let mut app = App::new(keymap, Themes::built_in().unwrap(), theme);
+    app.on_sample(snapshot(fleet()));
+    app.on_engine_event(event(
+        1,
+        Some("hello"),
+        json!({"kind": "discovered", "dir": "/bundles/hello"}),
+    ));
+    app.on_engine_event(event(
+        2,
+        Some("hello"),
+        json!({"kind": "state_changed", "from": "verified", "to": "running"}),
+    ));
+    app.on_engine_event(event(
+        3,
+        Some("broken"),
+        json!({"kind": "stopped", "exit": {"signal": {"signal": 6}}}),
+    ));
+    app.on_engine_event(event(
+        4,
+        None,
+        json!({"kind": "engine", "message": "traffic on: 20 calls/s"}),
+    ));
+    app.on_engine_event(event(
+        5,
+        Some("counter"),
+        json!({"kind": "state_changed", "from": "running", "to": "failed"}),
+    ));
+    app
+}
+
+fn app() -> App {
+    app_with(Keymap::defaults(), Theme::default_theme())
+}
+
+/// Draws the app at `width`×`height` and returns the screen's rows.
+fn render(app: &mut App, width: u16, height: u16) -> Vec<String> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| draw(frame, app)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    (0..height)
+        .map(|y| {
+            (0..width)
+                .map(|x| buffer[(x, y)].symbol().to_owned())
+                .collect::<String>()
+        })
+        .collect()
+}
+
+fn buffer(app: &mut App, width: u16, height: u16) -> ratatui::buffer::Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| draw(frame, app)).unwrap();
+    terminal.backend().buffer().clone()
+}
+
+fn row_of<'a>(screen: &'a [String], needle: &str) -> &'a str {
+    screen
+        .iter()
+        .find(|row| row.contains(needle))
+        .unwrap_or_else(|| panic!("no row with {needle:?} in\n{}", screen.join("\n")))
+}
+
+fn contains(screen: &[String], needle: &str) -> bool {
+    screen.iter().any(|row| row.contains(needle))
+}
+
+fn press(app: &mut App, code: KeyCode) -> Vec<Effect> {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn type_text(app: &mut App, text: &str) {
+    for c in text.chars() {
+        press(app, KeyCode::Char(c));
+    }
+}
+
+fn plugin_order(screen: &[String]) -> Vec<String> {
+    let names = ["hello", "counter", "dependent", "broken"];
+    let mut rows: Vec<(usize, String)> = Vec::new();
+    for (at, row) in screen.iter().enumerate() {
+        for name in names {
+            if row.starts_with(&format!("│{name} ")) && !rows.iter().any(|(_, seen)| seen == name)
+            {
+                rows.push((at, name.to_owned()));
+            }
+        }
+    }
+    rows.into_iter().map(|(_, name)| name).collect()
+}
+
+#[test]
+fn the_main_screen_at_80x24_shows_header_table_events_and_keys() {
+    let mut app = app();
+    let screen = render(&mut app, 80, 24);
+    let text = screen.join("\n");
+    assert!(screen[0].contains("plugboard 0.1.0"), "{text}");
+    assert!(screen[0].contains("up 3m04s"), "{text}");
+    assert!(screen[0].contains("traffic ● 20/s"), "{text}");
+    assert!(
+        screen[0].contains("host cpu 12% mem 3.0GiB/24.0GiB"),
+        "{text}"
+    );
+    assert!(screen[1].contains("4 plugins"), "{text}");
+    assert!(screen[1].contains("✗ 1 failed"), "{text}");
+    assert!(screen[1].contains("● 2 running"), "{text}");
+    assert!(contains(&screen, "Plugins 4/4"), "{text}");
+    for title in [
+        "NAME",
+        "STATE",
+        "CPU%",
+        "MEM/LIMIT",
+        "CALLS/S",
+        "P99",
+        "ERR",
+        "VIOL",
+    ] {
+        assert!(
+            row_of(&screen, "NAME").contains(title),
+            "{title} missing:\n{text}"
+        );
+    }
+    let counter = row_of(&screen, "│counter ");
+    assert!(counter.contains("● Running"), "{counter}");
+    assert!(counter.contains("12.0MiB/32.0MiB"), "{counter}");
+    assert!(counter.contains("480.0ms"), "{counter}");
+    assert!(counter.contains(" 3 "), "errors: {counter}");
+    assert!(counter.contains(" 2│"), "violations: {counter}");
+    let dependent = row_of(&screen, "│dependent ");
+    assert!(dependent.contains("○ Stopped"), "{dependent}");
+    assert!(dependent.contains('–'), "no samples: {dependent}");
+    assert!(row_of(&screen, "│broken ").contains("✗ Failed"));
+    // Events, newest first, with the plugin and the sentence.
+    assert!(contains(&screen, "Events 5"), "{text}");
+    let newest = screen
+        .iter()
+        .position(|row| row.contains("Running → ✗ Failed"))
+        .unwrap();
+    let older = screen
+        .iter()
+        .position(|row| row.contains("Verified → ● Running"))
+        .unwrap();
+    assert!(newest < older, "{text}");
+    assert!(contains(&screen, "stopped (killed by signal 6)"), "{text}");
+    // The footer comes from the keymap.
+    let footer = &screen[23];
+    for hint in [
+        "? help", "q quit", "s start", "x stop", "r reload", "u unload",
+    ] {
+        assert!(footer.contains(hint), "{hint:?} not in {footer:?}");
+    }
+}
+
+#[test]
+fn at_40x12_one_pane_shows_and_tab_switches_it() {
+    let mut app = app();
+    let screen = render(&mut app, 40, 12);
+    let text = screen.join("\n");
+    assert!(screen[0].contains("plugboard"), "{text}");
+    assert!(contains(&screen, "Plugins 4/4"), "{text}");
+    assert!(!contains(&screen, "Events 5"), "{text}");
+    assert!(row_of(&screen, "│hello").contains("● Running"), "{text}");
+    assert!(row_of(&screen, "│broken").contains("✗ Failed"), "{text}");
+    assert!(screen[11].starts_with("? help  q quit"), "{text}");
+
+    press(&mut app, KeyCode::Tab);
+    let screen = render(&mut app, 40, 12);
+    assert!(contains(&screen, "Events 5"), "{}", screen.join("\n"));
+    assert!(!contains(&screen, "Plugins 4/4"));
+}
+
+#[test]
+fn below_40x12_the_screen_says_it_is_too_small() {
+    for (width, height) in [(39, 24), (80, 11), (20, 5)] {
+        let mut app = app();
+        let screen = render(&mut app, width, height);
+        assert!(
+            contains(&screen, "terminal too small"),
+            "{width}×{height}:\n{}",
+            screen.join("\n")
+        );
+        assert!(!contains(&screen, "Plugins"));
+    }
+}
+
+#[test]
+fn every_column_sorts_and_numbers_put_the_worst_first() {
+    let mut app = app();
+    assert_eq!(
+        plugin_order(&render(&mut app, 120, 30)),
+        ["broken", "counter", "dependent", "hello"]
+    );
+    // Walk the sort through every column; each must draw and keep every row.
+    for _ in Column::ALL {
+        app.on_action(Action::SortNext);
+        assert_eq!(
+            plugin_order(&render(&mut app, 120, 30)).len(),
+            4,
+            "sorted by {:?}",
+            app.sort
+        );
+    }
+    app.sort = crate::tui::columns::Sort::by(Column::Violations);
+    assert_eq!(plugin_order(&render(&mut app, 120, 30))[0], "counter");
+    app.sort = crate::tui::columns::Sort::by(Column::State);
+    assert_eq!(
+        plugin_order(&render(&mut app, 120, 30))[0],
+        "broken",
+        "trouble first"
+    );
+    app.sort = crate::tui::columns::Sort::by(Column::Version);
+    let order = plugin_order(&render(&mut app, 120, 30));
+    assert_eq!(
+        order.last().unwrap(),
+        "counter",
+        "0.10.0 sorts after 0.1.0: {order:?}"
+    );
+    app.on_action(Action::SortReverse);
+    assert_eq!(plugin_order(&render(&mut app, 120, 30))[0], "counter");
+    // The sorted column is marked.
+    let screen = render(&mut app, 120, 30);
+    assert!(
+        row_of(&screen, "NAME").contains("VERSION▼"),
+        "{}",
+        screen.join("\n")
+    );
+}
+
+#[test]
+fn the_filter_matches_names_and_states_as_typed_and_esc_restores() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "run");
+    let screen = render(&mut app, 80, 24);
+    assert_eq!(
+        plugin_order(&screen),
+        ["counter", "hello"],
+        "{}",
+        screen.join("\n")
+    );
+    assert!(contains(&screen, "Plugins 2/4 /run"));
+    assert!(
+        screen[22].contains("filter plugins: run"),
+        "the prompt shows: {}",
+        screen[22]
+    );
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.plugin_filter, "run");
+    assert!(app.overlay.is_none());
+
+    press(&mut app, KeyCode::Char('/'));
+    press(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Backspace);
+    type_text(&mut app, "dep");
+    assert_eq!(plugin_order(&render(&mut app, 80, 24)), ["dependent"]);
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(
+        app.plugin_filter, "run",
+        "esc restores the filter from before"
+    );
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.plugin_filter, "", "esc on the screen clears it");
+}
+
+#[test]
+fn the_event_log_filters_by_kind_and_plugin() {
+    let mut app = app();
+    app.focus = Pane::Events;
+    app.event_filter = "kind:state plugin:counter".to_owned();
+    let events = app.visible_events(None);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 5);
+    app.event_filter = "signal".to_owned();
+    assert_eq!(app.visible_events(None)[0].seq, 3);
+    app.event_filter = "plugin:engine".to_owned();
+    assert_eq!(app.visible_events(None)[0].seq, 4);
+    let screen = render(&mut app, 80, 24);
+    assert!(
+        contains(&screen, "Events 1 /plugin:engine"),
+        "{}",
+        screen.join("\n")
+    );
+}
+
+#[test]
+fn a_remapped_key_acts_and_shows_in_footer_and_help() {
+    let mut keymap = Keymap::defaults();
+    keymap
+        .overlay(
+            "stop = \"X\"\nhelp = \"h\"\n",
+            std::path::Path::new("keymap.toml"),
+        )
+        .unwrap();
+    let mut app = app_with(keymap, Theme::default_theme());
+    let screen = render(&mut app, 100, 24);
+    assert!(screen[23].contains("X stop"), "{}", screen[23]);
+    assert!(screen[23].contains("h help"), "{}", screen[23]);
+    assert!(!screen[23].contains("x stop"));
+    assert!(
+        press(&mut app, KeyCode::Char('x')).is_empty(),
+        "x does nothing now"
+    );
+    app.selected_plugin = Some("hello".to_owned());
+    let effects = app.on_key(KeyEvent::new(KeyCode::Char('X'), KeyModifiers::SHIFT));
+    assert_eq!(
+        effects,
+        [Effect::Run(Job {
+            label: "stop hello".to_owned(),
+            command: Command::Stop {
+                plugin: "hello".to_owned(),
+                force: false
+            },
+        })]
+    );
+    press(&mut app, KeyCode::Char('h'));
+    assert_eq!(app.overlay, Some(Overlay::Help));
+    let screen = render(&mut app, 100, 30);
+    let text = screen.join("\n");
+    assert!(text.contains("Help"), "{text}");
+    assert!(text.contains(" X "), "the help lists the new key:\n{text}");
+    assert!(text.contains("stop the selected plugin"), "{text}");
+    press(&mut app, KeyCode::Char('z'));
+    assert_eq!(app.overlay, None, "any key closes the help");
+}
+
+#[test]
+fn the_help_lists_every_action_with_its_keys() {
+    let mut app = app();
+    app.on_action(Action::Help);
+    let text = render(&mut app, 140, 40).join("\n");
+    for action in Action::ALL {
+        assert!(
+            text.contains(action.description()),
+            "{action:?} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn stopping_a_plugin_others_need_asks_and_then_forces() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    let effects = press(&mut app, KeyCode::Char('x'));
+    let [Effect::Run(job)] = effects.as_slice() else {
+        panic!("one command: {effects:?}");
+    };
+    let id = app.begin_job(job);
+    assert!(
+        render(&mut app, 80, 24)[22].contains("⟳ stop counter…"),
+        "in flight is shown"
+    );
+    app.on_job_done(
+        id,
+        job,
+        Err(JobError {
+            message:
+                "`counter` is needed by running plugins: dependent; force the stop to stop them too"
+                    .to_owned(),
+            dependents: vec!["dependent".to_owned()],
+        }),
+    );
+    let screen = render(&mut app, 80, 24);
+    let text = screen.join("\n");
+    assert!(text.contains("Force stop counter?"), "{text}");
+    assert!(
+        text.contains("Running plugins depend on it: dependent."),
+        "{text}"
+    );
+    assert!(
+        screen[22].contains("✗ stop counter: `counter` is needed"),
+        "{}",
+        screen[22]
+    );
+    let effects = press(&mut app, KeyCode::Char('y'));
+    assert_eq!(
+        effects,
+        [Effect::Run(Job {
+            label: "stop counter (forced)".to_owned(),
+            command: Command::Stop {
+                plugin: "counter".to_owned(),
+                force: true
+            },
+        })]
+    );
+}
+
+#[test]
+fn reload_and_unload_ask_first_and_no_cancels() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    assert!(press(&mut app, KeyCode::Char('r')).is_empty());
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Reload counter?"), "{text}");
+    assert!(text.contains("changed since it was verified"), "{text}");
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        [Effect::Run(Job {
+            label: "reload counter".to_owned(),
+            command: Command::Reload {
+                plugin: "counter".to_owned()
+            }
+        })]
+    );
+    assert!(press(&mut app, KeyCode::Char('u')).is_empty());
+    assert!(
+        render(&mut app, 80, 24)
+            .join("\n")
+            .contains("Unload counter?")
+    );
+    assert!(press(&mut app, KeyCode::Char('n')).is_empty());
+    assert!(app.overlay.is_none());
+    assert!(
+        app.status
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("cancelled: unload counter")
+    );
+}
+
+#[test]
+fn the_detail_view_shows_hooks_slowest_first_grants_trust_and_log() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Detail);
+    let screen = render(&mut app, 100, 40);
+    let text = screen.join("\n");
+    assert!(screen[2].contains("counter 0.10.0  ● Running"), "{text}");
+    assert!(screen[2].contains("2 violations"), "{text}");
+    assert!(text.contains("0123456789abcdef"), "key id: {text}");
+    assert!(text.contains("sha3-512 abababab"), "digest: {text}");
+    assert!(text.contains("CHANGED since verified"), "{text}");
+    assert!(text.contains("budget left 5"), "{text}");
+    assert!(text.contains("✓ ns  namespaces"), "{text}");
+    assert!(
+        text.contains("✗ ll  landlock"),
+        "a refused mechanism is marked: {text}"
+    );
+    let count = screen
+        .iter()
+        .position(|row| row.contains("│count "))
+        .unwrap();
+    let reset = screen
+        .iter()
+        .position(|row| row.contains("│reset "))
+        .unwrap();
+    assert!(count < reset, "slowest first:\n{text}");
+    assert!(text.contains("last error: boom"), "{text}");
+
+    // e on the selected hook disables it.
+    assert_eq!(
+        press(&mut app, KeyCode::Char('e')),
+        [Effect::Run(Job {
+            label: "disable hook counter.count".to_owned(),
+            command: Command::DisableHook {
+                plugin: "counter".to_owned(),
+                hook: "count".to_owned()
+            },
+        })]
+    );
+    // `:` prefills the selected hook; enter calls it with the payload.
+    press(&mut app, KeyCode::Char(':'));
+    type_text(&mut app, "7");
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        [Effect::Run(Job {
+            label: "call counter.count".to_owned(),
+            command: Command::Call {
+                plugin: "counter".to_owned(),
+                hook: "count".to_owned(),
+                payload: b"7".to_vec()
+            },
+        })]
+    );
+    app.on_job_done(
+        1,
+        &Job {
+            label: "call counter.count".to_owned(),
+            command: Command::Reload {
+                plugin: "counter".to_owned(),
+            },
+        },
+        Ok(Outcome::Called {
+            report: plugboard_engine::CallReport {
+                plugin: "counter".to_owned(),
+                hook: "count".to_owned(),
+                status: "ok".to_owned(),
+                reply: "8".to_owned(),
+                duration_us: 420,
+            },
+        }),
+    );
+    let text = render(&mut app, 100, 40).join("\n");
+    assert!(text.contains("counter.count → ok in 420µs"), "{text}");
+    press(&mut app, KeyCode::Esc);
+    assert!(app.overlay.is_none());
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.screen, Screen::Main);
+}
+
+#[test]
+fn the_log_pane_has_timestamps_and_a_search() {
+    let mut app = app();
+    app.selected_plugin = Some("hello".to_owned());
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(app.focus, Pane::Log);
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Log 3"), "{text}");
+    assert!(text.contains(".000 inf greeted world"), "{text}");
+    press(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "warn");
+    press(&mut app, KeyCode::Enter);
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Log 1 /warn"), "{text}");
+    assert!(text.contains("err a warning on stderr"), "{text}");
+    assert!(!text.contains("greeted world"), "{text}");
+}
+
+#[test]
+fn the_detail_view_degrades_to_one_pane_at_40x12() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    let screen = render(&mut app, 40, 12);
+    let text = screen.join("\n");
+    assert!(text.contains("Hooks 2"), "{text}");
+    assert!(!text.contains("What the kernel granted"), "{text}");
+    press(&mut app, KeyCode::BackTab);
+    let text = render(&mut app, 40, 12).join("\n");
+    assert!(
+        text.contains("Info"),
+        "the info panels become a pane: {text}"
+    );
+    assert!(text.contains("0123456789abcdef"), "{text}");
+}
+
+#[test]
+fn mouse_clicks_select_rows_and_panes_and_sort_by_a_title() {
+    let mut app = app();
+    let screen = render(&mut app, 80, 24);
+    let row = screen
+        .iter()
+        .position(|row| row.starts_with("│hello "))
+        .unwrap();
+    let click = |column: u16, row: usize| MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column,
+        row: u16::try_from(row).unwrap(),
+        modifiers: KeyModifiers::NONE,
+    };
+    app.on_mouse(click(3, row));
+    assert_eq!(app.selected_plugin.as_deref(), Some("hello"));
+    app.on_mouse(click(3, row));
+    assert_eq!(
+        app.screen,
+        Screen::Detail,
+        "a click on the selected row opens it"
+    );
+    press(&mut app, KeyCode::Esc);
+
+    let screen = render(&mut app, 80, 24);
+    let events_row = screen
+        .iter()
+        .position(|row| row.contains("traffic on: 20 calls/s"))
+        .unwrap();
+    app.on_mouse(click(20, events_row));
+    assert_eq!(app.focus, Pane::Events);
+    assert_eq!(app.visible_events(None)[app.event_cursor].seq, 4);
+
+    let screen = render(&mut app, 80, 24);
+    let header = screen.iter().position(|row| row.contains("NAME")).unwrap();
+    let x = screen[header].chars().take_while(|c| *c != 'V').count();
+    let x = screen[header][..].find("VIOL").map_or(x, |_| {
+        screen[header]
+            .chars()
+            .collect::<Vec<_>>()
+            .iter()
+            .position(|c| *c == 'V')
+            .unwrap_or(x)
+    });
+    app.on_mouse(click(u16::try_from(x).unwrap() + 1, header));
+    assert_ne!(
+        app.sort.column,
+        Column::Name,
+        "a click on a title sorts by it"
+    );
+}
+
+#[test]
+fn pause_freezes_the_display_and_steps_through_history() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('p'));
+    let mut later = fleet();
+    later["uptime_ms"] = json!(200_000);
+    later["plugins"][0]["state"] = json!("stopped");
+    app.on_sample(snapshot(later));
+    app.on_engine_event(event(
+        6,
+        Some("hello"),
+        json!({"kind": "state_changed", "from": "running", "to": "stopped"}),
+    ));
+    let screen = render(&mut app, 80, 24);
+    let text = screen.join("\n");
+    assert!(text.contains("PAUSED"), "{text}");
+    assert!(
+        row_of(&screen, "│hello ").contains("Running"),
+        "frozen: {text}"
+    );
+    assert!(
+        !text.contains("Running → ○ Stopped"),
+        "events frozen too: {text}"
+    );
+    press(&mut app, KeyCode::Char(']'));
+    let screen = render(&mut app, 80, 24);
+    assert!(
+        row_of(&screen, "│hello ").contains("Stopped"),
+        "a newer sample"
+    );
+    press(&mut app, KeyCode::Char('['));
+    assert!(
+        row_of(&render(&mut app, 80, 24), "│hello ").contains("Running"),
+        "back again"
+    );
+    press(&mut app, KeyCode::Char('p'));
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(!text.contains("PAUSED"));
+    assert!(text.contains("Running → ○ Stopped"), "{text}");
+}
+
+#[test]
+fn traffic_toggles_from_the_snapshot_state() {
+    let mut app = app();
+    assert_eq!(
+        press(&mut app, KeyCode::Char('t')),
+        [Effect::Run(Job {
+            label: "traffic off".to_owned(),
+            command: Command::Traffic { rate: None }
+        })]
+    );
+    let mut quiet = fleet();
+    quiet["traffic"] = Value::Null;
+    app.on_sample(snapshot(quiet));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('t')),
+        [Effect::Run(Job {
+            label: "traffic on (20 calls/s)".to_owned(),
+            command: Command::Traffic { rate: Some(20.0) }
+        })]
+    );
+    assert_eq!(press(&mut app, KeyCode::Char('q')), [Effect::Quit]);
+}
+
+#[test]
+fn no_color_draws_without_colour_and_marks_the_selection_in_reverse() {
+    let themes = Themes::built_in().unwrap();
+    let mut app = app_with(Keymap::defaults(), themes.resolve("dark", true).unwrap());
+    let buffer = buffer(&mut app, 80, 24);
+    for cell in buffer.content() {
+        assert_eq!(cell.fg, Color::Reset, "{cell:?}");
+        assert_eq!(cell.bg, Color::Reset, "{cell:?}");
+    }
+    let screen = render(&mut app, 80, 24);
+    let selected = screen
+        .iter()
+        .position(|row| row.starts_with("│broken "))
+        .unwrap();
+    let cell = &buffer[(5, u16::try_from(selected).unwrap())];
+    assert!(cell.modifier.contains(Modifier::REVERSED), "{cell:?}");
+    // States still read without colour: symbol and word.
+    assert!(row_of(&screen, "│broken ").contains("✗ Failed"));
+}
+
+#[test]
+fn every_built_in_theme_draws_every_screen() {
+    let themes = Themes::built_in().unwrap();
+    for name in themes.names() {
+        let mut app = app_with(Keymap::defaults(), themes.resolve(&name, false).unwrap());
+        render(&mut app, 80, 24);
+        app.selected_plugin = Some("counter".to_owned());
+        press(&mut app, KeyCode::Enter);
+        render(&mut app, 80, 24);
+        app.on_action(Action::Help);
+        render(&mut app, 80, 24);
+    }
+    let mut app = app();
+    app.on_action(Action::NextTheme);
+    assert_ne!(app.theme.name, "dark");
+}

@@ -1,0 +1,310 @@
+//! `plugboard demo` in a real pseudo-terminal: the screen is what a VT100 parser makes of
+//! the bytes the dashboard writes (ratatui writes only changed cells, so raw output is not
+//! the screen). Keys go in as a user types them.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portable_pty::{Child, CommandBuilder, PtySize, native_pty_system};
+
+const ROWS: u16 = 24;
+const COLUMNS: u16 = 80;
+
+/// The dashboard under a pseudo-terminal, with the screen it drew so far.
+struct Session {
+    child: Box<dyn Child + Send + Sync>,
+    writer: Box<dyn Write + Send>,
+    screen: Arc<Mutex<vt100::Parser>>,
+    /// A message per chunk of output; closed when the terminal is.
+    output: Receiver<()>,
+    closed: bool,
+}
+
+impl Session {
+    fn start(args: &[&str], home: &Path) -> Session {
+        let pty = native_pty_system()
+            .openpty(PtySize {
+                rows: ROWS,
+                cols: COLUMNS,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("a pseudo-terminal");
+        let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_plugboard"));
+        command.args(args);
+        command.env("TERM", "xterm-256color");
+        // Everything the demo writes (its temporary directory, the default state and
+        // log files, any user configuration) stays inside this test's directory.
+        command.env("TMPDIR", home.join("tmp"));
+        command.env("HOME", home);
+        command.env("XDG_CONFIG_HOME", home.join("config"));
+        command.env("XDG_STATE_HOME", home.join("state"));
+        command.env_remove("NO_COLOR");
+        std::fs::create_dir_all(home.join("tmp")).unwrap();
+        let child = pty.slave.spawn_command(command).expect("plugboard starts");
+        drop(pty.slave);
+        let mut reader = pty.master.try_clone_reader().unwrap();
+        let writer = pty.master.take_writer().unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLUMNS, 0)));
+        let (notify, output) = mpsc::channel();
+        {
+            let screen = Arc::clone(&screen);
+            // The master must outlive the reader: move it into the thread.
+            let master = pty.master;
+            std::thread::spawn(move || {
+                let _master = master;
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match reader.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => {
+                            screen.lock().unwrap().process(&chunk[..read]);
+                            if notify.send(()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Session {
+            child,
+            writer,
+            screen,
+            output,
+            closed: false,
+        }
+    }
+
+    fn contents(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    /// Waits until the screen satisfies `done`; on timeout fails showing the screen.
+    #[track_caller]
+    fn wait_for(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let contents = self.contents();
+            if done(&contents) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && !self.closed,
+                "timed out waiting for {what}; the screen:\n{contents}"
+            );
+            match self.output.recv_timeout(left) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.closed = true,
+            }
+        }
+    }
+
+    fn press(&mut self, keys: &str) {
+        self.writer.write_all(keys.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    /// The row of the plugin table that shows `plugin`.
+    fn row(contents: &str, plugin: &str) -> Option<String> {
+        contents
+            .lines()
+            .find(|line| line.starts_with(&format!("│{plugin} ")))
+            .map(str::to_owned)
+    }
+
+    #[track_caller]
+    fn wait_for_state(&mut self, plugin: &str, state: &str) {
+        self.wait_for(&format!("{plugin} {state}"), |contents| {
+            Self::row(contents, plugin).is_some_and(|row| row.contains(state))
+        });
+    }
+
+    /// Takes output until the terminal closes (every process holding it has ended).
+    fn drain_until_closed(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the terminal stays open after the exit");
+            if let Err(mpsc::RecvTimeoutError::Disconnected) = self.output.recv_timeout(left) {
+                self.closed = true;
+            }
+        }
+    }
+
+    /// Waits for the process to end, up to `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<portable_pty::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            // Output (the final frames, the terminal reset) arrives while it shuts down.
+            let _ = self.output.recv_timeout(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A failed test must not leave the dashboard (and its workers) behind.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Processes whose parent is `parent` (the engine's workers), by pid.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Alive: exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let mut session = Session::start(&["demo"], home.path());
+    let pid = session.child.process_id().expect("the dashboard's pid");
+
+    // The well-behaved plugins come up, confined, under traffic.
+    for plugin in ["counter", "hello", "hello-c"] {
+        session.wait_for_state(plugin, "Running");
+    }
+    session.wait_for("traffic on", |contents| contents.contains("traffic ● 20/s"));
+    session.wait_for_state("prober", "Verified");
+    assert!(
+        session.screen.lock().unwrap().screen().alternate_screen(),
+        "the dashboard draws on the alternate screen"
+    );
+
+    // Filter down to hello-c; stop it, start it, reload it (confirmed), unload it
+    // (confirmed), each change seen on screen.
+    session.press("/hello-c\r");
+    session.wait_for("the filter", |contents| {
+        contents.contains("Plugins 1/5") && Session::row(contents, "counter").is_none()
+    });
+    session.press("x");
+    session.wait_for_state("hello-c", "Stopped");
+    session.press("s");
+    session.wait_for_state("hello-c", "Running");
+    session.press("r");
+    session.wait_for("the reload question", |contents| {
+        contents.contains("Reload hello-c?")
+    });
+    session.press("y");
+    session.wait_for("the reload", |contents| {
+        contents.contains("reloaded 0.1.0 → 0.1.0")
+    });
+    session.wait_for_state("hello-c", "Running");
+    session.press("u");
+    session.wait_for("the unload question", |contents| {
+        contents.contains("Unload hello-c?")
+    });
+    session.press("y");
+    session.wait_for("the unload", |contents| {
+        Session::row(contents, "hello-c").is_some_and(|row| !row.contains("Running"))
+    });
+
+    // A misbehaving plugin: start prober and make it connect(2), which its manifest does
+    // not allow; the violation shows in the event log.
+    // (ctrl-u clears the filter being edited; an escape right before more keys would
+    // read as alt-<key>, as in any terminal.)
+    session.press("/\x15prober\r");
+    session.wait_for("the prober row", |contents| {
+        contents.contains("Plugins 1/5") && Session::row(contents, "prober").is_some()
+    });
+    session.press("s");
+    session.wait_for_state("prober", "Running");
+    session.press(":");
+    session.wait_for("the call prompt", |contents| {
+        contents.contains("call prober (hook payload):")
+    });
+    // Clear the prefilled hook, then call `connect`.
+    session.press("\x15connect\r");
+    session.wait_for("the reply", |contents| {
+        contents.contains("prober.connect →")
+    });
+    session.press("\r");
+    session.wait_for("the violation in the event log", |contents| {
+        contents.contains("connect")
+            && (contents.contains("forbidden") || contents.contains("violation"))
+    });
+
+    let workers = children_of(pid);
+    assert!(
+        !workers.is_empty(),
+        "the engine has workers before the quit"
+    );
+
+    session.press("q");
+    let status = session.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some(),
+        "the dashboard quits on q; the screen:\n{}",
+        session.contents()
+    );
+    assert!(
+        status
+            .as_ref()
+            .is_some_and(portable_pty::ExitStatus::success),
+        "exit status {status:?}"
+    );
+    // Let the reader take the last bytes (the terminal reset) before looking.
+    session.drain_until_closed(Duration::from_secs(10));
+    let screen = session.screen.lock().unwrap();
+    assert!(
+        !screen.screen().alternate_screen(),
+        "the terminal left the alternate screen"
+    );
+    drop(screen);
+    assert!(
+        !session.screen.lock().unwrap().screen().hide_cursor(),
+        "the cursor is shown again"
+    );
+    let alive: Vec<u32> = workers.into_iter().filter(|pid| is_alive(*pid)).collect();
+    assert!(alive.is_empty(), "workers left running: {alive:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the demo's temporary directory remains: {leftovers:?}"
+    );
+}
