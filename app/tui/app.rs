@@ -109,6 +109,8 @@ pub struct Prompt {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Overlay {
     Help,
+    /// The chaos menu: which misbehaving plugin to set off (index into `App::chaos`).
+    Chaos(usize),
     Confirm(Confirm),
     Prompt(Prompt),
     Reply(CallReport),
@@ -214,6 +216,11 @@ pub struct App {
     pub layout: ScreenLayout,
     /// Shown instead of an empty plugin table (no plugin directory configured, …).
     pub empty_hint: Option<String>,
+    /// Plugins the chaos menu offers: name and what its `chaos` hook does.
+    pub chaos: Vec<(String, String)>,
+    /// A job to run when another one ends: (first, next, whether next runs even when
+    /// first failed).
+    chained: Vec<(Job, Job, bool)>,
     pub quitting: bool,
 }
 
@@ -248,6 +255,8 @@ impl App {
             traffic_rate: DEFAULT_TRAFFIC_RATE,
             layout: ScreenLayout::default(),
             empty_hint: None,
+            chaos: Vec::new(),
+            chained: Vec::new(),
             quitting: false,
         }
     }
@@ -294,8 +303,28 @@ impl App {
         }
     }
 
-    pub fn on_job_done(&mut self, id: u64, job: &Job, result: Result<Outcome, JobError>) {
+    /// Takes a command's result; returns what must run next (a chained command).
+    pub fn on_job_done(
+        &mut self,
+        id: u64,
+        job: &Job,
+        result: Result<Outcome, JobError>,
+    ) -> Vec<Effect> {
         self.pending.remove(&id);
+        let next = self
+            .chained
+            .iter()
+            .position(|(first, _, _)| first == job)
+            .map(|at| self.chained.remove(at));
+        let succeeded = result.is_ok();
+        self.record_result(job, result);
+        match next {
+            Some((_, next, always)) if succeeded || always => vec![Effect::Run(next)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn record_result(&mut self, job: &Job, result: Result<Outcome, JobError>) {
         match result {
             Ok(Outcome::Called { report }) => {
                 self.status = Some(Status {
@@ -523,17 +552,11 @@ impl App {
     fn on_overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Vec<Effect> {
         let action = self.keymap.action_for(&key);
         match overlay {
+            Overlay::Chaos(at) => self.on_chaos_key(at, action, key),
             // Any key closes help (quit too: it closes help, not the dashboard).
             Overlay::Help => Vec::new(),
-            Overlay::Reply(report) => {
-                if matches!(key.code, KeyCode::Enter | KeyCode::Esc | KeyCode::Char(' '))
-                    || action == Some(Action::Back)
-                {
-                    return Vec::new();
-                }
-                self.overlay = Some(Overlay::Reply(report));
-                Vec::new()
-            }
+            // Any key closes a reply (and does nothing else).
+            Overlay::Reply(_) => Vec::new(),
             Overlay::Confirm(confirm) => match key.code {
                 KeyCode::Char('y' | 'Y') | KeyCode::Enter => vec![Effect::Run(confirm.job)],
                 KeyCode::Char('n' | 'N') | KeyCode::Esc => {
@@ -550,6 +573,56 @@ impl App {
             },
             Overlay::Prompt(prompt) => self.on_prompt_key(prompt, key),
         }
+    }
+
+    fn on_chaos_key(&mut self, at: usize, action: Option<Action>, key: KeyEvent) -> Vec<Effect> {
+        let count = self.chaos.len();
+        match (action, key.code) {
+            (Some(Action::Up), _) => self.overlay = Some(Overlay::Chaos(at.saturating_sub(1))),
+            (Some(Action::Down), _) => {
+                self.overlay = Some(Overlay::Chaos((at + 1).min(count.saturating_sub(1))));
+            }
+            (_, KeyCode::Enter) => {
+                let Some((plugin, _)) = self.chaos.get(at).cloned() else {
+                    return Vec::new();
+                };
+                let call = Job {
+                    label: format!("chaos {plugin}"),
+                    command: Command::Call {
+                        plugin: plugin.clone(),
+                        hook: "chaos".to_owned(),
+                        payload: Vec::new(),
+                    },
+                };
+                // Then keep the traffic generator off its chaos hook: one chosen act, not
+                // a storm.
+                let quiet = Job {
+                    label: format!("disable hook {plugin}.chaos"),
+                    command: Command::DisableHook {
+                        plugin: plugin.clone(),
+                        hook: "chaos".to_owned(),
+                    },
+                };
+                self.chained.push((call.clone(), quiet, true));
+                let running = self
+                    .snapshot()
+                    .and_then(|snapshot| snapshot.plugins.iter().find(|p| p.name == plugin))
+                    .is_some_and(|p| p.state == plugboard_engine::PluginState::Running);
+                if running {
+                    return vec![Effect::Run(call)];
+                }
+                // Not running: start it, then set it off.
+                let start = Job {
+                    label: format!("start {plugin} for chaos"),
+                    command: Command::Start { plugin },
+                };
+                self.chained.push((start.clone(), call, false));
+                return vec![Effect::Run(start)];
+            }
+            (Some(Action::Back | Action::Quit | Action::Chaos), _) | (_, KeyCode::Esc) => {}
+            _ => self.overlay = Some(Overlay::Chaos(at)),
+        }
+        Vec::new()
     }
 
     fn on_prompt_key(&mut self, mut prompt: Prompt, key: KeyEvent) -> Vec<Effect> {
@@ -688,6 +761,13 @@ impl App {
                             plugin: plugin.name,
                         },
                     );
+                }
+            }
+            Action::Chaos => {
+                if self.chaos.is_empty() {
+                    self.warn("no misbehaving plugins to offer: `plugboard demo` has the zoo");
+                } else {
+                    self.overlay = Some(Overlay::Chaos(0));
                 }
             }
             Action::ClearQuarantine => {

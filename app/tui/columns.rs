@@ -95,7 +95,7 @@ impl Column {
             Column::Isolation => 22,
             Column::Trust => 16,
             Column::Cpu => 5,
-            Column::Memory => 15,
+            Column::Memory => 12,
             Column::HooksPerSec => 7,
             Column::P99 => 8,
             Column::Errors => 5,
@@ -171,10 +171,9 @@ impl Column {
                 |cpu| CellText::new(format!("{cpu:.0}"), Role::Text),
             ),
             Column::Memory => match metrics::memory(plugin) {
-                Some((used, Some(limit))) => CellText::new(
-                    format!("{}/{}", format::bytes(used), format::bytes(limit)),
-                    Role::Text,
-                ),
+                Some((used, Some(limit))) => {
+                    CellText::new(format::bytes_of(used, limit), Role::Text)
+                }
                 Some((used, None)) => CellText::new(format::bytes(used), Role::Text),
                 None => CellText::new(NONE, Role::Muted),
             },
@@ -240,22 +239,25 @@ impl Column {
         }
     }
 
-    /// Which columns fit in `width` cells (with one cell between columns), in table order.
+    /// Which columns fit in `width` cells (with one cell between columns), in table
+    /// order: the most important first, each one that still fits.
     pub fn fitting(width: u16) -> Vec<Column> {
-        let mut kept: Vec<Column> = Column::ALL.to_vec();
-        let needed = |columns: &[Column]| -> u16 {
-            columns.iter().map(|column| column.width() + 1).sum::<u16>()
-        };
-        while needed(&kept) > width && kept.len() > 2 {
-            let weakest = kept
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, column)| column.keep_priority())
-                .map(|(at, _)| at)
-                .unwrap_or_default();
-            kept.remove(weakest);
+        let mut by_importance = Column::ALL.to_vec();
+        by_importance.sort_by_key(|column| std::cmp::Reverse(column.keep_priority()));
+        let mut used = 0u16;
+        let mut kept = Vec::new();
+        for column in by_importance {
+            let needed = column.width() + 1;
+            let essential = matches!(column, Column::Name | Column::State);
+            if essential || used + needed <= width {
+                used += needed;
+                kept.push(column);
+            }
         }
-        kept
+        Column::ALL
+            .into_iter()
+            .filter(|column| kept.contains(column))
+            .collect()
     }
 }
 

@@ -1,7 +1,8 @@
 //! `plugboard demo`: nothing prepared. A throw-away signing key in a temporary directory,
 //! the example bundles packed from the libraries built next to this binary and signed
 //! with it, a trust store pinning it, the well-behaved plugins started and traffic on.
-//! The misbehaving examples are verified and wait for the user to start or call them.
+//! The misbehaving examples (and the zoo) are verified and wait for the user: the chaos
+//! menu sets off one zoo plugin at a time.
 //! The temporary directory goes away when the demo ends.
 
 use std::os::unix::fs::DirBuilderExt as _;
@@ -18,39 +19,79 @@ use super::app::{App, Status};
 use super::event_loop::{self, Startup};
 use super::theme::Role;
 
-/// An example plugin: its manifest (built into the binary) and whether the demo starts it.
+/// What the demo does with an example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Well-behaved: started, under traffic.
+    Run,
+    /// Misbehaving on request: verified, offered by the chaos menu.
+    Chaos(&'static str),
+    /// Misbehaving examples without a chaos hook: verified, for the user to start.
+    Load,
+}
+
+/// An example plugin: its manifest (built into the binary) and its part in the demo.
 struct Example {
     name: &'static str,
     manifest: &'static str,
-    start: bool,
+    part: Part,
 }
 
-const EXAMPLES: [Example; 5] = [
-    Example {
-        name: "hello",
-        manifest: include_str!("../../plugins/hello/plugin.toml"),
-        start: true,
-    },
-    Example {
-        name: "counter",
-        manifest: include_str!("../../plugins/counter/plugin.toml"),
-        start: true,
-    },
-    Example {
-        name: "hello-c",
-        manifest: include_str!("../../plugins/hello-c/plugin.toml"),
-        start: true,
-    },
-    Example {
-        name: "panicky",
-        manifest: include_str!("../../plugins/panicky/plugin.toml"),
-        start: false,
-    },
-    Example {
-        name: "prober",
-        manifest: include_str!("../../plugins/prober/plugin.toml"),
-        start: false,
-    },
+macro_rules! example {
+    ($name:literal, $part:expr) => {
+        Example {
+            name: $name,
+            manifest: include_str!(concat!("../../plugins/", $name, "/plugin.toml")),
+            part: $part,
+        }
+    };
+}
+
+/// The examples and the zoo; the zoo in the order the chaos menu lists it.
+const EXAMPLES: [Example; 16] = [
+    example!("hello", Part::Run),
+    example!("counter", Part::Run),
+    example!("hello-c", Part::Run),
+    example!("panicky", Part::Load),
+    example!("prober", Part::Load),
+    example!(
+        "netprobe",
+        Part::Chaos("connects over TCP without the network capability (seccomp)")
+    ),
+    example!(
+        "memhog",
+        Part::Chaos("allocates until its cgroup's memory limit OOM-kills it")
+    ),
+    example!(
+        "cpuspin",
+        Part::Chaos("busy-loops on several threads, far past its CPU quota")
+    ),
+    example!(
+        "forkbomb",
+        Part::Chaos("starts processes in a loop (seccomp refuses spawning)")
+    ),
+    example!("fdleak", Part::Chaos("opens files until EMFILE")),
+    example!(
+        "crasher",
+        Part::Chaos("writes through a bad pointer: SIGSEGV, then restarts")
+    ),
+    example!("slowhook", Part::Chaos("sleeps far past its hook timeout")),
+    example!(
+        "fswriter",
+        Part::Chaos("writes outside its fs_write grant (Landlock)")
+    ),
+    example!(
+        "panicker",
+        Part::Chaos("panics in a hook (an error reply; the worker lives)")
+    ),
+    example!(
+        "flaky",
+        Part::Chaos("its health checks start failing at random")
+    ),
+    example!(
+        "badproto",
+        Part::Chaos("writes garbage frames onto its IPC socket")
+    ),
 ];
 
 /// Calls per second the demo's traffic generator makes.
@@ -91,14 +132,23 @@ pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
         ),
         role: Role::Info,
     });
-    let (start, load): (Vec<&Example>, Vec<&Example>) =
-        EXAMPLES.iter().partition(|example| example.start);
-    let startup = Startup {
-        start: start
+    app.chaos = EXAMPLES
+        .iter()
+        .filter_map(|example| match example.part {
+            Part::Chaos(what) => Some((example.name.to_owned(), what.to_owned())),
+            Part::Run | Part::Load => None,
+        })
+        .collect();
+    let named = |wanted: fn(Part) -> bool| -> Vec<String> {
+        EXAMPLES
             .iter()
+            .filter(|example| wanted(example.part))
             .map(|example| example.name.to_owned())
-            .collect(),
-        load: load.iter().map(|example| example.name.to_owned()).collect(),
+            .collect()
+    };
+    let startup = Startup {
+        start: named(|part| part == Part::Run),
+        load: named(|part| part != Part::Run),
         traffic: Some(DEMO_TRAFFIC),
         sample_interval: Some(view.refresh),
     };

@@ -185,10 +185,7 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
             app.on_engine_event(event);
             Vec::new()
         }
-        AppEvent::JobDone { id, job, result } => {
-            app.on_job_done(id, &job, result);
-            Vec::new()
-        }
+        AppEvent::JobDone { id, job, result } => app.on_job_done(id, &job, result),
         AppEvent::Signal(signal) => {
             app.status = Some(Status {
                 text: format!("signal {signal}: leaving"),

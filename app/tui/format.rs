@@ -44,6 +44,24 @@ pub fn bytes(count: u64) -> String {
     format!("{}.{}{}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
+/// A part of a whole in the whole's unit: `1.5/23.5GiB`.
+pub fn bytes_of(part: u64, whole: u64) -> String {
+    let whole_text = bytes(whole);
+    let unit_at = whole_text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(whole_text.len());
+    let (number, unit) = whole_text.split_at(unit_at);
+    let divisor: u64 = match unit {
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return format!("{}/{whole_text}", bytes(part)),
+    };
+    let tenths = part.saturating_mul(10) / divisor;
+    format!("{}.{}/{number}{unit}", tenths / 10, tenths % 10)
+}
+
 /// Calls per second: `0`, `0.5`, `12`, `1.2k`.
 pub fn rate(per_second: f64) -> String {
     if per_second <= 0.0 || !per_second.is_finite() {
@@ -112,6 +130,8 @@ mod tests {
         assert_eq!(bytes(512), "512B");
         assert_eq!(bytes(64 * 1024 * 1024), "64.0MiB");
         assert_eq!(bytes(3 * 1024 + 400), "3.3KiB");
+        assert_eq!(bytes_of(3 << 29, 24 << 30), "1.5/24.0GiB");
+        assert_eq!(bytes_of(12 << 20, 32 << 20), "12.0/32.0MiB");
         assert_eq!(rate(0.0), "0");
         assert_eq!(rate(2.25), "2.2");
         assert_eq!(rate(120.4), "120");

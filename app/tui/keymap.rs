@@ -24,6 +24,7 @@ pub enum Action {
     Unload,
     Load,
     ClearQuarantine,
+    Chaos,
     ToggleEnabled,
     ToggleHook,
     Traffic,
@@ -67,13 +68,14 @@ impl ActionGroup {
 }
 
 impl Action {
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 31] = [
         Action::Start,
         Action::Stop,
         Action::Reload,
         Action::Unload,
         Action::Load,
         Action::ClearQuarantine,
+        Action::Chaos,
         Action::ToggleEnabled,
         Action::ToggleHook,
         Action::Call,
@@ -111,6 +113,7 @@ impl Action {
             Action::Unload => "unload",
             Action::Load => "load",
             Action::ClearQuarantine => "clear_quarantine",
+            Action::Chaos => "chaos",
             Action::ToggleEnabled => "toggle_enabled",
             Action::ToggleHook => "toggle_hook",
             Action::Traffic => "traffic",
@@ -147,6 +150,7 @@ impl Action {
             Action::Unload => "unload",
             Action::Load => "load",
             Action::ClearQuarantine => "unquarantine",
+            Action::Chaos => "chaos",
             Action::ToggleEnabled => "enable/disable",
             Action::ToggleHook => "hook on/off",
             Action::Traffic => "traffic",
@@ -183,6 +187,7 @@ impl Action {
             Action::Unload => "unload: stop, drop the verified library (asks)",
             Action::Load => "load (verify) a discovered bundle",
             Action::ClearQuarantine => "clear the quarantine of the selected plugin",
+            Action::Chaos => "chaos menu: make one misbehaving plugin misbehave",
             Action::ToggleEnabled => "enable or disable the selected plugin (persisted)",
             Action::ToggleHook => "enable or disable the selected hook (detail view)",
             Action::Traffic => "traffic generator on/off",
@@ -216,6 +221,7 @@ impl Action {
             | Action::Unload
             | Action::Load
             | Action::ClearQuarantine
+            | Action::Chaos
             | Action::ToggleEnabled
             | Action::ToggleHook
             | Action::Call

@@ -201,23 +201,29 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
     let mut session = Session::start(&["demo"], home.path());
     let pid = session.child.process_id().expect("the dashboard's pid");
 
-    // The well-behaved plugins come up, confined, under traffic.
-    for plugin in ["counter", "hello", "hello-c"] {
-        session.wait_for_state(plugin, "Running");
-    }
+    // The well-behaved plugins come up, confined, under traffic; the others wait verified.
+    session.wait_for("three running plugins", |contents| {
+        contents.contains("● 3 running")
+    });
     session.wait_for("traffic on", |contents| contents.contains("traffic ● 20/s"));
-    session.wait_for_state("prober", "Verified");
+    session.wait_for("the zoo verified", |contents| {
+        contents.contains("✓ 13 verified")
+    });
     assert!(
         session.screen.lock().unwrap().screen().alternate_screen(),
         "the dashboard draws on the alternate screen"
     );
+    for plugin in ["counter", "hello"] {
+        session.wait_for_state(plugin, "Running");
+    }
 
     // Filter down to hello-c; stop it, start it, reload it (confirmed), unload it
     // (confirmed), each change seen on screen.
     session.press("/hello-c\r");
     session.wait_for("the filter", |contents| {
-        contents.contains("Plugins 1/5") && Session::row(contents, "counter").is_none()
+        contents.contains("Plugins 1/16") && Session::row(contents, "counter").is_none()
     });
+    session.wait_for_state("hello-c", "Running");
     session.press("x");
     session.wait_for_state("hello-c", "Stopped");
     session.press("s");
@@ -240,31 +246,22 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
         Session::row(contents, "hello-c").is_some_and(|row| !row.contains("Running"))
     });
 
-    // A misbehaving plugin: start prober and make it connect(2), which its manifest does
-    // not allow; the violation shows in the event log.
+    // Chaos: the menu's first entry is netprobe, which connects over TCP without the
+    // network capability; the engine catches the syscall and the event log shows it.
     // (ctrl-u clears the filter being edited; an escape right before more keys would
     // read as alt-<key>, as in any terminal.)
-    session.press("/\x15prober\r");
-    session.wait_for("the prober row", |contents| {
-        contents.contains("Plugins 1/5") && Session::row(contents, "prober").is_some()
+    session.press("/\x15netprobe\r");
+    session.wait_for("the netprobe row", |contents| {
+        Session::row(contents, "netprobe").is_some_and(|row| row.contains("Verified"))
     });
-    session.press("s");
-    session.wait_for_state("prober", "Running");
-    session.press(":");
-    session.wait_for("the call prompt", |contents| {
-        contents.contains("call prober (hook payload):")
-    });
-    // Clear the prefilled hook, then call `connect`.
-    session.press("\x15connect\r");
-    session.wait_for("the reply", |contents| {
-        contents.contains("prober.connect →")
-    });
+    session.press("c");
+    session.wait_for("the chaos menu", |contents| contents.contains("▶ netprobe"));
     session.press("\r");
     session.wait_for("the violation in the event log", |contents| {
-        contents.contains("connect")
-            && (contents.contains("forbidden") || contents.contains("violation"))
+        contents.lines().any(|line| {
+            line.contains("netprobe") && (line.contains("forbidden") || line.contains("connect"))
+        })
     });
-
     let workers = children_of(pid);
     assert!(
         !workers.is_empty(),

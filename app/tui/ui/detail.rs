@@ -46,21 +46,24 @@ pub fn draw(
         draw_pane(frame, rest, app, plugin, pane, previous, layout);
         return;
     }
+    let mut left = trust_lines(plugin, theme);
+    left.extend(resource_lines(app, plugin));
+    let granted = granted_lines(plugin, theme);
+    // The info row grows with what it has to say, but leaves the panes six rows.
+    let wanted = u16::try_from(left.len().max(granted.len()) + 2).unwrap_or(u16::MAX);
+    let info_height = wanted
+        .clamp(10, 16)
+        .min(rest.height.saturating_sub(6))
+        .max(3);
     let [info_area, panes_area] =
-        Layout::vertical([Constraint::Length(10), Constraint::Min(4)]).areas(rest);
+        Layout::vertical([Constraint::Length(info_height), Constraint::Min(4)]).areas(rest);
     let [trust_area, granted_area] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
             .areas(info_area);
     let block = pane_block(vec![Span::raw("Trust & supervision")], false, theme);
-    frame.render_widget(
-        Paragraph::new(trust_lines(plugin, theme)).block(block),
-        trust_area,
-    );
+    frame.render_widget(Paragraph::new(left).block(block), trust_area);
     let block = pane_block(vec![Span::raw("What the kernel granted")], false, theme);
-    frame.render_widget(
-        Paragraph::new(granted_lines(plugin, theme)).block(block),
-        granted_area,
-    );
+    frame.render_widget(Paragraph::new(granted).block(block), granted_area);
 
     if panes_area.height >= 16 {
         // Tall: the hook table above, log and events side by side below.
@@ -246,6 +249,117 @@ fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
     lines
 }
 
+/// How many samples the small charts show.
+const CHART_SAMPLES: usize = 16;
+
+/// CPU and memory against their limits, with a chart of the recent samples, and pids,
+/// threads and descriptors — `–` until the engine has sampled the worker.
+fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
+    let theme = &app.theme;
+    let label = |text: &'static str| Span::styled(format!("{text:<9}"), theme.muted());
+    let Some(now) = &plugin.resources else {
+        return vec![Line::from(vec![
+            label("cpu/mem"),
+            Span::styled(format!("{NONE} (not sampled)"), theme.muted()),
+        ])];
+    };
+    let series = |pick: fn(&plugboard_engine::monitor::ResourceSample) -> f64| -> Vec<f64> {
+        let mut values: Vec<f64> = app
+            .history
+            .iter()
+            .rev()
+            .filter_map(|snapshot| {
+                snapshot
+                    .plugins
+                    .iter()
+                    .find(|other| other.name == plugin.name)
+                    .and_then(|other| other.resources.as_ref())
+                    .map(pick)
+            })
+            .take(CHART_SAMPLES)
+            .collect();
+        values.reverse();
+        values
+    };
+    #[allow(clippy::cast_precision_loss)] // bytes far below 2^52 for a chart
+    let memory = series(|sample| sample.memory_bytes as f64);
+    let cpu = series(|sample| sample.cpu_percent);
+    let cpu_limit = now
+        .cpu_percent_of_quota
+        .filter(|share| *share > 0.0)
+        .map(|share| now.cpu_percent * 100.0 / share);
+    #[allow(clippy::cast_precision_loss)]
+    let memory_limit = now.memory_limit_bytes.map(|limit| limit as f64);
+    let cpu_text = match cpu_limit {
+        Some(quota) => format!(" {:.0}% of {:.0}%", now.cpu_percent, quota),
+        None => format!(" {:.0}%", now.cpu_percent),
+    };
+    let memory_text = match now.memory_limit_bytes {
+        Some(limit) => format!(" {}", format::bytes_of(now.memory_bytes, limit)),
+        None => format!(" {}", format::bytes(now.memory_bytes)),
+    };
+    let hot = |share: Option<f64>| {
+        if share.is_some_and(|share| share >= 0.9) {
+            theme.error()
+        } else {
+            theme.accent()
+        }
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let memory_share = memory_limit.map(|limit| now.memory_bytes as f64 / limit);
+    vec![
+        Line::from(vec![
+            label("cpu"),
+            Span::styled(
+                chart(&cpu, cpu_limit),
+                hot(now.cpu_percent_of_quota.map(|share| share / 100.0)),
+            ),
+            Span::styled(cpu_text, theme.text()),
+        ]),
+        Line::from(vec![
+            label("memory"),
+            Span::styled(chart(&memory, memory_limit), hot(memory_share)),
+            Span::styled(memory_text, theme.text()),
+        ]),
+        Line::from(vec![
+            label("pids"),
+            Span::styled(
+                format!(
+                    "{}/{}  threads {}  fds {}",
+                    now.pids_current,
+                    now.pids_max
+                        .map_or_else(|| NONE.to_owned(), |max| max.to_string()),
+                    now.threads,
+                    now.open_fds
+                ),
+                theme.text(),
+            ),
+        ]),
+    ]
+}
+
+/// A one-line chart of `values` scaled to `limit` (or to their own maximum).
+fn chart(values: &[f64], limit: Option<f64>) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let top = limit
+        .filter(|limit| *limit > 0.0)
+        .unwrap_or_else(|| values.iter().copied().fold(0.0, f64::max))
+        .max(f64::EPSILON);
+    let mut text: String = values
+        .iter()
+        .map(|value| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to 0..=7
+            let step = ((value / top) * 7.0).round().clamp(0.0, 7.0) as usize;
+            BARS[step]
+        })
+        .collect();
+    // Pad on the left so the newest sample is always in the same place.
+    while text.chars().count() < CHART_SAMPLES {
+        text.insert(0, ' ');
+    }
+    text
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -314,6 +428,7 @@ fn draw_pane(
         Pane::Info => {
             let theme = &app.theme;
             let mut lines = trust_lines(plugin, theme);
+            lines.extend(resource_lines(app, plugin));
             lines.push(Line::styled("What the kernel granted", theme.title()));
             lines.extend(granted_lines(plugin, theme));
             let block = pane_block(vec![Span::raw("Info")], true, theme);

@@ -22,7 +22,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             format!(" {}", snapshot.version),
             theme.muted(),
         ));
-        first.push(Span::styled(" │ up ", theme.muted()));
+        first.push(Span::styled(" up ", theme.muted()));
         first.push(Span::styled(
             format::uptime(snapshot.uptime_ms),
             theme.text(),
@@ -39,10 +39,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         first.push(Span::styled(
             if sampled {
                 format!(
-                    "cpu {:.0}% mem {}/{}",
+                    "cpu {:.0}% mem {}",
                     host.cpu_percent,
-                    format::bytes(host.memory_used_bytes),
-                    format::bytes(host.memory_total_bytes)
+                    format::bytes_of(host.memory_used_bytes, host.memory_total_bytes)
                 )
             } else {
                 format!("cpu {NONE} mem {NONE}")

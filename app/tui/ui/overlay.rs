@@ -63,6 +63,38 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             lines.push(Line::styled("enter / esc: close", theme.muted()));
             draw_box(frame, area, app, "Reply", lines);
         }
+        Some(Overlay::Chaos(selected)) => {
+            let theme = &app.theme;
+            let mut lines = vec![Line::styled(
+                "Sets off one plugin (started first if needed): a call to it alone.",
+                theme.muted(),
+            )];
+            lines.push(Line::raw(""));
+            let name_width = app
+                .chaos
+                .iter()
+                .map(|(name, _)| name.len())
+                .max()
+                .unwrap_or(8);
+            for (at, (name, what)) in app.chaos.iter().enumerate() {
+                let style = if at == *selected {
+                    theme.selection()
+                } else {
+                    theme.text()
+                };
+                let marker = if at == *selected { "▶ " } else { "  " };
+                lines.push(Line::styled(
+                    format!("{marker}{name:<name_width$}  {what}"),
+                    style,
+                ));
+            }
+            lines.push(Line::raw(""));
+            lines.push(Line::styled(
+                "↑/↓ choose · enter set off · esc close",
+                theme.muted(),
+            ));
+            draw_box(frame, area, app, "Chaos", lines);
+        }
         Some(Overlay::Prompt(_)) | None => {}
     }
 }

@@ -223,10 +223,7 @@ fn the_main_screen_at_80x24_shows_header_table_events_and_keys() {
     assert!(screen[0].contains("plugboard 0.1.0"), "{text}");
     assert!(screen[0].contains("up 3m04s"), "{text}");
     assert!(screen[0].contains("traffic ● 20/s"), "{text}");
-    assert!(
-        screen[0].contains("host cpu 12% mem 3.0GiB/24.0GiB"),
-        "{text}"
-    );
+    assert!(screen[0].contains("host cpu 12% mem 3.0/24.0GiB"), "{text}");
     assert!(screen[1].contains("4 plugins"), "{text}");
     assert!(screen[1].contains("✗ 1 failed"), "{text}");
     assert!(screen[1].contains("● 2 running"), "{text}");
@@ -248,7 +245,7 @@ fn the_main_screen_at_80x24_shows_header_table_events_and_keys() {
     }
     let counter = row_of(&screen, "│counter ");
     assert!(counter.contains("● Running"), "{counter}");
-    assert!(counter.contains("12.0MiB/32.0MiB"), "{counter}");
+    assert!(counter.contains("12.0/32.0MiB"), "{counter}");
     assert!(counter.contains("480.0ms"), "{counter}");
     assert!(counter.contains(" 3 "), "errors: {counter}");
     assert!(counter.contains(" 2│"), "violations: {counter}");
@@ -574,6 +571,11 @@ fn the_detail_view_shows_hooks_slowest_first_grants_trust_and_log() {
         .unwrap();
     assert!(count < reset, "slowest first:\n{text}");
     assert!(text.contains("last error: boom"), "{text}");
+    assert!(
+        text.contains("▄ 12.0/32.0MiB"),
+        "memory against its limit: {text}"
+    );
+    assert!(text.contains("pids     3/8  threads 3  fds 5"), "{text}");
 
     // e on the selected hook disables it.
     assert_eq!(
@@ -814,4 +816,101 @@ fn every_built_in_theme_draws_every_screen() {
     let mut app = app();
     app.on_action(Action::NextTheme);
     assert_ne!(app.theme.name, "dark");
+}
+
+#[test]
+fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
+    let mut app = app();
+    assert!(press(&mut app, KeyCode::Char('c')).is_empty());
+    assert!(
+        app.status
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("no misbehaving plugins")
+    );
+    app.chaos = vec![
+        ("dependent".to_owned(), "does something bad".to_owned()),
+        ("hello".to_owned(), "greets too loudly".to_owned()),
+    ];
+    press(&mut app, KeyCode::Char('c'));
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Chaos"), "{text}");
+    assert!(text.contains("▶ dependent  does something bad"), "{text}");
+    // A stopped plugin: start it first, then the chaos call, then its chaos hook off.
+    let effects = press(&mut app, KeyCode::Enter);
+    let start = Job {
+        label: "start dependent for chaos".to_owned(),
+        command: Command::Start {
+            plugin: "dependent".to_owned(),
+        },
+    };
+    assert_eq!(effects, [Effect::Run(start.clone())]);
+    let call = Job {
+        label: "chaos dependent".to_owned(),
+        command: Command::Call {
+            plugin: "dependent".to_owned(),
+            hook: "chaos".to_owned(),
+            payload: Vec::new(),
+        },
+    };
+    assert_eq!(
+        app.on_job_done(1, &start, Ok(Outcome::Done)),
+        [Effect::Run(call.clone())]
+    );
+    let quiet = Job {
+        label: "disable hook dependent.chaos".to_owned(),
+        command: Command::DisableHook {
+            plugin: "dependent".to_owned(),
+            hook: "chaos".to_owned(),
+        },
+    };
+    let refused = JobError {
+        message: "gone".to_owned(),
+        dependents: Vec::new(),
+    };
+    assert_eq!(
+        app.on_job_done(2, &call, Err(refused)),
+        [Effect::Run(quiet)],
+        "even when the call failed"
+    );
+    // A running plugin is called at once.
+    press(&mut app, KeyCode::Char('c'));
+    press(&mut app, KeyCode::Char('j'));
+    let effects = press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&effects[..], [Effect::Run(Job { command: Command::Call { plugin, .. }, .. })] if plugin == "hello"),
+        "{effects:?}"
+    );
+    // A failed start sets nothing off.
+    app.chaos = vec![("broken".to_owned(), "x".to_owned())];
+    press(&mut app, KeyCode::Char('c'));
+    let effects = press(&mut app, KeyCode::Enter);
+    let [Effect::Run(start)] = effects.as_slice() else {
+        panic!("a start: {effects:?}");
+    };
+    let refused = JobError {
+        message: "no".to_owned(),
+        dependents: Vec::new(),
+    };
+    assert!(app.on_job_done(3, start, Err(refused)).is_empty());
+}
+
+#[test]
+fn narrow_tables_keep_the_most_telling_columns() {
+    let at_80 = Column::fitting(78);
+    for column in [
+        Column::Name,
+        Column::State,
+        Column::Violations,
+        Column::Errors,
+        Column::HooksPerSec,
+        Column::P99,
+    ] {
+        assert!(at_80.contains(&column), "{column:?} at 80: {at_80:?}");
+    }
+    let at_40 = Column::fitting(38);
+    assert_eq!(at_40[..2], [Column::Name, Column::State]);
+    assert!(at_40.iter().map(|column| column.width() + 1).sum::<u16>() <= 38 || at_40.len() == 2);
+    assert_eq!(Column::fitting(400), Column::ALL.to_vec());
 }
