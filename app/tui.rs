@@ -124,8 +124,9 @@ fn require_terminal() -> Result<()> {
 /// `plugboard dashboard`: the engine on the configured plugin directories, under the
 /// dashboard.
 pub fn dashboard(options: &DashboardOptions) -> Result<()> {
-    require_terminal()?;
+    // Broken user files are reported first: they are what the user can fix.
     let mut app = prepare_app(&options.view)?;
+    require_terminal()?;
     let mut config = options.engine.engine_config()?;
     if config.log_file.is_none() {
         config.log_file = default_log_file();
@@ -178,7 +179,7 @@ fn startable(engine: &Engine) -> Vec<String> {
 /// `plugboard demo`: the example bundles signed with a throw-away key, the well-behaved
 /// ones running under traffic.
 pub fn demo(view: &ViewOptions) -> Result<()> {
-    require_terminal()?;
     let app = prepare_app(view)?;
+    require_terminal()?;
     demo::run(app, view)
 }

@@ -553,10 +553,9 @@ impl App {
         let action = self.keymap.action_for(&key);
         match overlay {
             Overlay::Chaos(at) => self.on_chaos_key(at, action, key),
-            // Any key closes help (quit too: it closes help, not the dashboard).
-            Overlay::Help => Vec::new(),
-            // Any key closes a reply (and does nothing else).
-            Overlay::Reply(_) => Vec::new(),
+            // Any key closes help (quit too: it closes help, not the dashboard) and a
+            // reply, and does nothing else.
+            Overlay::Help | Overlay::Reply(_) => Vec::new(),
             Overlay::Confirm(confirm) => match key.code {
                 KeyCode::Char('y' | 'Y') | KeyCode::Enter => vec![Effect::Run(confirm.job)],
                 KeyCode::Char('n' | 'N') | KeyCode::Esc => {

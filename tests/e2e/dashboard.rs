@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use portable_pty::{Child, CommandBuilder, PtySize, native_pty_system};
 
+use crate::support::{fails, keys, signed_example};
+
 const ROWS: u16 = 24;
 const COLUMNS: u16 = 80;
 
@@ -24,7 +26,7 @@ struct Session {
 }
 
 impl Session {
-    fn start(args: &[&str], home: &Path) -> Session {
+    fn start(args: &[&dyn AsRef<std::ffi::OsStr>], home: &Path) -> Session {
         let pty = native_pty_system()
             .openpty(PtySize {
                 rows: ROWS,
@@ -34,7 +36,9 @@ impl Session {
             })
             .expect("a pseudo-terminal");
         let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_plugboard"));
-        command.args(args);
+        for arg in args {
+            command.arg(arg);
+        }
         command.env("TERM", "xterm-256color");
         // Everything the demo writes (its temporary directory, the default state and
         // log files, any user configuration) stays inside this test's directory.
@@ -198,7 +202,7 @@ fn is_alive(pid: u32) -> bool {
 #[test]
 fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
-    let mut session = Session::start(&["demo"], home.path());
+    let mut session = Session::start(&[&"demo"], home.path());
     let pid = session.child.process_id().expect("the dashboard's pid");
 
     // The well-behaved plugins come up, confined, under traffic; the others wait verified.
@@ -304,4 +308,94 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
         leftovers.is_empty(),
         "the demo's temporary directory remains: {leftovers:?}"
     );
+}
+
+#[test]
+fn dashboard_over_signed_bundles_leaves_cleanly_on_sigterm() {
+    let home = tempfile::tempdir().unwrap();
+    let keys = keys(home.path(), "operator");
+    let plugins = home.path().join("plugins");
+    signed_example(&plugins, "hello", &keys);
+    signed_example(&plugins, "counter", &keys);
+    // The user's keymap is read: quit moves to ctrl-q, so `q` must not quit below.
+    std::fs::create_dir_all(home.path().join("config/plugboard")).unwrap();
+    std::fs::write(
+        home.path().join("config/plugboard/keymap.toml"),
+        "quit = \"ctrl-q\"\n",
+    )
+    .unwrap();
+    let mut session = Session::start(
+        &[
+            &"dashboard",
+            &"--plugins",
+            &plugins,
+            &"--trust-store",
+            &keys.store,
+        ],
+        home.path(),
+    );
+    let pid = session.child.process_id().expect("the dashboard's pid");
+    session.wait_for_state("hello", "Running");
+    session.wait_for_state("counter", "Running");
+    session.wait_for("the remapped key in the footer", |contents| {
+        contents
+            .lines()
+            .last()
+            .is_some_and(|footer| footer.contains("ctrl-q quit"))
+    });
+    let workers = children_of(pid);
+    assert_eq!(workers.len(), 2, "one worker per plugin: {workers:?}");
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = session.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some(),
+        "SIGTERM ends the dashboard; the screen:\n{}",
+        session.contents()
+    );
+    session.drain_until_closed(Duration::from_secs(10));
+    assert!(
+        !session.screen.lock().unwrap().screen().alternate_screen(),
+        "the terminal left the alternate screen"
+    );
+    let alive: Vec<u32> = workers.into_iter().filter(|pid| is_alive(*pid)).collect();
+    assert!(alive.is_empty(), "workers left running: {alive:?}");
+}
+
+#[test]
+fn a_broken_keymap_or_theme_is_a_one_line_error_naming_the_file() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("plugboard");
+    std::fs::create_dir_all(config.join("themes")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plugboard"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(config.join("keymap.toml"), "stop = \"hyper-x\"\n").unwrap();
+    let err = fails(&run(&[]));
+    assert!(
+        err.contains("plugboard/keymap.toml: stop: expected a key such as"),
+        "{err}"
+    );
+    std::fs::remove_file(config.join("keymap.toml")).unwrap();
+    std::fs::write(config.join("themes/mine.toml"), "[colors]\nok = \"gren\"\n").unwrap();
+    let err = fails(&run(&["demo"]));
+    assert!(
+        err.contains("themes/mine.toml: colors.ok: expected a colour name"),
+        "{err}"
+    );
+    std::fs::remove_file(config.join("themes/mine.toml")).unwrap();
+    let err = fails(&run(&["dashboard", "--theme", "nope"]));
+    assert!(err.contains("expected one of the themes dark,"), "{err}");
+    // Without a terminal the dashboard says what to use instead.
+    let err = fails(&run(&["dashboard"]));
+    assert!(err.contains("needs a terminal"), "{err}");
 }
