@@ -9,6 +9,7 @@ mod describe;
 mod event_loop;
 mod format;
 mod keymap;
+mod reload_preview;
 mod sampler;
 mod terminal;
 mod theme;

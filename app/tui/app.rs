@@ -72,6 +72,9 @@ pub struct Job {
 pub enum Effect {
     /// Run a command on a thread of its own; its result comes back to [`App::on_job_done`].
     Run(Job),
+    /// Read the plugin's bundle on disk (off the UI thread) and say what a reload would
+    /// change; the answer comes back to [`App::on_reload_preview`].
+    PreviewReload { plugin: Box<PluginSnapshot> },
     /// Stop every plugin gracefully and leave.
     Quit,
 }
@@ -396,6 +399,35 @@ impl App {
                 });
             }
         }
+    }
+
+    /// The bundle on disk was read for a reload: ask, showing what would change.
+    pub fn on_reload_preview(&mut self, plugin: &PluginSnapshot, changes: Vec<String>) {
+        let mut lines = vec![
+            format!(
+                "{} {} ({}): verify again, start the new version beside the",
+                plugin.name,
+                plugin.version.as_deref().unwrap_or("?"),
+                columns::state_look(plugin.state).label
+            ),
+            "running one; traffic switches once it is healthy. On disk now:".to_owned(),
+            String::new(),
+        ];
+        lines.extend(changes);
+        if plugin.changed_on_disk {
+            lines.push("The watcher saw the bundle change since it was verified.".to_owned());
+        }
+        self.status = None;
+        self.overlay = Some(Overlay::Confirm(Confirm {
+            title: format!("Reload {}?", plugin.name),
+            lines,
+            job: Job {
+                label: format!("reload {}", plugin.name),
+                command: Command::Reload {
+                    plugin: plugin.name.clone(),
+                },
+            },
+        }));
     }
 
     /// Registers a command as running and hands out its id.
@@ -801,30 +833,13 @@ impl App {
             }
             Action::Reload => {
                 if let Some(plugin) = self.target() {
-                    let mut lines = vec![
-                        format!(
-                            "{} {} ({}): verify the bundle again and start the new version",
-                            plugin.name,
-                            plugin.version.as_deref().unwrap_or("?"),
-                            columns::state_look(plugin.state).label
-                        ),
-                        "beside the running one; traffic switches once it is healthy.".to_owned(),
-                    ];
-                    lines.push(if plugin.changed_on_disk {
-                        "The bundle on disk changed since it was verified.".to_owned()
-                    } else {
-                        "The bundle on disk is unchanged since it was verified.".to_owned()
+                    self.status = Some(Status {
+                        text: format!("reading the bundle of {} on disk…", plugin.name),
+                        role: Role::Info,
                     });
-                    self.overlay = Some(Overlay::Confirm(Confirm {
-                        title: format!("Reload {}?", plugin.name),
-                        lines,
-                        job: Job {
-                            label: format!("reload {}", plugin.name),
-                            command: Command::Reload {
-                                plugin: plugin.name,
-                            },
-                        },
-                    }));
+                    return vec![Effect::PreviewReload {
+                        plugin: Box::new(plugin),
+                    }];
                 }
             }
             Action::Unload => {

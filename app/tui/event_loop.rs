@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use crossterm::event::{Event as TermEvent, KeyEventKind, MouseEventKind};
-use plugboard_engine::{Command, Engine, EngineError, Event, Outcome, Snapshot};
+use plugboard_engine::{Command, Engine, EngineError, Event, Outcome, PluginSnapshot, Snapshot};
 
 use super::app::{App, Effect, Job, JobError, Status};
 use super::terminal::{self, TerminalGuard};
 use super::theme::Role;
-use super::{sampler, ui};
+use super::{reload_preview, sampler, ui};
 
 /// Everything the UI thread reacts to.
 #[derive(Debug)]
@@ -25,6 +25,10 @@ pub enum AppEvent {
         id: u64,
         job: Job,
         result: Result<Outcome, JobError>,
+    },
+    ReloadPreview {
+        plugin: Box<PluginSnapshot>,
+        changes: Vec<String>,
     },
     Signal(i32),
 }
@@ -186,6 +190,10 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
             Vec::new()
         }
         AppEvent::JobDone { id, job, result } => app.on_job_done(id, &job, result),
+        AppEvent::ReloadPreview { plugin, changes } => {
+            app.on_reload_preview(&plugin, changes);
+            Vec::new()
+        }
         AppEvent::Signal(signal) => {
             app.status = Some(Status {
                 text: format!("signal {signal}: leaving"),
@@ -198,6 +206,7 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
         match effect {
             Effect::Quit => return Handled::Quit,
             Effect::Run(job) => runner.run(app, job),
+            Effect::PreviewReload { plugin } => runner.preview_reload(plugin),
         }
     }
     Handled::Redraw
@@ -235,6 +244,19 @@ impl JobRunner {
                 role: Role::Error,
             });
         }
+    }
+}
+
+impl JobRunner {
+    /// Reads the bundle on disk on a thread of its own (it hashes the whole library).
+    fn preview_reload(&self, plugin: Box<PluginSnapshot>) {
+        let sender = self.sender.clone();
+        let _ = std::thread::Builder::new()
+            .name("pb-ui-preview".to_owned())
+            .spawn(move || {
+                let changes = reload_preview::preview(&plugin, std::path::Path::new(&plugin.dir));
+                let _ = sender.send(AppEvent::ReloadPreview { plugin, changes });
+            });
     }
 }
 

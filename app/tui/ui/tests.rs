@@ -512,10 +512,23 @@ fn stopping_a_plugin_others_need_asks_and_then_forces() {
 fn reload_and_unload_ask_first_and_no_cancels() {
     let mut app = app();
     app.selected_plugin = Some("counter".to_owned());
-    assert!(press(&mut app, KeyCode::Char('r')).is_empty());
+    let effects = press(&mut app, KeyCode::Char('r'));
+    let [Effect::PreviewReload { plugin }] = effects.as_slice() else {
+        panic!("the bundle is read first: {effects:?}");
+    };
+    assert_eq!(plugin.name, "counter");
+    let plugin = plugin.as_ref().clone();
+    app.on_reload_preview(
+        &plugin,
+        vec!["version   0.10.0 → 0.11.0   CHANGED".to_owned()],
+    );
     let text = render(&mut app, 80, 24).join("\n");
     assert!(text.contains("Reload counter?"), "{text}");
-    assert!(text.contains("changed since it was verified"), "{text}");
+    assert!(text.contains("0.10.0 → 0.11.0   CHANGED"), "{text}");
+    assert!(
+        text.contains("bundle change since it was verified"),
+        "{text}"
+    );
     assert_eq!(
         press(&mut app, KeyCode::Enter),
         [Effect::Run(Job {
