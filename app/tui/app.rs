@@ -111,7 +111,8 @@ pub struct Prompt {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Overlay {
-    Help,
+    /// The key help, scrolled this many lines down.
+    Help(u16),
     /// The chaos menu: which misbehaving plugin to set off (index into `App::chaos`).
     Chaos(usize),
     Confirm(Confirm),
@@ -585,9 +586,23 @@ impl App {
         let action = self.keymap.action_for(&key);
         match overlay {
             Overlay::Chaos(at) => self.on_chaos_key(at, action, key),
-            // Any key closes help (quit too: it closes help, not the dashboard) and a
-            // reply, and does nothing else.
-            Overlay::Help | Overlay::Reply(_) => Vec::new(),
+            // Movement keys scroll the help; any other key closes it (quit too: it
+            // closes help, not the dashboard).
+            Overlay::Help(scroll) => {
+                let scroll = match action {
+                    Some(Action::Down) => Some(scroll.saturating_add(1)),
+                    Some(Action::Up) => Some(scroll.saturating_sub(1)),
+                    Some(Action::PageDown) => Some(scroll.saturating_add(10)),
+                    Some(Action::PageUp) => Some(scroll.saturating_sub(10)),
+                    Some(Action::Top) => Some(0),
+                    Some(Action::Bottom) => Some(u16::MAX),
+                    _ => None,
+                };
+                self.overlay = scroll.map(Overlay::Help);
+                Vec::new()
+            }
+            // Any key closes a reply, and does nothing else.
+            Overlay::Reply(_) => Vec::new(),
             Overlay::Confirm(confirm) => match key.code {
                 KeyCode::Char('y' | 'Y') | KeyCode::Enter => vec![Effect::Run(confirm.job)],
                 KeyCode::Char('n' | 'N') | KeyCode::Esc => {
@@ -762,7 +777,7 @@ impl App {
                 self.quitting = true;
                 return vec![Effect::Quit];
             }
-            Action::Help => self.overlay = Some(Overlay::Help),
+            Action::Help => self.overlay = Some(Overlay::Help(0)),
             Action::Start => {
                 if let Some(plugin) = self.target() {
                     return run(

@@ -16,52 +16,10 @@ use crate::tui::format::{self, NONE};
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let theme = &app.theme;
     let snapshot = app.snapshot();
-    let mut first = vec![Span::styled(" plugboard", theme.title())];
-    if let Some(snapshot) = snapshot {
-        first.push(Span::styled(
-            format!(" {}", snapshot.version),
-            theme.muted(),
-        ));
-        first.push(Span::styled(" up ", theme.muted()));
-        first.push(Span::styled(
-            format::uptime(snapshot.uptime_ms),
-            theme.text(),
-        ));
-        first.push(Span::styled(" │ traffic ", theme.muted()));
-        first.push(match snapshot.traffic {
-            Some(rate) => Span::styled(format!("● {}/s", format::rate(rate)), theme.ok()),
-            None => Span::styled("○ off", theme.idle()),
-        });
-        let host = &snapshot.host;
-        // All zeros: the engine has not sampled the host yet.
-        let sampled = host.memory_total_bytes > 0;
-        first.push(Span::styled(" │ host ", theme.muted()));
-        first.push(Span::styled(
-            if sampled {
-                format!(
-                    "cpu {:.0}% mem {}",
-                    host.cpu_percent,
-                    format::bytes_of(host.memory_used_bytes, host.memory_total_bytes)
-                )
-            } else {
-                format!("cpu {NONE} mem {NONE}")
-            },
-            theme.text(),
-        ));
-        first.push(Span::styled(" │ engine ", theme.muted()));
-        first.push(Span::styled(
-            if sampled {
-                format!(
-                    "cpu {:.0}% rss {}",
-                    host.engine_cpu_percent,
-                    format::bytes(host.engine_rss_bytes)
-                )
-            } else {
-                format!("cpu {NONE} rss {NONE}")
-            },
-            theme.text(),
-        ));
-    }
+    let first = snapshot.map_or_else(
+        || vec![Span::styled(" plugboard", theme.title())],
+        |snapshot| first_line(app, snapshot, area.width),
+    );
     let mut second = counts(app);
     if let Some(back) = app.paused {
         let paused = Span::styled(
@@ -95,6 +53,84 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         }
         frame.render_widget(Paragraph::new(Line::from(line)), area);
     }
+}
+
+/// Version, uptime, traffic, host and engine figures: the most that fits, dropping the
+/// version first, then the words, then the engine's figures.
+fn first_line(app: &App, snapshot: &plugboard_engine::Snapshot, width: u16) -> Vec<Span<'static>> {
+    let theme = &app.theme;
+    let host = &snapshot.host;
+    // All zeros: the engine has not sampled the host yet.
+    let sampled = host.memory_total_bytes > 0;
+    let percent = |value: f64| {
+        if sampled {
+            format!("{value:.0}%")
+        } else {
+            NONE.to_owned()
+        }
+    };
+    let host_memory = if sampled {
+        format::bytes_of(host.memory_used_bytes, host.memory_total_bytes)
+    } else {
+        NONE.to_owned()
+    };
+    let engine_rss = if sampled {
+        format::bytes(host.engine_rss_bytes)
+    } else {
+        NONE.to_owned()
+    };
+    let variants = [
+        (true, true, true),
+        (false, true, true),
+        (false, false, true),
+        (false, false, false),
+    ];
+    let mut chosen = Vec::new();
+    for (version, words, engine) in variants {
+        let mut spans = vec![Span::styled(" plugboard", theme.title())];
+        if version {
+            spans.push(Span::styled(
+                format!(" {}", snapshot.version),
+                theme.muted(),
+            ));
+        }
+        spans.push(Span::styled(" up ", theme.muted()));
+        spans.push(Span::styled(
+            format::uptime(snapshot.uptime_ms),
+            theme.text(),
+        ));
+        spans.push(Span::styled(" │ traffic ", theme.muted()));
+        spans.push(match snapshot.traffic {
+            Some(rate) => Span::styled(format!("● {}/s", format::rate(rate)), theme.ok()),
+            None => Span::styled("○ off", theme.idle()),
+        });
+        spans.push(Span::styled(" │ host ", theme.muted()));
+        spans.push(Span::styled(
+            if words {
+                format!("cpu {} mem {host_memory}", percent(host.cpu_percent))
+            } else {
+                format!("{} {host_memory}", percent(host.cpu_percent))
+            },
+            theme.text(),
+        ));
+        if engine {
+            spans.push(Span::styled(" │ engine ", theme.muted()));
+            spans.push(Span::styled(
+                if words {
+                    format!("cpu {} rss {engine_rss}", percent(host.engine_cpu_percent))
+                } else {
+                    format!("{} {engine_rss}", percent(host.engine_cpu_percent))
+                },
+                theme.text(),
+            ));
+        }
+        let fits = Line::from(spans.clone()).width() <= usize::from(width);
+        chosen = spans;
+        if fits {
+            break;
+        }
+    }
+    chosen
 }
 
 /// `● 3 running ○ 1 stopped ✗ 1 failed`, worst first.

@@ -13,7 +13,7 @@ use crate::tui::keymap::{Action, ActionGroup};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     match &app.overlay {
-        Some(Overlay::Help) => draw_help(frame, area, app),
+        Some(Overlay::Help(scroll)) => draw_help(frame, area, app, *scroll),
         Some(Overlay::Confirm(confirm)) => {
             let theme = &app.theme;
             let mut lines: Vec<Line> = confirm
@@ -126,7 +126,7 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Li
     );
 }
 
-fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
+fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) {
     let theme = &app.theme;
     let key_width = Action::ALL
         .iter()
@@ -185,21 +185,41 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
         area.height.saturating_sub(1),
     );
     frame.render_widget(Clear, popup);
+    let two_columns = popup.width >= 92;
+    let rows = if two_columns {
+        left.len().max(right.len())
+    } else {
+        left.len() + right.len() + 1
+    };
+    let rows = u16::try_from(rows).unwrap_or(u16::MAX);
+    let visible = popup.height.saturating_sub(2);
+    let scroll = scroll.min(rows.saturating_sub(visible));
+    let title = if rows > visible {
+        format!(
+            " Help {}–{} of {rows} — {}/{} scroll, any other key closes ",
+            scroll + 1,
+            (scroll + visible).min(rows),
+            app.keymap.label(Action::Down),
+            app.keymap.label(Action::Up)
+        )
+    } else {
+        " Help — any key closes ".to_owned()
+    };
     let block = Block::bordered()
         .border_style(theme.border(true))
-        .title(Line::styled(" Help — any key closes ", theme.title()))
+        .title(Line::styled(title, theme.title()))
         .style(theme.base());
     let inner = block.inner(popup);
     frame.render_widget(block, popup);
-    if inner.width >= 90 {
+    if two_columns {
         let [left_area, right_area] =
             Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
                 .areas(inner);
-        frame.render_widget(Paragraph::new(left), left_area);
-        frame.render_widget(Paragraph::new(right), right_area);
+        frame.render_widget(Paragraph::new(left).scroll((scroll, 0)), left_area);
+        frame.render_widget(Paragraph::new(right).scroll((scroll, 0)), right_area);
     } else {
         left.push(Line::raw(""));
         left.extend(right);
-        frame.render_widget(Paragraph::new(left), inner);
+        frame.render_widget(Paragraph::new(left).scroll((scroll, 0)), inner);
     }
 }

@@ -220,10 +220,21 @@ fn the_main_screen_at_80x24_shows_header_table_events_and_keys() {
     let mut app = app();
     let screen = render(&mut app, 80, 24);
     let text = screen.join("\n");
-    assert!(screen[0].contains("plugboard 0.1.0"), "{text}");
-    assert!(screen[0].contains("up 3m04s"), "{text}");
-    assert!(screen[0].contains("traffic ● 20/s"), "{text}");
-    assert!(screen[0].contains("host cpu 12% mem 3.0/24.0GiB"), "{text}");
+    // 80 columns: the version and the words go, the figures stay.
+    assert!(
+        screen[0].starts_with(" plugboard up 3m04s │ traffic ● 20/s"),
+        "{text}"
+    );
+    assert!(
+        screen[0].contains("host 12% 3.0/24.0GiB │ engine 1% 40.0MiB"),
+        "{text}"
+    );
+    let wide = render(&mut app, 120, 30);
+    assert!(
+        wide[0].contains("plugboard 0.1.0 up 3m04s │ traffic ● 20/s │ host cpu 12% mem 3.0/24.0GiB │ engine cpu 1% rss 40.0MiB"),
+        "{}",
+        wide[0]
+    );
     assert!(screen[1].contains("4 plugins"), "{text}");
     assert!(screen[1].contains("✗ 1 failed"), "{text}");
     assert!(screen[1].contains("● 2 running"), "{text}");
@@ -437,7 +448,9 @@ fn a_remapped_key_acts_and_shows_in_footer_and_help() {
         })]
     );
     press(&mut app, KeyCode::Char('h'));
-    assert_eq!(app.overlay, Some(Overlay::Help));
+    assert_eq!(app.overlay, Some(Overlay::Help(0)));
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.overlay, Some(Overlay::Help(1)), "j scrolls the help");
     let screen = render(&mut app, 100, 30);
     let text = screen.join("\n");
     assert!(text.contains("Help"), "{text}");
@@ -926,4 +939,41 @@ fn narrow_tables_keep_the_most_telling_columns() {
     assert_eq!(at_40[..2], [Column::Name, Column::State]);
     assert!(at_40.iter().map(|column| column.width() + 1).sum::<u16>() <= 38 || at_40.len() == 2);
     assert_eq!(Column::fitting(400), Column::ALL.to_vec());
+}
+
+#[test]
+fn the_help_scrolls_on_a_small_terminal() {
+    let mut app = app();
+    app.on_action(Action::Help);
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("start the selected plugin"), "{text}");
+    assert!(
+        text.contains("j/k scroll"),
+        "the title says how to scroll: {text}"
+    );
+    assert!(!text.contains("keymap.toml"), "{text}");
+    press(&mut app, KeyCode::Char('G'));
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("keymap.toml"), "the end of the help: {text}");
+    assert!(!text.contains("start the selected plugin"), "{text}");
+    press(&mut app, KeyCode::Char('x'));
+    assert_eq!(app.overlay, None);
+}
+
+/// Whole screens, compared with the recorded ones in `snapshots/` (the fixtures carry
+/// fixed times, so nothing volatile reaches the screen). After an intended change:
+/// `INSTA_UPDATE=always cargo test -p plugboard`, then read the diff.
+#[test]
+fn whole_screens_match_the_recorded_ones() {
+    let mut app = app();
+    insta::assert_snapshot!("main_80x24", render(&mut app, 80, 24).join("\n"));
+    insta::assert_snapshot!("main_40x12", render(&mut app, 40, 12).join("\n"));
+    insta::assert_snapshot!("main_120x30", render(&mut app, 120, 30).join("\n"));
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    insta::assert_snapshot!("detail_100x40", render(&mut app, 100, 40).join("\n"));
+    insta::assert_snapshot!("detail_80x24", render(&mut app, 80, 24).join("\n"));
+    press(&mut app, KeyCode::Char('?'));
+    insta::assert_snapshot!("help_80x24", render(&mut app, 80, 24).join("\n"));
+    insta::assert_snapshot!("too_small_30x10", render(&mut app, 30, 10).join("\n"));
 }
