@@ -16,3 +16,4 @@ mod support;
 mod trust;
 mod watcher;
 mod worker;
+mod zoo;
