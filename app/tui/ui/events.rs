@@ -53,8 +53,14 @@ pub fn draw(
         return;
     }
     let wide = inner.width >= 70;
+    let rows = usize::from(inner.height);
+    let offset = scroll_offset(cursor, previous_offset(previous, pane), rows, events.len());
+    layout.rows.push((pane, inner, offset));
+    // Only the rows on screen are put into words: the log keeps thousands of events.
     let items: Vec<ListItem> = events
         .iter()
+        .skip(offset)
+        .take(rows)
         .map(|event| {
             let described = describe(event);
             let mut spans = vec![
@@ -80,16 +86,12 @@ pub fn draw(
             ListItem::new(Line::from(spans))
         })
         .collect();
-    let rows = usize::from(inner.height);
-    let offset = scroll_offset(cursor, previous_offset(previous, pane), rows, events.len());
-    layout.rows.push((pane, inner, offset));
     let list = List::new(items).highlight_style(if focused {
         theme.selection()
     } else {
         theme.text()
     });
-    let mut state = ListState::default()
-        .with_offset(offset)
-        .with_selected(focused.then_some(cursor));
+    let mut state =
+        ListState::default().with_selected(focused.then(|| cursor.saturating_sub(offset)));
     frame.render_stateful_widget(list, inner, &mut state);
 }

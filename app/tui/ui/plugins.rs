@@ -95,13 +95,18 @@ pub fn draw(
     );
     layout.rows.push((Pane::Plugins, rows_area, offset));
 
-    let rows = plugins.iter().map(|plugin| {
-        Row::new(columns.iter().map(|column| {
-            let cell = column.cell(plugin);
-            Cell::from(Line::from(cell.text).alignment(alignment(*column)))
-                .style(style_for(app, cell.role))
-        }))
-    });
+    // Only the rows on screen are built: a fleet can be hundreds of plugins.
+    let rows = plugins
+        .iter()
+        .skip(offset)
+        .take(visible_rows)
+        .map(|plugin| {
+            Row::new(columns.iter().map(|column| {
+                let cell = column.cell(plugin);
+                Cell::from(Line::from(cell.text).alignment(alignment(*column)))
+                    .style(style_for(app, cell.role))
+            }))
+        });
     let table = Table::new(rows, widths)
         .header(header)
         .column_spacing(1)
@@ -113,8 +118,7 @@ pub fn draw(
                 .remove_modifier(ratatui::style::Modifier::BOLD)
         });
     let mut state = TableState::default()
-        .with_offset(offset)
-        .with_selected(selected);
+        .with_selected(selected.filter(|at| *at >= offset).map(|at| at - offset));
     frame.render_stateful_widget(table, inner, &mut state);
 }
 
