@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::{Command, Engine, Snapshot};
+use plugboard_engine::{Command, Engine, Outcome, Snapshot};
 
 use super::engine_options::EngineOptions;
 
@@ -26,6 +26,68 @@ pub struct HeadlessOptions {
     /// Time between snapshots.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     pub interval: std::time::Duration,
+    /// Emit HOOK, with an empty payload, to the plugins subscribed to it, DELAY after they
+    /// were started (default 0; 500ms, 2s, …): `--emit chaos@2s`. Repeatable. What each
+    /// subscriber answered goes to stderr.
+    #[arg(long = "emit", value_name = "HOOK[@DELAY]", value_parser = parse_emit)]
+    pub emits: Vec<ScheduledEmit>,
+}
+
+/// One `--emit`: a hook and when to emit it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledEmit {
+    pub hook: String,
+    /// After the plugins were started.
+    pub delay: Duration,
+}
+
+/// Parses `HOOK` or `HOOK@DELAY` (`chaos`, `chaos@2s`, `tick@500ms`).
+pub fn parse_emit(text: &str) -> Result<ScheduledEmit, String> {
+    let (hook, delay) = text.split_once('@').unwrap_or((text, ""));
+    if !plugboard_engine::manifest::is_hook_name(hook) {
+        return Err(format!(
+            "{hook:?} is not a hook name: expected 1 to 64 characters from a-z, 0-9, '_', '.' and '-', optionally followed by @DELAY (chaos@2s)"
+        ));
+    }
+    let delay = if text.contains('@') {
+        parse_duration(delay)?
+    } else {
+        Duration::ZERO
+    };
+    Ok(ScheduledEmit {
+        hook: hook.to_owned(),
+        delay,
+    })
+}
+
+/// Emits `hook` and says on stderr what each subscriber answered.
+fn emit(engine: &Engine, hook: &str) {
+    let reports = match engine.execute(Command::Emit {
+        hook: hook.to_owned(),
+        payload: Vec::new(),
+    }) {
+        Ok(Outcome::Emitted { reports }) => reports,
+        Ok(other) => {
+            eprintln!("plugboard: emit `{hook}`: unexpected answer {other:?}");
+            return;
+        }
+        Err(err) => {
+            eprintln!("plugboard: emit `{hook}` failed: {err}");
+            return;
+        }
+    };
+    if reports.is_empty() {
+        eprintln!("plugboard: emitted `{hook}`: no running plugin subscribes to it");
+    }
+    for report in reports {
+        eprintln!(
+            "plugboard: emitted `{hook}` to {}: {} after {} µs: {}",
+            report.plugin,
+            report.status,
+            report.duration_us,
+            report.reply.lines().next().unwrap_or_default()
+        );
+    }
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
@@ -114,19 +176,73 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     }
     let started = Instant::now();
     let mut next_print = Instant::now();
-    while !stop.load(Ordering::SeqCst)
-        && options
-            .duration
-            .is_none_or(|duration| started.elapsed() < duration)
-    {
-        if Instant::now() >= next_print {
-            print(&engine.snapshot(), options.json)?;
-            next_print += options.interval;
+    // Soonest first; each runs on a thread of its own, since an emit lasts as long as its
+    // slowest subscriber and snapshots go on meanwhile.
+    let mut emits = options.emits.clone();
+    emits.sort_by_key(|scheduled| std::cmp::Reverse(scheduled.delay));
+    std::thread::scope(|scope| -> Result<()> {
+        while !stop.load(Ordering::SeqCst)
+            && options
+                .duration
+                .is_none_or(|duration| started.elapsed() < duration)
+        {
+            while emits
+                .last()
+                .is_some_and(|scheduled| started.elapsed() >= scheduled.delay)
+            {
+                if let Some(scheduled) = emits.pop() {
+                    let engine = &engine;
+                    scope.spawn(move || emit(engine, &scheduled.hook));
+                }
+            }
+            if Instant::now() >= next_print {
+                print(&engine.snapshot(), options.json)?;
+                next_print += options.interval;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(options.interval));
         }
-        std::thread::sleep(Duration::from_millis(20).min(options.interval));
-    }
-    engine.execute(Command::Traffic { rate: None })?;
-    engine.shutdown();
+        for scheduled in emits.iter().rev() {
+            eprintln!(
+                "plugboard: `{}` was not emitted: the run ended before its delay of {:?}",
+                scheduled.hook, scheduled.delay
+            );
+        }
+        engine.execute(Command::Traffic { rate: None })?;
+        // Stopping the plugins also ends the calls of emits still in flight.
+        engine.shutdown();
+        Ok(())
+    })?;
     print(&engine.snapshot(), options.json)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emit_is_a_hook_with_an_optional_delay() {
+        assert_eq!(
+            parse_emit("chaos@2s"),
+            Ok(ScheduledEmit {
+                hook: "chaos".to_owned(),
+                delay: Duration::from_secs(2),
+            })
+        );
+        assert_eq!(
+            parse_emit("billing.tick@250ms").unwrap().delay,
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_emit("chaos").unwrap().delay, Duration::ZERO);
+        let err = parse_emit("Chaos@1s").unwrap_err();
+        assert!(err.contains("\"Chaos\" is not a hook name"), "{err}");
+        assert!(
+            parse_emit("@1s")
+                .unwrap_err()
+                .contains("is not a hook name")
+        );
+        let err = parse_emit("chaos@soon").unwrap_err();
+        assert!(err.contains("is not a duration"), "{err}");
+        assert!(parse_emit("chaos@2 fortnights").is_err());
+    }
 }

@@ -8,3 +8,4 @@ mod headless;
 mod quarantine;
 mod scaffold;
 mod support;
+mod zoo;
