@@ -39,6 +39,10 @@ pub struct DashboardOptions {
     /// Only discover and verify the bundles; start none of them.
     #[arg(long)]
     pub no_start: bool,
+    /// Drive the plugins' hooks at this many calls per second from the start (as
+    /// `headless --traffic`); the traffic key turns it off and on.
+    #[arg(long, value_name = "RATE")]
+    pub traffic: Option<f64>,
 }
 
 /// What the dashboard looks like; shared by `dashboard` and `demo`.
@@ -156,7 +160,7 @@ pub fn dashboard(options: &DashboardOptions) -> Result<()> {
         &Startup {
             start,
             load: Vec::new(),
-            traffic: None,
+            traffic: options.traffic.filter(|rate| *rate > 0.0),
             sample_interval: Some(options.view.refresh),
         },
     )

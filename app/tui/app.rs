@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use plugboard_engine::monitor::ResourceSample;
 use plugboard_engine::{CallReport, Command, Event, Outcome, PluginSnapshot, Snapshot};
 use ratatui::layout::{Position, Rect};
 
@@ -220,6 +221,9 @@ pub struct App {
     pub layout: ScreenLayout,
     /// Shown instead of an empty plugin table (no plugin directory configured, …).
     pub empty_hint: Option<String>,
+    /// The engine's ring of resource samples of the plugin in the detail view (oldest
+    /// first), for its charts.
+    pub resource_history: Option<(String, Vec<ResourceSample>)>,
     /// Plugins the chaos menu offers: name and what its `chaos` hook does.
     pub chaos: Vec<(String, String)>,
     /// A job to run when another one ends: (first, next, whether next runs even when
@@ -259,6 +263,7 @@ impl App {
             traffic_rate: DEFAULT_TRAFFIC_RATE,
             layout: ScreenLayout::default(),
             empty_hint: None,
+            resource_history: None,
             chaos: Vec::new(),
             chained: Vec::new(),
             quitting: false,
@@ -429,6 +434,18 @@ impl App {
                 },
             },
         }));
+    }
+
+    pub fn on_resource_history(&mut self, plugin: String, samples: Vec<ResourceSample>) {
+        self.resource_history = Some((plugin, samples));
+    }
+
+    /// The plugin whose resource history the charts want: the one in the detail view,
+    /// while the display is live.
+    pub fn watched_plugin(&self) -> Option<String> {
+        (self.screen == Screen::Detail && self.paused.is_none())
+            .then(|| self.selected_plugin.clone())
+            .flatten()
     }
 
     /// Registers a command as running and hands out its id.

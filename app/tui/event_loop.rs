@@ -2,8 +2,8 @@
 //! command results and signals to the UI thread, which redraws when something arrived —
 //! never in a busy loop. Commands run on threads of their own.
 
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -25,6 +25,11 @@ pub enum AppEvent {
         id: u64,
         job: Job,
         result: Result<Outcome, JobError>,
+    },
+    /// The resource samples of the plugin the detail view charts.
+    History {
+        plugin: String,
+        samples: Vec<plugboard_engine::monitor::ResourceSample>,
     },
     ReloadPreview {
         plugin: Box<PluginSnapshot>,
@@ -55,12 +60,13 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
         app.on_engine_event(event);
     }
     spawn_engine_events(events, sender.clone(), wake.clone());
+    let watched = Arc::new(Mutex::new(None));
     {
-        let (engine, sender) = (Arc::clone(&engine), sender.clone());
+        let (engine, sender, watched) = (Arc::clone(&engine), sender.clone(), Arc::clone(&watched));
         let interval = startup.sample_interval.unwrap_or(Duration::from_secs(1));
         std::thread::Builder::new()
             .name("pb-ui-sampler".to_owned())
-            .spawn(move || sampler::run(&engine, interval, &wake_receiver, &sender))
+            .spawn(move || sampler::run(&engine, interval, &watched, &wake_receiver, &sender))
             .context("cannot start the sampling thread")?;
     }
 
@@ -105,7 +111,7 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
     }
     drop(sender);
 
-    let outcome = event_loop(&mut guard, &mut app, &receiver, &runner);
+    let outcome = event_loop(&mut guard, &mut app, &receiver, &runner, &watched);
 
     // Leave gracefully whatever ended the loop: say so, stop everything, restore.
     app.status = Some(Status {
@@ -126,6 +132,7 @@ fn event_loop(
     app: &mut App,
     receiver: &Receiver<AppEvent>,
     runner: &JobRunner,
+    watched: &Mutex<Option<String>>,
 ) -> Result<()> {
     let mut dirty = true;
     loop {
@@ -159,6 +166,12 @@ fn event_loop(
             }
             next = receiver.try_recv().ok();
         }
+        // Tell the sampler which plugin's history the charts need now.
+        let wanted = app.watched_plugin();
+        let mut current = watched.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != wanted {
+            *current = wanted;
+        }
     }
 }
 
@@ -190,6 +203,10 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
             Vec::new()
         }
         AppEvent::JobDone { id, job, result } => app.on_job_done(id, &job, result),
+        AppEvent::History { plugin, samples } => {
+            app.on_resource_history(plugin, samples);
+            Vec::new()
+        }
         AppEvent::ReloadPreview { plugin, changes } => {
             app.on_reload_preview(&plugin, changes);
             Vec::new()

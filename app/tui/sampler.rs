@@ -2,8 +2,8 @@
 //! something happened, and hands it to the UI as owned data — the UI never waits on the
 //! engine's locks while it draws.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use plugboard_engine::Engine;
@@ -14,13 +14,30 @@ use super::event_loop::AppEvent;
 /// into a snapshot flood).
 const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// Runs until the UI's receiver or the wake channel is gone.
-pub fn run(engine: &Arc<Engine>, interval: Duration, wake: &Receiver<()>, out: &Sender<AppEvent>) {
+/// Runs until the UI's receiver or the wake channel is gone. `watched`: the plugin whose
+/// resource history the UI charts, if any (set by the UI thread).
+pub fn run(
+    engine: &Arc<Engine>,
+    interval: Duration,
+    watched: &Mutex<Option<String>>,
+    wake: &Receiver<()>,
+    out: &Sender<AppEvent>,
+) {
     loop {
         let taken = Instant::now();
         if out
             .send(AppEvent::Sample(Box::new(engine.snapshot())))
             .is_err()
+        {
+            return;
+        }
+        let plugin = watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(plugin) = plugin
+            && let Ok(samples) = engine.resource_history(&plugin)
+            && out.send(AppEvent::History { plugin, samples }).is_err()
         {
             return;
         }

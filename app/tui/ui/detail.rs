@@ -263,7 +263,19 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
             Span::styled(format!("{NONE} (not sampled)"), theme.muted()),
         ])];
     };
+    // The engine's ring (minutes) when the UI has it for this plugin and is live; else the
+    // samples in the snapshots the UI kept (also what a paused display shows).
+    let ring = app
+        .resource_history
+        .as_ref()
+        .filter(|(name, samples)| {
+            *name == plugin.name && !samples.is_empty() && app.paused.is_none()
+        })
+        .map(|(_, samples)| samples);
     let series = |pick: fn(&plugboard_engine::monitor::ResourceSample) -> f64| -> Vec<f64> {
+        if let Some(samples) = ring {
+            return buckets(&samples.iter().map(pick).collect::<Vec<_>>(), CHART_SAMPLES);
+        }
         let mut values: Vec<f64> = app
             .history
             .iter()
@@ -336,6 +348,21 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
             ),
         ]),
     ]
+}
+
+/// At most `count` values: each the largest of its stretch of `values`, so a short spike
+/// still shows in a long history.
+fn buckets(values: &[f64], count: usize) -> Vec<f64> {
+    if values.len() <= count {
+        return values.to_vec();
+    }
+    (0..count)
+        .map(|bucket| {
+            let start = bucket * values.len() / count;
+            let end = ((bucket + 1) * values.len() / count).max(start + 1);
+            values[start..end].iter().copied().fold(f64::MIN, f64::max)
+        })
+        .collect()
 }
 
 /// A one-line chart of `values` scaled to `limit` (or to their own maximum).

@@ -35,6 +35,19 @@ pub fn draw(
     let events = app.visible_events(plugin);
     let focused = app.focus == pane;
     let mut title = vec![Span::raw(format!("Events {}", events.len()))];
+    // A plugin's own log says how many of its events were violations.
+    if plugin.is_some() {
+        let violations = events
+            .iter()
+            .filter(|event| describe(event).violation)
+            .count();
+        if violations > 0 {
+            title.push(Span::styled(
+                format!(" · {violations} violations"),
+                theme.error(),
+            ));
+        }
+    }
     if !filter.is_empty() {
         title.push(Span::styled(format!(" /{filter}"), theme.accent()));
     }

@@ -1069,3 +1069,64 @@ fn a_long_table_scrolls_to_the_selection_and_clicks_hit_the_row_shown() {
     press(&mut app, KeyCode::Char('g'));
     assert!(contains(&render(&mut app, 80, 24), "│plugin-0000 "));
 }
+
+#[test]
+fn the_charts_draw_the_engine_ring_of_the_plugin_in_view() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.watched_plugin().as_deref(), Some("counter"));
+    let template = fleet()["plugins"][1]["resources"].clone();
+    // Ten minutes of memory creeping up to the limit, CPU idle but for one spike.
+    let samples = (0..600u64)
+        .map(|second| {
+            let mut sample = template.clone();
+            sample["at_ms"] = json!(NOW_MS - (600 - second) * 1000);
+            sample["memory_bytes"] = json!((32u64 << 20) * (second + 1) / 600);
+            sample["cpu_percent"] = json!(if second == 300 { 80.0 } else { 0.0 });
+            serde_json::from_value(sample).unwrap()
+        })
+        .collect();
+    app.on_resource_history("counter".to_owned(), samples);
+    let text = render(&mut app, 100, 40).join("\n");
+    assert!(
+        text.contains("▁▂▂▃▃▄▄▅▅▅▆▆▇▇██ 12.0/32.0MiB"),
+        "memory climbs to its limit: {text}"
+    );
+    assert!(
+        text.contains("▁▁▁▁▁▁▁▁█▁▁▁▁▁▁▁ 8%"),
+        "the spike survives the buckets: {text}"
+    );
+    // Paused: the display shows its own frozen samples, and stops asking.
+    press(&mut app, KeyCode::Char('p'));
+    assert_eq!(app.watched_plugin(), None);
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.watched_plugin(), None, "the main screen charts nothing");
+}
+
+#[test]
+fn violations_read_as_sentences_and_are_counted_in_the_plugin_events() {
+    let mut app = app();
+    app.on_engine_event(event(
+        6,
+        Some("counter"),
+        json!({"kind": "violation", "violation": "oom_kill", "hook": "count",
+               "mechanism": "cgroup", "severity": "critical",
+               "detail": "the kernel's OOM killer ended it at its 32 MiB limit",
+               "facts": {"limit_bytes": 33_554_432}, "action": "restart"}),
+    ));
+    let text = render(&mut app, 160, 30).join("\n");
+    assert!(
+        text.contains("oom_kill           oom kill: count: the kernel's OOM killer ended it at its 32 MiB limit → restart"),
+        "{text}"
+    );
+    app.event_filter = "kind:viol".to_owned();
+    assert_eq!(app.visible_events(None).len(), 1);
+    app.event_filter.clear();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::BackTab);
+    assert_eq!(app.focus, Pane::PluginEvents);
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Events 2 · 1 violations"), "{text}");
+}
