@@ -867,6 +867,55 @@ fn badproto_writing_garbage_on_its_socket_is_killed_and_quarantined() {
 }
 
 #[test]
+fn on_a_schedule_the_zoo_misbehaves_unasked_and_is_caught_with_no_hook_running() {
+    const AFTER_MS: u64 = 300;
+    let mut zoo = Zoo::configured(
+        &[("netprobe", "netprobe", same), ("crasher", "crasher", same)],
+        |config| {
+            // Without restarts, crasher's crash is seen once.
+            config.restart.enabled = false;
+            for name in ["netprobe", "crasher"] {
+                let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+                overrides
+                    .config
+                    .insert("chaos_after_ms".to_owned(), AFTER_MS.into());
+                config.plugins.insert(name.to_owned(), overrides);
+            }
+        },
+    );
+    let mut triggers = Vec::new();
+    for name in ["netprobe", "crasher"] {
+        triggers.push(Instant::now() + Duration::from_millis(AFTER_MS));
+        zoo.start_unsampled(name);
+    }
+    let socket = zoo.violation("netprobe", ViolationKind::ForbiddenSyscall, triggers[0]);
+    assert_eq!(
+        (
+            socket.facts["syscall"].as_str(),
+            socket.facts["family"].as_str()
+        ),
+        (Some("socket"), Some("AF_INET")),
+        "{socket:?}"
+    );
+    assert_eq!(socket.hook, None, "no call was running: {socket:?}");
+    let crash = zoo.violation("crasher", ViolationKind::Crash, triggers[1]);
+    assert_eq!(crash.facts["signal_name"], "SIGSEGV", "{crash:?}");
+    assert_eq!(crash.hook, None, "no call was running: {crash:?}");
+    zoo.wait_until("crasher", Duration::from_secs(1), |crasher| {
+        crasher.state == PluginState::Failed
+    });
+    // What each said about itself is its own log, not what the engine went by.
+    let netprobe = zoo.wait_until("netprobe", Duration::from_secs(1), |netprobe| {
+        netprobe
+            .recent_output
+            .iter()
+            .any(|line| line.line.contains("chaos_after_ms elapsed"))
+    });
+    assert_eq!(netprobe.state, PluginState::Running);
+    zoo.finish();
+}
+
+#[test]
 fn a_bundle_built_for_another_abi_version_is_refused_at_load_naming_both_versions() {
     let mut zoo = Zoo::prepared(&[("hello", "hello", same)], |plugins, signer| {
         let library = compile_c_fixture(plugins.parent().unwrap(), "wrong_abi");
