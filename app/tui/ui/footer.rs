@@ -102,6 +102,14 @@ pub fn footer_actions(app: &App) -> Vec<Action> {
     if quarantined {
         actions.insert(2, Action::ClearQuarantine);
     }
+    // The demo's misbehaving plugins are its point: their menu comes early.
+    if !app.chaos.is_empty() && app.screen == Screen::Main {
+        let at = actions
+            .iter()
+            .position(|action| *action == Action::Stop)
+            .map_or(actions.len(), |at| at + 1);
+        actions.insert(at, Action::Chaos);
+    }
     if app.paused.is_some() {
         actions.insert(2, Action::HistoryBack);
         actions.insert(3, Action::HistoryForward);

@@ -859,6 +859,11 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
         ("dependent".to_owned(), "does something bad".to_owned()),
         ("hello".to_owned(), "greets too loudly".to_owned()),
     ];
+    let footer = render(&mut app, 80, 24)[23].clone();
+    assert!(
+        footer.contains("x stop  c chaos"),
+        "the menu's key is offered: {footer}"
+    );
     press(&mut app, KeyCode::Char('c'));
     let text = render(&mut app, 80, 24).join("\n");
     assert!(text.contains("Chaos"), "{text}");
