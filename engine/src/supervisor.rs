@@ -228,9 +228,12 @@ pub(crate) enum ActorMessage {
     ClearQuarantine(Reply),
     /// Caught outside the actor (a hook timeout, a forbidden emit, a resource counter).
     Violation(Violation),
+    /// A worker's event; `hooks` are the hooks that were in flight when it was produced
+    /// (for violations, the likeliest culprits).
     Worker {
         generation: u64,
         event: WorkerEvent,
+        hooks: Option<String>,
     },
     Disk(DiskChange),
     Exit,

@@ -78,8 +78,12 @@ pub(crate) fn run_actor(
                 let _ = reply.send(clear_quarantine(shared, plugin));
             }
             ActorMessage::Violation(violation) => on_violation(shared, plugin, violation),
-            ActorMessage::Worker { generation, event } => {
-                on_worker_event(shared, plugin, generation, event);
+            ActorMessage::Worker {
+                generation,
+                event,
+                hooks,
+            } => {
+                on_worker_event(shared, plugin, generation, event, hooks);
             }
             ActorMessage::Disk(change) => on_disk_change(shared, plugin, change),
             ActorMessage::Exit => break,
@@ -270,7 +274,7 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
 /// Starts a worker for `manifest`; its events reach the actor tagged with `generation`.
 fn spawn_worker(
     shared: &Arc<Shared>,
-    plugin: &Plugin,
+    plugin: &Arc<Plugin>,
     generation: u64,
     manifest: &Manifest,
     library: &SealedLibrary,
@@ -285,11 +289,24 @@ fn spawn_worker(
     let limits = &shared.config.limits;
     let resources = manifest.effective_resources_with(limits, &overrides);
     let inbox = Mutex::new(plugin.inbox.clone());
+    let owner = Arc::downgrade(plugin);
     let sink: EventSink = Arc::new(move |event| {
+        // Which hooks were running is read now, on the thread that caught the violation:
+        // by the time the actor handles it, the call may have returned.
+        let hooks = match &event {
+            WorkerEvent::ForbiddenSyscall { .. } | WorkerEvent::ProtocolViolation { .. } => {
+                owner.upgrade().and_then(|plugin| hooks_in_flight(&plugin))
+            }
+            _ => None,
+        };
         let _ = inbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .send(ActorMessage::Worker { generation, event });
+            .send(ActorMessage::Worker {
+                generation,
+                event,
+                hooks,
+            });
     });
     let emit = Some(emit_handler(shared, &plugin.name));
     let runner = if manifest.isolation.mode == IsolationMode::InProcess {
@@ -741,6 +758,7 @@ fn on_worker_event(
     plugin: &Arc<Plugin>,
     generation: u64,
     event: WorkerEvent,
+    hooks: Option<String>,
 ) {
     match event {
         WorkerEvent::Output { stream, line } => {
@@ -766,7 +784,7 @@ fn on_worker_event(
                 },
             )
             .fact("syscall", syscall.clone())
-            .during(hooks_in_flight(plugin));
+            .during(hooks.or_else(|| hooks_in_flight(plugin)));
             if let Some(family) = detail
                 .strip_prefix("domain ")
                 .and_then(|rest| rest.split(',').next())
@@ -784,7 +802,7 @@ fn on_worker_event(
                 "engine",
                 format!("{reason}; the worker was killed"),
             )
-            .during(hooks_in_flight(plugin));
+            .during(hooks.or_else(|| hooks_in_flight(plugin)));
             on_violation(shared, plugin, violation);
         }
         WorkerEvent::Exited { status } => {

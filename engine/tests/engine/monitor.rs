@@ -7,8 +7,19 @@ use plugboard_engine::sandbox::cgroup::CgroupRoot;
 
 use crate::runtime::{call, engine_configured, plugin, same, start};
 
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+/// This process's descriptors open on the worker's cgroup or `/proc` files (other tests
+/// running in parallel open files too, but never these).
+fn descriptors_on(cgroup: &str, pid: u32) -> usize {
+    let proc_dir = format!("/proc/{pid}/");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target.contains(cgroup.trim_start_matches('/')) || target.starts_with(&proc_dir)
+        })
+        .count()
 }
 
 #[test]
@@ -70,21 +81,21 @@ fn a_probe_keeps_its_files_open_and_rereads_them() {
     start(engine, "hello");
     let hello = plugin(engine, "hello");
     let root = CgroupRoot::system().unwrap();
-    let before = open_descriptors();
-    let mut probe = WorkerProbe::open(
-        &root,
-        hello.cgroup.as_ref().unwrap(),
-        hello.sandbox_pid.unwrap(),
-    )
-    .unwrap();
-    let opened = open_descriptors();
-    assert!(opened > before, "the probe holds its files");
+    let (cgroup, pid) = (hello.cgroup.clone().unwrap(), hello.sandbox_pid.unwrap());
+    assert_eq!(descriptors_on(&cgroup, pid), 0);
+    let mut probe = WorkerProbe::open(&root, &cgroup, pid).unwrap();
+    let opened = descriptors_on(&cgroup, pid);
+    assert!(opened >= 10, "the probe holds its files: {opened}");
     let first = probe.read().unwrap();
     for _ in 0..20 {
         call(engine, "hello", "greet", "x");
     }
     let second = probe.read().unwrap();
-    assert_eq!(open_descriptors(), opened, "reading opens nothing new");
+    assert_eq!(
+        descriptors_on(&cgroup, pid),
+        opened,
+        "reading opens nothing new"
+    );
     assert!(second.cpu_usage_ns >= first.cpu_usage_ns);
     assert!(second.memory_bytes > 0);
 }
