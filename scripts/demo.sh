@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Plugboard's main job until the dashboard lands: make a throw-away signing key, pin it in a
+# The lifecycle without a terminal UI (the main job is `plugboard demo`): make a throw-away signing key, pin it in a
 # fresh trust store, pack and sign the example bundles, verify and inspect one, show that a
 # tampered manifest (granting itself the network) is refused, then run every bundle confined
 # in the headless engine under traffic for a few seconds.

@@ -101,6 +101,41 @@ fn assert_log_and_audit(log: &Path, audit: &Path) {
         && event["to"] == "stopped"));
 }
 
+/// A running hello as a snapshot shows it: its worker, cgroup, mechanisms and traffic.
+fn assert_hello_runs_confined_under_traffic(hello: &Value) {
+    assert_eq!(hello["state"], "running", "{hello}");
+    assert_eq!(hello["version"], "0.1.0");
+    assert_eq!(hello["isolation"], "process");
+    assert!(hello["sandbox_pid"].as_u64().unwrap() > 0);
+    assert!(hello["worker_pid"].as_u64().unwrap() > 0);
+    assert!(
+        hello["cgroup"]
+            .as_str()
+            .unwrap()
+            .contains("plugboard-hello-")
+    );
+    for badge in ["ns", "cg", "sc", "ll"] {
+        assert!(
+            hello["active_mechanisms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b == badge),
+            "{badge} missing: {hello}"
+        );
+    }
+    assert!(
+        hello["hooks"]["greet"]["calls"].as_u64().unwrap() > 0,
+        "traffic reached hello: {hello}"
+    );
+    assert!(
+        hello["hooks"]["greet"]["recent"]["p99_us"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
+
 #[test]
 fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
     let temp = tempfile::tempdir().unwrap();
@@ -163,38 +198,7 @@ fn headless_runs_verified_bundles_drives_traffic_and_rejects_the_unsigned() {
                 .collect();
             panic!("no snapshot with hello and counter running: {states:#?}")
         });
-    let hello = plugin(running, "hello");
-    assert_eq!(hello["state"], "running", "{hello}");
-    assert_eq!(hello["version"], "0.1.0");
-    assert_eq!(hello["isolation"], "process");
-    assert!(hello["sandbox_pid"].as_u64().unwrap() > 0);
-    assert!(hello["worker_pid"].as_u64().unwrap() > 0);
-    assert!(
-        hello["cgroup"]
-            .as_str()
-            .unwrap()
-            .contains("plugboard-hello-")
-    );
-    for badge in ["ns", "cg", "sc", "ll"] {
-        assert!(
-            hello["active_mechanisms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|b| b == badge),
-            "{badge} missing: {hello}"
-        );
-    }
-    assert!(
-        hello["hooks"]["greet"]["calls"].as_u64().unwrap() > 0,
-        "traffic reached hello: {hello}"
-    );
-    assert!(
-        hello["hooks"]["greet"]["recent"]["p99_us"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
+    assert_hello_runs_confined_under_traffic(plugin(running, "hello"));
     let counter = plugin(running, "counter");
     assert_eq!(counter["state"], "running");
 
