@@ -7,6 +7,14 @@
 //! cargo bench -p plugboard-engine --bench sampling` (`PLUGBOARD_BENCH_PLUGINS` changes
 //! the number of workers).
 
+// Statistics over at most a few hundred samples of microseconds: float conversions of these
+// counts and indices lose nothing that matters.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
