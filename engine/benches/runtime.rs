@@ -63,8 +63,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getppid, pipe};
 use plugboard_engine::bundle::Bundle;
 use plugboard_engine::ipc::{
-    Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
-    decode_frame, encode_frame,
+    CallRef, Channel, ConfinementPlan, EngineMessage, EngineMessageRef, IpcError, PROTOCOL_VERSION,
+    StepReport, WorkerMessage, decode_frame, encode_frame,
 };
 use plugboard_engine::loader::SealedLibrary;
 use plugboard_engine::manifest::HostLimits;
@@ -161,19 +161,27 @@ fn framed_echo() {
 
 /// Receives Calls and answers each with a Reply carrying the payload back, on the calling
 /// thread, until Shutdown or the end of the channel.
+/// Receives as `plugboard-host` does (`Channel::recv_request`: a plain recv, decoded in
+/// place).
 fn answer_calls(channel: &Channel) {
     loop {
-        match channel.recv::<EngineMessage>() {
-            Ok(EngineMessage::Call { id, payload, .. }) => channel
-                .send(&WorkerMessage::Reply {
-                    id,
-                    status: STATUS_OK,
-                    body: payload,
-                })
-                .expect("reply"),
-            Ok(EngineMessage::Shutdown) | Err(IpcError::Closed) => return,
+        let go_on = channel.recv_request(|message| match message {
+            Ok(EngineMessageRef::Call { id, payload, .. }) => {
+                channel
+                    .send(&WorkerMessage::Reply {
+                        id,
+                        status: STATUS_OK,
+                        body: payload.to_vec(),
+                    })
+                    .expect("reply");
+                true
+            }
+            Ok(EngineMessageRef::Shutdown) | Err(IpcError::Closed) => false,
             Ok(other) => panic!("echo peer got {other:?}"),
             Err(err) => panic!("echo peer: {err}"),
+        });
+        if !go_on {
+            return;
         }
     }
 }
@@ -720,12 +728,39 @@ fn call_message(id: u64, payload: &[u8]) -> EngineMessage {
     }
 }
 
+/// A Call and its Reply the way `Worker::call` sends and receives them (a borrowed Call;
+/// a receive with the socket's tick and descriptors refused, see `framed_channel`).
 fn framed_round_trip(channel: &Channel, id: u64, payload: &[u8]) {
-    channel.send(&call_message(id, payload)).expect("call");
-    match channel.recv::<WorkerMessage>().expect("reply") {
+    let call = CallRef {
+        id,
+        hook: "greet",
+        payload,
+        depth: 0,
+    };
+    channel.send(&call).expect("call");
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    // `None`: a receive tick passed (the peer's CPU quota may hold it back that long).
+    let reply = loop {
+        if let Some(reply) = channel
+            .recv_before::<WorkerMessage>(deadline)
+            .expect("reply")
+        {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "no reply to call {id}");
+    };
+    match reply {
         WorkerMessage::Reply { id: got, .. } if got == id => {}
         other => panic!("expected the reply to call {id}, got {other:?}"),
     }
+}
+
+/// The engine's end set up as `Worker::start` sets it up after the handshake.
+fn framed_channel(channel: &Channel) {
+    channel
+        .set_receive_tick(Duration::from_millis(10))
+        .expect("receive tick");
+    let _ = channel.refuse_descriptors();
 }
 
 /// How many threads `plugboard-host` serves hello's calls on (the plan's `serve_threads`).
@@ -852,6 +887,7 @@ fn call_bench(fixture: &Fixture, scope: &EngineScope, calls: usize, title: &str)
     let in_cgroup = peer("raw", Placement::Cgroup);
     let placed = peer("raw", Placement::Worker);
     let framed = peer("framed", Placement::Worker);
+    framed_channel(&framed.channel);
     // The real engine side (`Worker::call`) against stand-in workers: this binary, started
     // by `Worker::start` (so in a cgroup of its own with hello's limits), under the
     // worker's seccomp filter, echoing with 0, 1 or 2 executor threads.

@@ -15,24 +15,29 @@
 mod frame;
 mod message;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, getsockopt,
-    recvmsg, send, sendmsg, setsockopt, socketpair, sockopt,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockFlag, SockType,
+    getsockopt, recv, recvmsg, send, sendmmsg, sendmsg, setsockopt, socketpair, sockopt,
 };
+use nix::sys::time::TimeVal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use frame::{HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, decode_frame, encode_frame};
-pub use message::{ConfinementPlan, EngineMessage, PROTOCOL_VERSION, StepReport, WorkerMessage};
+pub use message::{
+    BatchedCall, BatchedCallRef, BatchedReply, CallRef, CallsRef, ConfinementPlan, EngineMessage,
+    EngineMessageRef, PROTOCOL_VERSION, StepReport, WorkerMessage,
+};
 
-use frame::{check_frame_size, protocol};
+use frame::{check_frame_size, encode_frame_into, protocol};
 
 /// What went wrong on an IPC channel.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,9 @@ const SEND_BUFFER_REQUEST: usize = 2 * MAX_FRAME_BYTES;
 /// The kernel refuses a unix datagram longer than `sk_sndbuf - 32` with `EMSGSIZE`.
 const SEND_BUFFER_OVERHEAD: usize = 32;
 
+/// Send buffers larger than this are not kept for the thread's next send.
+const KEPT_SEND_BUFFER: usize = 64 * 1024;
+
 /// One end of the engine⇄worker `SOCK_SEQPACKET` socketpair.
 ///
 /// All methods take `&self` and may be called from several threads at once: each send is
@@ -76,6 +84,12 @@ const SEND_BUFFER_OVERHEAD: usize = 32;
 #[derive(Debug)]
 pub struct Channel {
     fd: OwnedFd,
+    /// The socket's receive timeout (`SO_RCVTIMEO`) in nanoseconds, 0 if none: a blocking
+    /// receive comes back empty-handed after this long (see [`Channel::recv_before`]).
+    tick_nanos: AtomicU64,
+    /// The socket refuses descriptors (`SO_PASSRIGHTS` off, see
+    /// [`Channel::refuse_descriptors`]): receives that expect none are plain `recv`s.
+    no_descriptors: AtomicBool,
 }
 
 /// Per-thread receive buffers: a datagram is read whole into `data`, which must hold
@@ -90,6 +104,22 @@ struct ReceiveBuffers {
 
 thread_local! {
     static RECEIVE_BUFFERS: RefCell<ReceiveBuffers> = RefCell::new(ReceiveBuffers::default());
+    /// The frame buffer of this thread's last send, reused by the next.
+    static SEND_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Encodes `msg` into this thread's send buffer and hands the frame to `use_frame`.
+fn with_frame<T: Serialize + ?Sized, R>(
+    msg: &T,
+    use_frame: impl FnOnce(&[u8]) -> R,
+) -> Result<R, IpcError> {
+    let buffer = SEND_BUFFER.try_with(Cell::take).unwrap_or_default();
+    let frame = encode_frame_into(msg, buffer)?;
+    let result = use_frame(&frame);
+    if frame.capacity() <= KEPT_SEND_BUFFER {
+        let _ = SEND_BUFFER.try_with(|cell| cell.set(frame));
+    }
+    Ok(result)
 }
 
 /// Which descriptors the caller accepts with the next message.
@@ -138,7 +168,42 @@ impl Channel {
 
     /// Wraps one end of a `SOCK_SEQPACKET` socketpair, e.g. the one a worker inherited.
     pub fn from_fd(fd: OwnedFd) -> Channel {
-        Channel { fd }
+        Channel {
+            fd,
+            tick_nanos: AtomicU64::new(0),
+            no_descriptors: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes this end refuse descriptors from now on (`SO_PASSRIGHTS` off, Linux 6.16):
+    /// the peer's sends with `SCM_RIGHTS` fail in the peer (`EPERM`) and nothing with a
+    /// descriptor can be queued here, so [`Channel::recv`] and the other receives that
+    /// accept no descriptor need no control buffer and read with a plain `recv(2)`. On an
+    /// older kernel this fails and the receives keep checking each datagram for
+    /// descriptors.
+    pub fn refuse_descriptors(&self) -> Result<(), IpcError> {
+        crate::sandbox::process::refuse_descriptors(self.fd.as_fd())?;
+        self.no_descriptors.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sets the socket's receive timeout (`SO_RCVTIMEO`) to `tick`: a blocking receive then
+    /// returns after at most one tick, which lets [`Channel::recv_before`] wait in a single
+    /// `recvmsg` instead of `poll` + `recvmsg`. [`Channel::recv`] and the other receives
+    /// keep their meaning (they wait again after a tick).
+    pub fn set_receive_tick(&self, tick: Duration) -> Result<(), IpcError> {
+        let tick = tick.max(Duration::from_millis(1));
+        let value = TimeVal::new(
+            i64::try_from(tick.as_secs()).unwrap_or(i64::MAX),
+            i64::from(tick.subsec_micros()),
+        );
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &value)
+            .map_err(|errno| os_error("setsockopt(SO_RCVTIMEO) on the IPC socket", errno))?;
+        self.tick_nanos.store(
+            u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Ok(())
     }
 
     /// The socket, e.g. to pass to a spawned worker or to poll alongside other descriptors.
@@ -153,8 +218,67 @@ impl Channel {
 
     /// Sends one message as one datagram. Blocks while the socket's send buffer is full.
     pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), IpcError> {
-        let frame = encode_frame(msg)?;
-        self.send_frame(&frame, None)
+        with_frame(msg, |frame| self.send_frame(frame, None, true))?.map(drop)
+    }
+
+    /// Sends one message as one datagram if the socket's send buffer has room now;
+    /// `Ok(false)` (nothing sent) if it would have to wait.
+    pub fn try_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<bool, IpcError> {
+        with_frame(msg, |frame| self.send_frame(frame, None, false))?
+    }
+
+    /// Sends already encoded frames ([`encode_frame`]), each as one datagram, in order, with
+    /// as few system calls as the kernel allows (`sendmmsg`), waiting for room as needed.
+    pub fn send_frames(&self, frames: &[Vec<u8>]) -> Result<(), IpcError> {
+        let mut sent = 0;
+        while sent < frames.len() {
+            let rest = frames.get(sent..).unwrap_or_default();
+            match self.try_send_frames(rest)? {
+                0 => self.wait_for(PollFlags::POLLOUT, None)?,
+                took => sent += took,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends already encoded frames ([`encode_frame`]), each as one datagram, in order,
+    /// with as few system calls as the kernel allows (`sendmmsg`), without waiting: returns
+    /// how many were sent before the send buffer was full (0 if it is full now). Frames are
+    /// sent as they are: a frame the peer would refuse is the caller's mistake.
+    pub fn try_send_frames(&self, frames: &[Vec<u8>]) -> Result<usize, IpcError> {
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            frames.iter().map(|frame| [IoSlice::new(frame)]).collect();
+        let addresses = vec![None::<()>; frames.len()];
+        let mut headers = MultiHeaders::<()>::preallocate(frames.len(), None);
+        loop {
+            let result = sendmmsg(
+                self.fd.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addresses,
+                [],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            );
+            match result {
+                Ok(sent) => {
+                    let sent: Vec<usize> = sent.map(|result| result.bytes).collect();
+                    if let Some((index, bytes)) = sent
+                        .iter()
+                        .enumerate()
+                        .find(|(index, bytes)| frames[*index].len() != **bytes)
+                    {
+                        return Err(partial_send(*bytes, frames[index].len()));
+                    }
+                    return Ok(sent.len());
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(0),
+                Err(errno) => return Err(self.send_error(errno, frames[0].len())),
+            }
+        }
     }
 
     /// Sends one message with `fd` attached (`SCM_RIGHTS`) in the same datagram; the
@@ -165,7 +289,7 @@ impl Channel {
         fd: BorrowedFd<'_>,
     ) -> Result<(), IpcError> {
         let frame = encode_frame(msg)?;
-        self.send_frame(&frame, Some(fd))
+        self.send_frame(&frame, Some(fd), true).map(drop)
     }
 
     /// Receives one message, blocking until one arrives. A descriptor attached to it is a
@@ -204,48 +328,160 @@ impl Channel {
         self.receive(Some(timeout), FdPolicy::AtMostOne)
     }
 
-    fn send_frame(&self, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(), IpcError> {
+    /// Receives one message if one arrives before `deadline`, waiting at most one receive
+    /// tick ([`Channel::set_receive_tick`]) when one is set: `Ok(None)` means nothing came
+    /// in that time, so a caller can look at other things and call again. With a tick set
+    /// and more than a tick to go this is a single blocking `recvmsg`. A descriptor attached
+    /// to the message is a protocol violation.
+    pub fn recv_before<T: DeserializeOwned>(
+        &self,
+        deadline: Instant,
+    ) -> Result<Option<T>, IpcError> {
+        let tick = Duration::from_nanos(self.tick_nanos.load(Ordering::Relaxed));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tick.is_zero() || left <= tick {
+            return self.recv_timeout(left);
+        }
+        let mut resets = 0;
+        loop {
+            match self.receive_once(true, FdPolicy::None, &mut resets)? {
+                Attempt::Message(decoded) => return decoded.map(|(msg, _)| Some(msg)),
+                Attempt::Empty => return Ok(None),
+                Attempt::Again => {}
+            }
+        }
+    }
+
+    /// Receives one [`EngineMessage`] and hands it to `handle` decoded in place
+    /// ([`EngineMessageRef`]: hooks and payloads borrow from this thread's receive buffer,
+    /// nothing is copied), for the worker's serving threads. It is one plain `recv(2)`, with
+    /// no room for control data: meant for a peer trusted not to attach descriptors (the
+    /// engine, seen from its worker) — one that did would not be seen, and the kernel closes
+    /// it. Everything else is checked as [`Channel::recv`] checks it.
+    pub fn recv_request<R>(
+        &self,
+        handle: impl FnOnce(Result<EngineMessageRef<'_>, IpcError>) -> R,
+    ) -> R {
+        let mut fresh = ReceiveBuffers::default();
+        let mut handle = Some(handle);
+        let mut run = |buffers: &mut ReceiveBuffers| {
+            let received = self.receive_plain(&mut buffers.data);
+            let decoded = received.and_then(|len| {
+                buffers
+                    .data
+                    .get(..len)
+                    .ok_or_else(|| protocol(format!("frame of {len} bytes does not fit")))
+                    .and_then(decode_frame)
+            });
+            handle.take().map(|handle| handle(decoded))
+        };
+        // The thread's buffer, unless it is in use further up this thread (a receive from
+        // a handler) or gone (a thread-local destructor): then a buffer of its own.
+        let result = RECEIVE_BUFFERS
+            .try_with(|buffers| match buffers.try_borrow_mut() {
+                Ok(mut buffers) => run(&mut buffers),
+                Err(_) => run(&mut fresh),
+            })
+            .unwrap_or_else(|_| run(&mut fresh));
+        result.unwrap_or_else(|| unreachable!("the handler runs exactly once"))
+    }
+
+    /// One datagram into `data` with `recv(2)`, waiting for it: its real length, checked
+    /// against the frame limit.
+    fn receive_plain(&self, data: &mut Vec<u8>) -> Result<usize, IpcError> {
+        if data.len() != MAX_FRAME_BYTES + 1 {
+            *data = vec![0; MAX_FRAME_BYTES + 1];
+        }
+        let mut resets = 0;
+        loop {
+            match recv(self.fd.as_raw_fd(), data, MsgFlags::MSG_TRUNC) {
+                Ok(0) if self.peer_has_shut_down() => return Err(IpcError::Closed),
+                Ok(0) => {
+                    return Err(protocol(format!(
+                        "empty datagram, expected a frame of at least {HEADER_BYTES} bytes"
+                    )));
+                }
+                Ok(len) => return check_frame_size(len).map(|()| len),
+                Err(Errno::EINTR) => {}
+                // A socket someone made non-blocking, or a receive tick.
+                Err(Errno::EAGAIN) => self.wait_for(PollFlags::POLLIN, None)?,
+                // See `receive_once`: the messages queued before the reset still come.
+                Err(Errno::ECONNRESET) if resets == 0 => resets += 1,
+                Err(Errno::ECONNRESET | Errno::ENOTCONN | Errno::EPIPE) => {
+                    return Err(IpcError::Closed);
+                }
+                Err(errno) => return Err(os_error("recv on the IPC socket", errno).into()),
+            }
+        }
+    }
+
+    /// Receives one message if one is queued now, without waiting.
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<Option<T>, IpcError> {
+        let mut resets = 0;
+        loop {
+            match self.receive_once(false, FdPolicy::None, &mut resets)? {
+                Attempt::Message(decoded) => return decoded.map(|(msg, _)| Some(msg)),
+                Attempt::Empty => return Ok(None),
+                Attempt::Again => {}
+            }
+        }
+    }
+
+    /// Waits until a message can be received (or the peer closed its end), at most until
+    /// `deadline`. Receives nothing.
+    pub fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), IpcError> {
+        self.wait_for(PollFlags::POLLIN, deadline)
+    }
+
+    /// Waits until the send buffer has room, at most until `deadline`.
+    pub fn wait_writable(&self, deadline: Option<Instant>) -> Result<(), IpcError> {
+        self.wait_for(PollFlags::POLLOUT, deadline)
+    }
+
+    fn send_error(&self, errno: Errno, len: usize) -> IpcError {
+        match errno {
+            Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED | Errno::ENOTCONN => {
+                IpcError::Closed
+            }
+            Errno::EMSGSIZE => IpcError::TooLarge {
+                bytes: len,
+                max: self.send_limit(),
+            },
+            errno => os_error("sending on the IPC socket", errno).into(),
+        }
+    }
+
+    /// Sends one frame; `Ok(false)` if `wait` is off and the send buffer is full.
+    fn send_frame(
+        &self,
+        frame: &[u8],
+        fd: Option<BorrowedFd<'_>>,
+        wait: bool,
+    ) -> Result<bool, IpcError> {
         let iov = [IoSlice::new(frame)];
         let fds: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
         let rights = [ControlMessage::ScmRights(&fds)];
         let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+        let flags = if wait {
+            MsgFlags::MSG_NOSIGNAL
+        } else {
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT
+        };
         loop {
             // Plain send(2) when there is nothing to attach: cheaper than sendmsg(2).
             let result = if cmsgs.is_empty() {
-                send(self.fd.as_raw_fd(), frame, MsgFlags::MSG_NOSIGNAL)
+                send(self.fd.as_raw_fd(), frame, flags)
             } else {
-                sendmsg::<()>(
-                    self.fd.as_raw_fd(),
-                    &iov,
-                    cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )
+                sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, flags, None)
             };
             match result {
-                Ok(sent) if sent == frame.len() => return Ok(()),
-                Ok(sent) => {
-                    return Err(IpcError::Io {
-                        source: io::Error::other(format!(
-                            "the IPC socket took {sent} of {} bytes; a SOCK_SEQPACKET \
-                             send is all or nothing (is this a stream socket?)",
-                            frame.len()
-                        )),
-                    });
-                }
+                Ok(sent) if sent == frame.len() => return Ok(true),
+                Ok(sent) => return Err(partial_send(sent, frame.len())),
                 Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) if !wait => return Ok(false),
                 // A socket someone made non-blocking: wait until it can take more.
                 Err(Errno::EAGAIN) => self.wait_for(PollFlags::POLLOUT, None)?,
-                Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED | Errno::ENOTCONN) => {
-                    return Err(IpcError::Closed);
-                }
-                Err(Errno::EMSGSIZE) => {
-                    return Err(IpcError::TooLarge {
-                        bytes: frame.len(),
-                        max: self.send_limit(),
-                    });
-                }
-                Err(errno) => return Err(os_error("sending on the IPC socket", errno).into()),
+                Err(errno) => return Err(self.send_error(errno, frame.len())),
             }
         }
     }
@@ -272,31 +508,13 @@ impl Channel {
         let blocking = deadline.is_none();
         let mut resets = 0;
         loop {
-            let receive_into = |buffers: &mut ReceiveBuffers| {
-                self.receive_datagram(buffers, blocking).map(|datagram| {
-                    datagram.map(|datagram| self.decode_datagram(&buffers.data, datagram, policy))
-                })
-            };
-            // A receive from a thread-local destructor gets a buffer of its own.
-            let received = RECEIVE_BUFFERS
-                .try_with(|buffers| receive_into(&mut buffers.borrow_mut()))
-                .unwrap_or_else(|_| receive_into(&mut ReceiveBuffers::default()));
-            match received {
-                Ok(Some(decoded)) => return decoded.map(Some),
-                Ok(None) => {}
-                // The peer closed while messages we sent it were unread. The error is
-                // reported (and cleared) before the messages it sent us, which are still
-                // queued: go on reading them; the end of the queue is `Closed`.
-                Err(Errno::ECONNRESET) if resets == 0 => {
-                    resets += 1;
-                    continue;
-                }
-                Err(Errno::ECONNRESET | Errno::ENOTCONN | Errno::EPIPE) => {
-                    return Err(IpcError::Closed);
-                }
-                Err(errno) => return Err(os_error("recvmsg on the IPC socket", errno).into()),
+            match self.receive_once(blocking, policy, &mut resets)? {
+                Attempt::Message(decoded) => return decoded.map(Some),
+                Attempt::Again => continue,
+                Attempt::Empty => {}
             }
-            // Nothing queued (or a socket someone made non-blocking): wait for a datagram.
+            // Nothing queued (or a socket someone made non-blocking, or a receive tick
+            // passed): wait for a datagram.
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
@@ -304,13 +522,50 @@ impl Channel {
         }
     }
 
-    /// One `recvmsg` (non-blocking unless `blocking`): `Ok(None)` if nothing is queued.
+    /// One `recvmsg` (blocking or not), decoded. `resets` counts the `ECONNRESET`s seen by
+    /// this receive.
+    fn receive_once<T: DeserializeOwned>(
+        &self,
+        blocking: bool,
+        policy: FdPolicy,
+        resets: &mut u32,
+    ) -> Result<Attempt<T>, IpcError> {
+        // No descriptor can come: a plain recv(2), no control buffer.
+        let plain = matches!(policy, FdPolicy::None) && self.no_descriptors.load(Ordering::Relaxed);
+        let receive_into = |buffers: &mut ReceiveBuffers| {
+            self.receive_datagram(buffers, blocking, plain)
+                .map(|datagram| {
+                    datagram.map(|datagram| self.decode_datagram(&buffers.data, datagram, policy))
+                })
+        };
+        // A receive from a thread-local destructor gets a buffer of its own.
+        let received = RECEIVE_BUFFERS
+            .try_with(|buffers| receive_into(&mut buffers.borrow_mut()))
+            .unwrap_or_else(|_| receive_into(&mut ReceiveBuffers::default()));
+        match received {
+            Ok(Some(decoded)) => Ok(Attempt::Message(decoded)),
+            Ok(None) => Ok(Attempt::Empty),
+            // The peer closed while messages we sent it were unread. The error is reported
+            // (and cleared) before the messages it sent us, which are still queued: go on
+            // reading them; the end of the queue is `Closed`.
+            Err(Errno::ECONNRESET) if *resets == 0 => {
+                *resets += 1;
+                Ok(Attempt::Again)
+            }
+            Err(Errno::ECONNRESET | Errno::ENOTCONN | Errno::EPIPE) => Err(IpcError::Closed),
+            Err(errno) => Err(os_error("recvmsg on the IPC socket", errno).into()),
+        }
+    }
+
+    /// One `recvmsg` (non-blocking unless `blocking`; a plain `recv` if `plain`): `Ok(None)`
+    /// if nothing is queued.
     /// Descriptors that came with the datagram are owned (and so closed on every path)
     /// from here on.
     fn receive_datagram(
         &self,
         buffers: &mut ReceiveBuffers,
         blocking: bool,
+        plain: bool,
     ) -> Result<Option<Datagram>, Errno> {
         if buffers.data.len() != MAX_FRAME_BYTES + 1 {
             buffers.data = vec![0; MAX_FRAME_BYTES + 1];
@@ -319,6 +574,22 @@ impl Channel {
         let mut flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
         if !blocking {
             flags |= MsgFlags::MSG_DONTWAIT;
+        }
+        if plain {
+            loop {
+                match recv(self.fd.as_raw_fd(), &mut buffers.data, flags) {
+                    Ok(len) => {
+                        return Ok(Some(Datagram {
+                            len,
+                            fds: Vec::new(),
+                            control_problem: None,
+                        }));
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => return Ok(None),
+                    Err(errno) => return Err(errno),
+                }
+            }
         }
         loop {
             let mut iov = [IoSliceMut::new(&mut buffers.data)];
@@ -449,6 +720,25 @@ impl Channel {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
             Err(errno) => Err(os_error("poll on the IPC socket", errno).into()),
         }
+    }
+}
+
+/// What one receive attempt got.
+enum Attempt<T> {
+    /// A datagram, decoded (or why it is not a valid message).
+    Message(Result<(T, Option<OwnedFd>), IpcError>),
+    /// Nothing queued (non-blocking), or the receive tick passed.
+    Empty,
+    /// Try again at once.
+    Again,
+}
+
+fn partial_send(sent: usize, len: usize) -> IpcError {
+    IpcError::Io {
+        source: io::Error::other(format!(
+            "the IPC socket took {sent} of {len} bytes; a SOCK_SEQPACKET send is all or \
+             nothing (is this a stream socket?)"
+        )),
     }
 }
 

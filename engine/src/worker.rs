@@ -3,7 +3,9 @@
 //! hold its seccomp listener, call its hooks, capture its output, and stop it leaving
 //! nothing behind.
 
-use std::collections::{BTreeMap, HashMap};
+mod calls;
+
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -24,12 +26,14 @@ use nix::unistd::{Pid, pipe2};
 use serde::{Deserialize, Serialize};
 
 use crate::ipc::{
-    Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
+    CallRef, Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport,
+    WorkerMessage,
 };
 use crate::loader::SealedLibrary;
 use crate::sandbox::Mechanism;
 use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup};
 use crate::sandbox::seccomp::{Notification, NotifyListener};
+use calls::Calls;
 
 /// How long each handshake step may take before the worker is considered broken.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -277,8 +281,6 @@ fn above_targets(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     crate::sandbox::process::duplicate_at_or_above(fd.as_fd(), 10)
 }
 
-type PendingCalls = Mutex<HashMap<u64, mpsc::Sender<(i32, Vec<u8>)>>>;
-
 /// A running, confined worker.
 #[derive(Debug)]
 pub struct Worker {
@@ -287,13 +289,11 @@ pub struct Worker {
     pid: Pid,
     /// Pid 1 of the worker's pid namespace, which runs plugin code (host pid).
     sandbox_pid: u32,
-    channel: Arc<Channel>,
     cgroup: Mutex<Option<PluginCgroup>>,
     cgroup_path: String,
     cgroup_dirs: Vec<PathBuf>,
     mechanisms: BTreeMap<Mechanism, MechanismState>,
-    pending: Arc<PendingCalls>,
-    next_id: Arc<AtomicU64>,
+    calls: Arc<Calls>,
     exited: Arc<AtomicBool>,
     exit_status: Arc<ExitWatch>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -409,20 +409,21 @@ impl Worker {
 
         let exited = Arc::new(AtomicBool::new(false));
         let exit_status = Arc::new(ExitWatch::default());
-        let pending: Arc<PendingCalls> = Arc::new(Mutex::new(HashMap::new()));
-        let next_id = Arc::new(AtomicU64::new(1));
+        let calls = Arc::new(Calls::new(
+            channel,
+            pid,
+            Arc::clone(events),
+            spec.emit.clone(),
+        ));
         let threads = start_threads(
             &plugin,
             pid,
-            &channel,
             (stdout_read, stderr_read),
             listener,
             &WorkerState {
                 exited: Arc::clone(&exited),
                 exit_status: Arc::clone(&exit_status),
-                pending: Arc::clone(&pending),
-                next_id: Arc::clone(&next_id),
-                emit: spec.emit.clone(),
+                calls: Arc::clone(&calls),
             },
             events,
         );
@@ -432,7 +433,6 @@ impl Worker {
             plugin,
             pid,
             sandbox_pid,
-            channel,
             cgroup_path: cgroup
                 .as_ref()
                 .map(PluginCgroup::display_path)
@@ -440,8 +440,7 @@ impl Worker {
             cgroup_dirs: cgroup.as_ref().map(PluginCgroup::paths).unwrap_or_default(),
             cgroup: Mutex::new(cgroup),
             mechanisms,
-            pending,
-            next_id,
+            calls,
             exited,
             exit_status,
             threads: Mutex::new(threads),
@@ -501,6 +500,9 @@ impl Worker {
     }
 
     /// Calls `hook` on behalf of an emit chain `depth` emits deep.
+    ///
+    /// The calling thread receives its reply itself when no other call is receiving (see
+    /// the `calls` module), so a call costs one send, one receive and no thread hand-off.
     pub fn call_at_depth(
         &self,
         hook: &str,
@@ -508,72 +510,56 @@ impl Worker {
         depth: u32,
         timeout: Duration,
     ) -> Result<CallOutcome, CallFailure> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        self.request(
-            id,
-            &EngineMessage::Call {
+        self.calls.request(
+            |id| CallRef {
                 id,
-                hook: hook.to_owned(),
-                payload: payload.to_vec(),
+                hook,
+                payload,
                 depth,
             },
             timeout,
         )
     }
 
+    /// Calls several hooks at once, pipelined: the calls go out packed up to 64 to a frame,
+    /// up to 256 ahead of their replies; a serving thread of the worker runs the calls of a
+    /// frame in order and answers them in one frame (so a slow hook delays the calls
+    /// packed after it). Waits at most `timeout` for all of them; the outcomes are in the
+    /// order of `calls`, each with its own duration (from the batch's start to its reply).
+    pub fn call_batch(
+        &self,
+        calls: &[(&str, &[u8])],
+        timeout: Duration,
+    ) -> Vec<Result<CallOutcome, CallFailure>> {
+        let start = Instant::now();
+        let results = self.calls.request_many(calls, 0, timeout);
+        results
+            .into_iter()
+            .map(|result| {
+                result.map(|(status, body, received)| CallOutcome {
+                    status,
+                    body,
+                    duration: received.saturating_duration_since(start),
+                })
+            })
+            .collect()
+    }
+
     /// Requests sent and not answered yet (calls and health checks).
     pub fn in_flight(&self) -> usize {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.calls.in_flight()
     }
 
     /// Asks the plugin for its health.
     pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        self.request(id, &EngineMessage::Health { id }, timeout)
-    }
-
-    fn request(
-        &self,
-        id: u64,
-        message: &EngineMessage,
-        timeout: Duration,
-    ) -> Result<CallOutcome, CallFailure> {
-        let (answer, answered) = mpsc::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, answer);
-        let start = Instant::now();
-        if self.channel.send(message).is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-            return Err(CallFailure::WorkerGone);
-        }
-        let outcome = answered.recv_timeout(timeout);
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-        match outcome {
-            Ok((status, body)) => Ok(CallOutcome {
-                status,
-                body,
-                duration: start.elapsed(),
-            }),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(CallFailure::Timeout { timeout }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(CallFailure::WorkerGone),
-        }
+        self.calls
+            .request(|id| EngineMessage::Health { id }, timeout)
     }
 
     /// Asks the worker to shut down, kills it after `grace`, and removes its cgroup: no
     /// process and no cgroup remain.
     pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
-        let _ = self.channel.send(&EngineMessage::Shutdown);
+        let _ = self.calls.channel().send(&EngineMessage::Shutdown);
         self.exit_status.wait(grace);
         self.kill();
         self.exit_status()
@@ -591,6 +577,7 @@ impl Worker {
             );
         }
         let _ = kill(self.pid, Signal::SIGKILL);
+        self.calls.mark_gone();
         let cgroup = self
             .cgroup
             .lock()
@@ -646,35 +633,25 @@ impl Drop for Starting {
 struct WorkerState {
     exited: Arc<AtomicBool>,
     exit_status: Arc<ExitWatch>,
-    pending: Arc<PendingCalls>,
-    next_id: Arc<AtomicU64>,
-    emit: Option<EmitHandler>,
+    calls: Arc<Calls>,
 }
 
-/// The threads that follow a running worker: its reader, its output pipes, its seccomp
-/// listener and the waiter that reaps it.
+/// The threads that follow a running worker: its idle reader (it receives while no caller
+/// does, see the `calls` module), its output pipes, its seccomp listener and the waiter that
+/// reaps it.
 fn start_threads(
     plugin: &str,
     pid: Pid,
-    channel: &Arc<Channel>,
     (stdout_read, stderr_read): (OwnedFd, OwnedFd),
     listener: Option<NotifyListener>,
     state: &WorkerState,
     events: &EventSink,
 ) -> Vec<JoinHandle<()>> {
+    let calls = Arc::clone(&state.calls);
     let mut threads = vec![
-        spawn_reader(
-            plugin,
-            Reader {
-                channel: Arc::clone(channel),
-                pending: Arc::clone(&state.pending),
-                next_id: Arc::clone(&state.next_id),
-                pid,
-                events: Arc::clone(events),
-                emit: state.emit.clone(),
-                emits_in_flight: Arc::default(),
-            },
-        ),
+        named(plugin, "reader")
+            .spawn(move || calls.idle_reader())
+            .expect("thread starts"),
         spawn_output(
             plugin,
             File::from(stdout_read),
@@ -701,7 +678,7 @@ fn start_threads(
         pid,
         Arc::clone(&state.exited),
         Arc::clone(&state.exit_status),
-        Arc::clone(&state.pending),
+        Arc::clone(&state.calls),
         Arc::clone(events),
     ));
     threads
@@ -841,127 +818,6 @@ fn named(plugin: &str, role: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(format!("pb-{role}-{plugin}"))
 }
 
-/// Emits a worker may have waiting for an answer at once; more are refused at once, so a
-/// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
-const MAX_EMITS_IN_FLIGHT: usize = 16;
-
-/// What the reader thread of one worker works with.
-struct Reader {
-    channel: Arc<Channel>,
-    pending: Arc<PendingCalls>,
-    /// The next request id the engine will issue: a reply to any id at or above it answers
-    /// a request that was never sent.
-    next_id: Arc<AtomicU64>,
-    pid: Pid,
-    events: EventSink,
-    emit: Option<EmitHandler>,
-    emits_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Reader {
-    /// Handles one message; `Err` is a protocol violation.
-    fn handle(&self, message: WorkerMessage) -> Result<(), String> {
-        match message {
-            WorkerMessage::Reply { id, status, body } => {
-                if id >= self.next_id.load(Ordering::SeqCst) {
-                    return Err(format!(
-                        "reply to request {id}, which the engine never sent"
-                    ));
-                }
-                // A known id that is no longer pending is a late reply to a call that timed
-                // out: discarded.
-                let answer = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id);
-                if let Some(answer) = answer {
-                    let _ = answer.send((status, body));
-                }
-                Ok(())
-            }
-            WorkerMessage::Log { level, message } => {
-                (self.events)(WorkerEvent::Output {
-                    stream: OutputStream::Log { level },
-                    line: message,
-                });
-                Ok(())
-            }
-            WorkerMessage::Emit {
-                id,
-                hook,
-                payload,
-                depth,
-            } => {
-                self.emit(id, hook, payload, depth);
-                Ok(())
-            }
-            other => Err(format!("unexpected {other:?} after the handshake")),
-        }
-    }
-
-    /// Answers an emit from a thread of its own, so this reader keeps reading (the
-    /// subscribers may call back into this very worker).
-    fn emit(&self, id: u64, hook: String, payload: Vec<u8>, depth: u32) {
-        let answer = move |channel: &Channel, code| {
-            let _ = channel.send(&EngineMessage::EmitResult { id, code });
-        };
-        let Some(handler) = self.emit.clone() else {
-            answer(&self.channel, plugboard_sdk::abi::EMIT_DENIED);
-            return;
-        };
-        if self.emits_in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_EMITS_IN_FLIGHT {
-            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
-            return;
-        }
-        let (channel, in_flight) = (Arc::clone(&self.channel), Arc::clone(&self.emits_in_flight));
-        let spawned = std::thread::Builder::new()
-            .name("pb-emit".to_owned())
-            .spawn(move || {
-                let code = handler(&hook, &payload, depth);
-                answer(&channel, code);
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
-        }
-    }
-}
-
-/// Routes replies to their callers, log lines to the events and emits to the engine;
-/// anything out of protocol kills the worker.
-fn spawn_reader(plugin: &str, reader: Reader) -> JoinHandle<()> {
-    named(plugin, "reader")
-        .spawn(move || {
-            let violation = loop {
-                let handled = match reader.channel.recv::<WorkerMessage>() {
-                    Ok(message) => reader.handle(message),
-                    Err(IpcError::Closed) => break None,
-                    Err(IpcError::Protocol { reason }) => Err(reason),
-                    Err(err) => Err(err.to_string()),
-                };
-                if let Err(reason) = handled {
-                    break Some(reason);
-                }
-            };
-            if let Some(reason) = violation {
-                // Reported before the kill, so the violation always precedes the exit it
-                // causes in the plugin's event stream.
-                (reader.events)(WorkerEvent::ProtocolViolation { reason });
-                let _ = kill(reader.pid, Signal::SIGKILL);
-            }
-            // Wake every caller still waiting: their worker is gone.
-            reader
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
-        })
-        .expect("thread starts")
-}
-
 /// Bounded line length so a hostile plugin cannot make the engine buffer without end.
 const MAX_LINE: usize = 4096;
 
@@ -1025,7 +881,7 @@ fn spawn_waiter(
     pid: Pid,
     exited: Arc<AtomicBool>,
     exit_status: Arc<ExitWatch>,
-    pending: Arc<PendingCalls>,
+    calls: Arc<Calls>,
     events: EventSink,
 ) -> JoinHandle<()> {
     named(plugin, "waiter")
@@ -1044,10 +900,8 @@ fn spawn_waiter(
             };
             exit_status.set(status);
             exited.store(true, Ordering::SeqCst);
-            pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            // Wake every caller still waiting: their worker is gone.
+            calls.mark_gone();
             events(WorkerEvent::Exited { status });
         })
         .expect("thread starts")

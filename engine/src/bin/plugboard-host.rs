@@ -14,7 +14,7 @@
 //! worker → SeccompListener  (+ the listener fd)           (the engine answers violations)
 //! worker: load the library from the memfd, create the instance
 //! worker → Ready | LoadFailed
-//! engine → Call / Health / EmitResult / Shutdown;  worker → Reply / Log / Emit
+//! engine → Call / Calls / Health / EmitResult / Shutdown;  worker → Reply / Replies / Log / Emit
 //! ```
 //!
 //! No plugin code — not even a library constructor — runs before `Confined` is sent.
@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use nix::unistd::{getpid, getppid, pipe, read, write};
 use plugboard_engine::ipc::{
-    Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
+    BatchedCallRef, BatchedReply, Channel, ConfinementPlan, EngineMessage, EngineMessageRef,
+    IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
 };
 use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
@@ -375,52 +376,32 @@ thread_local! {
     static CALL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-enum Job {
-    Call {
-        id: u64,
-        hook: String,
-        payload: Vec<u8>,
-        depth: u32,
-    },
-    Health {
-        id: u64,
-    },
+/// Runs one hook call with its emit depth: (status, body).
+fn call_hook(instance: &Instance, hook: &str, payload: &[u8], depth: u32) -> (i32, Vec<u8>) {
+    CALL_DEPTH.set(depth);
+    let result = instance.call(hook, payload);
+    CALL_DEPTH.set(0);
+    answer(result)
 }
 
-fn execute(instance: &Instance, job: Job) -> WorkerMessage {
-    let (id, result) = match job {
-        Job::Call {
-            id,
-            hook,
-            payload,
-            depth,
-        } => {
-            CALL_DEPTH.set(depth);
-            let result = instance.call(&hook, &payload);
-            CALL_DEPTH.set(0);
-            (id, result)
-        }
-        Job::Health { id } => (id, instance.health().map(|()| Vec::new())),
-    };
+fn answer(result: Result<Vec<u8>, plugboard_sdk::host::CallError>) -> (i32, Vec<u8>) {
     match result {
-        Ok(body) => WorkerMessage::Reply {
-            id,
-            status: abi::STATUS_OK,
-            body,
-        },
-        Err(err) => WorkerMessage::Reply {
-            id,
-            status: err.status,
-            body: err.message.into_bytes(),
-        },
+        Ok(body) => (abi::STATUS_OK, body),
+        Err(err) => (err.status, err.message.into_bytes()),
     }
 }
 
+/// Answers of a `Calls` frame are packed into `Replies` frames of about this many bytes
+/// of bodies; a larger body goes alone, as a plain `Reply`.
+const REPLIES_BUDGET: usize = 48 * 1024;
+const LARGE_BODY: usize = 16 * 1024;
+
 /// Serves requests on `threads` threads (this one included), each receiving from the
-/// socket itself and running the call it received: no hand-off between threads on the
+/// socket itself and running the request it received: no hand-off between threads on the
 /// call path, several calls in flight, and while one thread waits for an emit's answer
-/// another receives it. Whichever thread gets `Shutdown` (or sees the engine gone) waits
-/// for the calls in flight, destroys the instance and ends the process.
+/// another receives it. A `Calls` frame (pipelined calls) is run in order by the thread
+/// that received it, and answered packed. Whichever thread gets `Shutdown` (or sees the
+/// engine gone) waits for the calls in flight, destroys the instance and ends the process.
 fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, threads: u32) -> ! {
     let instance = Arc::new(RwLock::new(Some(instance)));
     for _ in 1..threads.max(1) {
@@ -464,20 +445,8 @@ fn serve_requests(
     link: &EngineLink,
 ) -> Result<(), WorkerError> {
     loop {
-        let job = match channel.recv::<EngineMessage>() {
-            Ok(EngineMessage::Call {
-                id,
-                hook,
-                payload,
-                depth,
-            }) => Job::Call {
-                id,
-                hook,
-                payload,
-                depth,
-            },
-            Ok(EngineMessage::Health { id }) => Job::Health { id },
-            Ok(EngineMessage::EmitResult { id, code }) => {
+        let served = channel.recv_request(|message| match message {
+            Ok(EngineMessageRef::EmitResult { id, code }) => {
                 if let Some(answer) = link
                     .pending_emits
                     .lock()
@@ -486,23 +455,94 @@ fn serve_requests(
                 {
                     let _ = answer.send(code);
                 }
-                continue;
+                Ok(true)
             }
-            Ok(EngineMessage::Shutdown) | Err(IpcError::Closed) => return Ok(()),
-            Ok(other) => {
-                return Err(WorkerError::Protocol(format!(
-                    "unexpected {other:?} while serving"
-                )));
+            Ok(EngineMessageRef::Shutdown) | Err(IpcError::Closed) => Ok(false),
+            Ok(
+                request @ (EngineMessageRef::Call { .. }
+                | EngineMessageRef::Health { .. }
+                | EngineMessageRef::Calls { .. }),
+            ) => {
+                let guard = instance.read().unwrap_or_else(PoisonError::into_inner);
+                let Some(instance) = guard.as_ref() else {
+                    return Ok(false); // shutting down
+                };
+                // Answered while the instance is held, so a shutdown cannot end the
+                // process between running a call and answering it.
+                run_request(channel, instance, request)?;
+                Ok(true)
             }
-            Err(err) => return Err(err.into()),
-        };
-        let reply = {
-            let guard = instance.read().unwrap_or_else(PoisonError::into_inner);
-            let Some(instance) = guard.as_ref() else {
-                return Ok(()); // shutting down
-            };
-            execute(instance, job)
-        };
-        channel.send(&reply)?;
+            Ok(other) => Err(WorkerError::Protocol(format!(
+                "unexpected {other:?} while serving"
+            ))),
+            Err(err) => Err(err.into()),
+        })?;
+        if !served {
+            return Ok(());
+        }
     }
+}
+
+/// Runs a Call, Health or Calls request and sends its answer(s).
+fn run_request(
+    channel: &Channel,
+    instance: &Instance,
+    request: EngineMessageRef<'_>,
+) -> Result<(), WorkerError> {
+    match request {
+        EngineMessageRef::Call {
+            id,
+            hook,
+            payload,
+            depth,
+        } => {
+            let (status, body) = call_hook(instance, hook, payload, depth);
+            channel.send(&WorkerMessage::Reply { id, status, body })?;
+        }
+        EngineMessageRef::Health { id } => {
+            let (status, body) = answer(instance.health().map(|()| Vec::new()));
+            channel.send(&WorkerMessage::Reply { id, status, body })?;
+        }
+        EngineMessageRef::Calls { calls } => run_calls(channel, instance, &calls)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Runs the calls of one `Calls` frame in order and answers them packed into `Replies`
+/// frames, each sent once full (a large answer goes alone, as a `Reply`).
+fn run_calls(
+    channel: &Channel,
+    instance: &Instance,
+    calls: &[BatchedCallRef<'_>],
+) -> Result<(), WorkerError> {
+    let mut packed = Vec::new();
+    let mut packed_bytes = 0;
+    for call in calls {
+        let (status, body) = call_hook(instance, call.hook, call.payload, call.depth);
+        if body.len() > LARGE_BODY {
+            channel.send(&WorkerMessage::Reply {
+                id: call.id,
+                status,
+                body,
+            })?;
+            continue;
+        }
+        packed_bytes += body.len();
+        packed.push(BatchedReply {
+            id: call.id,
+            status,
+            body,
+        });
+        if packed_bytes > REPLIES_BUDGET {
+            channel.send(&WorkerMessage::Replies {
+                replies: std::mem::take(&mut packed),
+            })?;
+            packed_bytes = 0;
+        }
+    }
+    if !packed.is_empty() {
+        channel.send(&WorkerMessage::Replies { replies: packed })?;
+    }
+    Ok(())
 }

@@ -4,8 +4,8 @@
 //! check, so a peer that lies about a length (or a kernel that truncated a datagram) is
 //! caught before the body is decoded. The decoder never panics on any input: it is fuzzed.
 
+use serde::Deserialize;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::IpcError;
 
@@ -25,8 +25,17 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024 + 64;
 /// [`IpcError::TooLarge`] (giving its exact size); the encoder stops storing bytes at the
 /// maximum, so an oversized message costs no more than a maximal frame in memory.
 pub fn encode_frame<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, IpcError> {
+    encode_frame_into(msg, Vec::with_capacity(128))
+}
+
+/// [`encode_frame`] into `buffer` (cleared first), so a sender can reuse one allocation.
+pub(super) fn encode_frame_into<T: Serialize + ?Sized>(
+    msg: &T,
+    mut buffer: Vec<u8>,
+) -> Result<Vec<u8>, IpcError> {
+    buffer.clear();
     let mut out = Bounded {
-        bytes: Vec::with_capacity(64),
+        bytes: buffer,
         total: HEADER_BYTES,
     };
     out.bytes.extend_from_slice(&MAGIC);
@@ -56,7 +65,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, IpcError>
 /// found and what was expected: oversized, shorter than the header, bad magic, a declared
 /// body length that differs from the actual one, an undecodable body, or bytes left over
 /// after the decoded value.
-pub fn decode_frame<T: DeserializeOwned>(frame: &[u8]) -> Result<T, IpcError> {
+pub fn decode_frame<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, IpcError> {
     check_frame_size(frame.len())?;
     let (header, body) = frame.split_at(HEADER_BYTES.min(frame.len()));
     let [m0, m1, l0, l1, l2, l3] = *header else {

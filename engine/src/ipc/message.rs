@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Version of the engine⇄worker protocol; both sides compare it before anything else.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: batched calls (`EngineMessage::Calls`, `WorkerMessage::Replies`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A message from the engine to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,153 @@ pub enum EngineMessage {
     EmitResult { id: u64, code: i32 },
     /// Shut down gracefully (destroy the instance, exit 0).
     Shutdown,
+    /// Several calls in one frame (pipelined calls), each with its own id. One serving
+    /// thread runs them in order and answers them with [`WorkerMessage::Replies`] (or a
+    /// `Reply` for a large answer).
+    Calls { calls: Vec<BatchedCall> },
+}
+
+/// [`EngineMessage`] decoded without copying: hooks and payloads borrow from the received
+/// frame. The same variants in the same order, so the same frames decode to the same
+/// messages; the worker's serving threads receive this way.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename = "EngineMessage")]
+pub enum EngineMessageRef<'a> {
+    Welcome {
+        protocol: u32,
+        plan: ConfinementPlan,
+    },
+    Proceed,
+    Call {
+        id: u64,
+        hook: &'a str,
+        payload: &'a [u8],
+        depth: u32,
+    },
+    Health {
+        id: u64,
+    },
+    EmitResult {
+        id: u64,
+        code: i32,
+    },
+    Shutdown,
+    Calls {
+        #[serde(borrow)]
+        calls: Vec<BatchedCallRef<'a>>,
+    },
+}
+
+/// [`BatchedCall`] borrowing its hook and payload from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename = "BatchedCall")]
+pub struct BatchedCallRef<'a> {
+    pub id: u64,
+    pub hook: &'a str,
+    pub payload: &'a [u8],
+    pub depth: u32,
+}
+
+/// One call of an [`EngineMessage::Calls`] frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchedCall {
+    pub id: u64,
+    pub hook: String,
+    #[serde(with = "bytes")]
+    pub payload: Vec<u8>,
+    pub depth: u32,
+}
+
+/// One answer of a [`WorkerMessage::Replies`] frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchedReply {
+    pub id: u64,
+    pub status: i32,
+    #[serde(with = "bytes")]
+    pub body: Vec<u8>,
+}
+
+/// [`EngineMessage::Call`] borrowing its hook and payload: it encodes to exactly the frame
+/// of the owned message, without copying hook and payload into one first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRef<'a> {
+    pub id: u64,
+    pub hook: &'a str,
+    pub payload: &'a [u8],
+    pub depth: u32,
+}
+
+/// [`EngineMessage::Calls`] borrowing its calls' hooks and payloads: encodes to exactly the
+/// frame of the owned message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallsRef<'a> {
+    pub calls: &'a [CallRef<'a>],
+}
+
+/// `EngineMessage`'s variant indices: Welcome, Proceed, Call, Health, EmitResult,
+/// Shutdown, Calls.
+const CALL_VARIANT: u32 = 2;
+const CALLS_VARIANT: u32 = 6;
+
+/// A byte string, as `#[serde(with = "bytes")]` writes one.
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl Serialize for CallRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+
+        let mut call =
+            serializer.serialize_struct_variant("EngineMessage", CALL_VARIANT, "Call", 4)?;
+        call.serialize_field("id", &self.id)?;
+        call.serialize_field("hook", self.hook)?;
+        call.serialize_field("payload", &Bytes(self.payload))?;
+        call.serialize_field("depth", &self.depth)?;
+        call.end()
+    }
+}
+
+/// One [`CallRef`] written as a [`BatchedCall`].
+struct AsBatchedCall<'a>(&'a CallRef<'a>);
+
+impl Serialize for AsBatchedCall<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        let mut call = serializer.serialize_struct("BatchedCall", 4)?;
+        call.serialize_field("id", &self.0.id)?;
+        call.serialize_field("hook", self.0.hook)?;
+        call.serialize_field("payload", &Bytes(self.0.payload))?;
+        call.serialize_field("depth", &self.0.depth)?;
+        call.end()
+    }
+}
+
+impl Serialize for CallsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStructVariant};
+
+        struct Calls<'a>(&'a [CallRef<'a>]);
+        impl Serialize for Calls<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for call in self.0 {
+                    seq.serialize_element(&AsBatchedCall(call))?;
+                }
+                seq.end()
+            }
+        }
+
+        let mut calls =
+            serializer.serialize_struct_variant("EngineMessage", CALLS_VARIANT, "Calls", 1)?;
+        calls.serialize_field("calls", &Calls(self.calls))?;
+        calls.end()
+    }
 }
 
 /// How a worker confines itself before it loads the plugin.
@@ -109,6 +257,8 @@ pub enum WorkerMessage {
         payload: Vec<u8>,
         depth: u32,
     },
+    /// Answers to several calls (of one or more `Calls` frames), each as `Reply` would.
+    Replies { replies: Vec<BatchedReply> },
 }
 
 /// The outcome of one confinement step, as the worker reports it.
@@ -166,6 +316,179 @@ mod bytes {
                 bytes.push(byte);
             }
             Ok(bytes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        BatchedCall, BatchedCallRef, CallRef, CallsRef, ConfinementPlan, EngineMessage,
+        EngineMessageRef,
+    };
+    use crate::ipc::{IpcError, decode_frame, encode_frame};
+
+    fn plan() -> ConfinementPlan {
+        ConfinementPlan {
+            plugin: "p".to_owned(),
+            uid: 1,
+            gid: 2,
+            network: true,
+            spawn: false,
+            fs_read: vec!["/a".into()],
+            fs_write: vec![],
+            max_open_files: 3,
+            address_space_bytes: 4,
+            tmpfs_bytes: 5,
+            env: vec![("K".to_owned(), "V".to_owned())],
+            config_json: b"{}".to_vec(),
+            require: vec!["seccomp".to_owned()],
+            serve_threads: 2,
+        }
+    }
+
+    /// The borrowed form of an owned message, field by field.
+    fn borrowed(message: &EngineMessage) -> EngineMessageRef<'_> {
+        match message {
+            EngineMessage::Welcome { protocol, plan } => EngineMessageRef::Welcome {
+                protocol: *protocol,
+                plan: plan.clone(),
+            },
+            EngineMessage::Proceed => EngineMessageRef::Proceed,
+            EngineMessage::Call {
+                id,
+                hook,
+                payload,
+                depth,
+            } => EngineMessageRef::Call {
+                id: *id,
+                hook,
+                payload,
+                depth: *depth,
+            },
+            EngineMessage::Health { id } => EngineMessageRef::Health { id: *id },
+            EngineMessage::EmitResult { id, code } => EngineMessageRef::EmitResult {
+                id: *id,
+                code: *code,
+            },
+            EngineMessage::Shutdown => EngineMessageRef::Shutdown,
+            EngineMessage::Calls { calls } => EngineMessageRef::Calls {
+                calls: calls
+                    .iter()
+                    .map(|call| BatchedCallRef {
+                        id: call.id,
+                        hook: &call.hook,
+                        payload: &call.payload,
+                        depth: call.depth,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn every_engine_message_decodes_borrowed_as_it_does_owned() {
+        let call = |id| BatchedCall {
+            id,
+            hook: format!("hook{id}"),
+            payload: vec![u8::try_from(id % 256).unwrap(); usize::try_from(id).unwrap()],
+            depth: 1,
+        };
+        let messages = [
+            EngineMessage::Welcome {
+                protocol: 2,
+                plan: plan(),
+            },
+            EngineMessage::Proceed,
+            EngineMessage::Call {
+                id: u64::MAX,
+                hook: "on_tick".to_owned(),
+                payload: (0..=255).collect(),
+                depth: 3,
+            },
+            EngineMessage::Health { id: 7 },
+            EngineMessage::EmitResult { id: 8, code: -3 },
+            EngineMessage::Shutdown,
+            EngineMessage::Calls {
+                calls: (0..5).map(call).collect(),
+            },
+            EngineMessage::Calls { calls: Vec::new() },
+        ];
+        for message in &messages {
+            let frame = encode_frame(message).unwrap();
+            assert_eq!(
+                decode_frame::<EngineMessageRef<'_>>(&frame).unwrap(),
+                borrowed(message)
+            );
+        }
+        // Bad frames are refused alike.
+        let frame = encode_frame(&messages[2]).unwrap();
+        for cut in [0, 3, 6, 10, frame.len() - 1] {
+            assert!(matches!(
+                decode_frame::<EngineMessageRef<'_>>(&frame[..cut]),
+                Err(IpcError::Protocol { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn borrowed_calls_encode_like_the_owned_ones() {
+        let refs = [
+            CallRef {
+                id: 1,
+                hook: "greet",
+                payload: b"world",
+                depth: 0,
+            },
+            CallRef {
+                id: u64::MAX,
+                hook: "",
+                payload: &[0xff; 300],
+                depth: 3,
+            },
+        ];
+        for calls in [&refs[..], &refs[..1], &[]] {
+            let owned = EngineMessage::Calls {
+                calls: calls
+                    .iter()
+                    .map(|call| BatchedCall {
+                        id: call.id,
+                        hook: call.hook.to_owned(),
+                        payload: call.payload.to_vec(),
+                        depth: call.depth,
+                    })
+                    .collect(),
+            };
+            assert_eq!(
+                encode_frame(&CallsRef { calls }).unwrap(),
+                encode_frame(&owned).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_borrowed_call_encodes_like_the_owned_one() {
+        for (id, hook, payload, depth) in [
+            (1, "greet", &b"world"[..], 0),
+            (u64::MAX, "", &[][..], u32::MAX),
+            (300, "a.b", &[0xff; 200][..], 4),
+        ] {
+            let owned = EngineMessage::Call {
+                id,
+                hook: hook.to_owned(),
+                payload: payload.to_vec(),
+                depth,
+            };
+            let borrowed = CallRef {
+                id,
+                hook,
+                payload,
+                depth,
+            };
+            assert_eq!(
+                encode_frame(&borrowed).unwrap(),
+                encode_frame(&owned).unwrap()
+            );
         }
     }
 }

@@ -58,6 +58,34 @@ pub fn adopt_received_fd(raw: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
+/// `SO_PASSRIGHTS` (Linux 6.16, `asm-generic/socket.h`; not in the libc crate yet).
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Makes the Unix socket `fd` refuse descriptors: from now on a peer's send with
+/// `SCM_RIGHTS` fails (`EPERM`) and no descriptor is ever queued for this socket, so it
+/// can be read with a plain `recv`. Fails on kernels before 6.16 (`ENOPROTOOPT`).
+pub fn refuse_descriptors(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let off: libc::c_int = 0;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: `fd` is an open descriptor for the duration of the call (borrowed); the
+    // option value points to a live c_int and `len` is its size; the kernel only reads it.
+    let result = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&raw const off).cast(),
+            len,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A close-on-exec duplicate of `fd` numbered `min` or higher (the engine moves the
 /// descriptors it passes to a worker clear of the numbers they are dup2'd onto).
 pub fn duplicate_at_or_above(fd: BorrowedFd<'_>, min: RawFd) -> std::io::Result<OwnedFd> {

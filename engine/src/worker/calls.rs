@@ -1,0 +1,1045 @@
+//! Requests to one worker and their replies, received by the callers themselves.
+//!
+//! There is no reader thread on the call path. Whoever holds the *receive role* reads the
+//! socket: normally a thread waiting for a reply of its own (the *leader*). It handles
+//! whatever arrives — its own replies, other callers' replies (stored in their slot, their
+//! thread unparked), log lines, emits, protocol violations — and when it has what it
+//! waited for it passes the role to another waiting caller (unparking it), or leaves it
+//! free. A caller that finds the role taken waits parked until its reply is delivered or
+//! the role is passed to it. A single caller with nothing else in flight thus sends, then
+//! receives its reply itself: no thread wake-up besides its own.
+//!
+//! While nobody calls, the *idle reader* thread takes the role, so a worker's log lines,
+//! emits and violations between calls are still handled. It stays out of the way while
+//! calls keep coming: it only waits on the socket once no request was made for a while
+//! (its check interval grows from [`IDLE_CHECK_MIN`] to [`IDLE_CHECK_MAX`] while calls
+//! continue), and hands the role to a waiting caller as soon as it has read what was
+//! queued.
+//!
+//! Whoever receives makes every protocol check: a reply to an id never issued, a frame that
+//! is not a `WorkerMessage`, a message out of protocol — each is reported as
+//! [`WorkerEvent::ProtocolViolation`] before the worker is killed, and every waiting caller
+//! gets [`CallFailure::WorkerGone`]. Once the handshake is over the engine's end refuses
+//! descriptors (`SO_PASSRIGHTS`, Linux 6.16): a worker's send with one fails in the worker,
+//! and replies are read with a plain `recv`; on older kernels every datagram is still
+//! checked for descriptors.
+//!
+//! Pipelined calls ([`Calls::request_many`]) are packed into `Calls` frames and answered in
+//! `Replies` frames: one datagram carries up to [`CALLS_PER_FRAME`] calls each way.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use super::{CallFailure, CallOutcome, EmitHandler, EventSink, OutputStream, WorkerEvent};
+use crate::ipc::{
+    CallRef, CallsRef, Channel, EngineMessage, IpcError, WorkerMessage, encode_frame,
+};
+
+/// Emits a worker may have waiting for an answer at once; more are refused at once, so a
+/// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
+const MAX_EMITS_IN_FLIGHT: usize = 16;
+
+/// The socket's receive timeout: a leader waiting for a slow reply looks at its deadline
+/// and at the worker's state this often (exact deadlines within the last tick).
+const RECEIVE_TICK: Duration = Duration::from_millis(10);
+
+/// The idle reader's first look for a quiet socket after calls, and its longest interval
+/// between looks while calls keep coming.
+const IDLE_CHECK_MIN: Duration = Duration::from_millis(1);
+const IDLE_CHECK_MAX: Duration = Duration::from_millis(20);
+
+/// How long the idle reader waits on the socket before it looks at the worker's state.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// Requests of one caller sent ahead of their replies.
+const BATCH_WINDOW: usize = 256;
+
+/// Calls packed into one frame by [`Calls::request_many`].
+const CALLS_PER_FRAME: usize = 64;
+
+/// About the most bytes of hooks and payloads packed into one frame (a larger call goes
+/// alone).
+const FRAME_BUDGET: usize = 48 * 1024;
+
+/// A reply as it arrived: status, body and when it was received.
+type Reply = (i32, Vec<u8>, Instant);
+
+/// The state of one worker's requests, shared by callers, the idle reader and the waiter.
+pub(super) struct Calls {
+    channel: Arc<Channel>,
+    /// The next request id: a reply to any id at or above it answers a request that was
+    /// never sent.
+    next_id: AtomicU64,
+    state: Mutex<State>,
+    /// The worker is gone (exited, closed its end, killed for a violation): nothing more is
+    /// received and every request fails.
+    gone: AtomicBool,
+    /// Counts requests, so the idle reader sees whether calls are still coming.
+    activity: AtomicU64,
+    pid: Pid,
+    events: EventSink,
+    emit: Option<EmitHandler>,
+    emits_in_flight: Arc<AtomicUsize>,
+}
+
+/// Request ids are consecutive numbers the engine issues: a multiplicative hash spreads
+/// them as well as SipHash, for less.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type ById<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+struct State {
+    /// Request id → the caller (its key) waiting for it.
+    waiting: ById<u64>,
+    /// Waiting callers by key (the first id of their requests).
+    callers: ById<Waiter>,
+    /// Who reads the socket now.
+    receiver: Option<Receiver>,
+    /// The idle reader, to wake when the worker is gone.
+    idle_reader: Option<Thread>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Receiver {
+    /// The caller with this key.
+    Caller(u64),
+    /// The idle reader thread.
+    Idle,
+}
+
+struct Waiter {
+    thread: Thread,
+    /// Replies delivered by the leader: (request id, reply).
+    inbox: Vec<(u64, Reply)>,
+}
+
+/// One caller's requests (ids `ids`) and what became of them.
+struct Batch {
+    key: u64,
+    ids: Range<u64>,
+    results: Vec<Option<Result<Reply, CallFailure>>>,
+    missing: usize,
+}
+
+impl Batch {
+    fn index(&self, id: u64) -> Option<usize> {
+        if self.ids.contains(&id) {
+            usize::try_from(id - self.ids.start).ok()
+        } else {
+            None
+        }
+    }
+
+    /// Records a result; whether it is the first for `id`.
+    fn settle(&mut self, id: u64, result: Result<Reply, CallFailure>) -> bool {
+        if let Some(slot) = self.index(id).and_then(|index| self.results.get_mut(index))
+            && slot.is_none()
+        {
+            *slot = Some(result);
+            self.missing -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// Every request without a result gets `failure`.
+    fn fail_rest(&mut self, failure: &CallFailure) {
+        for slot in &mut self.results {
+            if slot.is_none() {
+                *slot = Some(Err(failure.clone()));
+            }
+        }
+        self.missing = 0;
+    }
+}
+
+impl Calls {
+    pub(super) fn new(
+        channel: Arc<Channel>,
+        pid: Pid,
+        events: EventSink,
+        emit: Option<EmitHandler>,
+    ) -> Self {
+        // Without a tick a leader would wait in poll + recvmsg; with it, in one recvmsg.
+        let _ = channel.set_receive_tick(RECEIVE_TICK);
+        // The handshake's one descriptor (the seccomp listener) has arrived; from now on
+        // the worker cannot send any (its send fails), and replies are read with a plain
+        // recv. Before Linux 6.16 every datagram is checked for descriptors instead.
+        let _ = channel.refuse_descriptors();
+        Self {
+            channel,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State {
+                waiting: ById::default(),
+                callers: ById::default(),
+                receiver: None,
+                idle_reader: None,
+            }),
+            gone: AtomicBool::new(false),
+            activity: AtomicU64::new(0),
+            pid,
+            events,
+            emit,
+            emits_in_flight: Arc::default(),
+        }
+    }
+
+    pub(super) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Requests sent and not answered yet.
+    pub(super) fn in_flight(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    /// Sends one request (`message` gets its id) and waits at most `timeout` for the reply.
+    pub(super) fn request<M: Serialize>(
+        &self,
+        message: impl Fn(u64) -> M,
+        timeout: Duration,
+    ) -> Result<CallOutcome, CallFailure> {
+        let start = Instant::now();
+        let mut results = self.exchange(1, timeout, |ids, _| {
+            match self.channel.try_send(&message(ids.start)) {
+                Ok(true) => Ok(1),
+                Ok(false) => Ok(0),
+                Err(_) => Err(()),
+            }
+        });
+        let result = results.pop().unwrap_or(Err(CallFailure::WorkerGone));
+        result.map(|(status, body, received)| CallOutcome {
+            status,
+            body,
+            duration: received.saturating_duration_since(start),
+        })
+    }
+
+    /// Calls `calls` (hook, payload), pipelined: packed [`CALLS_PER_FRAME`] to a frame,
+    /// up to [`BATCH_WINDOW`] of them ahead of their replies; waits at most `timeout` from
+    /// now for all replies. The results are in the order of `calls`.
+    pub(super) fn request_many(
+        &self,
+        calls: &[(&str, &[u8])],
+        depth: u32,
+        timeout: Duration,
+    ) -> Vec<Result<Reply, CallFailure>> {
+        let mut first = None;
+        self.exchange(calls.len(), timeout, |ids, refused| {
+            let first = *first.get_or_insert(ids.start);
+            self.send_packed(ids, first, calls, depth, refused)
+        })
+    }
+
+    /// Sends the calls with ids `ids` (`calls[id - first]`), packed into frames, without
+    /// waiting for room: how many calls went out. A call too large for any frame is not
+    /// sent: its id goes to `refused`, and it counts as gone out.
+    fn send_packed(
+        &self,
+        ids: Range<u64>,
+        first: u64,
+        calls: &[(&str, &[u8])],
+        depth: u32,
+        refused: &mut Vec<u64>,
+    ) -> Result<u64, ()> {
+        let call = |id: u64| {
+            let (hook, payload) = usize::try_from(id - first)
+                .ok()
+                .and_then(|index| calls.get(index))
+                .copied()
+                .unwrap_or(("", &[]));
+            CallRef {
+                id,
+                hook,
+                payload,
+                depth,
+            }
+        };
+        // Frames of up to CALLS_PER_FRAME calls and about FRAME_BUDGET bytes; a call too
+        // large to share a frame goes alone, as a plain Call.
+        let mut frames = Vec::new();
+        let mut calls_in = Vec::new();
+        let mut group: Vec<CallRef<'_>> = Vec::with_capacity(CALLS_PER_FRAME);
+        let mut group_bytes = 0;
+        let mut refused_now = 0;
+        let mut ids = ids.peekable();
+        while let Some(&id) = ids.peek() {
+            let next = call(id);
+            let bytes = next.hook.len() + next.payload.len() + 24;
+            let full = group.len() == CALLS_PER_FRAME || group_bytes + bytes > FRAME_BUDGET;
+            if !group.is_empty() && full {
+                frames.push(encode_group(&group)?);
+                calls_in.push(group.len());
+                group.clear();
+                group_bytes = 0;
+            }
+            if group.is_empty() && bytes > FRAME_BUDGET {
+                // Alone in its frame; one that does not fit is refused, but only while
+                // nothing is queued before it, so the calls keep their order.
+                match encode_frame(&next) {
+                    Ok(frame) => {
+                        frames.push(frame);
+                        calls_in.push(1);
+                    }
+                    Err(IpcError::TooLarge { .. } | IpcError::Encode { .. })
+                        if frames.is_empty() =>
+                    {
+                        refused.push(id);
+                        refused_now += 1;
+                    }
+                    Err(_) => break,
+                }
+                ids.next();
+                continue;
+            }
+            group.push(next);
+            group_bytes += bytes;
+            ids.next();
+        }
+        if !group.is_empty() {
+            frames.push(encode_group(&group)?);
+            calls_in.push(group.len());
+        }
+        let sent_frames = self.channel.try_send_frames(&frames).map_err(drop)?;
+        let sent: usize = calls_in.iter().take(sent_frames).sum();
+        Ok(u64::try_from(sent + refused_now).unwrap_or(0))
+    }
+
+    /// Registers `count` requests under fresh ids, sends them with `send` (given the ids
+    /// still to send, it sends what it can now without waiting and says how many went out),
+    /// keeping at most [`BATCH_WINDOW`] ahead of their replies, and collects the replies —
+    /// receiving them itself while it holds the receive role — until all are in, `timeout`
+    /// has passed, or the worker is gone.
+    fn exchange(
+        &self,
+        count: usize,
+        timeout: Duration,
+        mut send: impl FnMut(Range<u64>, &mut Vec<u64>) -> Result<u64, ()>,
+    ) -> Vec<Result<Reply, CallFailure>> {
+        if count == 0 {
+            return Vec::new();
+        }
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or(start + Duration::from_secs(86_400 * 365));
+        let first = self
+            .next_id
+            .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::SeqCst);
+        let ids = first..first + u64::try_from(count).unwrap_or(u64::MAX);
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        let mut batch = Batch {
+            key: first,
+            ids: ids.clone(),
+            results: (0..count).map(|_| None).collect(),
+            missing: count,
+        };
+        let Some(mut leading) = self.register(&batch) else {
+            batch.fail_rest(&CallFailure::WorkerGone);
+            return finish(batch);
+        };
+        let window = u64::try_from(BATCH_WINDOW).unwrap_or(u64::MAX);
+        let chunk = u64::try_from(CALLS_PER_FRAME).unwrap_or(1);
+        let mut next_to_send = ids.start;
+        let mut answered: u64 = 0;
+        loop {
+            // Keep up to BATCH_WINDOW requests ahead of their replies, topped up a frame's
+            // worth at a time, so the worker finds many calls per receive.
+            let window_end = ids
+                .start
+                .saturating_add(answered.saturating_add(window))
+                .min(ids.end);
+            let room = window_end.saturating_sub(next_to_send);
+            if room > 0 && room >= chunk.min(ids.end - next_to_send) {
+                let mut refused = Vec::new();
+                if let Ok(sent) = send(next_to_send..window_end, &mut refused) {
+                    next_to_send += sent;
+                } else {
+                    // The worker closed its end, or a request cannot be sent (too large):
+                    // the requests not sent yet fail; the sent ones still get their replies.
+                    for id in next_to_send..ids.end {
+                        batch.settle(id, Err(CallFailure::WorkerGone));
+                    }
+                    next_to_send = ids.end;
+                }
+                // Calls too large for a frame: never sent, so never answered.
+                for id in refused {
+                    batch.settle(id, Err(CallFailure::WorkerGone));
+                    answered += 1;
+                }
+            }
+            if batch.missing == 0 || self.gone.load(Ordering::SeqCst) {
+                break;
+            }
+            if leading {
+                match self.channel.recv_before::<WorkerMessage>(deadline) {
+                    Ok(Some(message)) => match self.handle(message, &mut batch) {
+                        Ok(settled) => answered += settled,
+                        Err(reason) => self.lose_worker(Some(reason)),
+                    },
+                    // Nothing within a tick: look at the deadline and the worker again.
+                    Ok(None) => {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                    Err(IpcError::Closed) => self.lose_worker(None),
+                    Err(IpcError::Protocol { reason }) => self.lose_worker(Some(reason)),
+                    Err(err) => self.lose_worker(Some(err.to_string())),
+                }
+            } else {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let (delivered, promoted) = self.collect(&mut batch);
+                answered += delivered;
+                if promoted {
+                    leading = true;
+                    continue;
+                }
+                if batch.missing == 0 {
+                    continue;
+                }
+                // Woken by a delivery, a promotion, the worker's end — or the deadline.
+                let wait = deadline.saturating_duration_since(now);
+                std::thread::park_timeout(if next_to_send < ids.end {
+                    wait.min(Duration::from_millis(1))
+                } else {
+                    wait
+                });
+            }
+        }
+        self.leave(&mut batch, leading, next_to_send, timeout);
+        finish(batch)
+    }
+
+    /// Makes `batch`'s requests known (so replies find their caller) before any is sent;
+    /// whether the caller receives (it got the receive role); `None` if the worker is gone.
+    fn register(&self, batch: &Batch) -> Option<bool> {
+        let mut state = self.lock();
+        if self.gone.load(Ordering::SeqCst) {
+            return None;
+        }
+        let key = batch.key;
+        state.waiting.extend(batch.ids.clone().map(|id| (id, key)));
+        state.callers.insert(
+            key,
+            Waiter {
+                thread: std::thread::current(),
+                inbox: Vec::new(),
+            },
+        );
+        if state.receiver.is_none() {
+            state.receiver = Some(Receiver::Caller(key));
+            Some(true)
+        } else {
+            Some(false)
+        }
+    }
+
+    /// Takes the replies delivered to `batch`'s caller; whether the receive role was passed
+    /// to it.
+    fn collect(&self, batch: &mut Batch) -> (u64, bool) {
+        let mut state = self.lock();
+        let promoted = state.receiver == Some(Receiver::Caller(batch.key));
+        let inbox = state
+            .callers
+            .get_mut(&batch.key)
+            .map(|waiter| std::mem::take(&mut waiter.inbox))
+            .unwrap_or_default();
+        drop(state);
+        let mut delivered = 0;
+        for (id, reply) in inbox {
+            if batch.settle(id, Ok(reply)) {
+                delivered += 1;
+            }
+        }
+        (delivered, promoted)
+    }
+
+    /// The caller is done (all replies in, deadline passed, or the worker gone): forget its
+    /// requests, take the replies delivered meanwhile, and pass the receive role on if it
+    /// held it.
+    fn leave(&self, batch: &mut Batch, leading: bool, next_to_send: u64, timeout: Duration) {
+        let mut state = self.lock();
+        for id in batch.ids.clone() {
+            state.waiting.remove(&id);
+        }
+        if let Some(waiter) = state.callers.remove(&batch.key) {
+            for (id, reply) in waiter.inbox {
+                batch.settle(id, Ok(reply));
+            }
+        }
+        if leading || state.receiver == Some(Receiver::Caller(batch.key)) {
+            pass_role(&mut state);
+        }
+        drop(state);
+        let failure = if self.gone.load(Ordering::SeqCst) {
+            CallFailure::WorkerGone
+        } else {
+            CallFailure::Timeout { timeout }
+        };
+        // Requests never sent: the worker is gone or the deadline came first.
+        for id in next_to_send..batch.ids.end {
+            batch.settle(id, Err(failure.clone()));
+        }
+        batch.fail_rest(&failure);
+    }
+
+    /// Handles one message from the worker; `Err` is a protocol violation. Replies to
+    /// `own` requests are settled there (how many is the `Ok`); replies to other callers'
+    /// requests are handed to them.
+    fn handle(&self, message: WorkerMessage, own: &mut Batch) -> Result<u64, String> {
+        match message {
+            WorkerMessage::Reply { id, status, body } => {
+                self.replies(own, std::iter::once((id, status, body)))
+            }
+            WorkerMessage::Replies { replies } => self.replies(
+                own,
+                replies
+                    .into_iter()
+                    .map(|reply| (reply.id, reply.status, reply.body)),
+            ),
+            WorkerMessage::Log { level, message } => {
+                (self.events)(WorkerEvent::Output {
+                    stream: OutputStream::Log { level },
+                    line: message,
+                });
+                Ok(0)
+            }
+            WorkerMessage::Emit {
+                id,
+                hook,
+                payload,
+                depth,
+            } => {
+                self.emit(id, hook, payload, depth);
+                Ok(0)
+            }
+            other => Err(format!("unexpected {other:?} after the handshake")),
+        }
+    }
+
+    /// Settles or hands over replies. A reply to an id the engine never issued is a
+    /// violation; a known id nobody waits for is a late reply to a call that timed out (or
+    /// a repeated one): discarded.
+    fn replies(
+        &self,
+        own: &mut Batch,
+        replies: impl Iterator<Item = (u64, i32, Vec<u8>)>,
+    ) -> Result<u64, String> {
+        let issued = self.next_id.load(Ordering::SeqCst);
+        let received = Instant::now();
+        let several = own.ids.end - own.ids.start > 1;
+        let mut settled = 0;
+        let mut state = None;
+        for (id, status, body) in replies {
+            if id >= issued {
+                return Err(format!(
+                    "reply to request {id}, which the engine never sent"
+                ));
+            }
+            let reply = (status, body, received);
+            if own.index(id).is_some() {
+                // A single request is forgotten when its caller leaves.
+                if several {
+                    state.get_or_insert_with(|| self.lock()).waiting.remove(&id);
+                }
+                if own.settle(id, Ok(reply)) {
+                    settled += 1;
+                }
+                continue;
+            }
+            let state = state.get_or_insert_with(|| self.lock());
+            let Some(key) = state.waiting.remove(&id) else {
+                continue;
+            };
+            if let Some(waiter) = state.callers.get_mut(&key) {
+                waiter.inbox.push((id, reply));
+                waiter.thread.unpark();
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Answers an emit from a thread of its own, so the receiver keeps reading (the
+    /// subscribers may call back into this very worker).
+    fn emit(&self, id: u64, hook: String, payload: Vec<u8>, depth: u32) {
+        let answer = move |channel: &Channel, code| {
+            let _ = channel.send(&EngineMessage::EmitResult { id, code });
+        };
+        let Some(handler) = self.emit.clone() else {
+            answer(&self.channel, plugboard_sdk::abi::EMIT_DENIED);
+            return;
+        };
+        if self.emits_in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_EMITS_IN_FLIGHT {
+            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
+            return;
+        }
+        let (channel, in_flight) = (Arc::clone(&self.channel), Arc::clone(&self.emits_in_flight));
+        let spawned = std::thread::Builder::new()
+            .name("pb-emit".to_owned())
+            .spawn(move || {
+                let code = handler(&hook, &payload, depth);
+                answer(&channel, code);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
+        }
+    }
+
+    /// The worker is lost: with a `violation`, it broke the protocol (reported before the
+    /// kill it causes, so the violation precedes the exit in the plugin's events). Every
+    /// waiting caller is woken and fails.
+    fn lose_worker(&self, violation: Option<String>) {
+        if let Some(reason) = violation {
+            (self.events)(WorkerEvent::ProtocolViolation { reason });
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
+        self.mark_gone();
+    }
+
+    /// No more replies will come (the worker exited, or it is being killed): every waiting
+    /// caller and the idle reader are woken.
+    pub(super) fn mark_gone(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+        let state = self.lock();
+        for waiter in state.callers.values() {
+            waiter.thread.unpark();
+        }
+        if let Some(thread) = &state.idle_reader {
+            thread.unpark();
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+
+    /// The idle reader: receives while no caller does, until the worker is gone.
+    pub(super) fn idle_reader(&self) {
+        self.lock().idle_reader = Some(std::thread::current());
+        let mut nobody = Batch {
+            key: 0,
+            ids: 0..0,
+            results: Vec::new(),
+            missing: 0,
+        };
+        let mut seen = self.activity.load(Ordering::Relaxed);
+        let mut interval = IDLE_CHECK_MIN;
+        while !self.is_gone() {
+            // Stay out of the way while calls keep coming.
+            let now = self.activity.load(Ordering::Relaxed);
+            if now != seen || self.lock().receiver.is_some() {
+                seen = now;
+                std::thread::park_timeout(interval);
+                interval = (interval * 2).min(IDLE_CHECK_MAX);
+                continue;
+            }
+            interval = IDLE_CHECK_MIN;
+            if self
+                .channel
+                .wait_readable(Instant::now().checked_add(IDLE_POLL))
+                .is_err()
+            {
+                self.mark_gone();
+                break;
+            }
+            {
+                let mut state = self.lock();
+                if state.receiver.is_some() {
+                    continue;
+                }
+                state.receiver = Some(Receiver::Idle);
+            }
+            self.read_queued(&mut nobody);
+            pass_role(&mut self.lock());
+        }
+        self.drain_output();
+    }
+
+    /// Handles every message queued now (as the receiver).
+    fn read_queued(&self, nobody: &mut Batch) {
+        while !self.is_gone() {
+            match self.channel.try_recv::<WorkerMessage>() {
+                Ok(Some(message)) => {
+                    if let Err(reason) = self.handle(message, nobody) {
+                        self.lose_worker(Some(reason));
+                    }
+                }
+                Ok(None) => break,
+                Err(IpcError::Closed) => self.mark_gone(),
+                Err(IpcError::Protocol { reason }) => self.lose_worker(Some(reason)),
+                Err(err) => self.lose_worker(Some(err.to_string())),
+            }
+        }
+    }
+
+    /// After the worker ended: the log lines it sent before are still reported.
+    fn drain_output(&self) {
+        while let Ok(Some(message)) = self.channel.try_recv::<WorkerMessage>() {
+            if let WorkerMessage::Log { level, message } = message {
+                (self.events)(WorkerEvent::Output {
+                    stream: OutputStream::Log { level },
+                    line: message,
+                });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Calls")
+            .field("next_id", &self.next_id)
+            .field("gone", &self.gone)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One frame for a group of calls: a plain Call for one, Calls for more.
+fn encode_group(group: &[CallRef<'_>]) -> Result<Vec<u8>, ()> {
+    match group {
+        [single] => encode_frame(single),
+        several => encode_frame(&CallsRef { calls: several }),
+    }
+    .map_err(drop)
+}
+
+/// The receive role goes to a waiting caller (which is unparked) or to nobody.
+fn pass_role(state: &mut State) {
+    let next = state
+        .callers
+        .iter()
+        .next()
+        .map(|(key, waiter)| (*key, waiter.thread.clone()));
+    state.receiver = next.map(|(key, thread)| {
+        thread.unpark();
+        Receiver::Caller(key)
+    });
+}
+
+fn finish(batch: Batch) -> Vec<Result<Reply, CallFailure>> {
+    batch
+        .results
+        .into_iter()
+        .map(|result| result.unwrap_or(Err(CallFailure::WorkerGone)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::ipc::{BatchedReply, EngineMessage, EngineMessageRef};
+
+    /// A stand-in process for the worker's pid (killed on a violation), and the engine's
+    /// `Calls` over one end of a pair whose other end the test plays the worker on.
+    struct Fixture {
+        calls: Arc<Calls>,
+        worker: Arc<Channel>,
+        events: mpsc::Receiver<WorkerEvent>,
+        child: std::process::Child,
+        reader: Option<std::thread::JoinHandle<()>>,
+    }
+
+    fn fixture() -> Fixture {
+        let (engine, worker) = Channel::pair().expect("socketpair");
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let (sink, events) = mpsc::channel();
+        let sink = Mutex::new(sink);
+        let events_sink: EventSink = Arc::new(move |event| {
+            let _ = sink
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(event);
+        });
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let calls = Arc::new(Calls::new(Arc::new(engine), pid, events_sink, None));
+        let idle = Arc::clone(&calls);
+        let reader = std::thread::spawn(move || idle.idle_reader());
+        Fixture {
+            calls,
+            worker: Arc::new(worker),
+            events,
+            child,
+            reader: Some(reader),
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.calls.mark_gone();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+        }
+    }
+
+    /// Answers every call with its payload, `Calls` frames with their replies in reverse
+    /// order, until Shutdown or the end.
+    fn echo_worker(worker: &Channel) {
+        loop {
+            let go_on = worker.recv_request(|message| match message {
+                Ok(EngineMessageRef::Call { id, payload, .. }) => {
+                    let body = payload.to_vec();
+                    worker
+                        .send(&WorkerMessage::Reply {
+                            id,
+                            status: 0,
+                            body,
+                        })
+                        .expect("reply");
+                    true
+                }
+                Ok(EngineMessageRef::Calls { calls }) => {
+                    let replies = calls
+                        .iter()
+                        .rev()
+                        .map(|call| BatchedReply {
+                            id: call.id,
+                            status: 0,
+                            body: call.payload.to_vec(),
+                        })
+                        .collect();
+                    worker
+                        .send(&WorkerMessage::Replies { replies })
+                        .expect("replies");
+                    true
+                }
+                _ => false,
+            });
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    fn single(calls: &Calls, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, CallFailure> {
+        calls
+            .request(
+                |id| CallRef {
+                    id,
+                    hook: "echo",
+                    payload,
+                    depth: 0,
+                },
+                timeout,
+            )
+            .map(|outcome| outcome.body)
+    }
+
+    #[test]
+    fn concurrent_callers_each_get_their_own_reply() {
+        let fixture = fixture();
+        let worker = Arc::clone(&fixture.worker);
+        let echo = std::thread::spawn(move || echo_worker(&worker));
+        std::thread::scope(|scope| {
+            for thread in 0..8u32 {
+                let calls = &fixture.calls;
+                scope.spawn(move || {
+                    for n in 0..300u32 {
+                        let payload = format!("{thread}/{n}").into_bytes();
+                        let body = single(calls, &payload, Duration::from_secs(10));
+                        assert_eq!(body.as_deref(), Ok(&payload[..]));
+                    }
+                });
+            }
+        });
+        assert_eq!(fixture.calls.in_flight(), 0);
+        fixture
+            .worker
+            .send(&EngineMessage::Shutdown)
+            .expect("shutdown");
+        drop(fixture);
+        echo.join().expect("echo ends");
+    }
+
+    #[test]
+    fn batches_are_answered_in_order_of_the_calls_next_to_single_calls() {
+        let fixture = fixture();
+        let worker = Arc::clone(&fixture.worker);
+        let echo = std::thread::spawn(move || echo_worker(&worker));
+        let payloads: Vec<Vec<u8>> = (0..1000u32)
+            .map(|n| n.to_le_bytes().repeat(usize::try_from(n % 7).unwrap_or(0)))
+            .collect();
+        let batch: Vec<(&str, &[u8])> = payloads.iter().map(|p| ("echo", &p[..])).collect();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    let body = single(&fixture.calls, b"single", Duration::from_secs(10));
+                    assert_eq!(body.as_deref(), Ok(&b"single"[..]));
+                }
+            });
+            for _ in 0..3 {
+                let results = fixture
+                    .calls
+                    .request_many(&batch, 0, Duration::from_secs(10));
+                assert_eq!(results.len(), payloads.len());
+                for (result, payload) in results.iter().zip(&payloads) {
+                    assert_eq!(result.as_ref().map(|r| &r.1), Ok(payload));
+                }
+            }
+        });
+        assert_eq!(fixture.calls.in_flight(), 0);
+        drop(fixture);
+        echo.join().expect("echo ends");
+    }
+
+    #[test]
+    fn a_call_too_large_for_a_frame_fails_alone() {
+        let fixture = fixture();
+        let worker = Arc::clone(&fixture.worker);
+        let echo = std::thread::spawn(move || echo_worker(&worker));
+        let huge = vec![0u8; crate::ipc::MAX_FRAME_BYTES];
+        let batch = [
+            ("echo", &b"a"[..]),
+            ("echo", &huge[..]),
+            ("echo", &b"c"[..]),
+        ];
+        let results = fixture
+            .calls
+            .request_many(&batch, 0, Duration::from_secs(10));
+        assert_eq!(results[0].as_ref().map(|r| &r.1[..]), Ok(&b"a"[..]));
+        assert_eq!(
+            results[1].as_ref().map(|_| ()),
+            Err(&CallFailure::WorkerGone)
+        );
+        assert_eq!(results[2].as_ref().map(|r| &r.1[..]), Ok(&b"c"[..]));
+        drop(fixture);
+        echo.join().expect("echo ends");
+    }
+
+    #[test]
+    fn a_timed_out_call_fails_and_its_late_reply_is_discarded() {
+        let fixture = fixture();
+        let started = Instant::now();
+        let result = single(&fixture.calls, b"slow", Duration::from_millis(50));
+        assert_eq!(
+            result,
+            Err(CallFailure::Timeout {
+                timeout: Duration::from_millis(50)
+            })
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // The late reply arrives, then the answer to the next call.
+        let late = fixture.worker.recv::<EngineMessage>().expect("the call");
+        let EngineMessage::Call { id, .. } = late else {
+            panic!("expected the call, got {late:?}");
+        };
+        fixture
+            .worker
+            .send(&WorkerMessage::Reply {
+                id,
+                status: 0,
+                body: b"late".to_vec(),
+            })
+            .expect("late reply");
+        let worker = Arc::clone(&fixture.worker);
+        let echo = std::thread::spawn(move || echo_worker(&worker));
+        assert_eq!(
+            single(&fixture.calls, b"next", Duration::from_secs(10)).as_deref(),
+            Ok(&b"next"[..])
+        );
+        assert!(fixture.events.try_recv().is_err(), "no violation");
+        drop(fixture);
+        echo.join().expect("echo ends");
+    }
+
+    #[test]
+    fn a_reply_to_a_request_never_sent_is_a_violation_and_fails_every_caller() {
+        let fixture = fixture();
+        let worker = Arc::clone(&fixture.worker);
+        let forger = std::thread::spawn(move || {
+            let _ = worker.recv::<EngineMessage>();
+            worker
+                .send(&WorkerMessage::Reply {
+                    id: 999_999,
+                    status: 0,
+                    body: Vec::new(),
+                })
+                .expect("forged reply");
+        });
+        let result = single(&fixture.calls, b"x", Duration::from_secs(10));
+        assert_eq!(result, Err(CallFailure::WorkerGone));
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::ProtocolViolation { reason }) => {
+                assert!(reason.contains("999999"), "{reason}");
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
+        assert_eq!(
+            single(&fixture.calls, b"y", Duration::from_secs(1)),
+            Err(CallFailure::WorkerGone)
+        );
+        forger.join().expect("forger ends");
+    }
+
+    #[test]
+    fn between_calls_the_idle_reader_reports_log_lines_and_violations() {
+        let fixture = fixture();
+        fixture
+            .worker
+            .send(&WorkerMessage::Log {
+                level: 2,
+                message: "between calls".to_owned(),
+            })
+            .expect("log");
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::Output { line, .. }) => assert_eq!(line, "between calls"),
+            other => panic!("expected the log line, got {other:?}"),
+        }
+        fixture
+            .worker
+            .send(&WorkerMessage::Ready)
+            .expect("out of protocol");
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::ProtocolViolation { reason }) => {
+                assert!(reason.contains("Ready"), "{reason}");
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+}
