@@ -312,7 +312,7 @@ fn spawn_worker(
     let runner = if manifest.isolation.mode == IsolationMode::InProcess {
         let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
             .map_err(|err| err.to_string())?;
-        Runner::InProcess(Arc::new(loaded))
+        Runner::InProcess(Arc::new(loaded), std::sync::atomic::AtomicUsize::new(0))
     } else {
         let (plan, cgroup_limits) = plan_for(manifest, &resources, &shared.config.worker, config);
         let worker = Worker::start(

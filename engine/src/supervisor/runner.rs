@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use plugboard_sdk::abi;
@@ -15,7 +16,25 @@ use crate::worker::{CallFailure, CallOutcome, ExitStatus, MechanismState, Worker
 
 pub(crate) enum Runner {
     Worker(Arc<Worker>),
-    InProcess(Arc<InProcessPlugin>),
+    /// The plugin and its calls running right now (callers hold the `Running` handle,
+    /// not the plugin, so the count is kept here).
+    InProcess(Arc<InProcessPlugin>, AtomicUsize),
+}
+
+/// Counts one in-process call for as long as it runs.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn enter(calls: &'a AtomicUsize) -> Self {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Self(calls)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Runner {
@@ -30,7 +49,8 @@ impl Runner {
     ) -> Result<CallOutcome, CallFailure> {
         match self {
             Runner::Worker(worker) => worker.call_at_depth(hook, payload, depth, timeout),
-            Runner::InProcess(plugin) => {
+            Runner::InProcess(plugin, calls) => {
+                let _counted = Counted::enter(calls);
                 let start = Instant::now();
                 let answer = plugin.call_at_depth(hook, payload, depth);
                 in_process_outcome(answer, start.elapsed(), timeout)
@@ -41,7 +61,8 @@ impl Runner {
     pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
         match self {
             Runner::Worker(worker) => worker.health(timeout),
-            Runner::InProcess(plugin) => {
+            Runner::InProcess(plugin, calls) => {
+                let _counted = Counted::enter(calls);
                 let start = Instant::now();
                 let answer = plugin.health().map(|()| Vec::new());
                 in_process_outcome(answer, start.elapsed(), timeout)
@@ -53,7 +74,7 @@ impl Runner {
     pub fn in_flight(&self) -> usize {
         match self {
             Runner::Worker(worker) => worker.in_flight(),
-            Runner::InProcess(plugin) => Arc::strong_count(plugin).saturating_sub(1),
+            Runner::InProcess(_, calls) => calls.load(Ordering::SeqCst),
         }
     }
 
@@ -63,7 +84,7 @@ impl Runner {
     pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
         match self {
             Runner::Worker(worker) => worker.stop(grace),
-            Runner::InProcess(_) => {
+            Runner::InProcess(..) => {
                 let deadline = Instant::now() + grace;
                 while self.in_flight() > 0 && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(2));
@@ -83,7 +104,7 @@ impl Runner {
     pub fn same(&self, other: &Runner) -> bool {
         match (self, other) {
             (Runner::Worker(left), Runner::Worker(right)) => Arc::ptr_eq(left, right),
-            (Runner::InProcess(left), Runner::InProcess(right)) => Arc::ptr_eq(left, right),
+            (Runner::InProcess(left, _), Runner::InProcess(right, _)) => Arc::ptr_eq(left, right),
             _ => false,
         }
     }
@@ -92,7 +113,7 @@ impl Runner {
     pub fn mechanisms(&self) -> BTreeMap<Mechanism, MechanismState> {
         match self {
             Runner::Worker(worker) => worker.mechanisms().clone(),
-            Runner::InProcess(_) => crate::inprocess::mechanisms(),
+            Runner::InProcess(..) => crate::inprocess::mechanisms(),
         }
     }
 
@@ -105,7 +126,7 @@ impl Runner {
                 worker.sandbox_pid(),
                 Some(worker.cgroup_path().to_owned()),
             ),
-            Runner::InProcess(_) => (std::process::id(), std::process::id(), None),
+            Runner::InProcess(..) => (std::process::id(), std::process::id(), None),
         }
     }
 }
