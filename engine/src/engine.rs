@@ -596,7 +596,8 @@ impl Engine {
                 .map(|()| Outcome::Done),
             Command::ClearQuarantine { plugin } => {
                 shared.plugin(&plugin)?.ask(ActorMessage::ClearQuarantine)?;
-                self.persist(&plugin, |toggles| toggles.quarantined = None)
+                self.shared
+                    .persist(&plugin, |toggles| toggles.quarantined = None)
                     .map(|()| Outcome::Done)
             }
             Command::Call {
@@ -690,7 +691,8 @@ impl Engine {
             }
         }
         plugin.ask(|reply| ActorMessage::SetEnabled(enabled, reply))?;
-        self.persist(name, |toggles| toggles.enabled = Some(enabled))
+        self.shared
+            .persist(name, |toggles| toggles.enabled = Some(enabled))
     }
 
     fn set_hook_enabled(&self, name: &str, hook: &str, enabled: bool) -> Result<(), EngineError> {
@@ -726,22 +728,13 @@ impl Engine {
                 },
             );
         }
-        self.persist(name, |toggles| {
+        self.shared.persist(name, |toggles| {
             if enabled {
                 toggles.disabled_hooks.remove(hook);
             } else {
                 toggles.disabled_hooks.insert(hook.to_owned());
             }
         })
-    }
-
-    /// Records an operator's toggle in the state file (when the host keeps one).
-    fn persist(
-        &self,
-        name: &str,
-        change: impl FnOnce(&mut PluginToggles),
-    ) -> Result<(), EngineError> {
-        self.shared.persist(name, change)
     }
 
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
