@@ -7,6 +7,7 @@ mod engine_options;
 mod headless;
 mod new_plugin;
 mod quarantine_cmd;
+mod suggest_cmd;
 mod trust_cmds;
 
 pub use engine_options::EngineOptions;
@@ -140,6 +141,17 @@ enum Command {
         /// One JSON record per line (schema, seq, at_ms, plugin, kind, …).
         #[arg(long)]
         json: bool,
+    },
+    /// After a plugin ran in audit mode (`audit = true` under `[plugins.<name>]`), print the
+    /// `[capabilities]` block that would let it run enforced, from the audit file.
+    Suggest {
+        /// The plugin's name.
+        plugin: String,
+        /// Print the suggestion as JSON (grants, evidence, runs) instead of TOML.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        engine: engine_options::EngineOptions,
     },
     /// Print shell completions.
     Completions {
@@ -296,6 +308,11 @@ pub fn run(cli: Cli) -> Result<()> {
             QuarantineCommand::Clear { plugin, engine } => quarantine_cmd::clear(&engine, &plugin),
         },
         Command::Audit { file, json } => audit_cmd::show(&file, json),
+        Command::Suggest {
+            plugin,
+            json,
+            engine,
+        } => suggest_cmd::run(&engine, &plugin, json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut io::stdout());
             Ok(())

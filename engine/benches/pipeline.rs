@@ -37,7 +37,7 @@ use plugboard_engine::bundle::Bundle;
 use plugboard_engine::ipc::Channel;
 use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::sandbox::cgroup::{CgroupLimits, CgroupRoot, EngineScope, PluginCgroup};
-use plugboard_engine::sandbox::seccomp::{self, SyscallPolicy};
+use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore, write_keypair};
 use plugboard_engine::worker::{EventSink, Worker, WorkerPolicy, WorkerSpec, plan_for};
 use plugboard_sdk::abi::STATUS_OK;
@@ -86,6 +86,7 @@ fn peer_socket() -> OwnedFd {
         let listener = seccomp::install(&SyscallPolicy {
             network: false,
             spawn: false,
+            files: FileWatch::Writes,
         })
         .expect("the worker's seccomp filter installs in the peer");
         drop(listener);

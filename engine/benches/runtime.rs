@@ -71,7 +71,9 @@ use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::sandbox::cgroup::{CgroupLimits, CgroupRoot, EngineScope, PluginCgroup};
 use plugboard_engine::sandbox::landlock::{self, FsPolicy};
 use plugboard_engine::sandbox::process::{self as confine, ForkSide};
-use plugboard_engine::sandbox::seccomp::{self, ArgCondition, RuleAction, SyscallPolicy};
+use plugboard_engine::sandbox::seccomp::{
+    self, ArgCondition, FileWatch, RuleAction, SyscallPolicy,
+};
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore, write_keypair};
 use plugboard_engine::worker::{EventSink, Worker, WorkerPolicy, WorkerSpec, plan_for};
 use plugboard_sdk::abi::STATUS_OK;
@@ -131,6 +133,7 @@ fn peer_socket() -> OwnedFd {
         let listener = seccomp::install(&SyscallPolicy {
             network: false,
             spawn: false,
+            files: FileWatch::Writes,
         })
         .expect("the worker's seccomp filter installs in the peer");
         drop(listener);
@@ -265,6 +268,7 @@ fn stand_in_host() {
     let listener = seccomp::install(&SyscallPolicy {
         network: plan.network,
         spawn: plan.spawn,
+        files: FileWatch::Writes,
     })
     .expect("the worker's seccomp filter installs in the stand-in");
     let steps = plan
@@ -342,6 +346,7 @@ fn compile_probe() {
     let policy = SyscallPolicy {
         network: false,
         spawn: false,
+        files: FileWatch::Writes,
     };
     let start = Instant::now();
     let instructions = compile_filter(policy);
@@ -455,6 +460,7 @@ fn confine_probe() {
     let listener = seccomp::install(&SyscallPolicy {
         network: plan.network,
         spawn: plan.spawn,
+        files: FileWatch::Writes,
     })
     .expect("probe: seccomp");
     steps.mark("seccomp (compile + load + listener)");

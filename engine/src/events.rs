@@ -43,6 +43,10 @@ pub enum EventKind {
         worker_pid: u32,
         sandbox_pid: u32,
         mechanisms: Vec<String>,
+        /// Started in audit mode (`[plugins.<name>] audit = true`): what its manifest does
+        /// not allow is recorded (`audited` events), not blocked.
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        audit: bool,
     },
     Stopped {
         exit: Option<ExitStatus>,
@@ -52,6 +56,21 @@ pub enum EventKind {
     Violation {
         #[serde(flatten)]
         violation: crate::policy::Violation,
+    },
+    /// Audit mode: the plugin did something its manifest does not allow, and the engine
+    /// let it through and recorded it (once per distinct observation). `capability` names
+    /// what the manifest would have to grant: `network`, `spawn`, or `fs_read`/`fs_write`
+    /// with `path`. `plugboard suggest` reads these from the audit file.
+    Audited {
+        capability: String,
+        syscall: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        path: Option<String>,
+        /// For a path: whether the call creates it (then its directory is what to grant).
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        creates: bool,
+        #[serde(skip_serializing_if = "String::is_empty", default)]
+        detail: String,
     },
     /// A new version took over from the old one.
     Reloaded {

@@ -527,7 +527,7 @@ fn describe(path: &KeyPath, known: &Known<'_>) -> Option<String> {
         ["allow_unsigned"]
         | ["restart" | "watch", "enabled"]
         | ["watch", "reload_on_change"]
-        | ["plugins", _, "enabled"] => "true or false".to_owned(),
+        | ["plugins", _, "enabled" | "audit"] => "true or false".to_owned(),
         ["grace_ms"] | ["plugins", _, "grace_ms"] => millis(&format!(" from 0 to {MAX_GRACE_MS}")),
         ["max_plugins"] => "an integer number of plugins running at once, at least 1".to_owned(),
         ["memory_budget_mb"] => {
@@ -569,7 +569,7 @@ fn describe(path: &KeyPath, known: &Known<'_>) -> Option<String> {
             millis(&format!(" from {} to {}", DEBOUNCE_MS.0, DEBOUNCE_MS.1))
         }
         ["plugins"] => "a table of plugin sections such as [plugins.hello]".to_owned(),
-        ["plugins", _] => "a table with enabled, config, resources and grace_ms".to_owned(),
+        ["plugins", _] => "a table with enabled, audit, config, resources and grace_ms".to_owned(),
         ["plugins", _, "config"] => {
             "a table of the plugin's settings (its manifest's [config]), such as { greeting = \"Hi\" }"
                 .to_owned()

@@ -20,6 +20,7 @@ pub mod monitor;
 pub mod policy;
 pub mod sandbox;
 pub mod snapshot;
+pub mod suggest;
 pub mod supervisor;
 pub mod trust;
 pub mod watcher;

@@ -123,6 +123,8 @@ pub(crate) struct Lifecycle {
     pub health: HealthCheck,
     /// Recent violations per kind, for the policy's thresholds.
     pub violation_counts: ViolationCounts,
+    /// Audit mode: what was already recorded as `audited` (each observation once).
+    pub audited: BTreeSet<String>,
 }
 
 /// The state of a plugin's health checks (`[health]` in its manifest).
@@ -181,6 +183,7 @@ impl Lifecycle {
             removed_from_disk: false,
             health: HealthCheck::new(),
             violation_counts: ViolationCounts::default(),
+            audited: BTreeSet::new(),
         }
     }
 

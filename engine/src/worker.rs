@@ -32,7 +32,11 @@ use crate::ipc::{
 use crate::loader::SealedLibrary;
 use crate::sandbox::Mechanism;
 use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup};
-use crate::sandbox::seccomp::{Notification, NotifyListener};
+use crate::sandbox::landlock::{FsPolicy, PathVerdict};
+use crate::sandbox::seccomp::{
+    Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, capability_for,
+    is_file_syscall,
+};
 use calls::Calls;
 
 /// How long each handshake step may take before the worker is considered broken.
@@ -77,6 +81,24 @@ pub enum WorkerEvent {
         syscall: String,
         detail: String,
         pid: u32,
+    },
+    /// A file-system call outside the worker's file rules (`fs_read`/`fs_write` and the
+    /// system paths), refused by the engine with `EACCES` — what Landlock would answer —
+    /// while the caller waited in the seccomp filter.
+    FsDenied {
+        syscall: String,
+        path: String,
+        access: FileAccess,
+        pid: u32,
+    },
+    /// Audit mode: a call the plugin's capabilities would not allow, let through and
+    /// recorded — either one a capability grants (`capability`) or file paths its
+    /// `fs_read`/`fs_write` do not cover (`files`).
+    Audited {
+        syscall: String,
+        detail: String,
+        capability: Option<Capability>,
+        files: Vec<FileOperand>,
     },
     /// The worker broke the protocol and was killed.
     ProtocolViolation { reason: String },
@@ -368,6 +390,11 @@ impl Worker {
         let cgroup = join_cgroup(scope, &plugin, &spec.limits, pid)?;
         starting.cgroup = Some(cgroup);
         let require = spec.plan.require.clone();
+        let file_rules = (
+            spec.plan.fs_read.clone(),
+            spec.plan.fs_write.clone(),
+            spec.plan.audit,
+        );
         channel
             .send(&EngineMessage::Welcome {
                 protocol: PROTOCOL_VERSION,
@@ -400,14 +427,17 @@ impl Worker {
         let seccomp_active = mechanisms
             .get(&Mechanism::Seccomp)
             .is_some_and(|state| state.active);
-        let listener = if seccomp_active {
-            Some(receive_listener(&channel, &plugin)?)
+        let exited = Arc::new(AtomicBool::new(false));
+        // Served from now on: the plugin's constructor runs under the filter, and a call it
+        // makes there must be answered for the worker to become ready.
+        let listener_thread = if seccomp_active {
+            let policy = ListenerPolicy::new(file_rules, &mechanisms);
+            Some(serve_listener(&channel, &plugin, policy, &exited, events)?)
         } else {
             None
         };
         await_ready(&channel, &plugin, events)?;
 
-        let exited = Arc::new(AtomicBool::new(false));
         let exit_status = Arc::new(ExitWatch::default());
         let calls = Arc::new(Calls::new(
             channel,
@@ -415,11 +445,10 @@ impl Worker {
             Arc::clone(events),
             spec.emit.clone(),
         ));
-        let threads = start_threads(
+        let mut threads = start_threads(
             &plugin,
             pid,
             (stdout_read, stderr_read),
-            listener,
             &WorkerState {
                 exited: Arc::clone(&exited),
                 exit_status: Arc::clone(&exit_status),
@@ -427,6 +456,7 @@ impl Worker {
             },
             events,
         );
+        threads.extend(listener_thread);
         starting.done = true;
         let cgroup = starting.cgroup.take();
         Ok(Worker {
@@ -637,13 +667,12 @@ struct WorkerState {
 }
 
 /// The threads that follow a running worker: its idle reader (it receives while no caller
-/// does, see the `calls` module), its output pipes, its seccomp listener and the waiter that
-/// reaps it.
+/// does, see the `calls` module), its output pipes and the waiter that reaps it. (Its
+/// seccomp listener runs already: see [`Worker::start`].)
 fn start_threads(
     plugin: &str,
     pid: Pid,
     (stdout_read, stderr_read): (OwnedFd, OwnedFd),
-    listener: Option<NotifyListener>,
     state: &WorkerState,
     events: &EventSink,
 ) -> Vec<JoinHandle<()>> {
@@ -665,14 +694,6 @@ fn start_threads(
             Arc::clone(events),
         ),
     ];
-    if let Some(listener) = listener {
-        threads.push(spawn_listener(
-            plugin,
-            listener,
-            Arc::clone(&state.exited),
-            Arc::clone(events),
-        ));
-    }
     threads.push(spawn_waiter(
         plugin,
         pid,
@@ -722,6 +743,24 @@ fn expect_hello(channel: &Channel, plugin: &str, pid: Pid) -> Result<(), WorkerE
             format!("expected Hello from pid {pid}, got {other:?}"),
         )),
     }
+}
+
+/// Receives the worker's seccomp listener and answers its calls on a thread of its own.
+fn serve_listener(
+    channel: &Channel,
+    plugin: &str,
+    policy: ListenerPolicy,
+    exited: &Arc<AtomicBool>,
+    events: &EventSink,
+) -> Result<JoinHandle<()>, WorkerError> {
+    let listener = receive_listener(channel, plugin)?;
+    Ok(spawn_listener(
+        plugin,
+        listener,
+        policy,
+        Arc::clone(exited),
+        Arc::clone(events),
+    ))
 }
 
 fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, WorkerError> {
@@ -846,30 +885,112 @@ fn spawn_output(
         .expect("thread starts")
 }
 
+/// What the engine checks a worker's notified calls against.
+struct ListenerPolicy {
+    /// The same file rules the worker gave Landlock.
+    files: FsPolicy,
+    audit: bool,
+}
+
+impl ListenerPolicy {
+    /// From the plan's `(fs_read, fs_write, audit)` and what the worker reported: a worker
+    /// with its own mount namespace has its private `/tmp` granted.
+    fn new(
+        (fs_read, fs_write, audit): (Vec<PathBuf>, Vec<PathBuf>, bool),
+        mechanisms: &BTreeMap<Mechanism, MechanismState>,
+    ) -> Self {
+        let private_tmp = mechanisms
+            .get(&Mechanism::Namespaces)
+            .is_some_and(|state| state.active);
+        Self {
+            files: FsPolicy::for_worker(&fs_read, &fs_write, private_tmp),
+            audit,
+        }
+    }
+}
+
+/// The engine's answer to one notified call, and what it reports. Runs while the caller
+/// waits, so the report (and the hooks the event sink reads as in flight) is of the moment
+/// of the call.
+fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<WorkerEvent>) {
+    if is_file_syscall(&call.syscall) {
+        let outside: Vec<&FileOperand> = call
+            .files
+            .iter()
+            .filter(|operand| {
+                operand.path.as_ref().is_some_and(|path| {
+                    policy.files.judge(path, operand.access) == PathVerdict::Denied
+                })
+            })
+            .collect();
+        if policy.audit {
+            let event = (!outside.is_empty()).then(|| WorkerEvent::Audited {
+                syscall: call.syscall.clone(),
+                detail: call.detail.clone(),
+                capability: None,
+                files: outside.into_iter().cloned().collect(),
+            });
+            return (Verdict::Continue, event);
+        }
+        return match outside.first() {
+            Some(operand) => (
+                Verdict::Deny(libc::EACCES),
+                Some(WorkerEvent::FsDenied {
+                    syscall: call.syscall.clone(),
+                    path: operand
+                        .path
+                        .as_ref()
+                        .map(|path| path.display().to_string())
+                        .unwrap_or_default(),
+                    access: operand.access,
+                    pid: call.pid,
+                }),
+            ),
+            // Granted by name, or not decidable by name: Landlock decides.
+            None => (Verdict::Continue, None),
+        };
+    }
+    let capability = capability_for(&call.syscall, &call.args);
+    if policy.audit && capability.is_some() {
+        return (
+            Verdict::Continue,
+            Some(WorkerEvent::Audited {
+                syscall: call.syscall.clone(),
+                detail: call.detail.clone(),
+                capability,
+                files: Vec::new(),
+            }),
+        );
+    }
+    (
+        Verdict::Deny(libc::EPERM),
+        Some(WorkerEvent::ForbiddenSyscall {
+            syscall: call.syscall.clone(),
+            detail: call.detail.clone(),
+            pid: call.pid,
+        }),
+    )
+}
+
 fn spawn_listener(
     plugin: &str,
     listener: NotifyListener,
+    policy: ListenerPolicy,
     exited: Arc<AtomicBool>,
     events: EventSink,
 ) -> JoinHandle<()> {
     named(plugin, "seccomp")
         .spawn(move || {
             while !exited.load(Ordering::SeqCst) {
-                match listener.next(Duration::from_millis(50)) {
-                    Ok(Some(Notification {
-                        pid,
-                        syscall,
-                        detail,
-                        ..
-                    })) => {
-                        events(WorkerEvent::ForbiddenSyscall {
-                            syscall,
-                            detail,
-                            pid,
-                        });
+                let answered = listener.next_with(Duration::from_millis(50), |call| {
+                    let (verdict, event) = decide(&policy, call);
+                    if let Some(event) = event {
+                        events(event);
                     }
-                    Ok(None) => {}
-                    Err(_) => break,
+                    verdict
+                });
+                if answered.is_err() {
+                    break;
                 }
             }
         })
@@ -986,6 +1107,7 @@ pub fn plan_for(
         // Leave the plugin's own threads room under the pids limit (the intermediary and
         // the serving threads count too).
         serve_threads: ((resources.max_threads.saturating_sub(1)) / 2).clamp(1, 4),
+        audit: false,
     };
     let cgroup = CgroupLimits {
         memory_bytes,

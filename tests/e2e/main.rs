@@ -7,5 +7,6 @@ mod dashboard;
 mod headless;
 mod quarantine;
 mod scaffold;
+mod suggest;
 mod support;
 mod zoo;

@@ -36,7 +36,7 @@ use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::sandbox::landlock::{self, FsPolicy};
 use plugboard_engine::sandbox::process::{self, ConfineError, ForkSide};
-use plugboard_engine::sandbox::seccomp::{self, SyscallPolicy};
+use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
 use plugboard_sdk::host::{HostCallbacks, Instance};
 use plugboard_sdk::{LogLevel, abi};
 
@@ -278,21 +278,25 @@ fn confine(
         Mechanism::NoNewPrivs,
         process::set_no_new_privs().map_err(|e| e.to_string()),
     )?;
-    let mut fs_write = plan.fs_write.clone();
-    if namespaces.is_some() {
-        fs_write.push("/tmp".into());
-    }
-    let policy = FsPolicy {
-        read: plan.fs_read.clone(),
-        write: fs_write,
-        ..FsPolicy::system_defaults()
-    };
-    steps.record(
-        Mechanism::Landlock,
+    let listener = confine_files_and_calls(plan, namespaces.is_some(), steps)?;
+    Ok((sandbox_pid, listener))
+}
+
+/// The last steps: Landlock (not in audit mode), capabilities, the seccomp filter.
+fn confine_files_and_calls(
+    plan: &ConfinementPlan,
+    private_tmp: bool,
+    steps: &mut Steps,
+) -> Result<Option<OwnedFd>, WorkerError> {
+    let landlock = if plan.audit {
+        Err("audit mode: not applied; the engine records the paths the plugin opens".to_owned())
+    } else {
+        let policy = FsPolicy::for_worker(&plan.fs_read, &plan.fs_write, private_tmp);
         landlock::restrict(&policy)
             .map(drop)
-            .map_err(|e| e.to_string()),
-    )?;
+            .map_err(|e| e.to_string())
+    };
+    steps.record(Mechanism::Landlock, landlock)?;
     steps.record(
         Mechanism::Capabilities,
         process::drop_capabilities().map_err(|e| e.to_string()),
@@ -302,10 +306,21 @@ fn confine(
         seccomp::install(&SyscallPolicy {
             network: plan.network,
             spawn: plan.spawn,
+            files: if plan.audit {
+                FileWatch::ReadsAndWrites
+            } else {
+                FileWatch::Writes
+            },
         })
         .map_err(|e| e.to_string()),
     )?;
-    Ok((sandbox_pid, listener))
+    if plan.audit {
+        steps.note(
+            Mechanism::Seccomp,
+            "audit mode: calls a capability would grant are recorded and allowed",
+        );
+    }
+    Ok(listener)
 }
 
 /// Forwards the plugin's log lines and emits to the engine.

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the engine⇄worker protocol; both sides compare it before anything else.
 /// 2: batched calls (`EngineMessage::Calls`, `WorkerMessage::Replies`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: audit mode in the confinement plan.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A message from the engine to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +219,19 @@ pub struct ConfinementPlan {
     pub require: Vec<String>,
     /// Threads the worker serves requests on (calls in flight at once).
     pub serve_threads: u32,
+    /// Audit mode (the host's choice for this plugin): the seccomp filter shows the engine
+    /// every open and every call a capability would grant, and the engine lets them through
+    /// and records them; Landlock is not applied. Calls no capability grants stay denied.
+    pub audit: bool,
+}
+
+impl ConfinementPlan {
+    /// Switches the plan to audit mode: Landlock is left out (so it cannot be required).
+    pub fn enter_audit_mode(&mut self) {
+        self.audit = true;
+        self.require
+            .retain(|mechanism| mechanism != crate::sandbox::Mechanism::Landlock.name());
+    }
 }
 
 /// A message from a worker to the engine. Workers are untrusted: everything in here is
@@ -344,6 +358,7 @@ mod tests {
             config_json: b"{}".to_vec(),
             require: vec!["seccomp".to_owned()],
             serve_threads: 2,
+            audit: false,
         }
     }
 

@@ -31,6 +31,8 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use serde::{Deserialize, Serialize};
 
+use super::seccomp::FileAccess;
+
 /// The Landlock ABI whose access rights and scopes [`restrict`] requires and enforces.
 pub const REQUIRED_ABI: u32 = 6;
 const HANDLED_ABI: ABI = ABI::V6;
@@ -89,6 +91,60 @@ impl FsPolicy {
         }
     }
 
+    /// The policy a worker confines itself with: the manifest's paths, plus its private
+    /// `/tmp` as writable when it has one (a mount namespace of its own). The engine builds
+    /// the same policy to check the file calls the worker's filter shows it.
+    pub fn for_worker(fs_read: &[PathBuf], fs_write: &[PathBuf], private_tmp: bool) -> Self {
+        let mut write = fs_write.to_vec();
+        if private_tmp {
+            write.push(PathBuf::from("/tmp"));
+        }
+        Self {
+            read: fs_read.to_vec(),
+            write,
+            ..Self::system_defaults()
+        }
+    }
+
+    /// Whether this policy grants `access` to `path` (absolute, normalised), judged the way
+    /// Landlock does as far as names tell: beneath a granted path. A name may be a symbolic
+    /// link whose target is granted, so before calling a path denied its deepest existing
+    /// ancestor is resolved too (on the host's file system, which the worker shares but for
+    /// its private `/tmp` and `/proc`). Paths under `/proc` and `/dev/fd` are not judged:
+    /// `/proc/self/fd/N` names descriptors (pipes, the sealed library) that no path rule
+    /// governs; Landlock decides those alone.
+    pub fn judge(&self, path: &Path, access: FileAccess) -> PathVerdict {
+        if path.starts_with("/proc") || path.starts_with("/dev/fd") {
+            return PathVerdict::NotJudged;
+        }
+        let granted: Vec<&PathBuf> = match access {
+            FileAccess::Write => self.write.iter().collect(),
+            FileAccess::Read => self
+                .system_read
+                .iter()
+                .chain(&self.read)
+                .chain(&self.write)
+                .collect(),
+        };
+        if granted.iter().any(|rule| path.starts_with(rule)) {
+            return PathVerdict::Granted;
+        }
+        if path.starts_with("/tmp") {
+            // The worker's /tmp is not the engine's: nothing to resolve here.
+            return PathVerdict::Denied;
+        }
+        let resolved = resolve_existing(path);
+        let granted_resolved = granted.iter().any(|rule| {
+            let rule = std::fs::canonicalize(rule).unwrap_or_else(|_| (*rule).clone());
+            path.starts_with(&rule) || resolved.starts_with(&rule)
+        });
+        if granted_resolved {
+            PathVerdict::Granted
+        } else {
+            PathVerdict::Denied
+        }
+    }
+
     /// Adds the resolver's configuration files (`/etc/resolv.conf`, `/etc/hosts`, …) to
     /// the system paths, for a plugin granted `network`.
     #[must_use]
@@ -96,6 +152,37 @@ impl FsPolicy {
         self.system_read
             .extend(RESOLVER_READ.iter().map(PathBuf::from));
         self
+    }
+}
+
+/// What [`FsPolicy::judge`] concludes about one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathVerdict {
+    Granted,
+    Denied,
+    /// Not decidable from the name; Landlock decides alone.
+    NotJudged,
+}
+
+/// `path` with its deepest existing ancestor's symbolic links resolved (the rest appended
+/// unchanged); `path` itself when nothing of it resolves.
+fn resolve_existing(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(resolved) = std::fs::canonicalize(existing) {
+            return rest
+                .iter()
+                .rev()
+                .fold(resolved, |resolved, name| resolved.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_owned(),
+        }
     }
 }
 
@@ -343,6 +430,56 @@ fn access_rights(access: PathAccess) -> BitFlags<AccessFs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_judged_beneath_granted_paths_and_through_symbolic_links() {
+        // Not under /tmp: a worker's /tmp is its own, so names there are judged as they are.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let granted = dir.path().join("granted");
+        std::fs::create_dir(&granted).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&granted, &link).unwrap();
+        let policy = FsPolicy::for_worker(&[], std::slice::from_ref(&granted), false);
+        let with_private_tmp = FsPolicy::for_worker(&[], &[], true);
+
+        assert_eq!(
+            policy.judge(&granted.join("new"), FileAccess::Write),
+            PathVerdict::Granted
+        );
+        assert_eq!(
+            with_private_tmp.judge(Path::new("/tmp/x"), FileAccess::Write),
+            PathVerdict::Granted
+        );
+        assert_eq!(
+            policy.judge(&link.join("new"), FileAccess::Write),
+            PathVerdict::Granted
+        );
+        assert_eq!(
+            policy.judge(&dir.path().join("outside"), FileAccess::Write),
+            PathVerdict::Denied
+        );
+        assert_eq!(
+            policy.judge(Path::new("/var/tmp/x"), FileAccess::Write),
+            PathVerdict::Denied
+        );
+        // System paths are readable, not writable.
+        assert_eq!(
+            policy.judge(Path::new("/usr/lib/x"), FileAccess::Read),
+            PathVerdict::Granted
+        );
+        assert_eq!(
+            policy.judge(Path::new("/usr/lib/x"), FileAccess::Write),
+            PathVerdict::Denied
+        );
+        assert_eq!(
+            policy.judge(Path::new("/etc/passwd"), FileAccess::Read),
+            PathVerdict::Denied
+        );
+        assert_eq!(
+            policy.judge(Path::new("/proc/self/fd/4"), FileAccess::Write),
+            PathVerdict::NotJudged
+        );
+    }
 
     #[test]
     fn relative_paths_are_refused_before_anything_is_restricted() {

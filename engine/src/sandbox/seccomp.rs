@@ -20,6 +20,7 @@
 //! `SECCOMP_FILTER_FLAG_NEW_LISTENER` and owns the descriptor the kernel returns.
 
 mod detail;
+mod files;
 mod listener;
 
 use std::fs::File;
@@ -34,7 +35,8 @@ use libseccomp::{
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use serde::{Deserialize, Serialize};
 
-pub use listener::{Notification, NotifyListener};
+pub use files::{FileAccess, FileOperand, is_file_syscall};
+pub use listener::{Notification, NotifyListener, Verdict};
 
 /// What the plugin's manifest grants that the filter must let through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,7 +45,71 @@ pub struct SyscallPolicy {
     pub network: bool,
     /// `capabilities.spawn`: `fork`, `vfork`, `execve`, `execveat`, `clone` of a process.
     pub spawn: bool,
+    /// Which file-system calls reach the engine so it can check and report them.
+    pub files: FileWatch,
 }
+
+/// Which file-system calls the filter shows the engine. Landlock enforces the worker's
+/// file-system rules either way; these notifications are how the engine *sees* a denied
+/// access (Landlock's own denial records need kernel audit, a host-wide switch) and names
+/// the path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileWatch {
+    /// Calls that write: opens for writing, creating or truncating, and every call that
+    /// creates, removes, renames or links a name. Reads stay between the plugin and Landlock.
+    #[default]
+    Writes,
+    /// Every open as well: audit mode, where the engine records what the plugin reads too.
+    ReadsAndWrites,
+}
+
+/// What a capability of the manifest would grant: the rules that exist because the
+/// manifest lacks it, so that audit mode can tell which capability a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Network,
+    Spawn,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Network => "network",
+            Capability::Spawn => "spawn",
+        }
+    }
+}
+
+/// The capability that would have let `syscall` with `args` through, or `None` for a call
+/// no capability grants (mount, ptrace, namespaces, …) and for calls that are not
+/// capability checks at all (file calls, see [`is_file_syscall`]).
+pub fn capability_for(syscall: &str, args: &[u64; 6]) -> Option<Capability> {
+    match syscall {
+        "socket" | "socketpair" | "connect" | "bind" | "listen" | "accept" | "accept4" => {
+            Some(Capability::Network)
+        }
+        "fork" | "vfork" | "execve" | "execveat" => Some(Capability::Spawn),
+        "clone" => {
+            let flags = args[usize::try_from(CLONE_FLAGS_ARG).unwrap_or(0)];
+            (flags & NAMESPACE_FLAGS == 0 && flags & int_bits(libc::CLONE_THREAD) == 0)
+                .then_some(Capability::Spawn)
+        }
+        _ => None,
+    }
+}
+
+/// Every `CLONE_NEW*` flag: a clone with any of them is a namespace escape, never a spawn.
+const NAMESPACE_FLAGS: u64 = int_bits(
+    libc::CLONE_NEWNS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET,
+);
 
 /// What the filter does with a call a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,7 +179,7 @@ pub enum SeccompError {
     Poll { source: nix::Error },
     #[error("reading a seccomp notification from the listener failed: {source}")]
     Receive { source: io::Error },
-    #[error("answering seccomp notification {id} (`{syscall}`) with EPERM failed: {source}")]
+    #[error("answering seccomp notification {id} (`{syscall}`) failed: {source}")]
     Respond {
         id: u64,
         syscall: String,
@@ -243,7 +309,11 @@ const ALWAYS_NOTIFIED: &[(&str, &str)] = &[
 /// name is allowed.
 pub fn rules(policy: &SyscallPolicy) -> Vec<SyscallRule> {
     // Destructured so that a new capability is a compile error here, never a silent grant.
-    let SyscallPolicy { network, spawn } = *policy;
+    let SyscallPolicy {
+        network,
+        spawn,
+        files,
+    } = *policy;
 
     let mut rules: Vec<SyscallRule> = ALWAYS_NOTIFIED
         .iter()
@@ -262,6 +332,74 @@ pub fn rules(policy: &SyscallPolicy) -> Vec<SyscallRule> {
     if !spawn {
         rules.extend(without_spawn());
     }
+    rules.extend(file_rules(files));
+    rules
+}
+
+/// `O_ACCMODE`, `O_CREAT` and `O_TRUNC` as the 64-bit values seccomp compares.
+const O_ACCMODE: u64 = int_bits(libc::O_ACCMODE);
+
+/// The ways an `open` flags argument asks to write: an access mode other than read-only,
+/// creating, truncating. Any one matching makes the open a write.
+fn write_open_conditions(arg: u32) -> [ArgCondition; 5] {
+    let masked = |mask: u64, value: u64| ArgCondition::MaskedEqual { arg, mask, value };
+    [
+        masked(O_ACCMODE, int_bits(libc::O_WRONLY)),
+        masked(O_ACCMODE, int_bits(libc::O_RDWR)),
+        // 3 is no valid mode, but Linux opens it (for ioctls); treat it as a write.
+        masked(O_ACCMODE, O_ACCMODE),
+        masked(int_bits(libc::O_CREAT), int_bits(libc::O_CREAT)),
+        masked(int_bits(libc::O_TRUNC), int_bits(libc::O_TRUNC)),
+    ]
+}
+
+/// File-system calls the engine checks against the worker's file rules and reports
+/// (`fs_denied`, the path named). Landlock stays the enforcer: what the engine lets
+/// through (`Verdict::Continue`) the kernel still checks.
+fn file_rules(watch: FileWatch) -> Vec<SyscallRule> {
+    const CHANGES_NAMES: &str = "creates, removes, renames or links a name: checked against fs_write and reported when denied";
+    let mut rules = Vec::new();
+    for (syscall, flags_arg) in [("open", 1), ("openat", 2)] {
+        match watch {
+            FileWatch::Writes => {
+                for condition in write_open_conditions(flags_arg) {
+                    rules.push(SyscallRule::notify_if(
+                        syscall,
+                        condition,
+                        "an open for writing, creating or truncating: checked against fs_write and reported when denied",
+                    ));
+                }
+            }
+            FileWatch::ReadsAndWrites => rules.push(SyscallRule::notify(
+                syscall,
+                "audit mode: every open is recorded",
+            )),
+        }
+    }
+    for syscall in [
+        "creat",
+        "truncate",
+        "mkdir",
+        "mkdirat",
+        "rmdir",
+        "unlink",
+        "unlinkat",
+        "rename",
+        "renameat",
+        "renameat2",
+        "link",
+        "linkat",
+        "symlink",
+        "symlinkat",
+    ] {
+        rules.push(SyscallRule::notify(syscall, CHANGES_NAMES));
+    }
+    rules.push(SyscallRule {
+        syscall: "openat2",
+        action: RuleAction::Errno(libc::ENOSYS),
+        condition: None,
+        why: "its flags live in memory seccomp cannot read; ENOSYS makes callers fall back to openat, whose flags the rules above inspect",
+    });
     rules
 }
 
@@ -675,6 +813,7 @@ mod tests {
         let everything = rules(&SyscallPolicy {
             network: true,
             spawn: true,
+            files: FileWatch::Writes,
         });
         for gone in [
             "socketpair",
@@ -827,6 +966,7 @@ mod tests {
         let network = SyscallPolicy {
             network: true,
             spawn: false,
+            files: FileWatch::Writes,
         };
         let inet = Call::native(libc::SYS_socket, [inet, 1, 0, 0, 0, 0]);
         assert_eq!(verdict(network, &inet), ALLOW);
@@ -861,6 +1001,7 @@ mod tests {
         let spawner = SyscallPolicy {
             network: false,
             spawn: true,
+            files: FileWatch::Writes,
         };
 
         args[flags_arg] = thread_flags;
@@ -894,6 +1035,64 @@ mod tests {
             verdict(spawner, &clone3),
             libc::SECCOMP_RET_ERRNO | u32::try_from(libc::ENOSYS).unwrap()
         );
+    }
+
+    #[test]
+    fn writing_opens_reach_the_engine_reads_only_in_audit_mode() {
+        let open = |flags: libc::c_int| {
+            Call::native(
+                libc::SYS_openat,
+                [0, 0, u64::from(flags.unsigned_abs()), 0, 0, 0],
+            )
+        };
+        let audit = SyscallPolicy {
+            files: FileWatch::ReadsAndWrites,
+            ..confined()
+        };
+        for flags in [
+            libc::O_RDONLY,
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+        ] {
+            assert_eq!(verdict(confined(), &open(flags)), ALLOW, "flags {flags:#o}");
+            assert_eq!(verdict(audit, &open(flags)), NOTIFY, "flags {flags:#o}");
+        }
+        for flags in [
+            libc::O_WRONLY,
+            libc::O_RDWR | libc::O_CLOEXEC,
+            libc::O_RDONLY | libc::O_CREAT,
+            libc::O_RDONLY | libc::O_TRUNC,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        ] {
+            assert_eq!(
+                verdict(confined(), &open(flags)),
+                NOTIFY,
+                "flags {flags:#o}"
+            );
+        }
+        for nr in [libc::SYS_unlinkat, libc::SYS_mkdirat, libc::SYS_renameat2] {
+            assert_eq!(verdict(confined(), &Call::native(nr, [0; 6])), NOTIFY);
+        }
+        assert_eq!(
+            verdict(confined(), &Call::native(libc::SYS_openat2, [0; 6])),
+            libc::SECCOMP_RET_ERRNO | u32::try_from(libc::ENOSYS).unwrap()
+        );
+    }
+
+    #[test]
+    fn audit_mode_lets_through_only_what_a_capability_grants() {
+        let fork = [u64::from(libc::SIGCHLD.unsigned_abs()), 0, 0, 0, 0, 0];
+        assert_eq!(capability_for("clone", &fork), Some(Capability::Spawn));
+        let thread = [int_bits(libc::CLONE_THREAD | libc::CLONE_VM), 0, 0, 0, 0, 0];
+        assert_eq!(capability_for("clone", &thread), None);
+        let namespace = [int_bits(libc::CLONE_NEWUSER) | fork[0], 0, 0, 0, 0, 0];
+        assert_eq!(capability_for("clone", &namespace), None);
+        assert_eq!(
+            capability_for("connect", &[0; 6]),
+            Some(Capability::Network)
+        );
+        for never in ["mount", "ptrace", "unshare", "bpf", "io_uring_setup"] {
+            assert_eq!(capability_for(never, &[0; 6]), None, "{never}");
+        }
     }
 
     #[test]

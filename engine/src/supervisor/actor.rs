@@ -14,6 +14,7 @@ use crate::inprocess::InProcessPlugin;
 use crate::loader::SealedLibrary;
 use crate::manifest::{IsolationMode, Manifest};
 use crate::policy::{Action, Violation, ViolationKind};
+use crate::sandbox::seccomp::{Capability, FileAccess, FileOperand};
 use crate::snapshot::{Health, PluginState, TrustInfo};
 use crate::worker::{EventSink, ExitStatus, Worker, WorkerEvent, plan_for};
 
@@ -280,12 +281,11 @@ fn spawn_worker(
     library: &SealedLibrary,
     config: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Running, String> {
-    let overrides = shared
-        .config
-        .plugins
-        .get(&plugin.name)
+    let plugin_overrides = shared.config.plugins.get(&plugin.name);
+    let overrides = plugin_overrides
         .map(|overrides| overrides.resources)
         .unwrap_or_default();
+    let audit = plugin_overrides.is_some_and(|overrides| overrides.audit);
     let limits = &shared.config.limits;
     let resources = manifest.effective_resources_with(limits, &overrides);
     let inbox = Mutex::new(plugin.inbox.clone());
@@ -294,7 +294,9 @@ fn spawn_worker(
         // Which hooks were running is read now, on the thread that caught the violation:
         // by the time the actor handles it, the call may have returned.
         let hooks = match &event {
-            WorkerEvent::ForbiddenSyscall { .. } | WorkerEvent::ProtocolViolation { .. } => {
+            WorkerEvent::ForbiddenSyscall { .. }
+            | WorkerEvent::FsDenied { .. }
+            | WorkerEvent::ProtocolViolation { .. } => {
                 owner.upgrade().and_then(|plugin| hooks_in_flight(&plugin))
             }
             _ => None,
@@ -314,7 +316,11 @@ fn spawn_worker(
             .map_err(|err| err.to_string())?;
         Runner::InProcess(Arc::new(loaded), std::sync::atomic::AtomicUsize::new(0))
     } else {
-        let (plan, cgroup_limits) = plan_for(manifest, &resources, &shared.config.worker, config);
+        let (mut plan, cgroup_limits) =
+            plan_for(manifest, &resources, &shared.config.worker, config);
+        if audit {
+            plan.enter_audit_mode();
+        }
         let worker = Worker::start(
             &shared.scope,
             crate::worker::WorkerSpec {
@@ -377,6 +383,12 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
             worker_pid,
             sandbox_pid,
             mechanisms: active,
+            audit: shared
+                .config
+                .plugins
+                .get(&plugin.name)
+                .is_some_and(|overrides| overrides.audit)
+                && running.runner.is_sandboxed(),
         },
     );
     if lifecycle.trust.unverified {
@@ -796,6 +808,39 @@ fn on_worker_event(
             }
             on_violation(shared, plugin, violation);
         }
+        WorkerEvent::FsDenied {
+            syscall,
+            path,
+            access,
+            ..
+        } => {
+            let verb = match access {
+                FileAccess::Read => "read",
+                FileAccess::Write => "write",
+            };
+            let grant = match access {
+                FileAccess::Read => "fs_read or fs_write",
+                FileAccess::Write => "fs_write",
+            };
+            let violation = Violation::new(
+                ViolationKind::FsDenied,
+                "landlock",
+                format!(
+                    "{syscall} to {verb} {path} denied (EACCES): outside its {grant} (the engine checks file calls against the Landlock rules as the filter shows them)"
+                ),
+            )
+            .fact("path", path)
+            .fact("access", verb.to_owned())
+            .fact("syscall", syscall)
+            .during(hooks.or_else(|| hooks_in_flight(plugin)));
+            on_violation(shared, plugin, violation);
+        }
+        WorkerEvent::Audited {
+            syscall,
+            detail,
+            capability,
+            files,
+        } => record_audited(shared, plugin, &syscall, &detail, capability, &files),
         WorkerEvent::ProtocolViolation { reason } => {
             let violation = Violation::new(
                 ViolationKind::ProtocolViolation,
@@ -924,6 +969,72 @@ fn oom_kills(shared: &Shared, plugin: &Plugin) -> Option<(u64, Option<u64>)> {
     .ok()
     .and_then(|text| text.trim().parse::<u64>().ok());
     Some((kills, limit))
+}
+
+/// Records what an audit-mode plugin did beyond its manifest, each distinct thing once (so
+/// the audit file holds the evidence `plugboard suggest` needs, not a flood).
+fn record_audited(
+    shared: &Shared,
+    plugin: &Plugin,
+    syscall: &str,
+    detail: &str,
+    capability: Option<Capability>,
+    files: &[FileOperand],
+) {
+    /// Bounds the memory a plugin touching endless distinct paths can take.
+    const MAX_DISTINCT: usize = 4096;
+    let mut observations: Vec<EventKind> = Vec::new();
+    if let Some(capability) = capability {
+        observations.push(EventKind::Audited {
+            capability: capability.as_str().to_owned(),
+            syscall: syscall.to_owned(),
+            path: None,
+            creates: false,
+            detail: detail.to_owned(),
+        });
+    }
+    for operand in files {
+        let Some(path) = &operand.path else { continue };
+        let capability = match operand.access {
+            FileAccess::Read => "fs_read",
+            FileAccess::Write => "fs_write",
+        };
+        observations.push(EventKind::Audited {
+            capability: capability.to_owned(),
+            syscall: syscall.to_owned(),
+            path: Some(path.display().to_string()),
+            creates: operand.creates,
+            detail: String::new(),
+        });
+    }
+    for observation in observations {
+        let key = match &observation {
+            // Arguments tell socket families apart; elsewhere (descriptor numbers) they
+            // would make every call new.
+            EventKind::Audited {
+                capability,
+                syscall,
+                path,
+                creates,
+                detail,
+            } => {
+                let family = if syscall.starts_with("socket") {
+                    detail.as_str()
+                } else {
+                    ""
+                };
+                format!("{capability} {syscall} {path:?} {creates} {family}")
+            }
+            _ => continue,
+        };
+        let fresh = {
+            let mut lifecycle = plugin.lifecycle();
+            lifecycle.audited.len() < MAX_DISTINCT && lifecycle.audited.insert(key)
+        };
+        if fresh {
+            shared.event(Some(&plugin.name), observation);
+        }
+    }
 }
 
 /// The hooks with calls in flight (comma separated), the likeliest culprits.

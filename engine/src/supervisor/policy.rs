@@ -66,6 +66,9 @@ pub struct PluginOverrides {
     pub resources: Resources,
     /// This plugin's grace period when stopping, instead of the host-wide one.
     pub grace_ms: Option<u64>,
+    /// Audit mode: what its manifest does not allow is recorded instead of blocked
+    /// (`plugboard suggest` turns the record into a `[capabilities]` block).
+    pub audit: bool,
 }
 
 /// Whether bundle directories are watched for changes.

@@ -109,6 +109,11 @@ impl Runner {
         }
     }
 
+    /// A sandboxed worker (not in-process).
+    pub fn is_sandboxed(&self) -> bool {
+        matches!(self, Runner::Worker(_))
+    }
+
     /// What the kernel granted (in-process: nothing).
     pub fn mechanisms(&self) -> BTreeMap<Mechanism, MechanismState> {
         match self {

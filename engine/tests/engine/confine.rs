@@ -36,7 +36,7 @@ use nix::sys::socket::{
 use nix::unistd::{Pid, gettid};
 use plugboard_engine::sandbox::landlock::{self, FsPolicy, LandlockError, PathAccess};
 use plugboard_engine::sandbox::seccomp::{
-    self, Notification, NotifyListener, SeccompError, SyscallPolicy,
+    self, FileWatch, Notification, NotifyListener, SeccompError, SyscallPolicy,
 };
 
 /// How long the engine side waits for anything the confined thread does.
@@ -45,6 +45,7 @@ const WITHIN: Duration = Duration::from_secs(10);
 const NOTHING_GRANTED: SyscallPolicy = SyscallPolicy {
     network: false,
     spawn: false,
+    files: FileWatch::Writes,
 };
 
 // ----- helpers -----
@@ -298,6 +299,7 @@ fn network_capability_allows_an_ipv4_socket() {
     let network = SyscallPolicy {
         network: true,
         spawn: false,
+        files: FileWatch::Writes,
     };
     let confined = confine(network, || tcp_socket(AddressFamily::Inet).map(drop));
     let (result, seen) = confined.finish();
@@ -402,6 +404,7 @@ fn mount_unshare_and_tiocsti_are_reported_whatever_the_capabilities() {
     let everything = SyscallPolicy {
         network: true,
         spawn: true,
+        files: FileWatch::Writes,
     };
     let confined = confine(everything, || {
         let mount = nix::mount::mount(
@@ -589,6 +592,7 @@ fn a_child_process_releases_the_filter_when_it_exits_not_when_it_is_reaped() {
     let spawner = SyscallPolicy {
         network: false,
         spawn: true,
+        files: FileWatch::Writes,
     };
     let confined = confine(spawner, || {
         // SAFETY: the child only calls _exit, which is async-signal-safe and touches no

@@ -46,6 +46,7 @@ fn plan() -> ConfinementPlan {
         config_json: br#"{"greeting":"hi"}"#.to_vec(),
         require: vec!["seccomp".to_owned(), "landlock".to_owned()],
         serve_threads: 3,
+        audit: false,
     }
 }
 
@@ -876,7 +877,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
         (any::<u64>(), any::<u64>(), any::<u64>()),
         vec((text(), text()), 0..3),
         bytes(),
-        (vec(text(), 0..3), any::<u32>()),
+        (vec(text(), 0..3), any::<u32>(), any::<bool>()),
     )
         .prop_map(
             |(
@@ -886,7 +887,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
                 (max_open_files, address_space_bytes, tmpfs_bytes),
                 env,
                 config_json,
-                (require, serve_threads),
+                (require, serve_threads, audit),
             )| ConfinementPlan {
                 plugin,
                 uid,
@@ -902,6 +903,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
                 config_json,
                 require,
                 serve_threads,
+                audit,
             },
         )
 }

@@ -699,7 +699,6 @@ fn netprobe_under_a_quarantine_policy_is_unloaded_at_its_first_forbidden_syscall
 }
 
 #[test]
-#[ignore = "engine bug: a seccomp violation's hook is looked up when the plugin's actor handles the event (supervisor/actor.rs, on_worker_event), after the listener already answered EPERM; by then the call may have returned and the hook is missing (a few in a hundred under load)"]
 fn a_forbidden_syscall_always_names_the_hook_that_made_it() {
     const CALLS: usize = 200;
     let mut zoo = Zoo::new(&[("netprobe", "netprobe", same)]);
@@ -759,8 +758,7 @@ fn fswriter_writing_outside_fs_write_is_denied_by_landlock() {
         !Path::new("/tmp/plugboard-fswriter-1").exists(),
         "its /tmp is private"
     );
-    // Should the engine report the denial (not yet: ARCHITECTURE.md, departures), it must
-    // name the path; the test below demands it.
+    // The engine reports the denial (the test below checks what it says).
     for violation in zoo.violations_of("fswriter") {
         assert_eq!(violation.kind, ViolationKind::FsDenied, "{violation:?}");
         assert_eq!(violation.mechanism, "landlock");
@@ -771,7 +769,6 @@ fn fswriter_writing_outside_fs_write_is_denied_by_landlock() {
 }
 
 #[test]
-#[ignore = "the engine does not report Landlock denials yet (ARCHITECTURE.md, departures): the write fails with EACCES but no fs_denied violation is recorded"]
 fn fswriter_writing_outside_fs_write_is_an_fs_denied_violation_naming_the_path() {
     let mut zoo = Zoo::new(&[("fswriter", "fswriter", same)]);
     zoo.start("fswriter");

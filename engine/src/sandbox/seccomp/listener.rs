@@ -1,5 +1,6 @@
-//! The engine's end of a worker's seccomp filter: reads each suspended call, answers
-//! `EPERM`, and says what was attempted.
+//! The engine's end of a worker's seccomp filter: reads each suspended call, lets the
+//! engine decide while the caller still waits (`EPERM`, `EACCES`, or let it through), and
+//! says what was attempted.
 //!
 //! Kernel behaviour this relies on (Linux 6.18, `kernel/seccomp.c`):
 //! - a notified call suspends the calling *thread* until the listener answers; the
@@ -23,6 +24,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::{Deserialize, Serialize};
 
+use super::files::{self, FileOperand};
 use super::{SeccompError, detail, syscall_name};
 
 /// One forbidden call, as the engine records it.
@@ -39,9 +41,25 @@ pub struct Notification {
     /// The arguments that explain the call, decoded from registers (`domain AF_INET, type
     /// SOCK_STREAM` for `socket`, the flags for `clone`); empty when none do.
     pub detail: String,
+    /// For a file-system call, its paths, read from the caller's memory while it waited
+    /// (see the `files` module for what that is worth); empty for other calls.
+    pub files: Vec<FileOperand>,
 }
 
-/// A seccomp user-notification listener: the engine answers every call on it with `EPERM`.
+/// How the engine answers a suspended call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The call fails with this errno and does nothing.
+    Deny(i32),
+    /// The kernel runs the call as if the filter had allowed it
+    /// (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). Never a security decision on its own: the
+    /// caller's memory may change after the engine read it. Used where another mechanism
+    /// still decides (Landlock, for file calls) and in audit mode, which records instead of
+    /// confining by the host's explicit choice.
+    Continue,
+}
+
+/// A seccomp user-notification listener: the engine reads each call on it and answers it.
 #[derive(Debug)]
 pub struct NotifyListener {
     fd: OwnedFd,
@@ -60,14 +78,27 @@ impl NotifyListener {
         Self { fd }
     }
 
-    /// Waits up to `timeout` for one notification; answers it with `EPERM` (after checking
-    /// the notification id is still valid) and returns what was attempted. `Ok(None)` on
-    /// timeout. [`SeccompError::ListenerClosed`] when every thread and process under the
-    /// filter is gone (the descriptor reports `POLLHUP`).
-    ///
-    /// A call whose caller died after it was read is still returned: the attempt happened,
-    /// only the answer had nobody left to receive it.
+    /// Waits up to `timeout` for one notification and answers it with `EPERM`; returns what
+    /// was attempted. See [`next_with`](Self::next_with).
     pub fn next(&self, timeout: Duration) -> Result<Option<Notification>, SeccompError> {
+        self.next_with(timeout, |_| Verdict::Deny(libc::EPERM))
+            .map(|answered| answered.map(|(notification, _)| notification))
+    }
+
+    /// Waits up to `timeout` for one notification, calls `decide` with it *while the caller
+    /// is still suspended* (so whatever `decide` records — the hooks in flight, say — is
+    /// what held when the call was made), and answers as it says (after checking the
+    /// notification id is still valid). `Ok(None)` on timeout.
+    /// [`SeccompError::ListenerClosed`] when every thread and process under the filter is
+    /// gone (the descriptor reports `POLLHUP`).
+    ///
+    /// A call whose caller died after it was read is still returned (and decided on): the
+    /// attempt happened, only the answer had nobody left to receive it.
+    pub fn next_with(
+        &self,
+        timeout: Duration,
+        mut decide: impl FnMut(&Notification) -> Verdict,
+    ) -> Result<Option<(Notification, Verdict)>, SeccompError> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             let remaining = deadline.map_or(timeout, |deadline| {
@@ -80,7 +111,7 @@ impl NotifyListener {
             }
             // The caller may have been killed between poll and read; then wait on.
             if let Some(request) = self.receive()? {
-                return self.answer(&request).map(Some);
+                return self.answer(&request, &mut decide).map(Some);
             }
         }
     }
@@ -140,26 +171,46 @@ impl NotifyListener {
         }
     }
 
-    fn answer(&self, request: &libc::seccomp_notif) -> Result<Notification, SeccompError> {
+    fn answer(
+        &self,
+        request: &libc::seccomp_notif,
+        decide: &mut impl FnMut(&Notification) -> Verdict,
+    ) -> Result<(Notification, Verdict), SeccompError> {
         // The filter kills every call from another architecture before any rule runs, so
         // `nr` is always a native system call number.
         let syscall = syscall_name(request.data.nr);
-        let notification = Notification {
+        let mut notification = Notification {
             pid: request.pid,
             detail: detail::describe(&syscall, &request.data.args),
             args: request.data.args,
+            files: files::operands(request.pid, &syscall, &request.data.args),
             syscall,
         };
         // The pid is only meaningful while the id is valid: once the caller is gone, the
-        // pid may already name another thread.
-        if !self.still_waiting(request.id)? {
-            return Ok(notification);
+        // pid may already name another thread, and what was read may be its memory.
+        let waiting = self.still_waiting(request.id)?;
+        if !waiting {
+            for operand in &mut notification.files {
+                operand.path = None;
+            }
         }
-        let response = libc::seccomp_notif_resp {
-            id: request.id,
-            val: 0,
-            error: -libc::EPERM,
-            flags: 0,
+        let verdict = decide(&notification);
+        if !waiting {
+            return Ok((notification, verdict));
+        }
+        let response = match verdict {
+            Verdict::Deny(errno) => libc::seccomp_notif_resp {
+                id: request.id,
+                val: 0,
+                error: -errno,
+                flags: 0,
+            },
+            Verdict::Continue => libc::seccomp_notif_resp {
+                id: request.id,
+                val: 0,
+                error: 0,
+                flags: CONTINUE_FLAG,
+            },
         };
         loop {
             // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads one `struct seccomp_notif_resp` through
@@ -172,13 +223,13 @@ impl NotifyListener {
                 )
             };
             if result == 0 {
-                return Ok(notification);
+                return Ok((notification, verdict));
             }
             let source = io::Error::last_os_error();
             match source.raw_os_error() {
                 Some(libc::EINTR) => {}
                 // Killed since the check: the attempt stands, the answer has no recipient.
-                Some(libc::ENOENT) => return Ok(notification),
+                Some(libc::ENOENT) => return Ok((notification, verdict)),
                 _ => {
                     return Err(SeccompError::Respond {
                         id: request.id,
@@ -220,6 +271,10 @@ impl AsFd for NotifyListener {
         self.fd.as_fd()
     }
 }
+
+/// `SECCOMP_USER_NOTIF_FLAG_CONTINUE` in the width of `seccomp_notif_resp.flags` (1).
+#[allow(clippy::cast_possible_truncation)]
+const CONTINUE_FLAG: u32 = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
 
 /// `timeout` for `poll(2)`, rounded up to whole milliseconds so that a short remainder
 /// waits rather than spinning, and capped at what `poll` can express.

@@ -1,0 +1,274 @@
+//! The paths of a notified file-system call (`openat`, `mkdir`, `rename`, …), read from the
+//! suspended caller's memory so that the engine can check them against the worker's
+//! file-system rules and name them in its report.
+//!
+//! What is read can change after the engine read it (another thread of the plugin may
+//! rewrite the string before the kernel does): the engine only ever *denies* on what it
+//! read, and what it lets through the kernel checks again with Landlock. A path read here
+//! is therefore evidence for a report, never a permission.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a call does with a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAccess {
+    Read,
+    /// Writes, truncates, creates, removes, renames or links.
+    Write,
+}
+
+impl FileAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileAccess::Read => "read",
+            FileAccess::Write => "write",
+        }
+    }
+}
+
+/// One path argument of a file-system call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileOperand {
+    /// Absolute and lexically normalised (`.` and `..` resolved, symbolic links not), as
+    /// the caller's mount namespace names it; `None` when it could not be read (the caller
+    /// died, a bad pointer, a descriptor that is gone).
+    pub path: Option<PathBuf>,
+    pub access: FileAccess,
+    /// The call creates the path's last component (`O_CREAT`, `mkdir`, the new name of a
+    /// `rename`), so the rights that count are those on its parent directory.
+    pub creates: bool,
+}
+
+/// Whether the filter routes `syscall` to the engine as a file-system call (its
+/// notifications carry [`FileOperand`]s).
+pub fn is_file_syscall(syscall: &str) -> bool {
+    !specs(syscall, &[0; 6]).is_empty()
+}
+
+/// Where in the registers one path operand is.
+struct Spec {
+    /// The register with the directory descriptor a relative path starts from; `None`:
+    /// the working directory.
+    dirfd: Option<usize>,
+    path: usize,
+    access: FileAccess,
+    creates: bool,
+}
+
+const fn spec(dirfd: Option<usize>, path: usize, access: FileAccess, creates: bool) -> Spec {
+    Spec {
+        dirfd,
+        path,
+        access,
+        creates,
+    }
+}
+
+/// The path operands of `syscall` (x86-64 and arm64 argument order; both put the flags of
+/// `open` second and those of `openat` third).
+fn specs(syscall: &str, args: &[u64; 6]) -> Vec<Spec> {
+    use FileAccess::{Read, Write};
+    let open_access = |flags: u64| {
+        let flags = flags & 0xffff_ffff;
+        let accmode = flags & u64::from(libc::O_ACCMODE.unsigned_abs());
+        let creates = flags & u64::from(libc::O_CREAT.unsigned_abs()) != 0;
+        let truncates = flags & u64::from(libc::O_TRUNC.unsigned_abs()) != 0;
+        let writes = accmode != u64::from(libc::O_RDONLY.unsigned_abs()) || creates || truncates;
+        (if writes { Write } else { Read }, creates)
+    };
+    match syscall {
+        "open" => {
+            let (access, creates) = open_access(args[1]);
+            vec![spec(None, 0, access, creates)]
+        }
+        "openat" => {
+            let (access, creates) = open_access(args[2]);
+            vec![spec(Some(0), 1, access, creates)]
+        }
+        "creat" | "mkdir" => vec![spec(None, 0, Write, true)],
+        "mkdirat" => vec![spec(Some(0), 1, Write, true)],
+        "truncate" | "rmdir" | "unlink" => vec![spec(None, 0, Write, false)],
+        "unlinkat" => vec![spec(Some(0), 1, Write, false)],
+        "rename" => vec![spec(None, 0, Write, false), spec(None, 1, Write, true)],
+        "renameat" | "renameat2" => vec![
+            spec(Some(0), 1, Write, false),
+            spec(Some(2), 3, Write, true),
+        ],
+        // The new name; the target of a symbolic link is only text.
+        "link" | "symlink" => vec![spec(None, 1, Write, true)],
+        "linkat" => vec![spec(Some(2), 3, Write, true)],
+        "symlinkat" => vec![spec(Some(1), 2, Write, true)],
+        _ => Vec::new(),
+    }
+}
+
+/// The path operands of a call by thread `pid` (host pid) to `syscall` with `args`, read
+/// from its memory while it is suspended in the filter. Empty for other calls.
+pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOperand> {
+    let specs = specs(syscall, args);
+    if specs.is_empty() {
+        return Vec::new();
+    }
+    let memory = File::open(format!("/proc/{pid}/mem")).ok();
+    specs
+        .into_iter()
+        .map(|spec| {
+            let path = memory
+                .as_ref()
+                .and_then(|memory| read_c_string(memory, args[spec.path]))
+                .and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw));
+            FileOperand {
+                path,
+                access: spec.access,
+                creates: spec.creates,
+            }
+        })
+        .collect()
+}
+
+/// The NUL-terminated string at `address` in the caller's memory, at most `PATH_MAX`
+/// bytes. Read a page at a time: a read that crosses into an unmapped page fails whole.
+fn read_c_string(memory: &File, address: u64) -> Option<Vec<u8>> {
+    const PAGE: u64 = 4096;
+    const PATH_MAX: usize = 4096;
+    if address == 0 {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    let mut at = address;
+    while bytes.len() < PATH_MAX {
+        let to_page_end = PAGE - at % PAGE;
+        let mut chunk = vec![0u8; usize::try_from(to_page_end).ok()?];
+        let read = memory.read_at(&mut chunk, at).ok()?;
+        if read == 0 {
+            return None;
+        }
+        chunk.truncate(read);
+        if let Some(end) = chunk.iter().position(|&byte| byte == 0) {
+            bytes.extend_from_slice(&chunk[..end]);
+            return Some(bytes);
+        }
+        bytes.extend_from_slice(&chunk);
+        at = at.checked_add(read as u64)?;
+    }
+    None
+}
+
+/// `raw` made absolute: against the directory descriptor in `dirfd` (a register; `AT_FDCWD`
+/// or `None` means the working directory) of process `pid`, then normalised.
+fn absolute(pid: u32, dirfd: Option<u64>, raw: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = Path::new(std::ffi::OsStr::from_bytes(raw));
+    if path.is_absolute() {
+        return Some(normalise(path));
+    }
+    // The kernel reads the descriptor as an `int`.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    let base = match dirfd.map(|register| register as u32 as i32) {
+        None | Some(libc::AT_FDCWD) => std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?,
+        Some(fd) => std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?,
+    };
+    base.is_absolute().then(|| normalise(&base.join(path)))
+}
+
+/// `.` and `..` resolved by name, as `Path` does not; `..` at the root stays at the root.
+pub(crate) fn normalise(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::Normal(name) => normal.push(name),
+        }
+    }
+    normal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalising_resolves_dots_by_name_and_stops_at_the_root() {
+        assert_eq!(normalise(Path::new("/a/./b/../c")), Path::new("/a/c"));
+        assert_eq!(normalise(Path::new("/../../etc//x")), Path::new("/etc/x"));
+        assert_eq!(normalise(Path::new("/")), Path::new("/"));
+    }
+
+    #[test]
+    fn opens_are_writes_when_they_write_create_or_truncate() {
+        let flags = |flags: libc::c_int| {
+            let spec = &specs("openat", &[0, 0, u64::from(flags.unsigned_abs()), 0, 0, 0])[0];
+            (spec.access, spec.creates)
+        };
+        assert_eq!(flags(libc::O_RDONLY), (FileAccess::Read, false));
+        assert_eq!(
+            flags(libc::O_RDONLY | libc::O_CLOEXEC),
+            (FileAccess::Read, false)
+        );
+        assert_eq!(flags(libc::O_WRONLY), (FileAccess::Write, false));
+        assert_eq!(flags(libc::O_RDWR), (FileAccess::Write, false));
+        assert_eq!(
+            flags(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC),
+            (FileAccess::Write, true)
+        );
+        assert_eq!(
+            flags(libc::O_RDONLY | libc::O_TRUNC),
+            (FileAccess::Write, false)
+        );
+    }
+
+    #[test]
+    fn renames_name_both_paths_and_links_the_new_one() {
+        let rename = specs("renameat2", &[0; 6]);
+        assert_eq!(
+            rename.iter().map(|s| (s.dirfd, s.path)).collect::<Vec<_>>(),
+            [(Some(0), 1), (Some(2), 3)]
+        );
+        assert_eq!(specs("symlinkat", &[0; 6])[0].path, 2);
+        assert!(is_file_syscall("unlinkat"));
+        assert!(!is_file_syscall("socket"));
+    }
+
+    #[test]
+    fn paths_are_read_from_the_callers_memory_and_made_absolute() {
+        // This process stands in for the suspended caller: its own memory and cwd.
+        let pid = std::process::id();
+        let raw = c"relative/../file.txt";
+        let address = raw.as_ptr() as u64;
+        let read = operands(pid, "open", &[address, 0, 0, 0, 0, 0]);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            read[0].path.as_deref(),
+            Some(cwd.join("file.txt").as_path())
+        );
+        assert_eq!(read[0].access, FileAccess::Read);
+
+        let absolute = c"/var/tmp/x";
+        let dir = File::open("/").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        let created = operands(
+            pid,
+            "openat",
+            &[
+                u64::from(fd.unsigned_abs()),
+                absolute.as_ptr() as u64,
+                u64::from((libc::O_WRONLY | libc::O_CREAT).unsigned_abs()),
+                0,
+                0,
+                0,
+            ],
+        );
+        assert_eq!(created[0].path.as_deref(), Some(Path::new("/var/tmp/x")));
+        assert!(created[0].creates);
+        // A bad pointer is no path, not a failure.
+        assert_eq!(operands(pid, "unlink", &[8, 0, 0, 0, 0, 0])[0].path, None);
+    }
+}
