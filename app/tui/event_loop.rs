@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use crossterm::event::{Event as TermEvent, KeyEventKind, MouseEventKind};
+use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::{Command, Engine, EngineError, Event, Outcome, PluginSnapshot, Snapshot};
 
 use super::app::{App, Effect, Job, JobError, Status};
@@ -223,7 +224,15 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
         match effect {
             Effect::Quit => return Handled::Quit,
             Effect::Run(job) => runner.run(app, job),
-            Effect::PreviewReload { plugin } => runner.preview_reload(plugin),
+            Effect::PreviewReload { plugin } => {
+                // The host's limits, as the engine will check and fill in the new manifest.
+                let limits = app
+                    .history
+                    .back()
+                    .map(|snapshot| snapshot.host_limits.clone())
+                    .unwrap_or_default();
+                runner.preview_reload(plugin, limits);
+            }
         }
     }
     Handled::Redraw
@@ -266,12 +275,13 @@ impl JobRunner {
 
 impl JobRunner {
     /// Reads the bundle on disk on a thread of its own (it hashes the whole library).
-    fn preview_reload(&self, plugin: Box<PluginSnapshot>) {
+    fn preview_reload(&self, plugin: Box<PluginSnapshot>, limits: HostLimits) {
         let sender = self.sender.clone();
         let _ = std::thread::Builder::new()
             .name("pb-ui-preview".to_owned())
             .spawn(move || {
-                let changes = reload_preview::preview(&plugin, std::path::Path::new(&plugin.dir));
+                let changes =
+                    reload_preview::preview(&plugin, std::path::Path::new(&plugin.dir), &limits);
                 let _ = sender.send(AppEvent::ReloadPreview { plugin, changes });
             });
     }
