@@ -1057,35 +1057,6 @@ fn big_fleet(count: usize) -> App {
     app
 }
 
-/// Frame cost with many plugins (issue goals: a full frame with 200 plugins ≤ 2 ms, a
-/// key press to its frame with 500 ≤ 50 ms). Timing is for a quiet machine and an
-/// optimised build, so this reports rather than asserts:
-/// `cargo test -p plugboard --release -- --ignored --nocapture frame_cost`.
-#[test]
-#[ignore = "a measurement, not a check"]
-fn frame_cost_with_many_plugins() {
-    for (count, width, height) in [(200, 160, 50), (500, 160, 50)] {
-        let mut app = big_fleet(count);
-        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-        terminal.draw(|frame| draw(frame, &mut app)).unwrap();
-        let frames = 100u32;
-        let started = std::time::Instant::now();
-        for _ in 0..frames {
-            terminal.draw(|frame| draw(frame, &mut app)).unwrap();
-        }
-        let per_frame = started.elapsed() / frames;
-        let started = std::time::Instant::now();
-        for _ in 0..frames {
-            press(&mut app, KeyCode::Char('j'));
-            terminal.draw(|frame| draw(frame, &mut app)).unwrap();
-        }
-        let per_key = started.elapsed() / frames;
-        println!(
-            "{count} plugins at {width}×{height}: frame {per_frame:?}, key press to frame {per_key:?}"
-        );
-    }
-}
-
 #[test]
 fn a_long_table_scrolls_to_the_selection_and_clicks_hit_the_row_shown() {
     let mut app = big_fleet(30);
