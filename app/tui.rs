@@ -2,18 +2,18 @@
 //! sends `Command`s (each on a thread of its own) and renders `Snapshot`s taken by a
 //! sampling thread; see `event_loop` for how the pieces meet.
 
-mod app;
+pub(crate) mod app;
 mod columns;
 mod demo;
 mod describe;
 mod event_loop;
 mod format;
-mod keymap;
+pub(crate) mod keymap;
 mod reload_preview;
 mod sampler;
 mod terminal;
-mod theme;
-mod ui;
+pub(crate) mod theme;
+pub(crate) mod ui;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;

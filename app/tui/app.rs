@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use plugboard_engine::manifest::Priority;
 use plugboard_engine::monitor::ResourceSample;
 use plugboard_engine::{CallReport, Command, Event, Outcome, PluginSnapshot, Snapshot};
 use ratatui::layout::{Position, Rect};
@@ -132,6 +133,8 @@ pub struct Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookColumn {
     Name,
+    /// The manifest's priority (critical first when descending).
+    Priority,
     Calls,
     Errors,
     Timeouts,
@@ -139,11 +142,14 @@ pub enum HookColumn {
     P99,
     Max,
     Rate,
+    /// The hook's effective timeout.
+    Limit,
 }
 
 impl HookColumn {
-    pub const ALL: [HookColumn; 8] = [
+    pub const ALL: [HookColumn; 10] = [
         HookColumn::Name,
+        HookColumn::Priority,
         HookColumn::Calls,
         HookColumn::Rate,
         HookColumn::Errors,
@@ -151,11 +157,14 @@ impl HookColumn {
         HookColumn::P50,
         HookColumn::P99,
         HookColumn::Max,
+        HookColumn::Limit,
     ];
 
     pub fn title(self) -> &'static str {
         match self {
             HookColumn::Name => "HOOK",
+            HookColumn::Priority => "PRIO",
+            HookColumn::Limit => "LIMIT",
             HookColumn::Calls => "CALLS",
             HookColumn::Rate => "/S",
             HookColumn::Errors => "ERR",
@@ -530,6 +539,18 @@ impl App {
                 .get(name)
                 .map_or((0, 0.0), |stats| match self.hook_sort {
                     HookColumn::Name => (0, 0.0),
+                    HookColumn::Priority => (
+                        stats.priority.map_or(0, |priority| {
+                            let rank = Priority::ALL
+                                .iter()
+                                .position(|other| *other == priority)
+                                .unwrap_or(0);
+                            // Critical ranks highest.
+                            u64::try_from(Priority::ALL.len() - rank).unwrap_or(0)
+                        }),
+                        0.0,
+                    ),
+                    HookColumn::Limit => (stats.timeout_ms.unwrap_or(0), 0.0),
                     HookColumn::Calls => (stats.calls, 0.0),
                     HookColumn::Rate => (0, stats.calls_per_sec),
                     HookColumn::Errors => (stats.errors, 0.0),

@@ -6,8 +6,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use crossterm::event::{Event as TermEvent, KeyEventKind, MouseEventKind};
+use anyhow::{Context, Result, anyhow, bail};
+use crossterm::event::{Event as TermEvent, KeyCode, KeyEventKind, MouseEventKind};
+use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::{Command, Engine, EngineError, Event, Outcome, PluginSnapshot, Snapshot};
 
 use super::app::{App, Effect, Job, JobError, Status};
@@ -111,7 +112,16 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
     }
     drop(sender);
 
-    let outcome = event_loop(&mut guard, &mut app, &receiver, &runner, &watched);
+    // A panic on this thread (a drawing bug) is caught here once the panic hook has
+    // restored the terminal and printed the message: the plugins are then stopped and their
+    // cgroups removed as on any other way out, rather than left to die with the process.
+    let panic_key = test_panic_key();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        event_loop(
+            &mut guard, &mut app, &receiver, &runner, &watched, panic_key,
+        )
+    }))
+    .unwrap_or_else(|_| Err(anyhow!("the dashboard panicked (its message is above)")));
 
     // Leave gracefully whatever ended the loop: say so, stop everything, restore.
     app.status = Some(Status {
@@ -127,12 +137,23 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
     outcome
 }
 
+/// The key that makes the UI thread panic when `PLUGBOARD_TEST_PANIC_KEY` names one (read
+/// once, at start). A test hook, and the only way to make a working dashboard panic: the
+/// end-to-end test presses it to check that a panic restores the terminal and stops every
+/// worker. Unset (always, outside that test), no key panics.
+fn test_panic_key() -> Option<char> {
+    std::env::var("PLUGBOARD_TEST_PANIC_KEY")
+        .ok()
+        .and_then(|key| key.chars().next())
+}
+
 fn event_loop(
     guard: &mut TerminalGuard,
     app: &mut App,
     receiver: &Receiver<AppEvent>,
     runner: &JobRunner,
     watched: &Mutex<Option<String>>,
+    panic_key: Option<char>,
 ) -> Result<()> {
     let mut dirty = true;
     loop {
@@ -159,6 +180,11 @@ fn event_loop(
         // Take everything already queued before drawing once.
         let mut next = Some(first);
         while let Some(event) = next {
+            if let AppEvent::Terminal(TermEvent::Key(key)) = &event
+                && panic_key.is_some_and(|panic_key| key.code == KeyCode::Char(panic_key))
+            {
+                panic!("PLUGBOARD_TEST_PANIC_KEY pressed: the panic the test asked for");
+            }
             match handle(app, event, runner) {
                 Handled::Quit => return Ok(()),
                 Handled::Redraw => dirty = true,
@@ -223,7 +249,15 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
         match effect {
             Effect::Quit => return Handled::Quit,
             Effect::Run(job) => runner.run(app, job),
-            Effect::PreviewReload { plugin } => runner.preview_reload(plugin),
+            Effect::PreviewReload { plugin } => {
+                // The host's limits, as the engine will check and fill in the new manifest.
+                let limits = app
+                    .history
+                    .back()
+                    .map(|snapshot| snapshot.host_limits.clone())
+                    .unwrap_or_default();
+                runner.preview_reload(plugin, limits);
+            }
         }
     }
     Handled::Redraw
@@ -266,12 +300,13 @@ impl JobRunner {
 
 impl JobRunner {
     /// Reads the bundle on disk on a thread of its own (it hashes the whole library).
-    fn preview_reload(&self, plugin: Box<PluginSnapshot>) {
+    fn preview_reload(&self, plugin: Box<PluginSnapshot>, limits: HostLimits) {
         let sender = self.sender.clone();
         let _ = std::thread::Builder::new()
             .name("pb-ui-preview".to_owned())
             .spawn(move || {
-                let changes = reload_preview::preview(&plugin, std::path::Path::new(&plugin.dir));
+                let changes =
+                    reload_preview::preview(&plugin, std::path::Path::new(&plugin.dir), &limits);
                 let _ = sender.send(AppEvent::ReloadPreview { plugin, changes });
             });
     }

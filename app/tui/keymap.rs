@@ -541,6 +541,42 @@ mod tests {
         KeyEvent::new(code, modifiers)
     }
 
+    /// README's key table is the default keymap, row for row: a key remapped in
+    /// `default_keymap.toml` or a new action fails here until README says so.
+    #[test]
+    fn the_readme_key_table_is_the_default_keymap() {
+        let readme = include_str!("../../README.md");
+        let keymap = Keymap::defaults();
+        let rows: Vec<String> = Action::ALL
+            .iter()
+            .map(|action| {
+                let keys: Vec<String> = keymap
+                    .keys(*action)
+                    .iter()
+                    .map(|key| format!("`{key}`"))
+                    .collect();
+                format!("| {} | {} |", keys.join(" "), action.description())
+            })
+            .collect();
+        let missing: Vec<&String> = rows.iter().filter(|row| !readme.contains(*row)).collect();
+        assert!(
+            missing.is_empty(),
+            "README's key table lacks these rows:\n{}",
+            missing
+                .iter()
+                .map(|row| row.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let table_rows = readme
+            .lines()
+            .skip_while(|line| *line != "| keys | action |")
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .count();
+        assert_eq!(table_rows, Action::ALL.len(), "one row per action");
+    }
+
     #[test]
     fn the_default_keymap_parses_and_binds_every_action() {
         let mut keymap = Keymap {

@@ -1,18 +1,20 @@
 //! What a reload would change: the bundle on disk read (off the UI thread) and set
-//! against what runs — version, library digest, signer — plus the capabilities and
-//! limits the new manifest asks for, so the operator confirms knowing what changes.
+//! against what runs — version, library digest, signer, each capability, each effective
+//! limit and the hooks with their timeouts — old → new, so the operator confirms knowing
+//! what changes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plugboard_engine::PluginSnapshot;
 use plugboard_engine::bundle::Bundle;
-use plugboard_engine::manifest::HostLimits;
+use plugboard_engine::manifest::{Capabilities, EffectiveResources, HostLimits};
 
-/// Reads the bundle in `dir` and describes the change from `running`, one line each.
-/// A bundle that cannot be read is described too: the reload would fail the same way.
-pub fn preview(running: &PluginSnapshot, dir: &Path) -> Vec<String> {
-    match Bundle::open(dir, &HostLimits::default()) {
-        Ok(bundle) => describe_change(running, &bundle),
+/// Reads the bundle in `dir` (checked against the host's `limits`, as the engine will) and
+/// describes the change from `running`, one line each. A bundle that cannot be read is
+/// described too: the reload would fail the same way.
+pub fn preview(running: &PluginSnapshot, dir: &Path, limits: &HostLimits) -> Vec<String> {
+    match Bundle::open(dir, limits) {
+        Ok(bundle) => describe_change(running, &bundle, limits),
         Err(err) => vec![
             format!("The bundle on disk cannot be read: {err}"),
             "The reload will fail and the running version keep serving.".to_owned(),
@@ -24,16 +26,82 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(16)]
 }
 
-/// `old → new`, or `value (unchanged)`.
+/// `old → new   CHANGED`, or `value (unchanged)`, or the new value alone when what runs
+/// is not known.
 fn change(label: &str, old: Option<&str>, new: &str) -> String {
     match old {
-        Some(old) if old == new => format!("{label:<9} {new} (unchanged)"),
-        Some(old) => format!("{label:<9} {old} → {new}   CHANGED"),
-        None => format!("{label:<9} {new}"),
+        Some(old) if old == new => format!("{label:<12} {new} (unchanged)"),
+        Some(old) => format!("{label:<12} {old} → {new}   CHANGED"),
+        None => format!("{label:<12} {new}"),
     }
 }
 
-pub fn describe_change(running: &PluginSnapshot, bundle: &Bundle) -> Vec<String> {
+fn paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        "none".to_owned()
+    } else {
+        paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn yes_no(granted: bool) -> String {
+    if granted { "YES" } else { "no" }.to_owned()
+}
+
+/// Each capability as the lines show it: (label, value).
+fn capability_values(capabilities: &Capabilities) -> [(&'static str, String); 5] {
+    let Capabilities {
+        fs_read,
+        fs_write,
+        network,
+        spawn,
+        emit,
+    } = capabilities;
+    [
+        ("network", yes_no(*network)),
+        ("spawn", yes_no(*spawn)),
+        ("fs_read", paths(fs_read)),
+        ("fs_write", paths(fs_write)),
+        (
+            "emit",
+            if emit.is_empty() {
+                "none".to_owned()
+            } else {
+                emit.join(" ")
+            },
+        ),
+    ]
+}
+
+/// Each effective limit as the lines show it: (label, value).
+fn limit_values(limits: &EffectiveResources) -> [(&'static str, String); 6] {
+    let EffectiveResources {
+        memory_mb,
+        cpu_percent,
+        max_threads,
+        max_open_files,
+        hook_timeout_ms,
+        max_in_flight,
+    } = limits;
+    [
+        ("memory", format!("{memory_mb} MiB")),
+        ("cpu", format!("{cpu_percent}%")),
+        ("threads", max_threads.to_string()),
+        ("open files", max_open_files.to_string()),
+        ("hook timeout", format!("{hook_timeout_ms} ms")),
+        ("in flight", max_in_flight.to_string()),
+    ]
+}
+
+pub fn describe_change(
+    running: &PluginSnapshot,
+    bundle: &Bundle,
+    host_limits: &HostLimits,
+) -> Vec<String> {
     let manifest = bundle.manifest();
     let mut lines = Vec::new();
     lines.push(change(
@@ -52,33 +120,44 @@ pub fn describe_change(running: &PluginSnapshot, bundle: &Bundle) -> Vec<String>
         |signature| signature.key_id.to_string(),
     );
     lines.push(change("signer", running.trust.key_id.as_deref(), &signer));
-    let capabilities = &manifest.capabilities;
-    let paths = |paths: &[std::path::PathBuf]| -> String {
-        if paths.is_empty() {
-            "none".to_owned()
-        } else {
-            paths
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    };
-    let yes_no = |granted: bool| if granted { "YES" } else { "no" };
-    lines.push(format!(
-        "grants    network {}, spawn {}, read {}, write {}",
-        yes_no(capabilities.network),
-        yes_no(capabilities.spawn),
-        paths(&capabilities.fs_read),
-        paths(&capabilities.fs_write)
-    ));
-    let resources = &manifest.resources;
-    let limit = |value: Option<String>| value.unwrap_or_else(|| "host default".to_owned());
-    lines.push(format!(
-        "limits    memory {}, cpu {}, threads {}",
-        limit(resources.memory_mb.map(|mb| format!("{mb} MiB"))),
-        limit(resources.cpu_percent.map(|percent| format!("{percent}%"))),
-        limit(resources.max_threads.map(|threads| threads.to_string())),
+
+    let old = running.capabilities.as_ref().map(capability_values);
+    for (at, (label, new)) in capability_values(&manifest.capabilities)
+        .into_iter()
+        .enumerate()
+    {
+        let old = old.as_ref().map(|old| old[at].1.as_str());
+        lines.push(change(label, old, &new));
+    }
+    // The new version gets the same host overrides; the engine fills in the same way.
+    let new_limits = manifest.effective_resources_with(host_limits, &running.resource_overrides);
+    let old = running.limits.as_ref().map(limit_values);
+    for (at, (label, new)) in limit_values(&new_limits).into_iter().enumerate() {
+        let old = old.as_ref().map(|old| old[at].1.as_str());
+        lines.push(change(label, old, &new));
+    }
+    // Subscribed hooks with their effective timeouts.
+    let new_hooks: Vec<String> = manifest
+        .hooks
+        .keys()
+        .map(|hook| {
+            let timeout =
+                manifest.hook_timeout_with(hook, host_limits, &running.resource_overrides);
+            format!("{hook} {}ms", timeout.as_millis())
+        })
+        .collect();
+    let old_hooks: Vec<String> = running
+        .hooks
+        .iter()
+        .filter(|(_, stats)| stats.priority.is_some())
+        .map(|(hook, stats)| format!("{hook} {}ms", stats.timeout_ms.unwrap_or_default()))
+        .collect();
+    lines.push(change(
+        "hooks",
+        (running.limits.is_some())
+            .then(|| old_hooks.join(", "))
+            .as_deref(),
+        &new_hooks.join(", "),
     ));
     lines
 }
@@ -121,25 +200,73 @@ mod tests {
             "resources": null,
         }))
         .unwrap();
-        let lines = describe_change(&running, &bundle);
+        let limits = HostLimits::default();
+        let line = |lines: &[String], label: &str| -> String {
+            lines
+                .iter()
+                .find(|line| line.starts_with(&format!("{label:<12} ")))
+                .unwrap_or_else(|| panic!("no {label} line in {lines:#?}"))
+                .clone()
+        };
+        // What runs is not known (a snapshot without the fields): the new values alone.
+        let lines = describe_change(&running, &bundle, &limits);
         assert!(lines[0].contains("0.0.9 → 0.1.0   CHANGED"), "{lines:?}");
         assert!(lines[1].contains("(unchanged)"), "{lines:?}");
         assert!(
             lines[2].contains(&format!("{} (unchanged)", prepared.key_id)),
             "{lines:?}"
         );
-        assert!(
-            lines[3].starts_with("grants    network no, spawn no"),
-            "{lines:?}"
+        assert_eq!(line(&lines, "network").trim_end(), "network      no");
+        assert_eq!(line(&lines, "memory").trim_end(), "memory       32 MiB");
+
+        // What runs granted the network, had other limits and another hook.
+        running.capabilities = Some(plugboard_engine::manifest::Capabilities {
+            network: true,
+            fs_read: vec!["/etc".into()],
+            ..Default::default()
+        });
+        running.limits = Some(bundle.manifest().effective_resources(&limits));
+        running.limits.as_mut().unwrap().memory_mb = 64;
+        running.hooks.insert(
+            "greet".to_owned(),
+            plugboard_engine::hooks::HookStatsSnapshot {
+                priority: Some(plugboard_engine::manifest::Priority::Normal),
+                timeout_ms: Some(250),
+                ..Default::default()
+            },
         );
-        assert!(lines[4].starts_with("limits    memory"), "{lines:?}");
+        let lines = describe_change(&running, &bundle, &limits);
+        assert_eq!(
+            line(&lines, "network"),
+            "network      YES → no   CHANGED",
+            "{lines:#?}"
+        );
+        assert_eq!(line(&lines, "spawn"), "spawn        no (unchanged)");
+        assert_eq!(
+            line(&lines, "fs_read"),
+            "fs_read      /etc → none   CHANGED"
+        );
+        assert_eq!(
+            line(&lines, "memory"),
+            "memory       64 MiB → 32 MiB   CHANGED"
+        );
+        assert_eq!(line(&lines, "cpu"), "cpu          25% (unchanged)");
+        assert!(line(&lines, "hook timeout").ends_with("(unchanged)"));
+        assert_eq!(
+            line(&lines, "hooks"),
+            "hooks        greet 250ms → greet 100ms   CHANGED"
+        );
+        // The host's overrides apply to the new version as to the old.
+        running.resource_overrides.memory_mb = Some(64);
+        let lines = describe_change(&running, &bundle, &limits);
+        assert_eq!(line(&lines, "memory"), "memory       64 MiB (unchanged)");
 
         running.trust.key_id = Some("0000000000000000".to_owned());
-        let lines = describe_change(&running, &bundle);
+        let lines = describe_change(&running, &bundle, &limits);
         assert!(lines[2].contains("0000000000000000 → "), "{lines:?}");
 
         std::fs::remove_file(dir.join("libhello.so")).unwrap();
-        let lines = preview(&running, &dir);
+        let lines = preview(&running, &dir, &limits);
         assert!(
             lines[0].starts_with("The bundle on disk cannot be read"),
             "{lines:?}"

@@ -18,12 +18,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, AuditPolicy};
 use crate::events::{Event, EventKind, EventLog, unix_millis};
+use crate::hooks::HookStatsSnapshot;
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::policy::Policy;
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
-use crate::snapshot::{HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision};
+use crate::snapshot::{
+    ConfigSetting, ConfigSource, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision,
+};
 use crate::supervisor::state_file::{PersistedState, PluginToggles};
 use crate::supervisor::{
     ActorMessage, DiskChange, Lifecycle, OutputRing, Plugin, PluginOverrides, Reply, RestartPolicy,
@@ -811,6 +814,7 @@ impl Engine {
                 .map(|plugin| plugin_snapshot(&self.shared, plugin))
                 .collect(),
             recent_events,
+            host_limits: self.shared.config.limits.clone(),
         }
     }
 
@@ -1015,13 +1019,12 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
 
 fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
     let lifecycle = plugin.lifecycle();
-    let hooks = plugin
-        .stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .map(|(hook, stats)| (hook.clone(), stats.snapshot()))
-        .collect();
+    let overrides = shared.config.plugins.get(&plugin.name);
+    let resource_overrides = overrides
+        .map(|overrides| overrides.resources)
+        .unwrap_or_default();
+    let hooks = hook_snapshots(shared, plugin, &lifecycle, &resource_overrides);
+    let config = config_settings(&lifecycle, overrides.map(|overrides| &overrides.config));
     let output = plugin.output.lock().unwrap_or_else(PoisonError::into_inner);
     let recent_output = output
         .lines
@@ -1097,7 +1100,85 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
             .latest()
             .copied()
             .filter(|_| lifecycle.worker_pid.is_some()),
+        capabilities: lifecycle
+            .manifest
+            .as_ref()
+            .map(|manifest| manifest.capabilities.clone()),
+        limits: lifecycle.manifest.as_ref().map(|manifest| {
+            manifest.effective_resources_with(&shared.config.limits, &resource_overrides)
+        }),
+        resource_overrides,
+        config,
     }
+}
+
+/// The statistics of every hook called, and of every hook the manifest subscribes to
+/// (zero counts until called), each with its priority and effective timeout.
+fn hook_snapshots(
+    shared: &Shared,
+    plugin: &Plugin,
+    lifecycle: &Lifecycle,
+    resource_overrides: &crate::manifest::Resources,
+) -> BTreeMap<String, HookStatsSnapshot> {
+    let mut hooks: BTreeMap<String, HookStatsSnapshot> = plugin
+        .stats
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(hook, stats)| (hook.clone(), stats.snapshot()))
+        .collect();
+    if let Some(manifest) = &lifecycle.manifest {
+        // Every subscribed hook, called or not, with what the manifest says of it.
+        for (hook, spec) in &manifest.hooks {
+            let stats = hooks.entry(hook.clone()).or_default();
+            stats.priority = Some(spec.priority);
+            stats.timeout_ms = Some(
+                u64::try_from(
+                    manifest
+                        .hook_timeout_with(hook, &shared.config.limits, resource_overrides)
+                        .as_millis(),
+                )
+                .unwrap_or(u64::MAX),
+            );
+        }
+    }
+    hooks
+}
+
+/// Each `[config.<key>]` of the verified manifest (none before): its default, the host's
+/// override and what the plugin received (`effective`, the merged config kept at
+/// verification).
+fn config_settings(
+    lifecycle: &Lifecycle,
+    overrides: Option<&BTreeMap<String, serde_json::Value>>,
+) -> BTreeMap<String, ConfigSetting> {
+    let Some(manifest) = &lifecycle.manifest else {
+        return BTreeMap::new();
+    };
+    let effective = &lifecycle.config;
+    manifest
+        .config
+        .iter()
+        .map(|(key, spec)| {
+            let host_override = overrides.and_then(|overrides| overrides.get(key)).cloned();
+            let source = if host_override.is_some() {
+                ConfigSource::Host
+            } else if spec.default.is_some() {
+                ConfigSource::Manifest
+            } else {
+                ConfigSource::Unset
+            };
+            let setting = ConfigSetting {
+                value_type: spec.value_type.as_str().to_owned(),
+                description: spec.description.clone(),
+                default: spec.default.clone(),
+                host_override,
+                effective: effective.get(key).cloned(),
+                source,
+            };
+            (key.clone(), setting)
+        })
+        .collect()
 }
 
 fn supervision_snapshot(policy: &RestartPolicy, lifecycle: &Lifecycle) -> Supervision {

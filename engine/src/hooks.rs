@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 use crate::events::unix_millis;
+use crate::manifest::Priority;
 use serde::{Deserialize, Serialize};
 
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes, 3 significant digits.
@@ -192,6 +193,8 @@ impl HookStats {
             last_call: self.last_call.map(unix_millis),
             last_error: self.last_error.as_ref().map(|(_, message)| message.clone()),
             last_error_at: self.last_error.as_ref().map(|(when, _)| unix_millis(*when)),
+            priority: None,
+            timeout_ms: None,
         }
     }
 }
@@ -241,6 +244,12 @@ pub struct HookStatsSnapshot {
     pub last_error: Option<String>,
     /// Unix time in milliseconds.
     pub last_error_at: Option<u64>,
+    /// The manifest's `[hooks.<name>].priority` (`None`: a hook it does not subscribe to).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// The hook's effective timeout (its own, else the plugin's, else the host's default).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ pub struct Resources {
 }
 
 /// [`Resources`] with the host's defaults filled in: what the sandbox enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EffectiveResources {
     pub memory_mb: u64,
     pub cpu_percent: u32,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::hooks::HookStatsSnapshot;
+use crate::manifest::{Capabilities, EffectiveResources, HostLimits, Resources};
 use crate::monitor::ResourceSample;
 use crate::worker::{ExitStatus, MechanismState, OutputStream};
 
@@ -119,6 +120,8 @@ pub struct PluginSnapshot {
     pub sandbox_pid: Option<u32>,
     pub cgroup: Option<String>,
     pub trust: TrustInfo,
+    /// Every hook the manifest subscribes to (zero counts until called, with its priority
+    /// and effective timeout), and any other hook that was called.
     pub hooks: BTreeMap<String, HookStatsSnapshot>,
     pub violations: u64,
     /// Hooks this plugin emitted through the engine.
@@ -140,6 +143,60 @@ pub struct PluginSnapshot {
     pub supervision: Supervision,
     /// The newest resource sample of its worker (`None` until sampled, or in-process).
     pub resources: Option<ResourceSample>,
+    /// What the verified manifest's `[capabilities]` grant (`None` until verified).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    /// The limits the sandbox enforces: the host's `[plugins.<name>.resources]` override,
+    /// else the manifest's `[resources]`, else the host's default (`None` until verified).
+    #[serde(default)]
+    pub limits: Option<EffectiveResources>,
+    /// The host's `[plugins.<name>.resources]` overrides (what a new version would get too).
+    #[serde(default)]
+    pub resource_overrides: Resources,
+    /// The effective config: each `[config.<key>]` of the manifest with its default, the
+    /// host's override and the value the plugin received.
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigSetting>,
+}
+
+/// One `[config.<key>]` setting of a plugin: where its value came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSetting {
+    /// `string`, `integer`, `float` or `bool`.
+    #[serde(rename = "type")]
+    pub value_type: String,
+    pub description: String,
+    /// The manifest's `default`.
+    pub default: Option<serde_json::Value>,
+    /// The host's `[plugins.<name>.config]` value.
+    pub host_override: Option<serde_json::Value>,
+    /// What the plugin received at creation (`None`: no value, the key is absent).
+    pub effective: Option<serde_json::Value>,
+    /// Which one won.
+    pub source: ConfigSource,
+}
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// The manifest's default.
+    Manifest,
+    /// The host configuration's override.
+    Host,
+    /// Neither gives a value.
+    Unset,
+}
+
+impl ConfigSource {
+    /// The name as in snapshots.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manifest => "manifest",
+            Self::Host => "host",
+            Self::Unset => "unset",
+        }
+    }
 }
 
 /// Starts, restarts and where a crashed plugin is in its restart policy.
@@ -173,6 +230,9 @@ pub struct Snapshot {
     pub plugins: Vec<PluginSnapshot>,
     /// The newest events (at most 50 here).
     pub recent_events: Vec<Event>,
+    /// The host policy's `[limits]`: defaults and maxima of every plugin's resources.
+    #[serde(default)]
+    pub host_limits: HostLimits,
 }
 
 /// The host and the engine process, from `sysinfo` at the sampler's pace.

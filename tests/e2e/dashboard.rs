@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portable_pty::{Child, CommandBuilder, PtySize, native_pty_system};
+use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
 
 use crate::support::{fails, keys, signed_example};
 
@@ -18,6 +18,8 @@ const COLUMNS: u16 = 80;
 /// The dashboard under a pseudo-terminal, with the screen it drew so far.
 struct Session {
     child: Box<dyn Child + Send + Sync>,
+    /// The terminal's master side (shared with the reader, which must not outlive it).
+    master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
     writer: Box<dyn Write + Send>,
     screen: Arc<Mutex<vt100::Parser>>,
     /// A message per chunk of output; closed when the terminal is.
@@ -27,6 +29,15 @@ struct Session {
 
 impl Session {
     fn start(args: &[&dyn AsRef<std::ffi::OsStr>], home: &Path) -> Session {
+        Self::start_with(args, home, &[])
+    }
+
+    /// As [`Session::start`], with more environment variables.
+    fn start_with(
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+        home: &Path,
+        env: &[(&str, &str)],
+    ) -> Session {
         let pty = native_pty_system()
             .openpty(PtySize {
                 rows: ROWS,
@@ -47,6 +58,9 @@ impl Session {
         command.env("XDG_CONFIG_HOME", home.join("config"));
         command.env("XDG_STATE_HOME", home.join("state"));
         command.env_remove("NO_COLOR");
+        for (name, value) in env {
+            command.env(name, value);
+        }
         std::fs::create_dir_all(home.join("tmp")).unwrap();
         let child = pty.slave.spawn_command(command).expect("plugboard starts");
         drop(pty.slave);
@@ -54,10 +68,11 @@ impl Session {
         let writer = pty.master.take_writer().unwrap();
         let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLUMNS, 0)));
         let (notify, output) = mpsc::channel();
+        let master = Arc::new(Mutex::new(pty.master));
         {
             let screen = Arc::clone(&screen);
-            // The master must outlive the reader: move it into the thread.
-            let master = pty.master;
+            // The master must outlive the reader: the thread holds it too.
+            let master = Arc::clone(&master);
             std::thread::spawn(move || {
                 let _master = master;
                 let mut chunk = [0u8; 8192];
@@ -76,11 +91,25 @@ impl Session {
         }
         Session {
             child,
+            master,
             writer,
             screen,
             output,
             closed: false,
         }
+    }
+
+    /// Whether the terminal is in canonical mode with echo — as a shell leaves it, and not
+    /// in raw mode.
+    fn cooked(&self) -> bool {
+        let termios = self
+            .master
+            .lock()
+            .unwrap()
+            .get_termios()
+            .expect("the terminal's settings");
+        let local = termios.local_flags.bits();
+        local & libc::ICANON != 0 && local & libc::ECHO != 0
     }
 
     fn contents(&self) -> String {
@@ -398,4 +427,94 @@ fn a_broken_keymap_or_theme_is_a_one_line_error_naming_the_file() {
     // Without a terminal the dashboard says what to use instead.
     let err = fails(&run(&["dashboard"]));
     assert!(err.contains("needs a terminal"), "{err}");
+}
+
+/// A panic in the dashboard (asked for through its test hook, `PLUGBOARD_TEST_PANIC_KEY`)
+/// restores the terminal — alternate screen left, cursor shown, raw mode off — prints the
+/// message, stops every worker and removes their cgroups, and exits 1.
+#[test]
+fn a_panic_restores_the_terminal_and_stops_every_worker() {
+    let home = tempfile::tempdir().unwrap();
+    let keys = keys(home.path(), "operator");
+    let plugins = home.path().join("plugins");
+    signed_example(&plugins, "hello", &keys);
+    signed_example(&plugins, "counter", &keys);
+    let mut session = Session::start_with(
+        &[
+            &"dashboard",
+            &"--plugins",
+            &plugins,
+            &"--trust-store",
+            &keys.store,
+        ],
+        home.path(),
+        &[("PLUGBOARD_TEST_PANIC_KEY", "!"), ("RUST_BACKTRACE", "0")],
+    );
+    let pid = session.child.process_id().expect("the dashboard's pid");
+    session.wait_for_state("hello", "Running");
+    session.wait_for_state("counter", "Running");
+    assert!(session.screen.lock().unwrap().screen().alternate_screen());
+    assert!(
+        session.screen.lock().unwrap().screen().hide_cursor(),
+        "the dashboard hides the cursor"
+    );
+    assert!(!session.cooked(), "the dashboard runs in raw mode");
+    let workers = children_of(pid);
+    assert_eq!(workers.len(), 2, "one worker per plugin: {workers:?}");
+    let cgroups: Vec<String> = workers.iter().map(|pid| cgroup_of(*pid)).collect();
+    assert!(
+        cgroups.iter().all(|cgroup| cgroup.contains("plugboard-")),
+        "{cgroups:?}"
+    );
+
+    session.press("!");
+    let status = session.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some(),
+        "the dashboard ends after the panic; the screen:\n{}",
+        session.contents()
+    );
+    assert_eq!(status.unwrap().exit_code(), 1, "a one-line error, exit 1");
+    session.drain_until_closed(Duration::from_secs(10));
+    let contents = session.contents();
+    let screen = session.screen.lock().unwrap();
+    assert!(
+        !screen.screen().alternate_screen(),
+        "the terminal left the alternate screen:\n{contents}"
+    );
+    assert!(!screen.screen().hide_cursor(), "the cursor is shown again");
+    drop(screen);
+    assert!(session.cooked(), "raw mode is off again");
+    assert!(
+        contents.contains("PLUGBOARD_TEST_PANIC_KEY pressed")
+            && contents.contains("the dashboard panicked"),
+        "the panic message and the error are readable on the normal screen:\n{contents}"
+    );
+    let alive: Vec<u32> = workers.into_iter().filter(|pid| is_alive(*pid)).collect();
+    assert!(alive.is_empty(), "workers left running: {alive:?}");
+    let remaining: Vec<&String> = cgroups
+        .iter()
+        .filter(|cgroup| Path::new(cgroup).exists())
+        .collect();
+    assert!(remaining.is_empty(), "cgroups left behind: {remaining:?}");
+}
+
+/// The directory of a process's memory cgroup (v1 `memory` controller, else v2 unified).
+fn cgroup_of(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let find = |wanted: &str| {
+        cgroups.lines().find_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            (controllers
+                .split(',')
+                .any(|controller| controller == wanted))
+            .then_some(path)
+        })
+    };
+    match (find("memory"), find("")) {
+        (Some(path), _) => format!("/sys/fs/cgroup/memory{path}"),
+        (None, Some(path)) => format!("/sys/fs/cgroup{path}"),
+        (None, None) => panic!("no memory cgroup for {pid}: {cgroups}"),
+    }
 }

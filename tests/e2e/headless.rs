@@ -365,3 +365,87 @@ fn headless_reads_a_host_configuration_and_refuses_a_broken_one() {
         "{err}"
     );
 }
+
+/// The snapshot carries what a front end needs to explain a plugin without reading its
+/// manifest: each setting with its default, the host's override and which one won; the
+/// granted capabilities and effective limits; every subscribed hook, called or not.
+#[test]
+fn snapshots_show_effective_config_capabilities_limits_and_uncalled_hooks() {
+    let temp = tempfile::tempdir().unwrap();
+    let (dir, store) = plugins_dir(temp.path());
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n\
+             [plugins.hello.config]\ngreeting = \"Howdy\"\n\
+             [plugins.hello.resources]\nmemory_mb = 48\n",
+            dir.display().to_string(),
+            store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = ok(&plugboard(&[
+        &"headless",
+        &"--config",
+        &config,
+        &"--duration",
+        &"1s",
+        &"--json",
+    ]));
+    let first: Value = out
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|snapshot| plugin(snapshot, "hello")["state"] == "running")
+        .unwrap_or_else(|| panic!("hello never ran:\n{out}"));
+    let hello = plugin(&first, "hello");
+    let greeting = &hello["config"]["greeting"];
+    assert_eq!(greeting["type"], "string", "{hello}");
+    assert_eq!(greeting["default"], "Hello", "{hello}");
+    assert_eq!(greeting["host_override"], "Howdy", "{hello}");
+    assert_eq!(greeting["effective"], "Howdy", "{hello}");
+    assert_eq!(greeting["source"], "host", "{hello}");
+    assert_eq!(
+        hello["limits"]["memory_mb"], 48,
+        "the override wins: {hello}"
+    );
+    assert_eq!(
+        hello["limits"]["cpu_percent"], 25,
+        "the manifest's: {hello}"
+    );
+    assert_eq!(hello["resource_overrides"]["memory_mb"], 48, "{hello}");
+    assert_eq!(hello["capabilities"]["network"], false, "{hello}");
+    assert_eq!(hello["hooks"]["greet"]["priority"], "normal", "{hello}");
+    assert_eq!(hello["hooks"]["greet"]["timeout_ms"], 100, "{hello}");
+
+    let counter = plugin(&first, "counter");
+    for (key, default) in [("start", 0), ("step", 1)] {
+        let setting = &counter["config"][key];
+        assert_eq!(setting["source"], "manifest", "{counter}");
+        assert_eq!(setting["default"], default, "{counter}");
+        assert_eq!(setting["effective"], default, "{counter}");
+        assert!(setting["host_override"].is_null(), "{counter}");
+    }
+    assert_eq!(
+        counter["capabilities"]["emit"][0], "counter.reset",
+        "{counter}"
+    );
+    assert_eq!(counter["limits"]["hook_timeout_ms"], 200, "{counter}");
+    // No traffic: neither hook was called, both are listed with zero counts.
+    for (hook, priority, timeout) in [("count", "high", 200), ("reset", "low", 50)] {
+        let stats = &counter["hooks"][hook];
+        assert_eq!(stats["calls"], 0, "{counter}");
+        assert_eq!(stats["priority"], priority, "{counter}");
+        assert_eq!(stats["timeout_ms"], timeout, "{counter}");
+    }
+    assert!(
+        first["host_limits"]["max_memory_mb"].as_u64().unwrap() >= 48,
+        "{first}"
+    );
+    // A bundle that never verified has none of it.
+    let panicky = plugin(&first, "panicky");
+    assert!(
+        panicky["limits"].is_null() && panicky["capabilities"].is_null(),
+        "{panicky}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use plugboard_engine::PluginSnapshot;
 use plugboard_engine::sandbox::Mechanism;
+use plugboard_engine::snapshot::ConfigSource;
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
@@ -49,21 +50,45 @@ pub fn draw(
     let mut left = trust_lines(plugin, theme);
     left.extend(resource_lines(app, plugin));
     let granted = granted_lines(plugin, theme);
-    // The info row grows with what it has to say, but leaves the panes six rows.
-    let wanted = u16::try_from(left.len().max(granted.len()) + 2).unwrap_or(u16::MAX);
+    let config = config_lines(plugin, theme);
+    // The info row grows with what it has to say (the granted matrix with the effective
+    // config below it), but leaves the panes six rows.
+    let right = granted.len()
+        + 2
+        + if config.is_empty() {
+            0
+        } else {
+            config.len() + 2
+        };
+    let wanted = u16::try_from((left.len() + 2).max(right)).unwrap_or(u16::MAX);
     let info_height = wanted
-        .clamp(10, 16)
+        .clamp(10, 18)
         .min(rest.height.saturating_sub(6))
         .max(3);
     let [info_area, panes_area] =
         Layout::vertical([Constraint::Length(info_height), Constraint::Min(4)]).areas(rest);
-    let [trust_area, granted_area] =
+    let [trust_area, right_area] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
             .areas(info_area);
     let block = pane_block(vec![Span::raw("Trust & supervision")], false, theme);
     frame.render_widget(Paragraph::new(left).block(block), trust_area);
+    // The config box gets what the granted matrix leaves, when that is a line at least.
+    let granted_height = u16::try_from(granted.len() + 2).unwrap_or(u16::MAX);
+    let (granted_area, config_area) = if config.is_empty() || right_area.height < granted_height + 3
+    {
+        (right_area, None)
+    } else {
+        let [granted_area, config_area] =
+            Layout::vertical([Constraint::Length(granted_height), Constraint::Min(3)])
+                .areas(right_area);
+        (granted_area, Some(config_area))
+    };
     let block = pane_block(vec![Span::raw("What the kernel granted")], false, theme);
     frame.render_widget(Paragraph::new(granted).block(block), granted_area);
+    if let Some(config_area) = config_area {
+        let block = pane_block(vec![Span::raw(config_title(plugin))], false, theme);
+        frame.render_widget(Paragraph::new(config).block(block), config_area);
+    }
 
     if panes_area.height >= 16 {
         // Tall: the hook table above, log and events side by side below.
@@ -440,6 +465,65 @@ fn granted_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>>
         .collect()
 }
 
+fn config_title(plugin: &PluginSnapshot) -> String {
+    let overridden = plugin
+        .config
+        .values()
+        .filter(|setting| setting.source == ConfigSource::Host)
+        .count();
+    format!(
+        "Effective config {} · {overridden} from host",
+        plugin.config.len()
+    )
+}
+
+/// One line per `[config.<key>]`: the value the plugin received and which source won —
+/// the host's override (with the default it replaced), the manifest's default, or none.
+fn config_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
+    let width = plugin
+        .config
+        .keys()
+        .map(|key| key.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(20);
+    let value = |value: Option<&serde_json::Value>| {
+        value.map_or_else(|| NONE.to_owned(), serde_json::Value::to_string)
+    };
+    // The host's overrides first, then settings without a value, then defaults: what
+    // differs from the manifest is what a small terminal must still show.
+    let mut settings: Vec<_> = plugin.config.iter().collect();
+    settings.sort_by_key(|(key, setting)| {
+        let rank = match setting.source {
+            ConfigSource::Host => 0,
+            ConfigSource::Unset => 1,
+            ConfigSource::Manifest => 2,
+        };
+        (rank, *key)
+    });
+    settings
+        .into_iter()
+        .map(|(key, setting)| {
+            let mut spans = vec![
+                Span::styled(format!("{key:<width$} "), theme.muted()),
+                Span::styled(
+                    format!("{} ", value(setting.effective.as_ref())),
+                    theme.text(),
+                ),
+            ];
+            spans.push(match setting.source {
+                ConfigSource::Host => Span::styled(
+                    format!("◆ host (default {})", value(setting.default.as_ref())),
+                    theme.accent(),
+                ),
+                ConfigSource::Manifest => Span::styled("· manifest default", theme.muted()),
+                ConfigSource::Unset => Span::styled("✗ unset", theme.warn()),
+            });
+            Line::from(spans)
+        })
+        .collect()
+}
+
 fn draw_pane(
     frame: &mut Frame,
     area: Rect,
@@ -458,6 +542,11 @@ fn draw_pane(
             lines.extend(resource_lines(app, plugin));
             lines.push(Line::styled("What the kernel granted", theme.title()));
             lines.extend(granted_lines(plugin, theme));
+            let config = config_lines(plugin, theme);
+            if !config.is_empty() {
+                lines.push(Line::styled(config_title(plugin), theme.title()));
+                lines.extend(config);
+            }
             let block = pane_block(vec![Span::raw("Info")], true, theme);
             frame.render_widget(Paragraph::new(lines).block(block), area);
             layout.panes.push((Pane::Info, area));
@@ -502,13 +591,21 @@ fn draw_hooks(
     }
     if hooks.is_empty() {
         frame.render_widget(
-            Paragraph::new(Line::styled("no hook called yet", theme.muted())),
+            Paragraph::new(Line::styled(
+                "subscribes to no hook, and none was called",
+                theme.muted(),
+            )),
             inner,
         );
         return;
     }
-    let columns: Vec<HookColumn> = if inner.width >= 62 {
+    let columns: Vec<HookColumn> = if inner.width >= 86 {
         HookColumn::ALL.to_vec()
+    } else if inner.width >= 62 {
+        HookColumn::ALL
+            .into_iter()
+            .filter(|column| !matches!(column, HookColumn::Priority | HookColumn::Limit))
+            .collect()
     } else {
         vec![
             HookColumn::Name,
@@ -521,6 +618,7 @@ fn draw_hooks(
         .iter()
         .map(|column| match column {
             HookColumn::Name => Constraint::Min(10),
+            HookColumn::Priority => Constraint::Length(10),
             HookColumn::Calls => Constraint::Length(8),
             _ => Constraint::Length(7),
         })
@@ -534,7 +632,7 @@ fn draw_hooks(
                 '▼'
             });
         }
-        Cell::from(Line::from(title).alignment(if *column == HookColumn::Name {
+        Cell::from(Line::from(title).alignment(if left_aligned(*column) {
             Alignment::Left
         } else {
             Alignment::Right
@@ -555,6 +653,17 @@ fn draw_hooks(
                     if disabled { theme.warn() } else { theme.text() },
                 ),
                 (_, None) => (NONE.to_owned(), theme.muted()),
+                (HookColumn::Priority, Some(stats)) => stats.priority.map_or_else(
+                    || ("not subscribed".to_owned(), theme.muted()),
+                    |priority| (priority.as_str().to_owned(), theme.text()),
+                ),
+                (HookColumn::Limit, Some(stats)) => (
+                    stats.timeout_ms.map_or_else(
+                        || NONE.to_owned(),
+                        |ms| format::micros(ms.saturating_mul(1000)),
+                    ),
+                    theme.muted(),
+                ),
                 (HookColumn::Calls, Some(stats)) => (stats.calls.to_string(), theme.text()),
                 (HookColumn::Rate, Some(stats)) => {
                     (format::rate(stats.calls_per_sec), theme.text())
@@ -587,7 +696,7 @@ fn draw_hooks(
                     (latency(stats.since_start.max_us, 0), theme.text())
                 }
             };
-            Cell::from(Line::from(text).alignment(if *column == HookColumn::Name {
+            Cell::from(Line::from(text).alignment(if left_aligned(*column) {
                 Alignment::Left
             } else {
                 Alignment::Right
@@ -633,6 +742,10 @@ fn draw_hooks(
             line_area,
         );
     }
+}
+
+fn left_aligned(column: HookColumn) -> bool {
+    matches!(column, HookColumn::Name | HookColumn::Priority)
 }
 
 /// The last minute's figure when there were calls in it, else the lifetime one.
