@@ -1,0 +1,158 @@
+//! Soak: plugins kept running while one of them is reloaded every few seconds, for a long
+//! time; what the engine holds (open descriptors, cgroups, RSS) is recorded at the start,
+//! once the sample rings are full, and at the end. Goal: no growth beyond 5 %.
+//!
+//! Not part of CI; `scripts/soak.sh` runs it (release build, root):
+//! `PLUGBOARD_SOAK_PLUGINS` (default 100), `PLUGBOARD_SOAK_RELOAD_S` (10),
+//! `PLUGBOARD_SOAK_MINUTES` (20).
+
+#![allow(clippy::cast_precision_loss)]
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fixtures::{open_fds, signed_bundles, status_kb};
+use plugboard_engine::{Command, Engine, EngineConfig, PluginState};
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Directories named `plugboard-…` in every cgroup hierarchy (v1: one per controller).
+fn plugboard_cgroups(dir: &Path, depth: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| {
+            let own = usize::from(
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("plugboard-"),
+            );
+            own + if depth > 0 {
+                plugboard_cgroups(&entry.path(), depth - 1)
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    fds: usize,
+    cgroups: usize,
+    rss_kb: u64,
+    running: usize,
+}
+
+impl std::fmt::Display for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} open fds, {} plugboard cgroups, RSS {:.1} MiB, {} plugins running",
+            self.fds,
+            self.cgroups,
+            self.rss_kb as f64 / 1024.0,
+            self.running
+        )
+    }
+}
+
+fn read(engine: &Engine) -> Reading {
+    Reading {
+        fds: open_fds(),
+        cgroups: plugboard_cgroups(Path::new("/sys/fs/cgroup"), 4),
+        rss_kb: status_kb(std::process::id(), "VmRSS").unwrap_or(0),
+        running: engine
+            .snapshot()
+            .plugins
+            .iter()
+            .filter(|plugin| plugin.state == PluginState::Running)
+            .count(),
+    }
+}
+
+fn growth(start: f64, end: f64) -> f64 {
+    if start == 0.0 {
+        0.0
+    } else {
+        (end - start) * 100.0 / start
+    }
+}
+
+fn main() {
+    let count = env_number("PLUGBOARD_SOAK_PLUGINS", 100);
+    let every = Duration::from_secs(env_number("PLUGBOARD_SOAK_RELOAD_S", 10));
+    let duration = Duration::from_secs(env_number("PLUGBOARD_SOAK_MINUTES", 20) * 60);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let names: Vec<(&str, String)> = (0..count)
+        .map(|n| ("hello", format!("hello-{n:03}")))
+        .collect();
+    let (plugins, store) = signed_bundles(temp.path(), &names, |_, manifest| manifest);
+    let mut config = EngineConfig::new(fixtures::profile_dir().join("plugboard-host"));
+    config.plugin_dirs = vec![plugins];
+    config.trust_store = Some(store);
+    config.watch.enabled = false;
+    let engine = Engine::start(config).expect("engine");
+    let names = engine.plugins();
+    for plugin in &names {
+        engine
+            .execute(Command::Start {
+                plugin: plugin.clone(),
+            })
+            .expect("start");
+    }
+    // Traffic keeps hooks, statistics and the sampler busy the whole time.
+    engine
+        .execute(Command::Traffic { rate: Some(200.0) })
+        .expect("traffic");
+    let start = read(&engine);
+    println!("start: {start}");
+    let began = Instant::now();
+    let mut reloads = 0u64;
+    let mut failed = 0u64;
+    let mut rings_full = None;
+    while began.elapsed() < duration {
+        std::thread::sleep(every);
+        let plugin = names[usize::try_from(reloads).unwrap_or(0) % names.len()].clone();
+        if engine.execute(Command::Reload { plugin }).is_err() {
+            failed += 1;
+        }
+        reloads += 1;
+        // The sample rings hold 10 minutes: from then on nothing should grow.
+        if rings_full.is_none() && began.elapsed() >= Duration::from_secs(600) {
+            let reading = read(&engine);
+            println!("rings full at {:.0?}: {reading}", began.elapsed());
+            rings_full = Some(reading);
+        }
+    }
+    let end = read(&engine);
+    println!(
+        "end after {:.0?}, {reloads} reloads ({failed} failed): {end:?}",
+        began.elapsed()
+    );
+    for (label, from) in [("start", Some(start)), ("rings full", rings_full)] {
+        let Some(from) = from else { continue };
+        println!(
+            "growth since {label}: fds {:+.1} %, cgroups {:+.1} %, RSS {:+.1} % (goal: none beyond 5 %)",
+            growth(from.fds as f64, end.fds as f64),
+            growth(from.cgroups as f64, end.cgroups as f64),
+            growth(from.rss_kb as f64, end.rss_kb as f64),
+        );
+    }
+    engine
+        .execute(Command::Traffic { rate: None })
+        .expect("traffic off");
+    engine.shutdown();
+}
