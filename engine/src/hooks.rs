@@ -13,13 +13,23 @@ use crate::events::unix_millis;
 use crate::manifest::Priority;
 use serde::{Deserialize, Serialize};
 
-/// Latencies are recorded in microseconds, from 1 µs to 10 minutes, 3 significant digits.
+/// Latencies are recorded in microseconds, from 1 µs to 10 minutes.
 const MAX_LATENCY_US: u64 = 600_000_000;
-/// The recent window: 60 one-second buckets.
-const WINDOW_SECONDS: usize = 60;
+/// The recent window: twelve buckets of five seconds, the last minute.
+const BUCKET_SECONDS: u64 = 5;
+const WINDOW_BUCKETS: u64 = 12;
+const WINDOW_SECONDS: u64 = BUCKET_SECONDS * WINDOW_BUCKETS;
 
+/// Since start: 3 significant digits (172 KiB of counters, one per hook).
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid")
+}
+
+/// One bucket of the recent window: 2 significant digits (1 % of the value, plenty for a
+/// p99 on a dashboard) and 32-bit counts keep it at 12 KiB. With 3 digits and 64-bit
+/// counts a bucket was 172 KiB, and a busy engine held up to 60 of them per hook.
+fn new_window_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("static histogram bounds are valid")
 }
 
 /// How one call ended, from the engine's point of view.
@@ -38,8 +48,9 @@ pub enum CallResult {
 
 #[derive(Debug)]
 struct Bucket {
-    second: u64,
-    histogram: Histogram<u64>,
+    /// Seconds since start divided by [`BUCKET_SECONDS`].
+    index: u64,
+    histogram: Histogram<u32>,
     calls: u64,
 }
 
@@ -76,7 +87,7 @@ impl HookStats {
             in_flight: 0,
             total: Duration::ZERO,
             since_start: new_histogram(),
-            window: VecDeque::with_capacity(WINDOW_SECONDS + 1),
+            window: VecDeque::new(),
             last_call: None,
             last_error: None,
         }
@@ -101,6 +112,10 @@ impl HookStats {
 
     fn second_now(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    fn bucket_now(&self) -> u64 {
+        self.second_now() / BUCKET_SECONDS
     }
 
     fn record(&mut self, elapsed: Duration, result: &CallResult) {
@@ -128,19 +143,19 @@ impl HookStats {
             .unwrap_or(MAX_LATENCY_US)
             .clamp(1, MAX_LATENCY_US);
         let _ = self.since_start.record(micros);
-        let second = self.second_now();
+        let index = self.bucket_now();
         if self
             .window
             .back()
-            .is_none_or(|bucket| bucket.second != second)
+            .is_none_or(|bucket| bucket.index != index)
         {
             self.window.push_back(Bucket {
-                second,
-                histogram: new_histogram(),
+                index,
+                histogram: new_window_histogram(),
                 calls: 0,
             });
         }
-        self.expire(second);
+        self.expire(index);
         if let Some(bucket) = self.window.back_mut() {
             let _ = bucket.histogram.record(micros);
             bucket.calls += 1;
@@ -151,7 +166,7 @@ impl HookStats {
         while self
             .window
             .front()
-            .is_some_and(|bucket| bucket.second + (WINDOW_SECONDS as u64) <= now)
+            .is_some_and(|bucket| bucket.index + WINDOW_BUCKETS <= now)
         {
             self.window.pop_front();
         }
@@ -160,18 +175,21 @@ impl HookStats {
     /// The numbers, as of now.
     pub fn snapshot(&self) -> HookStatsSnapshot {
         let now = self.second_now();
-        let mut recent = new_histogram();
+        let index = now / BUCKET_SECONDS;
+        let mut recent = new_window_histogram();
         let mut recent_calls = 0;
         for bucket in self
             .window
             .iter()
-            .filter(|bucket| bucket.second + (WINDOW_SECONDS as u64) > now)
+            .filter(|bucket| bucket.index + WINDOW_BUCKETS > index)
         {
             let _ = recent.add(&bucket.histogram);
             recent_calls += bucket.calls;
         }
-        // Calls per second over the window actually covered (shorter right after start).
-        let covered = (now + 1).min(WINDOW_SECONDS as u64);
+        // Calls per second over the window actually covered: from the start of its oldest
+        // bucket (or of the plugin) to now.
+        let window_start = index.saturating_sub(WINDOW_BUCKETS - 1) * BUCKET_SECONDS;
+        let covered = (now + 1 - window_start).min(WINDOW_SECONDS);
         #[allow(clippy::cast_precision_loss)]
         let calls_per_sec = recent_calls as f64 / covered as f64;
         let measured = self.calls - self.busy;
@@ -209,7 +227,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(histogram: &Histogram<u64>) -> Self {
+    fn of<T: hdrhistogram::Counter>(histogram: &Histogram<T>) -> Self {
         if histogram.is_empty() {
             return Self::default();
         }
@@ -231,9 +249,9 @@ pub struct HookStatsSnapshot {
     /// Calls refused because too many were in flight.
     pub busy: u64,
     pub in_flight: u64,
-    /// Over the last 60 s.
+    /// Over the last minute (55 to 60 s: the window moves in 5-second steps).
     pub calls_per_sec: f64,
-    /// Latency over the last 60 s.
+    /// Latency over the last minute (as `calls_per_sec`), to 2 significant digits.
     pub recent: Percentiles,
     /// Latency since the plugin started.
     pub since_start: Percentiles,
@@ -295,6 +313,18 @@ mod tests {
         assert!((249_000..=251_000).contains(&snapshot.since_start.max_us));
         assert_eq!(snapshot.last_error.as_deref(), Some("boom"));
         assert!(snapshot.calls_per_sec > 0.0);
+    }
+
+    #[test]
+    fn a_recent_bucket_costs_a_fraction_of_a_since_start_histogram() {
+        // What a hook called every few seconds holds per bucket, at most twelve of them.
+        let bucket = new_window_histogram();
+        let since_start = new_histogram();
+        let bytes = |len: usize, width: usize| len * width;
+        let bucket_bytes = bytes(bucket.distinct_values(), 4);
+        let since_start_bytes = bytes(since_start.distinct_values(), 8);
+        assert!(bucket_bytes <= 16 * 1024, "{bucket_bytes} bytes per bucket");
+        assert!(since_start_bytes > 10 * bucket_bytes);
     }
 
     #[test]
