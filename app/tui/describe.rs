@@ -110,16 +110,38 @@ pub fn describe(event: &Event) -> Described {
                         .collect()
                 })
                 .unwrap_or_default();
+            let audit = fields.get("audit").and_then(Value::as_bool) == Some(true);
             (
                 kind,
                 format!(
-                    "started: worker {}, sandbox pid {} [{}]",
+                    "started{}: worker {}, sandbox pid {} [{}]",
+                    if audit {
+                        " in AUDIT MODE (records, does not block)"
+                    } else {
+                        ""
+                    },
                     text("worker_pid"),
                     text("sandbox_pid"),
                     mechanisms.join(" ")
                 ),
-                Role::Ok,
+                if audit { Role::Warn } else { Role::Ok },
             )
+        }
+        "audited" => {
+            let path = text("path");
+            let detail = text("detail");
+            let mut sentence = format!(
+                "audit: {} would need {}",
+                text("syscall"),
+                text("capability")
+            );
+            if !detail.is_empty() {
+                let _ = write!(sentence, " ({detail})");
+            }
+            if !path.is_empty() {
+                let _ = write!(sentence, ": {path}");
+            }
+            (kind, sentence, Role::Warn)
         }
         "stopped" => {
             let exit = exit_of(fields.get("exit"));
@@ -327,4 +349,47 @@ pub fn matches_filter(event: &Event, filter: &str) -> bool {
             plugin.contains(&word) || described.kind.contains(&word) || text.contains(&word)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use plugboard_engine::EventKind;
+
+    use super::*;
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            seq: 1,
+            at_ms: 0,
+            plugin: Some("netprobe".to_owned()),
+            kind,
+        }
+    }
+
+    #[test]
+    fn audit_mode_reads_as_sentences() {
+        let audited = describe(&event(EventKind::Audited {
+            capability: "fs_write".to_owned(),
+            syscall: "openat".to_owned(),
+            path: Some("/var/lib/x".to_owned()),
+            creates: true,
+            detail: String::new(),
+        }));
+        assert_eq!(
+            audited.text,
+            "audit: openat would need fs_write: /var/lib/x"
+        );
+        let started = describe(&event(EventKind::Started {
+            worker_pid: 10,
+            sandbox_pid: 11,
+            mechanisms: vec!["ns".to_owned(), "sc".to_owned()],
+            audit: true,
+        }));
+        assert!(
+            started.text.starts_with("started in AUDIT MODE"),
+            "{}",
+            started.text
+        );
+        assert!(matches!(started.role, Role::Warn));
+    }
 }
