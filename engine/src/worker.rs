@@ -972,6 +972,11 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
     )
 }
 
+/// How long the listener waits for a call before it looks at the worker's state. The
+/// listener reports `POLLHUP` as soon as the last process under the filter is gone, so this
+/// only bounds a missed wake-up; an idle worker should not wake the engine 20 times a second.
+const LISTENER_POLL: Duration = Duration::from_secs(2);
+
 fn spawn_listener(
     plugin: &str,
     listener: NotifyListener,
@@ -982,7 +987,7 @@ fn spawn_listener(
     named(plugin, "seccomp")
         .spawn(move || {
             while !exited.load(Ordering::SeqCst) {
-                let answered = listener.next_with(Duration::from_millis(50), |call| {
+                let answered = listener.next_with(LISTENER_POLL, |call| {
                     let (verdict, event) = decide(&policy, call);
                     if let Some(event) = event {
                         events(event);

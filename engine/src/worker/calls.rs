@@ -58,7 +58,10 @@ const IDLE_CHECK_MIN: Duration = Duration::from_millis(1);
 const IDLE_CHECK_MAX: Duration = Duration::from_millis(20);
 
 /// How long the idle reader waits on the socket before it looks at the worker's state.
-const IDLE_POLL: Duration = Duration::from_millis(200);
+/// A worker's exit closes its end, which wakes the wait at once: this only bounds how long
+/// a missed wake-up could go unnoticed, so it is long (an idle engine with many workers
+/// should not wake for nothing).
+const IDLE_POLL: Duration = Duration::from_secs(2);
 
 /// Requests of one caller sent ahead of their replies.
 const BATCH_WINDOW: usize = 256;
