@@ -275,6 +275,25 @@ impl WorkerProbe {
     }
 
     /// Reads every counter once.
+    /// The worker's open descriptors. Since Linux 6.2 `stat` of `/proc/<pid>/fd` reports
+    /// their number as the size: one `fstat` instead of listing every descriptor. On an
+    /// older kernel the size is 0 (a worker always has descriptors), so it is counted.
+    fn open_fds(&mut self) -> u64 {
+        use std::os::fd::AsFd as _;
+        if let Ok(stat) = nix::sys::stat::fstat(self.fd_dir.as_fd())
+            && let Ok(count) = u64::try_from(stat.st_size)
+            && count > 0
+        {
+            return count;
+        }
+        // The iterator rewinds the kept directory when dropped.
+        self.fd_dir
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|entry| !matches!(entry.file_name().to_bytes(), b"." | b".."))
+            .count() as u64
+    }
+
     pub fn read(&mut self) -> Result<Reading, MonitorError> {
         let buffer = &mut self.buffer;
         let v1 = self.layout.uses_v1_hierarchies();
@@ -330,13 +349,7 @@ impl WorkerProbe {
             }
             None => (0, 0),
         };
-        // The iterator rewinds the kept directory when dropped.
-        let open_fds = self
-            .fd_dir
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|entry| !matches!(entry.file_name().to_bytes(), b"." | b".."))
-            .count() as u64;
+        let open_fds = self.open_fds();
         if open_fds == 0 && !self.fd_dir_path.exists() {
             return Err(MonitorError::Read {
                 path: self.fd_dir_path.clone(),

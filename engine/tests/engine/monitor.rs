@@ -58,6 +58,12 @@ fn a_running_worker_is_sampled_from_its_cgroup_and_proc_with_its_limits() {
         "{sample:?}"
     );
     assert!(sample.open_fds >= 3, "{sample:?}");
+    // The count is the kernel's (the size of /proc/<pid>/fd): the same as listing it.
+    let sandbox_pid = plugin(engine, "hello").sandbox_pid.expect("running");
+    let listed = std::fs::read_dir(format!("/proc/{sandbox_pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    assert_eq!(sample.open_fds, listed, "{sample:?}");
     assert!(sample.cpu_percent >= 0.0 && sample.throttled_ratio >= 0.0);
     let host = engine.snapshot().host;
     assert!(host.cpus >= 1 && host.memory_total_bytes > host.memory_used_bytes);
