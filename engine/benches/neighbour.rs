@@ -143,7 +143,7 @@ fn main() {
     print("alone (cpuspin and memhog idle)", &alone);
     print("while cpuspin spins and memhog is OOM-killed", &during);
     println!(
-        "memhog chaos calls not answered ok (OOM-killed, or it was restarting): {}, memhog restarts: {memhog_restarts}",
+        "memhog chaos calls not answered ok (killed mid-call, timed out, refused while busy or restarting): {}, memhog restarts: {memhog_restarts}",
         oom_kills.load(Ordering::Relaxed)
     );
     let ratio = during.0[2] / alone.0[2];
