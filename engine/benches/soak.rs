@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use fixtures::{open_fds, signed_bundles, status_kb};
 use plugboard_engine::{Command, Engine, EngineConfig, PluginState};
 
+/// How long plugins run under traffic before the start reading.
+const SETTLE: Duration = Duration::from_secs(90);
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -117,8 +120,11 @@ fn main() {
     engine
         .execute(Command::Traffic { rate: Some(200.0) })
         .expect("traffic");
+    // The sampler opens each worker's files at its first pass, and the first calls size the
+    // hook statistics: read the start once that has happened.
+    std::thread::sleep(SETTLE);
     let start = read(&engine);
-    println!("start: {start}");
+    println!("start (after {SETTLE:?} of traffic): {start}");
     let began = Instant::now();
     let mut reloads = 0u64;
     let mut failed = 0u64;
