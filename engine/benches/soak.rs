@@ -136,6 +136,10 @@ fn main() {
             failed += 1;
         }
         reloads += 1;
+        // A reading every 2 minutes shows the trend, not only the two ends.
+        if reloads % (120 / every.as_secs().max(1)).max(1) == 0 {
+            println!("at {:.0?}: {}", began.elapsed(), read(&engine));
+        }
         // The sample rings hold 10 minutes: from then on nothing should grow.
         if rings_full.is_none() && began.elapsed() >= Duration::from_secs(600) {
             let reading = read(&engine);
