@@ -3,8 +3,9 @@
 //! once the sample rings are full, and at the end. Goal: no growth beyond 5 %.
 //!
 //! Not part of CI; `scripts/soak.sh` runs it (release build, root):
-//! `PLUGBOARD_SOAK_PLUGINS` (default 100), `PLUGBOARD_SOAK_RELOAD_S` (10),
-//! `PLUGBOARD_SOAK_MINUTES` (20).
+//! `PLUGBOARD_SOAK_PLUGINS` (default 100), `PLUGBOARD_SOAK_RELOAD_S` (10; 0 = none),
+//! `PLUGBOARD_SOAK_TRAFFIC` (calls per second, 200; 0 = none), `PLUGBOARD_SOAK_MINUTES`
+//! (20).
 
 #![allow(clippy::cast_precision_loss)]
 
@@ -96,7 +97,10 @@ fn growth(start: f64, end: f64) -> f64 {
 
 fn main() {
     let count = env_number("PLUGBOARD_SOAK_PLUGINS", 100);
-    let every = Duration::from_secs(env_number("PLUGBOARD_SOAK_RELOAD_S", 10));
+    // 0: no reloads (readings still every 2 minutes), to tell their cost from traffic's.
+    let reload_s = env_number("PLUGBOARD_SOAK_RELOAD_S", 10);
+    let reload = reload_s > 0;
+    let every = Duration::from_secs(reload_s.clamp(1, 120));
     let duration = Duration::from_secs(env_number("PLUGBOARD_SOAK_MINUTES", 20) * 60);
     let temp = tempfile::tempdir().expect("temp dir");
     let names: Vec<(&str, String)> = (0..count)
@@ -117,9 +121,14 @@ fn main() {
             .expect("start");
     }
     // Traffic keeps hooks, statistics and the sampler busy the whole time.
-    engine
-        .execute(Command::Traffic { rate: Some(200.0) })
-        .expect("traffic");
+    let traffic = env_number("PLUGBOARD_SOAK_TRAFFIC", 200);
+    if traffic > 0 {
+        #[allow(clippy::cast_precision_loss)]
+        let rate = traffic as f64;
+        engine
+            .execute(Command::Traffic { rate: Some(rate) })
+            .expect("traffic");
+    }
     // The sampler opens each worker's files at its first pass, and the first calls size the
     // hook statistics: read the start once that has happened.
     std::thread::sleep(SETTLE);
@@ -131,9 +140,11 @@ fn main() {
     let mut rings_full = None;
     while began.elapsed() < duration {
         std::thread::sleep(every);
-        let plugin = names[usize::try_from(reloads).unwrap_or(0) % names.len()].clone();
-        if engine.execute(Command::Reload { plugin }).is_err() {
-            failed += 1;
+        if reload {
+            let plugin = names[usize::try_from(reloads).unwrap_or(0) % names.len()].clone();
+            if engine.execute(Command::Reload { plugin }).is_err() {
+                failed += 1;
+            }
         }
         reloads += 1;
         // A reading every 2 minutes shows the trend, not only the two ends.
@@ -149,8 +160,9 @@ fn main() {
     }
     let end = read(&engine);
     println!(
-        "end after {:.0?}, {reloads} reloads ({failed} failed): {end:?}",
-        began.elapsed()
+        "end after {:.0?}, {} reloads ({failed} failed): {end}",
+        began.elapsed(),
+        if reload { reloads } else { 0 }
     );
     for (label, from) in [("start", Some(start)), ("rings full", rings_full)] {
         let Some(from) = from else { continue };
