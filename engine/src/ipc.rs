@@ -37,6 +37,7 @@ pub use message::{
     EngineMessageRef, PROTOCOL_VERSION, StepReport, WorkerMessage,
 };
 
+use crate::sandbox::pages::ZeroPages;
 use frame::{check_frame_size, encode_frame_into, protocol};
 
 /// What went wrong on an IPC channel.
@@ -93,13 +94,30 @@ pub struct Channel {
 }
 
 /// Per-thread receive buffers: a datagram is read whole into `data`, which must hold
-/// `MAX_FRAME_BYTES + 1` bytes to tell a maximal frame from an oversized one. Allocated on
-/// a thread's first receive; pages the kernel never writes stay unbacked.
+/// `MAX_FRAME_BYTES + 1` bytes to tell a maximal frame from an oversized one. Mapped on a
+/// thread's first receive ([`ZeroPages`]: pages the kernel never writes stay unbacked, and
+/// the whole buffer goes back to the kernel when the thread ends).
 #[derive(Default)]
 struct ReceiveBuffers {
-    data: Vec<u8>,
+    data: Option<ZeroPages>,
     /// Room for one `SCM_RIGHTS` message of `SCM_MAX_FD` descriptors.
     control: Vec<u8>,
+}
+
+impl ReceiveBuffers {
+    /// The data buffer, mapped (and the control buffer sized) on first use.
+    fn data(&mut self) -> Result<&mut ZeroPages, Errno> {
+        if self.data.is_none() {
+            self.data = Some(ZeroPages::new(MAX_FRAME_BYTES + 1)?);
+            self.control = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+        }
+        self.data.as_mut().ok_or(Errno::ENOMEM)
+    }
+
+    /// What the last receive wrote (empty before the first).
+    fn received(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or_default()
+    }
 }
 
 thread_local! {
@@ -365,10 +383,13 @@ impl Channel {
         let mut fresh = ReceiveBuffers::default();
         let mut handle = Some(handle);
         let mut run = |buffers: &mut ReceiveBuffers| {
-            let received = self.receive_plain(&mut buffers.data);
+            let received = buffers
+                .data()
+                .map_err(|errno| IpcError::from(os_error("mapping a receive buffer", errno)))
+                .and_then(|data| self.receive_plain(data));
             let decoded = received.and_then(|len| {
                 buffers
-                    .data
+                    .received()
                     .get(..len)
                     .ok_or_else(|| protocol(format!("frame of {len} bytes does not fit")))
                     .and_then(decode_frame)
@@ -388,10 +409,7 @@ impl Channel {
 
     /// One datagram into `data` with `recv(2)`, waiting for it: its real length, checked
     /// against the frame limit.
-    fn receive_plain(&self, data: &mut Vec<u8>) -> Result<usize, IpcError> {
-        if data.len() != MAX_FRAME_BYTES + 1 {
-            *data = vec![0; MAX_FRAME_BYTES + 1];
-        }
+    fn receive_plain(&self, data: &mut [u8]) -> Result<usize, IpcError> {
         let mut resets = 0;
         loop {
             match recv(self.fd.as_raw_fd(), data, MsgFlags::MSG_TRUNC) {
@@ -535,7 +553,8 @@ impl Channel {
         let receive_into = |buffers: &mut ReceiveBuffers| {
             self.receive_datagram(buffers, blocking, plain)
                 .map(|datagram| {
-                    datagram.map(|datagram| self.decode_datagram(&buffers.data, datagram, policy))
+                    datagram
+                        .map(|datagram| self.decode_datagram(buffers.received(), datagram, policy))
                 })
         };
         // A receive from a thread-local destructor gets a buffer of its own.
@@ -567,17 +586,14 @@ impl Channel {
         blocking: bool,
         plain: bool,
     ) -> Result<Option<Datagram>, Errno> {
-        if buffers.data.len() != MAX_FRAME_BYTES + 1 {
-            buffers.data = vec![0; MAX_FRAME_BYTES + 1];
-            buffers.control = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-        }
+        buffers.data()?;
         let mut flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
         if !blocking {
             flags |= MsgFlags::MSG_DONTWAIT;
         }
         if plain {
             loop {
-                match recv(self.fd.as_raw_fd(), &mut buffers.data, flags) {
+                match recv(self.fd.as_raw_fd(), buffers.data()?, flags) {
                     Ok(len) => {
                         return Ok(Some(Datagram {
                             len,
@@ -592,13 +608,16 @@ impl Channel {
             }
         }
         loop {
-            let mut iov = [IoSliceMut::new(&mut buffers.data)];
-            let received = match recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut buffers.control),
-                flags,
-            ) {
+            let ReceiveBuffers {
+                data: Some(data),
+                control,
+            } = buffers
+            else {
+                return Err(Errno::ENOMEM);
+            };
+            let mut iov = [IoSliceMut::new(data)];
+            let received = match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(control), flags)
+            {
                 Ok(received) => received,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod landlock;
+pub mod pages;
 pub mod process;
 pub mod seccomp;
 
