@@ -16,8 +16,8 @@ mod fixtures;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fixtures::{percentile, signed_bundles};
-use plugboard_engine::{Command, Engine, EngineConfig, Outcome, PluginState};
+use fixtures::{engine_config, env_number, percentile};
+use plugboard_engine::{Command, Engine, Outcome, PluginState};
 
 fn call(engine: &Engine, plugin: &str, hook: &str, payload: &[u8]) -> (String, Duration) {
     let started = Instant::now();
@@ -66,20 +66,13 @@ fn print(label: &str, (stats, failed): &([f64; 4], usize)) {
 }
 
 fn main() {
-    let calls: usize = std::env::var("PLUGBOARD_BENCH_CALLS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(20_000);
+    let calls: usize = env_number("PLUGBOARD_BENCH_CALLS", 20_000);
     let temp = tempfile::tempdir().expect("temp dir");
     let bundles: Vec<(&str, String)> = ["hello", "cpuspin", "memhog"]
         .into_iter()
         .map(|name| (name, name.to_owned()))
         .collect();
-    let (plugins, store) = signed_bundles(temp.path(), &bundles, |_, manifest| manifest);
-    let mut config = EngineConfig::new(fixtures::profile_dir().join("plugboard-host"));
-    config.plugin_dirs = vec![plugins];
-    config.trust_store = Some(store);
-    config.watch.enabled = false;
+    let mut config = engine_config(temp.path(), &bundles);
     // memhog is restarted after each OOM kill; keep the backoff short and the budget large
     // so it keeps misbehaving for the whole phase.
     config.restart.initial_delay_ms = 50;

@@ -15,83 +15,26 @@
     clippy::cast_sign_loss
 )]
 
-use std::path::{Path, PathBuf};
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::time::{Duration, Instant};
 
-use plugboard_engine::bundle::Bundle;
-use plugboard_engine::manifest::HostLimits;
+use fixtures::{engine_config, env_number, hello_copies, percentile};
 use plugboard_engine::monitor::WorkerProbe;
 use plugboard_engine::sandbox::cgroup::CgroupRoot;
-use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore, write_keypair};
-use plugboard_engine::{Command, Engine, EngineConfig, PluginState};
+use plugboard_engine::{Command, Engine, PluginState};
 
 const ROUNDS: usize = 200;
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    // target/<profile>/deps/<bench> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_owned()
-}
-
-/// `count` bundles of hello, named `hello-000`…, signed with one fresh pinned key.
-fn bundles(root: &Path, count: usize) -> (PathBuf, PathBuf) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo");
-    let library = profile_dir().join("libhello.so");
-    assert!(
-        library.is_file(),
-        "{} is missing: run `cargo build --release --workspace` first",
-        library.display()
-    );
-    let manifest =
-        std::fs::read_to_string(repo.join("plugins/hello/plugin.toml")).expect("manifest");
-    let keys = root.join("keys");
-    std::fs::create_dir_all(&keys).expect("keys");
-    let (_, private, public) = write_keypair(&keys, "bench").expect("key pair");
-    let store = root.join("store");
-    TrustStore::add_key(&store, &public, TrustLevel::Sandboxed).expect("pin");
-    let key = PrivateKey::load(&private).expect("key");
-    let plugins = root.join("plugins");
-    for n in 0..count {
-        let dir = plugins.join(format!("hello-{n:03}"));
-        std::fs::create_dir_all(&dir).expect("bundle dir");
-        std::fs::write(
-            dir.join("plugin.toml"),
-            manifest.replace("name = \"hello\"", &format!("name = \"hello-{n:03}\"")),
-        )
-        .expect("manifest");
-        std::fs::copy(&library, dir.join("libhello.so")).expect("library");
-        let bundle = Bundle::open(&dir, &HostLimits::default()).expect("bundle");
-        key.sign_bundle(bundle.digests())
-            .write(&dir.join(SIGNATURE_FILE))
-            .expect("sign");
-    }
-    (plugins, store)
-}
 
 fn per_plugin(total: Duration, plugins: usize) -> f64 {
     total.as_secs_f64() * 1e6 / (plugins as f64)
 }
 
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * quantile).round() as usize]
-}
-
 fn main() {
-    let count: usize = std::env::var("PLUGBOARD_BENCH_PLUGINS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(100);
+    let count: usize = env_number("PLUGBOARD_BENCH_PLUGINS", 100);
     let temp = tempfile::tempdir().expect("temp dir");
-    let (plugins, store) = bundles(temp.path(), count);
-    let mut config = EngineConfig::new(profile_dir().join("plugboard-host"));
-    config.plugin_dirs = vec![plugins];
-    config.trust_store = Some(store);
-    config.watch.enabled = false;
+    let mut config = engine_config(temp.path(), &hello_copies(count));
     // The engine's own sampler would compete with the measurement.
     config.sample_interval = Duration::from_secs(3600);
     let engine = Engine::start(config).expect("engine");

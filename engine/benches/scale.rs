@@ -14,33 +14,21 @@ mod fixtures;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fixtures::{percentile, private_kb, signed_bundles, status_kb, thread_ticks};
-use plugboard_engine::{Command, Engine, EngineConfig, PluginState};
+use fixtures::{
+    engine_config, env_number, hello_copies, percentile, private_kb, status_kb, thread_ticks,
+};
+use plugboard_engine::{Command, Engine, PluginState};
 
 /// Linux reports CPU times in `/proc` in USER_HZ, 100 per second on every mainstream build.
 const TICKS_PER_SECOND: f64 = 100.0;
 /// How long the idle engine's sampler is watched.
 const SAMPLER_WINDOW: Duration = Duration::from_secs(20);
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let count = env_number("PLUGBOARD_BENCH_PLUGINS", 500);
     let starters = env_number("PLUGBOARD_BENCH_STARTERS", 4).max(1);
     let temp = tempfile::tempdir().expect("temp dir");
-    let names: Vec<(&str, String)> = (0..count)
-        .map(|n| ("hello", format!("hello-{n:03}")))
-        .collect();
-    let (plugins, store) = signed_bundles(temp.path(), &names, |_, manifest| manifest);
-    let mut config = EngineConfig::new(fixtures::profile_dir().join("plugboard-host"));
-    config.plugin_dirs = vec![plugins];
-    config.trust_store = Some(store);
-    config.watch.enabled = false;
+    let mut config = engine_config(temp.path(), &hello_copies(count));
     config.max_plugins = Some(count);
     let rss_before = status_kb(std::process::id(), "VmRSS").unwrap_or(0);
     let engine = Engine::start(config).expect("engine");

@@ -15,18 +15,11 @@ mod fixtures;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fixtures::{open_fds, signed_bundles, status_kb};
-use plugboard_engine::{Command, Engine, EngineConfig, PluginState};
+use fixtures::{engine_config, env_number, hello_copies, open_fds, status_kb};
+use plugboard_engine::{Command, Engine, PluginState};
 
 /// How long plugins run under traffic before the start reading.
 const SETTLE: Duration = Duration::from_secs(90);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Directories named `plugboard-…` in every cgroup hierarchy (v1: one per controller).
 fn plugboard_cgroups(dir: &Path, depth: u32) -> usize {
@@ -96,21 +89,14 @@ fn growth(start: f64, end: f64) -> f64 {
 }
 
 fn main() {
-    let count = env_number("PLUGBOARD_SOAK_PLUGINS", 100);
+    let count = env_number("PLUGBOARD_SOAK_PLUGINS", 100_usize);
     // 0: no reloads (readings still every 2 minutes), to tell their cost from traffic's.
-    let reload_s = env_number("PLUGBOARD_SOAK_RELOAD_S", 10);
+    let reload_s: u64 = env_number("PLUGBOARD_SOAK_RELOAD_S", 10);
     let reload = reload_s > 0;
     let every = Duration::from_secs(reload_s.clamp(1, 120));
-    let duration = Duration::from_secs(env_number("PLUGBOARD_SOAK_MINUTES", 20) * 60);
+    let duration = Duration::from_secs(env_number::<u64>("PLUGBOARD_SOAK_MINUTES", 20) * 60);
     let temp = tempfile::tempdir().expect("temp dir");
-    let names: Vec<(&str, String)> = (0..count)
-        .map(|n| ("hello", format!("hello-{n:03}")))
-        .collect();
-    let (plugins, store) = signed_bundles(temp.path(), &names, |_, manifest| manifest);
-    let mut config = EngineConfig::new(fixtures::profile_dir().join("plugboard-host"));
-    config.plugin_dirs = vec![plugins];
-    config.trust_store = Some(store);
-    config.watch.enabled = false;
+    let config = engine_config(temp.path(), &hello_copies(count));
     let engine = Engine::start(config).expect("engine");
     let names = engine.plugins();
     for plugin in &names {
@@ -121,12 +107,12 @@ fn main() {
             .expect("start");
     }
     // Traffic keeps hooks, statistics and the sampler busy the whole time.
-    let traffic = env_number("PLUGBOARD_SOAK_TRAFFIC", 200);
+    let traffic: u32 = env_number("PLUGBOARD_SOAK_TRAFFIC", 200);
     if traffic > 0 {
-        #[allow(clippy::cast_precision_loss)]
-        let rate = traffic as f64;
         engine
-            .execute(Command::Traffic { rate: Some(rate) })
+            .execute(Command::Traffic {
+                rate: Some(f64::from(traffic)),
+            })
             .expect("traffic");
     }
     // The sampler opens each worker's files at its first pass, and the first calls size the

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plugboard_engine::EngineConfig;
 use plugboard_engine::bundle::Bundle;
 use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore, write_keypair};
@@ -21,13 +22,9 @@ pub fn profile_dir() -> PathBuf {
 }
 
 /// Signed bundles in `<root>/plugins`: for each `(plugin, name)`, a copy of the workspace
-/// plugin `plugin` renamed `name` (its manifest's edit applied by `edit`), all signed with
-/// one fresh key pinned in `<root>/store`. Returns the plugin directory and the store.
-pub fn signed_bundles(
-    root: &Path,
-    bundles: &[(&str, String)],
-    edit: impl Fn(&str, String) -> String,
-) -> (PathBuf, PathBuf) {
+/// plugin `plugin` renamed `name`, all signed with one fresh key pinned in `<root>/store`.
+/// Returns the plugin directory and the store.
+pub fn signed_bundles(root: &Path, bundles: &[(&str, String)]) -> (PathBuf, PathBuf) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo");
@@ -54,7 +51,7 @@ pub fn signed_bundles(
         );
         let dir = plugins.join(name);
         std::fs::create_dir_all(&dir).expect("bundle dir");
-        std::fs::write(dir.join("plugin.toml"), edit(plugin, manifest)).expect("manifest");
+        std::fs::write(dir.join("plugin.toml"), manifest).expect("manifest");
         std::fs::copy(&library, dir.join(&library_name)).expect("library");
         let bundle = Bundle::open(&dir, &HostLimits::default()).expect("bundle");
         key.sign_bundle(bundle.digests())
@@ -62,6 +59,32 @@ pub fn signed_bundles(
             .expect("sign");
     }
     (plugins, store)
+}
+
+/// `count` copies of `hello`, named `hello-000`, `hello-001`, …
+pub fn hello_copies(count: usize) -> Vec<(&'static str, String)> {
+    (0..count)
+        .map(|n| ("hello", format!("hello-{n:03}")))
+        .collect()
+}
+
+/// An engine configuration over `bundles` signed in `root` (see [`signed_bundles`]), with
+/// the release `plugboard-host` and no bundle watcher.
+pub fn engine_config(root: &Path, bundles: &[(&str, String)]) -> EngineConfig {
+    let (plugins, store) = signed_bundles(root, bundles);
+    let mut config = EngineConfig::new(profile_dir().join("plugboard-host"));
+    config.plugin_dirs = vec![plugins];
+    config.trust_store = Some(store);
+    config.watch.enabled = false;
+    config
+}
+
+/// The number in environment variable `name`, else `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The value at `quantile` of sorted `samples`.

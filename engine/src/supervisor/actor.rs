@@ -814,10 +814,7 @@ fn on_worker_event(
             access,
             ..
         } => {
-            let verb = match access {
-                FileAccess::Read => "read",
-                FileAccess::Write => "write",
-            };
+            let verb = access.as_str();
             let grant = match access {
                 FileAccess::Read => "fs_read or fs_write",
                 FileAccess::Write => "fs_write",
@@ -983,56 +980,40 @@ fn record_audited(
 ) {
     /// Bounds the memory a plugin touching endless distinct paths can take.
     const MAX_DISTINCT: usize = 4096;
-    let mut observations: Vec<EventKind> = Vec::new();
-    if let Some(capability) = capability {
-        observations.push(EventKind::Audited {
-            capability: capability.as_str().to_owned(),
-            syscall: syscall.to_owned(),
-            path: None,
-            creates: false,
-            detail: detail.to_owned(),
-        });
-    }
-    for operand in files {
-        let Some(path) = &operand.path else { continue };
-        let capability = match operand.access {
+    // (what the manifest would have to grant, path, creates, detail)
+    let capability = capability.map(|capability| (capability.as_str(), None, false, detail));
+    let paths = files.iter().filter_map(|operand| {
+        let grant = match operand.access {
             FileAccess::Read => "fs_read",
             FileAccess::Write => "fs_write",
         };
-        observations.push(EventKind::Audited {
-            capability: capability.to_owned(),
-            syscall: syscall.to_owned(),
-            path: Some(path.display().to_string()),
-            creates: operand.creates,
-            detail: String::new(),
-        });
-    }
-    for observation in observations {
-        let key = match &observation {
-            // Arguments tell socket families apart; elsewhere (descriptor numbers) they
-            // would make every call new.
-            EventKind::Audited {
-                capability,
-                syscall,
-                path,
-                creates,
-                detail,
-            } => {
-                let family = if syscall.starts_with("socket") {
-                    detail.as_str()
-                } else {
-                    ""
-                };
-                format!("{capability} {syscall} {path:?} {creates} {family}")
-            }
-            _ => continue,
+        let path = operand.path.as_ref()?.display().to_string();
+        Some((grant, Some(path), operand.creates, ""))
+    });
+    for (grant, path, creates, detail) in capability.into_iter().chain(paths) {
+        // Arguments tell socket families apart; elsewhere (descriptor numbers) they would
+        // make every call new.
+        let family = if syscall.starts_with("socket") {
+            detail
+        } else {
+            ""
         };
+        let key = format!("{grant} {syscall} {path:?} {creates} {family}");
         let fresh = {
             let mut lifecycle = plugin.lifecycle();
             lifecycle.audited.len() < MAX_DISTINCT && lifecycle.audited.insert(key)
         };
         if fresh {
-            shared.event(Some(&plugin.name), observation);
+            shared.event(
+                Some(&plugin.name),
+                EventKind::Audited {
+                    capability: grant.to_owned(),
+                    syscall: syscall.to_owned(),
+                    path,
+                    creates,
+                    detail: detail.to_owned(),
+                },
+            );
         }
     }
 }
