@@ -1201,7 +1201,7 @@ struct Phases {
     spawn: Duration,
     hello: Duration,
     cgroup_create: Duration,
-    cgroup_join: Duration,
+    cgroup_check: Duration,
     confined: Duration,
     listener: Duration,
     ready: Duration,
@@ -1288,8 +1288,15 @@ fn replay_start(
         }
     };
 
+    let cgroup = PluginCgroup::create(scope, PLUGIN, limits).expect("worker cgroup");
+    phases.cgroup_create = lap();
     let (engine_end, worker_end) = Channel::pair().expect("socketpair");
-    let pid = spawn_host(&fixture.host, &worker_end.into_fd(), library.fd());
+    // Spawned from inside the cgroup, as the engine's spawner thread does on v1.
+    let spawn = || spawn_host(&fixture.host, &worker_end.into_fd(), library.fd());
+    let pid = match cgroup.thread_entry() {
+        Some(entry) => entry.run_inside(spawn).expect("enter the worker's cgroup"),
+        None => spawn(),
+    };
     let mut replayed = Replayed {
         pid,
         sandbox_pid: None,
@@ -1302,13 +1309,14 @@ fn replay_start(
         other => panic!("replayed start: expected Hello, got {other:?}"),
     }
     phases.hello = lap();
-    let cgroup = PluginCgroup::create(scope, PLUGIN, limits).expect("worker cgroup");
-    phases.cgroup_create = lap();
-    cgroup
-        .add_process(pid.as_raw().unsigned_abs())
-        .expect("worker joins its cgroup");
+    let raw_pid = pid.as_raw().unsigned_abs();
+    if !cgroup.holds_process(raw_pid) {
+        cgroup
+            .add_process(raw_pid)
+            .expect("worker joins its cgroup");
+    }
     replayed.cgroup = Some(cgroup);
-    phases.cgroup_join = lap();
+    phases.cgroup_check = lap();
     engine_end
         .send(&EngineMessage::Welcome {
             protocol: PROTOCOL_VERSION,
@@ -1517,10 +1525,10 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
         series.push("replay total", total.elapsed());
         drop(replayed);
         for (name, took) in [
+            ("cgroup create", phases.cgroup_create),
             ("spawn", phases.spawn),
             ("hello", phases.hello),
-            ("cgroup create", phases.cgroup_create),
-            ("cgroup join", phases.cgroup_join),
+            ("cgroup check", phases.cgroup_check),
             ("confined", phases.confined),
             ("listener", phases.listener),
             ("ready", phases.ready),
@@ -1617,10 +1625,10 @@ impl StartReport {
         series.print(
             "    ",
             &[
+                "cgroup create",
                 "spawn",
                 "hello",
-                "cgroup create",
-                "cgroup join",
+                "cgroup check",
                 "confined",
                 "listener",
                 "ready",
@@ -1657,16 +1665,7 @@ impl StartReport {
             "  (not in the start: Worker::stop p50 {:.2?}, p90 {:.2?})",
             stop.p50, stop.p90
         );
-        println!(
-            "  legend: open = Bundle::open (manifest read + parse, library copied into a sealed \
-         memfd while hashed with SHA3-512); verify = Ed25519 over the digests; spawn = \
-         posix_spawn returns; hello = until the worker's Hello (exec, dynamic linking, runtime \
-         start); confined = Welcome + Proceed until Confined (the worker confines itself); \
-         listener = until the seccomp listener fd arrives; ready = dlopen of the memfd + \
-         plugin create; host no fds = plugboard-host spawned without its descriptors, to its \
-         exit; true = /usr/bin/true the same way; join = PluginCgroup::add_process of a live \
-         process (a write to cgroup.procs in each v1 hierarchy)"
-        );
+        print_legend();
     }
 }
 
@@ -1677,6 +1676,22 @@ fn count_from_env(name: &str, default: usize) -> usize {
         text.parse()
             .unwrap_or_else(|_| panic!("{name}={text:?} is not a number"))
     })
+}
+
+fn print_legend() {
+    println!(
+        "  legend: open = Bundle::open (manifest read + parse, library copied into a sealed \
+     memfd while hashed with SHA3-512); verify = Ed25519 over the digests; spawn = \
+     the spawning thread enters the new cgroup (a write of 0 to `tasks` in each v1 \
+     hierarchy), posix_spawn, the thread goes back; cgroup check = /proc/<pid>/cgroup \
+     read to confirm the worker was born inside; hello = until the worker's Hello (exec, dynamic linking, runtime \
+     start); confined = Welcome + Proceed until Confined (the worker confines itself); \
+     listener = until the seccomp listener fd arrives; ready = dlopen of the memfd + \
+     plugin create; host no fds = plugboard-host spawned without its descriptors, to its \
+     exit; true = /usr/bin/true the same way; join = PluginCgroup::add_process of a live \
+     process (a write to cgroup.procs in each v1 hierarchy: how workers joined their \
+     cgroup before they were born inside it)"
+    );
 }
 
 /// The engine's cgroup scope, or the reason there is none.

@@ -31,7 +31,7 @@ use crate::ipc::{
 };
 use crate::loader::SealedLibrary;
 use crate::sandbox::Mechanism;
-use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup};
+use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup, ThreadEntry};
 use crate::sandbox::landlock::{FsPolicy, PathVerdict};
 use crate::sandbox::seccomp::{
     Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, capability_for,
@@ -228,6 +228,8 @@ struct Launch {
     env: Vec<CString>,
     /// (source, target) descriptor numbers in the child.
     fds: Vec<(OwnedFd, i32)>,
+    /// The cgroup the spawner thread enters so that the child is born in it (v1).
+    cgroup: Option<ThreadEntry>,
 }
 
 struct SpawnRequest {
@@ -245,7 +247,14 @@ impl Spawner {
                 .name("plugboard-spawner".to_owned())
                 .spawn(move || {
                     for request in inbox {
-                        let result = spawn_now(&request.launch).map_err(|err| err.to_string());
+                        let launch = &request.launch;
+                        let result = match &launch.cgroup {
+                            Some(cgroup) => cgroup
+                                .run_inside(|| spawn_now(launch))
+                                .map_err(|err| err.to_string())
+                                .and_then(|spawned| spawned.map_err(|err| err.to_string())),
+                            None => spawn_now(launch).map_err(|err| err.to_string()),
+                        };
                         let _ = request.reply.send(result);
                     }
                 })
@@ -324,7 +333,10 @@ pub struct Worker {
 /// Spawns `plugboard-host` with the socket, the sealed library and the output pipes as its
 /// only descriptors (3, 4, 1, 2; stdin /dev/null). Returns its pid, the engine's end of the
 /// socket and the read ends of the pipes.
-fn spawn_process(spec: &WorkerSpec<'_>) -> Result<(Pid, Channel, OwnedFd, OwnedFd), WorkerError> {
+fn spawn_process(
+    spec: &WorkerSpec<'_>,
+    cgroup: Option<ThreadEntry>,
+) -> Result<(Pid, Channel, OwnedFd, OwnedFd), WorkerError> {
     let plugin = spec.plugin.clone();
     let io = |err: std::io::Error| handshake_error(&plugin, err.to_string());
     let (engine_end, worker_end) = Channel::pair().map_err(io)?;
@@ -349,6 +361,7 @@ fn spawn_process(spec: &WorkerSpec<'_>) -> Result<(Pid, Channel, OwnedFd, OwnedF
             args,
             env,
             fds,
+            cgroup,
         })
         .map_err(|reason| WorkerError::Spawn {
             binary: spec.host_binary.clone(),
@@ -377,18 +390,8 @@ impl Worker {
             plugin: plugin.clone(),
             source,
         };
-        let (pid, engine_end, stdout_read, stderr_read) = spawn_process(&spec)?;
-        // From here on, a failure must kill the worker and remove its cgroup.
-        let mut starting = Starting {
-            pid,
-            cgroup: None,
-            done: false,
-        };
-        let channel = Arc::new(engine_end);
-
-        expect_hello(&channel, &plugin, pid)?;
-        let cgroup = join_cgroup(scope, &plugin, &spec.limits, pid)?;
-        starting.cgroup = Some(cgroup);
+        let (mut starting, channel, stdout_read, stderr_read) = spawn_in_cgroup(scope, &spec)?;
+        let pid = starting.pid;
         let require = spec.plan.require.clone();
         let file_rules = (
             spec.plan.fs_read.clone(),
@@ -705,25 +708,42 @@ fn start_threads(
     threads
 }
 
-/// Creates the worker's cgroup and puts the worker in, before it may go on confining.
-fn join_cgroup(
+/// Creates the worker's cgroup and spawns the worker into it: born inside on v1, moved
+/// after its Hello on v2 (or if the kernel shows it elsewhere). Either way the worker waits
+/// for the Welcome before it confines itself or loads anything.
+fn spawn_in_cgroup(
     scope: &EngineScope,
-    plugin: &str,
-    limits: &CgroupLimits,
-    pid: Pid,
-) -> Result<PluginCgroup, WorkerError> {
+    spec: &WorkerSpec<'_>,
+) -> Result<(Starting, Arc<Channel>, OwnedFd, OwnedFd), WorkerError> {
+    let plugin = &spec.plugin;
     let cgroup_error = |err: crate::sandbox::cgroup::CgroupError| WorkerError::Cgroup {
-        plugin: plugin.to_owned(),
+        plugin: plugin.clone(),
         reason: err.to_string(),
     };
-    let cgroup = PluginCgroup::create(scope, plugin, limits).map_err(cgroup_error)?;
-    match cgroup.add_process(pid.as_raw().unsigned_abs()) {
-        Ok(()) => Ok(cgroup),
-        Err(err) => {
-            let _ = cgroup.remove();
-            Err(cgroup_error(err))
+    let cgroup = PluginCgroup::create(scope, plugin, &spec.limits).map_err(cgroup_error)?;
+    let (pid, engine_end, stdout_read, stderr_read) =
+        match spawn_process(spec, cgroup.thread_entry()) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                let _ = cgroup.remove();
+                return Err(error);
+            }
+        };
+    // From here on, a failure must kill the worker and remove its cgroup.
+    let starting = Starting {
+        pid,
+        cgroup: Some(cgroup),
+        done: false,
+    };
+    let channel = Arc::new(engine_end);
+    expect_hello(&channel, plugin, pid)?;
+    if let Some(cgroup) = &starting.cgroup {
+        let raw_pid = pid.as_raw().unsigned_abs();
+        if !cgroup.holds_process(raw_pid) {
+            cgroup.add_process(raw_pid).map_err(cgroup_error)?;
         }
     }
+    Ok((starting, channel, stdout_read, stderr_read))
 }
 
 fn expect_hello(channel: &Channel, plugin: &str, pid: Pid) -> Result<(), WorkerError> {

@@ -21,9 +21,12 @@
 //! tells it which directory holds each controller's files.
 
 mod files;
+mod thread_entry;
 mod tree;
 mod v1;
 mod v2;
+
+pub use thread_entry::ThreadEntry;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -672,6 +675,35 @@ impl PluginCgroup {
                 "cgroup.procs",
                 &pid.to_string(),
             )
+        }
+    }
+
+    /// On v1 (and hybrid) hosts, the cgroup as a spawning thread enters it so that its
+    /// child is born inside ([`ThreadEntry`]); `None` on v2, where the process is moved.
+    pub fn thread_entry(&self) -> Option<ThreadEntry> {
+        self.root
+            .layout
+            .uses_v1_hierarchies()
+            .then(|| ThreadEntry::new(&self.hierarchies, &self.relative, &self.root.proc_root))
+    }
+
+    /// Whether the kernel lists process `pid` in this cgroup in every controller, read from
+    /// `/proc/<pid>/cgroup`.
+    pub fn holds_process(&self, pid: u32) -> bool {
+        let Ok(listed) =
+            std::fs::read_to_string(self.root.proc_root.join(pid.to_string()).join("cgroup"))
+        else {
+            return false;
+        };
+        let expected = format!("/{}", self.relative.display());
+        if self.root.layout.uses_v1_hierarchies() {
+            Controller::ALL.into_iter().all(|controller| {
+                thread_entry::cgroup_of(&listed, controller.name()) == Some(expected.as_str())
+            })
+        } else {
+            listed
+                .lines()
+                .any(|line| line.strip_prefix("0::") == Some(expected.as_str()))
         }
     }
 

@@ -263,6 +263,67 @@ fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
     running.scope.remove().unwrap();
 }
 
+/// The threads of this process named `comm` (`/proc/self/task/<tid>/comm`, which keeps
+/// the first 15 bytes of a thread name).
+fn own_threads_named(comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| {
+            let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+            (name.trim() == comm).then_some(tid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_is_born_in_its_cgroup_and_the_spawning_thread_goes_back_to_the_engines() {
+    let running = start("hello");
+    let worker = &running.worker;
+    // Both processes, the intermediary too, in the plugin cgroup in every controller.
+    for pid in [worker.pid(), worker.sandbox_pid()] {
+        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        for controller in ["memory", "cpu", "cpuacct", "pids"] {
+            let line = membership
+                .lines()
+                .find(|line| {
+                    line.split(':')
+                        .nth(1)
+                        .is_some_and(|names| names.split(',').any(|name| name == controller))
+                })
+                .unwrap_or_else(|| {
+                    panic!("no {controller} line in /proc/{pid}/cgroup:\n{membership}")
+                });
+            assert!(
+                line.ends_with(worker.cgroup_path()),
+                "process {pid} is not in {} for {controller}: {line}",
+                worker.cgroup_path()
+            );
+        }
+    }
+    // The spawner thread entered the cgroup to spawn and left it: it is where the rest of
+    // this process is. (Other tests spawn through the same thread, so it may be inside for
+    // a moment; it must be back soon.)
+    let spawner = own_threads_named("plugboard-spawn");
+    assert_eq!(spawner.len(), 1, "one spawner thread: {spawner:?}");
+    let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let its =
+            std::fs::read_to_string(format!("/proc/self/task/{}/cgroup", spawner[0])).unwrap();
+        if its == ours {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spawner thread stayed elsewhere:\n{its}\nthe process is in:\n{ours}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.worker.stop(Duration::from_secs(2));
+    running.scope.remove().unwrap();
+}
+
 #[test]
 fn forbidden_network_files_and_spawning_are_blocked_and_network_is_reported_by_name() {
     let running = start("prober");
