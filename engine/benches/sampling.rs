@@ -1,6 +1,8 @@
 //! Sampling cost per plugin: 100 sandboxed `hello` workers started by a real engine, each
-//! sampled through a `WorkerProbe` that keeps its files open and re-reads them, next to
-//! opening and reading the same files afresh (a new probe per sample), in the same run.
+//! sampled as the sampler does — a `WorkerProbe` that keeps its files open and re-reads
+//! them, its memory limit counters only when the kernel's notices or the near-limit rule
+//! call for them — next to the same probes reading every counter, and to opening and
+//! reading every file afresh (a new probe per sample), in the same run.
 //! Goal: ≤ 20 µs per plugin per sample.
 //!
 //! Needs root and the release build: `cargo build --release --workspace &&
@@ -21,7 +23,7 @@ mod fixtures;
 use std::time::{Duration, Instant};
 
 use fixtures::{engine_config, env_number, hello_copies, percentile};
-use plugboard_engine::monitor::WorkerProbe;
+use plugboard_engine::monitor::{LimitNotices, WorkerProbe};
 use plugboard_engine::sandbox::cgroup::CgroupRoot;
 use plugboard_engine::{Command, Engine, PluginState};
 
@@ -62,15 +64,32 @@ fn main() {
         .collect();
     assert_eq!(targets.len(), count, "every worker runs");
     let root = CgroupRoot::system().expect("cgroups");
-    let mut probes: Vec<WorkerProbe> = targets
-        .iter()
-        .map(|(cgroup, pid)| WorkerProbe::open(&root, cgroup, *pid).expect("probe"))
-        .collect();
+    let open = || -> Vec<WorkerProbe> {
+        targets
+            .iter()
+            .map(|(cgroup, pid)| WorkerProbe::open(&root, cgroup, *pid).expect("probe"))
+            .collect()
+    };
+    let mut notices = LimitNotices::new().expect("epoll");
+    let mut watched = open();
+    for (token, probe) in (0..).zip(&mut watched) {
+        probe
+            .watch(&notices, token)
+            .expect("memory notices register");
+    }
+    let mut probes = open();
 
+    let mut sampler = Vec::with_capacity(ROUNDS);
     let mut kept = Vec::with_capacity(ROUNDS);
     let mut fresh = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
-        // Alternate, so both see the same machine state.
+        // Alternate, so all see the same machine state.
+        let start = Instant::now();
+        let noticed = notices.noticed();
+        for (token, probe) in (0..).zip(&mut watched) {
+            std::hint::black_box(probe.sample(noticed.contains(&token)).expect("sample"));
+        }
+        sampler.push(per_plugin(start.elapsed(), count));
         let start = Instant::now();
         for probe in &mut probes {
             std::hint::black_box(probe.read().expect("read"));
@@ -83,30 +102,37 @@ fn main() {
         }
         fresh.push(per_plugin(start.elapsed(), count));
     }
-    for samples in [&mut kept, &mut fresh] {
+    for samples in [&mut sampler, &mut kept, &mut fresh] {
         samples.sort_by(f64::total_cmp);
     }
     println!(
-        "{:<52} {:>9} {:>9} {:>9}",
-        "per plugin per sample (µs)", "p50", "p90", "p99"
+        "{:<64} {:>8} {:>8} {:>8} {:>8}",
+        "per plugin per sample (µs)", "p50", "p90", "p99", "mean"
     );
     for (label, samples) in [
-        ("kept-open files, re-read (what the sampler does)", &kept),
+        (
+            "what the sampler does: kept open, memory counters on notice",
+            &sampler,
+        ),
+        ("kept open, every counter at every sample", &kept),
         ("opened and read afresh (reference)", &fresh),
     ] {
         println!(
-            "{label:<52} {:>9.2} {:>9.2} {:>9.2}",
+            "{label:<64} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             percentile(samples, 0.5),
             percentile(samples, 0.9),
-            percentile(samples, 0.99)
+            percentile(samples, 0.99),
+            samples.iter().sum::<f64>() / samples.len() as f64
         );
     }
-    let p50 = percentile(&kept, 0.5);
+    let p50 = percentile(&sampler, 0.5);
+    let mean = sampler.iter().sum::<f64>() / sampler.len() as f64;
     println!(
-        "kept / fresh at p50: {:.2}x; goal <= 20 µs per plugin: {}",
+        "sampler / fresh at p50: {:.2}x; goal <= 20 µs per plugin: p50 {}, mean {}",
         p50 / percentile(&fresh, 0.5),
-        if p50 <= 20.0 { "MET" } else { "MISSED" }
+        if p50 <= 20.0 { "MET" } else { "MISSED" },
+        if mean <= 20.0 { "MET" } else { "MISSED" }
     );
-    drop(probes);
+    drop((watched, probes));
     engine.shutdown();
 }

@@ -7,8 +7,10 @@
 //! [`SampleSeries`] turns consecutive readings into rates and keeps the ring the charts
 //! draw from.
 
+mod notices;
 mod sampler;
 
+pub use notices::{LimitNotices, near_limit_threshold};
 pub(crate) use sampler::Sampler;
 
 use std::collections::VecDeque;
@@ -65,17 +67,28 @@ impl KeptFile {
     }
 
     /// The whole content, read with `pread` at offset 0 into `buffer`.
+    ///
+    /// Every file read here is a kernel `seq_file` (cgroup files, `/proc/<pid>/stat`,
+    /// `io`), whose read fills the buffer until the content ends: a read shorter than the
+    /// space offered is the end, so one system call reads a file, not two (the second would
+    /// only return 0). The buffer keeps its length between reads; nothing is zeroed.
     fn read<'a>(&self, buffer: &'a mut Vec<u8>) -> Result<&'a str, MonitorError> {
-        buffer.clear();
-        buffer.resize(buffer.capacity().max(4096), 0);
+        if buffer.len() < 4096 {
+            buffer.resize(4096, 0);
+        }
         let mut filled = 0;
         loop {
             if filled == buffer.len() {
                 buffer.resize(buffer.len() * 2, 0);
             }
+            let space = buffer.len() - filled;
             match self.file.read_at(&mut buffer[filled..], filled as u64) {
-                Ok(0) => break,
-                Ok(read) => filled += read,
+                Ok(read) => {
+                    filled += read;
+                    if read < space {
+                        break;
+                    }
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(MonitorError::Read {
@@ -85,11 +98,11 @@ impl KeptFile {
                 }
             }
         }
-        buffer.truncate(filled);
-        std::str::from_utf8(buffer).map_err(|_| MonitorError::Parse {
+        let text = &buffer[..filled];
+        std::str::from_utf8(text).map_err(|_| MonitorError::Parse {
             path: self.path.clone(),
             expected: "text",
-            found: String::from_utf8_lossy(buffer).into_owned(),
+            found: String::from_utf8_lossy(text).into_owned(),
         })
     }
 
@@ -190,7 +203,26 @@ pub struct WorkerProbe {
     fd_dir_path: PathBuf,
     limits: ProbedLimits,
     buffer: Vec<u8>,
+    /// The memory cgroup's threshold and OOM eventfds, when registered ([`Self::watch`]).
+    memory_watch: Option<notices::MemoryWatch>,
+    /// The memory limit counters as last read, and how many samples ago.
+    memory_counters: Option<MemoryCounters>,
+    samples_since_memory_counters: u32,
+    /// Memory usage at the previous sample.
+    previous_memory_bytes: u64,
 }
+
+/// The memory counters that move only at the limit (and the peak, shown beside usage).
+#[derive(Debug, Clone, Copy)]
+struct MemoryCounters {
+    peak_bytes: Option<u64>,
+    limit_hits: u64,
+    oom_kills: u64,
+}
+
+/// With notices, the memory limit counters are still read every this many samples: the
+/// peak shown beside usage stays this fresh.
+pub const MEMORY_COUNTERS_EVERY: u32 = 10;
 
 impl WorkerProbe {
     /// Opens the files of cgroup `cgroup` (relative to the controller roots, as in
@@ -267,14 +299,40 @@ impl WorkerProbe {
             fd_dir_path,
             limits,
             buffer,
+            memory_watch: None,
+            memory_counters: None,
+            samples_since_memory_counters: 0,
+            previous_memory_bytes: 0,
         })
+    }
+
+    /// Registers the worker's memory threshold and OOM events in `notices` under `token`
+    /// (v1 with a memory limit; elsewhere nothing is registered and every sample reads
+    /// every counter). From then on [`Self::sample`] reads the memory limit counters only
+    /// when the worker was noticed, is near its limit, or every
+    /// [`MEMORY_COUNTERS_EVERY`] samples.
+    pub fn watch(&mut self, notices: &LimitNotices, token: u64) -> Result<(), MonitorError> {
+        let (Some(oom_control), Some(limit)) = (&self.oom_control, self.limits.memory_limit_bytes)
+        else {
+            return Ok(());
+        };
+        let Some(memory_dir) = self.memory_usage.path.parent() else {
+            return Ok(());
+        };
+        self.memory_watch = Some(notices.watch_memory(
+            memory_dir,
+            &self.memory_usage.file,
+            &oom_control.file,
+            limit,
+            token,
+        )?);
+        Ok(())
     }
 
     pub fn limits(&self) -> ProbedLimits {
         self.limits
     }
 
-    /// Reads every counter once.
     /// The worker's open descriptors. Since Linux 6.2 `stat` of `/proc/<pid>/fd` reports
     /// their number as the size: one `fstat` instead of listing every descriptor. On an
     /// older kernel the size is 0 (a worker always has descriptors), so it is counted.
@@ -294,28 +352,55 @@ impl WorkerProbe {
             .count() as u64
     }
 
+    /// Reads every counter once.
     pub fn read(&mut self) -> Result<Reading, MonitorError> {
+        self.sample(true)
+    }
+
+    /// One sample: every counter, except that with [`Self::watch`] the memory limit
+    /// counters are carried over from the last reading unless `noticed` (its token came
+    /// out of [`LimitNotices::noticed`]), usage is or was past the threshold, or the last
+    /// reading is [`MEMORY_COUNTERS_EVERY`] samples old.
+    pub fn sample(&mut self, noticed: bool) -> Result<Reading, MonitorError> {
         let buffer = &mut self.buffer;
         let v1 = self.layout.uses_v1_hierarchies();
         let memory_bytes = self.memory_usage.number(buffer)?;
-        let memory_peak_bytes = match &self.memory_peak {
-            Some(file) => Some(file.number(buffer)?),
-            None => None,
+        let due = match (&self.memory_watch, self.memory_counters) {
+            (Some(watch), Some(_)) => {
+                noticed
+                    || memory_bytes >= watch.near_bytes
+                    || self.previous_memory_bytes >= watch.near_bytes
+                    || self.samples_since_memory_counters + 1 >= MEMORY_COUNTERS_EVERY
+            }
+            _ => true,
         };
-        let (memory_limit_hits, oom_kills) = if v1 {
-            let hits = self.memory_hits.number(buffer)?;
-            let kills = match &self.oom_control {
-                Some(file) => file.keyed(buffer, "oom_kill")?,
-                None => 0,
-            };
-            (hits, kills)
-        } else {
-            let events = self.memory_hits.read(buffer)?;
-            (
-                keyed_value(events, "max").unwrap_or(0),
-                keyed_value(events, "oom_kill").unwrap_or(0),
-            )
+        self.previous_memory_bytes = memory_bytes;
+        let counters = match self.memory_counters {
+            Some(counters) if !due => {
+                self.samples_since_memory_counters += 1;
+                counters
+            }
+            _ => {
+                if noticed && let Some(watch) = &self.memory_watch {
+                    watch.drain();
+                }
+                let counters = read_memory_counters(
+                    v1,
+                    self.memory_peak.as_ref(),
+                    &self.memory_hits,
+                    self.oom_control.as_ref(),
+                    buffer,
+                )?;
+                self.memory_counters = Some(counters);
+                self.samples_since_memory_counters = 0;
+                counters
+            }
         };
+        let MemoryCounters {
+            peak_bytes: memory_peak_bytes,
+            limit_hits: memory_limit_hits,
+            oom_kills,
+        } = counters;
         let stat = self.cpu_stat.read(buffer)?;
         let cpu_periods = keyed_value(stat, "nr_periods").unwrap_or(0);
         let throttled_periods = keyed_value(stat, "nr_throttled").unwrap_or(0);
@@ -374,6 +459,38 @@ impl WorkerProbe {
             write_bytes,
         })
     }
+}
+
+fn read_memory_counters(
+    v1: bool,
+    peak: Option<&KeptFile>,
+    hits: &KeptFile,
+    oom_control: Option<&KeptFile>,
+    buffer: &mut Vec<u8>,
+) -> Result<MemoryCounters, MonitorError> {
+    let peak_bytes = match peak {
+        Some(file) => Some(file.number(buffer)?),
+        None => None,
+    };
+    let (limit_hits, oom_kills) = if v1 {
+        let hits = hits.number(buffer)?;
+        let kills = match oom_control {
+            Some(file) => file.keyed(buffer, "oom_kill")?,
+            None => 0,
+        };
+        (hits, kills)
+    } else {
+        let events = hits.read(buffer)?;
+        (
+            keyed_value(events, "max").unwrap_or(0),
+            keyed_value(events, "oom_kill").unwrap_or(0),
+        )
+    };
+    Ok(MemoryCounters {
+        peak_bytes,
+        limit_hits,
+        oom_kills,
+    })
 }
 
 fn read_limits(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::{Reading, ResourceSample, WorkerProbe};
+use super::{LimitNotices, Reading, ResourceSample, WorkerProbe};
 use crate::engine::Shared;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::HostSnapshot;
@@ -46,11 +46,20 @@ impl Drop for Sampler {
     }
 }
 
+/// Every sampled worker's probe, and the memory notices they are registered in.
+struct Probes {
+    by_plugin: HashMap<String, Probed>,
+    notices: Option<LimitNotices>,
+    next_token: u64,
+}
+
 /// A worker's probe, tied to the worker generation it was opened for, with what the
 /// violation checks remember between samples.
 struct Probed {
     generation: u64,
     probe: WorkerProbe,
+    /// Its tag in the memory notices.
+    token: u64,
     /// Since when it has been throttled above the policy's ratio, and whether that was
     /// reported already.
     throttled_since: Option<(Instant, bool)>,
@@ -59,7 +68,12 @@ struct Probed {
 }
 
 fn run(shared: &Weak<Shared>, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
-    let mut probes: HashMap<String, Probed> = HashMap::new();
+    let mut probes = Probes {
+        by_plugin: HashMap::new(),
+        // Without notices every sample reads every counter, as before they existed.
+        notices: LimitNotices::new().ok(),
+        next_token: 0,
+    };
     let mut system = System::new();
     let engine_pid = Pid::from_u32(std::process::id());
     let mut next = Instant::now();
@@ -116,7 +130,13 @@ fn sample_host(system: &mut System, engine_pid: Pid) -> HostSnapshot {
     }
 }
 
-fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
+fn sample_workers(shared: &Shared, sampled: &mut Probes) {
+    let noticed = sampled
+        .notices
+        .as_mut()
+        .map(LimitNotices::noticed)
+        .unwrap_or_default();
+    let probes = &mut sampled.by_plugin;
     let plugins = shared.all_plugins();
     probes.retain(|name, _| plugins.iter().any(|plugin| &plugin.name == name));
     for plugin in plugins {
@@ -136,10 +156,16 @@ fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
                 continue;
             };
             // A worker that just ended cannot be opened: it is sampled no more.
-            let Ok(probe) = WorkerProbe::open(shared.scope.root(), &cgroup, pid) else {
+            let Ok(mut probe) = WorkerProbe::open(shared.scope.root(), &cgroup, pid) else {
                 probes.remove(&plugin.name);
                 continue;
             };
+            let token = sampled.next_token;
+            sampled.next_token += 1;
+            if let Some(notices) = &sampled.notices {
+                // Unregistered, the probe reads its memory counters at every sample.
+                let _ = probe.watch(notices, token);
+            }
             plugin
                 .resources
                 .lock()
@@ -150,6 +176,7 @@ fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
                 Probed {
                     generation: running.generation,
                     probe,
+                    token,
                     throttled_since: None,
                     at_fd_limit: false,
                 },
@@ -158,7 +185,7 @@ fn sample_workers(shared: &Shared, probes: &mut HashMap<String, Probed>) {
         let Some(probed) = probes.get_mut(&plugin.name) else {
             continue;
         };
-        match probed.probe.read() {
+        match probed.probe.sample(noticed.contains(&probed.token)) {
             Ok(reading) => {
                 let limits = probed.probe.limits();
                 let now = Instant::now();

@@ -28,7 +28,7 @@ const LIMITS: CgroupLimits = CgroupLimits {
 };
 
 /// The host's cgroups, when the kernel gives these tests what they need.
-fn kernel_root() -> Option<CgroupRoot> {
+pub fn kernel_root() -> Option<CgroupRoot> {
     let reason = match CgroupRoot::system() {
         Err(error) => error.to_string(),
         Ok(_) if !nix::unistd::geteuid().is_root() => "creating cgroups needs root".to_owned(),

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use plugboard_engine::monitor::WorkerProbe;
-use plugboard_engine::sandbox::cgroup::CgroupRoot;
+use plugboard_engine::monitor::{LimitNotices, WorkerProbe};
+use plugboard_engine::sandbox::cgroup::{CgroupLimits, CgroupRoot, EngineScope, PluginCgroup};
 
 use crate::runtime::{call, engine_configured, plugin, same, start};
 
@@ -104,4 +104,70 @@ fn a_probe_keeps_its_files_open_and_rereads_them() {
     );
     assert!(second.cpu_usage_ns >= first.cpu_usage_ns);
     assert!(second.memory_bytes > 0);
+}
+
+/// A spike to the memory limit and back between two samples: usage is low again at the
+/// second sample, so only the kernel's notice makes the probe read the limit counters
+/// (which it otherwise reads only near the limit or every few samples).
+#[test]
+fn a_memory_limit_hit_between_two_samples_is_read_because_the_kernel_noticed_it() {
+    let Some(root) = crate::cgroup::kernel_root() else {
+        return;
+    };
+    if !root.layout().uses_v1_hierarchies() {
+        eprintln!("skipping: memory notices are registered on cgroup v1 hosts only");
+        return;
+    }
+    let scope = EngineScope::create(&root).unwrap();
+    let limit = 16 << 20;
+    let limits = CgroupLimits {
+        memory_bytes: limit,
+        cpu_percent: 100,
+        pids_max: 16,
+    };
+    let cgroup = PluginCgroup::create(&scope, "spike", &limits).unwrap();
+    // The /proc half of the probe reads this process; the cgroup half the new cgroup.
+    let mut probe = WorkerProbe::open(&root, &cgroup.display_path(), std::process::id()).unwrap();
+    let mut notices = LimitNotices::new().unwrap();
+    probe.watch(&notices, 7).unwrap();
+    let before = probe.sample(false).unwrap();
+    assert_eq!(before.memory_limit_hits, 0);
+    assert!(notices.noticed().is_empty(), "nothing happened yet");
+
+    // 32 MiB into tmpfs from a process born in the cgroup: its page cache is charged there
+    // and cannot be reclaimed, so it hits the 16 MiB limit (and meets the OOM killer).
+    let fill_dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let fill = fill_dir.path().join("fill");
+    let output = std::fs::File::create(&fill).unwrap();
+    let mut writer = cgroup
+        .thread_entry()
+        .expect("a v1 host")
+        .run_inside(|| {
+            std::process::Command::new("head")
+                .args(["-c", "33554432", "/dev/zero"])
+                .stdout(output)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        })
+        .unwrap()
+        .expect("head starts");
+    writer.wait().unwrap();
+    std::fs::remove_file(&fill).unwrap();
+
+    let noticed = notices.noticed();
+    assert!(noticed.contains(&7), "no notice for the spike: {noticed:?}");
+    let after = probe.sample(noticed.contains(&7)).unwrap();
+    assert!(
+        after.memory_bytes < plugboard_engine::monitor::near_limit_threshold(limit),
+        "usage is back below the threshold ({} bytes), so only the notice calls for the read",
+        after.memory_bytes
+    );
+    assert!(
+        after.memory_limit_hits > before.memory_limit_hits,
+        "the limit hits were read: {after:?}"
+    );
+    assert!(notices.noticed().is_empty(), "a read notice is drained");
+    drop(probe);
+    cgroup.remove().unwrap();
+    scope.remove().unwrap();
 }
