@@ -13,7 +13,7 @@
 //!
 //! `cargo build --release --workspace && cargo bench -p plugboard --bench dashboard`
 //! (root: the workers need it; `htop` must be installed). `-- render` runs only the first
-//! two in-process parts. The dashboards are quit with `q`, which stops every worker and
+//! two in-process parts, `-- idle` only the third (with the dashboard's CPU per thread role). The dashboards are quit with `q`, which stops every worker and
 //! removes the cgroups; the bench checks that none remains.
 
 #![recursion_limit = "256"]
@@ -28,6 +28,7 @@ mod app_sources {
 }
 use app_sources::{cli, tui};
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -51,9 +52,13 @@ const WIDTH: u16 = 200;
 const HEIGHT: u16 = 50;
 
 fn main() {
-    let only_render = std::env::args().any(|arg| arg == "render");
+    let only = |part: &str| std::env::args().any(|arg| arg == part);
+    if only("idle") {
+        idle_cpu_next_to_htop();
+        return;
+    }
     render_bench();
-    if only_render {
+    if only("render") {
         return;
     }
     key_to_frame_end_to_end();
@@ -374,14 +379,48 @@ fn cpu_time(pid: u32) -> Duration {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of stat(5); `rest` starts at field 3.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let per_second = std::process::Command::new("getconf")
+    Duration::from_millis(ticks * 1000 / clock_ticks())
+}
+
+/// CPU time per kind of thread of process `pid`, from each thread's `schedstat` (time on
+/// a CPU in nanoseconds: the 10 ms ticks of `stat` are too coarse for threads that each
+/// run a few milliseconds a minute). Engine threads are named `pb-<role>-<plugin>`, so
+/// they are summed per role; others by their name.
+fn thread_times(pid: u32) -> BTreeMap<String, Duration> {
+    let mut times = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return times;
+    };
+    for task in tasks.flatten() {
+        let (Ok(name), Ok(schedstat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let name = name.trim();
+        let kind = match name.strip_prefix("pb-") {
+            Some(role) => format!("pb-{}", role.split('-').next().unwrap_or(role)),
+            None => name.to_owned(),
+        };
+        let on_cpu: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .unwrap_or(0);
+        *times.entry(kind).or_default() += Duration::from_nanos(on_cpu);
+    }
+    times
+}
+
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .and_then(|text| text.trim().parse::<u64>().ok())
-        .unwrap_or(100);
-    Duration::from_millis(ticks * 1000 / per_second)
+        .unwrap_or(100)
 }
 
 /// Processes whose parent is `parent`.
@@ -576,12 +615,14 @@ fn idle_cpu_next_to_htop() {
     });
     let window = Duration::from_secs(60);
     let (dashboard_before, htop_before) = (cpu_time(dashboard.pid()), cpu_time(htop.pid()));
+    let threads_before = thread_times(dashboard.pid());
     let started = Instant::now();
     // A measurement window, not a wait for something: both run untouched for 60 s.
     std::thread::sleep(window);
     let elapsed = started.elapsed();
     let dashboard_used = cpu_time(dashboard.pid()).saturating_sub(dashboard_before);
     let htop_used = cpu_time(htop.pid()).saturating_sub(htop_before);
+    let threads_after = thread_times(dashboard.pid());
     println!(
         "== idle CPU over {:.1} s, {WIDTH}x{HEIGHT} pty each, same run",
         elapsed.as_secs_f64()
@@ -599,6 +640,21 @@ fn idle_cpu_next_to_htop() {
         "ratio dashboard / htop: {:.2} (goal ≤ 1.00)",
         dashboard_used.as_secs_f64() / htop_used.as_secs_f64().max(f64::EPSILON)
     );
+    println!(
+        "the dashboard's threads over the window (per role, from schedstat; threads that ended are not listed):"
+    );
+    let mut by_thread: Vec<(Duration, &String)> = threads_after
+        .iter()
+        .map(|(kind, after)| {
+            let before = threads_before.get(kind).copied().unwrap_or_default();
+            (after.saturating_sub(before), kind)
+        })
+        .filter(|(used, _)| *used >= Duration::from_micros(100))
+        .collect();
+    by_thread.sort_by(|a, b| b.cmp(a));
+    for (used, kind) in by_thread {
+        println!("  {kind:<20} {:>8.1} ms", used.as_secs_f64() * 1000.0);
+    }
     htop.quit("q");
     quit_dashboard(dashboard);
 }

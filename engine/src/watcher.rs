@@ -2,7 +2,7 @@
 //!
 //! The roots are plugin directories (each direct child holding a `plugin.toml` is a bundle)
 //! and single bundle directories. `notify` reports raw file-system events
-//! (inotify on Linux) and `notify-debouncer-full` coalesces them per path; the watcher then
+//! (inotify on Linux; its thread sleeps until the kernel has an event); the watcher then
 //! maps every path to the bundle it belongs to (`<plugin_dir>/<bundle>/…` belongs to
 //! `<plugin_dir>/<bundle>`) and reports a bundle once it has been quiet for the debounce
 //! interval, so a copy of three files, or an editor's burst of writes, is one report.
@@ -29,8 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::event::EventKind;
-use notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, new_debouncer_opt};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 /// The file whose presence makes a directory a bundle.
 const MANIFEST_FILE: &str = "plugin.toml";
@@ -72,11 +71,13 @@ pub enum WatchError {
     Runtime { reason: String },
 }
 
-type FileDebouncer = Debouncer<RecommendedWatcher, NoCache>;
+/// The raw watcher. (A debouncing wrapper would add nothing the classifier does not do —
+/// it settles each bundle over the quiet window — and it wakes on a timer all the time.)
+type FileWatcher = RecommendedWatcher;
 
 /// Watches plugin and bundle directories until dropped.
 pub struct BundleWatcher {
-    debouncer: Arc<Mutex<Option<FileDebouncer>>>,
+    file_watcher: Arc<Mutex<Option<FileWatcher>>>,
     stopped: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<WatchError>>>,
     thread: Option<JoinHandle<()>>,
@@ -90,7 +91,7 @@ impl std::fmt::Debug for BundleWatcher {
     }
 }
 
-/// What the debouncer hands the classifier thread.
+/// What the watcher hands the classifier thread.
 enum Signal {
     Paths(Vec<PathBuf>),
     Rescan,
@@ -136,38 +137,26 @@ impl BundleWatcher {
             }))
             .collect();
         let (signals, inbox) = mpsc::channel::<Signal>();
-        // The debouncer only tidies the raw events per path; the quiet window per bundle is
-        // applied by the classifier.
-        let raw_debounce = (debounce / 4).max(Duration::from_millis(5));
-        let mut debouncer = new_debouncer_opt::<_, RecommendedWatcher, NoCache>(
-            raw_debounce,
-            None,
-            move |result: DebounceEventResult| match result {
-                Ok(events) => {
-                    let mut paths = Vec::new();
-                    for event in events {
-                        if event.need_rescan() {
-                            let _ = signals.send(Signal::Rescan);
-                        } else if !matches!(event.kind, EventKind::Access(_)) {
-                            paths.extend(event.event.paths);
-                        }
-                    }
-                    if !paths.is_empty() {
-                        let _ = signals.send(Signal::Paths(paths));
-                    }
+        // Raw events go straight to the classifier, which applies the quiet window per
+        // bundle.
+        let mut file_watcher = RecommendedWatcher::new(
+            move |result: notify::Result<notify::Event>| match result {
+                Ok(event) if event.need_rescan() => {
+                    let _ = signals.send(Signal::Rescan);
                 }
-                Err(errors) => {
-                    for error in errors {
-                        let _ = signals.send(Signal::Error(error.to_string()));
-                    }
+                Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
+                    let _ = signals.send(Signal::Paths(event.paths));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = signals.send(Signal::Error(error.to_string()));
                 }
             },
-            NoCache,
             notify::Config::default(),
         )
         .map_err(|source| WatchError::Start { source })?;
         for root in &roots {
-            debouncer
+            file_watcher
                 .watch(&root.path, RecursiveMode::Recursive)
                 .map_err(|source| WatchError::Watch {
                     dir: root.path.clone(),
@@ -176,7 +165,7 @@ impl BundleWatcher {
             // The parent tells us when the root itself is removed and created again (its
             // own watch goes away with it). Best effort: the root's watch is what matters.
             if let Some(parent) = root.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                let _ = debouncer.watch(parent, RecursiveMode::NonRecursive);
+                let _ = file_watcher.watch(parent, RecursiveMode::NonRecursive);
             }
         }
         // Listed after the watches are in place, so nothing happens unseen in between.
@@ -189,7 +178,7 @@ impl BundleWatcher {
                 }
             }
         }
-        let debouncer = Arc::new(Mutex::new(Some(debouncer)));
+        let file_watcher = Arc::new(Mutex::new(Some(file_watcher)));
         let stopped = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let mut classifier = Classifier {
@@ -199,7 +188,7 @@ impl BundleWatcher {
             rescan: BTreeMap::new(),
             quiet: debounce,
             max_delay: debounce.saturating_mul(MAX_DELAY_FACTOR),
-            debouncer: Arc::clone(&debouncer),
+            file_watcher: Arc::clone(&file_watcher),
             errors: Arc::clone(&errors),
         };
         let thread_stopped = Arc::clone(&stopped);
@@ -210,7 +199,7 @@ impl BundleWatcher {
                 source: notify::Error::io(err),
             })?;
         Ok(Self {
-            debouncer,
+            file_watcher,
             stopped,
             errors,
             thread: Some(thread),
@@ -227,16 +216,14 @@ impl BundleWatcher {
 impl Drop for BundleWatcher {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
-        let debouncer = self
-            .debouncer
+        let file_watcher = self
+            .file_watcher
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        // Joins the debouncer's thread, which drops its end of the channel: the classifier
+        // Ends the watcher's event loop, which drops its end of the channel: the classifier
         // sees the channel close and ends.
-        if let Some(debouncer) = debouncer {
-            debouncer.stop();
-        }
+        drop(file_watcher);
         if let Some(thread) = self.thread.take() {
             // Dropped from inside `on_changes`: the classifier ends on its own.
             if thread.thread().id() != std::thread::current().id() {
@@ -313,7 +300,7 @@ struct Classifier {
     rescan: BTreeMap<usize, Instant>,
     quiet: Duration,
     max_delay: Duration,
-    debouncer: Arc<Mutex<Option<FileDebouncer>>>,
+    file_watcher: Arc<Mutex<Option<FileWatcher>>>,
     errors: Arc<Mutex<Vec<WatchError>>>,
 }
 
@@ -446,14 +433,14 @@ impl Classifier {
     fn rescan_root(&mut self, index: usize, now: Instant) {
         let root = self.roots[index].clone();
         if root.path.is_dir()
-            && let Some(debouncer) = self
-                .debouncer
+            && let Some(file_watcher) = self
+                .file_watcher
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_mut()
         {
             // Idempotent for a root that is still watched.
-            let _ = debouncer.watch(&root.path, RecursiveMode::Recursive);
+            let _ = file_watcher.watch(&root.path, RecursiveMode::Recursive);
         }
         let mut bundles = candidates(&root).unwrap_or_default();
         bundles.extend(
@@ -521,7 +508,7 @@ mod tests {
             rescan: BTreeMap::new(),
             quiet,
             max_delay: quiet * MAX_DELAY_FACTOR,
-            debouncer: Arc::new(Mutex::new(None)),
+            file_watcher: Arc::new(Mutex::new(None)),
             errors: Arc::new(Mutex::new(Vec::new())),
         }
     }

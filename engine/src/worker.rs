@@ -995,7 +995,7 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
 /// How long the listener waits for a call before it looks at the worker's state. The
 /// listener reports `POLLHUP` as soon as the last process under the filter is gone, so this
 /// only bounds a missed wake-up; an idle worker should not wake the engine 20 times a second.
-const LISTENER_POLL: Duration = Duration::from_secs(2);
+const LISTENER_POLL: Duration = Duration::from_secs(10);
 
 fn spawn_listener(
     plugin: &str,

@@ -61,7 +61,7 @@ const IDLE_CHECK_MAX: Duration = Duration::from_millis(20);
 /// A worker's exit closes its end, which wakes the wait at once: this only bounds how long
 /// a missed wake-up could go unnoticed, so it is long (an idle engine with many workers
 /// should not wake for nothing).
-const IDLE_POLL: Duration = Duration::from_secs(2);
+const IDLE_POLL: Duration = Duration::from_secs(10);
 
 /// Requests of one caller sent ahead of their replies.
 const BATCH_WINDOW: usize = 256;
