@@ -11,6 +11,10 @@
 //! than a PMD-sized folio (2 MiB on x86-64). With the threshold [`NEAR_LIMIT_MARGIN`] or a
 //! quarter of the limit below it, whichever is more, usage must cross the threshold before
 //! any hit, and that crossing is noticed; an OOM kill is noticed itself.
+//!
+//! Not covered: v1 `pids.events` raises no poll notification (on this host's kernel only
+//! the v2 file does), so it is read at every sample; v2 hosts read their memory counters at
+//! every sample too (`memory.events` does notify there — a later step).
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd as _, AsRawFd as _};
