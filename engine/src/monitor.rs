@@ -552,7 +552,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
 }
 
 /// One point of a plugin's resource history.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourceSample {
     pub at_ms: u64,
     pub memory_bytes: u64,
@@ -594,8 +594,15 @@ impl SampleSeries {
         // Bounded before the conversion, so nothing is truncated.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let capacity = (per_interval.ceil().clamp(600.0, 1_000_000.0)) as usize;
+        // The reserved part is written once now and emptied again: its pages are resident
+        // from the start, so the engine's memory does not creep for ten minutes while the
+        // rings fill (which would hide a real leak behind a bounded one).
+        let mut ring = VecDeque::with_capacity(capacity.min(4096));
+        ring.resize(ring.capacity(), ResourceSample::default());
+        std::hint::black_box(&ring);
+        ring.clear();
         Self {
-            ring: VecDeque::with_capacity(capacity.min(4096)),
+            ring,
             capacity,
             previous: None,
         }
