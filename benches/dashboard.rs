@@ -28,17 +28,18 @@ mod app_sources {
 }
 use app_sources::{cli, tui};
 
+#[path = "../tests/e2e/pty.rs"]
+mod pty;
+use pty::PtySession;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use plugboard_engine::Snapshot;
-use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
+use portable_pty::CommandBuilder;
 use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
 use ratatui::{Terminal, TerminalOptions, Viewport};
@@ -257,119 +258,25 @@ fn render_bench() {
 
 // ---------------------------------------------------------------- pseudo-terminals
 
-/// A program under a pseudo-terminal of the benchmark's size, with the screen it drew.
-struct Session {
-    child: Box<dyn Child + Send + Sync>,
-    writer: Box<dyn Write + Send>,
-    screen: Arc<Mutex<vt100::Parser>>,
-    output: Receiver<()>,
-    _master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
+/// `program` under a pseudo-terminal of the benchmark's size, its configuration in `home`.
+fn start_session(program: &Path, args: &[&str], home: &Path) -> PtySession {
+    let mut command = CommandBuilder::new(program);
+    command.args(args);
+    command.env("HOME", home);
+    command.env("XDG_CONFIG_HOME", home.join("config"));
+    command.env("XDG_STATE_HOME", home.join("state"));
+    command.env("HTOPRC", home.join("htoprc"));
+    PtySession::spawn(command, HEIGHT, WIDTH)
 }
 
-impl Session {
-    fn start(program: &Path, args: &[&str], home: &Path) -> Session {
-        let pty = native_pty_system()
-            .openpty(PtySize {
-                rows: HEIGHT,
-                cols: WIDTH,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("a pseudo-terminal");
-        let mut command = CommandBuilder::new(program);
-        command.args(args);
-        command.env("TERM", "xterm-256color");
-        command.env("HOME", home);
-        command.env("XDG_CONFIG_HOME", home.join("config"));
-        command.env("XDG_STATE_HOME", home.join("state"));
-        command.env("HTOPRC", home.join("htoprc"));
-        let child = pty
-            .slave
-            .spawn_command(command)
-            .expect("the program starts");
-        drop(pty.slave);
-        let mut reader = pty.master.try_clone_reader().expect("a reader");
-        let writer = pty.master.take_writer().expect("a writer");
-        let master = Arc::new(Mutex::new(pty.master));
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(HEIGHT, WIDTH, 0)));
-        let (notify, output) = mpsc::channel();
-        {
-            let screen = Arc::clone(&screen);
-            let master = Arc::clone(&master);
-            std::thread::spawn(move || {
-                let _master = master;
-                let mut chunk = vec![0u8; 65536];
-                loop {
-                    match reader.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => {
-                            screen.lock().unwrap().process(&chunk[..read]);
-                            if notify.send(()).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        Session {
-            child,
-            writer,
-            screen,
-            output,
-            _master: master,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.process_id().expect("a pid")
-    }
-
-    fn contents(&self) -> String {
-        self.screen.lock().unwrap().screen().contents()
-    }
-
-    fn formatted(&self) -> Vec<u8> {
-        self.screen.lock().unwrap().screen().contents_formatted()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let contents = self.contents();
-            if done(&contents) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; the screen:\n{contents}"
-            );
-            let _ = self
-                .output
-                .recv_timeout(left.min(Duration::from_millis(200)));
-        }
-    }
-
-    fn press(&mut self, keys: &str) {
-        self.writer.write_all(keys.as_bytes()).expect("written");
-        self.writer.flush().expect("flushed");
-    }
-
-    /// Quits with `keys` and waits for the end; kills it (by pid) if it does not end.
-    fn quit(mut self, keys: &str) {
-        self.press(keys);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.child.try_wait().expect("waitable").is_some() {
-                return;
-            }
-            let _ = self.output.recv_timeout(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        panic!("{keys:?} did not end the program within 60 s");
-    }
+/// Quits with `keys` and waits for the end (dropped, the session kills the program it
+/// started if it has not ended).
+fn quit(mut session: PtySession, keys: &str) {
+    session.press(keys);
+    assert!(
+        session.wait_exit(Duration::from_secs(60)).is_some(),
+        "{keys:?} did not end the program within 60 s"
+    );
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
@@ -530,10 +437,10 @@ fn signed_fleet(root: &Path, count: usize) -> (PathBuf, PathBuf) {
 }
 
 /// Quits the dashboard and checks it took its workers and cgroups along.
-fn quit_dashboard(session: Session) {
+fn quit_dashboard(session: PtySession) {
     let pid = session.pid();
     let workers = children_of(pid);
-    session.quit("q");
+    quit(session, "q");
     let alive: Vec<u32> = workers
         .into_iter()
         .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
@@ -551,7 +458,7 @@ fn key_to_frame_end_to_end() {
     let (plugins, store) = signed_fleet(home.path(), count);
     let plugins = plugins.display().to_string();
     let store = store.display().to_string();
-    let mut session = Session::start(
+    let mut session = start_session(
         Path::new(env!("CARGO_BIN_EXE_plugboard")),
         &[
             "dashboard",
@@ -569,18 +476,18 @@ fn key_to_frame_end_to_end() {
         contents.contains(&format!("{count} plugins")) && contents.contains("hello-0000")
     });
     // Let discovery and verification settle: no output for a second.
-    while session.output.recv_timeout(Duration::from_secs(1)).is_ok() {}
+    while session.next_output(Duration::from_secs(1)) {}
     let presses = 200;
     let mut times = Vec::with_capacity(presses);
     for _ in 0..presses {
-        while session.output.try_recv().is_ok() {}
+        session.skip_output();
         let before = session.formatted();
         let started = Instant::now();
         session.press("j");
         loop {
             let left = Duration::from_secs(5).saturating_sub(started.elapsed());
             assert!(!left.is_zero(), "no frame within 5 s of a key press");
-            if session.output.recv_timeout(left).is_ok() && session.formatted() != before {
+            if session.next_output(left) && session.formatted() != before {
                 times.push(started.elapsed());
                 break;
             }
@@ -599,7 +506,7 @@ fn idle_cpu_next_to_htop() {
     let (plugins, store) = signed_fleet(home.path(), count);
     let plugins = plugins.display().to_string();
     let store = store.display().to_string();
-    let dashboard = Session::start(
+    let mut dashboard = start_session(
         Path::new(env!("CARGO_BIN_EXE_plugboard")),
         &["dashboard", "--plugins", &plugins, "--trust-store", &store],
         home.path(),
@@ -609,7 +516,7 @@ fn idle_cpu_next_to_htop() {
     });
     assert_eq!(children_of(dashboard.pid()).len(), count, "one worker each");
     let htop_path = which("htop").expect("htop is installed");
-    let htop = Session::start(&htop_path, &[], home.path());
+    let mut htop = start_session(&htop_path, &[], home.path());
     htop.wait_for("htop's screen", Duration::from_secs(30), |contents| {
         contents.contains("Load average") || contents.contains("Tasks")
     });
@@ -655,7 +562,7 @@ fn idle_cpu_next_to_htop() {
     for (used, kind) in by_thread {
         println!("  {kind:<20} {:>8.1} ms", used.as_secs_f64() * 1000.0);
     }
-    htop.quit("q");
+    quit(htop, "q");
     quit_dashboard(dashboard);
 }
 

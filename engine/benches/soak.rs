@@ -51,23 +51,37 @@ struct Reading {
     cgroups: usize,
     rss_kb: u64,
     running: usize,
+    /// Events in the engine's ring (bounded at `EVENT_RING`), and their size as JSON: a
+    /// ring still filling is growth that stops.
+    events: usize,
+    events_kb: usize,
 }
 
 impl std::fmt::Display for Reading {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} open fds, {} plugboard cgroups, RSS {:.1} MiB, {} plugins running",
+            "{} open fds, {} plugboard cgroups, RSS {:.1} MiB, {} plugins running, {} events in the ring ({} KiB as JSON)",
             self.fds,
             self.cgroups,
             self.rss_kb as f64 / 1024.0,
-            self.running
+            self.running,
+            self.events,
+            self.events_kb
         )
     }
 }
 
 fn read(engine: &Engine) -> Reading {
+    let events = engine.recent_events();
+    let events_kb = events
+        .iter()
+        .map(|event| serde_json::to_vec(event).map_or(0, |json| json.len()))
+        .sum::<usize>()
+        / 1024;
     Reading {
+        events: events.len(),
+        events_kb,
         fds: open_fds(),
         cgroups: plugboard_cgroups(Path::new("/sys/fs/cgroup"), 4),
         rss_kb: status_kb(std::process::id(), "VmRSS").unwrap_or(0),

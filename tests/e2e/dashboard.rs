@@ -2,29 +2,35 @@
 //! the bytes the dashboard writes (ratatui writes only changed cells, so raw output is not
 //! the screen). Keys go in as a user types them.
 
-use std::io::{Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
+use portable_pty::CommandBuilder;
 
+use crate::pty::PtySession;
 use crate::support::{fails, keys, signed_example};
 
 const ROWS: u16 = 24;
 const COLUMNS: u16 = 80;
 
+/// How long a step of a test may take to show on screen.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The dashboard under a pseudo-terminal, with the screen it drew so far.
-struct Session {
-    child: Box<dyn Child + Send + Sync>,
-    /// The terminal's master side (shared with the reader, which must not outlive it).
-    master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
-    writer: Box<dyn Write + Send>,
-    screen: Arc<Mutex<vt100::Parser>>,
-    /// A message per chunk of output; closed when the terminal is.
-    output: Receiver<()>,
-    closed: bool,
+struct Session(PtySession);
+
+impl Deref for Session {
+    type Target = PtySession;
+    fn deref(&self) -> &PtySession {
+        &self.0
+    }
+}
+
+impl DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut PtySession {
+        &mut self.0
+    }
 }
 
 impl Session {
@@ -38,19 +44,10 @@ impl Session {
         home: &Path,
         env: &[(&str, &str)],
     ) -> Session {
-        let pty = native_pty_system()
-            .openpty(PtySize {
-                rows: ROWS,
-                cols: COLUMNS,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("a pseudo-terminal");
         let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_plugboard"));
         for arg in args {
             command.arg(arg);
         }
-        command.env("TERM", "xterm-256color");
         // Everything the demo writes (its temporary directory, the default state and
         // log files, any user configuration) stays inside this test's directory.
         command.env("TMPDIR", home.join("tmp"));
@@ -62,84 +59,13 @@ impl Session {
             command.env(name, value);
         }
         std::fs::create_dir_all(home.join("tmp")).unwrap();
-        let child = pty.slave.spawn_command(command).expect("plugboard starts");
-        drop(pty.slave);
-        let mut reader = pty.master.try_clone_reader().unwrap();
-        let writer = pty.master.take_writer().unwrap();
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLUMNS, 0)));
-        let (notify, output) = mpsc::channel();
-        let master = Arc::new(Mutex::new(pty.master));
-        {
-            let screen = Arc::clone(&screen);
-            // The master must outlive the reader: the thread holds it too.
-            let master = Arc::clone(&master);
-            std::thread::spawn(move || {
-                let _master = master;
-                let mut chunk = [0u8; 8192];
-                loop {
-                    match reader.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => {
-                            screen.lock().unwrap().process(&chunk[..read]);
-                            if notify.send(()).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        Session {
-            child,
-            master,
-            writer,
-            screen,
-            output,
-            closed: false,
-        }
-    }
-
-    /// Whether the terminal is in canonical mode with echo — as a shell leaves it, and not
-    /// in raw mode.
-    fn cooked(&self) -> bool {
-        let termios = self
-            .master
-            .lock()
-            .unwrap()
-            .get_termios()
-            .expect("the terminal's settings");
-        let local = termios.local_flags.bits();
-        local & libc::ICANON != 0 && local & libc::ECHO != 0
-    }
-
-    fn contents(&self) -> String {
-        self.screen.lock().unwrap().screen().contents()
+        Session(PtySession::spawn(command, ROWS, COLUMNS))
     }
 
     /// Waits until the screen satisfies `done`; on timeout fails showing the screen.
     #[track_caller]
     fn wait_for(&mut self, what: &str, done: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let contents = self.contents();
-            if done(&contents) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero() && !self.closed,
-                "timed out waiting for {what}; the screen:\n{contents}"
-            );
-            match self.output.recv_timeout(left) {
-                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => self.closed = true,
-            }
-        }
-    }
-
-    fn press(&mut self, keys: &str) {
-        self.writer.write_all(keys.as_bytes()).unwrap();
-        self.writer.flush().unwrap();
+        self.0.wait_for(what, STEP_TIMEOUT, done);
     }
 
     /// The row of the plugin table that shows `plugin`.
@@ -155,41 +81,6 @@ impl Session {
         self.wait_for(&format!("{plugin} {state}"), |contents| {
             Self::row(contents, plugin).is_some_and(|row| row.contains(state))
         });
-    }
-
-    /// Takes output until the terminal closes (every process holding it has ended).
-    fn drain_until_closed(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.closed {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the terminal stays open after the exit");
-            if let Err(mpsc::RecvTimeoutError::Disconnected) = self.output.recv_timeout(left) {
-                self.closed = true;
-            }
-        }
-    }
-
-    /// Waits for the process to end, up to `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<portable_pty::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            // Output (the final frames, the terminal reset) arrives while it shuts down.
-            let _ = self.output.recv_timeout(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // A failed test must not leave the dashboard (and its workers) behind.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -232,7 +123,7 @@ fn is_alive(pid: u32) -> bool {
 fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
     let mut session = Session::start(&[&"demo"], home.path());
-    let pid = session.child.process_id().expect("the dashboard's pid");
+    let pid = session.pid();
 
     // The well-behaved plugins come up, confined, under traffic; the others wait verified.
     session.wait_for("three running plugins", |contents| {
@@ -243,7 +134,7 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
         contents.contains("✓ 13 verified")
     });
     assert!(
-        session.screen.lock().unwrap().screen().alternate_screen(),
+        session.screen().screen().alternate_screen(),
         "the dashboard draws on the alternate screen"
     );
     for plugin in ["counter", "hello"] {
@@ -316,14 +207,14 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
     );
     // Let the reader take the last bytes (the terminal reset) before looking.
     session.drain_until_closed(Duration::from_secs(10));
-    let screen = session.screen.lock().unwrap();
+    let screen = session.screen();
     assert!(
         !screen.screen().alternate_screen(),
         "the terminal left the alternate screen"
     );
     drop(screen);
     assert!(
-        !session.screen.lock().unwrap().screen().hide_cursor(),
+        !session.screen().screen().hide_cursor(),
         "the cursor is shown again"
     );
     let alive: Vec<u32> = workers.into_iter().filter(|pid| is_alive(*pid)).collect();
@@ -363,7 +254,7 @@ fn dashboard_over_signed_bundles_leaves_cleanly_on_sigterm() {
         ],
         home.path(),
     );
-    let pid = session.child.process_id().expect("the dashboard's pid");
+    let pid = session.pid();
     session.wait_for_state("hello", "Running");
     session.wait_for_state("counter", "Running");
     session.wait_for("the remapped key in the footer", |contents| {
@@ -388,7 +279,7 @@ fn dashboard_over_signed_bundles_leaves_cleanly_on_sigterm() {
     );
     session.drain_until_closed(Duration::from_secs(10));
     assert!(
-        !session.screen.lock().unwrap().screen().alternate_screen(),
+        !session.screen().screen().alternate_screen(),
         "the terminal left the alternate screen"
     );
     let alive: Vec<u32> = workers.into_iter().filter(|pid| is_alive(*pid)).collect();
@@ -450,12 +341,12 @@ fn a_panic_restores_the_terminal_and_stops_every_worker() {
         home.path(),
         &[("PLUGBOARD_TEST_PANIC_KEY", "!"), ("RUST_BACKTRACE", "0")],
     );
-    let pid = session.child.process_id().expect("the dashboard's pid");
+    let pid = session.pid();
     session.wait_for_state("hello", "Running");
     session.wait_for_state("counter", "Running");
-    assert!(session.screen.lock().unwrap().screen().alternate_screen());
+    assert!(session.screen().screen().alternate_screen());
     assert!(
-        session.screen.lock().unwrap().screen().hide_cursor(),
+        session.screen().screen().hide_cursor(),
         "the dashboard hides the cursor"
     );
     assert!(!session.cooked(), "the dashboard runs in raw mode");
@@ -477,7 +368,7 @@ fn a_panic_restores_the_terminal_and_stops_every_worker() {
     assert_eq!(status.unwrap().exit_code(), 1, "a one-line error, exit 1");
     session.drain_until_closed(Duration::from_secs(10));
     let contents = session.contents();
-    let screen = session.screen.lock().unwrap();
+    let screen = session.screen();
     assert!(
         !screen.screen().alternate_screen(),
         "the terminal left the alternate screen:\n{contents}"

@@ -5,6 +5,7 @@ mod call;
 mod cli;
 mod dashboard;
 mod headless;
+mod pty;
 mod quarantine;
 mod scaffold;
 mod suggest;
