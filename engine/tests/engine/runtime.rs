@@ -281,6 +281,11 @@ fn a_timed_out_call_is_counted_and_its_late_reply_discarded() {
     // protocol violation nor answer this call.
     let next = call(engine, "prober", "sleep", "800");
     assert_eq!(next.status, "timeout");
+    // The actor counts the second violation on its own thread: wait until it has.
+    wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == ViolationKind::HookTimeout)
+    });
     let whoami = call(engine, "prober", "whoami", "");
     assert_eq!(whoami.status, "ok", "{whoami:?}");
     let stats = plugin(engine, "prober").hooks["sleep"].clone();
