@@ -37,6 +37,11 @@ pub enum MonitorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot register the kernel's memory notices ({step}): {source}")]
+    Notices {
+        step: String,
+        source: std::io::Error,
+    },
     #[error("{}: expected {expected}, found {found:?}", path.display())]
     Parse {
         path: PathBuf,

@@ -71,13 +71,11 @@ pub enum WatchError {
     Runtime { reason: String },
 }
 
-/// The raw watcher. (A debouncing wrapper would add nothing the classifier does not do —
-/// it settles each bundle over the quiet window — and it wakes on a timer all the time.)
-type FileWatcher = RecommendedWatcher;
-
 /// Watches plugin and bundle directories until dropped.
 pub struct BundleWatcher {
-    file_watcher: Arc<Mutex<Option<FileWatcher>>>,
+    /// The raw inotify watcher. (A debouncing wrapper would add nothing the classifier does
+    /// not do — it settles each bundle over the quiet window — and it wakes on a timer.)
+    file_watcher: Arc<Mutex<Option<RecommendedWatcher>>>,
     stopped: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<WatchError>>>,
     thread: Option<JoinHandle<()>>,
@@ -300,7 +298,7 @@ struct Classifier {
     rescan: BTreeMap<usize, Instant>,
     quiet: Duration,
     max_delay: Duration,
-    file_watcher: Arc<Mutex<Option<FileWatcher>>>,
+    file_watcher: Arc<Mutex<Option<RecommendedWatcher>>>,
     errors: Arc<Mutex<Vec<WatchError>>>,
 }
 

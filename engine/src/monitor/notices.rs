@@ -50,13 +50,17 @@ pub struct MemoryWatch {
     pub(super) near_bytes: u64,
 }
 
+/// A failed registration step, for [`MonitorError::Notices`].
+fn failed(step: impl Into<String>) -> impl FnOnce(nix::Error) -> MonitorError {
+    move |errno| MonitorError::Notices {
+        step: step.into(),
+        source: errno.into(),
+    }
+}
+
 impl LimitNotices {
     pub fn new() -> Result<Self, MonitorError> {
-        let epoll =
-            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|errno| MonitorError::Open {
-                path: "epoll".into(),
-                source: errno.into(),
-            })?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(failed("epoll_create"))?;
         Ok(Self {
             epoll,
             events: vec![EpollEvent::empty(); 64],
@@ -75,12 +79,8 @@ impl LimitNotices {
     ) -> Result<MemoryWatch, MonitorError> {
         let near_bytes = near_limit_threshold(limit);
         let new_eventfd = || {
-            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|errno| {
-                MonitorError::Open {
-                    path: "eventfd".into(),
-                    source: errno.into(),
-                }
-            })
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(failed("eventfd"))
         };
         let (threshold, oom) = (new_eventfd()?, new_eventfd()?);
         let control = memory_dir.join("cgroup.event_control");
@@ -92,18 +92,15 @@ impl LimitNotices {
             ),
             format!("{} {}", oom.as_fd().as_raw_fd(), oom_control.as_raw_fd()),
         ] {
-            std::fs::write(&control, line).map_err(|source| MonitorError::Read {
-                path: control.clone(),
+            std::fs::write(&control, &line).map_err(|source| MonitorError::Notices {
+                step: format!("writing {line:?} to {}", control.display()),
                 source,
             })?;
         }
         for eventfd in [&threshold, &oom] {
             self.epoll
                 .add(eventfd, EpollEvent::new(EpollFlags::EPOLLIN, token))
-                .map_err(|errno| MonitorError::Open {
-                    path: "epoll".into(),
-                    source: errno.into(),
-                })?;
+                .map_err(failed("epoll_ctl"))?;
         }
         Ok(MemoryWatch {
             threshold,

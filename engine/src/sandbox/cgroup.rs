@@ -283,11 +283,19 @@ impl ControllerDirs {
 
     /// Each distinct directory once, in [`Controller::ALL`] order.
     fn unique(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = Vec::with_capacity(4);
+        self.unique_with_controller()
+            .into_iter()
+            .map(|(_, dir)| dir)
+            .collect()
+    }
+
+    /// Each distinct directory once, with the first controller it holds.
+    fn unique_with_controller(&self) -> Vec<(Controller, PathBuf)> {
+        let mut dirs: Vec<(Controller, PathBuf)> = Vec::with_capacity(4);
         for controller in Controller::ALL {
             let dir = self.get(controller);
-            if !dirs.iter().any(|seen| seen == dir) {
-                dirs.push(dir.to_owned());
+            if !dirs.iter().any(|(_, seen)| seen == dir) {
+                dirs.push((controller, dir.to_owned()));
             }
         }
         dirs

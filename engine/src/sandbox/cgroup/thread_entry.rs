@@ -35,18 +35,15 @@ pub struct ThreadEntry {
 
 impl ThreadEntry {
     pub(super) fn new(roots: &ControllerDirs, relative: &Path, proc_root: &Path) -> Self {
-        let mut hierarchies: Vec<Hierarchy> = Vec::with_capacity(4);
-        for controller in super::Controller::ALL {
-            let root = roots.get(controller);
-            if hierarchies.iter().any(|seen| seen.root == root) {
-                continue;
-            }
-            hierarchies.push(Hierarchy {
-                root: root.to_owned(),
-                controller: controller.name(),
+        let hierarchies = roots
+            .unique_with_controller()
+            .into_iter()
+            .map(|(controller, root)| Hierarchy {
                 target: root.join(relative),
-            });
-        }
+                root,
+                controller: controller.name(),
+            })
+            .collect();
         ThreadEntry {
             hierarchies,
             proc_root: proc_root.to_owned(),
