@@ -8,15 +8,16 @@
 //!    plugin's `free_buffer`; the floor any host pays through the ABI;
 //! 2. **in-process**: `InProcessPlugin::call` — the same, plus the emit-depth scope and the
 //!    panic guard;
-//! 3. **in-process + statistics**: what the engine does per call (`hooks::dispatch::call`)
-//!    around it: the statistics map locked, the hook's entry looked up by an owned key, the
-//!    in-flight cap checked, `begin`, the call timed with `Instant`, the result classified,
-//!    the map locked again and `end` recorded in the histograms;
-//! 4. **in-process + statistics, borrowed key**: the same, with the entry found by `&str`
-//!    (`get_mut`) instead of an owned `String` key, i.e. without the two allocations;
+//! 3. **engine, `HookHandle::call`**: the plugin started in-process by a real `Engine`,
+//!    called through a hook handle resolved once — what an embedding host's hot path
+//!    does: the call-path epoch checked, the serving worker upgraded, the in-flight cap
+//!    (`HookStats::begin`), the call timed, the timeout and status classified and the
+//!    statistics recorded (`HookStats::end`); the goal's row;
+//! 4. **engine, `Command::Call`**: the same call as a command (plugin found by name, a
+//!    `CallReport` of owned strings) — the path of scripts and the dashboard;
 //!
-//! and, to say where the statistics' time goes, the engine's bookkeeping around a call that
-//! does nothing, and the clock reads alone.
+//! and, to say where the statistics' time goes, `HookStats::begin` + `end` around a call
+//! that does nothing.
 //!
 //! The mean is the wall time of untimed blocks divided by their calls; the percentiles come
 //! from timing every call of separate blocks with two `Instant::now()`, minus the median
@@ -27,20 +28,22 @@
 //! `PLUGBOARD_INPROCESS_BENCH_CALLS` sets the calls per kind (2 000 000 by default; half
 //! timed one by one, half in untimed blocks).
 
-use std::collections::BTreeMap;
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::fs::File;
 use std::hint::black_box;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugboard_engine::hooks::{CallResult, HookStats};
 use plugboard_engine::inprocess::InProcessPlugin;
 use plugboard_engine::loader::{self, LoadedLibrary, SealedLibrary};
 use plugboard_engine::worker::EventSink;
+use plugboard_engine::{Command, Engine, Outcome};
 use plugboard_sdk::LogLevel;
 use plugboard_sdk::abi;
-use plugboard_sdk::host::{CallError, HostCallbacks, Instance};
+use plugboard_sdk::host::{HostCallbacks, Instance};
 
 const BLOCK: usize = 50_000;
 
@@ -58,16 +61,8 @@ fn fail(message: &str) -> ! {
     std::process::exit(1)
 }
 
-/// `target/<profile>/`, where the workspace's plugin libraries are built.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|err| fail(&err.to_string()));
-    exe.parent()
-        .and_then(std::path::Path::parent)
-        .map_or_else(|| fail("no profile directory"), std::path::Path::to_owned)
-}
-
 fn sealed(name: &str) -> SealedLibrary {
-    let path = profile_dir().join(format!("lib{name}.so"));
+    let path = fixtures::profile_dir().join(format!("lib{name}.so"));
     let file = File::open(&path).unwrap_or_else(|err| {
         fail(&format!(
             "{}: {err}: run `cargo build --release --workspace` first",
@@ -79,95 +74,18 @@ fn sealed(name: &str) -> SealedLibrary {
         .0
 }
 
-/// The engine's per-plugin statistics, shaped as in the engine.
-type Stats = Mutex<BTreeMap<String, HookStats>>;
-
-/// The statistics around one call, as `hooks::dispatch::call` records them.
-fn call_with_stats(
-    stats: &Stats,
-    hook: &str,
-    call: impl FnOnce() -> Result<Vec<u8>, CallError>,
-) -> Result<Vec<u8>, CallError> {
-    let max_in_flight = 64;
-    {
-        let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = stats.entry(hook.to_owned()).or_default();
-        if entry.snapshot_in_flight() >= max_in_flight {
-            entry.end(Duration::ZERO, &CallResult::Busy);
-            return Err(CallError {
-                status: abi::STATUS_ERROR,
-                message: "busy".to_owned(),
-            });
-        }
-        entry.begin();
-    }
-    let start = Instant::now();
-    let outcome = call();
-    let elapsed = start.elapsed();
-    let result = match &outcome {
-        Ok(_) => CallResult::Ok,
-        Err(err) => CallResult::Error {
-            message: err.message.clone(),
-        },
-    };
-    stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(hook.to_owned())
-        .or_default()
-        .end(elapsed, &result);
-    outcome
-}
-
-/// The same, with the entry looked up by `&str`: no allocation for the key.
-fn call_with_stats_borrowed(
-    stats: &Stats,
-    hook: &str,
-    call: impl FnOnce() -> Result<Vec<u8>, CallError>,
-) -> Result<Vec<u8>, CallError> {
-    let max_in_flight = 64;
-    {
-        let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = match stats.get_mut(hook) {
-            Some(entry) => entry,
-            None => stats.entry(hook.to_owned()).or_default(),
-        };
-        if entry.snapshot_in_flight() >= max_in_flight {
-            entry.end(Duration::ZERO, &CallResult::Busy);
-            return Err(CallError {
-                status: abi::STATUS_ERROR,
-                message: "busy".to_owned(),
-            });
-        }
-        entry.begin();
-    }
-    let start = Instant::now();
-    let outcome = call();
-    let elapsed = start.elapsed();
-    let result = match &outcome {
-        Ok(_) => CallResult::Ok,
-        Err(err) => CallResult::Error {
-            message: err.message.clone(),
-        },
-    };
-    let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(entry) = stats.get_mut(hook) {
-        entry.end(elapsed, &result);
-    }
-    outcome
-}
-
 /// One kind of call, and what was measured of it.
 struct Kind<'a> {
     name: String,
-    call: Box<dyn Fn() -> Result<Vec<u8>, CallError> + 'a>,
+    /// One call; `Err` names what went wrong.
+    call: Box<dyn FnMut() -> Result<(), String> + 'a>,
     untimed: Duration,
     untimed_calls: u64,
     samples: Vec<u32>,
 }
 
 impl<'a> Kind<'a> {
-    fn new(name: String, call: impl Fn() -> Result<Vec<u8>, CallError> + 'a) -> Self {
+    fn new(name: String, call: impl FnMut() -> Result<(), String> + 'a) -> Self {
         Self {
             name,
             call: Box::new(call),
@@ -277,6 +195,80 @@ fn start_in_process(name: &str) -> InProcessPlugin {
         .unwrap_or_else(|err| fail(&err.to_string()))
 }
 
+/// The median of `samples` less `overhead`, and the mean of the untimed blocks.
+fn p50_and_mean(kind: &Kind<'_>, overhead: u32) -> (u32, f64) {
+    #[allow(clippy::cast_precision_loss)]
+    let mean = kind.untimed.as_nanos() as f64 / kind.untimed_calls as f64;
+    (
+        percentile(&kind.samples, 0.5).saturating_sub(overhead),
+        mean,
+    )
+}
+
+/// The goal: what the engine adds to the direct call, statistics included; and what the
+/// engine's statistics recorded.
+fn print_goal(kinds: &[Kind<'_>], overhead: u32, hooks: &[(&str, &str, &[u8])], engine: &Engine) {
+    for (index, (name, hook, _)) in hooks.iter().enumerate() {
+        let (direct_p50, direct_mean) = p50_and_mean(&kinds[4 * index], overhead);
+        let (handle_p50, handle_mean) = p50_and_mean(&kinds[4 * index + 2], overhead);
+        let added_p50 = i64::from(handle_p50) - i64::from(direct_p50);
+        let added_mean = handle_mean - direct_mean;
+        let verdict = |added: f64| if added <= 100.0 { "MEETS" } else { "MISSES" };
+        #[allow(clippy::cast_precision_loss)]
+        let added_p50_f = added_p50 as f64;
+        println!(
+            "{name}.{hook}: HookHandle::call adds {added_p50} ns at p50 ({}), {added_mean:.1} ns on the mean ({}) to the direct call (goal <= 100 ns)",
+            verdict(added_p50_f),
+            verdict(added_mean)
+        );
+        let snapshot = engine.snapshot();
+        if let Some(stats) = snapshot
+            .plugins
+            .iter()
+            .find(|plugin| plugin.name == *name)
+            .and_then(|plugin| plugin.hooks.get(*hook))
+        {
+            println!(
+                "{name}.{hook} statistics recorded by the engine: {} calls, {} errors, p50 {} µs, p99 {} µs",
+                stats.calls, stats.errors, stats.since_start.p50_us, stats.since_start.p99_us
+            );
+        }
+    }
+}
+
+/// One call as a command: the plugin found by name, a `CallReport` back.
+fn command_call(engine: &Engine, plugin: &str, hook: &str, payload: &[u8]) -> Result<(), String> {
+    let outcome = engine
+        .execute(Command::Call {
+            plugin: plugin.to_owned(),
+            hook: hook.to_owned(),
+            payload: payload.to_vec(),
+        })
+        .map_err(|err| err.to_string())?;
+    match outcome {
+        Outcome::Called { report } if report.status == "ok" => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A real engine running each of `hooks`' plugins in-process.
+fn start_engine(root: &std::path::Path, hooks: &[(&str, &str, &[u8])]) -> Engine {
+    let bundles: Vec<(&str, String)> = hooks
+        .iter()
+        .map(|(name, _, _)| (*name, (*name).to_owned()))
+        .collect();
+    let engine = Engine::start(fixtures::in_process_engine_config(root, &bundles))
+        .unwrap_or_else(|err| fail(&err.to_string()));
+    for (name, _, _) in hooks {
+        engine
+            .execute(Command::Start {
+                plugin: (*name).to_owned(),
+            })
+            .unwrap_or_else(|err| fail(&format!("start {name}: {err}")));
+    }
+    engine
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let calls: usize = std::env::var("PLUGBOARD_INPROCESS_BENCH_CALLS")
@@ -297,46 +289,60 @@ fn main() {
         .iter()
         .map(|(name, _, _)| start_in_process(name))
         .collect();
-    let stats: Vec<Stats> = hooks.iter().map(|_| Stats::default()).collect();
-    let borrowed_stats: Vec<Stats> = hooks.iter().map(|_| Stats::default()).collect();
-    let alone = Stats::default();
+    let temp = tempfile::tempdir().unwrap_or_else(|err| fail(&err.to_string()));
+    let engine = start_engine(temp.path(), &hooks);
+    let alone = HookStats::new();
 
     let mut kinds = Vec::new();
     for (index, (name, hook, payload)) in hooks.iter().enumerate() {
         let (direct, plugin) = (&direct[index].instance, &in_process[index]);
-        let (stats, borrowed) = (&stats[index], &borrowed_stats[index]);
         kinds.push(Kind::new(
             format!("{name}.{hook}: direct (Instance::call)"),
-            move || direct.call(hook, payload),
+            move || {
+                direct
+                    .call(hook, payload)
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            },
         ));
         kinds.push(Kind::new(
             format!("{name}.{hook}: in-process (InProcessPlugin::call)"),
-            move || plugin.call(hook, payload),
+            move || {
+                plugin
+                    .call(hook, payload)
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            },
         ));
+        let mut handle = engine
+            .hook_handle(name, hook)
+            .unwrap_or_else(|err| fail(&err.to_string()));
         kinds.push(Kind::new(
-            format!("{name}.{hook}: in-process + statistics (engine's code)"),
-            move || call_with_stats(stats, hook, || plugin.call(hook, payload)),
+            format!("{name}.{hook}: engine, HookHandle::call (statistics)"),
+            move || match handle.call(payload) {
+                Ok(reply) if reply.is_ok() => Ok(()),
+                Ok(reply) => Err(format!("status {}", reply.status)),
+                Err(err) => Err(err.to_string()),
+            },
         ));
+        let engine = &engine;
         kinds.push(Kind::new(
-            format!("{name}.{hook}: in-process + statistics, borrowed key"),
-            move || call_with_stats_borrowed(borrowed, hook, || plugin.call(hook, payload)),
+            format!("{name}.{hook}: engine, Command::Call (CallReport)"),
+            move || command_call(engine, name, hook, payload),
         ));
     }
-    // Where the statistics' time goes: the same bookkeeping around a call that does nothing.
+    // Where the statistics' time goes: begin and end around a call that does nothing.
     kinds.push(Kind::new(
-        "statistics alone (engine's code, empty call)".to_owned(),
-        || call_with_stats(&alone, "noop", || Ok(Vec::new())),
-    ));
-    kinds.push(Kind::new(
-        "two Instant::now() + SystemTime::now() (clock reads alone)".to_owned(),
+        "statistics alone (HookStats::begin + end, empty call)".to_owned(),
         || {
-            let start = Instant::now();
-            black_box(std::time::SystemTime::now());
-            black_box(start.elapsed());
-            Ok(Vec::new())
+            if !alone.begin(64) {
+                return Err("busy".to_owned());
+            }
+            alone.end(Duration::from_nanos(black_box(200)), &CallResult::Ok);
+            Ok(())
         },
     ));
-    for kind in &kinds {
+    for kind in &mut kinds {
         if let Err(err) = (kind.call)() {
             fail(&format!("{}: {err}", kind.name));
         }
@@ -361,20 +367,7 @@ fn main() {
     let wall = started.elapsed();
 
     print_table(&mut kinds, overhead, rounds * BLOCK, wall);
-    for (index, (name, hook, _)) in hooks.iter().enumerate() {
-        let snapshot = stats[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(*hook)
-            .map(HookStats::snapshot);
-        if let Some(snapshot) = snapshot {
-            println!(
-                "{name}.{hook} statistics recorded: {} calls, {} errors, p50 {} µs, p99 {} µs",
-                snapshot.calls,
-                snapshot.errors,
-                snapshot.since_start.p50_us,
-                snapshot.since_start.p99_us
-            );
-        }
-    }
+    print_goal(&kinds, overhead, &hooks, &engine);
+    drop(kinds);
+    engine.shutdown();
 }

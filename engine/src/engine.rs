@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, AuditPolicy};
 use crate::events::{Event, EventKind, EventLog, unix_millis};
-use crate::hooks::HookStatsSnapshot;
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
+use crate::hooks::{HookHandle, HookStatsSnapshot};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::policy::Policy;
@@ -29,7 +29,7 @@ use crate::snapshot::{
 };
 use crate::supervisor::state_file::{PersistedState, PluginToggles};
 use crate::supervisor::{
-    ActorMessage, DiskChange, Lifecycle, OutputRing, Plugin, PluginOverrides, Reply, RestartPolicy,
+    ActorMessage, DiskChange, Lifecycle, Plugin, PluginOverrides, Reply, RestartPolicy,
     WatchPolicy, dependencies, millis, run_actor,
 };
 use crate::trust::TrustStore;
@@ -711,17 +711,7 @@ impl Engine {
                 hook: hook.to_owned(),
             });
         }
-        let changed = {
-            let mut disabled = plugin
-                .disabled_hooks
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if enabled {
-                disabled.remove(hook)
-            } else {
-                disabled.insert(hook.to_owned())
-            }
-        };
+        let changed = plugin.set_hook_enabled(hook, enabled);
         if changed {
             self.shared.event(
                 Some(name),
@@ -738,6 +728,26 @@ impl Engine {
                 toggles.disabled_hooks.insert(hook.to_owned());
             }
         })
+    }
+
+    /// `hook` of `plugin`, resolved for repeated calls from the embedding host's own code
+    /// (see [`HookHandle`]): the same call as [`Command::Call`] with the same statistics,
+    /// without its per-call lookups and report. The hook must be one the plugin's
+    /// manifest subscribes to (any hook while it is not verified yet).
+    pub fn hook_handle(&self, plugin: &str, hook: &str) -> Result<HookHandle, EngineError> {
+        let plugin = self.shared.plugin(plugin)?;
+        let known = plugin
+            .lifecycle()
+            .manifest
+            .as_ref()
+            .is_none_or(|manifest| manifest.hooks.contains_key(hook));
+        if !known {
+            return Err(EngineError::UnknownHook {
+                plugin: plugin.name.clone(),
+                hook: hook.to_owned(),
+            });
+        }
+        Ok(HookHandle::new(plugin, hook.to_owned()))
     }
 
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
@@ -984,21 +994,14 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
         }
     }
     let (inbox, messages) = mpsc::channel();
-    let plugin = Arc::new(Plugin {
-        name: name.clone(),
-        dir: dir.to_owned(),
-        lifecycle: Mutex::new(lifecycle),
-        running: RwLock::new(None),
-        stats: Mutex::new(BTreeMap::new()),
-        disabled_hooks: RwLock::new(toggles.disabled_hooks),
-        output: Mutex::new(OutputRing::new()),
-        resources: Mutex::new(SampleSeries::new(
-            shared.config.sample_history,
-            shared.config.sample_interval,
-        )),
+    let plugin = Arc::new(Plugin::new(
+        name.clone(),
+        dir.to_owned(),
+        lifecycle,
+        toggles.disabled_hooks,
+        SampleSeries::new(shared.config.sample_history, shared.config.sample_interval),
         inbox,
-        actor: Mutex::new(None),
-    });
+    ));
     let actor = {
         let (shared, plugin) = (Arc::clone(shared), Arc::clone(&plugin));
         std::thread::Builder::new()
@@ -1072,13 +1075,7 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         output_dropped: output.dropped,
         recent_output,
         enabled: !lifecycle.disabled,
-        disabled_hooks: plugin
-            .disabled_hooks
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect(),
+        disabled_hooks: plugin.disabled_hooks(),
         dependencies: lifecycle
             .manifest
             .as_ref()

@@ -32,4 +32,5 @@ pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use engine::{CallReport, Command, Engine, EngineConfig, EngineError, Outcome};
 pub use events::{Event, EventKind};
 pub use hooks::dispatch::MAX_EMIT_DEPTH;
+pub use hooks::{HookCallError, HookHandle, HookReply};
 pub use snapshot::{PluginSnapshot, PluginState, Snapshot};

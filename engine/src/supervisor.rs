@@ -12,6 +12,7 @@ pub mod state_file;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -247,9 +248,16 @@ pub(crate) struct Plugin {
     pub name: String,
     pub dir: PathBuf,
     pub lifecycle: Mutex<Lifecycle>,
-    pub running: RwLock<Option<Arc<Running>>>,
-    pub stats: Mutex<BTreeMap<String, HookStats>>,
-    pub disabled_hooks: RwLock<BTreeSet<String>>,
+    /// What serves its calls; replaced only through [`Plugin::set_running`].
+    running: RwLock<Option<Arc<Running>>>,
+    /// Moves on whenever `running` or `disabled_hooks` changes, so a [`HookHandle`]
+    /// knows with one atomic load whether what it resolved still holds.
+    ///
+    /// [`HookHandle`]: crate::hooks::HookHandle
+    pub call_path_epoch: AtomicU64,
+    pub stats: Mutex<BTreeMap<String, Arc<HookStats>>>,
+    /// Changed only through [`Plugin::set_hook_enabled`].
+    disabled_hooks: RwLock<BTreeSet<String>>,
     pub output: Mutex<OutputRing>,
     /// Resource samples of its workers (the sampler writes, snapshots and charts read).
     pub resources: Mutex<SampleSeries>,
@@ -264,11 +272,46 @@ impl Plugin {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        dir: PathBuf,
+        lifecycle: Lifecycle,
+        disabled_hooks: BTreeSet<String>,
+        resources: SampleSeries,
+        inbox: mpsc::Sender<ActorMessage>,
+    ) -> Self {
+        Self {
+            name,
+            dir,
+            lifecycle: Mutex::new(lifecycle),
+            running: RwLock::new(None),
+            call_path_epoch: AtomicU64::new(0),
+            stats: Mutex::new(BTreeMap::new()),
+            disabled_hooks: RwLock::new(disabled_hooks),
+            output: Mutex::new(OutputRing::new()),
+            resources: Mutex::new(resources),
+            inbox,
+            actor: Mutex::new(None),
+        }
+    }
+
     pub fn running(&self) -> Option<Arc<Running>> {
         self.running
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Puts `running` in place of what served the calls (`None`: nothing does), and
+    /// returns that.
+    pub fn set_running(&self, running: Option<Arc<Running>>) -> Option<Arc<Running>> {
+        let previous = std::mem::replace(
+            &mut *self.running.write().unwrap_or_else(PoisonError::into_inner),
+            running,
+        );
+        self.call_path_epoch.fetch_add(1, Ordering::Release);
+        previous
     }
 
     pub fn hook_enabled(&self, hook: &str) -> bool {
@@ -277,6 +320,44 @@ impl Plugin {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(hook)
+    }
+
+    /// Enables or disables one hook; says whether that changed anything.
+    pub fn set_hook_enabled(&self, hook: &str, enabled: bool) -> bool {
+        let changed = {
+            let mut disabled = self
+                .disabled_hooks
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if enabled {
+                disabled.remove(hook)
+            } else {
+                disabled.insert(hook.to_owned())
+            }
+        };
+        self.call_path_epoch.fetch_add(1, Ordering::Release);
+        changed
+    }
+
+    /// The disabled hooks, sorted.
+    pub fn disabled_hooks(&self) -> Vec<String> {
+        self.disabled_hooks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The statistics of `hook`, made on first use.
+    pub fn hook_stats(&self, hook: &str) -> Arc<HookStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = stats.get(hook) {
+            return Arc::clone(entry);
+        }
+        let entry = Arc::new(HookStats::new());
+        stats.insert(hook.to_owned(), Arc::clone(&entry));
+        entry
     }
 
     /// Sends `message` to the actor and waits for its answer.

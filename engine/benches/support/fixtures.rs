@@ -25,6 +25,17 @@ pub fn profile_dir() -> PathBuf {
 /// plugin `plugin` renamed `name`, all signed with one fresh key pinned in `<root>/store`.
 /// Returns the plugin directory and the store.
 pub fn signed_bundles(root: &Path, bundles: &[(&str, String)]) -> (PathBuf, PathBuf) {
+    signed_bundles_at(root, bundles, TrustLevel::Sandboxed, "")
+}
+
+/// As [`signed_bundles`], with the key pinned at `level` and `extra` appended to each
+/// manifest (before signing).
+pub fn signed_bundles_at(
+    root: &Path,
+    bundles: &[(&str, String)],
+    level: TrustLevel,
+    extra: &str,
+) -> (PathBuf, PathBuf) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo");
@@ -32,7 +43,7 @@ pub fn signed_bundles(root: &Path, bundles: &[(&str, String)]) -> (PathBuf, Path
     std::fs::create_dir_all(&keys).expect("keys");
     let (_, private, public) = write_keypair(&keys, "bench").expect("key pair");
     let store = root.join("store");
-    TrustStore::add_key(&store, &public, TrustLevel::Sandboxed).expect("pin");
+    TrustStore::add_key(&store, &public, level).expect("pin");
     let key = PrivateKey::load(&private).expect("key");
     let plugins = root.join("plugins");
     for (plugin, name) in bundles {
@@ -48,7 +59,7 @@ pub fn signed_bundles(root: &Path, bundles: &[(&str, String)]) -> (PathBuf, Path
         let manifest = manifest.replace(
             &format!("name = \"{plugin}\""),
             &format!("name = \"{name}\""),
-        );
+        ) + extra;
         let dir = plugins.join(name);
         std::fs::create_dir_all(&dir).expect("bundle dir");
         std::fs::write(dir.join("plugin.toml"), manifest).expect("manifest");
@@ -72,6 +83,22 @@ pub fn hello_copies(count: usize) -> Vec<(&'static str, String)> {
 /// the release `plugboard-host` and no bundle watcher.
 pub fn engine_config(root: &Path, bundles: &[(&str, String)]) -> EngineConfig {
     let (plugins, store) = signed_bundles(root, bundles);
+    let mut config = EngineConfig::new(profile_dir().join("plugboard-host"));
+    config.plugin_dirs = vec![plugins];
+    config.trust_store = Some(store);
+    config.watch.enabled = false;
+    config
+}
+
+/// An engine configuration over `bundles` running in-process: signed by a key pinned at
+/// level `in-process`, each manifest asking for it.
+pub fn in_process_engine_config(root: &Path, bundles: &[(&str, String)]) -> EngineConfig {
+    let (plugins, store) = signed_bundles_at(
+        root,
+        bundles,
+        TrustLevel::InProcess,
+        "\n[isolation]\nmode = \"in-process\"\n",
+    );
     let mut config = EngineConfig::new(profile_dir().join("plugboard-host"));
     config.plugin_dirs = vec![plugins];
     config.trust_store = Some(store);

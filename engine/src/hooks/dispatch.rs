@@ -12,7 +12,7 @@ use crate::manifest::Priority;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::PluginState;
 use crate::supervisor::{ActorMessage, Plugin, Running, hooks_in_flight};
-use crate::worker::CallFailure;
+use crate::worker::{CallFailure, CallOutcome};
 
 /// How many emits deep a chain of plugins emitting to each other may go.
 pub const MAX_EMIT_DEPTH: u32 = 4;
@@ -109,7 +109,7 @@ pub(crate) fn call(
     let gone = || EngineError::Gone {
         plugin: plugin.name.clone(),
     };
-    let mut running = plugin.running().ok_or_else(gone)?;
+    let running = plugin.running().ok_or_else(gone)?;
     let Some(&timeout) = running.timeouts.get(hook) else {
         return Err(EngineError::UnknownHook {
             plugin: plugin.name.clone(),
@@ -130,52 +130,80 @@ pub(crate) fn call(
             Duration::ZERO,
         ));
     }
-    {
-        let mut stats = plugin.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = stats_of(&mut stats, hook);
-        if entry.snapshot_in_flight() >= running.max_in_flight {
-            entry.end(Duration::ZERO, &CallResult::Busy);
-            return Ok(report(
-                "busy",
-                format!("{} calls already in flight", running.max_in_flight),
-                Duration::ZERO,
-            ));
-        }
-        entry.begin();
+    let stats = plugin.hook_stats(hook);
+    if !stats.begin(running.max_in_flight) {
+        return Ok(report(
+            "busy",
+            format!("{} calls already in flight", running.max_in_flight),
+            Duration::ZERO,
+        ));
     }
     let start = Instant::now();
-    let mut outcome = running.runner.call_at_depth(hook, payload, depth, timeout);
-    // A reload may retire the worker between our lookup and our request: the call then
-    // goes to its successor, so a reload loses no call.
-    if matches!(outcome, Err(CallFailure::WorkerGone)) {
-        if let Some(successor) = plugin.running().filter(|next| !same_worker(next, &running)) {
-            running = successor;
-            outcome = running.runner.call_at_depth(hook, payload, depth, timeout);
-        }
-    }
+    let outcome = call_through(plugin, &running, hook, payload, depth, timeout);
     let elapsed = start.elapsed();
+    let result = settle(plugin, hook, &outcome);
+    stats.end(elapsed, &result);
+    Ok(match outcome {
+        Ok(outcome) => report(
+            status_name(outcome.status),
+            String::from_utf8_lossy(&outcome.body).into_owned(),
+            outcome.duration,
+        ),
+        Err(CallFailure::Timeout { timeout }) => report(
+            "timeout",
+            format!("no reply within {} ms", timeout.as_millis()),
+            elapsed,
+        ),
+        Err(CallFailure::WorkerGone) => report("gone", "the worker is gone".to_owned(), elapsed),
+    })
+}
+
+/// Calls `hook` through `running`; a reload may retire that worker between the caller's
+/// lookup and its request, and the call then goes to the successor, so a reload loses no
+/// call.
+pub(super) fn call_through(
+    plugin: &Plugin,
+    running: &Arc<Running>,
+    hook: &str,
+    payload: &[u8],
+    depth: u32,
+    timeout: Duration,
+) -> Result<CallOutcome, CallFailure> {
+    let outcome = running.runner.call_at_depth(hook, payload, depth, timeout);
+    if !matches!(outcome, Err(CallFailure::WorkerGone)) {
+        return outcome;
+    }
+    let (outcome, last) = match plugin.running().filter(|next| !same_worker(next, running)) {
+        Some(successor) => (
+            successor
+                .runner
+                .call_at_depth(hook, payload, depth, timeout),
+            successor,
+        ),
+        None => (outcome, Arc::clone(running)),
+    };
     if matches!(outcome, Err(CallFailure::WorkerGone)) {
-        running
-            .lost_calls
+        // What the worker was doing when it died, for the crash's report.
+        last.lost_calls
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(hook.to_owned());
     }
-    let (result, call_report) = match outcome {
-        Ok(outcome) => {
-            let reply = String::from_utf8_lossy(&outcome.body).into_owned();
-            let result = if outcome.status == plugboard_sdk::abi::STATUS_OK {
-                CallResult::Ok
-            } else {
-                CallResult::Error {
-                    message: reply.clone(),
-                }
-            };
-            (
-                result,
-                report(status_name(outcome.status), reply, outcome.duration),
-            )
-        }
+    outcome
+}
+
+/// What a call's outcome means for the statistics; a timeout is also a violation, sent to
+/// the plugin's actor.
+pub(super) fn settle(
+    plugin: &Plugin,
+    hook: &str,
+    outcome: &Result<CallOutcome, CallFailure>,
+) -> CallResult {
+    match outcome {
+        Ok(outcome) if outcome.status == plugboard_sdk::abi::STATUS_OK => CallResult::Ok,
+        Ok(outcome) => CallResult::Error {
+            message: String::from_utf8_lossy(&outcome.body).into_owned(),
+        },
         Err(CallFailure::Timeout { timeout }) => {
             let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let violation = Violation::new(
@@ -186,42 +214,12 @@ pub(crate) fn call(
             .fact("timeout_ms", millis)
             .during(Some(hook.to_owned()));
             let _ = plugin.inbox.send(ActorMessage::Violation(violation));
-            (
-                CallResult::Timeout,
-                report(
-                    "timeout",
-                    format!("no reply within {} ms", timeout.as_millis()),
-                    elapsed,
-                ),
-            )
+            CallResult::Timeout
         }
-        Err(CallFailure::WorkerGone) => (
-            CallResult::Error {
-                message: "the worker is gone".to_owned(),
-            },
-            report("gone", "the worker is gone".to_owned(), elapsed),
-        ),
-    };
-    stats_of(
-        &mut plugin.stats.lock().unwrap_or_else(PoisonError::into_inner),
-        hook,
-    )
-    .end(elapsed, &result);
-    Ok(call_report)
-}
-
-/// The hook's statistics, created on its first call (looked up by `&str` afterwards, so
-/// the call path allocates no key).
-fn stats_of<'a>(
-    stats: &'a mut std::collections::BTreeMap<String, super::HookStats>,
-    hook: &str,
-) -> &'a mut super::HookStats {
-    if !stats.contains_key(hook) {
-        stats.insert(hook.to_owned(), super::HookStats::new());
+        Err(CallFailure::WorkerGone) => CallResult::Error {
+            message: "the worker is gone".to_owned(),
+        },
     }
-    stats
-        .get_mut(hook)
-        .expect("inserted just above, under the same lock")
 }
 
 fn same_worker(left: &Running, right: &Running) -> bool {

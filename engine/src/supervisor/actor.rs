@@ -506,10 +506,7 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         Ok(running) => {
             // Serving before anyone hears of the start.
             let running = Arc::new(running);
-            *plugin
-                .running
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&running));
+            plugin.set_running(Some(Arc::clone(&running)));
             adopt_worker(shared, plugin, &mut lifecycle, &running);
             lifecycle.starts += 1;
             lifecycle.last_start = Some(SystemTime::now());
@@ -530,11 +527,7 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
 
 /// Stops the worker (gracefully, then by force) and ends in `to`.
 fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineError> {
-    let running = plugin
-        .running
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let running = plugin.set_running(None);
     let mut lifecycle = plugin.lifecycle();
     lifecycle.backoff.next_retry = None;
     if let Some(running) = running {
@@ -645,11 +638,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     let new_version = verified.manifest.plugin.version.to_string();
     let digest = verified.trust.library_sha3_512.clone();
     // Switch: new calls go to the new worker from here on.
-    let old = plugin
-        .running
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .replace(Arc::new(running));
+    let old = plugin.set_running(Some(Arc::new(running)));
     {
         let mut lifecycle = plugin.lifecycle();
         let running = plugin.running().expect("just installed");
@@ -881,11 +870,7 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: ExitStatus) {
     let oom = oom_kills(shared, plugin);
     // Reap what is left (the cgroup, the worker's threads) before anyone is told, so
     // whoever reacts to the crash finds nothing of the old worker.
-    let running = plugin
-        .running
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let running = plugin.set_running(None);
     if let Some(running) = running {
         running.runner.kill();
     }
@@ -1023,7 +1008,7 @@ pub(crate) fn hooks_in_flight(plugin: &Plugin) -> Option<String> {
     let stats = plugin.stats.lock().unwrap_or_else(PoisonError::into_inner);
     let busy: Vec<&str> = stats
         .iter()
-        .filter(|(_, stats)| stats.snapshot_in_flight() > 0)
+        .filter(|(_, stats)| stats.in_flight() > 0)
         .map(|(hook, _)| hook.as_str())
         .collect();
     (!busy.is_empty()).then(|| busy.join(", "))

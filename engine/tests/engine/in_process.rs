@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use plugboard_engine::trust::{TrustLevel, TrustStore};
-use plugboard_engine::{Command, EngineConfig, PluginState};
+use plugboard_engine::{Command, EngineConfig, EngineError, HookCallError, PluginState};
 
 use crate::runtime::{call, engine_configured, plugin, start};
 
@@ -97,4 +97,71 @@ fn in_process_is_refused_for_a_signer_trusted_only_for_the_sandbox() {
         "{err}"
     );
     assert_eq!(plugin(engine, "hello").state, PluginState::Rejected);
+}
+
+#[test]
+fn a_hook_handle_calls_as_the_command_does_and_follows_stops_starts_and_toggles() {
+    let fixture = engine_configured(&[("hello", "hello", in_process)], trust_in_process);
+    let engine = &fixture.engine;
+    // Made before the plugin runs: its first call finds it not running.
+    let mut handle = engine.hook_handle("hello", "greet").unwrap();
+    assert_eq!(
+        handle.call(b"early"),
+        Err(HookCallError::NotRunning {
+            plugin: "hello".into()
+        })
+    );
+    start(engine, "hello");
+    // Once verified, the manifest says which hooks there are.
+    let unknown = engine.hook_handle("hello", "nonexistent").unwrap_err();
+    assert!(
+        matches!(unknown, EngineError::UnknownHook { .. }),
+        "{unknown}"
+    );
+    let reply = handle.call(b"handle").unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(reply.body, b"Hello, handle!");
+    assert_eq!(call(engine, "hello", "greet", "command").status, "ok");
+    let stats = &plugin(engine, "hello").hooks["greet"];
+    // The refused early call is not counted: it never began.
+    assert_eq!((stats.calls, stats.errors, stats.in_flight), (2, 0, 0));
+    assert!(stats.last_call.is_some());
+    assert!(!plugin(engine, "hello").hooks.contains_key("nonexistent"));
+
+    let toggle = |enabled: bool| {
+        let (plugin, hook) = ("hello".to_owned(), "greet".to_owned());
+        engine
+            .execute(if enabled {
+                Command::EnableHook { plugin, hook }
+            } else {
+                Command::DisableHook { plugin, hook }
+            })
+            .unwrap();
+    };
+    toggle(false);
+    assert!(matches!(
+        handle.call(b"off"),
+        Err(HookCallError::Disabled { .. })
+    ));
+    toggle(true);
+    assert!(handle.call(b"on").unwrap().is_ok());
+
+    engine
+        .execute(Command::Stop {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap();
+    assert!(matches!(
+        handle.call(b"stopped"),
+        Err(HookCallError::NotRunning { .. })
+    ));
+    start(engine, "hello");
+    let mut other_thread = handle.clone();
+    let reply = std::thread::spawn(move || other_thread.call(b"again"))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.body, b"Hello, again!");
+    assert_eq!(plugin(engine, "hello").hooks["greet"].calls, 4);
 }

@@ -140,22 +140,35 @@ fn a_reload_under_continuous_traffic_loses_no_call() {
     let old_pid = plugin(&engine, "hello").worker_pid.unwrap();
     let running = Arc::new(AtomicBool::new(true));
     let answered = Arc::new(AtomicU64::new(0));
+    // One caller sends commands, the other calls through a hook handle resolved before
+    // the reload.
     let callers: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|caller| {
             let (engine, running, answered) = (
                 Arc::clone(&engine),
                 Arc::clone(&running),
                 Arc::clone(&answered),
             );
+            let mut handle = (caller == 1).then(|| engine.hook_handle("hello", "greet").unwrap());
             std::thread::spawn(move || {
                 let mut failures = Vec::new();
                 while running.load(Ordering::SeqCst) {
-                    let report = call(&engine, "hello", "greet", "reload");
-                    if report.status == "ok" {
-                        answered.fetch_add(1, Ordering::SeqCst);
+                    let failure = if let Some(handle) = handle.as_mut() {
+                        match handle.call(b"reload") {
+                            Ok(reply) if reply.is_ok() => None,
+                            other => Some(format!("handle: {other:?}")),
+                        }
                     } else {
-                        failures.push(report);
-                    }
+                        let report = call(&engine, "hello", "greet", "reload");
+                        (report.status != "ok").then(|| format!("command: {report:?}"))
+                    };
+                    match failure {
+                        None => answered.fetch_add(1, Ordering::SeqCst),
+                        Some(failure) => {
+                            failures.push(failure);
+                            0
+                        }
+                    };
                 }
                 failures
             })
