@@ -165,14 +165,18 @@ impl HookHandle {
             timeout,
         );
         let result = settle(&self.plugin, &self.hook, &outcome);
-        // The runner timed the call (in-process, with the TSC); a call that got no answer
-        // is recorded at its timeout, one whose worker was gone at zero.
-        let elapsed = match &outcome {
-            Ok(outcome) => outcome.duration,
-            Err(CallFailure::Timeout { timeout }) => *timeout,
-            Err(CallFailure::WorkerGone) => Duration::ZERO,
+        // The runner timed the call (in-process, with the statistics' clock, whose reading
+        // at the end dates it); a call that got no answer is recorded at its timeout, one
+        // whose worker was gone at zero.
+        let (elapsed, finished) = match &outcome {
+            Ok(outcome) => (outcome.duration, outcome.finished),
+            Err(CallFailure::Timeout { timeout }) => (*timeout, None),
+            Err(CallFailure::WorkerGone) => (Duration::ZERO, None),
         };
-        stats.end(elapsed, &result);
+        match finished {
+            Some(finished) => stats.end_at(elapsed, &result, finished),
+            None => stats.end(elapsed, &result),
+        }
         match outcome {
             Ok(outcome) => Ok(HookReply {
                 status: outcome.status,

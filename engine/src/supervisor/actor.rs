@@ -314,7 +314,12 @@ fn spawn_worker(
     let runner = if manifest.isolation.mode == IsolationMode::InProcess {
         let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
             .map_err(|err| err.to_string())?;
-        Runner::InProcess(Arc::new(loaded), std::sync::atomic::AtomicUsize::new(0))
+        let hooks = manifest
+            .hooks
+            .keys()
+            .map(|hook| plugin.hook_stats(hook))
+            .collect();
+        Runner::InProcess(Arc::new(loaded), hooks)
     } else {
         let (mut plan, cgroup_limits) =
             plan_for(manifest, &resources, &shared.config.worker, config);
@@ -653,10 +658,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     // The old worker finishes what it was given, then stops.
     if let Some(old) = old {
         let grace = grace(shared, &plugin.name);
-        let deadline = Instant::now() + grace;
-        while old.runner.in_flight() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        old.runner.drain(grace);
         old.runner.stop(grace);
     }
     shared.event(

@@ -4,37 +4,22 @@
 //! do not care which it is.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugboard_sdk::abi;
 
+use crate::hooks::{HookStats, call_clock};
 use crate::inprocess::InProcessPlugin;
 use crate::sandbox::Mechanism;
 use crate::worker::{CallFailure, CallOutcome, ExitStatus, MechanismState, Worker};
 
 pub(crate) enum Runner {
     Worker(Arc<Worker>),
-    /// The plugin and its calls running right now (callers hold the `Running` handle,
-    /// not the plugin, so the count is kept here).
-    InProcess(Arc<InProcessPlugin>, AtomicUsize),
-}
-
-/// Counts one in-process call for as long as it runs.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn enter(calls: &'a AtomicUsize) -> Self {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Self(calls)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    /// The plugin, and the statistics of the hooks it subscribes to: a stop or a reload
+    /// drains it by those counts of calls begun and ended (see [`Runner::drain`]), so an
+    /// in-process call pays no counter of its own.
+    InProcess(Arc<InProcessPlugin>, Vec<Arc<HookStats>>),
 }
 
 impl Runner {
@@ -49,13 +34,14 @@ impl Runner {
     ) -> Result<CallOutcome, CallFailure> {
         match self {
             Runner::Worker(worker) => worker.call_at_depth(hook, payload, depth, timeout),
-            Runner::InProcess(plugin, calls) => {
-                let _counted = Counted::enter(calls);
+            Runner::InProcess(plugin, _) => {
                 let clock = call_clock();
                 let start = clock.raw();
                 let answer = plugin.call_at_depth(hook, payload, depth);
-                let elapsed = Duration::from_nanos(clock.delta_as_nanos(start, clock.raw()));
+                let end = clock.raw();
+                let elapsed = Duration::from_nanos(clock.delta_as_nanos(start, end));
                 in_process_outcome(answer, elapsed, timeout)
+                    .map(|outcome| outcome.finished_at(clock.scaled(end)))
             }
         }
     }
@@ -63,8 +49,7 @@ impl Runner {
     pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
         match self {
             Runner::Worker(worker) => worker.health(timeout),
-            Runner::InProcess(plugin, calls) => {
-                let _counted = Counted::enter(calls);
+            Runner::InProcess(plugin, _) => {
                 let start = Instant::now();
                 let answer = plugin.health().map(|()| Vec::new());
                 in_process_outcome(answer, start.elapsed(), timeout)
@@ -72,25 +57,38 @@ impl Runner {
         }
     }
 
-    /// Calls not answered yet (in-process: calls still running on other threads).
-    pub fn in_flight(&self) -> usize {
-        match self {
-            Runner::Worker(worker) => worker.in_flight(),
-            Runner::InProcess(_, calls) => calls.load(Ordering::SeqCst),
+    /// Waits, at most `grace`, for the calls given to it so far to be answered. In-process:
+    /// until as many calls of its hooks have ended as had begun when the drain started —
+    /// calls end in any order, so under a reload's new traffic this can return while an
+    /// old call still runs; that call holds the plugin (`Arc`), which is destroyed when it
+    /// returns.
+    pub fn drain(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let settled: Box<dyn Fn() -> bool + '_> = match self {
+            Runner::Worker(worker) => Box::new(|| worker.in_flight() == 0),
+            Runner::InProcess(_, hooks) => {
+                let begun: Vec<u64> = hooks.iter().map(|stats| stats.begun()).collect();
+                Box::new(move || {
+                    hooks
+                        .iter()
+                        .zip(&begun)
+                        .all(|(stats, &begun)| stats.ended() >= begun)
+                })
+            }
+        };
+        while !settled() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
     /// Stops gracefully: a worker is asked to shut down and killed after `grace`; an
-    /// in-process plugin is destroyed once the calls running in it have returned (after
-    /// `grace` the last of them destroys it).
+    /// in-process plugin is drained (see [`Runner::drain`]) and destroyed when the last
+    /// holder of it lets go.
     pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
         match self {
             Runner::Worker(worker) => worker.stop(grace),
             Runner::InProcess(..) => {
-                let deadline = Instant::now() + grace;
-                while self.in_flight() > 0 && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+                self.drain(grace);
                 None
             }
         }
@@ -138,15 +136,6 @@ impl Runner {
     }
 }
 
-/// The clock in-process calls are timed with: the TSC read directly (calibrated once), 11 ns
-/// a read here against 29 ns for `std::time::Instant` — an in-process call takes a few
-/// hundred nanoseconds, so the clock is a good part of its statistics' cost. `quanta`
-/// falls back to the OS clock where the TSC is not reliable.
-fn call_clock() -> &'static quanta::Clock {
-    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
-    CLOCK.get_or_init(quanta::Clock::new)
-}
-
 fn in_process_outcome(
     answer: Result<Vec<u8>, plugboard_sdk::host::CallError>,
     elapsed: Duration,
@@ -163,5 +152,6 @@ fn in_process_outcome(
         status,
         body,
         duration: elapsed,
+        finished: None,
     })
 }

@@ -245,6 +245,7 @@ impl Calls {
             status,
             body,
             duration: received.saturating_duration_since(start),
+            finished: None,
         })
     }
 

@@ -165,3 +165,42 @@ fn a_hook_handle_calls_as_the_command_does_and_follows_stops_starts_and_toggles(
     assert_eq!(reply.body, b"Hello, again!");
     assert_eq!(plugin(engine, "hello").hooks["greet"].calls, 4);
 }
+
+#[test]
+fn stopping_an_in_process_plugin_waits_for_the_call_running_in_it() {
+    let fixture = engine_configured(&[("slowhook", "slowhook", in_process)], |config| {
+        trust_in_process(config);
+        config.grace = Duration::from_secs(10);
+    });
+    let engine = std::sync::Arc::new(fixture.engine);
+    start(&engine, "slowhook");
+    let caller = {
+        let engine = std::sync::Arc::clone(&engine);
+        // `chaos` with a payload of digits sleeps that many milliseconds.
+        std::thread::spawn(move || call(&engine, "slowhook", "chaos", "600"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while plugin(&engine, "slowhook").hooks["chaos"].in_flight == 0 {
+        assert!(std::time::Instant::now() < deadline, "the call never began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopping = std::time::Instant::now();
+    engine
+        .execute(Command::Stop {
+            plugin: "slowhook".into(),
+            force: false,
+        })
+        .unwrap();
+    let waited = stopping.elapsed();
+    let report = caller.join().unwrap();
+    // In-process, nothing interrupts the call: it ends (late, so as a timeout), and only
+    // then is the plugin stopped.
+    assert_eq!(report.status, "timeout", "{report:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the stop returned after {waited:?}, while the call was still running"
+    );
+    let stopped = plugin(&engine, "slowhook");
+    assert_eq!(stopped.state, PluginState::Stopped);
+    assert_eq!(stopped.hooks["chaos"].in_flight, 0);
+}
