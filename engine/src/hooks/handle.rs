@@ -1,13 +1,13 @@
 //! A hook resolved once and called many times: the embedding host's hot path.
 //!
-//! `Engine::call` finds the plugin by name, looks the hook up, and answers with a
+//! `Command::Call` finds the plugin by name, looks the hook up, and answers with a
 //! `CallReport` of owned strings — right for commands, scripts and the dashboard, and a
 //! few hundred nanoseconds more than an in-process plugin's hook itself takes. A
 //! [`HookHandle`] does that work once: it holds the plugin, the hook's statistics and what
 //! it resolved from the serving worker (its timeout, the `max_in_flight` cap, whether the
 //! hook is enabled), and checks with one atomic load per call that none of it changed (a
 //! start, stop, reload or hook toggle moves the plugin's call-path epoch). A call through
-//! it is the same call as `Engine::call` makes — same cap, same timeout and violation,
+//! it is the same call as `Command::Call` makes — same cap, same timeout and violation,
 //! same retry on a reload's successor, same statistics — and answers with the reply's
 //! bytes.
 //!
