@@ -69,7 +69,8 @@ struct Bucket {
 ///
 /// The call path touches it twice: [`HookStats::begin`] (one atomic add, which is also the
 /// `max_in_flight` check) and [`HookStats::end`] (one short lock around the counters and
-/// histograms, with one read of the coarse clock). Calls in flight are the calls begun
+/// histograms, and one read of [`call_clock`] unless the caller brings the call's end, as
+/// [`HookStats::end_at`]). Calls in flight are the calls begun
 /// less those ended; `ended` is written only under the lock, so it needs no atomic
 /// read-modify-write of its own — on this VM each of those costs 8–9 ns.
 #[derive(Debug)]
