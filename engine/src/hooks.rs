@@ -69,7 +69,7 @@ struct Bucket {
 ///
 /// The call path touches it twice: [`HookStats::begin`] (one atomic add, which is also the
 /// `max_in_flight` check) and [`HookStats::end`] (one short lock around the counters and
-/// histograms, and one read of [`call_clock`] unless the caller brings the call's end, as
+/// histograms, and one read of the call clock unless the caller brings the call's end, as
 /// [`HookStats::end_at`]). Calls in flight are the calls begun
 /// less those ended; `ended` is written only under the lock, so it needs no atomic
 /// read-modify-write of its own — on this VM each of those costs 8–9 ns.
@@ -161,7 +161,7 @@ impl HookStats {
         self.end_at(elapsed, result, call_clock().now());
     }
 
-    /// As [`HookStats::end`], for a call that ended at `finished` on [`call_clock`] (a
+    /// As [`HookStats::end`], for a call that ended at `finished` on the call clock (a
     /// caller that timed the call already has the time).
     pub fn end_at(&self, elapsed: Duration, result: &CallResult, finished: quanta::Instant) {
         let mut record = self.record();
