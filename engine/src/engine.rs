@@ -698,7 +698,9 @@ impl Engine {
             .persist(name, |toggles| toggles.enabled = Some(enabled))
     }
 
-    fn set_hook_enabled(&self, name: &str, hook: &str, enabled: bool) -> Result<(), EngineError> {
+    /// The plugin named `name`, if its manifest subscribes to `hook` (any hook while it is
+    /// not verified yet).
+    fn plugin_with_hook(&self, name: &str, hook: &str) -> Result<Arc<Plugin>, EngineError> {
         let plugin = self.shared.plugin(name)?;
         let known = plugin
             .lifecycle()
@@ -711,6 +713,11 @@ impl Engine {
                 hook: hook.to_owned(),
             });
         }
+        Ok(plugin)
+    }
+
+    fn set_hook_enabled(&self, name: &str, hook: &str, enabled: bool) -> Result<(), EngineError> {
+        let plugin = self.plugin_with_hook(name, hook)?;
         let changed = plugin.set_hook_enabled(hook, enabled);
         if changed {
             self.shared.event(
@@ -735,18 +742,7 @@ impl Engine {
     /// without its per-call lookups and report. The hook must be one the plugin's
     /// manifest subscribes to (any hook while it is not verified yet).
     pub fn hook_handle(&self, plugin: &str, hook: &str) -> Result<HookHandle, EngineError> {
-        let plugin = self.shared.plugin(plugin)?;
-        let known = plugin
-            .lifecycle()
-            .manifest
-            .as_ref()
-            .is_none_or(|manifest| manifest.hooks.contains_key(hook));
-        if !known {
-            return Err(EngineError::UnknownHook {
-                plugin: plugin.name.clone(),
-                hook: hook.to_owned(),
-            });
-        }
+        let plugin = self.plugin_with_hook(plugin, hook)?;
         Ok(HookHandle::new(plugin, hook.to_owned()))
     }
 

@@ -204,3 +204,20 @@ fn stopping_an_in_process_plugin_waits_for_the_call_running_in_it() {
     assert_eq!(stopped.state, PluginState::Stopped);
     assert_eq!(stopped.hooks["chaos"].in_flight, 0);
 }
+
+#[test]
+fn a_hook_handle_call_past_its_timeout_is_a_timeout_counted_as_one() {
+    let fixture = engine_configured(&[("slowhook", "slowhook", in_process)], trust_in_process);
+    let engine = &fixture.engine;
+    start(engine, "slowhook");
+    let mut handle = engine.hook_handle("slowhook", "chaos").unwrap();
+    // `chaos` sleeps the payload's milliseconds; its timeout is 200 ms.
+    let late = handle.call(b"300");
+    assert!(
+        matches!(&late, Err(HookCallError::Timeout { timeout, .. }) if *timeout == Duration::from_millis(200)),
+        "{late:?}"
+    );
+    assert_eq!(handle.call(b"1").unwrap().body, b"slept 1 ms");
+    let stats = &plugin(engine, "slowhook").hooks["chaos"];
+    assert_eq!((stats.calls, stats.timeouts, stats.in_flight), (2, 1, 0));
+}
