@@ -61,6 +61,9 @@ pub enum CallResult {
 struct Bucket {
     /// Seconds since start divided by [`BUCKET_SECONDS`].
     index: u64,
+    /// When its five seconds end, on [`call_clock`]: a call before then is recorded here
+    /// with one comparison, no arithmetic on the clock.
+    ends: quanta::Instant,
     histogram: Histogram<u32>,
     calls: u64,
 }
@@ -69,8 +72,9 @@ struct Bucket {
 ///
 /// The call path touches it twice: [`HookStats::begin`] (one atomic add, which is also the
 /// `max_in_flight` check) and [`HookStats::end`] (one short lock around the counters and
-/// histograms, and one read of the call clock unless the caller brings the call's end, as
-/// [`HookStats::end_at`]). Calls in flight are the calls begun
+/// the current bucket's histogram, and one read of the call clock unless the caller brings
+/// the call's end, as [`HookStats::end_at`]). A call is recorded in one histogram only: the
+/// since-start one is the buckets that left the recent window, plus the window's. Calls in flight are the calls begun
 /// less those ended; `ended` is written only under the lock, so it needs no atomic
 /// read-modify-write of its own — on this VM each of those costs 8–9 ns.
 #[derive(Debug)]
@@ -90,7 +94,8 @@ struct HookRecord {
     timeouts: u64,
     busy: u64,
     total: Duration,
-    since_start: Histogram<u64>,
+    /// The calls of the buckets that left the window: since start, less the window.
+    retired: Histogram<u64>,
     window: VecDeque<Bucket>,
     /// When the last call began, on [`call_clock`].
     last_call: Option<quanta::Instant>,
@@ -115,7 +120,7 @@ impl HookStats {
                 timeouts: 0,
                 busy: 0,
                 total: Duration::ZERO,
-                since_start: new_histogram(),
+                retired: new_histogram(),
                 window: VecDeque::new(),
                 last_call: None,
                 last_error: None,
@@ -207,24 +212,45 @@ impl HookRecord {
         let micros = u64::try_from(elapsed.as_micros())
             .unwrap_or(MAX_LATENCY_US)
             .clamp(1, MAX_LATENCY_US);
-        let _ = self.since_start.record(micros);
-        let index = self.bucket_at(now);
-        if self
-            .window
-            .back()
-            .is_none_or(|bucket| bucket.index != index)
-        {
-            self.expire(index);
-            self.window.push_back(Bucket {
-                index,
-                histogram: new_window_histogram(),
-                calls: 0,
-            });
+        // Calls from several threads may end out of order by a hair: one that ended just
+        // before the current bucket began is counted in it.
+        if self.window.back().is_none_or(|bucket| now >= bucket.ends) {
+            self.open_bucket(now);
         }
         if let Some(bucket) = self.window.back_mut() {
             let _ = bucket.histogram.record(micros);
             bucket.calls += 1;
         }
+    }
+
+    /// Starts the bucket `now` falls in, retiring those that left the window. Under steady
+    /// traffic one leaves as one starts, and its histogram is reused: no allocation.
+    fn open_bucket(&mut self, now: quanta::Instant) {
+        let index = self.bucket_at(now);
+        let mut spare = None;
+        while self
+            .window
+            .front()
+            .is_some_and(|bucket| bucket.index + WINDOW_BUCKETS <= index)
+        {
+            if let Some(bucket) = self.window.pop_front() {
+                add_counts(&mut self.retired, &bucket.histogram);
+                spare = Some(bucket.histogram);
+            }
+        }
+        let histogram = match spare {
+            Some(mut histogram) => {
+                histogram.reset();
+                histogram
+            }
+            None => new_window_histogram(),
+        };
+        self.window.push_back(Bucket {
+            index,
+            ends: self.started + Duration::from_secs((index + 1) * BUCKET_SECONDS),
+            histogram,
+            calls: 0,
+        });
     }
 
     /// Whole seconds since the statistics began, at `now`.
@@ -236,30 +262,23 @@ impl HookRecord {
         self.second_at(now) / BUCKET_SECONDS
     }
 
-    fn expire(&mut self, now: u64) {
-        while self
-            .window
-            .front()
-            .is_some_and(|bucket| bucket.index + WINDOW_BUCKETS <= now)
-        {
-            self.window.pop_front();
-        }
-    }
-
     fn snapshot(&self, in_flight: u64) -> HookStatsSnapshot {
         let clock = call_clock().now();
         let now = self.second_at(clock);
         let index = now / BUCKET_SECONDS;
         let mut recent = new_window_histogram();
         let mut recent_calls = 0;
-        for bucket in self
-            .window
-            .iter()
-            .filter(|bucket| bucket.index + WINDOW_BUCKETS > index)
-        {
-            let _ = recent.add(&bucket.histogram);
-            recent_calls += bucket.calls;
+        let mut since_start = self.retired.clone();
+        for bucket in &self.window {
+            if bucket.index + WINDOW_BUCKETS > index {
+                let _ = recent.add(&bucket.histogram);
+                recent_calls += bucket.calls;
+            } else {
+                // Out of the window, not retired yet (no call since).
+                add_counts(&mut since_start, &bucket.histogram);
+            }
         }
+        add_counts(&mut since_start, &recent);
         // Calls per second over the window actually covered: from the start of its oldest
         // bucket (or of the plugin) to now.
         let window_start = index.saturating_sub(WINDOW_BUCKETS - 1) * BUCKET_SECONDS;
@@ -282,7 +301,7 @@ impl HookRecord {
             in_flight,
             calls_per_sec,
             recent: Percentiles::of(&recent),
-            since_start: Percentiles::of(&self.since_start),
+            since_start: Percentiles::of(&since_start),
             mean_us: if measured == 0 {
                 0
             } else {
@@ -295,6 +314,14 @@ impl HookRecord {
             priority: None,
             timeout_ms: None,
         }
+    }
+}
+
+/// Adds a window bucket's counts (32-bit) to a since-start histogram (64-bit): one record
+/// per distinct latency, not per call.
+fn add_counts(into: &mut Histogram<u64>, from: &Histogram<u32>) {
+    for value in from.iter_recorded() {
+        let _ = into.record_n(value.value_iterated_to(), u64::from(value.count_at_value()));
     }
 }
 
@@ -413,6 +440,41 @@ mod tests {
         assert!(
             now.abs_diff(last_call) < 1_000,
             "last call {last_call} ms, now {now} ms"
+        );
+    }
+
+    #[test]
+    fn calls_that_left_the_recent_window_still_count_since_start() {
+        let stats = HookStats::new();
+        let now = call_clock().now();
+        for _ in 0..100 {
+            assert!(stats.begin(u64::MAX));
+            stats.end_at(Duration::from_millis(1), &CallResult::Ok, now);
+        }
+        // A call 70 s on: the first bucket leaves the window (the snapshot, taken now,
+        // sees the later bucket as recent).
+        assert!(stats.begin(u64::MAX));
+        stats.end_at(
+            Duration::from_millis(50),
+            &CallResult::Ok,
+            now + Duration::from_secs(70),
+        );
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.calls, 101);
+        assert!(
+            (990..=1_010).contains(&snapshot.since_start.p50_us),
+            "since start, the hundred 1 ms calls: {:?}",
+            snapshot.since_start
+        );
+        assert!(
+            (49_500..=50_500).contains(&snapshot.since_start.max_us),
+            "{:?}",
+            snapshot.since_start
+        );
+        assert!(
+            (49_500..=50_500).contains(&snapshot.recent.p50_us),
+            "the window holds the last call only: {:?}",
+            snapshot.recent
         );
     }
 

@@ -455,6 +455,51 @@ fn hook_and_plugin_toggles_persist_across_engine_restarts() {
 }
 
 #[test]
+fn the_traffic_generator_passes_over_disabled_hooks_and_finds_plugins_started_later() {
+    let fixture = engine_configured(
+        &[("hello", "hello", same), ("counter", "counter", same)],
+        |_| {},
+    );
+    let engine = &fixture.engine;
+    let toggle = |command: fn(String, String) -> Command| {
+        engine
+            .execute(command("hello".into(), "greet".into()))
+            .unwrap();
+    };
+    start(engine, "hello");
+    engine
+        .execute(Command::Traffic { rate: Some(400.0) })
+        .unwrap();
+    let within = Duration::from_secs(10);
+    wait_until(engine, "hello", within, |hello| {
+        hello.hooks["greet"].calls > 0
+    });
+
+    toggle(|plugin, hook| Command::DisableHook { plugin, hook });
+    // A call that was on its way when the hook was disabled ends unhindered.
+    std::thread::sleep(Duration::from_millis(50));
+    let while_disabled = plugin(engine, "hello").hooks["greet"].calls;
+    start(engine, "counter");
+    wait_until(engine, "counter", within, |counter| {
+        counter.hooks["count"].calls > 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        plugin(engine, "hello").hooks["greet"].calls,
+        while_disabled,
+        "no traffic to a disabled hook"
+    );
+
+    toggle(|plugin, hook| Command::EnableHook { plugin, hook });
+    wait_until(engine, "hello", within, |hello| {
+        hello.hooks["greet"].calls > while_disabled
+    });
+    engine.execute(Command::Traffic { rate: None }).unwrap();
+    let stats = &plugin(engine, "hello").hooks["greet"];
+    assert_eq!((stats.errors, stats.timeouts, stats.busy), (0, 0, 0));
+}
+
+#[test]
 fn max_plugins_caps_how_many_run_at_once() {
     let fixture = engine_configured(
         &[("hello", "hello", same), ("counter", "counter", same)],
