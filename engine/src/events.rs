@@ -125,11 +125,23 @@ pub enum EventKind {
 }
 
 /// The ring plus the live subscribers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EventLog {
     ring: VecDeque<Event>,
     next_seq: u64,
     subscribers: Vec<mpsc::Sender<Event>>,
+}
+
+impl Default for EventLog {
+    /// The ring is sized once: grown by doubling, it would copy itself and leave the old
+    /// buffer as a hole in the heap each time it passes a power of two.
+    fn default() -> Self {
+        Self {
+            ring: VecDeque::with_capacity(EVENT_RING),
+            next_seq: 0,
+            subscribers: Vec::new(),
+        }
+    }
 }
 
 pub(crate) fn unix_millis(time: SystemTime) -> u64 {

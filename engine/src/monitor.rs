@@ -204,7 +204,9 @@ pub struct WorkerProbe {
     stat: KeptFile,
     page_size: u64,
     io: Option<KeptFile>,
-    fd_dir: nix::dir::Dir,
+    /// `/proc/<pid>/fd`, open for `fstat` only: a `Dir` (`opendir`) would also take a
+    /// 32 KiB listing buffer from the heap for as long as the worker lives.
+    fd_dir: File,
     fd_dir_path: PathBuf,
     limits: ProbedLimits,
     buffer: Vec<u8>,
@@ -258,14 +260,9 @@ impl WorkerProbe {
                     .ok()
             });
         let fd_dir_path = proc_dir.join("fd");
-        let fd_dir = nix::dir::Dir::open(
-            &fd_dir_path,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|errno| MonitorError::Open {
+        let fd_dir = File::open(&fd_dir_path).map_err(|source| MonitorError::Open {
             path: fd_dir_path.clone(),
-            source: errno.into(),
+            source,
         })?;
         Ok(Self {
             layout,
@@ -341,20 +338,13 @@ impl WorkerProbe {
     /// The worker's open descriptors. Since Linux 6.2 `stat` of `/proc/<pid>/fd` reports
     /// their number as the size: one `fstat` instead of listing every descriptor. On an
     /// older kernel the size is 0 (a worker always has descriptors), so it is counted.
-    fn open_fds(&mut self) -> u64 {
-        use std::os::fd::AsFd as _;
-        if let Ok(stat) = nix::sys::stat::fstat(self.fd_dir.as_fd())
-            && let Ok(count) = u64::try_from(stat.st_size)
-            && count > 0
+    fn open_fds(&self) -> u64 {
+        if let Ok(metadata) = self.fd_dir.metadata()
+            && metadata.len() > 0
         {
-            return count;
+            return metadata.len();
         }
-        // The iterator rewinds the kept directory when dropped.
-        self.fd_dir
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|entry| !matches!(entry.file_name().to_bytes(), b"." | b".."))
-            .count() as u64
+        std::fs::read_dir(&self.fd_dir_path).map_or(0, |entries| entries.count() as u64)
     }
 
     /// Reads every counter once.

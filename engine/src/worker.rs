@@ -893,6 +893,8 @@ fn named(plugin: &str, role: &str) -> std::thread::Builder {
 
 /// Bounded line length so a hostile plugin cannot make the engine buffer without end.
 const MAX_LINE: usize = 4096;
+/// The read buffer of each output pipe (std's default is 8 KiB).
+const OUTPUT_BUFFER: usize = 1024;
 
 fn spawn_output(
     plugin: &str,
@@ -902,7 +904,9 @@ fn spawn_output(
 ) -> JoinHandle<()> {
     named(plugin, "output")
         .spawn(move || {
-            let mut reader = BufReader::new(pipe);
+            // Output is lines of text, rate-limited downstream: a small buffer is enough,
+            // and it lives on the heap as long as the worker does.
+            let mut reader = BufReader::with_capacity(OUTPUT_BUFFER, pipe);
             let mut line = Vec::new();
             loop {
                 line.clear();
