@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -281,6 +281,9 @@ pub(crate) struct Shared {
     persisted: Mutex<PersistedState>,
     /// Host totals, refreshed by the sampler.
     pub host: Mutex<HostSnapshot>,
+    /// Workers stopped or replaced so far: after each, the sampler gives the free pages
+    /// their state left in the heap back to the kernel.
+    pub workers_retired: AtomicU64,
 }
 
 impl Shared {
@@ -471,6 +474,7 @@ impl Engine {
             start_gate: Mutex::new(()),
             persisted: Mutex::new(persisted),
             host: Mutex::new(HostSnapshot::default()),
+            workers_retired: AtomicU64::new(0),
         });
         for name in stale {
             shared.event(

@@ -268,7 +268,7 @@ pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBoo
     }
 }
 
-/// A handle on every hook of every running plugin.
+/// A handle on every enabled hook of every running plugin.
 fn traffic_targets(shared: &Shared) -> Vec<HookHandle> {
     shared
         .all_plugins()
@@ -276,7 +276,14 @@ fn traffic_targets(shared: &Shared) -> Vec<HookHandle> {
         .flat_map(|plugin| {
             let hooks: Vec<String> = plugin
                 .running()
-                .map(|running| running.timeouts.keys().cloned().collect())
+                .map(|running| {
+                    running
+                        .timeouts
+                        .keys()
+                        .filter(|hook| plugin.hook_enabled(hook))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             hooks
                 .into_iter()

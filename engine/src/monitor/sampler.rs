@@ -2,6 +2,7 @@
 //! every running worker through its kept-open [`WorkerProbe`].
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -77,6 +78,7 @@ fn run(shared: &Weak<Shared>, interval: Duration, stop: &(Mutex<bool>, Condvar))
     let mut system = System::new();
     let engine_pid = Pid::from_u32(std::process::id());
     let mut next = Instant::now();
+    let (mut workers_retired, mut trim_due) = (0, false);
     loop {
         {
             let (stopped, wake) = stop;
@@ -104,6 +106,14 @@ fn run(shared: &Weak<Shared>, interval: Duration, stop: &(Mutex<bool>, Condvar))
         let host = sample_host(&mut system, engine_pid);
         *shared.host.lock().unwrap_or_else(PoisonError::into_inner) = host;
         sample_workers(&shared, &mut probes);
+        // One tick after a worker was stopped or replaced: by then its probe is closed and
+        // whoever still held its state has let go.
+        if trim_due {
+            crate::sandbox::pages::release_free_heap();
+        }
+        let retired = shared.workers_retired.load(Ordering::Relaxed);
+        trim_due = retired != workers_retired;
+        workers_retired = retired;
     }
 }
 

@@ -2,6 +2,7 @@
 //! thread, one message at a time.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -539,6 +540,7 @@ fn stop(shared: &Shared, plugin: &Plugin, to: PluginState) -> Result<(), EngineE
         set_state(shared, plugin, &mut lifecycle, PluginState::Stopping);
         drop(lifecycle);
         let exit = running.runner.stop(grace(shared, &plugin.name));
+        shared.workers_retired.fetch_add(1, Ordering::Relaxed);
         lifecycle = plugin.lifecycle();
         lifecycle.health = super::HealthCheck::new();
         lifecycle.last_exit = exit;
@@ -660,6 +662,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         let grace = grace(shared, &plugin.name);
         old.runner.drain(grace);
         old.runner.stop(grace);
+        shared.workers_retired.fetch_add(1, Ordering::Relaxed);
     }
     shared.event(
         Some(&plugin.name),
