@@ -21,8 +21,8 @@
 //!
 //! The mean is the wall time of untimed blocks divided by their calls, over all blocks and
 //! for a typical block (the median of the blocks' means; in the goal's line, the median of
-//! each round's difference between the handle's block and the direct call's, run back to
-//! back); the percentiles come from timing every call of separate blocks with two
+//! each round's difference between the handle's block and the direct call's, run within
+//! tens of milliseconds of each other); the percentiles come from timing every call of separate blocks with two
 //! `Instant::now()`, minus the median cost of an empty timed region (shown). Kinds alternate
 //! block by block, so drift on a noisy machine hits all of them alike.
 //!
@@ -145,8 +145,9 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// The median of the per-round differences between two kinds' block means: blocks of one
-/// round run back to back, so drift of the machine's speed cancels, and a block that the
+/// The median of the per-round differences between two kinds' block means: the blocks of
+/// one round run within tens of milliseconds of each other, so drift of the machine's speed
+/// cancels, and a block that the
 /// machine's other work descheduled is an outlier, not the engine's cost.
 fn paired_block_difference(of: &Kind<'_>, from: &Kind<'_>) -> f64 {
     let mut differences: Vec<f64> = of
