@@ -7,6 +7,7 @@ mod handle;
 
 pub use handle::{HookCallError, HookHandle, HookReply};
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -74,9 +75,9 @@ struct Bucket {
 /// `max_in_flight` check) and [`HookStats::end`] (one short lock around the counters and
 /// the current bucket's histogram, and one read of the call clock unless the caller brings
 /// the call's end, as [`HookStats::end_at`]). A call is recorded in one histogram only: the
-/// since-start one is the buckets that left the recent window, plus the window's. Calls in flight are the calls begun
-/// less those ended; `ended` is written only under the lock, so it needs no atomic
-/// read-modify-write of its own — on this VM each of those costs 8–9 ns.
+/// since-start one is the buckets that left the recent window, plus the window's. Calls in
+/// flight are the calls begun less those ended; `ended` is written only under the lock, so
+/// it needs no atomic read-modify-write of its own — on this VM each of those costs 8–9 ns.
 #[derive(Debug)]
 pub struct HookStats {
     begun: AtomicU64,
@@ -268,17 +269,20 @@ impl HookRecord {
         let index = now / BUCKET_SECONDS;
         let mut recent = new_window_histogram();
         let mut recent_calls = 0;
-        let mut since_start = self.retired.clone();
+        // Copied only when the window holds calls: an idle hook's snapshot copies nothing.
+        let mut since_start = Cow::Borrowed(&self.retired);
         for bucket in &self.window {
             if bucket.index + WINDOW_BUCKETS > index {
                 let _ = recent.add(&bucket.histogram);
                 recent_calls += bucket.calls;
             } else {
                 // Out of the window, not retired yet (no call since).
-                add_counts(&mut since_start, &bucket.histogram);
+                add_counts(since_start.to_mut(), &bucket.histogram);
             }
         }
-        add_counts(&mut since_start, &recent);
+        if !recent.is_empty() {
+            add_counts(since_start.to_mut(), &recent);
+        }
         // Calls per second over the window actually covered: from the start of its oldest
         // bucket (or of the plugin) to now.
         let window_start = index.saturating_sub(WINDOW_BUCKETS - 1) * BUCKET_SECONDS;

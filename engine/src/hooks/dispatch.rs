@@ -248,7 +248,7 @@ pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBoo
         // last look is passed over.
         let count = targets.len();
         for _ in 0..count {
-            let target: &mut HookHandle = &mut targets[turn % count];
+            let target = &mut targets[turn % count];
             turn = turn.wrapping_add(1);
             match target.call(b"traffic") {
                 Err(
