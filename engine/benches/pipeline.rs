@@ -246,7 +246,7 @@ fn start_hello(fixture: &Fixture, scope: &EngineScope) -> (Worker, CgroupLimits,
         WorkerSpec {
             plugin: manifest.plugin.name.clone(),
             host_binary: fixture.policy.host_binary.clone(),
-            library: &library,
+            library: library.fd(),
             plan,
             limits: cgroup_limits,
             env: Vec::new(),

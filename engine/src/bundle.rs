@@ -1,15 +1,17 @@
 //! A plugin bundle on disk — `plugin.toml`, the library it names, `plugin.sig` — read once.
 //!
-//! [`Bundle::open`] reads the manifest bytes once (hashing and parsing the same bytes) and
+//! [`Bundle::open`] (or its two halves, [`Bundle::begin_open`] and
+//! [`OpeningBundle::read_library`], between which a worker can be started) reads the manifest bytes once (hashing and parsing the same bytes) and
 //! streams the library once into a sealed memfd while hashing it. Verification and loading
 //! then work on those in-memory copies only: a file changed on disk after `open` changes
 //! nothing about what is verified or what runs.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-use crate::loader::{self, LoadedLibrary, LoaderError, SealedLibrary};
+use crate::loader::{self, LoadedLibrary, LoaderError, SealedLibrary, UnsealedLibrary};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError, read_manifest};
 use crate::trust::{
     BundleDigests, BundleSignature, Digest, SIGNATURE_FILE, TrustError, TrustStore, Verified,
@@ -40,10 +42,63 @@ pub struct Bundle {
     library: SealedLibrary,
 }
 
+/// A bundle whose manifest and signature are read and whose library is not yet: the first
+/// half of [`Bundle::open`]. The library's memory file exists already, empty, so a worker
+/// can be started on it (and confine itself) while [`OpeningBundle::read_library`] copies
+/// and hashes the library.
+#[derive(Debug)]
+pub struct OpeningBundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    manifest_digest: Digest,
+    signature: Option<BundleSignature>,
+    library_path: PathBuf,
+    library_file: File,
+    library: UnsealedLibrary,
+}
+
+impl OpeningBundle {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The library's memory file, still empty and unsealed.
+    pub fn library_fd(&self) -> BorrowedFd<'_> {
+        self.library.fd()
+    }
+
+    /// Copies the library into its memory file while hashing it, and seals it.
+    pub fn read_library(self) -> Result<Bundle, BundleError> {
+        let (library, library_digest) =
+            self.library
+                .fill_and_seal(self.library_file)
+                .map_err(|source| BundleError::Library {
+                    path: self.library_path,
+                    source,
+                })?;
+        Ok(Bundle {
+            dir: self.dir,
+            manifest: self.manifest,
+            digests: BundleDigests {
+                manifest: self.manifest_digest,
+                library: library_digest,
+            },
+            signature: self.signature,
+            library,
+        })
+    }
+}
+
 impl Bundle {
     /// Reads and validates the bundle in `dir`. A missing `plugin.sig` is not an error
     /// here (the bundle is unsigned, which [`Bundle::verify`] refuses); a malformed one is.
     pub fn open(dir: &Path, limits: &HostLimits) -> Result<Self, BundleError> {
+        Self::begin_open(dir, limits)?.read_library()
+    }
+
+    /// The first half of [`Bundle::open`]: the manifest read, hashed, parsed and checked,
+    /// the signature read, the library opened and its memory file created.
+    pub fn begin_open(dir: &Path, limits: &HostLimits) -> Result<OpeningBundle, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let source = read_manifest(&manifest_path)?;
         let manifest_digest = Digest::of(source.as_bytes());
@@ -51,15 +106,16 @@ impl Bundle {
         manifest.check_bundle(dir)?;
 
         let library_path = dir.join(&manifest.plugin.library);
-        let file = File::open(&library_path).map_err(|source| BundleError::Read {
+        let library_file = File::open(&library_path).map_err(|source| BundleError::Read {
             path: library_path.clone(),
             source,
         })?;
-        let (library, library_digest) = SealedLibrary::from_reader(&manifest.plugin.name, file)
-            .map_err(|source| BundleError::Library {
-                path: library_path,
+        let library = UnsealedLibrary::create(&manifest.plugin.name).map_err(|source| {
+            BundleError::Library {
+                path: library_path.clone(),
                 source,
-            })?;
+            }
+        })?;
 
         let signature_path = dir.join(SIGNATURE_FILE);
         let signature = match std::fs::read_to_string(&signature_path) {
@@ -72,14 +128,13 @@ impl Bundle {
                 });
             }
         };
-        Ok(Self {
+        Ok(OpeningBundle {
             dir: dir.to_owned(),
             manifest,
-            digests: BundleDigests {
-                manifest: manifest_digest,
-                library: library_digest,
-            },
+            manifest_digest,
             signature,
+            library_path,
+            library_file,
             library,
         })
     }

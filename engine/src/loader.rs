@@ -109,20 +109,44 @@ pub struct SealedLibrary {
     len: u64,
 }
 
-impl SealedLibrary {
-    /// Copies everything `reader` yields into a new memfd, hashing it on the way (the
-    /// source is read once), then seals the memfd. Returns the sealed copy and the SHA3-512
-    /// of exactly those bytes.
-    ///
-    /// Hashing runs on a second thread, fed the very buffers that were just written, so
-    /// copying overlaps with SHA3 (the slower of the two) instead of adding to it.
-    pub fn from_reader(name: &str, mut reader: impl Read) -> Result<(Self, Digest), LoaderError> {
+/// A library's memory file before it is filled and sealed. Its descriptor may be handed to
+/// a worker already — the worker loads nothing until the engine says the bytes are sealed
+/// and verified, and checks the seals itself — so a worker can confine itself while the
+/// engine is still copying and hashing the library.
+#[derive(Debug)]
+pub struct UnsealedLibrary {
+    file: File,
+}
+
+impl UnsealedLibrary {
+    /// A new, empty memory file named after the plugin.
+    pub fn create(name: &str) -> Result<Self, LoaderError> {
         let memfd = memfd_create(
             format!("plugboard:{name}").as_str(),
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(|source| LoaderError::Memfd { source })?;
-        let mut file = File::from(memfd);
+        Ok(Self {
+            file: File::from(memfd),
+        })
+    }
+
+    /// The memory file, e.g. to hand to a worker before it is filled.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Copies everything `reader` yields into the memory file, hashing it on the way (the
+    /// source is read once), then seals it. Returns the sealed copy and the SHA3-512 of
+    /// exactly those bytes.
+    ///
+    /// Hashing runs on a second thread, fed the very buffers that were just written, so
+    /// copying and hashing overlap.
+    pub fn fill_and_seal(
+        self,
+        mut reader: impl Read,
+    ) -> Result<(SealedLibrary, Digest), LoaderError> {
+        let mut file = self.file;
         let (to_hasher, hasher_inbox) = mpsc::sync_channel::<Chunk>(PIPELINE_DEPTH);
         let (recycle, recycled) = mpsc::channel::<Chunk>();
         let (copied, digest) = std::thread::scope(|scope| {
@@ -146,9 +170,17 @@ impl SealedLibrary {
         let memfd = OwnedFd::from(file);
         fcntl(&memfd, FcntlArg::F_ADD_SEALS(IMMUTABLE_SEALS))
             .map_err(|source| LoaderError::Seal { source })?;
-        let sealed = Self { memfd, len };
+        let sealed = SealedLibrary { memfd, len };
         sealed.check_sealed()?;
         Ok((sealed, digest))
+    }
+}
+
+impl SealedLibrary {
+    /// Copies everything `reader` yields into a new memfd, hashing it on the way, then
+    /// seals the memfd (see [`UnsealedLibrary::fill_and_seal`]).
+    pub fn from_reader(name: &str, reader: impl Read) -> Result<(Self, Digest), LoaderError> {
+        UnsealedLibrary::create(name)?.fill_and_seal(reader)
     }
 
     /// Adopts a memfd passed by the engine (in the worker), refusing one that is not

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -29,7 +29,6 @@ use crate::ipc::{
     CallRef, Channel, ConfinementPlan, EngineMessage, IpcError, PROTOCOL_VERSION, StepReport,
     WorkerMessage,
 };
-use crate::loader::SealedLibrary;
 use crate::sandbox::Mechanism;
 use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup, ThreadEntry};
 use crate::sandbox::landlock::{FsPolicy, PathVerdict};
@@ -207,7 +206,9 @@ pub enum CallFailure {
 pub struct WorkerSpec<'a> {
     pub plugin: String,
     pub host_binary: PathBuf,
-    pub library: &'a SealedLibrary,
+    /// The library's memfd: sealed already, or still being filled — the worker loads it
+    /// only at [`LaunchedWorker::load`], and refuses it unless sealed.
+    pub library: BorrowedFd<'a>,
     pub plan: ConfinementPlan,
     pub limits: CgroupLimits,
     /// The only environment the worker gets.
@@ -355,7 +356,7 @@ fn spawn_process(
     let (engine_end, worker_end) = Channel::pair().map_err(io)?;
     let (stdout_read, stdout_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
     let (stderr_read, stderr_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io(e.into()))?;
-    let library = spec.library.fd().try_clone_to_owned().map_err(io)?;
+    let library = spec.library.try_clone_to_owned().map_err(io)?;
     let fds = vec![
         (above_targets(worker_end.into_fd()).map_err(io)?, 3),
         (above_targets(library).map_err(io)?, 4),
@@ -390,21 +391,57 @@ fn handshake_error(plugin: &str, reason: impl Into<String>) -> WorkerError {
     }
 }
 
+/// A worker spawned and confined, waiting for the engine's word to load its library: the
+/// first half of [`Worker::start`]. Between the halves the engine can finish copying and
+/// verifying the library. Dropped without [`LaunchedWorker::load`], the worker is killed
+/// and its cgroup removed; no plugin code ever ran in it.
+pub struct LaunchedWorker {
+    plugin: String,
+    starting: Starting,
+    channel: Arc<Channel>,
+    outputs: (OwnedFd, OwnedFd),
+    sandbox_pid: u32,
+    mechanisms: BTreeMap<Mechanism, MechanismState>,
+    exited: Arc<AtomicBool>,
+    listener_thread: Option<JoinHandle<()>>,
+    emit: Option<EmitHandler>,
+    events: EventSink,
+}
+
+impl std::fmt::Debug for LaunchedWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchedWorker")
+            .field("plugin", &self.plugin)
+            .field("pid", &self.starting.pid)
+            .field("sandbox_pid", &self.sandbox_pid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Worker {
     /// Spawns, confines and loads one plugin worker, and returns when it is ready or has
-    /// failed (then nothing of it is left behind).
+    /// failed (then nothing of it is left behind). `spec.library` must be sealed.
     pub fn start(
         scope: &EngineScope,
         spec: WorkerSpec<'_>,
         events: &EventSink,
     ) -> Result<Worker, WorkerError> {
+        Self::launch(scope, spec, events)?.load()
+    }
+
+    /// Spawns the worker and lets it confine itself, up to its seccomp listener; it then
+    /// waits for [`LaunchedWorker::load`]. `spec.library` may still be being filled.
+    pub fn launch(
+        scope: &EngineScope,
+        spec: WorkerSpec<'_>,
+        events: &EventSink,
+    ) -> Result<LaunchedWorker, WorkerError> {
         let plugin = spec.plugin.clone();
         let ipc = |source| WorkerError::Ipc {
             plugin: plugin.clone(),
             source,
         };
-        let (mut starting, channel, stdout_read, stderr_read) = spawn_in_cgroup(scope, &spec)?;
-        let pid = starting.pid;
+        let (starting, channel, stdout_read, stderr_read) = spawn_in_cgroup(scope, &spec)?;
         let require = spec.plan.require.clone();
         let file_rules = (
             spec.plan.fs_read.clone(),
@@ -452,44 +489,17 @@ impl Worker {
         } else {
             None
         };
-        await_ready(&channel, &plugin, events)?;
-
-        let exit_status = Arc::new(ExitWatch::default());
-        let calls = Arc::new(Calls::new(
-            channel,
-            pid,
-            Arc::clone(events),
-            spec.emit.clone(),
-        ));
-        let mut threads = start_threads(
-            &plugin,
-            pid,
-            (stdout_read, stderr_read),
-            &WorkerState {
-                exited: Arc::clone(&exited),
-                exit_status: Arc::clone(&exit_status),
-                calls: Arc::clone(&calls),
-            },
-            events,
-        );
-        threads.extend(listener_thread);
-        starting.done = true;
-        let cgroup = starting.cgroup.take();
-        Ok(Worker {
+        Ok(LaunchedWorker {
             plugin,
-            pid,
+            starting,
+            channel,
+            outputs: (stdout_read, stderr_read),
             sandbox_pid,
-            cgroup_path: cgroup
-                .as_ref()
-                .map(PluginCgroup::display_path)
-                .unwrap_or_default(),
-            cgroup_dirs: cgroup.as_ref().map(PluginCgroup::paths).unwrap_or_default(),
-            cgroup: Mutex::new(cgroup),
             mechanisms,
-            calls,
             exited,
-            exit_status,
-            threads: Mutex::new(threads),
+            listener_thread,
+            emit: spec.emit,
+            events: Arc::clone(events),
         })
     }
 
@@ -673,6 +683,85 @@ impl Drop for Starting {
         if let Some(cgroup) = self.cgroup.take() {
             let _ = cgroup.remove();
         }
+    }
+}
+
+impl LaunchedWorker {
+    /// The worker's host pid.
+    pub fn pid(&self) -> u32 {
+        self.starting.pid.as_raw().unsigned_abs()
+    }
+
+    /// The host pid of the process that will run plugin code.
+    pub fn sandbox_pid(&self) -> u32 {
+        self.sandbox_pid
+    }
+
+    /// The worker's cgroup directories, one per hierarchy.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.starting
+            .cgroup
+            .as_ref()
+            .map(PluginCgroup::paths)
+            .unwrap_or_default()
+    }
+
+    /// Tells the worker its library is sealed and verified, and returns once the plugin
+    /// is loaded and its instance created (or has failed: then nothing is left behind).
+    pub fn load(self) -> Result<Worker, WorkerError> {
+        let LaunchedWorker {
+            plugin,
+            mut starting,
+            channel,
+            outputs,
+            sandbox_pid,
+            mechanisms,
+            exited,
+            listener_thread,
+            emit,
+            events,
+        } = self;
+        channel
+            .send(&EngineMessage::Load)
+            .map_err(|source| WorkerError::Ipc {
+                plugin: plugin.clone(),
+                source,
+            })?;
+        await_ready(&channel, &plugin, &events)?;
+
+        let pid = starting.pid;
+        let exit_status = Arc::new(ExitWatch::default());
+        let calls = Arc::new(Calls::new(channel, pid, Arc::clone(&events), emit));
+        let mut threads = start_threads(
+            &plugin,
+            pid,
+            outputs,
+            &WorkerState {
+                exited: Arc::clone(&exited),
+                exit_status: Arc::clone(&exit_status),
+                calls: Arc::clone(&calls),
+            },
+            &events,
+        );
+        threads.extend(listener_thread);
+        starting.done = true;
+        let cgroup = starting.cgroup.take();
+        Ok(Worker {
+            plugin,
+            pid,
+            sandbox_pid,
+            cgroup_path: cgroup
+                .as_ref()
+                .map(PluginCgroup::display_path)
+                .unwrap_or_default(),
+            cgroup_dirs: cgroup.as_ref().map(PluginCgroup::paths).unwrap_or_default(),
+            cgroup: Mutex::new(cgroup),
+            mechanisms,
+            calls,
+            exited,
+            exit_status,
+            threads: Mutex::new(threads),
+        })
     }
 }
 

@@ -12,12 +12,16 @@
 //!         mounts, rlimits, not dumpable, no_new_privs, Landlock, capabilities, seccomp
 //! worker → Confined { steps, sandbox_pid }
 //! worker → SeccompListener  (+ the listener fd)           (the engine answers violations)
+//!                           engine → Load                  (the memfd is sealed and verified)
 //! worker: load the library from the memfd, create the instance
 //! worker → Ready | LoadFailed
 //! engine → Call / Calls / Health / EmitResult / Shutdown;  worker → Reply / Replies / Log / Emit
 //! ```
 //!
-//! No plugin code — not even a library constructor — runs before `Confined` is sent.
+//! No plugin code — not even a library constructor — runs before `Confined` is sent, nor
+//! before the engine's `Load`: the engine may still be copying and verifying the library
+//! into the memfd while the worker confines itself, and the worker refuses a memfd that is
+//! not sealed.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
@@ -177,6 +181,16 @@ fn run() -> Result<(), WorkerError> {
     })?;
     if let Some(listener) = listener {
         channel.send_with_fd(&WorkerMessage::SeccompListener, listener.as_fd())?;
+    }
+    match channel.recv::<EngineMessage>()? {
+        EngineMessage::Load => {}
+        // The library failed verification, or the engine gave up on this start.
+        EngineMessage::Shutdown => return Ok(()),
+        other => {
+            return Err(WorkerError::Protocol(format!(
+                "expected Load, got {other:?}"
+            )));
+        }
     }
 
     // Only now does plugin code run: the library's constructors, then `create`.

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the engine⇄worker protocol; both sides compare it before anything else.
 /// 2: batched calls (`EngineMessage::Calls`, `WorkerMessage::Replies`).
 /// 3: audit mode in the confinement plan.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: the worker waits, confined, for `Load` before it loads the library (the engine
+///    verifies the library while the worker confines itself).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A message from the engine to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub enum EngineMessage {
     /// thread runs them in order and answers them with [`WorkerMessage::Replies`] (or a
     /// `Reply` for a large answer).
     Calls { calls: Vec<BatchedCall> },
+    /// The library in the memfd is complete, sealed and verified: load it and create the
+    /// instance. Sent after the worker's `Confined` (and `SeccompListener`).
+    Load,
 }
 
 /// [`EngineMessage`] decoded without copying: hooks and payloads borrow from the received
@@ -73,6 +78,7 @@ pub enum EngineMessageRef<'a> {
         #[serde(borrow)]
         calls: Vec<BatchedCallRef<'a>>,
     },
+    Load,
 }
 
 /// [`BatchedCall`] borrowing its hook and payload from the frame.
@@ -387,6 +393,7 @@ mod tests {
                 code: *code,
             },
             EngineMessage::Shutdown => EngineMessageRef::Shutdown,
+            EngineMessage::Load => EngineMessageRef::Load,
             EngineMessage::Calls { calls } => EngineMessageRef::Calls {
                 calls: calls
                     .iter()
@@ -422,6 +429,7 @@ mod tests {
                 depth: 3,
             },
             EngineMessage::Health { id: 7 },
+            EngineMessage::Load,
             EngineMessage::EmitResult { id: 8, code: -3 },
             EngineMessage::Shutdown,
             EngineMessage::Calls {

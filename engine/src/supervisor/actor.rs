@@ -2,12 +2,13 @@
 //! thread, one message at a time.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Runner, Running};
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, OpeningBundle};
 use crate::engine::{EngineError, Shared};
 use crate::events::{EventKind, unix_millis};
 use crate::hooks::dispatch::emit_handler;
@@ -17,7 +18,8 @@ use crate::manifest::{IsolationMode, Manifest};
 use crate::policy::{Action, Violation, ViolationKind};
 use crate::sandbox::seccomp::{Capability, FileAccess, FileOperand};
 use crate::snapshot::{Health, PluginState, TrustInfo};
-use crate::worker::{EventSink, ExitStatus, Worker, WorkerEvent, plan_for};
+use crate::trust::Verified;
+use crate::worker::{EventSink, ExitStatus, LaunchedWorker, Worker, WorkerEvent, plan_for};
 
 pub(crate) fn run_actor(
     shared: &Arc<Shared>,
@@ -132,7 +134,126 @@ impl From<String> for Refusal {
 }
 
 fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, Refusal> {
-    let bundle = Bundle::open(&plugin.dir, &shared.config.limits).map_err(|err| err.to_string())?;
+    verify_bundle_while(
+        shared,
+        plugin,
+        None::<fn(&Manifest, &Config, BorrowedFd<'_>)>,
+    )
+    .0
+}
+
+/// A plugin's configuration as it receives it at creation.
+type Config = serde_json::Map<String, serde_json::Value>;
+
+/// As [`verify_bundle`], and once the manifest is read and checked — before the library is
+/// copied, hashed and verified — runs `meanwhile` on a thread of its own with the manifest,
+/// the merged config and the library's memory file (still being filled; sealed when the
+/// bundle is verified). A worker launched there confines itself while the library is
+/// verified. What `meanwhile` returned comes back whatever the verdict: a caller drops a
+/// worker launched for a bundle that was refused.
+fn verify_bundle_while<T: Send>(
+    shared: &Shared,
+    plugin: &Plugin,
+    meanwhile: Option<impl FnOnce(&Manifest, &Config, BorrowedFd<'_>) -> T + Send>,
+) -> (Result<VerifiedBundle, Refusal>, Option<T>) {
+    let opening = match Bundle::begin_open(&plugin.dir, &shared.config.limits) {
+        Ok(opening) => opening,
+        Err(err) => return (Err(Refusal::from(err.to_string())), None),
+    };
+    // Checked now, reported after the signature: a tampered bundle is a trust failure
+    // first, whatever else is wrong with it.
+    let checked = checked_config(shared, plugin, opening.manifest());
+    let side = match (meanwhile, &checked) {
+        (Some(meanwhile), Ok(config)) => {
+            opening
+                .library_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(|library| {
+                    (
+                        meanwhile,
+                        opening.manifest().clone(),
+                        config.clone(),
+                        library,
+                    )
+                })
+        }
+        _ => None,
+    };
+    let Some((meanwhile, manifest, config, library)) = side else {
+        return (read_and_verify(shared, opening, checked), None);
+    };
+    std::thread::scope(|scope| {
+        let side = std::thread::Builder::new()
+            .name(format!("{}:launch", plugin.name))
+            .spawn_scoped(scope, move || {
+                meanwhile(&manifest, &config, library.as_fd())
+            });
+        let verdict = read_and_verify(shared, opening, checked);
+        let launched = side.ok().and_then(|side| side.join().ok());
+        (verdict, launched)
+    })
+}
+
+/// The second half of [`verify_bundle`]: the library copied and hashed, the signature
+/// checked, then the outcome of the manifest's own checks.
+fn read_and_verify(
+    shared: &Shared,
+    opening: OpeningBundle,
+    checked: Result<Config, Refusal>,
+) -> Result<VerifiedBundle, Refusal> {
+    let bundle = opening
+        .read_library()
+        .map_err(|err| Refusal::from(err.to_string()))?;
+    let verified = check_signature(shared, &bundle)?;
+    let config = checked?;
+    let signature = bundle
+        .signature()
+        .map(|signature| signature.key_id.to_string());
+    let (manifest, digests, library) = bundle.into_parts();
+    Ok(VerifiedBundle {
+        manifest,
+        library,
+        config,
+        trust: TrustInfo {
+            signed: signature.is_some(),
+            key_id: signature,
+            level: verified.as_ref().map(|verified| verified.level.to_string()),
+            library_sha3_512: Some(digests.library.to_hex()),
+            unverified: verified.is_none(),
+        },
+    })
+}
+
+/// The checks that need only the manifest: the bundle still names this plugin, and the
+/// host's config overrides fit its schema. Returns the merged config.
+fn checked_config(
+    shared: &Shared,
+    plugin: &Plugin,
+    manifest: &Manifest,
+) -> Result<Config, Refusal> {
+    let name = &manifest.plugin.name;
+    if *name != plugin.name {
+        return Err(Refusal::from(format!(
+            "the bundle in {} now names itself `{name}`, not `{}`",
+            plugin.dir.display(),
+            plugin.name
+        )));
+    }
+    match shared.config.plugins.get(&plugin.name) {
+        Some(overrides) => manifest.merged_config(&overrides.config).map_err(|reason| {
+            Refusal::from(format!(
+                "host configuration `[plugins.{}]`: {reason}",
+                plugin.name
+            ))
+        }),
+        None => Ok(manifest.merged_config(&BTreeMap::new())?),
+    }
+}
+
+/// Checks the read bundle's signature against the trust store (or the development flag),
+/// and the in-process rule. `None`: unverified, allowed for development.
+fn check_signature(shared: &Shared, bundle: &Bundle) -> Result<Option<Verified>, Refusal> {
     let verified = match (&shared.trust, shared.config.allow_unsigned) {
         (Some(store), allow_unsigned) => match bundle.verify(store) {
             Ok(verified) => Some(verified),
@@ -153,14 +274,6 @@ fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, Ref
             });
         }
     };
-    let name = &bundle.manifest().plugin.name;
-    if *name != plugin.name {
-        return Err(Refusal::from(format!(
-            "the bundle in {} now names itself `{name}`, not `{}`",
-            plugin.dir.display(),
-            plugin.name
-        )));
-    }
     if bundle.manifest().isolation.mode == IsolationMode::InProcess {
         let level = verified.as_ref().map(|verified| verified.level);
         if level != Some(crate::trust::TrustLevel::InProcess) {
@@ -176,37 +289,22 @@ fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, Ref
             });
         }
     }
-    let overrides = shared.config.plugins.get(&plugin.name);
-    let config = match overrides {
-        Some(overrides) => {
-            bundle
-                .manifest()
-                .merged_config(&overrides.config)
-                .map_err(|reason| {
-                    format!("host configuration `[plugins.{}]`: {reason}", plugin.name)
-                })?
-        }
-        None => bundle.manifest().merged_config(&BTreeMap::new())?,
-    };
-    let signature = bundle
-        .signature()
-        .map(|signature| signature.key_id.to_string());
-    let (manifest, digests, library) = bundle.into_parts();
-    Ok(VerifiedBundle {
-        manifest,
-        library,
-        config,
-        trust: TrustInfo {
-            signed: signature.is_some(),
-            key_id: signature,
-            level: verified.as_ref().map(|verified| verified.level.to_string()),
-            library_sha3_512: Some(digests.library.to_hex()),
-            unverified: verified.is_none(),
-        },
-    })
+    Ok(verified)
 }
 
-fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
+fn load(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
+    load_launching(shared, plugin, false).map(drop)
+}
+
+/// Reads and verifies the plugin's bundle, ending in Verified (or Disabled) or Rejected.
+/// With `launch`, a sandboxed plugin's worker is launched while the bundle is verified, for
+/// the start that follows (the hint of the start's cost: the worker confines itself while
+/// the library is hashed); a bundle refused kills it unused.
+fn load_launching(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    launch: bool,
+) -> Result<Option<LaunchResult>, EngineError> {
     if plugin.lifecycle().state == PluginState::Quarantined {
         // Cleared from a shell (`plugboard quarantine clear`) while this engine ran?
         if shared.persisted(&plugin.name).quarantined.is_some() {
@@ -227,9 +325,24 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
         });
     }
     if lifecycle.is_up() || lifecycle.state == PluginState::BackingOff {
-        return Ok(());
+        return Ok(None);
     }
-    match verify_bundle(shared, plugin) {
+    let generation = lifecycle.generation + 1;
+    let (verdict, launched) = if launch && !lifecycle.disabled {
+        verify_bundle_while(
+            shared,
+            plugin,
+            Some(
+                |manifest: &Manifest, config: &Config, library: BorrowedFd<'_>| {
+                    launch_worker(shared, plugin, generation, manifest, library, config)
+                },
+            ),
+        )
+    } else {
+        (verify_bundle(shared, plugin), None)
+    };
+    let launched = launched.flatten();
+    match verdict {
         Ok(verified) => {
             lifecycle.manifest = Some(verified.manifest);
             lifecycle.library = Some(verified.library);
@@ -243,9 +356,10 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
                 PluginState::Verified
             };
             set_state(shared, plugin, &mut lifecycle, to);
-            Ok(())
+            Ok(launched)
         }
         Err(Refusal { reason, trust }) => {
+            drop(launched);
             lifecycle.reason = Some(reason.clone());
             set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
             drop(lifecycle);
@@ -273,25 +387,11 @@ fn load(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
     }
 }
 
-/// Starts a worker for `manifest`; its events reach the actor tagged with `generation`.
-fn spawn_worker(
-    shared: &Arc<Shared>,
-    plugin: &Arc<Plugin>,
-    generation: u64,
-    manifest: &Manifest,
-    library: &SealedLibrary,
-    config: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Running, String> {
-    let plugin_overrides = shared.config.plugins.get(&plugin.name);
-    let overrides = plugin_overrides
-        .map(|overrides| overrides.resources)
-        .unwrap_or_default();
-    let audit = plugin_overrides.is_some_and(|overrides| overrides.audit);
-    let limits = &shared.config.limits;
-    let resources = manifest.effective_resources_with(limits, &overrides);
+/// Where a worker's events go: its plugin's actor, tagged with the worker's generation.
+fn worker_sink(plugin: &Arc<Plugin>, generation: u64) -> EventSink {
     let inbox = Mutex::new(plugin.inbox.clone());
     let owner = Arc::downgrade(plugin);
-    let sink: EventSink = Arc::new(move |event| {
+    Arc::new(move |event| {
         // Which hooks were running is read now, on the thread that caught the violation:
         // by the time the actor handles it, the call may have returned.
         let hooks = match &event {
@@ -310,9 +410,82 @@ fn spawn_worker(
                 event,
                 hooks,
             });
-    });
-    let emit = Some(emit_handler(shared, &plugin.name));
+    })
+}
+
+/// A sandboxed worker spawned and confined for `generation`, waiting to load its library.
+struct Launched {
+    generation: u64,
+    worker: LaunchedWorker,
+}
+
+/// A worker launched while its bundle was verified, or why it could not be.
+type LaunchResult = Result<Launched, String>;
+
+/// Spawns the worker of a sandboxed plugin and lets it confine itself; `library` may still
+/// be being filled and verified. `None` for an in-process plugin, which has no worker.
+fn launch_worker(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    generation: u64,
+    manifest: &Manifest,
+    library: BorrowedFd<'_>,
+    config: &Config,
+) -> Option<LaunchResult> {
+    if manifest.isolation.mode == IsolationMode::InProcess {
+        return None;
+    }
+    let plugin_overrides = shared.config.plugins.get(&plugin.name);
+    let overrides = plugin_overrides
+        .map(|overrides| overrides.resources)
+        .unwrap_or_default();
+    let audit = plugin_overrides.is_some_and(|overrides| overrides.audit);
+    let resources = manifest.effective_resources_with(&shared.config.limits, &overrides);
+    let (mut plan, cgroup_limits) = plan_for(manifest, &resources, &shared.config.worker, config);
+    if audit {
+        plan.enter_audit_mode();
+    }
+    let launched = Worker::launch(
+        &shared.scope,
+        crate::worker::WorkerSpec {
+            plugin: plugin.name.clone(),
+            host_binary: shared.config.worker.host_binary.clone(),
+            library,
+            plan,
+            limits: cgroup_limits,
+            env: shared.config.worker.env.clone(),
+            emit: Some(emit_handler(shared, &plugin.name)),
+        },
+        &worker_sink(plugin, generation),
+    );
+    Some(
+        launched
+            .map(|worker| Launched { generation, worker })
+            .map_err(|err| err.to_string()),
+    )
+}
+
+/// Starts the plugin: in-process, or in a worker — `launched` if one was launched (or failed
+/// to) while the bundle was verified, a new one otherwise.
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    generation: u64,
+    verified: (&Manifest, &SealedLibrary, &Config),
+    launched: Option<LaunchResult>,
+) -> Result<Running, String> {
+    let (manifest, library, config) = verified;
+    let overrides = shared
+        .config
+        .plugins
+        .get(&plugin.name)
+        .map(|overrides| overrides.resources)
+        .unwrap_or_default();
+    let limits = &shared.config.limits;
+    let resources = manifest.effective_resources_with(limits, &overrides);
     let runner = if manifest.isolation.mode == IsolationMode::InProcess {
+        let sink = worker_sink(plugin, generation);
+        let emit = Some(emit_handler(shared, &plugin.name));
         let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
             .map_err(|err| err.to_string())?;
         let hooks = manifest
@@ -322,25 +495,13 @@ fn spawn_worker(
             .collect();
         Runner::InProcess(Arc::new(loaded), hooks)
     } else {
-        let (mut plan, cgroup_limits) =
-            plan_for(manifest, &resources, &shared.config.worker, config);
-        if audit {
-            plan.enter_audit_mode();
-        }
-        let worker = Worker::start(
-            &shared.scope,
-            crate::worker::WorkerSpec {
-                plugin: plugin.name.clone(),
-                host_binary: shared.config.worker.host_binary.clone(),
-                library,
-                plan,
-                limits: cgroup_limits,
-                env: shared.config.worker.env.clone(),
-                emit,
-            },
-            &sink,
-        )
-        .map_err(|err| err.to_string())?;
+        let launched = match launched {
+            Some(Ok(launched)) if launched.generation == generation => launched,
+            Some(Err(reason)) => return Err(reason),
+            _ => launch_worker(shared, plugin, generation, manifest, library.fd(), config)
+                .unwrap_or_else(|| Err("an in-process plugin has no worker".to_owned()))?,
+        };
+        let worker = launched.worker.load().map_err(|err| err.to_string())?;
         Runner::Worker(Arc::new(worker))
     };
     let timeouts = manifest
@@ -460,22 +621,22 @@ fn check_startable(
 
 fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
     let state = plugin.lifecycle().state;
-    match state {
+    let launched = match state {
         PluginState::Running
         | PluginState::Degraded
         | PluginState::Starting
         | PluginState::Reloading => return Ok(()),
-        PluginState::Discovered | PluginState::Unloaded | PluginState::Rejected => {
-            load(shared, plugin)?;
-        }
-        PluginState::Quarantined => load(shared, plugin)?,
+        PluginState::Discovered
+        | PluginState::Unloaded
+        | PluginState::Rejected
+        | PluginState::Quarantined => load_launching(shared, plugin, true)?,
         PluginState::Verified
         | PluginState::Stopped
         | PluginState::Failed
         | PluginState::BackingOff
         | PluginState::Stopping
-        | PluginState::Disabled => {}
-    }
+        | PluginState::Disabled => None,
+    };
     // Only one start at a time passes the `max_plugins` check and becomes Starting.
     let gate = shared
         .start_gate
@@ -501,9 +662,8 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
             shared,
             plugin,
             generation,
-            manifest,
-            library,
-            &lifecycle.config,
+            (manifest, library, &lifecycle.config),
+            launched,
         )
     } else {
         Err("the bundle is not verified".to_owned())
@@ -610,25 +770,37 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
             reason,
         }
     };
-    let verified = match verify_bundle(shared, plugin) {
+    // The new version's worker confines itself while its bundle is verified.
+    let generation = plugin.lifecycle().generation + 1;
+    let (verdict, launched) = verify_bundle_while(
+        shared,
+        plugin,
+        Some(
+            |manifest: &Manifest, config: &Config, library: BorrowedFd<'_>| {
+                launch_worker(shared, plugin, generation, manifest, library, config)
+            },
+        ),
+    );
+    let launched = launched.flatten();
+    let verified = match verdict {
         Ok(verified) => verified,
         Err(refusal) => return Err(fail(refusal.reason)),
     };
     if let Err(err) = super::dependencies::check_running(shared, &plugin.name, &verified.manifest) {
         return Err(fail(err.to_string()));
     }
-    let generation = {
-        let mut lifecycle = plugin.lifecycle();
-        set_state(shared, plugin, &mut lifecycle, PluginState::Reloading);
-        lifecycle.generation + 1
-    };
+    set_state(
+        shared,
+        plugin,
+        &mut plugin.lifecycle(),
+        PluginState::Reloading,
+    );
     let running = match spawn_worker(
         shared,
         plugin,
         generation,
-        &verified.manifest,
-        &verified.library,
-        &verified.config,
+        (&verified.manifest, &verified.library, &verified.config),
+        launched,
     ) {
         Ok(running) => running,
         Err(reason) => return Err(fail(format!("the new version did not start: {reason}"))),

@@ -8,8 +8,10 @@ use crate::manifest::Manifest;
 use crate::snapshot::PluginState;
 
 /// The plugins to start for `name`, dependencies first (each once), `name` last. Loads
-/// (verifies) every plugin on the way so their manifests and versions are known; refuses a
-/// missing or incompatible dependency and a cycle, naming them.
+/// (verifies) every dependency on the way so their manifests and versions are known;
+/// refuses a missing or incompatible dependency and a cycle, naming them. `name` itself is
+/// only read here, not verified: its start verifies it while its worker confines itself,
+/// and checks its dependencies again against the verified manifest.
 pub(crate) fn start_order(shared: &Shared, name: &str) -> Result<Vec<Arc<Plugin>>, EngineError> {
     let mut order = Vec::new();
     let mut path = Vec::new();
@@ -34,7 +36,11 @@ fn visit(
         });
     }
     let plugin = shared.plugin(name)?;
-    let manifest = loaded_manifest(&plugin)?;
+    let manifest = if path.is_empty() {
+        read_manifest(shared, &plugin)?
+    } else {
+        loaded_manifest(&plugin)?
+    };
     path.push(name.to_owned());
     for (dependency, requirement) in &manifest.dependencies {
         let Ok(target) = shared.plugin(dependency) else {
@@ -62,6 +68,19 @@ fn visit(
     path.pop();
     order.push(plugin);
     Ok(())
+}
+
+/// The plugin's manifest: the verified one if it is loaded, else `plugin.toml` as it is on
+/// disk, unverified — used only to find what to start first. A manifest that does not read
+/// or parse is loaded the usual way, which rejects the plugin with the reason.
+fn read_manifest(shared: &Shared, plugin: &Plugin) -> Result<Manifest, EngineError> {
+    if let Some(manifest) = plugin.lifecycle().manifest.clone() {
+        return Ok(manifest);
+    }
+    let path = plugin.dir.join(crate::manifest::MANIFEST_FILE);
+    crate::manifest::read_manifest(&path)
+        .and_then(|source| Manifest::parse(&source, &path, &shared.config.limits))
+        .or_else(|_| loaded_manifest(plugin))
 }
 
 /// The plugin's manifest, verifying the bundle first when that has not happened yet.

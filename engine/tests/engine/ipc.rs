@@ -57,6 +57,7 @@ fn engine_messages() -> Vec<EngineMessage> {
             plan: plan(),
         },
         EngineMessage::Proceed,
+        EngineMessage::Load,
         EngineMessage::Call {
             id: u64::MAX,
             hook: "on_tick".to_owned(),
@@ -913,6 +914,7 @@ fn engine_message() -> impl Strategy<Value = EngineMessage> {
         (any::<u32>(), plan_strategy())
             .prop_map(|(protocol, plan)| EngineMessage::Welcome { protocol, plan }),
         Just(EngineMessage::Proceed),
+        Just(EngineMessage::Load),
         (any::<u64>(), text(), bytes()).prop_map(|(id, hook, payload)| EngineMessage::Call {
             id,
             hook,

@@ -458,3 +458,59 @@ fn stop_kills_a_plugin_that_does_not_finish_within_the_grace_period() {
     assert_eq!(prober.state, PluginState::Stopped);
     assert_eq!(prober.last_exit, Some(ExitStatus::Signal { signal: 9 }));
 }
+
+/// A start verifies the bundle while the plugin's worker confines itself; a library changed
+/// after signing is refused, and the worker launched beside the verification is gone with
+/// its cgroup by the time the start returns.
+#[test]
+fn a_start_of_a_tampered_bundle_is_refused_and_its_early_worker_leaves_nothing_behind() {
+    let fixture = engine_with(
+        &[("counter", "counter", same), ("hello", "hello", same)],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    // A running plugin shows where this engine's worker cgroups live.
+    start(engine, "counter");
+    let counter_cgroup = plugin(engine, "counter").cgroup.expect("counter's cgroup");
+    let scope = Path::new(&format!("/sys/fs/cgroup/memory{counter_cgroup}"))
+        .parent()
+        .expect("the engine's scope")
+        .to_owned();
+
+    let library = fixture.plugins.join("hello/libhello.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&library, bytes).unwrap();
+
+    let refused = engine.execute(Command::Start {
+        plugin: "hello".into(),
+    });
+    let reason = match refused {
+        Err(err) => err.to_string(),
+        Ok(outcome) => panic!("a tampered bundle started: {outcome:?}"),
+    };
+    assert!(
+        reason.contains("does not match this bundle"),
+        "refused for its signature: {reason}"
+    );
+    let hello = plugin(engine, "hello");
+    assert_eq!(hello.state, PluginState::Rejected);
+    assert_eq!(hello.worker_pid, None);
+    let left: Vec<String> = std::fs::read_dir(&scope)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("plugboard-hello-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "cgroups left behind in {}: {left:?}",
+        scope.display()
+    );
+    assert_eq!(
+        call(engine, "counter", "count", "").status,
+        "ok",
+        "the other plugin serves on"
+    );
+}

@@ -11,7 +11,8 @@ use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::sandbox::cgroup::{CgroupRoot, EngineScope};
 use plugboard_engine::worker::{
-    ExitStatus, Worker, WorkerError, WorkerEvent, WorkerPolicy, WorkerSpec, plan_for,
+    ExitStatus, LaunchedWorker, Worker, WorkerError, WorkerEvent, WorkerPolicy, WorkerSpec,
+    plan_for,
 };
 
 use crate::support::{Signer, built_plugin, example_bundle};
@@ -67,7 +68,7 @@ pub fn start_with(
         WorkerSpec {
             plugin: manifest.plugin.name.clone(),
             host_binary: host_binary(),
-            library: &library,
+            library: library.fd(),
             plan,
             limits,
             env: Vec::new(),
@@ -409,4 +410,96 @@ fn a_required_mechanism_that_fails_refuses_the_plugin_and_a_lowered_requirement_
     );
     running.worker.stop(Duration::from_secs(2));
     running.scope.remove().unwrap();
+}
+
+/// Launches `name`'s worker on the library memory file of a bundle only half opened: the
+/// manifest read, the library not yet copied (the file is empty and unsealed).
+fn launch_half_opened(
+    dir: &Path,
+    scope: &EngineScope,
+) -> (
+    plugboard_engine::bundle::OpeningBundle,
+    Result<LaunchedWorker, WorkerError>,
+) {
+    let opening = Bundle::begin_open(dir, &HostLimits::default()).unwrap();
+    let manifest = opening.manifest().clone();
+    let (plan, limits) = plan_for(
+        &manifest,
+        &manifest.effective_resources(&HostLimits::default()),
+        &WorkerPolicy::new(host_binary()),
+        &manifest.default_config(),
+    );
+    let launched = Worker::launch(
+        scope,
+        WorkerSpec {
+            plugin: manifest.plugin.name.clone(),
+            host_binary: host_binary(),
+            library: opening.library_fd(),
+            plan,
+            limits,
+            env: Vec::new(),
+            emit: None,
+        },
+        &(std::sync::Arc::new(|_| {}) as plugboard_engine::worker::EventSink),
+    );
+    (opening, launched)
+}
+
+fn maps_library(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .contains(&format!("plugboard:{name}"))
+}
+
+/// The engine verifies a bundle while its worker confines itself (issue 4's start hint).
+/// The kernel shows the launched worker confined, and without the library mapped, while
+/// the library is not even copied; told to load before the seal, the worker refuses the
+/// unsealed file and is gone with its cgroup; told after, it loads and answers.
+#[test]
+fn a_launched_worker_waits_confined_and_loads_only_a_sealed_library() {
+    let temp = tempfile::tempdir().unwrap();
+    let signer = Signer::new(temp.path());
+    let dir = example_bundle(temp.path(), "hello", &signer);
+    let scope = EngineScope::create(&CgroupRoot::system().expect("cgroups are mounted"))
+        .expect("engine cgroup scope");
+
+    // Told too early: the worker checks the seals itself.
+    let (_opening, launched) = launch_half_opened(&dir, &scope);
+    let launched = launched.expect("the worker launches on an unfilled library");
+    let (pid, cgroups) = (launched.pid(), launched.cgroup_dirs());
+    assert!(!cgroups.is_empty(), "the worker has its cgroups");
+    match launched.load() {
+        Err(WorkerError::Load { reason, .. }) => assert!(
+            reason.contains("not sealed"),
+            "the worker refuses an unsealed library: {reason}"
+        ),
+        Err(other) => panic!("expected a refused load, got {other}"),
+        Ok(_) => panic!("a worker loaded a library that was not sealed"),
+    }
+    assert!(!process_exists(pid), "the refused worker {pid} is gone");
+    for dir in &cgroups {
+        assert!(!dir.exists(), "{} is removed", dir.display());
+    }
+
+    // Verified while it waits, then told.
+    let (opening, launched) = launch_half_opened(&dir, &scope);
+    let launched = launched.expect("the worker launches on an unfilled library");
+    let sandbox_pid = launched.sandbox_pid();
+    assert_eq!(status_field(sandbox_pid, "Seccomp"), "2");
+    assert_eq!(status_field(sandbox_pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(sandbox_pid, "CapEff"), "0000000000000000");
+    assert!(
+        !maps_library(sandbox_pid, "hello"),
+        "no library is mapped before the engine's word"
+    );
+    let bundle = opening.read_library().unwrap();
+    bundle.verify(&signer.store()).unwrap();
+    let worker = launched.load().expect("the sealed, verified library loads");
+    assert!(
+        maps_library(sandbox_pid, "hello"),
+        "the library is mapped once loaded"
+    );
+    assert_eq!(call_text(&worker, "greet", "overlap"), "Hello, overlap!");
+    worker.stop(Duration::from_secs(2));
+    scope.remove().unwrap();
 }
