@@ -4,8 +4,10 @@
 //!    next to a raw SEQPACKET ping-pong of 64-byte datagrams with a child process placed
 //!    like the worker, with a ladder of intermediate kinds that says where the time goes;
 //!    then (1b) the same with everything pinned to one CPU;
-//! 2. spawn → verified → confined → ready (`Bundle::open` + `verify` + `Worker::start`)
-//!    next to `bwrap --unshare-all --ro-bind / / true`, with a breakdown of the start.
+//! 2. spawn → verified → confined → ready as the engine starts a plugin (`Bundle::begin_open`,
+//!    then `Worker::launch` beside `read_library` + `verify`, then `load`), and the
+//!    sequential start for comparison, next to `bwrap --unshare-all --ro-bind / / true`,
+//!    with a breakdown of the start.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p plugboard-engine --bench runtime`
 //! (as root, cgroups mounted, `bwrap` installed). `PLUGBOARD_RUNTIME_BENCH_CALLS` sets the
@@ -1753,13 +1755,16 @@ fn count_from_env(name: &str, default: usize) -> usize {
 
 fn print_legend() {
     println!(
-        "  legend: open = Bundle::open (manifest read + parse, library copied into a sealed \
-     memfd while hashed with SHA3-512); verify = Ed25519 over the digests; spawn = \
+        "  legend: manifest = Bundle::begin_open (manifest read, hashed, parsed; signature \
+     read; the library's memfd created empty); library = OpeningBundle::read_library (the \
+     library copied into the memfd while hashed with SHA3-512, then sealed); verify = \
+     Ed25519 over the digests; launch = Worker::launch on the other thread (spawn until the \
+     seccomp listener: the worker confined, waiting); load = Load until Ready; spawn = \
      the spawning thread enters the new cgroup (a write of 0 to `tasks` in each v1 \
      hierarchy), posix_spawn, the thread goes back; cgroup check = /proc/<pid>/cgroup \
      read to confirm the worker was born inside; hello = until the worker's Hello (exec, dynamic linking, runtime \
      start); confined = Welcome + Proceed until Confined (the worker confines itself); \
-     listener = until the seccomp listener fd arrives; ready = dlopen of the memfd + \
+     listener = until the seccomp listener fd arrives; ready = Load, dlopen of the memfd + \
      plugin create; host no fds = plugboard-host spawned without its descriptors, to its \
      exit; true = /usr/bin/true the same way; join = PluginCgroup::add_process of a live \
      process (a write to cgroup.procs in each v1 hierarchy: how workers joined their \
