@@ -832,8 +832,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     // The old worker finishes what it was given, then stops.
     if let Some(old) = old {
         let grace = grace(shared, &plugin.name);
-        old.runner.drain(grace);
-        old.runner.stop(grace);
+        old.runner.retire(grace);
         shared.workers_retired.fetch_add(1, Ordering::Relaxed);
     }
     shared.event(

@@ -81,6 +81,17 @@ impl Runner {
         }
     }
 
+    /// Retires a runner a reload replaced: waits for the calls given to it to be answered,
+    /// then stops it — `grace` for both together, so a call stuck past it is waited for
+    /// once, not twice (in-process, the drain is the stop).
+    pub fn retire(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.drain(grace);
+        if let Runner::Worker(worker) = self {
+            worker.stop(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+
     /// Stops gracefully: a worker is asked to shut down and killed after `grace`; an
     /// in-process plugin is drained (see [`Runner::drain`]) and destroyed when the last
     /// holder of it lets go.

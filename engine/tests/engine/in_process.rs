@@ -221,3 +221,44 @@ fn a_hook_handle_call_past_its_timeout_is_a_timeout_counted_as_one() {
     let stats = &plugin(engine, "slowhook").hooks["chaos"];
     assert_eq!((stats.calls, stats.timeouts, stats.in_flight), (2, 1, 0));
 }
+
+/// A reload waits for the old instance's running call at most the grace period in all: the
+/// drain and the stop share it (they used to wait one grace period each).
+#[test]
+fn a_reload_waits_for_a_stuck_call_once_not_twice() {
+    const GRACE: Duration = Duration::from_millis(400);
+    let fixture = engine_configured(&[("slowhook", "slowhook", in_process)], |config| {
+        trust_in_process(config);
+        config.grace = GRACE;
+    });
+    let engine = std::sync::Arc::new(fixture.engine);
+    start(&engine, "slowhook");
+    let caller = {
+        let engine = std::sync::Arc::clone(&engine);
+        // `chaos` with a payload of digits sleeps that many milliseconds.
+        std::thread::spawn(move || call(&engine, "slowhook", "chaos", "3000"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while plugin(&engine, "slowhook").hooks["chaos"].in_flight == 0 {
+        assert!(std::time::Instant::now() < deadline, "the call never began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reloading = std::time::Instant::now();
+    engine
+        .execute(Command::Reload {
+            plugin: "slowhook".into(),
+        })
+        .unwrap();
+    let waited = reloading.elapsed();
+    assert!(
+        waited >= GRACE,
+        "the reload returned after {waited:?}, before the grace period was over"
+    );
+    assert!(
+        waited < GRACE * 7 / 4,
+        "the reload waited {waited:?} for a stuck call: more than one grace period ({GRACE:?})"
+    );
+    assert_eq!(plugin(&engine, "slowhook").state, PluginState::Running);
+    assert_eq!(call(&engine, "slowhook", "ping", "").status, "ok");
+    assert_eq!(caller.join().unwrap().status, "timeout");
+}
