@@ -10,7 +10,7 @@ pub use handle::{HookCallError, HookHandle, HookReply};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
@@ -69,6 +69,13 @@ struct Bucket {
     calls: u64,
 }
 
+/// The lock around a hook's record. Taken once per call for a few tens of nanoseconds, and
+/// by a snapshot for microseconds: a spin lock whose release is a plain store spends one
+/// atomic read-modify-write per call where a mutex spends two (its release must learn
+/// whether to wake a waiter) — 8–10 ns on this VM, a tenth of an in-process call's budget.
+/// A thread that finds it held yields its CPU until it is free.
+type RecordLock = spin::mutex::SpinMutex<HookRecord, spin::relax::Yield>;
+
 /// Live statistics of one hook of one plugin, shared by every thread that calls it.
 ///
 /// The call path touches it twice: [`HookStats::begin`] (one atomic add, which is also the
@@ -82,7 +89,7 @@ struct Bucket {
 pub struct HookStats {
     begun: AtomicU64,
     ended: AtomicU64,
-    record: Mutex<HookRecord>,
+    record: RecordLock,
 }
 
 /// What [`HookStats`] keeps under its lock.
@@ -114,7 +121,7 @@ impl HookStats {
         Self {
             begun: AtomicU64::new(0),
             ended: AtomicU64::new(0),
-            record: Mutex::new(HookRecord {
+            record: RecordLock::new(HookRecord {
                 started: call_clock().now(),
                 calls: 0,
                 errors: 0,
@@ -129,8 +136,8 @@ impl HookStats {
         }
     }
 
-    fn record(&self) -> MutexGuard<'_, HookRecord> {
-        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    fn record(&self) -> spin::mutex::SpinMutexGuard<'_, HookRecord> {
+        self.record.lock()
     }
 
     /// Calls begun so far (refused ones included).
