@@ -9,8 +9,8 @@ pub use handle::{HookCallError, HookHandle, HookReply};
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;

@@ -7,8 +7,6 @@ mod calls;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::stat::Mode;
@@ -773,7 +772,7 @@ struct WorkerState {
 }
 
 /// The threads that follow a running worker: its idle reader (it receives while no caller
-/// does, see the `calls` module), its output pipes and the waiter that reaps it. (Its
+/// does, see the `calls` module) and its follower (its output pipes, then its exit). (Its
 /// seccomp listener runs already: see [`Worker::start`].)
 fn start_threads(
     plugin: &str,
@@ -783,32 +782,18 @@ fn start_threads(
     events: &EventSink,
 ) -> Vec<JoinHandle<()>> {
     let calls = Arc::clone(&state.calls);
-    let mut threads = vec![
+    vec![
         named(plugin, "reader")
             .spawn(move || calls.idle_reader())
             .expect("thread starts"),
-        spawn_output(
+        spawn_follower(
             plugin,
-            File::from(stdout_read),
-            OutputStream::Stdout,
+            pid,
+            (stdout_read, stderr_read),
+            state,
             Arc::clone(events),
         ),
-        spawn_output(
-            plugin,
-            File::from(stderr_read),
-            OutputStream::Stderr,
-            Arc::clone(events),
-        ),
-    ];
-    threads.push(spawn_waiter(
-        plugin,
-        pid,
-        Arc::clone(&state.exited),
-        Arc::clone(&state.exit_status),
-        Arc::clone(&state.calls),
-        Arc::clone(events),
-    ));
-    threads
+    ]
 }
 
 /// Creates the worker's cgroup and spawns the worker into it: born inside on v1, moved
@@ -982,34 +967,140 @@ fn named(plugin: &str, role: &str) -> std::thread::Builder {
 
 /// Bounded line length so a hostile plugin cannot make the engine buffer without end.
 const MAX_LINE: usize = 4096;
-/// The read buffer of each output pipe (std's default is 8 KiB).
-const OUTPUT_BUFFER: usize = 1024;
+/// How much of an output pipe is read at a time.
+const OUTPUT_READ: usize = 1024;
 
-fn spawn_output(
-    plugin: &str,
-    pipe: File,
+/// One output pipe of a worker: the part of a line read so far.
+struct OutputPipe {
+    fd: Option<OwnedFd>,
     stream: OutputStream,
+    pending: Vec<u8>,
+}
+
+impl OutputPipe {
+    fn new(fd: OwnedFd, stream: OutputStream) -> Self {
+        Self {
+            fd: Some(fd),
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Reads what the pipe holds and passes on each complete line (a line longer than
+    /// [`MAX_LINE`] in pieces of that length). At the pipe's end, the rest is a line too,
+    /// and the pipe is closed.
+    fn read_lines(&mut self, chunk: &mut [u8; OUTPUT_READ], events: &EventSink) {
+        let Some(fd) = &self.fd else { return };
+        let read = match nix::unistd::read(fd, chunk) {
+            Err(nix::Error::EINTR | nix::Error::EAGAIN) => return,
+            Ok(0) | Err(_) => 0,
+            Ok(read) => read,
+        };
+        if read == 0 {
+            self.fd = None;
+            self.flush(events);
+            return;
+        }
+        for &byte in &chunk[..read] {
+            self.pending.push(byte);
+            if byte == b'\n' || self.pending.len() == MAX_LINE {
+                self.flush(events);
+            }
+        }
+    }
+
+    fn flush(&mut self, events: &EventSink) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.pending).trim_end().to_owned();
+        self.pending.clear();
+        events(WorkerEvent::Output {
+            stream: self.stream,
+            line,
+        });
+    }
+}
+
+/// Follows a worker until it is gone, on one thread: its stdout and stderr lines as they
+/// come, then its exit. The pipes end when the last of the worker's processes has exited
+/// or closed them — the pid namespace takes every descendant down with its pid 1 — so the
+/// exit is waited for right after; a plugin that closes its output early only makes the
+/// wait begin sooner.
+fn spawn_follower(
+    plugin: &str,
+    pid: Pid,
+    (stdout, stderr): (OwnedFd, OwnedFd),
+    state: &WorkerState,
     events: EventSink,
 ) -> JoinHandle<()> {
-    named(plugin, "output")
+    let (exited, exit_status, calls) = (
+        Arc::clone(&state.exited),
+        Arc::clone(&state.exit_status),
+        Arc::clone(&state.calls),
+    );
+    named(plugin, "follow")
         .spawn(move || {
-            // Output is lines of text, rate-limited downstream: a small buffer is enough,
-            // and it lives on the heap as long as the worker does.
-            let mut reader = BufReader::with_capacity(OUTPUT_BUFFER, pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match std::io::Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut line)
-                {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                        events(WorkerEvent::Output { stream, line: text });
+            let mut pipes = [
+                OutputPipe::new(stdout, OutputStream::Stdout),
+                OutputPipe::new(stderr, OutputStream::Stderr),
+            ];
+            let mut chunk = [0u8; OUTPUT_READ];
+            while pipes.iter().any(|pipe| pipe.fd.is_some()) {
+                let Some(ready) = readable(&pipes) else { break };
+                for (pipe, ready) in pipes.iter_mut().zip(ready) {
+                    if ready {
+                        pipe.read_lines(&mut chunk, &events);
                     }
                 }
             }
+            let status = wait_for_exit(pid);
+            exit_status.set(status);
+            exited.store(true, Ordering::SeqCst);
+            // Wake every caller still waiting: their worker is gone.
+            calls.mark_gone();
+            events(WorkerEvent::Exited { status });
         })
         .expect("thread starts")
+}
+
+/// Waits until one of the open pipes can be read (or has ended); which ones can. `None`
+/// if they cannot be polled.
+fn readable(pipes: &[OutputPipe; 2]) -> Option<[bool; 2]> {
+    let open: Vec<(usize, BorrowedFd<'_>)> = pipes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, pipe)| pipe.fd.as_ref().map(|fd| (index, fd.as_fd())))
+        .collect();
+    let mut polled: Vec<PollFd<'_>> = open
+        .iter()
+        .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    match poll(&mut polled, PollTimeout::NONE) {
+        Ok(_) | Err(nix::Error::EINTR) => {}
+        Err(_) => return None,
+    }
+    let mut ready = [false; 2];
+    for ((index, _), polled) in open.iter().zip(&polled) {
+        ready[*index] = polled.revents().is_some_and(|events| !events.is_empty());
+    }
+    Some(ready)
+}
+
+/// Reaps the worker and says how it ended.
+fn wait_for_exit(pid: Pid) -> ExitStatus {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return ExitStatus::Code { code },
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return ExitStatus::Signal {
+                    signal: signal as i32,
+                };
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return ExitStatus::Code { code: -1 },
+        }
+    }
 }
 
 /// What the engine checks a worker's notified calls against.
@@ -1129,37 +1220,6 @@ fn spawn_listener(
         .expect("thread starts")
 }
 
-fn spawn_waiter(
-    plugin: &str,
-    pid: Pid,
-    exited: Arc<AtomicBool>,
-    exit_status: Arc<ExitWatch>,
-    calls: Arc<Calls>,
-    events: EventSink,
-) -> JoinHandle<()> {
-    named(plugin, "waiter")
-        .spawn(move || {
-            let status = loop {
-                match waitpid(pid, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code { code },
-                    Ok(WaitStatus::Signaled(_, signal, _)) => {
-                        break ExitStatus::Signal {
-                            signal: signal as i32,
-                        };
-                    }
-                    Ok(_) | Err(nix::Error::EINTR) => {}
-                    Err(_) => break ExitStatus::Code { code: -1 },
-                }
-            };
-            exit_status.set(status);
-            exited.store(true, Ordering::SeqCst);
-            // Wake every caller still waiting: their worker is gone.
-            calls.mark_gone();
-            events(WorkerEvent::Exited { status });
-        })
-        .expect("thread starts")
-}
-
 /// Where `plugboard-host` is: next to the running executable (the `plugboard` binary, or a
 /// test binary's `target/<profile>/`), else on `PATH`.
 pub fn find_host_binary() -> Option<PathBuf> {
@@ -1247,4 +1307,57 @@ pub fn plan_for(
         pids_max: u64::from(resources.max_threads),
     };
     (plan, cgroup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as a follower passes them on, from a real pipe: complete lines, a line over
+    /// the bound in pieces of [`MAX_LINE`], and what is left when the pipe ends.
+    #[test]
+    fn output_is_passed_on_line_by_line_bounded_and_flushed_at_the_end() {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let long = "x".repeat(MAX_LINE + 10);
+        let written = format!("first\r\nsecond\n{long}\nlast, no newline");
+        let mut pipe = OutputPipe::new(read_end, OutputStream::Stderr);
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let lines = Arc::clone(&lines);
+            Arc::new(move |event| {
+                if let WorkerEvent::Output { stream, line } = event {
+                    lines.lock().unwrap().push((stream, line));
+                }
+            })
+        };
+        let writer = std::thread::spawn(move || {
+            let mut file = std::fs::File::from(write_end);
+            std::io::Write::write_all(&mut file, written.as_bytes()).unwrap();
+        });
+        let mut chunk = [0u8; OUTPUT_READ];
+        while pipe.fd.is_some() {
+            pipe.read_lines(&mut chunk, &sink);
+        }
+        writer.join().unwrap();
+        let lines = lines.lock().unwrap();
+        let expected = [
+            "first".to_owned(),
+            "second".to_owned(),
+            "x".repeat(MAX_LINE),
+            "x".repeat(10),
+            "last, no newline".to_owned(),
+        ];
+        assert_eq!(
+            lines
+                .iter()
+                .map(|(_, line)| line.clone())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|(stream, _)| *stream == OutputStream::Stderr)
+        );
+    }
 }
