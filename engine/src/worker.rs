@@ -615,8 +615,12 @@ impl Worker {
     /// Asks the worker to shut down, kills it after `grace`, and removes its cgroup: no
     /// process and no cgroup remain.
     pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
-        let _ = self.calls.channel().send(&EngineMessage::Shutdown);
-        self.exit_status.wait(grace);
+        // A worker that broke the protocol is being killed already: asked to shut down
+        // first, it could exit cleanly before the kill lands.
+        if !self.calls.broke_protocol() {
+            let _ = self.calls.channel().send(&EngineMessage::Shutdown);
+            self.exit_status.wait(grace);
+        }
         self.kill();
         self.exit_status()
     }

@@ -86,6 +86,10 @@ pub(super) struct Calls {
     /// The worker is gone (exited, closed its end, killed for a violation): nothing more is
     /// received and every request fails.
     gone: AtomicBool,
+    /// Set before a protocol violation is reported: the worker is being killed, and a stop
+    /// that follows must not ask it to shut down (it would exit 0 first, and its end would
+    /// read as a clean one).
+    broke_protocol: AtomicBool,
     /// Counts requests, so the idle reader sees whether calls are still coming.
     activity: AtomicU64,
     pid: Pid,
@@ -205,6 +209,7 @@ impl Calls {
                 idle_reader: None,
             }),
             gone: AtomicBool::new(false),
+            broke_protocol: AtomicBool::new(false),
             activity: AtomicU64::new(0),
             pid,
             events,
@@ -631,10 +636,16 @@ impl Calls {
     /// waiting caller is woken and fails.
     fn lose_worker(&self, violation: Option<String>) {
         if let Some(reason) = violation {
+            self.broke_protocol.store(true, Ordering::SeqCst);
             (self.events)(WorkerEvent::ProtocolViolation { reason });
             let _ = kill(self.pid, Signal::SIGKILL);
         }
         self.mark_gone();
+    }
+
+    /// Whether the worker broke the protocol (and is being killed for it).
+    pub(super) fn broke_protocol(&self) -> bool {
+        self.broke_protocol.load(Ordering::SeqCst)
     }
 
     /// No more replies will come (the worker exited, or it is being killed): every waiting
