@@ -56,6 +56,9 @@ pub enum CallResult {
     Timeout,
     /// Refused before reaching the plugin (too many in flight).
     Busy,
+    /// The worker died (or was killed) before it answered: an error, but not a latency —
+    /// how long the call waited says nothing of the plugin's speed.
+    Gone,
 }
 
 #[derive(Debug)]
@@ -101,6 +104,8 @@ struct HookRecord {
     errors: u64,
     timeouts: u64,
     busy: u64,
+    /// Calls whose worker was gone before it answered (counted in `errors`, not timed).
+    gone: u64,
     total: Duration,
     /// The calls of the buckets that left the window: since start, less the window.
     retired: Histogram<u64>,
@@ -127,6 +132,7 @@ impl HookStats {
                 errors: 0,
                 timeouts: 0,
                 busy: 0,
+                gone: 0,
                 total: Duration::ZERO,
                 retired: new_histogram(),
                 window: VecDeque::new(),
@@ -210,6 +216,13 @@ impl HookRecord {
             CallResult::Busy => {
                 self.busy += 1;
                 self.last_call = Some(now);
+                return;
+            }
+            CallResult::Gone => {
+                self.errors += 1;
+                self.gone += 1;
+                self.last_error = Some((SystemTime::now(), "the worker is gone".to_owned()));
+                self.last_call = Some(now.checked_sub(elapsed).unwrap_or(now).max(self.started));
                 return;
             }
         }
@@ -296,7 +309,7 @@ impl HookRecord {
         let covered = (now + 1 - window_start).min(WINDOW_SECONDS);
         #[allow(clippy::cast_precision_loss)]
         let calls_per_sec = recent_calls as f64 / covered as f64;
-        let measured = self.calls - self.busy;
+        let measured = self.calls - self.busy - self.gone;
         // The call clock is monotonic; the wall clock now, less how long ago, dates it.
         let wall_now = SystemTime::now();
         let last_call = self.last_call.map(|at| {
@@ -401,6 +414,31 @@ pub struct HookStatsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call whose worker died before answering is an error with a reason, but its wait
+    /// is no latency of the plugin's: the percentiles and the mean leave it out.
+    #[test]
+    fn a_call_whose_worker_is_gone_is_an_error_without_a_latency() {
+        let stats = HookStats::new();
+        assert!(stats.begin(u64::MAX));
+        stats.end(Duration::from_millis(3), &CallResult::Ok);
+        assert!(stats.begin(u64::MAX));
+        stats.end(Duration::from_secs(2), &CallResult::Gone);
+        let snapshot = stats.snapshot();
+        assert_eq!(
+            (snapshot.calls, snapshot.errors, snapshot.in_flight),
+            (2, 1, 0)
+        );
+        assert_eq!(snapshot.last_error.as_deref(), Some("the worker is gone"));
+        assert!(snapshot.last_error_at.is_some() && snapshot.last_call.is_some());
+        for percentiles in [snapshot.recent, snapshot.since_start] {
+            assert!(
+                (2_900..=3_100).contains(&percentiles.max_us),
+                "only the answered call is timed: {percentiles:?}"
+            );
+        }
+        assert_eq!(snapshot.mean_us, 3_000);
+    }
 
     #[test]
     fn counts_and_percentiles_follow_the_calls() {

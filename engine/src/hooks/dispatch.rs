@@ -216,9 +216,7 @@ pub(super) fn settle(
             let _ = plugin.inbox.send(ActorMessage::Violation(violation));
             CallResult::Timeout
         }
-        Err(CallFailure::WorkerGone) => CallResult::Error {
-            message: "the worker is gone".to_owned(),
-        },
+        Err(CallFailure::WorkerGone) => CallResult::Gone,
     }
 }
 

@@ -167,7 +167,7 @@ impl HookHandle {
         let result = settle(&self.plugin, &self.hook, &outcome);
         // The runner timed the call (in-process, with the statistics' clock, whose reading
         // at the end dates it); a call that got no answer is recorded at its timeout, one
-        // whose worker was gone at zero.
+        // whose worker was gone as an error without a latency.
         let (elapsed, finished) = match &outcome {
             Ok(outcome) => (outcome.duration, outcome.finished),
             Err(CallFailure::Timeout { timeout }) => (*timeout, None),
