@@ -37,7 +37,8 @@ use crate::sandbox::seccomp::{
 };
 use calls::Calls;
 
-/// How long each handshake step may take before the worker is considered broken.
+/// How long each handshake step (loading and creating the plugin included) may take
+/// before the worker is considered broken.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a worker could not be started or used.
@@ -891,8 +892,9 @@ fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, W
 
 /// Waits for Ready; the plugin may log while it is being created.
 fn await_ready(channel: &Channel, plugin: &str, events: &EventSink) -> Result<(), WorkerError> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        match recv_within(channel, plugin)? {
+        match recv_before(channel, plugin, deadline)? {
             WorkerMessage::Ready => return Ok(()),
             WorkerMessage::Log { level, message } => events(WorkerEvent::Output {
                 stream: OutputStream::Log { level },
@@ -914,8 +916,21 @@ fn await_ready(channel: &Channel, plugin: &str, events: &EventSink) -> Result<()
     }
 }
 
+/// One handshake message, within [`HANDSHAKE_TIMEOUT`].
 fn recv_within(channel: &Channel, plugin: &str) -> Result<WorkerMessage, WorkerError> {
-    match channel.recv_timeout::<WorkerMessage>(HANDSHAKE_TIMEOUT) {
+    recv_before(channel, plugin, Instant::now() + HANDSHAKE_TIMEOUT)
+}
+
+/// One handshake message before `deadline`: a step that lets the worker send several
+/// messages (log lines while the plugin is created) has one deadline for all of them, so
+/// a plugin cannot hold its start open by logging now and then.
+fn recv_before(
+    channel: &Channel,
+    plugin: &str,
+    deadline: Instant,
+) -> Result<WorkerMessage, WorkerError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match channel.recv_timeout::<WorkerMessage>(left) {
         Ok(Some(message)) => Ok(message),
         Ok(None) => Err(handshake_error(
             plugin,
@@ -1027,14 +1042,11 @@ impl OutputPipe {
 }
 
 /// Follows a worker until it is gone, on one thread: its stdout and stderr lines as they
-/// come, then its exit. The pipes end when the last of the worker's processes has exited
-/// or closed them — the pid namespace takes every descendant down with its pid 1 — so the
-/// exit is waited for right after; a plugin that closes its output early only makes the
-/// wait begin sooner.
+/// come, then its exit (see [`follow`]).
 fn spawn_follower(
     plugin: &str,
     pid: Pid,
-    (stdout, stderr): (OwnedFd, OwnedFd),
+    pipes: (OwnedFd, OwnedFd),
     state: &WorkerState,
     events: EventSink,
 ) -> JoinHandle<()> {
@@ -1045,20 +1057,7 @@ fn spawn_follower(
     );
     named(plugin, "follow")
         .spawn(move || {
-            let mut pipes = [
-                OutputPipe::new(stdout, OutputStream::Stdout),
-                OutputPipe::new(stderr, OutputStream::Stderr),
-            ];
-            let mut chunk = [0u8; OUTPUT_READ];
-            while pipes.iter().any(|pipe| pipe.fd.is_some()) {
-                let Some(ready) = readable(&pipes) else { break };
-                for (pipe, ready) in pipes.iter_mut().zip(ready) {
-                    if ready {
-                        pipe.read_lines(&mut chunk, &events);
-                    }
-                }
-            }
-            let status = wait_for_exit(pid);
+            let status = follow(pid, pipes, &events);
             exit_status.set(status);
             exited.store(true, Ordering::SeqCst);
             // Wake every caller still waiting: their worker is gone.
@@ -1068,9 +1067,64 @@ fn spawn_follower(
         .expect("thread starts")
 }
 
-/// Waits until one of the open pipes can be read (or has ended); which ones can. `None`
-/// if they cannot be polled.
-fn readable(pipes: &[OutputPipe; 2]) -> Option<[bool; 2]> {
+/// Passes on the worker's output lines until it has exited, then reaps it. Its end is
+/// watched through a pidfd beside the pipes: the pipes alone end only when every process
+/// holding them is gone, which the pid namespace guarantees (it takes every descendant down
+/// with its pid 1) but a worker without one does not — a child it forked could keep them
+/// open, and its crash would go unseen. Once it has exited, what the pipes hold is read
+/// and passed on, and pipes someone else still holds are left.
+fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) -> ExitStatus {
+    let mut pipes = [
+        OutputPipe::new(stdout, OutputStream::Stdout),
+        OutputPipe::new(stderr, OutputStream::Stderr),
+    ];
+    // Without pidfds (Linux < 5.3) the pipes' end is all there is to go by.
+    let exit = crate::sandbox::process::open_pidfd(pid).ok();
+    let mut chunk = [0u8; OUTPUT_READ];
+    while pipes.iter().any(|pipe| pipe.fd.is_some()) {
+        let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
+            break;
+        };
+        read_ready(&mut pipes, ready, &mut chunk, events);
+        if exited {
+            // Everything written before the exit is in the pipes now: read it, without
+            // waiting for more.
+            while let Some((ready, _)) = readable(&pipes, None, PollTimeout::ZERO) {
+                if ready == [false; 2] {
+                    break;
+                }
+                read_ready(&mut pipes, ready, &mut chunk, events);
+            }
+            for pipe in &mut pipes {
+                pipe.flush(events);
+            }
+            break;
+        }
+    }
+    wait_for_exit(pid)
+}
+
+fn read_ready(
+    pipes: &mut [OutputPipe; 2],
+    ready: [bool; 2],
+    chunk: &mut [u8; OUTPUT_READ],
+    events: &EventSink,
+) {
+    for (pipe, ready) in pipes.iter_mut().zip(ready) {
+        if ready {
+            pipe.read_lines(chunk, events);
+        }
+    }
+}
+
+/// Waits until one of the open pipes can be read (or has ended) or the process behind
+/// `exit` (a pidfd) has exited, at most `timeout`: which pipes can be read, and whether it
+/// has exited. `None` if they cannot be polled.
+fn readable(
+    pipes: &[OutputPipe; 2],
+    exit: Option<&OwnedFd>,
+    timeout: PollTimeout,
+) -> Option<([bool; 2], bool)> {
     let open: Vec<(usize, BorrowedFd<'_>)> = pipes
         .iter()
         .enumerate()
@@ -1080,15 +1134,20 @@ fn readable(pipes: &[OutputPipe; 2]) -> Option<[bool; 2]> {
         .iter()
         .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
         .collect();
-    match poll(&mut polled, PollTimeout::NONE) {
+    if let Some(exit) = exit {
+        polled.push(PollFd::new(exit.as_fd(), PollFlags::POLLIN));
+    }
+    match poll(&mut polled, timeout) {
         Ok(_) | Err(nix::Error::EINTR) => {}
         Err(_) => return None,
     }
+    let fired = |polled: &PollFd<'_>| polled.revents().is_some_and(|events| !events.is_empty());
     let mut ready = [false; 2];
     for ((index, _), polled) in open.iter().zip(&polled) {
-        ready[*index] = polled.revents().is_some_and(|events| !events.is_empty());
+        ready[*index] = fired(polled);
     }
-    Some(ready)
+    let exited = exit.is_some() && polled.last().is_some_and(fired);
+    Some((ready, exited))
 }
 
 /// Reaps the worker and says how it ended.
@@ -1362,6 +1421,65 @@ mod tests {
             lines
                 .iter()
                 .all(|(stream, _)| *stream == OutputStream::Stderr)
+        );
+    }
+
+    /// A worker's end is seen when it exits, even while a process it started keeps its
+    /// output pipes open (a worker without a pid namespace), and what it wrote first is
+    /// passed on.
+    #[test]
+    fn the_follower_sees_the_exit_while_a_descendant_holds_the_pipes() {
+        use std::process::{Command, Stdio};
+
+        #[expect(
+            clippy::zombie_processes,
+            reason = "the follower under test reaps it (waitpid)"
+        )]
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "sleep 30 & echo \"holder $!\"; printf partial >&2; exit 3",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let pipes = (
+            OwnedFd::from(child.stdout.take().unwrap()),
+            OwnedFd::from(child.stderr.take().unwrap()),
+        );
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let lines = Arc::clone(&lines);
+            Arc::new(move |event| {
+                if let WorkerEvent::Output { stream, line } = event {
+                    lines.lock().unwrap().push((stream, line));
+                }
+            })
+        };
+        let began = std::time::Instant::now();
+        let status = follow(pid, pipes, &sink);
+        let waited = began.elapsed();
+        let lines = lines.lock().unwrap().clone();
+        // The holder, by the pid it printed: ours to end (init reaps it).
+        let holder = lines.iter().find_map(|(_, line)| {
+            line.strip_prefix("holder ")
+                .and_then(|pid| pid.parse::<i32>().ok())
+        });
+        if let Some(holder) = holder {
+            let _ = kill(Pid::from_raw(holder), Signal::SIGKILL);
+        }
+        assert_eq!(status, ExitStatus::Code { code: 3 });
+        assert!(
+            waited < Duration::from_secs(5),
+            "the exit was seen after {waited:?}, not when it happened"
+        );
+        assert!(holder.is_some(), "{lines:?}");
+        assert!(
+            lines.contains(&(OutputStream::Stderr, "partial".to_owned())),
+            "{lines:?}"
         );
     }
 }

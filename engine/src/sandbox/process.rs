@@ -61,6 +61,20 @@ pub fn adopt_received_fd(raw: RawFd) -> OwnedFd {
 /// `SO_PASSRIGHTS` (Linux 6.16, `asm-generic/socket.h`; not in the libc crate yet).
 const SO_PASSRIGHTS: libc::c_int = 83;
 
+/// A pidfd for `pid` (Linux 5.3 and later): it becomes readable when the process exits,
+/// so its end can be polled beside its pipes.
+pub fn open_pidfd(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags by value and returns a new descriptor or
+    // -1; it reads and writes none of this process's memory.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let raw = RawFd::try_from(raw).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel has just returned this descriptor to us, so nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// Makes the Unix socket `fd` refuse descriptors: from now on a peer's send with
 /// `SCM_RIGHTS` fails (`EPERM`) and no descriptor is ever queued for this socket, so it
 /// can be read with a plain `recv`. Fails on kernels before 6.16 (`ENOPROTOOPT`).

@@ -598,25 +598,31 @@ fn check_startable(
     if let Some(manifest) = &lifecycle.manifest {
         super::dependencies::check_running(shared, &plugin.name, manifest)?;
     }
-    if let Some(max) = shared.config.max_plugins {
-        let running: Vec<String> = shared
-            .all_plugins()
-            .iter()
-            .filter(|other| other.name != plugin.name && other.lifecycle().is_up())
-            .map(|other| other.name.clone())
-            .collect();
-        if running.len() >= max {
-            return Err(EngineError::StartFailed {
-                plugin: plugin.name.clone(),
-                reason: format!(
-                    "the host runs at most {max} plugins (`max_plugins`) and {} are up: {}",
-                    running.len(),
-                    running.join(", ")
-                ),
-            });
-        }
+    match max_plugins_reached(shared, plugin) {
+        Some(reason) => Err(EngineError::StartFailed {
+            plugin: plugin.name.clone(),
+            reason,
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Why `plugin` may not start now for `max_plugins`, if it may not.
+fn max_plugins_reached(shared: &Shared, plugin: &Plugin) -> Option<String> {
+    let max = shared.config.max_plugins?;
+    let running: Vec<String> = shared
+        .all_plugins()
+        .iter()
+        .filter(|other| other.name != plugin.name && other.lifecycle().is_up())
+        .map(|other| other.name.clone())
+        .collect();
+    (running.len() >= max).then(|| {
+        format!(
+            "the host runs at most {max} plugins (`max_plugins`) and {} are up: {}",
+            running.len(),
+            running.join(", ")
+        )
+    })
 }
 
 fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
@@ -629,7 +635,15 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         PluginState::Discovered
         | PluginState::Unloaded
         | PluginState::Rejected
-        | PluginState::Quarantined => load_launching(shared, plugin, true)?,
+        | PluginState::Quarantined => {
+            // No worker launched ahead for a start the host is bound to refuse (the check
+            // is repeated at the gate below, which decides).
+            load_launching(
+                shared,
+                plugin,
+                max_plugins_reached(shared, plugin).is_none(),
+            )?
+        }
         PluginState::Verified
         | PluginState::Stopped
         | PluginState::Failed

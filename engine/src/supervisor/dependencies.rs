@@ -10,8 +10,11 @@ use crate::snapshot::PluginState;
 /// The plugins to start for `name`, dependencies first (each once), `name` last. Loads
 /// (verifies) every dependency on the way so their manifests and versions are known;
 /// refuses a missing or incompatible dependency and a cycle, naming them. `name` itself is
-/// only read here, not verified: its start verifies it while its worker confines itself,
-/// and checks its dependencies again against the verified manifest.
+/// only read here, not verified, when its manifest declares no dependencies: its start
+/// verifies it while its worker confines itself, and checks its dependencies again against
+/// the verified manifest. One that declares dependencies is verified first, so that an
+/// unverified manifest never decides which other plugins start, nor turns a bundle's
+/// trust failure into a dependency error.
 pub(crate) fn start_order(shared: &Shared, name: &str) -> Result<Vec<Arc<Plugin>>, EngineError> {
     let mut order = Vec::new();
     let mut path = Vec::new();
@@ -71,16 +74,20 @@ fn visit(
 }
 
 /// The plugin's manifest: the verified one if it is loaded, else `plugin.toml` as it is on
-/// disk, unverified — used only to find what to start first. A manifest that does not read
-/// or parse is loaded the usual way, which rejects the plugin with the reason.
+/// disk, unverified, if it declares no dependencies (nothing to start first). A manifest
+/// that declares some, or does not read or parse, is loaded the usual way, which verifies
+/// the bundle (rejecting it with the reason if it fails).
 fn read_manifest(shared: &Shared, plugin: &Plugin) -> Result<Manifest, EngineError> {
     if let Some(manifest) = plugin.lifecycle().manifest.clone() {
         return Ok(manifest);
     }
     let path = plugin.dir.join(crate::manifest::MANIFEST_FILE);
-    crate::manifest::read_manifest(&path)
+    match crate::manifest::read_manifest(&path)
         .and_then(|source| Manifest::parse(&source, &path, &shared.config.limits))
-        .or_else(|_| loaded_manifest(plugin))
+    {
+        Ok(unverified) if unverified.dependencies.is_empty() => Ok(unverified),
+        _ => loaded_manifest(plugin),
+    }
 }
 
 /// The plugin's manifest, verifying the bundle first when that has not happened yet.

@@ -514,3 +514,45 @@ fn a_start_of_a_tampered_bundle_is_refused_and_its_early_worker_leaves_nothing_b
         "the other plugin serves on"
     );
 }
+
+/// The handshake has one deadline for the plugin's creation, however often the plugin
+/// logs meanwhile: a constructor that talks every second cannot hold its start (and its
+/// actor) open for ever.
+#[test]
+fn a_plugin_that_logs_while_it_is_created_but_never_finishes_is_refused_at_the_deadline() {
+    let fixture = engine_configured(&[("slowhook", "slowhook", same)], |config| {
+        let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+        overrides
+            .config
+            .insert("create_ms".to_owned(), 30_000.into());
+        config.plugins.insert("slowhook".to_owned(), overrides);
+    });
+    let engine = &fixture.engine;
+    let began = Instant::now();
+    let refused = engine.execute(Command::Start {
+        plugin: "slowhook".into(),
+    });
+    let waited = began.elapsed();
+    let reason = match refused {
+        Err(err) => err.to_string(),
+        Ok(outcome) => panic!("a plugin still being created started: {outcome:?}"),
+    };
+    assert!(reason.contains("no answer within 10s"), "{reason}");
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(15)).contains(&waited),
+        "refused after {waited:?}, expected at the 10 s deadline"
+    );
+    let slowhook = plugin(engine, "slowhook");
+    assert_eq!(slowhook.state, PluginState::Failed, "{slowhook:#?}");
+    assert_eq!(slowhook.worker_pid, None);
+    let logged = slowhook
+        .recent_output
+        .iter()
+        .filter(|line| line.line.contains("still creating"))
+        .count();
+    assert!(
+        logged >= 9,
+        "it kept logging while created: {:?}",
+        slowhook.recent_output
+    );
+}

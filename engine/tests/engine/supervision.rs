@@ -377,6 +377,49 @@ fn missing_incompatible_and_cyclic_dependencies_are_refused_by_name() {
     }
 }
 
+/// A manifest edited after signing decides nothing: the dependency it adds is neither
+/// started nor reported missing; the bundle is refused for what it is, a trust failure.
+#[test]
+fn a_dependency_added_to_a_signed_manifest_starts_nothing_and_the_bundle_is_rejected() {
+    let fixture = engine_configured(
+        &[("hello", "hello", same), ("counter", "counter", same)],
+        |_| {},
+    );
+    let engine = &fixture.engine;
+    for (dependency, requirement) in [("hello", "*"), ("nosuch", "^1")] {
+        let manifest = fixture.plugins.join("counter/plugin.toml");
+        let signed = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(
+            &manifest,
+            format!("{signed}\n[dependencies]\n{dependency} = \"{requirement}\"\n"),
+        )
+        .unwrap();
+        let err = engine
+            .execute(Command::Start {
+                plugin: "counter".into(),
+            })
+            .unwrap_err();
+        assert!(
+            !matches!(
+                err,
+                EngineError::MissingDependency { .. } | EngineError::IncompatibleDependency { .. }
+            ),
+            "refused for its signature, not its dependencies: {err}"
+        );
+        let counter = plugin(engine, "counter");
+        assert_eq!(counter.state, PluginState::Rejected, "{err}: {counter:#?}");
+        assert_eq!(plugin(engine, "hello").state, PluginState::Discovered);
+        assert!(
+            !engine
+                .recent_events()
+                .iter()
+                .any(|event| matches!(event.kind, EventKind::Started { .. })),
+            "nothing was started"
+        );
+        std::fs::write(&manifest, signed).unwrap();
+    }
+}
+
 #[test]
 fn hook_and_plugin_toggles_persist_across_engine_restarts() {
     let state_dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,9 @@
 //! Hooks: `ping` answers `pong`; `chaos` sleeps (a payload of digits is the duration in
 //! ms), then answers `slept N ms`; `work` answers `done`, after sleeping once
 //! `chaos_after_ms` has elapsed. Settings: `chaos_after_ms` (0 = `work` stays quick),
-//! `sleep_ms`.
+//! `sleep_ms`, `create_ms` (0 = created at once; else creation takes that long and logs a
+//! line every second meanwhile: a constructor that keeps talking but never finishes in
+//! time).
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +32,16 @@ fn slept(duration: Duration) -> Vec<u8> {
 }
 
 impl Plugin for Slowhook {
-    fn create(_host: Host, config: Config) -> Result<Self, Error> {
+    fn create(host: Host, config: Config) -> Result<Self, Error> {
+        let creating = Duration::from_millis(setting(&config, "create_ms", 0)?);
+        let began = Instant::now();
+        while began.elapsed() < creating {
+            host.info(&format!(
+                "still creating ({} ms)",
+                began.elapsed().as_millis()
+            ));
+            std::thread::sleep(Duration::from_secs(1).min(creating));
+        }
         let after = setting(&config, "chaos_after_ms", 0)?;
         Ok(Self {
             sleep: Duration::from_millis(setting(&config, "sleep_ms", 1000)?),
