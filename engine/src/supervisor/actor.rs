@@ -359,10 +359,12 @@ fn load_launching(
             Ok(launched)
         }
         Err(Refusal { reason, trust }) => {
-            drop(launched);
             lifecycle.reason = Some(reason.clone());
             set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
             drop(lifecycle);
+            // Killed and its cgroup removed outside the lifecycle lock, which snapshots
+            // wait for (no plugin code ran in it).
+            drop(launched);
             shared.event(
                 Some(&plugin.name),
                 EventKind::Rejected {
