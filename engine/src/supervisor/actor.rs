@@ -183,15 +183,45 @@ fn verify_bundle_while<T: Send>(
     let Some((meanwhile, manifest, config, library)) = side else {
         return (read_and_verify(shared, opening, checked), None);
     };
+    // The library is verified on a short-lived thread and the worker launched on this
+    // long-lived one: what a launch allocates lives as long as the worker (its structures,
+    // its threads' handles, its cgroup), and what a thread allocates and outlives it stays
+    // scattered in the malloc arena the next threads reuse (see BENCHMARKS, soak). The
+    // bundle is taken by the verifying thread, or by this one if that thread cannot start.
+    let opened = Mutex::new(Some((opening, checked)));
+    let take_opened = || {
+        opened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("the bundle is verified once")
+    };
     std::thread::scope(|scope| {
-        let side = std::thread::Builder::new()
-            .name(format!("{}:launch", plugin.name))
-            .spawn_scoped(scope, move || {
-                meanwhile(&manifest, &config, library.as_fd())
+        let verifying = std::thread::Builder::new()
+            .name(format!("{}:verify", plugin.name))
+            .spawn_scoped(scope, || {
+                let (opening, checked) = take_opened();
+                read_and_verify(shared, opening, checked)
             });
-        let verdict = read_and_verify(shared, opening, checked);
-        let launched = side.ok().and_then(|side| side.join().ok());
-        (verdict, launched)
+        // A launch that panicked is as good as none: the start launches again.
+        let launch = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                meanwhile(&manifest, &config, library.as_fd())
+            }))
+            .ok()
+        };
+        if let Ok(verifying) = verifying {
+            let launched = launch();
+            let verdict = verifying
+                .join()
+                .unwrap_or_else(|_| Err(Refusal::from("verifying the bundle panicked".to_owned())));
+            (verdict, launched)
+        } else {
+            // No thread to spare: one after the other.
+            let (opening, checked) = take_opened();
+            let verdict = read_and_verify(shared, opening, checked);
+            (verdict, launch())
+        }
     })
 }
 
