@@ -823,19 +823,11 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
             reason,
         }
     };
-    // The new version's worker confines itself while its bundle is verified.
+    // Verified first, then launched, all on this thread: the old version serves meanwhile,
+    // so a reload gains little from overlapping the two, and the overlap's short-lived
+    // thread per reload made a long run's engine grow faster (see BENCHMARKS, soak).
     let generation = plugin.lifecycle().generation + 1;
-    let (verdict, launched) = verify_bundle_while(
-        shared,
-        plugin,
-        Some(
-            |manifest: &Manifest, config: &Config, library: BorrowedFd<'_>| {
-                launch_worker(shared, plugin, generation, manifest, library, config)
-            },
-        ),
-    );
-    let launched = launched.flatten();
-    let verified = match verdict {
+    let verified = match verify_bundle(shared, plugin) {
         Ok(verified) => verified,
         Err(refusal) => return Err(fail(refusal.reason)),
     };
@@ -853,7 +845,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         plugin,
         generation,
         (&verified.manifest, &verified.library, &verified.config),
-        launched,
+        None,
     ) {
         Ok(running) => running,
         Err(reason) => return Err(fail(format!("the new version did not start: {reason}"))),
