@@ -989,6 +989,9 @@ const MAX_LINE: usize = 4096;
 /// How much of an output pipe is read at a time.
 const OUTPUT_READ: usize = 1024;
 
+/// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
+const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
+
 /// One output pipe of a worker: the part of a line read so far.
 struct OutputPipe {
     fd: Option<OwnedFd>,
@@ -1088,12 +1091,15 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
         read_ready(&mut pipes, ready, &mut chunk, events);
         if exited {
             // Everything written before the exit is in the pipes now: read it, without
-            // waiting for more.
-            while let Some((ready, _)) = readable(&pipes, None, PollTimeout::ZERO) {
-                if ready == [false; 2] {
-                    break;
+            // waiting for more — and at most what two full pipes hold, so a process left
+            // holding a pipe cannot keep this thread reading instead of reaping.
+            for _ in 0..AFTER_EXIT_READS {
+                match readable(&pipes, None, PollTimeout::ZERO) {
+                    Some((ready, _)) if ready != [false; 2] => {
+                        read_ready(&mut pipes, ready, &mut chunk, events);
+                    }
+                    _ => break,
                 }
-                read_ready(&mut pipes, ready, &mut chunk, events);
             }
             for pipe in &mut pipes {
                 pipe.flush(events);
@@ -1376,6 +1382,20 @@ pub fn plan_for(
 mod tests {
     use super::*;
 
+    type Lines = Arc<Mutex<Vec<(OutputStream, String)>>>;
+
+    /// An event sink that keeps the output lines it is given.
+    fn output_sink() -> (Lines, EventSink) {
+        let lines: Lines = Arc::default();
+        let kept = Arc::clone(&lines);
+        let sink: EventSink = Arc::new(move |event| {
+            if let WorkerEvent::Output { stream, line } = event {
+                kept.lock().unwrap().push((stream, line));
+            }
+        });
+        (lines, sink)
+    }
+
     /// Lines as a follower passes them on, from a real pipe: complete lines, a line over
     /// the bound in pieces of [`MAX_LINE`], and what is left when the pipe ends.
     #[test]
@@ -1384,15 +1404,7 @@ mod tests {
         let long = "x".repeat(MAX_LINE + 10);
         let written = format!("first\r\nsecond\n{long}\nlast, no newline");
         let mut pipe = OutputPipe::new(read_end, OutputStream::Stderr);
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink: EventSink = {
-            let lines = Arc::clone(&lines);
-            Arc::new(move |event| {
-                if let WorkerEvent::Output { stream, line } = event {
-                    lines.lock().unwrap().push((stream, line));
-                }
-            })
-        };
+        let (lines, sink) = output_sink();
         let writer = std::thread::spawn(move || {
             let mut file = std::fs::File::from(write_end);
             std::io::Write::write_all(&mut file, written.as_bytes()).unwrap();
@@ -1450,15 +1462,7 @@ mod tests {
             OwnedFd::from(child.stdout.take().unwrap()),
             OwnedFd::from(child.stderr.take().unwrap()),
         );
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink: EventSink = {
-            let lines = Arc::clone(&lines);
-            Arc::new(move |event| {
-                if let WorkerEvent::Output { stream, line } = event {
-                    lines.lock().unwrap().push((stream, line));
-                }
-            })
-        };
+        let (lines, sink) = output_sink();
         let began = std::time::Instant::now();
         let status = follow(pid, pipes, &sink);
         let waited = began.elapsed();
