@@ -34,7 +34,7 @@ use std::time::Duration;
 use nix::unistd::{getpid, getppid, pipe, read, write};
 use plugboard_engine::ipc::{
     BatchedCallRef, BatchedReply, Channel, ConfinementPlan, EngineMessage, EngineMessageRef,
-    IpcError, PROTOCOL_VERSION, StepReport, WorkerMessage,
+    IpcError, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage,
 };
 use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
@@ -525,8 +525,13 @@ fn run_request(
             payload,
             depth,
         } => {
-            let (status, body) = call_hook(instance, hook, payload, depth);
-            channel.send(&WorkerMessage::Reply { id, status, body })?;
+            // The reply is framed straight from the plugin's buffer.
+            CALL_DEPTH.set(depth);
+            let sent = instance.call_with(hook, payload, |status, body| {
+                CALL_DEPTH.set(0);
+                channel.send(&ReplyRef { id, status, body })
+            });
+            sent?;
         }
         EngineMessageRef::Health { id } => {
             let (status, body) = answer(instance.health().map(|()| Vec::new()));

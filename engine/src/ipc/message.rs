@@ -127,10 +127,22 @@ pub struct CallsRef<'a> {
     pub calls: &'a [CallRef<'a>],
 }
 
+/// [`WorkerMessage::Reply`] borrowing its body: encodes to exactly the frame of the owned
+/// message, so a worker sends the plugin's reply from the plugin's own buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyRef<'a> {
+    pub id: u64,
+    pub status: i32,
+    pub body: &'a [u8],
+}
+
 /// `EngineMessage`'s variant indices: Welcome, Proceed, Call, Health, EmitResult,
 /// Shutdown, Calls.
 const CALL_VARIANT: u32 = 2;
 const CALLS_VARIANT: u32 = 6;
+/// `WorkerMessage`'s variant index of Reply (after Hello, Confined, SeccompListener,
+/// Ready, LoadFailed).
+const REPLY_VARIANT: u32 = 5;
 
 /// A byte string, as `#[serde(with = "bytes")]` writes one.
 struct Bytes<'a>(&'a [u8]);
@@ -152,6 +164,19 @@ impl Serialize for CallRef<'_> {
         call.serialize_field("payload", &Bytes(self.payload))?;
         call.serialize_field("depth", &self.depth)?;
         call.end()
+    }
+}
+
+impl Serialize for ReplyRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+
+        let mut reply =
+            serializer.serialize_struct_variant("WorkerMessage", REPLY_VARIANT, "Reply", 3)?;
+        reply.serialize_field("id", &self.id)?;
+        reply.serialize_field("status", &self.status)?;
+        reply.serialize_field("body", &Bytes(self.body))?;
+        reply.end()
     }
 }
 
@@ -344,7 +369,7 @@ mod bytes {
 mod tests {
     use super::{
         BatchedCall, BatchedCallRef, CallRef, CallsRef, ConfinementPlan, EngineMessage,
-        EngineMessageRef,
+        EngineMessageRef, ReplyRef, WorkerMessage,
     };
     use crate::ipc::{IpcError, decode_frame, encode_frame};
 
@@ -512,6 +537,26 @@ mod tests {
                 encode_frame(&borrowed).unwrap(),
                 encode_frame(&owned).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn a_borrowed_reply_encodes_as_the_owned_one() {
+        let large = vec![0xff; 70_000];
+        for (id, status, body) in [
+            (1, 0, &b"hello, world"[..]),
+            (u64::MAX, i32::MIN, &[][..]),
+            (300, -3, &large[..]),
+        ] {
+            let owned = WorkerMessage::Reply {
+                id,
+                status,
+                body: body.to_vec(),
+            };
+            let borrowed = ReplyRef { id, status, body };
+            let frame = encode_frame(&borrowed).unwrap();
+            assert_eq!(frame, encode_frame(&owned).unwrap());
+            assert_eq!(decode_frame::<WorkerMessage>(&frame).unwrap(), owned);
         }
     }
 }

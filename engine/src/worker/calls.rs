@@ -141,7 +141,9 @@ enum Receiver {
 }
 
 struct Waiter {
-    thread: Thread,
+    /// To unpark it; `None` for a caller that took the receive role when it registered:
+    /// it keeps the role until it leaves, so nobody ever delivers to it or wakes it.
+    thread: Option<Thread>,
     /// Replies delivered by the leader: (request id, reply).
     inbox: Vec<(u64, Reply)>,
 }
@@ -238,7 +240,7 @@ impl Calls {
         timeout: Duration,
     ) -> Result<CallOutcome, CallFailure> {
         let start = Instant::now();
-        let mut results = self.exchange(1, timeout, |ids, _| {
+        let mut results = self.exchange(1, start, timeout, |ids, _| {
             match self.channel.try_send(&message(ids.start)) {
                 Ok(true) => Ok(1),
                 Ok(false) => Ok(0),
@@ -264,7 +266,7 @@ impl Calls {
         timeout: Duration,
     ) -> Vec<Result<Reply, CallFailure>> {
         let mut first = None;
-        self.exchange(calls.len(), timeout, |ids, refused| {
+        self.exchange(calls.len(), Instant::now(), timeout, |ids, refused| {
             let first = *first.get_or_insert(ids.start);
             self.send_packed(ids, first, calls, depth, refused)
         })
@@ -348,35 +350,34 @@ impl Calls {
     /// still to send, it sends what it can now without waiting and says how many went out),
     /// keeping at most [`BATCH_WINDOW`] ahead of their replies, and collects the replies —
     /// receiving them itself while it holds the receive role — until all are in, `timeout`
-    /// has passed, or the worker is gone.
+    /// after `start` (about now) has passed, or the worker is gone.
     fn exchange(
         &self,
         count: usize,
+        start: Instant,
         timeout: Duration,
         mut send: impl FnMut(Range<u64>, &mut Vec<u64>) -> Result<u64, ()>,
     ) -> Vec<Result<Reply, CallFailure>> {
         if count == 0 {
             return Vec::new();
         }
-        let start = Instant::now();
         let deadline = start
             .checked_add(timeout)
             .unwrap_or(start + Duration::from_secs(86_400 * 365));
-        let first = self
-            .next_id
-            .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::SeqCst);
-        let ids = first..first + u64::try_from(count).unwrap_or(u64::MAX);
-        self.activity.fetch_add(1, Ordering::Relaxed);
+        let count_ids = u64::try_from(count).unwrap_or(u64::MAX);
+        let Some((first, mut leading)) = self.register(count_ids) else {
+            return (0..count).map(|_| Err(CallFailure::WorkerGone)).collect();
+        };
+        let ids = first..first + count_ids;
         let mut batch = Batch {
             key: first,
             ids: ids.clone(),
             results: (0..count).map(|_| None).collect(),
             missing: count,
         };
-        let Some(mut leading) = self.register(&batch) else {
-            batch.fail_rest(&CallFailure::WorkerGone);
-            return finish(batch);
-        };
+        // When the leader last read the clock: a receive needs it, and right after
+        // registering, `start` is still as good as a fresh reading.
+        let mut now = start;
         let window = u64::try_from(BATCH_WINDOW).unwrap_or(u64::MAX);
         let chunk = u64::try_from(CALLS_PER_FRAME).unwrap_or(1);
         let mut next_to_send = ids.start;
@@ -411,14 +412,16 @@ impl Calls {
                 break;
             }
             if leading {
-                match self.channel.recv_before::<WorkerMessage>(deadline) {
-                    Ok(Some(message)) => match self.handle(message, &mut batch) {
+                let received = self.channel.recv_before_at::<WorkerMessage>(deadline, now);
+                now = Instant::now();
+                match received {
+                    Ok(Some(message)) => match self.handle(message, &mut batch, now) {
                         Ok(settled) => answered += settled,
                         Err(reason) => self.lose_worker(Some(reason)),
                     },
                     // Nothing within a tick: look at the deadline and the worker again.
                     Ok(None) => {
-                        if Instant::now() >= deadline {
+                        if now >= deadline {
                             break;
                         }
                     }
@@ -427,7 +430,7 @@ impl Calls {
                     Err(err) => self.lose_worker(Some(err.to_string())),
                 }
             } else {
-                let now = Instant::now();
+                now = Instant::now();
                 if now >= deadline {
                     break;
                 }
@@ -435,6 +438,7 @@ impl Calls {
                 answered += delivered;
                 if promoted {
                     leading = true;
+                    now = Instant::now();
                     continue;
                 }
                 if batch.missing == 0 {
@@ -453,28 +457,35 @@ impl Calls {
         finish(batch)
     }
 
-    /// Makes `batch`'s requests known (so replies find their caller) before any is sent;
-    /// whether the caller receives (it got the receive role); `None` if the worker is gone.
-    fn register(&self, batch: &Batch) -> Option<bool> {
+    /// Issues `count` request ids and makes them known (so replies find their caller)
+    /// before any is sent: the first id (the caller's key), and whether the caller receives
+    /// (it got the receive role); `None` if the worker is gone. The counters written here
+    /// are written only under the lock, so they need no atomic read-modify-write.
+    fn register(&self, count: u64) -> Option<(u64, bool)> {
         let mut state = self.lock();
         if self.gone.load(Ordering::SeqCst) {
             return None;
         }
-        let key = batch.key;
-        state.waiting.extend(batch.ids.clone().map(|id| (id, key)));
+        let key = self.next_id.load(Ordering::Relaxed);
+        self.next_id
+            .store(key.saturating_add(count), Ordering::Release);
+        self.activity
+            .store(self.activity.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        state
+            .waiting
+            .extend((key..key.saturating_add(count)).map(|id| (id, key)));
+        let leading = state.receiver.is_none();
         state.callers.insert(
             key,
             Waiter {
-                thread: std::thread::current(),
+                thread: (!leading).then(std::thread::current),
                 inbox: Vec::new(),
             },
         );
-        if state.receiver.is_none() {
+        if leading {
             state.receiver = Some(Receiver::Caller(key));
-            Some(true)
-        } else {
-            Some(false)
         }
+        Some((key, leading))
     }
 
     /// Takes the replies delivered to `batch`'s caller; whether the receive role was passed
@@ -529,16 +540,23 @@ impl Calls {
     /// Handles one message from the worker; `Err` is a protocol violation. Replies to
     /// `own` requests are settled there (how many is the `Ok`); replies to other callers'
     /// requests are handed to them.
-    fn handle(&self, message: WorkerMessage, own: &mut Batch) -> Result<u64, String> {
+    /// `received` is when it arrived.
+    fn handle(
+        &self,
+        message: WorkerMessage,
+        own: &mut Batch,
+        received: Instant,
+    ) -> Result<u64, String> {
         match message {
             WorkerMessage::Reply { id, status, body } => {
-                self.replies(own, std::iter::once((id, status, body)))
+                self.replies(own, std::iter::once((id, status, body)), received)
             }
             WorkerMessage::Replies { replies } => self.replies(
                 own,
                 replies
                     .into_iter()
                     .map(|reply| (reply.id, reply.status, reply.body)),
+                received,
             ),
             WorkerMessage::Log { level, message } => {
                 (self.events)(WorkerEvent::Output {
@@ -567,9 +585,9 @@ impl Calls {
         &self,
         own: &mut Batch,
         replies: impl Iterator<Item = (u64, i32, Vec<u8>)>,
+        received: Instant,
     ) -> Result<u64, String> {
-        let issued = self.next_id.load(Ordering::SeqCst);
-        let received = Instant::now();
+        let issued = self.next_id.load(Ordering::Acquire);
         let several = own.ids.end - own.ids.start > 1;
         let mut settled = 0;
         let mut state = None;
@@ -596,7 +614,9 @@ impl Calls {
             };
             if let Some(waiter) = state.callers.get_mut(&key) {
                 waiter.inbox.push((id, reply));
-                waiter.thread.unpark();
+                if let Some(thread) = &waiter.thread {
+                    thread.unpark();
+                }
             }
         }
         Ok(settled)
@@ -653,8 +673,12 @@ impl Calls {
     pub(super) fn mark_gone(&self) {
         self.gone.store(true, Ordering::SeqCst);
         let state = self.lock();
-        for waiter in state.callers.values() {
-            waiter.thread.unpark();
+        for thread in state
+            .callers
+            .values()
+            .filter_map(|waiter| waiter.thread.as_ref())
+        {
+            thread.unpark();
         }
         if let Some(thread) = &state.idle_reader {
             thread.unpark();
@@ -712,7 +736,7 @@ impl Calls {
         while !self.is_gone() {
             match self.channel.try_recv::<WorkerMessage>() {
                 Ok(Some(message)) => {
-                    if let Err(reason) = self.handle(message, nobody) {
+                    if let Err(reason) = self.handle(message, nobody, Instant::now()) {
                         self.lose_worker(Some(reason));
                     }
                 }
@@ -758,11 +782,11 @@ fn encode_group(group: &[CallRef<'_>]) -> Result<Vec<u8>, ()> {
 
 /// The receive role goes to a waiting caller (which is unparked) or to nobody.
 fn pass_role(state: &mut State) {
+    // Every caller still registered waits parked (the one that held the role has left).
     let next = state
         .callers
         .iter()
-        .next()
-        .map(|(key, waiter)| (*key, waiter.thread.clone()));
+        .find_map(|(key, waiter)| Some((*key, waiter.thread.clone()?)));
     state.receiver = next.map(|(key, thread)| {
         thread.unpark();
         Receiver::Caller(key)

@@ -278,16 +278,41 @@ impl PluginLibrary {
 
     /// Copies a plugin-owned buffer and hands it back to the plugin to free.
     fn take_buffer(&self, buffer: &PluginBuffer) -> Vec<u8> {
+        self.with_buffer(buffer, <[u8]>::to_vec)
+    }
+
+    /// Lends a plugin-owned buffer's bytes to `read`, then hands the buffer back to the
+    /// plugin to free (also if `read` panics).
+    fn with_buffer<R>(&self, buffer: &PluginBuffer, read: impl FnOnce(&[u8]) -> R) -> R {
         if buffer.data.is_null() {
-            return Vec::new();
+            return read(&[]);
         }
+        let release = ReleaseBuffer {
+            library: self,
+            buffer,
+        };
         // SAFETY: a non-null buffer written by the plugin describes `len` readable bytes
-        // that stay valid until we pass them to `free_buffer`, which we do right after.
-        let bytes = unsafe { std::slice::from_raw_parts(buffer.data, buffer.len) }.to_vec();
-        let free = self.table().free_buffer.expect("checked in open");
+        // that stay valid until we pass them to `free_buffer`, which `release` does after
+        // the last use of this slice.
+        let bytes = unsafe { std::slice::from_raw_parts(buffer.data, buffer.len) };
+        let result = read(bytes);
+        drop(release);
+        result
+    }
+}
+
+/// Hands a plugin-owned buffer back to the plugin when dropped, however the borrow of its
+/// bytes ended.
+struct ReleaseBuffer<'a> {
+    library: &'a PluginLibrary,
+    buffer: &'a PluginBuffer,
+}
+
+impl Drop for ReleaseBuffer<'_> {
+    fn drop(&mut self) {
+        let free = self.library.table().free_buffer.expect("checked in open");
         // SAFETY: the buffer came from this library and is returned exactly once.
-        unsafe { free(buffer.data, buffer.len) };
-        bytes
+        unsafe { free(self.buffer.data, self.buffer.len) };
     }
 }
 
@@ -369,20 +394,41 @@ unsafe impl Sync for Instance {}
 impl Instance {
     /// Calls `hook` with `payload` and returns the reply bytes.
     pub fn call(&self, hook: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
-        let call = self.library.table().call.expect("checked in open");
         let mut reply = PluginBuffer::EMPTY;
+        let status = self.call_raw(hook, payload, &mut reply);
+        self.finish(status, &reply)
+    }
+
+    /// Calls `hook` with `payload` and hands `answer` the status and the reply bytes where
+    /// the plugin wrote them; the plugin's buffer is freed when `answer` returns. For a host
+    /// that only forwards the reply (a worker encoding it into a frame), this saves copying
+    /// it into a `Vec` first. A status other than `STATUS_OK` comes with the plugin's error
+    /// message as the bytes.
+    pub fn call_with<R>(
+        &self,
+        hook: &str,
+        payload: &[u8],
+        answer: impl FnOnce(i32, &[u8]) -> R,
+    ) -> R {
+        let mut reply = PluginBuffer::EMPTY;
+        let status = self.call_raw(hook, payload, &mut reply);
+        self.library
+            .with_buffer(&reply, |bytes| answer(status, bytes))
+    }
+
+    fn call_raw(&self, hook: &str, payload: &[u8], reply: &mut PluginBuffer) -> i32 {
+        let call = self.library.table().call.expect("checked in open");
         // SAFETY: `instance` is live until `Drop`; all buffers are valid for the call.
-        let status = unsafe {
+        unsafe {
             call(
                 self.handle,
                 hook.as_ptr(),
                 hook.len(),
                 payload.as_ptr(),
                 payload.len(),
-                &raw mut reply,
+                reply,
             )
-        };
-        self.finish(status, &reply)
+        }
     }
 
     /// Asks the plugin whether it is healthy.
