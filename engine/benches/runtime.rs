@@ -58,6 +58,7 @@ use nix::fcntl::OFlag;
 use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, unshare};
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::socket::{MsgFlags, recv, send};
 use nix::sys::stat::Mode;
@@ -1419,6 +1420,34 @@ fn replay_start(
     (replayed, phases)
 }
 
+/// One run of the start's reference, `bwrap --unshare-all --ro-bind / / true`: its wall
+/// time and the CPU time it and its child used.
+fn run_bwrap(series: &mut Series) {
+    let children_cpu = cpu_time(UsageWho::RUSAGE_CHILDREN);
+    let took = run_process(
+        Command::new("bwrap").args(["--unshare-all", "--ro-bind", "/", "/", "true"]),
+        true,
+    );
+    series.push("bwrap", took);
+    series.push(
+        "cpu: bwrap",
+        cpu_time(UsageWho::RUSAGE_CHILDREN).saturating_sub(children_cpu),
+    );
+}
+
+/// User + system CPU time of this process (`RUSAGE_SELF`, every thread) or of its waited-for
+/// children (`RUSAGE_CHILDREN`).
+fn cpu_time(who: UsageWho) -> Duration {
+    let usage = getrusage(who).expect("getrusage");
+    let time = |tv: nix::sys::time::TimeVal| {
+        Duration::new(
+            u64::try_from(tv.tv_sec()).unwrap_or(0),
+            u32::try_from(tv.tv_usec()).unwrap_or(0) * 1000,
+        )
+    };
+    time(usage.user_time()) + time(usage.system_time())
+}
+
 /// Wall time of running `command` to its end; `expect_success` checks its exit status.
 fn run_process(command: &mut Command, expect_success: bool) -> Duration {
     command
@@ -1546,21 +1575,18 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
     let mut probe_steps = Series::default();
     let mut compile_steps = Series::default();
     let mut stop_times = Vec::new();
-    let bwrap = || {
-        let mut command = Command::new("bwrap");
-        command.args(["--unshare-all", "--ro-bind", "/", "/", "true"]);
-        command
-    };
     // Warm-up: page cache, binaries, libseccomp.
     let (worker, _, _) = start_worker(fixture, scope);
     let _ = worker.stop(STOP_GRACE);
-    run_process(&mut bwrap(), true);
+    run_bwrap(&mut Series::default());
 
     let quiet = || std::thread::sleep(QUIET);
     for round in 0..starts {
         // The measured pair first, in alternating order; the start after a quiet spell.
         let mut measured = |series: &mut Series, label: &str| {
+            let engine_cpu = cpu_time(UsageWho::RUSAGE_SELF);
             let (worker, _, times) = start_worker(fixture, scope);
+            let engine_cpu = cpu_time(UsageWho::RUSAGE_SELF).saturating_sub(engine_cpu);
             series.push(label, times.total);
             if label == "start" {
                 series.push("manifest", times.manifest);
@@ -1568,6 +1594,11 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
                 series.push("verify", times.verify);
                 series.push("launch", times.launch);
                 series.push("load", times.load);
+                // The worker was born in its cgroup: all it used so far is the start's.
+                let worker_cpu = Duration::from_nanos(cpu_usage(worker.cgroup_dirs()).unwrap_or(0));
+                series.push("cpu: engine", engine_cpu);
+                series.push("cpu: worker", worker_cpu);
+                series.push("cpu: start in all", engine_cpu + worker_cpu);
             }
             let stop = Instant::now();
             let _ = worker.stop(STOP_GRACE);
@@ -1577,9 +1608,9 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
         if round % 2 == 0 {
             quiet();
             measured(&mut series, "start");
-            series.push("bwrap", run_process(&mut bwrap(), true));
+            run_bwrap(&mut series);
         } else {
-            series.push("bwrap", run_process(&mut bwrap(), true));
+            run_bwrap(&mut series);
             quiet();
             measured(&mut series, "start");
         }
@@ -1632,6 +1663,42 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
         stop_times,
     };
     report.print();
+}
+
+impl StartReport {
+    /// The CPU time a cold start needs, against what the goal leaves on this machine's CPUs.
+    fn print_cpu(&self) {
+        let series = &self.series;
+        let cpus = std::thread::available_parallelism()
+            .ok()
+            .and_then(|cpus| u32::try_from(usize::from(cpus)).ok())
+            .unwrap_or(1);
+        let start_cpu = series.get("cpu: start in all").p50;
+        let floor = start_cpu / cpus;
+        let budget = series.get("bwrap").p50.mul_f64(START_GOAL);
+        println!(
+            "CPU time of a cold start (user + system; engine = this process, all its threads; \
+             worker = its cgroup's cpuacct):"
+        );
+        series.print(
+            "  ",
+            &[
+                "cpu: engine",
+                "cpu: worker",
+                "cpu: start in all",
+                "cpu: bwrap",
+            ],
+        );
+        println!(
+            "  on {cpus} CPUs a start that needs {start_cpu:.2?} of CPU (p50) takes at least \
+             {floor:.2?}; {START_GOAL}x bwrap is {budget:.2?}{}",
+            if floor > budget {
+                " — out of reach here, however the work is spread"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// What the start measurements collected.
@@ -1687,6 +1754,7 @@ impl StartReport {
                 verdict(p90, START_GOAL)
             );
         }
+        self.print_cpu();
         println!();
         println!("breakdown of a cold start (phase means add up; p50/p90 per phase):");
         println!("{:<62} {:>10} {:>10} {:>10}", "", "p50", "p90", "mean");

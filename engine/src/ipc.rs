@@ -366,9 +366,9 @@ impl Channel {
         now: Instant,
     ) -> Result<Option<T>, IpcError> {
         let tick = Duration::from_nanos(self.tick_nanos.load(Ordering::Relaxed));
-        let left = deadline.saturating_duration_since(now);
-        if tick.is_zero() || left <= tick {
-            return self.recv_timeout(left);
+        if tick.is_zero() || deadline.saturating_duration_since(now) <= tick {
+            // The last stretch is waited for exactly: from the clock as it is now.
+            return self.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
         let mut resets = 0;
         loop {

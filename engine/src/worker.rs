@@ -892,7 +892,16 @@ fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, W
 
 /// Waits for Ready; the plugin may log while it is being created.
 fn await_ready(channel: &Channel, plugin: &str, events: &EventSink) -> Result<(), WorkerError> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    await_ready_before(channel, plugin, events, Instant::now() + HANDSHAKE_TIMEOUT)
+}
+
+/// [`await_ready`] with its deadline given.
+fn await_ready_before(
+    channel: &Channel,
+    plugin: &str,
+    events: &EventSink,
+    deadline: Instant,
+) -> Result<(), WorkerError> {
     loop {
         match recv_before(channel, plugin, deadline)? {
             WorkerMessage::Ready => return Ok(()),
@@ -930,7 +939,14 @@ fn recv_before(
     deadline: Instant,
 ) -> Result<WorkerMessage, WorkerError> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match channel.recv_timeout::<WorkerMessage>(left) {
+    // Past the deadline nothing more is taken, even if the worker keeps the socket full (a
+    // constructor that logs in a loop would otherwise hold its start open for ever).
+    let received = if left.is_zero() {
+        Ok(None)
+    } else {
+        channel.recv_timeout::<WorkerMessage>(left)
+    };
+    match received {
         Ok(Some(message)) => Ok(message),
         Ok(None) => Err(handshake_error(
             plugin,
@@ -1383,6 +1399,51 @@ mod tests {
     use super::*;
 
     type Lines = Arc<Mutex<Vec<(OutputStream, String)>>>;
+
+    /// A constructor that logs in a loop keeps a message waiting at every receive of the
+    /// handshake; past the deadline the engine takes none of them and refuses the start.
+    /// The engine takes a millisecond per line here, so the worker keeps the queue full.
+    #[test]
+    fn a_worker_that_floods_log_lines_while_it_is_created_is_refused_at_the_deadline() {
+        let (engine, worker) = Channel::pair().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+                    let line = WorkerMessage::Log {
+                        level: 2,
+                        message: "still creating".to_owned(),
+                    };
+                    if worker.send(&line).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let slow_sink: EventSink = Arc::new(|_| std::thread::sleep(Duration::from_millis(1)));
+        let started = Instant::now();
+        let verdict = await_ready_before(
+            &engine,
+            "flooder",
+            &slow_sink,
+            started + Duration::from_millis(200),
+        );
+        let waited = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        drop(engine);
+        flooder.join().unwrap();
+        let reason = match verdict {
+            Err(err) => err.to_string(),
+            Ok(()) => panic!("a worker that never sent Ready was taken as ready"),
+        };
+        assert!(reason.contains("no answer within"), "{reason}");
+        assert!(
+            waited < Duration::from_secs(1),
+            "refused after {waited:?}, expected at the 200 ms deadline"
+        );
+    }
 
     /// An event sink that keeps the output lines it is given.
     fn output_sink() -> (Lines, EventSink) {

@@ -529,6 +529,14 @@ fn run_request(
             CALL_DEPTH.set(depth);
             let sent = instance.call_with(hook, payload, |status, body| {
                 CALL_DEPTH.set(0);
+                // An error's message goes as text, as every other answer path sends it.
+                let message;
+                let body = if status == abi::STATUS_OK {
+                    body
+                } else {
+                    message = String::from_utf8_lossy(body);
+                    message.as_bytes()
+                };
                 channel.send(&ReplyRef { id, status, body })
             });
             sent?;

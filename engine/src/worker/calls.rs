@@ -415,10 +415,17 @@ impl Calls {
                 let received = self.channel.recv_before_at::<WorkerMessage>(deadline, now);
                 now = Instant::now();
                 match received {
-                    Ok(Some(message)) => match self.handle(message, &mut batch, now) {
-                        Ok(settled) => answered += settled,
-                        Err(reason) => self.lose_worker(Some(reason)),
-                    },
+                    Ok(Some(message)) => {
+                        match self.handle(message, &mut batch, now) {
+                            Ok(settled) => answered += settled,
+                            Err(reason) => self.lose_worker(Some(reason)),
+                        }
+                        // A worker that keeps the socket busy (log lines, emits, other
+                        // callers' replies) must not keep this call past its deadline.
+                        if batch.missing > 0 && now >= deadline {
+                            break;
+                        }
+                    }
                     // Nothing within a tick: look at the deadline and the worker again.
                     Ok(None) => {
                         if now >= deadline {
@@ -469,8 +476,10 @@ impl Calls {
         let key = self.next_id.load(Ordering::Relaxed);
         self.next_id
             .store(key.saturating_add(count), Ordering::Release);
-        self.activity
-            .store(self.activity.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.activity.store(
+            self.activity.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         state
             .waiting
             .extend((key..key.saturating_add(count)).map(|id| (id, key)));
@@ -820,6 +829,12 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with_slow_events(Arc::default())
+    }
+
+    /// A fixture whose engine takes a millisecond to handle each event of the worker while
+    /// `slow` is set (a loaded engine, or one writing its log).
+    fn fixture_with_slow_events(slow: Arc<AtomicBool>) -> Fixture {
         let (engine, worker) = Channel::pair().expect("socketpair");
         let child = std::process::Command::new("sleep")
             .arg("30")
@@ -828,6 +843,9 @@ mod tests {
         let (sink, events) = mpsc::channel();
         let sink = Mutex::new(sink);
         let events_sink: EventSink = Arc::new(move |event| {
+            if slow.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let _ = sink
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -1025,6 +1043,65 @@ mod tests {
         assert!(fixture.events.try_recv().is_err(), "no violation");
         drop(fixture);
         echo.join().expect("echo ends");
+    }
+
+    #[test]
+    fn a_worker_that_floods_log_lines_cannot_hold_a_call_past_its_deadline() {
+        // Each line takes the engine a millisecond: the worker easily keeps the queue full.
+        let slow = Arc::new(AtomicBool::new(true));
+        let fixture = fixture_with_slow_events(Arc::clone(&slow));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (call_arrived, arrival) = mpsc::channel::<()>();
+        // Once the call is out (its caller receiving, as the leader), two threads keep the
+        // engine's receive queue full of log lines: every receive finds one waiting.
+        let flooders: Vec<_> = (0..2)
+            .map(|flooder| {
+                let (worker, stop) = (Arc::clone(&fixture.worker), Arc::clone(&stop));
+                let call_arrived = call_arrived.clone();
+                std::thread::spawn(move || {
+                    if flooder == 0 {
+                        let _ = worker.recv::<EngineMessage>();
+                        let _ = call_arrived.send(());
+                    }
+                    let started = Instant::now();
+                    while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5)
+                    {
+                        let line = WorkerMessage::Log {
+                            level: 2,
+                            message: "busy".to_owned(),
+                        };
+                        if worker.send(&line).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(call_arrived);
+        let started = Instant::now();
+        let result = single(
+            &fixture.calls,
+            b"never answered",
+            Duration::from_millis(200),
+        );
+        let waited = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        slow.store(false, Ordering::SeqCst);
+        arrival.recv().expect("the call reached the worker");
+        assert_eq!(
+            result,
+            Err(CallFailure::Timeout {
+                timeout: Duration::from_millis(200)
+            })
+        );
+        assert!(
+            waited < Duration::from_secs(1),
+            "the call waited {waited:?} for a 200 ms timeout"
+        );
+        drop(fixture);
+        for flooder in flooders {
+            flooder.join().expect("flooder ends");
+        }
     }
 
     #[test]

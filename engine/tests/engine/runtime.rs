@@ -525,6 +525,12 @@ fn a_plugin_that_logs_while_it_is_created_but_never_finishes_is_refused_at_the_d
         overrides
             .config
             .insert("create_ms".to_owned(), 30_000.into());
+        // Log lines back to back, a constructor logging in a loop: still refused at the
+        // deadline. (`worker::tests::a_worker_that_floods_log_lines_while_it_is_created_…`
+        // keeps the engine's queue full throughout, which this worker's CPU quota does not.)
+        overrides
+            .config
+            .insert("create_log_ms".to_owned(), 0.into());
         config.plugins.insert("slowhook".to_owned(), overrides);
     });
     let engine = &fixture.engine;

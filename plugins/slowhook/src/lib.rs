@@ -6,8 +6,8 @@
 //! ms), then answers `slept N ms`; `work` answers `done`, after sleeping once
 //! `chaos_after_ms` has elapsed. Settings: `chaos_after_ms` (0 = `work` stays quick),
 //! `sleep_ms`, `create_ms` (0 = created at once; else creation takes that long and logs a
-//! line every second meanwhile: a constructor that keeps talking but never finishes in
-//! time).
+//! line every `create_log_ms` meanwhile — 1000 by default, 0 for a flood: a constructor that
+//! keeps talking but never finishes in time).
 
 use std::time::{Duration, Instant};
 
@@ -34,13 +34,14 @@ fn slept(duration: Duration) -> Vec<u8> {
 impl Plugin for Slowhook {
     fn create(host: Host, config: Config) -> Result<Self, Error> {
         let creating = Duration::from_millis(setting(&config, "create_ms", 0)?);
+        let pause = Duration::from_millis(setting(&config, "create_log_ms", 1000)?);
         let began = Instant::now();
         while began.elapsed() < creating {
             host.info(&format!(
                 "still creating ({} ms)",
                 began.elapsed().as_millis()
             ));
-            std::thread::sleep(Duration::from_secs(1).min(creating));
+            std::thread::sleep(pause.min(creating));
         }
         let after = setting(&config, "chaos_after_ms", 0)?;
         Ok(Self {
