@@ -245,6 +245,28 @@ impl Channel {
         with_frame(msg, |frame| self.send_frame(frame, None, false))?
     }
 
+    /// Sends one message as one datagram, waiting for room in the send buffer until
+    /// `deadline` at most: `Ok(false)` (nothing sent) if there was none by then. For a
+    /// message to a peer that may have stopped reading, where waiting for ever would hold
+    /// the sender with it.
+    pub fn send_before<T: Serialize + ?Sized>(
+        &self,
+        msg: &T,
+        deadline: Instant,
+    ) -> Result<bool, IpcError> {
+        with_frame(msg, |frame| {
+            loop {
+                if self.send_frame(frame, None, false)? {
+                    return Ok(true);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                self.wait_writable(Some(deadline))?;
+            }
+        })?
+    }
+
     /// Sends already encoded frames ([`encode_frame`]), each as one datagram, in order, with
     /// as few system calls as the kernel allows (`sendmmsg`), waiting for room as needed.
     pub fn send_frames(&self, frames: &[Vec<u8>]) -> Result<(), IpcError> {

@@ -619,8 +619,15 @@ impl Worker {
         // A worker that broke the protocol is being killed already: asked to shut down
         // first, it could exit cleanly before the kill lands.
         if !self.calls.broke_protocol() {
-            let _ = self.calls.channel().send(&EngineMessage::Shutdown);
-            self.exit_status.wait(grace);
+            // A worker that reads nothing (its hooks stuck, its socket full of calls) is
+            // not waited on for room beyond the grace period: it is killed then.
+            let deadline = Instant::now() + grace;
+            let _ = self
+                .calls
+                .channel()
+                .send_before(&EngineMessage::Shutdown, deadline);
+            self.exit_status
+                .wait(deadline.saturating_duration_since(Instant::now()));
         }
         self.kill();
         self.exit_status()

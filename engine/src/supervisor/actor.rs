@@ -36,15 +36,25 @@ pub(crate) fn run_actor(
             )
         };
         let due = [retry_at, check_at].into_iter().flatten().min();
+        let fire = |at| {
+            if retry_at == Some(at) {
+                restart_after_backoff(shared, plugin);
+            } else {
+                check_health(shared, plugin);
+            }
+        };
         let message = match due {
+            // A timer that is due runs before any message: a worker whose events keep the
+            // inbox busy (output lines, forbidden calls) must not hold off its own health
+            // checks or a restart.
+            Some(at) if at <= Instant::now() => {
+                fire(at);
+                continue;
+            }
             Some(at) => match messages.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(message) => message,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if retry_at == Some(at) {
-                        restart_after_backoff(shared, plugin);
-                    } else {
-                        check_health(shared, plugin);
-                    }
+                    fire(at);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -1436,6 +1446,8 @@ fn check_health(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
         .as_ref()
         .map(|manifest| manifest.health)
     else {
+        // Nothing to check against: no timer left due (the actor would run it again at once).
+        plugin.lifecycle().health.next = None;
         return;
     };
     let failure = match running.runner.health(spec.timeout()) {

@@ -48,6 +48,10 @@ use crate::ipc::{
 /// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
 const MAX_EMITS_IN_FLIGHT: usize = 16;
 
+/// How long an emit's answer waits for room in a socket the worker does not read (the
+/// worker's own emit gives up after 5 s).
+const EMIT_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 /// The socket's receive timeout: a leader waiting for a slow reply looks at its deadline
 /// and at the worker's state this often (exact deadlines within the last tick).
 const RECEIVE_TICK: Duration = Duration::from_millis(10);
@@ -633,17 +637,25 @@ impl Calls {
 
     /// Answers an emit from a thread of its own, so the receiver keeps reading (the
     /// subscribers may call back into this very worker).
+    ///
+    /// An answer never waits long for room in the socket: a worker that emits without
+    /// reading its answers would otherwise fill the engine's send buffer and hold whoever
+    /// answers — the receiving caller itself, for a refusal. A refusal is dropped if there
+    /// is no room now, an emit's outcome if there is none within [`EMIT_ANSWER_WAIT`]; the
+    /// plugin's emit then times out on its side.
     fn emit(&self, id: u64, hook: String, payload: Vec<u8>, depth: u32) {
-        let answer = move |channel: &Channel, code| {
-            let _ = channel.send(&EngineMessage::EmitResult { id, code });
+        let refuse = |code| {
+            let _ = self
+                .channel
+                .try_send(&EngineMessage::EmitResult { id, code });
         };
         let Some(handler) = self.emit.clone() else {
-            answer(&self.channel, plugboard_sdk::abi::EMIT_DENIED);
+            refuse(plugboard_sdk::abi::EMIT_DENIED);
             return;
         };
         if self.emits_in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_EMITS_IN_FLIGHT {
             self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
+            refuse(plugboard_sdk::abi::EMIT_FAILED);
             return;
         }
         let (channel, in_flight) = (Arc::clone(&self.channel), Arc::clone(&self.emits_in_flight));
@@ -651,12 +663,15 @@ impl Calls {
             .name("pb-emit".to_owned())
             .spawn(move || {
                 let code = handler(&hook, &payload, depth);
-                answer(&channel, code);
+                let _ = channel.send_before(
+                    &EngineMessage::EmitResult { id, code },
+                    Instant::now() + EMIT_ANSWER_WAIT,
+                );
                 in_flight.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
             self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer(&self.channel, plugboard_sdk::abi::EMIT_FAILED);
+            refuse(plugboard_sdk::abi::EMIT_FAILED);
         }
     }
 
@@ -869,6 +884,11 @@ mod tests {
             self.calls.mark_gone();
             let _ = self.child.kill();
             let _ = self.child.wait();
+            // The worker's end closes, which wakes an idle reader waiting on the socket.
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&self.worker.as_fd()),
+                nix::sys::socket::Shutdown::Both,
+            );
             if let Some(reader) = self.reader.take() {
                 let _ = reader.join();
             }
@@ -1102,6 +1122,64 @@ mod tests {
         for flooder in flooders {
             flooder.join().expect("flooder ends");
         }
+    }
+
+    /// A worker that emits without ever reading fills the engine's send buffer with the
+    /// answers; the caller receiving (who answers the refusals) must not block on them.
+    #[test]
+    fn a_worker_that_emits_without_reading_its_answers_cannot_hold_a_call() {
+        let fixture = fixture();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = {
+            let (worker, stop) = (Arc::clone(&fixture.worker), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let _ = worker.recv::<EngineMessage>();
+                let started = Instant::now();
+                let mut id = 0;
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+                    id += 1;
+                    let emit = WorkerMessage::Emit {
+                        id,
+                        hook: "loop".to_owned(),
+                        payload: Vec::new(),
+                        depth: 0,
+                    };
+                    // Never blocks: an engine stuck in a send would otherwise hold this
+                    // thread too, and the test would hang instead of failing.
+                    match worker.try_send(&emit) {
+                        Ok(true) => {}
+                        Ok(false) => std::thread::yield_now(),
+                        Err(_) => return,
+                    }
+                }
+                // Only now does it read (what the engine could send), so an engine stuck
+                // in a send gets going again and the test ends.
+                while let Ok(Some(_)) =
+                    worker.recv_timeout::<EngineMessage>(Duration::from_millis(200))
+                {
+                }
+            })
+        };
+        let started = Instant::now();
+        let result = single(
+            &fixture.calls,
+            b"never answered",
+            Duration::from_millis(200),
+        );
+        let waited = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(
+            result,
+            Err(CallFailure::Timeout {
+                timeout: Duration::from_millis(200)
+            })
+        );
+        assert!(
+            waited < Duration::from_secs(1),
+            "the call waited {waited:?} for a 200 ms timeout"
+        );
+        drop(fixture);
+        flooder.join().expect("flooder ends");
     }
 
     #[test]

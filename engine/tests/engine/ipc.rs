@@ -1045,6 +1045,44 @@ proptest! {
     }
 }
 
+/// A peer that stops reading cannot hold a sender that gives itself a deadline: with the
+/// send buffer full, `send_before` gives up at the deadline (what a stop does before it
+/// kills a worker whose hooks are stuck), and sends once there is room again.
+#[test]
+fn a_send_with_a_deadline_gives_up_on_a_peer_that_reads_nothing() {
+    let (engine, worker) = Channel::pair().expect("socketpair");
+    let mut queued = 0;
+    while engine.try_send(&EngineMessage::Shutdown).expect("try_send") {
+        queued += 1;
+    }
+    assert!(queued > 0, "the send buffer took nothing");
+    let started = Instant::now();
+    let sent = engine
+        .send_before(
+            &EngineMessage::Shutdown,
+            started + Duration::from_millis(100),
+        )
+        .expect("send_before");
+    let waited = started.elapsed();
+    assert!(!sent, "sent into a full buffer");
+    assert!(
+        (Duration::from_millis(100)..Duration::from_secs(1)).contains(&waited),
+        "gave up after {waited:?}, expected at the 100 ms deadline"
+    );
+    // Room again: it sends at once.
+    for _ in 0..queued {
+        worker.recv::<EngineMessage>().expect("a queued message");
+    }
+    assert!(
+        engine
+            .send_before(
+                &EngineMessage::Shutdown,
+                Instant::now() + Duration::from_secs(5)
+            )
+            .expect("send_before")
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
