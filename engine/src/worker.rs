@@ -884,11 +884,15 @@ fn serve_listener(
 }
 
 fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, WorkerError> {
-    match channel.recv_with_fd::<WorkerMessage>() {
-        Ok((WorkerMessage::SeccompListener, Some(fd))) => Ok(NotifyListener::new(fd)),
-        Ok((other, _)) => Err(handshake_error(
+    match channel.recv_with_fd_timeout::<WorkerMessage>(HANDSHAKE_TIMEOUT) {
+        Ok(Some((WorkerMessage::SeccompListener, Some(fd)))) => Ok(NotifyListener::new(fd)),
+        Ok(Some((other, _))) => Err(handshake_error(
             plugin,
             format!("expected SeccompListener with its fd, got {other:?}"),
+        )),
+        Ok(None) => Err(handshake_error(
+            plugin,
+            format!("no seccomp listener within {HANDSHAKE_TIMEOUT:?}"),
         )),
         Err(source) => Err(WorkerError::Ipc {
             plugin: plugin.to_owned(),

@@ -48,6 +48,9 @@ use crate::ipc::{
 /// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
 const MAX_EMITS_IN_FLIGHT: usize = 16;
 
+/// The most messages read after the worker is gone: more than its socket can hold.
+const DRAIN_LIMIT: usize = 65_536;
+
 /// How long an emit's answer waits for room in a socket the worker does not read (the
 /// worker's own emit gives up after 5 s).
 const EMIT_ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -773,8 +776,13 @@ impl Calls {
     }
 
     /// After the worker ended: the log lines it sent before are still reported.
+    /// At most [`DRAIN_LIMIT`] messages: a process still holding the worker's end could
+    /// otherwise keep this thread reading.
     fn drain_output(&self) {
-        while let Ok(Some(message)) = self.channel.try_recv::<WorkerMessage>() {
+        for _ in 0..DRAIN_LIMIT {
+            let Ok(Some(message)) = self.channel.try_recv::<WorkerMessage>() else {
+                break;
+            };
             if let WorkerMessage::Log { level, message } = message {
                 (self.events)(WorkerEvent::Output {
                     stream: OutputStream::Log { level },
