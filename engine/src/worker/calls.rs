@@ -1073,6 +1073,29 @@ mod tests {
         echo.join().expect("echo ends");
     }
 
+    /// The timeout of a call the worker never answers (while it keeps the engine busy).
+    const UNANSWERED_TIMEOUT: Duration = Duration::from_millis(200);
+
+    /// Makes a call the worker never answers: its outcome and how long it took.
+    fn call_never_answered(calls: &Calls) -> (Result<Vec<u8>, CallFailure>, Duration) {
+        let started = Instant::now();
+        let result = single(calls, b"never answered", UNANSWERED_TIMEOUT);
+        (result, started.elapsed())
+    }
+
+    fn assert_timed_out_at_its_deadline(result: &Result<Vec<u8>, CallFailure>, waited: Duration) {
+        assert_eq!(
+            result,
+            &Err(CallFailure::Timeout {
+                timeout: UNANSWERED_TIMEOUT
+            })
+        );
+        assert!(
+            waited < Duration::from_secs(1),
+            "the call waited {waited:?} for a {UNANSWERED_TIMEOUT:?} timeout"
+        );
+    }
+
     #[test]
     fn a_worker_that_floods_log_lines_cannot_hold_a_call_past_its_deadline() {
         // Each line takes the engine a millisecond: the worker easily keeps the queue full.
@@ -1106,26 +1129,11 @@ mod tests {
             })
             .collect();
         drop(call_arrived);
-        let started = Instant::now();
-        let result = single(
-            &fixture.calls,
-            b"never answered",
-            Duration::from_millis(200),
-        );
-        let waited = started.elapsed();
+        let (result, waited) = call_never_answered(&fixture.calls);
         stop.store(true, Ordering::SeqCst);
         slow.store(false, Ordering::SeqCst);
         arrival.recv().expect("the call reached the worker");
-        assert_eq!(
-            result,
-            Err(CallFailure::Timeout {
-                timeout: Duration::from_millis(200)
-            })
-        );
-        assert!(
-            waited < Duration::from_secs(1),
-            "the call waited {waited:?} for a 200 ms timeout"
-        );
+        assert_timed_out_at_its_deadline(&result, waited);
         drop(fixture);
         for flooder in flooders {
             flooder.join().expect("flooder ends");
@@ -1168,24 +1176,9 @@ mod tests {
                 }
             })
         };
-        let started = Instant::now();
-        let result = single(
-            &fixture.calls,
-            b"never answered",
-            Duration::from_millis(200),
-        );
-        let waited = started.elapsed();
+        let (result, waited) = call_never_answered(&fixture.calls);
         stop.store(true, Ordering::SeqCst);
-        assert_eq!(
-            result,
-            Err(CallFailure::Timeout {
-                timeout: Duration::from_millis(200)
-            })
-        );
-        assert!(
-            waited < Duration::from_secs(1),
-            "the call waited {waited:?} for a 200 ms timeout"
-        );
+        assert_timed_out_at_its_deadline(&result, waited);
         drop(fixture);
         flooder.join().expect("flooder ends");
     }
