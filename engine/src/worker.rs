@@ -1411,6 +1411,26 @@ mod tests {
 
     type Lines = Arc<Mutex<Vec<(OutputStream, String)>>>;
 
+    /// Plays a worker that keeps the engine's queue full: sends `message(n)` (n = 1, 2, …)
+    /// back to back until `stop` is set or 5 s have passed. It never blocks on a full
+    /// socket, so an engine stuck sending to it cannot hold it too: a test fails instead
+    /// of hanging.
+    pub(in crate::worker) fn flood(
+        worker: &Channel,
+        stop: &AtomicBool,
+        message: impl Fn(u64) -> WorkerMessage,
+    ) {
+        let started = Instant::now();
+        let mut sent = 0;
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+            match worker.try_send(&message(sent + 1)) {
+                Ok(true) => sent += 1,
+                Ok(false) => std::thread::yield_now(),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// A constructor that logs in a loop keeps a message waiting at every receive of the
     /// handshake; past the deadline the engine takes none of them and refuses the start.
     /// The engine takes a millisecond per line here, so the worker keeps the queue full.
@@ -1421,16 +1441,10 @@ mod tests {
         let flooder = {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let started = Instant::now();
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
-                    let line = WorkerMessage::Log {
-                        level: 2,
-                        message: "still creating".to_owned(),
-                    };
-                    if worker.send(&line).is_err() {
-                        return;
-                    }
-                }
+                flood(&worker, &stop, |_| WorkerMessage::Log {
+                    level: 2,
+                    message: "still creating".to_owned(),
+                });
             })
         };
         let slow_sink: EventSink = Arc::new(|_| std::thread::sleep(Duration::from_millis(1)));

@@ -407,10 +407,30 @@ thread_local! {
 
 /// Runs one hook call with its emit depth: (status, body).
 fn call_hook(instance: &Instance, hook: &str, payload: &[u8], depth: u32) -> (i32, Vec<u8>) {
+    call_hook_with(instance, hook, payload, depth, |status, body| {
+        (status, body.to_vec())
+    })
+}
+
+/// Runs one hook call with its emit depth and hands `answer` the status and the reply
+/// where the plugin wrote it (no copy): an error's message as text (lossy UTF-8), as
+/// every answer of the worker carries it.
+fn call_hook_with<R>(
+    instance: &Instance,
+    hook: &str,
+    payload: &[u8],
+    depth: u32,
+    answer: impl FnOnce(i32, &[u8]) -> R,
+) -> R {
     CALL_DEPTH.set(depth);
-    let result = instance.call(hook, payload);
-    CALL_DEPTH.set(0);
-    answer(result)
+    instance.call_with(hook, payload, |status, body| {
+        CALL_DEPTH.set(0);
+        if status == abi::STATUS_OK {
+            answer(status, body)
+        } else {
+            answer(status, String::from_utf8_lossy(body).as_bytes())
+        }
+    })
 }
 
 fn answer(result: Result<Vec<u8>, plugboard_sdk::host::CallError>) -> (i32, Vec<u8>) {
@@ -526,20 +546,9 @@ fn run_request(
             depth,
         } => {
             // The reply is framed straight from the plugin's buffer.
-            CALL_DEPTH.set(depth);
-            let sent = instance.call_with(hook, payload, |status, body| {
-                CALL_DEPTH.set(0);
-                // An error's message goes as text, as every other answer path sends it.
-                let message;
-                let body = if status == abi::STATUS_OK {
-                    body
-                } else {
-                    message = String::from_utf8_lossy(body);
-                    message.as_bytes()
-                };
+            call_hook_with(instance, hook, payload, depth, |status, body| {
                 channel.send(&ReplyRef { id, status, body })
-            });
-            sent?;
+            })?;
         }
         EngineMessageRef::Health { id } => {
             let (status, body) = answer(instance.health().map(|()| Vec::new()));

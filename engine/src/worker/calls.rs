@@ -840,6 +840,7 @@ mod tests {
 
     use super::*;
     use crate::ipc::{BatchedReply, EngineMessage, EngineMessageRef};
+    use crate::worker::tests::flood;
 
     /// A stand-in process for the worker's pid (killed on a violation), and the engine's
     /// `Calls` over one end of a pair whose other end the test plays the worker on.
@@ -1114,17 +1115,10 @@ mod tests {
                         let _ = worker.recv::<EngineMessage>();
                         let _ = call_arrived.send(());
                     }
-                    let started = Instant::now();
-                    while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5)
-                    {
-                        let line = WorkerMessage::Log {
-                            level: 2,
-                            message: "busy".to_owned(),
-                        };
-                        if worker.send(&line).is_err() {
-                            return;
-                        }
-                    }
+                    flood(&worker, &stop, |_| WorkerMessage::Log {
+                        level: 2,
+                        message: "busy".to_owned(),
+                    });
                 })
             })
             .collect();
@@ -1150,24 +1144,12 @@ mod tests {
             let (worker, stop) = (Arc::clone(&fixture.worker), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let _ = worker.recv::<EngineMessage>();
-                let started = Instant::now();
-                let mut id = 0;
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
-                    id += 1;
-                    let emit = WorkerMessage::Emit {
-                        id,
-                        hook: "loop".to_owned(),
-                        payload: Vec::new(),
-                        depth: 0,
-                    };
-                    // Never blocks: an engine stuck in a send would otherwise hold this
-                    // thread too, and the test would hang instead of failing.
-                    match worker.try_send(&emit) {
-                        Ok(true) => {}
-                        Ok(false) => std::thread::yield_now(),
-                        Err(_) => return,
-                    }
-                }
+                flood(&worker, &stop, |id| WorkerMessage::Emit {
+                    id,
+                    hook: "loop".to_owned(),
+                    payload: Vec::new(),
+                    depth: 0,
+                });
                 // Only now does it read (what the engine could send), so an engine stuck
                 // in a send gets going again and the test ends.
                 while let Ok(Some(_)) =
