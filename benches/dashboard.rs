@@ -112,7 +112,7 @@ fn plugin(at: usize, tick: u64) -> Value {
             "count": hook(1200 + tick * 40, 480 + at64 % 300, "high", 200),
             "reset": hook(0, 0, "low", 50),
         },
-        "violations": at64 % 3, "emitted": 0, "last_exit": null, "output_dropped": 0,
+        "violations": at64 % 3, "violations_unrecorded": 0, "emitted": 0, "last_exit": null, "output_dropped": 0,
         "recent_output": [], "enabled": true, "disabled_hooks": [], "dependencies": {},
         "changed_on_disk": false, "removed_from_disk": false,
         "supervision": {"starts": 1, "restarts": 0, "last_start_ms": NOW_MS,

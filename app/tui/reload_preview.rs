@@ -191,7 +191,7 @@ mod tests {
             "cgroup": null,
             "trust": {"signed": true, "key_id": prepared.key_id, "level": "sandboxed",
                       "library_sha3_512": library, "unverified": false},
-            "hooks": {}, "violations": 0, "emitted": 0, "last_exit": null,
+            "hooks": {}, "violations": 0, "violations_unrecorded": 0, "emitted": 0, "last_exit": null,
             "output_dropped": 0, "recent_output": [], "enabled": true, "disabled_hooks": [],
             "dependencies": {}, "changed_on_disk": false, "removed_from_disk": false,
             "supervision": {"starts": 1, "restarts": 0, "last_start_ms": null,

@@ -1073,6 +1073,7 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         emitted: lifecycle.emitted,
         last_exit: lifecycle.last_exit,
         output_dropped: output.dropped,
+        violations_unrecorded: plugin.events_unrecorded(),
         recent_output,
         enabled: !lifecycle.disabled,
         disabled_hooks: plugin.disabled_hooks(),

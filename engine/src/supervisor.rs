@@ -12,7 +12,7 @@ pub mod state_file;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +38,25 @@ const OUTPUT_RING: usize = 500;
 /// as dropped, so a chatty or hostile plugin cannot exhaust the engine's memory.
 const OUTPUT_LINES_PER_SEC: f64 = 200.0;
 
+/// Events a plugin's actor may have waiting (worker events other than output lines, and
+/// violations caught elsewhere). A worker can cause them faster than the actor records
+/// them, above all while the actor is busy stopping or restarting it; past this backlog
+/// they wait for room or are counted as unrecorded (see [`Plugin::queue_event`]).
+const EVENT_BACKLOG: usize = 1024;
+
+/// What a producer does with an event when the actor's backlog is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Queue it anyway: it happens once per worker (its exit, a protocol violation).
+    Queue,
+    /// Wait up to this long for room, then count it as unrecorded. For the seccomp
+    /// listener, whose caller waits in its syscall meanwhile: the flood slows down to the
+    /// pace at which the engine records it.
+    Wait(Duration),
+    /// Count it as unrecorded at once (threads that must not wait: callers, the sampler).
+    Drop,
+}
+
 /// A plugin's captured output: a bounded ring behind a token-bucket rate limit.
 pub(crate) struct OutputRing {
     pub lines: VecDeque<OutputLine>,
@@ -56,8 +75,8 @@ impl OutputRing {
         }
     }
 
-    /// Keeps the line unless the rate limit drops it; says which.
-    pub fn push(&mut self, stream: OutputStream, line: String) -> bool {
+    /// Keeps the line unless the rate limit drops it; the line kept, if it was.
+    pub fn push(&mut self, stream: OutputStream, line: String) -> Option<&OutputLine> {
         let now = Instant::now();
         self.tokens = (self.tokens
             + now.duration_since(self.refilled).as_secs_f64() * OUTPUT_LINES_PER_SEC)
@@ -65,7 +84,7 @@ impl OutputRing {
         self.refilled = now;
         if self.tokens < 1.0 {
             self.dropped += 1;
-            return false;
+            return None;
         }
         self.tokens -= 1.0;
         if self.lines.len() == OUTPUT_RING {
@@ -76,7 +95,7 @@ impl OutputRing {
             stream,
             line,
         });
-        true
+        self.lines.back()
     }
 }
 
@@ -262,6 +281,10 @@ pub(crate) struct Plugin {
     /// Resource samples of its workers (the sampler writes, snapshots and charts read).
     pub resources: Mutex<SampleSeries>,
     pub inbox: mpsc::Sender<ActorMessage>,
+    /// Events queued for the actor through [`Plugin::queue_event`] and not yet handled.
+    event_backlog: AtomicUsize,
+    /// Events dropped because the backlog was full, since the plugin was discovered.
+    events_unrecorded: AtomicU64,
     pub actor: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -292,6 +315,8 @@ impl Plugin {
             output: Mutex::new(OutputRing::new()),
             resources: Mutex::new(resources),
             inbox,
+            event_backlog: AtomicUsize::new(0),
+            events_unrecorded: AtomicU64::new(0),
             actor: Mutex::new(None),
         }
     }
@@ -360,6 +385,51 @@ impl Plugin {
         entry
     }
 
+    /// Queues a worker's event or a violation for the actor, unless its backlog is full
+    /// (see [`WhenFull`]); says whether it was queued. Commands do not go this way: they
+    /// come from callers that wait for their answer, so they cannot pile up.
+    pub fn queue_event(&self, message: ActorMessage, when_full: WhenFull) -> bool {
+        if self.event_backlog.fetch_add(1, Ordering::AcqRel) >= EVENT_BACKLOG {
+            let room = match when_full {
+                WhenFull::Queue => true,
+                WhenFull::Drop => false,
+                WhenFull::Wait(wait) => {
+                    let deadline = Instant::now() + wait;
+                    loop {
+                        std::thread::sleep(Duration::from_millis(1));
+                        if self.event_backlog.load(Ordering::Acquire) <= EVENT_BACKLOG {
+                            break true;
+                        }
+                        if Instant::now() >= deadline {
+                            break false;
+                        }
+                    }
+                }
+            };
+            if !room {
+                self.event_backlog.fetch_sub(1, Ordering::AcqRel);
+                self.events_unrecorded.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        if self.inbox.send(message).is_err() {
+            // The actor is gone (the engine is shutting down): nothing will take it.
+            self.event_backlog.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Called by the actor as it takes an event that [`Plugin::queue_event`] queued.
+    pub fn event_taken(&self) {
+        self.event_backlog.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Events dropped so far because the actor's backlog was full.
+    pub fn events_unrecorded(&self) -> u64 {
+        self.events_unrecorded.load(Ordering::Relaxed)
+    }
+
     /// Sends `message` to the actor and waits for its answer.
     pub fn ask(&self, message: impl FnOnce(Reply) -> ActorMessage) -> Result<(), EngineError> {
         let (reply, answer) = mpsc::channel();
@@ -368,5 +438,85 @@ impl Plugin {
         };
         self.inbox.send(message(reply)).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ViolationKind;
+
+    fn plugin() -> (Plugin, mpsc::Receiver<ActorMessage>) {
+        let (inbox, messages) = mpsc::channel();
+        let plugin = Plugin::new(
+            "flooder".to_owned(),
+            PathBuf::from("/nonexistent"),
+            Lifecycle::new(None),
+            BTreeSet::new(),
+            SampleSeries::new(Duration::from_secs(1), Duration::from_secs(1)),
+            inbox,
+        );
+        (plugin, messages)
+    }
+
+    fn violation() -> ActorMessage {
+        ActorMessage::Violation(Violation::new(
+            ViolationKind::HookTimeout,
+            "engine",
+            "no reply",
+        ))
+    }
+
+    /// The actor's side: takes what is queued, as `run_actor` does.
+    fn take_all(plugin: &Plugin, messages: &mpsc::Receiver<ActorMessage>) -> usize {
+        let mut taken = 0;
+        while messages.try_recv().is_ok() {
+            plugin.event_taken();
+            taken += 1;
+        }
+        taken
+    }
+
+    #[test]
+    fn a_flood_of_events_queues_no_more_than_the_backlog_and_counts_the_rest() {
+        let (plugin, messages) = plugin();
+        let queued = (0..EVENT_BACKLOG + 500)
+            .filter(|_| plugin.queue_event(violation(), WhenFull::Drop))
+            .count();
+        assert_eq!(queued, EVENT_BACKLOG);
+        assert_eq!(plugin.events_unrecorded(), 500);
+        // A worker's exit gets through a full backlog.
+        assert!(plugin.queue_event(violation(), WhenFull::Queue));
+        assert_eq!(take_all(&plugin, &messages), EVENT_BACKLOG + 1);
+        // Taken, the backlog has room again.
+        assert!(plugin.queue_event(violation(), WhenFull::Drop));
+        assert_eq!(take_all(&plugin, &messages), 1);
+        assert_eq!(plugin.events_unrecorded(), 500);
+    }
+
+    #[test]
+    fn a_producer_that_may_wait_gets_room_once_the_actor_takes_an_event() {
+        let (plugin, messages) = plugin();
+        for _ in 0..EVENT_BACKLOG {
+            assert!(plugin.queue_event(violation(), WhenFull::Drop));
+        }
+        // Nobody takes anything: the wait ends, and the event is counted.
+        let started = Instant::now();
+        assert!(!plugin.queue_event(violation(), WhenFull::Wait(Duration::from_millis(50))));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(plugin.events_unrecorded(), 1);
+        // The actor takes one event while the producer waits: it gets the room.
+        let messages = std::thread::scope(|scope| {
+            let actor = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                messages.recv().unwrap();
+                plugin.event_taken();
+                messages
+            });
+            assert!(plugin.queue_event(violation(), WhenFull::Wait(Duration::from_secs(10))));
+            actor.join().unwrap()
+        });
+        assert_eq!(plugin.events_unrecorded(), 1);
+        assert_eq!(take_all(&plugin, &messages), EVENT_BACKLOG);
     }
 }

@@ -1014,7 +1014,7 @@ fn named(plugin: &str, role: &str) -> std::thread::Builder {
 /// Bounded line length so a hostile plugin cannot make the engine buffer without end.
 const MAX_LINE: usize = 4096;
 /// How much of an output pipe is read at a time.
-const OUTPUT_READ: usize = 1024;
+const OUTPUT_READ: usize = 16 * 1024;
 
 /// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
 const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
@@ -1050,9 +1050,13 @@ impl OutputPipe {
             self.flush(events);
             return;
         }
-        for &byte in &chunk[..read] {
-            self.pending.push(byte);
-            if byte == b'\n' || self.pending.len() == MAX_LINE {
+        let mut rest = &chunk[..read];
+        while !rest.is_empty() {
+            let window = &rest[..rest.len().min(MAX_LINE - self.pending.len())];
+            let taken = memchr::memchr(b'\n', window).map_or(window.len(), |end| end + 1);
+            self.pending.extend_from_slice(&window[..taken]);
+            rest = &rest[taken..];
+            if window[taken - 1] == b'\n' || self.pending.len() == MAX_LINE {
                 self.flush(events);
             }
         }

@@ -161,6 +161,12 @@ fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
             theme.error(),
         ));
     }
+    if plugin.violations_unrecorded > 0 {
+        spans.push(Span::styled(
+            format!(" (+{} unrecorded)", plugin.violations_unrecorded),
+            theme.error(),
+        ));
+    }
     Line::from(spans)
 }
 

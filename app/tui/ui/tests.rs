@@ -65,7 +65,7 @@ fn plugin(name: &str, state: &str) -> Value {
         "cgroup": Value::Null,
         "trust": {"signed": true, "key_id": "0123456789abcdef", "level": "sandboxed",
                   "library_sha3_512": "ab".repeat(64), "unverified": false},
-        "hooks": {}, "violations": 0, "emitted": 0, "last_exit": Value::Null,
+        "hooks": {}, "violations": 0, "violations_unrecorded": 0, "emitted": 0, "last_exit": Value::Null,
         "output_dropped": 0, "recent_output": [], "enabled": true, "disabled_hooks": [],
         "dependencies": {}, "changed_on_disk": false, "removed_from_disk": false,
         "supervision": {"starts": u64::from(running), "restarts": 0, "last_start_ms": Value::Null,
@@ -588,6 +588,23 @@ fn reload_and_unload_ask_first_and_no_cancels() {
             .text
             .contains("cancelled: unload counter")
     );
+}
+
+#[test]
+fn the_detail_view_counts_violations_left_unrecorded_in_a_flood() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    let header = render(&mut app, 130, 40)[2].clone();
+    assert!(
+        header.contains("2 violations") && !header.contains("unrecorded"),
+        "{header}"
+    );
+    let mut flooded = fleet();
+    flooded["plugins"][1]["violations_unrecorded"] = json!(7);
+    app.on_sample(snapshot(flooded));
+    let header = render(&mut app, 130, 40)[2].clone();
+    assert!(header.contains("2 violations (+7 unrecorded)"), "{header}");
 }
 
 #[test]

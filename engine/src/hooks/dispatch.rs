@@ -11,7 +11,7 @@ use crate::events::EventKind;
 use crate::manifest::Priority;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::PluginState;
-use crate::supervisor::{ActorMessage, Plugin, Running, hooks_in_flight};
+use crate::supervisor::{ActorMessage, Plugin, Running, WhenFull, hooks_in_flight};
 use crate::worker::{CallFailure, CallOutcome};
 
 /// How many emits deep a chain of plugins emitting to each other may go.
@@ -84,7 +84,7 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
             )
             .fact("emitted", hook.to_owned())
             .during(hooks_in_flight(&plugin));
-            let _ = plugin.inbox.send(ActorMessage::Violation(violation));
+            plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Drop);
             return plugboard_sdk::abi::EMIT_DENIED;
         }
         if depth >= MAX_EMIT_DEPTH {
@@ -213,7 +213,7 @@ pub(super) fn settle(
             )
             .fact("timeout_ms", millis)
             .during(Some(hook.to_owned()));
-            let _ = plugin.inbox.send(ActorMessage::Violation(violation));
+            plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Drop);
             CallResult::Timeout
         }
         Err(CallFailure::WorkerGone) => CallResult::Gone,

@@ -13,7 +13,7 @@ use super::{LimitNotices, Reading, ResourceSample, WorkerProbe};
 use crate::engine::Shared;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::HostSnapshot;
-use crate::supervisor::{ActorMessage, hooks_in_flight};
+use crate::supervisor::{ActorMessage, WhenFull, hooks_in_flight};
 
 /// Runs until dropped.
 pub(crate) struct Sampler {
@@ -205,9 +205,10 @@ fn sample_workers(shared: &Shared, sampled: &mut Probes) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(now, reading, limits);
                 for violation in check(shared, probed, &sample, before.as_ref(), now) {
-                    let _ = plugin.inbox.send(ActorMessage::Violation(
-                        violation.during(hooks_in_flight(&plugin)),
-                    ));
+                    plugin.queue_event(
+                        ActorMessage::Violation(violation.during(hooks_in_flight(&plugin))),
+                        WhenFull::Drop,
+                    );
                 }
             }
             Err(_) => {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Runner, Running};
+use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Runner, Running, WhenFull};
 use crate::bundle::{Bundle, BundleError, OpeningBundle};
 use crate::engine::{EngineError, Shared};
 use crate::events::{EventKind, unix_millis};
@@ -26,6 +26,7 @@ pub(crate) fn run_actor(
     plugin: &Arc<Plugin>,
     messages: &mpsc::Receiver<ActorMessage>,
 ) {
+    let mut unrecorded = UnrecordedReport::default();
     loop {
         // The actor's timers: a scheduled restart and the next health check.
         let (retry_at, check_at) = {
@@ -91,17 +92,53 @@ pub(crate) fn run_actor(
             ActorMessage::ClearQuarantine(reply) => {
                 let _ = reply.send(clear_quarantine(shared, plugin));
             }
-            ActorMessage::Violation(violation) => on_violation(shared, plugin, violation),
+            ActorMessage::Violation(violation) => {
+                plugin.event_taken();
+                on_violation(shared, plugin, violation);
+                unrecorded.report(shared, plugin);
+            }
             ActorMessage::Worker {
                 generation,
                 event,
                 hooks,
             } => {
+                plugin.event_taken();
                 on_worker_event(shared, plugin, generation, event, hooks);
+                unrecorded.report(shared, plugin);
             }
             ActorMessage::Disk(change) => on_disk_change(shared, plugin, change),
             ActorMessage::Exit => break,
         }
+    }
+}
+
+/// Tells the operator, at most once a second, that events were dropped because the
+/// actor's backlog was full ([`Plugin::queue_event`]).
+#[derive(Default)]
+struct UnrecordedReport {
+    reported: u64,
+    at: Option<Instant>,
+}
+
+impl UnrecordedReport {
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    fn report(&mut self, shared: &Shared, plugin: &Plugin) {
+        let unrecorded = plugin.events_unrecorded();
+        if unrecorded == self.reported || self.at.is_some_and(|at| at.elapsed() < Self::INTERVAL) {
+            return;
+        }
+        shared.event(
+            Some(&plugin.name),
+            EventKind::Engine {
+                message: format!(
+                    "{} violations not recorded one by one ({unrecorded} in all): the plugin caused them faster than the engine records them",
+                    unrecorded - self.reported
+                ),
+            },
+        );
+        self.reported = unrecorded;
+        self.at = Some(Instant::now());
     }
 }
 
@@ -436,29 +473,50 @@ fn load_launching(
     }
 }
 
-/// Where a worker's events go: its plugin's actor, tagged with the worker's generation.
-fn worker_sink(plugin: &Arc<Plugin>, generation: u64) -> EventSink {
-    let inbox = Mutex::new(plugin.inbox.clone());
+/// How long the seccomp listener waits for room in the actor's backlog before a violation
+/// is counted as unrecorded (the worker's call waits with it).
+const LISTENER_ROOM_WAIT: Duration = Duration::from_millis(100);
+
+/// Where a worker's events go. Output lines are kept (or counted as dropped by the rate
+/// limit) right here, on the thread that read them: a flood of lines must cost the engine
+/// no memory, however busy the actor is. Everything else goes to the plugin's actor,
+/// tagged with the worker's generation, within its backlog.
+fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> EventSink {
+    let shared = Arc::downgrade(shared);
     let owner = Arc::downgrade(plugin);
     Arc::new(move |event| {
+        let Some(plugin) = owner.upgrade() else {
+            return;
+        };
+        let when_full = match event {
+            WorkerEvent::Output { stream, line } => {
+                let mut output = plugin.output.lock().unwrap_or_else(PoisonError::into_inner);
+                if let (Some(kept), Some(shared)) = (output.push(stream, line), shared.upgrade()) {
+                    shared.log_output(&plugin.name, kept.stream, &kept.line);
+                }
+                return;
+            }
+            WorkerEvent::ForbiddenSyscall { .. }
+            | WorkerEvent::FsDenied { .. }
+            | WorkerEvent::Audited { .. } => WhenFull::Wait(LISTENER_ROOM_WAIT),
+            WorkerEvent::ProtocolViolation { .. } | WorkerEvent::Exited { .. } => WhenFull::Queue,
+        };
         // Which hooks were running is read now, on the thread that caught the violation:
         // by the time the actor handles it, the call may have returned.
         let hooks = match &event {
             WorkerEvent::ForbiddenSyscall { .. }
             | WorkerEvent::FsDenied { .. }
-            | WorkerEvent::ProtocolViolation { .. } => {
-                owner.upgrade().and_then(|plugin| hooks_in_flight(&plugin))
-            }
+            | WorkerEvent::ProtocolViolation { .. } => hooks_in_flight(&plugin),
             _ => None,
         };
-        let _ = inbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(ActorMessage::Worker {
+        plugin.queue_event(
+            ActorMessage::Worker {
                 generation,
                 event,
                 hooks,
-            });
+            },
+            when_full,
+        );
     })
 }
 
@@ -505,7 +563,7 @@ fn launch_worker(
             env: shared.config.worker.env.clone(),
             emit: Some(emit_handler(shared, &plugin.name)),
         },
-        &worker_sink(plugin, generation),
+        &worker_sink(shared, plugin, generation),
     );
     Some(
         launched
@@ -533,7 +591,7 @@ fn spawn_worker(
     let limits = &shared.config.limits;
     let resources = manifest.effective_resources_with(limits, &overrides);
     let runner = if manifest.isolation.mode == IsolationMode::InProcess {
-        let sink = worker_sink(plugin, generation);
+        let sink = worker_sink(shared, plugin, generation);
         let emit = Some(emit_handler(shared, &plugin.name));
         let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
             .map_err(|err| err.to_string())?;
@@ -993,16 +1051,8 @@ fn on_worker_event(
     hooks: Option<String>,
 ) {
     match event {
-        WorkerEvent::Output { stream, line } => {
-            let kept = plugin
-                .output
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(stream, line.clone());
-            if kept {
-                shared.log_output(&plugin.name, stream, &line);
-            }
-        }
+        // Kept or dropped by the sink already (see `worker_sink`).
+        WorkerEvent::Output { .. } => {}
         WorkerEvent::ForbiddenSyscall {
             syscall, detail, ..
         } => {

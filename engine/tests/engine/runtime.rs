@@ -414,6 +414,117 @@ fn output_is_captured_with_streams_and_a_flood_is_rate_limited() {
     assert!(plugin(engine, "prober").recent_output.len() <= 20);
 }
 
+/// Output lines are counted on the thread that reads them, not queued for the plugin's
+/// actor: while the actor is busy (here: stopping the plugin, which waits for its hook to
+/// return), a flood of empty lines is still counted as it comes, and costs no memory.
+#[test]
+fn a_flood_of_output_lines_is_counted_while_the_actor_is_busy() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(30));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    std::thread::scope(|scope| {
+        let flood = scope.spawn(|| call(engine, "prober", "newlines", "3000"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while plugin(engine, "prober").output_dropped == 0 {
+            assert!(Instant::now() < deadline, "the flood never began");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stop = scope.spawn(|| {
+            engine.execute(Command::Stop {
+                plugin: "prober".to_owned(),
+                force: false,
+            })
+        });
+        // Two readings while the actor is inside the stop.
+        let mut readings = Vec::new();
+        while readings.len() < 2 {
+            let prober = plugin(engine, "prober");
+            assert!(
+                prober.state == PluginState::Stopping
+                    || readings.is_empty() && prober.state == PluginState::Running,
+                "the stop ended before the flood did: {:?}",
+                prober.state
+            );
+            if prober.state == PluginState::Stopping {
+                readings.push(prober.output_dropped);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        assert!(
+            readings[1] > readings[0] + 10_000,
+            "output lines were not counted while the actor was busy: {readings:?}"
+        );
+        stop.join().unwrap().expect("the stop succeeds");
+        assert_eq!(flood.join().unwrap().status, "ok");
+    });
+    assert_eq!(plugin(engine, "prober").state, PluginState::Stopped);
+}
+
+/// Forbidden calls wait in the seccomp listener while the actor's backlog is full (here
+/// while it stops the plugin): the flood slows to the pace the engine records it at, and
+/// what still cannot be recorded is counted and reported, never queued without end.
+#[test]
+fn a_flood_of_forbidden_calls_while_the_actor_is_busy_is_bounded_and_counted() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(30));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let reply = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| call(engine, "prober", "sockets", "2500"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while plugin(engine, "prober").violations == 0 {
+            assert!(Instant::now() < deadline, "the flood never began");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        engine
+            .execute(Command::Stop {
+                plugin: "prober".to_owned(),
+                force: false,
+            })
+            .expect("the stop succeeds");
+        flood.join().unwrap()
+    });
+    assert_eq!(reply.status, "ok");
+    let reply = reply.reply;
+    let event = wait_for(
+        &fixture.events,
+        Duration::from_secs(10),
+        |event| matches!(&event.kind, EventKind::Engine { message } if message.contains("not recorded one by one")),
+    );
+    // Every forbidden call is recorded or counted, once the actor has caught up.
+    let denied: u64 = reply
+        .strip_prefix("denied ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let prober = plugin(engine, "prober");
+        if prober.violations + prober.violations_unrecorded == denied {
+            assert!(
+                prober.violations_unrecorded > 0,
+                "nothing was left unrecorded: {reply}"
+            );
+            assert!(
+                prober.violations >= 1024,
+                "the backlog was not recorded: {} violations ({reply})",
+                prober.violations
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} recorded and {} unrecorded violations for {reply}",
+            prober.violations,
+            prober.violations_unrecorded
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let EventKind::Engine { message } = event.kind else {
+        unreachable!()
+    };
+    assert!(message.contains("in all"), "{message}");
+}
+
 #[test]
 fn emits_are_checked_against_the_manifest_and_counted() {
     let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));

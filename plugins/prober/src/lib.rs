@@ -6,7 +6,9 @@
 //! and `read_file` (the path in the payload), `spawn` (runs `/bin/true`), `whoami`
 //! (uid, pid, hostname), `env` (the environment it was given), `interfaces` (network
 //! interfaces it can see), `sleep` (milliseconds in the payload), `crash` (aborts),
-//! `chatter` (prints and logs as many lines as the payload says), `emit` (emits the hook
+//! `chatter` (prints and logs as many lines as the payload says), `newlines` (writes empty
+//! lines to stdout, 64 KiB per write, for the milliseconds in the payload), `sockets`
+//! (opens sockets, for the milliseconds in the payload, as fast as it can), `emit` (emits the hook
 //! named in the payload through the host), `forge` (writes garbage straight onto the
 //! worker's IPC socket, as a hostile plugin could), `unhealthy` / `healthy` (its health
 //! checks fail / pass from then on).
@@ -38,6 +40,41 @@ fn text(payload: &[u8], default: &str) -> String {
     } else {
         text
     }
+}
+
+fn millis(payload: &[u8], hook: &str) -> Result<std::time::Duration, Error> {
+    text(payload, "1000")
+        .parse()
+        .map(std::time::Duration::from_millis)
+        .map_err(|_| Error::invalid_input(format!("{hook} wants milliseconds")))
+}
+
+/// Writes empty lines to stdout, 64 KiB per write, for the time in the payload.
+fn flood_newlines(payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let until = std::time::Instant::now() + millis(payload, "newlines")?;
+    let block = vec![b'\n'; 64 * 1024];
+    let mut stdout = std::io::stdout().lock();
+    let mut blocks = 0u64;
+    while std::time::Instant::now() < until {
+        stdout
+            .write_all(&block)
+            .map_err(|err| Error::new(format!("stdout: {err}")))?;
+        blocks += 1;
+    }
+    Ok(format!("wrote {} empty lines", blocks * 64 * 1024).into_bytes())
+}
+
+/// Opens sockets as fast as it can for the time in the payload.
+fn flood_sockets(payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let until = std::time::Instant::now() + millis(payload, "sockets")?;
+    let (mut tried, mut denied) = (0u64, 0u64);
+    while std::time::Instant::now() < until {
+        tried += 1;
+        if std::net::UdpSocket::bind("127.0.0.1:0").is_err() {
+            denied += 1;
+        }
+    }
+    Ok(format!("denied {denied} of {tried} sockets").into_bytes())
 }
 
 impl Plugin for Prober {
@@ -119,11 +156,9 @@ impl Plugin for Prober {
                     .into_bytes()
             }
             "sleep" => {
-                let millis: u64 = text(payload, "1000")
-                    .parse()
-                    .map_err(|_| Error::invalid_input("sleep wants milliseconds"))?;
-                std::thread::sleep(std::time::Duration::from_millis(millis));
-                format!("slept {millis} ms").into_bytes()
+                let duration = millis(payload, "sleep")?;
+                std::thread::sleep(duration);
+                format!("slept {} ms", duration.as_millis()).into_bytes()
             }
             "crash" => std::process::abort(),
             "chatter" => {
@@ -136,6 +171,8 @@ impl Plugin for Prober {
                 }
                 format!("wrote {lines} lines").into_bytes()
             }
+            "newlines" => flood_newlines(payload)?,
+            "sockets" => flood_sockets(payload)?,
             "emit" => {
                 let hook = text(payload, "prober.event");
                 match self.host.emit(&hook, b"from prober") {
