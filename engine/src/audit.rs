@@ -7,13 +7,14 @@
 //! writer starts its first line on a fresh line, and [`read`] skips a torn line with a
 //! warning instead of failing the whole file.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::fs::File;
+use std::io::{self, BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
+use crate::rotating::RotatingFile;
 
 /// The version of the line format; a reader refuses lines of a newer one.
 pub const AUDIT_SCHEMA: u32 = 1;
@@ -49,43 +50,16 @@ impl AuditPolicy {
 /// The open audit file.
 #[derive(Debug)]
 pub struct AuditLog {
-    policy: AuditPolicy,
-    file: File,
-    size: u64,
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
-}
-
-/// Whether the file's last byte is a newline (or the file is empty or absent).
-fn ends_with_newline(path: &Path) -> io::Result<bool> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
-        Err(err) => return Err(err),
-    };
-    let length = file.metadata()?.len();
-    if length == 0 {
-        return Ok(true);
-    }
-    file.seek(SeekFrom::Start(length - 1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] == b'\n')
+    file: RotatingFile,
 }
 
 impl AuditLog {
     /// Opens (or creates) the file for appending. A torn last line, left by an engine that
     /// was killed mid-write, is closed with a newline so the next record starts clean.
     pub fn open(policy: AuditPolicy) -> io::Result<Self> {
-        let torn = !ends_with_newline(&policy.file)?;
-        let mut file = open_append(&policy.file)?;
-        if torn {
-            file.write_all(b"\n")?;
-        }
-        let size = file.metadata()?.len();
-        Ok(Self { policy, file, size })
+        Ok(Self {
+            file: RotatingFile::open(policy.file, policy.max_bytes, policy.keep)?,
+        })
     }
 
     /// Appends `event`; with `durable`, also waits until it is on disk.
@@ -96,40 +70,7 @@ impl AuditLog {
         };
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
         line.push(b'\n');
-        // One write per line: concurrent appenders never interleave within a line.
-        self.file.write_all(&line)?;
-        if durable {
-            self.file.sync_data()?;
-        }
-        self.size += line.len() as u64;
-        if self.size > self.policy.max_bytes {
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    /// `audit.jsonl` → `audit.jsonl.1` → … → `audit.jsonl.<keep>` (the oldest is dropped).
-    fn rotate(&mut self) -> io::Result<()> {
-        self.file.sync_all()?;
-        let numbered = |n: u32| {
-            let mut name = self.policy.file.clone().into_os_string();
-            name.push(format!(".{n}"));
-            PathBuf::from(name)
-        };
-        if self.policy.keep == 0 {
-            std::fs::remove_file(&self.policy.file)?;
-        } else {
-            for n in (1..self.policy.keep).rev() {
-                let from = numbered(n);
-                if from.exists() {
-                    std::fs::rename(&from, numbered(n + 1))?;
-                }
-            }
-            std::fs::rename(&self.policy.file, numbered(1))?;
-        }
-        self.file = open_append(&self.policy.file)?;
-        self.size = 0;
-        Ok(())
+        self.file.append_line(&line, durable)
     }
 }
 
@@ -212,8 +153,8 @@ mod tests {
         }
         drop(log);
         // A writer killed mid-line.
-        let mut torn = open_append(&file).unwrap();
-        torn.write_all(b"{\"schema\":1,\"seq\":4,\"at_").unwrap();
+        let mut torn = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        std::io::Write::write_all(&mut torn, b"{\"schema\":1,\"seq\":4,\"at_").unwrap();
         let read_back = read(&file).unwrap();
         assert_eq!(
             read_back

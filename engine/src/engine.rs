@@ -7,7 +7,6 @@
 //! share and turns commands into actor messages, resolving dependencies on the way.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -23,6 +22,7 @@ use crate::hooks::{HookHandle, HookStatsSnapshot};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::policy::Policy;
+use crate::rotating::RotatingFile;
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
 use crate::snapshot::{
     ConfigSetting, ConfigSource, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision,
@@ -54,6 +54,10 @@ pub struct EngineConfig {
     /// The engine's log: captured plugin output (what the rate limit let through), one
     /// line each, appended.
     pub log_file: Option<PathBuf>,
+    /// The log is rotated past this size (MiB) ...
+    pub log_max_mb: u64,
+    /// ... keeping this many rotated files.
+    pub log_keep: u32,
     /// Every event as a JSON line, appended (the audit trail).
     pub audit_file: Option<PathBuf>,
     /// The audit file is rotated past this size (MiB) ...
@@ -93,6 +97,8 @@ impl EngineConfig {
             grace: Duration::from_secs(2),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             log_file: None,
+            log_max_mb: 64,
+            log_keep: 5,
             audit_file: None,
             audit_max_mb: 64,
             audit_keep: 5,
@@ -267,7 +273,7 @@ pub enum Outcome {
 /// What the engine's threads (actors, workers' event sinks, the traffic generator) share.
 pub(crate) struct Shared {
     pub config: EngineConfig,
-    log: Option<Mutex<std::fs::File>>,
+    log: Option<Mutex<RotatingFile>>,
     audit: Option<Mutex<AuditLog>>,
     pub scope: EngineScope,
     pub trust: Option<TrustStore>,
@@ -349,13 +355,14 @@ impl Shared {
                     format!("log:{}", plugboard_sdk::LogLevel::from_code(level).name())
                 }
             };
-            let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = writeln!(
-                log,
-                "{} {plugin} {stream} {line}",
+            let line = format!(
+                "{} {plugin} {stream} {line}\n",
                 unix_millis(SystemTime::now())
-            )
-            .and_then(|()| log.flush());
+            );
+            let _ = log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .append_line(line.as_bytes(), false);
         }
     }
 
@@ -417,23 +424,22 @@ impl Engine {
             ),
             None => None,
         };
-        let open_append =
-            |file: &Option<PathBuf>| -> Result<Option<Mutex<std::fs::File>>, EngineError> {
-                file.as_ref()
-                    .map(|file| {
-                        std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(file)
-                            .map(Mutex::new)
-                            .map_err(|err| EngineError::File {
-                                file: file.clone(),
-                                reason: err.to_string(),
-                            })
-                    })
-                    .transpose()
-            };
-        let log = open_append(&config.log_file)?;
+        let log = config
+            .log_file
+            .as_ref()
+            .map(|file| {
+                RotatingFile::open(
+                    file.clone(),
+                    config.log_max_mb.saturating_mul(1024 * 1024),
+                    config.log_keep,
+                )
+                .map(Mutex::new)
+                .map_err(|err| EngineError::File {
+                    file: file.clone(),
+                    reason: err.to_string(),
+                })
+            })
+            .transpose()?;
         let audit = config
             .audit_file
             .as_ref()

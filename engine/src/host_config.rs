@@ -85,6 +85,8 @@ struct FileConfig {
     state_file: Option<PathBuf>,
     audit_max_mb: Option<u64>,
     audit_keep: Option<u32>,
+    log_max_mb: Option<u64>,
+    log_keep: Option<u32>,
     max_plugins: Option<usize>,
     memory_budget_mb: Option<u64>,
     #[serde(default)]
@@ -200,6 +202,12 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
     }
     if let Some(keep) = parsed.audit_keep {
         config.audit_keep = keep;
+    }
+    if let Some(megabytes) = parsed.log_max_mb {
+        config.log_max_mb = megabytes;
+    }
+    if let Some(keep) = parsed.log_keep {
+        config.log_keep = keep;
     }
     if let Some(watch) = parsed.watch {
         config.watch = watch;
@@ -742,19 +750,29 @@ impl Checker<'_> {
         for (kind, rule) in &parsed.policy {
             self.check_rule(*kind, rule)?;
         }
-        if let Some(megabytes) = parsed.audit_max_mb.filter(|megabytes| *megabytes == 0) {
-            return Err(self.refuse(
-                &KeyPath::of(&["audit_max_mb"]),
-                megabytes,
-                "an integer number of MiB, at least 1",
-            ));
+        for (key, max_mb) in [
+            ("audit_max_mb", parsed.audit_max_mb),
+            ("log_max_mb", parsed.log_max_mb),
+        ] {
+            if let Some(megabytes) = max_mb.filter(|megabytes| *megabytes == 0) {
+                return Err(self.refuse(
+                    &KeyPath::of(&[key]),
+                    megabytes,
+                    "an integer number of MiB, at least 1",
+                ));
+            }
         }
-        if let Some(keep) = parsed.audit_keep.filter(|keep| *keep > 1000) {
-            return Err(self.refuse(
-                &KeyPath::of(&["audit_keep"]),
-                keep,
-                "an integer number of rotated files from 0 to 1000",
-            ));
+        for (key, keep) in [
+            ("audit_keep", parsed.audit_keep),
+            ("log_keep", parsed.log_keep),
+        ] {
+            if let Some(keep) = keep.filter(|keep| *keep > 1000) {
+                return Err(self.refuse(
+                    &KeyPath::of(&[key]),
+                    keep,
+                    "an integer number of rotated files from 0 to 1000",
+                ));
+            }
         }
         Ok(())
     }

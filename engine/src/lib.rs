@@ -18,6 +18,7 @@ pub mod loader;
 pub mod manifest;
 pub mod monitor;
 pub mod policy;
+pub mod rotating;
 pub mod sandbox;
 pub mod snapshot;
 pub mod suggest;

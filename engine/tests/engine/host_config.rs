@@ -119,6 +119,8 @@ invalid_host_configs! {
     policy_count_zero: "policy_count_zero.toml" => ["line 3: `policy.hook_timeout.count` = 0", "expected an integer number of violations from 1 to 86400"];
     policy_ratio_above_one: "policy_ratio_above_one.toml" => ["line 2: `policy.cpu_throttled.ratio` = 1.5", "expected a share of CPU periods above 0 and at most 1"];
     audit_max_zero: "audit_max_zero.toml" => ["line 2: `audit_max_mb` = 0", "expected an integer number of MiB, at least 1"];
+    log_max_zero: "log_max_zero.toml" => ["line 2: `log_max_mb` = 0", "expected an integer number of MiB, at least 1"];
+    log_keep_too_many: "log_keep_too_many.toml" => ["line 2: `log_keep` = 5000", "expected an integer number of rotated files from 0 to 1000"];
     toml_syntax_error: "toml_syntax_error.toml" => ["line 2, column 19: invalid TOML: ", "(in `memory_budget_mb =`)"];
 }
 
@@ -149,6 +151,7 @@ fn the_example_parses_with_the_values_it_shows() {
         config.state_file,
         Some(PathBuf::from("/var/lib/plugboard/state.json"))
     );
+    assert_eq!((config.log_max_mb, config.log_keep), (64, 5));
     assert_eq!(config.max_plugins, Some(32));
     assert_eq!(config.memory_budget_mb, Some(4096));
     assert_eq!(config.worker.require, Mechanism::ALL);

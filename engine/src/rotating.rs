@@ -1,0 +1,147 @@
+//! A file appended line by line and rotated by size (`name` → `name.1` → … →
+//! `name.<keep>`, the oldest dropped), so nothing the engine writes for a long time — the
+//! audit trail, the captured plugin output — can fill the disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+/// The open file and its rotation rule.
+#[derive(Debug)]
+pub struct RotatingFile {
+    path: PathBuf,
+    /// Rotate once the file grows past this many bytes.
+    max_bytes: u64,
+    /// Rotated files kept (`name.1` is the newest); 0 keeps none.
+    keep: u32,
+    file: File,
+    size: u64,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Whether the file's last byte is a newline (or the file is empty or absent).
+fn ends_with_newline(path: &Path) -> io::Result<bool> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(err) => return Err(err),
+    };
+    let length = file.metadata()?.len();
+    if length == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::Start(length - 1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+impl RotatingFile {
+    /// Opens (or creates) the file for appending. A torn last line, left by an engine that
+    /// was killed mid-write, is closed with a newline so the next line starts clean.
+    pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> io::Result<Self> {
+        let torn = !ends_with_newline(&path)?;
+        let mut file = open_append(&path)?;
+        if torn {
+            file.write_all(b"\n")?;
+        }
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            max_bytes,
+            keep,
+            file,
+            size,
+        })
+    }
+
+    /// Appends `line` (ending in a newline) in one write, so concurrent appenders never
+    /// interleave within a line; with `durable`, also waits until it is on disk. Rotates
+    /// once the file has grown past its size.
+    pub fn append_line(&mut self, line: &[u8], durable: bool) -> io::Result<()> {
+        self.file.write_all(line)?;
+        if durable {
+            self.file.sync_data()?;
+        }
+        self.size += line.len() as u64;
+        if self.size > self.max_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        let numbered = |n: u32| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = numbered(n);
+                if from.exists() {
+                    std::fs::rename(&from, numbered(n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .map(|text| text.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_file_rotates_past_its_size_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.log");
+        let mut file = RotatingFile::open(path.clone(), 10, 2).unwrap();
+        for n in 1..=4 {
+            file.append_line(format!("line {n} ...\n").as_bytes(), false)
+                .unwrap();
+        }
+        let rotated = |n: u32| dir.path().join(format!("engine.log.{n}"));
+        // Each line passes 10 bytes: the file rotates after every one, two are kept.
+        assert_eq!(lines(&rotated(1)), ["line 4 ..."]);
+        assert_eq!(lines(&rotated(2)), ["line 3 ..."]);
+        assert!(!rotated(3).exists());
+        assert!(lines(&path).is_empty());
+    }
+
+    #[test]
+    fn keeping_no_rotated_file_starts_the_file_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.log");
+        let mut file = RotatingFile::open(path.clone(), 10, 0).unwrap();
+        file.append_line(b"a line past ten bytes\n", false).unwrap();
+        file.append_line(b"short\n", false).unwrap();
+        assert_eq!(lines(&path), ["short"]);
+        assert!(!dir.path().join("engine.log.1").exists());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_closed_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.log");
+        std::fs::write(&path, "complete\ntorn").unwrap();
+        let mut file = RotatingFile::open(path.clone(), 1 << 20, 1).unwrap();
+        file.append_line(b"next\n", false).unwrap();
+        assert_eq!(lines(&path), ["complete", "torn", "next"]);
+    }
+}
