@@ -153,7 +153,10 @@ mod tests {
         }
         drop(log);
         // A writer killed mid-line.
-        let mut torn = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
         std::io::Write::write_all(&mut torn, b"{\"schema\":1,\"seq\":4,\"at_").unwrap();
         let read_back = read(&file).unwrap();
         assert_eq!(

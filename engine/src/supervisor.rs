@@ -30,13 +30,10 @@ use crate::manifest::Manifest;
 use crate::monitor::SampleSeries;
 use crate::policy::{Violation, ViolationCounts};
 use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
-use crate::worker::{ExitStatus, MechanismState, OutputStream, WorkerEvent};
+use crate::worker::{ExitStatus, MechanismState, OUTPUT_LINES_PER_SEC, OutputStream, WorkerEvent};
 
 /// Captured output lines kept per plugin.
 const OUTPUT_RING: usize = 500;
-/// Output lines accepted per second per plugin (burst: twice that); the rest are counted
-/// as dropped, so a chatty or hostile plugin cannot exhaust the engine's memory.
-const OUTPUT_LINES_PER_SEC: f64 = 200.0;
 
 /// Events a plugin's actor may have waiting (worker events other than output lines, and
 /// violations caught elsewhere). A worker can cause them faster than the actor records
@@ -57,7 +54,10 @@ pub(crate) enum WhenFull {
     Drop,
 }
 
-/// A plugin's captured output: a bounded ring behind a token-bucket rate limit.
+/// A plugin's captured output: a bounded ring behind a token-bucket rate limit of
+/// [`OUTPUT_LINES_PER_SEC`] (bursts: twice that) whatever the stream, so a chatty or
+/// hostile plugin cannot exhaust the engine's memory. (Its worker's follower limits stdout
+/// and stderr at the same rate before lines are even built.)
 pub(crate) struct OutputRing {
     pub lines: VecDeque<OutputLine>,
     pub dropped: u64,

@@ -103,6 +103,9 @@ pub enum WorkerEvent {
     ProtocolViolation { reason: String },
     /// A line the plugin wrote to stdout/stderr or logged through the host API.
     Output { stream: OutputStream, line: String },
+    /// Lines the plugin wrote to stdout/stderr past [`OUTPUT_LINES_PER_SEC`], counted
+    /// where they were read and never passed on.
+    OutputDropped { lines: u64 },
     /// The worker process ended.
     Exited { status: ExitStatus },
 }
@@ -1019,6 +1022,65 @@ const OUTPUT_READ: usize = 16 * 1024;
 /// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
 const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
 
+/// Output lines a worker's stdout and stderr may pass on per second (bursts: twice that).
+/// The rest are only counted, without being built: a flood of short lines must cost the
+/// engine about what writing them costs the worker, not a line's handling each.
+pub const OUTPUT_LINES_PER_SEC: f64 = 200.0;
+
+/// The follower's token bucket for its worker's stdout and stderr lines, refilled once per
+/// read, and the lines it refused since they were last reported.
+struct LineBudget {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl LineBudget {
+    fn new(per_sec: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            per_sec,
+            refilled: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.refilled).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.refilled = now;
+    }
+
+    fn has_token(&self) -> bool {
+        self.tokens >= 1.0
+    }
+
+    /// Takes a token for a line, or counts the line as dropped.
+    fn take(&mut self) -> bool {
+        if self.has_token() {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// Passes on the count of lines dropped since the last report, if any.
+    fn report(&mut self, events: &EventSink) {
+        if self.dropped > 0 {
+            events(WorkerEvent::OutputDropped {
+                lines: std::mem::take(&mut self.dropped),
+            });
+        }
+    }
+}
+
 /// One output pipe of a worker: the part of a line read so far.
 struct OutputPipe {
     fd: Option<OwnedFd>,
@@ -1036,9 +1098,14 @@ impl OutputPipe {
     }
 
     /// Reads what the pipe holds and passes on each complete line (a line longer than
-    /// [`MAX_LINE`] in pieces of that length). At the pipe's end, the rest is a line too,
-    /// and the pipe is closed.
-    fn read_lines(&mut self, chunk: &mut [u8; OUTPUT_READ], events: &EventSink) {
+    /// [`MAX_LINE`] in pieces of that length) that `budget` allows; the others are
+    /// counted in it. At the pipe's end, the rest is a line too, and the pipe is closed.
+    fn read_lines(
+        &mut self,
+        chunk: &mut [u8; OUTPUT_READ],
+        budget: &mut LineBudget,
+        events: &EventSink,
+    ) {
         let Some(fd) = &self.fd else { return };
         let read = match nix::unistd::read(fd, chunk) {
             Err(nix::Error::EINTR | nix::Error::EAGAIN) => return,
@@ -1047,32 +1114,85 @@ impl OutputPipe {
         };
         if read == 0 {
             self.fd = None;
-            self.flush(events);
+            self.flush(budget, events);
             return;
         }
+        budget.refill();
         let mut rest = &chunk[..read];
         while !rest.is_empty() {
+            if !budget.has_token() {
+                rest = self.skip_lines(rest, budget);
+                if rest.is_empty() {
+                    break;
+                }
+            }
             let window = &rest[..rest.len().min(MAX_LINE - self.pending.len())];
             let taken = memchr::memchr(b'\n', window).map_or(window.len(), |end| end + 1);
             self.pending.extend_from_slice(&window[..taken]);
             rest = &rest[taken..];
             if window[taken - 1] == b'\n' || self.pending.len() == MAX_LINE {
-                self.flush(events);
+                self.flush(budget, events);
             }
         }
     }
 
-    fn flush(&mut self, events: &EventSink) {
+    /// Counts the complete lines in `data` as dropped without building them — in the
+    /// pieces [`OutputPipe::read_lines`] would cut them into — and returns what follows
+    /// the last newline.
+    fn skip_lines<'a>(&mut self, data: &'a [u8], budget: &mut LineBudget) -> &'a [u8] {
+        let Some(last) = memchr::memrchr(b'\n', data) else {
+            return data;
+        };
+        budget.dropped += line_pieces(self.pending.len(), &data[..=last]);
+        self.pending.clear();
+        &data[last + 1..]
+    }
+
+    fn flush(&mut self, budget: &mut LineBudget, events: &EventSink) {
         if self.pending.is_empty() {
             return;
         }
-        let line = String::from_utf8_lossy(&self.pending).trim_end().to_owned();
+        if budget.take() {
+            let line = String::from_utf8_lossy(&self.pending).trim_end().to_owned();
+            events(WorkerEvent::Output {
+                stream: self.stream,
+                line,
+            });
+        }
         self.pending.clear();
-        events(WorkerEvent::Output {
-            stream: self.stream,
-            line,
-        });
     }
+}
+
+/// How many lines [`OutputPipe::read_lines`] would cut `complete` (which ends in a
+/// newline) into, after `pending` bytes of a line begun earlier: one per newline, and one
+/// more per [`MAX_LINE`] bytes of a line longer than that. Newlines are counted in bulk
+/// (a flood of empty lines costs a pass over the bytes, not a step per line); a line longer
+/// than `MAX_LINE` spans a whole window of half that without a newline, so only the lines
+/// around such windows — a few per read at most — are measured one by one.
+fn line_pieces(pending: usize, complete: &[u8]) -> u64 {
+    const WINDOW: usize = MAX_LINE / 2;
+    let beyond_first = |length: usize| (length.div_ceil(MAX_LINE) - 1) as u64;
+    let newlines = bytecount::count(complete, b'\n') as u64;
+    let Some(first_end) = memchr::memchr(b'\n', complete) else {
+        return 0;
+    };
+    let mut pieces = newlines + beyond_first(pending + first_end + 1);
+    let mut window_start = first_end + 1;
+    while window_start + WINDOW <= complete.len() {
+        let window_end = window_start + WINDOW;
+        if memchr::memchr(b'\n', &complete[window_start..window_end]).is_some() {
+            window_start = window_end;
+            continue;
+        }
+        // The line around this window: from after the newline before it (there is one,
+        // the first line's) to the next one (there is one, `complete` ends in it).
+        let line_start = memchr::memrchr(b'\n', &complete[..window_start]).map_or(0, |at| at + 1);
+        let line_end = memchr::memchr(b'\n', &complete[window_end..])
+            .map_or(complete.len() - 1, |at| window_end + at);
+        pieces += beyond_first(line_end + 1 - line_start);
+        window_start = line_end + 1;
+    }
+    pieces
 }
 
 /// Follows a worker until it is gone, on one thread: its stdout and stderr lines as they
@@ -1115,11 +1235,12 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
     // Without pidfds (Linux < 5.3) the pipes' end is all there is to go by.
     let exit = crate::sandbox::process::open_pidfd(pid).ok();
     let mut chunk = [0u8; OUTPUT_READ];
+    let mut budget = LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0);
     while pipes.iter().any(|pipe| pipe.fd.is_some()) {
         let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
             break;
         };
-        read_ready(&mut pipes, ready, &mut chunk, events);
+        read_ready(&mut pipes, ready, &mut chunk, &mut budget, events);
         if exited {
             // Everything written before the exit is in the pipes now: read it, without
             // waiting for more — and at most what two full pipes hold, so a process left
@@ -1127,17 +1248,18 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
             for _ in 0..AFTER_EXIT_READS {
                 match readable(&pipes, None, PollTimeout::ZERO) {
                     Some((ready, _)) if ready != [false; 2] => {
-                        read_ready(&mut pipes, ready, &mut chunk, events);
+                        read_ready(&mut pipes, ready, &mut chunk, &mut budget, events);
                     }
                     _ => break,
                 }
             }
             for pipe in &mut pipes {
-                pipe.flush(events);
+                pipe.flush(&mut budget, events);
             }
             break;
         }
     }
+    budget.report(events);
     wait_for_exit(pid)
 }
 
@@ -1145,13 +1267,15 @@ fn read_ready(
     pipes: &mut [OutputPipe; 2],
     ready: [bool; 2],
     chunk: &mut [u8; OUTPUT_READ],
+    budget: &mut LineBudget,
     events: &EventSink,
 ) {
     for (pipe, ready) in pipes.iter_mut().zip(ready) {
         if ready {
-            pipe.read_lines(chunk, events);
+            pipe.read_lines(chunk, budget, events);
         }
     }
+    budget.report(events);
 }
 
 /// Waits until one of the open pipes can be read (or has ended) or the process behind
@@ -1500,10 +1624,12 @@ mod tests {
             std::io::Write::write_all(&mut file, written.as_bytes()).unwrap();
         });
         let mut chunk = [0u8; OUTPUT_READ];
+        let mut budget = LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0);
         while pipe.fd.is_some() {
-            pipe.read_lines(&mut chunk, &sink);
+            pipe.read_lines(&mut chunk, &mut budget, &sink);
         }
         writer.join().unwrap();
+        assert_eq!(budget.dropped, 0);
         let lines = lines.lock().unwrap();
         let expected = [
             "first".to_owned(),
@@ -1524,6 +1650,75 @@ mod tests {
                 .iter()
                 .all(|(stream, _)| *stream == OutputStream::Stderr)
         );
+    }
+
+    /// Past its budget the follower passes on no line, but counts every one, in the
+    /// pieces it would have cut them into; with a token again, lines pass again.
+    #[test]
+    fn lines_past_the_budget_are_counted_not_passed_on() {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let mut pipe = OutputPipe::new(read_end, OutputStream::Stdout);
+        let (lines, sink) = output_sink();
+        // A budget of 10 lines that never refills (the test must not depend on timing).
+        let mut budget = LineBudget::new(0.0, 10.0);
+        // Ten lines that pass, 3,000 that do not, one line of 2½ pieces split over the
+        // reads, and a partial line. All of it fits in the pipe: exactly two reads take it.
+        let long = "y".repeat(MAX_LINE * 2 + MAX_LINE / 2);
+        let written = format!("{}{long}\npart", "line\n".repeat(3010));
+        assert!(written.len() > OUTPUT_READ && written.len() < 2 * OUTPUT_READ);
+        let mut writer = std::fs::File::from(write_end);
+        std::io::Write::write_all(&mut writer, written.as_bytes()).unwrap();
+        let mut chunk = [0u8; OUTPUT_READ];
+        pipe.read_lines(&mut chunk, &mut budget, &sink);
+        pipe.read_lines(&mut chunk, &mut budget, &sink);
+        assert_eq!(lines.lock().unwrap().len(), 10);
+        assert_eq!(
+            budget.dropped,
+            3000 + 3,
+            "the flood and the long line's 3 pieces"
+        );
+        assert_eq!(pipe.pending, b"part");
+        // A token again: the partial line passes when the pipe ends.
+        budget.tokens = 1.0;
+        drop(writer);
+        while pipe.fd.is_some() {
+            pipe.read_lines(&mut chunk, &mut budget, &sink);
+        }
+        assert_eq!(lines.lock().unwrap().last().unwrap().1, "part");
+        assert_eq!(budget.dropped, 3003);
+    }
+
+    /// [`line_pieces`] against the plain count, line by line.
+    fn line_pieces_one_by_one(pending: usize, complete: &[u8]) -> u64 {
+        let mut start = 0;
+        let mut pieces = 0;
+        for end in memchr::memchr_iter(b'\n', complete) {
+            let length = if start == 0 { pending } else { 0 } + end + 1 - start;
+            pieces += length.div_ceil(MAX_LINE) as u64;
+            start = end + 1;
+        }
+        pieces
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lines_are_counted_in_bulk_as_one_by_one(
+            pending in 0..MAX_LINE,
+            lengths in proptest::collection::vec(
+                proptest::prop_oneof![0..8usize, 0..3 * MAX_LINE, MAX_LINE - 2..MAX_LINE + 2],
+                1..24,
+            ),
+        ) {
+            let mut complete = Vec::new();
+            for length in lengths {
+                complete.extend(std::iter::repeat_n(b'x', length));
+                complete.push(b'\n');
+            }
+            proptest::prop_assert_eq!(
+                line_pieces(pending, &complete),
+                line_pieces_one_by_one(pending, &complete)
+            );
+        }
     }
 
     /// A worker's end is seen when it exits, even while a process it started keeps its

@@ -496,6 +496,11 @@ fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> E
                 }
                 return;
             }
+            WorkerEvent::OutputDropped { lines } => {
+                let mut output = plugin.output.lock().unwrap_or_else(PoisonError::into_inner);
+                output.dropped = output.dropped.saturating_add(lines);
+                return;
+            }
             WorkerEvent::ForbiddenSyscall { .. }
             | WorkerEvent::FsDenied { .. }
             | WorkerEvent::Audited { .. } => WhenFull::Wait(LISTENER_ROOM_WAIT),
@@ -1051,8 +1056,8 @@ fn on_worker_event(
     hooks: Option<String>,
 ) {
     match event {
-        // Kept or dropped by the sink already (see `worker_sink`).
-        WorkerEvent::Output { .. } => {}
+        // Kept or counted by the sink already (see `worker_sink`).
+        WorkerEvent::Output { .. } | WorkerEvent::OutputDropped { .. } => {}
         WorkerEvent::ForbiddenSyscall {
             syscall, detail, ..
         } => {
