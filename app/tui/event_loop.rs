@@ -2,6 +2,7 @@
 //! command results and signals to the UI thread, which redraws when something arrived —
 //! never in a busy loop. Commands run on threads of their own.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,6 +16,20 @@ use super::app::{App, Effect, Job, JobError, Status};
 use super::terminal::{self, TerminalGuard};
 use super::theme::Role;
 use super::{reload_preview, sampler, ui};
+
+/// Samples and engine events sent to the UI thread and not yet handled. While the UI is
+/// behind (a terminal that stopped reading blocks it in `draw`), the sampler skips its
+/// ticks and the events thread waits, leaving the engine's bounded subscription to fill:
+/// a stalled dashboard holds one snapshot and a bounded number of events, not a queue
+/// that grows every second.
+#[derive(Debug, Default)]
+pub struct Unread {
+    pub samples: AtomicUsize,
+    pub events: AtomicUsize,
+}
+
+/// Engine events the UI may have waiting before the events thread stops taking more.
+const EVENTS_UNREAD_MAX: usize = plugboard_engine::events::SUBSCRIBER_QUEUE;
 
 /// Everything the UI thread reacts to.
 #[derive(Debug)]
@@ -60,14 +75,29 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
     for event in engine.recent_events() {
         app.on_engine_event(event);
     }
-    spawn_engine_events(events, sender.clone(), wake.clone());
+    let unread = Arc::new(Unread::default());
+    spawn_engine_events(events, sender.clone(), wake.clone(), Arc::clone(&unread));
     let watched = Arc::new(Mutex::new(None));
     {
-        let (engine, sender, watched) = (Arc::clone(&engine), sender.clone(), Arc::clone(&watched));
+        let (engine, sender, watched, unread) = (
+            Arc::clone(&engine),
+            sender.clone(),
+            Arc::clone(&watched),
+            Arc::clone(&unread),
+        );
         let interval = startup.sample_interval.unwrap_or(Duration::from_secs(1));
         std::thread::Builder::new()
             .name("pb-ui-sampler".to_owned())
-            .spawn(move || sampler::run(&engine, interval, &watched, &wake_receiver, &sender))
+            .spawn(move || {
+                sampler::run(
+                    &engine,
+                    interval,
+                    &watched,
+                    &wake_receiver,
+                    &sender,
+                    &unread,
+                );
+            })
             .context("cannot start the sampling thread")?;
     }
 
@@ -118,7 +148,7 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
     let panic_key = test_panic_key();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         event_loop(
-            &mut guard, &mut app, &receiver, &runner, &watched, panic_key,
+            &mut guard, &mut app, &receiver, &runner, &watched, &unread, panic_key,
         )
     }))
     .unwrap_or_else(|_| Err(anyhow!("the dashboard panicked (its message is above)")));
@@ -153,6 +183,7 @@ fn event_loop(
     receiver: &Receiver<AppEvent>,
     runner: &JobRunner,
     watched: &Mutex<Option<String>>,
+    unread: &Unread,
     panic_key: Option<char>,
 ) -> Result<()> {
     let mut dirty = true;
@@ -185,7 +216,7 @@ fn event_loop(
             {
                 panic!("PLUGBOARD_TEST_PANIC_KEY pressed: the panic the test asked for");
             }
-            match handle(app, event, runner) {
+            match handle(app, event, runner, unread) {
                 Handled::Quit => return Ok(()),
                 Handled::Redraw => dirty = true,
                 Handled::Nothing => {}
@@ -207,7 +238,7 @@ enum Handled {
     Quit,
 }
 
-fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
+fn handle(app: &mut App, event: AppEvent, runner: &JobRunner, unread: &Unread) -> Handled {
     let effects = match event {
         AppEvent::Terminal(TermEvent::Key(key)) if key.kind != KeyEventKind::Release => {
             app.on_key(key)
@@ -221,15 +252,18 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner) -> Handled {
         AppEvent::Terminal(TermEvent::Resize(..)) => Vec::new(),
         AppEvent::Terminal(_) => return Handled::Nothing,
         AppEvent::Sample(sample) => {
+            unread.samples.fetch_sub(1, Ordering::AcqRel);
             app.on_sample(*sample);
             Vec::new()
         }
         AppEvent::Engine(event) => {
+            unread.events.fetch_sub(1, Ordering::AcqRel);
             app.on_engine_event(event);
             Vec::new()
         }
         AppEvent::JobDone { id, job, result } => app.on_job_done(id, &job, result),
         AppEvent::History { plugin, samples } => {
+            unread.samples.fetch_sub(1, Ordering::AcqRel);
             app.on_resource_history(plugin, samples);
             Vec::new()
         }
@@ -322,11 +356,20 @@ fn job_error(err: &EngineError) -> JobError {
     }
 }
 
-fn spawn_engine_events(events: Receiver<Event>, sender: Sender<AppEvent>, wake: Sender<()>) {
+fn spawn_engine_events(
+    events: Receiver<Event>,
+    sender: Sender<AppEvent>,
+    wake: Sender<()>,
+    unread: Arc<Unread>,
+) {
     let _ = std::thread::Builder::new()
         .name("pb-ui-events".to_owned())
         .spawn(move || {
             for event in events {
+                while unread.events.load(Ordering::Acquire) >= EVENTS_UNREAD_MAX {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                unread.events.fetch_add(1, Ordering::AcqRel);
                 if sender.send(AppEvent::Engine(event)).is_err() {
                     return;
                 }

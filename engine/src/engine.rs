@@ -846,7 +846,9 @@ impl Engine {
             .history())
     }
 
-    /// Events as they happen.
+    /// Events as they happen. At most [`crate::events::SUBSCRIBER_QUEUE`] wait unread;
+    /// a subscriber that falls further behind misses events (a gap in `seq`) and can read
+    /// what the ring still holds with [`Engine::recent_events`].
     pub fn subscribe(&self) -> mpsc::Receiver<Event> {
         self.shared
             .events

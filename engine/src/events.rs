@@ -13,6 +13,11 @@ use crate::worker::ExitStatus;
 /// How many events the ring keeps.
 pub const EVENT_RING: usize = 2000;
 
+/// Events a subscriber may have waiting. Past that it misses events until it reads again
+/// (the gap shows in their `seq`; [`crate::Engine::recent_events`] has the ring): a
+/// subscriber that stops reading costs the engine no more than this.
+pub const SUBSCRIBER_QUEUE: usize = EVENT_RING;
+
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -129,7 +134,7 @@ pub enum EventKind {
 pub struct EventLog {
     ring: VecDeque<Event>,
     next_seq: u64,
-    subscribers: Vec<mpsc::Sender<Event>>,
+    subscribers: Vec<mpsc::SyncSender<Event>>,
 }
 
 impl Default for EventLog {
@@ -164,19 +169,57 @@ impl EventLog {
             self.ring.pop_front();
         }
         self.ring.push_back(event.clone());
-        // Subscribers that went away are dropped here.
-        self.subscribers
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+        // A full subscriber misses this one; those that went away are dropped here.
+        self.subscribers.retain(|subscriber| {
+            !matches!(
+                subscriber.try_send(event.clone()),
+                Err(mpsc::TrySendError::Disconnected(_))
+            )
+        });
         event
     }
 
     pub fn subscribe(&mut self) -> mpsc::Receiver<Event> {
-        let (sender, receiver) = mpsc::channel();
+        let (sender, receiver) = mpsc::sync_channel(SUBSCRIBER_QUEUE);
         self.subscribers.push(sender);
         receiver
     }
 
     pub fn recent(&self) -> Vec<Event> {
         self.ring.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_event(log: &mut EventLog, n: usize) {
+        log.push(
+            None,
+            EventKind::Engine {
+                message: format!("event {n}"),
+            },
+        );
+    }
+
+    #[test]
+    fn a_subscriber_that_does_not_read_holds_at_most_its_queue_and_then_sees_the_gap() {
+        let mut log = EventLog::default();
+        let subscriber = log.subscribe();
+        for n in 0..SUBSCRIBER_QUEUE + 10 {
+            engine_event(&mut log, n);
+        }
+        let waiting: Vec<u64> = subscriber.try_iter().map(|event| event.seq).collect();
+        assert_eq!(waiting.len(), SUBSCRIBER_QUEUE);
+        assert_eq!(waiting.last(), Some(&(SUBSCRIBER_QUEUE as u64)));
+        // Read, it gets events again; the ten it missed show as a gap in `seq`.
+        engine_event(&mut log, 0);
+        let next = subscriber.try_recv().unwrap();
+        assert_eq!(next.seq, SUBSCRIBER_QUEUE as u64 + 11);
+        // One that went away is dropped.
+        drop(subscriber);
+        engine_event(&mut log, 0);
+        assert!(log.subscribers.is_empty());
     }
 }

@@ -204,7 +204,10 @@ impl HookRecord {
             CallResult::Ok => {}
             CallResult::Error { message } => {
                 self.errors += 1;
-                self.last_error = Some((SystemTime::now(), message.clone()));
+                self.last_error = Some((
+                    SystemTime::now(),
+                    crate::text::clip(message, crate::text::DETAIL_MAX),
+                ));
             }
             CallResult::Timeout => {
                 self.timeouts += 1;

@@ -23,6 +23,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod suggest;
 pub mod supervisor;
+pub mod text;
 pub mod trust;
 pub mod watcher;
 pub mod worker;

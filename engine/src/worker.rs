@@ -863,7 +863,7 @@ fn expect_hello(channel: &Channel, plugin: &str, pid: Pid) -> Result<(), WorkerE
         }
         other => Err(handshake_error(
             plugin,
-            format!("expected Hello from pid {pid}, got {other:?}"),
+            format!("expected Hello from pid {pid}, got {}", other.kind()),
         )),
     }
 }
@@ -919,20 +919,17 @@ fn await_ready_before(
     loop {
         match recv_before(channel, plugin, deadline)? {
             WorkerMessage::Ready => return Ok(()),
-            WorkerMessage::Log { level, message } => events(WorkerEvent::Output {
-                stream: OutputStream::Log { level },
-                line: message,
-            }),
+            WorkerMessage::Log { level, message } => events(log_line(level, message)),
             WorkerMessage::LoadFailed { reason } => {
                 return Err(WorkerError::Load {
                     plugin: plugin.to_owned(),
-                    reason,
+                    reason: crate::text::clipped(reason, crate::text::DETAIL_MAX),
                 });
             }
             other => {
                 return Err(handshake_error(
                     plugin,
-                    format!("expected Ready, got {other:?}"),
+                    format!("expected Ready, got {}", other.kind()),
                 ));
             }
         }
@@ -1015,12 +1012,21 @@ fn named(plugin: &str, role: &str) -> std::thread::Builder {
 }
 
 /// Bounded line length so a hostile plugin cannot make the engine buffer without end.
-const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 /// How much of an output pipe is read at a time.
 const OUTPUT_READ: usize = 16 * 1024;
 
 /// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
 const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
+
+/// A line the plugin logged through the host, cut to [`MAX_LINE`] bytes as its stdout
+/// and stderr lines are (those in pieces: a log message is one line).
+pub(crate) fn log_line(level: u32, message: String) -> WorkerEvent {
+    WorkerEvent::Output {
+        stream: OutputStream::Log { level },
+        line: crate::text::clipped(message, MAX_LINE),
+    }
+}
 
 /// Output lines a worker's stdout and stderr may pass on per second (bursts: twice that).
 /// The rest are only counted, without being built: a flood of short lines must cost the

@@ -306,6 +306,23 @@ pub enum WorkerMessage {
     Replies { replies: Vec<BatchedReply> },
 }
 
+impl WorkerMessage {
+    /// The message's name, for errors: never its contents, which a hostile worker sizes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "Hello",
+            Self::Confined { .. } => "Confined",
+            Self::SeccompListener => "SeccompListener",
+            Self::Ready => "Ready",
+            Self::LoadFailed { .. } => "LoadFailed",
+            Self::Reply { .. } => "Reply",
+            Self::Log { .. } => "Log",
+            Self::Emit { .. } => "Emit",
+            Self::Replies { .. } => "Replies",
+        }
+    }
+}
+
 /// The outcome of one confinement step, as the worker reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {

@@ -1507,7 +1507,10 @@ fn check_health(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
     };
     let failure = match running.runner.health(spec.timeout()) {
         Ok(outcome) if outcome.status == plugboard_sdk::abi::STATUS_OK => None,
-        Ok(outcome) => Some(String::from_utf8_lossy(&outcome.body).into_owned()),
+        Ok(outcome) => Some(crate::text::clip(
+            &String::from_utf8_lossy(&outcome.body),
+            crate::text::DETAIL_MAX,
+        )),
         Err(err) => Some(format!("no answer: {err}")),
     };
     let mut lifecycle = plugin.lifecycle();

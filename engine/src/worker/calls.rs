@@ -39,7 +39,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use super::{CallFailure, CallOutcome, EmitHandler, EventSink, OutputStream, WorkerEvent};
+use super::{CallFailure, CallOutcome, EmitHandler, EventSink, WorkerEvent, log_line};
 use crate::ipc::{
     CallRef, CallsRef, Channel, EngineMessage, IpcError, WorkerMessage, encode_frame,
 };
@@ -575,10 +575,7 @@ impl Calls {
                 received,
             ),
             WorkerMessage::Log { level, message } => {
-                (self.events)(WorkerEvent::Output {
-                    stream: OutputStream::Log { level },
-                    line: message,
-                });
+                (self.events)(log_line(level, message));
                 Ok(0)
             }
             WorkerMessage::Emit {
@@ -587,10 +584,13 @@ impl Calls {
                 payload,
                 depth,
             } => {
+                // A name longer than any hook's cannot be granted: it is cut before the
+                // refusal keeps it in a violation.
+                let hook = crate::text::clipped(hook, 64);
                 self.emit(id, hook, payload, depth);
                 Ok(0)
             }
-            other => Err(format!("unexpected {other:?} after the handshake")),
+            other => Err(format!("unexpected {} after the handshake", other.kind())),
         }
     }
 
@@ -784,10 +784,7 @@ impl Calls {
                 break;
             };
             if let WorkerMessage::Log { level, message } = message {
-                (self.events)(WorkerEvent::Output {
-                    stream: OutputStream::Log { level },
-                    line: message,
-                });
+                (self.events)(log_line(level, message));
             }
         }
     }
@@ -853,12 +850,13 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        fixture_with_slow_events(Arc::default())
+        fixture_with(Arc::default(), None)
     }
 
     /// A fixture whose engine takes a millisecond to handle each event of the worker while
-    /// `slow` is set (a loaded engine, or one writing its log).
-    fn fixture_with_slow_events(slow: Arc<AtomicBool>) -> Fixture {
+    /// `slow` is set (a loaded engine, or one writing its log), and answers emits with
+    /// `emit`.
+    fn fixture_with(slow: Arc<AtomicBool>, emit: Option<EmitHandler>) -> Fixture {
         let (engine, worker) = Channel::pair().expect("socketpair");
         let child = std::process::Command::new("sleep")
             .arg("30")
@@ -876,7 +874,7 @@ mod tests {
                 .send(event);
         });
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        let calls = Arc::new(Calls::new(Arc::new(engine), pid, events_sink, None));
+        let calls = Arc::new(Calls::new(Arc::new(engine), pid, events_sink, emit));
         let idle = Arc::clone(&calls);
         let reader = std::thread::spawn(move || idle.idle_reader());
         Fixture {
@@ -955,6 +953,57 @@ mod tests {
                 timeout,
             )
             .map(|outcome| outcome.body)
+    }
+
+    /// What a worker sends is kept at a bounded size, however large its frames: a logged
+    /// line is cut to [`MAX_LINE`], an emitted name longer than any hook's to 64 bytes
+    /// (it is refused either way), so a worker cannot make the engine keep megabytes.
+    #[test]
+    fn a_worker_s_oversized_log_line_and_hook_name_are_cut_where_they_arrive() {
+        let (names, emitted) = mpsc::channel();
+        let names = Mutex::new(names);
+        let emit: EmitHandler = Arc::new(move |hook: &str, _: &[u8], _| {
+            let _ = names.lock().unwrap().send(hook.to_owned());
+            plugboard_sdk::abi::EMIT_DENIED
+        });
+        let fixture = fixture_with(Arc::default(), Some(emit));
+        let huge = "z".repeat(512 * 1024);
+        fixture
+            .worker
+            .send(&WorkerMessage::Log {
+                level: 2,
+                message: huge.clone(),
+            })
+            .unwrap();
+        fixture
+            .worker
+            .send(&WorkerMessage::Emit {
+                id: 1,
+                hook: huge,
+                payload: Vec::new(),
+                depth: 0,
+            })
+            .unwrap();
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::Output { line, .. }) => {
+                assert!(
+                    line.len() < crate::worker::MAX_LINE + 64,
+                    "{} bytes kept",
+                    line.len()
+                );
+                assert!(
+                    line.ends_with("more bytes)"),
+                    "{}",
+                    &line[line.len() - 40..]
+                );
+            }
+            other => panic!("expected the log line, got {other:?}"),
+        }
+        let name = emitted.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            name.len() < 64 + 32 && !crate::manifest::is_hook_name(&name),
+            "{name}"
+        );
     }
 
     #[test]
@@ -1101,7 +1150,7 @@ mod tests {
     fn a_worker_that_floods_log_lines_cannot_hold_a_call_past_its_deadline() {
         // Each line takes the engine a millisecond: the worker easily keeps the queue full.
         let slow = Arc::new(AtomicBool::new(true));
-        let fixture = fixture_with_slow_events(Arc::clone(&slow));
+        let fixture = fixture_with(Arc::clone(&slow), None);
         let stop = Arc::new(AtomicBool::new(false));
         let (call_arrived, arrival) = mpsc::channel::<()>();
         // Once the call is out (its caller receiving, as the leader), two threads keep the
