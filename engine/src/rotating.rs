@@ -68,7 +68,13 @@ impl RotatingFile {
         }
         self.size += line.len() as u64;
         if self.size > self.max_bytes {
-            self.rotate()?;
+            if let Err(err) = self.rotate() {
+                // Whatever failed (the file was moved or removed underneath, the disk is
+                // full), go on with a fresh file at the path rather than retry on every line.
+                self.file = open_append(&self.path)?;
+                self.size = self.file.metadata()?.len();
+                return Err(err);
+            }
         }
         Ok(())
     }
@@ -133,6 +139,18 @@ mod tests {
         file.append_line(b"short\n", false).unwrap();
         assert_eq!(lines(&path), ["short"]);
         assert!(!dir.path().join("engine.log.1").exists());
+    }
+
+    #[test]
+    fn a_file_removed_underneath_is_started_over_at_the_next_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.log");
+        let mut file = RotatingFile::open(path.clone(), 10, 0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The rotation fails (nothing to remove); the file is made again.
+        assert!(file.append_line(b"a line past ten bytes\n", false).is_err());
+        file.append_line(b"next\n", false).unwrap();
+        assert_eq!(lines(&path), ["next"]);
     }
 
     #[test]

@@ -285,6 +285,8 @@ pub(crate) struct Plugin {
     event_backlog: AtomicUsize,
     /// Events dropped because the backlog was full, since the plugin was discovered.
     events_unrecorded: AtomicU64,
+    /// Emits refused for a chain too deep: how many, and when that was last said.
+    pub deep_emits: Mutex<(u64, Option<Instant>)>,
     pub actor: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -317,6 +319,7 @@ impl Plugin {
             inbox,
             event_backlog: AtomicUsize::new(0),
             events_unrecorded: AtomicU64::new(0),
+            deep_emits: Mutex::new((0, None)),
             actor: Mutex::new(None),
         }
     }

@@ -569,6 +569,7 @@ impl Worker {
         depth: u32,
         timeout: Duration,
     ) -> Result<CallOutcome, CallFailure> {
+        let _emit_call = (depth > 0).then(|| self.calls.emit_call(depth));
         self.calls.request(
             |id| CallRef {
                 id,

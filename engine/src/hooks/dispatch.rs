@@ -88,9 +88,25 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
             return plugboard_sdk::abi::EMIT_DENIED;
         }
         if depth >= MAX_EMIT_DEPTH {
-            shared.event(Some(&emitter), EventKind::Engine {
-                message: format!("emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH}"),
-            });
+            // Said at most once a second per plugin: a loop of emits must not flood the
+            // event ring and the audit file.
+            let mut deep = plugin
+                .deep_emits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            deep.0 += 1;
+            if deep
+                .1
+                .is_none_or(|said| said.elapsed() >= Duration::from_secs(1))
+            {
+                deep.1 = Some(Instant::now());
+                shared.event(Some(&emitter), EventKind::Engine {
+                    message: format!(
+                        "emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH} ({} refused so far)",
+                        deep.0
+                    ),
+                });
+            }
             return plugboard_sdk::abi::EMIT_FAILED;
         }
         dispatch(&shared, hook, payload, depth + 1);

@@ -490,9 +490,15 @@ fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> E
         };
         let when_full = match event {
             WorkerEvent::Output { stream, line } => {
-                let mut output = plugin.output.lock().unwrap_or_else(PoisonError::into_inner);
-                if let (Some(kept), Some(shared)) = (output.push(stream, line), shared.upgrade()) {
-                    shared.log_output(&plugin.name, kept.stream, &kept.line);
+                // Written to the log after the ring's lock is released: snapshots wait for it.
+                let kept = plugin
+                    .output
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(stream, line)
+                    .map(|kept| kept.line.clone());
+                if let (Some(line), Some(shared)) = (kept, shared.upgrade()) {
+                    shared.log_output(&plugin.name, stream, &line);
                 }
                 return;
             }

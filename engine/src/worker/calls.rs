@@ -48,6 +48,10 @@ use crate::ipc::{
 /// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
 const MAX_EMITS_IN_FLIGHT: usize = 16;
 
+/// Depths of emit chains told apart in [`Calls::chain_depths`]; deeper ones count in the
+/// last slot (the engine's bound on chains is below it).
+const DEPTH_SLOTS: usize = 8;
+
 /// The most messages read after the worker is gone: more than its socket can hold.
 const DRAIN_LIMIT: usize = 65_536;
 
@@ -103,6 +107,21 @@ pub(super) struct Calls {
     events: EventSink,
     emit: Option<EmitHandler>,
     emits_in_flight: Arc<AtomicUsize>,
+    /// Calls in flight made for an emit chain, by its depth: an emit the worker sends is at
+    /// least as deep as the deepest of them (see [`Calls::emit`]). Depth 0, the common
+    /// call, is not counted.
+    chain_depths: [AtomicUsize; DEPTH_SLOTS],
+}
+
+/// A call for an emit chain, counted in [`Calls::chain_depths`] while it is in flight.
+pub(super) struct EmitCallGuard<'a> {
+    slot: &'a AtomicUsize,
+}
+
+impl Drop for EmitCallGuard<'_> {
+    fn drop(&mut self) {
+        self.slot.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Request ids are consecutive numbers the engine issues: a multiplicative hash spreads
@@ -224,7 +243,25 @@ impl Calls {
             events,
             emit,
             emits_in_flight: Arc::default(),
+            chain_depths: Default::default(),
         }
+    }
+
+    /// Counts a call made for an emit chain `depth` (> 0) deep while the guard lives.
+    pub(super) fn emit_call(&self, depth: u32) -> EmitCallGuard<'_> {
+        let slot = &self.chain_depths[usize::try_from(depth)
+            .unwrap_or(usize::MAX)
+            .min(DEPTH_SLOTS - 1)];
+        slot.fetch_add(1, Ordering::AcqRel);
+        EmitCallGuard { slot }
+    }
+
+    /// The depth of the deepest emit-chain call in flight (0: none).
+    fn deepest_emit_call(&self) -> u32 {
+        self.chain_depths
+            .iter()
+            .rposition(|slot| slot.load(Ordering::Acquire) > 0)
+            .map_or(0, |depth| u32::try_from(depth).unwrap_or(u32::MAX))
     }
 
     pub(super) fn channel(&self) -> &Channel {
@@ -646,7 +683,13 @@ impl Calls {
     /// answers — the receiving caller itself, for a refusal. A refusal is dropped if there
     /// is no room now, an emit's outcome if there is none within [`EMIT_ANSWER_WAIT`]; the
     /// plugin's emit then times out on its side.
+    ///
+    /// The worker says how deep the call it emitted from was; a hostile one could always
+    /// say 0 and let two plugins emit to each other without end. The depth used is at least
+    /// that of the deepest emit-chain call in flight to it (with calls at several depths in
+    /// flight, an emit may be taken as deeper than it is: chains end early, never late).
     fn emit(&self, id: u64, hook: String, payload: Vec<u8>, depth: u32) {
+        let depth = depth.max(self.deepest_emit_call());
         let refuse = |code| {
             let _ = self
                 .channel
@@ -1003,6 +1046,42 @@ mod tests {
         assert!(
             name.len() < 64 + 32 && !crate::manifest::is_hook_name(&name),
             "{name}"
+        );
+    }
+
+    /// A worker cannot make an emit shallower than the emit-chain calls it is serving: a
+    /// chain of plugins emitting to each other ends at the engine's bound whatever depth
+    /// they claim.
+    #[test]
+    fn an_emit_is_at_least_as_deep_as_the_deepest_emit_call_in_flight() {
+        let (depths, seen) = mpsc::channel();
+        let depths = Mutex::new(depths);
+        let emit: EmitHandler = Arc::new(move |_: &str, _: &[u8], depth| {
+            let _ = depths.lock().unwrap().send(depth);
+            plugboard_sdk::abi::EMIT_OK
+        });
+        let fixture = fixture_with(Arc::default(), Some(emit));
+        let emit_claiming_zero = |id| {
+            fixture
+                .worker
+                .send(&WorkerMessage::Emit {
+                    id,
+                    hook: "chain.next".to_owned(),
+                    payload: Vec::new(),
+                    depth: 0,
+                })
+                .unwrap();
+            seen.recv_timeout(Duration::from_secs(5)).unwrap()
+        };
+        {
+            let _shallow = fixture.calls.emit_call(1);
+            let _deep = fixture.calls.emit_call(3);
+            assert_eq!(emit_claiming_zero(1), 3);
+        }
+        assert_eq!(
+            emit_claiming_zero(2),
+            0,
+            "no emit-chain call in flight any more"
         );
     }
 
