@@ -333,16 +333,17 @@ impl Shared {
 
     pub fn event(&self, plugin: Option<&str>, kind: EventKind) {
         let durable = matches!(kind, EventKind::Violation { .. });
-        // The audit line is written under the ring's lock, so the file is in `seq` order.
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         let event = events.push(plugin, kind);
         if let Some(audit) = &self.audit {
+            // The audit file's lock is taken before the ring's is released, so lines are
+            // written in `seq` order; the write (and a violation's fsync) then happens
+            // without the ring's lock, which snapshots and every other event wait for.
+            let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
+            drop(events);
             // Written at once so it survives an engine crash; a violation is on disk
             // (fsync) before its action is carried out.
-            let _ = audit
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .append(&event, durable);
+            let _ = audit.append(&event, durable);
         }
     }
 
