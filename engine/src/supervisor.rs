@@ -32,6 +32,20 @@ use crate::policy::{Violation, ViolationCounts};
 use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
 use crate::worker::{ExitStatus, MechanismState, OUTPUT_LINES_PER_SEC, OutputStream, WorkerEvent};
 
+/// Violations of one kind (and syscall) a minute that are itemized as events and audit
+/// lines when the policy only logs them; the rest are counted, and the next itemized one
+/// says how many came between.
+pub(crate) const ITEMIZED_PER_MINUTE: u32 = 20;
+
+/// One kind of logged violation within its minute (see [`ITEMIZED_PER_MINUTE`]): how
+/// many were itemized, and how many only counted since the last itemized one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoggedMinute {
+    pub since: Instant,
+    pub shown: u32,
+    pub counted_only: u64,
+}
+
 /// Captured output lines kept per plugin.
 const OUTPUT_RING: usize = 500;
 
@@ -143,6 +157,9 @@ pub(crate) struct Lifecycle {
     pub health: HealthCheck,
     /// Recent violations per kind, for the policy's thresholds.
     pub violation_counts: ViolationCounts,
+    /// Violations the policy only logs, by kind and syscall: how many were itemized as
+    /// events in the current minute and how many were only counted since the last one.
+    pub itemized: BTreeMap<(crate::policy::ViolationKind, Option<String>), LoggedMinute>,
     /// Audit mode: what was already recorded as `audited` (each observation once).
     pub audited: BTreeSet<String>,
 }
@@ -203,6 +220,7 @@ impl Lifecycle {
             removed_from_disk: false,
             health: HealthCheck::new(),
             violation_counts: ViolationCounts::default(),
+            itemized: BTreeMap::new(),
             audited: BTreeSet::new(),
         }
     }

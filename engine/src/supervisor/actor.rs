@@ -1310,13 +1310,43 @@ pub(crate) fn hooks_in_flight(plugin: &Plugin) -> Option<String> {
 /// the audit file) — before the action is carried out.
 fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) -> Action {
     let rule = shared.config.policy.rule(violation.kind);
-    let action = {
+    let now = Instant::now();
+    let (action, between) = {
         let mut lifecycle = plugin.lifecycle();
         lifecycle.violations += 1;
-        lifecycle
+        let action = lifecycle
             .violation_counts
-            .decide(violation.kind, &rule, Instant::now())
+            .decide(violation.kind, &rule, now);
+        // A flood the policy only logs (a plugin retrying a forbidden call in a loop)
+        // is itemized up to a bound a minute, so it cannot rotate the audit trail away;
+        // the rest is counted. A violation whose action does something is always itemized.
+        let syscall = violation
+            .facts
+            .get("syscall")
+            .and_then(|syscall| syscall.as_str())
+            .map(str::to_owned);
+        let entry = lifecycle
+            .itemized
+            .entry((violation.kind, syscall))
+            .or_insert(super::LoggedMinute {
+                since: now,
+                shown: 0,
+                counted_only: 0,
+            });
+        if now.duration_since(entry.since) >= Duration::from_secs(60) {
+            entry.since = now;
+            entry.shown = 0;
+        }
+        if action == Action::Log && entry.shown >= super::ITEMIZED_PER_MINUTE {
+            entry.counted_only += 1;
+            return action;
+        }
+        entry.shown += 1;
+        (action, std::mem::take(&mut entry.counted_only))
     };
+    if between > 0 {
+        violation = violation.fact("not_itemized_before", between);
+    }
     violation.action = action;
     shared.event(Some(&plugin.name), EventKind::Violation { violation });
     action

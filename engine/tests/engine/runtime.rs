@@ -525,6 +525,42 @@ fn a_flood_of_forbidden_calls_while_the_actor_is_busy_is_bounded_and_counted() {
     assert!(message.contains("in all"), "{message}");
 }
 
+/// A plugin that retries a forbidden call in a loop has every call counted, but only the
+/// first ones of the minute itemized as events (and audit lines), so the flood cannot
+/// push everything else out of the event ring or rotate the audit trail away.
+#[test]
+fn a_loop_of_forbidden_calls_is_counted_whole_and_itemized_up_to_a_bound() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let reply = call(engine, "prober", "sockets", "300").reply;
+    let denied: u64 = reply
+        .strip_prefix("denied ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"));
+    assert!(denied > 20, "too few calls to test with: {reply}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while plugin(engine, "prober").violations < denied {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {denied} violations counted",
+            plugin(engine, "prober").violations
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let itemized = fixture
+        .events
+        .try_iter()
+        .filter(|event| {
+            matches!(&event.kind, EventKind::Violation { violation }
+                if violation.kind == ViolationKind::ForbiddenSyscall)
+        })
+        .count();
+    assert_eq!(itemized, 20, "{denied} denied");
+    assert_eq!(plugin(engine, "prober").violations, denied);
+}
+
 #[test]
 fn emits_are_checked_against_the_manifest_and_counted() {
     let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
