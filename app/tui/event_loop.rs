@@ -2,7 +2,7 @@
 //! command results and signals to the UI thread, which redraws when something arrived —
 //! never in a busy loop. Commands run on threads of their own.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +26,8 @@ use super::{reload_preview, sampler, ui};
 pub struct Unread {
     pub samples: AtomicUsize,
     pub events: AtomicUsize,
+    /// The UI thread has left its loop: nobody will read again, so nobody waits for it.
+    pub closed: AtomicBool,
 }
 
 /// Engine events the UI may have waiting before the events thread stops taking more.
@@ -152,6 +154,7 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
         )
     }))
     .unwrap_or_else(|_| Err(anyhow!("the dashboard panicked (its message is above)")));
+    unread.closed.store(true, Ordering::Release);
 
     // Leave gracefully whatever ended the loop: say so, stop everything, restore.
     app.status = Some(Status {
@@ -366,7 +369,9 @@ fn spawn_engine_events(
         .name("pb-ui-events".to_owned())
         .spawn(move || {
             for event in events {
-                while unread.events.load(Ordering::Acquire) >= EVENTS_UNREAD_MAX {
+                while unread.events.load(Ordering::Acquire) >= EVENTS_UNREAD_MAX
+                    && !unread.closed.load(Ordering::Acquire)
+                {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 unread.events.fetch_add(1, Ordering::AcqRel);

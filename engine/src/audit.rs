@@ -58,7 +58,7 @@ impl AuditLog {
     /// was killed mid-write, is closed with a newline so the next record starts clean.
     pub fn open(policy: AuditPolicy) -> io::Result<Self> {
         Ok(Self {
-            file: RotatingFile::open(policy.file, policy.max_bytes, policy.keep)?,
+            file: RotatingFile::open(policy.file, policy.max_bytes, policy.keep, true)?,
         })
     }
 

@@ -433,6 +433,7 @@ impl Engine {
                     file.clone(),
                     config.log_max_mb.saturating_mul(1024 * 1024),
                     config.log_keep,
+                    false,
                 )
                 .map(Mutex::new)
                 .map_err(|err| EngineError::File {

@@ -14,6 +14,10 @@ pub struct RotatingFile {
     max_bytes: u64,
     /// Rotated files kept (`name.1` is the newest); 0 keeps none.
     keep: u32,
+    /// Whether a rotation first waits until the file is on disk (the audit trail); the
+    /// log of plugin output does not, so whoever writes the line that rotates it (a
+    /// thread reading a worker's replies) never waits for the disk.
+    sync_on_rotation: bool,
     file: File,
     size: u64,
 }
@@ -42,7 +46,12 @@ fn ends_with_newline(path: &Path) -> io::Result<bool> {
 impl RotatingFile {
     /// Opens (or creates) the file for appending. A torn last line, left by an engine that
     /// was killed mid-write, is closed with a newline so the next line starts clean.
-    pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> io::Result<Self> {
+    pub fn open(
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+        sync_on_rotation: bool,
+    ) -> io::Result<Self> {
         let torn = !ends_with_newline(&path)?;
         let mut file = open_append(&path)?;
         if torn {
@@ -53,6 +62,7 @@ impl RotatingFile {
             path,
             max_bytes,
             keep,
+            sync_on_rotation,
             file,
             size,
         })
@@ -80,12 +90,16 @@ impl RotatingFile {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        self.file.sync_all()?;
+        if self.sync_on_rotation {
+            self.file.sync_all()?;
+        }
         let numbered = |n: u32| {
             let mut name = self.path.clone().into_os_string();
             name.push(format!(".{n}"));
             PathBuf::from(name)
         };
+        // Moved or removed underneath: the rotated files stay as they are.
+        std::fs::metadata(&self.path)?;
         if self.keep == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
@@ -117,7 +131,7 @@ mod tests {
     fn the_file_rotates_past_its_size_and_keeps_the_newest_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.log");
-        let mut file = RotatingFile::open(path.clone(), 10, 2).unwrap();
+        let mut file = RotatingFile::open(path.clone(), 10, 2, false).unwrap();
         for n in 1..=4 {
             file.append_line(format!("line {n} ...\n").as_bytes(), false)
                 .unwrap();
@@ -134,7 +148,7 @@ mod tests {
     fn keeping_no_rotated_file_starts_the_file_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.log");
-        let mut file = RotatingFile::open(path.clone(), 10, 0).unwrap();
+        let mut file = RotatingFile::open(path.clone(), 10, 0, false).unwrap();
         file.append_line(b"a line past ten bytes\n", false).unwrap();
         file.append_line(b"short\n", false).unwrap();
         assert_eq!(lines(&path), ["short"]);
@@ -145,12 +159,19 @@ mod tests {
     fn a_file_removed_underneath_is_started_over_at_the_next_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.log");
-        let mut file = RotatingFile::open(path.clone(), 10, 0).unwrap();
+        let mut file = RotatingFile::open(path.clone(), 10, 2, false).unwrap();
+        file.append_line(b"first line past ten\n", false).unwrap();
         std::fs::remove_file(&path).unwrap();
-        // The rotation fails (nothing to remove); the file is made again.
+        // The rotation fails (nothing to rotate); the file is made again, and the rotated
+        // one is left as it was.
         assert!(file.append_line(b"a line past ten bytes\n", false).is_err());
         file.append_line(b"next\n", false).unwrap();
         assert_eq!(lines(&path), ["next"]);
+        assert_eq!(
+            lines(&dir.path().join("engine.log.1")),
+            ["first line past ten"]
+        );
+        assert!(!dir.path().join("engine.log.2").exists());
     }
 
     #[test]
@@ -158,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.log");
         std::fs::write(&path, "complete\ntorn").unwrap();
-        let mut file = RotatingFile::open(path.clone(), 1 << 20, 1).unwrap();
+        let mut file = RotatingFile::open(path.clone(), 1 << 20, 1, false).unwrap();
         file.append_line(b"next\n", false).unwrap();
         assert_eq!(lines(&path), ["complete", "torn", "next"]);
     }

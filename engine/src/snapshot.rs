@@ -124,8 +124,9 @@ pub struct PluginSnapshot {
     /// and effective timeout), and any other hook that was called.
     pub hooks: BTreeMap<String, HookStatsSnapshot>,
     pub violations: u64,
-    /// Violations caught but not recorded one by one: the plugin caused them faster than
-    /// the engine records them (its actor had 1,024 waiting).
+    /// Violations (and audit-mode observations) caught but not recorded — not itemized,
+    /// not counted in `violations`, not seen by the policy: the plugin caused them faster
+    /// than the engine records them (its actor had 1,024 waiting).
     pub violations_unrecorded: u64,
     /// Hooks this plugin emitted through the engine.
     pub emitted: u64,

@@ -55,16 +55,25 @@ const OUTPUT_RING: usize = 500;
 /// they wait for room or are counted as unrecorded (see [`Plugin::queue_event`]).
 const EVENT_BACKLOG: usize = 1024;
 
+/// Slots of the backlog a waiting producer leaves to those that drop: a flood of
+/// forbidden calls, whose listener takes every slot the actor frees, must not crowd out
+/// the rarer violations that cannot wait.
+const BACKLOG_RESERVE: usize = 64;
+
 /// What a producer does with an event when the actor's backlog is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WhenFull {
-    /// Queue it anyway: it happens once per worker (its exit, a protocol violation).
+    /// Queue it anyway: what comes at a pace the engine sets — a worker's exit or protocol
+    /// violation (once), a hook timeout (bounded by the calls in flight), the sampler's
+    /// resource violations (once per interval).
     Queue,
     /// Wait up to this long for room, then count it as unrecorded. For the seccomp
     /// listener, whose caller waits in its syscall meanwhile: the flood slows down to the
-    /// pace at which the engine records it.
+    /// pace at which the engine records it. Its room ends [`BACKLOG_RESERVE`] short of
+    /// the backlog's.
     Wait(Duration),
-    /// Count it as unrecorded at once (threads that must not wait: callers, the sampler).
+    /// Count it as unrecorded at once: what a worker can send as fast as it likes and
+    /// whose thread must not wait (a forbidden emit).
     Drop,
 }
 
@@ -410,7 +419,11 @@ impl Plugin {
     /// (see [`WhenFull`]); says whether it was queued. Commands do not go this way: they
     /// come from callers that wait for their answer, so they cannot pile up.
     pub fn queue_event(&self, message: ActorMessage, when_full: WhenFull) -> bool {
-        if self.event_backlog.fetch_add(1, Ordering::AcqRel) >= EVENT_BACKLOG {
+        let capacity = match when_full {
+            WhenFull::Wait(_) => EVENT_BACKLOG - BACKLOG_RESERVE,
+            WhenFull::Queue | WhenFull::Drop => EVENT_BACKLOG,
+        };
+        if self.event_backlog.fetch_add(1, Ordering::AcqRel) >= capacity {
             let room = match when_full {
                 WhenFull::Queue => true,
                 WhenFull::Drop => false,
@@ -418,7 +431,7 @@ impl Plugin {
                     let deadline = Instant::now() + wait;
                     loop {
                         std::thread::sleep(Duration::from_millis(1));
-                        if self.event_backlog.load(Ordering::Acquire) <= EVENT_BACKLOG {
+                        if self.event_backlog.load(Ordering::Acquire) <= capacity {
                             break true;
                         }
                         if Instant::now() >= deadline {
@@ -516,28 +529,36 @@ mod tests {
     }
 
     #[test]
-    fn a_producer_that_may_wait_gets_room_once_the_actor_takes_an_event() {
+    fn a_producer_that_may_wait_leaves_a_reserve_and_gets_room_once_events_are_taken() {
         let (plugin, messages) = plugin();
-        for _ in 0..EVENT_BACKLOG {
-            assert!(plugin.queue_event(violation(), WhenFull::Drop));
+        let wait = |wait| plugin.queue_event(violation(), WhenFull::Wait(wait));
+        for _ in 0..EVENT_BACKLOG - BACKLOG_RESERVE {
+            assert!(wait(Duration::from_secs(10)));
         }
-        // Nobody takes anything: the wait ends, and the event is counted.
+        // Full for those that wait: the wait ends, and the event is counted.
         let started = Instant::now();
-        assert!(!plugin.queue_event(violation(), WhenFull::Wait(Duration::from_millis(50))));
+        assert!(!wait(Duration::from_millis(50)));
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(plugin.events_unrecorded(), 1);
-        // The actor takes one event while the producer waits: it gets the room.
+        // The reserve is left for those that cannot wait.
+        assert!(plugin.queue_event(violation(), WhenFull::Drop));
+        // The actor takes two events while the producer waits: it gets the room.
         let messages = std::thread::scope(|scope| {
             let actor = scope.spawn(|| {
                 std::thread::sleep(Duration::from_millis(20));
-                messages.recv().unwrap();
-                plugin.event_taken();
+                for _ in 0..2 {
+                    messages.recv().unwrap();
+                    plugin.event_taken();
+                }
                 messages
             });
-            assert!(plugin.queue_event(violation(), WhenFull::Wait(Duration::from_secs(10))));
+            assert!(wait(Duration::from_secs(10)));
             actor.join().unwrap()
         });
         assert_eq!(plugin.events_unrecorded(), 1);
-        assert_eq!(take_all(&plugin, &messages), EVENT_BACKLOG);
+        assert_eq!(
+            take_all(&plugin, &messages),
+            EVENT_BACKLOG - BACKLOG_RESERVE
+        );
     }
 }

@@ -229,7 +229,7 @@ pub(super) fn settle(
             )
             .fact("timeout_ms", millis)
             .during(Some(hook.to_owned()));
-            plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Drop);
+            plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Queue);
             CallResult::Timeout
         }
         Err(CallFailure::WorkerGone) => CallResult::Gone,

@@ -207,7 +207,7 @@ fn sample_workers(shared: &Shared, sampled: &mut Probes) {
                 for violation in check(shared, probed, &sample, before.as_ref(), now) {
                     plugin.queue_event(
                         ActorMessage::Violation(violation.during(hooks_in_flight(&plugin))),
-                        WhenFull::Drop,
+                        WhenFull::Queue,
                     );
                 }
             }

@@ -36,12 +36,16 @@ pub(crate) fn run_actor(
                 lifecycle.health.next,
             )
         };
-        let due = [retry_at, check_at].into_iter().flatten().min();
-        let fire = |at| {
+        // ... and the report of events left unrecorded, once its second has passed.
+        let report_at = unrecorded.due(plugin);
+        let due = [retry_at, check_at, report_at].into_iter().flatten().min();
+        let fire = |at, unrecorded: &mut UnrecordedReport| {
             if retry_at == Some(at) {
                 restart_after_backoff(shared, plugin);
-            } else {
+            } else if check_at == Some(at) {
                 check_health(shared, plugin);
+            } else {
+                unrecorded.report(shared, plugin);
             }
         };
         let message = match due {
@@ -49,13 +53,13 @@ pub(crate) fn run_actor(
             // inbox busy (output lines, forbidden calls) must not hold off its own health
             // checks or a restart.
             Some(at) if at <= Instant::now() => {
-                fire(at);
+                fire(at, &mut unrecorded);
                 continue;
             }
             Some(at) => match messages.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(message) => message,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    fire(at);
+                    fire(at, &mut unrecorded);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -122,6 +126,13 @@ struct UnrecordedReport {
 
 impl UnrecordedReport {
     const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// When the next report is due: only if events were dropped since the last one, at
+    /// most once an interval.
+    fn due(&self, plugin: &Plugin) -> Option<Instant> {
+        (plugin.events_unrecorded() > self.reported)
+            .then(|| self.at.map_or_else(Instant::now, |at| at + Self::INTERVAL))
+    }
 
     fn report(&mut self, shared: &Shared, plugin: &Plugin) {
         let unrecorded = plugin.events_unrecorded();

@@ -685,9 +685,10 @@ impl Calls {
     /// plugin's emit then times out on its side.
     ///
     /// The worker says how deep the call it emitted from was; a hostile one could always
-    /// say 0 and let two plugins emit to each other without end. The depth used is at least
-    /// that of the deepest emit-chain call in flight to it (with calls at several depths in
-    /// flight, an emit may be taken as deeper than it is: chains end early, never late).
+    /// say 0 from inside a chain. The depth used is at least that of the deepest
+    /// emit-chain call in flight to it (with calls at several depths in flight, an emit may
+    /// be taken as deeper than it is: chains end early, never late). An emit sent after its
+    /// calls returned starts a new chain, like any emit outside a call.
     fn emit(&self, id: u64, hook: String, payload: Vec<u8>, depth: u32) {
         let depth = depth.max(self.deepest_emit_call());
         let refuse = |code| {
