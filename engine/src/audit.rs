@@ -6,10 +6,17 @@
 //! so it survives the host going down. After a crash the last line may be torn: the
 //! writer starts its first line on a fresh line, and [`read`] skips a torn line with a
 //! warning instead of failing the whole file.
+//!
+//! The file is written by a thread of its own ([`AuditWriter`]): whoever raises an event
+//! hands it over in `seq` order and waits for its line (and a violation's fsync) without
+//! holding the event ring's lock, which snapshots and every other event need. Lines that
+//! wait together are written together, with one fsync.
 
 use std::fs::File;
 use std::io::{self, BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +78,96 @@ impl AuditLog {
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
         line.push(b'\n');
         self.file.append_line(&line, durable)
+    }
+}
+
+impl AuditLog {
+    /// Waits until every line appended so far is on disk.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync()
+    }
+}
+
+/// Lines handed to the writer and not yet written; past this, whoever raises an event
+/// waits for room (the disk is that far behind).
+const AUDIT_QUEUE: usize = 4096;
+
+/// One event for the writer, and whom to tell once its line is written.
+struct AuditJob {
+    event: Event,
+    durable: bool,
+    written: mpsc::SyncSender<()>,
+}
+
+/// The audit file's writer thread (see the module's documentation).
+#[derive(Debug)]
+pub struct AuditWriter {
+    jobs: Mutex<Option<mpsc::SyncSender<AuditJob>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AuditWriter {
+    pub fn start(log: AuditLog) -> io::Result<Self> {
+        let (jobs, queue) = mpsc::sync_channel(AUDIT_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("pb-audit".to_owned())
+            .spawn(move || write_jobs(log, &queue))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Hands `event` over — in `seq` order: call it under the event ring's lock — and
+    /// returns what to wait on for its line to be written (and, `durable`, on disk).
+    /// `None` once the writer is closed.
+    pub fn submit(&self, event: Event, durable: bool) -> Option<mpsc::Receiver<()>> {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let (written, wait) = mpsc::sync_channel(1);
+        jobs.as_ref()?
+            .send(AuditJob {
+                event,
+                durable,
+                written,
+            })
+            .ok()?;
+        Some(wait)
+    }
+
+    /// Writes what is queued and ends the thread; later events are not written.
+    pub fn close(&self) {
+        drop(
+            self.jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes each batch of waiting lines, syncs once if any of them must be durable, then
+/// tells their senders.
+fn write_jobs(mut log: AuditLog, queue: &mpsc::Receiver<AuditJob>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter().take(255));
+        for job in &batch {
+            let _ = log.append(&job.event, false);
+        }
+        if batch.iter().any(|job| job.durable) {
+            let _ = log.sync();
+        }
+        for job in batch {
+            let _ = job.written.send(());
+        }
     }
 }
 
@@ -140,6 +237,53 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Events handed over from several threads, in `seq` order under one lock as the ring
+    /// does, are each in the file when their sender stops waiting, and in that order.
+    #[test]
+    fn the_writer_keeps_seq_order_and_a_line_is_written_when_its_wait_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        let writer =
+            AuditWriter::start(AuditLog::open(AuditPolicy::new(file.clone())).unwrap()).unwrap();
+        let ring = Mutex::new(EventLog::default());
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let (ring, writer, file) = (&ring, &writer, &file);
+                scope.spawn(move || {
+                    for n in 0..50 {
+                        let mut ring = ring.lock().unwrap();
+                        let event = ring.push(
+                            None,
+                            EventKind::Engine {
+                                message: format!("thread {thread} event {n}"),
+                            },
+                        );
+                        let seq = event.seq;
+                        let written = writer.submit(event, n % 10 == 0).unwrap();
+                        drop(ring);
+                        written.recv().unwrap();
+                        let read_back = read(file).unwrap();
+                        assert!(
+                            read_back
+                                .records
+                                .iter()
+                                .any(|record| record.event.seq == seq)
+                        );
+                    }
+                });
+            }
+        });
+        writer.close();
+        assert!(writer.submit(events(1).remove(0), false).is_none());
+        let seqs: Vec<u64> = read(&file)
+            .unwrap()
+            .records
+            .iter()
+            .map(|record| record.event.seq)
+            .collect();
+        assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
     }
 
     #[test]

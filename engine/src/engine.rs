@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditLog, AuditPolicy};
+use crate::audit::{AuditLog, AuditPolicy, AuditWriter};
 use crate::events::{Event, EventKind, EventLog, unix_millis};
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::hooks::{HookHandle, HookStatsSnapshot};
@@ -274,7 +274,7 @@ pub enum Outcome {
 pub(crate) struct Shared {
     pub config: EngineConfig,
     log: Option<Mutex<RotatingFile>>,
-    audit: Option<Mutex<AuditLog>>,
+    audit: Option<AuditWriter>,
     pub scope: EngineScope,
     pub trust: Option<TrustStore>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
@@ -335,15 +335,16 @@ impl Shared {
         let durable = matches!(kind, EventKind::Violation { .. });
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         let event = events.push(plugin, kind);
-        if let Some(audit) = &self.audit {
-            // The audit file's lock is taken before the ring's is released, so lines are
-            // written in `seq` order; the write (and a violation's fsync) then happens
-            // without the ring's lock, which snapshots and every other event wait for.
-            let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
-            drop(events);
-            // Written at once so it survives an engine crash; a violation is on disk
-            // (fsync) before its action is carried out.
-            let _ = audit.append(&event, durable);
+        // Handed to the writer under the ring's lock, so lines are in `seq` order; waited
+        // for without it. Written before this returns, so it survives an engine crash; a
+        // violation is on disk (fsync) before its action is carried out.
+        let written = self
+            .audit
+            .as_ref()
+            .and_then(|audit| audit.submit(event, durable));
+        drop(events);
+        if let Some(written) = written {
+            let _ = written.recv();
         }
     }
 
@@ -451,7 +452,7 @@ impl Engine {
                     max_bytes: config.audit_max_mb.saturating_mul(1024 * 1024),
                     keep: config.audit_keep,
                 })
-                .map(Mutex::new)
+                .and_then(AuditWriter::start)
                 .map_err(|err| EngineError::File {
                     file: file.clone(),
                     reason: err.to_string(),
@@ -911,6 +912,9 @@ impl Engine {
             }
         }
         let _ = self.shared.scope.remove();
+        if let Some(audit) = &self.shared.audit {
+            audit.close();
+        }
     }
 }
 

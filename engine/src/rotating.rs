@@ -89,6 +89,11 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Waits until what was appended is on disk.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         if self.sync_on_rotation {
             self.file.sync_all()?;
