@@ -1107,12 +1107,7 @@ impl OutputPipe {
     /// Reads what the pipe holds and passes on each complete line (a line longer than
     /// [`MAX_LINE`] in pieces of that length) that `budget` allows; the others are
     /// counted in it. At the pipe's end, the rest is a line too, and the pipe is closed.
-    fn read_lines(
-        &mut self,
-        chunk: &mut [u8; OUTPUT_READ],
-        budget: &mut LineBudget,
-        events: &EventSink,
-    ) {
+    fn read_lines(&mut self, chunk: &mut [u8], budget: &mut LineBudget, events: &EventSink) {
         let Some(fd) = &self.fd else { return };
         let read = match nix::unistd::read(fd, chunk) {
             Err(nix::Error::EINTR | nix::Error::EAGAIN) => return,
@@ -1241,13 +1236,22 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
     ];
     // Without pidfds (Linux < 5.3) the pipes' end is all there is to go by.
     let exit = crate::sandbox::process::open_pidfd(pid).ok();
-    let mut chunk = [0u8; OUTPUT_READ];
+    // Mapped, not on this thread's stack: a thread's stack goes back to glibc's cache with
+    // every page it touched still resident, and comes out again for any other thread — a
+    // 16 KiB buffer there raised a long run's growth from 4.6 % to 7.0 % (BENCHMARKS,
+    // soak runs 18 and 19).
+    let mut mapped = crate::sandbox::pages::ZeroPages::new(OUTPUT_READ).ok();
+    let mut small = [0u8; 512];
+    let chunk: &mut [u8] = match &mut mapped {
+        Some(pages) => pages,
+        None => &mut small,
+    };
     let mut budget = LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0);
     while pipes.iter().any(|pipe| pipe.fd.is_some()) {
         let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
             break;
         };
-        read_ready(&mut pipes, ready, &mut chunk, &mut budget, events);
+        read_ready(&mut pipes, ready, chunk, &mut budget, events);
         if exited {
             // Everything written before the exit is in the pipes now: read it, without
             // waiting for more — and at most what two full pipes hold, so a process left
@@ -1255,7 +1259,7 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
             for _ in 0..AFTER_EXIT_READS {
                 match readable(&pipes, None, PollTimeout::ZERO) {
                     Some((ready, _)) if ready != [false; 2] => {
-                        read_ready(&mut pipes, ready, &mut chunk, &mut budget, events);
+                        read_ready(&mut pipes, ready, chunk, &mut budget, events);
                     }
                     _ => break,
                 }
@@ -1273,7 +1277,7 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
 fn read_ready(
     pipes: &mut [OutputPipe; 2],
     ready: [bool; 2],
-    chunk: &mut [u8; OUTPUT_READ],
+    chunk: &mut [u8],
     budget: &mut LineBudget,
     events: &EventSink,
 ) {
