@@ -30,7 +30,9 @@ use crate::manifest::Manifest;
 use crate::monitor::SampleSeries;
 use crate::policy::{Violation, ViolationCounts};
 use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
-use crate::worker::{ExitStatus, MechanismState, OUTPUT_LINES_PER_SEC, OutputStream, WorkerEvent};
+use crate::worker::{
+    ExitStatus, LineTokens, MechanismState, OUTPUT_LINES_PER_SEC, OutputStream, WorkerEvent,
+};
 
 /// Violations of one kind (and syscall) a minute that are itemized as events and audit
 /// lines when the policy only logs them; the rest are counted, and the next itemized one
@@ -84,8 +86,7 @@ pub(crate) enum WhenFull {
 pub(crate) struct OutputRing {
     pub lines: VecDeque<OutputLine>,
     pub dropped: u64,
-    tokens: f64,
-    refilled: Instant,
+    tokens: LineTokens,
 }
 
 impl OutputRing {
@@ -93,23 +94,17 @@ impl OutputRing {
         Self {
             lines: VecDeque::with_capacity(OUTPUT_RING),
             dropped: 0,
-            tokens: OUTPUT_LINES_PER_SEC * 2.0,
-            refilled: Instant::now(),
+            tokens: LineTokens::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0),
         }
     }
 
     /// Keeps the line unless the rate limit drops it; the line kept, if it was.
     pub fn push(&mut self, stream: OutputStream, line: String) -> Option<&OutputLine> {
-        let now = Instant::now();
-        self.tokens = (self.tokens
-            + now.duration_since(self.refilled).as_secs_f64() * OUTPUT_LINES_PER_SEC)
-            .min(OUTPUT_LINES_PER_SEC * 2.0);
-        self.refilled = now;
-        if self.tokens < 1.0 {
+        self.tokens.refill();
+        if !self.tokens.take() {
             self.dropped += 1;
             return None;
         }
-        self.tokens -= 1.0;
         if self.lines.len() == OUTPUT_RING {
             self.lines.pop_front();
         }

@@ -1034,28 +1034,26 @@ pub(crate) fn log_line(level: u32, message: String) -> WorkerEvent {
 /// engine about what writing them costs the worker, not a line's handling each.
 pub const OUTPUT_LINES_PER_SEC: f64 = 200.0;
 
-/// The follower's token bucket for its worker's stdout and stderr lines, refilled once per
-/// read, and the lines it refused since they were last reported.
-struct LineBudget {
+/// A token bucket of lines: `per_sec` tokens a second, at most `burst` saved up.
+pub(crate) struct LineTokens {
     tokens: f64,
     burst: f64,
     per_sec: f64,
     refilled: Instant,
-    dropped: u64,
 }
 
-impl LineBudget {
-    fn new(per_sec: f64, burst: f64) -> Self {
+impl LineTokens {
+    pub fn new(per_sec: f64, burst: f64) -> Self {
         Self {
             tokens: burst,
             burst,
             per_sec,
             refilled: Instant::now(),
-            dropped: 0,
         }
     }
 
-    fn refill(&mut self) {
+    /// Adds the tokens earned since the last refill.
+    pub fn refill(&mut self) {
         let now = Instant::now();
         self.tokens = (self.tokens
             + now.duration_since(self.refilled).as_secs_f64() * self.per_sec)
@@ -1063,19 +1061,50 @@ impl LineBudget {
         self.refilled = now;
     }
 
-    fn has_token(&self) -> bool {
+    pub fn has_token(&self) -> bool {
         self.tokens >= 1.0
+    }
+
+    /// Takes a token for a line, if there is one.
+    pub fn take(&mut self) -> bool {
+        let taken = self.has_token();
+        if taken {
+            self.tokens -= 1.0;
+        }
+        taken
+    }
+}
+
+/// The follower's budget for its worker's stdout and stderr lines, refilled once per
+/// read, and the lines it refused since they were last reported.
+struct LineBudget {
+    tokens: LineTokens,
+    dropped: u64,
+}
+
+impl LineBudget {
+    fn new(per_sec: f64, burst: f64) -> Self {
+        Self {
+            tokens: LineTokens::new(per_sec, burst),
+            dropped: 0,
+        }
+    }
+
+    fn refill(&mut self) {
+        self.tokens.refill();
+    }
+
+    fn has_token(&self) -> bool {
+        self.tokens.has_token()
     }
 
     /// Takes a token for a line, or counts the line as dropped.
     fn take(&mut self) -> bool {
-        if self.has_token() {
-            self.tokens -= 1.0;
-            true
-        } else {
+        let taken = self.tokens.take();
+        if !taken {
             self.dropped += 1;
-            false
         }
+        taken
     }
 
     /// Passes on the count of lines dropped since the last report, if any.
@@ -1690,7 +1719,7 @@ mod tests {
         );
         assert_eq!(pipe.pending, b"part");
         // A token again: the partial line passes when the pipe ends.
-        budget.tokens = 1.0;
+        budget.tokens = LineTokens::new(0.0, 1.0);
         drop(writer);
         while pipe.fd.is_some() {
             pipe.read_lines(&mut chunk, &mut budget, &sink);

@@ -486,11 +486,7 @@ fn a_flood_of_forbidden_calls_while_the_actor_is_busy_is_bounded_and_counted() {
     assert_eq!(reply.status, "ok");
     let reply = reply.reply;
     // Every forbidden call is recorded or counted, once the actor has caught up.
-    let denied: u64 = reply
-        .strip_prefix("denied ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|count| count.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"));
+    let denied = sockets_denied(&reply);
     let deadline = Instant::now() + Duration::from_secs(10);
     let unrecorded = loop {
         let prober = plugin(engine, "prober");
@@ -522,6 +518,15 @@ fn a_flood_of_forbidden_calls_while_the_actor_is_busy_is_bounded_and_counted() {
     });
 }
 
+/// How many sockets `prober`'s `sockets` hook was refused, from its reply.
+fn sockets_denied(reply: &str) -> u64 {
+    reply
+        .strip_prefix("denied ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
+}
+
 /// A plugin that retries a forbidden call in a loop has every call counted, but only the
 /// first ones of the minute itemized as events (and audit lines), so the flood cannot
 /// push everything else out of the event ring or rotate the audit trail away.
@@ -531,11 +536,7 @@ fn a_loop_of_forbidden_calls_is_counted_whole_and_itemized_up_to_a_bound() {
     let engine = &fixture.engine;
     start(engine, "prober");
     let reply = call(engine, "prober", "sockets", "300").reply;
-    let denied: u64 = reply
-        .strip_prefix("denied ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|count| count.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"));
+    let denied = sockets_denied(&reply);
     assert!(denied > 20, "too few calls to test with: {reply}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while plugin(engine, "prober").violations < denied {
