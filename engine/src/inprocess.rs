@@ -166,8 +166,11 @@ impl HostCallbacks for Link {
         // From a thread of the plugin's own, outside any call, the depth reads as 0; the
         // cap above still bounds what it can have waiting.
         let depth = CALL_DEPTH.get();
-        let code = catch_unwind(AssertUnwindSafe(|| handler(hook, payload, depth)))
-            .unwrap_or(abi::EMIT_FAILED);
+        let code = catch_unwind(AssertUnwindSafe(|| match handler.admit(hook, depth) {
+            Ok(()) => handler.dispatch(hook, payload, depth),
+            Err(refused) => refused,
+        }))
+        .unwrap_or(abi::EMIT_FAILED);
         self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
         code
     }

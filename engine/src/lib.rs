@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod host_config;
 pub mod inprocess;
 pub mod ipc;
+pub mod job_threads;
 pub mod loader;
 pub mod manifest;
 pub mod monitor;

@@ -132,8 +132,35 @@ pub enum ExitStatus {
 /// Where a worker's events go (the plugin's actor, or a test's channel).
 pub type EventSink = Arc<dyn Fn(WorkerEvent) + Send + Sync>;
 
-/// Answers a plugin's emit: `(hook, payload, depth)` → an `abi::EMIT_*` code.
-pub type EmitHandler = Arc<dyn Fn(&str, &[u8], u32) -> i32 + Send + Sync>;
+/// The engine's side of a plugin's emits, in two steps: whether one may go out is decided
+/// at once where it arrived, and only an admitted one calls anybody (on a thread that may
+/// wait for them).
+pub trait Emits: Send + Sync {
+    /// Checks an emit `depth` deep without calling anyone: `Err` holds the `abi::EMIT_*`
+    /// code a refused one is answered with. Must not block: it runs on the thread that
+    /// received the emit.
+    fn admit(&self, hook: &str, depth: u32) -> Result<(), i32>;
+
+    /// Calls the subscribers of an admitted emit; the `abi::EMIT_*` code of the outcome.
+    fn dispatch(&self, hook: &str, payload: &[u8], depth: u32) -> i32;
+}
+
+/// A plain function `(hook, payload, depth)` → code admits every emit and answers it.
+impl<F> Emits for F
+where
+    F: Fn(&str, &[u8], u32) -> i32 + Send + Sync,
+{
+    fn admit(&self, _hook: &str, _depth: u32) -> Result<(), i32> {
+        Ok(())
+    }
+
+    fn dispatch(&self, hook: &str, payload: &[u8], depth: u32) -> i32 {
+        self(hook, payload, depth)
+    }
+}
+
+/// Answers a plugin's emits (see [`Emits`]).
+pub type EmitHandler = Arc<dyn Emits>;
 
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -2,7 +2,7 @@
 //! order, emits from plugins checked against their manifests, and the traffic generator.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::{CallResult, HookCallError, HookHandle};
@@ -12,7 +12,8 @@ use crate::manifest::Priority;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::PluginState;
 use crate::supervisor::{ActorMessage, Plugin, Running, WhenFull, hooks_in_flight};
-use crate::worker::{CallFailure, CallOutcome};
+use crate::worker::{CallFailure, CallOutcome, Emits};
+use plugboard_sdk::abi;
 
 /// How many emits deep a chain of plugins emitting to each other may go.
 pub const MAX_EMIT_DEPTH: u32 = 4;
@@ -54,14 +55,22 @@ pub(crate) fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) 
 /// The engine's answer to one plugin's emits: the manifest must grant the hook (anything
 /// else is a violation), and chains stop at [`MAX_EMIT_DEPTH`].
 pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker::EmitHandler {
-    let (shared, emitter) = (Arc::downgrade(shared), emitter.to_owned());
-    Arc::new(move |hook: &str, payload: &[u8], depth: u32| {
-        let Some(shared) = shared.upgrade() else {
-            return plugboard_sdk::abi::EMIT_FAILED;
-        };
-        let Ok(plugin) = shared.plugin(&emitter) else {
-            return plugboard_sdk::abi::EMIT_FAILED;
-        };
+    Arc::new(PluginEmits {
+        shared: Arc::downgrade(shared),
+        emitter: emitter.to_owned(),
+    })
+}
+
+/// One plugin's emits, checked against its manifest and sent to the subscribers.
+struct PluginEmits {
+    shared: Weak<Shared>,
+    emitter: String,
+}
+
+impl Emits for PluginEmits {
+    fn admit(&self, hook: &str, depth: u32) -> Result<(), i32> {
+        let shared = self.shared.upgrade().ok_or(abi::EMIT_FAILED)?;
+        let plugin = shared.plugin(&self.emitter).map_err(|_| abi::EMIT_FAILED)?;
         let granted = {
             let mut lifecycle = plugin.lifecycle();
             let granted = lifecycle.manifest.as_ref().is_some_and(|manifest| {
@@ -85,7 +94,7 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
             .fact("emitted", hook.to_owned())
             .during(hooks_in_flight(&plugin));
             plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Drop);
-            return plugboard_sdk::abi::EMIT_DENIED;
+            return Err(abi::EMIT_DENIED);
         }
         if depth >= MAX_EMIT_DEPTH {
             // Said at most once a second per plugin: a loop of emits must not flood the
@@ -100,18 +109,25 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
                 .is_none_or(|said| said.elapsed() >= Duration::from_secs(1))
             {
                 deep.1 = Some(Instant::now());
-                shared.event(Some(&emitter), EventKind::Engine {
+                shared.event(Some(&self.emitter), EventKind::Engine {
                     message: format!(
                         "emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH} ({} refused so far)",
                         deep.0
                     ),
                 });
             }
-            return plugboard_sdk::abi::EMIT_FAILED;
+            return Err(abi::EMIT_FAILED);
         }
+        Ok(())
+    }
+
+    fn dispatch(&self, hook: &str, payload: &[u8], depth: u32) -> i32 {
+        let Some(shared) = self.shared.upgrade() else {
+            return abi::EMIT_FAILED;
+        };
         dispatch(&shared, hook, payload, depth + 1);
-        plugboard_sdk::abi::EMIT_OK
-    })
+        abi::EMIT_OK
+    }
 }
 
 /// One call of one plugin's hook, timed and recorded in its statistics. A disabled hook

@@ -39,14 +39,21 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
 
+#[cfg(test)]
+use super::Emits;
 use super::{CallFailure, CallOutcome, EmitHandler, EventSink, WorkerEvent, log_line};
 use crate::ipc::{
     CallRef, CallsRef, Channel, EngineMessage, IpcError, WorkerMessage, encode_frame,
 };
+use crate::job_threads::JobThreads;
 
 /// Emits a worker may have waiting for an answer at once; more are refused at once, so a
 /// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
 const MAX_EMITS_IN_FLIGHT: usize = 16;
+
+/// The threads admitted emits call their subscribers on, shared by every worker; one that
+/// was idle for 10 s ends.
+pub(crate) static EMIT_THREADS: JobThreads = JobThreads::new("pb-emit", Duration::from_secs(10));
 
 /// Depths of emit chains told apart in [`Calls::chain_depths`]; deeper ones count in the
 /// last slot (the engine's bound on chains is below it).
@@ -106,6 +113,8 @@ pub(super) struct Calls {
     pid: Pid,
     events: EventSink,
     emit: Option<EmitHandler>,
+    /// Where admitted emits run ([`EMIT_THREADS`]; a test's own).
+    emit_threads: &'static JobThreads,
     emits_in_flight: Arc<AtomicUsize>,
     /// Calls in flight made for an emit chain, by its depth: an emit the worker sends is at
     /// least as deep as the deepest of them (see [`Calls::emit`]). Depth 0, the common
@@ -242,6 +251,7 @@ impl Calls {
             pid,
             events,
             emit,
+            emit_threads: &EMIT_THREADS,
             emits_in_flight: Arc::default(),
             chain_depths: Default::default(),
         }
@@ -675,8 +685,11 @@ impl Calls {
         Ok(settled)
     }
 
-    /// Answers an emit from a thread of its own, so the receiver keeps reading (the
-    /// subscribers may call back into this very worker).
+    /// Answers an emit. Whether it may go out is decided here, on the receiving thread
+    /// (a refusal starts no thread: a worker flooding forbidden emits costs the engine
+    /// about what each costs it); an admitted one calls its subscribers on one of
+    /// [`EMIT_THREADS`], so the receiver keeps reading (the subscribers may call back into
+    /// this very worker).
     ///
     /// An answer never waits long for room in the socket: a worker that emits without
     /// reading its answers would otherwise fill the engine's send buffer and hold whoever
@@ -705,18 +718,21 @@ impl Calls {
             refuse(plugboard_sdk::abi::EMIT_FAILED);
             return;
         }
+        if let Err(code) = handler.admit(&hook, depth) {
+            self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            refuse(code);
+            return;
+        }
         let (channel, in_flight) = (Arc::clone(&self.channel), Arc::clone(&self.emits_in_flight));
-        let spawned = std::thread::Builder::new()
-            .name("pb-emit".to_owned())
-            .spawn(move || {
-                let code = handler(&hook, &payload, depth);
-                let _ = channel.send_before(
-                    &EngineMessage::EmitResult { id, code },
-                    Instant::now() + EMIT_ANSWER_WAIT,
-                );
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
+        let dispatched = self.emit_threads.run(Box::new(move || {
+            let code = handler.dispatch(&hook, &payload, depth);
+            let _ = channel.send_before(
+                &EngineMessage::EmitResult { id, code },
+                Instant::now() + EMIT_ANSWER_WAIT,
+            );
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        }));
+        if dispatched.is_err() {
             self.emits_in_flight.fetch_sub(1, Ordering::SeqCst);
             refuse(plugboard_sdk::abi::EMIT_FAILED);
         }
@@ -901,6 +917,15 @@ mod tests {
     /// `slow` is set (a loaded engine, or one writing its log), and answers emits with
     /// `emit`.
     fn fixture_with(slow: Arc<AtomicBool>, emit: Option<EmitHandler>) -> Fixture {
+        fixture_on(slow, emit, &EMIT_THREADS)
+    }
+
+    /// [`fixture_with`], running admitted emits on `emit_threads`.
+    fn fixture_on(
+        slow: Arc<AtomicBool>,
+        emit: Option<EmitHandler>,
+        emit_threads: &'static JobThreads,
+    ) -> Fixture {
         let (engine, worker) = Channel::pair().expect("socketpair");
         let child = std::process::Command::new("sleep")
             .arg("30")
@@ -918,7 +943,9 @@ mod tests {
                 .send(event);
         });
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        let calls = Arc::new(Calls::new(Arc::new(engine), pid, events_sink, emit));
+        let mut calls = Calls::new(Arc::new(engine), pid, events_sink, emit);
+        calls.emit_threads = emit_threads;
+        let calls = Arc::new(calls);
         let idle = Arc::clone(&calls);
         let reader = std::thread::spawn(move || idle.idle_reader());
         Fixture {
@@ -1084,6 +1111,82 @@ mod tests {
             0,
             "no emit-chain call in flight any more"
         );
+    }
+
+    /// Admits only the hook `granted`, and counts what it dispatches.
+    #[derive(Default)]
+    struct OnlyGranted {
+        dispatched: AtomicUsize,
+    }
+
+    impl Emits for OnlyGranted {
+        fn admit(&self, hook: &str, _depth: u32) -> Result<(), i32> {
+            if hook == "granted" {
+                Ok(())
+            } else {
+                Err(plugboard_sdk::abi::EMIT_DENIED)
+            }
+        }
+
+        fn dispatch(&self, _hook: &str, _payload: &[u8], _depth: u32) -> i32 {
+            self.dispatched.fetch_add(1, Ordering::SeqCst);
+            plugboard_sdk::abi::EMIT_OK
+        }
+    }
+
+    /// A refused emit is answered on the thread that received it: a worker sending
+    /// forbidden emits as fast as it can makes the engine start no thread. Admitted emits
+    /// run on the emit threads, and a steady stream of them reuses one.
+    #[test]
+    fn refused_emits_start_no_thread_and_admitted_ones_reuse_one() {
+        let emit_threads = Box::leak(Box::new(JobThreads::new(
+            "pb-test-emit",
+            Duration::from_secs(60),
+        )));
+        let handler = Arc::new(OnlyGranted::default());
+        let fixture = fixture_on(Arc::default(), Some(handler.clone()), emit_threads);
+        let emit = |id, hook: &str| {
+            fixture
+                .worker
+                .send(&WorkerMessage::Emit {
+                    id,
+                    hook: hook.to_owned(),
+                    payload: b"payload".to_vec(),
+                    depth: 0,
+                })
+                .unwrap();
+            match fixture
+                .worker
+                .recv_timeout::<EngineMessage>(Duration::from_secs(5))
+            {
+                Ok(Some(EngineMessage::EmitResult { id: answered, code })) => {
+                    assert_eq!(answered, id);
+                    code
+                }
+                other => panic!("emit {id}: expected its answer, got {other:?}"),
+            }
+        };
+        for id in 1..=2_000 {
+            assert_eq!(emit(id, "forbidden"), plugboard_sdk::abi::EMIT_DENIED);
+        }
+        assert_eq!(
+            emit_threads.threads_started(),
+            0,
+            "a refusal started a thread"
+        );
+        assert_eq!(handler.dispatched.load(Ordering::SeqCst), 0);
+
+        for id in 2_001..=2_200 {
+            assert_eq!(emit(id, "granted"), plugboard_sdk::abi::EMIT_OK);
+            // The answer is sent just before the thread goes back to waiting.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while emit_threads.threads_idle() == 0 {
+                assert!(Instant::now() < deadline, "the emit thread never came back");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        assert_eq!(handler.dispatched.load(Ordering::SeqCst), 200);
+        assert_eq!(emit_threads.threads_started(), 1);
     }
 
     #[test]

@@ -580,6 +580,81 @@ fn emits_are_checked_against_the_manifest_and_counted() {
     assert_eq!((prober.emitted, prober.violations), (1, 1));
 }
 
+/// `prober` renamed `name`, subscribed to `relay.<takes>` and granted to emit
+/// `relay.<gives>`.
+fn relay(manifest: &str, name: &str, takes: &str, gives: &str) -> String {
+    manifest
+        .replace("name = \"prober\"", &format!("name = \"{name}\""))
+        .replace(
+            "emit = [\"prober.allowed\"]",
+            &format!("emit = [\"relay.{gives}\"]"),
+        )
+        .replace(
+            "[capabilities]",
+            &format!("[hooks.\"relay.{takes}\"]\n\n[capabilities]"),
+        )
+}
+
+/// Two plugins that emit to each other without end are stopped by the engine's bound on
+/// emit chains, not by a timeout: the chain is cut at `MAX_EMIT_DEPTH`, the refusal is
+/// said, and the call that began it comes back at once.
+#[test]
+fn two_plugins_emitting_to_each_other_stop_at_the_depth_bound() {
+    let fixture = engine_with(
+        &[
+            ("prober", "prober-a", |manifest| {
+                relay(manifest, "prober-a", "a", "b")
+            }),
+            ("prober", "prober-b", |manifest| {
+                relay(manifest, "prober-b", "b", "a")
+            }),
+        ],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober-a");
+    start(engine, "prober-b");
+    let started = Instant::now();
+    // prober-a emits relay.b (depth 0) → prober-b's relay.b (1) emits relay.a → prober-a's
+    // relay.a (2) → prober-b (3) → prober-a (4), whose emit is refused.
+    let began = call(engine, "prober-a", "emit", "relay.b");
+    assert_eq!(began.reply, "ok: emitted relay.b", "{began:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the chain took {:?}",
+        started.elapsed()
+    );
+    let refusal = wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(&event.kind, EventKind::Engine { message }
+            if message.contains("chain of emits is 4 deep"))
+    });
+    assert_eq!(refusal.plugin.as_deref(), Some("prober-a"));
+    let hook_calls = |name: &str, hook: &str| {
+        plugin(engine, name)
+            .hooks
+            .get(hook)
+            .map_or(0, |stats| stats.calls)
+    };
+    assert_eq!(hook_calls("prober-b", "relay.b"), 2);
+    assert_eq!(hook_calls("prober-a", "relay.a"), 2);
+    assert_eq!(
+        (
+            plugin(engine, "prober-a").emitted,
+            plugin(engine, "prober-b").emitted
+        ),
+        (3, 2),
+        "every emit granted by the manifests is counted, the refused one too"
+    );
+    for name in ["prober-a", "prober-b"] {
+        let snapshot = plugin(engine, name);
+        assert_eq!(
+            snapshot.violations, 0,
+            "{name}: a granted emit is no violation"
+        );
+        assert_eq!(snapshot.state, PluginState::Running);
+    }
+}
+
 #[test]
 fn stop_kills_a_plugin_that_does_not_finish_within_the_grace_period() {
     let fixture = engine_with(&[("prober", "prober", same)], Duration::from_millis(300));

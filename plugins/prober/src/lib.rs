@@ -9,7 +9,8 @@
 //! `chatter` (prints and logs as many lines as the payload says), `newlines` (writes empty
 //! lines to stdout, 64 KiB per write, for the milliseconds in the payload), `sockets`
 //! (opens sockets, for the milliseconds in the payload, as fast as it can), `emit` (emits the hook
-//! named in the payload through the host), `forge` (writes garbage straight onto the
+//! named in the payload through the host), `relay.a` / `relay.b` (each emits the other,
+//! for a loop of two probers), `forge` (writes garbage straight onto the
 //! worker's IPC socket, as a hostile plugin could), `unhealthy` / `healthy` (its health
 //! checks fail / pass from then on).
 
@@ -75,6 +76,16 @@ fn flood_sockets(payload: &[u8]) -> Result<Vec<u8>, Error> {
         }
     }
     Ok(format!("denied {denied} of {tried} sockets").into_bytes())
+}
+
+impl Prober {
+    /// Emits `hook` and answers what the engine said.
+    fn emit(&self, hook: &str, payload: &[u8]) -> Vec<u8> {
+        match self.host.emit(hook, payload) {
+            Ok(()) => format!("ok: emitted {hook}").into_bytes(),
+            Err(err) => format!("denied: {err}").into_bytes(),
+        }
+    }
 }
 
 impl Plugin for Prober {
@@ -175,11 +186,12 @@ impl Plugin for Prober {
             "sockets" => flood_sockets(payload)?,
             "emit" => {
                 let hook = text(payload, "prober.event");
-                match self.host.emit(&hook, b"from prober") {
-                    Ok(()) => format!("ok: emitted {hook}").into_bytes(),
-                    Err(err) => format!("denied: {err}").into_bytes(),
-                }
+                self.emit(&hook, b"from prober")
             }
+            // Two probers subscribed one to each, granted to emit the other, emit to each
+            // other without end: only the engine's bound on emit chains stops them.
+            "relay.a" => self.emit("relay.b", payload),
+            "relay.b" => self.emit("relay.a", payload),
             "forge" => outcome(
                 hostile::write_to_ipc_socket(b"PB\xff\xff\xff\x7fnot a frame"),
                 |()| "forged".to_owned(),
