@@ -31,7 +31,7 @@ use crate::monitor::SampleSeries;
 use crate::policy::{Violation, ViolationCounts};
 use crate::snapshot::{Health, OutputLine, PluginState, TrustInfo};
 use crate::worker::{
-    ExitStatus, LineTokens, MechanismState, OUTPUT_LINES_PER_SEC, OutputStream, WorkerEvent,
+    ExitStatus, MechanismState, OUTPUT_LINES_PER_SEC, OutputStream, TokenBucket, WorkerEvent,
 };
 
 /// Violations of one kind (and syscall) a minute that are itemized as events and audit
@@ -86,7 +86,7 @@ pub(crate) enum WhenFull {
 pub(crate) struct OutputRing {
     pub lines: VecDeque<OutputLine>,
     pub dropped: u64,
-    tokens: LineTokens,
+    tokens: TokenBucket,
 }
 
 impl OutputRing {
@@ -94,7 +94,7 @@ impl OutputRing {
         Self {
             lines: VecDeque::with_capacity(OUTPUT_RING),
             dropped: 0,
-            tokens: LineTokens::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0),
+            tokens: TokenBucket::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0),
         }
     }
 

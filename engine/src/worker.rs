@@ -106,6 +106,9 @@ pub enum WorkerEvent {
     /// Lines the plugin wrote to stdout/stderr past [`OUTPUT_LINES_PER_SEC`], counted
     /// where they were read and never passed on.
     OutputDropped { lines: u64 },
+    /// The worker's seccomp notifications came faster than [`NOTIFICATIONS_PER_SEC`]: its
+    /// notified calls now wait their turn. Sent at most once a minute.
+    NotificationsPaced { per_sec: u32 },
     /// The worker process ended.
     Exited { status: ExitStatus },
 }
@@ -1061,15 +1064,15 @@ pub(crate) fn log_line(level: u32, message: String) -> WorkerEvent {
 /// engine about what writing them costs the worker, not a line's handling each.
 pub const OUTPUT_LINES_PER_SEC: f64 = 200.0;
 
-/// A token bucket of lines: `per_sec` tokens a second, at most `burst` saved up.
-pub(crate) struct LineTokens {
+/// A token bucket: `per_sec` tokens a second, at most `burst` saved up.
+pub(crate) struct TokenBucket {
     tokens: f64,
     burst: f64,
     per_sec: f64,
     refilled: Instant,
 }
 
-impl LineTokens {
+impl TokenBucket {
     pub fn new(per_sec: f64, burst: f64) -> Self {
         Self {
             tokens: burst,
@@ -1092,7 +1095,7 @@ impl LineTokens {
         self.tokens >= 1.0
     }
 
-    /// Takes a token for a line, if there is one.
+    /// Takes a token, if there is one.
     pub fn take(&mut self) -> bool {
         let taken = self.has_token();
         if taken {
@@ -1100,19 +1103,29 @@ impl LineTokens {
         }
         taken
     }
+
+    /// How long until `count` tokens are saved up (as of the last refill).
+    pub fn time_until(&self, count: f64) -> Duration {
+        let missing = (count.min(self.burst) - self.tokens).max(0.0);
+        if self.per_sec > 0.0 {
+            Duration::from_secs_f64(missing / self.per_sec)
+        } else {
+            Duration::MAX
+        }
+    }
 }
 
 /// The follower's budget for its worker's stdout and stderr lines, refilled once per
 /// read, and the lines it refused since they were last reported.
 struct LineBudget {
-    tokens: LineTokens,
+    tokens: TokenBucket,
     dropped: u64,
 }
 
 impl LineBudget {
     fn new(per_sec: f64, burst: f64) -> Self {
         Self {
-            tokens: LineTokens::new(per_sec, burst),
+            tokens: TokenBucket::new(per_sec, burst),
             dropped: 0,
         }
     }
@@ -1481,6 +1494,21 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
     )
 }
 
+/// Seccomp notifications the engine answers per second for one worker (and at most this
+/// many at once). Each costs the engine about as much CPU as the call costs the worker —
+/// wake-ups on both sides, two ioctls, the violation's handling — and none of it is
+/// charged to the worker's cgroup: past this rate the worker's notified calls (forbidden
+/// ones, file writes) wait, so a plugin looping on them cannot make the engine spend a
+/// core for it. A plugin opening files to write at a few thousand a second is not slowed.
+pub const NOTIFICATIONS_PER_SEC: u32 = 5_000;
+
+/// A paced listener sleeps until this many notifications are allowed again: one wake-up
+/// per batch, not per call.
+const PACED_BATCH: f64 = 16.0;
+
+/// Pacing is said at most this often per worker.
+const PACING_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// How long the listener waits for a call before it looks at the worker's state. The
 /// listener reports `POLLHUP` as soon as the last process under the filter is gone, so this
 /// only bounds a missed wake-up; an idle worker should not wake the engine 20 times a second.
@@ -1495,7 +1523,21 @@ fn spawn_listener(
 ) -> JoinHandle<()> {
     named(plugin, "seccomp")
         .spawn(move || {
+            let rate = f64::from(NOTIFICATIONS_PER_SEC);
+            let mut budget = TokenBucket::new(rate, rate);
+            let mut paced_said: Option<Instant> = None;
             while !exited.load(Ordering::SeqCst) {
+                budget.refill();
+                if !budget.take() {
+                    if paced_said.is_none_or(|said| said.elapsed() >= PACING_REPORT_EVERY) {
+                        paced_said = Some(Instant::now());
+                        events(WorkerEvent::NotificationsPaced {
+                            per_sec: NOTIFICATIONS_PER_SEC,
+                        });
+                    }
+                    std::thread::sleep(budget.time_until(PACED_BATCH));
+                    continue;
+                }
                 let answered = listener.next_with(LISTENER_POLL, |call| {
                     let (verdict, event) = decide(&policy, call);
                     if let Some(event) = event {
@@ -1746,7 +1788,7 @@ mod tests {
         );
         assert_eq!(pipe.pending, b"part");
         // A token again: the partial line passes when the pipe ends.
-        budget.tokens = LineTokens::new(0.0, 1.0);
+        budget.tokens = TokenBucket::new(0.0, 1.0);
         drop(writer);
         while pipe.fd.is_some() {
             pipe.read_lines(&mut chunk, &mut budget, &sink);

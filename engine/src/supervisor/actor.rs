@@ -522,6 +522,7 @@ fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> E
             | WorkerEvent::FsDenied { .. }
             | WorkerEvent::Audited { .. } => WhenFull::Wait(LISTENER_ROOM_WAIT),
             WorkerEvent::ProtocolViolation { .. } | WorkerEvent::Exited { .. } => WhenFull::Queue,
+            WorkerEvent::NotificationsPaced { .. } => WhenFull::Drop,
         };
         // Which hooks were running is read now, on the thread that caught the violation:
         // by the time the actor handles it, the call may have returned.
@@ -1138,6 +1139,13 @@ fn on_worker_event(
             )
             .during(hooks.or_else(|| hooks_in_flight(plugin)));
             on_violation(shared, plugin, violation);
+        }
+        WorkerEvent::NotificationsPaced { per_sec } => {
+            shared.event(Some(&plugin.name), EventKind::Engine {
+                message: format!(
+                    "its seccomp notifications (forbidden calls, file writes) come faster than {per_sec}/s: they now wait their turn"
+                ),
+            });
         }
         WorkerEvent::Exited { status } => {
             // An exit of the current worker while it should run is a crash; during a stop,

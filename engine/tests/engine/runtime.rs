@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use plugboard_engine::policy::{Action, ViolationKind};
-use plugboard_engine::worker::ExitStatus;
+use plugboard_engine::worker::{ExitStatus, NOTIFICATIONS_PER_SEC};
 use plugboard_engine::{
     Command, Engine, EngineConfig, Event, EventKind, Outcome, PluginSnapshot, PluginState,
 };
@@ -525,6 +525,37 @@ fn sockets_denied(reply: &str) -> u64 {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
+}
+
+/// The engine answers a worker's seccomp notifications at a bounded rate: a plugin looping
+/// on a forbidden call as fast as it can is slowed to that rate (its calls wait), so it
+/// cannot make the engine spend a core on it; and the operator is told.
+#[test]
+fn a_loop_of_forbidden_calls_is_paced_to_the_notification_rate() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let started = Instant::now();
+    let reply = call(engine, "prober", "sockets", "2000").reply;
+    let took = started.elapsed().as_secs_f64();
+    let denied = sockets_denied(&reply);
+    let rate = f64::from(NOTIFICATIONS_PER_SEC);
+    // At most a full bucket and the rate over the loop's time; unpaced this machine
+    // answers over three times as many.
+    let bound = rate + rate * took;
+    assert!(
+        (denied as f64) <= bound * 1.05,
+        "{denied} forbidden calls answered in {took:.2} s, past {bound:.0}: {reply}"
+    );
+    assert!(
+        denied >= u64::from(NOTIFICATIONS_PER_SEC),
+        "the calls were held back more than the rate needs: {reply}"
+    );
+    wait_for(&fixture.events, Duration::from_secs(5), |event| {
+        event.plugin.as_deref() == Some("prober")
+            && matches!(&event.kind, EventKind::Engine { message }
+                if message.contains(&format!("faster than {NOTIFICATIONS_PER_SEC}/s")))
+    });
 }
 
 /// A plugin that retries a forbidden call in a loop has every call counted, but only the
