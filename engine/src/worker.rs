@@ -1047,6 +1047,14 @@ pub(crate) const MAX_LINE: usize = 4096;
 /// How much of an output pipe is read at a time.
 const OUTPUT_READ: usize = 16 * 1024;
 
+/// Bytes of a worker's stdout and stderr the engine reads per second (and at most this
+/// many at once, [`OUTPUT_BYTES_BURST`]). Reading costs the engine about a nanosecond a
+/// byte outside the worker's CPU quota — a worker writing empty lines could keep an engine
+/// core busy — and past [`OUTPUT_LINES_PER_SEC`] lines are only counted anyway: past this
+/// rate the pipes fill and the worker waits in its writes. Its exit is still seen at once.
+pub const OUTPUT_BYTES_PER_SEC: u32 = 16 * 1024 * 1024;
+const OUTPUT_BYTES_BURST: u32 = 1024 * 1024;
+
 /// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
 const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
 
@@ -1093,6 +1101,11 @@ impl TokenBucket {
 
     pub fn has_token(&self) -> bool {
         self.tokens >= 1.0
+    }
+
+    /// Spends `count` tokens, more than there are if need be (a debt the refills pay off).
+    pub fn spend(&mut self, count: f64) {
+        self.tokens -= count;
     }
 
     /// Takes a token, if there is one.
@@ -1176,17 +1189,23 @@ impl OutputPipe {
     /// Reads what the pipe holds and passes on each complete line (a line longer than
     /// [`MAX_LINE`] in pieces of that length) that `budget` allows; the others are
     /// counted in it. At the pipe's end, the rest is a line too, and the pipe is closed.
-    fn read_lines(&mut self, chunk: &mut [u8], budget: &mut LineBudget, events: &EventSink) {
-        let Some(fd) = &self.fd else { return };
+    /// Returns how many bytes it read.
+    fn read_lines(
+        &mut self,
+        chunk: &mut [u8],
+        budget: &mut LineBudget,
+        events: &EventSink,
+    ) -> usize {
+        let Some(fd) = &self.fd else { return 0 };
         let read = match nix::unistd::read(fd, chunk) {
-            Err(nix::Error::EINTR | nix::Error::EAGAIN) => return,
+            Err(nix::Error::EINTR | nix::Error::EAGAIN) => return 0,
             Ok(0) | Err(_) => 0,
             Ok(read) => read,
         };
         if read == 0 {
             self.fd = None;
             self.flush(budget, events);
-            return;
+            return 0;
         }
         budget.refill();
         let mut rest = &chunk[..read];
@@ -1205,6 +1224,7 @@ impl OutputPipe {
                 self.flush(budget, events);
             }
         }
+        read
     }
 
     /// Counts the complete lines in `data` as dropped without building them — in the
@@ -1316,11 +1336,23 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
         None => &mut small,
     };
     let mut budget = LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0);
+    let mut bytes = TokenBucket::new(
+        f64::from(OUTPUT_BYTES_PER_SEC),
+        f64::from(OUTPUT_BYTES_BURST),
+    );
     while pipes.iter().any(|pipe| pipe.fd.is_some()) {
-        let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
-            break;
+        bytes.refill();
+        let exited = if bytes.has_token() {
+            let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
+                break;
+            };
+            bytes.spend(read_ready(&mut pipes, ready, chunk, &mut budget, events) as f64);
+            exited
+        } else {
+            // Past the byte rate: the pipes fill and the worker waits in its writes; only
+            // its exit is watched until another read is due.
+            exited_within(exit.as_ref(), bytes.time_until(chunk.len() as f64))
         };
-        read_ready(&mut pipes, ready, chunk, &mut budget, events);
         if exited {
             // Everything written before the exit is in the pipes now: read it, without
             // waiting for more — and at most what two full pipes hold, so a process left
@@ -1343,19 +1375,38 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
     wait_for_exit(pid)
 }
 
+/// Reads the pipes that are ready; how many bytes in all.
 fn read_ready(
     pipes: &mut [OutputPipe; 2],
     ready: [bool; 2],
     chunk: &mut [u8],
     budget: &mut LineBudget,
     events: &EventSink,
-) {
+) -> usize {
+    let mut read = 0;
     for (pipe, ready) in pipes.iter_mut().zip(ready) {
         if ready {
-            pipe.read_lines(chunk, budget, events);
+            read += pipe.read_lines(chunk, budget, events);
         }
     }
     budget.report(events);
+    read
+}
+
+/// Waits at most `timeout` for the process behind `exit` (a pidfd) to exit; whether it
+/// has. Without a pidfd, sleeps.
+fn exited_within(exit: Option<&OwnedFd>, timeout: Duration) -> bool {
+    let Some(exit) = exit else {
+        std::thread::sleep(timeout);
+        return false;
+    };
+    let millis = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+    let mut polled = [PollFd::new(exit.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut polled, PollTimeout::from(millis)) {
+        Ok(_) | Err(nix::Error::EINTR) => {}
+        Err(_) => return false,
+    }
+    polled[0].revents().is_some_and(|events| !events.is_empty())
 }
 
 /// Waits until one of the open pipes can be read (or has ended) or the process behind

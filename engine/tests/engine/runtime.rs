@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use plugboard_engine::policy::{Action, ViolationKind};
-use plugboard_engine::worker::{ExitStatus, NOTIFICATIONS_PER_SEC};
+use plugboard_engine::worker::{ExitStatus, NOTIFICATIONS_PER_SEC, OUTPUT_BYTES_PER_SEC};
 use plugboard_engine::{
     Command, Engine, EngineConfig, Event, EventKind, Outcome, PluginSnapshot, PluginState,
 };
@@ -458,6 +458,52 @@ fn a_flood_of_output_lines_is_counted_while_the_actor_is_busy() {
         assert_eq!(flood.join().unwrap().status, "ok");
     });
     assert_eq!(plugin(engine, "prober").state, PluginState::Stopped);
+}
+
+/// A worker writing to its stdout as fast as it can is read at the engine's byte rate: its
+/// writes wait once the pipe is full, so the flood costs the engine a bounded share of a
+/// core (unbounded, this machine reads hundreds of MiB a second of it).
+#[test]
+fn a_flood_of_output_is_read_at_a_bounded_byte_rate() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let started = Instant::now();
+    let report = call(engine, "prober", "newlines", "1500");
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(report.status, "ok", "{report:?}");
+    let written: f64 = report
+        .reply
+        .strip_prefix("wrote ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {:?}", report.reply));
+    let rate = f64::from(OUTPUT_BYTES_PER_SEC);
+    // A burst of 1 MiB, the rate over the call's time, a full pipe and the write that
+    // waits on it.
+    let bound = f64::from(1u32 << 20) + rate * took + f64::from(128u32 << 10);
+    assert!(
+        written <= bound * 1.05,
+        "{written} bytes written in {took:.2} s, past {bound:.0}"
+    );
+    assert!(
+        written >= rate / 2.0,
+        "{written} bytes written in {took:.2} s: the output was held back more than the rate needs"
+    );
+    // Nothing of it was lost track of: every empty line but those kept (a few hundred)
+    // and those still in the pipe was counted as dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let dropped = plugin(engine, "prober").output_dropped;
+        if dropped as f64 + 2_000.0 + f64::from(128u32 << 10) >= written {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dropped} of {written} lines counted as dropped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Forbidden calls wait in the seccomp listener while the actor's backlog is full (here
