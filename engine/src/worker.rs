@@ -1346,12 +1346,18 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
             let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
                 break;
             };
-            bytes.spend(read_ready(&mut pipes, ready, chunk, &mut budget, events) as f64);
+            bytes.spend(tokens(read_ready(
+                &mut pipes,
+                ready,
+                chunk,
+                &mut budget,
+                events,
+            )));
             exited
         } else {
             // Past the byte rate: the pipes fill and the worker waits in its writes; only
             // its exit is watched until another read is due.
-            exited_within(exit.as_ref(), bytes.time_until(chunk.len() as f64))
+            exited_within(exit.as_ref(), bytes.time_until(tokens(chunk.len())))
         };
         if exited {
             // Everything written before the exit is in the pipes now: read it, without
@@ -1373,6 +1379,11 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
     }
     budget.report(events);
     wait_for_exit(pid)
+}
+
+/// A count of bytes as tokens (reads are far below where `f64` loses precision).
+fn tokens(bytes: usize) -> f64 {
+    f64::from(u32::try_from(bytes).unwrap_or(u32::MAX))
 }
 
 /// Reads the pipes that are ready; how many bytes in all.
