@@ -951,6 +951,7 @@ fn await_ready_before(
         match recv_before(channel, plugin, deadline)? {
             WorkerMessage::Ready => return Ok(()),
             WorkerMessage::Log { level, message } => events(log_line(level, message)),
+            WorkerMessage::LogsDropped { lines } => events(WorkerEvent::OutputDropped { lines }),
             WorkerMessage::LoadFailed { reason } => {
                 return Err(WorkerError::Load {
                     plugin: plugin.to_owned(),
@@ -1055,6 +1056,10 @@ const OUTPUT_READ: usize = 16 * 1024;
 pub const OUTPUT_BYTES_PER_SEC: u32 = 16 * 1024 * 1024;
 const OUTPUT_BYTES_BURST: u32 = 1024 * 1024;
 
+/// While its lines are only counted (past [`OUTPUT_LINES_PER_SEC`]), a worker's pipes are
+/// read at most this often.
+const READ_GAP_WHILE_DROPPING: Duration = Duration::from_millis(1);
+
 /// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
 const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
 
@@ -1072,8 +1077,21 @@ pub(crate) fn log_line(level: u32, message: String) -> WorkerEvent {
 /// engine about what writing them costs the worker, not a line's handling each.
 pub const OUTPUT_LINES_PER_SEC: f64 = 200.0;
 
+/// Log lines a worker sends the engine per second (bursts: twice that). The worker counts
+/// the rest and says how many (`LogsDropped`), so a chatty plugin neither waits in its
+/// logging nor makes the engine read lines it would drop; the engine's own rate, below
+/// this, still decides what is kept.
+pub const WORKER_LOG_LINES_PER_SEC: f64 = 1_000.0;
+
+/// Messages other than replies (log lines, emits, counts of dropped lines) the engine reads
+/// from one worker per second, and at most this many at once. Past it, whoever receives
+/// waits before reading on, so the worker waits in its sends: a worker writing such
+/// frames itself, past its host's own log rate, cannot keep an engine thread busy.
+pub const WORKER_MESSAGES_PER_SEC: f64 = 5_000.0;
+
 /// A token bucket: `per_sec` tokens a second, at most `burst` saved up.
-pub(crate) struct TokenBucket {
+#[derive(Debug)]
+pub struct TokenBucket {
     tokens: f64,
     burst: f64,
     per_sec: f64,
@@ -1340,24 +1358,32 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
         f64::from(OUTPUT_BYTES_PER_SEC),
         f64::from(OUTPUT_BYTES_BURST),
     );
+    let mut last_read = Instant::now();
     while pipes.iter().any(|pipe| pipe.fd.is_some()) {
         bytes.refill();
-        let exited = if bytes.has_token() {
+        budget.refill();
+        // Past the byte rate, the next read waits for it; past the line budget, when
+        // lines are only counted, reads are at least READ_GAP_WHILE_DROPPING apart, so a
+        // worker writing a line per write is read in batches, not a read per line.
+        let wait = if !bytes.has_token() {
+            bytes.time_until(tokens(chunk.len()))
+        } else if !budget.has_token() {
+            READ_GAP_WHILE_DROPPING.saturating_sub(last_read.elapsed())
+        } else {
+            Duration::ZERO
+        };
+        let exited = if wait.is_zero() {
             let Some((ready, exited)) = readable(&pipes, exit.as_ref(), PollTimeout::NONE) else {
                 break;
             };
-            bytes.spend(tokens(read_ready(
-                &mut pipes,
-                ready,
-                chunk,
-                &mut budget,
-                events,
-            )));
+            last_read = Instant::now();
+            let read = read_ready(&mut pipes, ready, chunk, &mut budget, events);
+            bytes.spend(tokens(read));
             exited
         } else {
-            // Past the byte rate: the pipes fill and the worker waits in its writes; only
-            // its exit is watched until another read is due.
-            exited_within(exit.as_ref(), bytes.time_until(tokens(chunk.len())))
+            // The pipes fill meanwhile (the worker waits in its writes once they are
+            // full); only its exit is watched.
+            exited_within(exit.as_ref(), wait)
         };
         if exited {
             // Everything written before the exit is in the pipes now: read it, without
@@ -1857,6 +1883,57 @@ mod tests {
         }
         assert_eq!(lines.lock().unwrap().last().unwrap().1, "part");
         assert_eq!(budget.dropped, 3003);
+    }
+
+    /// Past its line budget the follower reads at most once a millisecond: a worker
+    /// writing its lines one write each is read in batches — each read one report of
+    /// dropped lines — and every line is still counted.
+    #[test]
+    fn past_the_line_budget_one_line_writes_are_read_in_batches() {
+        use std::process::{Command, Stdio};
+
+        #[expect(
+            clippy::zombie_processes,
+            reason = "the follower under test reaps it (waitpid)"
+        )]
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 20000 ]; do echo line; i=$((i+1)); done",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let pipes = (
+            OwnedFd::from(child.stdout.take().unwrap()),
+            OwnedFd::from(child.stderr.take().unwrap()),
+        );
+        let counts: Arc<Mutex<(u64, u64, u64)>> = Arc::default();
+        let seen = Arc::clone(&counts);
+        let sink: EventSink = Arc::new(move |event| {
+            let mut seen = seen.lock().unwrap();
+            match event {
+                WorkerEvent::Output { .. } => seen.0 += 1,
+                WorkerEvent::OutputDropped { lines } => {
+                    seen.1 += lines;
+                    seen.2 += 1;
+                }
+                _ => {}
+            }
+        });
+        let began = Instant::now();
+        assert_eq!(follow(pid, pipes, &sink), ExitStatus::Code { code: 0 });
+        let took_ms = began.elapsed().as_secs_f64() * 1000.0;
+        let (kept, dropped, reports) = *counts.lock().unwrap();
+        assert_eq!(kept + dropped, 20_000, "{kept} kept, {dropped} dropped");
+        let bound = took_ms + 10.0;
+        assert!(
+            f64::from(u32::try_from(reports).unwrap()) <= bound,
+            "{reports} reads dropped lines in {took_ms:.0} ms"
+        );
     }
 
     /// [`line_pieces`] against the plain count, line by line.

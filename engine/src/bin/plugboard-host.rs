@@ -41,6 +41,7 @@ use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::sandbox::landlock::{self, FsPolicy};
 use plugboard_engine::sandbox::process::{self, ConfineError, ForkSide};
 use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
+use plugboard_engine::worker::{TokenBucket, WORKER_LOG_LINES_PER_SEC};
 use plugboard_sdk::host::{HostCallbacks, Instance};
 use plugboard_sdk::{LogLevel, abi};
 
@@ -342,10 +343,52 @@ struct EngineLink {
     channel: Arc<Channel>,
     next_emit: AtomicU64,
     pending_emits: Mutex<HashMap<u64, mpsc::Sender<i32>>>,
+    /// Log lines sent per second ([`WORKER_LOG_LINES_PER_SEC`]).
+    log_tokens: Mutex<TokenBucket>,
+    /// Log lines dropped past the rate and not yet reported.
+    logs_dropped: AtomicU64,
+}
+
+impl EngineLink {
+    fn new(channel: Arc<Channel>) -> Self {
+        Self {
+            channel,
+            next_emit: AtomicU64::new(1),
+            pending_emits: Mutex::new(HashMap::new()),
+            log_tokens: Mutex::new(TokenBucket::new(
+                WORKER_LOG_LINES_PER_SEC,
+                WORKER_LOG_LINES_PER_SEC * 2.0,
+            )),
+            logs_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Tells the engine how many log lines were dropped since it was last told, if any.
+    fn report_dropped_logs(&self) {
+        let lines = self.logs_dropped.swap(0, Ordering::AcqRel);
+        if lines > 0 {
+            let _ = self.channel.send(&WorkerMessage::LogsDropped { lines });
+        }
+    }
 }
 
 impl HostCallbacks for EngineLink {
+    /// Sends the line if the rate allows, else counts it: the count goes to the engine
+    /// before the next line sent, or when the call that logged returns.
     fn log(&self, level: LogLevel, message: &str) {
+        let allowed = {
+            let mut tokens = self
+                .log_tokens
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            tokens.refill();
+            tokens.take()
+        };
+        if !allowed {
+            self.logs_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.report_dropped_logs();
         let _ = self.channel.send(&WorkerMessage::Log {
             level: level.code(),
             message: message.to_owned(),
@@ -386,11 +429,7 @@ fn load(
 ) -> Result<(Instance, Arc<EngineLink>), String> {
     let sealed = SealedLibrary::from_sealed_fd(memfd).map_err(|err| err.to_string())?;
     let loaded = loader::load(sealed).map_err(|err| err.to_string())?;
-    let link = Arc::new(EngineLink {
-        channel: Arc::clone(channel),
-        next_emit: AtomicU64::new(1),
-        pending_emits: Mutex::new(HashMap::new()),
-    });
+    let link = Arc::new(EngineLink::new(Arc::clone(channel)));
     let instance = loaded
         .library()
         .instantiate(link.clone(), &plan.config_json)
@@ -519,6 +558,9 @@ fn serve_requests(
                 // Answered while the instance is held, so a shutdown cannot end the
                 // process between running a call and answering it.
                 run_request(channel, instance, request)?;
+                if link.logs_dropped.load(Ordering::Relaxed) > 0 {
+                    link.report_dropped_logs();
+                }
                 Ok(true)
             }
             Ok(other) => Err(WorkerError::Protocol(format!(
@@ -596,4 +638,44 @@ fn run_calls(
         channel.send(&WorkerMessage::Replies { replies: packed })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin logging in a tight loop sends the engine about its rate's burst of lines
+    /// and says how many it dropped: every line is sent or counted, none is lost track of.
+    #[test]
+    fn log_lines_past_the_rate_are_counted_not_sent() {
+        let (engine, worker) = Channel::pair().expect("socketpair");
+        let reader = std::thread::spawn(move || {
+            let (mut sent, mut dropped) = (0u64, 0u64);
+            while let Ok(Some(message)) =
+                engine.recv_timeout::<WorkerMessage>(Duration::from_millis(500))
+            {
+                match message {
+                    WorkerMessage::Log { .. } => sent += 1,
+                    WorkerMessage::LogsDropped { lines } => dropped += lines,
+                    other => panic!("unexpected {}", other.kind()),
+                }
+            }
+            (sent, dropped)
+        });
+        let link = EngineLink::new(Arc::new(worker));
+        let started = std::time::Instant::now();
+        for line in 0..20_000 {
+            link.log(LogLevel::Info, &format!("line {line}"));
+        }
+        let took = started.elapsed().as_secs_f64();
+        link.report_dropped_logs();
+        drop(link);
+        let (sent, dropped) = reader.join().expect("reader ends");
+        assert_eq!(sent + dropped, 20_000, "{sent} sent, {dropped} counted");
+        let bound = WORKER_LOG_LINES_PER_SEC * (2.0 + took);
+        assert!(
+            f64::from(u32::try_from(sent).unwrap()) <= bound,
+            "{sent} lines sent in {took:.3} s, past {bound:.0}"
+        );
+    }
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// 3: audit mode in the confinement plan.
 /// 4: the worker waits, confined, for `Load` before it loads the library (the engine
 ///    verifies the library while the worker confines itself).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the worker drops log lines past its own rate and says how many (`LogsDropped`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A message from the engine to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,6 +305,9 @@ pub enum WorkerMessage {
     },
     /// Answers to several calls (of one or more `Calls` frames), each as `Reply` would.
     Replies { replies: Vec<BatchedReply> },
+    /// Log lines the plugin wrote that the worker did not send, past its rate
+    /// (`worker::WORKER_LOG_LINES_PER_SEC`), since the last `LogsDropped`.
+    LogsDropped { lines: u64 },
 }
 
 impl WorkerMessage {
@@ -319,6 +323,7 @@ impl WorkerMessage {
             Self::Log { .. } => "Log",
             Self::Emit { .. } => "Emit",
             Self::Replies { .. } => "Replies",
+            Self::LogsDropped { .. } => "LogsDropped",
         }
     }
 }

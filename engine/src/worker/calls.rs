@@ -41,7 +41,10 @@ use serde::Serialize;
 
 #[cfg(test)]
 use super::Emits;
-use super::{CallFailure, CallOutcome, EmitHandler, EventSink, WorkerEvent, log_line};
+use super::{
+    CallFailure, CallOutcome, EmitHandler, EventSink, TokenBucket, WORKER_MESSAGES_PER_SEC,
+    WorkerEvent, log_line,
+};
 use crate::ipc::{
     CallRef, CallsRef, Channel, EngineMessage, IpcError, WorkerMessage, encode_frame,
 };
@@ -81,6 +84,10 @@ const IDLE_CHECK_MAX: Duration = Duration::from_millis(20);
 /// should not wake for nothing).
 const IDLE_POLL: Duration = Duration::from_secs(10);
 
+/// A paced receiver waits until this many messages other than replies are allowed
+/// again: one sleep per batch, not per message.
+const PACED_BATCH: f64 = 16.0;
+
 /// Requests of one caller sent ahead of their replies.
 const BATCH_WINDOW: usize = 256;
 
@@ -116,6 +123,10 @@ pub(super) struct Calls {
     /// Where admitted emits run ([`EMIT_THREADS`]; a test's own).
     emit_threads: &'static JobThreads,
     emits_in_flight: Arc<AtomicUsize>,
+    /// The rate of messages other than replies ([`WORKER_MESSAGES_PER_SEC`]).
+    unsolicited: Mutex<TokenBucket>,
+    /// Set when `unsolicited` ran out: whoever receives next waits for it first.
+    paced: AtomicBool,
     /// Calls in flight made for an emit chain, by its depth: an emit the worker sends is at
     /// least as deep as the deepest of them (see [`Calls::emit`]). Depth 0, the common
     /// call, is not counted.
@@ -253,6 +264,11 @@ impl Calls {
             emit,
             emit_threads: &EMIT_THREADS,
             emits_in_flight: Arc::default(),
+            unsolicited: Mutex::new(TokenBucket::new(
+                WORKER_MESSAGES_PER_SEC,
+                WORKER_MESSAGES_PER_SEC,
+            )),
+            paced: AtomicBool::new(false),
             chain_depths: Default::default(),
         }
     }
@@ -466,6 +482,10 @@ impl Calls {
                 break;
             }
             if leading {
+                if self.paced.load(Ordering::Relaxed) {
+                    self.pace(deadline);
+                    now = Instant::now();
+                }
                 let received = self.channel.recv_before_at::<WorkerMessage>(deadline, now);
                 now = Instant::now();
                 match received {
@@ -622,7 +642,13 @@ impl Calls {
                 received,
             ),
             WorkerMessage::Log { level, message } => {
+                self.count_unsolicited();
                 (self.events)(log_line(level, message));
+                Ok(0)
+            }
+            WorkerMessage::LogsDropped { lines } => {
+                self.count_unsolicited();
+                (self.events)(WorkerEvent::OutputDropped { lines });
                 Ok(0)
             }
             WorkerMessage::Emit {
@@ -631,6 +657,7 @@ impl Calls {
                 payload,
                 depth,
             } => {
+                self.count_unsolicited();
                 // A name longer than any hook's cannot be granted: it is cut before the
                 // refusal keeps it in a violation.
                 let hook = crate::text::clipped(hook, 64);
@@ -738,6 +765,44 @@ impl Calls {
         }
     }
 
+    /// Counts a message that is not a reply against [`WORKER_MESSAGES_PER_SEC`]; past it,
+    /// receivers wait ([`Calls::pace`]) before they read on.
+    fn count_unsolicited(&self) {
+        let mut tokens = self
+            .unsolicited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tokens.refill();
+        if !tokens.take() {
+            self.paced.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits (at most until `until`) until the worker's messages other than replies are
+    /// within their rate again. Meanwhile nothing is read from the worker, whose sends wait
+    /// once the socket is full: a worker flooding them is slowed to the rate.
+    fn pace(&self, until: Instant) {
+        loop {
+            let wait = {
+                let mut tokens = self
+                    .unsolicited
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                tokens.refill();
+                if tokens.has_token() {
+                    self.paced.store(false, Ordering::Relaxed);
+                    return;
+                }
+                tokens.time_until(PACED_BATCH)
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.is_gone() {
+                return;
+            }
+            std::thread::sleep(wait.min(left));
+        }
+    }
+
     /// The worker is lost: with a `violation`, it broke the protocol (reported before the
     /// kill it causes, so the violation precedes the exit in the plugin's events). Every
     /// waiting caller is woken and fails.
@@ -821,6 +886,9 @@ impl Calls {
     /// Handles every message queued now (as the receiver).
     fn read_queued(&self, nobody: &mut Batch) {
         while !self.is_gone() {
+            if self.paced.load(Ordering::Relaxed) {
+                self.pace(Instant::now() + IDLE_CHECK_MAX);
+            }
             match self.channel.try_recv::<WorkerMessage>() {
                 Ok(Some(message)) => {
                     if let Err(reason) = self.handle(message, nobody, Instant::now()) {
@@ -843,8 +911,12 @@ impl Calls {
             let Ok(Some(message)) = self.channel.try_recv::<WorkerMessage>() else {
                 break;
             };
-            if let WorkerMessage::Log { level, message } = message {
-                (self.events)(log_line(level, message));
+            match message {
+                WorkerMessage::Log { level, message } => (self.events)(log_line(level, message)),
+                WorkerMessage::LogsDropped { lines } => {
+                    (self.events)(WorkerEvent::OutputDropped { lines });
+                }
+                _ => {}
             }
         }
     }
@@ -1187,6 +1259,45 @@ mod tests {
         }
         assert_eq!(handler.dispatched.load(Ordering::SeqCst), 200);
         assert_eq!(emit_threads.threads_started(), 1);
+    }
+
+    /// A worker writing log frames itself, as fast as it can, is read at
+    /// [`WORKER_MESSAGES_PER_SEC`]: the rest wait in the socket, and its sends with them.
+    #[test]
+    fn a_flood_of_log_frames_is_read_at_the_message_rate() {
+        let fixture = fixture();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = {
+            let (worker, stop) = (Arc::clone(&fixture.worker), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                flood(&worker, &stop, |id| WorkerMessage::Log {
+                    level: 2,
+                    message: format!("line {id}"),
+                });
+            })
+        };
+        let started = Instant::now();
+        let mut lines = 0u32;
+        while started.elapsed() < Duration::from_millis(1500) {
+            if let Ok(WorkerEvent::Output { .. }) =
+                fixture.events.recv_timeout(Duration::from_millis(50))
+            {
+                lines += 1;
+            }
+        }
+        let took = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::SeqCst);
+        let bound = WORKER_MESSAGES_PER_SEC * (1.0 + took);
+        assert!(
+            f64::from(lines) <= bound * 1.05,
+            "{lines} log frames read in {took:.2} s, past {bound:.0}"
+        );
+        assert!(
+            f64::from(lines) >= WORKER_MESSAGES_PER_SEC,
+            "{lines} log frames read in {took:.2} s: held back more than the rate needs"
+        );
+        drop(fixture);
+        flooder.join().expect("flooder ends");
     }
 
     #[test]

@@ -953,6 +953,7 @@ fn worker_message() -> impl Strategy<Value = WorkerMessage> {
             payload,
             depth: 0,
         }),
+        any::<u64>().prop_map(|lines| WorkerMessage::LogsDropped { lines }),
     ]
 }
 

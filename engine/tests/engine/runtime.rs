@@ -414,6 +414,35 @@ fn output_is_captured_with_streams_and_a_flood_is_rate_limited() {
     assert!(plugin(engine, "prober").recent_output.len() <= 20);
 }
 
+/// A plugin logging far past the rates (the worker's own for log lines, the engine's for
+/// what it keeps) has every line kept or counted: those its worker did not send are
+/// counted there and said, and the call that logged them is not slowed by it.
+#[test]
+fn a_flood_of_log_lines_is_kept_or_counted_line_for_line() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let started = Instant::now();
+    // Each chatter line is one line on stdout and one logged through the host.
+    let report = call(engine, "prober", "chatter", "20000");
+    assert_eq!(report.status, "ok", "{report:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let dropped = plugin(engine, "prober").output_dropped;
+        // Kept: at most the engine's burst (400) and rate (200/s) since the start.
+        let kept_at_most = 400.0 + 200.0 * started.elapsed().as_secs_f64();
+        let accounted = f64::from(u32::try_from(dropped).unwrap_or(u32::MAX)) + kept_at_most;
+        if accounted >= 40_000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dropped} of 40000 lines counted as dropped, at most {kept_at_most:.0} kept"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Output lines are counted on the thread that reads them, not queued for the plugin's
 /// actor: while the actor is busy (here: stopping the plugin, which waits for its hook to
 /// return), a flood of empty lines is still counted as it comes, and costs no memory.
