@@ -101,6 +101,9 @@ pub enum WorkerEvent {
     },
     /// The worker broke the protocol and was killed.
     ProtocolViolation { reason: String },
+    /// The engine failed to receive from the worker's socket for a reason of its own (no
+    /// memory for the buffer, say); it tries again. Said at most once a second.
+    ReceiveFailed { reason: String },
     /// A line the plugin wrote to stdout/stderr or logged through the host API.
     Output { stream: OutputStream, line: String },
     /// Lines the plugin wrote to stdout/stderr past [`OUTPUT_LINES_PER_SEC`], counted

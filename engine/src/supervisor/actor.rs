@@ -522,7 +522,9 @@ fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> E
             | WorkerEvent::FsDenied { .. }
             | WorkerEvent::Audited { .. } => WhenFull::Wait(LISTENER_ROOM_WAIT),
             WorkerEvent::ProtocolViolation { .. } | WorkerEvent::Exited { .. } => WhenFull::Queue,
-            WorkerEvent::NotificationsPaced { .. } => WhenFull::Drop,
+            WorkerEvent::NotificationsPaced { .. } | WorkerEvent::ReceiveFailed { .. } => {
+                WhenFull::Drop
+            }
         };
         // Which hooks were running is read now, on the thread that caught the violation:
         // by the time the actor handles it, the call may have returned.
@@ -1139,6 +1141,13 @@ fn on_worker_event(
             )
             .during(hooks.or_else(|| hooks_in_flight(plugin)));
             on_violation(shared, plugin, violation);
+        }
+        WorkerEvent::ReceiveFailed { reason } => {
+            shared.event(Some(&plugin.name), EventKind::Engine {
+                message: format!(
+                    "the engine could not receive from its worker ({reason}); it tries again, and calls may time out meanwhile"
+                ),
+            });
         }
         WorkerEvent::NotificationsPaced { per_sec } => {
             shared.event(Some(&plugin.name), EventKind::Engine {

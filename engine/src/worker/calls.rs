@@ -19,7 +19,9 @@
 //! Whoever receives makes every protocol check: a reply to an id never issued, a frame that
 //! is not a `WorkerMessage`, a message out of protocol — each is reported as
 //! [`WorkerEvent::ProtocolViolation`] before the worker is killed, and every waiting caller
-//! gets [`CallFailure::WorkerGone`]. Once the handshake is over the engine's end refuses
+//! gets [`CallFailure::WorkerGone`]. A receive that fails for the engine's own reasons
+//! (no memory for the buffer) is not the worker's doing: it is reported as
+//! [`WorkerEvent::ReceiveFailed`] and tried again. Once the handshake is over the engine's end refuses
 //! descriptors (`SO_PASSRIGHTS`, Linux 6.16): a worker's send with one fails in the worker,
 //! and replies are read with a plain `recv`; on older kernels every datagram is still
 //! checked for descriptors.
@@ -84,6 +86,9 @@ const IDLE_CHECK_MAX: Duration = Duration::from_millis(20);
 /// should not wake for nothing).
 const IDLE_POLL: Duration = Duration::from_secs(10);
 
+/// How long a receiver waits after a receive failed in the engine before it tries again.
+const RECEIVE_RETRY: Duration = Duration::from_millis(10);
+
 /// A paced receiver waits until this many messages other than replies are allowed
 /// again: one sleep per batch, not per message.
 const PACED_BATCH: f64 = 16.0;
@@ -127,6 +132,8 @@ pub(super) struct Calls {
     unsolicited: Mutex<TokenBucket>,
     /// Set when `unsolicited` ran out: whoever receives next waits for it first.
     paced: AtomicBool,
+    /// When a failed receive was last reported.
+    receive_failure_said: Mutex<Option<Instant>>,
     /// Calls in flight made for an emit chain, by its depth: an emit the worker sends is at
     /// least as deep as the deepest of them (see [`Calls::emit`]). Depth 0, the common
     /// call, is not counted.
@@ -269,6 +276,7 @@ impl Calls {
                 WORKER_MESSAGES_PER_SEC,
             )),
             paced: AtomicBool::new(false),
+            receive_failure_said: Mutex::new(None),
             chain_depths: Default::default(),
         }
     }
@@ -482,11 +490,7 @@ impl Calls {
                 break;
             }
             if leading {
-                if self.paced.load(Ordering::Relaxed) {
-                    self.pace(deadline);
-                    now = Instant::now();
-                }
-                let received = self.channel.recv_before_at::<WorkerMessage>(deadline, now);
+                let received = self.receive_paced(deadline, now);
                 now = Instant::now();
                 match received {
                     Ok(Some(message)) => {
@@ -506,9 +510,13 @@ impl Calls {
                             break;
                         }
                     }
-                    Err(IpcError::Closed) => self.lose_worker(None),
-                    Err(IpcError::Protocol { reason }) => self.lose_worker(Some(reason)),
-                    Err(err) => self.lose_worker(Some(err.to_string())),
+                    Err(err) => {
+                        self.receive_error(err, deadline);
+                        now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                    }
                 }
             } else {
                 now = Instant::now();
@@ -803,6 +811,57 @@ impl Calls {
         }
     }
 
+    /// The leader's receive, at most until `deadline` (`now` is a recent reading of the
+    /// clock), after waiting out the pace of the worker's unsolicited messages if need be.
+    fn receive_paced(
+        &self,
+        deadline: Instant,
+        mut now: Instant,
+    ) -> Result<Option<WorkerMessage>, IpcError> {
+        if self.paced.load(Ordering::Relaxed) {
+            self.pace(deadline);
+            now = Instant::now();
+        }
+        self.channel.recv_before_at::<WorkerMessage>(deadline, now)
+    }
+
+    /// What a failed receive means: the worker closed its end (it is gone), broke the
+    /// protocol (it is killed), or the engine failed ([`Calls::receive_failed`]).
+    fn receive_error(&self, err: IpcError, until: Instant) {
+        match err {
+            IpcError::Closed => self.mark_gone(),
+            IpcError::Protocol { reason } => self.lose_worker(Some(reason)),
+            IpcError::Io { source } => self.receive_failed(&source, until),
+            other => self.lose_worker(Some(other.to_string())),
+        }
+    }
+
+    /// A receive failed in the engine — not for anything the worker sent (that is
+    /// `IpcError::Protocol`), but for the engine's own sake: no memory for the receive
+    /// buffer, say. The worker is not blamed (a protocol violation would quarantine it):
+    /// the failure is reported, at most once a second, and the receiver waits a little
+    /// (at most until `until`) before it tries again; calls meanwhile may time out.
+    fn receive_failed(&self, source: &std::io::Error, until: Instant) {
+        let now = Instant::now();
+        let report = {
+            let mut said = self
+                .receive_failure_said
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due = said.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+            if due {
+                *said = Some(now);
+            }
+            due
+        };
+        if report {
+            (self.events)(WorkerEvent::ReceiveFailed {
+                reason: source.to_string(),
+            });
+        }
+        std::thread::sleep(RECEIVE_RETRY.min(until.saturating_duration_since(now)));
+    }
+
     /// The worker is lost: with a `violation`, it broke the protocol (reported before the
     /// kill it causes, so the violation precedes the exit in the plugin's events). Every
     /// waiting caller is woken and fails.
@@ -896,9 +955,10 @@ impl Calls {
                     }
                 }
                 Ok(None) => break,
-                Err(IpcError::Closed) => self.mark_gone(),
-                Err(IpcError::Protocol { reason }) => self.lose_worker(Some(reason)),
-                Err(err) => self.lose_worker(Some(err.to_string())),
+                Err(err) => {
+                    self.receive_error(err, Instant::now() + RECEIVE_RETRY);
+                    break;
+                }
             }
         }
     }
@@ -1298,6 +1358,56 @@ mod tests {
         );
         drop(fixture);
         flooder.join().expect("flooder ends");
+    }
+
+    /// A receive that fails in the engine — here its end is a pipe, not a socket; under
+    /// memory pressure the receive buffer's mapping fails the same way — is the engine's
+    /// trouble: said, and tried again, never taken for the worker breaking the protocol
+    /// (which would kill and quarantine it).
+    #[test]
+    fn a_receive_failing_in_the_engine_is_said_not_blamed_on_the_worker() {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let (sink, events) = mpsc::channel();
+        let sink = Mutex::new(sink);
+        let events_sink: EventSink = Arc::new(move |event| {
+            let _ = sink
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(event);
+        });
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let calls = Arc::new(Calls::new(
+            Arc::new(Channel::from_fd(read_end)),
+            pid,
+            events_sink,
+            None,
+        ));
+        let reader = {
+            let idle = Arc::clone(&calls);
+            std::thread::spawn(move || idle.idle_reader())
+        };
+        nix::unistd::write(&write_end, b"PB").unwrap();
+        match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::ReceiveFailed { reason }) => assert!(!reason.is_empty()),
+            other => panic!("expected the failed receive, got {other:?}"),
+        }
+        // Tried again (every 10 ms) and said once within the second; nothing else.
+        let later: Vec<WorkerEvent> = events
+            .recv_timeout(Duration::from_millis(300))
+            .into_iter()
+            .collect();
+        assert!(later.is_empty(), "{later:?}");
+        assert!(!calls.broke_protocol() && !calls.is_gone());
+        assert!(child.try_wait().unwrap().is_none(), "the worker was killed");
+        calls.mark_gone();
+        drop(write_end);
+        reader.join().expect("the idle reader ends");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
