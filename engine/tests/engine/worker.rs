@@ -264,6 +264,52 @@ fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
     running.scope.remove().unwrap();
 }
 
+/// A worker that reads nothing — every serving thread stuck in a hook, its socket full of
+/// calls — is not waited on for room to ask it to shut down: its stop gives up at the
+/// grace period, kills it and leaves no process and no cgroup behind.
+#[test]
+fn a_worker_whose_socket_is_full_is_stopped_at_the_grace_period() {
+    let running = start("prober");
+    let worker = &running.worker;
+    // Every serving thread sleeps on: the calls time out, the hooks go on.
+    for _ in 0..8 {
+        assert!(
+            worker
+                .call("sleep", b"30000", Duration::from_millis(50))
+                .is_err(),
+            "a sleeping hook answered"
+        );
+    }
+    // Then its socket fills with calls nobody reads (the rest cannot even be sent).
+    let payload = vec![b'x'; 512 * 1024];
+    for _ in 0..24 {
+        assert!(
+            worker
+                .call("whoami", &payload, Duration::from_millis(20))
+                .is_err()
+        );
+    }
+    let (pid, sandbox_pid) = (worker.pid(), worker.sandbox_pid());
+    let cgroup_paths = worker.cgroup_dirs().to_vec();
+    let grace = Duration::from_millis(500);
+    let began = Instant::now();
+    let status = worker.stop(grace);
+    let took = began.elapsed();
+    assert!(
+        took < grace + Duration::from_secs(1),
+        "the stop took {took:?} for a grace period of {grace:?}"
+    );
+    assert_eq!(status, Some(ExitStatus::Signal { signal: 9 }), "killed");
+    assert!(
+        !process_exists(pid) && !process_exists(sandbox_pid),
+        "a worker process was left"
+    );
+    for path in cgroup_paths {
+        assert!(!path.exists(), "cgroup {} left behind", path.display());
+    }
+    running.scope.remove().unwrap();
+}
+
 /// The threads of this process named `comm` (`/proc/self/task/<tid>/comm`, which keeps
 /// the first 15 bytes of a thread name).
 fn own_threads_named(comm: &str) -> Vec<u32> {
