@@ -431,7 +431,7 @@ fn a_flood_of_log_lines_is_kept_or_counted_line_for_line() {
         let dropped = plugin(engine, "prober").output_dropped;
         // Kept: at most the engine's burst (400) and rate (200/s) since the start.
         let kept_at_most = 400.0 + 200.0 * started.elapsed().as_secs_f64();
-        let accounted = f64::from(u32::try_from(dropped).unwrap_or(u32::MAX)) + kept_at_most;
+        let accounted = as_f64(dropped) + kept_at_most;
         if accounted >= 40_000.0 {
             break;
         }
@@ -524,7 +524,7 @@ fn a_flood_of_output_is_read_at_a_bounded_byte_rate() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let dropped = plugin(engine, "prober").output_dropped;
-        if dropped as f64 + 2_000.0 + f64::from(128u32 << 10) >= written {
+        if as_f64(dropped) + 2_000.0 + f64::from(128u32 << 10) >= written {
             break;
         }
         assert!(
@@ -593,6 +593,11 @@ fn a_flood_of_forbidden_calls_while_the_actor_is_busy_is_bounded_and_counted() {
     });
 }
 
+/// A count as a float, for comparisons with rates (counts here are far below 2^52).
+fn as_f64(count: u64) -> f64 {
+    f64::from(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
 /// How many sockets `prober`'s `sockets` hook was refused, from its reply.
 fn sockets_denied(reply: &str) -> u64 {
     reply
@@ -619,7 +624,7 @@ fn a_loop_of_forbidden_calls_is_paced_to_the_notification_rate() {
     // answers over three times as many.
     let bound = rate + rate * took;
     assert!(
-        (denied as f64) <= bound * 1.05,
+        as_f64(denied) <= bound * 1.05,
         "{denied} forbidden calls answered in {took:.2} s, past {bound:.0}: {reply}"
     );
     assert!(
