@@ -1888,11 +1888,8 @@ mod tests {
         assert_eq!(budget.dropped, 3003);
     }
 
-    /// Past its line budget the follower reads at most once a millisecond: a worker
-    /// writing its lines one write each is read in batches — each read one report of
-    /// dropped lines — and every line is still counted.
-    #[test]
-    fn past_the_line_budget_one_line_writes_are_read_in_batches() {
+    /// `sh -c script` with its stdout and stderr piped, for a follower to follow (and reap).
+    fn shell_with_pipes(script: &str) -> (Pid, (OwnedFd, OwnedFd)) {
         use std::process::{Command, Stdio};
 
         #[expect(
@@ -1900,10 +1897,7 @@ mod tests {
             reason = "the follower under test reaps it (waitpid)"
         )]
         let mut child = Command::new("/bin/sh")
-            .args([
-                "-c",
-                "i=0; while [ $i -lt 20000 ]; do echo line; i=$((i+1)); done",
-            ])
+            .args(["-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1914,6 +1908,16 @@ mod tests {
             OwnedFd::from(child.stdout.take().unwrap()),
             OwnedFd::from(child.stderr.take().unwrap()),
         );
+        (pid, pipes)
+    }
+
+    /// Past its line budget the follower reads at most once a millisecond: a worker
+    /// writing its lines one write each is read in batches — each read one report of
+    /// dropped lines — and every line is still counted.
+    #[test]
+    fn past_the_line_budget_one_line_writes_are_read_in_batches() {
+        let (pid, pipes) =
+            shell_with_pipes("i=0; while [ $i -lt 20000 ]; do echo line; i=$((i+1)); done");
         let counts: Arc<Mutex<(u64, u64, u64)>> = Arc::default();
         let seen = Arc::clone(&counts);
         let sink: EventSink = Arc::new(move |event| {
@@ -1977,27 +1981,8 @@ mod tests {
     /// passed on.
     #[test]
     fn the_follower_sees_the_exit_while_a_descendant_holds_the_pipes() {
-        use std::process::{Command, Stdio};
-
-        #[expect(
-            clippy::zombie_processes,
-            reason = "the follower under test reaps it (waitpid)"
-        )]
-        let mut child = Command::new("/bin/sh")
-            .args([
-                "-c",
-                "sleep 30 & echo \"holder $!\"; printf partial >&2; exit 3",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
-        let pipes = (
-            OwnedFd::from(child.stdout.take().unwrap()),
-            OwnedFd::from(child.stderr.take().unwrap()),
-        );
+        let (pid, pipes) =
+            shell_with_pipes("sleep 30 & echo \"holder $!\"; printf partial >&2; exit 3");
         let (lines, sink) = output_sink();
         let began = std::time::Instant::now();
         let status = follow(pid, pipes, &sink);
