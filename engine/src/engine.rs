@@ -1084,7 +1084,7 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         trust: lifecycle.trust.clone(),
         hooks,
         violations: lifecycle.violations,
-        emitted: lifecycle.emitted,
+        emitted: plugin.emitted.load(Ordering::Relaxed),
         last_exit: lifecycle.last_exit,
         output_dropped: output.dropped,
         violations_unrecorded: plugin.events_unrecorded(),

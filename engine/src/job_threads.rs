@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn an_idle_thread_ends_after_the_keep_time() {
-        let threads = leaked(Duration::from_millis(50));
+        let threads = leaked(Duration::from_millis(500));
         let (done, finished) = mpsc::channel();
         threads
             .run(Box::new(move || done.send(()).unwrap()))

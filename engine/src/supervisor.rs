@@ -143,8 +143,6 @@ pub(crate) struct Lifecycle {
     pub cgroup: Option<String>,
     pub last_exit: Option<ExitStatus>,
     pub violations: u64,
-    /// Hooks emitted through the engine (granted ones).
-    pub emitted: u64,
     /// Disabled by the host configuration or an operator: it does not start.
     pub disabled: bool,
     /// Generation of the current worker; events of older workers are ignored.
@@ -212,7 +210,6 @@ impl Lifecycle {
             cgroup: None,
             last_exit: None,
             violations: 0,
-            emitted: 0,
             disabled: false,
             generation: 0,
             starts: 0,
@@ -248,6 +245,8 @@ pub(crate) struct Running {
     pub generation: u64,
     pub timeouts: BTreeMap<String, Duration>,
     pub max_in_flight: u64,
+    /// The hooks its manifest lets it emit (checked where an emit arrives).
+    pub emit_grants: Vec<String>,
     /// Hooks whose calls found the worker gone: what it was doing when it died.
     pub lost_calls: Mutex<BTreeSet<String>>,
 }
@@ -309,6 +308,8 @@ pub(crate) struct Plugin {
     events_unrecorded: AtomicU64,
     /// Emits refused for a chain too deep: how many, and when that was last said.
     pub deep_emits: Mutex<(u64, Option<Instant>)>,
+    /// Hooks emitted through the engine (granted ones).
+    pub emitted: AtomicU64,
     pub actor: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -342,6 +343,7 @@ impl Plugin {
             event_backlog: AtomicUsize::new(0),
             events_unrecorded: AtomicU64::new(0),
             deep_emits: Mutex::new((0, None)),
+            emitted: AtomicU64::new(0),
             actor: Mutex::new(None),
         }
     }

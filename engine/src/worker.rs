@@ -4,6 +4,7 @@
 //! nothing behind.
 
 mod calls;
+pub(crate) use calls::EMIT_THREADS;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -106,8 +107,9 @@ pub enum WorkerEvent {
     ReceiveFailed { reason: String },
     /// A line the plugin wrote to stdout/stderr or logged through the host API.
     Output { stream: OutputStream, line: String },
-    /// Lines the plugin wrote to stdout/stderr past [`OUTPUT_LINES_PER_SEC`], counted
-    /// where they were read and never passed on.
+    /// Lines never passed on, only counted: written to stdout/stderr past
+    /// [`OUTPUT_LINES_PER_SEC`] (counted where they were read), or logged past
+    /// [`WORKER_LOG_LINES_PER_SEC`] (counted by the worker, `LogsDropped`).
     OutputDropped { lines: u64 },
     /// The worker's seccomp notifications came faster than [`NOTIFICATIONS_PER_SEC`]: its
     /// notified calls now wait their turn. Sent at most once a minute.
@@ -1063,6 +1065,9 @@ const OUTPUT_BYTES_BURST: u32 = 1024 * 1024;
 /// read at most this often.
 const READ_GAP_WHILE_DROPPING: Duration = Duration::from_millis(1);
 
+/// Reads per wake-up while lines are only counted: what two full pipes hold.
+const READS_WHILE_DROPPING: usize = 2 * 64 * 1024 / OUTPUT_READ;
+
 /// Reads of [`OUTPUT_READ`] bytes after a worker's exit: two default-sized (64 KiB) pipes.
 const AFTER_EXIT_READS: usize = 2 * 64 * 1024 / OUTPUT_READ;
 
@@ -1138,13 +1143,16 @@ impl TokenBucket {
         taken
     }
 
-    /// How long until `count` tokens are saved up (as of the last refill).
+    /// How long until `count` tokens are saved up (as of the last refill), at most a
+    /// second: whoever waits looks again then (a bucket that never refills waits in steps).
     pub fn time_until(&self, count: f64) -> Duration {
         let missing = (count.min(self.burst) - self.tokens).max(0.0);
+        let second = Duration::from_secs(1);
         if self.per_sec > 0.0 {
-            Duration::from_secs_f64(missing / self.per_sec)
+            Duration::try_from_secs_f64(missing / self.per_sec)
+                .map_or(second, |wait| wait.min(second))
         } else {
-            Duration::MAX
+            second
         }
     }
 }
@@ -1380,7 +1388,19 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
                 break;
             };
             last_read = Instant::now();
-            let read = read_ready(&mut pipes, ready, chunk, &mut budget, events);
+            let mut read = read_ready(&mut pipes, ready, chunk, &mut budget, events);
+            if !budget.has_token() {
+                // Only counting: what the pipes hold now, up to READS_WHILE_DROPPING
+                // reads, so the gap between wake-ups does not cap the byte rate.
+                for _ in 1..READS_WHILE_DROPPING {
+                    match readable(&pipes, None, PollTimeout::ZERO) {
+                        Some((ready, _)) if ready != [false; 2] => {
+                            read += read_ready(&mut pipes, ready, chunk, &mut budget, events);
+                        }
+                        _ => break,
+                    }
+                }
+            }
             bytes.spend(tokens(read));
             exited
         } else {

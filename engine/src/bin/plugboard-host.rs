@@ -499,7 +499,7 @@ fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, thr
             .name("serve".to_owned())
             .spawn(move || {
                 let outcome = serve_requests(&channel, &instance, &link);
-                finish(&instance, outcome)
+                finish(&instance, &link, outcome)
             });
         if spawned.is_err() {
             // Fewer threads (the pids limit): the ones running still serve.
@@ -507,17 +507,23 @@ fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, thr
         }
     }
     let outcome = serve_requests(channel, &instance, link);
-    finish(&instance, outcome)
+    finish(&instance, link, outcome)
 }
 
 /// Destroys the instance (the plugin's own shutdown) once no call is running, and exits.
-fn finish(instance: &RwLock<Option<Instance>>, outcome: Result<(), WorkerError>) -> ! {
+/// Log lines dropped until then, the plugin's shutdown included, are reported first.
+fn finish(
+    instance: &RwLock<Option<Instance>>,
+    link: &EngineLink,
+    outcome: Result<(), WorkerError>,
+) -> ! {
     drop(
         instance
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take(),
     );
+    link.report_dropped_logs();
     match outcome {
         Ok(()) => std::process::exit(0),
         Err(err) => {

@@ -12,6 +12,7 @@ use crate::manifest::Priority;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::PluginState;
 use crate::supervisor::{ActorMessage, Plugin, Running, WhenFull, hooks_in_flight};
+use crate::worker::EMIT_THREADS;
 use crate::worker::{CallFailure, CallOutcome, Emits};
 use plugboard_sdk::abi;
 
@@ -68,24 +69,14 @@ struct PluginEmits {
 }
 
 impl Emits for PluginEmits {
+    /// Takes no lifecycle lock and waits for no write: it runs on the thread that received
+    /// the emit, which may be a caller waiting for its own reply.
     fn admit(&self, hook: &str, depth: u32) -> Result<(), i32> {
         let shared = self.shared.upgrade().ok_or(abi::EMIT_FAILED)?;
         let plugin = shared.plugin(&self.emitter).map_err(|_| abi::EMIT_FAILED)?;
-        let granted = {
-            let mut lifecycle = plugin.lifecycle();
-            let granted = lifecycle.manifest.as_ref().is_some_and(|manifest| {
-                manifest
-                    .capabilities
-                    .emit
-                    .iter()
-                    .any(|allowed| allowed == hook)
-            });
-            if granted {
-                lifecycle.emitted += 1;
-            }
-            granted
-        };
-        if !granted {
+        // Not running (being created, stopped or replaced): nobody to answer for it.
+        let running = plugin.running().ok_or(abi::EMIT_FAILED)?;
+        if !running.emit_grants.iter().any(|allowed| allowed == hook) {
             let violation = Violation::new(
                 ViolationKind::ForbiddenEmit,
                 "engine",
@@ -96,25 +87,35 @@ impl Emits for PluginEmits {
             plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Drop);
             return Err(abi::EMIT_DENIED);
         }
+        plugin.emitted.fetch_add(1, Ordering::Relaxed);
         if depth >= MAX_EMIT_DEPTH {
-            // Said at most once a second per plugin: a loop of emits must not flood the
-            // event ring and the audit file.
-            let mut deep = plugin
-                .deep_emits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            deep.0 += 1;
-            if deep
-                .1
-                .is_none_or(|said| said.elapsed() >= Duration::from_secs(1))
-            {
-                deep.1 = Some(Instant::now());
-                shared.event(Some(&self.emitter), EventKind::Engine {
-                    message: format!(
-                        "emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH} ({} refused so far)",
-                        deep.0
+            // Said at most once a second per plugin (a loop of emits must not flood the
+            // event ring and the audit file), from an emit thread: the event waits for its
+            // audit line.
+            let refused = {
+                let mut deep = plugin
+                    .deep_emits
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                deep.0 += 1;
+                let due = deep
+                    .1
+                    .is_none_or(|said| said.elapsed() >= Duration::from_secs(1));
+                if due {
+                    deep.1 = Some(Instant::now());
+                }
+                due.then_some(deep.0)
+            };
+            if let Some(refused) = refused {
+                let (emitter, message) = (
+                    self.emitter.clone(),
+                    format!(
+                        "emit of `{hook}` refused: the chain of emits is {depth} deep, the bound is {MAX_EMIT_DEPTH} ({refused} refused so far)"
                     ),
-                });
+                );
+                let _ = EMIT_THREADS.run(Box::new(move || {
+                    shared.event(Some(&emitter), EventKind::Engine { message });
+                }));
             }
             return Err(abi::EMIT_FAILED);
         }

@@ -522,8 +522,9 @@ fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> E
             | WorkerEvent::FsDenied { .. }
             | WorkerEvent::Audited { .. } => WhenFull::Wait(LISTENER_ROOM_WAIT),
             WorkerEvent::ProtocolViolation { .. } | WorkerEvent::Exited { .. } => WhenFull::Queue,
+            // Said at most once a minute or a second: a pace the engine sets.
             WorkerEvent::NotificationsPaced { .. } | WorkerEvent::ReceiveFailed { .. } => {
-                WhenFull::Drop
+                WhenFull::Queue
             }
         };
         // Which hooks were running is read now, on the thread that caught the violation:
@@ -651,6 +652,7 @@ fn spawn_worker(
         generation,
         timeouts,
         max_in_flight: u64::from(resources.max_in_flight),
+        emit_grants: manifest.capabilities.emit.clone(),
         lost_calls: Mutex::new(std::collections::BTreeSet::new()),
     })
 }

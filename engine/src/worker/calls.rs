@@ -781,7 +781,10 @@ impl Calls {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         tokens.refill();
-        if !tokens.take() {
+        // Every message spends its token, the one that finds none too (a debt), so the
+        // rate holds exactly.
+        tokens.spend(1.0);
+        if !tokens.has_token() {
             self.paced.store(true, Ordering::Relaxed);
         }
     }
@@ -921,13 +924,19 @@ impl Calls {
                 continue;
             }
             interval = IDLE_CHECK_MIN;
-            if self
+            match self
                 .channel
                 .wait_readable(Instant::now().checked_add(IDLE_POLL))
-                .is_err()
             {
-                self.mark_gone();
-                break;
+                Ok(()) => {}
+                Err(IpcError::Io { source }) => {
+                    self.receive_failed(&source, Instant::now() + RECEIVE_RETRY);
+                    continue;
+                }
+                Err(_) => {
+                    self.mark_gone();
+                    break;
+                }
             }
             {
                 let mut state = self.lock();

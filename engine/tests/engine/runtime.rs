@@ -516,7 +516,7 @@ fn a_flood_of_output_is_read_at_a_bounded_byte_rate() {
         "{written} bytes written in {took:.2} s, past {bound:.0}"
     );
     assert!(
-        written >= rate / 2.0,
+        written >= rate / 4.0,
         "{written} bytes written in {took:.2} s: the output was held back more than the rate needs"
     );
     // Nothing of it was lost track of: every empty line but those kept (a few hundred)
