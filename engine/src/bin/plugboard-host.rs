@@ -374,7 +374,8 @@ impl EngineLink {
 
 impl HostCallbacks for EngineLink {
     /// Sends the line if the rate allows, else counts it: the count goes to the engine
-    /// before the next line sent, or when the call that logged returns.
+    /// before the next line sent, after each request and before the worker exits. Below
+    /// the engine's own rate for such messages, so a plugin's logging never waits on it.
     fn log(&self, level: LogLevel, message: &str) {
         let allowed = {
             let mut tokens = self

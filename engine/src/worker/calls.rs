@@ -21,10 +21,14 @@
 //! [`WorkerEvent::ProtocolViolation`] before the worker is killed, and every waiting caller
 //! gets [`CallFailure::WorkerGone`]. A receive that fails for the engine's own reasons
 //! (no memory for the buffer) is not the worker's doing: it is reported as
-//! [`WorkerEvent::ReceiveFailed`] and tried again. Once the handshake is over the engine's end refuses
-//! descriptors (`SO_PASSRIGHTS`, Linux 6.16): a worker's send with one fails in the worker,
-//! and replies are read with a plain `recv`; on older kernels every datagram is still
-//! checked for descriptors.
+//! [`WorkerEvent::ReceiveFailed`] and tried again. Once the handshake is over the engine's
+//! end refuses descriptors (`SO_PASSRIGHTS`, Linux 6.16): a worker's send with one fails in
+//! the worker, and replies are read with a plain `recv`; on older kernels every datagram is
+//! still checked for descriptors.
+//!
+//! Messages that are not replies (log lines, emits, counts of dropped lines) are read at
+//! most [`WORKER_MESSAGES_PER_SEC`] a second: past that, whoever receives waits first
+//! ([`Calls::pace`]).
 //!
 //! Pipelined calls ([`Calls::request_many`]) are packed into `Calls` frames and answered in
 //! `Replies` frames: one datagram carries up to [`CALLS_PER_FRAME`] calls each way.
