@@ -957,6 +957,14 @@ fn await_ready_before(
             WorkerMessage::Ready => return Ok(()),
             WorkerMessage::Log { level, message } => events(log_line(level, message)),
             WorkerMessage::LogsDropped { lines } => events(WorkerEvent::OutputDropped { lines }),
+            // A plugin emitting while it is created: it is not running yet, so nothing is
+            // dispatched (as for an in-process plugin); its emit fails, and it goes on.
+            WorkerMessage::Emit { id, .. } => {
+                let _ = channel.try_send(&EngineMessage::EmitResult {
+                    id,
+                    code: plugboard_sdk::abi::EMIT_FAILED,
+                });
+            }
             WorkerMessage::LoadFailed { reason } => {
                 return Err(WorkerError::Load {
                     plugin: plugin.to_owned(),

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -347,6 +347,8 @@ struct EngineLink {
     log_tokens: Mutex<TokenBucket>,
     /// Log lines dropped past the rate and not yet reported.
     logs_dropped: AtomicU64,
+    /// Set once the worker serves requests (the plugin is created).
+    serving: AtomicBool,
 }
 
 impl EngineLink {
@@ -360,6 +362,7 @@ impl EngineLink {
                 WORKER_LOG_LINES_PER_SEC * 2.0,
             )),
             logs_dropped: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
         }
     }
 
@@ -396,7 +399,13 @@ impl HostCallbacks for EngineLink {
         });
     }
 
+    /// Fails at once while the plugin is created: nothing reads the engine's answer
+    /// before the worker serves, and the engine dispatches nothing for a plugin that is
+    /// not running yet.
     fn emit(&self, hook: &str, payload: &[u8]) -> i32 {
+        if !self.serving.load(Ordering::Acquire) {
+            return abi::EMIT_FAILED;
+        }
         let id = self.next_emit.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = mpsc::channel();
         self.pending_emits
@@ -492,6 +501,7 @@ const LARGE_BODY: usize = 16 * 1024;
 /// that received it, and answered packed. Whichever thread gets `Shutdown` (or sees the
 /// engine gone) waits for the calls in flight, destroys the instance and ends the process.
 fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, threads: u32) -> ! {
+    link.serving.store(true, Ordering::Release);
     let instance = Arc::new(RwLock::new(Some(instance)));
     for _ in 1..threads.max(1) {
         let (channel, instance, link) =

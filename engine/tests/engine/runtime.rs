@@ -765,6 +765,35 @@ fn two_plugins_emitting_to_each_other_stop_at_the_depth_bound() {
     }
 }
 
+/// A plugin that emits while it is created (before it runs) starts all the same: its
+/// emit fails — nothing is dispatched for a plugin that is not running — and it goes on.
+#[test]
+fn a_plugin_emitting_while_it_is_created_starts_and_its_emit_fails() {
+    let fixture = engine_with(
+        &[("prober", "prober", |manifest| {
+            manifest.replacen(
+                "[config.emit_on_create]\ntype = \"string\"\ndefault = \"\"",
+                "[config.emit_on_create]\ntype = \"string\"\ndefault = \"prober.allowed\"",
+                1,
+            )
+        })],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let prober = plugin(engine, "prober");
+    assert_eq!(prober.state, PluginState::Running);
+    assert!(
+        prober
+            .recent_output
+            .iter()
+            .any(|line| line.line.starts_with("emit on create: denied")),
+        "{:#?}",
+        prober.recent_output
+    );
+    assert_eq!((prober.emitted, prober.violations), (0, 0));
+}
+
 #[test]
 fn stop_kills_a_plugin_that_does_not_finish_within_the_grace_period() {
     let fixture = engine_with(&[("prober", "prober", same)], Duration::from_millis(300));

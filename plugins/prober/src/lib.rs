@@ -12,7 +12,8 @@
 //! named in the payload through the host), `relay.a` / `relay.b` (each emits the other,
 //! for a loop of two probers), `forge` (writes garbage straight onto the
 //! worker's IPC socket, as a hostile plugin could), `unhealthy` / `healthy` (its health
-//! checks fail / pass from then on).
+//! checks fail / pass from then on). With the setting `emit_on_create` it emits that hook
+//! while it is created, and logs what the engine said.
 
 use std::io::{Read, Write};
 
@@ -89,7 +90,16 @@ impl Prober {
 }
 
 impl Plugin for Prober {
-    fn create(host: Host, _config: Config) -> Result<Self, Error> {
+    fn create(host: Host, config: Config) -> Result<Self, Error> {
+        if let Some(hook) = config
+            .get_str("emit_on_create")
+            .filter(|hook| !hook.is_empty())
+        {
+            match host.emit(hook, b"while created") {
+                Ok(()) => host.info(&format!("emit on create: ok: emitted {hook}")),
+                Err(err) => host.info(&format!("emit on create: denied: {err}")),
+            }
+        }
         Ok(Prober {
             host,
             unhealthy: std::sync::atomic::AtomicBool::new(false),
