@@ -1409,6 +1409,7 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
                     }
                 }
             }
+            budget.report(events);
             bytes.spend(tokens(read));
             exited
         } else {
@@ -1443,7 +1444,8 @@ fn tokens(bytes: usize) -> f64 {
     f64::from(u32::try_from(bytes).unwrap_or(u32::MAX))
 }
 
-/// Reads the pipes that are ready; how many bytes in all.
+/// Reads the pipes that are ready; how many bytes in all. The lines it dropped are
+/// reported by the caller, once per wake-up.
 fn read_ready(
     pipes: &mut [OutputPipe; 2],
     ready: [bool; 2],
@@ -1457,7 +1459,6 @@ fn read_ready(
             read += pipe.read_lines(chunk, budget, events);
         }
     }
-    budget.report(events);
     read
 }
 
