@@ -1072,6 +1072,17 @@ mod tests {
         emit_threads: &'static JobThreads,
     ) -> Fixture {
         let (engine, worker) = Channel::pair().expect("socketpair");
+        fixture_over(engine, worker, slow, emit, emit_threads)
+    }
+
+    /// [`fixture_on`] over the engine's end `engine` and the worker's end `worker`.
+    fn fixture_over(
+        engine: Channel,
+        worker: Channel,
+        slow: Arc<AtomicBool>,
+        emit: Option<EmitHandler>,
+        emit_threads: &'static JobThreads,
+    ) -> Fixture {
         let child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
@@ -1380,47 +1391,31 @@ mod tests {
     #[test]
     fn a_receive_failing_in_the_engine_is_said_not_blamed_on_the_worker() {
         let (read_end, write_end) = nix::unistd::pipe().unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("sleep runs");
-        let (sink, events) = mpsc::channel();
-        let sink = Mutex::new(sink);
-        let events_sink: EventSink = Arc::new(move |event| {
-            let _ = sink
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .send(event);
-        });
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        let calls = Arc::new(Calls::new(
-            Arc::new(Channel::from_fd(read_end)),
-            pid,
-            events_sink,
+        let mut fixture = fixture_over(
+            Channel::from_fd(read_end),
+            Channel::from_fd(write_end),
+            Arc::default(),
             None,
-        ));
-        let reader = {
-            let idle = Arc::clone(&calls);
-            std::thread::spawn(move || idle.idle_reader())
-        };
-        nix::unistd::write(&write_end, b"PB").unwrap();
-        match events.recv_timeout(Duration::from_secs(5)) {
+            &EMIT_THREADS,
+        );
+        nix::unistd::write(fixture.worker.as_fd(), b"PB").unwrap();
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
             Ok(WorkerEvent::ReceiveFailed { reason }) => assert!(!reason.is_empty()),
             other => panic!("expected the failed receive, got {other:?}"),
         }
         // Tried again (every 10 ms) and said once within the second; nothing else.
-        let later: Vec<WorkerEvent> = events
+        let later: Vec<WorkerEvent> = fixture
+            .events
             .recv_timeout(Duration::from_millis(300))
             .into_iter()
             .collect();
         assert!(later.is_empty(), "{later:?}");
-        assert!(!calls.broke_protocol() && !calls.is_gone());
-        assert!(child.try_wait().unwrap().is_none(), "the worker was killed");
-        calls.mark_gone();
-        drop(write_end);
-        reader.join().expect("the idle reader ends");
-        let _ = child.kill();
-        let _ = child.wait();
+        assert!(!fixture.calls.broke_protocol() && !fixture.calls.is_gone());
+        assert!(
+            fixture.child.try_wait().unwrap().is_none(),
+            "the worker was killed"
+        );
+        // Dropped: the idle reader, retrying on the unread bytes, sees it gone.
     }
 
     #[test]

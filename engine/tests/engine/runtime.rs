@@ -501,12 +501,7 @@ fn a_flood_of_output_is_read_at_a_bounded_byte_rate() {
     let report = call(engine, "prober", "newlines", "1500");
     let took = started.elapsed().as_secs_f64();
     assert_eq!(report.status, "ok", "{report:?}");
-    let written: f64 = report
-        .reply
-        .strip_prefix("wrote ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|count| count.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected reply {:?}", report.reply));
+    let written = as_f64(count_after(&report.reply, "wrote "));
     let rate = f64::from(OUTPUT_BYTES_PER_SEC);
     // A burst of 1 MiB, the rate over the call's time, a full pipe and the write that
     // waits on it.
@@ -600,8 +595,13 @@ fn as_f64(count: u64) -> f64 {
 
 /// How many sockets `prober`'s `sockets` hook was refused, from its reply.
 fn sockets_denied(reply: &str) -> u64 {
+    count_after(reply, "denied ")
+}
+
+/// The number that follows `prefix` at the start of one of `prober`'s replies.
+fn count_after(reply: &str, prefix: &str) -> u64 {
     reply
-        .strip_prefix("denied ")
+        .strip_prefix(prefix)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
