@@ -4,6 +4,7 @@
 
 use std::cmp::Ordering;
 
+use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::snapshot::Health;
 use plugboard_engine::{PluginSnapshot, PluginState};
 
@@ -91,8 +92,9 @@ impl Column {
             Column::Name => 12,
             Column::Version => 8,
             Column::State => 12,
-            Column::Health => 9,
-            Column::Isolation => 22,
+            Column::Health => 7,
+            // All eight badges: `uid ns cg rl nnp cap ll sc`.
+            Column::Isolation => 26,
             Column::Trust => 16,
             Column::Cpu => 5,
             Column::Memory => 12,
@@ -160,7 +162,10 @@ impl Column {
                 let (text, role) = health_look(plugin.health);
                 CellText::new(text, role)
             }
-            Column::Isolation => CellText::new(isolation_badges(plugin), Role::Info),
+            Column::Isolation => {
+                let (text, role) = isolation_look(plugin);
+                CellText::new(text, role)
+            }
             Column::Trust => match (&plugin.trust.key_id, plugin.trust.unverified) {
                 (_, true) => CellText::new("UNVERIFIED", Role::Error),
                 (Some(key), false) => CellText::new(key, Role::Muted),
@@ -383,7 +388,32 @@ pub fn health_look(health: Health) -> (&'static str, Role) {
     }
 }
 
-/// `in-proc` for in-process plugins (no isolation to speak of); otherwise the badges of
+/// The isolation cell: what is missing when a mechanism the worker reported is not
+/// active (a host that lowered `require`), since that is what an operator must see; else
+/// the badges, `IN-PROCESS` (no isolation to speak of) or `–` before the first start.
+pub fn isolation_look(plugin: &PluginSnapshot) -> (String, Role) {
+    let missing: Vec<&str> = Mechanism::ALL
+        .iter()
+        .filter(|mechanism| {
+            plugin
+                .mechanisms
+                .get(mechanism.name())
+                .is_some_and(|state| !state.active)
+        })
+        .map(|mechanism| mechanism.badge())
+        .collect();
+    if plugin.isolation != "in-process" && !missing.is_empty() {
+        return (format!("✗ missing {}", missing.join(" ")), Role::Error);
+    }
+    let role = if plugin.isolation == "in-process" {
+        Role::Warn
+    } else {
+        Role::Info
+    };
+    (isolation_badges(plugin), role)
+}
+
+/// `IN-PROCESS` for in-process plugins (no isolation to speak of); otherwise the badges of
 /// the active mechanisms, `–` before the first start.
 pub fn isolation_badges(plugin: &PluginSnapshot) -> String {
     if plugin.isolation == "in-process" {

@@ -29,7 +29,8 @@ fn hook(calls: u64, errors: u64, p99_us: u64) -> Value {
     })
 }
 
-fn mechanisms(active: bool) -> Value {
+/// Every mechanism reported, each granted but those `missing`.
+fn mechanisms(missing: &[&str]) -> Value {
     let names = [
         "unprivileged-uid",
         "namespaces",
@@ -44,7 +45,7 @@ fn mechanisms(active: bool) -> Value {
     for name in names {
         map.insert(
             name.to_owned(),
-            json!({"active": active && name != "landlock", "detail": format!("{name} detail")}),
+            json!({"active": !missing.contains(&name), "detail": format!("{name} detail")}),
         );
     }
     Value::Object(map)
@@ -58,8 +59,8 @@ fn plugin(name: &str, state: &str) -> Value {
         "reason": Value::Null, "health": if running { "healthy" } else { "unknown" },
         "health_failures": 0, "health_checked_ms": Value::Null, "health_detail": Value::Null,
         "isolation": "process",
-        "mechanisms": if running { mechanisms(true) } else { json!({}) },
-        "active_mechanisms": if running { json!(["uid", "ns", "cg", "rl", "nnp", "cap", "sc"]) } else { json!([]) },
+        "mechanisms": if running { mechanisms(&[]) } else { json!({}) },
+        "active_mechanisms": if running { json!(["uid", "ns", "cg", "rl", "nnp", "cap", "ll", "sc"]) } else { json!([]) },
         "worker_pid": if running { json!(4242) } else { Value::Null },
         "sandbox_pid": if running { json!(1) } else { Value::Null },
         "cgroup": Value::Null,
@@ -86,6 +87,9 @@ fn fleet() -> Value {
     ]);
     let mut counter = plugin("counter", "running");
     counter["version"] = json!("0.10.0");
+    // A host that lowered `require` runs it without Landlock.
+    counter["mechanisms"] = mechanisms(&["landlock"]);
+    counter["active_mechanisms"] = json!(["uid", "ns", "cg", "rl", "nnp", "cap", "sc"]);
     counter["hooks"] = json!({"count": hook(1200, 3, 480_000), "reset": hook(10, 0, 90),
                               "idle": hook(0, 0, 0)});
     for (name, priority, timeout) in [
@@ -605,6 +609,32 @@ fn the_detail_view_counts_violations_left_unrecorded_in_a_flood() {
     app.on_sample(snapshot(flooded));
     let header = render(&mut app, 130, 40)[2].clone();
     assert!(header.contains("2 violations (+7 unrecorded)"), "{header}");
+}
+
+#[test]
+fn the_isolation_column_shows_every_badge_or_what_is_missing() {
+    let mut app = app();
+    let screen = render(&mut app, 120, 30);
+    assert!(
+        row_of(&screen, "│hello ").contains(" uid ns cg rl nnp cap ll sc "),
+        "all eight badges fit: {}",
+        screen.join("\n")
+    );
+    let counter = row_of(&screen, "│counter ");
+    assert!(counter.contains(" ✗ missing ll "), "{counter}");
+    assert!(!counter.contains(" sc "), "the badges give way: {counter}");
+    let cells = buffer(&mut app, 120, 30);
+    let row = screen
+        .iter()
+        .position(|row| row.contains("│counter "))
+        .unwrap();
+    let column = screen[row].chars().position(|c| c == '✗').unwrap();
+    let style = cells[(u16::try_from(column).unwrap(), u16::try_from(row).unwrap())].style();
+    assert_eq!(
+        style.fg,
+        Theme::default_theme().error().fg,
+        "a missing mechanism reads as an error"
+    );
 }
 
 #[test]
