@@ -1827,6 +1827,64 @@ mod tests {
         );
     }
 
+    /// What a plugin may send while it is created: its log lines and its count of dropped
+    /// ones become events, its emit is answered `EMIT_FAILED` at once (nothing is
+    /// dispatched for a plugin not yet running), and Ready still ends the handshake.
+    #[test]
+    fn while_a_plugin_is_created_its_logs_and_drops_are_kept_and_its_emit_fails() {
+        let (engine, worker) = Channel::pair().unwrap();
+        for message in [
+            WorkerMessage::Log {
+                level: 2,
+                message: "creating".to_owned(),
+            },
+            WorkerMessage::LogsDropped { lines: 17 },
+            WorkerMessage::Emit {
+                id: 7,
+                hook: "counter.reset".to_owned(),
+                payload: b"{}".to_vec(),
+                depth: 0,
+            },
+            WorkerMessage::Ready,
+        ] {
+            worker.send(&message).unwrap();
+        }
+        let seen: Arc<Mutex<Vec<WorkerEvent>>> = Arc::default();
+        let sink: EventSink = {
+            let seen = Arc::clone(&seen);
+            Arc::new(move |event| seen.lock().unwrap().push(event))
+        };
+        await_ready_before(
+            &engine,
+            "creating",
+            &sink,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .expect("Ready after a log line, a drop count and an emit ends the handshake");
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(
+                seen.as_slice(),
+                [
+                    WorkerEvent::Output { line, .. },
+                    WorkerEvent::OutputDropped { lines: 17 },
+                ] if line == "creating"
+            ),
+            "{seen:?}"
+        );
+        let answer: EngineMessage = worker
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap()
+            .expect("the emit is answered");
+        assert_eq!(
+            answer,
+            EngineMessage::EmitResult {
+                id: 7,
+                code: plugboard_sdk::abi::EMIT_FAILED,
+            }
+        );
+    }
+
     /// An event sink that keeps the output lines it is given.
     fn output_sink() -> (Lines, EventSink) {
         let lines: Lines = Arc::default();
