@@ -13,6 +13,7 @@
 //! decides what a violation costs the worker (DESIGN.md: it is killed).
 
 mod frame;
+mod hot;
 mod message;
 
 use std::cell::{Cell, RefCell};
@@ -39,6 +40,47 @@ pub use message::{
 
 use crate::sandbox::pages::ZeroPages;
 use frame::{check_frame_size, encode_frame_into, protocol};
+
+/// A message a [`Channel`] sends: postcard's frame, unless the type writes its own (the
+/// frames of every call do, see `hot`).
+pub trait Outgoing: Serialize {
+    /// The frame, in `buffer` (cleared first), so a sender can reuse one allocation.
+    fn frame_into(&self, buffer: Vec<u8>) -> Result<Vec<u8>, IpcError> {
+        encode_frame_into(self, buffer)
+    }
+}
+
+/// A message a [`Channel`] receives: decoded by postcard, unless the type reads its own
+/// frames first (a worker's replies do).
+pub trait Incoming: DeserializeOwned {
+    fn from_frame(frame: &[u8]) -> Result<Self, IpcError> {
+        decode_frame(frame)
+    }
+}
+
+impl Outgoing for EngineMessage {}
+impl Outgoing for WorkerMessage {}
+impl Outgoing for CallsRef<'_> {}
+
+impl Outgoing for CallRef<'_> {
+    fn frame_into(&self, buffer: Vec<u8>) -> Result<Vec<u8>, IpcError> {
+        hot::encode_call_into(self, buffer)
+    }
+}
+
+impl Outgoing for ReplyRef<'_> {
+    fn frame_into(&self, buffer: Vec<u8>) -> Result<Vec<u8>, IpcError> {
+        hot::encode_reply_into(self, buffer)
+    }
+}
+
+impl Incoming for EngineMessage {}
+
+impl Incoming for WorkerMessage {
+    fn from_frame(frame: &[u8]) -> Result<Self, IpcError> {
+        hot::decode_reply(frame).map_or_else(|| decode_frame(frame), Ok)
+    }
+}
 
 /// What went wrong on an IPC channel.
 #[derive(Debug, thiserror::Error)]
@@ -127,12 +169,12 @@ thread_local! {
 }
 
 /// Encodes `msg` into this thread's send buffer and hands the frame to `use_frame`.
-fn with_frame<T: Serialize + ?Sized, R>(
+fn with_frame<T: Outgoing + ?Sized, R>(
     msg: &T,
     use_frame: impl FnOnce(&[u8]) -> R,
 ) -> Result<R, IpcError> {
     let buffer = SEND_BUFFER.try_with(Cell::take).unwrap_or_default();
-    let frame = encode_frame_into(msg, buffer)?;
+    let frame = msg.frame_into(buffer)?;
     let result = use_frame(&frame);
     if frame.capacity() <= KEPT_SEND_BUFFER {
         let _ = SEND_BUFFER.try_with(|cell| cell.set(frame));
@@ -235,13 +277,13 @@ impl Channel {
     }
 
     /// Sends one message as one datagram. Blocks while the socket's send buffer is full.
-    pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), IpcError> {
+    pub fn send<T: Outgoing + ?Sized>(&self, msg: &T) -> Result<(), IpcError> {
         with_frame(msg, |frame| self.send_frame(frame, None, true))?.map(drop)
     }
 
     /// Sends one message as one datagram if the socket's send buffer has room now;
     /// `Ok(false)` (nothing sent) if it would have to wait.
-    pub fn try_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<bool, IpcError> {
+    pub fn try_send<T: Outgoing + ?Sized>(&self, msg: &T) -> Result<bool, IpcError> {
         with_frame(msg, |frame| self.send_frame(frame, None, false))?
     }
 
@@ -249,7 +291,7 @@ impl Channel {
     /// `deadline` at most: `Ok(false)` (nothing sent) if there was none by then. For a
     /// message to a peer that may have stopped reading, where waiting for ever would hold
     /// the sender with it.
-    pub fn send_before<T: Serialize + ?Sized>(
+    pub fn send_before<T: Outgoing + ?Sized>(
         &self,
         msg: &T,
         deadline: Instant,
@@ -323,7 +365,7 @@ impl Channel {
 
     /// Sends one message with `fd` attached (`SCM_RIGHTS`) in the same datagram; the
     /// receiver gets its own descriptor for the same open file.
-    pub fn send_with_fd<T: Serialize + ?Sized>(
+    pub fn send_with_fd<T: Outgoing + ?Sized>(
         &self,
         msg: &T,
         fd: BorrowedFd<'_>,
@@ -334,7 +376,7 @@ impl Channel {
 
     /// Receives one message, blocking until one arrives. A descriptor attached to it is a
     /// protocol violation (the descriptor is closed).
-    pub fn recv<T: DeserializeOwned>(&self) -> Result<T, IpcError> {
+    pub fn recv<T: Incoming>(&self) -> Result<T, IpcError> {
         match self.receive(None, FdPolicy::None)? {
             Some((msg, _)) => Ok(msg),
             None => unreachable_timeout(),
@@ -343,7 +385,7 @@ impl Channel {
 
     /// Receives one message and the descriptor attached to it, if any (close-on-exec).
     /// More than one descriptor is a protocol violation (all of them are closed).
-    pub fn recv_with_fd<T: DeserializeOwned>(&self) -> Result<(T, Option<OwnedFd>), IpcError> {
+    pub fn recv_with_fd<T: Incoming>(&self) -> Result<(T, Option<OwnedFd>), IpcError> {
         match self.receive(None, FdPolicy::AtMostOne)? {
             Some(received) => Ok(received),
             None => unreachable_timeout(),
@@ -351,17 +393,14 @@ impl Channel {
     }
 
     /// Like [`Channel::recv`], but gives up after `timeout` with `Ok(None)`.
-    pub fn recv_timeout<T: DeserializeOwned>(
-        &self,
-        timeout: Duration,
-    ) -> Result<Option<T>, IpcError> {
+    pub fn recv_timeout<T: Incoming>(&self, timeout: Duration) -> Result<Option<T>, IpcError> {
         Ok(self
             .receive(Some(timeout), FdPolicy::None)?
             .map(|(msg, _)| msg))
     }
 
     /// Like [`Channel::recv_with_fd`], but gives up after `timeout` with `Ok(None)`.
-    pub fn recv_with_fd_timeout<T: DeserializeOwned>(
+    pub fn recv_with_fd_timeout<T: Incoming>(
         &self,
         timeout: Duration,
     ) -> Result<Option<(T, Option<OwnedFd>)>, IpcError> {
@@ -373,16 +412,13 @@ impl Channel {
     /// in that time, so a caller can look at other things and call again. With a tick set
     /// and more than a tick to go this is a single blocking `recvmsg`. A descriptor attached
     /// to the message is a protocol violation.
-    pub fn recv_before<T: DeserializeOwned>(
-        &self,
-        deadline: Instant,
-    ) -> Result<Option<T>, IpcError> {
+    pub fn recv_before<T: Incoming>(&self, deadline: Instant) -> Result<Option<T>, IpcError> {
         self.recv_before_at(deadline, Instant::now())
     }
 
     /// [`Channel::recv_before`] for a caller that has just read the clock (`now`): a call's
     /// path reads it as few times as it can, each read costing tens of nanoseconds on a VM.
-    pub fn recv_before_at<T: DeserializeOwned>(
+    pub fn recv_before_at<T: Incoming>(
         &self,
         deadline: Instant,
         now: Instant,
@@ -424,7 +460,9 @@ impl Channel {
                     .received()
                     .get(..len)
                     .ok_or_else(|| protocol(format!("frame of {len} bytes does not fit")))
-                    .and_then(decode_frame)
+                    .and_then(|frame| {
+                        hot::decode_call(frame).map_or_else(|| decode_frame(frame), Ok)
+                    })
             });
             handle.take().map(|handle| handle(decoded))
         };
@@ -466,7 +504,7 @@ impl Channel {
     }
 
     /// Receives one message if one is queued now, without waiting.
-    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<Option<T>, IpcError> {
+    pub fn try_recv<T: Incoming>(&self) -> Result<Option<T>, IpcError> {
         let mut resets = 0;
         loop {
             match self.receive_once(false, FdPolicy::None, &mut resets)? {
@@ -549,7 +587,7 @@ impl Channel {
     ///
     /// Without a timeout this is one blocking `recvmsg`; with one, a non-blocking
     /// `recvmsg` and `poll` until the deadline.
-    fn receive<T: DeserializeOwned>(
+    fn receive<T: Incoming>(
         &self,
         timeout: Option<Duration>,
         policy: FdPolicy,
@@ -574,7 +612,7 @@ impl Channel {
 
     /// One `recvmsg` (blocking or not), decoded. `resets` counts the `ECONNRESET`s seen by
     /// this receive.
-    fn receive_once<T: DeserializeOwned>(
+    fn receive_once<T: Incoming>(
         &self,
         blocking: bool,
         policy: FdPolicy,
@@ -694,7 +732,7 @@ impl Channel {
         }
     }
 
-    fn decode_datagram<T: DeserializeOwned>(
+    fn decode_datagram<T: Incoming>(
         &self,
         data: &[u8],
         datagram: Datagram,
@@ -737,7 +775,7 @@ impl Channel {
                 data.len()
             ))
         })?;
-        let msg = decode_frame(frame)?;
+        let msg = T::from_frame(frame)?;
         Ok((msg, fds.pop()))
     }
 

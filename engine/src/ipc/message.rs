@@ -139,11 +139,11 @@ pub struct ReplyRef<'a> {
 
 /// `EngineMessage`'s variant indices: Welcome, Proceed, Call, Health, EmitResult,
 /// Shutdown, Calls.
-const CALL_VARIANT: u32 = 2;
+pub(super) const CALL_VARIANT: u32 = 2;
 const CALLS_VARIANT: u32 = 6;
 /// `WorkerMessage`'s variant index of Reply (after Hello, Confined, SeccompListener,
 /// Ready, LoadFailed).
-const REPLY_VARIANT: u32 = 5;
+pub(super) const REPLY_VARIANT: u32 = 5;
 
 /// A byte string, as `#[serde(with = "bytes")]` writes one.
 struct Bytes<'a>(&'a [u8]);

@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::Serialize;
 
 #[cfg(test)]
 use super::Emits;
@@ -52,7 +51,7 @@ use super::{
     WorkerEvent, log_line,
 };
 use crate::ipc::{
-    CallRef, CallsRef, Channel, EngineMessage, IpcError, WorkerMessage, encode_frame,
+    CallRef, CallsRef, Channel, EngineMessage, IpcError, Outgoing, WorkerMessage, encode_frame,
 };
 use crate::job_threads::JobThreads;
 
@@ -316,7 +315,7 @@ impl Calls {
     }
 
     /// Sends one request (`message` gets its id) and waits at most `timeout` for the reply.
-    pub(super) fn request<M: Serialize>(
+    pub(super) fn request<M: Outgoing>(
         &self,
         message: impl Fn(u64) -> M,
         timeout: Duration,
@@ -1008,7 +1007,7 @@ impl std::fmt::Debug for Calls {
 /// One frame for a group of calls: a plain Call for one, Calls for more.
 fn encode_group(group: &[CallRef<'_>]) -> Result<Vec<u8>, ()> {
     match group {
-        [single] => encode_frame(single),
+        [single] => single.frame_into(Vec::new()),
         several => encode_frame(&CallsRef { calls: several }),
     }
     .map_err(drop)
