@@ -32,17 +32,20 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
             library.display()
         );
     }
+    check_is_elf(library)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    std::fs::write(out.join(MANIFEST_FILE), source.as_bytes())
-        .with_context(|| format!("cannot write {}", out.join(MANIFEST_FILE).display()))?;
-    let library_in_bundle = out.join(&manifest.plugin.library);
-    std::fs::copy(library, &library_in_bundle).with_context(|| {
-        format!(
-            "cannot copy {} to {}",
-            library.display(),
-            library_in_bundle.display()
-        )
+    // Each file is written beside its place and renamed over it: packing a bundle in place
+    // (the library or manifest given is the one in `out`) reads it whole before replacing it.
+    replace_file(&out.join(MANIFEST_FILE), 0o644, |file| {
+        std::io::Write::write_all(file, source.as_bytes())
     })?;
+    let library_in_bundle = out.join(&manifest.plugin.library);
+    let mut library_file = std::fs::File::open(library)
+        .with_context(|| format!("cannot open the library {}", library.display()))?;
+    replace_file(&library_in_bundle, 0o755, |file| {
+        std::io::copy(&mut library_file, file).map(drop)
+    })
+    .with_context(|| format!("cannot copy {}", library.display()))?;
     // A signature from an earlier pack would no longer match.
     match std::fs::remove_file(out.join(SIGNATURE_FILE)) {
         Ok(()) => {}
@@ -67,6 +70,45 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
         println!(
             "unsigned: sign it with `plugboard sign {} --key <file>`",
             out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `path` anew through a temporary file in its directory, renamed over it when
+/// `write` succeeded, with permissions `mode`.
+fn replace_file(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temporary = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    write(temporary.as_file_mut()).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(
+        temporary.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )
+    .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    temporary
+        .persist(path)
+        .map_err(|err| err.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Refuses a library that is not an ELF file (an empty file, a script, a manifest given
+/// by mistake): it could be signed, but never loaded.
+fn check_is_elf(library: &Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(library)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic));
+    if read.is_err() || magic != *b"\x7fELF" {
+        bail!(
+            "library {} is not an ELF shared object (it does not start with \\x7fELF): \
+             expected the built plugin (.so)",
+            library.display()
         );
     }
     Ok(())

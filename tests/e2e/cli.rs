@@ -322,6 +322,53 @@ fn a_broken_manifest_fails_pack_with_a_one_line_reason() {
 }
 
 #[test]
+fn packing_a_bundle_in_place_keeps_its_library_and_a_non_elf_library_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "dev");
+    let bundle = signed_example(temp.path(), "hello", &keys);
+    let library = bundle.join("libhello.so");
+    let before = std::fs::read(&library).unwrap();
+    // Re-packed from its own files, as after editing the manifest in place.
+    ok(&plugboard(&[
+        &"pack",
+        &bundle.join("plugin.toml"),
+        &"--library",
+        &library,
+        &"--out",
+        &bundle,
+        &"--key",
+        &keys.private,
+    ]));
+    assert_eq!(
+        std::fs::read(&library).unwrap(),
+        before,
+        "the library survives being packed onto itself"
+    );
+    ok(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+
+    let empty = temp.path().join("libempty.so");
+    std::fs::write(&empty, b"").unwrap();
+    let err = fails(&plugboard(&[
+        &"pack",
+        &repo_root().join("plugins/hello/plugin.toml"),
+        &"--library",
+        &empty,
+        &"--out",
+        &temp.path().join("out"),
+    ]));
+    assert!(
+        err.contains("libempty.so") && err.contains("is not an ELF shared object"),
+        "{err}"
+    );
+    assert!(!temp.path().join("out").exists(), "nothing written");
+}
+
+#[test]
 fn completions_are_printed_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
         let out = ok(&plugboard(&[&"completions", &shell]));

@@ -40,7 +40,7 @@ pub(super) fn describe(path: &KeyPath, limits: &HostLimits) -> Option<String> {
         }
         ["plugin", "authors"] => "an array of strings".to_owned(),
         ["plugin", "library"] => {
-            "a file name inside the bundle directory such as \"libhello.so\" (no '/', not \".\" or \"..\")"
+            "a file name inside the bundle directory such as \"libhello.so\" (no '/', not \".\", \"..\", \"plugin.toml\" or \"plugin.sig\")"
                 .to_owned()
         }
         ["plugin", "min_host_version"] => "a semver requirement such as \">=0.1\"".to_owned(),
@@ -326,7 +326,11 @@ impl<'a> Checker<'a> {
                 .report
                 .invalid(&path, plugin.api_version, self.expected(&path)));
         }
-        if !is_bare_file_name(&plugin.library) {
+        // The bundle's own files cannot be its library: packing would overwrite one with the other.
+        if !is_bare_file_name(&plugin.library)
+            || plugin.library == super::MANIFEST_FILE
+            || plugin.library == crate::trust::SIGNATURE_FILE
+        {
             let path = section.key("library");
             return Err(self
                 .report

@@ -112,6 +112,7 @@ invalid_manifests! {
     min_host_version_not_requirement: "min_host_version_not_requirement.toml" => ["min_host_version_not_requirement.toml:6: ", "`plugin.min_host_version`", r#"= "at least 0.1""#, r#"expected a semver requirement such as ">=0.1""#];
     library_path_separator: "library_path_separator.toml" => ["library_path_separator.toml:5: ", "`plugin.library`", r#"= "lib/libhello.so""#, "expected a file name inside the bundle directory", "no '/'"];
     library_dot_dot: "library_dot_dot.toml" => ["library_dot_dot.toml:5: ", "`plugin.library`", r#"= "..""#, "expected a file name inside the bundle directory"];
+    library_is_the_manifest: "library_is_the_manifest.toml" => ["library_is_the_manifest.toml:5: ", "`plugin.library`", r#"= "plugin.toml""#, r#"not ".", "..", "plugin.toml" or "plugin.sig""#];
     library_missing: "library_missing.toml" => ["library_missing.toml:5: ", "`plugin.library`", r#"= "libabsent.so""#, "not found; expected a regular file at ", "/libabsent.so"];
     hook_name_invalid: "hook_name_invalid.toml" => ["hook_name_invalid.toml:7: ", "`hooks.Greet`", r#"the name "Greet" is not allowed"#, "expected a hook name: 1 to 64 characters from a-z, 0-9, '_', '.' and '-'"];
     hook_name_quoted: "hook_name_quoted.toml" => ["hook_name_quoted.toml:7: ", r#"`hooks."on request"`"#, r#"the name "on request""#, "expected a hook name"];
