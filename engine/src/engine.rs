@@ -575,8 +575,18 @@ impl Engine {
             }
             found.push(bundle.clone());
         }
-        for bundle in found {
-            add_bundle(&self.shared, &bundle);
+        // Where two bundles claim one name, the one in a directory of that name gets it,
+        // whatever the directory order (`plugins/hello` is `hello`, and a copy beside it,
+        // broken or not, is the duplicate); a bundle whose manifest does not read, named
+        // after its directory, comes last, so it never takes a real plugin's name.
+        let limits = &self.shared.config.limits;
+        found.sort_by_cached_key(|dir| match bundle_name(dir, limits) {
+            Some(name) if dir.file_name().and_then(|own| own.to_str()) == Some(&name) => 0,
+            Some(_) => 1,
+            None => 2,
+        });
+        for bundle in &found {
+            add_bundle(&self.shared, bundle);
         }
         Ok(())
     }
@@ -947,15 +957,19 @@ fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
 
 /// Registers a bundle directory (named after its directory until its manifest is read),
 /// with the host's and the operator's toggles applied, and starts its actor.
+/// The plugin name a bundle's manifest gives, if it reads.
+fn bundle_name(dir: &Path, limits: &HostLimits) -> Option<String> {
+    Manifest::load(dir, limits)
+        .ok()
+        .map(|manifest| manifest.plugin.name)
+}
+
 fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
-    let name = Manifest::load(dir, &shared.config.limits).map_or_else(
-        |_| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        },
-        |manifest| manifest.plugin.name,
-    );
+    let name = bundle_name(dir, &shared.config.limits).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
     let mut plugins = shared
         .plugins
         .write()
@@ -963,17 +977,12 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
     if plugins.values().any(|plugin| plugin.dir == dir) {
         return;
     }
-    // Two bundles claiming one name: the second is shown under its directory's name,
-    // refused, rather than silently hidden.
+    // Two bundles claiming one name: the second is shown under its directory's path,
+    // refused, rather than silently hidden. A path cannot be a plugin's name (no '/'), so
+    // the duplicate never takes the name of a plugin found after it.
     let (name, blocked) = match plugins.get(&name) {
         Some(other) => {
-            let key = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if plugins.contains_key(&key) {
-                return;
-            }
+            let key = dir.display().to_string();
             let reason = format!(
                 "duplicate plugin name `{name}`: {} already provides it",
                 other.dir.display()

@@ -921,3 +921,69 @@ fn a_plugin_that_logs_while_it_is_created_but_never_finishes_is_refused_at_the_d
         slowhook.recent_output
     );
 }
+
+/// Bundles claiming one name: the one in a directory of that name gets it whatever the
+/// directory order (here a broken copy sorts first), and every other one is listed,
+/// refused, under its directory's path — none is hidden, none takes another's name.
+#[test]
+fn bundles_claiming_one_name_are_all_listed_and_the_one_named_after_its_directory_wins() {
+    let fixture = engine_configured(
+        &[
+            ("hello", "badsig", same),
+            ("hello", "hello", same),
+            ("hello", "hello-copy", same),
+            // A hello in a directory named like the real counter found after it.
+            ("hello", "counter", same),
+            ("counter", "counter-real", same),
+        ],
+        |_| {},
+    );
+    std::fs::write(fixture.plugins.join("badsig/plugin.sig"), "garbage\n").unwrap();
+    drop(fixture.engine);
+    let mut config = EngineConfig::new(host_binary());
+    config.plugin_dirs = vec![fixture.plugins.clone()];
+    config.trust_store = Some(fixture.signer.store_dir.clone());
+    let engine = Engine::start(config).unwrap();
+    let snapshot = engine.snapshot();
+    let mut listed: Vec<(String, String, Option<String>)> = snapshot
+        .plugins
+        .iter()
+        .map(|plugin| {
+            (
+                plugin.name.clone(),
+                Path::new(&plugin.dir)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                plugin.reason.clone(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed.len(), 5, "every bundle is listed: {listed:#?}");
+    let by_dir = |dir: &str| {
+        listed
+            .iter()
+            .find(|(_, listed_dir, _)| listed_dir == dir)
+            .unwrap_or_else(|| panic!("{dir} is not listed: {listed:#?}"))
+    };
+    assert_eq!(by_dir("hello").0, "hello", "{listed:#?}");
+    assert_eq!(by_dir("counter-real").0, "counter", "{listed:#?}");
+    for duplicate in ["badsig", "hello-copy", "counter"] {
+        let (name, _, reason) = by_dir(duplicate);
+        assert_eq!(
+            name,
+            &fixture.plugins.join(duplicate).display().to_string(),
+            "a duplicate is listed under its path"
+        );
+        let reason = reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("duplicate plugin name"), "{reason}");
+    }
+    engine
+        .execute(Command::Load {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(&engine, "hello").state, PluginState::Verified);
+}
