@@ -147,6 +147,10 @@ pub(crate) struct Lifecycle {
     pub disabled: bool,
     /// Generation of the current worker; events of older workers are ignored.
     pub generation: u64,
+    /// The last generation given to a worker ([`Lifecycle::issue_generation`]), kept apart
+    /// from `generation` so a worker that never became current (a failed reload) does not
+    /// share its number with the next one, whose events its late exit would pass for.
+    pub generations_issued: u64,
     pub starts: u64,
     pub restarts: u64,
     pub last_start: Option<SystemTime>,
@@ -191,6 +195,12 @@ impl HealthCheck {
 }
 
 impl Lifecycle {
+    /// A generation no worker of this plugin had before.
+    pub fn issue_generation(&mut self) -> u64 {
+        self.generations_issued += 1;
+        self.generations_issued
+    }
+
     pub fn new(blocked: Option<String>) -> Self {
         Self {
             state: if blocked.is_some() {
@@ -212,6 +222,7 @@ impl Lifecycle {
             violations: 0,
             disabled: false,
             generation: 0,
+            generations_issued: 0,
             starts: 0,
             restarts: 0,
             last_start: None,

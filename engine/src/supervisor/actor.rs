@@ -82,7 +82,14 @@ pub(crate) fn run_actor(
                 let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
             }
             ActorMessage::Unload(reply) => {
-                let result = stop(shared, plugin, PluginState::Unloaded).map(|()| {
+                // A quarantine outlasts an unload (the library is gone already): only
+                // clearing it lets the plugin load and start again.
+                let to = if plugin.lifecycle().state == PluginState::Quarantined {
+                    PluginState::Quarantined
+                } else {
+                    PluginState::Unloaded
+                };
+                let result = stop(shared, plugin, to).map(|()| {
                     plugin.lifecycle().library = None;
                 });
                 let _ = reply.send(result);
@@ -422,7 +429,7 @@ fn load_launching(
     if lifecycle.is_up() || lifecycle.state == PluginState::BackingOff {
         return Ok(None);
     }
-    let generation = lifecycle.generation + 1;
+    let generation = lifecycle.issue_generation();
     let (verdict, launched) = if launch && !lifecycle.disabled {
         verify_bundle_while(
             shared,
@@ -803,7 +810,10 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
     lifecycle.backoff.next_retry = None;
     set_state(shared, plugin, &mut lifecycle, PluginState::Starting);
     drop(gate);
-    let generation = lifecycle.generation + 1;
+    let generation = match &launched {
+        Some(Ok(launched)) => launched.generation,
+        _ => lifecycle.issue_generation(),
+    };
     let started = if let (Some(manifest), Some(library)) = (&lifecycle.manifest, &lifecycle.library)
     {
         spawn_worker(
@@ -921,7 +931,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     // Verified first, then launched, all on this thread: the old version serves meanwhile,
     // so a reload gains little from overlapping the two, and the overlap's short-lived
     // thread per reload made a long run's engine grow faster (see BENCHMARKS, soak).
-    let generation = plugin.lifecycle().generation + 1;
+    let generation = plugin.lifecycle().issue_generation();
     let verified = match verify_bundle(shared, plugin) {
         Ok(verified) => verified,
         Err(refusal) => return Err(fail(refusal.reason)),

@@ -282,6 +282,93 @@ fn a_reload_whose_new_version_cannot_start_leaves_the_old_version_serving() {
     assert_eq!(call(engine, "hello", "greet", "still").status, "ok");
 }
 
+/// Writes prober's manifest, edited by `edit`, signed, over the bundle in `dir`.
+fn resign_prober(
+    (plugins, scratch, signer): (&std::path::Path, &std::path::Path, &crate::support::Signer),
+    edit: impl Fn(&str) -> String,
+) {
+    let source =
+        std::fs::read_to_string(crate::support::repo_root().join("plugins/prober/plugin.toml"))
+            .unwrap();
+    let manifest = scratch.join("prober.toml");
+    std::fs::write(&manifest, edit(&source)).unwrap();
+    crate::support::make_bundle(
+        &plugins.join("prober"),
+        &manifest,
+        &crate::support::built_plugin("prober"),
+        "libprober.so",
+        Some(&signer.key),
+    );
+}
+
+/// A reload asked for while another one fails: the failed one's worker exits after the
+/// second reload switched to a new worker. Its exit must not pass for the new worker's
+/// (they once shared a generation): the plugin runs on, no crash, no restart.
+#[test]
+fn a_reload_queued_behind_a_failing_one_keeps_its_new_worker() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |_| {});
+    let bundle = (
+        fixture.plugins.as_path(),
+        fixture.temp.path(),
+        &fixture.signer,
+    );
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "prober");
+    // Version 2 answers its health checks after 400 ms, with a failure.
+    resign_prober(bundle, |manifest| {
+        format!(
+            "{}\n[health]\ntimeout_ms = 2000\n",
+            version_2(manifest).replace(
+                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
+                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 400",
+            )
+        )
+    });
+    let first = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            engine.execute(Command::Reload {
+                plugin: "prober".into(),
+            })
+        })
+    };
+    wait_for(&fixture.events, Duration::from_secs(5), |event| {
+        matches!(
+            event.kind,
+            EventKind::StateChanged {
+                to: PluginState::Reloading,
+                ..
+            }
+        )
+    });
+    // Version 3, healthy, asked for while version 2 is being checked.
+    resign_prober(bundle, |manifest| {
+        manifest.replace("version = \"0.1.0\"", "version = \"0.3.0\"")
+    });
+    let second = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            engine.execute(Command::Reload {
+                plugin: "prober".into(),
+            })
+        })
+    };
+    let first = first.join().unwrap();
+    assert!(
+        matches!(first, Err(EngineError::ReloadFailed { .. })),
+        "{first:?}"
+    );
+    second.join().unwrap().expect("version 3 reloads");
+    // The failed worker's exit has long arrived by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let prober = plugin(&engine, "prober");
+    assert_eq!(prober.state, PluginState::Running, "{:?}", prober.reason);
+    assert_eq!(prober.version.as_deref(), Some("0.3.0"));
+    assert_eq!(prober.supervision.restarts, 0);
+    assert_eq!(prober.violations, 0, "no crash recorded");
+    assert_eq!(call(&engine, "prober", "whoami", "").status, "ok");
+}
+
 fn counter_needs_hello(manifest: &str) -> String {
     format!("{manifest}\n[dependencies]\nhello = \"^0.1\"\n")
 }
@@ -891,6 +978,28 @@ fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
         "prober",
         Duration::from_secs(3),
         |prober| prober.state == PluginState::Quarantined,
+    );
+    // Neither an unload nor a load and start lifts it.
+    fixture
+        .engine
+        .execute(Command::Unload {
+            plugin: "prober".into(),
+            force: false,
+        })
+        .unwrap();
+    assert_eq!(
+        plugin(&fixture.engine, "prober").state,
+        PluginState::Quarantined
+    );
+    let err = fixture
+        .engine
+        .execute(Command::Start {
+            plugin: "prober".into(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cleared from quarantine first"),
+        "{err}"
     );
     let saved = PersistedState::load(&state_file).unwrap();
     let quarantine = saved.plugins["prober"]

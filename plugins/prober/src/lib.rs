@@ -26,6 +26,8 @@ pub struct Prober {
     host: Host,
     /// Set by the `unhealthy` hook, cleared by `healthy`: what `health` reports.
     unhealthy: std::sync::atomic::AtomicBool,
+    /// `failing_health_ms`: every health check waits this long, then fails.
+    failing_health: Option<std::time::Duration>,
 }
 
 fn outcome<T>(result: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> Vec<u8> {
@@ -100,9 +102,15 @@ impl Plugin for Prober {
                 Err(err) => host.info(&format!("emit on create: denied: {err}")),
             }
         }
+        let failing_health = config
+            .get_i64("failing_health_ms")
+            .and_then(|ms| u64::try_from(ms).ok())
+            .filter(|ms| *ms > 0)
+            .map(std::time::Duration::from_millis);
         Ok(Prober {
             host,
             unhealthy: std::sync::atomic::AtomicBool::new(false),
+            failing_health,
         })
     }
 
@@ -211,6 +219,10 @@ impl Plugin for Prober {
     }
 
     fn health(&self) -> Result<(), Error> {
+        if let Some(wait) = self.failing_health {
+            std::thread::sleep(wait);
+            return Err(Error::new("configured to fail its health checks"));
+        }
         if self.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::new("told to fail its health checks"));
         }
