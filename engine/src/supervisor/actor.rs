@@ -74,8 +74,15 @@ pub(crate) fn run_actor(
                 let _ = reply.send(load(shared, plugin));
             }
             ActorMessage::Start(reply) => {
-                // An operator's start cancels a pending restart and starts a fresh window.
-                plugin.lifecycle().backoff = super::Backoff::default();
+                // An operator's start cancels a pending restart and starts a fresh window;
+                // a start of a plugin already up (a dependency, started for a dependent)
+                // changes nothing, its restart budget included.
+                {
+                    let mut lifecycle = plugin.lifecycle();
+                    if !lifecycle.is_up() {
+                        lifecycle.backoff = super::Backoff::default();
+                    }
+                }
                 let _ = reply.send(start(shared, plugin));
             }
             ActorMessage::Stop(reply) => {
@@ -1020,8 +1027,11 @@ fn reverify(
     }
     let mut lifecycle = plugin.lifecycle();
     lifecycle.library = None;
+    // Reloading a plugin that is not running verifies it, nothing more: a restart it was
+    // waiting for is off.
+    lifecycle.backoff.next_retry = None;
     if !lifecycle.disabled {
-        lifecycle.state = PluginState::Discovered;
+        set_state(shared, plugin, &mut lifecycle, PluginState::Discovered);
     }
     drop(lifecycle);
     load(shared, plugin)?;
@@ -1401,13 +1411,17 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
     match record_violation(shared, plugin, violation) {
         Action::Log => {}
         Action::Restart if worker_gone => schedule_restart(shared, plugin),
+        // A worker the policy restarts (unhealthy, hanging) goes as a crashed one does:
+        // through the backoff and the restart budget, so one that never recovers ends
+        // Failed instead of restarting for ever.
         Action::Restart => {
             if plugin.running().is_some() {
-                let _ = stop(shared, plugin, PluginState::Stopped);
-                plugin.lifecycle().restarts += 1;
-                if let Err(err) = start(shared, plugin) {
-                    lifecycle_reason(plugin, format!("restart after {kind} failed: {err}"));
-                }
+                let _ = stop(shared, plugin, PluginState::Failed);
+                lifecycle_reason(
+                    plugin,
+                    format!("restarted by policy after {kind}: {detail}"),
+                );
+                schedule_restart(shared, plugin);
             }
         }
         Action::Stop => {
@@ -1471,7 +1485,13 @@ fn clear_quarantine(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError>
 fn schedule_restart(shared: &Shared, plugin: &Plugin) {
     let policy = &shared.config.restart;
     let mut lifecycle = plugin.lifecycle();
-    if !policy.enabled || lifecycle.disabled || lifecycle.state == PluginState::Quarantined {
+    // Only a plugin that failed (or whose restart could not start) restarts: a late report
+    // of a worker an operator has stopped since, or one quarantined, starts nothing.
+    let failed = matches!(
+        lifecycle.state,
+        PluginState::Failed | PluginState::BackingOff
+    );
+    if !policy.enabled || lifecycle.disabled || !failed {
         return;
     }
     let now = Instant::now();
@@ -1487,10 +1507,14 @@ fn schedule_restart(shared: &Shared, plugin: &Plugin) {
     let used = u32::try_from(lifecycle.backoff.recent.len()).unwrap_or(u32::MAX);
     if used >= policy.max_restarts {
         lifecycle.reason = Some(format!(
-            "crashed again after {used} restarts within {} s: the restart budget is spent ({}); start it by hand",
+            "failed again after {used} restarts within {} s: the restart budget is spent ({}); start it by hand",
             policy.window_s,
             lifecycle.reason.as_deref().unwrap_or("no reason recorded")
         ));
+        // Also when the last restart was refused before it began (a dependency down):
+        // the plugin must not wait in BackingOff with nothing scheduled.
+        lifecycle.backoff.next_retry = None;
+        set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
         drop(lifecycle);
         shared.event(
             Some(&plugin.name),

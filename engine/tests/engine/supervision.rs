@@ -963,6 +963,116 @@ fn by_default_an_unhealthy_plugin_is_restarted() {
     assert_eq!(restarted.supervision.restarts, 1);
 }
 
+/// A plugin the policy restarts because it stays unhealthy goes through the backoff and
+/// the restart budget as a crashing one does, and ends Failed when the budget is spent.
+#[test]
+fn a_plugin_that_never_gets_healthy_is_restarted_within_the_budget_then_fails() {
+    let fixture = engine_configured(
+        &[("prober", "prober", |manifest| {
+            quick_health(manifest).replace(
+                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
+                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 1",
+            )
+        })],
+        |config| config.restart = restart_policy(100, 2),
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let attempts = std::cell::RefCell::new(Vec::new());
+    wait_for(&fixture.events, Duration::from_secs(10), |event| {
+        if let EventKind::BackingOff { attempt, .. } = event.kind {
+            attempts.borrow_mut().push(attempt);
+        }
+        matches!(event.kind, EventKind::RestartsExhausted { restarts: 2, .. })
+    });
+    let attempts = attempts.into_inner();
+    assert_eq!(attempts, [1, 2]);
+    let failed = wait_until(engine, "prober", Duration::from_secs(2), |prober| {
+        prober.state == PluginState::Failed
+    });
+    assert_eq!(failed.supervision.restarts, 2);
+    assert_eq!(failed.supervision.restart_budget_left, 0);
+    assert!(failed.worker_pid.is_none());
+    assert!(failed.supervision.next_retry_ms.is_none());
+}
+
+/// A restart refused before it begins (its dependency is down) still spends the budget,
+/// and the spent budget ends in Failed, not in BackingOff with nothing scheduled.
+#[test]
+fn a_restart_refused_for_a_failed_dependency_ends_failed_when_the_budget_is_spent() {
+    let fixture = engine_configured(
+        &[
+            ("prober", "prober", same),
+            ("prober", "prober-b", |manifest| {
+                format!(
+                    "{}\n[dependencies]\nprober = \"^0.1\"\n",
+                    manifest.replace("name = \"prober\"", "name = \"prober-b\"")
+                )
+            }),
+        ],
+        |config| config.restart = restart_policy(100, 1),
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober-b");
+    // The dependency crashes twice: one restart, then Failed.
+    for _ in 0..2 {
+        let before = plugin(engine, "prober").worker_pid;
+        assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+        wait_until(engine, "prober", Duration::from_secs(5), |prober| {
+            prober.worker_pid != before
+                && matches!(prober.state, PluginState::Running | PluginState::Failed)
+        });
+    }
+    assert_eq!(plugin(engine, "prober").state, PluginState::Failed);
+    assert_eq!(call(engine, "prober-b", "crash", "").status, "gone");
+    let failed = wait_until(engine, "prober-b", Duration::from_secs(5), |prober| {
+        prober.state == PluginState::Failed && prober.supervision.restart_budget_left == 0
+    });
+    assert!(failed.supervision.next_retry_ms.is_none());
+    let reason = failed.reason.unwrap_or_default();
+    assert!(reason.contains("restart budget"), "{reason}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(plugin(engine, "prober-b").state, PluginState::Failed);
+}
+
+/// Reloading a plugin that waits to restart verifies its bundle again and cancels the
+/// restart, saying so in its state changes.
+#[test]
+fn a_reload_while_backing_off_verifies_and_cancels_the_restart() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart = restart_policy(500, 2);
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    wait_until(engine, "prober", Duration::from_secs(2), |prober| {
+        prober.state == PluginState::BackingOff
+    });
+    engine
+        .execute(Command::Reload {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    wait_for(&fixture.events, Duration::from_secs(1), |event| {
+        matches!(
+            event.kind,
+            EventKind::StateChanged {
+                from: PluginState::BackingOff,
+                to: PluginState::Discovered,
+            }
+        )
+    });
+    let verified = plugin(engine, "prober");
+    assert_eq!(verified.state, PluginState::Verified);
+    assert!(verified.supervision.next_retry_ms.is_none());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        plugin(engine, "prober").state,
+        PluginState::Verified,
+        "no restart after the reload"
+    );
+}
+
 #[test]
 fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
     use plugboard_engine::supervisor::state_file::PersistedState;
