@@ -210,6 +210,14 @@ impl SealedLibrary {
         }
     }
 
+    /// Another descriptor of the same sealed memory file.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            memfd: self.memfd.try_clone()?,
+            len: self.len,
+        })
+    }
+
     /// Number of bytes in the library.
     pub fn len(&self) -> u64 {
         self.len

@@ -437,7 +437,11 @@ fn load_launching(
         return Ok(None);
     }
     let generation = lifecycle.issue_generation();
-    let (verdict, launched) = if launch && !lifecycle.disabled {
+    let launch = launch && !lifecycle.disabled;
+    // Hashing the library and launching the worker take milliseconds to seconds: snapshots
+    // and emits, which read the lifecycle, do not wait for them. Only this actor changes it.
+    drop(lifecycle);
+    let (verdict, launched) = if launch {
         verify_bundle_while(
             shared,
             plugin,
@@ -451,6 +455,7 @@ fn load_launching(
         (verify_bundle(shared, plugin), None)
     };
     let launched = launched.flatten();
+    let mut lifecycle = plugin.lifecycle();
     match verdict {
         Ok(verified) => {
             lifecycle.manifest = Some(verified.manifest);
@@ -821,18 +826,28 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         Some(Ok(launched)) => launched.generation,
         _ => lifecycle.issue_generation(),
     };
-    let started = if let (Some(manifest), Some(library)) = (&lifecycle.manifest, &lifecycle.library)
-    {
+    let bundle = match (&lifecycle.manifest, &lifecycle.library) {
+        (Some(manifest), Some(library)) => library
+            .try_clone()
+            .map(|library| (manifest.clone(), library, lifecycle.config.clone()))
+            .map_err(|err| format!("cannot share the sealed library with the worker: {err}")),
+        _ => Err("the bundle is not verified".to_owned()),
+    };
+    // Spawning, confining and the plugin's own `create` take milliseconds to seconds (a
+    // slow or hostile `create` up to the handshake's deadline): the plugin shows Starting
+    // meanwhile, and snapshots, emits and other plugins' starts do not wait for it. Only
+    // this actor changes the lifecycle.
+    drop(lifecycle);
+    let started = bundle.and_then(|(manifest, library, config)| {
         spawn_worker(
             shared,
             plugin,
             generation,
-            (manifest, library, &lifecycle.config),
+            (&manifest, &library, &config),
             launched,
         )
-    } else {
-        Err("the bundle is not verified".to_owned())
-    };
+    });
+    let mut lifecycle = plugin.lifecycle();
     match started {
         Ok(running) => {
             // Serving before anyone hears of the start.

@@ -987,3 +987,62 @@ fn bundles_claiming_one_name_are_all_listed_and_the_one_named_after_its_director
         .unwrap();
     assert_eq!(plugin(&engine, "hello").state, PluginState::Verified);
 }
+
+/// A plugin whose `create` takes long shows Starting meanwhile, and snapshots (what the
+/// dashboard draws) and calls to other plugins do not wait for it.
+#[test]
+fn a_slow_start_holds_up_neither_snapshots_nor_other_plugins() {
+    let fixture = engine_configured(
+        &[
+            ("hello", "hello", same),
+            ("slowhook", "slowhook", |manifest| {
+                manifest.replace(
+                    "[config.create_ms]\ntype = \"integer\"\ndefault = 0",
+                    "[config.create_ms]\ntype = \"integer\"\ndefault = 1500",
+                )
+            }),
+        ],
+        |_| {},
+    );
+    let engine = std::sync::Arc::new(fixture.engine);
+    start(&engine, "hello");
+    let starting = {
+        let engine = std::sync::Arc::clone(&engine);
+        std::thread::spawn(move || start(&engine, "slowhook"))
+    };
+    let seen = wait_for(&fixture.events, Duration::from_secs(5), |event| {
+        matches!(
+            event.kind,
+            EventKind::StateChanged {
+                to: PluginState::Starting,
+                ..
+            }
+        ) && event.plugin.as_deref() == Some("slowhook")
+    });
+    let begun = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut states = Vec::new();
+    while begun.elapsed() < Duration::from_millis(800) {
+        let asked = Instant::now();
+        let snapshot = engine.snapshot();
+        slowest = slowest.max(asked.elapsed());
+        states.push(
+            snapshot
+                .plugins
+                .iter()
+                .find(|plugin| plugin.name == "slowhook")
+                .unwrap()
+                .state,
+        );
+        assert_eq!(call(&engine, "hello", "greet", "meanwhile").status, "ok");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    starting.join().unwrap();
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a snapshot took {slowest:?} while slowhook was created (it started at {})",
+        seen.at_ms
+    );
+    assert!(states.contains(&PluginState::Starting), "{states:?}");
+    assert_eq!(plugin(&engine, "slowhook").state, PluginState::Running);
+}
