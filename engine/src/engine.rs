@@ -408,14 +408,22 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Sets up the engine: removes cgroups left by dead engines, creates this engine's
     /// cgroup scope, opens the trust store and discovers the bundles.
-    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn start(mut config: EngineConfig) -> Result<Engine, EngineError> {
+        // Bundles are known by their absolute paths: the watcher's events carry them so,
+        // and a relative directory would never match one.
+        for dir in config
+            .plugin_dirs
+            .iter_mut()
+            .chain(config.bundles.iter_mut())
+        {
+            if let Ok(absolute) = std::path::absolute(&*dir) {
+                *dir = absolute;
+            }
+        }
         let root = CgroupRoot::detect(&config.cgroup_root).map_err(|err| EngineError::Cgroups {
             reason: err.to_string(),
         })?;
         let stale = remove_stale_scopes(&root).map_err(|err| EngineError::Cgroups {
-            reason: err.to_string(),
-        })?;
-        let scope = EngineScope::create(&root).map_err(|err| EngineError::Cgroups {
             reason: err.to_string(),
         })?;
         let trust = match &config.trust_store {
@@ -463,12 +471,18 @@ impl Engine {
             Some(file) => PersistedState::load(file)?,
             None => PersistedState::default(),
         };
+        // Created once everything that can refuse the configuration has accepted it, so a
+        // refused start leaves no scope behind.
+        let scope = EngineScope::create(&root).map_err(|err| EngineError::Cgroups {
+            reason: err.to_string(),
+        })?;
         if let Some(budget) = config.memory_budget_mb {
-            scope
-                .limit_memory(budget.saturating_mul(1024 * 1024))
-                .map_err(|err| EngineError::Cgroups {
+            if let Err(err) = scope.limit_memory(budget.saturating_mul(1024 * 1024)) {
+                let _ = scope.remove();
+                return Err(EngineError::Cgroups {
                     reason: format!("memory budget of {budget} MiB: {err}"),
-                })?;
+                });
+            }
         }
         let shared = Arc::new(Shared {
             config,

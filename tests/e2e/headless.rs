@@ -449,3 +449,31 @@ fn snapshots_show_effective_config_capabilities_limits_and_uncalled_hooks() {
         "{panicky}"
     );
 }
+
+/// An engine that refuses its configuration (here a trust store that does not parse)
+/// leaves no cgroup scope behind: it creates none before everything else is accepted.
+#[test]
+fn a_refused_start_leaves_no_cgroup_scope() {
+    let temp = tempfile::tempdir().unwrap();
+    let (dir, _) = plugins_dir(temp.path());
+    let store = temp.path().join("broken-store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("trust.toml"), "this is = not [ a trust store\n").unwrap();
+    let child = spawn_headless(&["--duration", "1s"], &dir, &store);
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "a broken trust store is refused");
+    let prefix = format!("plugboard-engine-{pid}-");
+    for controller in ["memory", "cpu", "pids"] {
+        let left: Vec<String> = std::fs::read_dir(format!("/sys/fs/cgroup/{controller}"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {controller}: {left:?}");
+    }
+}

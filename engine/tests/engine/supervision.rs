@@ -856,6 +856,30 @@ fn the_watcher_marks_changed_and_removed_bundles_and_discovers_new_ones() {
     assert_eq!(reloaded.version.as_deref(), Some("0.2.0"));
 }
 
+/// A plugin directory given relative to the working directory is watched all the same
+/// (the watcher's events carry absolute paths).
+#[test]
+fn a_relative_plugin_directory_is_watched() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative =
+            std::path::PathBuf::from(up).join(config.plugin_dirs[0].strip_prefix("/").unwrap());
+        assert!(relative.is_relative() && relative.is_dir());
+        config.plugin_dirs = vec![relative];
+    });
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "counter",
+        "counter",
+        same,
+    );
+    let counter = wait_until(&fixture.engine, "counter", Duration::from_secs(5), |_| true);
+    assert_eq!(counter.state, PluginState::Discovered);
+}
+
 #[test]
 fn with_reload_on_change_a_changed_bundle_is_reloaded_by_itself() {
     let fixture = engine_configured(&[("hello", "hello", same)], |config| {
