@@ -409,17 +409,7 @@ impl Engine {
     /// Sets up the engine: removes cgroups left by dead engines, creates this engine's
     /// cgroup scope, opens the trust store and discovers the bundles.
     pub fn start(mut config: EngineConfig) -> Result<Engine, EngineError> {
-        // Bundles are known by their absolute paths: the watcher's events carry them so,
-        // and a relative directory would never match one.
-        for dir in config
-            .plugin_dirs
-            .iter_mut()
-            .chain(config.bundles.iter_mut())
-        {
-            if let Ok(absolute) = std::path::absolute(&*dir) {
-                *dir = absolute;
-            }
-        }
+        make_bundle_paths_absolute(&mut config);
         let root = CgroupRoot::detect(&config.cgroup_root).map_err(|err| EngineError::Cgroups {
             reason: err.to_string(),
         })?;
@@ -473,17 +463,7 @@ impl Engine {
         };
         // Created once everything that can refuse the configuration has accepted it, so a
         // refused start leaves no scope behind.
-        let scope = EngineScope::create(&root).map_err(|err| EngineError::Cgroups {
-            reason: err.to_string(),
-        })?;
-        if let Some(budget) = config.memory_budget_mb {
-            if let Err(err) = scope.limit_memory(budget.saturating_mul(1024 * 1024)) {
-                let _ = scope.remove();
-                return Err(EngineError::Cgroups {
-                    reason: format!("memory budget of {budget} MiB: {err}"),
-                });
-            }
-        }
+        let scope = create_scope(&root, config.memory_budget_mb)?;
         let shared = Arc::new(Shared {
             config,
             log,
@@ -976,6 +956,40 @@ fn bundle_name(dir: &Path, limits: &HostLimits) -> Option<String> {
     Manifest::load(dir, limits)
         .ok()
         .map(|manifest| manifest.plugin.name)
+}
+
+/// Bundles are known by their absolute paths: the watcher's events carry them so, and a
+/// relative directory would never match one.
+fn make_bundle_paths_absolute(config: &mut EngineConfig) {
+    for dir in config
+        .plugin_dirs
+        .iter_mut()
+        .chain(config.bundles.iter_mut())
+    {
+        if let Ok(absolute) = std::path::absolute(&*dir) {
+            *dir = absolute;
+        }
+    }
+}
+
+/// The engine's cgroup scope, with the host's total memory budget when it has one; none
+/// is left behind when the budget cannot be set.
+fn create_scope(
+    root: &CgroupRoot,
+    memory_budget_mb: Option<u64>,
+) -> Result<EngineScope, EngineError> {
+    let scope = EngineScope::create(root).map_err(|err| EngineError::Cgroups {
+        reason: err.to_string(),
+    })?;
+    if let Some(budget) = memory_budget_mb {
+        if let Err(err) = scope.limit_memory(budget.saturating_mul(1024 * 1024)) {
+            let _ = scope.remove();
+            return Err(EngineError::Cgroups {
+                reason: format!("memory budget of {budget} MiB: {err}"),
+            });
+        }
+    }
+    Ok(scope)
 }
 
 fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
