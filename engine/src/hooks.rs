@@ -175,6 +175,12 @@ impl HookStats {
         true
     }
 
+    /// A call refused before it began, its plugin at its `max_in_flight`: counted as busy.
+    pub fn refuse_busy(&self) {
+        self.begun.fetch_add(1, Ordering::AcqRel);
+        self.end(Duration::ZERO, &CallResult::Busy);
+    }
+
     /// A call begun with [`HookStats::begin`] ended after `elapsed`.
     pub fn end(&self, elapsed: Duration, result: &CallResult) {
         self.end_at(elapsed, result, call_clock().now());

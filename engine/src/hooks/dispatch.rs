@@ -164,13 +164,16 @@ pub(crate) fn call(
         ));
     }
     let stats = plugin.hook_stats(hook);
-    if !stats.begin(running.max_in_flight) {
+    // The cap is the plugin's, over all its hooks.
+    let Some(_slot) = running.in_flight.take() else {
+        stats.refuse_busy();
         return Ok(report(
             "busy",
-            format!("{} calls already in flight", running.max_in_flight),
+            format!("{} calls already in flight", running.in_flight.max()),
             Duration::ZERO,
         ));
-    }
+    };
+    stats.begin(u64::MAX);
     let start = Instant::now();
     let outcome = call_through(plugin, &running, hook, payload, depth, timeout);
     let elapsed = start.elapsed();

@@ -72,7 +72,6 @@ struct Resolved {
     /// does not have leaves no statistics behind.
     stats: Arc<HookStats>,
     timeout: Duration,
-    max_in_flight: u64,
     enabled: bool,
 }
 
@@ -104,7 +103,7 @@ impl std::fmt::Debug for HookHandle {
                     (
                         resolved.running.generation,
                         resolved.timeout,
-                        resolved.max_in_flight,
+                        resolved.running.in_flight.max(),
                         resolved.enabled,
                     )
                 }),
@@ -149,12 +148,15 @@ impl HookHandle {
             });
         }
         let stats = &resolved.stats;
-        if !stats.begin(resolved.max_in_flight) {
+        // The cap is the plugin's, over all its hooks.
+        let Some(_slot) = resolved.running.in_flight.take() else {
+            stats.refuse_busy();
             return Err(HookCallError::Busy {
                 plugin: self.plugin.name.clone(),
-                max_in_flight: resolved.max_in_flight,
+                max_in_flight: resolved.running.in_flight.max(),
             });
-        }
+        };
+        stats.begin(u64::MAX);
         let timeout = resolved.timeout;
         let outcome = call_through(
             &self.plugin,
@@ -211,7 +213,6 @@ fn resolve(plugin: &Plugin, hook: &str) -> Result<Resolved, HookCallError> {
         running: Arc::clone(&running),
         stats: plugin.hook_stats(hook),
         timeout,
-        max_in_flight: running.max_in_flight,
         enabled: plugin.hook_enabled(hook),
     })
 }

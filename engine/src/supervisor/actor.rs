@@ -670,7 +670,7 @@ fn spawn_worker(
         runner,
         generation,
         timeouts,
-        max_in_flight: u64::from(resources.max_in_flight),
+        in_flight: super::CallSlots::new(u64::from(resources.max_in_flight)),
         emit_grants: manifest.capabilities.emit.clone(),
         lost_calls: Mutex::new(std::collections::BTreeSet::new()),
     })

@@ -682,9 +682,15 @@ fn a_call_beyond_max_in_flight_is_refused_as_busy_and_counted() {
     }
     let refused = call(&engine, "prober", "sleep", "1");
     assert_eq!(refused.status, "busy", "{refused:?}");
+    // The cap is the plugin's: another hook finds it taken as well.
+    let other = call(&engine, "prober", "whoami", "");
+    assert_eq!(other.status, "busy", "{other:?}");
     assert_eq!(sleeper.join().unwrap().status, "ok");
-    let stats = &plugin(&engine, "prober").hooks["sleep"];
-    assert_eq!((stats.calls, stats.busy), (2, 1));
+    let hooks = plugin(&engine, "prober").hooks;
+    assert_eq!((hooks["sleep"].calls, hooks["sleep"].busy), (2, 1));
+    assert_eq!((hooks["whoami"].calls, hooks["whoami"].busy), (1, 1));
+    // Given back: calls go through again.
+    assert_eq!(call(&engine, "prober", "whoami", "").status, "ok");
 }
 
 #[test]
