@@ -958,7 +958,15 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         Ok(verified) => verified,
         Err(refusal) => return Err(fail(refusal.reason)),
     };
-    if let Err(err) = super::dependencies::check_running(shared, &plugin.name, &verified.manifest) {
+    if let Err(err) = super::dependencies::check_running(shared, &plugin.name, &verified.manifest)
+        .and_then(|()| {
+            super::dependencies::check_dependents_accept(
+                shared,
+                &plugin.name,
+                &verified.manifest.plugin.version,
+            )
+        })
+    {
         return Err(fail(err.to_string()));
     }
     set_state(

@@ -146,6 +146,36 @@ pub(crate) fn check_running(
     Ok(())
 }
 
+/// At reload: every running plugin that depends on `name` directly must accept `version`,
+/// the version it is reloaded to; the first that does not is named with its requirement.
+pub(crate) fn check_dependents_accept(
+    shared: &Shared,
+    name: &str,
+    version: &semver::Version,
+) -> Result<(), EngineError> {
+    for plugin in shared.all_plugins() {
+        let lifecycle = plugin.lifecycle();
+        let up = lifecycle.is_up() || lifecycle.state == PluginState::BackingOff;
+        let requirement = lifecycle
+            .manifest
+            .as_ref()
+            .and_then(|manifest| manifest.dependencies.get(name).cloned());
+        drop(lifecycle);
+        match requirement {
+            Some(requirement) if up && plugin.name != name && !requirement.matches(version) => {
+                return Err(EngineError::IncompatibleDependency {
+                    plugin: plugin.name.clone(),
+                    dependency: name.to_owned(),
+                    requirement: requirement.to_string(),
+                    found: version.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The running plugins that depend on `name`, directly or through others, the farthest
 /// dependents first: the order to stop them in before `name`.
 pub(crate) fn running_dependents(shared: &Shared, name: &str) -> Vec<Arc<Plugin>> {

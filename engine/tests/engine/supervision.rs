@@ -416,6 +416,29 @@ fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
         .unwrap_err();
     assert!(matches!(err, EngineError::HasDependents { .. }), "{err}");
 
+    // Nor may a reload move hello to a version its running dependent does not accept.
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        "hello",
+        version_2,
+    );
+    let err = engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("counter") && err.to_string().contains("0.2.0"),
+        "{err}"
+    );
+    let hello = plugin(engine, "hello");
+    assert_eq!(
+        (hello.state, hello.version.as_deref()),
+        (PluginState::Running, Some("0.1.0"))
+    );
+
     stop(engine, "hello", true).unwrap();
     assert_eq!(plugin(engine, "hello").state, PluginState::Stopped);
     assert_eq!(plugin(engine, "counter").state, PluginState::Stopped);
