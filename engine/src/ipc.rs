@@ -32,7 +32,9 @@ use nix::sys::time::TimeVal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use frame::{HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, decode_frame, encode_frame};
+pub use frame::{
+    HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, decode_frame, encode_frame,
+};
 pub use message::{
     BatchedCall, BatchedCallRef, BatchedReply, CallRef, CallsRef, ConfinementPlan, EngineMessage,
     EngineMessageRef, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::{CallResult, HookCallError, HookHandle};
 use crate::engine::{CallReport, EngineError, Shared};
 use crate::events::EventKind;
+use crate::ipc::MAX_PAYLOAD_BYTES;
 use crate::manifest::Priority;
 use crate::policy::{Violation, ViolationKind};
 use crate::snapshot::PluginState;
@@ -156,6 +157,16 @@ pub(crate) fn call(
         reply,
         duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     };
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Ok(report(
+            "too_large",
+            format!(
+                "a payload of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte maximum of a call",
+                payload.len()
+            ),
+            Duration::ZERO,
+        ));
+    }
     if !plugin.hook_enabled(hook) {
         return Ok(report(
             "disabled",

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use super::HookStats;
 use super::dispatch::{call_through, settle};
+use crate::ipc::MAX_PAYLOAD_BYTES;
 use crate::supervisor::{Plugin, Running};
 use crate::worker::CallFailure;
 
@@ -47,6 +48,15 @@ pub enum HookCallError {
     },
     #[error("the worker of `{plugin}` is gone")]
     Gone { plugin: String },
+    #[error(
+        "a payload of {bytes} bytes for `{hook}` of `{plugin}` exceeds the {max}-byte maximum of a call"
+    )]
+    TooLarge {
+        plugin: String,
+        hook: String,
+        bytes: usize,
+        max: usize,
+    },
 }
 
 /// The plugin's answer: its status (`plugboard_sdk::abi::STATUS_*`; anything but
@@ -141,6 +151,14 @@ impl HookHandle {
             self.resolved = resolve(&self.plugin, &self.hook);
         }
         let resolved = self.resolved.as_ref().map_err(Clone::clone)?;
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(HookCallError::TooLarge {
+                plugin: self.plugin.name.clone(),
+                hook: self.hook.clone(),
+                bytes: payload.len(),
+                max: MAX_PAYLOAD_BYTES,
+            });
+        }
         if !resolved.enabled {
             return Err(HookCallError::Disabled {
                 plugin: self.plugin.name.clone(),

@@ -19,6 +19,10 @@ pub const HEADER_BYTES: usize = 6;
 /// room for the message's other fields.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024 + 64;
 
+/// The largest payload a call carries: a frame's maximum less room for the call's other
+/// fields (header, id, a hook name of up to 64 bytes, depth: at most 90 bytes).
+pub const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES - 128;
+
 /// Encodes `msg` into one frame.
 ///
 /// A message whose frame would exceed [`MAX_FRAME_BYTES`] is refused with

@@ -1046,3 +1046,33 @@ fn a_slow_start_holds_up_neither_snapshots_nor_other_plugins() {
     assert!(states.contains(&PluginState::Starting), "{states:?}");
     assert_eq!(plugin(&engine, "slowhook").state, PluginState::Running);
 }
+
+/// A payload too large for a call is refused before it is sent, saying so (it was reported
+/// as the worker being gone), and the plugin runs on; the largest allowed one goes through.
+#[test]
+fn a_payload_too_large_for_a_call_is_refused_and_the_largest_one_goes_through() {
+    use plugboard_engine::ipc::MAX_PAYLOAD_BYTES;
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let too_large = "a".repeat(MAX_PAYLOAD_BYTES + 1);
+    let refused = call(engine, "hello", "greet", &too_large);
+    assert_eq!(refused.status, "too_large", "{}", refused.reply);
+    assert!(
+        refused
+            .reply
+            .contains(&format!("{}", MAX_PAYLOAD_BYTES + 1)),
+        "{}",
+        refused.reply
+    );
+    let mut handle = engine.hook_handle("hello", "greet").unwrap();
+    assert!(matches!(
+        handle.call(too_large.as_bytes()),
+        Err(plugboard_engine::hooks::HookCallError::TooLarge { .. })
+    ));
+    let largest = "a".repeat(MAX_PAYLOAD_BYTES);
+    let answered = call(engine, "hello", "greet", &largest);
+    assert_eq!(answered.status, "ok");
+    assert_eq!(answered.reply.len(), MAX_PAYLOAD_BYTES + "Hello, !".len());
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+}
