@@ -37,7 +37,7 @@ fn state_of(fields: &Map<String, Value>, key: &str) -> Option<PluginState> {
         .and_then(|value| serde_json::from_value(value.clone()).ok())
 }
 
-/// An exit status in words; accepts `{"code": 1}` and `{"code": {"code": 1}}`.
+/// An exit status in words; accepts `{"code": 1}` and the older `{"code": {"code": 1}}`.
 fn exit_of(value: Option<&Value>) -> String {
     let Some(Value::Object(exit)) = value else {
         return String::new();

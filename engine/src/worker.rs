@@ -129,12 +129,44 @@ pub enum OutputStream {
     },
 }
 
-/// How a worker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a worker ended: `{"code": n}` or `{"signal": n}` in JSON (snapshots, events, the
+/// audit file). Records written before that shape, `{"code": {"code": n}}`, still read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum ExitStatus {
     Code { code: i32 },
     Signal { signal: i32 },
+}
+
+impl<'de> Deserialize<'de> for ExitStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Code {
+            code: i32,
+        }
+        #[derive(Deserialize)]
+        struct Signal {
+            signal: i32,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Code { code: i32 },
+            Signal { signal: i32 },
+            TaggedCode { code: Code },
+            TaggedSignal { signal: Signal },
+        }
+        Ok(match Shape::deserialize(deserializer)? {
+            Shape::Code { code }
+            | Shape::TaggedCode {
+                code: Code { code },
+            } => Self::Code { code },
+            Shape::Signal { signal }
+            | Shape::TaggedSignal {
+                signal: Signal { signal },
+            } => Self::Signal { signal },
+        })
+    }
 }
 
 /// Where a worker's events go (the plugin's actor, or a test's channel).
@@ -1825,6 +1857,27 @@ mod tests {
             waited < Duration::from_secs(1),
             "refused after {waited:?}, expected at the 200 ms deadline"
         );
+    }
+
+    #[test]
+    fn an_exit_status_is_written_as_documented_and_the_older_shape_still_reads() {
+        for (status, json) in [
+            (ExitStatus::Code { code: 3 }, r#"{"code":3}"#),
+            (ExitStatus::Signal { signal: 9 }, r#"{"signal":9}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&status).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ExitStatus>(json).unwrap(), status);
+        }
+        for (older, status) in [
+            (r#"{"code":{"code":3}}"#, ExitStatus::Code { code: 3 }),
+            (
+                r#"{"signal":{"signal":9}}"#,
+                ExitStatus::Signal { signal: 9 },
+            ),
+        ] {
+            assert_eq!(serde_json::from_str::<ExitStatus>(older).unwrap(), status);
+        }
+        assert!(serde_json::from_str::<ExitStatus>(r#"{"status":1}"#).is_err());
     }
 
     /// What a plugin may send while it is created: its log lines and its count of dropped

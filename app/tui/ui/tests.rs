@@ -167,7 +167,7 @@ fn app_with(keymap: Keymap, theme: Theme) -> App {
     app.on_engine_event(event(
         3,
         Some("broken"),
-        json!({"kind": "stopped", "exit": {"signal": {"signal": 6}}}),
+        json!({"kind": "stopped", "exit": {"signal": 6}}),
     ));
     app.on_engine_event(event(
         4,
