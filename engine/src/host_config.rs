@@ -455,12 +455,60 @@ impl<'s> Source<'s> {
         (!text.is_empty()).then(|| shorten(text))
     }
 
+    /// serde cannot name a map key that is itself typed (a violation kind in
+    /// `[policy.<kind>]`): it is read back from the table header above `offset`.
+    fn name_unknown_keys(&self, path: KeyPath, offset: Option<usize>) -> KeyPath {
+        let unknown = Segment::Key("?".to_owned());
+        if !path.0.contains(&unknown) {
+            return path;
+        }
+        // Whole lines up to the one `offset` is in (a header itself, when the bad key is
+        // the table's name).
+        let header = offset
+            .map(|offset| {
+                let end = self
+                    .text
+                    .get(offset..)
+                    .and_then(|rest| rest.find('\n'))
+                    .map_or(self.text.len(), |newline| offset + newline);
+                self.text.get(..end).unwrap_or_default()
+            })
+            .and_then(|before| {
+                before
+                    .lines()
+                    .rev()
+                    .map(str::trim)
+                    .find(|line| line.starts_with('[') && !line.starts_with("[["))
+            })
+            .and_then(|line| line.strip_prefix('[')?.split(']').next());
+        let Some(header) = header else {
+            return path;
+        };
+        let keys: Vec<&str> = header
+            .split('.')
+            .map(|key| key.trim().trim_matches('"'))
+            .collect();
+        let named = path
+            .0
+            .iter()
+            .enumerate()
+            .map(|(index, segment)| match (segment, keys.get(index)) {
+                (Segment::Key(key), Some(name)) if key == "?" => Segment::Key((*name).to_owned()),
+                _ => segment.clone(),
+            })
+            .collect();
+        KeyPath(named)
+    }
+
     /// Turns a serde error (unknown key, wrong type, unknown mechanism) into a message in
     /// the same words as the checks.
     fn serde_error(&self, error: &serde_path_to_error::Error<toml::de::Error>) -> String {
-        let path = KeyPath::from_serde(error.path());
         let message = error.inner().message();
         let span = error.inner().span();
+        let path = self.name_unknown_keys(
+            KeyPath::from_serde(error.path()),
+            span.as_ref().map(|span| span.start),
+        );
         let line = span
             .as_ref()
             .map(|span| line_and_column(self.text, span.start).0)
@@ -485,6 +533,27 @@ impl<'s> Source<'s> {
                 ),
             );
         }
+        let bad_key = error
+            .path()
+            .iter()
+            .next_back()
+            .is_some_and(|segment| matches!(segment, serde_path_to_error::Segment::Unknown));
+        if let Some(allowed) = message
+            .strip_prefix("unknown variant `")
+            .and_then(|rest| rest.split_once(", expected one of "))
+            .map(|(_, allowed)| allowed.split('`').skip(1).step_by(2).collect::<Vec<_>>())
+            .filter(|_| bad_key)
+        {
+            // A table named by a key that must be one of a set (`[policy.<kind>]`).
+            return with_line(
+                line,
+                format!(
+                    "unknown key `{path}` in {}; expected one of: {}",
+                    path.parent().section(),
+                    allowed.join(", ")
+                ),
+            );
+        }
         let value = span
             .and_then(|span| self.excerpt(span))
             .or_else(|| self.value_text(&path))
@@ -492,7 +561,14 @@ impl<'s> Source<'s> {
         let expected = match describe(&path, &Known::default()) {
             Some(ours) if is_serde_type_mismatch(message) => ours,
             Some(ours) => format!("{ours} ({})", one_line(message)),
-            None => one_line(message),
+            // "unknown variant `x`, expected one of `a`, `b`": the value is quoted already.
+            None => match message.split_once(", expected ") {
+                Some((found, allowed)) if found.starts_with("unknown variant") => {
+                    let allowed: Vec<&str> = allowed.split('`').skip(1).step_by(2).collect();
+                    format!("one of: {}", allowed.join(", "))
+                }
+                _ => one_line(message),
+            },
         };
         with_line(line, format!("`{path}` = {value}: expected {expected}"))
     }

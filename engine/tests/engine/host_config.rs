@@ -114,8 +114,8 @@ invalid_host_configs! {
     watch_debounce_too_short: "watch_debounce_too_short.toml" => ["line 2: `watch.debounce_ms` = 5", "expected an integer number of milliseconds from 10 to 60000"];
     watch_debounce_too_long: "watch_debounce_too_long.toml" => ["line 3: `watch.debounce_ms` = 120000", "expected an integer number of milliseconds from 10 to 60000"];
     watch_unknown_key: "watch_unknown_key.toml" => ["line 2: unknown key `watch.debounce` in [watch]", "expected one of: enabled, debounce_ms, reload_on_change"];
-    policy_unknown_kind: "policy_unknown_kind.toml" => ["line 2", "oom_killed", "oom_kill"];
-    policy_unknown_action: "policy_unknown_action.toml" => ["line 2", "reboot", "log", "quarantine"];
+    policy_unknown_kind: "policy_unknown_kind.toml" => ["line 2: unknown key `policy.oom_killed` in [policy]; expected one of: memory_limit, oom_kill,"];
+    policy_unknown_action: "policy_unknown_action.toml" => ["line 2: `policy.crash.action` = \"reboot\": expected one of: log, restart, stop, quarantine"];
     policy_count_zero: "policy_count_zero.toml" => ["line 3: `policy.hook_timeout.count` = 0", "expected an integer number of violations from 1 to 86400"];
     policy_ratio_above_one: "policy_ratio_above_one.toml" => ["line 2: `policy.cpu_throttled.ratio` = 1.5", "expected a share of CPU periods above 0 and at most 1"];
     audit_max_zero: "audit_max_zero.toml" => ["line 2: `audit_max_mb` = 0", "expected an integer number of MiB, at least 1"];
