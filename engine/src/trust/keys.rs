@@ -126,8 +126,8 @@ impl PrivateKey {
         };
         let text = std::str::from_utf8(&contents)
             .map_err(|_| invalid("the file is not PEM text".to_owned()))?;
-        let signing_key =
-            SigningKey::from_pkcs8_pem(text).map_err(|error| invalid(error.to_string()))?;
+        let signing_key = SigningKey::from_pkcs8_pem(text)
+            .map_err(|error| invalid(private_key_problem(text, &error)))?;
         Ok(Self::from_signing_key(signing_key))
     }
 
@@ -157,6 +157,46 @@ impl PrivateKey {
             key_id: self.key_id,
             signature: signature.to_bytes(),
         }
+    }
+}
+
+/// Why `text` is not an Ed25519 private key, in the words of what it is instead: the
+/// PKCS#8 parser's own message misleads (for another algorithm it names the OID it
+/// expected, Ed25519's, as the one it found unsupported).
+fn private_key_problem(text: &str, error: &dyn fmt::Display) -> String {
+    const EXPECTED: &str = "expected an Ed25519 private key in PKCS#8 PEM \
+                            (\"-----BEGIN PRIVATE KEY-----\"), as `plugboard keygen` writes it";
+    if text.trim().is_empty() {
+        return format!("the file is empty: {EXPECTED}");
+    }
+    let label = text
+        .lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix("-----BEGIN ")?.strip_suffix("-----"));
+    match label {
+        None => format!("no PEM block in it: {EXPECTED}"),
+        Some("PUBLIC KEY") => {
+            "it holds a public key: expected the private key (the .key file `plugboard keygen` \
+             wrote, not the .pub)"
+                .to_owned()
+        }
+        Some("PRIVATE KEY") => {
+            let algorithm = ed25519_dalek::pkcs8::SecretDocument::from_pem(text)
+                .ok()
+                .and_then(|(_, document)| {
+                    ed25519_dalek::pkcs8::PrivateKeyInfo::try_from(document.as_bytes())
+                        .ok()
+                        .map(|info| info.algorithm.oid)
+                });
+            match algorithm {
+                Some(oid) if oid != ed25519_dalek::pkcs8::ALGORITHM_OID => format!(
+                    "its key algorithm is OID {oid}, not Ed25519 ({}): {EXPECTED}",
+                    ed25519_dalek::pkcs8::ALGORITHM_OID
+                ),
+                _ => format!("{error}: {EXPECTED}"),
+            }
+        }
+        Some(other) => format!("it holds a PEM \"{other}\": {EXPECTED}"),
     }
 }
 

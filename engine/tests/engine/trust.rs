@@ -1318,3 +1318,36 @@ fn a_hand_configured_trust_list_starts_with_the_first_allowed_bundle() {
         .verify(&digests, Some(&signature), "hello", "1.2.3")
         .unwrap();
 }
+
+/// A file that is not an Ed25519 private key is refused saying what it holds instead: the
+/// PKCS#8 parser alone named Ed25519's OID as the unsupported one for an RSA key.
+#[test]
+fn a_key_file_that_is_not_an_ed25519_private_key_says_what_it_holds() {
+    let test = "a_key_file_that_is_not_an_ed25519_private_key_says_what_it_holds";
+    let dir = TempDir::new().unwrap();
+    let (_, _, public) = write_keypair(dir.path(), "real").unwrap();
+    let refused = |name: &str, contents: &[u8]| {
+        let path = dir.path().join(name);
+        fs::write(&path, contents).unwrap();
+        set_mode(&path, 0o600);
+        PrivateKey::load(&path).unwrap_err().to_string()
+    };
+    let empty = refused("empty.key", b"");
+    assert!(empty.contains("the file is empty"), "{empty}");
+    let public = refused("public.key", &fs::read(public).unwrap());
+    assert!(public.contains("it holds a public key"), "{public}");
+    if openssl_available(test) {
+        let rsa = openssl([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+        ]);
+        let rsa = refused("rsa.key", &rsa);
+        assert!(
+            rsa.contains("OID 1.2.840.113549.1.1.1, not Ed25519 (1.3.101.112)"),
+            "{rsa}"
+        );
+    }
+}
