@@ -6,6 +6,7 @@ mod call_cmd;
 mod engine_options;
 mod headless;
 mod new_plugin;
+pub mod output;
 mod quarantine_cmd;
 mod suggest_cmd;
 mod trust_cmds;
@@ -13,7 +14,6 @@ mod trust_cmds;
 pub use engine_options::EngineOptions;
 pub use headless::parse_duration;
 
-use std::io;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -314,8 +314,10 @@ pub fn run(cli: Cli) -> Result<()> {
             engine,
         } => suggest_cmd::run(&engine, &plugin, json),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut io::stdout());
-            Ok(())
+            // Generated whole first: the generator panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut script);
+            output::write_text(String::from_utf8_lossy(&script))
         }
     }
 }

@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plugboard_engine::EventKind;
 
+use super::output::outln;
+
 pub fn show(file: &Path, json: bool) -> Result<()> {
     let contents = plugboard_engine::audit::read(file)
         .with_context(|| format!("cannot read audit file {}", file.display()))?;
@@ -15,7 +17,7 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
     }
     for record in &contents.records {
         if json {
-            println!("{}", serde_json::to_string(record)?);
+            outln!("{}", serde_json::to_string(record)?)?;
             continue;
         }
         let event = &record.event;
@@ -37,12 +39,12 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
             ),
             other => serde_json::to_string(other)?,
         };
-        println!(
+        outln!(
             "{:>6} {} {:<16} {what}",
             event.seq,
             event.at_ms,
             event.plugin.as_deref().unwrap_or("-")
-        );
+        )?;
     }
     Ok(())
 }

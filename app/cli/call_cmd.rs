@@ -9,6 +9,7 @@ use plugboard_engine::{CallReport, Command, Engine, Outcome};
 use serde::Serialize;
 
 use super::engine_options::EngineOptions;
+use super::output::outln;
 
 /// What `--json` prints.
 #[derive(Debug, Serialize)]
@@ -91,9 +92,9 @@ pub fn run(
             mechanisms: &snapshot.active_mechanisms,
             worker_pid: snapshot.worker_pid,
         };
-        println!("{}", serde_json::to_string(&output)?);
+        outln!("{}", serde_json::to_string(&output)?)?;
     } else {
-        println!("{}", report.reply);
+        outln!("{}", report.reply)?;
     }
     if report.status != "ok" {
         bail!(

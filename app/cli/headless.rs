@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::{Command, Engine, Outcome, Snapshot};
 
 use super::engine_options::EngineOptions;
+use super::output::outln;
 
 /// Options of `plugboard headless`.
 #[derive(Debug, clap::Args)]
@@ -121,17 +122,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(snapshot)?);
+        outln!("{}", serde_json::to_string(snapshot)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "-- uptime {:.1}s, {} plugin(s)",
         Duration::from_millis(snapshot.uptime_ms).as_secs_f64(),
         snapshot.plugins.len()
-    );
+    )?;
     for plugin in &snapshot.plugins {
         let calls: u64 = plugin.hooks.values().map(|hook| hook.calls).sum();
-        println!(
+        outln!(
             "{:<16} {:<8} {:<11} pid {:<8} [{}] calls {calls} violations {}{}",
             plugin.name,
             plugin.version.as_deref().unwrap_or("?"),
@@ -146,7 +147,7 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
                 .as_deref()
                 .map(|reason| format!(" ({reason})"))
                 .unwrap_or_default(),
-        );
+        )?;
     }
     Ok(())
 }
@@ -175,12 +176,13 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
         })?;
     }
     let started = Instant::now();
-    let mut next_print = Instant::now();
     // Soonest first; each runs on a thread of its own, since an emit lasts as long as its
     // slowest subscriber and snapshots go on meanwhile.
     let mut emits = options.emits.clone();
     emits.sort_by_key(|scheduled| std::cmp::Reverse(scheduled.delay));
     std::thread::scope(|scope| -> Result<()> {
+        let mut next_print = started;
+        let mut printed = Ok(());
         while !stop.load(Ordering::SeqCst)
             && options
                 .duration
@@ -196,7 +198,11 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 }
             }
             if Instant::now() >= next_print {
-                print(&engine.snapshot(), options.json)?;
+                printed = print(&engine.snapshot(), options.json);
+                if printed.is_err() {
+                    // Stdout is gone (a closed pipe): stop as on a signal, plugins first.
+                    break;
+                }
                 next_print += options.interval;
             }
             std::thread::sleep(Duration::from_millis(20).min(options.interval));
@@ -207,9 +213,11 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 scheduled.hook, scheduled.delay
             );
         }
-        engine.execute(Command::Traffic { rate: None })?;
+        let traffic_stopped = engine.execute(Command::Traffic { rate: None });
         // Stopping the plugins also ends the calls of emits still in flight.
         engine.shutdown();
+        printed?;
+        traffic_stopped?;
         Ok(())
     })?;
     print(&engine.snapshot(), options.json)?;

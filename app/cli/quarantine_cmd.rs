@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use plugboard_engine::supervisor::state_file::PersistedState;
 
 use super::engine_options::EngineOptions;
+use super::output::outln;
 
 fn state_file(options: &EngineOptions) -> Result<std::path::PathBuf> {
     let config = options.engine_config()?;
@@ -41,14 +42,14 @@ pub fn list(options: &EngineOptions) -> Result<()> {
         .filter_map(|(name, toggles)| Some((name, toggles.quarantined.as_ref()?)))
         .collect();
     if quarantined.is_empty() {
-        println!("no plugin is quarantined ({})", file.display());
+        outln!("no plugin is quarantined ({})", file.display())?;
     }
     for (name, quarantine) in quarantined {
-        println!(
+        outln!(
             "{name:<20} {:<8} {}",
             ago(quarantine.at_ms),
             quarantine.reason
-        );
+        )?;
     }
     Ok(())
 }
@@ -65,6 +66,6 @@ pub fn clear(options: &EngineOptions, plugin: &str) -> Result<()> {
     };
     toggles.quarantined = None;
     state.save(&file)?;
-    println!("cleared the quarantine of `{plugin}`; it can be started again");
+    outln!("cleared the quarantine of `{plugin}`; it can be started again")?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use plugboard_engine::manifest::{MANIFEST_FILE, Manifest};
 use plugboard_engine::suggest;
 
 use super::engine_options::EngineOptions;
+use super::output::outln;
 
 /// How many rotated files (`FILE.1` newest … `FILE.N`) are looked for.
 const ROTATED_LOOKED_FOR: u32 = 64;
@@ -35,9 +36,9 @@ pub fn run(options: &EngineOptions, plugin: &str, json: bool) -> Result<()> {
         );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&suggestion)?);
+        outln!("{}", serde_json::to_string_pretty(&suggestion)?)?;
     } else {
-        print!("{}", suggestion.to_toml());
+        super::output::write_text(suggestion.to_toml())?;
     }
     Ok(())
 }

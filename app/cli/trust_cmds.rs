@@ -7,30 +7,32 @@ use plugboard_engine::bundle::Bundle;
 use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::trust::{self, Digest, KeyId, TrustLevel, TrustStore};
 
+use super::output::outln;
+
 pub fn list(dir: &Path) -> Result<()> {
     let store = TrustStore::open(dir)?;
     let keys = store.list();
     if keys.is_empty() {
-        println!("no pinned keys in {}", dir.display());
+        outln!("no pinned keys in {}", dir.display())?;
     }
     for key in keys {
-        println!(
+        outln!(
             "key {} level {} file {}{}",
             key.key_id,
             key.level,
             key.file.display(),
             if key.revoked { " (revoked)" } else { "" }
-        );
+        )?;
     }
     for key_id in store.revoked_keys() {
-        println!("revoked key {key_id}");
+        outln!("revoked key {key_id}")?;
     }
     for digest in store.revoked_digests() {
-        println!("revoked digest {digest}");
+        outln!("revoked digest {digest}")?;
     }
     if let Some(list) = store.trust_list() {
         for entry in &list.entries {
-            println!("allowed {} {} {}", entry.name, entry.version, entry.digest);
+            outln!("allowed {} {} {}", entry.name, entry.version, entry.digest)?;
         }
     }
     Ok(())
@@ -38,10 +40,10 @@ pub fn list(dir: &Path) -> Result<()> {
 
 pub fn add(dir: &Path, public_key: &Path, level: TrustLevel) -> Result<()> {
     let key_id = TrustStore::add_key(dir, public_key, level)?;
-    println!(
+    outln!(
         "pinned key {key_id} at trust level {level} in {}",
         dir.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -50,12 +52,12 @@ pub fn revoke(dir: &Path, key_id: Option<&str>, digest: Option<&str>) -> Result<
         (Some(key_id), None) => {
             let key_id: KeyId = key_id.parse()?;
             TrustStore::revoke_key(dir, key_id)?;
-            println!("revoked key {key_id} in {}", dir.display());
+            outln!("revoked key {key_id} in {}", dir.display())?;
         }
         (None, Some(digest)) => {
             let digest = Digest::from_hex(digest)?;
             TrustStore::revoke_digest(dir, digest)?;
-            println!("revoked digest {digest} in {}", dir.display());
+            outln!("revoked digest {digest} in {}", dir.display())?;
         }
         _ => bail!("give exactly one of --key-id or --digest"),
     }
@@ -72,20 +74,20 @@ pub fn allow(dir: &Path, bundle_dir: &Path) -> Result<()> {
         &manifest.plugin.version.to_string(),
         digest,
     )?;
-    println!(
+    outln!(
         "allowed {} {} (bundle digest {digest}) in {}",
         manifest.plugin.name,
         manifest.plugin.version,
         dir.display()
-    );
+    )?;
     Ok(())
 }
 
 pub fn list_key(out: &Path) -> Result<()> {
     trust::generate_trust_list_key(out)?;
-    println!(
+    outln!(
         "trust list key: {} (mode 0600; keep it secret)",
         out.display()
-    );
+    )?;
     Ok(())
 }

@@ -378,3 +378,36 @@ fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+/// Errors whose message already ends with their cause's used to say it twice
+/// ("No such file or directory (os error 2): No such file or directory (os error 2)").
+#[test]
+fn a_failure_names_each_cause_once() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("missing");
+    let library = plugin_library("hello");
+    let bundle = root.path().join("bundle");
+    for args in [
+        vec![
+            &"pack" as &dyn AsRef<std::ffi::OsStr>,
+            &missing,
+            &"--library",
+            &library,
+            &"--out",
+            &bundle,
+        ],
+        vec![&"sign", &bundle, &"--key", &missing],
+        vec![
+            &"trust",
+            &"add",
+            &"--trust-store",
+            &root.path().join("trust"),
+            &missing,
+        ],
+        vec![&"headless", &"--config", &root.path(), &"--duration", &"1s"],
+    ] {
+        let err = fails(&plugboard(&args));
+        let causes = err.matches("(os error").count();
+        assert_eq!(causes, 1, "each cause once: {err}");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{fails, keys, ok, plugboard, plugin_library, repo_root};
+use crate::support::{fails, is_alive, keys, ok, plugboard, plugin_library, repo_root};
 
 /// A plugins directory with signed `hello` and `counter`, an unsigned `panicky` and a
 /// tampered copy of `hello` named `hello-tampered`.
@@ -52,18 +52,6 @@ fn spawn_headless(args: &[&str], dir: &Path, store: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("plugboard runs")
-}
-
-/// Alive: exists and is not a zombie (orphans wait for whoever reaps them here, which
-/// can take a while; a zombie has ended all the same).
-fn is_alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn plugin<'a>(snapshot: &'a Value, name: &str) -> &'a Value {

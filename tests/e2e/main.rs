@@ -5,6 +5,7 @@ mod call;
 mod cli;
 mod dashboard;
 mod headless;
+mod pipes;
 mod pty;
 mod quarantine;
 mod scaffold;
