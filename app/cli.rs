@@ -12,7 +12,7 @@ mod suggest_cmd;
 mod trust_cmds;
 
 pub use engine_options::EngineOptions;
-pub use headless::parse_duration;
+pub use headless::{parse_duration, parse_traffic_rate};
 
 use std::path::PathBuf;
 

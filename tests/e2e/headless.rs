@@ -283,7 +283,7 @@ fn sigkill_of_the_engine_takes_its_workers_along_and_the_next_engine_removes_its
         &"--trust-store",
         &store,
         &"--duration",
-        &"0s",
+        &"1ms",
     ]);
     ok(&next);
     assert!(
@@ -436,4 +436,44 @@ fn snapshots_show_effective_config_capabilities_limits_and_uncalled_hooks() {
         panicky["limits"].is_null() && panicky["capabilities"].is_null(),
         "{panicky}"
     );
+}
+
+/// Durations, intervals and rates out of range are usage errors that say what is accepted,
+/// never a panic, and never a busy loop (`--interval 0`) or a silent "off" (`--traffic -5`).
+#[test]
+fn out_of_range_durations_intervals_and_rates_are_refused_naming_the_range() {
+    for (args, expected) in [
+        (
+            ["--duration", "99999999999999999999h"],
+            "expected at most 8760h",
+        ),
+        (
+            ["--interval", "4000000000000000h"],
+            "expected at most 8760h",
+        ),
+        (
+            ["--emit", "chaos@99999999999999999999h"],
+            "expected at most 8760h",
+        ),
+        (["--interval", "0"], "expected from 10ms to 8760h"),
+        (["--duration", "0"], "expected from 1ms to 8760h"),
+        (["--traffic", "-5"], "is negative: expected a rate ≥ 0"),
+        (
+            ["--traffic", "NaN"],
+            "is not a finite number: expected a rate ≥ 0",
+        ),
+        (
+            ["--traffic", "inf"],
+            "is not a finite number: expected a rate ≥ 0",
+        ),
+    ] {
+        let output = plugboard(&[&"headless", &"--plugins", &"/tmp", &args[0], &args[1]]);
+        let err = crate::support::stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "a usage error: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
