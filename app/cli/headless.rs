@@ -221,9 +221,9 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
 
 pub fn run(options: &HeadlessOptions) -> Result<()> {
     let config = options.engine.engine_config()?;
-    if config.plugin_dirs.is_empty() {
+    if config.plugin_dirs.is_empty() && config.bundles.is_empty() {
         bail!(
-            "no plugin directory: pass --plugins <dir> (a directory holding bundle directories) or set plugin_dirs in --config"
+            "no plugin directory or bundle: pass --plugins <dir> (a directory holding bundle directories), or set plugin_dirs or bundles in --config"
         );
     }
     let stop = Arc::new(AtomicBool::new(false));

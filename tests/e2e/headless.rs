@@ -477,3 +477,43 @@ fn out_of_range_durations_intervals_and_rates_are_refused_naming_the_range() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `bundles = [...]` in the host configuration is enough: no plugin directory needed.
+#[test]
+fn headless_runs_the_bundles_a_host_configuration_lists() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let bundle = crate::support::signed_example(temp.path(), "hello", &keys);
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bundles = [{:?}]\ntrust_store = {:?}\n",
+            bundle.display().to_string(),
+            keys.store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = ok(&plugboard(&[
+        &"headless",
+        &"--config",
+        &config,
+        &"--duration",
+        &"2s",
+        &"--interval",
+        &"200ms",
+        &"--json",
+    ]));
+    let snapshots: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect();
+    assert!(
+        snapshots
+            .iter()
+            .any(|snapshot| plugin(snapshot, "hello")["state"] == "running"),
+        "hello never ran:\n{out}"
+    );
+    let last = snapshots.last().unwrap();
+    assert_eq!(plugin(last, "hello")["state"], "stopped", "{last}");
+}
