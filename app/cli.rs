@@ -8,6 +8,7 @@ mod headless;
 mod new_plugin;
 pub mod output;
 mod quarantine_cmd;
+mod stop_signals;
 mod suggest_cmd;
 mod trust_cmds;
 

@@ -1,7 +1,5 @@
 //! `plugboard headless`: the engine without the dashboard, printing snapshots.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -9,6 +7,7 @@ use plugboard_engine::{Command, Engine, Outcome, Snapshot};
 
 use super::engine_options::EngineOptions;
 use super::output::outln;
+use super::stop_signals::{POLL_INTERVAL, StopSignals};
 
 /// Options of `plugboard headless`.
 #[derive(Debug, clap::Args)]
@@ -226,11 +225,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
             "no plugin directory or bundle: pass --plugins <dir> (a directory holding bundle directories), or set plugin_dirs or bundles in --config"
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install signal handlers")?;
-    }
+    let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
     for plugin in engine.plugins() {
         // A plugin that fails verification or start-up shows as Rejected/Failed with its
@@ -258,7 +253,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     std::thread::scope(|scope| -> Result<()> {
         let mut next_print = Some(started);
         let mut printed = Ok(());
-        while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|end| Instant::now() < end) {
+        while signals.received().is_none() && deadline.is_none_or(|end| Instant::now() < end) {
             while emits
                 .last()
                 .is_some_and(|scheduled| started.elapsed() >= scheduled.delay)
@@ -277,7 +272,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 // None, past the end of the clock: no further periodic snapshot.
                 next_print = next_print.and_then(|at| at.checked_add(options.interval));
             }
-            std::thread::sleep(Duration::from_millis(20).min(options.interval));
+            std::thread::sleep(POLL_INTERVAL.min(options.interval));
         }
         for scheduled in emits.iter().rev() {
             eprintln!(
