@@ -1,6 +1,7 @@
 //! End-to-end tests of the `plugboard` binary with real keys, real bundles and real
 //! plugin libraries.
 
+mod audit;
 mod call;
 mod cli;
 mod dashboard;
