@@ -167,13 +167,13 @@ enum QuarantineCommand {
     /// Quarantined plugins, when and why.
     List {
         #[command(flatten)]
-        engine: engine_options::EngineOptions,
+        options: quarantine_cmd::QuarantineOptions,
     },
     /// Let a quarantined plugin start again.
     Clear {
         plugin: String,
         #[command(flatten)]
-        engine: engine_options::EngineOptions,
+        options: quarantine_cmd::QuarantineOptions,
     },
 }
 
@@ -306,8 +306,10 @@ pub fn run(cli: Cli) -> Result<()> {
             sdk_path,
         } => new_plugin::scaffold(&name, &dir, sdk_path.as_deref()),
         Command::Quarantine { command } => match command {
-            QuarantineCommand::List { engine } => quarantine_cmd::list(&engine),
-            QuarantineCommand::Clear { plugin, engine } => quarantine_cmd::clear(&engine, &plugin),
+            QuarantineCommand::List { options } => quarantine_cmd::list(&options),
+            QuarantineCommand::Clear { plugin, options } => {
+                quarantine_cmd::clear(&options, &plugin)
+            }
         },
         Command::Audit { file, json } => audit_cmd::show(&file, json),
         Command::Suggest {
