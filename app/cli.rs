@@ -1,19 +1,21 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod audit_cmd;
+mod audit_reader;
 mod bundle_cmds;
 mod call_cmd;
 mod engine_options;
 mod headless;
 mod new_plugin;
+pub mod output;
 mod quarantine_cmd;
+mod stop_signals;
 mod suggest_cmd;
 mod trust_cmds;
 
 pub use engine_options::EngineOptions;
-pub use headless::parse_duration;
+pub use headless::{parse_duration, parse_traffic_rate};
 
-use std::io;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -165,13 +167,13 @@ enum QuarantineCommand {
     /// Quarantined plugins, when and why.
     List {
         #[command(flatten)]
-        engine: engine_options::EngineOptions,
+        options: quarantine_cmd::QuarantineOptions,
     },
     /// Let a quarantined plugin start again.
     Clear {
         plugin: String,
         #[command(flatten)]
-        engine: engine_options::EngineOptions,
+        options: quarantine_cmd::QuarantineOptions,
     },
 }
 
@@ -304,8 +306,10 @@ pub fn run(cli: Cli) -> Result<()> {
             sdk_path,
         } => new_plugin::scaffold(&name, &dir, sdk_path.as_deref()),
         Command::Quarantine { command } => match command {
-            QuarantineCommand::List { engine } => quarantine_cmd::list(&engine),
-            QuarantineCommand::Clear { plugin, engine } => quarantine_cmd::clear(&engine, &plugin),
+            QuarantineCommand::List { options } => quarantine_cmd::list(&options),
+            QuarantineCommand::Clear { plugin, options } => {
+                quarantine_cmd::clear(&options, &plugin)
+            }
         },
         Command::Audit { file, json } => audit_cmd::show(&file, json),
         Command::Suggest {
@@ -314,8 +318,10 @@ pub fn run(cli: Cli) -> Result<()> {
             engine,
         } => suggest_cmd::run(&engine, &plugin, json),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut io::stdout());
-            Ok(())
+            // Generated whole first: the generator panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "plugboard", &mut script);
+            output::write_text(String::from_utf8_lossy(&script))
         }
     }
 }

@@ -12,16 +12,11 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`plugboard audit F | head`): nothing is left to say to it,
+        // and saying why on stderr would only be noise, as with any Unix filter.
+        Err(err) if cli::output::is_stdout_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, the whole chain: scripts read it, people read it. Parser messages
-            // quoted inside (TOML snippets) may span lines; fold them.
-            let reason = format!("{err:#}");
-            let reason: Vec<&str> = reason
-                .lines()
-                .map(str::trim)
-                .filter(|line| !line.is_empty())
-                .collect();
-            eprintln!("plugboard: error: {}", reason.join(" "));
+            eprintln!("plugboard: error: {}", cli::output::one_line_reason(&err));
             ExitCode::FAILURE
         }
     }

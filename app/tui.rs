@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::{Engine, EngineConfig};
 
 use crate::cli::EngineOptions;
-use crate::cli::parse_duration;
+use crate::cli::{parse_duration, parse_traffic_rate};
 use app::App;
 use event_loop::Startup;
 use keymap::Keymap;
@@ -41,7 +41,7 @@ pub struct DashboardOptions {
     pub no_start: bool,
     /// Drive the plugins' hooks at this many calls per second from the start (as
     /// `headless --traffic`); the traffic key turns it off and on.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true, value_parser = parse_traffic_rate)]
     pub traffic: Option<f64>,
 }
 

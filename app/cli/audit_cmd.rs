@@ -1,48 +1,66 @@
 //! `plugboard audit <file>`: reads an audit file line by line, as a person or a script
 //! would want it; damaged lines (a torn last line after a crash) are skipped with a warning
-//! on stderr.
+//! on stderr. Records are printed as they are read, so a large file needs no more memory
+//! than a small one.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use plugboard_engine::EventKind;
+use plugboard_engine::audit::AuditRecord;
+
+use super::audit_reader::{AuditItem, AuditReader};
+use super::output::outln;
 
 pub fn show(file: &Path, json: bool) -> Result<()> {
-    let contents = plugboard_engine::audit::read(file)
-        .with_context(|| format!("cannot read audit file {}", file.display()))?;
-    for warning in &contents.warnings {
-        eprintln!("warning: {warning}");
-    }
-    for record in &contents.records {
-        if json {
-            println!("{}", serde_json::to_string(record)?);
-            continue;
+    let cannot_read = || format!("cannot read audit file {}", file.display());
+    let mut reader = AuditReader::open(file).with_context(cannot_read)?;
+    let mut records = 0u64;
+    while let Some(item) = reader.next_item().with_context(cannot_read)? {
+        match item {
+            AuditItem::Skipped(warning) => eprintln!("warning: {warning}"),
+            AuditItem::Record(record) => {
+                records += 1;
+                print_record(&record, json)?;
+            }
         }
-        let event = &record.event;
-        let what = match &event.kind {
-            EventKind::Violation { violation } => format!(
-                "violation {} [{}] by {}{}: {} -> {}",
-                violation.kind,
-                serde_json::to_value(violation.severity)?
-                    .as_str()
-                    .unwrap_or_default(),
-                violation.mechanism,
-                violation
-                    .hook
-                    .as_deref()
-                    .map(|hook| format!(" in `{hook}`"))
-                    .unwrap_or_default(),
-                violation.detail,
-                violation.action.as_str()
-            ),
-            other => serde_json::to_string(other)?,
-        };
-        println!(
-            "{:>6} {} {:<16} {what}",
-            event.seq,
-            event.at_ms,
-            event.plugin.as_deref().unwrap_or("-")
+    }
+    if records == 0 {
+        bail!(
+            "{} holds no audit records: expected JSON lines as the engine writes them to its audit file (--audit-file, `audit_file`)",
+            file.display()
         );
     }
     Ok(())
+}
+
+fn print_record(record: &AuditRecord, json: bool) -> Result<()> {
+    if json {
+        return outln!("{}", serde_json::to_string(record)?);
+    }
+    let event = &record.event;
+    let what = match &event.kind {
+        EventKind::Violation { violation } => format!(
+            "violation {} [{}] by {}{}: {} -> {}",
+            violation.kind,
+            serde_json::to_value(violation.severity)?
+                .as_str()
+                .unwrap_or_default(),
+            violation.mechanism,
+            violation
+                .hook
+                .as_deref()
+                .map(|hook| format!(" in `{hook}`"))
+                .unwrap_or_default(),
+            violation.detail,
+            violation.action.as_str()
+        ),
+        other => serde_json::to_string(other)?,
+    };
+    outln!(
+        "{:>6} {} {:<16} {what}",
+        event.seq,
+        event.at_ms,
+        event.plugin.as_deref().unwrap_or("-")
+    )
 }

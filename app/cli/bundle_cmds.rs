@@ -8,15 +8,17 @@ use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest, read_manif
 use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore};
 use serde::Serialize;
 
+use super::output::outln;
+
 pub fn keygen(out: &Path, name: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let (key_id, private, public) = trust::write_keypair(out, name)?;
-    println!("key_id: {key_id}");
-    println!(
+    outln!("key_id: {key_id}")?;
+    outln!(
         "private key: {} (mode 0600; keep it secret)",
         private.display()
-    );
-    println!("public key: {}", public.display());
+    )?;
+    outln!("public key: {}", public.display())?;
     Ok(())
 }
 
@@ -60,17 +62,17 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
         }
     }
     let bundle = Bundle::open(out, &limits)?;
-    println!("bundle: {}", out.display());
-    print_digests(&bundle);
+    outln!("bundle: {}", out.display())?;
+    print_digests(&bundle)?;
     if let Some(key) = key {
         let signature = key.sign_bundle(bundle.digests());
         signature.write(&out.join(SIGNATURE_FILE))?;
-        println!("key_id: {}", key.key_id());
+        outln!("key_id: {}", key.key_id())?;
     } else {
-        println!(
+        outln!(
             "unsigned: sign it with `plugboard sign {} --key <file>`",
             out.display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -120,13 +122,13 @@ pub fn sign(bundle_dir: &Path, key: &Path) -> Result<()> {
     let signature = key.sign_bundle(bundle.digests());
     let path = bundle_dir.join(SIGNATURE_FILE);
     signature.write(&path)?;
-    println!(
+    outln!(
         "signed {} {} with key {}: {}",
         bundle.manifest().plugin.name,
         bundle.manifest().plugin.version,
         key.key_id(),
         path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -142,18 +144,22 @@ pub fn verify(bundle_dir: &Path, trust_store: &Path) -> Result<()> {
             bundle_dir.display()
         )
     })?;
-    println!(
+    outln!(
         "ok: {} {} signed by key {} (trust level {})",
-        manifest.plugin.name, manifest.plugin.version, verified.key_id, verified.level
-    );
+        manifest.plugin.name,
+        manifest.plugin.version,
+        verified.key_id,
+        verified.level
+    )?;
     Ok(())
 }
 
-fn print_digests(bundle: &Bundle) {
+fn print_digests(bundle: &Bundle) -> Result<()> {
     let digests = bundle.digests();
-    println!("manifest_sha3_512: {}", digests.manifest);
-    println!("library_sha3_512: {}", digests.library);
-    println!("bundle_sha3_512: {}", digests.bundle_digest());
+    outln!("manifest_sha3_512: {}", digests.manifest)?;
+    outln!("library_sha3_512: {}", digests.library)?;
+    outln!("bundle_sha3_512: {}", digests.bundle_digest())?;
+    Ok(())
 }
 
 /// What `inspect` reports; the field names are a contract for scripts.
@@ -194,9 +200,9 @@ struct HookSummary {
 pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Result<()> {
     let report = inspection(bundle_dir, trust_store)?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        print_inspection(&report);
+        print_inspection(&report)?;
     }
     Ok(())
 }
@@ -257,46 +263,50 @@ fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspectio
     Ok(report)
 }
 
-fn print_inspection(report: &Inspection) {
-    println!("name: {}", report.name);
-    println!("version: {}", report.version);
-    println!("api_version: {}", report.api_version);
+fn print_inspection(report: &Inspection) -> Result<()> {
+    outln!("name: {}", report.name)?;
+    outln!("version: {}", report.version)?;
+    outln!("api_version: {}", report.api_version)?;
     if !report.description.is_empty() {
-        println!("description: {}", report.description);
+        outln!("description: {}", report.description)?;
     }
-    println!(
+    outln!(
         "library: {} ({} bytes)",
-        report.library, report.library_bytes
-    );
-    println!("isolation: {}", report.isolation);
+        report.library,
+        report.library_bytes
+    )?;
+    outln!("isolation: {}", report.isolation)?;
     for hook in &report.hooks {
-        println!(
+        outln!(
             "hook: {} (priority {}, timeout {} ms)",
-            hook.name, hook.priority, hook.timeout_ms
-        );
+            hook.name,
+            hook.priority,
+            hook.timeout_ms
+        )?;
     }
-    println!("capabilities: {}", report.capabilities);
-    println!("resources: {}", report.resources);
-    println!("manifest_sha3_512: {}", report.manifest_sha3_512);
-    println!("library_sha3_512: {}", report.library_sha3_512);
-    println!("bundle_sha3_512: {}", report.bundle_sha3_512);
-    println!(
+    outln!("capabilities: {}", report.capabilities)?;
+    outln!("resources: {}", report.resources)?;
+    outln!("manifest_sha3_512: {}", report.manifest_sha3_512)?;
+    outln!("library_sha3_512: {}", report.library_sha3_512)?;
+    outln!("bundle_sha3_512: {}", report.bundle_sha3_512)?;
+    outln!(
         "key_id: {}",
         report.key_id.as_deref().unwrap_or("none (unsigned)")
-    );
+    )?;
     match (&report.trusted, &report.trust_error) {
-        (None, _) => println!("trusted: unknown (pass --trust-store to check)"),
-        (Some(true), _) => println!(
+        (None, _) => outln!("trusted: unknown (pass --trust-store to check)")?,
+        (Some(true), _) => outln!(
             "trusted: yes (trust level {})",
             report.trust_level.as_deref().unwrap_or("?")
-        ),
-        (Some(false), Some(reason)) => println!("trusted: no: {reason}"),
-        (Some(false), None) => println!("trusted: no"),
+        )?,
+        (Some(false), Some(reason)) => outln!("trusted: no: {reason}")?,
+        (Some(false), None) => outln!("trusted: no")?,
     }
     match report.revoked {
-        None => println!("revoked: unknown (pass --trust-store to check)"),
-        Some(revoked) => println!("revoked: {}", if revoked { "yes" } else { "no" }),
+        None => outln!("revoked: unknown (pass --trust-store to check)")?,
+        Some(revoked) => outln!("revoked: {}", if revoked { "yes" } else { "no" })?,
     }
+    Ok(())
 }
 
 fn json_value<T: Serialize>(value: &T) -> serde_json::Value {

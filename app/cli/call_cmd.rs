@@ -1,14 +1,26 @@
 //! `plugboard call`: start one bundle sandboxed, call one hook, print the reply, stop it —
-//! the plugin author's quickest check.
+//! the plugin author's quickest check, and the on-call engineer's: a failed call says on
+//! stderr what the plugin answered and, when its worker died, how.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use plugboard_engine::{CallReport, Command, Engine, Outcome};
+use plugboard_engine::policy::Violation;
+use plugboard_engine::worker::ExitStatus;
+use plugboard_engine::{
+    CallReport, Command, Engine, EngineError, EventKind, Outcome, PluginSnapshot,
+};
 use serde::Serialize;
 
 use super::engine_options::EngineOptions;
+use super::output::{one_line_reason, outln};
+use super::stop_signals::{POLL_INTERVAL, StopSignals};
+
+/// How long a dead worker's exit status may take to reach the snapshot after its call
+/// came back `gone`.
+const EXIT_RECORDED_WITHIN: Duration = Duration::from_secs(2);
 
 /// What `--json` prints.
 #[derive(Debug, Serialize)]
@@ -24,6 +36,43 @@ struct CallOutput<'a> {
     /// Badges of the mechanisms the kernel granted the worker (`ns uid nnp cap rl cg ll sc`).
     mechanisms: &'a [String],
     worker_pid: Option<u32>,
+    /// What went wrong, as stderr says it; `null` when the status is `ok`.
+    error: Option<&'a str>,
+    /// How the worker ended, when it died: `{"code": n}` or `{"signal": n}`, as in a
+    /// snapshot's `last_exit`.
+    last_exit: Option<ExitStatus>,
+    /// The violations the engine caught during the call, as in the snapshots' events.
+    violations: &'a [Violation],
+}
+
+/// What `--json` prints when there is no answer to print.
+#[derive(Debug, Serialize)]
+struct CallFailure<'a> {
+    /// `null` when the bundle did not get as far as being named.
+    plugin: Option<&'a str>,
+    hook: &'a str,
+    error: &'a str,
+    /// The hooks the plugin has, when the one asked for is not among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hooks: Option<&'a [String]>,
+}
+
+/// What is known of the plugin by the time something fails.
+#[derive(Debug, Default)]
+struct Known {
+    plugin: Option<String>,
+    hooks: Option<Vec<String>>,
+}
+
+/// A call that was answered.
+#[derive(Debug)]
+struct Answered {
+    report: CallReport,
+    /// As it was started.
+    started: PluginSnapshot,
+    /// After a call that was not `ok`: how its worker ended, if it did.
+    last_exit: Option<ExitStatus>,
+    violations: Vec<Violation>,
 }
 
 pub fn run(
@@ -44,6 +93,58 @@ pub fn run(
         Some(text) => text.as_bytes().to_vec(),
         None => Vec::new(),
     };
+    let mut known = Known::default();
+    let answered = match call(options, bundle, hook, payload, &mut known) {
+        Ok(answered) => answered,
+        Err(err) => {
+            if json {
+                let failure = CallFailure {
+                    plugin: known.plugin.as_deref(),
+                    hook,
+                    error: &one_line_reason(&err),
+                    hooks: known.hooks.as_deref(),
+                };
+                outln!("{}", serde_json::to_string(&failure)?)?;
+            }
+            return Err(err);
+        }
+    };
+    let report = &answered.report;
+    let failure = (report.status != "ok").then(|| describe_failure(&answered));
+    if json {
+        let output = CallOutput {
+            plugin: &report.plugin,
+            hook: &report.hook,
+            status: &report.status,
+            reply: &report.reply,
+            duration_us: report.duration_us,
+            duration: format!("{:?}", Duration::from_micros(report.duration_us)),
+            isolation: &answered.started.isolation,
+            mechanisms: &answered.started.active_mechanisms,
+            worker_pid: answered.started.worker_pid,
+            error: failure.as_deref(),
+            last_exit: answered.last_exit,
+            violations: &answered.violations,
+        };
+        outln!("{}", serde_json::to_string(&output)?)?;
+    } else if failure.is_none() {
+        outln!("{}", report.reply)?;
+    }
+    match failure {
+        Some(failure) => bail!(failure),
+        None => Ok(()),
+    }
+}
+
+/// Starts the bundle, calls the hook and stops the engine, also when SIGINT or SIGTERM
+/// arrives meanwhile: the worker and its cgroups never outlive the command.
+fn call(
+    options: &EngineOptions,
+    bundle: &Path,
+    hook: &str,
+    payload: Vec<u8>,
+    known: &mut Known,
+) -> Result<Answered> {
     let mut config = options.engine_config()?;
     // Just this bundle: no plugin directories, no watcher, no restarts, no operator
     // toggles — a crash or a refusal is the answer.
@@ -52,55 +153,152 @@ pub fn run(
     config.watch.enabled = false;
     config.restart.enabled = false;
     config.state_file = None;
+    let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
+    let answered = signals.stop_engine_during(&engine, || {
+        start_and_call(&engine, bundle, hook, payload, known)
+    });
+    engine.shutdown();
+    if let Some(signal) = signals.received() {
+        bail!(
+            "interrupted by {signal}: {} was stopped, with its worker and cgroups",
+            known
+                .plugin
+                .as_deref()
+                .map_or_else(|| "the engine".to_owned(), |name| format!("`{name}`"))
+        );
+    }
+    answered
+}
+
+fn start_and_call(
+    engine: &Engine,
+    bundle: &Path,
+    hook: &str,
+    payload: Vec<u8>,
+    known: &mut Known,
+) -> Result<Answered> {
     let name = engine
         .plugins()
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("{} holds no plugin", bundle.display()))?;
+    known.plugin = Some(name.clone());
     engine
         .execute(Command::Start {
             plugin: name.clone(),
         })
         .with_context(|| format!("`{name}` did not start"))?;
-    let snapshot = engine
-        .snapshot()
-        .plugins
-        .into_iter()
-        .find(|plugin| plugin.name == name)
-        .ok_or_else(|| anyhow!("`{name}` vanished from the engine"))?;
+    let started = plugin_snapshot(engine, &name)?;
     let outcome = engine.execute(Command::Call {
         plugin: name.clone(),
         hook: hook.to_owned(),
         payload,
     });
-    engine.shutdown();
-    let report: CallReport = match outcome? {
-        Outcome::Called { report } => report,
-        other => bail!("unexpected answer from the engine: {other:?}"),
+    let report = match outcome {
+        Ok(Outcome::Called { report }) => report,
+        Ok(other) => bail!("unexpected answer from the engine: {other:?}"),
+        Err(err @ EngineError::UnknownHook { .. }) => {
+            let hooks: Vec<String> = started.hooks.keys().cloned().collect();
+            let listed = if hooks.is_empty() {
+                "it subscribes to none".to_owned()
+            } else {
+                format!("its hooks are {}", hooks.join(", "))
+            };
+            known.hooks = Some(hooks);
+            bail!("{err}: {listed}");
+        }
+        Err(err) => return Err(err.into()),
     };
-    if json {
-        let output = CallOutput {
-            plugin: &report.plugin,
-            hook: &report.hook,
-            status: &report.status,
-            reply: &report.reply,
-            duration_us: report.duration_us,
-            duration: format!("{:?}", std::time::Duration::from_micros(report.duration_us)),
-            isolation: &snapshot.isolation,
-            mechanisms: &snapshot.active_mechanisms,
-            worker_pid: snapshot.worker_pid,
-        };
-        println!("{}", serde_json::to_string(&output)?);
+    let (last_exit, violations) = if report.status == "ok" {
+        (None, Vec::new())
     } else {
-        println!("{}", report.reply);
+        what_the_engine_saw(engine, &name, &report)
+    };
+    Ok(Answered {
+        report,
+        started,
+        last_exit,
+        violations,
+    })
+}
+
+fn plugin_snapshot(engine: &Engine, name: &str) -> Result<PluginSnapshot> {
+    engine
+        .snapshot()
+        .plugins
+        .into_iter()
+        .find(|plugin| plugin.name == name)
+        .ok_or_else(|| anyhow!("`{name}` vanished from the engine"))
+}
+
+/// How the worker ended (if it did) and the violations caught, after a call that was not
+/// `ok`. A worker that died is recorded a moment after its call came back `gone`.
+fn what_the_engine_saw(
+    engine: &Engine,
+    name: &str,
+    report: &CallReport,
+) -> (Option<ExitStatus>, Vec<Violation>) {
+    let deadline = Instant::now() + EXIT_RECORDED_WITHIN;
+    let mut last_exit = None;
+    loop {
+        if let Ok(plugin) = plugin_snapshot(engine, name) {
+            last_exit = plugin.last_exit;
+        }
+        if report.status != "gone" || last_exit.is_some() || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
-    if report.status != "ok" {
-        bail!(
-            "`{name}` answered `{hook}` with status {} after {} µs",
-            report.status,
-            report.duration_us
-        );
+    let violations = engine
+        .recent_events()
+        .into_iter()
+        .filter(|event| event.plugin.as_deref() == Some(name))
+        .filter_map(|event| match event.kind {
+            EventKind::Violation { violation } => Some(violation),
+            _ => None,
+        })
+        .collect();
+    (last_exit, violations)
+}
+
+/// One line for stderr: the status, the plugin's text, how the worker ended, what the
+/// engine caught.
+fn describe_failure(answered: &Answered) -> String {
+    let report = &answered.report;
+    let mut said = format!(
+        "`{}` answered `{}` with status {} after {:?}",
+        report.plugin,
+        report.hook,
+        report.status,
+        Duration::from_micros(report.duration_us)
+    );
+    let reply = report.reply.trim();
+    if !reply.is_empty() {
+        said = format!("{said}: {reply}");
     }
-    Ok(())
+    let mut facts = Vec::new();
+    match answered.last_exit {
+        Some(ExitStatus::Code { code }) => {
+            facts.push(format!("its worker exited with code {code}"));
+        }
+        Some(ExitStatus::Signal { signal }) => {
+            let name = signal_hook::low_level::signal_name(signal).unwrap_or("unknown");
+            facts.push(format!("its worker was killed by signal {signal} ({name})"));
+        }
+        None if report.status == "gone" => {
+            facts.push("how its worker ended is not known".to_owned());
+        }
+        None => {}
+    }
+    if !answered.violations.is_empty() {
+        let caught: Vec<String> = answered
+            .violations
+            .iter()
+            .map(|violation| format!("{} ({})", violation.kind, violation.detail))
+            .collect();
+        facts.push(format!("violations: {}", caught.join(", ")));
+    }
+    facts.insert(0, said);
+    facts.join("; ")
 }

@@ -35,11 +35,52 @@ pub struct EngineOptions {
     pub state_file: Option<PathBuf>,
 }
 
+/// Where the state file's path came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFileSource {
+    /// `--state-file`.
+    Flag,
+    /// `state_file` in the host configuration.
+    HostConfig,
+    /// `$XDG_STATE_HOME/plugboard/state.json` (or under `$HOME`): the engine writes it on
+    /// the first change, so it may not exist yet.
+    Default,
+}
+
 impl EngineOptions {
     /// The host configuration (the file given, else the default one if it exists) with
     /// the flags applied over it.
     pub fn engine_config(&self) -> Result<EngineConfig> {
-        let mut config = EngineConfig::new(host_binary()?);
+        let config = self.configured(host_binary()?)?;
+        for dir in &config.plugin_dirs {
+            if !dir.is_dir() {
+                bail!(
+                    "plugin directory {} does not exist or is not a directory",
+                    dir.display()
+                );
+            }
+        }
+        Ok(config)
+    }
+
+    /// The state file and where its path came from. Reads only the host configuration:
+    /// a command that edits the state file runs no plugin, and needs no worker binary.
+    pub fn state_file(&self) -> Result<Option<(PathBuf, StateFileSource)>> {
+        if let Some(file) = &self.state_file {
+            return Ok(Some((file.clone(), StateFileSource::Flag)));
+        }
+        // No worker is started from this configuration: its worker binary is never used.
+        let from_file = self.host_config_file(PathBuf::new())?;
+        Ok(match from_file.state_file {
+            Some(file) => Some((file, StateFileSource::HostConfig)),
+            None => default_state_file().map(|file| (file, StateFileSource::Default)),
+        })
+    }
+
+    /// The host configuration file's settings alone (the file given, else the default one
+    /// if it exists), the worker being `host_binary`.
+    fn host_config_file(&self, host_binary: PathBuf) -> Result<EngineConfig> {
+        let mut config = EngineConfig::new(host_binary);
         if let Some(file) = self
             .config
             .clone()
@@ -47,6 +88,12 @@ impl EngineOptions {
         {
             host_config::apply_file(&mut config, &file)?;
         }
+        Ok(config)
+    }
+
+    /// The host configuration with the flags applied, the worker being `host_binary`.
+    fn configured(&self, host_binary: PathBuf) -> Result<EngineConfig> {
+        let mut config = self.host_config_file(host_binary)?;
         config.plugin_dirs.extend(self.plugin_dirs.iter().cloned());
         if self.trust_store.is_some() {
             config.trust_store.clone_from(&self.trust_store);
@@ -62,14 +109,6 @@ impl EngineOptions {
             config.state_file.clone_from(&self.state_file);
         } else if config.state_file.is_none() {
             config.state_file = default_state_file();
-        }
-        for dir in &config.plugin_dirs {
-            if !dir.is_dir() {
-                bail!(
-                    "plugin directory {} does not exist or is not a directory",
-                    dir.display()
-                );
-            }
         }
         Ok(config)
     }

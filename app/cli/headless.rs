@@ -1,30 +1,32 @@
 //! `plugboard headless`: the engine without the dashboard, printing snapshots.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use plugboard_engine::{Command, Engine, Outcome, Snapshot};
 
 use super::engine_options::EngineOptions;
+use super::output::outln;
+use super::stop_signals::{POLL_INTERVAL, StopSignals};
 
 /// Options of `plugboard headless`.
 #[derive(Debug, clap::Args)]
 pub struct HeadlessOptions {
     #[command(flatten)]
     pub engine: EngineOptions,
-    /// Drive the plugins' hooks at this many calls per second.
-    #[arg(long, value_name = "RATE")]
+    /// Drive the plugins' hooks at this many calls per second (0: none; at most 1000000).
+    // Negative numbers reach the parser, which says what a rate is, instead of clap taking
+    // them for a flag.
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true, value_parser = parse_traffic_rate)]
     pub traffic: Option<f64>,
-    /// Stop after this long (500ms, 10s, 2m, 1h); default: until SIGINT/SIGTERM.
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    /// Stop after this long (500ms, 10s, 2m, 1h; at least 1ms); default: until SIGINT/SIGTERM.
+    #[arg(long, value_name = "D", value_parser = parse_run_duration)]
     pub duration: Option<std::time::Duration>,
     /// Print snapshots as JSON lines.
     #[arg(long)]
     pub json: bool,
-    /// Time between snapshots.
-    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
+    /// Time between snapshots (at least 10ms).
+    #[arg(long, value_name = "D", value_parser = parse_interval, default_value = "1s")]
     pub interval: std::time::Duration,
     /// Emit HOOK, with an empty payload, to the plugins subscribed to it, DELAY after they
     /// were started (default 0; 500ms, 2s, …): `--emit chaos@2s`. Repeatable. What each
@@ -90,7 +92,20 @@ fn emit(engine: &Engine, hook: &str) {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds.
+/// The longest duration an option takes: far past any run or delay anyone means, and far
+/// from where clock arithmetic overflows.
+pub const LONGEST_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The shortest `--interval`: shorter, the loop would print snapshots without a pause.
+const SHORTEST_INTERVAL: Duration = Duration::from_millis(10);
+/// The shortest `--duration`: a run needs some time to start the plugins.
+const SHORTEST_RUN: Duration = Duration::from_millis(1);
+/// The fastest `--traffic`, in calls per second.
+const FASTEST_TRAFFIC: f64 = 1_000_000.0;
+/// The slowest `--traffic` above none: one call every 1,000 s.
+const SLOWEST_TRAFFIC: f64 = 0.001;
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds, from 0 to
+/// [`LONGEST_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -111,27 +126,79 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 {
+    let too_long = || {
+        format!(
+            "{text:?} is too long: expected at most {}h (365 days)",
+            LONGEST_DURATION.as_secs() / 3600
+        )
+    };
+    if seconds > LONGEST_DURATION.as_secs_f64() {
+        return Err(too_long());
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| too_long())
+}
+
+/// Parses a duration of at least `shortest`, saying why when shorter.
+fn parse_duration_from(text: &str, shortest: Duration, why: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < shortest {
         return Err(format!(
-            "{text:?} is not a duration: expected a positive number"
+            "{:?} is too short: expected from {shortest:?} to {}h ({why})",
+            text.trim(),
+            LONGEST_DURATION.as_secs() / 3600
         ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
+}
+
+/// Parses `--interval`: printing snapshots without a pause would keep a core busy.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_duration_from(text, SHORTEST_INTERVAL, "the time between two snapshots")
+}
+
+/// Parses `--duration`: a run of no time would start nothing.
+pub fn parse_run_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_from(
+        text,
+        SHORTEST_RUN,
+        "how long to run; leave it out to run until SIGINT or SIGTERM",
+    )
+}
+
+/// Parses a traffic rate in calls per second: 0 for none, else from [`SLOWEST_TRAFFIC`] to
+/// [`FASTEST_TRAFFIC`].
+pub fn parse_traffic_rate(text: &str) -> Result<f64, String> {
+    let expected = format!(
+        "expected a rate ≥ 0 in calls per second: 0 (no traffic) or from {SLOWEST_TRAFFIC} to {FASTEST_TRAFFIC}"
+    );
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number: {expected}"))?;
+    if rate == 0.0 || (SLOWEST_TRAFFIC..=FASTEST_TRAFFIC).contains(&rate) {
+        Ok(rate)
+    } else if !rate.is_finite() {
+        Err(format!("{text:?} is not a finite number: {expected}"))
+    } else if rate < 0.0 {
+        Err(format!("{text:?} is negative: {expected}"))
+    } else {
+        Err(format!("{text:?} is out of range: {expected}"))
+    }
 }
 
 fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(snapshot)?);
+        outln!("{}", serde_json::to_string(snapshot)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "-- uptime {:.1}s, {} plugin(s)",
         Duration::from_millis(snapshot.uptime_ms).as_secs_f64(),
         snapshot.plugins.len()
-    );
+    )?;
     for plugin in &snapshot.plugins {
         let calls: u64 = plugin.hooks.values().map(|hook| hook.calls).sum();
-        println!(
+        outln!(
             "{:<16} {:<8} {:<11} pid {:<8} [{}] calls {calls} violations {}{}",
             plugin.name,
             plugin.version.as_deref().unwrap_or("?"),
@@ -146,23 +213,19 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
                 .as_deref()
                 .map(|reason| format!(" ({reason})"))
                 .unwrap_or_default(),
-        );
+        )?;
     }
     Ok(())
 }
 
 pub fn run(options: &HeadlessOptions) -> Result<()> {
     let config = options.engine.engine_config()?;
-    if config.plugin_dirs.is_empty() {
+    if config.plugin_dirs.is_empty() && config.bundles.is_empty() {
         bail!(
-            "no plugin directory: pass --plugins <dir> (a directory holding bundle directories) or set plugin_dirs in --config"
+            "no plugin directory or bundle: pass --plugins <dir> (a directory holding bundle directories), or set plugin_dirs or bundles in --config"
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install signal handlers")?;
-    }
+    let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
     for plugin in engine.plugins() {
         // A plugin that fails verification or start-up shows as Rejected/Failed with its
@@ -175,17 +238,22 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
         })?;
     }
     let started = Instant::now();
-    let mut next_print = Instant::now();
+    let deadline = match options.duration {
+        Some(duration) => Some(
+            started
+                .checked_add(duration)
+                .with_context(|| format!("--duration {duration:?} is too long for the clock"))?,
+        ),
+        None => None,
+    };
     // Soonest first; each runs on a thread of its own, since an emit lasts as long as its
     // slowest subscriber and snapshots go on meanwhile.
     let mut emits = options.emits.clone();
     emits.sort_by_key(|scheduled| std::cmp::Reverse(scheduled.delay));
     std::thread::scope(|scope| -> Result<()> {
-        while !stop.load(Ordering::SeqCst)
-            && options
-                .duration
-                .is_none_or(|duration| started.elapsed() < duration)
-        {
+        let mut next_print = Some(started);
+        let mut printed = Ok(());
+        while signals.received().is_none() && deadline.is_none_or(|end| Instant::now() < end) {
             while emits
                 .last()
                 .is_some_and(|scheduled| started.elapsed() >= scheduled.delay)
@@ -195,11 +263,16 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                     scope.spawn(move || emit(engine, &scheduled.hook));
                 }
             }
-            if Instant::now() >= next_print {
-                print(&engine.snapshot(), options.json)?;
-                next_print += options.interval;
+            if next_print.is_some_and(|at| Instant::now() >= at) {
+                printed = print(&engine.snapshot(), options.json);
+                if printed.is_err() {
+                    // Stdout is gone (a closed pipe): stop as on a signal, plugins first.
+                    break;
+                }
+                // None, past the end of the clock: no further periodic snapshot.
+                next_print = next_print.and_then(|at| at.checked_add(options.interval));
             }
-            std::thread::sleep(Duration::from_millis(20).min(options.interval));
+            std::thread::sleep(POLL_INTERVAL.min(options.interval));
         }
         for scheduled in emits.iter().rev() {
             eprintln!(
@@ -207,9 +280,11 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 scheduled.hook, scheduled.delay
             );
         }
-        engine.execute(Command::Traffic { rate: None })?;
+        let traffic_stopped = engine.execute(Command::Traffic { rate: None });
         // Stopping the plugins also ends the calls of emits still in flight.
         engine.shutdown();
+        printed?;
+        traffic_stopped?;
         Ok(())
     })?;
     print(&engine.snapshot(), options.json)?;
@@ -244,5 +319,49 @@ mod tests {
         let err = parse_emit("chaos@soon").unwrap_err();
         assert!(err.contains("is not a duration"), "{err}");
         assert!(parse_emit("chaos@2 fortnights").is_err());
+    }
+
+    #[test]
+    fn a_duration_past_the_longest_is_refused_naming_the_range() {
+        let endless = format!("1{}", "0".repeat(400));
+        for huge in [
+            "99999999999999999999h",
+            "4000000000000000h",
+            "8761h",
+            &endless,
+        ] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("expected at most 8760h"), "{huge}: {err}");
+        }
+        assert_eq!(parse_duration("8760h"), Ok(LONGEST_DURATION));
+        let err = parse_emit("chaos@99999999999999999999h").unwrap_err();
+        assert!(err.contains("is too long"), "{err}");
+    }
+
+    #[test]
+    fn an_interval_or_a_run_of_no_time_is_refused_saying_what_is_expected() {
+        let err = parse_interval("0").unwrap_err();
+        assert!(
+            err.contains("\"0\" is too short: expected from 10ms to 8760h"),
+            "{err}"
+        );
+        assert!(parse_interval("5ms").is_err());
+        assert_eq!(parse_interval("10ms"), Ok(Duration::from_millis(10)));
+        let err = parse_interval("4000000000000000h").unwrap_err();
+        assert!(err.contains("expected at most 8760h"), "{err}");
+        let err = parse_run_duration("0s").unwrap_err();
+        assert!(err.contains("expected from 1ms to 8760h"), "{err}");
+        assert_eq!(parse_run_duration("1ms"), Ok(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_traffic_rate_is_zero_or_a_finite_positive_number_in_range() {
+        assert_eq!(parse_traffic_rate("0"), Ok(0.0));
+        assert_eq!(parse_traffic_rate("200"), Ok(200.0));
+        assert_eq!(parse_traffic_rate("0.5"), Ok(0.5));
+        for bad in ["-5", "NaN", "inf", "-inf", "1e300", "1e-300", "fast"] {
+            let err = parse_traffic_rate(bad).unwrap_err();
+            assert!(err.contains("expected a rate ≥ 0"), "{bad}: {err}");
+        }
     }
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::output::outln;
+
 /// The SDK this binary was built beside, when that checkout still exists.
 fn default_sdk_path() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/sdk");
@@ -105,13 +107,13 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
         std::fs::write(&path, contents)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!(
+    outln!(
         "created plugin crate {} (library {library})",
         crate_dir.display()
-    );
-    println!(
+    )?;
+    outln!(
         "next: cd {} && cargo build && cargo test",
         crate_dir.display()
-    );
+    )?;
     Ok(())
 }

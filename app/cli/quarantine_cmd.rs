@@ -1,20 +1,70 @@
 //! `plugboard quarantine list|clear`: the quarantine kept in the engine's state file, from a
 //! shell. A running engine reads the file again before it starts a quarantined plugin.
+//! Only the state file is read and written: no engine, no worker binary, no plugins.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use plugboard_engine::supervisor::state_file::PersistedState;
 
-use super::engine_options::EngineOptions;
+use super::engine_options::{EngineOptions, StateFileSource};
+use super::output::outln;
 
-fn state_file(options: &EngineOptions) -> Result<std::path::PathBuf> {
-    let config = options.engine_config()?;
-    match config.state_file {
-        Some(file) => Ok(file),
-        None => bail!(
+/// Where the state file is.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct QuarantineOptions {
+    /// Host configuration file (TOML), read for its `state_file`. Default:
+    /// $XDG_CONFIG_HOME/plugboard/plugboard.toml, then /etc/plugboard/plugboard.toml.
+    #[arg(long, value_name = "F")]
+    pub config: Option<PathBuf>,
+    /// The engine's state file. Default: the configuration's `state_file`, else
+    /// $XDG_STATE_HOME/plugboard/state.json.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// The state file as found: `None` for the default one, not written yet.
+struct StateFile {
+    path: PathBuf,
+    state: Option<PersistedState>,
+}
+
+fn state_file(options: &QuarantineOptions) -> Result<StateFile> {
+    let options = EngineOptions {
+        config: options.config.clone(),
+        state_file: options.state_file.clone(),
+        ..EngineOptions::default()
+    };
+    let Some((path, source)) = options.state_file()? else {
+        bail!(
             "no state file: pass --state-file FILE, set `state_file` in the host configuration, or set XDG_STATE_HOME or HOME"
-        ),
+        );
+    };
+    if exists(&path)? {
+        let state = PersistedState::load(&path)?;
+        return Ok(StateFile {
+            path,
+            state: Some(state),
+        });
+    }
+    let given_by = match source {
+        // The engine writes its default state file on the first change only.
+        StateFileSource::Default => return Ok(StateFile { path, state: None }),
+        StateFileSource::Flag => "--state-file",
+        StateFileSource::HostConfig => "`state_file` in the host configuration",
+    };
+    bail!(
+        "state file {} (given by {given_by}) does not exist: expected the file where an engine keeps its quarantines and disabled plugins",
+        path.display()
+    )
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("cannot read state file {}", path.display())),
     }
 }
 
@@ -32,39 +82,48 @@ fn ago(at_ms: u64) -> String {
     }
 }
 
-pub fn list(options: &EngineOptions) -> Result<()> {
-    let file = state_file(options)?;
-    let state = PersistedState::load(&file)?;
+pub fn list(options: &QuarantineOptions) -> Result<()> {
+    let StateFile { path, state } = state_file(options)?;
+    let Some(state) = state else {
+        return outln!(
+            "no state file exists yet at {}: no plugin has been quarantined",
+            path.display()
+        );
+    };
     let quarantined: Vec<_> = state
         .plugins
         .iter()
         .filter_map(|(name, toggles)| Some((name, toggles.quarantined.as_ref()?)))
         .collect();
     if quarantined.is_empty() {
-        println!("no plugin is quarantined ({})", file.display());
+        outln!("no plugin is quarantined ({})", path.display())?;
     }
     for (name, quarantine) in quarantined {
-        println!(
+        outln!(
             "{name:<20} {:<8} {}",
             ago(quarantine.at_ms),
             quarantine.reason
-        );
+        )?;
     }
     Ok(())
 }
 
-pub fn clear(options: &EngineOptions, plugin: &str) -> Result<()> {
-    let file = state_file(options)?;
-    let mut state = PersistedState::load(&file)?;
+pub fn clear(options: &QuarantineOptions, plugin: &str) -> Result<()> {
+    let StateFile { path, state } = state_file(options)?;
+    let Some(mut state) = state else {
+        bail!(
+            "`{plugin}` is not quarantined: no state file exists yet at {}",
+            path.display()
+        );
+    };
     let Some(toggles) = state
         .plugins
         .get_mut(plugin)
         .filter(|toggles| toggles.quarantined.is_some())
     else {
-        bail!("`{plugin}` is not quarantined (in {})", file.display());
+        bail!("`{plugin}` is not quarantined (in {})", path.display());
     };
     toggles.quarantined = None;
-    state.save(&file)?;
-    println!("cleared the quarantine of `{plugin}`; it can be started again");
-    Ok(())
+    state.save(&path)?;
+    outln!("cleared the quarantine of `{plugin}`; it can be started again")
 }

@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::audit::{self, AuditRecord};
+use plugboard_engine::audit::AuditRecord;
 use plugboard_engine::manifest::{MANIFEST_FILE, Manifest};
 use plugboard_engine::suggest;
 
+use super::audit_reader::{AuditItem, AuditReader};
 use super::engine_options::EngineOptions;
+use super::output::outln;
 
 /// How many rotated files (`FILE.1` newest … `FILE.N`) are looked for.
 const ROTATED_LOOKED_FOR: u32 = 64;
@@ -35,9 +37,9 @@ pub fn run(options: &EngineOptions, plugin: &str, json: bool) -> Result<()> {
         );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&suggestion)?);
+        outln!("{}", serde_json::to_string_pretty(&suggestion)?)?;
     } else {
-        print!("{}", suggestion.to_toml());
+        super::output::write_text(suggestion.to_toml())?;
     }
     Ok(())
 }
@@ -52,12 +54,14 @@ fn read_with_rotated(file: &Path) -> Result<Vec<AuditRecord>> {
     files.push(file.to_owned());
     let mut records = Vec::new();
     for file in files {
-        let contents = audit::read(&file)
-            .with_context(|| format!("cannot read audit file {}", file.display()))?;
-        for warning in &contents.warnings {
-            eprintln!("warning: {warning}");
+        let cannot_read = || format!("cannot read audit file {}", file.display());
+        let mut reader = AuditReader::open(&file).with_context(cannot_read)?;
+        while let Some(item) = reader.next_item().with_context(cannot_read)? {
+            match item {
+                AuditItem::Record(record) => records.push(*record),
+                AuditItem::Skipped(warning) => eprintln!("warning: {warning}"),
+            }
         }
-        records.extend(contents.records);
     }
     Ok(records)
 }

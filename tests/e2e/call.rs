@@ -1,8 +1,14 @@
 //! `plugboard call`: one bundle started sandboxed, one hook called, the worker stopped.
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
-use crate::support::{fails, keys, ok, plugboard, signed_example};
+use crate::support::{
+    engine_scopes, fails, is_alive, keys, ok, plugboard, plugboard_command, plugin_library,
+    repo_root, signed_example, stderr, stdout,
+};
 
 #[test]
 fn call_prints_the_reply_and_with_json_the_status_duration_and_mechanisms() {
@@ -98,4 +104,168 @@ fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_err
         &"panic",
     ]));
     assert!(err.contains("status panic"), "{err}");
+}
+
+/// SIGTERM in the middle of a call stops the plugin as `headless` does: the worker ends
+/// and the engine's cgroups are removed before `call` exits.
+#[test]
+fn sigterm_during_a_call_stops_its_worker_and_removes_its_cgroups() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    // `chaos` sleeps as long as its payload says; its timeout must outlast the test.
+    let manifest = std::fs::read_to_string(repo_root().join("plugins/slowhook/plugin.toml"))
+        .unwrap()
+        .replace(
+            "[hooks.chaos]\npriority = \"background\"\ntimeout_ms = 200",
+            "[hooks.chaos]\npriority = \"background\"\ntimeout_ms = 60000",
+        );
+    assert!(manifest.contains("timeout_ms = 60000"), "{manifest}");
+    let manifest_file = root.path().join("slowhook.toml");
+    std::fs::write(&manifest_file, manifest).unwrap();
+    let bundle = root.path().join("slowhook");
+    ok(&plugboard(&[
+        &"pack",
+        &manifest_file,
+        &"--library",
+        &plugin_library("slowhook"),
+        &"--out",
+        &bundle,
+        &"--key",
+        &keys.private,
+    ]));
+    let mut call = plugboard_command(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"chaos",
+        &"30000",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("plugboard runs");
+    let engine = call.id();
+
+    // The call is under way once the plugin's cgroup holds its worker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let workers: Vec<u64> = loop {
+        let procs: Vec<u64> = engine_scopes(engine)
+            .iter()
+            .flat_map(|scope| std::fs::read_dir(scope).into_iter().flatten().flatten())
+            .filter(|entry| entry.file_name().to_string_lossy().contains("slowhook"))
+            .flat_map(|plugin| {
+                std::fs::read_to_string(plugin.path().join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|pid| pid.parse().ok())
+                    .collect::<Vec<u64>>()
+            })
+            .collect();
+        if !procs.is_empty() {
+            break procs;
+        }
+        assert!(
+            call.try_wait().unwrap().is_none(),
+            "call ended before its worker was seen"
+        );
+        assert!(Instant::now() < deadline, "no slowhook worker appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Command::new("kill")
+        .args(["-TERM", &engine.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = call.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "call did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = call.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    assert!(
+        engine_scopes(engine).is_empty(),
+        "cgroups left: {:?}",
+        engine_scopes(engine)
+    );
+    for pid in workers {
+        assert!(!is_alive(pid), "worker {pid} outlived the call");
+    }
+}
+
+/// A worker that died: stderr has the status, the plugin's text, the signal and the
+/// violation; `--json` adds them to its fields.
+#[test]
+fn a_call_whose_worker_died_says_how_on_stderr_and_in_json() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let crasher = signed_example(root.path(), "crasher", &keys);
+    let output = plugboard(&[&"call", &"--trust-store", &keys.store, &crasher, &"chaos"]);
+    let err = fails(&output);
+    assert!(
+        err.contains("`crasher` answered `chaos` with status gone")
+            && err.contains("killed by signal 11 (SIGSEGV)")
+            && err.contains("violations: crash"),
+        "{err}"
+    );
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+
+    let output = plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &crasher,
+        &"chaos",
+        &"--json",
+    ]);
+    let err = fails(&output);
+    let report: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(report["status"], "gone", "{report}");
+    assert_eq!(report["last_exit"]["signal"], 11, "{report}");
+    assert_eq!(report["violations"][0]["violation"], "crash", "{report}");
+    assert_eq!(
+        report["error"].as_str(),
+        err.strip_prefix("plugboard: error: ").map(str::trim_end)
+    );
+    assert!(report["worker_pid"].as_u64().is_some(), "{report}");
+}
+
+#[test]
+fn an_unknown_hook_is_refused_with_the_hooks_the_plugin_has_also_in_json() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "counter", &keys);
+    let output = plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"nope",
+        &"--json",
+    ]);
+    let err = fails(&output);
+    assert!(
+        err.contains("`counter` has no hook `nope`: its hooks are count, reset"),
+        "{err}"
+    );
+    let report: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(report["plugin"], "counter", "{report}");
+    assert_eq!(report["hook"], "nope", "{report}");
+    assert_eq!(
+        report["hooks"],
+        serde_json::json!(["count", "reset"]),
+        "{report}"
+    );
+    assert!(
+        report["error"].as_str().unwrap().contains("no hook `nope`"),
+        "{report}"
+    );
 }

@@ -378,3 +378,106 @@ fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+/// Errors whose message already ends with their cause's used to say it twice
+/// ("No such file or directory (os error 2): No such file or directory (os error 2)").
+#[test]
+fn a_failure_names_each_cause_once() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("missing");
+    let library = plugin_library("hello");
+    let bundle = root.path().join("bundle");
+    for args in [
+        vec![
+            &"pack" as &dyn AsRef<std::ffi::OsStr>,
+            &missing,
+            &"--library",
+            &library,
+            &"--out",
+            &bundle,
+        ],
+        vec![&"sign", &bundle, &"--key", &missing],
+        vec![
+            &"trust",
+            &"add",
+            &"--trust-store",
+            &root.path().join("trust"),
+            &missing,
+        ],
+        vec![&"headless", &"--config", &root.path(), &"--duration", &"1s"],
+    ] {
+        let err = fails(&plugboard(&args));
+        let causes = err.matches("(os error").count();
+        assert_eq!(causes, 1, "each cause once: {err}");
+    }
+}
+
+/// Only `trust add` creates a store: revoking in a mistyped path would otherwise report
+/// success while the real store goes on trusting the key.
+#[test]
+fn trust_commands_but_add_refuse_a_store_that_does_not_exist() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("no-such-store");
+    let bundle = root.path().join("bundle");
+    let digest = "ab".repeat(64);
+    for args in [
+        vec![
+            &"trust" as &dyn AsRef<std::ffi::OsStr>,
+            &"revoke",
+            &"--trust-store",
+            &missing,
+            &"--key-id",
+            &"0123456789abcdef",
+        ],
+        vec![
+            &"trust",
+            &"revoke",
+            &"--trust-store",
+            &missing,
+            &"--digest",
+            &digest,
+        ],
+        vec![&"trust", &"list", &"--trust-store", &missing],
+        vec![&"trust", &"allow", &"--trust-store", &missing, &bundle],
+    ] {
+        let err = fails(&plugboard(&args));
+        assert!(
+            err.contains(&format!("trust store {} does not exist", missing.display())),
+            "{err}"
+        );
+        assert!(!missing.exists(), "{} was created", missing.display());
+    }
+}
+
+#[test]
+fn trust_add_says_when_it_changes_the_level_of_a_pinned_key() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let add = |level: &str| {
+        ok(&plugboard(&[
+            &"trust",
+            &"add",
+            &"--trust-store",
+            &keys.store,
+            &keys.public,
+            &"--level",
+            &level,
+        ]))
+    };
+    let out = add("in-process");
+    assert!(
+        out.contains(&format!(
+            "changed the trust level of key {} in {}: sandboxed → in-process",
+            keys.key_id,
+            keys.store.display()
+        )),
+        "{out}"
+    );
+    let out = add("in-process");
+    assert!(
+        out.contains("was already pinned at trust level in-process") && out.contains("unchanged"),
+        "{out}"
+    );
+    let out = add("sandboxed");
+    assert!(out.contains("in-process → sandboxed"), "{out}");
+}

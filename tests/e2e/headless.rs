@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{fails, keys, ok, plugboard, plugin_library, repo_root};
+use crate::support::{fails, is_alive, keys, ok, plugboard, plugin_library, repo_root};
 
 /// A plugins directory with signed `hello` and `counter`, an unsigned `panicky` and a
 /// tampered copy of `hello` named `hello-tampered`.
@@ -52,18 +52,6 @@ fn spawn_headless(args: &[&str], dir: &Path, store: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("plugboard runs")
-}
-
-/// Alive: exists and is not a zombie (orphans wait for whoever reaps them here, which
-/// can take a while; a zombie has ended all the same).
-fn is_alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn plugin<'a>(snapshot: &'a Value, name: &str) -> &'a Value {
@@ -295,7 +283,7 @@ fn sigkill_of_the_engine_takes_its_workers_along_and_the_next_engine_removes_its
         &"--trust-store",
         &store,
         &"--duration",
-        &"0s",
+        &"1ms",
     ]);
     ok(&next);
     assert!(
@@ -476,4 +464,84 @@ fn a_refused_start_leaves_no_cgroup_scope() {
             .unwrap_or_default();
         assert!(left.is_empty(), "left in {controller}: {left:?}");
     }
+}
+
+/// Durations, intervals and rates out of range are usage errors that say what is accepted,
+/// never a panic, and never a busy loop (`--interval 0`) or a silent "off" (`--traffic -5`).
+#[test]
+fn out_of_range_durations_intervals_and_rates_are_refused_naming_the_range() {
+    for (args, expected) in [
+        (
+            ["--duration", "99999999999999999999h"],
+            "expected at most 8760h",
+        ),
+        (
+            ["--interval", "4000000000000000h"],
+            "expected at most 8760h",
+        ),
+        (
+            ["--emit", "chaos@99999999999999999999h"],
+            "expected at most 8760h",
+        ),
+        (["--interval", "0"], "expected from 10ms to 8760h"),
+        (["--duration", "0"], "expected from 1ms to 8760h"),
+        (["--traffic", "-5"], "is negative: expected a rate ≥ 0"),
+        (
+            ["--traffic", "NaN"],
+            "is not a finite number: expected a rate ≥ 0",
+        ),
+        (
+            ["--traffic", "inf"],
+            "is not a finite number: expected a rate ≥ 0",
+        ),
+    ] {
+        let output = plugboard(&[&"headless", &"--plugins", &"/tmp", &args[0], &args[1]]);
+        let err = crate::support::stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "a usage error: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// `bundles = [...]` in the host configuration is enough: no plugin directory needed.
+#[test]
+fn headless_runs_the_bundles_a_host_configuration_lists() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let bundle = crate::support::signed_example(temp.path(), "hello", &keys);
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bundles = [{:?}]\ntrust_store = {:?}\n",
+            bundle.display().to_string(),
+            keys.store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = ok(&plugboard(&[
+        &"headless",
+        &"--config",
+        &config,
+        &"--duration",
+        &"2s",
+        &"--interval",
+        &"200ms",
+        &"--json",
+    ]));
+    let snapshots: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect();
+    assert!(
+        snapshots
+            .iter()
+            .any(|snapshot| plugin(snapshot, "hello")["state"] == "running"),
+        "hello never ran:\n{out}"
+    );
+    let last = snapshots.last().unwrap();
+    assert_eq!(plugin(last, "hello")["state"], "stopped", "{last}");
 }

@@ -115,3 +115,50 @@ pub fn signed_example(root: &Path, name: &str, keys: &Keys) -> PathBuf {
     ]));
     bundle
 }
+
+/// `plugboard` with `args`, to be given its stdio and spawned.
+pub fn plugboard_command(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
+    command
+        .args(args.iter().map(AsRef::as_ref))
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// A stdout whose reader has already gone, as when `| head` has exited: every write to it
+/// fails with EPIPE. (The write end of a pipe whose only reader, `true`, has ended.)
+pub fn closed_pipe() -> std::process::Stdio {
+    let mut reader = Command::new("true")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("true runs");
+    let writer = reader.stdin.take().expect("a piped stdin");
+    reader.wait().expect("true ends");
+    std::process::Stdio::from(writer)
+}
+
+/// Alive: exists and is not a zombie (orphans wait for whoever reaps them here, which
+/// can take a while; a zombie has ended all the same).
+pub fn is_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The memory cgroup scopes of the engine running in process `pid` (`plugboard-engine-<pid>-…`).
+pub fn engine_scopes(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("plugboard-engine-{pid}-");
+    std::fs::read_dir("/sys/fs/cgroup/memory")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|entry| entry.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}

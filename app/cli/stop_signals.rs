@@ -1,0 +1,67 @@
+//! SIGINT and SIGTERM as a request to stop the engine: a command that runs plugins must
+//! stop them (workers, cgroups) before it ends, which the signals' default action, ending
+//! the process at once, would not do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use plugboard_engine::Engine;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// How often a wait looks whether a signal arrived.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// SIGINT and SIGTERM, recorded instead of ending the process.
+#[derive(Debug)]
+pub struct StopSignals {
+    /// The number of the last signal received; 0: none yet.
+    received: Arc<AtomicUsize>,
+}
+
+impl StopSignals {
+    /// From now on SIGINT and SIGTERM no longer end the process; [`Self::received`] says
+    /// whether one arrived.
+    pub fn install() -> Result<Self> {
+        let received = Arc::new(AtomicUsize::new(0));
+        for signal in [SIGINT, SIGTERM] {
+            let number = usize::try_from(signal).context("a signal number is positive")?;
+            signal_hook::flag::register_usize(signal, Arc::clone(&received), number)
+                .context("cannot install signal handlers")?;
+        }
+        Ok(Self { received })
+    }
+
+    /// The name of the signal that asked to stop, if one did.
+    pub fn received(&self) -> Option<&'static str> {
+        let number = self.received.load(Ordering::SeqCst);
+        match i32::try_from(number) {
+            Ok(0) | Err(_) => None,
+            Ok(SIGINT) => Some("SIGINT"),
+            Ok(SIGTERM) => Some("SIGTERM"),
+            Ok(_) => Some("a signal"),
+        }
+    }
+
+    /// Runs `work`, which waits on `engine` (a hook call), and shuts the engine down — its
+    /// plugins stopped, its workers ended, its cgroups removed — as soon as a signal
+    /// arrives meanwhile, which also ends the wait.
+    pub fn stop_engine_during<T>(&self, engine: &Engine, work: impl FnOnce() -> T) -> T {
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !finished.load(Ordering::SeqCst) {
+                    if self.received().is_some() {
+                        engine.shutdown();
+                        return;
+                    }
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+            });
+            let result = work();
+            finished.store(true, Ordering::SeqCst);
+            result
+        })
+    }
+}
