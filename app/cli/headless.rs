@@ -99,10 +99,10 @@ pub const LONGEST_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const SHORTEST_INTERVAL: Duration = Duration::from_millis(10);
 /// The shortest `--duration`: a run needs some time to start the plugins.
 const SHORTEST_RUN: Duration = Duration::from_millis(1);
-/// The fastest `--traffic`, in calls per second.
-const FASTEST_TRAFFIC: f64 = 1_000_000.0;
-/// The slowest `--traffic` above none: one call every 1,000 s.
-const SLOWEST_TRAFFIC: f64 = 0.001;
+/// The fastest `--traffic`, in calls per second: the engine's bound.
+const FASTEST_TRAFFIC: f64 = plugboard_engine::MAX_TRAFFIC_RATE;
+/// The slowest `--traffic` above none (one call every 1,000 s): the engine's bound.
+const SLOWEST_TRAFFIC: f64 = plugboard_engine::MIN_TRAFFIC_RATE;
 
 /// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds, from 0 to
 /// [`LONGEST_DURATION`].

@@ -116,6 +116,10 @@ impl EngineConfig {
     }
 }
 
+/// The rates the traffic generator takes, in calls a second (besides 0: off).
+pub const MIN_TRAFFIC_RATE: f64 = 0.001;
+pub const MAX_TRAFFIC_RATE: f64 = 1_000_000.0;
+
 /// Why the engine could not start or carry out a command.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -142,6 +146,10 @@ pub enum EngineError {
     UnknownHook { plugin: String, hook: String },
     #[error("`{plugin}` is no longer running")]
     Gone { plugin: String },
+    #[error(
+        "traffic rate {rate} calls/s: expected 0 (off) or {MIN_TRAFFIC_RATE} to {MAX_TRAFFIC_RATE} calls/s"
+    )]
+    InvalidTraffic { rate: f64 },
     #[error(
         "`{plugin}` depends on `{dependency}` ({requirement}), but no plugin of that name is known"
     )]
@@ -632,6 +640,12 @@ impl Engine {
                 reports: self.emit(&hook, &payload),
             }),
             Command::Traffic { rate } => {
+                let valid = |rate: &f64| {
+                    *rate == 0.0 || (MIN_TRAFFIC_RATE..=MAX_TRAFFIC_RATE).contains(rate)
+                };
+                if let Some(rate) = rate.filter(|rate| !valid(rate)) {
+                    return Err(EngineError::InvalidTraffic { rate });
+                }
                 self.set_traffic(rate);
                 Ok(Outcome::Done)
             }

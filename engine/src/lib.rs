@@ -32,7 +32,10 @@ pub mod worker;
 /// Plugboard's own version, which a manifest's `min_host_version` is checked against.
 pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use engine::{CallReport, Command, Engine, EngineConfig, EngineError, Outcome};
+pub use engine::{
+    CallReport, Command, Engine, EngineConfig, EngineError, MAX_TRAFFIC_RATE, MIN_TRAFFIC_RATE,
+    Outcome,
+};
 pub use events::{Event, EventKind};
 pub use hooks::dispatch::MAX_EMIT_DEPTH;
 pub use hooks::{HookCallError, HookHandle, HookReply};

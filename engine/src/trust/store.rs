@@ -261,7 +261,8 @@ impl TrustStore {
 
     /// Revokes a key: nothing it signed verifies any more, even while it stays pinned.
     pub fn revoke_key(dir: &Path, key_id: KeyId) -> Result<(), TrustError> {
-        files::ensure_store_dir(dir)?;
+        // Only `add_key` creates a store: a mistyped path must not get a store of its own.
+        files::check_store_dir(dir)?;
         let _lock = lock_store(dir)?;
         edit_config(dir, |doc, file| {
             add_to_revoked(doc, file, "keys", &key_id.to_string(), |text| {
@@ -272,7 +273,8 @@ impl TrustStore {
 
     /// Revokes a bundle digest or a library digest.
     pub fn revoke_digest(dir: &Path, digest: Digest) -> Result<(), TrustError> {
-        files::ensure_store_dir(dir)?;
+        // Only `add_key` creates a store: a mistyped path must not get a store of its own.
+        files::check_store_dir(dir)?;
         let _lock = lock_store(dir)?;
         edit_config(dir, |doc, file| {
             add_to_revoked(doc, file, "digests", &digest.to_hex(), |text| {
@@ -286,7 +288,8 @@ impl TrustStore {
     /// an empty list is sealed if the store has none yet. Once a store has a trust list,
     /// only bundles on it verify.
     pub fn enable_trust_list(dir: &Path, key_file: &Path) -> Result<(), TrustError> {
-        files::ensure_store_dir(dir)?;
+        // Only `add_key` creates a store: a mistyped path must not get a store of its own.
+        files::check_store_dir(dir)?;
         let _lock = lock_store(dir)?;
         let config_path = dir.join(TRUST_CONFIG_FILE);
         let config = load_config(dir)?;

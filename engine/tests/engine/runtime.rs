@@ -1076,3 +1076,24 @@ fn a_payload_too_large_for_a_call_is_refused_and_the_largest_one_goes_through() 
     assert_eq!(answered.reply.len(), MAX_PAYLOAD_BYTES + "Hello, !".len());
     assert_eq!(plugin(engine, "hello").state, PluginState::Running);
 }
+
+/// The traffic generator takes 0 (off) or a rate it can keep; anything else (negative,
+/// not a number, endless, so slow its interval overflows) is refused, not taken for off.
+#[test]
+fn a_traffic_rate_out_of_range_is_refused() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    for rate in [-1.0, f64::NAN, f64::INFINITY, 1e-30, 2e6] {
+        let err = engine
+            .execute(Command::Traffic { rate: Some(rate) })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected 0 (off) or 0.001 to 1000000"),
+            "{rate}: {err}"
+        );
+    }
+    for rate in [Some(0.0), Some(5.0), None] {
+        engine.execute(Command::Traffic { rate }).unwrap();
+    }
+}

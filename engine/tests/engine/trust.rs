@@ -1351,3 +1351,24 @@ fn a_key_file_that_is_not_an_ed25519_private_key_says_what_it_holds() {
         );
     }
 }
+
+/// Only pinning a key creates a store: a revocation or a trust list for a directory that
+/// does not exist (a mistyped path) is refused, and no store appears there.
+#[test]
+fn only_adding_a_key_creates_a_trust_store() {
+    let dir = TempDir::new().unwrap();
+    let missing = dir.path().join("no-such-store");
+    let digest = Digest::of(b"anything");
+    let key_id: KeyId = "0123456789abcdef".parse().unwrap();
+    for refused in [
+        TrustStore::revoke_key(&missing, key_id),
+        TrustStore::revoke_digest(&missing, digest),
+        TrustStore::enable_trust_list(&missing, Path::new("list.key")),
+    ] {
+        assert!(
+            matches!(refused, Err(TrustError::StoreMissing { .. })),
+            "{refused:?}"
+        );
+    }
+    assert!(!missing.exists(), "no store was created");
+}
