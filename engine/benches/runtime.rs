@@ -66,8 +66,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getppid, pipe};
 use plugboard_engine::bundle::Bundle;
 use plugboard_engine::ipc::{
-    CallRef, Channel, ConfinementPlan, EngineMessage, EngineMessageRef, IpcError, PROTOCOL_VERSION,
-    StepReport, WorkerMessage, decode_frame, encode_frame,
+    CallRef, Channel, ConfinementPlan, EngineMessage, EngineMessageRef, Incoming, IpcError,
+    Outgoing, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage, decode_request,
 };
 use plugboard_engine::loader::SealedLibrary;
 use plugboard_engine::manifest::HostLimits;
@@ -789,15 +789,6 @@ fn raw_round_trip(fd: BorrowedFd<'_>, out: &[u8; DATAGRAM], back: &mut [u8; DATA
     assert_eq!(n, DATAGRAM, "raw echo came back short");
 }
 
-fn call_message(id: u64, payload: &[u8]) -> EngineMessage {
-    EngineMessage::Call {
-        id,
-        hook: "greet".to_owned(),
-        payload: payload.to_vec(),
-        depth: 0,
-    }
-}
-
 /// A Call and its Reply the way `Worker::call` sends and receives them (a borrowed Call;
 /// a receive with the socket's tick and descriptors refused, see `framed_channel`).
 fn framed_round_trip(channel: &Channel, id: u64, payload: &[u8]) {
@@ -846,20 +837,30 @@ fn hello_serve_threads(fixture: &Fixture) -> usize {
     usize::try_from(plan.serve_threads).unwrap_or(1)
 }
 
-/// What framing costs without I/O: the Call encoded and decoded, the Reply likewise.
-fn codec_round_trip(payload: &[u8]) {
-    let call = encode_frame(&call_message(1, payload)).expect("encode Call");
-    let Ok(EngineMessage::Call { id, payload, .. }) = decode_frame::<EngineMessage>(&call) else {
+/// What framing costs as a call frames, without I/O: the Call and the Reply each written
+/// and read as the engine and the worker do, each side's buffer reused.
+fn codec_round_trip(payload: &[u8], buffers: &mut (Vec<u8>, Vec<u8>)) {
+    let call = CallRef {
+        id: 1,
+        hook: "greet",
+        payload,
+        depth: 0,
+    }
+    .frame_into(std::mem::take(&mut buffers.0))
+    .expect("encode Call");
+    let Ok(EngineMessageRef::Call { id, payload, .. }) = decode_request(&call) else {
         panic!("the Call did not decode");
     };
-    let reply = encode_frame(&WorkerMessage::Reply {
+    let reply = ReplyRef {
         id,
         status: STATUS_OK,
         body: payload,
-    })
+    }
+    .frame_into(std::mem::take(&mut buffers.1))
     .expect("encode Reply");
-    let decoded = decode_frame::<WorkerMessage>(&reply).expect("decode Reply");
+    let decoded = WorkerMessage::from_frame(&reply).expect("decode Reply");
     assert!(matches!(decoded, WorkerMessage::Reply { id: 1, .. }));
+    *buffers = (call, reply);
 }
 
 /// One call through the real engine side to a stand-in worker, which echoes the payload.
@@ -984,6 +985,7 @@ fn call_bench(fixture: &Fixture, scope: &EngineScope, calls: usize, title: &str)
         .expect("hello loads in-process");
 
     let payload = [b'x'; DATAGRAM];
+    let mut frame_buffers = (Vec::new(), Vec::new());
     let expected = format!("Hello, {}!", "x".repeat(DATAGRAM)).into_bytes();
     let outcome = worker.call("greet", &payload, CALL_TIMEOUT).expect("greet");
     assert_eq!(
@@ -1094,7 +1096,7 @@ fn call_bench(fixture: &Fixture, scope: &EngineScope, calls: usize, title: &str)
             "frames alone: encode + decode Call and Reply",
             calls,
             Vec::new(),
-            || codec_round_trip(&payload),
+            move || codec_round_trip(&payload, &mut frame_buffers),
         ),
     ];
 

@@ -1100,13 +1100,16 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         .skip(output.lines.len().saturating_sub(20))
         .cloned()
         .collect();
+    // Active only while a worker is: `mechanisms` keeps what the last one was granted (what
+    // a crashed plugin had), the badges say what confines one now.
     let active_mechanisms = crate::sandbox::Mechanism::ALL
         .into_iter()
         .filter(|mechanism| {
-            lifecycle
-                .mechanisms
-                .get(mechanism.name())
-                .is_some_and(|state| state.active)
+            lifecycle.worker_pid.is_some()
+                && lifecycle
+                    .mechanisms
+                    .get(mechanism.name())
+                    .is_some_and(|state| state.active)
         })
         .map(|mechanism| mechanism.badge().to_owned())
         .collect();

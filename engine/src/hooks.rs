@@ -175,10 +175,20 @@ impl HookStats {
         true
     }
 
-    /// A call refused before it began, its plugin at its `max_in_flight`: counted as busy.
-    pub fn refuse_busy(&self) {
+    /// A call of this hook is about to be sent, unless its plugin already has `max` calls
+    /// in flight over `hooks` (all of its hooks, this one among them): then it is counted
+    /// as busy and `false` comes back. The call is counted first and the plugin's total
+    /// read after, so callers racing for the last place may all be refused, never all
+    /// admitted. One atomic read-modify-write, as for a hook alone: a plugin-wide counter
+    /// would add two to every call. Every `true` must be followed by [`HookStats::end`].
+    pub fn begin_within(&self, hooks: &[std::sync::Arc<HookStats>], max: u64) -> bool {
         self.begun.fetch_add(1, Ordering::AcqRel);
-        self.end(Duration::ZERO, &CallResult::Busy);
+        let in_flight: u64 = hooks.iter().map(|hook| hook.in_flight()).sum();
+        if in_flight > max {
+            self.end(Duration::ZERO, &CallResult::Busy);
+            return false;
+        }
+        true
     }
 
     /// A call begun with [`HookStats::begin`] ended after `elapsed`.
@@ -549,6 +559,31 @@ mod tests {
         assert!(
             since_start_bytes <= 32 * 1024,
             "{since_start_bytes} bytes since start"
+        );
+    }
+
+    #[test]
+    fn a_plugins_cap_counts_the_calls_of_all_its_hooks() {
+        use std::sync::Arc;
+        let (first, second) = (Arc::new(HookStats::new()), Arc::new(HookStats::new()));
+        let hooks = [Arc::clone(&first), Arc::clone(&second)];
+        assert!(first.begin_within(&hooks, 2));
+        assert!(second.begin_within(&hooks, 2));
+        assert!(
+            !first.begin_within(&hooks, 2),
+            "a third beyond a cap of two"
+        );
+        assert!(!second.begin_within(&hooks, 2));
+        assert_eq!((first.in_flight(), second.in_flight()), (1, 1));
+        first.end(Duration::from_micros(5), &CallResult::Ok);
+        assert!(
+            second.begin_within(&hooks, 2),
+            "an ended call frees its place"
+        );
+        assert_eq!(
+            (first.snapshot().busy, second.snapshot().busy),
+            (1, 1),
+            "each refusal counted as busy on its hook"
         );
     }
 

@@ -60,6 +60,12 @@ pub trait Incoming: DeserializeOwned {
     }
 }
 
+/// A request as a worker's serving thread reads it, borrowing from `frame`: a `Call` by
+/// hand, anything else by postcard.
+pub fn decode_request(frame: &[u8]) -> Result<EngineMessageRef<'_>, IpcError> {
+    hot::decode_call(frame).map_or_else(|| decode_frame(frame), Ok)
+}
+
 impl Outgoing for EngineMessage {}
 impl Outgoing for WorkerMessage {}
 impl Outgoing for CallsRef<'_> {}
@@ -462,9 +468,7 @@ impl Channel {
                     .received()
                     .get(..len)
                     .ok_or_else(|| protocol(format!("frame of {len} bytes does not fit")))
-                    .and_then(|frame| {
-                        hot::decode_call(frame).map_or_else(|| decode_frame(frame), Ok)
-                    })
+                    .and_then(decode_request)
             });
             handle.take().map(|handle| handle(decoded))
         };

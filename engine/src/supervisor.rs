@@ -255,50 +255,15 @@ pub(crate) struct Running {
     pub runner: Runner,
     pub generation: u64,
     pub timeouts: BTreeMap<String, Duration>,
-    /// Its calls in flight, all hooks together, against its `max_in_flight`.
-    pub in_flight: CallSlots,
+    /// Its `max_in_flight`, over all its hooks together.
+    pub max_in_flight: u64,
+    /// The statistics of every hook its manifest subscribes to: what its calls in flight
+    /// are counted over.
+    pub hook_stats: Box<[Arc<HookStats>]>,
     /// The hooks its manifest lets it emit (checked where an emit arrives).
     pub emit_grants: Vec<String>,
     /// Hooks whose calls found the worker gone: what it was doing when it died.
     pub lost_calls: Mutex<BTreeSet<String>>,
-}
-
-/// The calls a worker has in flight, all hooks together, against its `max_in_flight`.
-#[derive(Debug)]
-pub(crate) struct CallSlots {
-    taken: AtomicU64,
-    max: u64,
-}
-
-impl CallSlots {
-    pub fn new(max: u64) -> Self {
-        Self {
-            taken: AtomicU64::new(0),
-            max,
-        }
-    }
-
-    pub fn max(&self) -> u64 {
-        self.max
-    }
-
-    /// A slot for one call, given back when the guard drops; `None` when all are taken.
-    pub fn take(&self) -> Option<CallSlot<'_>> {
-        if self.taken.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.taken.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(CallSlot(self))
-    }
-}
-
-/// One call's place among its worker's calls in flight.
-pub(crate) struct CallSlot<'a>(&'a CallSlots);
-
-impl Drop for CallSlot<'_> {
-    fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// An answer to a command, sent back by the actor.
@@ -526,18 +491,6 @@ impl Plugin {
 mod tests {
     use super::*;
 
-    #[test]
-    fn call_slots_admit_up_to_the_cap_and_come_back_when_a_call_ends() {
-        let slots = CallSlots::new(2);
-        let first = slots.take().expect("one");
-        let second = slots.take().expect("two");
-        assert!(slots.take().is_none(), "a third beyond a cap of two");
-        drop(first);
-        let third = slots.take().expect("a slot given back is taken again");
-        assert!(slots.take().is_none());
-        drop((second, third));
-        assert_eq!(slots.taken.load(Ordering::Relaxed), 0);
-    }
     use crate::policy::ViolationKind;
 
     fn plugin() -> (Plugin, mpsc::Receiver<ActorMessage>) {

@@ -176,15 +176,13 @@ pub(crate) fn call(
     }
     let stats = plugin.hook_stats(hook);
     // The cap is the plugin's, over all its hooks.
-    let Some(_slot) = running.in_flight.take() else {
-        stats.refuse_busy();
+    if !stats.begin_within(&running.hook_stats, running.max_in_flight) {
         return Ok(report(
             "busy",
-            format!("{} calls already in flight", running.in_flight.max()),
+            format!("{} calls already in flight", running.max_in_flight),
             Duration::ZERO,
         ));
-    };
-    stats.begin(u64::MAX);
+    }
     let start = Instant::now();
     let outcome = call_through(plugin, &running, hook, payload, depth, timeout);
     let elapsed = start.elapsed();

@@ -113,7 +113,7 @@ impl std::fmt::Debug for HookHandle {
                     (
                         resolved.running.generation,
                         resolved.timeout,
-                        resolved.running.in_flight.max(),
+                        resolved.running.max_in_flight,
                         resolved.enabled,
                     )
                 }),
@@ -167,14 +167,13 @@ impl HookHandle {
         }
         let stats = &resolved.stats;
         // The cap is the plugin's, over all its hooks.
-        let Some(_slot) = resolved.running.in_flight.take() else {
-            stats.refuse_busy();
+        let running = &resolved.running;
+        if !stats.begin_within(&running.hook_stats, running.max_in_flight) {
             return Err(HookCallError::Busy {
                 plugin: self.plugin.name.clone(),
-                max_in_flight: resolved.running.in_flight.max(),
+                max_in_flight: running.max_in_flight,
             });
-        };
-        stats.begin(u64::MAX);
+        }
         let timeout = resolved.timeout;
         let outcome = call_through(
             &self.plugin,

@@ -670,7 +670,12 @@ fn spawn_worker(
         runner,
         generation,
         timeouts,
-        in_flight: super::CallSlots::new(u64::from(resources.max_in_flight)),
+        max_in_flight: u64::from(resources.max_in_flight),
+        hook_stats: manifest
+            .hooks
+            .keys()
+            .map(|hook| plugin.hook_stats(hook))
+            .collect(),
         emit_grants: manifest.capabilities.emit.clone(),
         lost_calls: Mutex::new(std::collections::BTreeSet::new()),
     })

@@ -177,6 +177,10 @@ fn load_start_call_stop_unload_leave_nothing_behind() {
     let stopped = plugin(engine, "hello");
     assert_eq!(stopped.state, PluginState::Stopped);
     assert_eq!(stopped.last_exit, Some(ExitStatus::Code { code: 0 }));
+    assert!(
+        stopped.active_mechanisms.is_empty() && stopped.mechanisms["seccomp"].active,
+        "nothing confines a stopped plugin; what its worker had is kept"
+    );
     assert!(!process_alive(pid));
     assert!(
         !Path::new(&format!("/sys/fs/cgroup/memory{cgroup}")).exists(),
