@@ -38,9 +38,7 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // Each file is written beside its place and renamed over it: packing a bundle in place
     // (the library or manifest given is the one in `out`) reads it whole before replacing it.
-    replace_file(&out.join(MANIFEST_FILE), 0o644, |file| {
-        std::io::Write::write_all(file, source.as_bytes())
-    })?;
+    // The library first: if it cannot be copied, the bundle keeps its old manifest.
     let library_in_bundle = out.join(&manifest.plugin.library);
     let mut library_file = std::fs::File::open(library)
         .with_context(|| format!("cannot open the library {}", library.display()))?;
@@ -48,6 +46,9 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
         std::io::copy(&mut library_file, file).map(drop)
     })
     .with_context(|| format!("cannot copy {}", library.display()))?;
+    replace_file(&out.join(MANIFEST_FILE), 0o644, |file| {
+        std::io::Write::write_all(file, source.as_bytes())
+    })?;
     // A signature from an earlier pack would no longer match.
     match std::fs::remove_file(out.join(SIGNATURE_FILE)) {
         Ok(()) => {}

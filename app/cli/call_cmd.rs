@@ -104,7 +104,8 @@ pub fn run(
                     error: &one_line_reason(&err),
                     hooks: known.hooks.as_deref(),
                 };
-                outln!("{}", serde_json::to_string(&failure)?)?;
+                // The call's own failure decides the exit status, not a reader gone.
+                let _ = outln!("{}", serde_json::to_string(&failure)?);
             }
             return Err(err);
         }
@@ -126,7 +127,10 @@ pub fn run(
             last_exit: answered.last_exit,
             violations: &answered.violations,
         };
-        outln!("{}", serde_json::to_string(&output)?)?;
+        let printed = outln!("{}", serde_json::to_string(&output)?);
+        if failure.is_none() {
+            printed?;
+        }
     } else if failure.is_none() {
         outln!("{}", report.reply)?;
     }

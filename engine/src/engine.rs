@@ -1024,7 +1024,15 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
     // the duplicate never takes the name of a plugin found after it.
     let (name, blocked) = match plugins.get(&name) {
         Some(other) => {
-            let key = dir.display().to_string();
+            let mut key = dir.display().to_string();
+            // Two paths that differ only in bytes that are not UTF-8 display alike.
+            let shown = key.clone();
+            for n in 2.. {
+                if !plugins.contains_key(&key) {
+                    break;
+                }
+                key = format!("{shown} ({n})");
+            }
             let reason = format!(
                 "duplicate plugin name `{name}`: {} already provides it",
                 other.dir.display()

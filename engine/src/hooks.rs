@@ -182,8 +182,17 @@ impl HookStats {
     /// admitted. One atomic read-modify-write, as for a hook alone: a plugin-wide counter
     /// would add two to every call. Every `true` must be followed by [`HookStats::end`].
     pub fn begin_within(&self, hooks: &[std::sync::Arc<HookStats>], max: u64) -> bool {
-        self.begun.fetch_add(1, Ordering::AcqRel);
-        let in_flight: u64 = hooks.iter().map(|hook| hook.in_flight()).sum();
+        // Sequentially consistent, the count and the reads after it: two callers of
+        // different hooks each see the other's count or the other sees theirs (release
+        // and acquire alone would let both miss both). On x86 this costs nothing more.
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        let in_flight: u64 = hooks
+            .iter()
+            .map(|hook| {
+                let ended = hook.ended.load(Ordering::SeqCst);
+                hook.begun.load(Ordering::SeqCst).saturating_sub(ended)
+            })
+            .sum();
         if in_flight > max {
             self.end(Duration::ZERO, &CallResult::Busy);
             return false;

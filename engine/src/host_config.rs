@@ -488,6 +488,20 @@ impl<'s> Source<'s> {
             .split('.')
             .map(|key| key.trim().trim_matches('"'))
             .collect();
+        // Only the header of this very table names it: a key written dotted or inline under
+        // another header is left unnamed rather than misnamed.
+        let this_table =
+            path.0
+                .iter()
+                .enumerate()
+                .all(|(index, segment)| match (segment, keys.get(index)) {
+                    (Segment::Key(key), Some(header_key)) => key == "?" || key == header_key,
+                    (Segment::Key(key), None) => key != "?",
+                    (Segment::Index(_), _) => false,
+                });
+        if !this_table {
+            return path;
+        }
         let named = path
             .0
             .iter()

@@ -108,3 +108,26 @@ fn headless_whose_reader_goes_away_stops_its_plugins_and_ends_quietly() {
         engine_scopes(engine.id())
     );
 }
+
+/// A failed call still fails when nobody reads its `--json`: the call's outcome sets the
+/// exit status, not the reader that went away.
+#[test]
+fn a_failed_call_fails_even_when_its_reader_has_gone() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "hello", &keys);
+    let output = into_closed_pipe(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"no_such_hook",
+        &"--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no_such_hook"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -755,6 +755,13 @@ fn check_startable(
     }
     if let Some(manifest) = &lifecycle.manifest {
         super::dependencies::check_running(shared, &plugin.name, manifest)?;
+        // A dependent may run while this plugin is down (it crashed, say): the version
+        // starting now must be one it accepts.
+        super::dependencies::check_dependents_accept(
+            shared,
+            &plugin.name,
+            &manifest.plugin.version,
+        )?;
     }
     match max_plugins_reached(shared, plugin) {
         Some(reason) => Err(EngineError::StartFailed {
@@ -1445,10 +1452,15 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
         Action::Restart => {
             if plugin.running().is_some() {
                 let _ = stop(shared, plugin, PluginState::Failed);
-                lifecycle_reason(
-                    plugin,
-                    format!("restarted by policy after {kind}: {detail}"),
-                );
+                let reason = if shared.config.restart.enabled {
+                    format!("restarted by policy after {kind}: {detail}")
+                } else {
+                    format!(
+                        "stopped after {kind}: {detail}; the policy restarts it, but restarts \
+                         are off ([restart] enabled = false)"
+                    )
+                };
+                lifecycle_reason(plugin, reason);
                 schedule_restart(shared, plugin);
             }
         }

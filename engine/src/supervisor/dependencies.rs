@@ -153,7 +153,12 @@ pub(crate) fn check_dependents_accept(
     name: &str,
     version: &semver::Version,
 ) -> Result<(), EngineError> {
-    for plugin in shared.all_plugins() {
+    // `name` itself is skipped before its lifecycle is locked: a start asks this holding it.
+    for plugin in shared
+        .all_plugins()
+        .iter()
+        .filter(|plugin| plugin.name != name)
+    {
         let lifecycle = plugin.lifecycle();
         let up = lifecycle.is_up() || lifecycle.state == PluginState::BackingOff;
         let requirement = lifecycle
@@ -162,7 +167,7 @@ pub(crate) fn check_dependents_accept(
             .and_then(|manifest| manifest.dependencies.get(name).cloned());
         drop(lifecycle);
         match requirement {
-            Some(requirement) if up && plugin.name != name && !requirement.matches(version) => {
+            Some(requirement) if up && !requirement.matches(version) => {
                 return Err(EngineError::IncompatibleDependency {
                     plugin: plugin.name.clone(),
                     dependency: name.to_owned(),

@@ -1101,3 +1101,30 @@ fn a_traffic_rate_out_of_range_is_refused() {
         engine.execute(Command::Traffic { rate }).unwrap();
     }
 }
+
+/// Duplicates whose directory paths display alike (they differ in bytes that are not
+/// UTF-8) are both listed: neither replaces the other.
+#[test]
+fn duplicates_whose_paths_display_alike_are_both_listed() {
+    use std::os::unix::ffi::OsStrExt;
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    for name in [&b"copy\xfe"[..], &b"copy\xff"[..]] {
+        let copy = fixture.plugins.join(std::ffi::OsStr::from_bytes(name));
+        std::fs::create_dir_all(&copy).unwrap();
+        for file in ["plugin.toml", "plugin.sig", "libhello.so"] {
+            std::fs::copy(fixture.plugins.join("hello").join(file), copy.join(file)).unwrap();
+        }
+    }
+    drop(fixture.engine);
+    let mut config = EngineConfig::new(host_binary());
+    config.plugin_dirs = vec![fixture.plugins.clone()];
+    let engine = Engine::start(config).unwrap();
+    let names: std::collections::BTreeSet<String> = engine
+        .snapshot()
+        .plugins
+        .into_iter()
+        .map(|plugin| plugin.name)
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains("hello"), "{names:?}");
+}

@@ -444,6 +444,73 @@ fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
     assert_eq!(plugin(engine, "counter").state, PluginState::Stopped);
 }
 
+/// A dependency that is down while its dependent runs (it crashed; restarts are off) may
+/// be reloaded to a new version, but not started in one its running dependent refuses.
+#[test]
+fn a_dependency_down_is_not_started_in_a_version_its_running_dependent_refuses() {
+    let fixture = engine_configured(
+        &[
+            ("prober", "prober", same),
+            ("counter", "counter", |manifest| {
+                format!("{manifest}\n[dependencies]\nprober = \"^0.1\"\n")
+            }),
+        ],
+        |config| config.restart.enabled = false,
+    );
+    let engine = &fixture.engine;
+    start(engine, "counter");
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    wait_until(engine, "prober", Duration::from_secs(3), |prober| {
+        prober.state == PluginState::Failed
+    });
+    assert_eq!(plugin(engine, "counter").state, PluginState::Running);
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "prober",
+        "prober",
+        version_2,
+    );
+    engine
+        .execute(Command::Reload {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    let err = engine
+        .execute(Command::Start {
+            plugin: "prober".into(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("counter") && err.to_string().contains("0.2.0"),
+        "{err}"
+    );
+    assert!(plugin(engine, "prober").worker_pid.is_none());
+}
+
+/// With restarts off, a plugin the policy would restart is stopped, and says why it stays
+/// down.
+#[test]
+fn with_restarts_off_a_policy_restart_says_the_plugin_stays_down() {
+    let fixture = engine_configured(
+        &[("prober", "prober", |manifest| {
+            quick_health(manifest).replace(
+                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
+                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 1",
+            )
+        })],
+        |config| config.restart.enabled = false,
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let failed = wait_until(engine, "prober", Duration::from_secs(5), |prober| {
+        prober.state == PluginState::Failed
+    });
+    let reason = failed.reason.unwrap_or_default();
+    assert!(reason.contains("restarts are off"), "{reason}");
+    assert!(failed.worker_pid.is_none());
+}
+
 #[test]
 fn missing_incompatible_and_cyclic_dependencies_are_refused_by_name() {
     let fixture = engine_configured(
