@@ -1587,10 +1587,28 @@ fn restart_after_backoff(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
         lifecycle.restarts += 1;
     }
     if let Err(err) = start(shared, plugin) {
+        if matches!(err, EngineError::DependencyUnavailable { .. })
+            && super::dependencies::a_dependency_is_starting(shared, plugin)
+        {
+            // Not this plugin's failure, and over in a moment (a dependency restarting
+            // beside it): try again shortly, its restart budget untouched.
+            let mut lifecycle = plugin.lifecycle();
+            lifecycle.backoff.recent.pop_back();
+            lifecycle.restarts = lifecycle.restarts.saturating_sub(1);
+            lifecycle.backoff.next_retry = Some((
+                Instant::now() + DEPENDENCY_STARTING_RETRY,
+                SystemTime::now() + DEPENDENCY_STARTING_RETRY,
+            ));
+            lifecycle.reason = Some(format!("restart waits: {err}"));
+            return;
+        }
         plugin.lifecycle().reason = Some(format!("restart failed: {err}"));
         schedule_restart(shared, plugin);
     }
 }
+
+/// How soon a restart refused because a dependency was still starting is tried again.
+const DEPENDENCY_STARTING_RETRY: Duration = Duration::from_millis(100);
 
 fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange) {
     let dir = plugin.dir.display().to_string();

@@ -146,6 +146,22 @@ pub(crate) fn check_running(
     Ok(())
 }
 
+/// Whether one of `plugin`'s dependencies is starting (its worker being spawned, confined
+/// and created): a start of `plugin` refused for it may be tried again in a moment.
+pub(crate) fn a_dependency_is_starting(shared: &Shared, plugin: &Plugin) -> bool {
+    let dependencies: Vec<String> = plugin
+        .lifecycle()
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.dependencies.keys().cloned().collect())
+        .unwrap_or_default();
+    dependencies.iter().any(|dependency| {
+        shared
+            .plugin(dependency)
+            .is_ok_and(|target| target.lifecycle().state == PluginState::Starting)
+    })
+}
+
 /// At reload: every running plugin that depends on `name` directly must accept `version`,
 /// the version it is reloaded to; the first that does not is named with its requirement.
 pub(crate) fn check_dependents_accept(

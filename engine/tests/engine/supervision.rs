@@ -1193,6 +1193,46 @@ fn a_reload_while_backing_off_verifies_and_cancels_the_restart() {
     );
 }
 
+/// A dependent whose restart comes while its dependency is itself restarting (still
+/// being created) waits for it instead of spending its restart budget on the refusal.
+#[test]
+fn a_restart_waits_for_a_dependency_that_is_still_starting() {
+    let fixture = engine_configured(
+        &[
+            ("slowhook", "slowhook", |manifest| {
+                manifest.replace(
+                    "[config.create_ms]\ntype = \"integer\"\ndefault = 0",
+                    "[config.create_ms]\ntype = \"integer\"\ndefault = 1000",
+                )
+            }),
+            ("prober", "prober", |manifest| {
+                format!("{manifest}\n[dependencies]\nslowhook = \"^0.1\"\n")
+            }),
+        ],
+        |config| config.restart = restart_policy(100, 1),
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    // The dependency's worker dies (killed here, by the pid of the worker this test's
+    // engine started); its restart takes a second of `create`.
+    let slowhook = plugin(engine, "slowhook");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(slowhook.worker_pid.unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(engine, "slowhook", Duration::from_secs(3), |slowhook| {
+        slowhook.state == PluginState::Starting
+    });
+    // Meanwhile the dependent crashes; its restart, 100 ms later, finds slowhook starting.
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    let restarted = wait_until(engine, "prober", Duration::from_secs(5), |prober| {
+        prober.state == PluginState::Running && prober.supervision.restarts == 1
+    });
+    assert_eq!(restarted.supervision.restart_budget_left, 0);
+    assert_eq!(plugin(engine, "slowhook").state, PluginState::Running);
+}
+
 #[test]
 fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
     use plugboard_engine::supervisor::state_file::PersistedState;
