@@ -282,6 +282,14 @@ fn a_reload_whose_new_version_cannot_start_leaves_the_old_version_serving() {
     assert_eq!(call(engine, "hello", "greet", "still").status, "ok");
 }
 
+/// Prober's manifest with every health check failing after `ms` milliseconds.
+fn failing_health(manifest: &str, ms: u64) -> String {
+    manifest.replace(
+        "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
+        &format!("[config.failing_health_ms]\ntype = \"integer\"\ndefault = {ms}"),
+    )
+}
+
 /// Writes prober's manifest, edited by `edit`, signed, over the bundle in `dir`.
 fn resign_prober(
     (plugins, scratch, signer): (&std::path::Path, &std::path::Path, &crate::support::Signer),
@@ -318,10 +326,7 @@ fn a_reload_queued_behind_a_failing_one_keeps_its_new_worker() {
     resign_prober(bundle, |manifest| {
         format!(
             "{}\n[health]\ntimeout_ms = 2000\n",
-            version_2(manifest).replace(
-                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
-                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 400",
-            )
+            failing_health(&version_2(manifest), 400)
         )
     });
     let first = {
@@ -494,10 +499,7 @@ fn a_dependency_down_is_not_started_in_a_version_its_running_dependent_refuses()
 fn with_restarts_off_a_policy_restart_says_the_plugin_stays_down() {
     let fixture = engine_configured(
         &[("prober", "prober", |manifest| {
-            quick_health(manifest).replace(
-                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
-                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 1",
-            )
+            failing_health(&quick_health(manifest), 1)
         })],
         |config| config.restart.enabled = false,
     );
@@ -1089,10 +1091,7 @@ fn by_default_an_unhealthy_plugin_is_restarted() {
 fn a_plugin_that_never_gets_healthy_is_restarted_within_the_budget_then_fails() {
     let fixture = engine_configured(
         &[("prober", "prober", |manifest| {
-            quick_health(manifest).replace(
-                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 0",
-                "[config.failing_health_ms]\ntype = \"integer\"\ndefault = 1",
-            )
+            failing_health(&quick_health(manifest), 1)
         })],
         |config| config.restart = restart_policy(100, 2),
     );
