@@ -1291,6 +1291,36 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: ExitStatus) {
         ExitStatus::Code { code } => violation.fact("exit_code", code),
     };
     on_violation(shared, plugin, violation.during(hooks));
+    // A policy that stopped or quarantined it has said so already.
+    let state = plugin.lifecycle().state;
+    if matches!(state, PluginState::Failed | PluginState::BackingOff) {
+        say_dependents_left_running(shared, plugin, "it crashed");
+    }
+}
+
+/// A plugin went down without an operator's stop, which would have stopped its dependents
+/// first: says which of them run on without it (never silently, DESIGN.md's Lifecycle).
+fn say_dependents_left_running(shared: &Shared, plugin: &Plugin, why: &str) {
+    if plugin.lifecycle().is_up() {
+        return;
+    }
+    let dependents: Vec<String> = super::dependencies::running_dependents(shared, &plugin.name)
+        .iter()
+        .map(|dependent| format!("`{}`", dependent.name))
+        .collect();
+    if dependents.is_empty() {
+        return;
+    }
+    shared.event(
+        Some(&plugin.name),
+        EventKind::Engine {
+            message: format!(
+                "`{}` is down ({why}) while {} depending on it run on",
+                plugin.name,
+                dependents.join(", ")
+            ),
+        },
+    );
 }
 
 fn lifecycle_reason(plugin: &Plugin, reason: String) {
@@ -1467,8 +1497,12 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
         Action::Stop => {
             let _ = stop(shared, plugin, PluginState::Stopped);
             lifecycle_reason(plugin, format!("stopped by policy after {kind}: {detail}"));
+            say_dependents_left_running(shared, plugin, "stopped by policy");
         }
-        Action::Quarantine => quarantine(shared, plugin, &format!("{kind}: {detail}")),
+        Action::Quarantine => {
+            quarantine(shared, plugin, &format!("{kind}: {detail}"));
+            say_dependents_left_running(shared, plugin, "quarantined");
+        }
     }
 }
 

@@ -469,6 +469,11 @@ fn a_dependency_down_is_not_started_in_a_version_its_running_dependent_refuses()
         prober.state == PluginState::Failed
     });
     assert_eq!(plugin(engine, "counter").state, PluginState::Running);
+    // Not silently: the engine says who runs on without it.
+    wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(&event.kind, EventKind::Engine { message }
+            if message.contains("`prober` is down (it crashed) while `counter`"))
+    });
     add_bundle(
         &fixture.plugins,
         &fixture.signer,
