@@ -724,6 +724,10 @@ impl Engine {
                 });
             }
         }
+        let _order = plugin
+            .toggle_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         plugin.ask(|reply| ActorMessage::SetEnabled(enabled, reply))?;
         self.shared
             .persist(name, |toggles| toggles.enabled = Some(enabled))
@@ -749,6 +753,10 @@ impl Engine {
 
     fn set_hook_enabled(&self, name: &str, hook: &str, enabled: bool) -> Result<(), EngineError> {
         let plugin = self.plugin_with_hook(name, hook)?;
+        let _order = plugin
+            .toggle_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let changed = plugin.set_hook_enabled(hook, enabled);
         if changed {
             self.shared.event(

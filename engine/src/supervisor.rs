@@ -326,6 +326,9 @@ pub(crate) struct Plugin {
     /// Hooks emitted through the engine (granted ones).
     pub emitted: AtomicU64,
     pub actor: Mutex<Option<JoinHandle<()>>>,
+    /// Held while an operator's toggle (enable, disable, a hook's) takes effect and is
+    /// persisted, so two racing toggles are saved in the order they took effect.
+    pub toggle_order: Mutex<()>,
 }
 
 impl Plugin {
@@ -360,6 +363,7 @@ impl Plugin {
             deep_emits: Mutex::new((0, None)),
             emitted: AtomicU64::new(0),
             actor: Mutex::new(None),
+            toggle_order: Mutex::new(()),
         }
     }
 

@@ -681,6 +681,51 @@ fn hook_and_plugin_toggles_persist_across_engine_restarts() {
     assert!(plugin(&engine, "hello").disabled_hooks.is_empty());
 }
 
+/// Toggles racing from two threads (the dashboard runs each command on its own) are saved
+/// in the order they took effect: the state file ends as the engine does.
+#[test]
+fn racing_hook_toggles_are_saved_in_the_order_they_took_effect() {
+    use plugboard_engine::supervisor::state_file::PersistedState;
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("state.json");
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.state_file = Some(state_file.clone());
+    });
+    let engine = Arc::new(fixture.engine);
+    for round in 0..20 {
+        let togglers: Vec<_> = [true, false]
+            .into_iter()
+            .map(|enable| {
+                let engine = Arc::clone(&engine);
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        let hook = "greet".to_owned();
+                        let plugin = "hello".to_owned();
+                        let command = if enable {
+                            Command::EnableHook { plugin, hook }
+                        } else {
+                            Command::DisableHook { plugin, hook }
+                        };
+                        engine.execute(command).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for toggler in togglers {
+            toggler.join().unwrap();
+        }
+        let in_engine = plugin(&engine, "hello").disabled_hooks;
+        // A plugin with nothing to remember has no entry.
+        let saved: Vec<String> = PersistedState::load(&state_file)
+            .unwrap()
+            .plugins
+            .get("hello")
+            .map(|toggles| toggles.disabled_hooks.iter().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(saved, in_engine, "round {round}");
+    }
+}
+
 #[test]
 fn the_traffic_generator_passes_over_disabled_hooks_and_finds_plugins_started_later() {
     let fixture = engine_configured(
