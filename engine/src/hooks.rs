@@ -166,13 +166,7 @@ impl HookStats {
     /// counted as busy and `false` comes back. Every `true` must be followed by
     /// [`HookStats::end`].
     pub fn begin(&self, max_in_flight: u64) -> bool {
-        let begun = self.begun.fetch_add(1, Ordering::AcqRel);
-        let in_flight = begun.saturating_sub(self.ended.load(Ordering::Acquire));
-        if in_flight >= max_in_flight {
-            self.end(Duration::ZERO, &CallResult::Busy);
-            return false;
-        }
-        true
+        self.begin_within([self], max_in_flight)
     }
 
     /// A call of this hook is about to be sent, unless its plugin already has `max` calls
@@ -181,13 +175,17 @@ impl HookStats {
     /// read after, so callers racing for the last place may all be refused, never all
     /// admitted. One atomic read-modify-write, as for a hook alone: a plugin-wide counter
     /// would add two to every call. Every `true` must be followed by [`HookStats::end`].
-    pub fn begin_within(&self, hooks: &[std::sync::Arc<HookStats>], max: u64) -> bool {
+    pub fn begin_within<'a>(
+        &self,
+        hooks: impl IntoIterator<Item = &'a HookStats>,
+        max: u64,
+    ) -> bool {
         // Sequentially consistent, the count and the reads after it: two callers of
         // different hooks each see the other's count or the other sees theirs (release
         // and acquire alone would let both miss both). On x86 this costs nothing more.
         self.begun.fetch_add(1, Ordering::SeqCst);
         let in_flight: u64 = hooks
-            .iter()
+            .into_iter()
             .map(|hook| {
                 let ended = hook.ended.load(Ordering::SeqCst);
                 hook.begun.load(Ordering::SeqCst).saturating_sub(ended)
@@ -573,20 +571,16 @@ mod tests {
 
     #[test]
     fn a_plugins_cap_counts_the_calls_of_all_its_hooks() {
-        use std::sync::Arc;
-        let (first, second) = (Arc::new(HookStats::new()), Arc::new(HookStats::new()));
-        let hooks = [Arc::clone(&first), Arc::clone(&second)];
-        assert!(first.begin_within(&hooks, 2));
-        assert!(second.begin_within(&hooks, 2));
-        assert!(
-            !first.begin_within(&hooks, 2),
-            "a third beyond a cap of two"
-        );
-        assert!(!second.begin_within(&hooks, 2));
+        let (first, second) = (HookStats::new(), HookStats::new());
+        let hooks = [&first, &second];
+        assert!(first.begin_within(hooks, 2));
+        assert!(second.begin_within(hooks, 2));
+        assert!(!first.begin_within(hooks, 2), "a third beyond a cap of two");
+        assert!(!second.begin_within(hooks, 2));
         assert_eq!((first.in_flight(), second.in_flight()), (1, 1));
         first.end(Duration::from_micros(5), &CallResult::Ok);
         assert!(
-            second.begin_within(&hooks, 2),
+            second.begin_within(hooks, 2),
             "an ended call frees its place"
         );
         assert_eq!(

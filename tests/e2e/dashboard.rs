@@ -9,7 +9,7 @@ use std::time::Duration;
 use portable_pty::CommandBuilder;
 
 use crate::pty::PtySession;
-use crate::support::{fails, keys, signed_example};
+use crate::support::{fails, is_alive, keys, signed_example};
 
 const ROWS: u16 = 24;
 const COLUMNS: u16 = 80;
@@ -106,17 +106,6 @@ fn children_of(parent: u32) -> Vec<u32> {
         }
     }
     children
-}
-
-/// Alive: exists and is not a zombie.
-fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{fails, is_alive, keys, ok, plugboard, plugin_library, repo_root};
+use crate::support::{
+    engine_scopes_in, fails, is_alive, keys, ok, plugboard, plugin_library, repo_root,
+};
 
 /// A plugins directory with signed `hello` and `counter`, an unsigned `panicky` and a
 /// tampered copy of `hello` named `hello-tampered`.
@@ -451,17 +453,8 @@ fn a_refused_start_leaves_no_cgroup_scope() {
     let pid = child.id();
     let output = child.wait_with_output().unwrap();
     assert!(!output.status.success(), "a broken trust store is refused");
-    let prefix = format!("plugboard-engine-{pid}-");
     for controller in ["memory", "cpu", "pids"] {
-        let left: Vec<String> = std::fs::read_dir(format!("/sys/fs/cgroup/{controller}"))
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let left = engine_scopes_in(controller, pid);
         assert!(left.is_empty(), "left in {controller}: {left:?}");
     }
 }

@@ -139,7 +139,7 @@ pub fn closed_pipe() -> std::process::Stdio {
 
 /// Alive: exists and is not a zombie (orphans wait for whoever reaps them here, which
 /// can take a while; a zombie has ended all the same).
-pub fn is_alive(pid: u64) -> bool {
+pub fn is_alive(pid: impl std::fmt::Display) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -151,8 +151,13 @@ pub fn is_alive(pid: u64) -> bool {
 
 /// The memory cgroup scopes of the engine running in process `pid` (`plugboard-engine-<pid>-…`).
 pub fn engine_scopes(pid: u32) -> Vec<PathBuf> {
+    engine_scopes_in("memory", pid)
+}
+
+/// [`engine_scopes`] in the v1 hierarchy of `controller`.
+pub fn engine_scopes_in(controller: &str, pid: u32) -> Vec<PathBuf> {
     let prefix = format!("plugboard-engine-{pid}-");
-    std::fs::read_dir("/sys/fs/cgroup/memory")
+    std::fs::read_dir(format!("/sys/fs/cgroup/{controller}"))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)

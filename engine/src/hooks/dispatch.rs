@@ -176,7 +176,10 @@ pub(crate) fn call(
     }
     let stats = plugin.hook_stats(hook);
     // The cap is the plugin's, over all its hooks.
-    if !stats.begin_within(&running.hook_stats, running.max_in_flight) {
+    if !stats.begin_within(
+        running.hook_stats.iter().map(Arc::as_ref),
+        running.max_in_flight,
+    ) {
         return Ok(report(
             "busy",
             format!("{} calls already in flight", running.max_in_flight),

@@ -168,7 +168,10 @@ impl HookHandle {
         let stats = &resolved.stats;
         // The cap is the plugin's, over all its hooks.
         let running = &resolved.running;
-        if !stats.begin_within(&running.hook_stats, running.max_in_flight) {
+        if !stats.begin_within(
+            running.hook_stats.iter().map(Arc::as_ref),
+            running.max_in_flight,
+        ) {
             return Err(HookCallError::Busy {
                 plugin: self.plugin.name.clone(),
                 max_in_flight: running.max_in_flight,

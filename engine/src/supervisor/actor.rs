@@ -635,17 +635,17 @@ fn spawn_worker(
         .unwrap_or_default();
     let limits = &shared.config.limits;
     let resources = manifest.effective_resources_with(limits, &overrides);
+    let hook_stats: Vec<Arc<crate::hooks::HookStats>> = manifest
+        .hooks
+        .keys()
+        .map(|hook| plugin.hook_stats(hook))
+        .collect();
     let runner = if manifest.isolation.mode == IsolationMode::InProcess {
         let sink = worker_sink(shared, plugin, generation);
         let emit = Some(emit_handler(shared, &plugin.name));
         let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
             .map_err(|err| err.to_string())?;
-        let hooks = manifest
-            .hooks
-            .keys()
-            .map(|hook| plugin.hook_stats(hook))
-            .collect();
-        Runner::InProcess(Arc::new(loaded), hooks)
+        Runner::InProcess(Arc::new(loaded), hook_stats.clone())
     } else {
         let launched = match launched {
             Some(Ok(launched)) if launched.generation == generation => launched,
@@ -671,11 +671,7 @@ fn spawn_worker(
         generation,
         timeouts,
         max_in_flight: u64::from(resources.max_in_flight),
-        hook_stats: manifest
-            .hooks
-            .keys()
-            .map(|hook| plugin.hook_stats(hook))
-            .collect(),
+        hook_stats: hook_stats.into_boxed_slice(),
         emit_grants: manifest.capabilities.emit.clone(),
         lost_calls: Mutex::new(std::collections::BTreeSet::new()),
     })
