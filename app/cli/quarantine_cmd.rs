@@ -110,20 +110,22 @@ pub fn list(options: &QuarantineOptions) -> Result<()> {
 
 pub fn clear(options: &QuarantineOptions, plugin: &str) -> Result<()> {
     let StateFile { path, state } = state_file(options)?;
-    let Some(mut state) = state else {
+    if state.is_none() {
         bail!(
             "`{plugin}` is not quarantined: no state file exists yet at {}",
             path.display()
         );
-    };
-    let Some(toggles) = state
-        .plugins
-        .get_mut(plugin)
-        .filter(|toggles| toggles.quarantined.is_some())
-    else {
+    }
+    // Read again under the file's lock, so a running engine's change made in between is
+    // kept.
+    let mut was_quarantined = false;
+    PersistedState::update(&path, |state| {
+        if let Some(toggles) = state.plugins.get_mut(plugin) {
+            was_quarantined = toggles.quarantined.take().is_some();
+        }
+    })?;
+    if !was_quarantined {
         bail!("`{plugin}` is not quarantined (in {})", path.display());
-    };
-    toggles.quarantined = None;
-    state.save(&path)?;
+    }
     outln!("cleared the quarantine of `{plugin}`; it can be started again")
 }

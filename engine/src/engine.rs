@@ -301,8 +301,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Changes one plugin's persisted toggles. The file is read again first, so a change
-    /// made from a shell (`plugboard quarantine clear`) is not overwritten.
+    /// Changes one plugin's persisted toggles. The file is read again under its lock first,
+    /// so a change made from a shell (`plugboard quarantine clear`) is not overwritten.
     pub fn persist(
         &self,
         name: &str,
@@ -312,12 +312,13 @@ impl Shared {
             .persisted
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(file) = &self.config.state_file {
-            *persisted = PersistedState::load(file)?;
-        }
-        change(persisted.plugins.entry(name.to_owned()).or_default());
-        if let Some(file) = &self.config.state_file {
-            persisted.save(file)?;
+        match &self.config.state_file {
+            Some(file) => {
+                *persisted = PersistedState::update(file, |state| {
+                    change(state.plugins.entry(name.to_owned()).or_default());
+                })?;
+            }
+            None => change(persisted.plugins.entry(name.to_owned()).or_default()),
         }
         Ok(())
     }

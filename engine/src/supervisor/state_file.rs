@@ -1,11 +1,16 @@
 //! What an operator decided that must survive an engine restart: disabled plugins and
 //! disabled hooks. A small JSON file, replaced atomically (write a temporary file beside it,
 //! fsync, rename, fsync the directory), so a crash leaves the old or the new file, never a
-//! torn one.
+//! torn one. Every change is a read-modify-write under an exclusive lock on a lock file
+//! beside it (`<file>.lock`, left in place), so an engine and `plugboard quarantine clear`
+//! writing at the same moment cannot lose each other's change.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,19 +104,32 @@ impl PersistedState {
         Ok(state)
     }
 
-    /// Replaces `file` with this state, atomically.
+    /// Applies `change` to the state in `file` and saves it, holding the file's lock from
+    /// the read to the rename. Returns the state as saved.
+    pub fn update(file: &Path, change: impl FnOnce(&mut Self)) -> Result<Self, StateFileError> {
+        let _lock = lock(file)?;
+        let mut state = Self::load(file)?;
+        change(&mut state);
+        state.save_unlocked(file)?;
+        Ok(state)
+    }
+
+    /// Replaces `file` with this state, atomically, under the file's lock. A change of
+    /// state read earlier belongs in [`PersistedState::update`], which cannot lose a change
+    /// made in between.
     pub fn save(&self, file: &Path) -> Result<(), StateFileError> {
+        let _lock = lock(file)?;
+        self.save_unlocked(file)
+    }
+
+    fn save_unlocked(&self, file: &Path) -> Result<(), StateFileError> {
         let failed = |err: std::io::Error| StateFileError::Write {
             file: file.to_owned(),
             reason: err.to_string(),
         };
         let mut state = self.clone();
         state.plugins.retain(|_, toggles| !toggles.is_empty());
-        let dir = file
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or_else(|| Path::new("."));
-        std::fs::create_dir_all(dir).map_err(failed)?;
+        let dir = parent_dir(file);
         let mut temporary = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
         let text = serde_json::to_string_pretty(&state).map_err(|err| StateFileError::Write {
             file: file.to_owned(),
@@ -127,6 +145,43 @@ impl PersistedState {
             .map_err(failed)?;
         Ok(())
     }
+}
+
+fn parent_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+}
+
+/// The lock file of `file`: the state file itself cannot carry the lock, since every save
+/// replaces it with a new inode.
+pub fn lock_file_of(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    file.with_file_name(name)
+}
+
+/// Holds `file`'s write lock until dropped; creates its directory if needed.
+fn lock(file: &Path) -> Result<Flock<File>, StateFileError> {
+    let lock_file = lock_file_of(file);
+    let failed = |reason: String| StateFileError::Write {
+        file: file.to_owned(),
+        reason,
+    };
+    std::fs::create_dir_all(parent_dir(file)).map_err(|err| failed(err.to_string()))?;
+    let handle = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_file)
+        .map_err(|err| {
+            failed(format!(
+                "cannot open lock file {}: {err}",
+                lock_file.display()
+            ))
+        })?;
+    Flock::lock(handle, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| failed(format!("cannot lock {}: {errno}", lock_file.display())))
 }
 
 #[cfg(test)]
@@ -156,12 +211,13 @@ mod tests {
         let loaded = PersistedState::load(&file).unwrap();
         assert_eq!(loaded.plugins.len(), 1);
         assert_eq!(loaded.plugins["hello"], state.plugins["hello"]);
-        // No temporary file is left beside it.
-        let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+        // No temporary file is left beside it, only the lock file.
+        let mut names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
             .unwrap()
             .map(|entry| entry.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["state.json"]);
+        names.sort();
+        assert_eq!(names, ["state.json", "state.json.lock"]);
     }
 
     #[test]
@@ -182,5 +238,36 @@ mod tests {
             err.contains("state.json") && err.contains("enabled"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn updates_from_many_writers_are_all_kept() {
+        // Each writer adds its own plugin in a read-modify-write of its own; without the
+        // lock, a writer that read before another's rename would drop that one's entry.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let writers: Vec<_> = (0..8)
+            .map(|writer| {
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    for round in 0..10 {
+                        PersistedState::update(&file, |state| {
+                            state.plugins.insert(
+                                format!("w{writer}-{round}"),
+                                PluginToggles {
+                                    enabled: Some(false),
+                                    ..PluginToggles::default()
+                                },
+                            );
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(PersistedState::load(&file).unwrap().plugins.len(), 80);
     }
 }
