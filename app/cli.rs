@@ -1,7 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod audit_cmd;
-mod audit_reader;
 mod bundle_cmds;
 mod call_cmd;
 mod engine_options;

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::EventKind;
 use plugboard_engine::audit::AuditRecord;
 
-use super::audit_reader::{AuditItem, AuditReader};
 use super::output::outln;
+use plugboard_engine::audit::{AuditItem, AuditReader};
 
 pub fn show(file: &Path, json: bool) -> Result<()> {
     let cannot_read = || format!("cannot read audit file {}", file.display());

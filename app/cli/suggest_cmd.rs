@@ -9,9 +9,9 @@ use plugboard_engine::audit::AuditRecord;
 use plugboard_engine::manifest::{MANIFEST_FILE, Manifest};
 use plugboard_engine::suggest;
 
-use super::audit_reader::{AuditItem, AuditReader};
 use super::engine_options::EngineOptions;
 use super::output::outln;
+use plugboard_engine::audit::{AuditItem, AuditReader};
 
 /// How many rotated files (`FILE.1` newest … `FILE.N`) are looked for.
 const ROTATED_LOOKED_FOR: u32 = 64;

@@ -12,8 +12,7 @@
 //! holding the event ring's lock, which snapshots and every other event need. Lines that
 //! wait together are written together, with one fsync.
 
-use std::fs::File;
-use std::io::{self, BufRead as _, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
@@ -22,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::rotating::RotatingFile;
+
+mod reader;
+pub use reader::{AuditItem, AuditReader, LONGEST_RECORD};
 
 /// The version of the line format; a reader refuses lines of a newer one.
 pub const AUDIT_SCHEMA: u32 = 1;
@@ -179,42 +181,16 @@ pub struct AuditContents {
     pub warnings: Vec<String>,
 }
 
-/// Reads an audit file line by line. A line that is not a record (a torn last line after
-/// a crash, or damage) is skipped with a warning naming it; a record of a newer schema
-/// is skipped likewise.
+/// Reads a whole audit file (see [`AuditReader`] to go record by record). A line that is
+/// not a record (a torn last line after a crash, damage, a line over [`LONGEST_RECORD`]) is
+/// skipped with a warning naming it; a record of a newer schema is skipped likewise.
 pub fn read(path: &Path) -> io::Result<AuditContents> {
     let mut contents = AuditContents::default();
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut line = Vec::new();
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        number += 1;
-        let complete = line.last() == Some(&b'\n');
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end();
-        if text.is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<AuditRecord>(text) {
-            Ok(record) if record.schema <= AUDIT_SCHEMA => contents.records.push(record),
-            Ok(record) => contents.warnings.push(format!(
-                "{}: line {number}: schema {} is newer than this reader's {AUDIT_SCHEMA}; skipped",
-                path.display(),
-                record.schema
-            )),
-            Err(_) if !complete => contents.warnings.push(format!(
-                "{}: line {number}: a torn last line ({} bytes, the writer was interrupted); skipped",
-                path.display(),
-                line.len()
-            )),
-            Err(err) => contents.warnings.push(format!(
-                "{}: line {number}: not an audit record ({err}); skipped",
-                path.display()
-            )),
+    let mut reader = AuditReader::open(path)?;
+    while let Some(item) = reader.next_item()? {
+        match item {
+            AuditItem::Record(record) => contents.records.push(*record),
+            AuditItem::Skipped(why) => contents.warnings.push(why),
         }
     }
     Ok(contents)

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use plugboard_engine::audit::{AUDIT_SCHEMA, AuditRecord};
+use super::{AUDIT_SCHEMA, AuditRecord};
 
 /// The longest line read as a record; the engine's records are a few hundred bytes.
 pub const LONGEST_RECORD: usize = 1024 * 1024;
