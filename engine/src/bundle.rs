@@ -7,15 +7,20 @@
 //! nothing about what is verified or what runs.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use crate::loader::{self, LoadedLibrary, LoaderError, SealedLibrary, UnsealedLibrary};
 use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError, read_manifest};
+use crate::regular_file::open_regular_file;
 use crate::trust::{
     BundleDigests, BundleSignature, Digest, SIGNATURE_FILE, TrustError, TrustStore, Verified,
 };
+
+/// The largest library read: a library is copied into memory to be hashed and sealed, so
+/// an untrusted bundle must not name a file of any size (a sparse file of a terabyte).
+pub const MAX_LIBRARY_BYTES: u64 = 1 << 30;
 
 /// Why a bundle could not be opened, verified or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,12 @@ pub enum BundleError {
     Manifest(#[from] ManifestError),
     #[error("library {}: {source}", path.display())]
     Library { path: PathBuf, source: LoaderError },
+    #[error(
+        "library {} is over {} MiB: larger than any plugin library this engine loads",
+        path.display(),
+        MAX_LIBRARY_BYTES >> 20
+    )]
+    LibraryTooLarge { path: PathBuf },
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error("bundle {}: {source}", dir.display())]
@@ -69,13 +80,19 @@ impl OpeningBundle {
 
     /// Copies the library into its memory file while hashing it, and seals it.
     pub fn read_library(self) -> Result<Bundle, BundleError> {
-        let (library, library_digest) =
-            self.library
-                .fill_and_seal(self.library_file)
-                .map_err(|source| BundleError::Library {
-                    path: self.library_path,
-                    source,
-                })?;
+        // Bounded again while copying: the file may have grown since it was opened.
+        let (library, library_digest) = self
+            .library
+            .fill_and_seal(self.library_file.take(MAX_LIBRARY_BYTES + 1))
+            .map_err(|source| BundleError::Library {
+                path: self.library_path.clone(),
+                source,
+            })?;
+        if library.len() > MAX_LIBRARY_BYTES {
+            return Err(BundleError::LibraryTooLarge {
+                path: self.library_path,
+            });
+        }
         Ok(Bundle {
             dir: self.dir,
             manifest: self.manifest,
@@ -106,10 +123,21 @@ impl Bundle {
         manifest.check_bundle(dir)?;
 
         let library_path = dir.join(&manifest.plugin.library);
-        let library_file = File::open(&library_path).map_err(|source| BundleError::Read {
-            path: library_path.clone(),
-            source,
-        })?;
+        let library_file =
+            open_regular_file(&library_path).map_err(|source| BundleError::Read {
+                path: library_path.clone(),
+                source,
+            })?;
+        let library_len = library_file
+            .metadata()
+            .map_err(|source| BundleError::Read {
+                path: library_path.clone(),
+                source,
+            })?
+            .len();
+        if library_len > MAX_LIBRARY_BYTES {
+            return Err(BundleError::LibraryTooLarge { path: library_path });
+        }
         let library = UnsealedLibrary::create(&manifest.plugin.name).map_err(|source| {
             BundleError::Library {
                 path: library_path.clone(),
@@ -118,8 +146,8 @@ impl Bundle {
         })?;
 
         let signature_path = dir.join(SIGNATURE_FILE);
-        let signature = match std::fs::read_to_string(&signature_path) {
-            Ok(text) => Some(BundleSignature::parse(&text, &signature_path)?),
+        let signature = match open_regular_file(&signature_path) {
+            Ok(file) => Some(BundleSignature::read_from(file, &signature_path)?),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(BundleError::Read {

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod manifest;
 pub mod monitor;
 pub mod policy;
+pub mod regular_file;
 pub mod rotating;
 pub mod sandbox;
 pub mod snapshot;

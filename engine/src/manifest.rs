@@ -678,7 +678,7 @@ pub fn read_manifest(file: &Path) -> Result<String, ManifestError> {
         file: file.to_path_buf(),
         source,
     };
-    let opened = std::fs::File::open(file).map_err(read_error)?;
+    let opened = crate::regular_file::open_regular_file(file).map_err(read_error)?;
     let mut bytes = Vec::new();
     // One byte more than allowed tells "exactly at the limit" from "too large".
     opened

@@ -1,5 +1,7 @@
 //! `plugin.sig`: who signed a bundle and the signature over its statement.
 
+use std::fs::File;
+use std::io::Read as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -8,6 +10,7 @@ use serde::Deserialize;
 
 use super::files::{self, PUBLIC_FILE_MODE};
 use super::{KeyId, TrustError};
+use crate::regular_file::open_regular_file;
 
 /// The signature file's name inside a bundle directory.
 pub const SIGNATURE_FILE: &str = "plugin.sig";
@@ -43,15 +46,24 @@ struct SignatureToml {
 impl BundleSignature {
     /// Reads and parses a signature file.
     pub fn read(path: &Path) -> Result<Self, TrustError> {
-        let bytes = std::fs::read(path).map_err(files::io_error("read", path))?;
+        let file = open_regular_file(path).map_err(files::io_error("read", path))?;
+        Self::read_from(file, path)
+    }
+
+    /// Reads and parses an opened signature file, at most a little over the size any
+    /// signature file has; `path` names it in errors.
+    pub fn read_from(file: File, path: &Path) -> Result<Self, TrustError> {
+        let mut bytes = Vec::new();
+        file.take(SIGNATURE_FILE_LIMIT as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(files::io_error("read", path))?;
         let malformed = |reason: String| TrustError::MalformedSignature {
             file: path.to_owned(),
             reason,
         };
         if bytes.len() > SIGNATURE_FILE_LIMIT {
             return Err(malformed(format!(
-                "it is {} bytes; a signature file is a few lines",
-                bytes.len()
+                "it is over {SIGNATURE_FILE_LIMIT} bytes; a signature file is a few lines"
             )));
         }
         let text =

@@ -225,3 +225,64 @@ fn repeated_loads_never_alias_an_earlier_library() {
         );
     }
 }
+
+/// Opens `dir` on another thread, so a regression that blocks fails the test instead of
+/// hanging it.
+fn open_error_within_a_second(dir: &std::path::Path) -> String {
+    let (done, result) = std::sync::mpsc::channel();
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let _ = done.send(Bundle::open(&dir, &HostLimits::default()).map(|_| ()));
+    });
+    match result.recv_timeout(std::time::Duration::from_secs(1)) {
+        Ok(Ok(())) => panic!("the bundle opened"),
+        Ok(Err(err)) => err.to_string(),
+        Err(timeout) => panic!("opening the bundle blocked: {timeout}"),
+    }
+}
+
+#[test]
+fn bundle_files_that_are_not_regular_files_or_too_large_are_refused_at_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let signer = Signer::new(temp.path());
+    let dir = example_bundle(temp.path(), "hello", &signer);
+    let signature = dir.join("plugin.sig");
+    let saved_signature = std::fs::read(&signature).unwrap();
+
+    // A FIFO would block the open until a writer came; /dev/zero would never end.
+    std::fs::remove_file(&signature).unwrap();
+    nix::unistd::mkfifo(&signature, nix::sys::stat::Mode::S_IRUSR).unwrap();
+    let error = open_error_within_a_second(&dir);
+    assert!(
+        error.contains("plugin.sig") && error.contains("it is a FIFO; expected a regular file"),
+        "{error}"
+    );
+    std::fs::remove_file(&signature).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &signature).unwrap();
+    let error = open_error_within_a_second(&dir);
+    assert!(error.contains("a character device"), "{error}");
+    std::fs::remove_file(&signature).unwrap();
+    std::fs::write(&signature, &saved_signature).unwrap();
+
+    let manifest = dir.join("plugin.toml");
+    std::fs::rename(&manifest, temp.path().join("plugin.toml.saved")).unwrap();
+    nix::unistd::mkfifo(&manifest, nix::sys::stat::Mode::S_IRUSR).unwrap();
+    let error = open_error_within_a_second(&dir);
+    assert!(
+        error.contains("plugin.toml") && error.contains("a FIFO"),
+        "{error}"
+    );
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::rename(temp.path().join("plugin.toml.saved"), &manifest).unwrap();
+
+    // A sparse library of 2 GiB is refused before a byte of it is copied into memory.
+    let library = OpenOptions::new()
+        .write(true)
+        .open(dir.join("libhello.so"))
+        .unwrap();
+    library
+        .set_len(2 * plugboard_engine::bundle::MAX_LIBRARY_BYTES)
+        .unwrap();
+    let error = open_error_within_a_second(&dir);
+    assert!(error.contains("libhello.so is over 1024 MiB"), "{error}");
+}
