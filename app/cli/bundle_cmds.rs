@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::output::outln;
 
 pub fn keygen(out: &Path, name: &str) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // `write_keypair` checks the name first, then creates `out` itself, with mode 0700.
     let (key_id, private, public) = trust::write_keypair(out, name)?;
     outln!("key_id: {key_id}")?;
     outln!(

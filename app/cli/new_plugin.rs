@@ -42,9 +42,30 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Names that are valid plugin names but that cargo refuses as a package name (the crate
+/// is named like the plugin): keywords and the names cargo reserves.
+const NOT_A_PACKAGE_NAME: &[&str] = &[
+    "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "core",
+    "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
+    "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub",
+    "ref", "return", "self", "static", "std", "struct", "super", "test", "trait", "true", "try",
+    "type", "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+];
+
 pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()> {
     if !valid_name(name) {
         bail!("plugin name {name:?} is invalid: expected 1 to 64 characters from a-z, 0-9 and '-'");
+    }
+    // The crate takes the plugin's name, and cargo wants more of a package name.
+    if !name.starts_with(|first: char| first.is_ascii_lowercase()) {
+        bail!(
+            "plugin name {name:?} cannot name the new crate: cargo needs a package name that starts with a letter (a-z)"
+        );
+    }
+    if NOT_A_PACKAGE_NAME.contains(&name) {
+        bail!(
+            "plugin name {name:?} cannot name the new crate: cargo refuses it as a package name (a Rust keyword or a reserved name)"
+        );
     }
     let crate_dir = parent.join(name);
     if crate_dir.exists() {

@@ -108,6 +108,16 @@ pub fn allow(dir: &Path, bundle_dir: &Path) -> Result<()> {
         manifest.plugin.version,
         dir.display()
     )?;
+    // Being on the list is not enough to verify: a bundle whose signature fails (tampered,
+    // unsigned, its key not pinned yet) stays refused. Said, not refused, since the key may
+    // well be added next.
+    if let Err(refusal) = TrustStore::open(dir).and_then(|store| bundle.verify(&store)) {
+        eprintln!(
+            "warning: {} does not verify against {} yet, so it stays refused: {refusal}",
+            bundle_dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 

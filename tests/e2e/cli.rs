@@ -3,7 +3,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use crate::support::{fails, keys, ok, plugboard, plugin_library, repo_root, signed_example};
+use crate::support::{
+    fails, keys, ok, plugboard, plugin_library, repo_root, signed_example, stderr,
+};
 
 #[test]
 fn every_command_has_help() {
@@ -42,6 +44,13 @@ fn keygen_writes_a_0600_private_key_and_prints_its_id() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
+    // The directory keygen created holds a secret: only its owner may list it.
+    let dir_mode = std::fs::metadata(keys.private.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
     assert_eq!(keys.key_id.len(), 16);
     assert!(
         std::fs::read_to_string(&keys.private)
@@ -62,6 +71,17 @@ fn keygen_writes_a_0600_private_key_and_prints_its_id() {
         &"release",
     ]));
     assert!(err.contains("already exists"), "{err}");
+    // A name that cannot be a key file's is refused before anything is created.
+    let missing = temp.path().join("not-yet");
+    let err = fails(&plugboard(&[
+        &"keygen",
+        &"--out",
+        &missing,
+        &"--name",
+        &"../escape",
+    ]));
+    assert!(err.contains("escape"), "{err}");
+    assert!(!missing.exists());
 }
 
 #[test]
@@ -480,4 +500,49 @@ fn trust_add_says_when_it_changes_the_level_of_a_pinned_key() {
     );
     let out = add("sandboxed");
     assert!(out.contains("in-process → sandboxed"), "{out}");
+}
+
+#[test]
+fn trust_allow_puts_a_bundle_on_the_list_and_warns_when_it_still_would_not_verify() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "hello", &keys);
+    ok(&plugboard(&[
+        &"trust",
+        &"list-key",
+        &keys.store.join("trust-list.key"),
+    ]));
+    let config = keys.store.join("trust.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap_or_default();
+    text.push_str("\n[trust_list]\nfile = \"trust-list.sealed\"\nkey_file = \"trust-list.key\"\n");
+    std::fs::write(&config, text).unwrap();
+    let verify = || plugboard(&[&"verify", &bundle, &"--trust-store", &keys.store]);
+    // With a list configured, a signed bundle that is not on it is refused.
+    let refused = stderr(&verify());
+    assert!(refused.contains("trust list"), "{refused}");
+
+    let allowed = plugboard(&[&"trust", &"allow", &"--trust-store", &keys.store, &bundle]);
+    assert!(ok(&allowed).contains("allowed hello 0.1.0"));
+    assert_eq!(
+        stderr(&allowed),
+        "",
+        "a bundle that verifies draws no warning"
+    );
+    ok(&verify());
+
+    // A tampered copy is listed as asked, with a warning that it still does not verify.
+    let manifest = bundle.join("plugin.toml");
+    let tampered = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("version = \"0.1.0\"", "version = \"0.1.1\"");
+    std::fs::write(&manifest, tampered).unwrap();
+    let allowed = plugboard(&[&"trust", &"allow", &"--trust-store", &keys.store, &bundle]);
+    assert!(ok(&allowed).contains("allowed hello 0.1.1"));
+    let warning = stderr(&allowed);
+    assert!(
+        warning.starts_with("warning: ")
+            && warning.contains("does not verify")
+            && warning.contains("stays refused"),
+        "{warning}"
+    );
 }

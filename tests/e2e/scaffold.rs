@@ -65,6 +65,21 @@ fn new_refuses_a_bad_name_and_an_existing_directory() {
         err.contains("Not_Valid") && err.contains("a-z, 0-9"),
         "{err}"
     );
+    // Valid plugin names that cargo refuses as package names are refused before anything
+    // is written.
+    let err = fails(&plugboard(&[&"new", &"9lives", &"--dir", &temp.path()]));
+    assert!(err.contains("starts with a letter"), "{err}");
+    let err = fails(&plugboard(&[
+        &"new",
+        &"--dir",
+        &temp.path(),
+        &"--",
+        &"-dash",
+    ]));
+    assert!(err.contains("starts with a letter"), "{err}");
+    let err = fails(&plugboard(&[&"new", &"test", &"--dir", &temp.path()]));
+    assert!(err.contains("refuses it as a package name"), "{err}");
+    assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0);
     std::fs::create_dir(temp.path().join("taken")).unwrap();
     let err = fails(&plugboard(&[&"new", &"taken", &"--dir", &temp.path()]));
     assert!(err.contains("already exists"), "{err}");
