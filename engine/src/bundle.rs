@@ -25,12 +25,12 @@ pub const MAX_LIBRARY_BYTES: u64 = 1 << 30;
 /// Why a bundle could not be opened, verified or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("library {}: {source}", path.display())]
-    Library { path: PathBuf, source: LoaderError },
+    #[error("library {}: {error}", path.display())]
+    Library { path: PathBuf, error: LoaderError },
     #[error(
         "library {} is over {} MiB: larger than any plugin library this engine loads",
         path.display(),
@@ -39,8 +39,8 @@ pub enum BundleError {
     LibraryTooLarge { path: PathBuf },
     #[error(transparent)]
     Trust(#[from] TrustError),
-    #[error("bundle {}: {source}", dir.display())]
-    Load { dir: PathBuf, source: LoaderError },
+    #[error("bundle {}: {error}", dir.display())]
+    Load { dir: PathBuf, error: LoaderError },
 }
 
 /// A bundle read into memory: parsed manifest, digests, signature and the sealed library.
@@ -86,7 +86,7 @@ impl OpeningBundle {
             .fill_and_seal(self.library_file.take(MAX_LIBRARY_BYTES + 1))
             .map_err(|source| BundleError::Library {
                 path: self.library_path.clone(),
-                source,
+                error: source,
             })?;
         if library.len() > MAX_LIBRARY_BYTES {
             return Err(BundleError::LibraryTooLarge {
@@ -126,13 +126,13 @@ impl Bundle {
         let library_file =
             open_regular_file(&library_path).map_err(|source| BundleError::Read {
                 path: library_path.clone(),
-                source,
+                error: source,
             })?;
         let library_len = library_file
             .metadata()
             .map_err(|source| BundleError::Read {
                 path: library_path.clone(),
-                source,
+                error: source,
             })?
             .len();
         if library_len > MAX_LIBRARY_BYTES {
@@ -141,7 +141,7 @@ impl Bundle {
         let library = UnsealedLibrary::create(&manifest.plugin.name).map_err(|source| {
             BundleError::Library {
                 path: library_path.clone(),
-                source,
+                error: source,
             }
         })?;
 
@@ -152,7 +152,7 @@ impl Bundle {
             Err(source) => {
                 return Err(BundleError::Read {
                     path: signature_path,
-                    source,
+                    error: source,
                 });
             }
         };
@@ -204,7 +204,7 @@ impl Bundle {
     pub fn load(self, _verified: &Verified) -> Result<(Manifest, LoadedLibrary), BundleError> {
         let library = loader::load(self.library).map_err(|source| BundleError::Load {
             dir: self.dir.clone(),
-            source,
+            error: source,
         })?;
         Ok((self.manifest, library))
     }
@@ -214,7 +214,7 @@ impl Bundle {
     pub fn load_unverified(self) -> Result<(Manifest, LoadedLibrary), BundleError> {
         let library = loader::load(self.library).map_err(|source| BundleError::Load {
             dir: self.dir.clone(),
-            source,
+            error: source,
         })?;
         Ok((self.manifest, library))
     }

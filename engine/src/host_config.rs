@@ -58,10 +58,10 @@ const ENV_NAME: &str = "an environment variable name: not empty, without '=' or 
 /// Why a host configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum HostConfigError {
-    #[error("cannot read host configuration {}: {source}", file.display())]
+    #[error("cannot read host configuration {}: {error}", file.display())]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {message}", file.display())]
     Invalid { file: PathBuf, message: String },
@@ -126,7 +126,7 @@ fn invalid(file: &Path, message: impl Into<String>) -> HostConfigError {
 pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConfigError> {
     let text = std::fs::read_to_string(file).map_err(|source| HostConfigError::Read {
         file: file.to_owned(),
-        source,
+        error: source,
     })?;
     let source = Source::parse(&text).map_err(|message| invalid(file, message))?;
     let parsed: FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(&text))

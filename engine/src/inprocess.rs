@@ -53,13 +53,13 @@ pub enum InProcessError {
         "`{plugin}`: this sealed library is already loaded in-process; a second load would share the first one's image and globals"
     )]
     AlreadyLoaded { plugin: String },
-    #[error("`{plugin}`: cannot read the sealed library: {source}")]
+    #[error("`{plugin}`: cannot read the sealed library: {error}")]
     Library {
         plugin: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("`{plugin}` failed to load: {source}")]
-    Load { plugin: String, source: LoaderError },
+    #[error("`{plugin}` failed to load: {error}")]
+    Load { plugin: String, error: LoaderError },
     #[error("`{plugin}` failed to start: {reason}")]
     Create { plugin: String, reason: String },
 }
@@ -82,7 +82,7 @@ impl Claim {
     fn take(plugin: &str, library: &SealedLibrary) -> Result<Self, InProcessError> {
         let stat = nix::sys::stat::fstat(library.fd()).map_err(|err| InProcessError::Library {
             plugin: plugin.to_owned(),
-            source: err.into(),
+            error: err.into(),
         })?;
         #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
         let identity = (u64::from(stat.st_dev), stat.st_ino as u64);
@@ -221,11 +221,11 @@ impl InProcessPlugin {
             .try_clone_to_owned()
             .map_err(|source| InProcessError::Library {
                 plugin: plugin.to_owned(),
-                source,
+                error: source,
             })?;
         let load_error = |source| InProcessError::Load {
             plugin: plugin.to_owned(),
-            source,
+            error: source,
         };
         let sealed = SealedLibrary::from_sealed_fd(descriptor).map_err(load_error)?;
         let loaded = loader::load(sealed).map_err(load_error)?;

@@ -94,11 +94,8 @@ impl Incoming for WorkerMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
     /// The socket itself failed (the message says which call).
-    #[error("IPC socket error: {source}")]
-    Io {
-        #[from]
-        source: io::Error,
-    },
+    #[error("IPC socket error: {error}")]
+    Io { error: io::Error },
     /// The peer closed its end (or shut down writing); nothing more will arrive.
     #[error("the peer closed the IPC channel")]
     Closed,
@@ -111,6 +108,14 @@ pub enum IpcError {
     /// A message that postcard cannot encode (e.g. a path that is not UTF-8).
     #[error("cannot encode message: {reason}")]
     Encode { reason: String },
+}
+
+/// By hand rather than `#[from]`, which would also make the io error the `source()` of a
+/// message that already says it.
+impl From<io::Error> for IpcError {
+    fn from(error: io::Error) -> Self {
+        Self::Io { error }
+    }
 }
 
 /// The most descriptors one `SCM_RIGHTS` message can carry (the kernel's `SCM_MAX_FD`).
@@ -830,7 +835,7 @@ enum Attempt<T> {
 
 fn partial_send(sent: usize, len: usize) -> IpcError {
     IpcError::Io {
-        source: io::Error::other(format!(
+        error: io::Error::other(format!(
             "the IPC socket took {sent} of {len} bytes; a SOCK_SEQPACKET send is all or \
              nothing (is this a stream socket?)"
         )),
@@ -860,6 +865,6 @@ fn os_error(call: &str, errno: Errno) -> io::Error {
 /// A receive without a deadline only returns once a datagram arrived.
 fn unreachable_timeout<T>() -> Result<T, IpcError> {
     Err(IpcError::Io {
-        source: io::Error::other("a receive without a timeout returned without a message"),
+        error: io::Error::other("a receive without a timeout returned without a message"),
     })
 }

@@ -41,3 +41,61 @@ pub use events::{Event, EventKind};
 pub use hooks::dispatch::MAX_EMIT_DEPTH;
 pub use hooks::{HookCallError, HookHandle, HookReply};
 pub use snapshot::{PluginSnapshot, PluginState, Snapshot};
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io;
+    use std::path::PathBuf;
+
+    /// Each error says its cause once: in its message, or as its `source()`, never both (a
+    /// chain printed by an embedder, `anyhow`'s `{:#}` say, would repeat it).
+    #[test]
+    fn an_error_says_its_cause_once() {
+        let cause = || io::Error::from_raw_os_error(nix::libc::EACCES);
+        let errors: Vec<Box<dyn Error>> = vec![
+            Box::new(crate::bundle::BundleError::Read {
+                path: PathBuf::from("/b/plugin.sig"),
+                error: cause(),
+            }),
+            Box::new(crate::bundle::BundleError::Library {
+                path: PathBuf::from("/b/lib.so"),
+                error: crate::loader::LoaderError::Copy { error: cause() },
+            }),
+            Box::new(crate::trust::TrustError::Io {
+                action: "read",
+                path: PathBuf::from("/t/trust.toml"),
+                error: cause(),
+            }),
+            Box::new(crate::ipc::IpcError::from(cause())),
+            Box::new(crate::worker::WorkerError::Ipc {
+                plugin: "hello".to_owned(),
+                error: crate::ipc::IpcError::from(cause()),
+            }),
+            Box::new(crate::manifest::ManifestError::Read {
+                file: PathBuf::from("/b/plugin.toml"),
+                error: cause(),
+            }),
+            Box::new(crate::monitor::MonitorError::from(
+                crate::sandbox::cgroup::CgroupError::Write {
+                    cgroup: PathBuf::from("/sys/fs/cgroup/memory/plugboard-x"),
+                    file: "memory.limit_in_bytes",
+                    value: "1".to_owned(),
+                    error: cause(),
+                },
+            )),
+        ];
+        for error in errors {
+            let message = error.to_string();
+            assert!(message.contains("Permission denied"), "{message}");
+            let mut chain = error.source();
+            while let Some(cause) = chain {
+                assert!(
+                    !message.contains(&cause.to_string()),
+                    "{message:?} repeats its source {cause:?}"
+                );
+                chain = cause.source();
+            }
+        }
+    }
+}

@@ -25,18 +25,18 @@ use crate::trust::{Digest, DigestBuilder};
 /// Why a library could not be sealed or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error("cannot create a sealed memory file for the library: {source}")]
-    Memfd { source: nix::Error },
-    #[error("cannot copy the library into its sealed memory file: {source}")]
-    Copy { source: io::Error },
-    #[error("cannot seal the library's memory file: {source}")]
-    Seal { source: nix::Error },
+    #[error("cannot create a sealed memory file for the library: {error}")]
+    Memfd { error: nix::Error },
+    #[error("cannot copy the library into its sealed memory file: {error}")]
+    Copy { error: io::Error },
+    #[error("cannot seal the library's memory file: {error}")]
+    Seal { error: nix::Error },
     #[error(
         "the library's memory file is not sealed against writes (seals {seals:#x}); refusing to load bytes that could change"
     )]
     NotSealed { seals: i32 },
-    #[error("no free descriptor path to load the library from: {source}")]
-    Descriptor { source: nix::Error },
+    #[error("no free descriptor path to load the library from: {error}")]
+    Descriptor { error: nix::Error },
     #[error(transparent)]
     Abi(#[from] HostError),
 }
@@ -81,7 +81,7 @@ fn copy_chunks(
             Ok(chunk) => chunk,
             Err(_) => Chunk {
                 pages: ZeroPages::new(COPY_CHUNK).map_err(|errno| LoaderError::Copy {
-                    source: io::Error::from(errno),
+                    error: io::Error::from(errno),
                 })?,
                 len: 0,
             },
@@ -90,14 +90,14 @@ fn copy_chunks(
             Ok(0) => return Ok(len),
             Ok(read) => read,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(LoaderError::Copy { source }),
+            Err(source) => return Err(LoaderError::Copy { error: source }),
         };
         chunk.len = read;
         file.write_all(chunk.data())
-            .map_err(|source| LoaderError::Copy { source })?;
+            .map_err(|source| LoaderError::Copy { error: source })?;
         len += read as u64;
         to_hasher.send(chunk).map_err(|_| LoaderError::Copy {
-            source: io::Error::other("the hashing thread stopped"),
+            error: io::Error::other("the hashing thread stopped"),
         })?;
     }
 }
@@ -125,7 +125,7 @@ impl UnsealedLibrary {
             format!("plugboard:{name}").as_str(),
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )
-        .map_err(|source| LoaderError::Memfd { source })?;
+        .map_err(|source| LoaderError::Memfd { error: source })?;
         Ok(Self {
             file: File::from(memfd),
         })
@@ -165,11 +165,11 @@ impl UnsealedLibrary {
         });
         let len = copied?;
         let digest = digest.map_err(|_| LoaderError::Copy {
-            source: io::Error::other("the hashing thread panicked"),
+            error: io::Error::other("the hashing thread panicked"),
         })?;
         let memfd = OwnedFd::from(file);
         fcntl(&memfd, FcntlArg::F_ADD_SEALS(IMMUTABLE_SEALS))
-            .map_err(|source| LoaderError::Seal { source })?;
+            .map_err(|source| LoaderError::Seal { error: source })?;
         let sealed = SealedLibrary { memfd, len };
         sealed.check_sealed()?;
         Ok((sealed, digest))
@@ -189,10 +189,10 @@ impl SealedLibrary {
         let len = File::from(
             memfd
                 .try_clone()
-                .map_err(|source| LoaderError::Copy { source })?,
+                .map_err(|source| LoaderError::Copy { error: source })?,
         )
         .metadata()
-        .map_err(|source| LoaderError::Copy { source })?
+        .map_err(|source| LoaderError::Copy { error: source })?
         .len();
         let sealed = Self { memfd, len };
         sealed.check_sealed()?;
@@ -202,7 +202,7 @@ impl SealedLibrary {
     /// Confirms with the kernel that the memfd can no longer change.
     fn check_sealed(&self) -> Result<(), LoaderError> {
         let seals = fcntl(&self.memfd, FcntlArg::F_GET_SEALS)
-            .map_err(|source| LoaderError::Seal { source })?;
+            .map_err(|source| LoaderError::Seal { error: source })?;
         if SealFlag::from_bits_truncate(seals).contains(IMMUTABLE_SEALS) {
             Ok(())
         } else {
@@ -294,7 +294,7 @@ pub fn load(sealed: SealedLibrary) -> Result<LoadedLibrary, LoaderError> {
                 // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
                 unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
             })
-            .map_err(|source| LoaderError::Descriptor { source })?;
+            .map_err(|source| LoaderError::Descriptor { error: source })?;
         if !path_is_resident(&proc_path(candidate.as_fd())) {
             break candidate;
         }
@@ -302,7 +302,7 @@ pub fn load(sealed: SealedLibrary) -> Result<LoadedLibrary, LoaderError> {
         spare.push(candidate);
         if spare.len() > 64 {
             return Err(LoaderError::Descriptor {
-                source: nix::Error::EMFILE,
+                error: nix::Error::EMFILE,
             });
         }
     };

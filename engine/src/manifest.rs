@@ -676,7 +676,7 @@ impl Manifest {
 pub fn read_manifest(file: &Path) -> Result<String, ManifestError> {
     let read_error = |source| ManifestError::Read {
         file: file.to_path_buf(),
-        source,
+        error: source,
     };
     let opened = crate::regular_file::open_regular_file(file).map_err(read_error)?;
     let mut bytes = Vec::new();

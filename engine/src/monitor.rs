@@ -27,28 +27,26 @@ use crate::sandbox::cgroup::{CgroupLayout, CgroupRoot, Controller};
 /// Why a worker cannot be sampled (it is gone, or a file is missing or malformed).
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}: {error}", path.display())]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot register the kernel's memory notices ({step}): {source}")]
-    Notices {
-        step: String,
-        source: std::io::Error,
-    },
+    #[error("cannot register the kernel's memory notices ({step}): {error}")]
+    Notices { step: String, error: std::io::Error },
     #[error("{}: expected {expected}, found {found:?}", path.display())]
     Parse {
         path: PathBuf,
         expected: &'static str,
         found: String,
     },
-    #[error("cgroup of the worker: {0}")]
+    /// Its message names the cgroup.
+    #[error(transparent)]
     Cgroup(#[from] crate::sandbox::cgroup::CgroupError),
 }
 
@@ -63,7 +61,10 @@ impl KeptFile {
     fn open(path: PathBuf) -> Result<Self, MonitorError> {
         match File::open(&path) {
             Ok(file) => Ok(Self { path, file }),
-            Err(source) => Err(MonitorError::Open { path, source }),
+            Err(source) => Err(MonitorError::Open {
+                path,
+                error: source,
+            }),
         }
     }
 
@@ -98,7 +99,7 @@ impl KeptFile {
                 Err(source) => {
                     return Err(MonitorError::Read {
                         path: self.path.clone(),
-                        source,
+                        error: source,
                     });
                 }
             }
@@ -262,7 +263,7 @@ impl WorkerProbe {
         let fd_dir_path = proc_dir.join("fd");
         let fd_dir = File::open(&fd_dir_path).map_err(|source| MonitorError::Open {
             path: fd_dir_path.clone(),
-            source,
+            error: source,
         })?;
         Ok(Self {
             layout,
@@ -433,7 +434,7 @@ impl WorkerProbe {
         if open_fds == 0 && !self.fd_dir_path.exists() {
             return Err(MonitorError::Read {
                 path: self.fd_dir_path.clone(),
-                source: std::io::ErrorKind::NotFound.into(),
+                error: std::io::ErrorKind::NotFound.into(),
             });
         }
         Ok(Reading {

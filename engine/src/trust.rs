@@ -71,11 +71,11 @@ impl fmt::Display for TrustLevel {
 /// Each message says what was wrong and what would fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error(

@@ -61,12 +61,12 @@ impl BundleChange {
 /// Why watching could not start, or what went wrong while watching.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot start the file watcher: {source}")]
-    Start { source: notify::Error },
-    #[error("cannot watch {}: {source}", dir.display())]
-    Watch { dir: PathBuf, source: notify::Error },
-    #[error("cannot list the plugin directory {}: {source}", dir.display())]
-    List { dir: PathBuf, source: io::Error },
+    #[error("cannot start the file watcher: {error}")]
+    Start { error: notify::Error },
+    #[error("cannot watch {}: {error}", dir.display())]
+    Watch { dir: PathBuf, error: notify::Error },
+    #[error("cannot list the plugin directory {}: {error}", dir.display())]
+    List { dir: PathBuf, error: io::Error },
     #[error("watching the bundle directories: {reason}")]
     Runtime { reason: String },
 }
@@ -152,13 +152,13 @@ impl BundleWatcher {
             },
             notify::Config::default(),
         )
-        .map_err(|source| WatchError::Start { source })?;
+        .map_err(|source| WatchError::Start { error: source })?;
         for root in &roots {
             file_watcher
                 .watch(&root.path, RecursiveMode::Recursive)
                 .map_err(|source| WatchError::Watch {
                     dir: root.path.clone(),
-                    source,
+                    error: source,
                 })?;
             // The parent tells us when the root itself is removed and created again (its
             // own watch goes away with it). Best effort: the root's watch is what matters.
@@ -194,7 +194,7 @@ impl BundleWatcher {
             .name("pb-bundle-watcher".to_owned())
             .spawn(move || classifier.run(&inbox, &thread_stopped, &on_changes))
             .map_err(|err| WatchError::Start {
-                source: notify::Error::io(err),
+                error: notify::Error::io(err),
             })?;
         Ok(Self {
             file_watcher,
@@ -270,7 +270,7 @@ fn candidates(root: &Root) -> Result<Vec<PathBuf>, WatchError> {
         RootKind::PluginDir => {
             let entries = std::fs::read_dir(&root.path).map_err(|source| WatchError::List {
                 dir: root.path.clone(),
-                source,
+                error: source,
             })?;
             Ok(entries
                 .filter_map(Result::ok)

@@ -61,8 +61,8 @@ pub enum WorkerError {
     Load { plugin: String, reason: String },
     #[error("cgroup for `{plugin}`: {reason}")]
     Cgroup { plugin: String, reason: String },
-    #[error("IPC with the worker of `{plugin}`: {source}")]
-    Ipc { plugin: String, source: IpcError },
+    #[error("IPC with the worker of `{plugin}`: {error}")]
+    Ipc { plugin: String, error: IpcError },
 }
 
 /// Whether one mechanism is active for a worker, as established by the kernel-facing
@@ -509,7 +509,7 @@ impl Worker {
         let plugin = spec.plugin.clone();
         let ipc = |source| WorkerError::Ipc {
             plugin: plugin.clone(),
-            source,
+            error: source,
         };
         let (starting, channel, stdout_read, stderr_read) = spawn_in_cgroup(scope, &spec)?;
         let require = spec.plan.require.clone();
@@ -807,7 +807,7 @@ impl LaunchedWorker {
             .send(&EngineMessage::Load)
             .map_err(|source| WorkerError::Ipc {
                 plugin: plugin.clone(),
-                source,
+                error: source,
             })?;
         await_ready(&channel, &plugin, &events)?;
 
@@ -967,7 +967,7 @@ fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, W
         )),
         Err(source) => Err(WorkerError::Ipc {
             plugin: plugin.to_owned(),
-            source,
+            error: source,
         }),
     }
 }
@@ -1046,7 +1046,7 @@ fn recv_before(
         )),
         Err(source) => Err(WorkerError::Ipc {
             plugin: plugin.to_owned(),
-            source,
+            error: source,
         }),
     }
 }

@@ -12,10 +12,10 @@ use super::source::{line_and_column, one_line, shorten};
 #[non_exhaustive]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("{}: cannot read the manifest: {source}", .file.display())]
+    #[error("{}: cannot read the manifest: {error}", .file.display())]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The file is larger than [`super::MAX_MANIFEST_BYTES`].

@@ -54,7 +54,7 @@ pub struct MemoryWatch {
 fn failed(step: impl Into<String>) -> impl FnOnce(nix::Error) -> MonitorError {
     move |errno| MonitorError::Notices {
         step: step.into(),
-        source: errno.into(),
+        error: errno.into(),
     }
 }
 
@@ -94,7 +94,7 @@ impl LimitNotices {
         ] {
             std::fs::write(&control, &line).map_err(|source| MonitorError::Notices {
                 step: format!("writing {line:?} to {}", control.display()),
-                source,
+                error: source,
             })?;
         }
         for eventfd in [&threshold, &oom] {

@@ -194,24 +194,24 @@ pub enum CgroupError {
         layout: CgroupLayout,
         reason: String,
     },
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot read {file} of cgroup {cgroup}: {source}")]
+    #[error("cannot read {file} of cgroup {cgroup}: {error}")]
     Read {
         cgroup: PathBuf,
         file: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot write {value:?} to {file} of cgroup {cgroup}: {source}")]
+    #[error("cannot write {value:?} to {file} of cgroup {cgroup}: {error}")]
     Write {
         cgroup: PathBuf,
         file: &'static str,
         value: String,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("unexpected {content:?} in {file} of cgroup {cgroup}: expected {expected}")]
     Parse {
@@ -220,11 +220,11 @@ pub enum CgroupError {
         content: String,
         expected: &'static str,
     },
-    #[error("cannot send SIGKILL to process {pid} of cgroup {cgroup}: {source}")]
+    #[error("cannot send SIGKILL to process {pid} of cgroup {cgroup}: {error}")]
     Kill {
         cgroup: PathBuf,
         pid: u32,
-        source: nix::errno::Errno,
+        error: nix::errno::Errno,
     },
     #[error("cgroup {cgroup} still holds processes {pids:?} {waited:?} after SIGKILL")]
     StillPopulated {

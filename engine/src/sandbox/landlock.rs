@@ -239,12 +239,12 @@ pub enum LandlockError {
     AbiTooOld { kernel: u32, required: u32 },
     #[error("Landlock policy path `{path}` is relative; expected an absolute path")]
     RelativePath { path: PathBuf },
-    #[error("cannot open `{path}` to grant it under Landlock: {source}")]
-    OpenPath { path: PathBuf, source: Errno },
-    #[error("cannot inspect `{path}` to grant it under Landlock: {source}")]
-    StatPath { path: PathBuf, source: Errno },
-    #[error("building the Landlock ruleset failed while {step}: {source}")]
-    Ruleset { step: String, source: RulesetError },
+    #[error("cannot open `{path}` to grant it under Landlock: {error}")]
+    OpenPath { path: PathBuf, error: Errno },
+    #[error("cannot inspect `{path}` to grant it under Landlock: {error}")]
+    StatPath { path: PathBuf, error: Errno },
+    #[error("building the Landlock ruleset failed while {step}: {error}")]
+    Ruleset { step: String, error: RulesetError },
     #[error(
         "Landlock reported the ruleset {status}, no_new_privs {no_new_privs}; expected it fully enforced with no_new_privs set"
     )]
@@ -339,7 +339,10 @@ pub fn restrict(policy: &FsPolicy) -> Result<LandlockStatus, LandlockError> {
 
     let ruleset_error = |step: &str| {
         let step = step.to_owned();
-        move |source| LandlockError::Ruleset { step, source }
+        move |source| LandlockError::Ruleset {
+            step,
+            error: source,
+        }
     };
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
@@ -404,7 +407,7 @@ fn open_policy_path(path: &Path) -> Result<Result<OwnedFd, String>, LandlockErro
         )),
         Err(source) => Err(LandlockError::OpenPath {
             path: path.to_owned(),
-            source,
+            error: source,
         }),
     }
 }
@@ -412,7 +415,7 @@ fn open_policy_path(path: &Path) -> Result<Result<OwnedFd, String>, LandlockErro
 fn is_directory(path: &Path, fd: &OwnedFd) -> Result<bool, LandlockError> {
     let stat = fstat(fd).map_err(|source| LandlockError::StatPath {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     Ok(SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }

@@ -158,13 +158,13 @@ pub enum SeccompError {
         "the seccomp rule table names `{syscall}`, which libseccomp does not know on any architecture; expected a system call name from syscalls(2)"
     )]
     UnknownSyscall { syscall: &'static str },
-    #[error("cannot build the seccomp filter while {step}: {source}")]
+    #[error("cannot build the seccomp filter while {step}: {error}")]
     Build {
         step: String,
-        source: LibseccompError,
+        error: LibseccompError,
     },
-    #[error("cannot read back the compiled seccomp filter: {source}")]
-    Export { source: io::Error },
+    #[error("cannot read back the compiled seccomp filter: {error}")]
+    Export { error: io::Error },
     #[error(
         "the compiled seccomp filter is {len} bytes; expected a whole number of 8-byte BPF instructions, at most 65535 of them"
     )]
@@ -173,17 +173,17 @@ pub enum SeccompError {
         "cannot set no_new_privs, which the seccomp filter requires before it is loaded: {source}"
     )]
     NoNewPrivs { source: nix::Error },
-    #[error("the kernel refused the seccomp filter with a notification listener: {source}")]
-    Load { source: io::Error },
-    #[error("waiting on the seccomp notification listener failed: {source}")]
-    Poll { source: nix::Error },
-    #[error("reading a seccomp notification from the listener failed: {source}")]
-    Receive { source: io::Error },
-    #[error("answering seccomp notification {id} (`{syscall}`) failed: {source}")]
+    #[error("the kernel refused the seccomp filter with a notification listener: {error}")]
+    Load { error: io::Error },
+    #[error("waiting on the seccomp notification listener failed: {error}")]
+    Poll { error: nix::Error },
+    #[error("reading a seccomp notification from the listener failed: {error}")]
+    Receive { error: io::Error },
+    #[error("answering seccomp notification {id} (`{syscall}`) failed: {error}")]
     Respond {
         id: u64,
         syscall: String,
-        source: io::Error,
+        error: io::Error,
     },
     #[error(
         "the seccomp notification listener is closed: every thread and process under its filter has exited"
@@ -662,7 +662,12 @@ static LIBSECCOMP: Mutex<()> = Mutex::new(());
 /// Compiles `rules` into a BPF program for the native architecture.
 fn compile(rules: &[SyscallRule]) -> Result<Vec<libc::sock_filter>, SeccompError> {
     let _serialised = LIBSECCOMP.lock().unwrap_or_else(PoisonError::into_inner);
-    let build = |step: String| move |source| SeccompError::Build { step, source };
+    let build = |step: String| {
+        move |source| SeccompError::Build {
+            step,
+            error: source,
+        }
+    };
 
     let mut filter =
         ScmpFilterContext::new(ScmpAction::Allow).map_err(build("creating the filter".into()))?;
@@ -686,7 +691,7 @@ fn compile(rules: &[SyscallRule]) -> Result<Vec<libc::sock_filter>, SeccompError
     let exported =
         memfd_create(c"plugboard-seccomp-bpf", MFdFlags::MFD_CLOEXEC).map_err(|source| {
             SeccompError::Export {
-                source: source.into(),
+                error: source.into(),
             }
         })?;
     filter
@@ -696,7 +701,7 @@ fn compile(rules: &[SyscallRule]) -> Result<Vec<libc::sock_filter>, SeccompError
     let mut bytes = Vec::new();
     file.rewind()
         .and_then(|()| file.read_to_end(&mut bytes))
-        .map_err(|source| SeccompError::Export { source })?;
+        .map_err(|source| SeccompError::Export { error: source })?;
     decode_program(&bytes)
 }
 
@@ -761,11 +766,11 @@ fn load_with_listener(program: &[libc::sock_filter]) -> Result<OwnedFd, SeccompE
     };
     if listener < 0 {
         return Err(SeccompError::Load {
-            source: io::Error::last_os_error(),
+            error: io::Error::last_os_error(),
         });
     }
     let listener = i32::try_from(listener).map_err(|_| SeccompError::Load {
-        source: io::Error::other(format!(
+        error: io::Error::other(format!(
             "the kernel returned {listener}, which is not a descriptor"
         )),
     })?;

@@ -157,7 +157,7 @@ pub fn digest_file(path: &Path) -> Result<Digest, TrustError> {
     let io_error = |action, source| TrustError::Io {
         action,
         path: path.to_owned(),
-        source,
+        error: source,
     };
     let file = std::fs::File::open(path).map_err(|source| io_error("open", source))?;
     digest_reader(file).map_err(|source| io_error("read", source))

@@ -37,7 +37,7 @@ pub(super) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Err
     move |source| TrustError::Io {
         action,
         path,
-        source,
+        error: source,
     }
 }
 
@@ -118,7 +118,7 @@ pub(super) fn read_checked(
         return Err(TrustError::Io {
             action: "read",
             path: path.to_owned(),
-            source: io::Error::new(
+            error: io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("file is larger than {size_limit} bytes, far too large for {expected}"),
             ),

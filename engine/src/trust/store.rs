@@ -405,7 +405,7 @@ fn read_config_text(path: &Path) -> Result<Option<String>, TrustError> {
         Ok(bytes) => bytes,
         Err(TrustError::Io {
             action: "open",
-            source,
+            error: source,
             ..
         }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
@@ -443,7 +443,7 @@ fn read_sealed_list(key: &TrustListKey, path: &Path) -> Result<TrustList, TrustE
         Ok(sealed) => sealed,
         Err(TrustError::Io {
             action: "open",
-            source,
+            error: source,
             ..
         }) if source.kind() == io::ErrorKind::NotFound => {
             return Err(TrustError::TrustListMissing {
@@ -475,7 +475,7 @@ fn lock_store(dir: &Path) -> Result<Flock<File>, TrustError> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| TrustError::Io {
         action: "lock",
         path,
-        source: io::Error::from(errno),
+        error: io::Error::from(errno),
     })
 }
 

@@ -837,7 +837,7 @@ impl Calls {
         match err {
             IpcError::Closed => self.mark_gone(),
             IpcError::Protocol { reason } => self.lose_worker(Some(reason)),
-            IpcError::Io { source } => self.receive_failed(&source, until),
+            IpcError::Io { error: source } => self.receive_failed(&source, until),
             other => self.lose_worker(Some(other.to_string())),
         }
     }
@@ -932,7 +932,7 @@ impl Calls {
                 .wait_readable(Instant::now().checked_add(IDLE_POLL))
             {
                 Ok(()) => {}
-                Err(IpcError::Io { source }) => {
+                Err(IpcError::Io { error: source }) => {
                     self.receive_failed(&source, Instant::now() + RECEIVE_RETRY);
                     continue;
                 }

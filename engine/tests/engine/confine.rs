@@ -927,7 +927,10 @@ fn a_policy_path_that_exists_but_cannot_be_opened_is_an_error() {
     .join()
     .unwrap();
     match result {
-        Err(LandlockError::OpenPath { path, source }) => {
+        Err(LandlockError::OpenPath {
+            path,
+            error: source,
+        }) => {
             assert_eq!(path, looping);
             assert_eq!(source, Errno::ELOOP);
         }

@@ -12,7 +12,7 @@ pub(super) fn read(cgroup: &Path, file: &'static str) -> Result<String, CgroupEr
         .map_err(|source| CgroupError::Read {
             cgroup: cgroup.to_owned(),
             file,
-            source,
+            error: source,
         })
 }
 
@@ -22,7 +22,7 @@ pub(super) fn write(cgroup: &Path, file: &'static str, value: &str) -> Result<()
         cgroup: cgroup.to_owned(),
         file,
         value: value.to_owned(),
-        source,
+        error: source,
     })
 }
 
@@ -30,7 +30,9 @@ pub(super) fn write(cgroup: &Path, file: &'static str, value: &str) -> Result<()
 pub(super) fn read_procs(cgroup: &Path) -> Result<Vec<u32>, CgroupError> {
     let listed = match read(cgroup, "cgroup.procs") {
         Ok(listed) => listed,
-        Err(CgroupError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+        Err(CgroupError::Read { error: source, .. })
+            if source.kind() == io::ErrorKind::NotFound =>
+        {
             return Ok(Vec::new());
         }
         Err(error) => return Err(error),

@@ -83,7 +83,7 @@ impl ThreadEntry {
         let listed = std::fs::read_to_string(&path).map_err(|source| CgroupError::Io {
             action: "read",
             path: path.clone(),
-            source,
+            error: source,
         })?;
         self.hierarchies
             .iter()

@@ -20,7 +20,7 @@ pub(super) fn child_cgroups(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     let listing_error = |source| CgroupError::Io {
         action: "list cgroup directory",
         path: dir.to_owned(),
-        source,
+        error: source,
     };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -110,7 +110,7 @@ fn send_sigkill(cgroup: &Path, pid: u32) -> Result<(), CgroupError> {
         Err(source) => Err(CgroupError::Kill {
             cgroup: cgroup.to_owned(),
             pid,
-            source,
+            error: source,
         }),
     }
 }
@@ -146,7 +146,7 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
                 return Err(CgroupError::Io {
                     action: "remove cgroup directory",
                     path: dir.to_owned(),
-                    source,
+                    error: source,
                 });
             }
         }

@@ -75,7 +75,7 @@ pub(super) fn create(cgroup: &Cgroup) -> Result<(), CgroupError> {
         controller.create().map_err(|error| CgroupError::Io {
             action: "create cgroup directory",
             path: controller.path().to_owned(),
-            source: io_cause(&error),
+            error: io_cause(&error),
         })?;
     }
     Ok(())
@@ -158,7 +158,7 @@ fn write_error(
         cgroup: cgroup.to_owned(),
         file,
         value: value.to_string(),
-        source: io_cause(error),
+        error: io_cause(error),
     }
 }
 

@@ -19,7 +19,7 @@ pub(super) fn create(dir: &Path) -> Result<(), CgroupError> {
     std::fs::create_dir(dir).map_err(|source| CgroupError::Io {
         action: "create cgroup directory",
         path: dir.to_owned(),
-        source,
+        error: source,
     })
 }
 

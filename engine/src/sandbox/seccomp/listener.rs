@@ -129,7 +129,7 @@ impl NotifyListener {
                 Ok(0) => return Ok(Readiness::TimedOut),
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
-                Err(source) => return Err(SeccompError::Poll { source }),
+                Err(source) => return Err(SeccompError::Poll { error: source }),
             }
             let events = fds[0].revents().unwrap_or(PollFlags::empty());
             // A waiting call first: it can still be answered while the filter goes away.
@@ -166,7 +166,7 @@ impl NotifyListener {
             match error.raw_os_error() {
                 Some(libc::EINTR) => {}
                 Some(libc::ENOENT) => return Ok(None),
-                _ => return Err(SeccompError::Receive { source: error }),
+                _ => return Err(SeccompError::Receive { error }),
             }
         }
     }
@@ -234,7 +234,7 @@ impl NotifyListener {
                     return Err(SeccompError::Respond {
                         id: request.id,
                         syscall: notification.syscall,
-                        source,
+                        error: source,
                     });
                 }
             }
@@ -260,7 +260,7 @@ impl NotifyListener {
             match source.raw_os_error() {
                 Some(libc::EINTR) => {}
                 Some(libc::ENOENT) => return Ok(false),
-                _ => return Err(SeccompError::Receive { source }),
+                _ => return Err(SeccompError::Receive { error: source }),
             }
         }
     }
