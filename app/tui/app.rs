@@ -222,6 +222,10 @@ pub struct App {
     pub hook_sort: HookColumn,
     pub hook_sort_ascending: bool,
     pub overlay: Option<Overlay>,
+    /// Dialogs that an engine answer brought while another was open (or a prompt was being
+    /// typed in): shown in turn as each one closes, never in place of the open one, so no
+    /// key typed for one lands in another.
+    pub queued_overlays: VecDeque<Overlay>,
     pub status: Option<Status>,
     /// Commands running now (label by job id).
     pub pending: BTreeMap<u64, String>,
@@ -266,6 +270,7 @@ impl App {
             hook_sort: HookColumn::P99,
             hook_sort_ascending: false,
             overlay: None,
+            queued_overlays: VecDeque::new(),
             status: None,
             pending: BTreeMap::new(),
             next_job: 0,
@@ -358,7 +363,7 @@ impl App {
                         Role::Error
                     },
                 });
-                self.overlay = Some(Overlay::Reply(report));
+                self.show(Overlay::Reply(report));
             }
             Ok(Outcome::Emitted { reports }) => {
                 self.status = Some(Status {
@@ -391,7 +396,7 @@ impl App {
                     role: Role::Error,
                 });
                 if let Some(command) = forced {
-                    self.overlay = Some(Overlay::Confirm(Confirm {
+                    self.show(Overlay::Confirm(Confirm {
                         title: format!("Force {}?", job.label),
                         lines: vec![
                             format!(
@@ -433,7 +438,7 @@ impl App {
             lines.push("The watcher saw the bundle change since it was verified.".to_owned());
         }
         self.status = None;
-        self.overlay = Some(Overlay::Confirm(Confirm {
+        self.show(Overlay::Confirm(Confirm {
             title: format!("Reload {}?", plugin.name),
             lines,
             job: Job {
@@ -611,13 +616,26 @@ impl App {
     // ----- input -----
 
     pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        if let Some(overlay) = self.overlay.take() {
-            return self.on_overlay_key(overlay, key);
-        }
-        let Some(action) = self.keymap.action_for(&key) else {
-            return Vec::new();
+        let effects = if let Some(overlay) = self.overlay.take() {
+            self.on_overlay_key(overlay, key)
+        } else if let Some(action) = self.keymap.action_for(&key) {
+            self.on_action(action)
+        } else {
+            Vec::new()
         };
-        self.on_action(action)
+        if self.overlay.is_none() {
+            self.overlay = self.queued_overlays.pop_front();
+        }
+        effects
+    }
+
+    /// Opens `overlay` now, or after the dialogs already open or waiting.
+    fn show(&mut self, overlay: Overlay) {
+        if self.overlay.is_some() {
+            self.queued_overlays.push_back(overlay);
+        } else {
+            self.overlay = Some(overlay);
+        }
     }
 
     fn on_overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Vec<Effect> {
@@ -641,8 +659,10 @@ impl App {
             }
             // Any key closes a reply, and does nothing else.
             Overlay::Reply(_) => Vec::new(),
+            // Only `y` says yes: a dialog appears when the engine answers, and an Enter
+            // meant to open a plugin's details must not confirm a forced stop.
             Overlay::Confirm(confirm) => match key.code {
-                KeyCode::Char('y' | 'Y') | KeyCode::Enter => vec![Effect::Run(confirm.job)],
+                KeyCode::Char('y' | 'Y') => vec![Effect::Run(confirm.job)],
                 KeyCode::Char('n' | 'N') | KeyCode::Esc => {
                     self.status = Some(Status {
                         text: format!("cancelled: {}", confirm.job.label),

@@ -153,7 +153,7 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) {
     let mut right = section(ActionGroup::Navigation);
     right.push(Line::raw(""));
     right.push(Line::styled("Dialogs", theme.title()));
-    right.push(Line::styled(" y / enter  yes    n / esc  no", theme.text()));
+    right.push(Line::styled(" y  yes    n / esc  no", theme.text()));
     right.push(Line::raw(""));
     right.push(Line::styled("Filters", theme.title()));
     right.push(Line::styled(

@@ -547,6 +547,62 @@ fn stopping_a_plugin_others_need_asks_and_then_forces() {
     );
 }
 
+/// An engine answer that arrives while the operator types in a prompt (a chaos call that
+/// ran until its timeout, a refused stop) waits for the prompt to close: the keys typed
+/// go on into the filter and never act as commands.
+#[test]
+fn an_answer_arriving_during_a_prompt_waits_for_it_to_close() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "cr");
+    let stop = Job {
+        label: "stop counter".to_owned(),
+        command: Command::Stop {
+            plugin: "counter".to_owned(),
+            force: false,
+        },
+    };
+    let refused = JobError {
+        message: "`counter` is needed by running plugins: dependent".to_owned(),
+        dependents: vec!["dependent".to_owned()],
+    };
+    app.on_job_done(1, &stop, Err(refused));
+    let call = Job {
+        label: "chaos slowhook".to_owned(),
+        command: Command::Call {
+            plugin: "slowhook".to_owned(),
+            hook: "chaos".to_owned(),
+            payload: Vec::new(),
+        },
+    };
+    let reply = plugboard_engine::CallReport {
+        plugin: "slowhook".to_owned(),
+        hook: "chaos".to_owned(),
+        status: "timeout".to_owned(),
+        reply: String::new(),
+        duration_us: 2_000_000,
+    };
+    app.on_job_done(2, &call, Ok(Outcome::Called { report: reply }));
+    // `y` and `s` are text in the filter, not "yes" to the forced stop or a start.
+    for key in ['y', 's'] {
+        assert!(press(&mut app, KeyCode::Char(key)).is_empty());
+    }
+    assert_eq!(app.plugin_filter, "crys");
+    assert!(matches!(app.overlay, Some(Overlay::Prompt(_))));
+    // Enter ends the filter; the dialogs come in the order they arrived.
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert!(
+        matches!(&app.overlay, Some(Overlay::Confirm(confirm)) if confirm.title == "Force stop counter?"),
+        "{:?}",
+        app.overlay
+    );
+    assert!(press(&mut app, KeyCode::Char('n')).is_empty());
+    assert!(matches!(app.overlay, Some(Overlay::Reply(_))));
+    assert!(press(&mut app, KeyCode::Char('s')).is_empty());
+    assert!(app.overlay.is_none());
+}
+
 #[test]
 fn reload_and_unload_ask_first_and_no_cancels() {
     let mut app = app();
@@ -568,8 +624,11 @@ fn reload_and_unload_ask_first_and_no_cancels() {
         text.contains("bundle change since it was verified"),
         "{text}"
     );
+    // Enter does not confirm (it opens details elsewhere): only `y` does.
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert!(matches!(app.overlay, Some(Overlay::Confirm(_))));
     assert_eq!(
-        press(&mut app, KeyCode::Enter),
+        press(&mut app, KeyCode::Char('y')),
         [Effect::Run(Job {
             label: "reload counter".to_owned(),
             command: Command::Reload {
