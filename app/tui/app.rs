@@ -735,6 +735,8 @@ impl App {
             KeyCode::Esc => {
                 if let PromptPurpose::Filter { pane, previous } = &prompt.purpose {
                     self.filter_mut(*pane).clone_from(previous);
+                    // The selection made while typing may be hidden by the old filter.
+                    self.reset_cursor(*pane);
                 }
                 return Vec::new();
             }
@@ -819,11 +821,22 @@ impl App {
         });
     }
 
-    /// The plugin a plugin command is about, or a hint in the status line.
+    /// The plugin a plugin command is about, or a hint in the status line. On the main
+    /// screen it must be a row the table shows: a selected plugin that the filter hides
+    /// now (its state changed under a state filter) is not what the operator sees.
     fn target(&mut self) -> Option<PluginSnapshot> {
         let selected = self.selected().cloned();
-        if selected.is_none() {
-            self.warn("no plugin selected");
+        match &selected {
+            None => self.warn("no plugin selected"),
+            Some(plugin) if self.screen == Screen::Main && self.selected_index().is_none() => {
+                let text = format!(
+                    "`{}` is hidden by the filter `{}`: select a plugin the table shows, or clear the filter",
+                    plugin.name, self.plugin_filter
+                );
+                self.warn(text);
+                return None;
+            }
+            Some(_) => {}
         }
         selected
     }
@@ -1157,8 +1170,9 @@ impl App {
                     .iter()
                     .map(|plugin| plugin.name.clone())
                     .collect();
-                let at = self.selected_index().unwrap_or(0);
-                self.selected_plugin = names.get(step(at, names.len())).cloned();
+                // From no row (nothing selected, or a row the filter hides): the first.
+                let at = self.selected_index().map_or(0, |at| step(at, names.len()));
+                self.selected_plugin = names.get(at).cloned();
             }
             Pane::Events => {
                 let len = self.visible_events(None).len();
@@ -1199,7 +1213,11 @@ impl App {
                     self.open_detail();
                 }
             }
-            (Screen::Main, _) => self.open_detail(),
+            (Screen::Main, _) => {
+                if self.target().is_some() {
+                    self.open_detail();
+                }
+            }
             (Screen::Detail, _) => {}
         }
     }

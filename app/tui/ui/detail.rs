@@ -845,29 +845,79 @@ fn draw_log(
     frame.render_stateful_widget(list, inner, &mut state);
 }
 
-/// The line with every match of the search shown in reverse video.
+/// The line with every match of the search shown in reverse video. Matching ignores case
+/// as the filter does; the line comes from a plugin, so any text must work (lower-casing
+/// changes byte lengths outside ASCII, in both directions).
 fn highlight<'a>(line: &'a str, filter: &str, app: &App) -> Vec<Span<'a>> {
     let text = app.theme.text();
+    let filter = filter.to_lowercase();
     if filter.is_empty() {
-        return vec![Span::styled(line, text)];
-    }
-    let lower = line.to_lowercase();
-    // Lower-casing can change byte lengths outside ASCII: only highlight when it did not.
-    if lower.len() != line.len() {
         return vec![Span::styled(line, text)];
     }
     let mut spans = Vec::new();
     let mut at = 0;
-    while let Some(found) = lower[at..].find(filter) {
-        let start = at + found;
+    for (start, end) in case_insensitive_matches(line, &filter) {
         spans.push(Span::styled(&line[at..start], text));
         spans.push(Span::styled(
-            &line[start..start + filter.len()],
+            &line[start..end],
             style_for(app, crate::tui::theme::Role::Accent)
                 .add_modifier(ratatui::style::Modifier::REVERSED),
         ));
-        at = start + filter.len();
+        at = end;
     }
     spans.push(Span::styled(&line[at..], text));
     spans
+}
+
+/// The byte ranges of `line` whose lower-cased text holds `lower_needle`, in order and
+/// apart, each widened to whole characters of `line`.
+fn case_insensitive_matches(line: &str, lower_needle: &str) -> Vec<(usize, usize)> {
+    // For each byte of the lower-cased line: the range of the character of `line` it
+    // came from.
+    let mut lower = String::with_capacity(line.len());
+    let mut origin = Vec::with_capacity(line.len());
+    for (start, character) in line.char_indices() {
+        let end = start + character.len_utf8();
+        for lowered in character.to_lowercase() {
+            lower.push(lowered);
+            origin.resize(lower.len(), (start, end));
+        }
+    }
+    let mut matches: Vec<(usize, usize)> = Vec::new();
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(lower_needle) {
+        let (lower_start, lower_end) = (from + found, from + found + lower_needle.len());
+        let start = origin[lower_start].0;
+        let end = origin[lower_end - 1].1;
+        match matches.last_mut() {
+            // Two matches within one character of `line` (an expansion): one range.
+            Some(last) if start < last.1 => last.1 = last.1.max(end),
+            _ => matches.push((start, end)),
+        }
+        from = lower_end;
+    }
+    matches
+}
+
+#[cfg(test)]
+mod highlight_tests {
+    use super::case_insensitive_matches;
+
+    #[test]
+    fn matches_land_on_character_boundaries_whatever_lower_casing_does() {
+        // The Kelvin sign lower-cases to a one-byte `k`, `İ` to three bytes.
+        let line = "\u{212A} error \u{130}\u{130} Error";
+        let matches = case_insensitive_matches(line, "e");
+        for &(start, end) in &matches {
+            assert!(line.is_char_boundary(start) && line.is_char_boundary(end));
+        }
+        let found: Vec<&str> = matches.iter().map(|&(s, e)| &line[s..e]).collect();
+        assert_eq!(found, ["e", "E"]);
+        let kelvin = case_insensitive_matches(line, "k e");
+        assert_eq!(&line[kelvin[0].0..kelvin[0].1], "\u{212A} e");
+        // A needle matching inside one character's expansion takes the whole character.
+        let dotted = case_insensitive_matches("x\u{130}y", "i");
+        assert_eq!(dotted, [(1, 3)]);
+        assert!(case_insensitive_matches("abc", "z").is_empty());
+    }
 }

@@ -423,6 +423,41 @@ fn the_filter_matches_names_and_states_as_typed_and_esc_restores() {
     assert_eq!(app.plugin_filter, "", "esc on the screen clears it");
 }
 
+/// A selected plugin that drops out of a state filter (it crashed) is not a command's
+/// target any more: keys act only on rows the operator can see.
+#[test]
+fn commands_never_reach_a_plugin_the_filter_hides() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "run");
+    press(&mut app, KeyCode::Enter);
+    app.selected_plugin = Some("hello".to_owned());
+    let mut crashed = fleet();
+    crashed["plugins"][0] = plugin("hello", "failed");
+    app.on_sample(snapshot(crashed));
+    assert_eq!(plugin_order(&render(&mut app, 80, 24)), ["counter"]);
+    for key in ['x', 's', 'r', 'u'] {
+        assert!(press(&mut app, KeyCode::Char(key)).is_empty(), "{key}");
+    }
+    assert!(
+        app.status.as_ref().is_some_and(|status| status
+            .text
+            .contains("`hello` is hidden by the filter `run`")),
+        "{:?}",
+        app.status
+    );
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert_eq!(app.screen, Screen::Main, "no details of a hidden plugin");
+    // Moving from the hidden selection lands on the first row shown.
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected_plugin.as_deref(), Some("counter"));
+    let effects = press(&mut app, KeyCode::Char('x'));
+    let [Effect::Run(job)] = effects.as_slice() else {
+        panic!("a shown plugin is stopped: {effects:?}");
+    };
+    assert_eq!(job.label, "stop counter");
+}
+
 #[test]
 fn the_event_log_filters_by_kind_and_plugin() {
     let mut app = app();
