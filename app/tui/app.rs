@@ -314,15 +314,35 @@ impl App {
         if self.events.len() == EVENT_LOG {
             self.events.pop_front();
         }
-        self.events.push_back(event);
-        // A cursor away from the newest stays on the same event as new ones arrive.
+        // A cursor away from the newest stays on the same event as new ones arrive: it
+        // moves down for each one its pane shows above it.
         if self.paused.is_none() {
-            if self.event_cursor > 0 {
-                self.event_cursor += 1;
-            }
-            if self.plugin_event_cursor > 0 {
-                self.plugin_event_cursor += 1;
-            }
+            self.keep_event_cursors(std::slice::from_ref(&event));
+        }
+        self.events.push_back(event);
+    }
+
+    /// Moves the event cursors down past `arrived` events that their panes show (newest
+    /// first there), so each stays on the event it was on.
+    fn keep_event_cursors(&mut self, arrived: &[Event]) {
+        let watched = self.selected_plugin.clone();
+        let shown = |event: &Event, plugin: Option<&str>, filter: &str| {
+            plugin.is_none_or(|name| event.plugin.as_deref() == Some(name))
+                && describe::matches_filter(event, filter)
+        };
+        if self.event_cursor > 0 {
+            let above = arrived
+                .iter()
+                .filter(|event| shown(event, None, &self.event_filter))
+                .count();
+            self.event_cursor += above;
+        }
+        if self.plugin_event_cursor > 0 {
+            let above = arrived
+                .iter()
+                .filter(|event| shown(event, watched.as_deref(), &self.plugin_event_filter))
+                .count();
+            self.plugin_event_cursor += above;
         }
     }
 
@@ -560,8 +580,14 @@ impl App {
                     HookColumn::Rate => (0, stats.calls_per_sec),
                     HookColumn::Errors => (stats.errors, 0.0),
                     HookColumn::Timeouts => (stats.timeouts, 0.0),
-                    HookColumn::P50 => (stats.recent.p50_us.max(stats.since_start.p50_us), 0.0),
-                    HookColumn::P99 => (stats.recent.p99_us.max(stats.since_start.p99_us), 0.0),
+                    HookColumn::P50 => (
+                        shown_latency(stats.recent.p50_us, stats.since_start.p50_us),
+                        0.0,
+                    ),
+                    HookColumn::P99 => (
+                        shown_latency(stats.recent.p99_us, stats.since_start.p99_us),
+                        0.0,
+                    ),
                     HookColumn::Max => (stats.since_start.max_us, 0.0),
                 })
         };
@@ -1084,7 +1110,16 @@ impl App {
 
     fn toggle_pause(&mut self) {
         if self.paused.take().is_some() {
-            self.paused_at_seq = None;
+            // What arrived while paused comes into view above the cursors.
+            if let Some(paused_at) = self.paused_at_seq.take() {
+                let arrived: Vec<Event> = self
+                    .events
+                    .iter()
+                    .filter(|event| event.seq > paused_at)
+                    .cloned()
+                    .collect();
+                self.keep_event_cursors(&arrived);
+            }
             self.status = Some(Status {
                 text: "live".to_owned(),
                 role: Role::Info,
@@ -1355,4 +1390,14 @@ impl App {
 
 fn run(label: String, command: Command) -> Vec<Effect> {
     vec![Effect::Run(Job { label, command })]
+}
+
+/// The latency the hook table shows, which its sort must follow: the last minute's, or
+/// the lifetime one when the last minute saw no call.
+pub fn shown_latency(recent_us: u64, since_start_us: u64) -> u64 {
+    if recent_us == 0 {
+        since_start_us
+    } else {
+        recent_us
+    }
 }

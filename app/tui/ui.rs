@@ -14,7 +14,7 @@ use ratatui::style::Modifier;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
-use super::app::{App, Pane, Screen, ScreenLayout};
+use super::app::{App, Overlay, Pane, Screen, ScreenLayout};
 use super::theme::Theme;
 
 /// Below this the dashboard says the terminal is too small.
@@ -46,7 +46,12 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     footer::draw_status(frame, status_area, app);
     footer::draw_keys(frame, footer_area, app);
     app.layout = layout;
-    overlay::draw(frame, area, app);
+    // Kept as drawn, so that scrolling up from End moves at once.
+    if let (Some(drawn), Some(Overlay::Help(scroll))) =
+        (overlay::draw(frame, area, app), app.overlay.as_mut())
+    {
+        *scroll = drawn;
+    }
 }
 
 fn draw_main(

@@ -327,10 +327,17 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
     #[allow(clippy::cast_precision_loss)] // bytes far below 2^52 for a chart
     let memory = series(|sample| sample.memory_bytes as f64);
     let cpu = series(|sample| sample.cpu_percent);
-    let cpu_limit = now
-        .cpu_percent_of_quota
-        .filter(|share| *share > 0.0)
-        .map(|share| now.cpu_percent * 100.0 / share);
+    // The quota as configured (an idle sample cannot say it: 0% of any quota is 0%).
+    let cpu_limit = plugin
+        .limits
+        .as_ref()
+        .map(|limits| f64::from(limits.cpu_percent))
+        .filter(|_| now.cpu_percent_of_quota.is_some())
+        .or_else(|| {
+            now.cpu_percent_of_quota
+                .filter(|share| *share > 0.0)
+                .map(|share| now.cpu_percent * 100.0 / share)
+        });
     #[allow(clippy::cast_precision_loss)]
     let memory_limit = now.memory_limit_bytes.map(|limit| limit as f64);
     let cpu_text = match cpu_limit {
@@ -756,10 +763,9 @@ fn left_aligned(column: HookColumn) -> bool {
 
 /// The last minute's figure when there were calls in it, else the lifetime one.
 fn latency(recent: u64, since_start: u64) -> String {
-    match (recent, since_start) {
-        (0, 0) => NONE.to_owned(),
-        (0, lifetime) => format::micros(lifetime),
-        (recent, _) => format::micros(recent),
+    match crate::tui::app::shown_latency(recent, since_start) {
+        0 => NONE.to_owned(),
+        shown => format::micros(shown),
     }
 }
 

@@ -11,9 +11,11 @@ use crate::tui::app::{App, Overlay};
 use crate::tui::format;
 use crate::tui::keymap::{Action, ActionGroup};
 
-pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+/// Draws the open dialog, if any; returns the help's scroll as drawn (clamped to its
+/// last page), for the app to keep.
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
     match &app.overlay {
-        Some(Overlay::Help(scroll)) => draw_help(frame, area, app, *scroll),
+        Some(Overlay::Help(scroll)) => return Some(draw_help(frame, area, app, *scroll)),
         Some(Overlay::Confirm(confirm)) => {
             let theme = &app.theme;
             let mut lines: Vec<Line> = confirm
@@ -97,6 +99,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         }
         Some(Overlay::Prompt(_)) | None => {}
     }
+    None
 }
 
 fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Line>) {
@@ -126,7 +129,7 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Li
     );
 }
 
-fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) {
+fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) -> u16 {
     let theme = &app.theme;
     let key_width = Action::ALL
         .iter()
@@ -222,4 +225,5 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) {
         left.extend(right);
         frame.render_widget(Paragraph::new(left).scroll((scroll, 0)), inner);
     }
+    scroll
 }

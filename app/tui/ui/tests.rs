@@ -1292,3 +1292,95 @@ fn violations_read_as_sentences_and_are_counted_in_the_plugin_events() {
     let text = render(&mut app, 80, 24).join("\n");
     assert!(text.contains("Events 2 · 1 violations"), "{text}");
 }
+
+/// An idle plugin's CPU line keeps its quota (an idle sample is 0% of any quota).
+#[test]
+fn an_idle_plugin_shows_its_cpu_quota() {
+    let mut fleet = fleet();
+    fleet["plugins"][1]["resources"]["cpu_percent"] = json!(0.0);
+    fleet["plugins"][1]["resources"]["cpu_percent_of_quota"] = json!(0.0);
+    let mut app = app();
+    app.on_sample(snapshot(fleet));
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    let text = render(&mut app, 100, 40).join("\n");
+    assert!(text.contains(" 0% of 25%"), "{text}");
+}
+
+/// The hook table sorts by the latency it shows: the last minute's when there is one.
+#[test]
+fn hooks_sort_by_the_latency_shown() {
+    let mut fleet = fleet();
+    let hooks = &mut fleet["plugins"][1]["hooks"];
+    // Slow once, fast in the last minute: shows 1.0ms, sorts as 1.0ms.
+    hooks["count"]["recent"]["p99_us"] = json!(1_000);
+    hooks["count"]["since_start"]["p99_us"] = json!(50_000);
+    hooks["reset"]["recent"]["p99_us"] = json!(10_000);
+    hooks["reset"]["since_start"]["p99_us"] = json!(10_000);
+    let mut app = app();
+    app.on_sample(snapshot(fleet));
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    let hooks = app.visible_hooks();
+    assert_eq!(hooks[..2], ["reset", "count"], "{hooks:?}");
+}
+
+/// Scrolling up from the end of the help moves at once.
+#[test]
+fn the_help_scrolls_up_from_its_end_at_once() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('?'));
+    press(&mut app, KeyCode::Char('G'));
+    let title = |screen: &[String]| {
+        screen
+            .iter()
+            .find(|row| row.contains(" Help "))
+            .cloned()
+            .unwrap()
+    };
+    let at_end = title(&render(&mut app, 60, 16));
+    press(&mut app, KeyCode::Char('k'));
+    let one_up = title(&render(&mut app, 60, 16));
+    assert_ne!(at_end, one_up, "k moved the help");
+    let Some(Overlay::Help(scroll)) = app.overlay else {
+        panic!("the help is open");
+    };
+    assert!(scroll < 100, "{scroll}");
+}
+
+/// The event cursor stays on its event as others arrive, whether they pass the pane's
+/// filter or not, and across a pause.
+#[test]
+fn the_event_cursor_stays_on_its_event() {
+    let mut app = app();
+    app.focus = Pane::Events;
+    app.event_filter = "kind:state".to_owned();
+    press(&mut app, KeyCode::Char('j'));
+    let on = |app: &App| app.visible_events(None)[app.event_cursor].seq;
+    assert_eq!(on(&app), 2);
+    app.on_engine_event(event(
+        6,
+        None,
+        json!({"kind": "engine", "message": "not a state change"}),
+    ));
+    assert_eq!(on(&app), 2, "an event the filter hides moves nothing");
+    app.on_engine_event(event(
+        7,
+        Some("hello"),
+        json!({"kind": "state_changed", "from": "running", "to": "stopping"}),
+    ));
+    assert_eq!(on(&app), 2);
+    press(&mut app, KeyCode::Char('p'));
+    app.on_engine_event(event(
+        8,
+        Some("hello"),
+        json!({"kind": "state_changed", "from": "stopping", "to": "stopped"}),
+    ));
+    assert_eq!(on(&app), 2);
+    press(&mut app, KeyCode::Char('p'));
+    assert_eq!(
+        on(&app),
+        2,
+        "what came in while paused shows above the cursor"
+    );
+}
