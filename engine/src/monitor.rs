@@ -79,6 +79,17 @@ impl KeptFile {
     /// space offered is the end, so one system call reads a file, not two (the second would
     /// only return 0). The buffer keeps its length between reads; nothing is zeroed.
     fn read<'a>(&self, buffer: &'a mut Vec<u8>) -> Result<&'a str, MonitorError> {
+        let text = self.read_bytes(buffer)?;
+        std::str::from_utf8(text).map_err(|_| MonitorError::Parse {
+            path: self.path.clone(),
+            expected: "text",
+            found: String::from_utf8_lossy(text).into_owned(),
+        })
+    }
+
+    /// As [`KeptFile::read`], for a file that may hold bytes of any value (`stat` holds
+    /// the process name, which the plugin sets).
+    fn read_bytes<'a>(&self, buffer: &'a mut Vec<u8>) -> Result<&'a [u8], MonitorError> {
         if buffer.len() < 4096 {
             buffer.resize(4096, 0);
         }
@@ -104,12 +115,7 @@ impl KeptFile {
                 }
             }
         }
-        let text = &buffer[..filled];
-        std::str::from_utf8(text).map_err(|_| MonitorError::Parse {
-            path: self.path.clone(),
-            expected: "text",
-            found: String::from_utf8_lossy(text).into_owned(),
-        })
+        Ok(&buffer[..filled])
     }
 
     fn number(&self, buffer: &mut Vec<u8>) -> Result<u64, MonitorError> {
@@ -130,8 +136,13 @@ impl KeptFile {
 
 /// `num_threads` and `rss` (pages) from a `/proc/<pid>/stat` line. The command name may
 /// hold spaces and parentheses, so fields are counted from its closing parenthesis.
-fn stat_fields(line: &str) -> (u64, u64) {
-    let Some((_, rest)) = line.rsplit_once(") ") else {
+fn stat_fields(line: &[u8]) -> (u64, u64) {
+    // The name is between the first `(` and the last `) `, and may hold any byte but NUL
+    // (the plugin names its threads): only the fields after it are read, all ASCII.
+    let Some(end_of_name) = line.windows(2).rposition(|pair| pair == b") ") else {
+        return (0, 0);
+    };
+    let Ok(rest) = std::str::from_utf8(&line[end_of_name + 2..]) else {
         return (0, 0);
     };
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
@@ -418,7 +429,7 @@ impl WorkerProbe {
             Some(file) => file.keyed(buffer, "max")?,
             None => 0,
         };
-        let (threads, rss_pages) = stat_fields(self.stat.read(buffer)?);
+        let (threads, rss_pages) = stat_fields(self.stat.read_bytes(buffer)?);
         let rss_bytes = rss_pages * self.page_size;
         let (read_bytes, write_bytes) = match &self.io {
             Some(file) => {
@@ -689,7 +700,11 @@ mod tests {
         assert_eq!(keyed_value(status, "VmRSS"), Some(2048));
         assert_eq!(keyed_value(status, "VmSwap"), None);
         let stat = "42 (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 7 0 1234 10000000 512 18446744073709551615";
-        assert_eq!(stat_fields(stat), (7, 512));
+        assert_eq!(stat_fields(stat.as_bytes()), (7, 512));
+        // A name that is not UTF-8 (a plugin's thread named so) changes nothing.
+        let mut odd = b"42 (\xff\xfe) x".to_vec();
+        odd.extend_from_slice(&stat.as_bytes()[13..]);
+        assert_eq!(stat_fields(&odd), (7, 512));
     }
 
     #[test]

@@ -171,3 +171,50 @@ fn a_memory_limit_hit_between_two_samples_is_read_because_the_kernel_noticed_it(
     cgroup.remove().unwrap();
     scope.remove().unwrap();
 }
+
+/// The process name in `/proc/<pid>/stat` is whatever bytes a plugin gives its threads
+/// (`PR_SET_NAME`): a name that is not UTF-8 must not stop the sampling of that worker
+/// (which would silence its limit violations).
+#[test]
+fn a_process_named_in_bytes_that_are_not_text_is_still_sampled() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Some(root) = crate::cgroup::kernel_root() else {
+        return;
+    };
+    let scope = EngineScope::create(&root).unwrap();
+    let limits = CgroupLimits {
+        memory_bytes: 64 << 20,
+        cpu_percent: 100,
+        pids_max: 16,
+    };
+    let cgroup = PluginCgroup::create(&scope, "oddname", &limits).unwrap();
+    // The kernel names a process after its executable's file name.
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"\xff\xfe odd) name"));
+    std::fs::copy("/bin/sleep", &odd).unwrap();
+    let mut child = std::process::Command::new(&odd).arg("30").spawn().unwrap();
+    let comm = std::fs::read(format!("/proc/{}/comm", child.id())).unwrap();
+    // Until it sleeps, the new process may not have touched a page yet (rss 0).
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read(&stat)
+        .unwrap()
+        .windows(3)
+        .any(|state| state == b") S")
+    {
+        assert!(Instant::now() < deadline, "sleep never slept");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(std::str::from_utf8(&comm).is_err(), "{comm:?}");
+    let reading = WorkerProbe::open(&root, &cgroup.display_path(), child.id())
+        .and_then(|mut probe| probe.read());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    cgroup.remove().unwrap();
+    scope.remove().unwrap();
+    let reading = reading.expect("the odd name is read past");
+    assert_eq!(reading.threads, 1);
+    assert!(reading.rss_bytes > 0, "{reading:?}");
+}
