@@ -1182,7 +1182,12 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
             .unwrap_or_else(PoisonError::into_inner)
             .latest()
             .copied()
-            .filter(|_| lifecycle.worker_pid.is_some()),
+            // Only a sample of the current worker: the ring outlives restarts and reloads.
+            .filter(|sample| {
+                let current_since = lifecycle.last_start.max(lifecycle.last_reload);
+                lifecycle.worker_pid.is_some()
+                    && current_since.is_none_or(|since| sample.at_ms >= unix_millis(since))
+            }),
         capabilities: lifecycle
             .manifest
             .as_ref()

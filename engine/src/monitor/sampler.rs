@@ -158,11 +158,10 @@ fn sample_workers(shared: &Shared, sampled: &mut Probes) {
             .get(&plugin.name)
             .is_none_or(|probed| probed.generation != running.generation);
         if stale {
-            let (cgroup, pid) = {
-                let lifecycle = plugin.lifecycle();
-                (lifecycle.cgroup.clone(), lifecycle.sandbox_pid)
-            };
-            let (Some(cgroup), Some(pid)) = (cgroup, pid) else {
+            // From the worker itself, not the lifecycle: during a reload the lifecycle
+            // may still name the old worker while the new one serves.
+            let (_, pid, cgroup) = running.runner.identity();
+            let Some(cgroup) = cgroup else {
                 continue;
             };
             // A worker that just ended cannot be opened: it is sampled no more.

@@ -1004,11 +1004,12 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         .map(|manifest| manifest.plugin.version.to_string());
     let new_version = verified.manifest.plugin.version.to_string();
     let digest = verified.trust.library_sha3_512.clone();
-    // Switch: new calls go to the new worker from here on.
-    let old = plugin.set_running(Some(Arc::new(running)));
-    {
+    // Switch: new calls go to the new worker from here on. Under the lifecycle lock, so
+    // no one sees the new worker serving with the old one's identity.
+    let old = {
         let mut lifecycle = plugin.lifecycle();
-        let running = plugin.running().expect("just installed");
+        let running = Arc::new(running);
+        let old = plugin.set_running(Some(Arc::clone(&running)));
         adopt_worker(shared, plugin, &mut lifecycle, &running);
         lifecycle.manifest = Some(verified.manifest);
         lifecycle.library = Some(verified.library);
@@ -1016,7 +1017,8 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         lifecycle.trust = verified.trust;
         lifecycle.last_reload = Some(SystemTime::now());
         lifecycle.changed_on_disk = false;
-    }
+        old
+    };
     // The old worker finishes what it was given, then stops.
     if let Some(old) = old {
         let grace = grace(shared, &plugin.name);

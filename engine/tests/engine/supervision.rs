@@ -1282,6 +1282,37 @@ fn a_restart_waits_for_a_dependency_that_is_still_starting() {
     assert_eq!(plugin(engine, "slowhook").state, PluginState::Running);
 }
 
+/// A restarted worker does not show its predecessor's last resource sample (the memory
+/// it died with) as its own before it is sampled itself.
+#[test]
+fn a_restarted_worker_shows_no_sample_of_the_one_before() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart = restart_policy(100, 1);
+        config.sample_interval = Duration::from_secs(3);
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let sampled = wait_until(engine, "prober", Duration::from_secs(8), |prober| {
+        prober.resources.is_some()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(sampled.worker_pid.unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let restarted = wait_until(engine, "prober", Duration::from_secs(3), |prober| {
+        prober.state == PluginState::Running && prober.supervision.restarts == 1
+    });
+    let started_ms = restarted.supervision.last_start_ms.unwrap();
+    assert!(
+        restarted
+            .resources
+            .is_none_or(|sample| sample.at_ms >= started_ms),
+        "a sample from before the restart at {started_ms}: {:?}",
+        restarted.resources
+    );
+}
+
 #[test]
 fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
     use plugboard_engine::supervisor::state_file::PersistedState;
