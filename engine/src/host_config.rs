@@ -893,11 +893,13 @@ impl Checker<'_> {
             rule.sustained_s,
             "an integer number of seconds from 1 to 86400",
         )?;
-        if !(rule.ratio.is_finite() && rule.ratio > 0.0 && rule.ratio <= 1.0) {
+        // The rule fires above the ratio, and no more than all periods can be throttled:
+        // a ratio of 1 would never fire.
+        if !(rule.ratio.is_finite() && rule.ratio > 0.0 && rule.ratio < 1.0) {
             return Err(self.refuse(
                 &path("ratio"),
                 rule.ratio,
-                "a share of CPU periods above 0 and at most 1 (0.5 = half of them throttled)",
+                "a share of CPU periods above 0 and below 1 (0.5 = more than half of them throttled)",
             ));
         }
         Ok(())

@@ -117,7 +117,8 @@ invalid_host_configs! {
     policy_unknown_kind: "policy_unknown_kind.toml" => ["line 2: unknown key `policy.oom_killed` in [policy]; expected one of: memory_limit, oom_kill,"];
     policy_unknown_action: "policy_unknown_action.toml" => ["line 2: `policy.crash.action` = \"reboot\": expected one of: log, restart, stop, quarantine"];
     policy_count_zero: "policy_count_zero.toml" => ["line 3: `policy.hook_timeout.count` = 0", "expected an integer number of violations from 1 to 86400"];
-    policy_ratio_above_one: "policy_ratio_above_one.toml" => ["line 2: `policy.cpu_throttled.ratio` = 1.5", "expected a share of CPU periods above 0 and at most 1"];
+    policy_ratio_above_one: "policy_ratio_above_one.toml" => ["line 2: `policy.cpu_throttled.ratio` = 1.5", "expected a share of CPU periods above 0 and below 1"];
+    policy_ratio_of_one: "policy_ratio_of_one.toml" => ["line 2: `policy.cpu_throttled.ratio` = 1", "expected a share of CPU periods above 0 and below 1"];
     audit_max_zero: "audit_max_zero.toml" => ["line 2: `audit_max_mb` = 0", "expected an integer number of MiB, at least 1"];
     log_max_zero: "log_max_zero.toml" => ["line 2: `log_max_mb` = 0", "expected an integer number of MiB, at least 1"];
     log_keep_too_many: "log_keep_too_many.toml" => ["line 2: `log_keep` = 5000", "expected an integer number of rotated files from 0 to 1000"];
