@@ -285,8 +285,13 @@ pub(crate) enum ActorMessage {
     Reload(Reply),
     SetEnabled(bool, Reply),
     ClearQuarantine(Reply),
-    /// Caught outside the actor (a hook timeout, a forbidden emit, a resource counter).
-    Violation(Violation),
+    /// Caught outside the actor (a hook timeout, a forbidden emit, a resource counter), in
+    /// the worker of `generation` when one was seen: a worker replaced since (a reload, a
+    /// restart) answers for its own violations no more, its successor not at all.
+    Violation {
+        generation: Option<u64>,
+        violation: Violation,
+    },
     /// A worker's event; `hooks` are the hooks that were in flight when it was produced
     /// (for violations, the likeliest culprits).
     Worker {
@@ -511,11 +516,10 @@ mod tests {
     }
 
     fn violation() -> ActorMessage {
-        ActorMessage::Violation(Violation::new(
-            ViolationKind::HookTimeout,
-            "engine",
-            "no reply",
-        ))
+        ActorMessage::Violation {
+            generation: None,
+            violation: Violation::new(ViolationKind::HookTimeout, "engine", "no reply"),
+        }
     }
 
     /// The actor's side: takes what is queued, as `run_actor` does.

@@ -85,7 +85,13 @@ impl Emits for PluginEmits {
             )
             .fact("emitted", hook.to_owned())
             .during(hooks_in_flight(&plugin));
-            plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Drop);
+            plugin.queue_event(
+                ActorMessage::Violation {
+                    generation: Some(running.generation),
+                    violation,
+                },
+                WhenFull::Drop,
+            );
             return Err(abi::EMIT_DENIED);
         }
         plugin.emitted.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +195,7 @@ pub(crate) fn call(
     let start = Instant::now();
     let outcome = call_through(plugin, &running, hook, payload, depth, timeout);
     let elapsed = start.elapsed();
-    let result = settle(plugin, hook, &outcome);
+    let result = settle(plugin, running.generation, hook, &outcome);
     stats.end(elapsed, &result);
     Ok(match outcome {
         Ok(outcome) => report(
@@ -244,6 +250,7 @@ pub(super) fn call_through(
 /// the plugin's actor.
 pub(super) fn settle(
     plugin: &Plugin,
+    generation: u64,
     hook: &str,
     outcome: &Result<CallOutcome, CallFailure>,
 ) -> CallResult {
@@ -261,7 +268,13 @@ pub(super) fn settle(
             )
             .fact("timeout_ms", millis)
             .during(Some(hook.to_owned()));
-            plugin.queue_event(ActorMessage::Violation(violation), WhenFull::Queue);
+            plugin.queue_event(
+                ActorMessage::Violation {
+                    generation: Some(generation),
+                    violation,
+                },
+                WhenFull::Queue,
+            );
             CallResult::Timeout
         }
         Err(CallFailure::WorkerGone) => CallResult::Gone,

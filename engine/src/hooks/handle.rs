@@ -186,7 +186,12 @@ impl HookHandle {
             0,
             timeout,
         );
-        let result = settle(&self.plugin, &self.hook, &outcome);
+        let result = settle(
+            &self.plugin,
+            resolved.running.generation,
+            &self.hook,
+            &outcome,
+        );
         // The runner timed the call (in-process, with the statistics' clock, whose reading
         // at the end dates it); a call that got no answer is recorded at its timeout, one
         // whose worker was gone as an error without a latency.

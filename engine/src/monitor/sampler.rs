@@ -205,7 +205,10 @@ fn sample_workers(shared: &Shared, sampled: &mut Probes) {
                     .push(now, reading, limits);
                 for violation in check(shared, probed, &sample, before.as_ref(), now) {
                     plugin.queue_event(
-                        ActorMessage::Violation(violation.during(hooks_in_flight(&plugin))),
+                        ActorMessage::Violation {
+                            generation: Some(probed.generation),
+                            violation: violation.during(hooks_in_flight(&plugin)),
+                        },
                         WhenFull::Queue,
                     );
                 }

@@ -110,9 +110,16 @@ pub(crate) fn run_actor(
             ActorMessage::ClearQuarantine(reply) => {
                 let _ = reply.send(clear_quarantine(shared, plugin));
             }
-            ActorMessage::Violation(violation) => {
+            ActorMessage::Violation {
+                generation,
+                violation,
+            } => {
                 plugin.event_taken();
-                on_violation(shared, plugin, violation);
+                if generation.is_some_and(|seen| seen != plugin.lifecycle().generation) {
+                    record_replaced_workers_violation(shared, plugin, violation);
+                } else {
+                    on_violation(shared, plugin, violation);
+                }
                 unrecorded.report(shared, plugin);
             }
             ActorMessage::Worker {
@@ -1463,6 +1470,15 @@ fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) 
     violation.action = action;
     shared.event(Some(&plugin.name), EventKind::Violation { violation });
     action
+}
+
+/// A violation of a worker that has been replaced since: in the record, as it happened,
+/// but neither counted toward the policy's thresholds nor acted on — the worker serving
+/// now did nothing.
+fn record_replaced_workers_violation(shared: &Shared, plugin: &Plugin, violation: Violation) {
+    let mut violation = violation.fact("worker_replaced", true);
+    violation.action = Action::Log;
+    shared.event(Some(&plugin.name), EventKind::Violation { violation });
 }
 
 /// Records a violation and carries out the action the policy chose.

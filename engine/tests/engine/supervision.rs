@@ -1313,6 +1313,70 @@ fn a_restarted_worker_shows_no_sample_of_the_one_before() {
     );
 }
 
+/// Hook timeouts of the old worker, handled by the actor only after a reload swapped it
+/// out, are recorded but do not count against the new worker: the default policy (restart
+/// at the third) would otherwise stop the fixed version for the old one's faults.
+#[test]
+fn violations_of_a_replaced_worker_do_not_hit_its_successor() {
+    let fixture = engine_configured(&[("slowhook", "slowhook", same)], |config| {
+        config.restart = restart_policy(100, 3);
+    });
+    let engine = &fixture.engine;
+    start(engine, "slowhook");
+    // The new version takes 1.5 s to create: the actor is busy with the reload meanwhile.
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "slowhook",
+        "slowhook",
+        |manifest| {
+            manifest.replace(
+                "[config.create_ms]\ntype = \"integer\"\ndefault = 0",
+                "[config.create_ms]\ntype = \"integer\"\ndefault = 1500",
+            )
+        },
+    );
+    std::thread::scope(|scope| {
+        let reload = scope.spawn(|| {
+            engine.execute(Command::Reload {
+                plugin: "slowhook".into(),
+            })
+        });
+        wait_until(engine, "slowhook", Duration::from_secs(3), |slowhook| {
+            slowhook.state == PluginState::Reloading
+        });
+        for _ in 0..3 {
+            assert_eq!(call(engine, "slowhook", "chaos", "400").status, "timeout");
+        }
+        reload.join().unwrap().expect("the reload completes");
+    });
+    let reloaded = plugin(engine, "slowhook");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let replaced_violations = loop {
+        let count = engine
+            .recent_events()
+            .iter()
+            .filter(|event| {
+                matches!(&event.kind, EventKind::Violation { violation }
+                    if violation.facts.get("worker_replaced") == Some(&serde_json::json!(true)))
+            })
+            .count();
+        if count == 3 || Instant::now() > deadline {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(replaced_violations, 3, "each is recorded, marked");
+    std::thread::sleep(Duration::from_millis(300));
+    let now = plugin(engine, "slowhook");
+    assert_eq!(now.state, PluginState::Running);
+    assert_eq!(
+        now.worker_pid, reloaded.worker_pid,
+        "the new worker serves on"
+    );
+    assert_eq!(now.supervision.restarts, 0);
+}
+
 #[test]
 fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
     use plugboard_engine::supervisor::state_file::PersistedState;
