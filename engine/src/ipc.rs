@@ -33,7 +33,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use frame::{
-    HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, decode_frame, encode_frame,
+    HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_REPLY_BYTES, decode_frame,
+    encode_frame, reply_too_large,
 };
 pub use message::{
     BatchedCall, BatchedCallRef, BatchedReply, CallRef, CallsRef, ConfinementPlan, EngineMessage,

@@ -34,7 +34,8 @@ use std::time::Duration;
 use nix::unistd::{getpid, getppid, pipe, read, write};
 use plugboard_engine::ipc::{
     BatchedCallRef, BatchedReply, Channel, ConfinementPlan, EngineMessage, EngineMessageRef,
-    IpcError, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage,
+    IpcError, MAX_REPLY_BYTES, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage,
+    reply_too_large,
 };
 use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
@@ -489,6 +490,19 @@ fn answer(result: Result<Vec<u8>, plugboard_sdk::host::CallError>) -> (i32, Vec<
     }
 }
 
+/// A reply body over [`MAX_REPLY_BYTES`] cannot be framed: that one call is answered with
+/// an error saying so (sending it would end the worker, failing every call in flight).
+fn within_reply_limit(status: i32, body: &[u8]) -> (i32, std::borrow::Cow<'_, [u8]>) {
+    if body.len() <= MAX_REPLY_BYTES {
+        return (status, std::borrow::Cow::Borrowed(body));
+    }
+    let refusal = reply_too_large(body.len());
+    (
+        abi::STATUS_ERROR,
+        std::borrow::Cow::Owned(refusal.into_bytes()),
+    )
+}
+
 /// Answers of a `Calls` frame are packed into `Replies` frames of about this many bytes
 /// of bodies; a larger body goes alone, as a plain `Reply`.
 const REPLIES_BUDGET: usize = 48 * 1024;
@@ -606,12 +620,22 @@ fn run_request(
         } => {
             // The reply is framed straight from the plugin's buffer.
             call_hook_with(instance, hook, payload, depth, |status, body| {
-                channel.send(&ReplyRef { id, status, body })
+                let (status, body) = within_reply_limit(status, body);
+                channel.send(&ReplyRef {
+                    id,
+                    status,
+                    body: &body,
+                })
             })?;
         }
         EngineMessageRef::Health { id } => {
             let (status, body) = answer(instance.health().map(|()| Vec::new()));
-            channel.send(&WorkerMessage::Reply { id, status, body })?;
+            let (status, body) = within_reply_limit(status, &body);
+            channel.send(&ReplyRef {
+                id,
+                status,
+                body: &body,
+            })?;
         }
         EngineMessageRef::Calls { calls } => run_calls(channel, instance, &calls)?,
         _ => {}
@@ -630,6 +654,10 @@ fn run_calls(
     let mut packed_bytes = 0;
     for call in calls {
         let (status, body) = call_hook(instance, call.hook, call.payload, call.depth);
+        let (status, body) = match within_reply_limit(status, &body) {
+            (status, std::borrow::Cow::Owned(refusal)) => (status, refusal),
+            _ => (status, body),
+        };
         if body.len() > LARGE_BODY {
             channel.send(&WorkerMessage::Reply {
                 id: call.id,

@@ -23,6 +23,17 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024 + 64;
 /// fields (header, id, a hook name of up to 64 bytes, depth: at most 90 bytes).
 pub const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES - 128;
 
+/// The largest reply body (an answer or an error message) a call brings back: a larger one
+/// is answered as an error instead, in both isolation modes.
+pub const MAX_REPLY_BYTES: usize = MAX_PAYLOAD_BYTES;
+
+/// The error message that replaces a reply of `bytes` over [`MAX_REPLY_BYTES`].
+pub fn reply_too_large(bytes: usize) -> String {
+    format!(
+        "the plugin's reply of {bytes} bytes exceeds the {MAX_REPLY_BYTES}-byte maximum of a reply"
+    )
+}
+
 /// Encodes `msg` into one frame.
 ///
 /// A message whose frame would exceed [`MAX_FRAME_BYTES`] is refused with

@@ -159,6 +159,13 @@ fn in_process_outcome(
         Ok(body) => (abi::STATUS_OK, body),
         Err(err) => (err.status, err.message.into_bytes()),
     };
+    // As a worker answers a reply it cannot frame, so both modes answer alike.
+    let (status, body) = if body.len() > crate::ipc::MAX_REPLY_BYTES {
+        let refusal = crate::ipc::reply_too_large(body.len());
+        (abi::STATUS_ERROR, refusal.into_bytes())
+    } else {
+        (status, body)
+    };
     Ok(CallOutcome {
         status,
         body,

@@ -299,6 +299,34 @@ fn a_timed_out_call_is_counted_and_its_late_reply_discarded() {
     assert_eq!(plugin(engine, "prober").violations, 2);
 }
 
+/// A reply larger than a frame can carry is that call's error, not the worker's end:
+/// the worker and its other calls go on.
+#[test]
+fn a_reply_too_large_to_frame_is_an_error_of_that_call_alone() {
+    let fixture = engine_with(&[("prober", "prober", same)], Duration::from_secs(2));
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let before = plugin(engine, "prober").worker_pid;
+    let limit = plugboard_engine::ipc::MAX_REPLY_BYTES;
+    let at_limit = call(engine, "prober", "big", &limit.to_string());
+    assert_eq!(
+        (at_limit.status.as_str(), at_limit.reply.len()),
+        ("ok", limit)
+    );
+    let over = call(engine, "prober", "big", &(2 * limit).to_string());
+    assert_eq!(over.status, "error", "{over:?}");
+    assert!(
+        over.reply
+            .contains(&format!("reply of {} bytes exceeds", 2 * limit)),
+        "{}",
+        over.reply
+    );
+    assert_eq!(call(engine, "prober", "big", "3").reply, "xxx");
+    let after = plugin(engine, "prober");
+    assert_eq!(after.state, PluginState::Running);
+    assert_eq!(after.worker_pid, before, "the same worker answers");
+}
+
 #[test]
 fn a_hostile_worker_is_killed_and_the_engine_keeps_serving_others() {
     let fixture = engine_with(

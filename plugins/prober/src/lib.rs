@@ -190,6 +190,8 @@ impl Plugin for Prober {
                 format!("slept {} ms", duration.as_millis()).into_bytes()
             }
             "crash" => std::process::abort(),
+            // A reply of the size asked for (bytes `x`), to try the bound on replies.
+            "big" => big_reply(payload)?,
             "chatter" => {
                 let lines: u32 = text(payload, "10")
                     .parse()
@@ -231,3 +233,11 @@ impl Plugin for Prober {
 }
 
 export_plugin!(Prober);
+
+/// A reply of the size asked for (bytes `x`), to try the bound on replies.
+fn big_reply(payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let bytes: usize = text(payload, "1024")
+        .parse()
+        .map_err(|_| Error::invalid_input("big wants a byte count"))?;
+    Ok(vec![b'x'; bytes])
+}
