@@ -267,7 +267,12 @@ impl CallOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallFailure {
     #[error("timed out after {timeout:?}")]
-    Timeout { timeout: Duration },
+    Timeout {
+        timeout: Duration,
+        /// How long the call took when it did end, late: known in process, where a call
+        /// runs to its end; `None` for a worker, whose late reply is discarded.
+        late_by_end: Option<Duration>,
+    },
     #[error("the worker is gone")]
     WorkerGone,
 }

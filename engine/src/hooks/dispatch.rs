@@ -203,7 +203,7 @@ pub(crate) fn call(
             String::from_utf8_lossy(&outcome.body).into_owned(),
             outcome.duration,
         ),
-        Err(CallFailure::Timeout { timeout }) => report(
+        Err(CallFailure::Timeout { timeout, .. }) => report(
             "timeout",
             format!("no reply within {} ms", timeout.as_millis()),
             elapsed,
@@ -259,7 +259,7 @@ pub(super) fn settle(
         Ok(outcome) => CallResult::Error {
             message: String::from_utf8_lossy(&outcome.body).into_owned(),
         },
-        Err(CallFailure::Timeout { timeout }) => {
+        Err(CallFailure::Timeout { timeout, .. }) => {
             let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let violation = Violation::new(
                 ViolationKind::HookTimeout,

@@ -193,11 +193,15 @@ impl HookHandle {
             &outcome,
         );
         // The runner timed the call (in-process, with the statistics' clock, whose reading
-        // at the end dates it); a call that got no answer is recorded at its timeout, one
-        // whose worker was gone as an error without a latency.
+        // at the end dates it); a call that got no answer is recorded at its timeout (an
+        // in-process one that ended late at what it took, as `Command::Call` records it),
+        // one whose worker was gone as an error without a latency.
         let (elapsed, finished) = match &outcome {
             Ok(outcome) => (outcome.duration, outcome.finished),
-            Err(CallFailure::Timeout { timeout }) => (*timeout, None),
+            Err(CallFailure::Timeout {
+                timeout,
+                late_by_end,
+            }) => (late_by_end.unwrap_or(*timeout), None),
             Err(CallFailure::WorkerGone) => (Duration::ZERO, None),
         };
         match finished {
@@ -210,7 +214,7 @@ impl HookHandle {
                 body: outcome.body,
                 duration: outcome.duration,
             }),
-            Err(CallFailure::Timeout { timeout }) => Err(HookCallError::Timeout {
+            Err(CallFailure::Timeout { timeout, .. }) => Err(HookCallError::Timeout {
                 plugin: self.plugin.name.clone(),
                 hook: self.hook.clone(),
                 timeout,

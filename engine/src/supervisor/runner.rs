@@ -153,7 +153,10 @@ fn in_process_outcome(
     timeout: Duration,
 ) -> Result<CallOutcome, CallFailure> {
     if elapsed > timeout {
-        return Err(CallFailure::Timeout { timeout });
+        return Err(CallFailure::Timeout {
+            timeout,
+            late_by_end: Some(elapsed),
+        });
     }
     let (status, body) = match answer {
         Ok(body) => (abi::STATUS_OK, body),

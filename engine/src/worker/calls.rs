@@ -622,7 +622,10 @@ impl Calls {
         let failure = if self.gone.load(Ordering::SeqCst) {
             CallFailure::WorkerGone
         } else {
-            CallFailure::Timeout { timeout }
+            CallFailure::Timeout {
+                timeout,
+                late_by_end: None,
+            }
         };
         // Requests never sent: the worker is gone or the deadline came first.
         for id in next_to_send..batch.ids.end {
@@ -1506,7 +1509,8 @@ mod tests {
         assert_eq!(
             result,
             Err(CallFailure::Timeout {
-                timeout: Duration::from_millis(50)
+                timeout: Duration::from_millis(50),
+                late_by_end: None,
             })
         );
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -1548,7 +1552,8 @@ mod tests {
         assert_eq!(
             result,
             &Err(CallFailure::Timeout {
-                timeout: UNANSWERED_TIMEOUT
+                timeout: UNANSWERED_TIMEOUT,
+                late_by_end: None,
             })
         );
         assert!(

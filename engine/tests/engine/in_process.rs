@@ -220,6 +220,13 @@ fn a_hook_handle_call_past_its_timeout_is_a_timeout_counted_as_one() {
     assert_eq!(handle.call(b"1").unwrap().body, b"slept 1 ms");
     let stats = &plugin(engine, "slowhook").hooks["chaos"];
     assert_eq!((stats.calls, stats.timeouts, stats.in_flight), (2, 1, 0));
+    // Recorded at what it took, as `Command::Call` records it: in process a call runs to
+    // its end, so the statistics can say how late it was.
+    assert!(
+        stats.since_start.max_us >= 300_000,
+        "max {} µs",
+        stats.since_start.max_us
+    );
 }
 
 /// A reload waits for the old instance's running call at most the grace period in all: the
