@@ -26,9 +26,9 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use nix::unistd::{getpid, getppid, pipe, read, write};
@@ -350,7 +350,23 @@ struct EngineLink {
     logs_dropped: AtomicU64,
     /// Set once the worker serves requests (the plugin is created).
     serving: AtomicBool,
+    /// Serving threads waiting to receive (not running a request).
+    idle_servers: AtomicU32,
+    /// Serving threads started beyond the plan's, to receive emits' answers.
+    extra_servers: AtomicU32,
+    /// What it takes to start a serving thread, once the worker serves.
+    servers: OnceLock<ServingSide>,
 }
+
+/// The instance and the link, for a serving thread started on demand.
+struct ServingSide {
+    instance: Arc<RwLock<Option<Instance>>>,
+    link: Weak<EngineLink>,
+}
+
+/// At most this many serving threads are added to receive emits' answers: the engine lets
+/// a plugin have 16 emits in flight, each waiting on a thread of its own.
+const MAX_EXTRA_SERVERS: u32 = 32;
 
 impl EngineLink {
     fn new(channel: Arc<Channel>) -> Self {
@@ -364,6 +380,40 @@ impl EngineLink {
             )),
             logs_dropped: AtomicU64::new(0),
             serving: AtomicBool::new(false),
+            idle_servers: AtomicU32::new(0),
+            extra_servers: AtomicU32::new(0),
+            servers: OnceLock::new(),
+        }
+    }
+
+    /// An emit's answer is read by a serving thread: while one is awaited, some thread
+    /// must be waiting to receive. When every one is busy (running calls, or waiting on
+    /// emits of their own: a plugin with one serving thread that emits in a hook, or a
+    /// chain of emits back into this plugin), one more is started — else the answer would
+    /// sit unread until the emit and the call around it timed out. A thread the pids limit
+    /// refuses leaves it at that.
+    fn keep_a_receiver_for_emits(&self) {
+        if self.idle_servers.load(Ordering::SeqCst) > 0
+            || self
+                .pending_emits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        {
+            return;
+        }
+        let Some(side) = self.servers.get() else {
+            return;
+        };
+        let Some(link) = side.link.upgrade() else {
+            return;
+        };
+        if self.extra_servers.fetch_add(1, Ordering::SeqCst) >= MAX_EXTRA_SERVERS {
+            self.extra_servers.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        if !spawn_server(&self.channel, &side.instance, &link) {
+            self.extra_servers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -420,9 +470,12 @@ impl HostCallbacks for EngineLink {
             payload: payload.to_vec(),
         });
         let code = match sent {
-            Ok(()) => answered
-                .recv_timeout(EMIT_TIMEOUT)
-                .unwrap_or(abi::EMIT_FAILED),
+            Ok(()) => {
+                self.keep_a_receiver_for_emits();
+                answered
+                    .recv_timeout(EMIT_TIMEOUT)
+                    .unwrap_or(abi::EMIT_FAILED)
+            }
             Err(_) => abi::EMIT_FAILED,
         };
         self.pending_emits
@@ -515,24 +568,36 @@ const LARGE_BODY: usize = 16 * 1024;
 /// that received it, and answered packed. Whichever thread gets `Shutdown` (or sees the
 /// engine gone) waits for the calls in flight, destroys the instance and ends the process.
 fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, threads: u32) -> ! {
-    link.serving.store(true, Ordering::Release);
     let instance = Arc::new(RwLock::new(Some(instance)));
+    let _ = link.servers.set(ServingSide {
+        instance: Arc::clone(&instance),
+        link: Arc::downgrade(link),
+    });
+    link.serving.store(true, Ordering::Release);
     for _ in 1..threads.max(1) {
-        let (channel, instance, link) =
-            (Arc::clone(channel), Arc::clone(&instance), Arc::clone(link));
-        let spawned = std::thread::Builder::new()
-            .name("serve".to_owned())
-            .spawn(move || {
-                let outcome = serve_requests(&channel, &instance, &link);
-                finish(&instance, &link, outcome)
-            });
-        if spawned.is_err() {
+        if !spawn_server(channel, &instance, link) {
             // Fewer threads (the pids limit): the ones running still serve.
             break;
         }
     }
     let outcome = serve_requests(channel, &instance, link);
     finish(&instance, link, outcome)
+}
+
+/// Starts one more serving thread; false when none can be started (the pids limit).
+fn spawn_server(
+    channel: &Arc<Channel>,
+    instance: &Arc<RwLock<Option<Instance>>>,
+    link: &Arc<EngineLink>,
+) -> bool {
+    let (channel, instance, link) = (Arc::clone(channel), Arc::clone(instance), Arc::clone(link));
+    std::thread::Builder::new()
+        .name("serve".to_owned())
+        .spawn(move || {
+            let outcome = serve_requests(&channel, &instance, &link);
+            finish(&instance, &link, outcome)
+        })
+        .is_ok()
 }
 
 /// Destroys the instance (the plugin's own shutdown) once no call is running, and exits.
@@ -563,6 +628,7 @@ fn serve_requests(
     instance: &RwLock<Option<Instance>>,
     link: &EngineLink,
 ) -> Result<(), WorkerError> {
+    link.idle_servers.fetch_add(1, Ordering::SeqCst);
     loop {
         let served = channel.recv_request(|message| match message {
             Ok(EngineMessageRef::EmitResult { id, code }) => {
@@ -586,9 +652,14 @@ fn serve_requests(
                 let Some(instance) = guard.as_ref() else {
                     return Ok(false); // shutting down
                 };
+                link.idle_servers.fetch_sub(1, Ordering::SeqCst);
+                // This thread may have been the one left to read an emit's answer.
+                link.keep_a_receiver_for_emits();
                 // Answered while the instance is held, so a shutdown cannot end the
                 // process between running a call and answering it.
-                run_request(channel, instance, request)?;
+                let ran = run_request(channel, instance, request);
+                link.idle_servers.fetch_add(1, Ordering::SeqCst);
+                ran?;
                 if link.logs_dropped.load(Ordering::Relaxed) > 0 {
                     link.report_dropped_logs();
                 }

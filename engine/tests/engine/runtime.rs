@@ -797,6 +797,58 @@ fn two_plugins_emitting_to_each_other_stop_at_the_depth_bound() {
     }
 }
 
+/// `max_threads = 4` leaves a worker one serving thread.
+fn one_serving_thread(manifest: &str) -> String {
+    manifest.replace("max_threads = 16", "max_threads = 4")
+}
+
+/// `max_threads = 5` leaves a worker two serving threads, and room under the pids limit for
+/// the two more a chain of emits coming back into it twice needs.
+fn two_serving_threads(manifest: &str) -> String {
+    manifest.replace("max_threads = 16", "max_threads = 5")
+}
+
+/// A worker whose serving threads are all busy — its only one waiting on its own emit, or
+/// each one on an emit of a chain that comes back into it — still reads the engine's
+/// answers: it starts a thread to receive them (as the pids limit allows), so an emit is
+/// answered at once, not at its timeout (nor the call around it at its own).
+#[test]
+fn a_worker_with_every_serving_thread_waiting_on_emits_still_reads_their_answers() {
+    let fixture = engine_with(
+        &[
+            ("prober", "prober", one_serving_thread),
+            ("prober", "prober-a", |manifest| {
+                two_serving_threads(&relay(manifest, "prober-a", "a", "b"))
+            }),
+            ("prober", "prober-b", |manifest| {
+                two_serving_threads(&relay(manifest, "prober-b", "b", "a"))
+            }),
+        ],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    for name in ["prober", "prober-a", "prober-b"] {
+        start(engine, name);
+    }
+    let alone = call(engine, "prober", "emit", "prober.allowed");
+    assert_eq!(
+        (alone.status.as_str(), alone.reply.as_str()),
+        ("ok", "ok: emitted prober.allowed"),
+        "{alone:?}"
+    );
+    assert!(alone.duration_us < 500_000, "{alone:?}");
+    let chain = call(engine, "prober-a", "emit", "relay.b");
+    assert_eq!(
+        (chain.status.as_str(), chain.reply.as_str()),
+        ("ok", "ok: emitted relay.b"),
+        "{chain:?}"
+    );
+    for name in ["prober", "prober-a", "prober-b"] {
+        let snapshot = plugin(engine, name);
+        assert_eq!((snapshot.violations, snapshot.state), (0, PluginState::Running));
+    }
+}
+
 /// A plugin that emits while it is created (before it runs) starts all the same: its
 /// emit fails — nothing is dispatched for a plugin that is not running — and it goes on.
 #[test]
