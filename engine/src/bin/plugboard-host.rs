@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{getpid, getppid, pipe, read, write};
 use plugboard_engine::ipc::{
@@ -350,12 +350,22 @@ struct EngineLink {
     logs_dropped: AtomicU64,
     /// Set once the worker serves requests (the plugin is created).
     serving: AtomicBool,
-    /// Serving threads waiting to receive (not running a request).
-    idle_servers: AtomicU32,
-    /// Serving threads started beyond the plan's, to receive emits' answers.
-    extra_servers: AtomicU32,
+    /// Emits waiting for the engine's answer.
+    emits_waiting: AtomicU32,
+    /// One per serving thread, claimed when it starts.
+    server_slots: [ServerSlot; MAX_SERVERS],
     /// What it takes to start a serving thread, once the worker serves.
     servers: OnceLock<ServingSide>,
+}
+
+/// A serving thread's state. Written by its own thread alone, on every request: a plain
+/// store to a cache line of its own (no locked instruction on the call path, no line moving
+/// between the serving threads' CPUs). Read only while an emit waits.
+#[repr(align(64))]
+#[derive(Default)]
+struct ServerSlot {
+    claimed: AtomicBool,
+    busy: AtomicBool,
 }
 
 /// The instance and the link, for a serving thread started on demand.
@@ -364,9 +374,13 @@ struct ServingSide {
     link: Weak<EngineLink>,
 }
 
-/// At most this many serving threads are added to receive emits' answers: the engine lets
-/// a plugin have 16 emits in flight, each waiting on a thread of its own.
-const MAX_EXTRA_SERVERS: u32 = 32;
+/// The most serving threads: the plan's (at most 4) and as many more, started to read
+/// emits' answers, as the engine lets a plugin have emits in flight (16), twice over.
+const MAX_SERVERS: usize = 36;
+
+/// An emit waiting for its answer looks again this often whether a thread is left to
+/// read it (the busy flags are read without ordering, so a look may be stale).
+const EMIT_RECHECK: Duration = Duration::from_millis(20);
 
 impl EngineLink {
     fn new(channel: Arc<Channel>) -> Self {
@@ -380,8 +394,8 @@ impl EngineLink {
             )),
             logs_dropped: AtomicU64::new(0),
             serving: AtomicBool::new(false),
-            idle_servers: AtomicU32::new(0),
-            extra_servers: AtomicU32::new(0),
+            emits_waiting: AtomicU32::new(0),
+            server_slots: std::array::from_fn(|_| ServerSlot::default()),
             servers: OnceLock::new(),
         }
     }
@@ -393,27 +407,48 @@ impl EngineLink {
     /// sit unread until the emit and the call around it timed out. A thread the pids limit
     /// refuses leaves it at that.
     fn keep_a_receiver_for_emits(&self) {
-        if self.idle_servers.load(Ordering::SeqCst) > 0
-            || self
-                .pending_emits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-        {
+        if self.emits_waiting.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let idle = self
+            .server_slots
+            .iter()
+            .any(|slot| slot.claimed.load(Ordering::Relaxed) && !slot.busy.load(Ordering::Relaxed));
+        if idle {
             return;
         }
         let Some(side) = self.servers.get() else {
             return;
         };
-        let Some(link) = side.link.upgrade() else {
-            return;
-        };
-        if self.extra_servers.fetch_add(1, Ordering::SeqCst) >= MAX_EXTRA_SERVERS {
-            self.extra_servers.fetch_sub(1, Ordering::SeqCst);
-            return;
+        if let Some(link) = side.link.upgrade() {
+            spawn_server(&self.channel, &side.instance, &link);
         }
-        if !spawn_server(&self.channel, &side.instance, &link) {
-            self.extra_servers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Claims a slot for a new serving thread: its index, or `None` when all are taken.
+    fn claim_slot(&self) -> Option<usize> {
+        self.server_slots.iter().position(|slot| {
+            slot.claimed
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// The engine's answer to an emit, read by a serving thread (another one started if
+    /// none is free to), or `EMIT_FAILED` after [`EMIT_TIMEOUT`].
+    fn await_emit_answer(&self, answered: &mpsc::Receiver<i32>) -> i32 {
+        let deadline = Instant::now() + EMIT_TIMEOUT;
+        loop {
+            self.keep_a_receiver_for_emits();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return abi::EMIT_FAILED;
+            }
+            match answered.recv_timeout(left.min(EMIT_RECHECK)) {
+                Ok(code) => return code,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return abi::EMIT_FAILED,
+            }
         }
     }
 
@@ -471,10 +506,10 @@ impl HostCallbacks for EngineLink {
         });
         let code = match sent {
             Ok(()) => {
-                self.keep_a_receiver_for_emits();
-                answered
-                    .recv_timeout(EMIT_TIMEOUT)
-                    .unwrap_or(abi::EMIT_FAILED)
+                self.emits_waiting.fetch_add(1, Ordering::SeqCst);
+                let code = self.await_emit_answer(&answered);
+                self.emits_waiting.fetch_sub(1, Ordering::SeqCst);
+                code
             }
             Err(_) => abi::EMIT_FAILED,
         };
@@ -580,24 +615,36 @@ fn serve(channel: &Arc<Channel>, instance: Instance, link: &Arc<EngineLink>, thr
             break;
         }
     }
-    let outcome = serve_requests(channel, &instance, link);
+    // The plan's threads are at most 4 of the slots: this one always finds one.
+    let slot = link.claim_slot().unwrap_or(0);
+    let outcome = serve_requests(channel, &instance, link, slot);
     finish(&instance, link, outcome)
 }
 
-/// Starts one more serving thread; false when none can be started (the pids limit).
+/// Starts one more serving thread; false when none can be started (every slot taken, or
+/// the pids limit).
 fn spawn_server(
     channel: &Arc<Channel>,
     instance: &Arc<RwLock<Option<Instance>>>,
     link: &Arc<EngineLink>,
 ) -> bool {
+    let Some(slot) = link.claim_slot() else {
+        return false;
+    };
     let (channel, instance, link) = (Arc::clone(channel), Arc::clone(instance), Arc::clone(link));
-    std::thread::Builder::new()
+    let released = Arc::clone(&link);
+    let spawned = std::thread::Builder::new()
         .name("serve".to_owned())
         .spawn(move || {
-            let outcome = serve_requests(&channel, &instance, &link);
+            let outcome = serve_requests(&channel, &instance, &link, slot);
             finish(&instance, &link, outcome)
-        })
-        .is_ok()
+        });
+    if spawned.is_err() {
+        released.server_slots[slot]
+            .claimed
+            .store(false, Ordering::Release);
+    }
+    spawned.is_ok()
 }
 
 /// Destroys the instance (the plugin's own shutdown) once no call is running, and exits.
@@ -627,8 +674,9 @@ fn serve_requests(
     channel: &Channel,
     instance: &RwLock<Option<Instance>>,
     link: &EngineLink,
+    slot: usize,
 ) -> Result<(), WorkerError> {
-    link.idle_servers.fetch_add(1, Ordering::SeqCst);
+    let busy = &link.server_slots[slot].busy;
     loop {
         let served = channel.recv_request(|message| match message {
             Ok(EngineMessageRef::EmitResult { id, code }) => {
@@ -652,13 +700,13 @@ fn serve_requests(
                 let Some(instance) = guard.as_ref() else {
                     return Ok(false); // shutting down
                 };
-                link.idle_servers.fetch_sub(1, Ordering::SeqCst);
+                busy.store(true, Ordering::Relaxed);
                 // This thread may have been the one left to read an emit's answer.
                 link.keep_a_receiver_for_emits();
                 // Answered while the instance is held, so a shutdown cannot end the
                 // process between running a call and answering it.
                 let ran = run_request(channel, instance, request);
-                link.idle_servers.fetch_add(1, Ordering::SeqCst);
+                busy.store(false, Ordering::Relaxed);
                 ran?;
                 if link.logs_dropped.load(Ordering::Relaxed) > 0 {
                     link.report_dropped_logs();

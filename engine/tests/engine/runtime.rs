@@ -845,7 +845,10 @@ fn a_worker_with_every_serving_thread_waiting_on_emits_still_reads_their_answers
     );
     for name in ["prober", "prober-a", "prober-b"] {
         let snapshot = plugin(engine, name);
-        assert_eq!((snapshot.violations, snapshot.state), (0, PluginState::Running));
+        assert_eq!(
+            (snapshot.violations, snapshot.state),
+            (0, PluginState::Running)
+        );
     }
 }
 
