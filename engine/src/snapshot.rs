@@ -93,6 +93,9 @@ pub struct TrustInfo {
     pub library_sha3_512: Option<String>,
     /// Loaded without a trust verdict (host in development mode).
     pub unverified: bool,
+    /// Why it is unverified: the trust store's refusal the development mode overrode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_because: Option<String>,
 }
 
 /// One plugin.

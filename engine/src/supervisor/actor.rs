@@ -321,7 +321,7 @@ fn verified_from(
     checked: Result<Config, Refusal>,
 ) -> Result<VerifiedBundle, Refusal> {
     let bundle = read.map_err(|err| Refusal::from(err.to_string()))?;
-    let verified = check_signature(shared, &bundle)?;
+    let (verified, unverified_because) = check_signature(shared, &bundle)?;
     let config = checked?;
     let signature = bundle
         .signature()
@@ -337,6 +337,7 @@ fn verified_from(
             level: verified.as_ref().map(|verified| verified.level.to_string()),
             library_sha3_512: Some(digests.library.to_hex()),
             unverified: verified.is_none(),
+            unverified_because,
         },
     })
 }
@@ -368,12 +369,25 @@ fn checked_config(
 }
 
 /// Checks the read bundle's signature against the trust store (or the development flag),
-/// and the in-process rule. `None`: unverified, allowed for development.
-fn check_signature(shared: &Shared, bundle: &Bundle) -> Result<Option<Verified>, Refusal> {
-    let verified = match (&shared.trust, shared.config.allow_unsigned) {
+/// and the in-process rule. `(None, why)`: unverified, allowed for development. A revoked
+/// key or bundle is refused in development too: a revocation is an operator's "never".
+fn check_signature(
+    shared: &Shared,
+    bundle: &Bundle,
+) -> Result<(Option<Verified>, Option<String>), Refusal> {
+    let (verified, unverified_because) = match (&shared.trust, shared.config.allow_unsigned) {
         (Some(store), allow_unsigned) => match bundle.verify(store) {
-            Ok(verified) => Some(verified),
-            Err(_) if allow_unsigned => None,
+            Ok(verified) => (Some(verified), None),
+            Err(
+                err @ (crate::trust::TrustError::RevokedKey { .. }
+                | crate::trust::TrustError::RevokedDigest { .. }),
+            ) => {
+                return Err(Refusal {
+                    reason: format!("{err} (refused in development mode too)"),
+                    trust: true,
+                });
+            }
+            Err(err) if allow_unsigned => (None, Some(err.to_string())),
             Err(err) => {
                 return Err(Refusal {
                     reason: err.to_string(),
@@ -381,7 +395,7 @@ fn check_signature(shared: &Shared, bundle: &Bundle) -> Result<Option<Verified>,
                 });
             }
         },
-        (None, true) => None,
+        (None, true) => (None, Some("no trust store is configured".to_owned())),
         (None, false) => {
             return Err(Refusal {
                 reason: "no trust store is configured and unsigned bundles are not allowed"
@@ -405,7 +419,7 @@ fn check_signature(shared: &Shared, bundle: &Bundle) -> Result<Option<Verified>,
             });
         }
     }
-    Ok(verified)
+    Ok((verified, unverified_because))
 }
 
 fn load(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
@@ -724,8 +738,13 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
             Some(&plugin.name),
             EventKind::Engine {
                 message: format!(
-                    "`{}` runs UNVERIFIED (allow_unsigned, development only): sandboxed, but nobody vouches for its code",
-                    plugin.name
+                    "`{}` runs UNVERIFIED (allow_unsigned, development only): sandboxed, but nobody vouches for its code ({})",
+                    plugin.name,
+                    lifecycle
+                        .trust
+                        .unverified_because
+                        .as_deref()
+                        .unwrap_or("not verified")
                 ),
             },
         );

@@ -163,9 +163,9 @@ impl TrustStore {
         &self.dir
     }
 
-    /// Decides whether a bundle may run. Checks, in order: signed at all, signer not
-    /// revoked, signer pinned, signature valid, bundle not revoked, bundle on the trust
-    /// list (when the store has one).
+    /// Decides whether a bundle may run. Checks, in order: bundle not revoked (whoever
+    /// signed it, or nobody), signed at all, signer not revoked, signer pinned, signature
+    /// valid, bundle on the trust list (when the store has one).
     pub fn verify(
         &self,
         digests: &BundleDigests,
@@ -173,6 +173,12 @@ impl TrustStore {
         name: &str,
         version: &str,
     ) -> Result<Verified, TrustError> {
+        let bundle_digest = digests.bundle_digest();
+        for digest in [bundle_digest, digests.library] {
+            if self.revoked_digests.contains(&digest) {
+                return Err(TrustError::RevokedDigest { digest });
+            }
+        }
         let Some(signature) = signature else {
             return Err(TrustError::Unsigned);
         };
@@ -184,13 +190,6 @@ impl TrustStore {
             return Err(TrustError::UnknownSigner { key_id });
         };
         pinned.key.verify_bundle(digests, signature)?;
-
-        let bundle_digest = digests.bundle_digest();
-        for digest in [bundle_digest, digests.library] {
-            if self.revoked_digests.contains(&digest) {
-                return Err(TrustError::RevokedDigest { digest });
-            }
-        }
         if let Some(trust_list) = &self.trust_list {
             if !trust_list.list.contains(name, version, &bundle_digest) {
                 return Err(TrustError::NotOnTrustList {

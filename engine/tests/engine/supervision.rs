@@ -925,6 +925,49 @@ fn a_host_that_allows_unsigned_bundles_runs_them_sandboxed_and_says_so() {
     )));
 }
 
+/// Development mode runs what nobody vouches for — here a bundle changed after signing —
+/// saying why; a revoked bundle it refuses, as any host does: a revocation is a "never".
+#[test]
+fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
+    use plugboard_engine::trust::{Digest, TrustStore};
+    let fixture = engine_configured(
+        &[("hello", "hello", same), ("counter", "counter", same)],
+        |config| {
+            config.allow_unsigned = true;
+            let store = config.trust_store.clone().unwrap();
+            let library = std::fs::read(crate::support::built_plugin("counter")).unwrap();
+            TrustStore::revoke_digest(&store, Digest::of(&library)).unwrap();
+            let manifest = config.plugin_dirs[0].join("hello/plugin.toml");
+            let mut text = std::fs::read_to_string(&manifest).unwrap();
+            text.push_str("\n# changed after signing\n");
+            std::fs::write(&manifest, text).unwrap();
+        },
+    );
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let hello = plugin(engine, "hello");
+    assert_eq!(hello.state, PluginState::Running);
+    assert!(hello.trust.unverified);
+    let because = hello.trust.unverified_because.unwrap_or_default();
+    assert!(because.contains("does not match this bundle"), "{because}");
+    assert!(engine.recent_events().iter().any(|event| matches!(
+        &event.kind,
+        EventKind::Engine { message }
+            if message.contains("UNVERIFIED") && message.contains("does not match")
+    )));
+    let refused = engine
+        .execute(Command::Start {
+            plugin: "counter".into(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("revoked") && refused.contains("development mode too"),
+        "{refused}"
+    );
+    assert_eq!(plugin(engine, "counter").state, PluginState::Rejected);
+}
+
 /// Polls the snapshot until `ready` holds for plugin `name` (or fails after `within`).
 fn wait_until(
     engine: &plugboard_engine::Engine,
