@@ -504,6 +504,9 @@ impl Engine {
         };
         engine.discover()?;
         engine.watch();
+        // A bundle that arrived between the first listing and the watcher's own is in
+        // neither the engine nor the watcher's events: a second look registers it.
+        engine.discover()?;
         Ok(engine)
     }
 
@@ -577,6 +580,15 @@ impl Engine {
                 });
             }
             found.push(bundle.clone());
+        }
+        // Registered ones are skipped before their manifests are read again.
+        {
+            let plugins = self
+                .shared
+                .plugins
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            found.retain(|dir| !plugins.values().any(|plugin| &plugin.dir == dir));
         }
         // Where two bundles claim one name, the one in a directory of that name gets it,
         // whatever the directory order (`plugins/hello` is `hello`, and a copy beside it,

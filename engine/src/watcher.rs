@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::event::EventKind;
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 /// The file whose presence makes a directory a bundle.
@@ -142,7 +142,15 @@ impl BundleWatcher {
                 Ok(event) if event.need_rescan() => {
                     let _ = signals.send(Signal::Rescan);
                 }
-                Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
+                // Reads are no change; a close after writing is (a file rewritten in place
+                // through a mapping shows no other event).
+                Ok(event)
+                    if !matches!(event.kind, EventKind::Access(_))
+                        || matches!(
+                            event.kind,
+                            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                        ) =>
+                {
                     let _ = signals.send(Signal::Paths(event.paths));
                 }
                 Ok(_) => {}
@@ -150,7 +158,10 @@ impl BundleWatcher {
                     let _ = signals.send(Signal::Error(error.to_string()));
                 }
             },
-            notify::Config::default(),
+            // A symlink in a bundle (to a cache, to `/`) is not followed: only the bundle's
+            // own files are watched, and a link to a large tree cannot make the watcher walk
+            // it.
+            notify::Config::default().with_follow_symlinks(false),
         )
         .map_err(|source| WatchError::Start { error: source })?;
         for root in &roots {
@@ -162,7 +173,12 @@ impl BundleWatcher {
                 })?;
             // The parent tells us when the root itself is removed and created again (its
             // own watch goes away with it). Best effort: the root's watch is what matters.
-            if let Some(parent) = root.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Not a parent inside a root (another root's recursive watch covers it, and a
+            // second, non-recursive watch of it would end that recursion).
+            if let Some(parent) = root.path.parent().filter(|parent| {
+                !parent.as_os_str().is_empty()
+                    && !roots.iter().any(|other| parent.starts_with(&other.path))
+            }) {
                 let _ = file_watcher.watch(parent, RecursiveMode::NonRecursive);
             }
         }

@@ -230,3 +230,42 @@ fn dropping_the_watcher_stops_it() {
         }
     }
 }
+
+/// A symlink in a bundle is not followed: writes in the tree it points to are no change of
+/// the bundle (a link to `/` would otherwise have the watcher walk the whole filesystem).
+#[test]
+fn a_symlinked_tree_inside_a_bundle_is_not_watched() {
+    let temp = tempfile::tempdir().unwrap();
+    let plugins = temp.path().join("plugins");
+    let bundle = plugins.join("demo");
+    write_bundle(&bundle);
+    let cache = temp.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::symlink(&cache, bundle.join("cache")).unwrap();
+    let watched = Watched::start(std::slice::from_ref(&plugins), &[]);
+    fs::write(cache.join("entry"), b"written by the plugin").unwrap();
+    assert_eq!(watched.within(QUIET), vec![]);
+    // The bundle's own files still are.
+    fs::write(bundle.join("libdemo.so"), b"a new build").unwrap();
+    assert_eq!(watched.next(), vec![BundleChange::Changed(bundle)]);
+}
+
+/// A single bundle given inside a plugin directory that is watched too: watching the
+/// bundle's parent (to see the bundle removed and created again) must not end the
+/// directory's recursive watch, or bundles created in it later would go unseen once added.
+#[test]
+fn a_bundle_root_inside_a_plugin_directory_keeps_the_directory_recursive() {
+    let temp = tempfile::tempdir().unwrap();
+    let plugins = temp.path().join("plugins");
+    let special = plugins.join("special");
+    write_bundle(&special);
+    let watched = Watched::start(
+        std::slice::from_ref(&plugins),
+        std::slice::from_ref(&special),
+    );
+    let late = plugins.join("late");
+    write_bundle(&late);
+    assert_eq!(watched.next(), vec![BundleChange::Added(late.clone())]);
+    fs::write(late.join("libdemo.so"), b"a new build").unwrap();
+    assert_eq!(watched.next(), vec![BundleChange::Changed(late)]);
+}
