@@ -12,8 +12,8 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use crate::loader::{self, LoadedLibrary, LoaderError, SealedLibrary, UnsealedLibrary};
-use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError, read_manifest};
-use crate::regular_file::open_regular_file;
+use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest, ManifestError, read_bundle_manifest};
+use crate::regular_file::{open_regular_file, open_regular_file_in_place};
 use crate::trust::{
     BundleDigests, BundleSignature, Digest, SIGNATURE_FILE, TrustError, TrustStore, Verified,
 };
@@ -117,7 +117,7 @@ impl Bundle {
     /// the signature read, the library opened and its memory file created.
     pub fn begin_open(dir: &Path, limits: &HostLimits) -> Result<OpeningBundle, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let source = read_manifest(&manifest_path)?;
+        let source = read_bundle_manifest(&manifest_path)?;
         let manifest_digest = Digest::of(source.as_bytes());
         let manifest = Manifest::parse(&source, &manifest_path, limits)?;
         manifest.check_bundle(dir)?;
@@ -146,7 +146,7 @@ impl Bundle {
         })?;
 
         let signature_path = dir.join(SIGNATURE_FILE);
-        let signature = match open_regular_file(&signature_path) {
+        let signature = match open_regular_file_in_place(&signature_path) {
             Ok(file) => Some(BundleSignature::read_from(file, &signature_path)?),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {

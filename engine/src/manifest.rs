@@ -494,7 +494,7 @@ impl Manifest {
     /// Reads `<bundle_dir>/plugin.toml`, parses and checks it.
     pub fn load(bundle_dir: &Path, limits: &HostLimits) -> Result<Manifest, ManifestError> {
         let file = bundle_dir.join(MANIFEST_FILE);
-        let source = read_manifest(&file)?;
+        let source = read_bundle_manifest(&file)?;
         let manifest = Manifest::parse(&source, &file, limits)?;
         manifest.check_bundle(bundle_dir)?;
         Ok(manifest)
@@ -672,13 +672,27 @@ impl Manifest {
 }
 
 /// Reads a manifest file (at most [`MAX_MANIFEST_BYTES`], UTF-8) in one go, so callers can
-/// hash and parse the very same bytes.
+/// hash and parse the very same bytes. For a manifest given by an operator (`pack`); a
+/// bundle's own is read with [`read_bundle_manifest`].
 pub fn read_manifest(file: &Path) -> Result<String, ManifestError> {
+    read_manifest_with(file, crate::regular_file::open_regular_file)
+}
+
+/// Reads a bundle's `plugin.toml` as [`read_manifest`] does, refusing a symlink: its text
+/// is quoted back in errors, so it must be the bundle's own file.
+pub fn read_bundle_manifest(file: &Path) -> Result<String, ManifestError> {
+    read_manifest_with(file, crate::regular_file::open_regular_file_in_place)
+}
+
+fn read_manifest_with(
+    file: &Path,
+    open: fn(&Path) -> std::io::Result<std::fs::File>,
+) -> Result<String, ManifestError> {
     let read_error = |source| ManifestError::Read {
         file: file.to_path_buf(),
         error: source,
     };
-    let opened = crate::regular_file::open_regular_file(file).map_err(read_error)?;
+    let opened = open(file).map_err(read_error)?;
     let mut bytes = Vec::new();
     // One byte more than allowed tells "exactly at the limit" from "too large".
     opened

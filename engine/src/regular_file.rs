@@ -10,10 +10,30 @@ use std::path::Path;
 /// Opens `path` for reading if it is a regular file. The type is checked on the open
 /// descriptor (no window for a swap), and the open does not wait for a FIFO's writer.
 pub fn open_regular_file(path: &Path) -> io::Result<File> {
+    open_with(path, 0)
+}
+
+/// As [`open_regular_file`], refusing a symlink in the last component: for files whose
+/// text the engine quotes back (a manifest's syntax error shows the line), which must come
+/// from the bundle itself, not from any file the engine (root) can read.
+pub fn open_regular_file_in_place(path: &Path) -> io::Result<File> {
+    open_with(path, nix::libc::O_NOFOLLOW).map_err(|err| {
+        if err.raw_os_error() == Some(nix::libc::ELOOP) {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a symbolic link; expected a regular file of the bundle itself",
+            )
+        } else {
+            err
+        }
+    })
+}
+
+fn open_with(path: &Path, flags: i32) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         // Harmless on a regular file; on a FIFO it keeps `open` from waiting for a writer.
-        .custom_flags(nix::libc::O_NONBLOCK)
+        .custom_flags(nix::libc::O_NONBLOCK | flags)
         .open(path)?;
     let kind = file.metadata()?.file_type();
     let what = if kind.is_file() {
@@ -65,5 +85,8 @@ mod tests {
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let contents = io::read_to_string(open_regular_file(&link).unwrap()).unwrap();
         assert_eq!(contents, "text");
+        let error = open_regular_file_in_place(&link).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(open_regular_file_in_place(&file).is_ok());
     }
 }
