@@ -477,6 +477,10 @@ fn always_conditional() -> Vec<SyscallRule> {
     rules
 }
 
+/// The socket type within `socket`'s second argument (the rest are `SOCK_CLOEXEC`,
+/// `SOCK_NONBLOCK`).
+const SOCKET_TYPE_MASK: u64 = 0xf;
+
 /// Rules for a plugin without `network`. Its network namespace is empty already; these make
 /// the attempt visible and close what a namespace does not cover.
 fn without_network() -> Vec<SyscallRule> {
@@ -513,6 +517,18 @@ fn without_network() -> Vec<SyscallRule> {
             value: int_bits(libc::AF_UNIX),
         },
         "any family but AF_UNIX (vsock, alg, xdp, bluetooth, tipc…) reaches host or kernel surface an empty network namespace does not remove",
+    ));
+    // A datagram socket reaches a host socket by its path (`/dev/log`, the journal) with
+    // `sendto` alone, no `connect`: none without the network capability. (Stream and
+    // seqpacket sockets need `connect`, refused below; `socketpair` reaches nothing.)
+    rules.push(SyscallRule::notify_if(
+        "socket",
+        ArgCondition::MaskedEqual {
+            arg: 1,
+            mask: SOCKET_TYPE_MASK,
+            value: int_bits(libc::SOCK_DGRAM),
+        },
+        "datagram socket (it sends to host sockets by path) without the network capability",
     ));
     rules.push(SyscallRule::notify_if(
         "socketpair",

@@ -416,6 +416,43 @@ fn forbidden_network_files_and_spawning_are_blocked_and_network_is_reported_by_n
     running.scope.remove().unwrap();
 }
 
+/// Without `network`, a datagram cannot reach a host socket by its path (`/dev/log`, the
+/// journal): `sendto` needs no `connect`, so the datagram socket itself is refused and
+/// reported.
+#[test]
+fn a_datagram_to_a_host_socket_is_blocked_without_the_network_capability() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Outside /tmp, which is private in the worker; open to the worker's uid, as /dev/log is.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("host.sock");
+    let host = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    host.set_nonblocking(true).unwrap();
+
+    let running = start("prober");
+    let worker = &running.worker;
+    let reply = call_text(worker, "datagram", path.to_str().unwrap());
+    let event = wait_for_event(&running.events, Duration::from_secs(2), |event| {
+        matches!(event, WorkerEvent::ForbiddenSyscall { .. })
+    });
+    running.worker.stop(Duration::from_secs(2));
+    running.scope.remove().unwrap();
+    assert!(
+        reply.starts_with("denied:") && reply.contains("not permitted"),
+        "{reply}"
+    );
+    let WorkerEvent::ForbiddenSyscall { syscall, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(syscall, "socket");
+    let mut received = [0u8; 64];
+    assert!(
+        host.recv(&mut received).is_err(),
+        "the host socket got a datagram"
+    );
+}
+
 #[test]
 fn a_required_mechanism_that_fails_refuses_the_plugin_and_a_lowered_requirement_shows_it() {
     use std::os::unix::fs::PermissionsExt;

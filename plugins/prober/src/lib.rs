@@ -122,6 +122,15 @@ impl Plugin for Prober {
                     format!("connected to {address}")
                 })
             }
+            // A datagram to a host socket by its path: no `connect` needed.
+            "datagram" => {
+                let path = text(payload, "/dev/log");
+                outcome(
+                    std::os::unix::net::UnixDatagram::unbound()
+                        .and_then(|socket| socket.send_to(b"from prober", &path)),
+                    |sent| format!("sent {sent} bytes to {path}"),
+                )
+            }
             "write_file" => {
                 let path = text(payload, "/tmp/prober");
                 outcome(
