@@ -122,15 +122,7 @@ impl Plugin for Prober {
                     format!("connected to {address}")
                 })
             }
-            // A datagram to a host socket by its path: no `connect` needed.
-            "datagram" => {
-                let path = text(payload, "/dev/log");
-                outcome(
-                    std::os::unix::net::UnixDatagram::unbound()
-                        .and_then(|socket| socket.send_to(b"from prober", &path)),
-                    |sent| format!("sent {sent} bytes to {path}"),
-                )
-            }
+            "datagram" => datagram(payload),
             "write_file" => {
                 let path = text(payload, "/tmp/prober");
                 outcome(
@@ -249,4 +241,15 @@ fn big_reply(payload: &[u8]) -> Result<Vec<u8>, Error> {
         .parse()
         .map_err(|_| Error::invalid_input("big wants a byte count"))?;
     Ok(vec![b'x'; bytes])
+}
+
+/// A datagram to a host socket by its path (`/dev/log` unless the payload names another):
+/// no `connect` needed.
+fn datagram(payload: &[u8]) -> Vec<u8> {
+    let path = text(payload, "/dev/log");
+    outcome(
+        std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|socket| socket.send_to(b"from prober", &path)),
+        |sent| format!("sent {sent} bytes to {path}"),
+    )
 }
