@@ -116,12 +116,7 @@ impl Plugin for Prober {
 
     fn call(&self, hook: &str, payload: &[u8]) -> Result<Vec<u8>, Error> {
         Ok(match hook {
-            "connect" => {
-                let address = text(payload, "127.0.0.1:9");
-                outcome(std::net::TcpStream::connect(address.as_str()), |_| {
-                    format!("connected to {address}")
-                })
-            }
+            "connect" => connect(payload),
             "datagram" => datagram(payload),
             "write_file" => {
                 let path = text(payload, "/tmp/prober");
@@ -252,4 +247,12 @@ fn datagram(payload: &[u8]) -> Vec<u8> {
             .and_then(|socket| socket.send_to(b"from prober", &path)),
         |sent| format!("sent {sent} bytes to {path}"),
     )
+}
+
+/// A TCP connection to the payload's address (`127.0.0.1:9` by default).
+fn connect(payload: &[u8]) -> Vec<u8> {
+    let address = text(payload, "127.0.0.1:9");
+    outcome(std::net::TcpStream::connect(address.as_str()), |_| {
+        format!("connected to {address}")
+    })
 }
