@@ -23,9 +23,10 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024 + 64;
 /// fields (header, id, a hook name of up to 64 bytes, depth: at most 90 bytes).
 pub const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES - 128;
 
-/// The largest reply body (an answer or an error message) a call brings back: a larger one
-/// is answered as an error instead, in both isolation modes.
-pub const MAX_REPLY_BYTES: usize = MAX_PAYLOAD_BYTES;
+/// The largest reply body (an answer or an error message) a call brings back: what a
+/// `Reply` frame holds beside its other fields (header, tag, id, status and length: at
+/// most 25 bytes). A larger one is answered as an error instead, in both isolation modes.
+pub const MAX_REPLY_BYTES: usize = MAX_FRAME_BYTES - 32;
 
 /// The error message that replaces a reply of `bytes` over [`MAX_REPLY_BYTES`].
 pub fn reply_too_large(bytes: usize) -> String {
