@@ -417,6 +417,8 @@ pub struct Worker {
     exited: Arc<AtomicBool>,
     exit_status: Arc<ExitWatch>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropped after the fields above: the uid is free again once the worker is killed.
+    _uid: Option<UidLease>,
 }
 
 /// Spawns `plugboard-host` with the socket, the sealed library and the output pipes as its
@@ -712,15 +714,20 @@ impl Worker {
     /// Kills the worker now (both processes, and whatever else is in its cgroup), waits
     /// for it to be reaped and removes its cgroup.
     pub fn kill(&self) {
-        // The sandboxed child first: killed after its parent, it would be an orphan left
-        // for the host's init to reap.
-        if self.sandbox_pid != 0 {
-            let _ = kill(
-                Pid::from_raw(i32::try_from(self.sandbox_pid).unwrap_or(0)),
-                Signal::SIGKILL,
-            );
+        // Only a worker not reaped yet is signalled by pid: once reaped (a crash, a stop),
+        // its pids may be another process's. Whatever is left in its cgroup goes with the
+        // cgroup below.
+        if self.exit_status().is_none() {
+            // The sandboxed child first: killed after its parent, it would be an orphan
+            // left for the host's init to reap.
+            if self.sandbox_pid != 0 {
+                let _ = kill(
+                    Pid::from_raw(i32::try_from(self.sandbox_pid).unwrap_or(0)),
+                    Signal::SIGKILL,
+                );
+            }
+            let _ = kill(self.pid, Signal::SIGKILL);
         }
-        let _ = kill(self.pid, Signal::SIGKILL);
         self.calls.mark_gone();
         let cgroup = self
             .cgroup
@@ -758,6 +765,8 @@ struct Starting {
     pid: Pid,
     cgroup: Option<PluginCgroup>,
     done: bool,
+    /// Handed to the [`Worker`] once ready.
+    uid: Option<UidLease>,
 }
 
 impl Drop for Starting {
@@ -833,6 +842,7 @@ impl LaunchedWorker {
         threads.extend(listener_thread);
         starting.done = true;
         let cgroup = starting.cgroup.take();
+        let uid = starting.uid.take();
         Ok(Worker {
             plugin,
             pid,
@@ -848,6 +858,7 @@ impl LaunchedWorker {
             exited,
             exit_status,
             threads: Mutex::new(threads),
+            _uid: uid,
         })
     }
 }
@@ -910,6 +921,7 @@ fn spawn_in_cgroup(
         pid,
         cgroup: Some(cgroup),
         done: false,
+        uid: Some(UidLease::hold(spec.plan.uid)),
     };
     let channel = Arc::new(engine_end);
     expect_hello(&channel, plugin, pid)?;
@@ -1748,12 +1760,52 @@ impl WorkerPolicy {
     }
 }
 
-/// Unprivileged host uids for workers: a block per engine process, one uid per worker, so
-/// no two workers share an identity on the host.
+/// The uids of this engine's workers that are alive (held by [`UidLease`]s).
+static LIVE_WORKER_UIDS: Mutex<std::collections::BTreeSet<u32>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// Unprivileged host uids for workers: a block of 1000 per engine process, one uid per
+/// worker, so no two workers share an identity on the host. A uid is handed out again
+/// only once its worker is gone (the block is walked round; with more than 1000 workers
+/// alive at once, uids are shared).
 fn next_worker_uid() -> u32 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let sequence = u32::try_from(NEXT.fetch_add(1, Ordering::Relaxed) % 1000).unwrap_or(0);
-    100_000_000 + (std::process::id() % 100_000) * 1000 + sequence
+    let block = 100_000_000 + (std::process::id() % 100_000) * 1000;
+    let live = LIVE_WORKER_UIDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut uid = block;
+    for _ in 0..1000 {
+        let sequence = u32::try_from(NEXT.fetch_add(1, Ordering::Relaxed) % 1000).unwrap_or(0);
+        uid = block + sequence;
+        if !live.contains(&uid) {
+            break;
+        }
+    }
+    uid
+}
+
+/// Marks a worker's uid in use from its spawn until the worker is dropped.
+#[derive(Debug)]
+struct UidLease(u32);
+
+impl UidLease {
+    fn hold(uid: u32) -> Self {
+        LIVE_WORKER_UIDS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(uid);
+        Self(uid)
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        LIVE_WORKER_UIDS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+    }
 }
 
 /// The confinement plan and cgroup limits for one plugin, from its manifest and the host.
@@ -1802,6 +1854,22 @@ pub fn plan_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A uid goes to a new worker only while no live worker has it: with every uid of the
+    /// block taken but one, the next worker gets that one (the sequence alone wrapped
+    /// round onto a live worker's uid after 1000 starts).
+    #[test]
+    fn a_live_workers_uid_is_not_handed_out_again() {
+        let mut leases: Vec<UidLease> = (0..1000)
+            .map(|_| UidLease::hold(next_worker_uid()))
+            .collect();
+        let distinct: std::collections::BTreeSet<u32> =
+            leases.iter().map(|lease| lease.0).collect();
+        assert_eq!(distinct.len(), 1000);
+        let freed = leases.remove(500).0;
+        assert_eq!(next_worker_uid(), freed);
+        assert_eq!(next_worker_uid(), freed, "still the only free one");
+    }
 
     type Lines = Arc<Mutex<Vec<(OutputStream, String)>>>;
 
