@@ -544,14 +544,25 @@ impl Worker {
         };
         let cgroup_path = starting.cgroup.as_ref().map(PluginCgroup::display_path);
         let mechanisms = mechanisms_from(&steps, cgroup_path.unwrap_or_default());
-        if let Some(failed) = steps
+        // A required mechanism must be reported active. A failed step is named first (the
+        // worker stops confining itself there); one missing from the report (a worker that
+        // stopped half-way for another reason) refuses the plugin too.
+        let required = |name: &str| require.iter().any(|wanted| wanted == name);
+        let failed = steps
             .iter()
-            .find(|step| !step.ok && require.contains(&step.mechanism))
-        {
+            .find(|step| !step.ok && required(&step.mechanism))
+            .map(|step| (step.mechanism.clone(), step.detail.clone()))
+            .or_else(|| {
+                mechanisms
+                    .iter()
+                    .find(|(mechanism, state)| !state.active && required(mechanism.name()))
+                    .map(|(mechanism, state)| (mechanism.name().to_owned(), state.detail.clone()))
+            });
+        if let Some((mechanism, detail)) = failed {
             return Err(WorkerError::Confinement {
                 plugin: plugin.clone(),
-                mechanism: failed.mechanism.clone(),
-                detail: failed.detail.clone(),
+                mechanism,
+                detail,
             });
         }
         let seccomp_active = mechanisms

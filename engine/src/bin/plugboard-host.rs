@@ -279,7 +279,10 @@ fn confine(
     drop(pid_reader);
     if namespaces.is_some() {
         let notes = process::set_up_mounts(plan.tmpfs_bytes)?;
-        process::set_hostname(&format!("plugboard-{}", plan.plugin))?;
+        // A hostname holds at most 64 bytes; a plugin name, 64 of its own.
+        let mut hostname = format!("plugboard-{}", plan.plugin);
+        hostname.truncate(64);
+        process::set_hostname(&hostname)?;
         for note in notes {
             steps.note(Mechanism::Namespaces, &note);
         }

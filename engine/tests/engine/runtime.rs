@@ -327,6 +327,31 @@ fn a_reply_too_large_to_frame_is_an_error_of_that_call_alone() {
     assert_eq!(after.worker_pid, before, "the same worker answers");
 }
 
+/// A plugin name may have 64 characters; its worker's hostname (`plugboard-<name>`) is
+/// cut to the kernel's 64 bytes rather than failing the confinement.
+#[test]
+fn a_plugin_with_the_longest_name_runs_sandboxed() {
+    const LONGEST: &str = "a-plugin-name-of-sixty-four-characters-is-the-longest-allowed-xy";
+    assert_eq!(LONGEST.len(), 64);
+    let fixture = engine_with(
+        &[("hello", LONGEST, |manifest| {
+            manifest.replace("name = \"hello\"", &format!("name = \"{LONGEST}\""))
+        })],
+        Duration::from_secs(2),
+    );
+    let engine = &fixture.engine;
+    start(engine, LONGEST);
+    assert_eq!(call(engine, LONGEST, "greet", "x").status, "ok");
+    let hostname = std::process::Command::new("nsenter")
+        .args(["-u", "-t"])
+        .arg(plugin(engine, LONGEST).sandbox_pid.unwrap().to_string())
+        .arg("hostname")
+        .output()
+        .unwrap();
+    let hostname = String::from_utf8_lossy(&hostname.stdout);
+    assert_eq!(hostname.trim_end(), &format!("plugboard-{LONGEST}")[..64]);
+}
+
 #[test]
 fn a_hostile_worker_is_killed_and_the_engine_keeps_serving_others() {
     let fixture = engine_with(
