@@ -524,6 +524,7 @@ impl Worker {
             spec.plan.fs_read.clone(),
             spec.plan.fs_write.clone(),
             spec.plan.audit,
+            spec.plan.network,
         );
         channel
             .send(&EngineMessage::Welcome {
@@ -1595,17 +1596,17 @@ struct ListenerPolicy {
 }
 
 impl ListenerPolicy {
-    /// From the plan's `(fs_read, fs_write, audit)` and what the worker reported: a worker
-    /// with its own mount namespace has its private `/tmp` granted.
+    /// From the plan's `(fs_read, fs_write, audit, network)` and what the worker reported:
+    /// a worker with its own mount namespace has its private `/tmp` granted.
     fn new(
-        (fs_read, fs_write, audit): (Vec<PathBuf>, Vec<PathBuf>, bool),
+        (fs_read, fs_write, audit, network): (Vec<PathBuf>, Vec<PathBuf>, bool, bool),
         mechanisms: &BTreeMap<Mechanism, MechanismState>,
     ) -> Self {
         let private_tmp = mechanisms
             .get(&Mechanism::Namespaces)
             .is_some_and(|state| state.active);
         Self {
-            files: FsPolicy::for_worker(&fs_read, &fs_write, private_tmp),
+            files: FsPolicy::for_worker(&fs_read, &fs_write, private_tmp, network),
             audit,
         }
     }

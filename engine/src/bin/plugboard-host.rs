@@ -39,7 +39,7 @@ use plugboard_engine::ipc::{
 };
 use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
-use plugboard_engine::sandbox::landlock::{self, FsPolicy};
+use plugboard_engine::sandbox::landlock::{self, FsPolicy, PathAccess};
 use plugboard_engine::sandbox::process::{self, ConfineError, ForkSide};
 use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
 use plugboard_engine::worker::{TokenBucket, WORKER_LOG_LINES_PER_SEC};
@@ -310,12 +310,28 @@ fn confine_files_and_calls(
     let landlock = if plan.audit {
         Err("audit mode: not applied; the engine records the paths the plugin opens".to_owned())
     } else {
-        let policy = FsPolicy::for_worker(&plan.fs_read, &plan.fs_write, private_tmp);
-        landlock::restrict(&policy)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let policy = FsPolicy::for_worker(&plan.fs_read, &plan.fs_write, private_tmp, plan.network);
+        landlock::restrict(&policy).map_err(|e| e.to_string())
     };
-    steps.record(Mechanism::Landlock, landlock)?;
+    if let Some(status) = steps.record(Mechanism::Landlock, landlock)? {
+        // A path of the manifest's that this host lacks is granted nothing: said, not
+        // silently skipped. (Missing system paths, `/lib32` say, are no news.)
+        for skipped in &status.skipped {
+            let granted = match skipped.access {
+                PathAccess::SystemRead => continue,
+                PathAccess::Read => "fs_read",
+                PathAccess::Write => "fs_write",
+            };
+            steps.note(
+                Mechanism::Landlock,
+                &format!(
+                    "{granted} `{}` not granted: {}",
+                    skipped.path.display(),
+                    skipped.reason
+                ),
+            );
+        }
+    }
     steps.record(
         Mechanism::Capabilities,
         process::drop_capabilities().map_err(|e| e.to_string()),

@@ -92,17 +92,28 @@ impl FsPolicy {
     }
 
     /// The policy a worker confines itself with: the manifest's paths, plus its private
-    /// `/tmp` as writable when it has one (a mount namespace of its own). The engine builds
-    /// the same policy to check the file calls the worker's filter shows it.
-    pub fn for_worker(fs_read: &[PathBuf], fs_write: &[PathBuf], private_tmp: bool) -> Self {
+    /// `/tmp` as writable when it has one (a mount namespace of its own), plus what name
+    /// resolution reads when it has the network. The engine builds the same policy to check
+    /// the file calls the worker's filter shows it.
+    pub fn for_worker(
+        fs_read: &[PathBuf],
+        fs_write: &[PathBuf],
+        private_tmp: bool,
+        network: bool,
+    ) -> Self {
         let mut write = fs_write.to_vec();
         if private_tmp {
             write.push(PathBuf::from("/tmp"));
         }
-        Self {
+        let policy = Self {
             read: fs_read.to_vec(),
             write,
             ..Self::system_defaults()
+        };
+        if network {
+            policy.with_resolver_files()
+        } else {
+            policy
         }
     }
 
@@ -442,8 +453,8 @@ mod tests {
         std::fs::create_dir(&granted).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&granted, &link).unwrap();
-        let policy = FsPolicy::for_worker(&[], std::slice::from_ref(&granted), false);
-        let with_private_tmp = FsPolicy::for_worker(&[], &[], true);
+        let policy = FsPolicy::for_worker(&[], std::slice::from_ref(&granted), false, false);
+        let with_private_tmp = FsPolicy::for_worker(&[], &[], true, false);
 
         assert_eq!(
             policy.judge(&granted.join("new"), FileAccess::Write),

@@ -453,6 +453,44 @@ fn a_datagram_to_a_host_socket_is_blocked_without_the_network_capability() {
     );
 }
 
+/// A manifest path this host does not have is granted nothing, and the Landlock mechanism
+/// says so in its detail rather than skipping it silently.
+#[test]
+fn a_granted_path_missing_on_this_host_is_named_in_the_landlock_detail() {
+    let running = start_with("hello", |plan| {
+        plan.fs_read
+            .push(PathBuf::from("/nonexistent/plugboard-data"));
+    })
+    .expect("a missing path does not refuse the plugin");
+    let landlock = running.worker.mechanisms()[&Mechanism::Landlock].clone();
+    running.worker.stop(Duration::from_secs(2));
+    running.scope.remove().unwrap();
+    assert!(landlock.active, "{landlock:?}");
+    assert!(
+        landlock
+            .detail
+            .contains("fs_read `/nonexistent/plugboard-data` not granted"),
+        "{landlock:?}"
+    );
+}
+
+/// A plugin granted the network may read what name resolution needs (`/etc/hosts`,
+/// `/etc/resolv.conf`); one without may not.
+#[test]
+fn name_resolution_files_are_readable_with_the_network_capability_only() {
+    let with_network = start_with("prober", |plan| plan.network = true).unwrap();
+    let granted = call_text(&with_network.worker, "read_file", "/etc/hosts");
+    with_network.worker.stop(Duration::from_secs(2));
+    with_network.scope.remove().unwrap();
+    assert!(granted.starts_with("ok:"), "{granted}");
+
+    let without = start("prober");
+    let denied = call_text(&without.worker, "read_file", "/etc/hosts");
+    without.worker.stop(Duration::from_secs(2));
+    without.scope.remove().unwrap();
+    assert!(denied.starts_with("denied:"), "{denied}");
+}
+
 #[test]
 fn a_required_mechanism_that_fails_refuses_the_plugin_and_a_lowered_requirement_shows_it() {
     use std::os::unix::fs::PermissionsExt;
