@@ -116,6 +116,9 @@ pub enum WorkerEvent {
     NotificationsPaced { per_sec: u32 },
     /// The worker process ended.
     Exited { status: ExitStatus },
+    /// The worker's cgroup could not be removed after it was killed (a process stuck in
+    /// the kernel, say): it and whatever is in it are left until the next engine start.
+    CgroupLeft { cgroup: String, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -747,7 +750,12 @@ impl Worker {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(cgroup) = cgroup {
-            let _ = cgroup.remove();
+            if let Err(err) = cgroup.remove() {
+                self.calls.report(WorkerEvent::CgroupLeft {
+                    cgroup: self.cgroup_path.clone(),
+                    reason: err.to_string(),
+                });
+            }
         }
         let threads: Vec<_> = self
             .threads

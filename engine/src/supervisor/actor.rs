@@ -561,7 +561,9 @@ fn worker_sink(shared: &Arc<Shared>, plugin: &Arc<Plugin>, generation: u64) -> E
             WorkerEvent::ForbiddenSyscall { .. }
             | WorkerEvent::FsDenied { .. }
             | WorkerEvent::Audited { .. } => WhenFull::Wait(LISTENER_ROOM_WAIT),
-            WorkerEvent::ProtocolViolation { .. } | WorkerEvent::Exited { .. } => WhenFull::Queue,
+            WorkerEvent::ProtocolViolation { .. }
+            | WorkerEvent::Exited { .. }
+            | WorkerEvent::CgroupLeft { .. } => WhenFull::Queue,
             // Said at most once a minute or a second: a pace the engine sets.
             WorkerEvent::NotificationsPaced { .. } | WorkerEvent::ReceiveFailed { .. } => {
                 WhenFull::Queue
@@ -1222,6 +1224,13 @@ fn on_worker_event(
             )
             .during(hooks.or_else(|| hooks_in_flight(plugin)));
             on_violation(shared, plugin, violation);
+        }
+        WorkerEvent::CgroupLeft { cgroup, reason } => {
+            shared.event(Some(&plugin.name), EventKind::Engine {
+                message: format!(
+                    "the cgroup {cgroup} of its stopped worker could not be removed ({reason}); what is left in it stays until the next engine start removes it"
+                ),
+            });
         }
         WorkerEvent::ReceiveFailed { reason } => {
             shared.event(Some(&plugin.name), EventKind::Engine {

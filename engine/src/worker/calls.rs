@@ -301,6 +301,11 @@ impl Calls {
             .map_or(0, |depth| u32::try_from(depth).unwrap_or(u32::MAX))
     }
 
+    /// Passes an event about this worker to the engine.
+    pub(super) fn report(&self, event: WorkerEvent) {
+        (self.events)(event);
+    }
+
     pub(super) fn channel(&self) -> &Channel {
         &self.channel
     }
