@@ -1038,13 +1038,14 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         let mut lifecycle = plugin.lifecycle();
         let running = Arc::new(running);
         let old = plugin.set_running(Some(Arc::clone(&running)));
-        adopt_worker(shared, plugin, &mut lifecycle, &running);
+        // The new version's trust first: the start's event says whether it is verified.
         lifecycle.manifest = Some(verified.manifest);
         lifecycle.library = Some(verified.library);
         lifecycle.config = verified.config;
         lifecycle.trust = verified.trust;
         lifecycle.last_reload = Some(SystemTime::now());
         lifecycle.changed_on_disk = false;
+        adopt_worker(shared, plugin, &mut lifecycle, &running);
         old
     };
     // The old worker finishes what it was given, then stops.
@@ -1504,6 +1505,7 @@ fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) 
 /// but neither counted toward the policy's thresholds nor acted on — the worker serving
 /// now did nothing.
 fn record_replaced_workers_violation(shared: &Shared, plugin: &Plugin, violation: Violation) {
+    plugin.lifecycle().violations += 1;
     let mut violation = violation.fact("worker_replaced", true);
     violation.action = Action::Log;
     shared.event(Some(&plugin.name), EventKind::Violation { violation });
