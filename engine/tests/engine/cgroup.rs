@@ -140,10 +140,6 @@ fn kernel_plugin_cgroup_holds_its_limits_and_worker_and_leaves_nothing_behind() 
     let pids = cgroup.controller_path(Controller::Pids);
     if root.layout().uses_v1_hierarchies() {
         assert_eq!(read(&memory, "memory.limit_in_bytes"), "67108864");
-        // Swap too, where the kernel accounts it: no swapping around the limit.
-        if memory.join("memory.memsw.limit_in_bytes").exists() {
-            assert_eq!(read(&memory, "memory.memsw.limit_in_bytes"), "67108864");
-        }
         assert_eq!(read(&cpu, "cpu.cfs_period_us"), CPU_PERIOD_US.to_string());
         assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "150000");
         assert_eq!(read(&pids, "pids.max"), "32");

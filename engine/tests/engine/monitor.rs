@@ -195,19 +195,22 @@ fn a_process_named_in_bytes_that_are_not_text_is_still_sampled() {
         .join(std::ffi::OsStr::from_bytes(b"\xff\xfe odd) name"));
     std::fs::copy("/bin/sleep", &odd).unwrap();
     let mut child = std::process::Command::new(&odd).arg("30").spawn().unwrap();
-    let comm = std::fs::read(format!("/proc/{}/comm", child.id())).unwrap();
-    // Until it sleeps, the new process may not have touched a page yet (rss 0).
-    let stat = format!("/proc/{}/stat", child.id());
+    // Until it has run the odd program (the forked child bears this thread's name first)
+    // and sleeps (before that it may not have touched a page: rss 0).
+    let (comm, stat) = (
+        format!("/proc/{}/comm", child.id()),
+        format!("/proc/{}/stat", child.id()),
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read(&stat)
-        .unwrap()
-        .windows(3)
-        .any(|state| state == b") S")
+    while std::fs::read(&comm).unwrap() != b"\xff\xfe odd) name\n"
+        || !std::fs::read(&stat)
+            .unwrap()
+            .windows(3)
+            .any(|state| state == b") S")
     {
-        assert!(Instant::now() < deadline, "sleep never slept");
+        assert!(Instant::now() < deadline, "the odd sleep never slept");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(std::str::from_utf8(&comm).is_err(), "{comm:?}");
     let reading = WorkerProbe::open(&root, &cgroup.display_path(), child.id())
         .and_then(|mut probe| probe.read());
     child.kill().unwrap();

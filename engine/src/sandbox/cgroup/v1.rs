@@ -81,34 +81,21 @@ pub(super) fn create(cgroup: &Cgroup) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Memory plus swap; present where the kernel accounts swap (`swapaccount`).
-const MEMSW_LIMIT_FILE: &str = "memory.memsw.limit_in_bytes";
-
-/// Memory hard limit (and memory plus swap), CFS quota and period, pids maximum.
+/// Memory hard limit, CFS quota and period, pids maximum.
 pub(super) fn apply_limits(cgroup: &Cgroup, limits: &CgroupLimits) -> Result<(), CgroupError> {
     let memory_bytes = signed(limits.memory_bytes, "memory_bytes")?;
     let quota_us = signed(limits.cpu_quota_us(), "cpu_percent")?;
     let pids_max = signed(limits.pids_max, "pids_max")?;
     for subsystem in cgroup.subsystems() {
         match subsystem {
-            Subsystem::Mem(memory) => {
-                memory.set_limit(memory_bytes).map_err(|error| {
-                    write_error(
-                        memory.path(),
-                        "memory.limit_in_bytes",
-                        &memory_bytes,
-                        &error,
-                    )
-                })?;
-                // Memory and swap together, where the kernel accounts swap: without it a
-                // memory hog would swap instead of meeting its limit (v2 sets
-                // memory.swap.max to 0 for the same reason).
-                if memory.path().join(MEMSW_LIMIT_FILE).exists() {
-                    memory.set_memswap_limit(memory_bytes).map_err(|error| {
-                        write_error(memory.path(), MEMSW_LIMIT_FILE, &memory_bytes, &error)
-                    })?;
-                }
-            }
+            Subsystem::Mem(memory) => memory.set_limit(memory_bytes).map_err(|error| {
+                write_error(
+                    memory.path(),
+                    "memory.limit_in_bytes",
+                    &memory_bytes,
+                    &error,
+                )
+            })?,
             Subsystem::Cpu(cpu) => {
                 // Period first: the quota is checked against it.
                 cpu.set_cfs_period(CPU_PERIOD_US).map_err(|error| {
