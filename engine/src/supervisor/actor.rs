@@ -1665,9 +1665,13 @@ fn restart_after_backoff(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
         lifecycle.restarts += 1;
     }
     if let Err(err) = start(shared, plugin) {
-        if matches!(err, EngineError::DependencyUnavailable { .. })
-            && super::dependencies::a_dependency_is_starting(shared, plugin)
-        {
+        let dependency_was_starting = match &err {
+            EngineError::DependencyUnavailable { dependency, .. } => {
+                super::dependencies::was_only_starting(shared, dependency)
+            }
+            _ => false,
+        };
+        if dependency_was_starting {
             // Not this plugin's failure, and over in a moment (a dependency restarting
             // beside it): try again shortly, its restart budget untouched.
             let mut lifecycle = plugin.lifecycle();

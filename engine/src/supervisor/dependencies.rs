@@ -146,19 +146,13 @@ pub(crate) fn check_running(
     Ok(())
 }
 
-/// Whether one of `plugin`'s dependencies is starting (its worker being spawned, confined
-/// and created): a start of `plugin` refused for it may be tried again in a moment.
-pub(crate) fn a_dependency_is_starting(shared: &Shared, plugin: &Plugin) -> bool {
-    let dependencies: Vec<String> = plugin
-        .lifecycle()
-        .manifest
-        .as_ref()
-        .map(|manifest| manifest.dependencies.keys().cloned().collect())
-        .unwrap_or_default();
-    dependencies.iter().any(|dependency| {
-        shared
-            .plugin(dependency)
-            .is_ok_and(|target| target.lifecycle().state == PluginState::Starting)
+/// Whether `dependency`, which refused a start of its dependent as unavailable, was only
+/// starting: it is starting still, or is up by now (it finished between the refusal and
+/// this look). Either way the dependent may be tried again in a moment.
+pub(crate) fn was_only_starting(shared: &Shared, dependency: &str) -> bool {
+    shared.plugin(dependency).is_ok_and(|target| {
+        let lifecycle = target.lifecycle();
+        lifecycle.state == PluginState::Starting || lifecycle.is_up()
     })
 }
 
