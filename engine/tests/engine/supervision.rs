@@ -968,6 +968,34 @@ fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
     assert_eq!(plugin(engine, "counter").state, PluginState::Rejected);
 }
 
+/// A reload to a bundle nobody vouches for (development mode) says so at the new
+/// version's start, as a start does: the notice follows the new version's trust.
+#[test]
+fn a_reload_to_an_unverified_bundle_says_so() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.allow_unsigned = true;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    assert!(!plugin(engine, "hello").trust.unverified);
+    let manifest = fixture.plugins.join("hello/plugin.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n# changed after signing\n");
+    std::fs::write(&manifest, text).unwrap();
+    engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .expect("development mode reloads it");
+    let reloaded = plugin(engine, "hello");
+    assert!(reloaded.trust.unverified);
+    assert!(engine.recent_events().iter().any(|event| matches!(
+        &event.kind,
+        EventKind::Engine { message }
+            if message.contains("UNVERIFIED") && message.contains("does not match")
+    )));
+}
+
 /// Polls the snapshot until `ready` holds for plugin `name` (or fails after `within`).
 fn wait_until(
     engine: &plugboard_engine::Engine,
