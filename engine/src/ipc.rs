@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 
 pub use frame::{
     HEADER_BYTES, MAGIC, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_REPLY_BYTES, decode_frame,
-    encode_frame, reply_too_large,
+    encode_frame, oversized_reply,
 };
 pub use message::{
     BatchedCall, BatchedCallRef, BatchedReply, CallRef, CallsRef, ConfinementPlan, EngineMessage,

@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::{getpid, getppid, pipe, read, write};
 use plugboard_engine::ipc::{
     BatchedCallRef, BatchedReply, Channel, ConfinementPlan, EngineMessage, EngineMessageRef,
-    IpcError, MAX_REPLY_BYTES, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage,
-    reply_too_large,
+    IpcError, PROTOCOL_VERSION, ReplyRef, StepReport, WorkerMessage, oversized_reply,
 };
 use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
@@ -597,17 +596,13 @@ fn answer(result: Result<Vec<u8>, plugboard_sdk::host::CallError>) -> (i32, Vec<
     }
 }
 
-/// A reply body over [`MAX_REPLY_BYTES`] cannot be framed: that one call is answered with
+/// A reply body over `MAX_REPLY_BYTES` cannot be framed: that one call is answered with
 /// an error saying so (sending it would end the worker, failing every call in flight).
 fn within_reply_limit(status: i32, body: &[u8]) -> (i32, std::borrow::Cow<'_, [u8]>) {
-    if body.len() <= MAX_REPLY_BYTES {
-        return (status, std::borrow::Cow::Borrowed(body));
+    match oversized_reply(body.len()) {
+        Some((status, refusal)) => (status, std::borrow::Cow::Owned(refusal.into_bytes())),
+        None => (status, std::borrow::Cow::Borrowed(body)),
     }
-    let refusal = reply_too_large(body.len());
-    (
-        abi::STATUS_ERROR,
-        std::borrow::Cow::Owned(refusal.into_bytes()),
-    )
 }
 
 /// Answers of a `Calls` frame are packed into `Replies` frames of about this many bytes

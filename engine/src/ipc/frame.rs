@@ -28,11 +28,17 @@ pub const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES - 128;
 /// most 25 bytes). A larger one is answered as an error instead, in both isolation modes.
 pub const MAX_REPLY_BYTES: usize = MAX_FRAME_BYTES - 32;
 
-/// The error message that replaces a reply of `bytes` over [`MAX_REPLY_BYTES`].
-pub fn reply_too_large(bytes: usize) -> String {
-    format!(
-        "the plugin's reply of {bytes} bytes exceeds the {MAX_REPLY_BYTES}-byte maximum of a reply"
-    )
+/// What answers a call whose reply body of `bytes` is over [`MAX_REPLY_BYTES`] (status and
+/// message), in both isolation modes; `None` for a reply that fits.
+pub fn oversized_reply(bytes: usize) -> Option<(i32, String)> {
+    (bytes > MAX_REPLY_BYTES).then(|| {
+        (
+            plugboard_sdk::abi::STATUS_ERROR,
+            format!(
+                "the plugin's reply of {bytes} bytes exceeds the {MAX_REPLY_BYTES}-byte maximum of a reply"
+            ),
+        )
+    })
 }
 
 /// Encodes `msg` into one frame.

@@ -163,11 +163,9 @@ fn in_process_outcome(
         Err(err) => (err.status, err.message.into_bytes()),
     };
     // As a worker answers a reply it cannot frame, so both modes answer alike.
-    let (status, body) = if body.len() > crate::ipc::MAX_REPLY_BYTES {
-        let refusal = crate::ipc::reply_too_large(body.len());
-        (abi::STATUS_ERROR, refusal.into_bytes())
-    } else {
-        (status, body)
+    let (status, body) = match crate::ipc::oversized_reply(body.len()) {
+        Some((status, refusal)) => (status, refusal.into_bytes()),
+        None => (status, body),
     };
     Ok(CallOutcome {
         status,
@@ -175,4 +173,26 @@ fn in_process_outcome(
         duration: elapsed,
         finished: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In process, a reply a worker could not frame is answered as the worker answers it:
+    /// an error saying so, not the body.
+    #[test]
+    fn an_in_process_reply_over_the_bound_is_answered_as_a_worker_answers_it() {
+        let fits = vec![b'x'; crate::ipc::MAX_REPLY_BYTES];
+        let outcome = in_process_outcome(Ok(fits), Duration::ZERO, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (outcome.status, outcome.body.len()),
+            (abi::STATUS_OK, crate::ipc::MAX_REPLY_BYTES)
+        );
+        let over = vec![b'x'; crate::ipc::MAX_REPLY_BYTES + 1];
+        let outcome = in_process_outcome(Ok(over), Duration::ZERO, Duration::from_secs(1)).unwrap();
+        assert_eq!(outcome.status, abi::STATUS_ERROR);
+        let message = String::from_utf8(outcome.body).unwrap();
+        assert!(message.contains("exceeds"), "{message}");
+    }
 }

@@ -925,6 +925,15 @@ fn a_host_that_allows_unsigned_bundles_runs_them_sandboxed_and_says_so() {
     )));
 }
 
+/// Adds a comment to the bundle's manifest: it still parses, and its signature no longer
+/// matches.
+fn change_after_signing(bundle: &std::path::Path) {
+    let manifest = bundle.join("plugin.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n# changed after signing\n");
+    std::fs::write(&manifest, text).unwrap();
+}
+
 /// Development mode runs what nobody vouches for — here a bundle changed after signing —
 /// saying why; a revoked bundle it refuses, as any host does: a revocation is a "never".
 #[test]
@@ -937,10 +946,7 @@ fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
             let store = config.trust_store.clone().unwrap();
             let library = std::fs::read(crate::support::built_plugin("counter")).unwrap();
             TrustStore::revoke_digest(&store, Digest::of(&library)).unwrap();
-            let manifest = config.plugin_dirs[0].join("hello/plugin.toml");
-            let mut text = std::fs::read_to_string(&manifest).unwrap();
-            text.push_str("\n# changed after signing\n");
-            std::fs::write(&manifest, text).unwrap();
+            change_after_signing(&config.plugin_dirs[0].join("hello"));
         },
     );
     let engine = &fixture.engine;
@@ -978,10 +984,7 @@ fn a_reload_to_an_unverified_bundle_says_so() {
     let engine = &fixture.engine;
     start(engine, "hello");
     assert!(!plugin(engine, "hello").trust.unverified);
-    let manifest = fixture.plugins.join("hello/plugin.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str("\n# changed after signing\n");
-    std::fs::write(&manifest, text).unwrap();
+    change_after_signing(&fixture.plugins.join("hello"));
     engine
         .execute(Command::Reload {
             plugin: "hello".into(),
