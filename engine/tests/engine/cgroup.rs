@@ -140,6 +140,7 @@ fn kernel_plugin_cgroup_holds_its_limits_and_worker_and_leaves_nothing_behind() 
     let pids = cgroup.controller_path(Controller::Pids);
     if root.layout().uses_v1_hierarchies() {
         assert_eq!(read(&memory, "memory.limit_in_bytes"), "67108864");
+        assert_eq!(read(&memory, "memory.swappiness"), "0");
         assert_eq!(read(&cpu, "cpu.cfs_period_us"), CPU_PERIOD_US.to_string());
         assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "150000");
         assert_eq!(read(&pids, "pids.max"), "32");
@@ -467,6 +468,7 @@ fn fake_hybrid_tree_uses_the_v1_hierarchies_through_cgroups_rs() {
     let cpu = cgroup.controller_path(Controller::Cpu);
     let pids = cgroup.controller_path(Controller::Pids);
     assert_eq!(read(&memory, "memory.limit_in_bytes"), "67108864");
+    assert_eq!(read(&memory, "memory.swappiness"), "0");
     assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
     assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "150000");
     assert_eq!(read(&pids, "pids.max"), "32");

@@ -81,21 +81,33 @@ pub(super) fn create(cgroup: &Cgroup) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Memory hard limit, CFS quota and period, pids maximum.
+/// Memory hard limit (and no swapping under it), CFS quota and period, pids maximum.
 pub(super) fn apply_limits(cgroup: &Cgroup, limits: &CgroupLimits) -> Result<(), CgroupError> {
     let memory_bytes = signed(limits.memory_bytes, "memory_bytes")?;
     let quota_us = signed(limits.cpu_quota_us(), "cpu_percent")?;
     let pids_max = signed(limits.pids_max, "pids_max")?;
     for subsystem in cgroup.subsystems() {
         match subsystem {
-            Subsystem::Mem(memory) => memory.set_limit(memory_bytes).map_err(|error| {
-                write_error(
-                    memory.path(),
-                    "memory.limit_in_bytes",
-                    &memory_bytes,
-                    &error,
-                )
-            })?,
+            Subsystem::Mem(memory) => {
+                memory.set_limit(memory_bytes).map_err(|error| {
+                    write_error(
+                        memory.path(),
+                        "memory.limit_in_bytes",
+                        &memory_bytes,
+                        &error,
+                    )
+                })?;
+                // v1's limit counts resident memory only: on a host with swap, a worker at
+                // its limit would be swapped out and grow without end. Swappiness 0 keeps
+                // the limit's own reclaim off anonymous memory (the kernel's per-cgroup
+                // switch for it), so a hog meets its limit as on v2 with
+                // `memory.swap.max = 0`. (`memory.memsw.limit_in_bytes` would be the other
+                // way; with it, this kernel counts a hit of the limit in no failcnt, and the
+                // monitor's memory_limit violations need that count.)
+                memory
+                    .set_swappiness(0)
+                    .map_err(|error| write_error(memory.path(), "memory.swappiness", &0, &error))?;
+            }
             Subsystem::Cpu(cpu) => {
                 // Period first: the quota is checked against it.
                 cpu.set_cfs_period(CPU_PERIOD_US).map_err(|error| {
