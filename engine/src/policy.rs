@@ -138,6 +138,10 @@ impl Action {
     }
 }
 
+/// The fact holding the OOM kill count of the worker's cgroup since it started (`oom_kills`
+/// is how many of them this violation reports).
+pub const OOM_KILLS_TOTAL: &str = "oom_kills_total";
+
 /// One violation, as recorded in events and the audit file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Violation {

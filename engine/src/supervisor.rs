@@ -168,6 +168,9 @@ pub(crate) struct Lifecycle {
     pub itemized: BTreeMap<(crate::policy::ViolationKind, Option<String>), LoggedMinute>,
     /// Audit mode: what was already recorded as `audited` (each observation once).
     pub audited: BTreeSet<String>,
+    /// The OOM kill count of worker `.0`'s cgroup already reported (`.1`): the sampler and
+    /// the crash handler both read it, and a kill is reported by whichever reads it first.
+    pub oom_kills_reported: (u64, u64),
 }
 
 /// The state of a plugin's health checks (`[health]` in its manifest).
@@ -234,7 +237,23 @@ impl Lifecycle {
             violation_counts: ViolationCounts::default(),
             itemized: BTreeMap::new(),
             audited: BTreeSet::new(),
+            oom_kills_reported: (0, 0),
         }
+    }
+
+    /// Of the `total` OOM kills counted in worker `generation`'s cgroup, how many were not
+    /// reported yet; from now on they count as reported.
+    pub fn claim_oom_kills(&mut self, generation: u64, total: u64) -> u64 {
+        let (seen_generation, seen) = self.oom_kills_reported;
+        let reported = if seen_generation == generation {
+            seen
+        } else {
+            0
+        };
+        if total > reported {
+            self.oom_kills_reported = (generation, total);
+        }
+        total.saturating_sub(reported)
     }
 
     /// Whether the plugin has (or is about to have) a worker serving calls.
@@ -501,6 +520,22 @@ mod tests {
     use super::*;
 
     use crate::policy::ViolationKind;
+
+    #[test]
+    fn an_oom_kill_is_claimed_once_per_worker_whoever_reads_the_count_first() {
+        let mut lifecycle = Lifecycle::new(None);
+        // The sampler reads one kill of worker 3, then the crash handler the same count.
+        assert_eq!(lifecycle.claim_oom_kills(3, 1), 1);
+        assert_eq!(lifecycle.claim_oom_kills(3, 1), 0);
+        // Two more by the next read: only those are new.
+        assert_eq!(lifecycle.claim_oom_kills(3, 3), 2);
+        // A late, older reading claims nothing and forgets nothing.
+        assert_eq!(lifecycle.claim_oom_kills(3, 2), 0);
+        assert_eq!(lifecycle.claim_oom_kills(3, 3), 0);
+        // The next worker's cgroup counts from zero.
+        assert_eq!(lifecycle.claim_oom_kills(4, 1), 1);
+        assert_eq!(lifecycle.claim_oom_kills(4, 0), 0);
+    }
 
     fn plugin() -> (Plugin, mpsc::Receiver<ActorMessage>) {
         let (inbox, messages) = mpsc::channel();

@@ -11,7 +11,7 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::{LimitNotices, Reading, ResourceSample, WorkerProbe};
 use crate::engine::Shared;
-use crate::policy::{Violation, ViolationKind};
+use crate::policy::{OOM_KILLS_TOTAL, Violation, ViolationKind};
 use crate::snapshot::HostSnapshot;
 use crate::supervisor::{ActorMessage, WhenFull, hooks_in_flight};
 
@@ -272,7 +272,8 @@ fn check(
                     ),
                 )
                 .fact("limit_bytes", limit)
-                .fact("oom_kills", kills),
+                .fact("oom_kills", kills)
+                .fact(OOM_KILLS_TOTAL, sample.oom_kills),
             );
         }
         let refused = sample

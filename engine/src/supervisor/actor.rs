@@ -15,7 +15,7 @@ use crate::hooks::dispatch::emit_handler;
 use crate::inprocess::InProcessPlugin;
 use crate::loader::SealedLibrary;
 use crate::manifest::{IsolationMode, Manifest};
-use crate::policy::{Action, Violation, ViolationKind};
+use crate::policy::{Action, OOM_KILLS_TOTAL, Violation, ViolationKind};
 use crate::sandbox::seccomp::{Capability, FileAccess, FileOperand};
 use crate::snapshot::{Health, PluginState, TrustInfo};
 use crate::trust::Verified;
@@ -115,11 +115,7 @@ pub(crate) fn run_actor(
                 violation,
             } => {
                 plugin.event_taken();
-                if generation.is_some_and(|seen| seen != plugin.lifecycle().generation) {
-                    record_replaced_workers_violation(shared, plugin, violation);
-                } else {
-                    on_violation(shared, plugin, violation);
-                }
+                on_reported_violation(shared, plugin, generation, violation);
                 unrecorded.report(shared, plugin);
             }
             ActorMessage::Worker {
@@ -1277,8 +1273,13 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: ExitStatus) {
         );
     }
     let hooks = (!hooks.is_empty()).then(|| hooks.into_iter().collect::<Vec<_>>().join(", "));
-    // Whether the kernel's OOM killer did it is in the cgroup, which goes with the worker.
-    let oom = oom_kills(shared, plugin);
+    // Whether the kernel's OOM killer did it is in the cgroup, which goes with the worker;
+    // the sampler may have read and reported the kill already.
+    let oom = oom_kills(shared, plugin).map(|(total, limit)| {
+        let mut lifecycle = plugin.lifecycle();
+        let generation = lifecycle.generation;
+        (total, lifecycle.claim_oom_kills(generation, total), limit)
+    });
     // Reap what is left (the cgroup, the worker's threads) before anyone is told, so
     // whoever reacts to the crash finds nothing of the old worker.
     let running = plugin.set_running(None);
@@ -1294,41 +1295,61 @@ fn on_crash(shared: &Arc<Shared>, plugin: &Arc<Plugin>, status: ExitStatus) {
     lifecycle.cgroup = None;
     set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
     drop(lifecycle);
-    let mut violation = match oom {
-        Some((kills, limit)) if kills > 0 => {
-            lifecycle_reason(
-                plugin,
-                format!("OOM-killed at its memory limit ({})", mib(limit)),
-            );
-            Violation::new(
-                ViolationKind::OomKill,
-                "cgroup",
-                format!(
-                    "the kernel's OOM killer ended it at its memory limit of {}",
-                    mib(limit)
-                ),
-            )
-            .fact("limit_bytes", limit)
-            .fact("oom_kills", kills)
-        }
+    if let Some((_, kills, limit)) = oom
+        && kills > 0
+    {
+        lifecycle_reason(
+            plugin,
+            format!("OOM-killed at its memory limit ({})", mib(limit)),
+        );
+    }
+    let violation = crash_violation(status, oom);
+    on_violation(shared, plugin, violation.during(hooks));
+    // A policy that stopped or quarantined it has said so already.
+    let state = plugin.lifecycle().state;
+    if matches!(state, PluginState::Failed | PluginState::BackingOff) {
+        say_dependents_left_running(shared, plugin, "it crashed");
+    }
+}
+
+/// The violation a crash is: an OOM kill when the cgroup counted kills not reported yet
+/// (`oom` = total, not yet reported, limit), a crash otherwise; with its exit status.
+fn crash_violation(status: ExitStatus, oom: Option<(u64, u64, Option<u64>)>) -> Violation {
+    let violation = match oom {
+        Some((total, kills, limit)) if kills > 0 => Violation::new(
+            ViolationKind::OomKill,
+            "cgroup",
+            format!(
+                "the kernel's OOM killer ended it at its memory limit of {}",
+                mib(limit)
+            ),
+        )
+        .fact("limit_bytes", limit)
+        .fact("oom_kills", kills)
+        .fact(OOM_KILLS_TOTAL, total),
+        // Kills the sampler reported already (the policy only logged them) are not this
+        // exit's cause for certain: it is reported as what it looks like, a crash.
+        Some((total, _, _)) if total > 0 => Violation::new(
+            ViolationKind::Crash,
+            "engine",
+            format!(
+                "the worker ended unexpectedly: {status} (after {total} OOM kill(s) in its \
+                 cgroup, reported before)"
+            ),
+        )
+        .fact(OOM_KILLS_TOTAL, total),
         _ => Violation::new(
             ViolationKind::Crash,
             "engine",
             format!("the worker ended unexpectedly: {status}"),
         ),
     };
-    violation = match status {
+    match status {
         ExitStatus::Signal { signal } => violation.fact("signal", signal).fact(
             "signal_name",
             nix::sys::signal::Signal::try_from(signal).map_or("unknown", |signal| signal.as_str()),
         ),
         ExitStatus::Code { code } => violation.fact("exit_code", code),
-    };
-    on_violation(shared, plugin, violation.during(hooks));
-    // A policy that stopped or quarantined it has said so already.
-    let state = plugin.lifecycle().state;
-    if matches!(state, PluginState::Failed | PluginState::BackingOff) {
-        say_dependents_left_running(shared, plugin, "it crashed");
     }
 }
 
@@ -1363,6 +1384,47 @@ fn lifecycle_reason(plugin: &Plugin, reason: String) {
 
 fn mib(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "none".to_owned(), |bytes| format!("{} MiB", bytes >> 20))
+}
+
+/// A violation another thread found (of worker `generation`, when it names one).
+fn on_reported_violation(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    generation: Option<u64>,
+    violation: Violation,
+) {
+    let violation = match generation {
+        Some(generation) => oom_kills_not_yet_reported(plugin, generation, violation),
+        None => Some(violation),
+    };
+    match violation {
+        None => {}
+        Some(violation) if generation.is_some_and(|seen| seen != plugin.lifecycle().generation) => {
+            record_replaced_workers_violation(shared, plugin, violation);
+        }
+        Some(violation) => on_violation(shared, plugin, violation),
+    }
+}
+
+/// A sampler's report of OOM kills in worker `generation`'s cgroup, with only the kills the
+/// crash handler has not reported already; `None` when it has reported them all (the same
+/// kill, seen from both sides, is one violation).
+fn oom_kills_not_yet_reported(
+    plugin: &Plugin,
+    generation: u64,
+    violation: Violation,
+) -> Option<Violation> {
+    let total = violation
+        .facts
+        .get(OOM_KILLS_TOTAL)
+        .and_then(serde_json::Value::as_u64);
+    match total {
+        Some(total) if violation.kind == ViolationKind::OomKill => {
+            let kills = plugin.lifecycle().claim_oom_kills(generation, total);
+            (kills > 0).then(|| violation.fact("oom_kills", kills))
+        }
+        _ => Some(violation),
+    }
 }
 
 /// OOM kills counted in the plugin's memory cgroup, and its limit; `None` when they

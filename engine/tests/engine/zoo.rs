@@ -290,6 +290,44 @@ fn memhog_is_oom_killed_at_its_memory_limit_and_restarted() {
     zoo.finish();
 }
 
+/// The sampler reads the cgroup's OOM kill count, and the crash handler reads it when the
+/// killed worker's exit arrives: whichever reads first reports the kill, the other not again
+/// (a kill counted twice would meet a policy's `count` early and restart twice). The sampler
+/// reads every 2 ms here, so it often sees the count between the kill and the exit.
+#[test]
+fn an_oom_kill_is_reported_once_though_the_sampler_and_the_crash_handler_both_see_it() {
+    const KILLS: u64 = 8;
+    let mut zoo = Zoo::configured(&[("memhog", "memhog", same)], |config| {
+        config.sample_interval = Duration::from_millis(2);
+        config.restart.initial_delay_ms = 10;
+        config.restart.factor = 1.0;
+        config.restart.max_restarts = 100;
+    });
+    let mut running = zoo.start("memhog");
+    for kill in 1..=KILLS {
+        let report = chaos(&zoo, "memhog", "");
+        assert_eq!(report.status, "gone", "{report:?}");
+        running = zoo.wait_until("memhog", Duration::from_secs(10), |memhog| {
+            memhog.state == PluginState::Running && memhog.sandbox_pid != running.sandbox_pid
+        });
+        assert_eq!(running.supervision.restarts, kill, "{running:#?}");
+    }
+    // Let a sampler's late report of the last kill arrive, were it to come.
+    std::thread::sleep(Duration::from_millis(300));
+    let kills: Vec<Violation> = zoo
+        .violations_of("memhog")
+        .into_iter()
+        .filter(|violation| violation.kind == ViolationKind::OomKill)
+        .collect();
+    let counted: u64 = kills
+        .iter()
+        .map(|violation| violation.facts["oom_kills"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, KILLS, "{kills:#?}");
+    assert_eq!(plugin(zoo.engine(), "memhog").supervision.restarts, KILLS);
+    zoo.finish();
+}
+
 #[test]
 fn cpuspin_is_throttled_by_its_quota_and_reported_as_sustained_throttling() {
     // Sustained means one second here (the default is five), so it shows within 2 s.
