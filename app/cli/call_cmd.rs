@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use plugboard_engine::manifest::MANIFEST_FILE;
 use plugboard_engine::policy::Violation;
 use plugboard_engine::worker::ExitStatus;
 use plugboard_engine::{
@@ -149,11 +150,18 @@ fn call(
     payload: Vec<u8>,
     known: &mut Known,
 ) -> Result<Answered> {
-    let mut config = options.engine_config()?;
+    if !bundle.join(MANIFEST_FILE).is_file() {
+        bail!(
+            "{} is not a bundle directory: expected a directory holding {MANIFEST_FILE}, the library and plugin.sig (`plugboard pack` makes one)",
+            bundle.display()
+        );
+    }
     // Just this bundle: no plugin directories, no watcher, no restarts, no operator
-    // toggles — a crash or a refusal is the answer.
-    config.plugin_dirs.clear();
+    // toggles — a crash or a refusal is the answer. Sandboxed, even when the bundle asks
+    // for in-process: a crash must end the worker, not this command.
+    let mut config = options.engine_config_without_plugin_dirs()?;
     config.bundles = vec![PathBuf::from(bundle)];
+    config.sandbox_in_process = true;
     config.watch.enabled = false;
     config.restart.enabled = false;
     config.state_file = None;

@@ -52,14 +52,23 @@ impl EngineOptions {
     /// the flags applied over it.
     pub fn engine_config(&self) -> Result<EngineConfig> {
         let config = self.configured(host_binary()?)?;
-        for dir in &config.plugin_dirs {
-            if !dir.is_dir() {
-                bail!(
-                    "plugin directory {} does not exist or is not a directory",
-                    dir.display()
-                );
-            }
-        }
+        check_plugin_dirs(&config)?;
+        Ok(config)
+    }
+
+    /// [`Self::engine_config`] for a front end that manages bundles of its own choosing
+    /// (`call`): no plugin directories, so none the configuration names has to exist.
+    pub fn engine_config_without_plugin_dirs(&self) -> Result<EngineConfig> {
+        let mut config = self.configured(host_binary()?)?;
+        config.plugin_dirs.clear();
+        Ok(config)
+    }
+
+    /// The configuration's settings with the flags applied, for a command that starts no
+    /// worker (`suggest`): it needs no worker binary.
+    pub fn settings(&self) -> Result<EngineConfig> {
+        let config = self.configured(PathBuf::new())?;
+        check_plugin_dirs(&config)?;
         Ok(config)
     }
 
@@ -112,6 +121,18 @@ impl EngineOptions {
         }
         Ok(config)
     }
+}
+
+fn check_plugin_dirs(config: &EngineConfig) -> Result<()> {
+    for dir in &config.plugin_dirs {
+        if !dir.is_dir() {
+            bail!(
+                "plugin directory {} does not exist or is not a directory",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `$XDG_STATE_HOME/plugboard/state.json`, else `~/.local/state/plugboard/state.json`.

@@ -17,7 +17,7 @@ use plugboard_engine::audit::{AuditItem, AuditReader};
 const ROTATED_LOOKED_FOR: u32 = 64;
 
 pub fn run(options: &EngineOptions, plugin: &str, json: bool) -> Result<()> {
-    let config = options.engine_config()?;
+    let config = options.settings()?;
     let Some(file) = config.audit_file.clone() else {
         bail!(
             "no audit file: pass --audit-file FILE or set `audit_file` in the host configuration (the engine records audit-mode observations there)"

@@ -19,7 +19,7 @@ use crate::audit::{AuditLog, AuditPolicy, AuditWriter};
 use crate::events::{Event, EventKind, EventLog, unix_millis};
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::hooks::{HookHandle, HookStatsSnapshot};
-use crate::manifest::{HostLimits, MANIFEST_FILE, Manifest};
+use crate::manifest::{HostLimits, IsolationMode, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::policy::Policy;
 use crate::rotating::RotatingFile;
@@ -84,6 +84,10 @@ pub struct EngineConfig {
     pub sample_history: Duration,
     /// What is done about each kind of violation.
     pub policy: Policy,
+    /// Runs bundles that ask for in-process isolation sandboxed like every other (they
+    /// then need no signer trusted at level `in-process`): what `plugboard call` does, so
+    /// that a crash ends the worker, not the command.
+    pub sandbox_in_process: bool,
 }
 
 impl EngineConfig {
@@ -112,6 +116,15 @@ impl EngineConfig {
             sample_interval: Duration::from_secs(1),
             sample_history: Duration::from_secs(600),
             policy: Policy::default(),
+            sandbox_in_process: false,
+        }
+    }
+
+    /// How `manifest`'s plugin runs on this engine.
+    pub(crate) fn isolation_of(&self, manifest: &Manifest) -> IsolationMode {
+        match manifest.isolation.mode {
+            IsolationMode::InProcess if self.sandbox_in_process => IsolationMode::Process,
+            mode => mode,
         }
     }
 }
@@ -1157,7 +1170,7 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
         health_detail: lifecycle.health.last_failure.clone(),
         isolation: lifecycle.manifest.as_ref().map_or_else(
             || "process".to_owned(),
-            |manifest| manifest.isolation.mode.as_str().to_owned(),
+            |manifest| shared.config.isolation_of(manifest).as_str().to_owned(),
         ),
         mechanisms: lifecycle.mechanisms.clone(),
         active_mechanisms,

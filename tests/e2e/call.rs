@@ -269,3 +269,113 @@ fn an_unknown_hook_is_refused_with_the_hooks_the_plugin_has_also_in_json() {
         "{report}"
     );
 }
+
+/// A bundle asking for in-process isolation still runs sandboxed under `call` (it needs no
+/// signer trusted at level `in-process` then): its crash ends its worker and is reported,
+/// never the command itself.
+#[test]
+fn call_runs_a_bundle_that_asks_for_in_process_sandboxed() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let in_process = |name: &str| {
+        let manifest =
+            std::fs::read_to_string(repo_root().join(format!("plugins/{name}/plugin.toml")))
+                .unwrap();
+        assert!(!manifest.contains("[isolation]"), "{manifest}");
+        let manifest_file = root.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &manifest_file,
+            format!("{manifest}\n[isolation]\nmode = \"in-process\"\n"),
+        )
+        .unwrap();
+        let bundle = root.path().join(name);
+        ok(&plugboard(&[
+            &"pack",
+            &manifest_file,
+            &"--library",
+            &plugin_library(name),
+            &"--out",
+            &bundle,
+            &"--key",
+            &keys.private,
+        ]));
+        bundle
+    };
+
+    let hello = in_process("hello");
+    let out = ok(&plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &hello,
+        &"greet",
+        &"author",
+        &"--json",
+    ]));
+    let report: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "ok", "{report}");
+    assert_eq!(report["isolation"], "process", "{report}");
+    assert!(
+        report["mechanisms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|badge| badge == "sc"),
+        "{report}"
+    );
+
+    let crasher = in_process("crasher");
+    let call = plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &crasher,
+        &"chaos",
+        &"--json",
+    ]);
+    let err = fails(&call);
+    assert!(err.contains("SIGSEGV"), "{err}");
+    let report: Value = serde_json::from_str(stdout(&call).trim()).expect("one JSON object");
+    assert_eq!(report["last_exit"]["signal"], 11, "{report}");
+}
+
+/// `call` manages only the bundle it is given: plugin directories in the host
+/// configuration need not exist for it; a path that is no bundle is named as such.
+#[test]
+fn call_ignores_the_configurations_plugin_directories_and_names_a_missing_bundle() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "hello", &keys);
+    let host = root.path().join("plugboard.toml");
+    let missing = root.path().join("no-such-plugins");
+    std::fs::write(
+        &host,
+        format!("plugin_dirs = [\"{}\"]\n", missing.display()),
+    )
+    .unwrap();
+    let out = ok(&plugboard(&[
+        &"call",
+        &"--config",
+        &host,
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"greet",
+        &"author",
+    ]));
+    assert!(out.contains("author"), "{out}");
+
+    let nowhere = root.path().join("nowhere");
+    let err = fails(&plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &nowhere,
+        &"greet",
+    ]));
+    assert!(
+        err.contains(&format!("{} is not a bundle directory", nowhere.display()))
+            && err.contains("plugin.toml"),
+        "{err}"
+    );
+}

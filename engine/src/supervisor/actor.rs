@@ -400,7 +400,7 @@ fn check_signature(
             });
         }
     };
-    if bundle.manifest().isolation.mode == IsolationMode::InProcess {
+    if shared.config.isolation_of(bundle.manifest()) == IsolationMode::InProcess {
         let level = verified.as_ref().map(|verified| verified.level);
         if level != Some(crate::trust::TrustLevel::InProcess) {
             return Err(Refusal {
@@ -603,7 +603,7 @@ fn launch_worker(
     library: BorrowedFd<'_>,
     config: &Config,
 ) -> Option<LaunchResult> {
-    if manifest.isolation.mode == IsolationMode::InProcess {
+    if shared.config.isolation_of(manifest) == IsolationMode::InProcess {
         return None;
     }
     let plugin_overrides = shared.config.plugins.get(&plugin.name);
@@ -659,7 +659,7 @@ fn spawn_worker(
         .keys()
         .map(|hook| plugin.hook_stats(hook))
         .collect();
-    let runner = if manifest.isolation.mode == IsolationMode::InProcess {
+    let runner = if shared.config.isolation_of(manifest) == IsolationMode::InProcess {
         let sink = worker_sink(shared, plugin, generation);
         let emit = Some(emit_handler(shared, &plugin.name));
         let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
