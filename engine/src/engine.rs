@@ -1091,14 +1091,13 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
     // The operator's last word (persisted) wins over the configuration file.
     let enabled = toggles.enabled.or(configured).unwrap_or(true);
     let mut lifecycle = Lifecycle::new(blocked);
+    // Disabled whether quarantined or not: clearing the quarantine leaves it disabled.
+    lifecycle.disabled = !enabled;
     if let Some(quarantine) = &toggles.quarantined {
         lifecycle.state = PluginState::Quarantined;
         lifecycle.reason = Some(format!("quarantined: {}", quarantine.reason));
-    } else if !enabled {
-        lifecycle.disabled = true;
-        if lifecycle.blocked.is_none() {
-            lifecycle.state = PluginState::Disabled;
-        }
+    } else if !enabled && lifecycle.blocked.is_none() {
+        lifecycle.state = PluginState::Disabled;
     }
     let (inbox, messages) = mpsc::channel();
     let plugin = Arc::new(Plugin::new(
@@ -1217,9 +1216,14 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
             .manifest
             .as_ref()
             .map(|manifest| manifest.capabilities.clone()),
-        limits: lifecycle.manifest.as_ref().map(|manifest| {
-            manifest.effective_resources_with(&shared.config.limits, &resource_overrides)
-        }),
+        // In process nothing enforces them: shown as none (DESIGN's "no limits").
+        limits: lifecycle
+            .manifest
+            .as_ref()
+            .filter(|manifest| shared.config.isolation_of(manifest) != IsolationMode::InProcess)
+            .map(|manifest| {
+                manifest.effective_resources_with(&shared.config.limits, &resource_overrides)
+            }),
         resource_overrides,
         config,
     }

@@ -232,6 +232,16 @@ impl SealedLibrary {
         self.memfd.as_fd()
     }
 
+    /// The same bytes in a memfd of their own, sealed: the dynamic loader takes it for
+    /// another image (with globals of its own), where a second load of this one would get
+    /// the image already loaded. The bytes are sealed here, so they need no new check.
+    pub fn private_copy(&self, name: &str) -> Result<Self, LoaderError> {
+        let bytes = self
+            .read_back()
+            .map_err(|source| LoaderError::Copy { error: source })?;
+        Self::from_reader(name, bytes.as_slice()).map(|(copy, _)| copy)
+    }
+
     /// Reads the sealed bytes back (for checks and tests; loading never needs this).
     pub fn read_back(&self) -> io::Result<Vec<u8>> {
         let file = File::from(self.memfd.try_clone()?);

@@ -154,7 +154,8 @@ pub struct PluginSnapshot {
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
     /// The limits the sandbox enforces: the host's `[plugins.<name>.resources]` override,
-    /// else the manifest's `[resources]`, else the host's default (`None` until verified).
+    /// else the manifest's `[resources]`, else the host's default (`None` until verified,
+    /// and for an in-process plugin, which runs without them).
     #[serde(default)]
     pub limits: Option<EffectiveResources>,
     /// The host's `[plugins.<name>.resources]` overrides (what a new version would get too).

@@ -54,12 +54,18 @@ pub(crate) fn dispatch(shared: &Shared, hook: &str, payload: &[u8], depth: u32) 
         .collect()
 }
 
-/// The engine's answer to one plugin's emits: the manifest must grant the hook (anything
-/// else is a violation), and chains stop at [`MAX_EMIT_DEPTH`].
-pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker::EmitHandler {
+/// The engine's answer to the emits of one plugin's worker (or in-process instance) of
+/// `generation`: the manifest must grant the hook (anything else is a violation), and
+/// chains stop at [`MAX_EMIT_DEPTH`].
+pub(crate) fn emit_handler(
+    shared: &Arc<Shared>,
+    emitter: &str,
+    generation: u64,
+) -> crate::worker::EmitHandler {
     Arc::new(PluginEmits {
         shared: Arc::downgrade(shared),
         emitter: emitter.to_owned(),
+        generation,
     })
 }
 
@@ -67,6 +73,10 @@ pub(crate) fn emit_handler(shared: &Arc<Shared>, emitter: &str) -> crate::worker
 struct PluginEmits {
     shared: Weak<Shared>,
     emitter: String,
+    /// The worker whose emits these are: only while it serves are they admitted (a new
+    /// version being created during a reload is not the one serving, and the manifest
+    /// whose grants apply is not its own yet).
+    generation: u64,
 }
 
 impl Emits for PluginEmits {
@@ -76,7 +86,10 @@ impl Emits for PluginEmits {
         let shared = self.shared.upgrade().ok_or(abi::EMIT_FAILED)?;
         let plugin = shared.plugin(&self.emitter).map_err(|_| abi::EMIT_FAILED)?;
         // Not running (being created, stopped or replaced): nobody to answer for it.
-        let running = plugin.running().ok_or(abi::EMIT_FAILED)?;
+        let running = plugin
+            .running()
+            .filter(|running| running.generation == self.generation)
+            .ok_or(abi::EMIT_FAILED)?;
         if !running.emit_grants.iter().any(|allowed| allowed == hook) {
             let violation = Violation::new(
                 ViolationKind::ForbiddenEmit,

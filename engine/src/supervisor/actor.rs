@@ -76,14 +76,20 @@ pub(crate) fn run_actor(
             ActorMessage::Start(reply) => {
                 // An operator's start cancels a pending restart and starts a fresh window;
                 // a start of a plugin already up (a dependency, started for a dependent)
-                // changes nothing, its restart budget included.
-                {
+                // changes nothing, its restart budget included. A start refused before it
+                // began (`max_plugins`, a dependency down) leaves the pending restart be.
+                let pending = {
                     let mut lifecycle = plugin.lifecycle();
-                    if !lifecycle.is_up() {
-                        lifecycle.backoff = super::Backoff::default();
+                    (!lifecycle.is_up()).then(|| std::mem::take(&mut lifecycle.backoff))
+                };
+                let started = start(shared, plugin);
+                if let (Err(_), Some(pending)) = (&started, pending) {
+                    let mut lifecycle = plugin.lifecycle();
+                    if lifecycle.state == PluginState::BackingOff {
+                        lifecycle.backoff = pending;
                     }
                 }
-                let _ = reply.send(start(shared, plugin));
+                let _ = reply.send(started);
             }
             ActorMessage::Stop(reply) => {
                 let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
@@ -625,7 +631,7 @@ fn launch_worker(
             plan,
             limits: cgroup_limits,
             env: shared.config.worker.env.clone(),
-            emit: Some(emit_handler(shared, &plugin.name)),
+            emit: Some(emit_handler(shared, &plugin.name, generation)),
         },
         &worker_sink(shared, plugin, generation),
     );
@@ -661,9 +667,21 @@ fn spawn_worker(
         .collect();
     let runner = if shared.config.isolation_of(manifest) == IsolationMode::InProcess {
         let sink = worker_sink(shared, plugin, generation);
-        let emit = Some(emit_handler(shared, &plugin.name));
-        let loaded = InProcessPlugin::start(&plugin.name, library, config, emit, &sink)
-            .map_err(|err| err.to_string())?;
+        let emit = Some(emit_handler(shared, &plugin.name, generation));
+        let loaded =
+            match InProcessPlugin::start(&plugin.name, library, config, emit.clone(), &sink) {
+                // A stopped instance of this library is still held — by an idle hook handle
+                // until its next call, or a call that outlasted the drain: the start loads a
+                // private copy, an image of its own, instead of failing.
+                Err(crate::inprocess::InProcessError::AlreadyLoaded { .. }) => library
+                    .private_copy(&plugin.name)
+                    .map_err(|err| err.to_string())
+                    .and_then(|copy| {
+                        InProcessPlugin::start(&plugin.name, &copy, config, emit, &sink)
+                            .map_err(|err| err.to_string())
+                    })?,
+                other => other.map_err(|err| err.to_string())?,
+            };
         Runner::InProcess(Arc::new(loaded), hook_stats.clone())
     } else {
         let launched = match launched {
@@ -774,6 +792,7 @@ fn check_startable(
         });
     }
     if let Some(manifest) = &lifecycle.manifest {
+        super::dependencies::check_no_cycle(shared, &plugin.name, manifest)?;
         super::dependencies::check_running(shared, &plugin.name, manifest)?;
         // A dependent may run while this plugin is down (it crashed, say): the version
         // starting now must be one it accepts.
@@ -990,7 +1009,8 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         Ok(verified) => verified,
         Err(refusal) => return Err(fail(refusal.reason)),
     };
-    if let Err(err) = super::dependencies::check_running(shared, &plugin.name, &verified.manifest)
+    if let Err(err) = super::dependencies::check_no_cycle(shared, &plugin.name, &verified.manifest)
+        .and_then(|()| super::dependencies::check_running(shared, &plugin.name, &verified.manifest))
         .and_then(|()| {
             super::dependencies::check_dependents_accept(
                 shared,

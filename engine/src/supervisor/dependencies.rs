@@ -1,5 +1,6 @@
 //! `[dependencies]`: which plugins must run before another, resolved by semver.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::{ActorMessage, Plugin};
@@ -191,29 +192,126 @@ pub(crate) fn check_dependents_accept(
     Ok(())
 }
 
-/// The running plugins that depend on `name`, directly or through others, the farthest
-/// dependents first: the order to stop them in before `name`.
-pub(crate) fn running_dependents(shared: &Shared, name: &str) -> Vec<Arc<Plugin>> {
-    let plugins = shared.all_plugins();
-    let mut found: Vec<Arc<Plugin>> = Vec::new();
-    let mut frontier = vec![name.to_owned()];
-    while let Some(current) = frontier.pop() {
-        for plugin in &plugins {
-            let lifecycle = plugin.lifecycle();
-            let depends = lifecycle
+/// A cycle `manifest` (`name`'s, about to run) would close through the other plugins'
+/// current manifests: refused, naming it (`a → b → a`). A start checks it although
+/// [`start_order`] refuses cycles, because a reload can change a manifest under plugins
+/// already running.
+pub(crate) fn check_no_cycle(
+    shared: &Shared,
+    name: &str,
+    manifest: &Manifest,
+) -> Result<(), EngineError> {
+    let mut searched = BTreeSet::new();
+    for dependency in manifest.dependencies.keys() {
+        let mut path = vec![name.to_owned()];
+        if reaches(shared, dependency, name, &mut path, &mut searched) {
+            path.push(name.to_owned());
+            return Err(EngineError::DependencyCycle {
+                cycle: path.join(" → "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `target` is reached from `from` through the current manifests' dependencies;
+/// `path` then holds the way there. `target`'s own manifest is never read (its lifecycle
+/// may be locked by the caller).
+fn reaches(
+    shared: &Shared,
+    from: &str,
+    target: &str,
+    path: &mut Vec<String>,
+    searched: &mut BTreeSet<String>,
+) -> bool {
+    if from == target {
+        return true;
+    }
+    if !searched.insert(from.to_owned()) {
+        return false;
+    }
+    let dependencies: Vec<String> = shared.plugin(from).map_or_else(
+        |_| Vec::new(),
+        |plugin| {
+            plugin
+                .lifecycle()
                 .manifest
                 .as_ref()
-                .is_some_and(|manifest| manifest.dependencies.contains_key(&current));
+                .map(|manifest| manifest.dependencies.keys().cloned().collect())
+                .unwrap_or_default()
+        },
+    );
+    path.push(from.to_owned());
+    if dependencies
+        .iter()
+        .any(|dependency| reaches(shared, dependency, target, path, searched))
+    {
+        return true;
+    }
+    path.pop();
+    false
+}
+
+/// The running plugins that depend on `name`, directly or through others, the farthest
+/// dependents first: the order to stop them in before `name`. Ends whatever the graph
+/// (each plugin is visited once), a cycle included.
+pub(crate) fn running_dependents(shared: &Shared, name: &str) -> Vec<Arc<Plugin>> {
+    // The plugins up besides `name`, each with what it depends on, read once.
+    let up: BTreeMap<String, (Arc<Plugin>, BTreeSet<String>)> = shared
+        .all_plugins()
+        .into_iter()
+        .filter(|plugin| plugin.name != name)
+        .filter_map(|plugin| {
+            let lifecycle = plugin.lifecycle();
             let up = lifecycle.is_up() || lifecycle.state == PluginState::BackingOff;
+            let dependencies: BTreeSet<String> = lifecycle
+                .manifest
+                .as_ref()
+                .map(|manifest| manifest.dependencies.keys().cloned().collect())
+                .unwrap_or_default();
             drop(lifecycle);
-            if depends && up && plugin.name != name {
-                found.retain(|known| known.name != plugin.name);
-                found.push(Arc::clone(plugin));
-                frontier.push(plugin.name.clone());
+            up.then(|| (plugin.name.clone(), (plugin, dependencies)))
+        })
+        .collect();
+    let mut dependents = BTreeSet::new();
+    let mut frontier = vec![name.to_owned()];
+    while let Some(current) = frontier.pop() {
+        for (other, (_, dependencies)) in &up {
+            if dependencies.contains(&current) && dependents.insert(other.clone()) {
+                frontier.push(other.clone());
             }
         }
     }
-    // Found breadth-first from `name`: the last found depend on the earlier ones.
-    found.reverse();
-    found
+    // Depth-first over their dependencies among themselves: each after what it depends
+    // on; reversed, each before what it depends on.
+    let (mut placed, mut order) = (BTreeSet::new(), Vec::new());
+    for dependent in &dependents {
+        after_its_dependencies(dependent, &up, &dependents, &mut placed, &mut order);
+    }
+    order.reverse();
+    order
+}
+
+/// Places `name` in `order` after the plugins among `dependents` it depends on (each once:
+/// a cycle ends where it comes back).
+fn after_its_dependencies(
+    name: &str,
+    up: &BTreeMap<String, (Arc<Plugin>, BTreeSet<String>)>,
+    dependents: &BTreeSet<String>,
+    placed: &mut BTreeSet<String>,
+    order: &mut Vec<Arc<Plugin>>,
+) {
+    if !placed.insert(name.to_owned()) {
+        return;
+    }
+    let Some((plugin, dependencies)) = up.get(name) else {
+        return;
+    };
+    for dependency in dependencies
+        .iter()
+        .filter(|dependency| dependents.contains(*dependency))
+    {
+        after_its_dependencies(dependency, up, dependents, placed, order);
+    }
+    order.push(Arc::clone(plugin));
 }

@@ -45,6 +45,8 @@ fn an_in_process_plugin_answers_calls_with_statistics_and_no_sandbox() {
     start(engine, "panicky");
     let hello = plugin(engine, "hello");
     assert_eq!(hello.isolation, "in-process");
+    // Nothing enforces a memory or CPU limit in the engine's own process.
+    assert_eq!(hello.limits, None);
     assert!(
         hello.active_mechanisms.is_empty(),
         "{:?}",
@@ -268,4 +270,75 @@ fn a_reload_waits_for_a_stuck_call_once_not_twice() {
     assert_eq!(plugin(&engine, "slowhook").state, PluginState::Running);
     assert_eq!(call(&engine, "slowhook", "ping", "").status, "ok");
     assert_eq!(caller.join().unwrap().status, "timeout");
+}
+
+/// A hook handle left idle keeps the stopped instance until its next call: a start (the
+/// operator's, or a restart's) loads the plugin again all the same, as an image of its
+/// own, and the handle's next call reaches the new instance.
+#[test]
+fn an_idle_hook_handle_holding_the_stopped_instance_does_not_keep_the_plugin_from_starting() {
+    let fixture = engine_configured(&[("counter", "counter", in_process)], trust_in_process);
+    let engine = &fixture.engine;
+    start(engine, "counter");
+    let mut handle = engine.hook_handle("counter", "count").unwrap();
+    assert_eq!(handle.call(b"").unwrap().body, br#"{"count":1}"#);
+    assert_eq!(handle.call(b"").unwrap().body, br#"{"count":2}"#);
+    for round in 0..2 {
+        engine
+            .execute(Command::Stop {
+                plugin: "counter".into(),
+                force: false,
+            })
+            .unwrap();
+        let started = engine.execute(Command::Start {
+            plugin: "counter".into(),
+        });
+        assert!(started.is_ok(), "round {round}: {started:?}");
+        assert_eq!(plugin(engine, "counter").state, PluginState::Running);
+        // A fresh instance: its count starts again.
+        assert_eq!(
+            handle.call(b"").unwrap().body,
+            br#"{"count":1}"#,
+            "round {round}"
+        );
+    }
+}
+
+/// An emit while the plugin is being created finds no instance serving — on a first start
+/// and, in process, during a reload too, where the old version serves meanwhile: the new
+/// one's emit is not admitted under the old one's grants (as a sandboxed worker's is not).
+#[test]
+fn an_emit_while_created_is_refused_in_process_during_a_reload_too() {
+    let emitting_on_create = |manifest: &str| {
+        let manifest = manifest.replacen(
+            "[config.emit_on_create]\ntype = \"string\"\ndefault = \"\"",
+            "[config.emit_on_create]\ntype = \"string\"\ndefault = \"prober.allowed\"",
+            1,
+        );
+        assert!(manifest.contains("default = \"prober.allowed\""));
+        in_process(&manifest)
+    };
+    let fixture = engine_configured(
+        &[("prober", "prober", emitting_on_create)],
+        trust_in_process,
+    );
+    let engine = &fixture.engine;
+    let lines = || -> Vec<String> {
+        plugin(engine, "prober")
+            .recent_output
+            .iter()
+            .filter(|line| line.line.starts_with("emit on create"))
+            .map(|line| line.line.clone())
+            .collect()
+    };
+    start(engine, "prober");
+    engine
+        .execute(Command::Reload {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    let seen = lines();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|line| line.contains("denied")), "{seen:?}");
+    assert_eq!(plugin(engine, "prober").emitted, 0);
 }

@@ -1547,3 +1547,127 @@ fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
     start(&engine, "prober");
     assert_eq!(plugin(&engine, "prober").state, PluginState::Running);
 }
+
+/// A reload that would close a dependency cycle among running plugins is refused naming
+/// it (a start refuses one; a reload changes a manifest under plugins already up), and the
+/// old version serves on: stopping the plugin at the cycle's root still answers.
+#[test]
+fn a_reload_that_would_close_a_dependency_cycle_is_refused_naming_it() {
+    let fixture = engine_configured(
+        &[
+            ("prober", "prober", same),
+            ("counter", "counter", |manifest| {
+                format!("{manifest}\n[dependencies]\nprober = \"^0.1\"\n")
+            }),
+            ("hello", "hello", |manifest| {
+                format!("{manifest}\n[dependencies]\ncounter = \"^0.1\"\n")
+            }),
+        ],
+        |_| {},
+    );
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "hello");
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "counter",
+        "counter",
+        |manifest| format!("{manifest}\n[dependencies]\nprober = \"^0.1\"\nhello = \"^0.1\"\n"),
+    );
+    let refused = engine
+        .execute(Command::Reload {
+            plugin: "counter".into(),
+        })
+        .expect_err("a reload into a cycle");
+    let text = refused.to_string();
+    assert!(
+        text.contains("dependency cycle: counter → hello → counter"),
+        "{text}"
+    );
+    assert_eq!(plugin(&engine, "counter").state, PluginState::Running);
+    // The dependents walk ends: the stop is refused, naming them, at once.
+    let (done, finished) = std::sync::mpsc::channel();
+    {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            let _ = done.send(stop(&engine, "prober", false).map_err(|err| err.to_string()));
+        });
+    }
+    let answer = finished
+        .recv_timeout(Duration::from_secs(5))
+        .expect("`stop prober` answers");
+    let err = answer.expect_err("prober has running dependents");
+    assert!(err.contains("counter") && err.contains("hello"), "{err}");
+}
+
+/// An operator's start of a plugin waiting to restart that the host refuses
+/// (`max_plugins` reached) leaves its pending restart in place: it restarts once there is
+/// room, instead of staying BackingOff with nothing scheduled.
+#[test]
+fn a_refused_start_while_backing_off_keeps_the_pending_restart() {
+    let fixture = engine_configured(
+        &[("prober", "prober", same), ("hello", "hello", same)],
+        |config| {
+            config.max_plugins = Some(1);
+            config.restart = restart_policy(1500, 3);
+        },
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(event.kind, EventKind::BackingOff { .. })
+    });
+    start(engine, "hello");
+    let refused = engine.execute(Command::Start {
+        plugin: "prober".into(),
+    });
+    assert!(refused.is_err(), "{refused:?}");
+    let prober = plugin(engine, "prober");
+    assert_eq!(prober.state, PluginState::BackingOff);
+    assert!(prober.supervision.next_retry_ms.is_some(), "{prober:#?}");
+    stop(engine, "hello", false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let prober = plugin(engine, "prober");
+        if prober.state == PluginState::Running {
+            assert_eq!(prober.supervision.restarts, 1, "{prober:#?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted: {prober:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plugin disabled while quarantined is still disabled after an engine restart: clearing
+/// the quarantine leaves it Disabled, and it does not start.
+#[test]
+fn a_plugin_disabled_while_quarantined_stays_disabled_across_an_engine_restart() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("state.json");
+    std::fs::write(
+        &state_file,
+        r#"{"version": 1, "plugins": {"hello": {"enabled": false, "quarantined": {"reason": "protocol violation", "at_ms": 1}}}}"#,
+    )
+    .unwrap();
+    let file = state_file.clone();
+    let fixture = engine_configured(&[("hello", "hello", same)], move |config| {
+        config.state_file = Some(file);
+    });
+    let engine = &fixture.engine;
+    let hello = plugin(engine, "hello");
+    assert_eq!(
+        (hello.state, hello.enabled),
+        (PluginState::Quarantined, false)
+    );
+    engine
+        .execute(Command::ClearQuarantine {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").state, PluginState::Disabled);
+    let started = engine.execute(Command::Start {
+        plugin: "hello".into(),
+    });
+    assert!(started.is_err(), "{started:?}");
+}
