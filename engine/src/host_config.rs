@@ -32,7 +32,7 @@ use toml_edit::{ImDocument, Item, Value};
 
 use crate::engine::EngineConfig;
 use crate::manifest::{HostLimits, Resources, is_plugin_name};
-use crate::policy::{Rule, ViolationKind};
+use crate::policy::{Action, Rule, ViolationKind};
 use crate::sandbox::Mechanism;
 use crate::supervisor::{PluginOverrides, RestartPolicy, WatchPolicy};
 
@@ -98,7 +98,32 @@ struct FileConfig {
     plugins: BTreeMap<String, PluginOverrides>,
     /// Violation kind → rule, over the built-in policy.
     #[serde(default)]
-    policy: BTreeMap<ViolationKind, Rule>,
+    policy: BTreeMap<ViolationKind, RuleOverride>,
+}
+
+/// `[policy.<kind>]` as written: a key left out keeps the kind's rule as it was — the
+/// built-in one unless an earlier file changed it (a section giving only `window_s` for
+/// `hook_timeout` must not turn its `restart` into `log`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleOverride {
+    action: Option<Action>,
+    count: Option<u32>,
+    window_s: Option<u64>,
+    ratio: Option<f64>,
+    sustained_s: Option<u64>,
+}
+
+impl RuleOverride {
+    fn over(&self, rule: Rule) -> Rule {
+        Rule {
+            action: self.action.unwrap_or(rule.action),
+            count: self.count.unwrap_or(rule.count),
+            window_s: self.window_s.unwrap_or(rule.window_s),
+            ratio: self.ratio.unwrap_or(rule.ratio),
+            sustained_s: self.sustained_s.unwrap_or(rule.sustained_s),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,9 +160,15 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
         .limits
         .clone()
         .unwrap_or_else(|| config.limits.clone());
+    let policy: BTreeMap<ViolationKind, Rule> = parsed
+        .policy
+        .iter()
+        .map(|(kind, written)| (*kind, written.over(config.policy.rule(*kind))))
+        .collect();
     Checker {
         source: &source,
         limits: &limits,
+        policy: &policy,
     }
     .check(&parsed)
     .map_err(|message| invalid(file, message))?;
@@ -196,7 +227,7 @@ pub fn apply_file(config: &mut EngineConfig, file: &Path) -> Result<(), HostConf
     if let Some(restart) = parsed.restart {
         config.restart = restart;
     }
-    config.policy.rules.extend(parsed.policy);
+    config.policy.rules.extend(policy);
     if let Some(megabytes) = parsed.audit_max_mb {
         config.audit_max_mb = megabytes;
     }
@@ -813,6 +844,8 @@ struct Checker<'a> {
     source: &'a Source<'a>,
     /// The limits the file ends up with: its `[limits]`, or the configuration's.
     limits: &'a HostLimits,
+    /// The rules of the kinds the file's `[policy]` names, its keys over the rules before.
+    policy: &'a BTreeMap<ViolationKind, Rule>,
 }
 
 impl Checker<'_> {
@@ -837,7 +870,7 @@ impl Checker<'_> {
         for (name, overrides) in &parsed.plugins {
             self.check_plugin(name, overrides, &known)?;
         }
-        for (kind, rule) in &parsed.policy {
+        for (kind, rule) in self.policy {
             self.check_rule(*kind, rule)?;
         }
         for (key, max_mb) in [
@@ -1127,6 +1160,35 @@ mod tests {
         apply_file(&mut config, &file)
             .map(|()| config)
             .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn a_policy_section_changes_only_the_keys_it_writes() {
+        let config = apply(
+            "[policy.hook_timeout]\nwindow_s = 120\n[policy.protocol_violation]\nwindow_s = 10\n[policy.memory_limit]\naction = \"stop\"\n",
+        )
+        .unwrap();
+        let built_in = crate::policy::Policy::default();
+        let rule = |kind| config.policy.rule(kind);
+        // Widened window; the built-in action (restart) and count (3) kept.
+        assert_eq!(
+            rule(ViolationKind::HookTimeout),
+            Rule {
+                window_s: 120,
+                ..built_in.rule(ViolationKind::HookTimeout)
+            }
+        );
+        assert_eq!(rule(ViolationKind::HookTimeout).action, Action::Restart);
+        assert_eq!(rule(ViolationKind::HookTimeout).count, 3);
+        assert_eq!(
+            rule(ViolationKind::ProtocolViolation).action,
+            Action::Quarantine
+        );
+        assert_eq!(rule(ViolationKind::MemoryLimit).action, Action::Stop);
+        assert_eq!(
+            rule(ViolationKind::Crash),
+            built_in.rule(ViolationKind::Crash)
+        );
     }
 
     #[test]
