@@ -115,14 +115,13 @@ struct RuleOverride {
 }
 
 impl RuleOverride {
-    fn over(&self, rule: Rule) -> Rule {
-        Rule {
-            action: self.action.unwrap_or(rule.action),
-            count: self.count.unwrap_or(rule.count),
-            window_s: self.window_s.unwrap_or(rule.window_s),
-            ratio: self.ratio.unwrap_or(rule.ratio),
-            sustained_s: self.sustained_s.unwrap_or(rule.sustained_s),
-        }
+    fn over(&self, mut rule: Rule) -> Rule {
+        rule.action = self.action.unwrap_or(rule.action);
+        rule.count = self.count.unwrap_or(rule.count);
+        rule.window_s = self.window_s.unwrap_or(rule.window_s);
+        rule.ratio = self.ratio.unwrap_or(rule.ratio);
+        rule.sustained_s = self.sustained_s.unwrap_or(rule.sustained_s);
+        rule
     }
 }
 
