@@ -227,11 +227,18 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     }
     let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
-    for plugin in engine.plugins() {
-        // A plugin that fails verification or start-up shows as Rejected/Failed with its
-        // reason in the snapshots; the others run.
-        let _ = engine.execute(Command::Start { plugin });
-    }
+    // A signal stops the engine at once, also while a start waits for a slow `create`
+    // (each may take up to its 10 s deadline, one after the other).
+    signals.stop_engine_during(&engine, || {
+        for plugin in engine.plugins() {
+            if signals.received().is_some() {
+                break;
+            }
+            // A plugin that fails verification or start-up shows as Rejected/Failed with
+            // its reason in the snapshots; the others run.
+            let _ = engine.execute(Command::Start { plugin });
+        }
+    });
     if options.traffic.is_some() {
         engine.execute(Command::Traffic {
             rate: options.traffic,

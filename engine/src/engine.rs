@@ -311,6 +311,8 @@ pub(crate) struct Shared {
     /// Workers stopped or replaced so far: after each, the sampler gives the free pages
     /// their state left in the heap back to the kernel.
     pub workers_retired: AtomicU64,
+    /// Set once the engine shuts down: a worker's start no longer waits for it to be ready.
+    pub shutting_down: AtomicBool,
 }
 
 impl Shared {
@@ -500,6 +502,7 @@ impl Engine {
             persisted: Mutex::new(persisted),
             host: Mutex::new(HostSnapshot::default()),
             workers_retired: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
         });
         for name in stale {
             shared.event(
@@ -937,6 +940,19 @@ impl Engine {
                 .take(),
         );
         let plugins = self.shared.all_plugins();
+        // A start waiting for a slow `create` (up to its 10 s deadline) would hold its
+        // actor, and this, that long: it is cancelled (see `await_start`).
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        for plugin in &plugins {
+            if let Some(start) = plugin
+                .starting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+            {
+                start.cancel();
+            }
+        }
         // Ask every actor at once, so plugins stop in parallel, then wait for them all.
         let answers: Vec<_> = plugins
             .iter()

@@ -347,6 +347,9 @@ pub(crate) struct Plugin {
     events_unrecorded: AtomicU64,
     /// Emits refused for a chain too deep: how many, and when that was last said.
     pub deep_emits: Mutex<(u64, Option<Instant>)>,
+    /// The worker waiting to be ready, while a start or reload waits for it: what the
+    /// engine's shutdown cancels.
+    pub starting: Mutex<Option<crate::worker::StartCancel>>,
     /// Hooks emitted through the engine (granted ones).
     pub emitted: AtomicU64,
     pub actor: Mutex<Option<JoinHandle<()>>>,
@@ -385,6 +388,7 @@ impl Plugin {
             event_backlog: AtomicUsize::new(0),
             events_unrecorded: AtomicU64::new(0),
             deep_emits: Mutex::new((0, None)),
+            starting: Mutex::new(None),
             emitted: AtomicU64::new(0),
             actor: Mutex::new(None),
             toggle_order: Mutex::new(()),

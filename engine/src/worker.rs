@@ -488,6 +488,31 @@ pub struct LaunchedWorker {
     events: EventSink,
 }
 
+/// Ends a launched worker's wait for `Ready` from another thread (an engine shutting down
+/// does not wait out a slow `create`): its channel is shut down, so the wait fails at once
+/// and the worker, never ready, is killed as any failed start is. Does nothing once the
+/// start is over.
+#[derive(Debug, Clone)]
+pub struct StartCancel(std::sync::Weak<Channel>);
+
+impl StartCancel {
+    pub fn cancel(&self) {
+        if let Some(channel) = self.0.upgrade() {
+            let _ = nix::sys::socket::shutdown(
+                channel.as_fd().as_raw_fd(),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
+    }
+}
+
+impl LaunchedWorker {
+    /// A way to end [`LaunchedWorker::load`]'s wait from another thread.
+    pub fn start_cancel(&self) -> StartCancel {
+        StartCancel(Arc::downgrade(&self.channel))
+    }
+}
+
 impl std::fmt::Debug for LaunchedWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LaunchedWorker")

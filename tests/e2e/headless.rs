@@ -538,3 +538,70 @@ fn headless_runs_the_bundles_a_host_configuration_lists() {
     let last = snapshots.last().unwrap();
     assert_eq!(plugin(last, "hello")["state"], "stopped", "{last}");
 }
+
+/// SIGINT while plugins are still starting (here one whose `create` takes 9 s) stops the
+/// engine at once — its workers ended, its cgroups removed — instead of after every start.
+#[test]
+fn sigint_during_a_slow_start_stops_the_engine_at_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    for name in ["slowhook", "hello"] {
+        ok(&plugboard(&[
+            &"pack",
+            &repo_root().join(format!("plugins/{name}/plugin.toml")),
+            &"--library",
+            &plugin_library(name),
+            &"--out",
+            &dir.join(name),
+            &"--key",
+            &keys.private,
+        ]));
+    }
+    let host = temp.path().join("plugboard.toml");
+    std::fs::write(&host, "[plugins.slowhook.config]\ncreate_ms = 9000\n").unwrap();
+    let engine = spawn_headless(
+        &["--json", "--config", host.to_str().unwrap()],
+        &dir,
+        &keys.store,
+    );
+    let pid = engine.id();
+    // slowhook is being created once its worker sits in its cgroup.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !engine_scopes_in("memory", pid).iter().any(|scope| {
+        std::fs::read_dir(scope)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().contains("slowhook"))
+    }) {
+        assert!(Instant::now() < deadline, "slowhook never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = engine.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the engine took {took:?} to stop after SIGINT"
+    );
+    assert!(
+        engine_scopes_in("memory", pid).is_empty(),
+        "cgroups left behind"
+    );
+    // The final snapshot is still printed.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|line| line.contains("\"plugins\"")),
+        "{stdout}"
+    );
+}

@@ -642,6 +642,37 @@ fn launch_worker(
     )
 }
 
+/// Loads the plugin into its launched worker and waits until it is ready; cancellable by
+/// the engine's shutdown meanwhile.
+fn await_start(
+    shared: &Shared,
+    plugin: &Plugin,
+    launched: LaunchedWorker,
+) -> Result<crate::worker::Worker, String> {
+    let cancel = launched.start_cancel();
+    *plugin
+        .starting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(cancel.clone());
+    // Registered first, then the flag read: a shutdown either finds this start or is
+    // seen here.
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        cancel.cancel();
+    }
+    let loaded = launched.load();
+    plugin
+        .starting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    match loaded {
+        Err(_) if shared.shutting_down.load(Ordering::SeqCst) => {
+            Err("the engine shut down while it was being created".to_owned())
+        }
+        other => other.map_err(|err| err.to_string()),
+    }
+}
+
 /// Starts the plugin: in-process, or in a worker — `launched` if one was launched (or failed
 /// to) while the bundle was verified, a new one otherwise.
 fn spawn_worker(
@@ -690,7 +721,7 @@ fn spawn_worker(
             _ => launch_worker(shared, plugin, generation, manifest, library.fd(), config)
                 .unwrap_or_else(|| Err("an in-process plugin has no worker".to_owned()))?,
         };
-        let worker = launched.worker.load().map_err(|err| err.to_string())?;
+        let worker = await_start(shared, plugin, launched.worker)?;
         Runner::Worker(Arc::new(worker))
     };
     let timeouts = manifest
