@@ -52,6 +52,52 @@ const NOT_A_PACKAGE_NAME: &[&str] = &[
     "type", "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
 ];
 
+/// The package the new crate depends on: a crate of the same name would collide with it.
+const SDK_PACKAGE: &str = "plugboard-sdk";
+
+/// Names the generated code uses (the SDK's items it imports, the prelude's it calls): a
+/// plugin type of one of these names would shadow it and the crate would not build.
+const NAMES_THE_TEMPLATE_USES: &[&str] = &[
+    "Box",
+    "Config",
+    "Debug",
+    "Default",
+    "Err",
+    "Error",
+    "Host",
+    "None",
+    "Ok",
+    "Option",
+    "Plugin",
+    "Result",
+    "Some",
+    "String",
+    "TestPlugin",
+    "Vec",
+];
+
+/// The plugin's type: its name in CamelCase, made a Rust identifier that shadows nothing
+/// the generated code uses (`9lives` → `Plugin9lives`, `result` → `ResultPlugin`).
+fn type_name(name: &str) -> String {
+    let camel: String = name
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    if camel.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Plugin{camel}")
+    } else if NAMES_THE_TEMPLATE_USES.contains(&camel.as_str()) {
+        format!("{camel}Plugin")
+    } else {
+        camel
+    }
+}
+
 pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()> {
     if !valid_name(name) {
         bail!("plugin name {name:?} is invalid: expected 1 to 64 characters from a-z, 0-9 and '-'");
@@ -60,6 +106,11 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
     if !name.starts_with(|first: char| first.is_ascii_lowercase()) {
         bail!(
             "plugin name {name:?} cannot name the new crate: cargo needs a package name that starts with a letter (a-z)"
+        );
+    }
+    if name == SDK_PACKAGE {
+        bail!(
+            "plugin name {name:?} cannot name the new crate: it is the name of the SDK package the crate depends on"
         );
     }
     if NOT_A_PACKAGE_NAME.contains(&name) {
@@ -93,21 +144,7 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
         format!("{{ version = {testing_dependency}, features = [\"testing\"] }}")
     };
     let library = format!("lib{}.so", name.replace('-', "_"));
-    let type_name: String = name
-        .split('-')
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
-    let type_name = if type_name.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("Plugin{type_name}")
-    } else {
-        type_name
-    };
+    let type_name = type_name(name);
 
     let abi = plugboard_sdk::abi::ABI_VERSION.to_string();
     let substitutions = [
@@ -137,4 +174,25 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
         crate_dir.display()
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_name;
+
+    #[test]
+    fn the_type_name_is_camel_case_and_shadows_nothing_the_template_uses() {
+        assert_eq!(type_name("rate-limiter"), "RateLimiter");
+        assert_eq!(type_name("9lives"), "Plugin9lives");
+        for (name, expected) in [
+            ("plugin", "PluginPlugin"),
+            ("result", "ResultPlugin"),
+            ("config", "ConfigPlugin"),
+            ("ok", "OkPlugin"),
+            ("vec", "VecPlugin"),
+            ("test-plugin", "TestPluginPlugin"),
+        ] {
+            assert_eq!(type_name(name), expected);
+        }
+    }
 }

@@ -55,6 +55,12 @@ fn a_scaffolded_plugin_builds_tests_packs_signs_and_verifies() {
         &keys.store,
     ]));
     assert!(verified.contains("ok: rate-limiter 0.1.0"), "{verified}");
+
+    // Names whose type would shadow what the generated code uses build too.
+    for name in ["plugin", "result", "config"] {
+        ok(&plugboard(&[&"new", &name, &"--dir", &temp.path()]));
+        cargo(&["build", "--quiet"], &temp.path().join(name), &target);
+    }
 }
 
 #[test]
@@ -79,6 +85,13 @@ fn new_refuses_a_bad_name_and_an_existing_directory() {
     assert!(err.contains("starts with a letter"), "{err}");
     let err = fails(&plugboard(&[&"new", &"test", &"--dir", &temp.path()]));
     assert!(err.contains("refuses it as a package name"), "{err}");
+    let err = fails(&plugboard(&[
+        &"new",
+        &"plugboard-sdk",
+        &"--dir",
+        &temp.path(),
+    ]));
+    assert!(err.contains("the SDK package"), "{err}");
     assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0);
     std::fs::create_dir(temp.path().join("taken")).unwrap();
     let err = fails(&plugboard(&[&"new", &"taken", &"--dir", &temp.path()]));
