@@ -32,6 +32,7 @@ use crate::ipc::{
 use crate::sandbox::Mechanism;
 use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup, ThreadEntry};
 use crate::sandbox::landlock::{FsPolicy, PathVerdict};
+use crate::sandbox::process::ProcessHandle;
 use crate::sandbox::seccomp::{
     Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, capability_for,
     is_file_syscall,
@@ -412,6 +413,9 @@ pub struct Worker {
     pid: Pid,
     /// Pid 1 of the worker's pid namespace, which runs plugin code (host pid).
     sandbox_pid: u32,
+    /// Both processes, to kill by pidfd (see [`ProcessHandle`]).
+    process: Arc<ProcessHandle>,
+    sandbox_process: Option<ProcessHandle>,
     cgroup: Mutex<Option<PluginCgroup>>,
     cgroup_path: String,
     cgroup_dirs: Vec<PathBuf>,
@@ -481,6 +485,7 @@ pub struct LaunchedWorker {
     channel: Arc<Channel>,
     outputs: (OwnedFd, OwnedFd),
     sandbox_pid: u32,
+    sandbox_process: Option<ProcessHandle>,
     mechanisms: BTreeMap<Mechanism, MechanismState>,
     exited: Arc<AtomicBool>,
     listener_thread: Option<JoinHandle<()>>,
@@ -606,12 +611,18 @@ impl Worker {
         } else {
             None
         };
+        // Opened while the child is known alive (it has just reported from inside).
+        let sandbox_process = (sandbox_pid != 0)
+            .then(|| i32::try_from(sandbox_pid).ok())
+            .flatten()
+            .map(|pid| ProcessHandle::open(Pid::from_raw(pid)));
         Ok(LaunchedWorker {
             plugin,
             starting,
             channel,
             outputs: (stdout_read, stderr_read),
             sandbox_pid,
+            sandbox_process,
             mechanisms,
             exited,
             listener_thread,
@@ -757,16 +768,14 @@ impl Worker {
         // Only a worker not reaped yet is signalled by pid: once reaped (a crash, a stop),
         // its pids may be another process's. Whatever is left in its cgroup goes with the
         // cgroup below.
+        // (By pidfd, so that also holds between the reap and the exit status being set.)
         if self.exit_status().is_none() {
             // The sandboxed child first: killed after its parent, it would be an orphan
             // left for the host's init to reap.
-            if self.sandbox_pid != 0 {
-                let _ = kill(
-                    Pid::from_raw(i32::try_from(self.sandbox_pid).unwrap_or(0)),
-                    Signal::SIGKILL,
-                );
+            if let Some(sandbox) = &self.sandbox_process {
+                let _ = sandbox.kill();
             }
-            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = self.process.kill();
         }
         self.calls.mark_gone();
         let cgroup = self
@@ -856,6 +865,7 @@ impl LaunchedWorker {
             channel,
             outputs,
             sandbox_pid,
+            sandbox_process,
             mechanisms,
             exited,
             listener_thread,
@@ -871,8 +881,15 @@ impl LaunchedWorker {
         await_ready(&channel, &plugin, &events)?;
 
         let pid = starting.pid;
+        // Opened before the follower starts: until then nobody reaps the worker.
+        let process = Arc::new(ProcessHandle::open(pid));
         let exit_status = Arc::new(ExitWatch::default());
-        let calls = Arc::new(Calls::new(channel, pid, Arc::clone(&events), emit));
+        let calls = Arc::new(Calls::new(
+            channel,
+            Arc::clone(&process),
+            Arc::clone(&events),
+            emit,
+        ));
         let mut threads = start_threads(
             &plugin,
             pid,
@@ -892,6 +909,8 @@ impl LaunchedWorker {
             plugin,
             pid,
             sandbox_pid,
+            process,
+            sandbox_process,
             cgroup_path: cgroup
                 .as_ref()
                 .map(PluginCgroup::display_path)

@@ -175,6 +175,15 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
             line.contains("netprobe") && (line.contains("forbidden") || line.contains("connect"))
         })
     });
+    // The call's answer opens a dialog, which takes the next key: closed first, so the
+    // `q` below quits.
+    session.wait_for("the chaos reply", |contents| {
+        contents.contains("netprobe.chaos →")
+    });
+    session.press("\r");
+    session.wait_for("the reply closed", |contents| {
+        !contents.contains("netprobe.chaos →")
+    });
     let workers = children_of(pid);
     assert!(
         !workers.is_empty(),

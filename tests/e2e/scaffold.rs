@@ -56,11 +56,10 @@ fn a_scaffolded_plugin_builds_tests_packs_signs_and_verifies() {
     ]));
     assert!(verified.contains("ok: rate-limiter 0.1.0"), "{verified}");
 
-    // Names whose type would shadow what the generated code uses build too.
-    for name in ["plugin", "result", "config"] {
-        ok(&plugboard(&[&"new", &name, &"--dir", &temp.path()]));
-        cargo(&["build", "--quiet"], &temp.path().join(name), &target);
-    }
+    // A name whose type would shadow what the generated code uses builds too (the other
+    // such names: `new_plugin`'s unit test).
+    ok(&plugboard(&[&"new", &"plugin", &"--dir", &temp.path()]));
+    cargo(&["build", "--quiet"], &temp.path().join("plugin"), &target);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use caps::CapSet;
 use nix::mount::{MsFlags, mount};
@@ -73,6 +73,62 @@ pub fn open_pidfd(pid: Pid) -> std::io::Result<OwnedFd> {
     let raw = RawFd::try_from(raw).map_err(|_| std::io::Error::other("pidfd out of range"))?;
     // SAFETY: the kernel has just returned this descriptor to us, so nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A process the engine may kill: through a pidfd, so that once the process is reaped a
+/// kill reaches nothing — never another process that was given its pid since.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pid: Pid,
+    /// `None` on kernels without pidfds (before 5.3): then by pid, as before them.
+    pidfd: Option<OwnedFd>,
+}
+
+impl ProcessHandle {
+    /// Opens a handle on `pid`, which must not have been reaped yet: an unreaped child of
+    /// this process, or a process known to be alive.
+    pub fn open(pid: Pid) -> Self {
+        Self {
+            pid,
+            pidfd: open_pidfd(pid).ok(),
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Whether signals go through a pidfd (they do on Linux 5.3 and later).
+    pub fn has_pidfd(&self) -> bool {
+        self.pidfd.is_some()
+    }
+
+    /// Sends SIGKILL. Once the process has been reaped this fails with `ESRCH` and
+    /// reaches nothing (given a pidfd).
+    pub fn kill(&self) -> std::io::Result<()> {
+        match &self.pidfd {
+            Some(pidfd) => {
+                // SAFETY: pidfd_send_signal(2) takes a descriptor, a signal number, a null
+                // `siginfo_t` pointer (the kernel then fills the info in itself) and flags,
+                // all by value; it reads and writes none of this process's memory.
+                let sent = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                if sent < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            }
+            None => nix::sys::signal::kill(self.pid, Signal::SIGKILL).map_err(Into::into),
+        }
+    }
 }
 
 /// Makes the Unix socket `fd` refuse descriptors: from now on a peer's send with
@@ -375,4 +431,31 @@ pub fn drop_capabilities() -> Result<(), ConfineError> {
     caps::clear(None, CapSet::Effective).map_err(caps_error("capabilities: effective"))?;
     caps::clear(None, CapSet::Permitted).map_err(caps_error("capabilities: permitted"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_handle_kills_its_process_and_after_the_reap_reaches_nothing() {
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let pid = Pid::from_raw(i32::try_from(sleeper.id()).unwrap());
+        let handle = ProcessHandle::open(pid);
+        // This kernel has pidfds; without one a reaped pid could be another process's.
+        assert!(handle.has_pidfd());
+        handle.kill().expect("the process is alive");
+        let status = sleeper.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        // Reaped: the pidfd refers to that process, gone for good, whoever holds its
+        // pid by now.
+        let after = handle.kill().expect_err("the process is reaped");
+        assert_eq!(after.raw_os_error(), Some(libc::ESRCH));
+    }
 }

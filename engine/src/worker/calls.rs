@@ -41,9 +41,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
 #[cfg(test)]
 use super::Emits;
 use super::{
@@ -54,6 +51,7 @@ use crate::ipc::{
     CallRef, CallsRef, Channel, EngineMessage, IpcError, Outgoing, WorkerMessage, encode_frame,
 };
 use crate::job_threads::JobThreads;
+use crate::sandbox::process::ProcessHandle;
 
 /// Emits a worker may have waiting for an answer at once; more are refused at once, so a
 /// plugin (or a loop of plugins emitting to each other) cannot pile up engine threads.
@@ -125,7 +123,8 @@ pub(super) struct Calls {
     broke_protocol: AtomicBool,
     /// Counts requests, so the idle reader sees whether calls are still coming.
     activity: AtomicU64,
-    pid: Pid,
+    /// The worker process, killed by pidfd when it breaks the protocol.
+    process: Arc<ProcessHandle>,
     events: EventSink,
     emit: Option<EmitHandler>,
     /// Where admitted emits run ([`EMIT_THREADS`]; a test's own).
@@ -247,7 +246,7 @@ impl Batch {
 impl Calls {
     pub(super) fn new(
         channel: Arc<Channel>,
-        pid: Pid,
+        process: Arc<ProcessHandle>,
         events: EventSink,
         emit: Option<EmitHandler>,
     ) -> Self {
@@ -269,7 +268,7 @@ impl Calls {
             gone: AtomicBool::new(false),
             broke_protocol: AtomicBool::new(false),
             activity: AtomicU64::new(0),
-            pid,
+            process,
             events,
             emit,
             emit_threads: &EMIT_THREADS,
@@ -883,7 +882,9 @@ impl Calls {
         if let Some(reason) = violation {
             self.broke_protocol.store(true, Ordering::SeqCst);
             (self.events)(WorkerEvent::ProtocolViolation { reason });
-            let _ = kill(self.pid, Signal::SIGKILL);
+            // By pidfd: the follower may have reaped the worker already (it exited after
+            // queueing the bad frame), and its pid may be another process's by now.
+            let _ = self.process.kill();
         }
         self.mark_gone();
     }
@@ -1105,8 +1106,9 @@ mod tests {
                 .unwrap_or_else(PoisonError::into_inner)
                 .send(event);
         });
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        let mut calls = Calls::new(Arc::new(engine), pid, events_sink, emit);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let process = Arc::new(ProcessHandle::open(pid));
+        let mut calls = Calls::new(Arc::new(engine), process, events_sink, emit);
         calls.emit_threads = emit_threads;
         let calls = Arc::new(calls);
         let idle = Arc::clone(&calls);
