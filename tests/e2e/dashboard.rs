@@ -108,6 +108,33 @@ fn children_of(parent: u32) -> Vec<u32> {
     children
 }
 
+/// Chaos: the menu's first entry is netprobe, which connects over TCP without the network
+/// capability; the engine catches the syscall and the event log shows it. The call's
+/// answer opens a dialog, which takes the next key: it is closed here.
+fn set_off_netprobe(session: &mut Session) {
+    // (ctrl-u clears the filter being edited; an escape right before more keys would
+    // read as alt-<key>, as in any terminal.)
+    session.press("/\x15netprobe\r");
+    session.wait_for("the netprobe row", |contents| {
+        Session::row(contents, "netprobe").is_some_and(|row| row.contains("Verified"))
+    });
+    session.press("c");
+    session.wait_for("the chaos menu", |contents| contents.contains("▶ netprobe"));
+    session.press("\r");
+    session.wait_for("the violation in the event log", |contents| {
+        contents.lines().any(|line| {
+            line.contains("netprobe") && (line.contains("forbidden") || line.contains("connect"))
+        })
+    });
+    session.wait_for("the chaos reply", |contents| {
+        contents.contains("netprobe.chaos →")
+    });
+    session.press("\r");
+    session.wait_for("the reply closed", |contents| {
+        !contents.contains("netprobe.chaos →")
+    });
+}
+
 #[test]
 fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
@@ -159,31 +186,7 @@ fn demo_runs_in_a_real_terminal_and_leaves_nothing_behind() {
         Session::row(contents, "hello-c").is_some_and(|row| !row.contains("Running"))
     });
 
-    // Chaos: the menu's first entry is netprobe, which connects over TCP without the
-    // network capability; the engine catches the syscall and the event log shows it.
-    // (ctrl-u clears the filter being edited; an escape right before more keys would
-    // read as alt-<key>, as in any terminal.)
-    session.press("/\x15netprobe\r");
-    session.wait_for("the netprobe row", |contents| {
-        Session::row(contents, "netprobe").is_some_and(|row| row.contains("Verified"))
-    });
-    session.press("c");
-    session.wait_for("the chaos menu", |contents| contents.contains("▶ netprobe"));
-    session.press("\r");
-    session.wait_for("the violation in the event log", |contents| {
-        contents.lines().any(|line| {
-            line.contains("netprobe") && (line.contains("forbidden") || line.contains("connect"))
-        })
-    });
-    // The call's answer opens a dialog, which takes the next key: closed first, so the
-    // `q` below quits.
-    session.wait_for("the chaos reply", |contents| {
-        contents.contains("netprobe.chaos →")
-    });
-    session.press("\r");
-    session.wait_for("the reply closed", |contents| {
-        !contents.contains("netprobe.chaos →")
-    });
+    set_off_netprobe(&mut session);
     let workers = children_of(pid);
     assert!(
         !workers.is_empty(),
