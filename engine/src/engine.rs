@@ -381,9 +381,12 @@ impl Shared {
                     format!("log:{}", plugboard_sdk::LogLevel::from_code(level).name())
                 }
             };
+            // One line per line the plugin wrote or logged: a newline inside a message
+            // could otherwise start a line that passes for another plugin's.
             let line = format!(
-                "{} {plugin} {stream} {line}\n",
-                unix_millis(SystemTime::now())
+                "{} {plugin} {stream} {}\n",
+                unix_millis(SystemTime::now()),
+                crate::text::one_line(line)
             );
             let _ = log
                 .lock()

@@ -27,9 +27,37 @@ pub fn clipped(text: String, max: usize) -> String {
     }
 }
 
+/// `text` with its control characters written as escapes (`\n`, `\r`, `\t`, `\u{1b}`):
+/// one line of a line-based file, whatever a plugin put in it — a newline in a plugin's
+/// log message must not start a line that passes for another plugin's.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_escapes_control_characters_and_keeps_the_rest() {
+        assert_eq!(one_line("plain text, é ✓"), "plain text, é ✓");
+        assert_eq!(
+            one_line("a\n1700000000000 victim stderr forged\r\t\u{1b}[2J"),
+            "a\\n1700000000000 victim stderr forged\\r\\t\\u{1b}[2J"
+        );
+        assert!(!one_line("x\ny\u{85}z").contains(char::is_control));
+    }
 
     #[test]
     fn short_text_is_kept_and_long_text_is_cut_at_a_character_with_a_note() {

@@ -471,6 +471,45 @@ fn output_is_captured_with_streams_and_a_flood_is_rate_limited() {
     assert!(plugin(engine, "prober").recent_output.len() <= 20);
 }
 
+/// A plugin's log message is one line in the engine's log file, whatever it holds: a
+/// newline in it cannot start a line that passes for another plugin's.
+#[test]
+fn a_logged_newline_cannot_forge_a_line_of_the_engine_log() {
+    let log = tempfile::tempdir().unwrap();
+    let log_file = log.path().join("plugins.log");
+    let file = log_file.clone();
+    let fixture = engine_configured(&[("prober", "prober", same)], move |config| {
+        config.log_file = Some(file);
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let forged = "real\n1700000000000 victim stderr FORGED\r";
+    assert_eq!(call(engine, "prober", "log", forged).status, "ok");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if text.contains("real") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "not logged: {text:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("FORGED"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains(" prober log:info real\\n1700000000000 victim stderr FORGED\\r"),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|line| line.contains(" victim ") && !line.contains("prober"))
+    );
+}
+
 /// A plugin logging far past the rates (the worker's own for log lines, the engine's for
 /// what it keeps) has every line kept or counted: those its worker did not send are
 /// counted there and said, and the call that logged them is not slowed by it.

@@ -6,7 +6,8 @@
 //! and `read_file` (the path in the payload), `spawn` (runs `/bin/true`), `whoami`
 //! (uid, pid, hostname), `env` (the environment it was given), `interfaces` (network
 //! interfaces it can see), `sleep` (milliseconds in the payload), `crash` (aborts),
-//! `chatter` (prints and logs as many lines as the payload says), `newlines` (writes empty
+//! `chatter` (prints and logs as many lines as the payload says), `log` (logs the payload
+//! as it is, newlines included), `newlines` (writes empty
 //! lines to stdout, 64 KiB per write, for the milliseconds in the payload), `sockets`
 //! (opens sockets, for the milliseconds in the payload, as fast as it can), `emit` (emits the hook
 //! named in the payload through the host), `relay.a` / `relay.b` (each emits the other,
@@ -197,6 +198,11 @@ impl Plugin for Prober {
                     self.host.info(&format!("log line {line}"));
                 }
                 format!("wrote {lines} lines").into_bytes()
+            }
+            // Logs the payload as it is (newlines and all) through the host API.
+            "log" => {
+                self.host.info(&String::from_utf8_lossy(payload));
+                b"logged".to_vec()
             }
             "newlines" => flood_newlines(payload)?,
             "sockets" => flood_sockets(payload)?,
