@@ -524,8 +524,16 @@ impl Engine {
         engine.discover()?;
         engine.watch();
         // A bundle that arrived between the first listing and the watcher's own is in
-        // neither the engine nor the watcher's events: a second look registers it.
-        engine.discover()?;
+        // neither the engine nor the watcher's events: a second look registers it. (What
+        // went away meanwhile is the watcher's to report, not a reason not to start.)
+        if let Err(err) = engine.discover() {
+            engine.shared.event(
+                None,
+                EventKind::Engine {
+                    message: format!("discovery at start: {err}"),
+                },
+            );
+        }
         Ok(engine)
     }
 
@@ -574,31 +582,42 @@ impl Engine {
             .collect()
     }
 
-    /// Registers bundle directories not known yet: those in the plugin directories and the
-    /// single bundles of the configuration.
+    /// Registers bundle directories not known yet: those in the plugin directories (but
+    /// hidden ones: a deploy's temporary copy, `.hello.tmp`, is not a plugin) and the single
+    /// bundles of the configuration. A plugin directory that cannot be read or a single
+    /// bundle that is gone does not keep the others from being registered; the first such
+    /// problem is the error.
     fn discover(&self) -> Result<(), EngineError> {
         let mut found = Vec::new();
+        let mut problem = None;
         for dir in &self.shared.config.plugin_dirs {
-            let entries = std::fs::read_dir(dir).map_err(|err| EngineError::PluginDir {
-                dir: dir.clone(),
-                reason: err.to_string(),
-            })?;
+            let entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(err) => {
+                    problem.get_or_insert(EngineError::PluginDir {
+                        dir: dir.clone(),
+                        reason: err.to_string(),
+                    });
+                    continue;
+                }
+            };
             let mut bundles: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|entry| entry.path())
-                .filter(|path| path.join(MANIFEST_FILE).is_file())
+                .filter(|path| !is_hidden(path) && path.join(MANIFEST_FILE).is_file())
                 .collect();
             bundles.sort();
             found.extend(bundles);
         }
         for bundle in &self.shared.config.bundles {
-            if !bundle.join(MANIFEST_FILE).is_file() {
-                return Err(EngineError::PluginDir {
+            if bundle.join(MANIFEST_FILE).is_file() {
+                found.push(bundle.clone());
+            } else {
+                problem.get_or_insert(EngineError::PluginDir {
                     dir: bundle.clone(),
                     reason: format!("not a bundle directory: it has no {MANIFEST_FILE}"),
                 });
             }
-            found.push(bundle.clone());
         }
         // Registered ones are skipped before their manifests are read again.
         {
@@ -622,7 +641,7 @@ impl Engine {
         for bundle in &found {
             add_bundle(&self.shared, bundle);
         }
-        Ok(())
+        problem.map_or(Ok(()), Err)
     }
 
     /// Carries out one command. Blocks until it is done: a front end that must stay
@@ -1003,6 +1022,13 @@ fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
         .into_iter()
         .find(|plugin| plugin.dir == dir);
     let message = match (change, &known) {
+        // A hidden directory (a deploy's temporary copy) is no bundle of its own: it
+        // becomes one when renamed into place.
+        (BundleChange::Added(_), None)
+            if is_hidden(dir) && !shared.config.bundles.iter().any(|single| single == dir) =>
+        {
+            return;
+        }
         (BundleChange::Added(_), None) => {
             add_bundle(shared, dir);
             return;
@@ -1018,6 +1044,12 @@ fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
 
 /// Registers a bundle directory (named after its directory until its manifest is read),
 /// with the host's and the operator's toggles applied, and starts its actor.
+/// A directory whose name begins with `.`: never discovered as a bundle.
+fn is_hidden(dir: &Path) -> bool {
+    dir.file_name()
+        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+}
+
 /// The plugin name a bundle's manifest gives, if it reads.
 fn bundle_name(dir: &Path, limits: &HostLimits) -> Option<String> {
     Manifest::load(dir, limits)

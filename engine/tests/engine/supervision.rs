@@ -1671,3 +1671,59 @@ fn a_plugin_disabled_while_quarantined_stays_disabled_across_an_engine_restart()
     });
     assert!(started.is_err(), "{started:?}");
 }
+
+/// A configured single bundle gone from disk does not keep discovery from registering a
+/// new bundle in a plugin directory; the missing one is still named in the error.
+#[test]
+fn a_removed_single_bundle_does_not_stop_discovery_of_new_bundles() {
+    let temp = tempfile::tempdir().unwrap();
+    let signer = crate::support::Signer::new(temp.path());
+    let plugins = temp.path().join("plugins");
+    let single = temp.path().join("single");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&single).unwrap();
+    add_bundle(&single, &signer, "hello", "hello", same);
+    let mut config = plugboard_engine::EngineConfig::new(crate::worker::host_binary());
+    config.plugin_dirs = vec![plugins.clone()];
+    config.bundles = vec![single.join("hello")];
+    config.trust_store = Some(signer.store_dir.clone());
+    config.watch.enabled = false;
+    let engine = plugboard_engine::Engine::start(config).expect("engine starts");
+    std::fs::remove_dir_all(single.join("hello")).unwrap();
+    add_bundle(&plugins, &signer, "counter", "counter", same);
+    let discovered = engine.execute(Command::Discover);
+    let err = discovered
+        .expect_err("the single bundle is gone")
+        .to_string();
+    assert!(
+        err.contains("single/hello") && err.contains("no plugin.toml"),
+        "{err}"
+    );
+    assert!(engine.plugins().iter().any(|name| name == "counter"));
+}
+
+/// A deploy that copies a bundle to a hidden directory and renames it into place: the
+/// temporary copy is never taken for a plugin, so the bundle in the directory of its name
+/// gets the name and starts.
+#[test]
+fn a_bundle_in_a_hidden_directory_is_not_discovered() {
+    let fixture = engine_configured(&[("counter", "counter", same)], |_| {});
+    let engine = &fixture.engine;
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        ".hello.tmp",
+        same,
+    );
+    engine.execute(Command::Discover).expect("discovers");
+    assert!(!engine.plugins().iter().any(|name| name.contains("hello")));
+    std::fs::rename(
+        fixture.plugins.join(".hello.tmp"),
+        fixture.plugins.join("hello"),
+    )
+    .unwrap();
+    engine.execute(Command::Discover).expect("discovers");
+    start(engine, "hello");
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+}
