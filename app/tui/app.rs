@@ -1081,7 +1081,7 @@ impl App {
                 } else {
                     (at + panes.len() - 1) % panes.len()
                 };
-                self.focus = panes[next];
+                self.set_focus(panes[next]);
             }
             Action::Up => self.move_cursor(-1),
             Action::Down => self.move_cursor(1),
@@ -1257,13 +1257,28 @@ impl App {
         }
     }
 
+    /// Moves the focus to `pane`. A log (events, output) that loses it goes back to its
+    /// newest line: scrolled back and unfocused, it would hide what arrives, with no
+    /// highlighted row to say where it stands.
+    fn set_focus(&mut self, pane: Pane) {
+        if self.focus != pane {
+            match self.focus {
+                Pane::Events => self.event_cursor = 0,
+                Pane::PluginEvents => self.plugin_event_cursor = 0,
+                Pane::Log => self.log_cursor = 0,
+                Pane::Plugins | Pane::Hooks | Pane::Info => {}
+            }
+        }
+        self.focus = pane;
+    }
+
     fn open_detail(&mut self) {
         if self.selected().is_none() {
             self.warn("no plugin selected");
             return;
         }
         self.screen = Screen::Detail;
-        self.focus = Pane::Hooks;
+        self.set_focus(Pane::Hooks);
         self.selected_hook = self.visible_hooks().first().cloned();
         self.log_cursor = 0;
         self.plugin_event_cursor = 0;
@@ -1273,7 +1288,7 @@ impl App {
         match self.screen {
             Screen::Detail => {
                 self.screen = Screen::Main;
-                self.focus = Pane::Plugins;
+                self.set_focus(Pane::Plugins);
             }
             Screen::Main => {
                 if self.paused.is_some() {
@@ -1311,14 +1326,14 @@ impl App {
                         } else {
                             Sort::by(*column)
                         };
-                        self.focus = Pane::Plugins;
+                        self.set_focus(Pane::Plugins);
                         return Vec::new();
                     }
                 }
                 if let Some((pane, _)) =
                     self.layout.panes.iter().find(|(_, area)| area.contains(at))
                 {
-                    self.focus = *pane;
+                    self.set_focus(*pane);
                 }
                 let hit = self
                     .layout
@@ -1334,7 +1349,7 @@ impl App {
                 if let Some((pane, _)) =
                     self.layout.panes.iter().find(|(_, area)| area.contains(at))
                 {
-                    self.focus = *pane;
+                    self.set_focus(*pane);
                     self.move_cursor(if mouse.kind == MouseEventKind::ScrollDown {
                         1
                     } else {

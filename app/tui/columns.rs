@@ -85,23 +85,24 @@ impl Column {
         }
     }
 
-    /// Width in cells (the name column takes what is left, at least this much).
+    /// Width in cells (the name column takes what is left, at least this much): room for
+    /// the title and the sort arrow beside it, and for every value (`☒ Quarantined`).
     #[allow(clippy::match_same_arms)] // one width per column reads best
     pub fn width(self) -> u16 {
         match self {
             Column::Name => 12,
             Column::Version => 8,
-            Column::State => 12,
+            Column::State => 13,
             Column::Health => 7,
             // All eight badges: `uid ns cg rl nnp cap ll sc`.
             Column::Isolation => 26,
             Column::Trust => 16,
             Column::Cpu => 5,
             Column::Memory => 12,
-            Column::HooksPerSec => 7,
-            Column::P99 => 8,
+            Column::HooksPerSec => 8,
+            Column::P99 => 7,
             Column::Errors => 5,
-            Column::Violations => 4,
+            Column::Violations => 5,
         }
     }
 
@@ -252,7 +253,8 @@ impl Column {
         let mut used = 0u16;
         let mut kept = Vec::new();
         for column in by_importance {
-            let needed = column.width() + 1;
+            // One cell between columns: none before the first.
+            let needed = column.width() + u16::from(!kept.is_empty());
             let essential = matches!(column, Column::Name | Column::State);
             if essential || used + needed <= width {
                 used += needed;

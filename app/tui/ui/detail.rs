@@ -172,7 +172,8 @@ fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
 
 #[allow(clippy::too_many_lines)] // one line per fact, in reading order
 fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
-    let label = |text: &'static str| Span::styled(format!("{text:<9}"), theme.muted());
+    // At least one space after the longest label (`last exit`).
+    let label = |text: &'static str| Span::styled(format!("{text:<9} "), theme.muted());
     let trust = &plugin.trust;
     let supervision = &plugin.supervision;
     let mut lines = vec![
@@ -287,7 +288,8 @@ const CHART_SAMPLES: usize = 16;
 /// threads and descriptors — `–` until the engine has sampled the worker.
 fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
     let theme = &app.theme;
-    let label = |text: &'static str| Span::styled(format!("{text:<9}"), theme.muted());
+    // At least one space after the longest label (`last exit`).
+    let label = |text: &'static str| Span::styled(format!("{text:<9} "), theme.muted());
     let Some(now) = &plugin.resources else {
         return vec![Line::from(vec![
             label("cpu/mem"),

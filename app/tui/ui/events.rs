@@ -51,6 +51,10 @@ pub fn draw(
     if !filter.is_empty() {
         title.push(Span::styled(format!(" /{filter}"), theme.accent()));
     }
+    // Scrolled back, the newest events are off the top: say how many.
+    if focused && cursor > 0 {
+        title.push(Span::styled(format!(" · {cursor} newer ↑"), theme.accent()));
+    }
     let block = pane_block(title, focused, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);

@@ -787,7 +787,7 @@ fn the_detail_view_shows_hooks_slowest_first_grants_trust_and_log() {
         text.contains("▄ 12.0/32.0MiB"),
         "memory against its limit: {text}"
     );
-    assert!(text.contains("pids     3/8  threads 3  fds 5"), "{text}");
+    assert!(text.contains("pids      3/8  threads 3  fds 5"), "{text}");
 
     // e on the selected hook disables it.
     assert_eq!(
@@ -1128,7 +1128,8 @@ fn narrow_tables_keep_the_most_telling_columns() {
     }
     let at_40 = Column::fitting(38);
     assert_eq!(at_40[..2], [Column::Name, Column::State]);
-    assert!(at_40.iter().map(|column| column.width() + 1).sum::<u16>() <= 38 || at_40.len() == 2);
+    let used = at_40.iter().map(|column| column.width() + 1).sum::<u16>() - 1;
+    assert!(used <= 38 || at_40.len() == 2, "{at_40:?}");
     assert_eq!(Column::fitting(400), Column::ALL.to_vec());
 }
 
@@ -1383,4 +1384,62 @@ fn the_event_cursor_stays_on_its_event() {
         2,
         "what came in while paused shows above the cursor"
     );
+}
+
+#[test]
+fn an_event_log_left_scrolled_back_follows_the_newest_again() {
+    let mut app = app();
+    app.focus = Pane::Events;
+    press(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.event_cursor, 1);
+    // Scrolled back and focused, the title says the newest are above.
+    let screen = render(&mut app, 120, 40).join("\n");
+    assert!(screen.contains("1 newer ↑"), "{screen}");
+    // Leaving the pane: back to the newest, which then stays in view as events arrive.
+    press(&mut app, KeyCode::Tab);
+    assert_ne!(app.focus, Pane::Events);
+    assert_eq!(app.event_cursor, 0);
+    app.on_engine_event(event(
+        9,
+        Some("hello"),
+        json!({"kind": "engine", "message": "the newest event"}),
+    ));
+    assert_eq!(app.event_cursor, 0);
+    let screen = render(&mut app, 120, 40).join("\n");
+    assert!(screen.contains("the newest event"), "{screen}");
+}
+
+#[test]
+fn every_column_has_room_for_its_title_with_the_sort_arrow_and_for_every_state() {
+    use plugboard_engine::PluginState as S;
+    for column in crate::tui::columns::Column::ALL {
+        let title = column.title().chars().count() + 1;
+        assert!(
+            usize::from(column.width()) >= title,
+            "{} is {} wide",
+            column.title(),
+            column.width()
+        );
+    }
+    let state_width = usize::from(crate::tui::columns::Column::State.width());
+    for state in [
+        S::Discovered,
+        S::Verified,
+        S::Rejected,
+        S::Starting,
+        S::Running,
+        S::Degraded,
+        S::Reloading,
+        S::Stopping,
+        S::Stopped,
+        S::Failed,
+        S::BackingOff,
+        S::Disabled,
+        S::Quarantined,
+        S::Unloaded,
+    ] {
+        let look = crate::tui::columns::state_look(state);
+        let shown = look.symbol.chars().count() + 1 + look.label.chars().count();
+        assert!(shown <= state_width, "{} does not fit", look.label);
+    }
 }
