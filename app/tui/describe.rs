@@ -344,7 +344,11 @@ pub fn matches_filter(event: &Event, filter: &str) -> bool {
         if let Some(kind) = word.strip_prefix("kind:") {
             described.kind.starts_with(kind) || (kind.starts_with("viol") && described.violation)
         } else if let Some(name) = word.strip_prefix("plugin:") {
-            plugin.starts_with(name)
+            // That plugin (`hello` is not `hello-c`); `hello*` for every name so begun.
+            match name.strip_suffix('*') {
+                Some(prefix) => plugin.starts_with(prefix),
+                None => plugin == name,
+            }
         } else {
             plugin.contains(&word) || described.kind.contains(&word) || text.contains(&word)
         }
@@ -364,6 +368,18 @@ mod tests {
             plugin: Some("netprobe".to_owned()),
             kind,
         }
+    }
+
+    #[test]
+    fn plugin_in_a_filter_is_that_plugin_and_a_star_takes_a_prefix() {
+        let mut of_hello_c = event(EventKind::Engine {
+            message: "x".to_owned(),
+        });
+        of_hello_c.plugin = Some("hello-c".to_owned());
+        assert!(!matches_filter(&of_hello_c, "plugin:hello"));
+        assert!(matches_filter(&of_hello_c, "plugin:hello-c"));
+        assert!(matches_filter(&of_hello_c, "plugin:hello*"));
+        assert!(matches_filter(&of_hello_c, "kind:engine plugin:HELLO-C"));
     }
 
     #[test]

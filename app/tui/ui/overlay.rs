@@ -164,7 +164,7 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) -> u16 {
         theme.text(),
     ));
     right.push(Line::styled(
-        " events: kind:crashed plugin:hello",
+        " events: kind:crash kind:viol plugin:hello",
         theme.text(),
     ));
     right.push(Line::raw(""));
