@@ -191,6 +191,15 @@ pub struct ScreenLayout {
     pub compact: bool,
 }
 
+/// One entry of the chaos menu: a plugin, what its `chaos` hook does, and the payload
+/// it is set off with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChaosAct {
+    pub plugin: String,
+    pub what: String,
+    pub payload: Vec<u8>,
+}
+
 /// The whole dashboard state.
 #[derive(Debug)]
 pub struct App {
@@ -237,8 +246,8 @@ pub struct App {
     /// The engine's ring of resource samples of the plugin in the detail view (oldest
     /// first), for its charts.
     pub resource_history: Option<(String, Vec<ResourceSample>)>,
-    /// Plugins the chaos menu offers: name and what its `chaos` hook does.
-    pub chaos: Vec<(String, String)>,
+    /// Plugins the chaos menu offers.
+    pub chaos: Vec<ChaosAct>,
     /// A job to run when another one ends: (first, next, whether next runs even when
     /// first failed).
     chained: Vec<(Job, Job, bool)>,
@@ -713,15 +722,16 @@ impl App {
                 self.overlay = Some(Overlay::Chaos((at + 1).min(count.saturating_sub(1))));
             }
             (_, KeyCode::Enter) => {
-                let Some((plugin, _)) = self.chaos.get(at).cloned() else {
+                let Some(act) = self.chaos.get(at).cloned() else {
                     return Vec::new();
                 };
+                let plugin = act.plugin;
                 let call = Job {
                     label: format!("chaos {plugin}"),
                     command: Command::Call {
                         plugin: plugin.clone(),
                         hook: "chaos".to_owned(),
-                        payload: Vec::new(),
+                        payload: act.payload,
                     },
                 };
                 // Then keep the traffic generator off its chaos hook: one chosen act, not
@@ -734,20 +744,38 @@ impl App {
                     },
                 };
                 self.chained.push((call.clone(), quiet, true));
-                let running = self
+                let shown = self
                     .snapshot()
-                    .and_then(|snapshot| snapshot.plugins.iter().find(|p| p.name == plugin))
-                    .is_some_and(|p| p.state == plugboard_engine::PluginState::Running);
-                if running {
-                    return vec![Effect::Run(call)];
+                    .and_then(|snapshot| snapshot.plugins.iter().find(|p| p.name == plugin));
+                let running =
+                    shown.is_some_and(|p| p.state == plugboard_engine::PluginState::Running);
+                // Set off before, its chaos hook was turned off after: on for this call.
+                let hook_off =
+                    shown.is_some_and(|p| p.disabled_hooks.iter().any(|hook| hook == "chaos"));
+                let mut first = call;
+                if !running {
+                    // Not running: start it, then set it off.
+                    let start = Job {
+                        label: format!("start {plugin} for chaos"),
+                        command: Command::Start {
+                            plugin: plugin.clone(),
+                        },
+                    };
+                    self.chained.push((start.clone(), first, false));
+                    first = start;
                 }
-                // Not running: start it, then set it off.
-                let start = Job {
-                    label: format!("start {plugin} for chaos"),
-                    command: Command::Start { plugin },
-                };
-                self.chained.push((start.clone(), call, false));
-                return vec![Effect::Run(start)];
+                if hook_off {
+                    let enable = Job {
+                        label: format!("enable hook {plugin}.chaos"),
+                        command: Command::EnableHook {
+                            plugin,
+                            hook: "chaos".to_owned(),
+                        },
+                    };
+                    self.chained.push((enable.clone(), first, false));
+                    first = enable;
+                }
+                return vec![Effect::Run(first)];
             }
             (Some(Action::Back | Action::Quit | Action::Chaos), _) | (_, KeyCode::Esc) => {}
             _ => self.overlay = Some(Overlay::Chaos(at)),

@@ -9,13 +9,13 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::EngineConfig;
 use plugboard_engine::bundle::Bundle;
 use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore};
+use plugboard_engine::{Command, EngineConfig};
 
 use super::ViewOptions;
-use super::app::{App, Status};
+use super::app::{App, ChaosAct, Status};
 use super::event_loop::{self, Startup};
 use super::theme::Role;
 
@@ -24,8 +24,9 @@ use super::theme::Role;
 enum Part {
     /// Well-behaved: started, under traffic.
     Run,
-    /// Misbehaving on request: verified, offered by the chaos menu.
-    Chaos(&'static str),
+    /// Misbehaving on request: verified, offered by the chaos menu (what it does, and the
+    /// payload its `chaos` hook gets).
+    Chaos(&'static str, &'static str),
     /// Misbehaving examples without a chaos hook: verified, for the user to start.
     Load,
 }
@@ -56,41 +57,53 @@ const EXAMPLES: [Example; 16] = [
     example!("prober", Part::Load),
     example!(
         "netprobe",
-        Part::Chaos("connects over TCP without the network capability (seccomp)")
+        Part::Chaos(
+            "connects over TCP without the network capability (seccomp)",
+            ""
+        )
     ),
     example!(
         "memhog",
-        Part::Chaos("allocates until its cgroup's memory limit OOM-kills it")
+        Part::Chaos("allocates until its cgroup's memory limit OOM-kills it", "")
     ),
     example!(
         "cpuspin",
-        Part::Chaos("busy-loops on several threads, far past its CPU quota")
+        Part::Chaos(
+            "busy-loops on several threads for 8 s, far past its CPU quota",
+            "8000"
+        )
     ),
     example!(
         "forkbomb",
-        Part::Chaos("starts processes in a loop (seccomp refuses spawning)")
+        Part::Chaos("starts processes in a loop (seccomp refuses spawning)", "")
     ),
-    example!("fdleak", Part::Chaos("opens files until EMFILE")),
+    example!("fdleak", Part::Chaos("opens files until EMFILE", "")),
     example!(
         "crasher",
-        Part::Chaos("writes through a bad pointer: SIGSEGV, then restarts")
+        Part::Chaos("writes through a bad pointer: SIGSEGV, then restarts", "")
     ),
-    example!("slowhook", Part::Chaos("sleeps far past its hook timeout")),
+    example!(
+        "slowhook",
+        Part::Chaos("sleeps far past its hook timeout", "")
+    ),
     example!(
         "fswriter",
-        Part::Chaos("writes outside its fs_write grant (Landlock)")
+        Part::Chaos("writes outside its fs_write grant (Landlock)", "")
     ),
     example!(
         "panicker",
-        Part::Chaos("panics in a hook (an error reply; the worker lives)")
+        Part::Chaos("panics in a hook (an error reply; the worker lives)", "")
     ),
     example!(
         "flaky",
-        Part::Chaos("its health checks start failing at random")
+        Part::Chaos(
+            "its health checks start failing at random (`steady` would heal it: off)",
+            ""
+        )
     ),
     example!(
         "badproto",
-        Part::Chaos("writes garbage frames onto its IPC socket")
+        Part::Chaos("writes garbage frames onto its IPC socket", "")
     ),
 ];
 
@@ -122,6 +135,14 @@ pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
     config.audit_file = Some(work.path().join("audit.jsonl"));
     config.state_file = Some(work.path().join("state.json"));
     let engine = plugboard_engine::Engine::start(config).context("the engine cannot start")?;
+    // The traffic generator calls every hook of a running plugin: flaky's `steady` would
+    // heal it within a second of its chaos. Off, so the health checks' failure shows.
+    engine
+        .execute(Command::DisableHook {
+            plugin: "flaky".to_owned(),
+            hook: "steady".to_owned(),
+        })
+        .context("cannot turn flaky's steady hook off")?;
 
     app.traffic_rate = DEMO_TRAFFIC;
     app.status = Some(Status {
@@ -135,7 +156,11 @@ pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
     app.chaos = EXAMPLES
         .iter()
         .filter_map(|example| match example.part {
-            Part::Chaos(what) => Some((example.name.to_owned(), what.to_owned())),
+            Part::Chaos(what, payload) => Some(ChaosAct {
+                plugin: example.name.to_owned(),
+                what: what.to_owned(),
+                payload: payload.as_bytes().to_vec(),
+            }),
             Part::Run | Part::Load => None,
         })
         .collect();

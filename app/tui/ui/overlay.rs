@@ -75,10 +75,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
             let name_width = app
                 .chaos
                 .iter()
-                .map(|(name, _)| name.len())
+                .map(|act| act.plugin.len())
                 .max()
                 .unwrap_or(8);
-            for (at, (name, what)) in app.chaos.iter().enumerate() {
+            for (at, act) in app.chaos.iter().enumerate() {
+                let (name, what) = (&act.plugin, &act.what);
                 let style = if at == *selected {
                     theme.selection()
                 } else {

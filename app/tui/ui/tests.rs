@@ -1041,9 +1041,14 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
             .text
             .contains("no misbehaving plugins")
     );
+    let act = |plugin: &str, what: &str| crate::tui::app::ChaosAct {
+        plugin: plugin.to_owned(),
+        what: what.to_owned(),
+        payload: Vec::new(),
+    };
     app.chaos = vec![
-        ("dependent".to_owned(), "does something bad".to_owned()),
-        ("hello".to_owned(), "greets too loudly".to_owned()),
+        act("dependent", "does something bad"),
+        act("hello", "greets too loudly"),
     ];
     let footer = render(&mut app, 80, 24)[23].clone();
     assert!(
@@ -1100,7 +1105,7 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
         "{effects:?}"
     );
     // A failed start sets nothing off.
-    app.chaos = vec![("broken".to_owned(), "x".to_owned())];
+    app.chaos = vec![act("broken", "x")];
     press(&mut app, KeyCode::Char('c'));
     let effects = press(&mut app, KeyCode::Enter);
     let [Effect::Run(start)] = effects.as_slice() else {
@@ -1111,6 +1116,42 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
         dependents: Vec::new(),
     };
     assert!(app.on_job_done(3, start, Err(refused)).is_empty());
+}
+
+#[test]
+fn the_chaos_menu_turns_a_chaos_hook_turned_off_before_on_again_for_one_call() {
+    let mut app = app();
+    app.chaos = vec![crate::tui::app::ChaosAct {
+        plugin: "hello".to_owned(),
+        what: "greets too loudly".to_owned(),
+        payload: b"8000".to_vec(),
+    }];
+    // Set off again once its chaos hook was turned off: on first, then the call.
+    {
+        let mut snapshot = (**app.history.back().unwrap()).clone();
+        let hello = snapshot
+            .plugins
+            .iter_mut()
+            .find(|plugin| plugin.name == "hello")
+            .unwrap();
+        hello.disabled_hooks = vec!["chaos".to_owned()];
+        app.history.push_back(std::sync::Arc::new(snapshot));
+    }
+    press(&mut app, KeyCode::Char('c'));
+    let effects = press(&mut app, KeyCode::Enter);
+    let enable = Job {
+        label: "enable hook hello.chaos".to_owned(),
+        command: Command::EnableHook {
+            plugin: "hello".to_owned(),
+            hook: "chaos".to_owned(),
+        },
+    };
+    assert_eq!(effects, [Effect::Run(enable.clone())]);
+    let effects = app.on_job_done(1, &enable, Ok(Outcome::Done));
+    assert!(
+        matches!(&effects[..], [Effect::Run(Job { command: Command::Call { plugin, hook, payload }, .. })] if plugin == "hello" && hook == "chaos" && payload == b"8000"),
+        "{effects:?}"
+    );
 }
 
 #[test]
