@@ -120,6 +120,12 @@ pub enum Overlay {
     Confirm(Confirm),
     Prompt(Prompt),
     Reply(CallReport),
+    /// A text in full (an event, a log line, why a plugin is where it is), which a pane's
+    /// row shows cut: a title and its lines, wrapped to the screen.
+    Text {
+        title: String,
+        lines: Vec<String>,
+    },
 }
 
 /// The status line: the last result or refusal.
@@ -692,8 +698,8 @@ impl App {
                 self.overlay = scroll.map(Overlay::Help);
                 Vec::new()
             }
-            // Any key closes a reply, and does nothing else.
-            Overlay::Reply(_) => Vec::new(),
+            // Any key closes a reply or a text, and does nothing else.
+            Overlay::Reply(_) | Overlay::Text { .. } => Vec::new(),
             // Only `y` says yes: a dialog appears when the engine answers, and an Enter
             // meant to open a plugin's details must not confirm a forced stop.
             Overlay::Confirm(confirm) => match key.code {
@@ -1281,7 +1287,76 @@ impl App {
                     self.open_detail();
                 }
             }
-            (Screen::Detail, _) => {}
+            (Screen::Detail, pane) => {
+                if let Some((title, lines)) = self.full_text(pane) {
+                    self.show(Overlay::Text { title, lines });
+                }
+            }
+        }
+    }
+
+    /// What the detail view's `pane` shows cut, in full: the selected event (with its
+    /// facts) or log line; on the other panes, why the plugin is where it is.
+    fn full_text(&self, pane: Pane) -> Option<(String, Vec<String>)> {
+        let plugin = self.selected()?;
+        match pane {
+            Pane::PluginEvents => {
+                let event = *self
+                    .visible_events(Some(&plugin.name))
+                    .get(self.plugin_event_cursor)?;
+                let described = describe::describe(event);
+                let mut lines = vec![
+                    format!(
+                        "{} {} {}",
+                        crate::tui::format::clock(event.at_ms),
+                        event.plugin.as_deref().unwrap_or("engine"),
+                        described.kind
+                    ),
+                    String::new(),
+                    described.text,
+                ];
+                if let plugboard_engine::EventKind::Violation { violation } = &event.kind {
+                    lines.push(String::new());
+                    lines.push(format!(
+                        "caught by {}, action {}",
+                        violation.mechanism,
+                        serde_json::to_value(violation.action)
+                            .ok()
+                            .and_then(|action| action.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ));
+                    lines.extend(
+                        violation
+                            .facts
+                            .iter()
+                            .map(|(fact, value)| format!("{fact} = {value}")),
+                    );
+                }
+                Some(("Event".to_owned(), lines))
+            }
+            Pane::Log => {
+                let line = *self.visible_log().get(self.log_cursor)?;
+                Some((
+                    format!("{} {}", plugin.name, crate::tui::format::clock(line.at_ms)),
+                    vec![line.line.clone()],
+                ))
+            }
+            Pane::Hooks | Pane::Info | Pane::Plugins | Pane::Events => {
+                let mut lines = vec![format!("{} is {}", plugin.name, plugin.state.as_str())];
+                if let Some(reason) = &plugin.reason {
+                    lines.push(String::new());
+                    lines.push(reason.clone());
+                }
+                if let Some(exit) = plugin.last_exit {
+                    lines.push(String::new());
+                    lines.push(format!("its last worker ended: {exit}"));
+                }
+                if let Some(health) = &plugin.health_detail {
+                    lines.push(String::new());
+                    lines.push(format!("last failed health check: {health}"));
+                }
+                (lines.len() > 1).then(|| ("Why".to_owned(), lines))
+            }
         }
     }
 

@@ -207,7 +207,7 @@ impl Action {
             Action::Bottom => "go to the last row",
             Action::HistoryBack => "while paused: an older snapshot",
             Action::HistoryForward => "while paused: a newer snapshot",
-            Action::Open => "open the selected plugin's details",
+            Action::Open => "details (there: the row in full)",
             Action::Back => "back, close, cancel",
             Action::NextTheme => "switch to the next theme",
         }

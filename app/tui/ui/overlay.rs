@@ -65,6 +65,16 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
             lines.push(Line::styled("enter / esc: close", theme.muted()));
             draw_box(frame, area, app, "Reply", lines);
         }
+        Some(Overlay::Text { title, lines }) => {
+            let theme = &app.theme;
+            let mut shown: Vec<Line> = lines
+                .iter()
+                .map(|line| Line::styled(line.clone(), theme.text()))
+                .collect();
+            shown.push(Line::raw(""));
+            shown.push(Line::styled("any key: close", theme.muted()));
+            draw_box(frame, area, app, title, shown);
+        }
         Some(Overlay::Chaos(selected)) => {
             let theme = &app.theme;
             let mut lines = vec![Line::styled(

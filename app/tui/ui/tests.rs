@@ -1484,3 +1484,27 @@ fn every_column_has_room_for_its_title_with_the_sort_arrow_and_for_every_state()
         assert!(shown <= state_width, "{} does not fit", look.label);
     }
 }
+
+#[test]
+fn enter_in_the_details_shows_the_selected_event_in_full_with_its_facts() {
+    let mut app = app();
+    let long = "the worker ended unexpectedly: killed by signal 11 (SIGSEGV) while serving chaos, after 3 OOM kill(s) in its cgroup, reported before — the end of this text";
+    app.on_engine_event(event(
+        9,
+        Some("counter"),
+        json!({"kind": "violation", "violation": "crash", "hook": "chaos",
+               "mechanism": "engine", "severity": "critical", "detail": long,
+               "facts": {"signal": 11, "signal_name": "SIGSEGV"}, "action": "restart"}),
+    ));
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    app.focus = Pane::PluginEvents;
+    press(&mut app, KeyCode::Enter);
+    let screen = render(&mut app, 100, 40).join("\n");
+    assert!(screen.contains("Event"), "{screen}");
+    assert!(screen.contains("the end of this text"), "{screen}");
+    assert!(screen.contains("signal_name = \"SIGSEGV\""), "{screen}");
+    // Any key closes it.
+    press(&mut app, KeyCode::Char('x'));
+    assert!(app.overlay.is_none());
+}
