@@ -228,6 +228,8 @@ pub struct App {
     pub event_filter: String,
     pub plugin_event_filter: String,
     pub log_filter: String,
+    /// The plugin whose details were opened last (whose log and event filters these are).
+    detail_plugin: Option<String>,
     /// Index into the shown events (0 = newest).
     pub event_cursor: usize,
     pub plugin_event_cursor: usize,
@@ -278,6 +280,7 @@ impl App {
             event_filter: String::new(),
             plugin_event_filter: String::new(),
             log_filter: String::new(),
+            detail_plugin: None,
             event_cursor: 0,
             plugin_event_cursor: 0,
             log_cursor: 0,
@@ -1385,6 +1388,13 @@ impl App {
         self.selected_hook = self.visible_hooks().first().cloned();
         self.log_cursor = 0;
         self.plugin_event_cursor = 0;
+        // The details' filters were typed for one plugin's log and events: another
+        // plugin's open unfiltered (its log must not read "no line matches").
+        if self.detail_plugin != self.selected_plugin {
+            self.log_filter.clear();
+            self.plugin_event_filter.clear();
+            self.detail_plugin.clone_from(&self.selected_plugin);
+        }
     }
 
     fn back(&mut self) {

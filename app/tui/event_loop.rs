@@ -339,11 +339,16 @@ impl JobRunner {
     /// Reads the bundle on disk on a thread of its own (it hashes the whole library).
     fn preview_reload(&self, plugin: Box<PluginSnapshot>, limits: HostLimits) {
         let sender = self.sender.clone();
+        let engine = Arc::clone(&self.engine);
         let _ = std::thread::Builder::new()
             .name("pb-ui-preview".to_owned())
             .spawn(move || {
-                let changes =
-                    reload_preview::preview(&plugin, std::path::Path::new(&plugin.dir), &limits);
+                let changes = reload_preview::preview(
+                    &plugin,
+                    std::path::Path::new(&plugin.dir),
+                    &limits,
+                    |bundle| engine.verify_bundle(bundle),
+                );
                 let _ = sender.send(AppEvent::ReloadPreview { plugin, changes });
             });
     }

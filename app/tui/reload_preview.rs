@@ -8,17 +8,50 @@ use std::path::{Path, PathBuf};
 use plugboard_engine::PluginSnapshot;
 use plugboard_engine::bundle::Bundle;
 use plugboard_engine::manifest::{Capabilities, EffectiveResources, HostLimits};
+use plugboard_engine::trust::{TrustError, Verified};
+
+/// What the engine's trust store says of a bundle's signature (`None`: no trust store).
+pub type TrustVerdict = Option<Result<Verified, TrustError>>;
 
 /// Reads the bundle in `dir` (checked against the host's `limits`, as the engine will) and
-/// describes the change from `running`, one line each. A bundle that cannot be read is
-/// described too: the reload would fail the same way.
-pub fn preview(running: &PluginSnapshot, dir: &Path, limits: &HostLimits) -> Vec<String> {
+/// describes the change from `running`, one line each, with whether its signature verifies
+/// (`verify`: the engine's own check). A bundle that cannot be read is described too: the
+/// reload would fail the same way.
+pub fn preview(
+    running: &PluginSnapshot,
+    dir: &Path,
+    limits: &HostLimits,
+    verify: impl FnOnce(&Bundle) -> TrustVerdict,
+) -> Vec<String> {
     match Bundle::open(dir, limits) {
-        Ok(bundle) => describe_change(running, &bundle, limits),
+        Ok(bundle) => {
+            let mut lines = describe_change(running, &bundle, limits);
+            // Right after the signer: whether the reload would get past verification.
+            let at = lines
+                .iter()
+                .position(|line| line.starts_with("signer"))
+                .map_or(lines.len(), |at| at + 1);
+            lines.insert(at, signature_line(verify(&bundle)));
+            lines
+        }
         Err(err) => vec![
             format!("The bundle on disk cannot be read: {err}"),
             "The reload will fail and the running version keep serving.".to_owned(),
         ],
+    }
+}
+
+fn signature_line(verdict: TrustVerdict) -> String {
+    let label = "signature";
+    match verdict {
+        Some(Ok(verified)) => format!(
+            "{label:<12} verifies: key {} trusted at level {}",
+            verified.key_id, verified.level
+        ),
+        Some(Err(err)) => format!(
+            "{label:<12} DOES NOT VERIFY: {err}. The reload will be refused (unless the host runs unverified bundles for development) and the running version keep serving."
+        ),
+        None => format!("{label:<12} not checked: the engine has no trust store"),
     }
 }
 
@@ -166,8 +199,15 @@ pub fn describe_change(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_preview_names_what_changes_and_what_does_not() {
+    /// The demo's bundles, and a snapshot of `hello` as if it ran in version 0.0.9; `None`
+    /// (said) before the example plugins are built.
+    fn hello_running() -> Option<(
+        tempfile::TempDir,
+        super::super::demo::Prepared,
+        PathBuf,
+        Bundle,
+        PluginSnapshot,
+    )> {
         let binaries = std::env::current_exe()
             .unwrap()
             .parent()
@@ -176,14 +216,14 @@ mod tests {
             .to_path_buf();
         if !binaries.join("libhello.so").is_file() {
             eprintln!("skipped: run `cargo build --workspace` first to build the example plugins");
-            return;
+            return None;
         }
         let work = tempfile::tempdir().unwrap();
         let prepared = super::super::demo::prepare(work.path(), &binaries).unwrap();
         let dir = prepared.plugins.join("hello");
         let bundle = Bundle::open(&dir, &HostLimits::default()).unwrap();
         let library = bundle.digests().library.to_hex();
-        let mut running: PluginSnapshot = serde_json::from_value(serde_json::json!({
+        let running: PluginSnapshot = serde_json::from_value(serde_json::json!({
             "name": "hello", "version": "0.0.9", "dir": dir, "state": "running",
             "reason": null, "health": "healthy", "health_failures": 0,
             "health_checked_ms": null, "health_detail": null, "isolation": "process",
@@ -200,14 +240,23 @@ mod tests {
             "resources": null,
         }))
         .unwrap();
-        let limits = HostLimits::default();
-        let line = |lines: &[String], label: &str| -> String {
-            lines
-                .iter()
-                .find(|line| line.starts_with(&format!("{label:<12} ")))
-                .unwrap_or_else(|| panic!("no {label} line in {lines:#?}"))
-                .clone()
+        Some((work, prepared, dir, bundle, running))
+    }
+
+    fn line(lines: &[String], label: &str) -> String {
+        lines
+            .iter()
+            .find(|line| line.starts_with(&format!("{label:<12} ")))
+            .unwrap_or_else(|| panic!("no {label} line in {lines:#?}"))
+            .clone()
+    }
+
+    #[test]
+    fn a_preview_names_what_changes_and_what_does_not() {
+        let Some((_work, prepared, dir, bundle, mut running)) = hello_running() else {
+            return;
         };
+        let limits = HostLimits::default();
         // What runs is not known (a snapshot without the fields): the new values alone.
         let lines = describe_change(&running, &bundle, &limits);
         assert!(lines[0].contains("0.0.9 → 0.1.0   CHANGED"), "{lines:?}");
@@ -266,10 +315,48 @@ mod tests {
         assert!(lines[2].contains("0000000000000000 → "), "{lines:?}");
 
         std::fs::remove_file(dir.join("libhello.so")).unwrap();
-        let lines = preview(&running, &dir, &limits);
+        let lines = preview(&running, &dir, &limits, |_| None);
         assert!(
             lines[0].starts_with("The bundle on disk cannot be read"),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_preview_says_whether_the_signature_on_disk_verifies() {
+        let Some((_work, prepared, dir, _, running)) = hello_running() else {
+            return;
+        };
+        let limits = HostLimits::default();
+        // The signature as the engine's trust store sees it: good, then broken by an edit.
+        let store = plugboard_engine::trust::TrustStore::open(&prepared.trust_store).unwrap();
+        let lines = preview(&running, &dir, &limits, |bundle| {
+            Some(bundle.verify(&store))
+        });
+        assert!(
+            line(&lines, "signature").contains(&format!(
+                "verifies: key {} trusted at level sandboxed",
+                prepared.key_id
+            )),
+            "{lines:#?}"
+        );
+        let manifest = dir.join("plugin.toml");
+        let edited = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace("memory_mb = 32", "memory_mb = 48");
+        std::fs::write(&manifest, edited).unwrap();
+        let lines = preview(&running, &dir, &limits, |bundle| {
+            Some(bundle.verify(&store))
+        });
+        assert!(
+            line(&lines, "signature").contains("DOES NOT VERIFY")
+                && line(&lines, "signature").contains("will be refused"),
+            "{lines:#?}"
+        );
+        let lines = preview(&running, &dir, &limits, |_| None);
+        assert!(
+            line(&lines, "signature").contains("not checked"),
+            "{lines:#?}"
         );
     }
 }

@@ -836,6 +836,16 @@ impl Engine {
         Ok(HookHandle::new(plugin, hook.to_owned()))
     }
 
+    /// What this engine's trust store says of a bundle read from disk, as a load would
+    /// check its signature: the signer and its level, or why it does not verify; `None`
+    /// without a trust store. For a front end that shows what a reload would do.
+    pub fn verify_bundle(
+        &self,
+        bundle: &crate::bundle::Bundle,
+    ) -> Option<Result<crate::trust::Verified, crate::trust::TrustError>> {
+        self.shared.trust.as_ref().map(|store| bundle.verify(store))
+    }
+
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
     pub fn emit(&self, hook: &str, payload: &[u8]) -> Vec<CallReport> {
         dispatch(&self.shared, hook, payload, 0)

@@ -1508,3 +1508,23 @@ fn enter_in_the_details_shows_the_selected_event_in_full_with_its_facts() {
     press(&mut app, KeyCode::Char('x'));
     assert!(app.overlay.is_none());
 }
+
+#[test]
+fn the_details_of_another_plugin_open_without_the_last_ones_filters() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    app.log_filter = "number".to_owned();
+    app.plugin_event_filter = "kind:crash".to_owned();
+    press(&mut app, KeyCode::Esc);
+    // The same plugin again: its filters are kept.
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.log_filter, "number");
+    press(&mut app, KeyCode::Esc);
+    app.selected_plugin = Some("hello".to_owned());
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        (app.log_filter.as_str(), app.plugin_event_filter.as_str()),
+        ("", "")
+    );
+}
