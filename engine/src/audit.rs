@@ -14,7 +14,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
@@ -106,18 +107,28 @@ struct AuditJob {
 pub struct AuditWriter {
     jobs: Mutex<Option<mpsc::SyncSender<AuditJob>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Lines that could not be written, and syncs that failed: said in every snapshot.
+    failures: Arc<AtomicU64>,
 }
 
 impl AuditWriter {
     pub fn start(log: AuditLog) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel(AUDIT_QUEUE);
+        let failures = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&failures);
         let thread = std::thread::Builder::new()
             .name("pb-audit".to_owned())
-            .spawn(move || write_jobs(log, &queue))?;
+            .spawn(move || write_jobs(log, &queue, &counted))?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             thread: Mutex::new(Some(thread)),
+            failures,
         })
+    }
+
+    /// Lines that could not be written (disk full, say) and syncs that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Hands `event` over — in `seq` order: call it under the event ring's lock — and
@@ -157,15 +168,17 @@ impl AuditWriter {
 
 /// Writes each batch of waiting lines, syncs once if any of them must be durable, then
 /// tells their senders.
-fn write_jobs(mut log: AuditLog, queue: &mpsc::Receiver<AuditJob>) {
+fn write_jobs(mut log: AuditLog, queue: &mpsc::Receiver<AuditJob>, failures: &AtomicU64) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(255));
         for job in &batch {
-            let _ = log.append(&job.event, false);
+            if log.append(&job.event, false).is_err() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        if batch.iter().any(|job| job.durable) {
-            let _ = log.sync();
+        if batch.iter().any(|job| job.durable) && log.sync().is_err() {
+            failures.fetch_add(1, Ordering::Relaxed);
         }
         for job in batch {
             let _ = job.written.send(());

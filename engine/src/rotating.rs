@@ -20,6 +20,9 @@ pub struct RotatingFile {
     sync_on_rotation: bool,
     file: File,
     size: u64,
+    /// A write failed part-way (disk full, a file size limit): the file may end in part
+    /// of a line, so the next line starts on a line of its own.
+    torn: bool,
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -65,6 +68,7 @@ impl RotatingFile {
             sync_on_rotation,
             file,
             size,
+            torn: false,
         })
     }
 
@@ -72,7 +76,24 @@ impl RotatingFile {
     /// interleave within a line; with `durable`, also waits until it is on disk. Rotates
     /// once the file has grown past its size.
     pub fn append_line(&mut self, line: &[u8], durable: bool) -> io::Result<()> {
-        self.file.write_all(line)?;
+        let written = if self.torn {
+            // One write still: a newline ends the torn line, then this one.
+            let mut after_tear = Vec::with_capacity(line.len() + 1);
+            after_tear.push(b'\n');
+            after_tear.extend_from_slice(line);
+            self.file.write_all(&after_tear)
+        } else {
+            self.file.write_all(line)
+        };
+        if let Err(err) = written {
+            // Part of the line may be in the file (an empty line is skipped by readers).
+            self.torn = true;
+            if let Ok(metadata) = self.file.metadata() {
+                self.size = metadata.len();
+            }
+            return Err(err);
+        }
+        self.torn = false;
         if durable {
             self.file.sync_data()?;
         }
@@ -118,6 +139,7 @@ impl RotatingFile {
         }
         self.file = open_append(&self.path)?;
         self.size = 0;
+        self.torn = false;
         Ok(())
     }
 }
@@ -130,6 +152,30 @@ mod tests {
         std::fs::read_to_string(path)
             .map(|text| text.lines().map(str::to_owned).collect())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn after_a_failed_write_the_next_line_starts_on_a_line_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut file = RotatingFile::open(path.clone(), 1 << 20, 2, true).unwrap();
+        file.append_line(b"first\n", false).unwrap();
+        // The disk fills up mid-line: part of it reached the file, then the write failed.
+        file.file = open_append(Path::new("/dev/full")).unwrap();
+        assert!(file.append_line(b"{\"second\":2}\n", false).is_err());
+        file.file = open_append(&path).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"second\"")
+            .unwrap();
+        file.append_line(b"{\"third\":3}\n", false).unwrap();
+        file.append_line(b"fourth\n", false).unwrap();
+        assert_eq!(
+            lines(&path),
+            ["first", "{\"second\"", "{\"third\":3}", "fourth"]
+        );
     }
 
     #[test]

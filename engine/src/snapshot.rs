@@ -241,6 +241,10 @@ pub struct Snapshot {
     /// The host policy's `[limits]`: defaults and maxima of every plugin's resources.
     #[serde(default)]
     pub host_limits: HostLimits,
+    /// Audit lines that could not be written (a full disk, say) and syncs that failed
+    /// since the engine started: 0 while the trail is whole, and without an audit file.
+    #[serde(default)]
+    pub audit_write_failures: u64,
 }
 
 /// The host and the engine process, from `sysinfo` at the sampler's pace.
