@@ -921,11 +921,7 @@ impl Engine {
                 .collect(),
             recent_events,
             host_limits: self.shared.config.limits.clone(),
-            audit_write_failures: self
-                .shared
-                .audit
-                .as_ref()
-                .map_or(0, AuditWriter::failures),
+            audit_write_failures: self.shared.audit.as_ref().map_or(0, AuditWriter::failures),
         }
     }
 

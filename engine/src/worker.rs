@@ -483,7 +483,7 @@ pub struct LaunchedWorker {
     plugin: String,
     starting: Starting,
     channel: Arc<Channel>,
-    outputs: (OwnedFd, OwnedFd),
+    outputs: Captured,
     sandbox_pid: u32,
     sandbox_process: Option<ProcessHandle>,
     mechanisms: BTreeMap<Mechanism, MechanismState>,
@@ -620,7 +620,7 @@ impl Worker {
             plugin,
             starting,
             channel,
-            outputs: (stdout_read, stderr_read),
+            outputs: Captured::new((stdout_read, stderr_read)),
             sandbox_pid,
             sandbox_process,
             mechanisms,
@@ -863,7 +863,7 @@ impl LaunchedWorker {
             plugin,
             mut starting,
             channel,
-            outputs,
+            mut outputs,
             sandbox_pid,
             sandbox_process,
             mechanisms,
@@ -878,7 +878,7 @@ impl LaunchedWorker {
                 plugin: plugin.clone(),
                 error: source,
             })?;
-        await_ready(&channel, &plugin, &events)?;
+        await_ready(&channel, &plugin, &events, &mut outputs)?;
 
         let pid = starting.pid;
         // Opened before the follower starts: until then nobody reaps the worker.
@@ -940,7 +940,7 @@ struct WorkerState {
 fn start_threads(
     plugin: &str,
     pid: Pid,
-    (stdout_read, stderr_read): (OwnedFd, OwnedFd),
+    captured: Captured,
     state: &WorkerState,
     events: &EventSink,
 ) -> Vec<JoinHandle<()>> {
@@ -949,13 +949,7 @@ fn start_threads(
         named(plugin, "reader")
             .spawn(move || calls.idle_reader())
             .expect("thread starts"),
-        spawn_follower(
-            plugin,
-            pid,
-            (stdout_read, stderr_read),
-            state,
-            Arc::clone(events),
-        ),
+        spawn_follower(plugin, pid, captured, state, Arc::clone(events)),
     ]
 }
 
@@ -1053,19 +1047,100 @@ fn receive_listener(channel: &Channel, plugin: &str) -> Result<NotifyListener, W
     }
 }
 
-/// Waits for Ready; the plugin may log while it is being created.
-fn await_ready(channel: &Channel, plugin: &str, events: &EventSink) -> Result<(), WorkerError> {
-    await_ready_before(channel, plugin, events, Instant::now() + HANDSHAKE_TIMEOUT)
+/// Waits for Ready; the plugin may log while it is being created, and write to its stdout
+/// and stderr, which are read meanwhile.
+fn await_ready(
+    channel: &Channel,
+    plugin: &str,
+    events: &EventSink,
+    outputs: &mut Captured,
+) -> Result<(), WorkerError> {
+    await_ready_reading(
+        channel,
+        plugin,
+        events,
+        Instant::now() + HANDSHAKE_TIMEOUT,
+        Some(outputs),
+    )
 }
 
-/// [`await_ready`] with its deadline given.
+/// [`await_ready`] with its deadline given, without output pipes.
+#[cfg(test)]
 fn await_ready_before(
     channel: &Channel,
     plugin: &str,
     events: &EventSink,
     deadline: Instant,
 ) -> Result<(), WorkerError> {
+    await_ready_reading(channel, plugin, events, deadline, None)
+}
+
+/// Until the channel has a message (or the deadline passes), reads what the output pipes
+/// hold. Returns at once without pipes.
+fn read_output_until_message(
+    channel: &Channel,
+    outputs: &mut Captured,
+    events: &EventSink,
+    deadline: Instant,
+    chunk: &mut [u8],
+) {
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut ready = [false; 2];
+        let message = {
+            let mut polled = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+            let open: Vec<usize> = (0..2)
+                .filter(|&index| outputs.pipes[index].fd.is_some())
+                .collect();
+            for &index in &open {
+                if let Some(fd) = &outputs.pipes[index].fd {
+                    polled.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            match poll(&mut polled, PollTimeout::from(millis)) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => return,
+            }
+            let fired =
+                |polled: &PollFd<'_>| polled.revents().is_some_and(|events| !events.is_empty());
+            for (&index, polled) in open.iter().zip(&polled[1..]) {
+                ready[index] = fired(polled);
+            }
+            fired(&polled[0])
+        };
+        if ready.iter().any(|ready| *ready) {
+            read_ready(
+                &mut outputs.pipes,
+                ready,
+                chunk,
+                &mut outputs.budget,
+                events,
+            );
+            outputs.budget.report(events);
+        }
+        if message {
+            return;
+        }
+    }
+}
+
+/// [`await_ready`]'s loop: messages until Ready, the output pipes read in between.
+fn await_ready_reading(
+    channel: &Channel,
+    plugin: &str,
+    events: &EventSink,
+    deadline: Instant,
+    mut outputs: Option<&mut Captured>,
+) -> Result<(), WorkerError> {
+    let mut chunk = vec![0u8; if outputs.is_some() { 16 * 1024 } else { 0 }];
+    loop {
+        if let Some(outputs) = outputs.as_deref_mut() {
+            read_output_until_message(channel, outputs, events, deadline, &mut chunk);
+        }
         match recv_before(channel, plugin, deadline)? {
             WorkerMessage::Ready => return Ok(()),
             WorkerMessage::Log { level, message } => events(log_line(level, message)),
@@ -1320,6 +1395,27 @@ impl LineBudget {
     }
 }
 
+/// A worker's stdout and stderr as the engine reads them: the pipes with their partial
+/// lines, and the line budget. Read while the plugin is created (a constructor that writes
+/// more than a pipe holds would otherwise wait in its write and never become ready), then
+/// handed to the follower.
+struct Captured {
+    pipes: [OutputPipe; 2],
+    budget: LineBudget,
+}
+
+impl Captured {
+    fn new((stdout, stderr): (OwnedFd, OwnedFd)) -> Self {
+        Self {
+            pipes: [
+                OutputPipe::new(stdout, OutputStream::Stdout),
+                OutputPipe::new(stderr, OutputStream::Stderr),
+            ],
+            budget: LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0),
+        }
+    }
+}
+
 /// One output pipe of a worker: the part of a line read so far.
 struct OutputPipe {
     fd: Option<OwnedFd>,
@@ -1441,7 +1537,7 @@ fn line_pieces(pending: usize, complete: &[u8]) -> u64 {
 fn spawn_follower(
     plugin: &str,
     pid: Pid,
-    pipes: (OwnedFd, OwnedFd),
+    captured: Captured,
     state: &WorkerState,
     events: EventSink,
 ) -> JoinHandle<()> {
@@ -1452,7 +1548,7 @@ fn spawn_follower(
     );
     named(plugin, "follow")
         .spawn(move || {
-            let status = follow(pid, pipes, &events);
+            let status = follow_captured(pid, captured, &events);
             exit_status.set(status);
             exited.store(true, Ordering::SeqCst);
             // Wake every caller still waiting: their worker is gone.
@@ -1468,11 +1564,17 @@ fn spawn_follower(
 /// with its pid 1) but a worker without one does not — a child it forked could keep them
 /// open, and its crash would go unseen. Once it has exited, what the pipes hold is read
 /// and passed on, and pipes someone else still holds are left.
-fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) -> ExitStatus {
-    let mut pipes = [
-        OutputPipe::new(stdout, OutputStream::Stdout),
-        OutputPipe::new(stderr, OutputStream::Stderr),
-    ];
+#[cfg(test)]
+fn follow(pid: Pid, pipes: (OwnedFd, OwnedFd), events: &EventSink) -> ExitStatus {
+    follow_captured(pid, Captured::new(pipes), events)
+}
+
+/// [`follow`] from where the start left the pipes.
+fn follow_captured(pid: Pid, captured: Captured, events: &EventSink) -> ExitStatus {
+    let Captured {
+        mut pipes,
+        mut budget,
+    } = captured;
     // Without pidfds (Linux < 5.3) the pipes' end is all there is to go by.
     let exit = crate::sandbox::process::open_pidfd(pid).ok();
     // Mapped, not on this thread's stack: a thread's stack goes back to glibc's cache with
@@ -1485,7 +1587,6 @@ fn follow(pid: Pid, (stdout, stderr): (OwnedFd, OwnedFd), events: &EventSink) ->
         Some(pages) => pages,
         None => &mut small,
     };
-    let mut budget = LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0);
     let mut bytes = TokenBucket::new(
         f64::from(OUTPUT_BYTES_PER_SEC),
         f64::from(OUTPUT_BYTES_BURST),

@@ -1275,3 +1275,59 @@ fn duplicates_whose_paths_display_alike_are_both_listed() {
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(names.contains("hello"), "{names:?}");
 }
+
+/// A plugin whose constructor writes more to stdout than a pipe holds (100 KiB) starts:
+/// the engine reads its output while it is created (before, the write waited on the full
+/// pipe, Ready never came and the start was refused after 10 s), and the lines are kept or
+/// counted as any others.
+#[test]
+fn output_written_while_the_plugin_is_created_is_read_and_the_start_goes_on() {
+    let temp = tempfile::tempdir().unwrap();
+    let signer = Signer::new(temp.path());
+    let plugins = temp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let library = crate::support::compile_c_fixture(temp.path(), "chatty_create");
+    let manifest = temp.path().join("chatty.toml");
+    std::fs::write(
+        &manifest,
+        "[plugin]\nname = \"chatty\"\nversion = \"0.1.0\"\napi_version = 1\nlibrary = \"libchatty_create.so\"\n\n[hooks.ping]\n",
+    )
+    .unwrap();
+    make_bundle(
+        &plugins.join("chatty"),
+        &manifest,
+        &library,
+        "libchatty_create.so",
+        Some(&signer.key),
+    );
+    let mut config = EngineConfig::new(host_binary());
+    config.plugin_dirs = vec![plugins.clone()];
+    config.trust_store = Some(signer.store_dir.clone());
+    config.watch.enabled = false;
+    let engine = Engine::start(config).expect("engine starts");
+    let began = Instant::now();
+    let started = engine.execute(Command::Start {
+        plugin: "chatty".into(),
+    });
+    let took = began.elapsed();
+    assert!(started.is_ok(), "refused after {took:?}: {started:?}");
+    assert!(took < Duration::from_secs(5), "the start took {took:?}");
+    // 1,024 lines at once: the burst kept, the rest counted.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let chatty = plugin(&engine, "chatty");
+        let kept = chatty
+            .recent_output
+            .iter()
+            .any(|line| line.line.starts_with("xxxxxxxx"));
+        if kept && chatty.output_dropped > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept {kept}, {} dropped",
+            chatty.output_dropped
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
