@@ -509,20 +509,22 @@ fn load_launching(
                 },
             );
             if trust {
-                let violation = Violation::new(
-                    ViolationKind::TrustFailure,
-                    "trust",
-                    format!("refused: {reason}"),
-                );
-                if record_violation(shared, plugin, violation) == Action::Quarantine {
-                    quarantine(shared, plugin, &reason);
-                }
+                trust_failure(shared, plugin, &format!("refused: {reason}"), &reason);
             }
             Err(EngineError::StartFailed {
                 plugin: plugin.name.clone(),
                 reason,
             })
         }
+    }
+}
+
+/// Records a bundle that does not verify as a `trust_failure` violation and quarantines
+/// the plugin if the policy says so.
+fn trust_failure(shared: &Shared, plugin: &Plugin, detail: &str, reason: &str) {
+    let violation = Violation::new(ViolationKind::TrustFailure, "trust", detail);
+    if record_violation(shared, plugin, violation) == Action::Quarantine {
+        quarantine(shared, plugin, reason);
     }
 }
 
@@ -1038,18 +1040,22 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     let generation = plugin.lifecycle().issue_generation();
     let verified = match verify_bundle(shared, plugin) {
         Ok(verified) => verified,
-        Err(refusal) => return Err(fail(refusal.reason)),
+        Err(Refusal { reason, trust }) => {
+            let failed = fail(reason.clone());
+            // A bundle that no longer verifies under a running plugin is a trust failure
+            // as at a load (its bundle was changed on disk, say).
+            if trust {
+                trust_failure(
+                    shared,
+                    plugin,
+                    &format!("reload refused: {reason}; the running version serves on"),
+                    &reason,
+                );
+            }
+            return Err(failed);
+        }
     };
-    if let Err(err) = super::dependencies::check_no_cycle(shared, &plugin.name, &verified.manifest)
-        .and_then(|()| super::dependencies::check_running(shared, &plugin.name, &verified.manifest))
-        .and_then(|()| {
-            super::dependencies::check_dependents_accept(
-                shared,
-                &plugin.name,
-                &verified.manifest.plugin.version,
-            )
-        })
-    {
+    if let Err(err) = super::dependencies::check_reload(shared, &plugin.name, &verified.manifest) {
         return Err(fail(err.to_string()));
     }
     set_state(

@@ -192,6 +192,18 @@ pub(crate) fn check_dependents_accept(
     Ok(())
 }
 
+/// At reload, for the new version's `manifest`: no cycle, its dependencies up, and the
+/// running dependents accepting its version.
+pub(crate) fn check_reload(
+    shared: &Shared,
+    name: &str,
+    manifest: &Manifest,
+) -> Result<(), EngineError> {
+    check_no_cycle(shared, name, manifest)?;
+    check_running(shared, name, manifest)?;
+    check_dependents_accept(shared, name, &manifest.plugin.version)
+}
+
 /// A cycle `manifest` (`name`'s, about to run) would close through the other plugins'
 /// current manifests: refused, naming it (`a → b → a`). A start checks it although
 /// [`start_order`] refuses cycles, because a reload can change a manifest under plugins

@@ -241,7 +241,14 @@ fn a_reload_to_a_broken_bundle_leaves_the_old_version_serving() {
     wait_for(&fixture.events, Duration::from_secs(1), |event| {
         matches!(event.kind, EventKind::ReloadFailed { .. })
     });
+    // A bundle that no longer verifies is a trust failure, as at a load.
+    wait_for(&fixture.events, Duration::from_secs(1), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == plugboard_engine::policy::ViolationKind::TrustFailure
+                && violation.detail.contains("reload refused"))
+    });
     let after = plugin(engine, "hello");
+    assert_eq!(after.violations, before.violations + 1);
     assert_eq!(after.state, PluginState::Running);
     assert_eq!(after.worker_pid, before.worker_pid);
     assert_eq!(after.trust.library_sha3_512, before.trust.library_sha3_512);
