@@ -195,6 +195,8 @@ pub struct ScreenLayout {
     pub header_row: Option<u16>,
     /// The detail view showed one pane at a time (small terminal).
     pub compact: bool,
+    /// How far the Info pane was scrolled as drawn (the wanted scroll, within its end).
+    pub info_scroll: Option<u16>,
 }
 
 /// One entry of the chaos menu: a plugin, what its `chaos` hook does, and the payload
@@ -228,6 +230,8 @@ pub struct App {
     pub event_filter: String,
     pub plugin_event_filter: String,
     pub log_filter: String,
+    /// Lines the detail view's Info pane is scrolled down (one pane at a time only).
+    pub info_scroll: u16,
     /// The plugin whose details were opened last (whose log and event filters these are).
     detail_plugin: Option<String>,
     /// Index into the shown events (0 = newest).
@@ -281,6 +285,7 @@ impl App {
             plugin_event_filter: String::new(),
             log_filter: String::new(),
             detail_plugin: None,
+            info_scroll: 0,
             event_cursor: 0,
             plugin_event_cursor: 0,
             log_cursor: 0,
@@ -1268,7 +1273,10 @@ impl App {
                     .unwrap_or(0);
                 self.selected_hook = hooks.get(step(at, hooks.len())).cloned();
             }
-            Pane::Info => {}
+            Pane::Info => {
+                let by = i16::try_from(by).unwrap_or(if by < 0 { i16::MIN } else { i16::MAX });
+                self.info_scroll = self.info_scroll.saturating_add_signed(by);
+            }
         }
     }
 
@@ -1388,6 +1396,7 @@ impl App {
         self.selected_hook = self.visible_hooks().first().cloned();
         self.log_cursor = 0;
         self.plugin_event_cursor = 0;
+        self.info_scroll = 0;
         // The details' filters were typed for one plugin's log and events: another
         // plugin's open unfiltered (its log must not read "no line matches").
         if self.detail_plugin != self.selected_plugin {

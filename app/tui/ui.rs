@@ -45,6 +45,10 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     }
     footer::draw_status(frame, status_area, app);
     footer::draw_keys(frame, footer_area, app);
+    // Kept as drawn, so that scrolling up from the end moves at once.
+    if let Some(drawn) = layout.info_scroll {
+        app.info_scroll = drawn;
+    }
     app.layout = layout;
     // Kept as drawn, so that scrolling up from End moves at once.
     if let (Some(drawn), Some(Overlay::Help(scroll))) =

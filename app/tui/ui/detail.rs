@@ -562,8 +562,20 @@ fn draw_pane(
                 lines.push(Line::styled(config_title(plugin), theme.title()));
                 lines.extend(config);
             }
-            let block = pane_block(vec![Span::raw("Info")], true, theme);
-            frame.render_widget(Paragraph::new(lines).block(block), area);
+            // Taller than the pane on a small terminal: it scrolls (↑/↓ while focused).
+            let rows = usize::from(area.height.saturating_sub(2));
+            let last = u16::try_from(lines.len().saturating_sub(rows)).unwrap_or(u16::MAX);
+            let scroll = app.info_scroll.min(last);
+            let mut title = vec![Span::raw("Info")];
+            if last > 0 {
+                title.push(Span::styled(
+                    format!(" · ↑↓ {scroll}/{last}"),
+                    theme.muted(),
+                ));
+            }
+            let block = pane_block(title, true, theme);
+            frame.render_widget(Paragraph::new(lines).block(block).scroll((scroll, 0)), area);
+            layout.info_scroll = Some(scroll);
             layout.panes.push((Pane::Info, area));
         }
         Pane::PluginEvents | Pane::Events | Pane::Plugins => {

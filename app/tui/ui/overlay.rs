@@ -113,7 +113,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
     None
 }
 
-fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Line>) {
+fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Vec<Line>) {
     let theme = &app.theme;
     let longest = lines.iter().map(Line::width).max().unwrap_or(0);
     let width = u16::try_from(longest + 4)
@@ -121,10 +121,27 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, lines: Vec<Li
         .clamp(30, area.width.saturating_sub(4).max(30));
     // Wrapped lines need more rows than there are lines.
     let inner_width = usize::from(width.saturating_sub(2)).max(1);
-    let rows: usize = lines
-        .iter()
-        .map(|line| line.width().max(1).div_ceil(inner_width))
-        .sum();
+    let rows_of = |line: &Line| line.width().max(1).div_ceil(inner_width);
+    // Taller than the screen: the middle gives way, never the last line (the keys that
+    // answer or close the box).
+    let room = usize::from(area.height.saturating_sub(2)).max(1);
+    if lines.iter().map(rows_of).sum::<usize>() > room && lines.len() > 2 {
+        let last = lines.pop().expect("more than two lines");
+        let mut kept = Vec::new();
+        let mut used = rows_of(&last) + 1;
+        for line in lines {
+            let rows = rows_of(&line);
+            if used + rows > room {
+                break;
+            }
+            used += rows;
+            kept.push(line);
+        }
+        kept.push(Line::styled("…", theme.muted()));
+        kept.push(last);
+        lines = kept;
+    }
+    let rows: usize = lines.iter().map(rows_of).sum();
     let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
     let popup = centered(area, width, height);
     frame.render_widget(Clear, popup);

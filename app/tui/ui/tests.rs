@@ -1528,3 +1528,55 @@ fn the_details_of_another_plugin_open_without_the_last_ones_filters() {
         ("", "")
     );
 }
+
+#[test]
+fn a_dialog_taller_than_the_screen_keeps_its_answer_keys() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    let effects = press(&mut app, KeyCode::Char('r'));
+    let [Effect::PreviewReload { plugin }] = effects.as_slice() else {
+        panic!("the bundle is read first: {effects:?}");
+    };
+    let plugin = plugin.as_ref().clone();
+    let changes: Vec<String> = (0..30)
+        .map(|n| format!("line {n:>2} of the preview"))
+        .collect();
+    app.on_reload_preview(&plugin, changes);
+    let screen = render(&mut app, 40, 12);
+    let text = screen.join("\n");
+    assert!(text.contains("Reload counter?"), "{text}");
+    assert!(text.contains("…"), "{text}");
+    assert!(text.contains(" y ") && text.contains("no / esc"), "{text}");
+    assert!(!text.contains("line 29"), "{text}");
+}
+
+#[test]
+fn the_info_pane_scrolls_on_a_small_terminal() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Enter);
+    render(&mut app, 60, 20);
+    assert!(app.layout.compact, "one pane at a time at 60x20");
+    while app.focus != Pane::Info {
+        press(&mut app, KeyCode::Tab);
+    }
+    let top = render(&mut app, 60, 20).join("\n");
+    let Some(at) = top.find("↑↓ 0/") else {
+        panic!("the title says it scrolls: {top}");
+    };
+    let last: u16 = top[at + "↑↓ 0/".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    assert!(last > 0);
+    press(&mut app, KeyCode::Char('G'));
+    let bottom = render(&mut app, 60, 20).join("\n");
+    assert!(bottom.contains(&format!("↑↓ {last}/{last}")), "{bottom}");
+    assert_ne!(top, bottom);
+    // From the end, one step up moves at once.
+    press(&mut app, KeyCode::Char('k'));
+    let up = render(&mut app, 60, 20).join("\n");
+    assert!(up.contains(&format!("↑↓ {}/{last}", last - 1)), "{up}");
+}
