@@ -155,6 +155,8 @@ pub enum EngineError {
     },
     #[error("`{plugin}` could not start: {reason}")]
     StartFailed { plugin: String, reason: String },
+    #[error("`{plugin}` could not be loaded: {reason}")]
+    LoadFailed { plugin: String, reason: String },
     #[error("`{plugin}` has no hook `{hook}`")]
     UnknownHook { plugin: String, hook: String },
     #[error("`{plugin}` is no longer running")]

@@ -425,7 +425,15 @@ fn check_signature(
 }
 
 fn load(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> {
-    load_launching(shared, plugin, false).map(drop)
+    load_launching(shared, plugin, false)
+        .map(drop)
+        .map_err(|err| match err {
+            // A load refused is no start refused: said as what was asked.
+            EngineError::StartFailed { plugin, reason } => {
+                EngineError::LoadFailed { plugin, reason }
+            }
+            other => other,
+        })
 }
 
 /// Reads and verifies the plugin's bundle, ending in Verified (or Disabled) or Rejected.
@@ -497,6 +505,10 @@ fn load_launching(
         }
         Err(Refusal { reason, trust }) => {
             lifecycle.reason = Some(reason.clone());
+            // What an earlier load verified is not this bundle: a rejected plugin shows no
+            // version, capabilities or limits it does not have.
+            lifecycle.manifest = None;
+            lifecycle.library = None;
             set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
             drop(lifecycle);
             // Killed and its cgroup removed outside the lifecycle lock, which snapshots

@@ -1734,3 +1734,42 @@ fn a_bundle_in_a_hidden_directory_is_not_discovered() {
     start(engine, "hello");
     assert_eq!(plugin(engine, "hello").state, PluginState::Running);
 }
+
+/// A load refused says so (not "could not start"), and the rejected plugin shows nothing
+/// an earlier load verified: no version, no capabilities, no limits.
+#[test]
+fn a_refused_load_is_said_as_a_load_and_shows_nothing_verified_before() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    engine
+        .execute(Command::Load {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").version.as_deref(), Some("0.1.0"));
+    engine
+        .execute(Command::Unload {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap();
+    let manifest = fixture.plugins.join("hello/plugin.toml");
+    let edited = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("version = \"0.1.0\"", "version = \"0.2.0\"");
+    std::fs::write(&manifest, edited).unwrap();
+    let err = engine
+        .execute(Command::Load {
+            plugin: "hello".into(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::LoadFailed { .. })
+            && err.to_string().contains("`hello` could not be loaded"),
+        "{err}"
+    );
+    let hello = plugin(engine, "hello");
+    assert_eq!(hello.state, PluginState::Rejected);
+    assert_eq!(hello.version, None);
+    assert!(hello.capabilities.is_none() && hello.limits.is_none());
+}
