@@ -759,7 +759,16 @@ impl Engine {
                 dependent.ask(ActorMessage::Stop)?;
             }
         }
-        plugin.ask(message)
+        plugin.ask(message)?;
+        // A dependent that started between the look above and this stop runs on without
+        // it: never silently.
+        let why = if action == "unload" {
+            "unloaded"
+        } else {
+            "stopped"
+        };
+        crate::supervisor::say_dependents_left_running(&self.shared, &plugin, why);
+        Ok(())
     }
 
     fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use policy::{PluginOverrides, RestartPolicy, WatchPolicy};
 pub(crate) use runner::Runner;
 
-pub(crate) use actor::{hooks_in_flight, millis, run_actor};
+pub(crate) use actor::{hooks_in_flight, millis, run_actor, say_dependents_left_running};
 
 use crate::engine::EngineError;
 use crate::events::unix_millis;

@@ -1424,7 +1424,7 @@ fn crash_violation(status: ExitStatus, oom: Option<(u64, u64, Option<u64>)>) -> 
 
 /// A plugin went down without an operator's stop, which would have stopped its dependents
 /// first: says which of them run on without it (never silently, DESIGN.md's Lifecycle).
-fn say_dependents_left_running(shared: &Shared, plugin: &Plugin, why: &str) {
+pub(crate) fn say_dependents_left_running(shared: &Shared, plugin: &Plugin, why: &str) {
     if plugin.lifecycle().is_up() {
         return;
     }
