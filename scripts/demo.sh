@@ -24,8 +24,10 @@ run "$plugboard" pack plugins/hello-c/plugin.toml --library target/debug/libhell
 run "$plugboard" verify "$work/plugins/hello" --trust-store "$work/trust"
 run "$plugboard" inspect "$work/plugins/hello" --trust-store "$work/trust"
 
-printf '\n# tampering: a copy of hello grants itself the network after it was signed\n'
+printf '\n# tampering: a copy of hello renames itself and grants itself the network after it was signed\n'
 cp -r "$work/plugins/hello" "$work/plugins/hello-tampered"
+# Renamed, so that the headless run below refuses it for its signature, not as a second `hello`.
+sed -i 's/^name = "hello"$/name = "hello-tampered"/' "$work/plugins/hello-tampered/plugin.toml"
 printf '\n[capabilities]\nnetwork = true\n' >>"$work/plugins/hello-tampered/plugin.toml"
 if run "$plugboard" verify "$work/plugins/hello-tampered" --trust-store "$work/trust"; then
     echo "the tampered bundle verified: this is a bug" >&2
@@ -37,6 +39,6 @@ if [ "$(id -u)" -ne 0 ]; then
     printf '\n(skipping the confined run: cgroups and the workers'"'"' uid switch need root)\n'
     exit 0
 fi
-printf '\n# every bundle in a confined worker, 100 calls/s for 4 s (the tampered one is rejected)\n'
+printf '\n# every bundle in a confined worker, 100 calls/s for 4 s (the tampered one is rejected for its signature)\n'
 run "$plugboard" headless --plugins "$work/plugins" --trust-store "$work/trust" \
     --traffic 100 --duration 4s --interval 2s
