@@ -134,6 +134,9 @@ pub fn run(
         }
     } else if failure.is_none() {
         outln!("{}", report.reply)?;
+        if !answered.violations.is_empty() {
+            eprintln!("plugboard: note: {}", caught(&answered.violations));
+        }
     }
     match failure {
         Some(failure) => bail!(failure),
@@ -222,11 +225,9 @@ fn start_and_call(
         }
         Err(err) => return Err(err.into()),
     };
-    let (last_exit, violations) = if report.status == "ok" {
-        (None, Vec::new())
-    } else {
-        what_the_engine_saw(engine, &name, &report)
-    };
+    // An `ok` answer may still have been caught doing something (a refused socket): the
+    // violations are reported whatever the status.
+    let (last_exit, violations) = what_the_engine_saw(engine, &name, &report);
     Ok(Answered {
         report,
         started,
@@ -251,6 +252,14 @@ fn what_the_engine_saw(
     name: &str,
     report: &CallReport,
 ) -> (Option<ExitStatus>, Vec<Violation>) {
+    // A round trip through the plugin's actor (a load of a plugin already loaded changes
+    // nothing): what was queued to it during the call, the violations the seccomp
+    // listener caught, is recorded once it answers.
+    if report.status != "gone" {
+        let _ = engine.execute(Command::Load {
+            plugin: name.to_owned(),
+        });
+    }
     let deadline = Instant::now() + EXIT_RECORDED_WITHIN;
     let mut last_exit = None;
     loop {
@@ -304,13 +313,17 @@ fn describe_failure(answered: &Answered) -> String {
         None => {}
     }
     if !answered.violations.is_empty() {
-        let caught: Vec<String> = answered
-            .violations
-            .iter()
-            .map(|violation| format!("{} ({})", violation.kind, violation.detail))
-            .collect();
-        facts.push(format!("violations: {}", caught.join(", ")));
+        facts.push(caught(&answered.violations));
     }
     facts.insert(0, said);
     facts.join("; ")
+}
+
+/// The violations the engine caught, in one line.
+fn caught(violations: &[Violation]) -> String {
+    let caught: Vec<String> = violations
+        .iter()
+        .map(|violation| format!("{} ({})", violation.kind, violation.detail))
+        .collect();
+    format!("violations: {}", caught.join(", "))
 }

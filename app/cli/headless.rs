@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::{Command, Engine, Outcome, Snapshot};
+use plugboard_engine::{Command, Engine, Outcome, PluginState, Snapshot};
 
 use super::engine_options::EngineOptions;
 use super::output::outln;
@@ -235,8 +235,21 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 break;
             }
             // A plugin that fails verification or start-up shows as Rejected/Failed with
-            // its reason in the snapshots; the others run.
-            let _ = engine.execute(Command::Start { plugin });
+            // its reason in the snapshots; one whose start is refused before it begins (a
+            // dependency, `max_plugins`) stays as it was: said here, and in an event.
+            if let Err(err) = engine.execute(Command::Start {
+                plugin: plugin.clone(),
+            }) {
+                let state = engine
+                    .snapshot()
+                    .plugins
+                    .iter()
+                    .find(|shown| shown.name == plugin)
+                    .map(|shown| shown.state);
+                if !matches!(state, Some(PluginState::Rejected | PluginState::Failed)) {
+                    eprintln!("plugboard: `{plugin}` not started: {err}");
+                }
+            }
         }
     });
     if options.traffic.is_some() {

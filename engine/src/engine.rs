@@ -705,8 +705,27 @@ impl Engine {
         }
     }
 
-    /// Starts the plugin's dependencies (in order) and then the plugin.
+    /// Starts the plugin's dependencies (in order) and then the plugin. A start refused
+    /// before it began (a dependency missing or down, `max_plugins`, disabled) leaves the
+    /// plugin as it was, with no reason of its own: an event says why.
     fn start_plugin(&self, name: &str) -> Result<(), EngineError> {
+        let started = self.start_in_order(name);
+        if let (Err(err), Ok(plugin)) = (&started, self.shared.plugin(name)) {
+            let state = plugin.lifecycle().state;
+            // A start that failed on its way (Failed, Rejected) has said why already.
+            if !matches!(state, PluginState::Failed | PluginState::Rejected) {
+                self.shared.event(
+                    Some(name),
+                    EventKind::Engine {
+                        message: format!("start refused: {err}"),
+                    },
+                );
+            }
+        }
+        started
+    }
+
+    fn start_in_order(&self, name: &str) -> Result<(), EngineError> {
         for plugin in dependencies::start_order(&self.shared, name)? {
             let result = plugin.ask(ActorMessage::Start);
             match result {

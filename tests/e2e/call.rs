@@ -379,3 +379,38 @@ fn call_ignores_the_configurations_plugin_directories_and_names_a_missing_bundle
         "{err}"
     );
 }
+
+/// What the engine caught during a call is reported whatever the status: netprobe's chaos
+/// answers `ok` (it says the connect was refused), and its forbidden socket is in `--json`'s
+/// `violations` and noted on stderr.
+#[test]
+fn violations_are_reported_for_an_ok_answer_too() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "netprobe", &keys);
+    let output = plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"chaos",
+        &"--json",
+    ]);
+    let out = ok(&output);
+    let report: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "ok", "{report}");
+    let kinds: Vec<&str> = report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|violation| violation["violation"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"forbidden_syscall"), "{report}");
+    let plain = plugboard(&[&"call", &"--trust-store", &keys.store, &bundle, &"chaos"]);
+    assert!(!ok(&plain).trim().is_empty(), "the reply is printed");
+    let noted = stderr(&plain);
+    assert!(
+        noted.contains("note: violations: forbidden_syscall"),
+        "{noted}"
+    );
+}

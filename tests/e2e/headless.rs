@@ -605,3 +605,43 @@ fn sigint_during_a_slow_start_stops_the_engine_at_once() {
         "{stdout}"
     );
 }
+
+/// A verified plugin whose start the host refuses (here `max_plugins = 1`) is said on
+/// stderr and in an event, not left silently `verified`.
+#[test]
+fn a_refused_start_is_said_on_stderr_and_in_an_event() {
+    let temp = tempfile::tempdir().unwrap();
+    let (dir, store) = plugins_dir(temp.path());
+    let host = temp.path().join("plugboard.toml");
+    std::fs::write(&host, "max_plugins = 1\n").unwrap();
+    let output = plugboard(&[
+        &"headless",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &store,
+        &"--config",
+        &host,
+        &"--duration",
+        &"200ms",
+        &"--json",
+    ]);
+    let out = ok(&output);
+    let err = crate::support::stderr(&output);
+    assert!(
+        err.contains("not started") && err.contains("max_plugins"),
+        "{err}"
+    );
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let refused = last["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|event| {
+            event["kind"] == "engine"
+                && event["message"]
+                    .as_str()
+                    .is_some_and(|message| message.starts_with("start refused:"))
+        });
+    assert!(refused, "{last}");
+}
