@@ -195,16 +195,14 @@ enum TrustCommand {
         level: Level,
     },
     /// Revoke a key id or a bundle/library digest.
+    #[command(group(
+        clap::ArgGroup::new("revoked").required(true).args(["key_id", "digest"])
+    ))]
     Revoke {
         #[arg(long, value_name = "DIR")]
         trust_store: PathBuf,
         /// Key id (16 hex characters) to revoke.
-        #[arg(
-            long,
-            value_name = "KEY-ID",
-            required_unless_present = "digest",
-            conflicts_with = "digest"
-        )]
+        #[arg(long, value_name = "KEY-ID")]
         key_id: Option<String>,
         /// SHA3-512 (128 hex characters) of a bundle or a library to revoke.
         #[arg(long, value_name = "SHA3-512")]

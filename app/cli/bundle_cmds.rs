@@ -35,7 +35,25 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
         );
     }
     check_is_elf(library)?;
+    let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let packed = write_bundle(&source, &manifest, library, out, key.as_ref(), &limits);
+    if packed.is_err() && created {
+        // Nothing half-made is left where a bundle was asked for.
+        let _ = std::fs::remove_dir_all(out);
+    }
+    packed
+}
+
+/// [`pack`]'s writing part, into the existing directory `out`.
+fn write_bundle(
+    source: &str,
+    manifest: &Manifest,
+    library: &Path,
+    out: &Path,
+    key: Option<&PrivateKey>,
+    limits: &HostLimits,
+) -> Result<()> {
     // Each file is written beside its place and renamed over it: packing a bundle in place
     // (the library or manifest given is the one in `out`) reads it whole before replacing it.
     // The library first: if it cannot be copied, the bundle keeps its old manifest.
@@ -62,7 +80,7 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
             });
         }
     }
-    let bundle = Bundle::open(out, &limits)?;
+    let bundle = Bundle::open(out, limits)?;
     outln!("bundle: {}", out.display())?;
     print_digests(&bundle)?;
     if let Some(key) = key {

@@ -199,11 +199,10 @@ fn start_and_call(
         .next()
         .ok_or_else(|| anyhow!("{} holds no plugin", bundle.display()))?;
     known.plugin = Some(name.clone());
-    engine
-        .execute(Command::Start {
-            plugin: name.clone(),
-        })
-        .with_context(|| format!("`{name}` did not start"))?;
+    // The engine's refusal names the plugin already.
+    engine.execute(Command::Start {
+        plugin: name.clone(),
+    })?;
     let started = plugin_snapshot(engine, &name)?;
     let outcome = engine.execute(Command::Call {
         plugin: name.clone(),

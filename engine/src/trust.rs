@@ -107,8 +107,9 @@ pub enum TrustError {
     },
 
     #[error(
-        "trust store {dir} does not exist or is not a directory: pin a signer's public key \
-         with `plugboard trust add <key.pub>` to create it"
+        "trust store {dir} does not exist or is not a directory: check the path, or create \
+         the store by pinning a signer's public key (`plugboard trust add --trust-store {dir} \
+         <key.pub>`)"
     )]
     StoreMissing { dir: PathBuf },
 
@@ -167,7 +168,8 @@ pub enum TrustError {
 
     #[error(
         "the bundle is not signed (no plugin.sig): sign it with `plugboard sign`, or run the \
-         host with its development flag to load it sandboxed"
+         host in development mode (`--allow-unsigned`, or `allow_unsigned = true` in its \
+         configuration) to load it sandboxed"
     )]
     Unsigned,
 

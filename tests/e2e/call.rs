@@ -91,7 +91,7 @@ fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_err
         &"greet",
     ]));
     assert!(
-        err.contains("did not start") && err.contains("key"),
+        err.contains("`hello` could not start") && err.contains("key"),
         "{err}"
     );
 

@@ -546,3 +546,52 @@ fn trust_allow_puts_a_bundle_on_the_list_and_warns_when_it_still_would_not_verif
         "{warning}"
     );
 }
+
+/// A pack that fails after it began writing (here `[requires]` names a binary this host
+/// lacks, checked on the packed bundle) leaves no half-made bundle directory behind.
+#[test]
+fn a_failed_pack_leaves_no_bundle_directory() {
+    let temp = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(repo_root().join("plugins/hello/plugin.toml")).unwrap();
+    let manifest_file = temp.path().join("hello.toml");
+    std::fs::write(
+        &manifest_file,
+        format!("{manifest}\n[requires]\nbinaries = [\"plugboard-no-such-binary\"]\n"),
+    )
+    .unwrap();
+    let out = temp.path().join("bundle");
+    let err = fails(&plugboard(&[
+        &"pack",
+        &manifest_file,
+        &"--library",
+        &plugin_library("hello"),
+        &"--out",
+        &out,
+    ]));
+    assert!(err.contains("plugboard-no-such-binary"), "{err}");
+    assert!(!out.exists(), "{} was left behind", out.display());
+}
+
+/// Errors about key files name the file's role: a missing `--key` is said to be the
+/// private key, a public key given for signing is said to be one, and `trust revoke`
+/// without what to revoke names both choices.
+#[test]
+fn key_file_mistakes_are_named_as_such() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "author");
+    let missing = temp.path().join("no-such.key");
+    let err = fails(&plugboard(&[&"sign", &temp.path(), &"--key", &missing]));
+    assert!(
+        err.contains("no-such.key") && err.contains("expected an Ed25519 private key there"),
+        "{err}"
+    );
+    let err = fails(&plugboard(&[&"sign", &temp.path(), &"--key", &keys.public]));
+    assert!(err.contains("this is a public key"), "{err}");
+    let output = plugboard(&[&"trust", &"revoke", &"--trust-store", &keys.store]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = crate::support::stderr(&output);
+    assert!(
+        err.contains("--key-id") && err.contains("--digest"),
+        "{err}"
+    );
+}

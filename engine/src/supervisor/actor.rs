@@ -400,7 +400,8 @@ fn check_signature(
         (None, true) => (None, Some("no trust store is configured".to_owned())),
         (None, false) => {
             return Err(Refusal {
-                reason: "no trust store is configured and unsigned bundles are not allowed"
+                reason: "no trust store is configured (`trust_store`, or `--trust-store DIR`) \
+                         and unsigned bundles are not allowed"
                     .to_owned(),
                 trust: true,
             });

@@ -107,7 +107,12 @@ pub(super) fn read_checked(
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(io_error("open", path))?;
+        .map_err(|error| TrustError::Io {
+            action: "open",
+            path: path.to_owned(),
+            // Which file it was meant to be: `--key /typo` says it was the key.
+            error: io::Error::new(error.kind(), format!("{error}; expected {expected} there")),
+        })?;
     let metadata = file.metadata().map_err(io_error("inspect", path))?;
     check_file(path, &metadata, sensitivity, expected)?;
     let mut contents = Zeroizing::new(Vec::new());

@@ -97,6 +97,16 @@ pub struct PrivateKey {
     key_id: KeyId,
 }
 
+/// Whether the file at `path` begins as a PEM public key.
+fn is_public_key_file(path: &Path) -> bool {
+    let mut start = [0u8; 64];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read(&mut file, &mut start))
+        .is_ok_and(|read| {
+            String::from_utf8_lossy(&start[..read]).contains("-----BEGIN PUBLIC KEY-----")
+        })
+}
+
 impl PrivateKey {
     /// A new random key from the operating system's generator.
     pub fn generate() -> Self {
@@ -114,16 +124,26 @@ impl PrivateKey {
     /// Loads a PKCS#8 PEM private key (as `openssl genpkey -algorithm ed25519` writes it),
     /// refusing a file that group or others can read or write, as ssh does.
     pub fn load(path: &Path) -> Result<Self, TrustError> {
+        let invalid = |reason: String| TrustError::InvalidPrivateKey {
+            path: path.to_owned(),
+            reason,
+        };
         let contents = files::read_checked(
             path,
             Sensitivity::Secret,
             "an Ed25519 private key",
             KEY_FILE_LIMIT,
-        )?;
-        let invalid = |reason: String| TrustError::InvalidPrivateKey {
-            path: path.to_owned(),
-            reason,
-        };
+        )
+        .map_err(|err| match err {
+            // A public key (readable by all, as it may be) given where the private one is
+            // wanted: said as that, not as a private key with loose permissions.
+            TrustError::InsecureKeyFile { .. } if is_public_key_file(path) => invalid(
+                "this is a public key (PEM `PUBLIC KEY`); sign with the private key, the .key \
+                 file beside it"
+                    .to_owned(),
+            ),
+            other => other,
+        })?;
         let text = std::str::from_utf8(&contents)
             .map_err(|_| invalid("the file is not PEM text".to_owned()))?;
         let signing_key = SigningKey::from_pkcs8_pem(text)
