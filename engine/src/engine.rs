@@ -1208,6 +1208,7 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
             .expect("actor thread starts")
     };
     *plugin.actor.lock().unwrap_or_else(PoisonError::into_inner) = Some(actor);
+    let rejected = plugin.lifecycle().blocked.clone();
     plugins.insert(name.clone(), plugin);
     drop(plugins);
     shared.event(
@@ -1216,6 +1217,10 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
             dir: dir.display().to_string(),
         },
     );
+    // A duplicate is rejected from the start: said as any rejection is.
+    if let Some(reason) = rejected {
+        shared.event(Some(&name), EventKind::Rejected { reason });
+    }
 }
 
 fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {

@@ -1130,6 +1130,15 @@ fn bundles_claiming_one_name_are_all_listed_and_the_one_named_after_its_director
         );
         let reason = reason.as_deref().unwrap_or_default();
         assert!(reason.contains("duplicate plugin name"), "{reason}");
+        // Said as any rejection is: a `rejected` event with the reason.
+        assert!(
+            engine.recent_events().iter().any(|event| {
+                event.plugin.as_deref() == Some(name.as_str())
+                    && matches!(&event.kind, EventKind::Rejected { reason }
+                        if reason.contains("duplicate plugin name"))
+            }),
+            "no rejected event for {name}"
+        );
     }
     engine
         .execute(Command::Load {
