@@ -246,7 +246,17 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                     .iter()
                     .find(|shown| shown.name == plugin)
                     .map(|shown| shown.state);
-                if !matches!(state, Some(PluginState::Rejected | PluginState::Failed)) {
+                // Rejected and Failed carry their reason in the snapshots; Disabled and
+                // Quarantined are kept from starting on purpose.
+                if !matches!(
+                    state,
+                    Some(
+                        PluginState::Rejected
+                            | PluginState::Failed
+                            | PluginState::Disabled
+                            | PluginState::Quarantined
+                    )
+                ) {
                     eprintln!("plugboard: `{plugin}` not started: {err}");
                 }
             }

@@ -157,6 +157,8 @@ pub enum EngineError {
     StartFailed { plugin: String, reason: String },
     #[error("`{plugin}` could not be loaded: {reason}")]
     LoadFailed { plugin: String, reason: String },
+    #[error("`{plugin}` was quarantined by the host's policy: {reason}")]
+    Quarantined { plugin: String, reason: String },
     #[error("`{plugin}` has no hook `{hook}`")]
     UnknownHook { plugin: String, hook: String },
     #[error("`{plugin}` is no longer running")]
@@ -712,8 +714,15 @@ impl Engine {
         let started = self.start_in_order(name);
         if let (Err(err), Ok(plugin)) = (&started, self.shared.plugin(name)) {
             let state = plugin.lifecycle().state;
-            // A start that failed on its way (Failed, Rejected) has said why already.
-            if !matches!(state, PluginState::Failed | PluginState::Rejected) {
+            // A start that failed on its way (Failed, Rejected) has said why already; one of
+            // a plugin kept from starting on purpose (disabled, quarantined) is no news.
+            if !matches!(
+                state,
+                PluginState::Failed
+                    | PluginState::Rejected
+                    | PluginState::Disabled
+                    | PluginState::Quarantined
+            ) {
                 self.shared.event(
                     Some(name),
                     EventKind::Engine {

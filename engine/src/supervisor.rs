@@ -350,6 +350,9 @@ pub(crate) struct Plugin {
     /// The worker waiting to be ready, while a start or reload waits for it: what the
     /// engine's shutdown cancels.
     pub starting: Mutex<Option<crate::worker::StartCancel>>,
+    /// The worker a reload replaced, while it finishes the calls it was given: their emits
+    /// are still its own (admitted under its manifest's grants).
+    pub retiring: Mutex<Option<Arc<Running>>>,
     /// Hooks emitted through the engine (granted ones).
     pub emitted: AtomicU64,
     pub actor: Mutex<Option<JoinHandle<()>>>,
@@ -389,6 +392,7 @@ impl Plugin {
             events_unrecorded: AtomicU64::new(0),
             deep_emits: Mutex::new((0, None)),
             starting: Mutex::new(None),
+            retiring: Mutex::new(None),
             emitted: AtomicU64::new(0),
             actor: Mutex::new(None),
             toggle_order: Mutex::new(()),

@@ -486,6 +486,8 @@ pub struct LaunchedWorker {
     outputs: Captured,
     sandbox_pid: u32,
     sandbox_process: Option<ProcessHandle>,
+    /// Shared with its [`StartCancel`]s.
+    phase: Arc<Mutex<StartPhase>>,
     mechanisms: BTreeMap<Mechanism, MechanismState>,
     exited: Arc<AtomicBool>,
     listener_thread: Option<JoinHandle<()>>,
@@ -493,28 +495,52 @@ pub struct LaunchedWorker {
     events: EventSink,
 }
 
+/// Where a launched worker's start stands, for [`StartCancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartPhase {
+    Waiting,
+    Ready,
+    Cancelled,
+}
+
 /// Ends a launched worker's wait for `Ready` from another thread (an engine shutting down
 /// does not wait out a slow `create`): its channel is shut down, so the wait fails at once
-/// and the worker, never ready, is killed as any failed start is. Does nothing once the
-/// start is over.
+/// and the worker, never ready, is killed as any failed start is. Once the worker was
+/// ready it does nothing (the channel then serves the running worker).
 #[derive(Debug, Clone)]
-pub struct StartCancel(std::sync::Weak<Channel>);
+pub struct StartCancel {
+    channel: std::sync::Weak<Channel>,
+    phase: Arc<Mutex<StartPhase>>,
+}
 
 impl StartCancel {
     pub fn cancel(&self) {
-        if let Some(channel) = self.0.upgrade() {
+        let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        if *phase != StartPhase::Waiting {
+            return;
+        }
+        *phase = StartPhase::Cancelled;
+        if let Some(channel) = self.channel.upgrade() {
             let _ = nix::sys::socket::shutdown(
                 channel.as_fd().as_raw_fd(),
                 nix::sys::socket::Shutdown::Both,
             );
         }
     }
+
+    /// Whether [`StartCancel::cancel`] ended the start.
+    pub fn cancelled(&self) -> bool {
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) == StartPhase::Cancelled
+    }
 }
 
 impl LaunchedWorker {
     /// A way to end [`LaunchedWorker::load`]'s wait from another thread.
     pub fn start_cancel(&self) -> StartCancel {
-        StartCancel(Arc::downgrade(&self.channel))
+        StartCancel {
+            channel: Arc::downgrade(&self.channel),
+            phase: Arc::clone(&self.phase),
+        }
     }
 }
 
@@ -623,6 +649,7 @@ impl Worker {
             outputs: Captured::new((stdout_read, stderr_read)),
             sandbox_pid,
             sandbox_process,
+            phase: Arc::new(Mutex::new(StartPhase::Waiting)),
             mechanisms,
             exited,
             listener_thread,
@@ -866,6 +893,7 @@ impl LaunchedWorker {
             mut outputs,
             sandbox_pid,
             sandbox_process,
+            phase,
             mechanisms,
             exited,
             listener_thread,
@@ -879,6 +907,18 @@ impl LaunchedWorker {
                 error: source,
             })?;
         await_ready(&channel, &plugin, &events, &mut outputs)?;
+        {
+            // Ready, unless a cancel came first (its shutdown of the channel may have
+            // raced the Ready): from here on a cancel does nothing.
+            let mut phase = phase.lock().unwrap_or_else(PoisonError::into_inner);
+            if *phase == StartPhase::Cancelled {
+                return Err(handshake_error(
+                    &plugin,
+                    "the start was cancelled (the engine is shutting down)".to_owned(),
+                ));
+            }
+            *phase = StartPhase::Ready;
+        }
 
         let pid = starting.pid;
         // Opened before the follower starts: until then nobody reaps the worker.
@@ -1089,12 +1129,16 @@ fn read_output_until_message(
         if left.is_zero() {
             return;
         }
-        let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        // At the follower's pace: a constructor writing as fast as it can costs the engine
+        // no more here than once it runs. Meanwhile only the channel is watched.
+        let wait = outputs.wait_before_reading(chunk.len());
+        let timeout = if wait.is_zero() { left } else { left.min(wait) };
+        let millis = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
         let mut ready = [false; 2];
         let message = {
             let mut polled = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
             let open: Vec<usize> = (0..2)
-                .filter(|&index| outputs.pipes[index].fd.is_some())
+                .filter(|&index| wait.is_zero() && outputs.pipes[index].fd.is_some())
                 .collect();
             for &index in &open {
                 if let Some(fd) = &outputs.pipes[index].fd {
@@ -1113,7 +1157,8 @@ fn read_output_until_message(
             fired(&polled[0])
         };
         if ready.iter().any(|ready| *ready) {
-            read_ready(
+            outputs.last_read = Instant::now();
+            let read = read_ready(
                 &mut outputs.pipes,
                 ready,
                 chunk,
@@ -1121,6 +1166,7 @@ fn read_output_until_message(
                 events,
             );
             outputs.budget.report(events);
+            outputs.bytes.spend(tokens(read));
         }
         if message {
             return;
@@ -1402,6 +1448,9 @@ impl LineBudget {
 struct Captured {
     pipes: [OutputPipe; 2],
     budget: LineBudget,
+    /// The byte rate the pipes are read at ([`OUTPUT_BYTES_PER_SEC`]).
+    bytes: TokenBucket,
+    last_read: Instant,
 }
 
 impl Captured {
@@ -1412,6 +1461,27 @@ impl Captured {
                 OutputPipe::new(stderr, OutputStream::Stderr),
             ],
             budget: LineBudget::new(OUTPUT_LINES_PER_SEC, OUTPUT_LINES_PER_SEC * 2.0),
+            bytes: TokenBucket::new(
+                f64::from(OUTPUT_BYTES_PER_SEC),
+                f64::from(OUTPUT_BYTES_BURST),
+            ),
+            last_read: Instant::now(),
+        }
+    }
+
+    /// How long before the pipes may be read again: past the byte rate, until it allows a
+    /// chunk; past the line budget (lines only counted), reads at least
+    /// [`READ_GAP_WHILE_DROPPING`] apart — so a worker writing a line per write is read in
+    /// batches, not a read per line.
+    fn wait_before_reading(&mut self, chunk: usize) -> Duration {
+        self.bytes.refill();
+        self.budget.refill();
+        if !self.bytes.has_token() {
+            self.bytes.time_until(tokens(chunk))
+        } else if !self.budget.has_token() {
+            READ_GAP_WHILE_DROPPING.saturating_sub(self.last_read.elapsed())
+        } else {
+            Duration::ZERO
         }
     }
 }
@@ -1574,6 +1644,8 @@ fn follow_captured(pid: Pid, captured: Captured, events: &EventSink) -> ExitStat
     let Captured {
         mut pipes,
         mut budget,
+        mut bytes,
+        mut last_read,
     } = captured;
     // Without pidfds (Linux < 5.3) the pipes' end is all there is to go by.
     let exit = crate::sandbox::process::open_pidfd(pid).ok();
@@ -1587,11 +1659,6 @@ fn follow_captured(pid: Pid, captured: Captured, events: &EventSink) -> ExitStat
         Some(pages) => pages,
         None => &mut small,
     };
-    let mut bytes = TokenBucket::new(
-        f64::from(OUTPUT_BYTES_PER_SEC),
-        f64::from(OUTPUT_BYTES_BURST),
-    );
-    let mut last_read = Instant::now();
     while pipes.iter().any(|pipe| pipe.fd.is_some()) {
         bytes.refill();
         budget.refill();

@@ -113,6 +113,27 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
     None
 }
 
+/// `line` cut to at most `width` cells (counted by characters of its spans).
+fn cut_line(line: Line<'_>, width: usize) -> Line<'_> {
+    let mut left = width;
+    let mut spans = Vec::new();
+    for span in line.spans {
+        if left == 0 {
+            break;
+        }
+        let count = span.content.chars().count();
+        if count <= left {
+            left -= count;
+            spans.push(span);
+        } else {
+            let cut: String = span.content.chars().take(left).collect();
+            spans.push(Span::styled(cut, span.style));
+            left = 0;
+        }
+    }
+    Line::from(spans).style(line.style)
+}
+
 fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Vec<Line>) {
     let theme = &app.theme;
     let longest = lines.iter().map(Line::width).max().unwrap_or(0);
@@ -121,7 +142,13 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Ve
         .clamp(30, area.width.saturating_sub(4).max(30));
     // Wrapped lines need more rows than there are lines.
     let inner_width = usize::from(width.saturating_sub(2)).max(1);
-    let rows_of = |line: &Line| line.width().max(1).div_ceil(inner_width);
+    // Rows as the paragraph wraps them (at word boundaries: more than width / columns).
+    let rows_of = |line: &Line| {
+        Paragraph::new(line.clone())
+            .wrap(Wrap { trim: false })
+            .line_count(u16::try_from(inner_width).unwrap_or(u16::MAX))
+            .max(1)
+    };
     // Taller than the screen: the middle gives way, never the last line (the keys that
     // answer or close the box).
     let room = usize::from(area.height.saturating_sub(2)).max(1);
@@ -132,6 +159,13 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Ve
         for line in lines {
             let rows = rows_of(&line);
             if used + rows > room {
+                // The line that does not fit shows as much as the rows left hold (a long
+                // text alone in its box shows its beginning, not nothing).
+                // (A row's worth of slack: the cut may wrap at a word.)
+                let left = room.saturating_sub(used + 1);
+                if left > 0 {
+                    kept.push(cut_line(line, left * inner_width));
+                }
                 break;
             }
             used += rows;

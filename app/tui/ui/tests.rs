@@ -1580,3 +1580,15 @@ fn the_info_pane_scrolls_on_a_small_terminal() {
     let up = render(&mut app, 60, 20).join("\n");
     assert!(up.contains(&format!("↑↓ {}/{last}", last - 1)), "{up}");
 }
+
+#[test]
+fn a_text_longer_than_the_screen_shows_its_beginning_and_the_close_key() {
+    let mut app = app();
+    app.overlay = Some(Overlay::Text {
+        title: "Event".to_owned(),
+        lines: vec![format!("the beginning {}", "x".repeat(4000))],
+    });
+    let text = render(&mut app, 40, 12).join("\n");
+    assert!(text.contains("the beginning"), "{text}");
+    assert!(text.contains("any key: close"), "{text}");
+}

@@ -85,10 +85,19 @@ impl Emits for PluginEmits {
     fn admit(&self, hook: &str, depth: u32) -> Result<(), i32> {
         let shared = self.shared.upgrade().ok_or(abi::EMIT_FAILED)?;
         let plugin = shared.plugin(&self.emitter).map_err(|_| abi::EMIT_FAILED)?;
-        // Not running (being created, stopped or replaced): nobody to answer for it.
+        // The worker serving, or the one a reload replaced while it finishes its calls;
+        // not one being created or stopped: nobody to answer for it.
         let running = plugin
             .running()
             .filter(|running| running.generation == self.generation)
+            .or_else(|| {
+                plugin
+                    .retiring
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .filter(|retiring| retiring.generation == self.generation)
+            })
             .ok_or(abi::EMIT_FAILED)?;
         if !running.emit_grants.iter().any(|allowed| allowed == hook) {
             let violation = Violation::new(

@@ -532,6 +532,21 @@ fn load_launching(
     }
 }
 
+/// The worker a reload replaced finishes what it was given, then stops; meanwhile its
+/// calls' emits are still its own (`Plugin::retiring`).
+fn retire_replaced(shared: &Shared, plugin: &Plugin, old: &Arc<Running>) {
+    let retiring = || {
+        plugin
+            .retiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    };
+    *retiring() = Some(Arc::clone(old));
+    old.runner.retire(grace(shared, &plugin.name));
+    retiring().take();
+    shared.workers_retired.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Records a bundle that does not verify as a `trust_failure` violation and quarantines
 /// the plugin if the policy says so.
 fn trust_failure(shared: &Shared, plugin: &Plugin, detail: &str, reason: &str) {
@@ -681,7 +696,7 @@ fn await_start(
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     match loaded {
-        Err(_) if shared.shutting_down.load(Ordering::SeqCst) => {
+        Err(_) if cancel.cancelled() => {
             Err("the engine shut down while it was being created".to_owned())
         }
         other => other.map_err(|err| err.to_string()),
@@ -1054,18 +1069,24 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
     let verified = match verify_bundle(shared, plugin) {
         Ok(verified) => verified,
         Err(Refusal { reason, trust }) => {
-            let failed = fail(reason.clone());
             // A bundle that no longer verifies under a running plugin is a trust failure
-            // as at a load (its bundle was changed on disk, say).
+            // as at a load (its bundle was changed on disk, say); a policy that
+            // quarantines it has stopped the old version too, and that is what is said.
             if trust {
                 trust_failure(
                     shared,
                     plugin,
-                    &format!("reload refused: {reason}; the running version serves on"),
+                    &format!("reload refused: {reason}"),
                     &reason,
                 );
+                if plugin.lifecycle().state == PluginState::Quarantined {
+                    return Err(EngineError::Quarantined {
+                        plugin: plugin.name.clone(),
+                        reason: format!("its reload was refused: {reason}"),
+                    });
+                }
             }
-            return Err(failed);
+            return Err(fail(reason));
         }
     };
     if let Err(err) = super::dependencies::check_reload(shared, &plugin.name, &verified.manifest) {
@@ -1114,11 +1135,8 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         adopt_worker(shared, plugin, &mut lifecycle, &running);
         old
     };
-    // The old worker finishes what it was given, then stops.
     if let Some(old) = old {
-        let grace = grace(shared, &plugin.name);
-        old.runner.retire(grace);
-        shared.workers_retired.fetch_add(1, Ordering::Relaxed);
+        retire_replaced(shared, plugin, &old);
     }
     shared.event(
         Some(&plugin.name),

@@ -238,14 +238,15 @@ fn a_reload_to_a_broken_bundle_leaves_the_old_version_serving() {
             && err.to_string().contains("old version keeps serving"),
         "{err}"
     );
-    wait_for(&fixture.events, Duration::from_secs(1), |event| {
-        matches!(event.kind, EventKind::ReloadFailed { .. })
-    });
-    // A bundle that no longer verifies is a trust failure, as at a load.
+    // A bundle that no longer verifies is a trust failure, as at a load (said first: the
+    // policy's action may change what the failed reload leaves).
     wait_for(&fixture.events, Duration::from_secs(1), |event| {
         matches!(&event.kind, EventKind::Violation { violation }
             if violation.kind == plugboard_engine::policy::ViolationKind::TrustFailure
                 && violation.detail.contains("reload refused"))
+    });
+    wait_for(&fixture.events, Duration::from_secs(1), |event| {
+        matches!(event.kind, EventKind::ReloadFailed { .. })
     });
     let after = plugin(engine, "hello");
     assert_eq!(after.violations, before.violations + 1);
@@ -1772,4 +1773,70 @@ fn a_refused_load_is_said_as_a_load_and_shows_nothing_verified_before() {
     assert_eq!(hello.state, PluginState::Rejected);
     assert_eq!(hello.version, None);
     assert!(hello.capabilities.is_none() && hello.limits.is_none());
+}
+
+/// A call a reload overtakes finishes on the old worker, and an emit it makes then is
+/// still admitted (under the old version's own grants): the reload is not seen by it.
+#[test]
+fn an_emit_from_a_call_a_reload_overtook_is_admitted() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.grace = Duration::from_secs(5);
+    });
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "prober");
+    let before = plugin(&engine, "prober").worker_pid;
+    let calling = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || call(&engine, "prober", "emit_later", "600"))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    engine
+        .execute(Command::Reload {
+            plugin: "prober".into(),
+        })
+        .unwrap();
+    assert_ne!(plugin(&engine, "prober").worker_pid, before);
+    let report = calling.join().unwrap();
+    assert_eq!(
+        (report.status.as_str(), report.reply.as_str()),
+        ("ok", "ok: emitted prober.allowed"),
+        "{report:?}"
+    );
+}
+
+/// Under a policy that quarantines trust failures, a reload to a tampered bundle
+/// quarantines the plugin, and the failed reload says so (not that the old version serves
+/// on).
+#[test]
+fn a_reload_refused_for_trust_under_a_quarantine_policy_says_the_plugin_was_quarantined() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.policy.rules.insert(
+            plugboard_engine::policy::ViolationKind::TrustFailure,
+            plugboard_engine::policy::Rule {
+                action: plugboard_engine::policy::Action::Quarantine,
+                ..plugboard_engine::policy::Rule::default()
+            },
+        );
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let library = fixture.plugins.join("hello/libhello.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&library, bytes).unwrap();
+    let err = engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("was quarantined by the host's policy: its reload was refused"),
+        "{err}"
+    );
+    assert!(!err.contains("keeps serving"), "{err}");
+    let hello = plugin(engine, "hello");
+    assert_eq!(hello.state, PluginState::Quarantined);
+    assert_eq!(hello.worker_pid, None);
 }

@@ -10,7 +10,8 @@
 //! as it is, newlines included), `newlines` (writes empty
 //! lines to stdout, 64 KiB per write, for the milliseconds in the payload), `sockets`
 //! (opens sockets, for the milliseconds in the payload, as fast as it can), `emit` (emits the hook
-//! named in the payload through the host), `relay.a` / `relay.b` (each emits the other,
+//! named in the payload through the host), `emit_later` (sleeps the milliseconds in the
+//! payload, then emits `prober.allowed`), `relay.a` / `relay.b` (each emits the other,
 //! for a loop of two probers), `forge` (writes garbage straight onto the
 //! worker's IPC socket, as a hostile plugin could), `unhealthy` / `healthy` (its health
 //! checks fail / pass from then on). With the setting `emit_on_create` it emits that hook
@@ -84,6 +85,19 @@ fn flood_sockets(payload: &[u8]) -> Result<Vec<u8>, Error> {
 
 impl Prober {
     /// Emits `hook` and answers what the engine said.
+    /// Logs the payload as it is (newlines and all) through the host API.
+    fn log_as_is(&self, payload: &[u8]) -> Vec<u8> {
+        self.host.info(&String::from_utf8_lossy(payload));
+        b"logged".to_vec()
+    }
+
+    /// Sleeps the milliseconds in the payload, then emits `prober.allowed`: an emit from a
+    /// call that a reload overtakes.
+    fn emit_later(&self, payload: &[u8]) -> Result<Vec<u8>, Error> {
+        std::thread::sleep(millis(payload, "emit_later")?);
+        Ok(self.emit("prober.allowed", b"later"))
+    }
+
     fn emit(&self, hook: &str, payload: &[u8]) -> Vec<u8> {
         match self.host.emit(hook, payload) {
             Ok(()) => format!("ok: emitted {hook}").into_bytes(),
@@ -199,17 +213,14 @@ impl Plugin for Prober {
                 }
                 format!("wrote {lines} lines").into_bytes()
             }
-            // Logs the payload as it is (newlines and all) through the host API.
-            "log" => {
-                self.host.info(&String::from_utf8_lossy(payload));
-                b"logged".to_vec()
-            }
+            "log" => self.log_as_is(payload),
             "newlines" => flood_newlines(payload)?,
             "sockets" => flood_sockets(payload)?,
             "emit" => {
                 let hook = text(payload, "prober.event");
                 self.emit(&hook, b"from prober")
             }
+            "emit_later" => self.emit_later(payload)?,
             // Two probers subscribed one to each, granted to emit the other, emit to each
             // other without end: only the engine's bound on emit chains stops them.
             "relay.a" => self.emit("relay.b", payload),
