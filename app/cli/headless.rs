@@ -262,7 +262,8 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
             }
         }
     });
-    if options.traffic.is_some() {
+    // (Not once a signal stopped the engine during the starts: it ends below.)
+    if options.traffic.is_some() && signals.received().is_none() {
         engine.execute(Command::Traffic {
             rate: options.traffic,
         })?;

@@ -595,6 +595,12 @@ fn sigint_during_a_slow_start_stops_the_engine_at_once() {
         engine_scopes_in("memory", pid).is_empty(),
         "cgroups left behind"
     );
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     // The final snapshot is still printed.
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
