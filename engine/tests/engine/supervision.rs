@@ -223,11 +223,7 @@ fn a_reload_to_a_broken_bundle_leaves_the_old_version_serving() {
     start(engine, "hello");
     let before = plugin(engine, "hello");
     // Tampered after signing: the library no longer matches the signature.
-    let library = fixture.plugins.join("hello/libhello.so");
-    let mut bytes = std::fs::read(&library).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&library, bytes).unwrap();
+    tamper_library(&fixture.plugins.join("hello/libhello.so"));
     let err = engine
         .execute(Command::Reload {
             plugin: "hello".into(),
@@ -1820,11 +1816,7 @@ fn a_reload_refused_for_trust_under_a_quarantine_policy_says_the_plugin_was_quar
     });
     let engine = &fixture.engine;
     start(engine, "hello");
-    let library = fixture.plugins.join("hello/libhello.so");
-    let mut bytes = std::fs::read(&library).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&library, bytes).unwrap();
+    tamper_library(&fixture.plugins.join("hello/libhello.so"));
     let err = engine
         .execute(Command::Reload {
             plugin: "hello".into(),
@@ -1839,4 +1831,12 @@ fn a_reload_refused_for_trust_under_a_quarantine_policy_says_the_plugin_was_quar
     let hello = plugin(engine, "hello");
     assert_eq!(hello.state, PluginState::Quarantined);
     assert_eq!(hello.worker_pid, None);
+}
+
+/// Flips a bit of a signed bundle's library: the signature no longer matches it.
+fn tamper_library(library: &std::path::Path) {
+    let mut bytes = std::fs::read(library).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(library, bytes).unwrap();
 }
