@@ -1191,6 +1191,7 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
         .and_then(|overrides| overrides.enabled);
     // The operator's last word (persisted) wins over the configuration file.
     let enabled = toggles.enabled.or(configured).unwrap_or(true);
+    let rejected = blocked.clone();
     let mut lifecycle = Lifecycle::new(blocked);
     // Disabled whether quarantined or not: clearing the quarantine leaves it disabled.
     lifecycle.disabled = !enabled;
@@ -1217,7 +1218,6 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
             .expect("actor thread starts")
     };
     *plugin.actor.lock().unwrap_or_else(PoisonError::into_inner) = Some(actor);
-    let rejected = plugin.lifecycle().blocked.clone();
     plugins.insert(name.clone(), plugin);
     drop(plugins);
     shared.event(

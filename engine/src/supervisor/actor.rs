@@ -1675,7 +1675,7 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
         // Failed instead of restarting for ever.
         Action::Restart => {
             if plugin.running().is_some() {
-                let _ = stop(shared, plugin, PluginState::Failed);
+                // The reason first: whoever sees the new state sees why.
                 let reason = if shared.config.restart.enabled {
                     format!("restarted by policy after {kind}: {detail}")
                 } else {
@@ -1685,12 +1685,13 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
                     )
                 };
                 lifecycle_reason(plugin, reason);
+                let _ = stop(shared, plugin, PluginState::Failed);
                 schedule_restart(shared, plugin);
             }
         }
         Action::Stop => {
-            let _ = stop(shared, plugin, PluginState::Stopped);
             lifecycle_reason(plugin, format!("stopped by policy after {kind}: {detail}"));
+            let _ = stop(shared, plugin, PluginState::Stopped);
             say_dependents_left_running(shared, plugin, "stopped by policy");
         }
         Action::Quarantine => {
