@@ -288,18 +288,7 @@ fn call_runs_a_bundle_that_asks_for_in_process_sandboxed() {
             format!("{manifest}\n[isolation]\nmode = \"in-process\"\n"),
         )
         .unwrap();
-        let bundle = root.path().join(name);
-        ok(&plugboard(&[
-            &"pack",
-            &manifest_file,
-            &"--library",
-            &plugin_library(name),
-            &"--out",
-            &bundle,
-            &"--key",
-            &keys.private,
-        ]));
-        bundle
+        crate::support::pack_signed(&manifest_file, name, &root.path().join(name), &keys)
     };
 
     let hello = in_process("hello");

@@ -101,8 +101,12 @@ pub fn keys(root: &Path, name: &str) -> Keys {
 
 /// Packs and signs an example plugin into `<root>/<name>`.
 pub fn signed_example(root: &Path, name: &str, keys: &Keys) -> PathBuf {
-    let bundle = root.join(name);
     let manifest = repo_root().join(format!("plugins/{name}/plugin.toml"));
+    pack_signed(&manifest, name, &root.join(name), keys)
+}
+
+/// Packs example plugin `name`'s library with `manifest` into `bundle`, signed by `keys`.
+pub fn pack_signed(manifest: &Path, name: &str, bundle: &Path, keys: &Keys) -> PathBuf {
     ok(&plugboard(&[
         &"pack",
         &manifest,
@@ -113,7 +117,7 @@ pub fn signed_example(root: &Path, name: &str, keys: &Keys) -> PathBuf {
         &"--key",
         &keys.private,
     ]));
-    bundle
+    bundle.to_owned()
 }
 
 /// `plugboard` with `args`, to be given its stdio and spawned.
