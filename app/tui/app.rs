@@ -322,7 +322,9 @@ impl App {
         if let Some(back) = self.paused.as_mut() {
             *back = (*back + 1).min(self.history.len() - 1);
         }
-        if self.selected_plugin.is_none() {
+        // Nothing selected yet, or the selected plugin is gone (a refused duplicate is
+        // forgotten when its bundle is removed): the first one shown is.
+        if self.selected().is_none() {
             self.selected_plugin = self
                 .visible_plugins()
                 .first()

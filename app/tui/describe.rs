@@ -301,6 +301,11 @@ pub fn describe(event: &Event) -> Described {
             format!("bundle removed from disk: {}", text("dir")),
             Role::Warn,
         ),
+        "bundle_moved" => (
+            kind,
+            format!("bundle moved on disk: {} → {}", text("from"), text("to")),
+            Role::Warn,
+        ),
         "health_changed" => {
             let to = text("to");
             let detail = text("detail");
@@ -407,5 +412,17 @@ mod tests {
             started.text
         );
         assert!(matches!(started.role, Role::Warn));
+    }
+
+    #[test]
+    fn a_moved_bundle_names_both_directories() {
+        let moved = describe(&event(EventKind::BundleMoved {
+            from: "/plugins/hello-1.0".to_owned(),
+            to: "/plugins/hello-1.1".to_owned(),
+        }));
+        assert_eq!(
+            moved.text,
+            "bundle moved on disk: /plugins/hello-1.0 → /plugins/hello-1.1"
+        );
     }
 }

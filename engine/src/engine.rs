@@ -630,7 +630,7 @@ impl Engine {
                 .plugins
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            found.retain(|dir| !plugins.values().any(|plugin| &plugin.dir == dir));
+            found.retain(|dir| !plugins.values().any(|plugin| plugin.dir() == *dir));
         }
         // Where two bundles claim one name, the one in a directory of that name gets it,
         // whatever the directory order (`plugins/hello` is `hello`, and a copy beside it,
@@ -1070,7 +1070,7 @@ fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
     let known = shared
         .all_plugins()
         .into_iter()
-        .find(|plugin| plugin.dir == dir);
+        .find(|plugin| plugin.dir() == dir);
     let message = match (change, &known) {
         // A hidden directory (a deploy's temporary copy) is no bundle of its own: it
         // becomes one when renamed into place.
@@ -1085,15 +1085,71 @@ fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
         }
         (BundleChange::Added(_), Some(_)) => DiskChange::Restored,
         (BundleChange::Changed(_), _) => DiskChange::Changed,
+        // A refused duplicate that is gone is forgotten: it never ran.
+        (BundleChange::Removed(_), Some(plugin)) if plugin.duplicate_of.is_some() => {
+            shared.event(
+                Some(&plugin.name),
+                EventKind::BundleRemoved {
+                    dir: dir.display().to_string(),
+                },
+            );
+            forget_duplicate(shared, plugin);
+            return;
+        }
         (BundleChange::Removed(_), _) => DiskChange::Removed,
     };
     if let Some(plugin) = known {
+        let removed = message == DiskChange::Removed;
         let _ = plugin.inbox.send(ActorMessage::Disk(message));
+        if removed {
+            take_over_duplicate(shared, &plugin);
+        }
     }
 }
 
-/// Registers a bundle directory (named after its directory until its manifest is read),
-/// with the host's and the operator's toggles applied, and starts its actor.
+/// The bundle providing `plugin` is gone: a duplicate of it still on disk (refused while
+/// the plugin held the name) provides it now, as if the bundle had moved there.
+fn take_over_duplicate(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
+    let successor = shared.all_plugins().into_iter().find(|candidate| {
+        candidate.duplicate_of.as_deref() == Some(plugin.name.as_str())
+            && bundle_name(&candidate.dir(), &shared.config.limits).as_deref()
+                == Some(plugin.name.as_str())
+    });
+    if let Some(successor) = successor {
+        forget_duplicate(shared, &successor);
+        let from = plugin.move_to(successor.dir());
+        let _ = plugin
+            .inbox
+            .send(ActorMessage::Disk(DiskChange::Moved { from }));
+    }
+}
+
+/// Drops a refused duplicate's entry and ends its actor. It never ran (it is refused at
+/// every start), so there is nothing to stop.
+fn forget_duplicate(shared: &Shared, duplicate: &Arc<Plugin>) {
+    {
+        let mut plugins = shared
+            .plugins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if plugins
+            .get(&duplicate.name)
+            .is_some_and(|entry| Arc::ptr_eq(entry, duplicate))
+        {
+            plugins.remove(&duplicate.name);
+        }
+    }
+    let _ = duplicate.inbox.send(ActorMessage::Exit);
+    let actor = duplicate
+        .actor
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(actor) = actor {
+        let _ = actor.join();
+    }
+}
+
 /// A directory whose name begins with `.`: never discovered as a bundle.
 fn is_hidden(dir: &Path) -> bool {
     dir.file_name()
@@ -1141,8 +1197,13 @@ fn create_scope(
     Ok(scope)
 }
 
+/// Registers a bundle directory (named after its directory until its manifest is read),
+/// with the host's and the operator's toggles applied, and starts its actor. A bundle
+/// naming a plugin whose own bundle is gone from disk is that plugin's, moved: the plugin
+/// follows it (marked changed on disk; its next start or reload reads it there).
 fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
-    let name = bundle_name(dir, &shared.config.limits).unwrap_or_else(|| {
+    let manifest_name = bundle_name(dir, &shared.config.limits);
+    let name = manifest_name.clone().unwrap_or_else(|| {
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
@@ -1151,13 +1212,23 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
         .plugins
         .write()
         .unwrap_or_else(PoisonError::into_inner);
-    if plugins.values().any(|plugin| plugin.dir == dir) {
+    if plugins.values().any(|plugin| plugin.dir() == dir) {
+        return;
+    }
+    let moved_here = plugins
+        .get(&name)
+        .filter(|holder| manifest_name.is_some() && !holder.dir().join(MANIFEST_FILE).is_file());
+    if let Some(holder) = moved_here {
+        let from = holder.move_to(dir.to_owned());
+        let _ = holder
+            .inbox
+            .send(ActorMessage::Disk(DiskChange::Moved { from }));
         return;
     }
     // Two bundles claiming one name: the second is shown under its directory's path,
     // refused, rather than silently hidden. A path cannot be a plugin's name (no '/'), so
     // the duplicate never takes the name of a plugin found after it.
-    let (name, blocked) = match plugins.get(&name) {
+    let (name, blocked, duplicate_of) = match plugins.get(&name) {
         Some(other) => {
             let mut key = dir.display().to_string();
             // Two paths that differ only in bytes that are not UTF-8 display alike.
@@ -1170,11 +1241,11 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
             }
             let reason = format!(
                 "duplicate plugin name `{name}`: {} already provides it",
-                other.dir.display()
+                other.dir().display()
             );
-            (key, Some(reason))
+            (key, Some(reason), Some(name))
         }
-        None => (name, None),
+        None => (name, None, None),
     };
     let toggles = shared
         .persisted
@@ -1205,6 +1276,7 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
     let plugin = Arc::new(Plugin::new(
         name.clone(),
         dir.to_owned(),
+        duplicate_of,
         lifecycle,
         toggles.disabled_hooks,
         SampleSeries::new(shared.config.sample_history, shared.config.sample_interval),
@@ -1266,7 +1338,7 @@ fn plugin_snapshot(shared: &Shared, plugin: &Plugin) -> PluginSnapshot {
             .manifest
             .as_ref()
             .map(|manifest| manifest.plugin.version.to_string()),
-        dir: plugin.dir.display().to_string(),
+        dir: plugin.dir().display().to_string(),
         state: lifecycle.state,
         reason: lifecycle.reason.clone(),
         health: lifecycle.health.health,

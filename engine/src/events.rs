@@ -113,6 +113,12 @@ pub enum EventKind {
     BundleRemoved {
         dir: String,
     },
+    /// The plugin's bundle is now the one in `to` (its directory `from` is gone): the
+    /// plugin's next start or reload reads it there.
+    BundleMoved {
+        from: String,
+        to: String,
+    },
     /// A health check changed the plugin's health.
     HealthChanged {
         from: crate::snapshot::Health,

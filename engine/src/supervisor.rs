@@ -289,11 +289,16 @@ pub(crate) struct Running {
 pub(crate) type Reply = mpsc::Sender<Result<(), EngineError>>;
 
 /// What the bundle watcher saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DiskChange {
     Changed,
     Removed,
     Restored,
+    /// The bundle providing the plugin is now the one in the plugin's (new) directory;
+    /// `from` is where it was.
+    Moved {
+        from: PathBuf,
+    },
 }
 
 pub(crate) enum ActorMessage {
@@ -325,7 +330,11 @@ pub(crate) enum ActorMessage {
 /// One plugin: its bundle directory, the actor-owned lifecycle, and what calls touch.
 pub(crate) struct Plugin {
     pub name: String,
-    pub dir: PathBuf,
+    /// Changed only through [`Plugin::move_to`]: a bundle moved on disk.
+    dir: RwLock<PathBuf>,
+    /// For a bundle refused because another one already provides its plugin name: that
+    /// name (the entry itself is keyed by the bundle's path).
+    pub duplicate_of: Option<String>,
     pub lifecycle: Mutex<Lifecycle>,
     /// What serves its calls; replaced only through [`Plugin::set_running`].
     running: RwLock<Option<Arc<Running>>>,
@@ -372,6 +381,7 @@ impl Plugin {
     pub fn new(
         name: String,
         dir: PathBuf,
+        duplicate_of: Option<String>,
         lifecycle: Lifecycle,
         disabled_hooks: BTreeSet<String>,
         resources: SampleSeries,
@@ -379,7 +389,8 @@ impl Plugin {
     ) -> Self {
         Self {
             name,
-            dir,
+            dir: RwLock::new(dir),
+            duplicate_of,
             lifecycle: Mutex::new(lifecycle),
             running: RwLock::new(None),
             call_path_epoch: AtomicU64::new(0),
@@ -397,6 +408,23 @@ impl Plugin {
             actor: Mutex::new(None),
             toggle_order: Mutex::new(()),
         }
+    }
+
+    /// The bundle directory it is (re)loaded from.
+    pub fn dir(&self) -> PathBuf {
+        self.dir
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Points the plugin at the bundle in `dir` and returns where it was; what runs is
+    /// untouched until the next start or reload.
+    pub fn move_to(&self, dir: PathBuf) -> PathBuf {
+        std::mem::replace(
+            &mut *self.dir.write().unwrap_or_else(PoisonError::into_inner),
+            dir,
+        )
     }
 
     pub fn running(&self) -> Option<Arc<Running>> {
@@ -550,6 +578,7 @@ mod tests {
         let plugin = Plugin::new(
             "flooder".to_owned(),
             PathBuf::from("/nonexistent"),
+            None,
             Lifecycle::new(None),
             BTreeSet::new(),
             SampleSeries::new(Duration::from_secs(1), Duration::from_secs(1)),

@@ -423,6 +423,20 @@ fn the_filter_matches_names_and_states_as_typed_and_esc_restores() {
     assert_eq!(app.plugin_filter, "", "esc on the screen clears it");
 }
 
+/// A selected plugin that leaves the engine's list (a refused duplicate is forgotten when
+/// its bundle is removed) hands the selection to the first plugin shown.
+#[test]
+fn a_selected_plugin_that_is_gone_hands_the_selection_on() {
+    let mut app = app();
+    app.selected_plugin = Some("broken".to_owned());
+    let mut without_broken = fleet();
+    without_broken["plugins"].as_array_mut().unwrap().pop();
+    app.on_sample(snapshot(without_broken));
+    let first = app.visible_plugins()[0].name.clone();
+    assert_eq!(app.selected_plugin.as_deref(), Some(first.as_str()));
+    assert!(app.selected().is_some());
+}
+
 /// A selected plugin that drops out of a state filter (it crashed) is not a command's
 /// target any more: keys act only on rows the operator can see.
 #[test]

@@ -197,8 +197,6 @@ struct VerifiedBundle {
     trust: TrustInfo,
 }
 
-/// Reads the bundle in `plugin.dir`, checks its signature against the trust store (or the
-/// development flag), the in-process rule and the host's config overrides.
 /// Why a bundle was refused; `trust` when its signature or signer was the problem.
 struct Refusal {
     reason: String,
@@ -214,6 +212,8 @@ impl From<String> for Refusal {
     }
 }
 
+/// Reads the bundle in the plugin's directory, checks its signature against the trust store
+/// (or the development flag), the in-process rule and the host's config overrides.
 fn verify_bundle(shared: &Shared, plugin: &Plugin) -> Result<VerifiedBundle, Refusal> {
     verify_bundle_while(
         shared,
@@ -237,7 +237,7 @@ fn verify_bundle_while<T: Send>(
     plugin: &Plugin,
     meanwhile: Option<impl FnOnce(&Manifest, &Config, BorrowedFd<'_>) -> T + Send>,
 ) -> (Result<VerifiedBundle, Refusal>, Option<T>) {
-    let opening = match Bundle::begin_open(&plugin.dir, &shared.config.limits) {
+    let opening = match Bundle::begin_open(&plugin.dir(), &shared.config.limits) {
         Ok(opening) => opening,
         Err(err) => return (Err(Refusal::from(err.to_string())), None),
     };
@@ -355,7 +355,7 @@ fn checked_config(
     if *name != plugin.name {
         return Err(Refusal::from(format!(
             "the bundle in {} now names itself `{name}`, not `{}`",
-            plugin.dir.display(),
+            plugin.dir().display(),
             plugin.name
         )));
     }
@@ -1844,16 +1844,14 @@ fn restart_after_backoff(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
 const DEPENDENCY_STARTING_RETRY: Duration = Duration::from_millis(100);
 
 fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange) {
-    let dir = plugin.dir.display().to_string();
+    let dir = plugin.dir().display().to_string();
     let reload_now = {
         let mut lifecycle = plugin.lifecycle();
         match change {
-            DiskChange::Changed => {
-                lifecycle.changed_on_disk = true;
-                lifecycle.removed_from_disk = false;
-            }
             DiskChange::Removed => lifecycle.removed_from_disk = true,
-            DiskChange::Restored => {
+            // What is there may not be what was verified: a moved bundle too (a deploy
+            // that replaces `hello-1.0/` with `hello-1.1/`).
+            DiskChange::Changed | DiskChange::Restored | DiskChange::Moved { .. } => {
                 lifecycle.removed_from_disk = false;
                 lifecycle.changed_on_disk = true;
             }
@@ -1870,6 +1868,10 @@ fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange
         match change {
             DiskChange::Changed | DiskChange::Restored => EventKind::BundleChanged { dir },
             DiskChange::Removed => EventKind::BundleRemoved { dir },
+            DiskChange::Moved { from } => EventKind::BundleMoved {
+                from: from.display().to_string(),
+                to: dir,
+            },
         },
     );
     if reload_now {

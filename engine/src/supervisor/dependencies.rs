@@ -82,7 +82,7 @@ fn read_manifest(shared: &Shared, plugin: &Plugin) -> Result<Manifest, EngineErr
     if let Some(manifest) = plugin.lifecycle().manifest.clone() {
         return Ok(manifest);
     }
-    let path = plugin.dir.join(crate::manifest::MANIFEST_FILE);
+    let path = plugin.dir().join(crate::manifest::MANIFEST_FILE);
     match crate::manifest::read_bundle_manifest(&path)
         .and_then(|source| Manifest::parse(&source, &path, &shared.config.limits))
     {

@@ -1082,6 +1082,113 @@ fn the_watcher_marks_changed_and_removed_bundles_and_discovers_new_ones() {
     assert_eq!(reloaded.version.as_deref(), Some("0.2.0"));
 }
 
+/// A deploy that replaces `hello/` with `hello-0.2/`: the plugin follows its bundle to the
+/// new directory (changed on disk; a reload takes the new version) instead of the new
+/// bundle being refused as a duplicate of a plugin whose bundle is gone.
+#[test]
+fn a_bundle_moved_to_another_directory_is_followed_by_its_plugin() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    std::fs::remove_dir_all(fixture.plugins.join("hello")).unwrap();
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        "hello-0.2",
+        version_2,
+    );
+    let new_dir = fixture.plugins.join("hello-0.2").display().to_string();
+    let moved = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
+        hello.dir == new_dir && hello.changed_on_disk && !hello.removed_from_disk
+    });
+    assert_eq!(
+        (moved.state, moved.version.as_deref()),
+        (PluginState::Running, Some("0.1.0")),
+        "a move alone does not reload"
+    );
+    assert_eq!(engine.snapshot().plugins.len(), 1, "no duplicate entry");
+    assert!(engine.recent_events().iter().any(|event| matches!(
+        &event.kind,
+        EventKind::BundleMoved { to, .. } if *to == new_dir
+    )));
+
+    engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    let reloaded = plugin(engine, "hello");
+    assert_eq!(reloaded.version.as_deref(), Some("0.2.0"));
+    assert!(!reloaded.changed_on_disk);
+}
+
+/// A second bundle naming a plugin is refused as a duplicate while the first holds the
+/// name; removed, it is forgotten; still there when the first one's bundle is removed, it
+/// provides the plugin from then on.
+#[test]
+fn a_duplicate_is_forgotten_when_removed_and_takes_over_when_the_holder_is_removed() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let copy = |bundle: &str| {
+        add_bundle(
+            &fixture.plugins,
+            &fixture.signer,
+            "hello",
+            bundle,
+            version_2,
+        );
+        let key = fixture.plugins.join(bundle).display().to_string();
+        let duplicate = wait_until(engine, &key, Duration::from_secs(5), |_| true);
+        assert_eq!(duplicate.state, PluginState::Rejected);
+        assert!(
+            duplicate
+                .reason
+                .as_deref()
+                .is_some_and(|reason| reason.contains("duplicate plugin name `hello`")),
+            "{:?}",
+            duplicate.reason
+        );
+        key
+    };
+    let gone = |key: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.snapshot().plugins.iter().any(|p| p.name == key) {
+            assert!(Instant::now() < deadline, "{key} is still listed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let first_copy = copy("hello-copy");
+    std::fs::remove_dir_all(fixture.plugins.join("hello-copy")).unwrap();
+    gone(&first_copy);
+    let hello = plugin(engine, "hello");
+    assert!(
+        !hello.removed_from_disk && !hello.changed_on_disk,
+        "{hello:?}"
+    );
+
+    let second_copy = copy("hello-next");
+    std::fs::remove_dir_all(fixture.plugins.join("hello")).unwrap();
+    gone(&second_copy);
+    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
+        hello.dir == second_copy && hello.changed_on_disk && !hello.removed_from_disk
+    });
+    assert_eq!(hello.state, PluginState::Running);
+    engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").version.as_deref(), Some("0.2.0"));
+    assert_eq!(engine.snapshot().plugins.len(), 1);
+}
+
 /// A plugin directory given relative to the working directory is watched all the same
 /// (the watcher's events carry absolute paths).
 #[test]
