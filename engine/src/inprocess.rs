@@ -20,7 +20,7 @@
 //!   captured per plugin.
 //!
 //! The library is loaded from the same sealed memfd as for a worker
-//! ([`loader::load`](crate::loader::load)), so the bytes that run are exactly the bytes
+//! ([`crate::loader::load`]), so the bytes that run are exactly the bytes
 //! that were verified. One sealed library is loaded in-process at most once at a time: the
 //! dynamic loader would hand a second load the very same image (and the same globals), so
 //! a second [`InProcessPlugin::start`] of the same sealed library is refused until the

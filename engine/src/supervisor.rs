@@ -2,7 +2,7 @@
 //! reload, unload, enable/disable, restarts with backoff after a crash — and reacts to its
 //! worker's events. Commands and worker events are messages to that actor, so nothing else
 //! changes the state. Hook calls do not queue behind the actor: they go straight to the
-//! running worker ([`Running`]).
+//! running worker (`Running`).
 
 mod actor;
 pub(crate) mod dependencies;

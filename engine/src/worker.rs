@@ -1296,7 +1296,7 @@ pub(crate) const MAX_LINE: usize = 4096;
 const OUTPUT_READ: usize = 16 * 1024;
 
 /// Bytes of a worker's stdout and stderr the engine reads per second (and at most this
-/// many at once, [`OUTPUT_BYTES_BURST`]). Reading costs the engine about a nanosecond a
+/// many at once, `OUTPUT_BYTES_BURST`). Reading costs the engine about a nanosecond a
 /// byte outside the worker's CPU quota — a worker writing empty lines could keep an engine
 /// core busy — and past [`OUTPUT_LINES_PER_SEC`] lines are only counted anyway: past this
 /// rate the pipes fill and the worker waits in its writes. Its exit is still seen at once.
@@ -1603,7 +1603,7 @@ fn line_pieces(pending: usize, complete: &[u8]) -> u64 {
 }
 
 /// Follows a worker until it is gone, on one thread: its stdout and stderr lines as they
-/// come, then its exit (see [`follow`]).
+/// come, then its exit (see [`follow_captured`]).
 fn spawn_follower(
     plugin: &str,
     pid: Pid,
@@ -1628,18 +1628,19 @@ fn spawn_follower(
         .expect("thread starts")
 }
 
-/// Passes on the worker's output lines until it has exited, then reaps it. Its end is
-/// watched through a pidfd beside the pipes: the pipes alone end only when every process
-/// holding them is gone, which the pid namespace guarantees (it takes every descendant down
-/// with its pid 1) but a worker without one does not — a child it forked could keep them
-/// open, and its crash would go unseen. Once it has exited, what the pipes hold is read
-/// and passed on, and pipes someone else still holds are left.
+/// [`follow_captured`] from pipes nothing was read from yet.
 #[cfg(test)]
 fn follow(pid: Pid, pipes: (OwnedFd, OwnedFd), events: &EventSink) -> ExitStatus {
     follow_captured(pid, Captured::new(pipes), events)
 }
 
-/// [`follow`] from where the start left the pipes.
+/// Passes on the worker's output lines, from where the start left the pipes, until it has
+/// exited, then reaps it. Its end is watched through a pidfd beside the pipes: the pipes
+/// alone end only when every process holding them is gone, which the pid namespace
+/// guarantees (it takes every descendant down with its pid 1) but a worker without one
+/// does not — a child it forked could keep them open, and its crash would go unseen. Once
+/// it has exited, what the pipes hold is read and passed on, and pipes someone else still
+/// holds are left.
 fn follow_captured(pid: Pid, captured: Captured, events: &EventSink) -> ExitStatus {
     let Captured {
         mut pipes,

@@ -110,7 +110,7 @@ impl LimitNotices {
     }
 
     /// The tokens of the workers noticed since the last call, without waiting. Each
-    /// noticed worker's eventfds must be drained ([`MemoryWatch::drain`]) or it shows again.
+    /// noticed worker's eventfds must be drained (`MemoryWatch::drain`) or it shows again.
     pub fn noticed(&mut self) -> HashSet<u64> {
         let mut noticed = HashSet::new();
         loop {

@@ -82,7 +82,7 @@ const RESOLVER_READ: &[&str] = &[
 ];
 
 impl FsPolicy {
-    /// No plugin paths; [`SYSTEM_READ`] as the system paths.
+    /// No plugin paths; `SYSTEM_READ` as the system paths.
     pub fn system_defaults() -> Self {
         Self {
             read: Vec::new(),
