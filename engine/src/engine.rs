@@ -157,6 +157,13 @@ pub enum EngineError {
     StartFailed { plugin: String, reason: String },
     #[error("`{plugin}` could not be loaded: {reason}")]
     LoadFailed { plugin: String, reason: String },
+    /// A bundle refused for good (a duplicate of a plugin name): it takes no command.
+    #[error("`{plugin}` cannot be {action}: {reason}")]
+    Refused {
+        plugin: String,
+        action: &'static str,
+        reason: String,
+    },
     #[error("`{plugin}` was quarantined by the host's policy: {reason}")]
     Quarantined { plugin: String, reason: String },
     #[error("`{plugin}` has no hook `{hook}`")]
@@ -556,8 +563,13 @@ impl Engine {
             Duration::from_millis(policy.debounce_ms),
             move |changes| {
                 if let Some(shared) = shared.upgrade() {
-                    for change in changes {
-                        on_bundle_change(&shared, &change);
+                    // Removals first: a bundle moved within one quiet window (`mv hello-1.0
+                    // hello-1.1`) is then followed at once, not first listed as a duplicate.
+                    let (removed, others): (Vec<_>, Vec<_>) = changes
+                        .into_iter()
+                        .partition(|change| matches!(change, BundleChange::Removed(_)));
+                    for change in removed.iter().chain(&others) {
+                        on_bundle_change(&shared, change);
                     }
                 }
             },
@@ -1011,10 +1023,19 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
+        // Set under the plugins lock: a discovery racing this registers nothing more, so
+        // every actor is in the list taken next.
+        {
+            let _plugins = self
+                .shared
+                .plugins
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.shutting_down.store(true, Ordering::SeqCst);
+        }
         let plugins = self.shared.all_plugins();
         // A start waiting for a slow `create` (up to its 10 s deadline) would hold its
         // actor, and this, that long: it is cancelled (see `await_start`).
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
         for plugin in &plugins {
             if let Some(start) = plugin
                 .starting
@@ -1065,82 +1086,138 @@ impl Drop for Engine {
 }
 
 /// What the watcher saw, handed to the plugin's actor (or, for a new bundle, discovered).
+/// Where a plugin's bundle is, and whether it is gone, change here at once, so that the
+/// next change is judged against them; the marks snapshots show and the events follow in
+/// the actor, in order with its other work.
 fn on_bundle_change(shared: &Arc<Shared>, change: &BundleChange) {
     let dir = change.path();
     let known = shared
         .all_plugins()
         .into_iter()
         .find(|plugin| plugin.dir() == dir);
-    let message = match (change, &known) {
+    let Some(plugin) = known else {
         // A hidden directory (a deploy's temporary copy) is no bundle of its own: it
-        // becomes one when renamed into place.
-        (BundleChange::Added(_), None)
-            if is_hidden(dir) && !shared.config.bundles.iter().any(|single| single == dir) =>
-        {
-            return;
-        }
-        (BundleChange::Added(_), None) => {
+        // becomes one when renamed into place. A changed one nothing lists (a plugin there
+        // moved on while its manifest was briefly gone) is registered as a new one.
+        let hidden = is_hidden(dir) && !shared.config.bundles.iter().any(|single| single == dir);
+        if !hidden && !matches!(change, BundleChange::Removed(_)) {
             add_bundle(shared, dir);
-            return;
         }
-        (BundleChange::Added(_), Some(_)) => DiskChange::Restored,
-        (BundleChange::Changed(_), _) => DiskChange::Changed,
+        return;
+    };
+    let message = match change {
+        BundleChange::Added(_) => {
+            plugin.set_bundle_gone(false);
+            DiskChange::Restored(dir.to_owned())
+        }
+        BundleChange::Changed(_) => {
+            plugin.set_bundle_gone(false);
+            DiskChange::Changed(dir.to_owned())
+        }
         // A refused duplicate that is gone is forgotten: it never ran.
-        (BundleChange::Removed(_), Some(plugin)) if plugin.duplicate_of.is_some() => {
+        BundleChange::Removed(_) if plugin.duplicate_of.is_some() => {
             shared.event(
                 Some(&plugin.name),
                 EventKind::BundleRemoved {
                     dir: dir.display().to_string(),
                 },
             );
-            forget_duplicate(shared, plugin);
+            forget_duplicate(shared, &plugin);
             return;
         }
-        (BundleChange::Removed(_), _) => DiskChange::Removed,
-    };
-    if let Some(plugin) = known {
-        let removed = message == DiskChange::Removed;
-        let _ = plugin.inbox.send(ActorMessage::Disk(message));
-        if removed {
-            take_over_duplicate(shared, &plugin);
+        BundleChange::Removed(_) => {
+            plugin.set_bundle_gone(true);
+            DiskChange::Removed(dir.to_owned())
         }
+    };
+    let removed = matches!(message, DiskChange::Removed(_));
+    let _ = plugin.inbox.send(ActorMessage::Disk(message));
+    if removed {
+        take_over_duplicate(shared, &plugin);
     }
 }
 
+/// Whether `dir` is called `name`: the directory discovery gives a plugin's name to.
+fn dir_is_named(dir: &Path, name: &str) -> bool {
+    dir.file_name().and_then(|own| own.to_str()) == Some(name)
+}
+
+/// Points `plugin` at the bundle in `to` and tells its actor.
+fn move_plugin(plugin: &Plugin, to: &Path) -> PathBuf {
+    let from = plugin.move_to(to.to_owned());
+    let _ = plugin.inbox.send(ActorMessage::Disk(DiskChange::Moved {
+        from: from.clone(),
+        to: to.to_owned(),
+    }));
+    from
+}
+
 /// The bundle providing `plugin` is gone: a duplicate of it still on disk (refused while
-/// the plugin held the name) provides it now, as if the bundle had moved there.
+/// the plugin held the name) provides it now, as if the bundle had moved there — of
+/// several, the one in a directory of the plugin's name, as discovery would choose.
 fn take_over_duplicate(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
-    let successor = shared.all_plugins().into_iter().find(|candidate| {
-        candidate.duplicate_of.as_deref() == Some(plugin.name.as_str())
-            && bundle_name(&candidate.dir(), &shared.config.limits).as_deref()
-                == Some(plugin.name.as_str())
-    });
+    let name = plugin.name.as_str();
+    let mut candidates: Vec<Arc<Plugin>> = shared
+        .all_plugins()
+        .into_iter()
+        .filter(|candidate| {
+            candidate.duplicate_of.as_deref() == Some(name)
+                && bundle_name(&candidate.dir(), &shared.config.limits).as_deref() == Some(name)
+        })
+        .collect();
+    candidates.sort_by_key(|candidate| !dir_is_named(&candidate.dir(), name));
+    // Under one lock, so that no discovery sees the duplicate's directory unlisted.
+    let successor = {
+        let mut plugins = shared
+            .plugins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !plugin.bundle_gone() {
+            return; // back on disk meanwhile
+        }
+        let successor = candidates
+            .into_iter()
+            .find(|candidate| unregister(&mut plugins, candidate));
+        if let Some(successor) = &successor {
+            plugin.set_bundle_gone(false);
+            move_plugin(plugin, &successor.dir());
+        }
+        successor
+    };
     if let Some(successor) = successor {
-        forget_duplicate(shared, &successor);
-        let from = plugin.move_to(successor.dir());
-        let _ = plugin
-            .inbox
-            .send(ActorMessage::Disk(DiskChange::Moved { from }));
+        end_actor(&successor);
     }
 }
 
 /// Drops a refused duplicate's entry and ends its actor. It never ran (it is refused at
 /// every start), so there is nothing to stop.
 fn forget_duplicate(shared: &Shared, duplicate: &Arc<Plugin>) {
-    {
-        let mut plugins = shared
+    unregister(
+        &mut shared
             .plugins
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if plugins
-            .get(&duplicate.name)
-            .is_some_and(|entry| Arc::ptr_eq(entry, duplicate))
-        {
-            plugins.remove(&duplicate.name);
-        }
+            .unwrap_or_else(PoisonError::into_inner),
+        duplicate,
+    );
+    end_actor(duplicate);
+}
+
+/// Removes `plugin`'s entry, if the map still holds this very plugin under its name.
+fn unregister(plugins: &mut BTreeMap<String, Arc<Plugin>>, plugin: &Arc<Plugin>) -> bool {
+    let listed = plugins
+        .get(&plugin.name)
+        .is_some_and(|entry| Arc::ptr_eq(entry, plugin));
+    if listed {
+        plugins.remove(&plugin.name);
     }
-    let _ = duplicate.inbox.send(ActorMessage::Exit);
-    let actor = duplicate
+    listed
+}
+
+/// Ends the actor of a plugin no longer listed (no lock held: it may be finishing a
+/// message, which needs the plugins map).
+fn end_actor(plugin: &Plugin) {
+    let _ = plugin.inbox.send(ActorMessage::Exit);
+    let actor = plugin
         .actor
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -1198,9 +1275,14 @@ fn create_scope(
 }
 
 /// Registers a bundle directory (named after its directory until its manifest is read),
-/// with the host's and the operator's toggles applied, and starts its actor. A bundle
-/// naming a plugin whose own bundle is gone from disk is that plugin's, moved: the plugin
-/// follows it (marked changed on disk; its next start or reload reads it there).
+/// with the host's and the operator's toggles applied, and starts its actor.
+///
+/// A bundle naming a plugin that is known already is that plugin's, moved, when the
+/// plugin's bundle was seen removed (a deploy replacing `hello-1.0/` with `hello-1.1/`), or
+/// when it sits in a directory of the plugin's name and the plugin's does not (`mv hello
+/// hello-old`, then a new `hello/`): the plugin follows it, as discovery at the next start
+/// would have it; its next start or reload reads it there. The bundle it left, if still
+/// there, is listed as a duplicate. Any other such bundle is a duplicate.
 fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
     let manifest_name = bundle_name(dir, &shared.config.limits);
     let name = manifest_name.clone().unwrap_or_else(|| {
@@ -1212,18 +1294,24 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
         .plugins
         .write()
         .unwrap_or_else(PoisonError::into_inner);
-    if plugins.values().any(|plugin| plugin.dir() == dir) {
+    // Checked under the lock the shutdown sets it under: an actor started now would
+    // never be stopped.
+    if shared.shutting_down.load(Ordering::SeqCst)
+        || plugins.values().any(|plugin| plugin.dir() == dir)
+    {
         return;
     }
-    let moved_here = plugins
-        .get(&name)
-        .filter(|holder| manifest_name.is_some() && !holder.dir().join(MANIFEST_FILE).is_file());
-    if let Some(holder) = moved_here {
-        let from = holder.move_to(dir.to_owned());
-        let _ = holder
-            .inbox
-            .send(ActorMessage::Disk(DiskChange::Moved { from }));
-        return;
+    if let Some(holder) = manifest_name.as_ref().and_then(|name| plugins.get(name)) {
+        let gone = holder.bundle_gone();
+        if gone || (dir_is_named(dir, &name) && !dir_is_named(&holder.dir(), &name)) {
+            holder.set_bundle_gone(false);
+            let left = move_plugin(holder, dir);
+            drop(plugins);
+            if !gone {
+                add_bundle(shared, &left);
+            }
+            return;
+        }
     }
     // Two bundles claiming one name: the second is shown under its directory's path,
     // refused, rather than silently hidden. A path cannot be a plugin's name (no '/'), so

@@ -12,7 +12,7 @@ pub mod state_file;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -288,16 +288,17 @@ pub(crate) struct Running {
 /// An answer to a command, sent back by the actor.
 pub(crate) type Reply = mpsc::Sender<Result<(), EngineError>>;
 
-/// What the bundle watcher saw.
+/// What the bundle watcher saw. Each names the directory it is about: the plugin may have
+/// moved on since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DiskChange {
-    Changed,
-    Removed,
-    Restored,
-    /// The bundle providing the plugin is now the one in the plugin's (new) directory;
-    /// `from` is where it was.
+    Changed(PathBuf),
+    Removed(PathBuf),
+    Restored(PathBuf),
+    /// The bundle providing the plugin is now the one in `to`.
     Moved {
         from: PathBuf,
+        to: PathBuf,
     },
 }
 
@@ -332,6 +333,8 @@ pub(crate) struct Plugin {
     pub name: String,
     /// Changed only through [`Plugin::move_to`]: a bundle moved on disk.
     dir: RwLock<PathBuf>,
+    /// The watcher saw the bundle in `dir` removed (and not back since).
+    bundle_gone: AtomicBool,
     /// For a bundle refused because another one already provides its plugin name: that
     /// name (the entry itself is keyed by the bundle's path).
     pub duplicate_of: Option<String>,
@@ -390,6 +393,7 @@ impl Plugin {
         Self {
             name,
             dir: RwLock::new(dir),
+            bundle_gone: AtomicBool::new(false),
             duplicate_of,
             lifecycle: Mutex::new(lifecycle),
             running: RwLock::new(None),
@@ -425,6 +429,14 @@ impl Plugin {
             &mut *self.dir.write().unwrap_or_else(PoisonError::into_inner),
             dir,
         )
+    }
+
+    pub fn bundle_gone(&self) -> bool {
+        self.bundle_gone.load(Ordering::SeqCst)
+    }
+
+    pub fn set_bundle_gone(&self, gone: bool) {
+        self.bundle_gone.store(gone, Ordering::SeqCst);
     }
 
     pub fn running(&self) -> Option<Arc<Running>> {

@@ -69,74 +69,115 @@ pub(crate) fn run_actor(
                 Err(_) => break,
             },
         };
-        match message {
-            ActorMessage::Load(reply) => {
-                let _ = reply.send(load(shared, plugin));
-            }
-            ActorMessage::Start(reply) => {
-                // An operator's start cancels a pending restart and starts a fresh window;
-                // a start of a plugin already up (a dependency, started for a dependent)
-                // changes nothing, its restart budget included. A start refused before it
-                // began (`max_plugins`, a dependency down) leaves the pending restart be.
-                let pending = {
-                    let mut lifecycle = plugin.lifecycle();
-                    (!lifecycle.is_up()).then(|| std::mem::take(&mut lifecycle.backoff))
-                };
-                let started = start(shared, plugin);
-                if let (Err(_), Some(pending)) = (&started, pending) {
-                    let mut lifecycle = plugin.lifecycle();
-                    if lifecycle.state == PluginState::BackingOff {
-                        lifecycle.backoff = pending;
-                    }
-                }
-                let _ = reply.send(started);
-            }
-            ActorMessage::Stop(reply) => {
-                let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
-            }
-            ActorMessage::Unload(reply) => {
-                // A quarantine outlasts an unload (the library is gone already): only
-                // clearing it lets the plugin load and start again.
-                let to = if plugin.lifecycle().state == PluginState::Quarantined {
-                    PluginState::Quarantined
-                } else {
-                    PluginState::Unloaded
-                };
-                let result = stop(shared, plugin, to).map(|()| {
-                    plugin.lifecycle().library = None;
-                });
-                let _ = reply.send(result);
-            }
-            ActorMessage::Reload(reply) => {
-                let _ = reply.send(reload(shared, plugin));
-            }
-            ActorMessage::SetEnabled(enabled, reply) => {
-                let _ = reply.send(set_enabled(shared, plugin, enabled));
-            }
-            ActorMessage::ClearQuarantine(reply) => {
-                let _ = reply.send(clear_quarantine(shared, plugin));
-            }
-            ActorMessage::Violation {
-                generation,
-                violation,
-            } => {
-                plugin.event_taken();
-                on_reported_violation(shared, plugin, generation, violation);
-                unrecorded.report(shared, plugin);
-            }
-            ActorMessage::Worker {
-                generation,
-                event,
-                hooks,
-            } => {
-                plugin.event_taken();
-                on_worker_event(shared, plugin, generation, event, hooks);
-                unrecorded.report(shared, plugin);
-            }
-            ActorMessage::Disk(change) => on_disk_change(shared, plugin, change),
-            ActorMessage::Exit => break,
+        if !handle(shared, plugin, message, &mut unrecorded) {
+            break;
         }
     }
+}
+
+/// Carries out one message; false for [`ActorMessage::Exit`].
+fn handle(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+    message: ActorMessage,
+    unrecorded: &mut UnrecordedReport,
+) -> bool {
+    let Some(message) = refuse_if_blocked(plugin, message) else {
+        return true;
+    };
+    match message {
+        ActorMessage::Load(reply) => {
+            let _ = reply.send(load(shared, plugin));
+        }
+        ActorMessage::Start(reply) => {
+            // An operator's start cancels a pending restart and starts a fresh window;
+            // a start of a plugin already up (a dependency, started for a dependent)
+            // changes nothing, its restart budget included. A start refused before it
+            // began (`max_plugins`, a dependency down) leaves the pending restart be.
+            let pending = {
+                let mut lifecycle = plugin.lifecycle();
+                (!lifecycle.is_up()).then(|| std::mem::take(&mut lifecycle.backoff))
+            };
+            let started = start(shared, plugin);
+            if let (Err(_), Some(pending)) = (&started, pending) {
+                let mut lifecycle = plugin.lifecycle();
+                if lifecycle.state == PluginState::BackingOff {
+                    lifecycle.backoff = pending;
+                }
+            }
+            let _ = reply.send(started);
+        }
+        ActorMessage::Stop(reply) => {
+            let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
+        }
+        ActorMessage::Unload(reply) => {
+            // A quarantine outlasts an unload (the library is gone already): only
+            // clearing it lets the plugin load and start again.
+            let to = if plugin.lifecycle().state == PluginState::Quarantined {
+                PluginState::Quarantined
+            } else {
+                PluginState::Unloaded
+            };
+            let result = stop(shared, plugin, to).map(|()| {
+                plugin.lifecycle().library = None;
+            });
+            let _ = reply.send(result);
+        }
+        ActorMessage::Reload(reply) => {
+            let _ = reply.send(reload(shared, plugin));
+        }
+        ActorMessage::SetEnabled(enabled, reply) => {
+            let _ = reply.send(set_enabled(shared, plugin, enabled));
+        }
+        ActorMessage::ClearQuarantine(reply) => {
+            let _ = reply.send(clear_quarantine(shared, plugin));
+        }
+        ActorMessage::Violation {
+            generation,
+            violation,
+        } => {
+            plugin.event_taken();
+            on_reported_violation(shared, plugin, generation, violation);
+            unrecorded.report(shared, plugin);
+        }
+        ActorMessage::Worker {
+            generation,
+            event,
+            hooks,
+        } => {
+            plugin.event_taken();
+            on_worker_event(shared, plugin, generation, event, hooks);
+            unrecorded.report(shared, plugin);
+        }
+        ActorMessage::Disk(change) => on_disk_change(shared, plugin, &change),
+        ActorMessage::Exit => return false,
+    }
+    true
+}
+
+/// A refused duplicate takes no command but a load or start (refused with its reason
+/// there): it never runs, and stays Rejected — a reload would show it verified, a stop
+/// stopped, an unload unloaded.
+fn refuse_if_blocked(plugin: &Plugin, message: ActorMessage) -> Option<ActorMessage> {
+    let Some(reason) = plugin.lifecycle().blocked.clone() else {
+        return Some(message);
+    };
+    let (reply, action) = match message {
+        ActorMessage::Stop(reply) => (reply, "stopped"),
+        ActorMessage::Unload(reply) => (reply, "unloaded"),
+        ActorMessage::Reload(reply) => (reply, "reloaded"),
+        ActorMessage::SetEnabled(enabled, reply) => {
+            (reply, if enabled { "enabled" } else { "disabled" })
+        }
+        ActorMessage::ClearQuarantine(reply) => (reply, "cleared from quarantine"),
+        other => return Some(other),
+    };
+    let _ = reply.send(Err(EngineError::Refused {
+        plugin: plugin.name.clone(),
+        action,
+        reason,
+    }));
+    None
 }
 
 /// Tells the operator, at most once a second, that events were dropped because the
@@ -1843,34 +1884,36 @@ fn restart_after_backoff(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
 /// How soon a restart refused because a dependency was still starting is tried again.
 const DEPENDENCY_STARTING_RETRY: Duration = Duration::from_millis(100);
 
-fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: DiskChange) {
-    let dir = plugin.dir().display().to_string();
+fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: &DiskChange) {
     let reload_now = {
         let mut lifecycle = plugin.lifecycle();
         match change {
-            DiskChange::Removed => lifecycle.removed_from_disk = true,
+            DiskChange::Removed(_) => lifecycle.removed_from_disk = true,
             // What is there may not be what was verified: a moved bundle too (a deploy
             // that replaces `hello-1.0/` with `hello-1.1/`).
-            DiskChange::Changed | DiskChange::Restored | DiskChange::Moved { .. } => {
+            DiskChange::Changed(_) | DiskChange::Restored(_) | DiskChange::Moved { .. } => {
                 lifecycle.removed_from_disk = false;
                 lifecycle.changed_on_disk = true;
             }
         }
-        change != DiskChange::Removed
+        !matches!(change, DiskChange::Removed(_))
             && shared.config.watch.reload_on_change
             && matches!(
                 lifecycle.state,
                 PluginState::Running | PluginState::Degraded
             )
     };
+    let shown = |dir: &std::path::Path| dir.display().to_string();
     shared.event(
         Some(&plugin.name),
-        match change {
-            DiskChange::Changed | DiskChange::Restored => EventKind::BundleChanged { dir },
-            DiskChange::Removed => EventKind::BundleRemoved { dir },
-            DiskChange::Moved { from } => EventKind::BundleMoved {
-                from: from.display().to_string(),
-                to: dir,
+        match &change {
+            DiskChange::Changed(dir) | DiskChange::Restored(dir) => {
+                EventKind::BundleChanged { dir: shown(dir) }
+            }
+            DiskChange::Removed(dir) => EventKind::BundleRemoved { dir: shown(dir) },
+            DiskChange::Moved { from, to } => EventKind::BundleMoved {
+                from: shown(from),
+                to: shown(to),
             },
         },
     );

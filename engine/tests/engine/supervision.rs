@@ -1189,6 +1189,204 @@ fn a_duplicate_is_forgotten_when_removed_and_takes_over_when_the_holder_is_remov
     assert_eq!(engine.snapshot().plugins.len(), 1);
 }
 
+/// `mv hello hello-old` (a backup), then a new version copied into `hello/`, library first
+/// and manifest last, the copy outlasting the quiet window: the plugin ends up provided by
+/// `hello/`, as discovery at the next start would have it, and the backup is a duplicate.
+#[test]
+fn a_new_bundle_in_the_directory_of_the_plugins_name_wins_over_a_backup_moved_aside() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let staging = fixture.temp.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    add_bundle(&staging, &fixture.signer, "hello", "hello", version_2);
+    let (hello, backup) = (
+        fixture.plugins.join("hello"),
+        fixture.plugins.join("hello-old"),
+    );
+    std::fs::rename(&hello, &backup).unwrap();
+    std::fs::create_dir(&hello).unwrap();
+    std::fs::copy(staging.join("hello/libhello.so"), hello.join("libhello.so")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    for entry in std::fs::read_dir(staging.join("hello")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), hello.join(entry.file_name())).unwrap();
+    }
+    let hello_dir = hello.display().to_string();
+    wait_until(engine, "hello", Duration::from_secs(5), |plugin| {
+        plugin.dir == hello_dir && plugin.changed_on_disk
+    });
+    let backup_key = backup.display().to_string();
+    let duplicate = wait_until(engine, &backup_key, Duration::from_secs(5), |_| true);
+    assert_eq!(duplicate.state, PluginState::Rejected);
+    engine
+        .execute(Command::Reload {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").version.as_deref(), Some("0.2.0"));
+}
+
+/// A plugin's manifest briefly missing (rewritten as unlink + write) while another bundle
+/// naming it settles: the watcher never saw the plugin's bundle removed, so the plugin stays
+/// where it is and the other bundle is a duplicate.
+#[test]
+fn a_manifest_missing_for_a_moment_does_not_move_the_plugin() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let hello = fixture.plugins.join("hello");
+    let manifest = std::fs::read(hello.join("plugin.toml")).unwrap();
+    std::fs::remove_file(hello.join("plugin.toml")).unwrap();
+    add_bundle(&fixture.plugins, &fixture.signer, "hello", "hello-2", same);
+    // Keeps hello/ unsettled past hello-2's quiet window.
+    for i in 0..8 {
+        std::fs::write(hello.join("notes.txt"), format!("{i}")).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(hello.join("plugin.toml"), &manifest).unwrap();
+    let other = fixture.plugins.join("hello-2").display().to_string();
+    let duplicate = wait_until(engine, &other, Duration::from_secs(5), |_| true);
+    assert_eq!(duplicate.state, PluginState::Rejected);
+    std::thread::sleep(Duration::from_millis(500));
+    let hello_now = plugin(engine, "hello");
+    assert_eq!(hello_now.dir, hello.display().to_string());
+    assert!(!hello_now.removed_from_disk, "{hello_now:?}");
+}
+
+/// The plugin's actor is busy (a reload waiting for a slow health check) when its bundle
+/// is removed and a bundle naming it appears elsewhere: the events, handled late, name the
+/// directory each was about — the removed one removed, then the move.
+#[test]
+fn disk_events_handled_late_name_the_directories_they_were_about() {
+    let slow_health = |manifest: &str| {
+        failing_health(manifest, 2500) + "\n[health]\ninterval_ms = 60000\ntimeout_ms = 3000\n"
+    };
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "prober");
+    let prober = fixture.plugins.join("prober");
+    std::fs::remove_dir_all(&prober).unwrap();
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "prober",
+        "prober",
+        slow_health,
+    );
+    wait_until(&engine, "prober", Duration::from_secs(5), |plugin| {
+        plugin.changed_on_disk && !plugin.removed_from_disk
+    });
+    let reloading = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            engine.execute(Command::Reload {
+                plugin: "prober".into(),
+            })
+        })
+    };
+    wait_until(&engine, "prober", Duration::from_secs(5), |plugin| {
+        plugin.state == PluginState::Reloading
+    });
+    std::fs::remove_dir_all(&prober).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "prober",
+        "prober-2",
+        same,
+    );
+    let _ = reloading.join().unwrap();
+    let (old_dir, new_dir) = (
+        prober.display().to_string(),
+        fixture.plugins.join("prober-2").display().to_string(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let disk_events = loop {
+        let events: Vec<EventKind> = engine
+            .recent_events()
+            .into_iter()
+            .map(|event| event.kind)
+            .filter(|kind| {
+                matches!(
+                    kind,
+                    EventKind::BundleRemoved { .. } | EventKind::BundleMoved { .. }
+                )
+            })
+            .collect();
+        if events
+            .iter()
+            .any(|kind| matches!(kind, EventKind::BundleMoved { .. }))
+        {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "no move: {events:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        disk_events,
+        [
+            EventKind::BundleRemoved {
+                dir: old_dir.clone()
+            },
+            EventKind::BundleMoved {
+                from: old_dir,
+                to: new_dir
+            },
+        ]
+    );
+}
+
+/// A refused duplicate takes no command: it stays Rejected with its reason.
+#[test]
+fn a_duplicate_refuses_reload_stop_and_unload_and_stays_rejected() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    });
+    let engine = &fixture.engine;
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "hello",
+        "hello-copy",
+        version_2,
+    );
+    let key = fixture.plugins.join("hello-copy").display().to_string();
+    wait_until(engine, &key, Duration::from_secs(5), |_| true);
+    let commands = [
+        Command::Reload {
+            plugin: key.clone(),
+        },
+        Command::Stop {
+            plugin: key.clone(),
+            force: false,
+        },
+        Command::Unload {
+            plugin: key.clone(),
+            force: false,
+        },
+        Command::Disable {
+            plugin: key.clone(),
+        },
+    ];
+    for command in commands {
+        let err = engine.execute(command).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Refused { reason, .. } if reason.contains("duplicate plugin name `hello`")),
+            "{err}"
+        );
+        let duplicate = plugin(engine, &key);
+        assert_eq!(duplicate.state, PluginState::Rejected, "after {err}");
+    }
+}
+
 /// A plugin directory given relative to the working directory is watched all the same
 /// (the watcher's events carry absolute paths).
 #[test]
