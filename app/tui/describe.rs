@@ -246,16 +246,21 @@ pub fn describe(event: &Event) -> Described {
             format!("reload failed, old version serves: {}", text("reason")),
             Role::Error,
         ),
-        "backing_off" => (
-            kind,
-            format!(
-                "restart #{} in {} ms ({} left in budget)",
-                text("attempt"),
-                text("delay_ms"),
-                text("budget_left")
-            ),
-            Role::Warn,
-        ),
+        "backing_off" => {
+            // `budget_left` counts the restart being scheduled: attempt 3 with 1 left is
+            // the last one the window allows.
+            let count = |key: &str| fields.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let allowed = (count("attempt") + count("budget_left")).saturating_sub(1);
+            (
+                kind,
+                format!(
+                    "restart {} of {allowed} in {} ms",
+                    text("attempt"),
+                    text("delay_ms"),
+                ),
+                Role::Warn,
+            )
+        }
         "restarts_exhausted" => (
             kind,
             format!(
@@ -424,5 +429,15 @@ mod tests {
             moved.text,
             "bundle moved on disk: /plugins/hello-1.0 → /plugins/hello-1.1"
         );
+    }
+
+    #[test]
+    fn a_backoff_says_which_restart_of_how_many_the_window_allows() {
+        let last = describe(&event(EventKind::BackingOff {
+            attempt: 3,
+            delay_ms: 675,
+            budget_left: 1,
+        }));
+        assert_eq!(last.text, "restart 3 of 3 in 675 ms");
     }
 }

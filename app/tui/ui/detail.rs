@@ -83,7 +83,13 @@ pub fn draw(
                 .areas(right_area);
         (granted_area, Some(config_area))
     };
-    let block = pane_block(vec![Span::raw("What the kernel granted")], false, theme);
+    // With no worker running, what the last one was granted: nothing confines it now.
+    let granted_title = if plugin.worker_pid.is_some() || plugin.mechanisms.is_empty() {
+        "What the kernel granted"
+    } else {
+        "What the kernel granted its last worker"
+    };
+    let block = pane_block(vec![Span::raw(granted_title)], false, theme);
     frame.render_widget(Paragraph::new(granted).block(block), granted_area);
     if let Some(config_area) = config_area {
         let block = pane_block(vec![Span::raw(config_title(plugin))], false, theme);
@@ -830,12 +836,14 @@ fn draw_log(
             let (stream, style) = match line.stream {
                 plugboard_engine::worker::OutputStream::Stdout => ("out", theme.muted()),
                 plugboard_engine::worker::OutputStream::Stderr => ("err", theme.warn()),
-                plugboard_engine::worker::OutputStream::Log { level } => match level {
-                    0 | 1 => ("ERR", theme.error()),
-                    2 => ("WRN", theme.warn()),
-                    3 => ("inf", theme.info()),
-                    _ => ("dbg", theme.muted()),
-                },
+                plugboard_engine::worker::OutputStream::Log { level } => {
+                    match plugboard_sdk::LogLevel::from_code(level) {
+                        plugboard_sdk::LogLevel::Error => ("ERR", theme.error()),
+                        plugboard_sdk::LogLevel::Warn => ("WRN", theme.warn()),
+                        plugboard_sdk::LogLevel::Info => ("inf", theme.info()),
+                        plugboard_sdk::LogLevel::Debug => ("dbg", theme.muted()),
+                    }
+                }
             };
             let mut spans = vec![
                 Span::styled(format::clock_millis(line.at_ms), theme.muted()),

@@ -82,7 +82,7 @@ fn fleet() -> Value {
     hello["hooks"] = json!({"greet": hook(600, 0, 850)});
     hello["recent_output"] = json!([
         {"at_ms": NOW_MS - 2000, "stream": "stdout", "line": "hello started"},
-        {"at_ms": NOW_MS - 1000, "stream": {"log": {"level": 3}}, "line": "greeted world"},
+        {"at_ms": NOW_MS - 1000, "stream": {"log": {"level": 2}}, "line": "greeted world"},
         {"at_ms": NOW_MS, "stream": "stderr", "line": "a warning on stderr"},
     ]);
     let mut counter = plugin("counter", "running");
@@ -863,6 +863,7 @@ fn the_log_pane_has_timestamps_and_a_search() {
     assert_eq!(app.focus, Pane::Log);
     let text = render(&mut app, 80, 24).join("\n");
     assert!(text.contains("Log 3"), "{text}");
+    // The SDK's levels: error 0, warn 1, info 2, debug 3.
     assert!(text.contains(".000 inf greeted world"), "{text}");
     press(&mut app, KeyCode::Char('/'));
     type_text(&mut app, "warn");

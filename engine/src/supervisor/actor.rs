@@ -548,9 +548,10 @@ fn load_launching(
         Err(Refusal { reason, trust }) => {
             lifecycle.reason = Some(reason.clone());
             // What an earlier load verified is not this bundle: a rejected plugin shows no
-            // version, capabilities or limits it does not have.
+            // version, capabilities, limits, signer or digest it does not have.
             lifecycle.manifest = None;
             lifecycle.library = None;
+            lifecycle.trust = TrustInfo::default();
             set_state(shared, plugin, &mut lifecycle, PluginState::Rejected);
             drop(lifecycle);
             // Killed and its cgroup removed outside the lifecycle lock, which snapshots

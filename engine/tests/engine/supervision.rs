@@ -2048,7 +2048,9 @@ fn a_refused_load_is_said_as_a_load_and_shows_nothing_verified_before() {
             plugin: "hello".into(),
         })
         .unwrap();
-    assert_eq!(plugin(engine, "hello").version.as_deref(), Some("0.1.0"));
+    let verified = plugin(engine, "hello");
+    assert_eq!(verified.version.as_deref(), Some("0.1.0"));
+    assert!(verified.trust.key_id.is_some() && verified.trust.library_sha3_512.is_some());
     engine
         .execute(Command::Unload {
             plugin: "hello".into(),
@@ -2074,6 +2076,11 @@ fn a_refused_load_is_said_as_a_load_and_shows_nothing_verified_before() {
     assert_eq!(hello.state, PluginState::Rejected);
     assert_eq!(hello.version, None);
     assert!(hello.capabilities.is_none() && hello.limits.is_none());
+    assert_eq!(
+        hello.trust,
+        plugboard_engine::snapshot::TrustInfo::default(),
+        "no signer or digest of the bundle verified before"
+    );
 }
 
 /// A call a reload overtakes finishes on the old worker, and an emit it makes then is
