@@ -434,6 +434,10 @@ impl App {
                         plugin: plugin.clone(),
                         force: true,
                     }),
+                    Command::Disable { plugin, .. } => Some(Command::Disable {
+                        plugin: plugin.clone(),
+                        force: true,
+                    }),
                     _ => None,
                 };
                 self.status = Some(Status {
@@ -974,6 +978,7 @@ impl App {
                             "disable",
                             Command::Disable {
                                 plugin: plugin.name.clone(),
+                                force: false,
                             },
                         )
                     } else {

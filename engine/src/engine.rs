@@ -246,9 +246,12 @@ pub enum Command {
     Enable {
         plugin: String,
     },
-    /// Stop the plugin and keep it from starting (persisted).
+    /// Stop the plugin and keep it from starting (persisted). Refused while running
+    /// plugins depend on it, unless forced, which stops them first.
     Disable {
         plugin: String,
+        #[serde(default)]
+        force: bool,
     },
     /// Let calls and emits reach this hook of this plugin again (persisted).
     EnableHook {
@@ -681,8 +684,12 @@ impl Engine {
                 .plugin(&plugin)?
                 .ask(ActorMessage::Reload)
                 .map(|()| Outcome::Done),
-            Command::Enable { plugin } => self.set_enabled(&plugin, true).map(|()| Outcome::Done),
-            Command::Disable { plugin } => self.set_enabled(&plugin, false).map(|()| Outcome::Done),
+            Command::Enable { plugin } => self
+                .set_enabled(&plugin, true, false)
+                .map(|()| Outcome::Done),
+            Command::Disable { plugin, force } => self
+                .set_enabled(&plugin, false, force)
+                .map(|()| Outcome::Done),
             Command::EnableHook { plugin, hook } => self
                 .set_hook_enabled(&plugin, &hook, true)
                 .map(|()| Outcome::Done),
@@ -773,32 +780,7 @@ impl Engine {
         message: fn(Reply) -> ActorMessage,
     ) -> Result<(), EngineError> {
         let plugin = self.shared.plugin(name)?;
-        let dependents = dependencies::running_dependents(&self.shared, name);
-        if !dependents.is_empty() {
-            let names: Vec<String> = dependents
-                .iter()
-                .map(|dependent| dependent.name.clone())
-                .collect();
-            if !force {
-                return Err(EngineError::HasDependents {
-                    plugin: name.to_owned(),
-                    action,
-                    dependents: names,
-                });
-            }
-            self.shared.event(
-                Some(name),
-                EventKind::Engine {
-                    message: format!(
-                        "forced {action}: stopping its dependents first: {}",
-                        names.join(", ")
-                    ),
-                },
-            );
-            for dependent in dependents {
-                dependent.ask(ActorMessage::Stop)?;
-            }
-        }
+        self.stop_dependents(name, force, action)?;
         plugin.ask(message)?;
         // A dependent that started between the look above and this stop runs on without
         // it: never silently.
@@ -811,20 +793,48 @@ impl Engine {
         Ok(())
     }
 
-    fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
+    /// Before `action` takes `name` down: refused while running plugins depend on it,
+    /// unless forced, which stops them first (and says so).
+    fn stop_dependents(
+        &self,
+        name: &str,
+        force: bool,
+        action: &'static str,
+    ) -> Result<(), EngineError> {
+        let dependents = dependencies::running_dependents(&self.shared, name);
+        if dependents.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = dependents
+            .iter()
+            .map(|dependent| dependent.name.clone())
+            .collect();
+        if !force {
+            return Err(EngineError::HasDependents {
+                plugin: name.to_owned(),
+                action,
+                dependents: names,
+            });
+        }
+        self.shared.event(
+            Some(name),
+            EventKind::Engine {
+                message: format!(
+                    "forced {action}: stopping its dependents first: {}",
+                    names.join(", ")
+                ),
+            },
+        );
+        for dependent in dependents {
+            dependent.ask(ActorMessage::Stop)?;
+        }
+        Ok(())
+    }
+
+    fn set_enabled(&self, name: &str, enabled: bool, force: bool) -> Result<(), EngineError> {
         let plugin = self.shared.plugin(name)?;
         if !enabled {
-            let dependents = dependencies::running_dependents(&self.shared, name);
-            if !dependents.is_empty() {
-                return Err(EngineError::HasDependents {
-                    plugin: name.to_owned(),
-                    action: "disable",
-                    dependents: dependents
-                        .iter()
-                        .map(|dependent| dependent.name.clone())
-                        .collect(),
-                });
-            }
+            self.stop_dependents(name, force, "disable")?;
         }
         let _order = plugin
             .toggle_order

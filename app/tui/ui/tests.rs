@@ -596,6 +596,40 @@ fn stopping_a_plugin_others_need_asks_and_then_forces() {
     );
 }
 
+/// Disabling a plugin others need is refused like a stop, and forced the same way.
+#[test]
+fn disabling_a_plugin_others_need_asks_and_then_forces() {
+    let mut app = app();
+    app.selected_plugin = Some("counter".to_owned());
+    let effects = press(&mut app, KeyCode::Char('d'));
+    let [Effect::Run(job)] = effects.as_slice() else {
+        panic!("one command: {effects:?}");
+    };
+    let id = app.begin_job(job);
+    app.on_job_done(
+        id,
+        job,
+        Err(JobError {
+            message:
+                "`counter` is needed by running plugins: dependent; force the disable to stop them too"
+                    .to_owned(),
+            dependents: vec!["dependent".to_owned()],
+        }),
+    );
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Force disable counter?"), "{text}");
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        [Effect::Run(Job {
+            label: "disable counter (forced)".to_owned(),
+            command: Command::Disable {
+                plugin: "counter".to_owned(),
+                force: true
+            },
+        })]
+    );
+}
+
 /// An engine answer that arrives while the operator types in a prompt (a chaos call that
 /// ran until its timeout, a refused stop) waits for the prompt to close: the keys typed
 /// go on into the filter and never act as commands.

@@ -453,6 +453,40 @@ fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
     assert_eq!(plugin(engine, "counter").state, PluginState::Stopped);
 }
 
+/// Disabling a plugin a running plugin depends on is refused, naming the dependent; forced,
+/// it stops the dependent first.
+#[test]
+fn disabling_a_dependency_is_refused_unless_forced_which_stops_its_dependents() {
+    let fixture = engine_configured(
+        &[
+            ("hello", "hello", same),
+            ("counter", "counter", counter_needs_hello),
+        ],
+        |_| {},
+    );
+    let engine = &fixture.engine;
+    start(engine, "counter");
+    let disable = |force| {
+        engine.execute(Command::Disable {
+            plugin: "hello".into(),
+            force,
+        })
+    };
+    let err = disable(false).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::HasDependents { dependents, action, .. }
+            if dependents == &["counter"] && *action == "disable"),
+        "{err}"
+    );
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+    disable(true).unwrap();
+    let (hello, counter) = (plugin(engine, "hello"), plugin(engine, "counter"));
+    assert_eq!(
+        (hello.state, hello.enabled, counter.state),
+        (PluginState::Disabled, false, PluginState::Stopped)
+    );
+}
+
 /// A dependency that is down while its dependent runs (it crashed; restarts are off) may
 /// be reloaded to a new version, but not started in one its running dependent refuses.
 #[test]
@@ -637,6 +671,7 @@ fn hook_and_plugin_toggles_persist_across_engine_restarts() {
     engine
         .execute(Command::Disable {
             plugin: "counter".into(),
+            force: false,
         })
         .unwrap();
     let counter = plugin(engine, "counter");
@@ -1374,6 +1409,7 @@ fn a_duplicate_refuses_reload_stop_and_unload_and_stays_rejected() {
         },
         Command::Disable {
             plugin: key.clone(),
+            force: false,
         },
     ];
     for command in commands {
