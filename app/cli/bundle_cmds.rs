@@ -37,15 +37,31 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
     check_is_elf(library)?;
     let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let packed = write_bundle(&source, &manifest, library, out, key.as_ref(), &limits);
-    if packed.is_err() && created {
-        // Nothing half-made is left where a bundle was asked for.
-        let _ = std::fs::remove_dir_all(out);
+    let bundle = match write_bundle(&source, &manifest, library, out, key.as_ref(), &limits) {
+        Ok(bundle) => bundle,
+        Err(err) => {
+            if created {
+                // Nothing half-made is left where a bundle was asked for.
+                let _ = std::fs::remove_dir_all(out);
+            }
+            return Err(err);
+        }
+    };
+    // Said once the bundle is complete: a reader that goes away (`| head -1`) cuts the
+    // report short, never the bundle.
+    outln!("bundle: {}", out.display())?;
+    print_digests(&bundle)?;
+    match key {
+        Some(key) => outln!("key_id: {}", key.key_id()),
+        None => outln!(
+            "unsigned: sign it with `plugboard sign {} --key <file>`",
+            out.display()
+        ),
     }
-    packed
 }
 
-/// [`pack`]'s writing part, into the existing directory `out`.
+/// [`pack`]'s writing part, into the existing directory `out`: the bundle, signed when a
+/// key is given.
 fn write_bundle(
     source: &str,
     manifest: &Manifest,
@@ -53,7 +69,7 @@ fn write_bundle(
     out: &Path,
     key: Option<&PrivateKey>,
     limits: &HostLimits,
-) -> Result<()> {
+) -> Result<Bundle> {
     // Each file is written beside its place and renamed over it: packing a bundle in place
     // (the library or manifest given is the one in `out`) reads it whole before replacing it.
     // The library first: if it cannot be copied, the bundle keeps its old manifest.
@@ -81,19 +97,11 @@ fn write_bundle(
         }
     }
     let bundle = Bundle::open(out, limits)?;
-    outln!("bundle: {}", out.display())?;
-    print_digests(&bundle)?;
     if let Some(key) = key {
-        let signature = key.sign_bundle(bundle.digests());
-        signature.write(&out.join(SIGNATURE_FILE))?;
-        outln!("key_id: {}", key.key_id())?;
-    } else {
-        outln!(
-            "unsigned: sign it with `plugboard sign {} --key <file>`",
-            out.display()
-        )?;
+        key.sign_bundle(bundle.digests())
+            .write(&out.join(SIGNATURE_FILE))?;
     }
-    Ok(())
+    Ok(bundle)
 }
 
 /// Writes `path` anew through a temporary file in its directory, renamed over it when

@@ -48,6 +48,40 @@ fn inspect_audit_and_completions_end_quietly_when_their_reader_has_gone() {
     ends_quietly(&into_closed_pipe(&[&"audit", &audit, &"--json"]));
 }
 
+/// `plugboard pack … | head -1`: the report is cut short, the bundle is whole and signed —
+/// and so is one packed again over an existing bundle.
+#[test]
+fn pack_and_sign_whose_reader_has_gone_still_write_the_whole_bundle() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let manifest = crate::support::repo_root().join("plugins/hello/plugin.toml");
+    let library = crate::support::plugin_library("hello");
+    let bundle = root.path().join("hello");
+    for _ in 0..2 {
+        ends_quietly(&into_closed_pipe(&[
+            &"pack",
+            &manifest,
+            &"--library",
+            &library,
+            &"--out",
+            &bundle,
+            &"--key",
+            &keys.private,
+        ]));
+        let verified =
+            crate::support::plugboard(&[&"verify", &bundle, &"--trust-store", &keys.store]);
+        assert!(verified.status.success(), "{}", stderr(&verified));
+    }
+    std::fs::remove_file(bundle.join("plugin.sig")).unwrap();
+    ends_quietly(&into_closed_pipe(&[
+        &"sign",
+        &bundle,
+        &"--key",
+        &keys.private,
+    ]));
+    assert!(bundle.join("plugin.sig").is_file());
+}
+
 #[test]
 fn headless_whose_reader_goes_away_stops_its_plugins_and_ends_quietly() {
     let root = tempfile::tempdir().unwrap();
