@@ -13,7 +13,7 @@ mod suggest_cmd;
 mod trust_cmds;
 
 pub use engine_options::EngineOptions;
-pub use headless::{parse_duration, parse_traffic_rate};
+pub use headless::{parse_duration, parse_traffic_on_rate, parse_traffic_rate};
 
 use std::path::PathBuf;
 

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::{Engine, EngineConfig};
 
 use crate::cli::EngineOptions;
-use crate::cli::{parse_duration, parse_traffic_rate};
+use crate::cli::{parse_duration, parse_traffic_on_rate, parse_traffic_rate};
 use app::App;
 use event_loop::Startup;
 use keymap::Keymap;
@@ -52,9 +52,10 @@ pub struct ViewOptions {
     /// yours in $XDG_CONFIG_HOME/plugboard/themes/. NO_COLOR turns colour off.
     #[arg(long, value_name = "NAME")]
     pub theme: Option<String>,
-    /// Calls per second when the traffic key turns the generator on.
-    #[arg(long, value_name = "RATE", default_value_t = app::DEFAULT_TRAFFIC_RATE)]
-    pub traffic_rate: f64,
+    /// Calls per second when the traffic key turns the generator on (default 20, the
+    /// rate the demo starts with).
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true, value_parser = parse_traffic_on_rate)]
+    pub traffic_rate: Option<f64>,
     /// How often the display refreshes when nothing happens (events refresh it at once).
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     pub refresh: Duration,
@@ -65,7 +66,7 @@ impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {
             theme: None,
-            traffic_rate: app::DEFAULT_TRAFFIC_RATE,
+            traffic_rate: None,
             refresh: Duration::from_secs(1),
         }
     }
@@ -108,13 +109,8 @@ fn prepare_app(view: &ViewOptions) -> Result<App> {
     let name = view.theme.as_deref().unwrap_or(theme::DEFAULT_THEME);
     let theme = themes.resolve(name, theme::no_color_requested())?;
     let mut app = App::new(keymap, themes, theme);
-    if view.traffic_rate > 0.0 && view.traffic_rate.is_finite() {
-        app.traffic_rate = view.traffic_rate;
-    } else {
-        bail!(
-            "--traffic-rate {}: expected a positive number of calls per second",
-            view.traffic_rate
-        );
+    if let Some(rate) = view.traffic_rate {
+        app.traffic_rate = rate;
     }
     Ok(app)
 }

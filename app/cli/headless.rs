@@ -186,6 +186,18 @@ pub fn parse_traffic_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses the rate the traffic key turns the generator on at: as
+/// [`parse_traffic_rate`], without 0.
+pub fn parse_traffic_on_rate(text: &str) -> Result<f64, String> {
+    match parse_traffic_rate(text)? {
+        0.0 => Err(format!(
+            "{text:?} is no rate to turn traffic on at: expected from {SLOWEST_TRAFFIC} to \
+             {FASTEST_TRAFFIC} calls per second"
+        )),
+        rate => Ok(rate),
+    }
+}
+
 fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
     if json {
         outln!("{}", serde_json::to_string(snapshot)?)?;

@@ -107,7 +107,7 @@ const EXAMPLES: [Example; 16] = [
     ),
 ];
 
-/// Calls per second the demo's traffic generator makes.
+/// Calls per second the demo's traffic generator makes unless `--traffic-rate` says.
 const DEMO_TRAFFIC: f64 = 20.0;
 
 pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
@@ -144,7 +144,9 @@ pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
         })
         .context("cannot turn flaky's steady hook off")?;
 
-    app.traffic_rate = DEMO_TRAFFIC;
+    // `--traffic-rate` if given, else the demo's own.
+    let rate = view.traffic_rate.unwrap_or(DEMO_TRAFFIC);
+    app.traffic_rate = rate;
     app.status = Some(Status {
         text: format!(
             "demo: bundles signed by throw-away key {} in {}",
@@ -174,7 +176,7 @@ pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
     let startup = Startup {
         start: named(|part| part == Part::Run),
         load: named(|part| part != Part::Run),
-        traffic: Some(DEMO_TRAFFIC),
+        traffic: Some(rate),
         sample_interval: Some(view.refresh),
     };
     let result = event_loop::run(engine, app, &startup);

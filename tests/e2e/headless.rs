@@ -497,6 +497,20 @@ fn out_of_range_durations_intervals_and_rates_are_refused_naming_the_range() {
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+    // The rate the dashboard's traffic key turns on at: no 0, and checked by the parser
+    // before any terminal is needed.
+    for (command, rate, expected) in [
+        ("demo", "0", "is no rate to turn traffic on at"),
+        ("dashboard", "-1", "is negative"),
+    ] {
+        let output = plugboard(&[&command, &"--traffic-rate", &rate]);
+        let err = crate::support::stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "a usage error: {err}");
+        assert!(
+            err.contains("--traffic-rate") && err.contains(expected),
+            "{command} {rate}: {err}"
+        );
+    }
 }
 
 /// `bundles = [...]` in the host configuration is enough: no plugin directory needed.
