@@ -712,8 +712,17 @@ impl App {
                 self.overlay = scroll.map(Overlay::Help);
                 Vec::new()
             }
-            // Any key closes a reply or a text, and does nothing else.
-            Overlay::Reply(_) | Overlay::Text { .. } => Vec::new(),
+            // A reply appears when the engine answers, maybe while the operator types:
+            // only enter or esc, as it says, closes it; other keys do nothing meanwhile
+            // (none meant for the table is taken as its close).
+            Overlay::Reply(report) => {
+                if !matches!(key.code, KeyCode::Enter | KeyCode::Esc) {
+                    self.overlay = Some(Overlay::Reply(report));
+                }
+                Vec::new()
+            }
+            // A text the operator opened: any key closes it, and does nothing else.
+            Overlay::Text { .. } => Vec::new(),
             // Only `y` says yes: a dialog appears when the engine answers, and an Enter
             // meant to open a plugin's details must not confirm a forced stop.
             Overlay::Confirm(confirm) => match key.code {

@@ -229,7 +229,8 @@ impl Column {
                     ))
                 }),
             Column::State => SortKey::Number(f64::from(state_rank(plugin.state))),
-            Column::Health => SortKey::Text(health_look(plugin.health).0.to_owned()),
+            Column::Health => health_rank(plugin.health)
+                .map_or(SortKey::Missing, |rank| SortKey::Number(f64::from(rank))),
             Column::Isolation => SortKey::Number(plugin.active_mechanisms.len() as f64),
             Column::Trust => plugin
                 .trust
@@ -378,6 +379,16 @@ fn state_rank(state: PluginState) -> u8 {
         PluginState::Discovered => 11,
         PluginState::Disabled => 12,
         PluginState::Unloaded => 13,
+    }
+}
+
+/// Sorting by health, as by state, puts trouble first; not checked comes last.
+fn health_rank(health: Health) -> Option<u8> {
+    match health {
+        Health::Unhealthy => Some(0),
+        Health::Degraded => Some(1),
+        Health::Healthy => Some(2),
+        Health::Unknown => None,
     }
 }
 

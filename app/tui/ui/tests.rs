@@ -368,6 +368,16 @@ fn every_column_sorts_and_numbers_put_the_worst_first() {
         "broken",
         "trouble first"
     );
+    let mut mixed_health = fleet();
+    mixed_health["plugins"][1]["health"] = json!("unhealthy");
+    mixed_health["plugins"][2]["health"] = json!("degraded");
+    app.on_sample(snapshot(mixed_health));
+    app.sort = crate::tui::columns::Sort::by(Column::Health);
+    assert_eq!(
+        plugin_order(&render(&mut app, 120, 30)),
+        ["counter", "dependent", "hello", "broken"],
+        "sick, degraded, healthy, not checked"
+    );
     app.sort = crate::tui::columns::Sort::by(Column::Version);
     let order = plugin_order(&render(&mut app, 120, 30));
     assert_eq!(
@@ -682,7 +692,12 @@ fn an_answer_arriving_during_a_prompt_waits_for_it_to_close() {
     );
     assert!(press(&mut app, KeyCode::Char('n')).is_empty());
     assert!(matches!(app.overlay, Some(Overlay::Reply(_))));
-    assert!(press(&mut app, KeyCode::Char('s')).is_empty());
+    // Only enter or esc closes a reply: keys meant for the table are not its close.
+    for key in [KeyCode::Char('s'), KeyCode::Char('j')] {
+        assert!(press(&mut app, key).is_empty());
+        assert!(matches!(app.overlay, Some(Overlay::Reply(_))));
+    }
+    assert!(press(&mut app, KeyCode::Esc).is_empty());
     assert!(app.overlay.is_none());
 }
 
