@@ -151,7 +151,7 @@ impl Column {
 
     pub fn cell(self, plugin: &PluginSnapshot) -> CellText {
         match self {
-            Column::Name => CellText::new(&plugin.name, Role::Text),
+            Column::Name => name_cell(plugin, usize::MAX),
             Column::Version => {
                 CellText::new(plugin.version.as_deref().unwrap_or(NONE), Role::Muted)
             }
@@ -360,6 +360,31 @@ pub fn state_look(state: PluginState) -> StateLook {
         PluginState::Disabled => look("–", "Disabled", Role::Muted),
         PluginState::Unloaded => look("◌", "Unloaded", Role::Muted),
     }
+}
+
+/// The plugin's name in `width` characters, marked when its bundle on disk changed (`*`)
+/// or is gone (` (removed)`) since it was verified. A path (a duplicate bundle's name) is
+/// cut from its start: its end tells it apart.
+pub fn name_cell(plugin: &PluginSnapshot, width: usize) -> CellText {
+    let mark = if plugin.removed_from_disk {
+        " (removed)"
+    } else if plugin.changed_on_disk {
+        "*"
+    } else {
+        ""
+    };
+    let room = width.saturating_sub(mark.chars().count());
+    let name = if plugin.name.contains('/') {
+        format::truncate_start(&plugin.name, room)
+    } else {
+        format::truncate(&plugin.name, room)
+    };
+    let role = if mark.is_empty() {
+        Role::Text
+    } else {
+        Role::Warn
+    };
+    CellText::new(format!("{name}{mark}"), role)
 }
 
 /// Sorting by state puts trouble first, then what runs, then the rest.

@@ -115,9 +115,31 @@ pub fn truncate(text: &str, width: usize) -> String {
     cut
 }
 
+/// Cuts `text` to at most `width` characters from the start, marking the cut with `…`:
+/// for paths, whose end tells them apart.
+pub fn truncate_start(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut cut = String::from("…");
+    cut.extend(text.chars().skip(count - (width - 1)));
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_cut_from_its_start() {
+        assert_eq!(truncate_start("/tmp/plugins/hello-dup", 10), "…hello-dup");
+        assert_eq!(truncate_start("hello", 10), "hello");
+        assert_eq!(truncate("/tmp/plugins/hello-dup", 10), "/tmp/plug…");
+    }
 
     #[test]
     fn values_read_well() {

@@ -95,6 +95,11 @@ pub fn draw(
     );
     layout.rows.push((Pane::Plugins, rows_area, offset));
 
+    let name_width = layout
+        .header_cells
+        .iter()
+        .find(|(column, ..)| *column == Column::Name)
+        .map_or(usize::MAX, |(_, _, width)| usize::from(*width));
     // Only the rows on screen are built: a fleet can be hundreds of plugins.
     let rows = plugins
         .iter()
@@ -102,7 +107,11 @@ pub fn draw(
         .take(visible_rows)
         .map(|plugin| {
             Row::new(columns.iter().map(|column| {
-                let cell = column.cell(plugin);
+                let cell = if *column == Column::Name {
+                    crate::tui::columns::name_cell(plugin, name_width)
+                } else {
+                    column.cell(plugin)
+                };
                 Cell::from(Line::from(cell.text).alignment(alignment(*column)))
                     .style(style_for(app, cell.role))
             }))

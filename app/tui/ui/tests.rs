@@ -114,7 +114,6 @@ fn fleet() -> Value {
                   "host_override": null, "effective": null, "source": "unset"},
     });
     counter["violations"] = json!(2);
-    counter["changed_on_disk"] = json!(true);
     counter["resources"] = json!({
         "at_ms": NOW_MS, "memory_bytes": 12u64 << 20, "memory_peak_bytes": Value::Null,
         "memory_limit_bytes": 32u64 << 20, "memory_limit_hits": 0, "oom_kills": 0,
@@ -447,6 +446,26 @@ fn a_selected_plugin_that_is_gone_hands_the_selection_on() {
     assert!(app.selected().is_some());
 }
 
+/// The table marks a bundle changed (`*`) or removed on disk since it was verified, and cuts
+/// a duplicate's path from its start, where its directory's name is.
+#[test]
+fn the_table_marks_bundles_changed_or_removed_on_disk_and_cuts_paths_from_the_start() {
+    let mut app = app();
+    let mut fleet = fleet();
+    fleet["plugins"][0]["changed_on_disk"] = json!(true);
+    fleet["plugins"][1]["removed_from_disk"] = json!(true);
+    fleet["plugins"][2]["name"] = json!("/srv/plugboard/bundles/counter-duplicate");
+    app.on_sample(snapshot(fleet));
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("│hello* "), "{text}");
+    assert!(text.contains("│count… (removed) "), "{text}");
+    assert!(
+        text.contains("-duplicate "),
+        "the path's end is kept: {text}"
+    );
+    assert!(!text.contains("│/srv/"), "{text}");
+}
+
 /// A selected plugin that drops out of a state filter (it crashed) is not a command's
 /// target any more: keys act only on rows the operator can see.
 #[test]
@@ -704,6 +723,9 @@ fn an_answer_arriving_during_a_prompt_waits_for_it_to_close() {
 #[test]
 fn reload_and_unload_ask_first_and_no_cancels() {
     let mut app = app();
+    let mut changed = fleet();
+    changed["plugins"][1]["changed_on_disk"] = json!(true);
+    app.on_sample(snapshot(changed));
     app.selected_plugin = Some("counter".to_owned());
     let effects = press(&mut app, KeyCode::Char('r'));
     let [Effect::PreviewReload { plugin }] = effects.as_slice() else {
@@ -797,6 +819,9 @@ fn the_isolation_column_shows_every_badge_or_what_is_missing() {
 #[test]
 fn the_detail_view_shows_hooks_slowest_first_grants_trust_and_log() {
     let mut app = app();
+    let mut changed = fleet();
+    changed["plugins"][1]["changed_on_disk"] = json!(true);
+    app.on_sample(snapshot(changed));
     app.selected_plugin = Some("counter".to_owned());
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.screen, Screen::Detail);
@@ -1266,6 +1291,10 @@ fn whole_screens_match_the_recorded_ones() {
     insta::assert_snapshot!("main_80x24", render(&mut app, 80, 24).join("\n"));
     insta::assert_snapshot!("main_40x12", render(&mut app, 40, 12).join("\n"));
     insta::assert_snapshot!("main_120x30", render(&mut app, 120, 30).join("\n"));
+    // Counter's bundle changed on disk since it was verified: the details say so.
+    let mut changed = fleet();
+    changed["plugins"][1]["changed_on_disk"] = json!(true);
+    app.on_sample(snapshot(changed));
     app.selected_plugin = Some("counter".to_owned());
     press(&mut app, KeyCode::Enter);
     insta::assert_snapshot!("detail_100x40", render(&mut app, 100, 40).join("\n"));
