@@ -67,19 +67,7 @@ pub fn draw(
         .map(|(column, cell)| (*column, cell.x, cell.width))
         .collect();
 
-    let header = Row::new(columns.iter().map(|column| {
-        let mut title = column.title().to_owned();
-        if *column == app.sort.column {
-            title.push(if app.sort.descending { '▼' } else { '▲' });
-        }
-        let cell = Cell::from(Line::from(title).alignment(alignment(*column)));
-        if *column == app.sort.column {
-            cell.style(theme.accent())
-        } else {
-            cell
-        }
-    }))
-    .style(theme.title());
+    let header = header_row(&columns, app);
 
     let rows_area = Rect::new(inner.x, inner.y + 1, inner.width, inner.height - 1);
     let visible_rows = usize::from(rows_area.height);
@@ -129,6 +117,24 @@ pub fn draw(
     let mut state = TableState::default()
         .with_selected(selected.filter(|at| *at >= offset).map(|at| at - offset));
     frame.render_stateful_widget(table, inner, &mut state);
+}
+
+/// The column titles, the sorted one marked with its direction.
+fn header_row(columns: &[Column], app: &App) -> Row<'static> {
+    let theme = &app.theme;
+    Row::new(columns.iter().map(|column| {
+        let mut title = column.title().to_owned();
+        if *column == app.sort.column {
+            title.push(if app.sort.descending { '▼' } else { '▲' });
+        }
+        let cell = Cell::from(Line::from(title).alignment(alignment(*column)));
+        if *column == app.sort.column {
+            cell.style(theme.accent())
+        } else {
+            cell
+        }
+    }))
+    .style(theme.title())
 }
 
 fn alignment(column: Column) -> Alignment {

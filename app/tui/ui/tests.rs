@@ -181,6 +181,13 @@ fn app_with(keymap: Keymap, theme: Theme) -> App {
     app
 }
 
+/// A sample in which counter's bundle changed on disk since it was verified.
+fn counter_changed_on_disk(app: &mut App) {
+    let mut changed = fleet();
+    changed["plugins"][1]["changed_on_disk"] = json!(true);
+    app.on_sample(snapshot(changed));
+}
+
 fn app() -> App {
     app_with(Keymap::defaults(), Theme::default_theme())
 }
@@ -723,9 +730,7 @@ fn an_answer_arriving_during_a_prompt_waits_for_it_to_close() {
 #[test]
 fn reload_and_unload_ask_first_and_no_cancels() {
     let mut app = app();
-    let mut changed = fleet();
-    changed["plugins"][1]["changed_on_disk"] = json!(true);
-    app.on_sample(snapshot(changed));
+    counter_changed_on_disk(&mut app);
     app.selected_plugin = Some("counter".to_owned());
     let effects = press(&mut app, KeyCode::Char('r'));
     let [Effect::PreviewReload { plugin }] = effects.as_slice() else {
@@ -819,9 +824,7 @@ fn the_isolation_column_shows_every_badge_or_what_is_missing() {
 #[test]
 fn the_detail_view_shows_hooks_slowest_first_grants_trust_and_log() {
     let mut app = app();
-    let mut changed = fleet();
-    changed["plugins"][1]["changed_on_disk"] = json!(true);
-    app.on_sample(snapshot(changed));
+    counter_changed_on_disk(&mut app);
     app.selected_plugin = Some("counter".to_owned());
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.screen, Screen::Detail);
@@ -838,15 +841,11 @@ fn the_detail_view_shows_hooks_slowest_first_grants_trust_and_log() {
         text.contains("✗ ll  landlock"),
         "a refused mechanism is marked: {text}"
     );
-    let count = screen
-        .iter()
-        .position(|row| row.contains("│count "))
-        .unwrap();
-    let reset = screen
-        .iter()
-        .position(|row| row.contains("│reset "))
-        .unwrap();
-    assert!(count < reset, "slowest first:\n{text}");
+    let row_at = |start: &str| screen.iter().position(|row| row.contains(start)).unwrap();
+    assert!(
+        row_at("│count ") < row_at("│reset "),
+        "slowest first:\n{text}"
+    );
     // A hook never called is listed, with its priority and timeout.
     let idle = row_of(&screen, "│idle ");
     assert!(idle.contains("background"), "{idle}");
@@ -1292,9 +1291,7 @@ fn whole_screens_match_the_recorded_ones() {
     insta::assert_snapshot!("main_40x12", render(&mut app, 40, 12).join("\n"));
     insta::assert_snapshot!("main_120x30", render(&mut app, 120, 30).join("\n"));
     // Counter's bundle changed on disk since it was verified: the details say so.
-    let mut changed = fleet();
-    changed["plugins"][1]["changed_on_disk"] = json!(true);
-    app.on_sample(snapshot(changed));
+    counter_changed_on_disk(&mut app);
     app.selected_plugin = Some("counter".to_owned());
     press(&mut app, KeyCode::Enter);
     insta::assert_snapshot!("detail_100x40", render(&mut app, 100, 40).join("\n"));
