@@ -606,7 +606,7 @@ impl App {
                     ),
                     HookColumn::Limit => (stats.timeout_ms.unwrap_or(0), 0.0),
                     HookColumn::Calls => (stats.calls, 0.0),
-                    HookColumn::Rate => (0, stats.calls_per_sec),
+                    HookColumn::Rate => (0, stats.calls_per_sec_10s),
                     HookColumn::Errors => (stats.errors, 0.0),
                     HookColumn::Timeouts => (stats.timeouts, 0.0),
                     HookColumn::P50 => (
@@ -638,17 +638,22 @@ impl App {
         names
     }
 
-    /// The selected plugin's log lines (newest first) that pass the log filter.
+    /// The selected plugin's log lines (newest first) that pass the log filter: lines
+    /// holding each of its words, in any case and order, as every filter reads.
     pub fn visible_log(&self) -> Vec<&plugboard_engine::snapshot::OutputLine> {
         let Some(plugin) = self.selected() else {
             return Vec::new();
         };
         let filter = self.log_filter.to_lowercase();
+        let words: Vec<&str> = filter.split_whitespace().collect();
         plugin
             .recent_output
             .iter()
             .rev()
-            .filter(|line| filter.is_empty() || line.line.to_lowercase().contains(&filter))
+            .filter(|line| {
+                let line = line.line.to_lowercase();
+                words.iter().all(|word| line.contains(word))
+            })
             .collect()
     }
 

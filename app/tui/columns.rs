@@ -463,8 +463,14 @@ pub fn isolation_badges(plugin: &PluginSnapshot) -> String {
     plugin.active_mechanisms.join(" ")
 }
 
+/// Calls a second now (over the last 5 to 10 s): 0 soon after traffic stops, where the
+/// minute's average would linger for a minute.
 pub fn calls_per_sec(plugin: &PluginSnapshot) -> f64 {
-    plugin.hooks.values().map(|hook| hook.calls_per_sec).sum()
+    plugin
+        .hooks
+        .values()
+        .map(|hook| hook.calls_per_sec_10s)
+        .sum()
 }
 
 /// The slowest hook's recent p99, when any hook was called.

@@ -25,6 +25,8 @@ const MAX_LATENCY_US: u64 = 600_000_000;
 const BUCKET_SECONDS: u64 = 5;
 const WINDOW_BUCKETS: u64 = 12;
 const WINDOW_SECONDS: u64 = BUCKET_SECONDS * WINDOW_BUCKETS;
+/// The buckets `calls_per_sec_10s` counts: the current one and the one before.
+const LATEST_BUCKETS: u64 = 2;
 
 /// The since-start histogram: 2 significant digits, as the recent window, with 64-bit
 /// counts: 23 KiB per hook (3 digits took 172 KiB, 172 MiB for a thousand hooks). Its
@@ -215,8 +217,13 @@ impl HookStats {
 
     /// The numbers, as of now.
     pub fn snapshot(&self) -> HookStatsSnapshot {
+        self.snapshot_at(call_clock().now())
+    }
+
+    /// The numbers as of `clock` on the call clock.
+    fn snapshot_at(&self, clock: quanta::Instant) -> HookStatsSnapshot {
         let in_flight = self.in_flight();
-        self.record().snapshot(in_flight)
+        self.record().snapshot(in_flight, clock)
     }
 }
 
@@ -309,18 +316,21 @@ impl HookRecord {
         self.second_at(now) / BUCKET_SECONDS
     }
 
-    fn snapshot(&self, in_flight: u64) -> HookStatsSnapshot {
-        let clock = call_clock().now();
+    fn snapshot(&self, in_flight: u64, clock: quanta::Instant) -> HookStatsSnapshot {
         let now = self.second_at(clock);
         let index = now / BUCKET_SECONDS;
         let mut recent = new_window_histogram();
         let mut recent_calls = 0;
+        let mut latest_calls = 0;
         // Copied only when the window holds calls: an idle hook's snapshot copies nothing.
         let mut since_start = Cow::Borrowed(&self.retired);
         for bucket in &self.window {
             if bucket.index + WINDOW_BUCKETS > index {
                 let _ = recent.add(&bucket.histogram);
                 recent_calls += bucket.calls;
+                if bucket.index + LATEST_BUCKETS > index {
+                    latest_calls += bucket.calls;
+                }
             } else {
                 // Out of the window, not retired yet (no call since).
                 add_counts(since_start.to_mut(), &bucket.histogram);
@@ -335,6 +345,10 @@ impl HookRecord {
         let covered = (now + 1 - window_start).min(WINDOW_SECONDS);
         #[allow(clippy::cast_precision_loss)]
         let calls_per_sec = recent_calls as f64 / covered as f64;
+        let latest_start = index.saturating_sub(LATEST_BUCKETS - 1) * BUCKET_SECONDS;
+        let latest_covered = (now + 1 - latest_start).min(LATEST_BUCKETS * BUCKET_SECONDS);
+        #[allow(clippy::cast_precision_loss)]
+        let calls_per_sec_10s = latest_calls as f64 / latest_covered as f64;
         let measured = self.calls - self.busy - self.gone;
         // The call clock is monotonic; the wall clock now, less how long ago, dates it.
         let wall_now = SystemTime::now();
@@ -350,6 +364,7 @@ impl HookRecord {
             busy: self.busy,
             in_flight,
             calls_per_sec,
+            calls_per_sec_10s,
             recent: Percentiles::of(&recent),
             since_start: Percentiles::of(&since_start),
             mean_us: if measured == 0 {
@@ -418,6 +433,10 @@ pub struct HookStatsSnapshot {
     pub in_flight: u64,
     /// Over the last minute (55 to 60 s: the window moves in 5-second steps).
     pub calls_per_sec: f64,
+    /// Over the last 5 to 10 s: the rate now, which falls to 0 within 10 s of the last call
+    /// (a dashboard's live figure; `calls_per_sec` is the steadier one).
+    #[serde(default)]
+    pub calls_per_sec_10s: f64,
     /// Latency over the last minute (as `calls_per_sec`), to 2 significant digits.
     pub recent: Percentiles,
     /// Latency since the plugin started.
@@ -550,6 +569,26 @@ mod tests {
             (49_500..=50_500).contains(&snapshot.recent.p50_us),
             "the window holds the last call only: {:?}",
             snapshot.recent
+        );
+    }
+
+    #[test]
+    fn the_rate_now_falls_to_zero_when_calls_stop_and_the_minute_rate_lingers() {
+        let stats = HookStats::new();
+        let start = call_clock().now();
+        for _ in 0..100 {
+            assert!(stats.begin(u64::MAX));
+            stats.end_at(Duration::from_micros(10), &CallResult::Ok, start);
+        }
+        let busy = stats.snapshot_at(start);
+        assert!(busy.calls_per_sec_10s >= 99.0, "{}", busy.calls_per_sec_10s);
+        // 20 s without a call: nothing now, the minute still counts them.
+        let quiet = stats.snapshot_at(start + Duration::from_secs(20));
+        assert!(quiet.calls_per_sec_10s.abs() < f64::EPSILON, "{quiet:?}");
+        assert!(
+            (4.0..6.0).contains(&quiet.calls_per_sec),
+            "100 calls over 20 s: {}",
+            quiet.calls_per_sec
         );
     }
 

@@ -699,7 +699,7 @@ fn draw_hooks(
                 ),
                 (HookColumn::Calls, Some(stats)) => (stats.calls.to_string(), theme.text()),
                 (HookColumn::Rate, Some(stats)) => {
-                    (format::rate(stats.calls_per_sec), theme.text())
+                    (format::rate(stats.calls_per_sec_10s), theme.text())
                 }
                 (HookColumn::Errors, Some(stats)) => (
                     stats.errors.to_string(),
@@ -882,9 +882,22 @@ fn highlight<'a>(line: &'a str, filter: &str, app: &App) -> Vec<Span<'a>> {
     if filter.is_empty() {
         return vec![Span::styled(line, text)];
     }
+    // Every word's matches, overlapping ones joined.
+    let mut ranges: Vec<(usize, usize)> = filter
+        .split_whitespace()
+        .flat_map(|word| case_insensitive_matches(line, word))
+        .collect();
+    ranges.sort_unstable();
+    let mut joined: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match joined.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => joined.push((start, end)),
+        }
+    }
     let mut spans = Vec::new();
     let mut at = 0;
-    for (start, end) in case_insensitive_matches(line, &filter) {
+    for (start, end) in joined {
         spans.push(Span::styled(&line[at..start], text));
         spans.push(Span::styled(
             &line[start..end],

@@ -20,9 +20,10 @@ const NOW_MS: u64 = 1_764_000_000_000;
 fn hook(calls: u64, errors: u64, p99_us: u64) -> Value {
     let percentiles =
         json!({"p50_us": p99_us / 4, "p90_us": p99_us / 2, "p99_us": p99_us, "max_us": p99_us * 2});
+    let rate = f64::from(u32::try_from(calls).unwrap()) / 60.0;
     json!({
         "calls": calls, "errors": errors, "timeouts": 0, "busy": 0, "in_flight": 0,
-        "calls_per_sec": f64::from(u32::try_from(calls).unwrap()) / 60.0, "recent": percentiles, "since_start": percentiles,
+        "calls_per_sec": rate, "calls_per_sec_10s": rate, "recent": percentiles, "since_start": percentiles,
         "mean_us": p99_us / 3, "total_ms": calls, "last_call": NOW_MS,
         "last_error": if errors > 0 { json!("boom") } else { Value::Null },
         "last_error_at": if errors > 0 { json!(NOW_MS) } else { Value::Null },
@@ -471,6 +472,24 @@ fn the_table_marks_bundles_changed_or_removed_on_disk_and_cuts_paths_from_the_st
         "the path's end is kept: {text}"
     );
     assert!(!text.contains("│/srv/"), "{text}");
+}
+
+/// CALLS/S is the rate now: a plugin whose calls stopped shows 0 though the minute's
+/// average still counts them.
+#[test]
+fn calls_per_second_is_the_rate_now_not_the_minutes_average() {
+    let mut app = app();
+    let mut quiet = fleet();
+    quiet["plugins"][0]["hooks"]["greet"]["calls_per_sec"] = json!(10.0);
+    quiet["plugins"][0]["hooks"]["greet"]["calls_per_sec_10s"] = json!(0.0);
+    app.on_sample(snapshot(quiet));
+    let screen = render(&mut app, 80, 24);
+    let hello = row_of(&screen, "│hello ");
+    let cells: Vec<&str> = hello.split_whitespace().collect();
+    assert!(
+        cells.contains(&"0") && !cells.contains(&"10"),
+        "no calls now: {hello}"
+    );
 }
 
 /// A selected plugin that drops out of a state filter (it crashed) is not a command's
@@ -945,6 +964,16 @@ fn the_log_pane_has_timestamps_and_a_search() {
     assert!(text.contains("Log 1 /warn"), "{text}");
     assert!(text.contains("err a warning on stderr"), "{text}");
     assert!(!text.contains("greeted world"), "{text}");
+    // Words match wherever they are, as in every filter.
+    press(&mut app, KeyCode::Char('/'));
+    for _ in 0..4 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    type_text(&mut app, "WORLD greeted");
+    press(&mut app, KeyCode::Enter);
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("Log 1 /WORLD greeted"), "{text}");
+    assert!(text.contains("greeted world"), "{text}");
 }
 
 #[test]
