@@ -212,16 +212,17 @@ pub fn describe(event: &Event) -> Described {
             violation = true;
             let which = text("violation");
             let mut sentence = which.replace('_', " ");
+            // What was done comes before the detail, which a narrow row cuts.
+            let action = text("action");
+            if !action.is_empty() && action != "log" {
+                let _ = write!(sentence, " → {action}");
+            }
             for key in ["hook", "detail"] {
                 let part = text(key);
                 if !part.is_empty() {
                     sentence.push_str(": ");
                     sentence.push_str(&part);
                 }
-            }
-            let action = text("action");
-            if !action.is_empty() && action != "log" {
-                let _ = write!(sentence, " → {action}");
             }
             let role = if text("severity") == "warning" {
                 Role::Warn

@@ -39,18 +39,20 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             area,
         );
     } else {
-        // One line: what matters most at a glance: pause, states and traffic.
-        let mut line = second;
-        line.insert(0, Span::styled("plugboard ", theme.title()));
+        // One line: what matters most at a glance: traffic, pause and states — the
+        // traffic first, short as it is, so the per-state counts are what a narrow line
+        // cuts.
+        let mut line = vec![Span::styled("plugboard ", theme.title())];
         if let Some(snapshot) = snapshot {
             line.push(Span::styled(
                 match snapshot.traffic {
-                    Some(rate) => format!("│ traffic {}/s", format::rate(rate)),
-                    None => "│ traffic off".to_owned(),
+                    Some(rate) => format!("traffic {}/s │", format::rate(rate)),
+                    None => "traffic off │".to_owned(),
                 },
                 theme.muted(),
             ));
         }
+        line.extend(second);
         frame.render_widget(Paragraph::new(Line::from(line)), area);
     }
 }

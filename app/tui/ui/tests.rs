@@ -1440,7 +1440,7 @@ fn violations_read_as_sentences_and_are_counted_in_the_plugin_events() {
     ));
     let text = render(&mut app, 160, 30).join("\n");
     assert!(
-        text.contains("oom_kill           oom kill: count: the kernel's OOM killer ended it at its 32 MiB limit → restart"),
+        text.contains("oom_kill           oom kill → restart: count: the kernel's OOM killer ended it at its 32 MiB limit"),
         "{text}"
     );
     app.event_filter = "kind:viol".to_owned();
