@@ -865,6 +865,14 @@ impl Engine {
 
     fn set_hook_enabled(&self, name: &str, hook: &str, enabled: bool) -> Result<(), EngineError> {
         let plugin = self.plugin_with_hook(name, hook)?;
+        // A refused duplicate never runs: a toggle would only be saved under its path.
+        if let Some(reason) = plugin.lifecycle().blocked.clone() {
+            return Err(EngineError::Refused {
+                plugin: name.to_owned(),
+                action: "given hook toggles",
+                reason,
+            });
+        }
         let _order = plugin
             .toggle_order
             .lock()
@@ -1196,6 +1204,7 @@ fn take_over_duplicate(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
     };
     if let Some(successor) = successor {
         end_actor(&successor);
+        renew_duplicate_reasons(shared, plugin);
     }
 }
 
@@ -1234,6 +1243,29 @@ fn end_actor(plugin: &Plugin) {
         .take();
     if let Some(actor) = actor {
         let _ = actor.join();
+    }
+}
+
+/// Why a second bundle naming `name` is refused, while the one in `holder` provides it.
+fn duplicate_reason(name: &str, holder: &Path) -> String {
+    format!(
+        "duplicate plugin name `{name}`: {} already provides it",
+        holder.display()
+    )
+}
+
+/// After `plugin` moved, its refused duplicates name the bundle that provides it now.
+fn renew_duplicate_reasons(shared: &Shared, plugin: &Plugin) {
+    let reason = duplicate_reason(&plugin.name, &plugin.dir());
+    for duplicate in shared.all_plugins() {
+        if duplicate.duplicate_of.as_deref() != Some(plugin.name.as_str()) {
+            continue;
+        }
+        let mut lifecycle = duplicate.lifecycle();
+        if lifecycle.reason == lifecycle.blocked {
+            lifecycle.reason = Some(reason.clone());
+        }
+        lifecycle.blocked = Some(reason.clone());
     }
 }
 
@@ -1316,7 +1348,9 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
         if gone || (dir_is_named(dir, &name) && !dir_is_named(&holder.dir(), &name)) {
             holder.set_bundle_gone(false);
             let left = move_plugin(holder, dir);
+            let holder = Arc::clone(holder);
             drop(plugins);
+            renew_duplicate_reasons(shared, &holder);
             if !gone {
                 add_bundle(shared, &left);
             }
@@ -1337,10 +1371,7 @@ fn add_bundle(shared: &Arc<Shared>, dir: &Path) {
                 }
                 key = format!("{shown} ({n})");
             }
-            let reason = format!(
-                "duplicate plugin name `{name}`: {} already provides it",
-                other.dir().display()
-            );
+            let reason = duplicate_reason(&name, &other.dir());
             (key, Some(reason), Some(name))
         }
         None => (name, None, None),

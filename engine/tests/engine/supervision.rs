@@ -1208,20 +1208,31 @@ fn a_duplicate_is_forgotten_when_removed_and_takes_over_when_the_holder_is_remov
         "{hello:?}"
     );
 
+    // Two duplicates: the first by path takes over, the other then names it as the holder.
     let second_copy = copy("hello-next");
+    let third_copy = copy("hello-spare");
     std::fs::remove_dir_all(fixture.plugins.join("hello")).unwrap();
     gone(&second_copy);
     let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
         hello.dir == second_copy && hello.changed_on_disk && !hello.removed_from_disk
     });
     assert_eq!(hello.state, PluginState::Running);
+    let spare = plugin(engine, &third_copy);
+    assert!(
+        spare
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains(&format!("{second_copy} already provides it"))),
+        "{:?}",
+        spare.reason
+    );
     engine
         .execute(Command::Reload {
             plugin: "hello".into(),
         })
         .unwrap();
     assert_eq!(plugin(engine, "hello").version.as_deref(), Some("0.2.0"));
-    assert_eq!(engine.snapshot().plugins.len(), 1);
+    assert_eq!(engine.snapshot().plugins.len(), 2);
 }
 
 /// `mv hello hello-old` (a backup), then a new version copied into `hello/`, library first
@@ -1410,6 +1421,10 @@ fn a_duplicate_refuses_reload_stop_and_unload_and_stays_rejected() {
         Command::Disable {
             plugin: key.clone(),
             force: false,
+        },
+        Command::DisableHook {
+            plugin: key.clone(),
+            hook: "greet".into(),
         },
     ];
     for command in commands {
