@@ -214,7 +214,14 @@ pub fn describe(event: &Event) -> Described {
             let mut sentence = which.replace('_', " ");
             // What was done comes before the detail, which a narrow row cuts.
             let action = text("action");
-            if !action.is_empty() && action != "log" {
+            // The policy said restart, and nothing will (budget spent, restarts off).
+            let not_restarted = fields
+                .get("facts")
+                .and_then(|facts| facts.get(plugboard_engine::supervisor::NOT_RESTARTED))
+                .is_some();
+            if not_restarted {
+                sentence.push_str(" → not restarted");
+            } else if !action.is_empty() && action != "log" {
                 let _ = write!(sentence, " → {action}");
             }
             for key in ["hook", "detail"] {
@@ -440,5 +447,25 @@ mod tests {
             budget_left: 1,
         }));
         assert_eq!(last.text, "restart 3 of 3 in 675 ms");
+    }
+
+    #[test]
+    fn a_crash_the_budget_does_not_restart_says_so() {
+        let mut violation = plugboard_engine::policy::Violation::new(
+            plugboard_engine::policy::ViolationKind::Crash,
+            "engine",
+            "the worker ended unexpectedly: killed by signal 11",
+        )
+        .fact(
+            plugboard_engine::supervisor::NOT_RESTARTED,
+            "the restart budget is spent (3 restarts within 300 s)",
+        );
+        violation.action = plugboard_engine::policy::Action::Restart;
+        let crash = describe(&event(EventKind::Violation { violation }));
+        assert!(
+            crash.text.starts_with("crash → not restarted: "),
+            "{}",
+            crash.text
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use policy::{PluginOverrides, RestartPolicy, WatchPolicy};
 pub(crate) use runner::Runner;
 
+pub use actor::NOT_RESTARTED;
 pub(crate) use actor::{hooks_in_flight, millis, run_actor, say_dependents_left_running};
 
 use crate::engine::EngineError;

@@ -1652,12 +1652,15 @@ pub(crate) fn hooks_in_flight(plugin: &Plugin) -> Option<String> {
 fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) -> Action {
     let rule = shared.config.policy.rule(violation.kind);
     let now = Instant::now();
-    let (action, between) = {
+    let (action, between, not_restarted) = {
         let mut lifecycle = plugin.lifecycle();
         lifecycle.violations += 1;
         let action = lifecycle
             .violation_counts
             .decide(violation.kind, &rule, now);
+        let not_restarted = (action == Action::Restart)
+            .then(|| why_no_restart(shared, &lifecycle, now))
+            .flatten();
         // A flood the policy only logs (a plugin retrying a forbidden call in a loop)
         // is itemized up to a bound a minute, so it cannot rotate the audit trail away;
         // the rest is counted. A violation whose action does something is always itemized.
@@ -1683,14 +1686,51 @@ fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) 
             return action;
         }
         entry.shown += 1;
-        (action, std::mem::take(&mut entry.counted_only))
+        (
+            action,
+            std::mem::take(&mut entry.counted_only),
+            not_restarted,
+        )
     };
     if between > 0 {
         violation = violation.fact("not_itemized_before", between);
     }
+    // The policy's word is restart, but nothing will: the record says so, not only the
+    // `restarts_exhausted` event after it.
+    if let Some(why) = not_restarted {
+        violation = violation.fact(NOT_RESTARTED, why);
+    }
     violation.action = action;
     shared.event(Some(&plugin.name), EventKind::Violation { violation });
     action
+}
+
+/// The fact a violation the policy restarts for carries when no restart will follow.
+pub const NOT_RESTARTED: &str = "not_restarted";
+
+/// Why a restart the policy asks for will not happen: restarts off, the plugin disabled,
+/// or the window's budget spent (as [`schedule_restart`] will find).
+fn why_no_restart(shared: &Shared, lifecycle: &Lifecycle, now: Instant) -> Option<String> {
+    let policy = &shared.config.restart;
+    if !policy.enabled {
+        return Some("restarts are off ([restart] enabled = false)".to_owned());
+    }
+    if lifecycle.disabled {
+        return Some("the plugin is disabled".to_owned());
+    }
+    let window = policy.window();
+    let used = lifecycle
+        .backoff
+        .recent
+        .iter()
+        .filter(|at| now.duration_since(**at) <= window)
+        .count();
+    (u32::try_from(used).unwrap_or(u32::MAX) >= policy.max_restarts).then(|| {
+        format!(
+            "the restart budget is spent ({used} restarts within {} s)",
+            policy.window_s
+        )
+    })
 }
 
 /// A violation of a worker that has been replaced since: in the record, as it happened,

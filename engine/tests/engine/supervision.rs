@@ -45,6 +45,11 @@ fn a_crashing_plugin_restarts_with_growing_delays_until_its_budget_is_spent() {
             matches!(&event.kind, EventKind::Violation { violation }
                 if violation.kind == plugboard_engine::policy::ViolationKind::Crash)
         });
+        assert!(
+            matches!(&crashed.kind, EventKind::Violation { violation }
+                if !violation.facts.contains_key(plugboard_engine::supervisor::NOT_RESTARTED)),
+            "a crash within the budget restarts: {crashed:?}"
+        );
         let backing_off = wait_for(&fixture.events, Duration::from_secs(1), |event| {
             matches!(event.kind, EventKind::BackingOff { .. })
         });
@@ -79,8 +84,19 @@ fn a_crashing_plugin_restarts_with_growing_delays_until_its_budget_is_spent() {
         );
         assert_eq!(call(engine, "prober", "whoami", "").status, "ok");
     }
-    // The third crash within the window finds the budget spent.
+    // The third crash within the window finds the budget spent, and its record says so.
     assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    let last_crash = wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == plugboard_engine::policy::ViolationKind::Crash)
+    });
+    assert!(
+        matches!(&last_crash.kind, EventKind::Violation { violation }
+            if violation.facts.get(plugboard_engine::supervisor::NOT_RESTARTED)
+                .and_then(|why| why.as_str())
+                .is_some_and(|why| why.contains("budget is spent"))),
+        "{last_crash:?}"
+    );
     wait_for(&fixture.events, Duration::from_secs(2), |event| {
         event.kind
             == EventKind::RestartsExhausted {
