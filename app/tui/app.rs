@@ -323,8 +323,19 @@ impl App {
             *back = (*back + 1).min(self.history.len() - 1);
         }
         // Nothing selected yet, or the selected plugin is gone (a refused duplicate is
-        // forgotten when its bundle is removed): the first one shown is.
+        // forgotten when its bundle is removed): the first one shown is. Details of a
+        // plugin that is gone close, saying so, rather than show another plugin, which
+        // the next key would act on.
         if self.selected().is_none() {
+            if self.screen == Screen::Detail && self.paused.is_none() {
+                if let Some(gone) = &self.selected_plugin {
+                    self.status = Some(Status {
+                        text: format!("`{gone}` is no longer listed: its bundle was removed"),
+                        role: Role::Warn,
+                    });
+                }
+                self.back();
+            }
             self.selected_plugin = self
                 .visible_plugins()
                 .first()

@@ -374,11 +374,7 @@ pub fn name_cell(plugin: &PluginSnapshot, width: usize) -> CellText {
         ""
     };
     let room = width.saturating_sub(mark.chars().count());
-    let name = if plugin.name.contains('/') {
-        format::truncate_start(&plugin.name, room)
-    } else {
-        format::truncate(&plugin.name, room)
-    };
+    let name = format::truncate_name(&plugin.name, room);
     let role = if mark.is_empty() {
         Role::Text
     } else {
@@ -488,6 +484,9 @@ pub fn worst_p99(plugin: &PluginSnapshot) -> Option<u64> {
             }
         })
         .max()
+        // Calls that were never timed (the worker died under them, busy refusals): no
+        // latency to show, not 0 µs.
+        .filter(|p99| *p99 > 0)
 }
 
 /// Errors and timeouts over every hook.

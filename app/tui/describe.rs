@@ -293,6 +293,11 @@ pub fn describe(event: &Event) -> Described {
                 Role::Info,
             )
         }
+        "quarantine_cleared" => (
+            kind,
+            "quarantine cleared by an operator: it may load and start again".to_owned(),
+            Role::Info,
+        ),
         "plugin_toggled" => {
             let enabled = fields
                 .get("enabled")
@@ -425,6 +430,16 @@ mod tests {
             started.text
         );
         assert!(matches!(started.role, Role::Warn));
+    }
+
+    #[test]
+    fn every_kind_without_fields_still_reads_as_a_sentence() {
+        let cleared = describe(&event(EventKind::QuarantineCleared));
+        assert!(
+            cleared.text.starts_with("quarantine cleared"),
+            "{}",
+            cleared.text
+        );
     }
 
     #[test]

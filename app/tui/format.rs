@@ -130,6 +130,16 @@ pub fn truncate_start(text: &str, width: usize) -> String {
     cut
 }
 
+/// A plugin's name in at most `width` characters: a path (a duplicate bundle's name) cut
+/// from its start, where its directory's name is; any other from its end.
+pub fn truncate_name(name: &str, width: usize) -> String {
+    if name.contains('/') {
+        truncate_start(name, width)
+    } else {
+        truncate(name, width)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +149,8 @@ mod tests {
         assert_eq!(truncate_start("/tmp/plugins/hello-dup", 10), "…hello-dup");
         assert_eq!(truncate_start("hello", 10), "hello");
         assert_eq!(truncate("/tmp/plugins/hello-dup", 10), "/tmp/plug…");
+        assert_eq!(truncate_name("/tmp/plugins/hello-dup", 10), "…hello-dup");
+        assert_eq!(truncate_name("a-long-plugin-name", 10), "a-long-pl…");
     }
 
     #[test]

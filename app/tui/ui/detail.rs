@@ -188,10 +188,9 @@ fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
             match (&trust.key_id, trust.unverified) {
                 (_, true) => Span::styled("UNVERIFIED (development mode)", theme.error()),
                 (Some(key), false) => Span::styled(key.clone(), theme.text()),
-                (None, false) => Span::styled(
-                    if trust.signed { "signed" } else { "unsigned" },
-                    theme.muted(),
-                ),
+                // Only a verified bundle has a signer to show (an unsigned one runs only
+                // in development mode, above): nothing verified yet, or it was rejected.
+                (None, false) => Span::styled("not verified", theme.muted()),
             },
             Span::styled(
                 trust
@@ -220,6 +219,8 @@ fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
                 Span::styled("✗ REMOVED since verified", theme.error())
             } else if plugin.changed_on_disk {
                 Span::styled("▲ CHANGED since verified", theme.warn())
+            } else if trust.library_sha3_512.is_none() {
+                Span::styled(NONE, theme.muted())
             } else {
                 Span::styled("✓ as verified", theme.ok())
             },

@@ -88,7 +88,7 @@ pub fn draw(
                 spans.push(Span::styled(
                     format!(
                         "{:<12} ",
-                        format::truncate(event.plugin.as_deref().unwrap_or("engine"), 12)
+                        format::truncate_name(event.plugin.as_deref().unwrap_or("engine"), 12)
                     ),
                     theme.accent(),
                 ));

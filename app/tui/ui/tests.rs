@@ -452,6 +452,25 @@ fn a_selected_plugin_that_is_gone_hands_the_selection_on() {
     let first = app.visible_plugins()[0].name.clone();
     assert_eq!(app.selected_plugin.as_deref(), Some(first.as_str()));
     assert!(app.selected().is_some());
+
+    // Its details open: they close and say why, rather than show another plugin.
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Detail);
+    let shown = app.selected_plugin.clone().unwrap();
+    let mut without_it = fleet();
+    without_it["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|plugin| plugin["name"] != json!(shown));
+    app.on_sample(snapshot(without_it));
+    assert_eq!(app.screen, Screen::Main);
+    assert!(
+        app.status
+            .as_ref()
+            .is_some_and(|status| status.text.contains("is no longer listed")),
+        "{:?}",
+        app.status
+    );
 }
 
 /// The table marks a bundle changed (`*`) or removed on disk since it was verified, and cuts
@@ -490,6 +509,28 @@ fn calls_per_second_is_the_rate_now_not_the_minutes_average() {
         cells.contains(&"0") && !cells.contains(&"10"),
         "no calls now: {hello}"
     );
+}
+
+/// A bundle never verified (rejected) shows no signer and no "as verified"; a hook whose
+/// only call was never timed (its worker died) shows no p99 rather than 0 µs.
+#[test]
+fn what_was_never_verified_or_timed_is_not_shown_as_if_it_were() {
+    let mut app = app();
+    let mut fleet = fleet();
+    fleet["plugins"][3]["trust"] = json!({"signed": false, "key_id": null, "level": null,
+        "library_sha3_512": null, "unverified": false});
+    fleet["plugins"][3]["state"] = json!("rejected");
+    fleet["plugins"][3]["hooks"] = json!({"chaos": hook(1, 1, 0)});
+    app.on_sample(snapshot(fleet));
+    let screen = render(&mut app, 80, 24);
+    let broken = row_of(&screen, "│broken ");
+    assert!(!broken.contains("0µs"), "{broken}");
+    app.selected_plugin = Some("broken".to_owned());
+    press(&mut app, KeyCode::Enter);
+    let text = render(&mut app, 100, 40).join("\n");
+    assert!(text.contains("key       not verified"), "{text}");
+    assert!(!text.contains("as verified"), "{text}");
+    assert!(!text.contains("unsigned"), "{text}");
 }
 
 /// A selected plugin that drops out of a state filter (it crashed) is not a command's
