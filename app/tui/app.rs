@@ -577,10 +577,17 @@ impl App {
         } else {
             &self.event_filter
         };
+        // Paused and stepped back: the events up to the sample shown.
+        let shown_at = self
+            .paused
+            .filter(|back| *back > 0)
+            .and_then(|_| self.snapshot())
+            .map(|shown| shown.taken_at_ms);
         self.events
             .iter()
             .rev()
             .filter(|event| self.paused_at_seq.is_none_or(|seq| event.seq <= seq))
+            .filter(|event| shown_at.is_none_or(|at| event.at_ms <= at))
             .filter(|event| plugin.is_none_or(|name| event.plugin.as_deref() == Some(name)))
             .filter(|event| describe::matches_filter(event, filter))
             .collect()

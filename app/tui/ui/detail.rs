@@ -303,23 +303,31 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
             Span::styled(format!("{NONE} (not sampled)"), theme.muted()),
         ])];
     };
-    // The engine's ring (minutes) when the UI has it for this plugin and is live; else the
-    // samples in the snapshots the UI kept (also what a paused display shows).
-    let ring = app
+    // The engine's ring (minutes) when the UI has it for this plugin, up to the sample
+    // shown (paused, that is an older one); else the samples in the snapshots the UI kept,
+    // from the one shown back.
+    let shown_at = app.snapshot().map_or(u64::MAX, |shown| shown.taken_at_ms);
+    let ring: Option<Vec<&plugboard_engine::monitor::ResourceSample>> = app
         .resource_history
         .as_ref()
-        .filter(|(name, samples)| {
-            *name == plugin.name && !samples.is_empty() && app.paused.is_none()
+        .filter(|(name, _)| *name == plugin.name)
+        .map(|(_, samples)| {
+            samples
+                .iter()
+                .filter(|sample| sample.at_ms <= shown_at)
+                .collect::<Vec<_>>()
         })
-        .map(|(_, samples)| samples);
+        .filter(|samples| !samples.is_empty());
     let series = |pick: fn(&plugboard_engine::monitor::ResourceSample) -> f64| -> Vec<f64> {
-        if let Some(samples) = ring {
-            return buckets(&samples.iter().map(pick).collect::<Vec<_>>(), CHART_SAMPLES);
+        if let Some(samples) = &ring {
+            let values: Vec<f64> = samples.iter().map(|sample| pick(sample)).collect();
+            return buckets(&values, CHART_SAMPLES);
         }
         let mut values: Vec<f64> = app
             .history
             .iter()
             .rev()
+            .skip(app.paused.unwrap_or(0))
             .filter_map(|snapshot| {
                 snapshot
                     .plugins

@@ -1128,6 +1128,28 @@ fn pause_freezes_the_display_and_steps_through_history() {
     assert!(text.contains("Running → ○ Stopped"), "{text}");
 }
 
+/// Stepped back while paused, the event log ends where the sample shown was taken.
+#[test]
+fn a_sample_stepped_back_to_shows_the_events_up_to_it() {
+    let mut app = app();
+    let mut later = fleet();
+    later["taken_at_ms"] = json!(NOW_MS + 5_000);
+    app.on_sample(snapshot(later));
+    app.on_engine_event(event(
+        12,
+        None,
+        json!({"kind": "engine", "message": "after the first sample"}),
+    ));
+    press(&mut app, KeyCode::Char('p'));
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("after the first sample"), "{text}");
+    press(&mut app, KeyCode::Char('['));
+    let text = render(&mut app, 80, 24).join("\n");
+    assert!(text.contains("PAUSED −1"), "{text}");
+    assert!(!text.contains("after the first sample"), "{text}");
+    assert!(text.contains("traffic on: 20 calls/s"), "{text}");
+}
+
 #[test]
 fn traffic_toggles_from_the_snapshot_state() {
     let mut app = app();
