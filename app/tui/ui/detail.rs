@@ -293,6 +293,49 @@ const CHART_SAMPLES: usize = 16;
 
 /// CPU and memory against their limits, with a chart of the recent samples, and pids,
 /// threads and descriptors — `–` until the engine has sampled the worker.
+/// One resource of `plugin` for a chart, oldest first: the engine's ring (minutes) when the
+/// UI has it for this plugin, up to the sample shown (paused, that is an older one); else
+/// the samples in the snapshots the UI kept, from the one shown back.
+fn resource_series(
+    app: &App,
+    plugin: &PluginSnapshot,
+    pick: fn(&plugboard_engine::monitor::ResourceSample) -> f64,
+) -> Vec<f64> {
+    let shown_at = app.snapshot().map_or(u64::MAX, |shown| shown.taken_at_ms);
+    let ring: Vec<f64> = app
+        .resource_history
+        .as_ref()
+        .filter(|(name, _)| *name == plugin.name)
+        .map(|(_, samples)| {
+            samples
+                .iter()
+                .filter(|sample| sample.at_ms <= shown_at)
+                .map(pick)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !ring.is_empty() {
+        return buckets(&ring, CHART_SAMPLES);
+    }
+    let mut values: Vec<f64> = app
+        .history
+        .iter()
+        .rev()
+        .skip(app.paused.unwrap_or(0))
+        .filter_map(|snapshot| {
+            snapshot
+                .plugins
+                .iter()
+                .find(|other| other.name == plugin.name)
+                .and_then(|other| other.resources.as_ref())
+                .map(pick)
+        })
+        .take(CHART_SAMPLES)
+        .collect();
+    values.reverse();
+    values
+}
+
 fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
     let theme = &app.theme;
     // At least one space after the longest label (`last exit`).
@@ -303,44 +346,7 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
             Span::styled(format!("{NONE} (not sampled)"), theme.muted()),
         ])];
     };
-    // The engine's ring (minutes) when the UI has it for this plugin, up to the sample
-    // shown (paused, that is an older one); else the samples in the snapshots the UI kept,
-    // from the one shown back.
-    let shown_at = app.snapshot().map_or(u64::MAX, |shown| shown.taken_at_ms);
-    let ring: Option<Vec<&plugboard_engine::monitor::ResourceSample>> = app
-        .resource_history
-        .as_ref()
-        .filter(|(name, _)| *name == plugin.name)
-        .map(|(_, samples)| {
-            samples
-                .iter()
-                .filter(|sample| sample.at_ms <= shown_at)
-                .collect::<Vec<_>>()
-        })
-        .filter(|samples| !samples.is_empty());
-    let series = |pick: fn(&plugboard_engine::monitor::ResourceSample) -> f64| -> Vec<f64> {
-        if let Some(samples) = &ring {
-            let values: Vec<f64> = samples.iter().map(|sample| pick(sample)).collect();
-            return buckets(&values, CHART_SAMPLES);
-        }
-        let mut values: Vec<f64> = app
-            .history
-            .iter()
-            .rev()
-            .skip(app.paused.unwrap_or(0))
-            .filter_map(|snapshot| {
-                snapshot
-                    .plugins
-                    .iter()
-                    .find(|other| other.name == plugin.name)
-                    .and_then(|other| other.resources.as_ref())
-                    .map(pick)
-            })
-            .take(CHART_SAMPLES)
-            .collect();
-        values.reverse();
-        values
-    };
+    let series = |pick| resource_series(app, plugin, pick);
     #[allow(clippy::cast_precision_loss)] // bytes far below 2^52 for a chart
     let memory = series(|sample| sample.memory_bytes as f64);
     let cpu = series(|sample| sample.cpu_percent);
