@@ -347,7 +347,14 @@ impl JobRunner {
                     &plugin,
                     std::path::Path::new(&plugin.dir),
                     &limits,
-                    |bundle| engine.verify_bundle(bundle),
+                    reload_preview::EngineChecks {
+                        verify: |bundle: &_| engine.verify_bundle(bundle),
+                        dependencies: |bundle: &_| {
+                            engine
+                                .check_reload_dependencies(&plugin.name, bundle)
+                                .map_err(|err| err.to_string())
+                        },
+                    },
                 );
                 let _ = sender.send(AppEvent::ReloadPreview { plugin, changes });
             });

@@ -13,16 +13,27 @@ use plugboard_engine::trust::{TrustError, Verified};
 /// What the engine's trust store says of a bundle's signature (`None`: no trust store).
 pub type TrustVerdict = Option<Result<Verified, TrustError>>;
 
+/// The engine's checks a preview reports: the bundle's signature, and whether its
+/// dependencies let the reload through (`Err`: why not).
+pub struct EngineChecks<V, D> {
+    pub verify: V,
+    pub dependencies: D,
+}
+
 /// Reads the bundle in `dir` (checked against the host's `limits`, as the engine will) and
 /// describes the change from `running`, one line each, with whether its signature verifies
-/// (`verify`: the engine's own check). A bundle that cannot be read is described too: the
-/// reload would fail the same way.
-pub fn preview(
+/// and whether its dependencies allow it (the engine's own checks). A bundle that cannot be
+/// read is described too: the reload would fail the same way.
+pub fn preview<V, D>(
     running: &PluginSnapshot,
     dir: &Path,
     limits: &HostLimits,
-    verify: impl FnOnce(&Bundle) -> TrustVerdict,
-) -> Vec<String> {
+    checks: EngineChecks<V, D>,
+) -> Vec<String>
+where
+    V: FnOnce(&Bundle) -> TrustVerdict,
+    D: FnOnce(&Bundle) -> Result<(), String>,
+{
     match Bundle::open(dir, limits) {
         Ok(bundle) => {
             let mut lines = describe_change(running, &bundle, limits);
@@ -31,7 +42,17 @@ pub fn preview(
                 .iter()
                 .position(|line| line.starts_with("signer"))
                 .map_or(lines.len(), |at| at + 1);
-            lines.insert(at, signature_line(verify(&bundle)));
+            lines.insert(at, signature_line((checks.verify)(&bundle)));
+            // Then whether its dependencies, or plugins depending on it, let it through.
+            if let Err(why) = (checks.dependencies)(&bundle) {
+                lines.insert(
+                    at + 1,
+                    format!(
+                        "{:<12} REFUSED: {why}. The running version would keep serving.",
+                        "dependency"
+                    ),
+                );
+            }
             lines
         }
         Err(err) => vec![
@@ -243,6 +264,19 @@ mod tests {
         Some((work, prepared, dir, bundle, running))
     }
 
+    /// The engine's checks with the trust verdict `verify` and dependencies that allow it.
+    fn trust_only(
+        verify: impl FnOnce(&Bundle) -> TrustVerdict,
+    ) -> EngineChecks<
+        impl FnOnce(&Bundle) -> TrustVerdict,
+        impl FnOnce(&Bundle) -> Result<(), String>,
+    > {
+        EngineChecks {
+            verify,
+            dependencies: |_: &Bundle| Ok(()),
+        }
+    }
+
     fn line(lines: &[String], label: &str) -> String {
         lines
             .iter()
@@ -315,7 +349,7 @@ mod tests {
         assert!(lines[2].contains("0000000000000000 → "), "{lines:?}");
 
         std::fs::remove_file(dir.join("libhello.so")).unwrap();
-        let lines = preview(&running, &dir, &limits, |_| None);
+        let lines = preview(&running, &dir, &limits, trust_only(|_| None));
         assert!(
             lines[0].starts_with("The bundle on disk cannot be read"),
             "{lines:?}"
@@ -330,9 +364,12 @@ mod tests {
         let limits = HostLimits::default();
         // The signature as the engine's trust store sees it: good, then broken by an edit.
         let store = plugboard_engine::trust::TrustStore::open(&prepared.trust_store).unwrap();
-        let lines = preview(&running, &dir, &limits, |bundle| {
-            Some(bundle.verify(&store))
-        });
+        let lines = preview(
+            &running,
+            &dir,
+            &limits,
+            trust_only(|bundle| Some(bundle.verify(&store))),
+        );
         assert!(
             line(&lines, "signature").contains(&format!(
                 "verifies: key {} trusted at level sandboxed",
@@ -345,17 +382,42 @@ mod tests {
             .unwrap()
             .replace("memory_mb = 32", "memory_mb = 48");
         std::fs::write(&manifest, edited).unwrap();
-        let lines = preview(&running, &dir, &limits, |bundle| {
-            Some(bundle.verify(&store))
-        });
+        let lines = preview(
+            &running,
+            &dir,
+            &limits,
+            trust_only(|bundle| Some(bundle.verify(&store))),
+        );
         assert!(
             line(&lines, "signature").contains("DOES NOT VERIFY")
                 && line(&lines, "signature").contains("will be refused"),
             "{lines:#?}"
         );
-        let lines = preview(&running, &dir, &limits, |_| None);
+        let lines = preview(&running, &dir, &limits, trust_only(|_| None));
         assert!(
             line(&lines, "signature").contains("not checked"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_preview_says_when_dependencies_would_refuse_the_reload() {
+        let Some((_work, _prepared, dir, _, running)) = hello_running() else {
+            return;
+        };
+        let refusal = "`counter` depends on `hello` ^0.1, but hello would be 0.2.0";
+        let lines = preview(
+            &running,
+            &dir,
+            &HostLimits::default(),
+            EngineChecks {
+                verify: |_: &Bundle| None,
+                dependencies: |_: &Bundle| Err(refusal.to_owned()),
+            },
+        );
+        let dependency = line(&lines, "dependency");
+        assert!(
+            dependency.contains("REFUSED") && dependency.contains(refusal),
             "{lines:#?}"
         );
     }

@@ -915,6 +915,18 @@ impl Engine {
         self.shared.trust.as_ref().map(|store| bundle.verify(store))
     }
 
+    /// Whether a reload of `plugin` to `bundle` would be refused for its dependencies, as
+    /// the reload itself checks them: a cycle it would close, a dependency not running in
+    /// a version it accepts, a running dependent that does not accept its version. For a
+    /// front end that shows what a reload would do.
+    pub fn check_reload_dependencies(
+        &self,
+        plugin: &str,
+        bundle: &crate::bundle::Bundle,
+    ) -> Result<(), EngineError> {
+        dependencies::check_reload(&self.shared, plugin, bundle.manifest())
+    }
+
     /// Calls every running subscriber of `hook`, in priority order, each with its timeout.
     pub fn emit(&self, hook: &str, payload: &[u8]) -> Vec<CallReport> {
         dispatch(&self.shared, hook, payload, 0)

@@ -441,7 +441,8 @@ fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
         .unwrap_err();
     assert!(matches!(err, EngineError::HasDependents { .. }), "{err}");
 
-    // Nor may a reload move hello to a version its running dependent does not accept.
+    // Nor may a reload move hello to a version its running dependent does not accept —
+    // which a front end can ask before the reload.
     add_bundle(
         &fixture.plugins,
         &fixture.signer,
@@ -449,6 +450,15 @@ fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
         "hello",
         version_2,
     );
+    let on_disk = plugboard_engine::bundle::Bundle::open(
+        &fixture.plugins.join("hello"),
+        &plugboard_engine::manifest::HostLimits::default(),
+    )
+    .unwrap();
+    let refusal = engine
+        .check_reload_dependencies("hello", &on_disk)
+        .unwrap_err();
+    assert!(refusal.to_string().contains("counter"), "{refusal}");
     let err = engine
         .execute(Command::Reload {
             plugin: "hello".into(),
