@@ -17,20 +17,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
     match &app.overlay {
         Some(Overlay::Help(scroll)) => return Some(draw_help(frame, area, app, *scroll)),
         Some(Overlay::Confirm(confirm)) => {
-            let theme = &app.theme;
-            let mut lines: Vec<Line> = confirm
-                .lines
-                .iter()
-                .map(|line| Line::styled(line.clone(), theme.text()))
-                .collect();
-            lines.push(Line::raw(""));
-            lines.push(Line::from(vec![
-                Span::styled(" y ", theme.selection()),
-                Span::styled(" yes    ", theme.text()),
-                Span::styled(" n ", theme.selection()),
-                Span::styled(" no / esc", theme.text()),
-            ]));
-            draw_box(frame, area, app, &confirm.title, lines);
+            let lines = confirm_lines(confirm, area, app);
+            draw_box(frame, area, app, &confirm.title, lines, None);
         }
         Some(Overlay::Reply(report)) => {
             let theme = &app.theme;
@@ -63,7 +51,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
             }
             lines.push(Line::raw(""));
             lines.push(Line::styled("enter / esc: close", theme.muted()));
-            draw_box(frame, area, app, "Reply", lines);
+            draw_box(frame, area, app, "Reply", lines, None);
         }
         Some(Overlay::Text { title, lines }) => {
             let theme = &app.theme;
@@ -73,44 +61,90 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) -> Option<u16> {
                 .collect();
             shown.push(Line::raw(""));
             shown.push(Line::styled("any key: close", theme.muted()));
-            draw_box(frame, area, app, title, shown);
+            draw_box(frame, area, app, title, shown, None);
         }
         Some(Overlay::Chaos(selected)) => {
-            let theme = &app.theme;
-            let mut lines = vec![Line::styled(
-                "Sets off one plugin (started first if needed): a call to it alone.",
-                theme.muted(),
-            )];
-            lines.push(Line::raw(""));
-            let name_width = app
-                .chaos
-                .iter()
-                .map(|act| act.plugin.len())
-                .max()
-                .unwrap_or(8);
-            for (at, act) in app.chaos.iter().enumerate() {
-                let (name, what) = (&act.plugin, &act.what);
-                let style = if at == *selected {
-                    theme.selection()
-                } else {
-                    theme.text()
-                };
-                let marker = if at == *selected { "▶ " } else { "  " };
-                lines.push(Line::styled(
-                    format!("{marker}{name:<name_width$}  {what}"),
-                    style,
-                ));
-            }
-            lines.push(Line::raw(""));
-            lines.push(Line::styled(
-                "↑/↓ choose · enter set off · esc close",
-                theme.muted(),
-            ));
-            draw_box(frame, area, app, "Chaos", lines);
+            // The chosen entry stays in sight however short the screen: the two lines
+            // above the list come before it.
+            let lines = chaos_lines(app, *selected);
+            draw_box(frame, area, app, "Chaos", lines, Some(2 + *selected));
         }
         Some(Overlay::Prompt(_)) | None => {}
     }
     None
+}
+
+/// A confirmation's text and its keys.
+fn confirm_lines<'a>(
+    confirm: &'a crate::tui::app::Confirm,
+    area: Rect,
+    app: &App,
+) -> Vec<Line<'a>> {
+    let theme = &app.theme;
+    // Too tall for the screen (a reload's preview on a short terminal): what does
+    // not change gives way first, so every change stays in sight.
+    let unchanged = |line: &&String| line.ends_with("(unchanged)");
+    let too_tall = confirm.lines.len() + 4 > usize::from(area.height.saturating_sub(2));
+    let hidden = if too_tall {
+        confirm.lines.iter().filter(unchanged).count()
+    } else {
+        0
+    };
+    let mut lines: Vec<Line> = confirm
+        .lines
+        .iter()
+        .filter(|line| hidden == 0 || !unchanged(line))
+        .map(|line| Line::styled(line.clone(), theme.text()))
+        .collect();
+    if hidden > 0 {
+        lines.push(Line::styled(
+            format!("({hidden} unchanged not shown)"),
+            theme.muted(),
+        ));
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::from(vec![
+        Span::styled(" y ", theme.selection()),
+        Span::styled(" yes    ", theme.text()),
+        Span::styled(" n ", theme.selection()),
+        Span::styled(" no / esc", theme.text()),
+    ]));
+    lines
+}
+
+/// The chaos menu, `selected` marked.
+fn chaos_lines(app: &App, selected: usize) -> Vec<Line<'static>> {
+    let theme = &app.theme;
+    let mut lines = vec![Line::styled(
+        "Sets off one plugin (started first if needed): a call to it alone.",
+        theme.muted(),
+    )];
+    lines.push(Line::raw(""));
+    let name_width = app
+        .chaos
+        .iter()
+        .map(|act| act.plugin.len())
+        .max()
+        .unwrap_or(8);
+    for (at, act) in app.chaos.iter().enumerate() {
+        let (name, what) = (&act.plugin, &act.what);
+        let style = if at == selected {
+            theme.selection()
+        } else {
+            theme.text()
+        };
+        let marker = if at == selected { "▶ " } else { "  " };
+        lines.push(Line::styled(
+            format!("{marker}{name:<name_width$}  {what}"),
+            style,
+        ));
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "↑/↓ choose · enter set off · esc close",
+        theme.muted(),
+    ));
+    lines
 }
 
 /// `line` cut to at most `width` cells (counted by characters of its spans).
@@ -134,7 +168,17 @@ fn cut_line(line: Line<'_>, width: usize) -> Line<'_> {
     Line::from(spans).style(line.style)
 }
 
-fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Vec<Line>) {
+/// Draws `lines` in a box over `area`. Taller than the screen, the middle gives way, never
+/// the last line (the keys that answer or close the box) nor the line `focus` (a menu's
+/// chosen entry): the lines shown slide down to it.
+fn draw_box(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    title: &str,
+    mut lines: Vec<Line>,
+    focus: Option<usize>,
+) {
     let theme = &app.theme;
     let longest = lines.iter().map(Line::width).max().unwrap_or(0);
     let width = u16::try_from(longest + 4)
@@ -154,11 +198,37 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Ve
     let room = usize::from(area.height.saturating_sub(2)).max(1);
     if lines.iter().map(rows_of).sum::<usize>() > room && lines.len() > 2 {
         let last = lines.pop().expect("more than two lines");
+        // The first line shown: the top, or as far down as `focus` needs (one row then
+        // goes to the `…` above).
+        let fits_from = |start: usize| {
+            let mut used = rows_of(&last) + 1 + usize::from(start > 0);
+            let mut end = start;
+            for line in &lines[start..] {
+                used += rows_of(line);
+                if used > room {
+                    break;
+                }
+                end += 1;
+            }
+            end
+        };
+        let mut start = 0;
+        while let Some(focus) = focus {
+            if focus < fits_from(start) || start + 1 >= lines.len() {
+                break;
+            }
+            start += 1;
+        }
         let mut kept = Vec::new();
-        let mut used = rows_of(&last) + 1;
-        for line in lines {
+        if start > 0 {
+            kept.push(Line::styled("…", theme.muted()));
+        }
+        let mut used = rows_of(&last) + 1 + usize::from(start > 0);
+        let mut cut_below = false;
+        for line in lines.into_iter().skip(start) {
             let rows = rows_of(&line);
             if used + rows > room {
+                cut_below = true;
                 // The line that does not fit shows as much as the rows left hold (a long
                 // text alone in its box shows its beginning, not nothing).
                 // (A row's worth of slack: the cut may wrap at a word.)
@@ -171,7 +241,9 @@ fn draw_box(frame: &mut Frame, area: Rect, app: &App, title: &str, mut lines: Ve
             used += rows;
             kept.push(line);
         }
-        kept.push(Line::styled("…", theme.muted()));
+        if cut_below {
+            kept.push(Line::styled("…", theme.muted()));
+        }
         kept.push(last);
         lines = kept;
     }

@@ -1298,6 +1298,41 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
     assert!(app.on_job_done(3, start, Err(refused)).is_empty());
 }
 
+/// On a screen too short for the whole menu, the chosen entry stays in sight; a reload's
+/// preview too tall for it drops the unchanged lines first, keeping every change.
+#[test]
+fn dialogs_taller_than_the_screen_keep_the_chosen_entry_and_the_changes() {
+    let mut app = app();
+    app.chaos = (0..14)
+        .map(|at| crate::tui::app::ChaosAct {
+            plugin: format!("zoo{at:02}"),
+            what: "misbehaves".to_owned(),
+            payload: Vec::new(),
+        })
+        .collect();
+    press(&mut app, KeyCode::Char('c'));
+    for _ in 0..13 {
+        press(&mut app, KeyCode::Down);
+    }
+    let text = render(&mut app, 80, 16).join("\n");
+    assert!(text.contains("▶ zoo13"), "{text}");
+    assert!(text.contains("esc close"), "{text}");
+    press(&mut app, KeyCode::Esc);
+
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Char('r'));
+    let running = app.selected().unwrap().clone();
+    let mut changes: Vec<String> = (0..12)
+        .map(|at| format!("limit{at:<7} {at} (unchanged)"))
+        .collect();
+    changes.push("hooks        count 200ms → count 300ms   CHANGED".to_owned());
+    app.on_reload_preview(&running, changes);
+    let text = render(&mut app, 80, 16).join("\n");
+    assert!(text.contains("count 300ms   CHANGED"), "{text}");
+    assert!(text.contains("unchanged not shown"), "{text}");
+    assert!(text.contains("no / esc"), "{text}");
+}
+
 #[test]
 fn the_chaos_menu_turns_a_chaos_hook_turned_off_before_on_again_for_one_call() {
     let mut app = app();
