@@ -258,6 +258,8 @@ pub struct App {
     /// The engine's ring of resource samples of the plugin in the detail view (oldest
     /// first), for its charts.
     pub resource_history: Option<(String, Vec<ResourceSample>)>,
+    /// Every kept output line of the plugin in the detail view, oldest first.
+    pub output_history: Option<(String, Vec<plugboard_engine::snapshot::OutputLine>)>,
     /// Plugins the chaos menu offers.
     pub chaos: Vec<ChaosAct>,
     /// A job to run when another one ends: (first, next, whether next runs even when
@@ -301,6 +303,7 @@ impl App {
             layout: ScreenLayout::default(),
             empty_hint: None,
             resource_history: None,
+            output_history: None,
             chaos: Vec::new(),
             chained: Vec::new(),
             quitting: false,
@@ -310,6 +313,7 @@ impl App {
     // ----- data in -----
 
     pub fn on_sample(&mut self, sample: Snapshot) {
+        let pinned = self.pinned_log_line();
         if self.history.len() == HISTORY {
             self.history.pop_front();
             // A paused view that pointed at the evicted sample now shows the oldest.
@@ -322,6 +326,7 @@ impl App {
         if let Some(back) = self.paused.as_mut() {
             *back = (*back + 1).min(self.history.len() - 1);
         }
+        self.keep_log_cursor(pinned);
         // Nothing selected yet, or the selected plugin is gone (a refused duplicate is
         // forgotten when its bundle is removed): the first one shown is. Details of a
         // plugin that is gone close, saying so, rather than show another plugin, which
@@ -514,6 +519,40 @@ impl App {
         self.resource_history = Some((plugin, samples));
     }
 
+    /// The whole log the engine keeps of the plugin in the detail view (a snapshot carries
+    /// its newest 20 lines). A log cursor away from the newest line stays on its line.
+    pub fn on_output_history(
+        &mut self,
+        plugin: String,
+        lines: Vec<plugboard_engine::snapshot::OutputLine>,
+    ) {
+        let pinned = self.pinned_log_line();
+        self.output_history = Some((plugin, lines));
+        self.keep_log_cursor(pinned);
+    }
+
+    /// The log line under the cursor, when it is away from the newest (which follows).
+    fn pinned_log_line(&self) -> Option<plugboard_engine::snapshot::OutputLine> {
+        (self.log_cursor > 0)
+            .then(|| {
+                self.visible_log()
+                    .get(self.log_cursor)
+                    .map(|line| (*line).clone())
+            })
+            .flatten()
+    }
+
+    /// Puts the log cursor back on `pinned` after the lines changed.
+    fn keep_log_cursor(&mut self, pinned: Option<plugboard_engine::snapshot::OutputLine>) {
+        if let Some(pinned) = pinned {
+            let lines = self.visible_log();
+            self.log_cursor = lines
+                .iter()
+                .position(|line| **line == pinned)
+                .unwrap_or_else(|| self.log_cursor.min(lines.len().saturating_sub(1)));
+        }
+    }
+
     /// The plugin whose resource history the charts want: the one in the detail view,
     /// while the display is live.
     pub fn watched_plugin(&self) -> Option<String> {
@@ -664,10 +703,17 @@ impl App {
         };
         let filter = self.log_filter.to_lowercase();
         let words: Vec<&str> = filter.split_whitespace().collect();
-        plugin
-            .recent_output
+        // The whole kept log when the UI has it for this plugin, up to the sample shown
+        // (paused, an older one); else the snapshot's newest lines.
+        let shown_at = self.snapshot().map_or(u64::MAX, |shown| shown.taken_at_ms);
+        let lines: &[plugboard_engine::snapshot::OutputLine] = match &self.output_history {
+            Some((name, lines)) if *name == plugin.name && !lines.is_empty() => lines,
+            _ => &plugin.recent_output,
+        };
+        lines
             .iter()
             .rev()
+            .filter(|line| line.at_ms <= shown_at || self.paused.is_none())
             .filter(|line| {
                 let line = line.line.to_lowercase();
                 words.iter().all(|word| line.contains(word))

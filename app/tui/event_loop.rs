@@ -44,10 +44,11 @@ pub enum AppEvent {
         job: Job,
         result: Result<Outcome, JobError>,
     },
-    /// The resource samples of the plugin the detail view charts.
+    /// The resource samples and the whole kept log of the plugin the detail view shows.
     History {
         plugin: String,
         samples: Vec<plugboard_engine::monitor::ResourceSample>,
+        output: Vec<plugboard_engine::snapshot::OutputLine>,
     },
     ReloadPreview {
         plugin: Box<PluginSnapshot>,
@@ -265,9 +266,14 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner, unread: &Unread) -
             Vec::new()
         }
         AppEvent::JobDone { id, job, result } => app.on_job_done(id, &job, result),
-        AppEvent::History { plugin, samples } => {
+        AppEvent::History {
+            plugin,
+            samples,
+            output,
+        } => {
             unread.samples.fetch_sub(1, Ordering::AcqRel);
-            app.on_resource_history(plugin, samples);
+            app.on_resource_history(plugin.clone(), samples);
+            app.on_output_history(plugin, output);
             Vec::new()
         }
         AppEvent::ReloadPreview { plugin, changes } => {

@@ -42,9 +42,15 @@ pub fn run(
                 .clone();
             if let Some(plugin) = plugin
                 && let Ok(samples) = engine.resource_history(&plugin)
+                && let Ok(output) = engine.plugin_output(&plugin)
             {
                 unread.samples.fetch_add(1, Ordering::AcqRel);
-                if out.send(AppEvent::History { plugin, samples }).is_err() {
+                let history = AppEvent::History {
+                    plugin,
+                    samples,
+                    output,
+                };
+                if out.send(history).is_err() {
                     return;
                 }
             }

@@ -1018,6 +1018,24 @@ impl Engine {
             .history())
     }
 
+    /// Every output line the engine keeps of `plugin` (a snapshot carries the newest 20),
+    /// oldest first: for a front end showing one plugin's log in full.
+    pub fn plugin_output(
+        &self,
+        plugin: &str,
+    ) -> Result<Vec<crate::snapshot::OutputLine>, EngineError> {
+        Ok(self
+            .shared
+            .plugin(plugin)?
+            .output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lines
+            .iter()
+            .cloned()
+            .collect())
+    }
+
     /// Events as they happen. At most [`crate::events::SUBSCRIBER_QUEUE`] wait unread;
     /// a subscriber that falls further behind misses events (a gap in `seq`) and can read
     /// what the ring still holds with [`Engine::recent_events`].

@@ -1017,6 +1017,50 @@ fn the_log_pane_has_timestamps_and_a_search() {
     assert!(text.contains("greeted world"), "{text}");
 }
 
+/// The log pane shows the whole log the engine keeps (a snapshot carries 20 lines), its
+/// search reaches all of it, and a cursor away from the newest line stays on its line as
+/// lines arrive.
+#[test]
+fn the_log_pane_shows_the_whole_kept_log_and_its_cursor_stays_on_its_line() {
+    let mut app = app();
+    app.selected_plugin = Some("hello".to_owned());
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(app.focus, Pane::Log);
+    let lines = |count: u64| -> Vec<plugboard_engine::snapshot::OutputLine> {
+        (0..count)
+            .map(|at| {
+                serde_json::from_value(json!({"at_ms": NOW_MS - 100_000 + at,
+                    "stream": "stdout", "line": format!("log line {at}")}))
+                .unwrap()
+            })
+            .collect()
+    };
+    app.on_output_history("hello".to_owned(), lines(300));
+    let text = render(&mut app, 100, 40).join("\n");
+    assert!(text.contains("Log 300"), "{text}");
+    press(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "line 3");
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        app.visible_log()
+            .iter()
+            .any(|line| line.line == "log line 3"),
+        "the search reaches the oldest lines"
+    );
+    press(&mut app, KeyCode::Char('/'));
+    for _ in 0.."line 3".len() {
+        press(&mut app, KeyCode::Backspace);
+    }
+    press(&mut app, KeyCode::Enter);
+    for _ in 0..3 {
+        press(&mut app, KeyCode::Down);
+    }
+    assert_eq!(app.visible_log()[app.log_cursor].line, "log line 296");
+    app.on_output_history("hello".to_owned(), lines(305));
+    assert_eq!(app.visible_log()[app.log_cursor].line, "log line 296");
+}
+
 #[test]
 fn the_detail_view_degrades_to_one_pane_at_40x12() {
     let mut app = app();

@@ -469,6 +469,15 @@ fn output_is_captured_with_streams_and_a_flood_is_rate_limited() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(plugin(engine, "prober").recent_output.len() <= 20);
+    // The whole ring is there for a front end that shows the log in full: more than a
+    // snapshot's 20 lines, at most the ring's 500, oldest first.
+    let kept = engine.plugin_output("prober").unwrap();
+    assert!(
+        (21..=500).contains(&kept.len()),
+        "{} lines kept",
+        kept.len()
+    );
+    assert!(kept.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms));
 }
 
 /// A plugin's log message is one line in the engine's log file, whatever it holds: a
