@@ -819,6 +819,10 @@ impl App {
             (Some(Action::Down), _) => {
                 self.overlay = Some(Overlay::Chaos((at + 1).min(count.saturating_sub(1))));
             }
+            (Some(Action::Top), _) => self.overlay = Some(Overlay::Chaos(0)),
+            (Some(Action::Bottom), _) => {
+                self.overlay = Some(Overlay::Chaos(count.saturating_sub(1)));
+            }
             (_, KeyCode::Enter) => {
                 let Some(act) = self.chaos.get(at).cloned() else {
                     return Vec::new();
@@ -1111,10 +1115,15 @@ impl App {
                     None
                 };
                 let Some(hook) = hook else {
-                    self.warn(format!(
-                        "select a hook first: {} opens the details, then the Hooks pane",
-                        self.keymap.label(Action::Open)
-                    ));
+                    let how = if self.screen == Screen::Detail {
+                        format!("{} to the Hooks pane", self.keymap.label(Action::NextPane))
+                    } else {
+                        format!(
+                            "{} opens the details, then the Hooks pane",
+                            self.keymap.label(Action::Open)
+                        )
+                    };
+                    self.warn(format!("select a hook first: {how}"));
                     return Vec::new();
                 };
                 let disabled = plugin.disabled_hooks.contains(&hook);

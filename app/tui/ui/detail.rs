@@ -177,12 +177,41 @@ fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
 }
 
 #[allow(clippy::too_many_lines)] // one line per fact, in reading order
-fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
+/// What a verified manifest's `[capabilities]` grant, in a line: what an on-call engineer
+/// asks first of a plugin (may it reach the network, start programs, write there?).
+fn grants_text(capabilities: &plugboard_engine::manifest::Capabilities) -> String {
+    let paths = |paths: &[std::path::PathBuf]| {
+        paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut granted = Vec::new();
+    if capabilities.network {
+        granted.push("network".to_owned());
+    }
+    if capabilities.spawn {
+        granted.push("spawn".to_owned());
+    }
+    if !capabilities.fs_write.is_empty() {
+        granted.push(format!("write {}", paths(&capabilities.fs_write)));
+    }
+    if !capabilities.fs_read.is_empty() {
+        granted.push(format!("read {}", paths(&capabilities.fs_read)));
+    }
+    if !capabilities.emit.is_empty() {
+        granted.push(format!("emit {}", capabilities.emit.join(" ")));
+    }
+    granted.join(" · ")
+}
+
+/// The bundle's signer, digest, state on disk and grants.
+fn bundle_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
     // At least one space after the longest label (`last exit`).
     let label = |text: &'static str| Span::styled(format!("{text:<9} "), theme.muted());
     let trust = &plugin.trust;
-    let supervision = &plugin.supervision;
-    let mut lines = vec![
+    vec![
         Line::from(vec![
             label("key"),
             match (&trust.key_id, trust.unverified) {
@@ -226,6 +255,29 @@ fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
             },
         ]),
         Line::from(vec![
+            label("grants"),
+            plugin.capabilities.as_ref().map_or(
+                Span::styled(NONE, theme.muted()),
+                |capabilities| {
+                    let granted = grants_text(capabilities);
+                    if granted.is_empty() {
+                        Span::styled("nothing beyond its own temp dir", theme.muted())
+                    } else {
+                        Span::styled(granted, theme.warn())
+                    }
+                },
+            ),
+        ]),
+    ]
+}
+
+fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
+    // At least one space after the longest label (`last exit`).
+    let label = |text: &'static str| Span::styled(format!("{text:<9} "), theme.muted());
+    let supervision = &plugin.supervision;
+    let mut lines = bundle_lines(plugin, theme);
+    lines.extend([
+        Line::from(vec![
             label("starts"),
             Span::styled(
                 format!("{}  restarts {}", supervision.starts, supervision.restarts),
@@ -256,7 +308,7 @@ fn trust_lines<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Vec<Line<'a>> {
                 theme.text(),
             ),
         ]),
-    ];
+    ]);
     if let Some(reason) = &plugin.reason {
         lines.push(Line::from(vec![
             label("reason"),

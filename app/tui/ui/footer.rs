@@ -86,6 +86,15 @@ pub fn footer_actions(app: &App) -> Vec<Action> {
             Action::Reload,
             Action::NextPane,
         ]),
+        // The info pane has nothing to filter.
+        (Screen::Detail, Pane::Info) => actions.extend([
+            Action::Back,
+            Action::Call,
+            Action::Start,
+            Action::Stop,
+            Action::Reload,
+            Action::NextPane,
+        ]),
         (Screen::Detail, _) => actions.extend([
             Action::Back,
             Action::Filter,

@@ -1355,12 +1355,13 @@ fn dialogs_taller_than_the_screen_keep_the_chosen_entry_and_the_changes() {
         })
         .collect();
     press(&mut app, KeyCode::Char('c'));
-    for _ in 0..13 {
-        press(&mut app, KeyCode::Down);
-    }
+    // End goes to the last entry, as in every list.
+    press(&mut app, KeyCode::End);
     let text = render(&mut app, 80, 16).join("\n");
     assert!(text.contains("▶ zoo13"), "{text}");
     assert!(text.contains("esc close"), "{text}");
+    press(&mut app, KeyCode::Home);
+    assert!(render(&mut app, 80, 16).join("\n").contains("▶ zoo00"));
     press(&mut app, KeyCode::Esc);
 
     app.selected_plugin = Some("counter".to_owned());
