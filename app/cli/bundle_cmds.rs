@@ -61,7 +61,11 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
 }
 
 /// [`pack`]'s writing part, into the existing directory `out`: the bundle, signed when a
-/// key is given.
+/// key is given. It is made and checked whole in a hidden directory beside `out` first
+/// (the library copied, the manifest's `[requires]` found, the signature made), and only
+/// then moved into place file by file: a pack that fails leaves the bundle in `out` as it
+/// was. Packing in place (the library or manifest given is the one in `out`) reads it
+/// before anything replaces it.
 fn write_bundle(
     source: &str,
     manifest: &Manifest,
@@ -70,36 +74,61 @@ fn write_bundle(
     key: Option<&PrivateKey>,
     limits: &HostLimits,
 ) -> Result<Bundle> {
-    // Each file is written beside its place and renamed over it: packing a bundle in place
-    // (the library or manifest given is the one in `out`) reads it whole before replacing it.
-    // The library first: if it cannot be copied, the bundle keeps its old manifest.
-    let library_in_bundle = out.join(&manifest.plugin.library);
+    let beside = out
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix(".plugboard-pack-")
+        .tempdir_in(beside)
+        .with_context(|| format!("cannot create a directory in {}", beside.display()))?;
+    let staged = |name: &Path| staging.path().join(name);
+    let library_name = Path::new(&manifest.plugin.library);
+    if let Some(dir) = staged(library_name).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut library_file = std::fs::File::open(library)
         .with_context(|| format!("cannot open the library {}", library.display()))?;
-    replace_file(&library_in_bundle, 0o755, |file| {
+    replace_file(&staged(library_name), 0o755, |file| {
         std::io::copy(&mut library_file, file).map(drop)
     })
     .with_context(|| format!("cannot copy {}", library.display()))?;
-    replace_file(&out.join(MANIFEST_FILE), 0o644, |file| {
+    replace_file(&staged(Path::new(MANIFEST_FILE)), 0o644, |file| {
         std::io::Write::write_all(file, source.as_bytes())
     })?;
-    // A signature from an earlier pack would no longer match.
-    match std::fs::remove_file(out.join(SIGNATURE_FILE)) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(err).with_context(|| {
-                format!(
-                    "cannot remove the stale {}",
-                    out.join(SIGNATURE_FILE).display()
-                )
-            });
-        }
-    }
-    let bundle = Bundle::open(out, limits)?;
+    let bundle = Bundle::open(staging.path(), limits)?;
     if let Some(key) = key {
         key.sign_bundle(bundle.digests())
-            .write(&out.join(SIGNATURE_FILE))?;
+            .write(&staged(Path::new(SIGNATURE_FILE)))?;
+    }
+    // Checked whole: into place. The library first, then the manifest, then the signature
+    // (or no signature: one from an earlier pack would no longer match).
+    let place = |name: &Path| -> Result<()> {
+        let into = out.join(name);
+        if let Some(dir) = into.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::rename(staged(name), &into)
+            .with_context(|| format!("cannot move the packed {} into place", into.display()))
+    };
+    place(library_name)?;
+    place(Path::new(MANIFEST_FILE))?;
+    if key.is_some() {
+        place(Path::new(SIGNATURE_FILE))?;
+    } else {
+        match std::fs::remove_file(out.join(SIGNATURE_FILE)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "cannot remove the stale {}",
+                        out.join(SIGNATURE_FILE).display()
+                    )
+                });
+            }
+        }
     }
     Ok(bundle)
 }

@@ -570,6 +570,43 @@ fn a_failed_pack_leaves_no_bundle_directory() {
     ]));
     assert!(err.contains("plugboard-no-such-binary"), "{err}");
     assert!(!out.exists(), "{} was left behind", out.display());
+
+    // Over a good signed bundle, the failed pack leaves it as it was, and nothing beside.
+    let keys = keys(temp.path(), "author");
+    let good = crate::support::signed_example(temp.path(), "hello", &keys);
+    let before: Vec<Vec<u8>> = ["plugin.toml", "plugin.sig", "libhello.so"]
+        .iter()
+        .map(|file| std::fs::read(good.join(file)).unwrap())
+        .collect();
+    fails(&plugboard(&[
+        &"pack",
+        &manifest_file,
+        &"--library",
+        &plugin_library("hello"),
+        &"--out",
+        &good,
+        &"--key",
+        &keys.private,
+    ]));
+    let after: Vec<Vec<u8>> = ["plugin.toml", "plugin.sig", "libhello.so"]
+        .iter()
+        .map(|file| std::fs::read(good.join(file)).unwrap())
+        .collect();
+    assert!(before == after, "the signed bundle was changed");
+    let staged: Vec<_> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".plugboard-pack")
+        })
+        .collect();
+    assert!(
+        staged.is_empty(),
+        "a staging directory was left: {staged:?}"
+    );
 }
 
 /// Errors about key files name the file's role: a missing `--key` is said to be the
