@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         // and saying why on stderr would only be noise, as with any Unix filter.
         Err(err) if cli::output::is_stdout_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("plugboard: error: {}", cli::output::one_line_reason(&err));
+            cli::output::write_error_line(format_args!(
+                "plugboard: error: {}",
+                cli::output::one_line_reason(&err)
+            ));
             ExitCode::FAILURE
         }
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::EventKind;
 use plugboard_engine::audit::AuditRecord;
 
-use super::output::outln;
+use super::output::{errln, outln};
 use plugboard_engine::audit::{AuditItem, AuditReader};
 
 pub fn show(file: &Path, json: bool) -> Result<()> {
@@ -18,7 +18,7 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
     let mut records = 0u64;
     while let Some(item) = reader.next_item().with_context(cannot_read)? {
         match item {
-            AuditItem::Skipped(warning) => eprintln!("warning: {warning}"),
+            AuditItem::Skipped(warning) => errln!("warning: {warning}"),
             AuditItem::Record(record) => {
                 records += 1;
                 print_record(&record, json)?;

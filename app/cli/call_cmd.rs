@@ -16,7 +16,7 @@ use plugboard_engine::{
 use serde::Serialize;
 
 use super::engine_options::EngineOptions;
-use super::output::{one_line_reason, outln};
+use super::output::{errln, one_line_reason, outln};
 use super::stop_signals::{POLL_INTERVAL, StopSignals};
 
 /// How long a dead worker's exit status may take to reach the snapshot after its call
@@ -135,7 +135,7 @@ pub fn run(
     } else if failure.is_none() {
         outln!("{}", report.reply)?;
         if !answered.violations.is_empty() {
-            eprintln!("plugboard: note: {}", caught(&answered.violations));
+            errln!("plugboard: note: {}", caught(&answered.violations));
         }
     }
     match failure {

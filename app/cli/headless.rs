@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::{Command, Engine, Outcome, PluginState, Snapshot};
 
 use super::engine_options::EngineOptions;
-use super::output::outln;
+use super::output::{errln, outln};
 use super::stop_signals::{POLL_INTERVAL, StopSignals};
 
 /// Options of `plugboard headless`.
@@ -70,19 +70,19 @@ fn emit(engine: &Engine, hook: &str) {
     }) {
         Ok(Outcome::Emitted { reports }) => reports,
         Ok(other) => {
-            eprintln!("plugboard: emit `{hook}`: unexpected answer {other:?}");
+            errln!("plugboard: emit `{hook}`: unexpected answer {other:?}");
             return;
         }
         Err(err) => {
-            eprintln!("plugboard: emit `{hook}` failed: {err}");
+            errln!("plugboard: emit `{hook}` failed: {err}");
             return;
         }
     };
     if reports.is_empty() {
-        eprintln!("plugboard: emitted `{hook}`: no running plugin subscribes to it");
+        errln!("plugboard: emitted `{hook}`: no running plugin subscribes to it");
     }
     for report in reports {
-        eprintln!(
+        errln!(
             "plugboard: emitted `{hook}` to {}: {} after {} µs: {}",
             report.plugin,
             report.status,
@@ -214,7 +214,7 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
             "{:<16} {:<8} {:<11} pid {:<8} [{}] calls {calls} violations {}{}",
             plugin.name,
             plugin.version.as_deref().unwrap_or("?"),
-            format!("{:?}", plugin.state).to_lowercase(),
+            plugin.state.as_str(),
             plugin
                 .sandbox_pid
                 .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
@@ -269,7 +269,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                             | PluginState::Quarantined
                     )
                 ) {
-                    eprintln!("plugboard: `{plugin}` not started: {err}");
+                    errln!("plugboard: `{plugin}` not started: {err}");
                 }
             }
         }
@@ -318,9 +318,10 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
             std::thread::sleep(POLL_INTERVAL.min(options.interval));
         }
         for scheduled in emits.iter().rev() {
-            eprintln!(
+            errln!(
                 "plugboard: `{}` was not emitted: the run ended before its delay of {:?}",
-                scheduled.hook, scheduled.delay
+                scheduled.hook,
+                scheduled.delay
             );
         }
         let traffic_stopped = engine.execute(Command::Traffic { rate: None });

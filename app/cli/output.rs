@@ -45,6 +45,20 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// Writes `line` and a newline to stderr; a stderr nobody reads (`2>&1 | head`) loses the
+/// line rather than panicking, as `eprintln!` would, with plugins still to stop.
+pub fn write_error_line(line: impl fmt::Display) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+/// `eprintln!` that never panics: `errln!("plugboard: note: {x}")`.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_error_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use errln;
+
 /// The whole chain of `err` on one line (scripts read it, people read it), each cause once.
 pub fn one_line_reason(err: &anyhow::Error) -> String {
     let mut reason = String::new();

@@ -1,6 +1,7 @@
-//! SIGINT and SIGTERM as a request to stop the engine: a command that runs plugins must
-//! stop them (workers, cgroups) before it ends, which the signals' default action, ending
-//! the process at once, would not do.
+//! SIGINT, SIGTERM and SIGHUP as a request to stop the engine: a command that runs plugins
+//! must stop them (workers, cgroups) before it ends, which the signals' default action,
+//! ending the process at once, would not do. SIGHUP is what a closed terminal or a dropped
+//! ssh session sends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use plugboard_engine::Engine;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// How often a wait looks whether a signal arrived.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// SIGINT and SIGTERM, recorded instead of ending the process.
+/// SIGINT, SIGTERM and SIGHUP, recorded instead of ending the process.
 #[derive(Debug)]
 pub struct StopSignals {
     /// The number of the last signal received; 0: none yet.
@@ -21,11 +22,11 @@ pub struct StopSignals {
 }
 
 impl StopSignals {
-    /// From now on SIGINT and SIGTERM no longer end the process; [`Self::received`] says
+    /// From now on SIGINT, SIGTERM and SIGHUP no longer end the process; [`Self::received`] says
     /// whether one arrived.
     pub fn install() -> Result<Self> {
         let received = Arc::new(AtomicUsize::new(0));
-        for signal in [SIGINT, SIGTERM] {
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
             let number = usize::try_from(signal).context("a signal number is positive")?;
             signal_hook::flag::register_usize(signal, Arc::clone(&received), number)
                 .context("cannot install signal handlers")?;
@@ -40,6 +41,7 @@ impl StopSignals {
             Ok(0) | Err(_) => None,
             Ok(SIGINT) => Some("SIGINT"),
             Ok(SIGTERM) => Some("SIGTERM"),
+            Ok(SIGHUP) => Some("SIGHUP"),
             Ok(_) => Some("a signal"),
         }
     }

@@ -10,7 +10,7 @@ use plugboard_engine::manifest::{MANIFEST_FILE, Manifest};
 use plugboard_engine::suggest;
 
 use super::engine_options::EngineOptions;
-use super::output::outln;
+use super::output::{errln, outln};
 use plugboard_engine::audit::{AuditItem, AuditReader};
 
 /// How many rotated files (`FILE.1` newest … `FILE.N`) are looked for.
@@ -59,7 +59,7 @@ fn read_with_rotated(file: &Path) -> Result<Vec<AuditRecord>> {
         while let Some(item) = reader.next_item().with_context(cannot_read)? {
             match item {
                 AuditItem::Record(record) => records.push(*record),
-                AuditItem::Skipped(warning) => eprintln!("warning: {warning}"),
+                AuditItem::Skipped(warning) => errln!("warning: {warning}"),
             }
         }
     }

@@ -7,7 +7,7 @@ use plugboard_engine::bundle::Bundle;
 use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::trust::{self, Digest, KeyId, PublicKey, TrustError, TrustLevel, TrustStore};
 
-use super::output::outln;
+use super::output::{errln, outln};
 
 pub fn list(dir: &Path) -> Result<()> {
     existing_store(dir)?;
@@ -112,7 +112,7 @@ pub fn allow(dir: &Path, bundle_dir: &Path) -> Result<()> {
     // unsigned, its key not pinned yet) stays refused. Said, not refused, since the key may
     // well be added next.
     if let Err(refusal) = TrustStore::open(dir).and_then(|store| bundle.verify(&store)) {
-        eprintln!(
+        errln!(
             "warning: {} does not verify against {} yet, so it stays refused: {refusal}",
             bundle_dir.display(),
             dir.display()

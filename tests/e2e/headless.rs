@@ -553,6 +553,45 @@ fn headless_runs_the_bundles_a_host_configuration_lists() {
     assert_eq!(plugin(last, "hello")["state"], "stopped", "{last}");
 }
 
+/// SIGHUP (a closed terminal, a dropped ssh session) stops the engine as SIGTERM does:
+/// its workers ended and its cgroups removed, not left for the next engine to find.
+#[test]
+fn sighup_stops_the_engine_cleanly() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    crate::support::signed_example(&dir, "hello", &keys);
+    let engine = spawn_headless(&["--json"], &dir, &keys.store);
+    let pid = engine.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !engine_scopes_in("memory", pid).iter().any(|scope| {
+        std::fs::read_dir(scope)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().contains("hello"))
+    }) {
+        assert!(Instant::now() < deadline, "hello never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = engine.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        engine_scopes_in("memory", pid).is_empty(),
+        "cgroups left behind"
+    );
+}
+
 /// SIGINT while plugins are still starting (here one whose `create` takes 9 s) stops the
 /// engine at once — its workers ended, its cgroups removed — instead of after every start.
 #[test]

@@ -82,6 +82,17 @@ fn pack_and_sign_whose_reader_has_gone_still_write_the_whole_bundle() {
     assert!(bundle.join("plugin.sig").is_file());
 }
 
+/// A stderr nobody reads (`2>&1 | head -0`): a failure still exits 1, not with a panic.
+#[test]
+fn a_failure_with_its_stderr_closed_exits_1_without_a_panic() {
+    let output = plugboard_command(&[&"headless", &"--plugins", &"/nonexistent-plugboard-dir"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .expect("plugboard runs");
+    assert_eq!(output.status.code(), Some(1));
+}
+
 #[test]
 fn headless_whose_reader_goes_away_stops_its_plugins_and_ends_quietly() {
     let root = tempfile::tempdir().unwrap();
