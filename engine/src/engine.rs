@@ -610,6 +610,19 @@ impl Engine {
         let mut found = Vec::new();
         let mut problem = None;
         for dir in &self.shared.config.plugin_dirs {
+            // A bundle given where a directory of bundles is expected (`--plugins
+            // plugins/hello`) would otherwise find nothing and run nothing, silently.
+            if dir.join(MANIFEST_FILE).is_file() {
+                problem.get_or_insert(EngineError::PluginDir {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "it is a bundle itself (it holds {MANIFEST_FILE}); expected a \
+                         directory of bundle directories: give its parent, or list it as a \
+                         single bundle (`bundles` in the host configuration)"
+                    ),
+                });
+                continue;
+            }
             let entries = match std::fs::read_dir(dir) {
                 Ok(entries) => entries,
                 Err(err) => {

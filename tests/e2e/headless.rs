@@ -307,6 +307,23 @@ fn headless_without_plugins_fails_with_the_reason() {
         &"1s",
     ]));
     assert!(err.contains("/nonexistent/plugboard"), "{err}");
+    // A bundle given where a directory of bundles goes: said, not an empty run.
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let bundle = crate::support::signed_example(temp.path(), "hello", &keys);
+    let err = fails(&plugboard(&[
+        &"headless",
+        &"--plugins",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+        &"--duration",
+        &"1s",
+    ]));
+    assert!(
+        err.contains("it is a bundle itself") && err.contains("give its parent"),
+        "{err}"
+    );
 }
 
 #[test]
