@@ -44,6 +44,9 @@ struct CallOutput<'a> {
     last_exit: Option<ExitStatus>,
     /// The violations the engine caught during the call, as in the snapshots' events.
     violations: &'a [Violation],
+    /// Run without a trust verdict (`--allow-unsigned`): why the trust store refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unverified: Option<&'a str>,
 }
 
 /// What `--json` prints when there is no answer to print.
@@ -113,6 +116,20 @@ pub fn run(
     };
     let report = &answered.report;
     let failure = (report.status != "ok").then(|| describe_failure(&answered));
+    // Development mode ran what the trust store refused: said every time, loudly.
+    let trust = &answered.started.trust;
+    let unverified = trust.unverified.then(|| {
+        trust
+            .unverified_because
+            .as_deref()
+            .unwrap_or("no trust verdict")
+    });
+    if let Some(why) = unverified {
+        errln!(
+            "plugboard: warning: `{}` ran UNVERIFIED (development mode): {why}",
+            report.plugin
+        );
+    }
     if json {
         let output = CallOutput {
             plugin: &report.plugin,
@@ -127,6 +144,7 @@ pub fn run(
             error: failure.as_deref(),
             last_exit: answered.last_exit,
             violations: &answered.violations,
+            unverified,
         };
         let printed = outln!("{}", serde_json::to_string(&output)?);
         if failure.is_none() {

@@ -198,6 +198,23 @@ pub fn parse_traffic_on_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Development mode ran what the trust store refused: said on stderr, not only in the
+/// snapshots' events.
+fn warn_of_unverified(snapshot: &Snapshot) {
+    for plugin in snapshot
+        .plugins
+        .iter()
+        .filter(|plugin| plugin.trust.unverified)
+    {
+        let why = plugin.trust.unverified_because.as_deref();
+        errln!(
+            "plugboard: warning: `{}` runs UNVERIFIED (development mode): {}",
+            plugin.name,
+            why.unwrap_or("no trust verdict")
+        );
+    }
+}
+
 fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
     if json {
         outln!("{}", serde_json::to_string(snapshot)?)?;
@@ -274,6 +291,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
             }
         }
     });
+    warn_of_unverified(&engine.snapshot());
     // (Not once a signal stopped the engine during the starts: it ends below.)
     if options.traffic.is_some() && signals.received().is_none() {
         engine.execute(Command::Traffic {

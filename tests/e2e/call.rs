@@ -67,6 +67,46 @@ fn call_prints_the_reply_and_with_json_the_status_duration_and_mechanisms() {
     );
 }
 
+/// `--allow-unsigned` runs a bundle the trust store refuses (here, its library changed after
+/// signing) — and says so on stderr and in `--json`, every time.
+#[test]
+fn a_call_in_development_mode_says_it_ran_unverified() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "hello", &keys);
+    let library = bundle.join("libhello.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&library, bytes).unwrap();
+    let args: [&dyn AsRef<std::ffi::OsStr>; 7] = [
+        &"call",
+        &"--allow-unsigned",
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"greet",
+        &"dev",
+    ];
+    let output = plugboard(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ran UNVERIFIED (development mode)"),
+        "{}",
+        stderr(&output)
+    );
+    let mut with_json = args.to_vec();
+    with_json.push(&"--json");
+    let output = plugboard(&with_json);
+    let report: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert!(
+        report["unverified"]
+            .as_str()
+            .is_some_and(|why| why.contains("does not match")),
+        "{report}"
+    );
+}
+
 #[test]
 fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_error_status() {
     let root = tempfile::tempdir().unwrap();

@@ -570,6 +570,36 @@ fn headless_runs_the_bundles_a_host_configuration_lists() {
     assert_eq!(plugin(last, "hello")["state"], "stopped", "{last}");
 }
 
+/// `--allow-unsigned` runs a bundle the trust store refuses, and stderr says so.
+#[test]
+fn headless_in_development_mode_warns_of_what_runs_unverified() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    let bundle = crate::support::signed_example(&dir, "hello", &keys);
+    let library = bundle.join("libhello.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&library, bytes).unwrap();
+    let output = plugboard(&[
+        &"headless",
+        &"--allow-unsigned",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &keys.store,
+        &"--duration",
+        &"200ms",
+    ]);
+    let err = crate::support::stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("`hello` runs UNVERIFIED (development mode)"),
+        "{err}"
+    );
+}
+
 /// SIGHUP (a closed terminal, a dropped ssh session) stops the engine as SIGTERM does:
 /// its workers ended and its cgroups removed, not left for the next engine to find.
 #[test]
