@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::bundle::Bundle;
+use plugboard_engine::bundle::{Bundle, BundleError};
 use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest, read_manifest};
 use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore};
 use serde::Serialize;
@@ -174,7 +174,8 @@ fn check_is_elf(library: &Path) -> Result<()> {
 
 pub fn sign(bundle_dir: &Path, key: &Path) -> Result<()> {
     let key = PrivateKey::load(key)?;
-    let bundle = Bundle::open(bundle_dir, &HostLimits::default())?;
+    // Whatever `plugin.sig` holds now (a corrupt one included) is replaced.
+    let bundle = Bundle::open_without_signature(bundle_dir, &HostLimits::default())?;
     let signature = key.sign_bundle(bundle.digests());
     let path = bundle_dir.join(SIGNATURE_FILE);
     signature.write(&path)?;
@@ -265,11 +266,25 @@ pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Res
 
 fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspection> {
     let limits = HostLimits::default();
-    let bundle = Bundle::open(bundle_dir, &limits)?;
+    // A `plugin.sig` that does not read is what to show, with the rest of the bundle: it
+    // is the trust error, whether or not a trust store was given.
+    let (bundle, unreadable_signature) = match Bundle::open(bundle_dir, &limits) {
+        Ok(bundle) => (bundle, None),
+        Err(BundleError::Trust(err)) => (
+            Bundle::open_without_signature(bundle_dir, &limits)?,
+            Some(err),
+        ),
+        Err(err) => return Err(err.into()),
+    };
     let manifest = bundle.manifest();
     let digests = bundle.digests();
     let store = trust_store.map(TrustStore::open).transpose()?;
-    let verdict = store.as_ref().map(|store| bundle.verify(store));
+    // Signed: it has a signature file, readable or not.
+    let signed = bundle.signature().is_some() || unreadable_signature.is_some();
+    let verdict = match unreadable_signature {
+        Some(err) => Some(Err(err)),
+        None => store.as_ref().map(|store| bundle.verify(store)),
+    };
     let revoked = verdict.as_ref().map(|verdict| {
         matches!(
             verdict,
@@ -301,7 +316,7 @@ fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspectio
         manifest_sha3_512: digests.manifest.to_hex(),
         library_sha3_512: digests.library.to_hex(),
         bundle_sha3_512: digests.bundle_digest().to_hex(),
-        signed: bundle.signature().is_some(),
+        signed,
         key_id: bundle
             .signature()
             .map(|signature| signature.key_id.to_string()),
@@ -345,10 +360,12 @@ fn print_inspection(report: &Inspection) -> Result<()> {
     outln!("manifest_sha3_512: {}", report.manifest_sha3_512)?;
     outln!("library_sha3_512: {}", report.library_sha3_512)?;
     outln!("bundle_sha3_512: {}", report.bundle_sha3_512)?;
-    outln!(
-        "key_id: {}",
-        report.key_id.as_deref().unwrap_or("none (unsigned)")
-    )?;
+    let no_key = if report.signed {
+        "none (plugin.sig does not read)"
+    } else {
+        "none (unsigned)"
+    };
+    outln!("key_id: {}", report.key_id.as_deref().unwrap_or(no_key))?;
     match (&report.trusted, &report.trust_error) {
         (None, _) => outln!("trusted: unknown (pass --trust-store to check)")?,
         (Some(true), _) => outln!(

@@ -116,6 +116,20 @@ impl Bundle {
     /// The first half of [`Bundle::open`]: the manifest read, hashed, parsed and checked,
     /// the signature read, the library opened and its memory file created.
     pub fn begin_open(dir: &Path, limits: &HostLimits) -> Result<OpeningBundle, BundleError> {
+        Self::begin_open_reading(dir, limits, true)
+    }
+
+    /// [`Bundle::open`] without reading `plugin.sig`, as if the bundle were unsigned: for
+    /// signing it anew, or showing what it holds when its signature file does not read.
+    pub fn open_without_signature(dir: &Path, limits: &HostLimits) -> Result<Self, BundleError> {
+        Self::begin_open_reading(dir, limits, false)?.read_library()
+    }
+
+    fn begin_open_reading(
+        dir: &Path,
+        limits: &HostLimits,
+        read_signature: bool,
+    ) -> Result<OpeningBundle, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let source = read_bundle_manifest(&manifest_path)?;
         let manifest_digest = Digest::of(source.as_bytes());
@@ -147,6 +161,7 @@ impl Bundle {
 
         let signature_path = dir.join(SIGNATURE_FILE);
         let signature = match open_regular_file_in_place(&signature_path) {
+            Ok(_) if !read_signature => None,
             Ok(file) => Some(BundleSignature::read_from(file, &signature_path)?),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {

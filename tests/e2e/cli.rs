@@ -194,6 +194,34 @@ fn a_group_readable_private_key_is_refused_like_ssh_does() {
     assert!(!bundle.exists(), "a refused key leaves no half-made bundle");
 }
 
+/// A corrupt `plugin.sig`: `inspect` still shows the bundle, with the signature as its
+/// trust error, and `sign` replaces it (it refused to, for the corrupt file).
+#[test]
+fn a_corrupt_signature_file_is_inspected_and_signed_over() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "dev");
+    let bundle = signed_example(temp.path(), "counter", &keys);
+    std::fs::write(bundle.join("plugin.sig"), "not a signature\n").unwrap();
+    let out = ok(&plugboard(&[&"inspect", &bundle, &"--json"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["name"], "counter");
+    assert_eq!(report["signed"], true);
+    assert_eq!(report["trusted"], false);
+    assert!(
+        report["trust_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("plugin.sig")),
+        "{report}"
+    );
+    ok(&plugboard(&[&"sign", &bundle, &"--key", &keys.private]));
+    ok(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+    ]));
+}
+
 #[test]
 fn inspect_json_reports_digests_signer_trust_and_revocation() {
     let temp = tempfile::tempdir().unwrap();
