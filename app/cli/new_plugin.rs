@@ -13,7 +13,7 @@ fn default_sdk_path() -> Option<PathBuf> {
 }
 
 /// The files of a new plugin crate; `{{key}}` placeholders are filled by [`render`].
-const TEMPLATES: [(&str, &str); 5] = [
+const TEMPLATES: [(&str, &str); 6] = [
     ("Cargo.toml", include_str!("../templates/new/Cargo.toml.in")),
     (
         "plugin.toml",
@@ -25,6 +25,8 @@ const TEMPLATES: [(&str, &str); 5] = [
         include_str!("../templates/new/plugin_test.rs.in"),
     ),
     ("README.md", include_str!("../templates/new/README.md.in")),
+    // The README's keygen puts the signing key in `keys/`: kept out of the repository.
+    (".gitignore", include_str!("../templates/new/gitignore.in")),
 ];
 
 fn render(template: &str, substitutions: &[(&str, &str)]) -> String {
@@ -169,10 +171,17 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
         "created plugin crate {} (library {library})",
         crate_dir.display()
     )?;
-    outln!(
-        "next: cd {} && cargo build && cargo test",
-        crate_dir.display()
-    )?;
+    // Quoted as a shell would need it: the path may hold spaces.
+    let shown = crate_dir.display().to_string();
+    let quoted = if shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', r"'\''"))
+    };
+    outln!("next: cd {quoted} && cargo build && cargo test")?;
     Ok(())
 }
 

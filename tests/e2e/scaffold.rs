@@ -32,6 +32,12 @@ fn a_scaffolded_plugin_builds_tests_packs_signs_and_verifies() {
     ]));
     assert!(out.contains("librate_limiter.so"), "{out}");
     let crate_dir = temp.path().join("rate-limiter");
+    // The signing key the README's keygen puts in `keys/` stays out of the repository.
+    let ignored = std::fs::read_to_string(crate_dir.join(".gitignore")).unwrap();
+    assert!(
+        ignored.lines().any(|line| line == "/keys/") && ignored.contains("*.key"),
+        "{ignored}"
+    );
     let target = temp.path().join("target");
     cargo(&["build", "--quiet"], &crate_dir, &target);
     cargo(&["test", "--quiet"], &crate_dir, &target);
@@ -60,6 +66,15 @@ fn a_scaffolded_plugin_builds_tests_packs_signs_and_verifies() {
     // such names: `new_plugin`'s unit test).
     ok(&plugboard(&[&"new", &"plugin", &"--dir", &temp.path()]));
     cargo(&["build", "--quiet"], &temp.path().join("plugin"), &target);
+
+    // A directory with a space: the hint to paste is quoted.
+    let spaced = temp.path().join("dev space");
+    std::fs::create_dir(&spaced).unwrap();
+    let out = ok(&plugboard(&[&"new", &"spaced", &"--dir", &spaced]));
+    assert!(
+        out.contains(&format!("next: cd '{}/spaced' &&", spaced.display())),
+        "{out}"
+    );
 }
 
 #[test]
