@@ -4,8 +4,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use plugboard_engine::bundle::{Bundle, BundleError};
-use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest, read_manifest};
-use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore};
+use plugboard_engine::manifest::{
+    HostLimits, IsolationMode, MANIFEST_FILE, Manifest, read_manifest,
+};
+use plugboard_engine::trust::{
+    self, PrivateKey, SIGNATURE_FILE, TrustError, TrustLevel, TrustStore, Verified,
+};
 use serde::Serialize;
 
 use super::output::outln;
@@ -201,6 +205,14 @@ pub fn verify(bundle_dir: &Path, trust_store: &Path) -> Result<()> {
             bundle_dir.display()
         )
     })?;
+    if let Some(refusal) = in_process_refusal(manifest, &verified) {
+        bail!(
+            "{} {} ({}) is not trusted to run as it asks: {refusal}",
+            manifest.plugin.name,
+            manifest.plugin.version,
+            bundle_dir.display()
+        );
+    }
     outln!(
         "ok: {} {} signed by key {} (trust level {})",
         manifest.plugin.name,
@@ -209,6 +221,19 @@ pub fn verify(bundle_dir: &Path, trust_store: &Path) -> Result<()> {
         verified.level
     )?;
     Ok(())
+}
+
+/// Why an engine refuses a bundle whose manifest asks for in-process isolation although
+/// its signer is trusted at a lower level (the engine's own rule), if it does.
+fn in_process_refusal(manifest: &Manifest, verified: &Verified) -> Option<String> {
+    (manifest.isolation.mode == IsolationMode::InProcess && verified.level != TrustLevel::InProcess)
+        .then(|| {
+            format!(
+                "`[isolation] mode = \"in-process\"` needs a signer trusted at level \
+                 `in-process`; this bundle's signer is trusted at level `{}`",
+                verified.level
+            )
+        })
 }
 
 fn print_digests(bundle: &Bundle) -> Result<()> {
@@ -281,15 +306,24 @@ fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspectio
     let store = trust_store.map(TrustStore::open).transpose()?;
     // Signed: it has a signature file, readable or not.
     let signed = bundle.signature().is_some() || unreadable_signature.is_some();
-    let verdict = match unreadable_signature {
+    let signature_verdict = match unreadable_signature {
         Some(err) => Some(Err(err)),
         None => store.as_ref().map(|store| bundle.verify(store)),
     };
-    let revoked = verdict.as_ref().map(|verdict| {
+    let revoked = signature_verdict.as_ref().map(|verdict| {
         matches!(
             verdict,
             Err(TrustError::RevokedKey { .. } | TrustError::RevokedDigest { .. })
         )
+    });
+    // Trusted as the engine trusts: the in-process rule too.
+    let verdict = signature_verdict.map(|verdict| {
+        verdict.map_err(|err| err.to_string()).and_then(|verified| {
+            match in_process_refusal(bundle.manifest(), &verified) {
+                Some(refusal) => Err(refusal),
+                None => Ok(verified),
+            }
+        })
     });
     let report = Inspection {
         name: manifest.plugin.name.clone(),

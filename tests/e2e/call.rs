@@ -332,6 +332,27 @@ fn call_runs_a_bundle_that_asks_for_in_process_sandboxed() {
     };
 
     let hello = in_process("hello");
+    // `verify` and `inspect` trust as an engine does: a bundle asking for in-process with
+    // a signer trusted at level `sandboxed` is not (`call` runs it sandboxed anyway).
+    let err = fails(&plugboard(&[
+        &"verify",
+        &hello,
+        &"--trust-store",
+        &keys.store,
+    ]));
+    assert!(
+        err.contains("needs a signer trusted at level `in-process`"),
+        "{err}"
+    );
+    let inspected: Value = serde_json::from_str(&ok(&plugboard(&[
+        &"inspect",
+        &hello,
+        &"--json",
+        &"--trust-store",
+        &keys.store,
+    ])))
+    .unwrap();
+    assert_eq!(inspected["trusted"], false, "{inspected}");
     let out = ok(&plugboard(&[
         &"call",
         &"--trust-store",
