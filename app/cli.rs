@@ -61,6 +61,10 @@ enum Command {
         /// Private key to sign the bundle with.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// Host configuration whose `[limits]` the bundle is checked against, as that
+        /// host's engine will check it (default: the built-in limits).
+        #[arg(long, value_name = "F")]
+        config: Option<PathBuf>,
     },
     /// Sign a bundle: writes <bundle-dir>/plugin.sig.
     Sign {
@@ -69,6 +73,10 @@ enum Command {
         /// Private key (PKCS#8 PEM, mode 0600).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// Host configuration whose `[limits]` the bundle is checked against, as that
+        /// host's engine will check it (default: the built-in limits).
+        #[arg(long, value_name = "F")]
+        config: Option<PathBuf>,
     },
     /// Verify a bundle: exits 0 only when it is signed by a pinned, unrevoked key.
     Verify {
@@ -77,6 +85,10 @@ enum Command {
         /// Trust store: a directory of pinned `.pub` keys plus an optional trust.toml.
         #[arg(long, value_name = "DIR")]
         trust_store: PathBuf,
+        /// Host configuration whose `[limits]` the bundle is checked against, as that
+        /// host's engine will check it (default: the built-in limits).
+        #[arg(long, value_name = "F")]
+        config: Option<PathBuf>,
     },
     /// Show a bundle's manifest summary, digests and signer.
     Inspect {
@@ -88,6 +100,10 @@ enum Command {
         /// Also say whether the bundle is trusted and whether its key or digest is revoked.
         #[arg(long, value_name = "DIR")]
         trust_store: Option<PathBuf>,
+        /// Host configuration whose `[limits]` the bundle is checked against, as that
+        /// host's engine will check it (default: the built-in limits).
+        #[arg(long, value_name = "F")]
+        config: Option<PathBuf>,
     },
     /// Manage a trust store: pinned keys, trust levels, revocations, the encrypted trust list.
     Trust {
@@ -250,17 +266,24 @@ pub fn run(cli: Cli) -> Result<()> {
             library,
             out,
             key,
-        } => bundle_cmds::pack(&manifest, &library, &out, key.as_deref()),
-        Command::Sign { bundle, key } => bundle_cmds::sign(&bundle, &key),
+            config,
+        } => bundle_cmds::pack(&manifest, &library, &out, key.as_deref(), config.as_deref()),
+        Command::Sign {
+            bundle,
+            key,
+            config,
+        } => bundle_cmds::sign(&bundle, &key, config.as_deref()),
         Command::Verify {
             bundle,
             trust_store,
-        } => bundle_cmds::verify(&bundle, &trust_store),
+            config,
+        } => bundle_cmds::verify(&bundle, &trust_store, config.as_deref()),
         Command::Inspect {
             bundle,
             json,
             trust_store,
-        } => bundle_cmds::inspect(&bundle, json, trust_store.as_deref()),
+            config,
+        } => bundle_cmds::inspect(&bundle, json, trust_store.as_deref(), config.as_deref()),
         Command::Trust { command } => match command {
             TrustCommand::List { trust_store } => trust_cmds::list(&trust_store),
             TrustCommand::Add {

@@ -26,10 +26,27 @@ pub fn keygen(out: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>) -> Result<()> {
-    let limits = HostLimits::default();
+/// The limits a bundle is checked against: those of the host configuration `config` (as
+/// that host's engine will check it), else the built-in ones.
+fn host_limits(config: Option<&Path>) -> Result<HostLimits> {
+    let Some(file) = config else {
+        return Ok(HostLimits::default());
+    };
+    let mut host = plugboard_engine::EngineConfig::new(std::path::PathBuf::new());
+    plugboard_engine::host_config::apply_file(&mut host, file)?;
+    Ok(host.limits)
+}
+
+pub fn pack(
+    manifest_path: &Path,
+    library: &Path,
+    out: &Path,
+    key: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<()> {
+    let limits = &host_limits(config)?;
     let source = read_manifest(manifest_path)?;
-    let manifest = Manifest::parse(&source, manifest_path, &limits)?;
+    let manifest = Manifest::parse(&source, manifest_path, limits)?;
     // Load the key before writing anything, so a bad key leaves no half-made bundle.
     let key = key.map(PrivateKey::load).transpose()?;
     if !library.is_file() {
@@ -41,7 +58,7 @@ pub fn pack(manifest_path: &Path, library: &Path, out: &Path, key: Option<&Path>
     check_is_elf(library)?;
     let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let bundle = match write_bundle(&source, &manifest, library, out, key.as_ref(), &limits) {
+    let bundle = match write_bundle(&source, &manifest, library, out, key.as_ref(), limits) {
         Ok(bundle) => bundle,
         Err(err) => {
             if created {
@@ -176,10 +193,11 @@ fn check_is_elf(library: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn sign(bundle_dir: &Path, key: &Path) -> Result<()> {
+pub fn sign(bundle_dir: &Path, key: &Path, config: Option<&Path>) -> Result<()> {
+    let limits = &host_limits(config)?;
     let key = PrivateKey::load(key)?;
     // Whatever `plugin.sig` holds now (a corrupt one included) is replaced.
-    let bundle = Bundle::open_without_signature(bundle_dir, &HostLimits::default())?;
+    let bundle = Bundle::open_without_signature(bundle_dir, limits)?;
     let signature = key.sign_bundle(bundle.digests());
     let path = bundle_dir.join(SIGNATURE_FILE);
     signature.write(&path)?;
@@ -193,9 +211,10 @@ pub fn sign(bundle_dir: &Path, key: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn verify(bundle_dir: &Path, trust_store: &Path) -> Result<()> {
+pub fn verify(bundle_dir: &Path, trust_store: &Path, config: Option<&Path>) -> Result<()> {
+    let limits = &host_limits(config)?;
     let store = TrustStore::open(trust_store)?;
-    let bundle = Bundle::open(bundle_dir, &HostLimits::default())?;
+    let bundle = Bundle::open(bundle_dir, limits)?;
     let manifest = bundle.manifest();
     let verified = bundle.verify(&store).with_context(|| {
         format!(
@@ -279,8 +298,14 @@ struct HookSummary {
     timeout_ms: u64,
 }
 
-pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Result<()> {
-    let report = inspection(bundle_dir, trust_store)?;
+pub fn inspect(
+    bundle_dir: &Path,
+    json: bool,
+    trust_store: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<()> {
+    let limits = &host_limits(config)?;
+    let report = inspection(bundle_dir, trust_store, limits)?;
     if json {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
@@ -289,14 +314,17 @@ pub fn inspect(bundle_dir: &Path, json: bool, trust_store: Option<&Path>) -> Res
     Ok(())
 }
 
-fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspection> {
-    let limits = HostLimits::default();
+fn inspection(
+    bundle_dir: &Path,
+    trust_store: Option<&Path>,
+    limits: &HostLimits,
+) -> Result<Inspection> {
     // A `plugin.sig` that does not read is what to show, with the rest of the bundle: it
     // is the trust error, whether or not a trust store was given.
-    let (bundle, unreadable_signature) = match Bundle::open(bundle_dir, &limits) {
+    let (bundle, unreadable_signature) = match Bundle::open(bundle_dir, limits) {
         Ok(bundle) => (bundle, None),
         Err(BundleError::Trust(err)) => (
-            Bundle::open_without_signature(bundle_dir, &limits)?,
+            Bundle::open_without_signature(bundle_dir, limits)?,
             Some(err),
         ),
         Err(err) => return Err(err.into()),
@@ -340,12 +368,12 @@ fn inspection(bundle_dir: &Path, trust_store: Option<&Path>) -> Result<Inspectio
             .map(|(name, hook)| HookSummary {
                 name: name.clone(),
                 priority: hook.priority.to_string(),
-                timeout_ms: u64::try_from(manifest.hook_timeout(name, &limits).as_millis())
+                timeout_ms: u64::try_from(manifest.hook_timeout(name, limits).as_millis())
                     .unwrap_or(u64::MAX),
             })
             .collect(),
         capabilities: json_value(&manifest.capabilities),
-        resources: json_value(&manifest.effective_resources(&limits)),
+        resources: json_value(&manifest.effective_resources(limits)),
         dependencies: json_value(&manifest.dependencies),
         manifest_sha3_512: digests.manifest.to_hex(),
         library_sha3_512: digests.library.to_hex(),

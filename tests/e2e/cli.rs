@@ -194,6 +194,60 @@ fn a_group_readable_private_key_is_refused_like_ssh_does() {
     assert!(!bundle.exists(), "a refused key leaves no half-made bundle");
 }
 
+/// A bundle within a host's raised maxima is packed, signed, verified and inspected against
+/// that host's configuration (`--config`); against the built-in limits it is refused.
+#[test]
+fn bundle_commands_check_against_the_host_configuration_given() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "ops");
+    let manifest = std::fs::read_to_string(repo_root().join("plugins/hello/plugin.toml"))
+        .unwrap()
+        .replace("memory_mb = 32", "memory_mb = 10000");
+    let manifest_file = temp.path().join("big.toml");
+    std::fs::write(&manifest_file, manifest).unwrap();
+    let host = temp.path().join("plugboard.toml");
+    std::fs::write(&host, "[limits]\nmax_memory_mb = 16384\n").unwrap();
+    let bundle = temp.path().join("big");
+    let library = plugin_library("hello");
+    let pack = |config: Option<&std::path::PathBuf>| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"pack",
+            &manifest_file,
+            &"--library",
+            &library,
+            &"--out",
+            &bundle,
+            &"--key",
+            &keys.private,
+        ];
+        if let Some(config) = config {
+            args.push(&"--config");
+            args.push(config);
+        }
+        plugboard(&args)
+    };
+    let err = fails(&pack(None));
+    assert!(err.contains("memory_mb") && err.contains("8192"), "{err}");
+    assert!(pack(Some(&host)).status.success());
+    ok(&plugboard(&[
+        &"verify",
+        &bundle,
+        &"--trust-store",
+        &keys.store,
+        &"--config",
+        &host,
+    ]));
+    ok(&plugboard(&[&"inspect", &bundle, &"--config", &host]));
+    ok(&plugboard(&[
+        &"sign",
+        &bundle,
+        &"--key",
+        &keys.private,
+        &"--config",
+        &host,
+    ]));
+}
+
 /// A corrupt `plugin.sig`: `inspect` still shows the bundle, with the signature as its
 /// trust error, and `sign` replaces it (it refused to, for the corrupt file).
 #[test]
