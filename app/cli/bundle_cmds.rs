@@ -82,11 +82,14 @@ pub fn pack(
 }
 
 /// [`pack`]'s writing part, into the existing directory `out`: the bundle, signed when a
-/// key is given. It is made and checked whole in a hidden directory beside `out` first
-/// (the library copied, the manifest's `[requires]` found, the signature made), and only
-/// then moved into place file by file: a pack that fails leaves the bundle in `out` as it
-/// was. Packing in place (the library or manifest given is the one in `out`) reads it
-/// before anything replaces it.
+/// key is given. It is made and checked whole in a hidden directory inside `out` first
+/// (the library copied, the manifest's `[requires]` found, the signature made) — inside,
+/// so that it needs no more permission than `out` and the renames stay on its filesystem —
+/// and only then moved into place file by file: a pack that fails while checking leaves
+/// the bundle in `out` as it was. (A rename failing between the library's and the
+/// manifest's would leave them mismatched; renames within one directory do not fail but
+/// for a full disk's metadata or a concurrent removal.) Packing in place (the library or
+/// manifest given is the one in `out`) reads it before anything replaces it.
 fn write_bundle(
     source: &str,
     manifest: &Manifest,
@@ -95,14 +98,10 @@ fn write_bundle(
     key: Option<&PrivateKey>,
     limits: &HostLimits,
 ) -> Result<Bundle> {
-    let beside = out
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let staging = tempfile::Builder::new()
         .prefix(".plugboard-pack-")
-        .tempdir_in(beside)
-        .with_context(|| format!("cannot create a directory in {}", beside.display()))?;
+        .tempdir_in(out)
+        .with_context(|| format!("cannot create a directory in {}", out.display()))?;
     let staged = |name: &Path| staging.path().join(name);
     let library_name = Path::new(&manifest.plugin.library);
     if let Some(dir) = staged(library_name).parent() {

@@ -11,6 +11,20 @@ use anyhow::{Context, Result};
 use plugboard_engine::Engine;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+/// Whether `signal` was ignored when the process started (`SigIgn` in
+/// `/proc/self/status`: `nohup` ignores SIGHUP for the command it runs).
+fn ignored_at_start(signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .zip(u32::try_from(signal - 1).ok())
+        .is_some_and(|(mask, bit)| mask & (1u64 << bit) != 0)
+}
+
 /// How often a wait looks whether a signal arrived.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -26,7 +40,9 @@ impl StopSignals {
     /// whether one arrived.
     pub fn install() -> Result<Self> {
         let received = Arc::new(AtomicUsize::new(0));
-        for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // Under `nohup` (SIGHUP ignored, as inherited) a hangup must not stop the engine.
+        let hangup = (!ignored_at_start(SIGHUP)).then_some(SIGHUP);
+        for signal in [Some(SIGINT), Some(SIGTERM), hangup].into_iter().flatten() {
             let number = usize::try_from(signal).context("a signal number is positive")?;
             signal_hook::flag::register_usize(signal, Arc::clone(&received), number)
                 .context("cannot install signal handlers")?;

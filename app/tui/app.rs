@@ -331,11 +331,13 @@ impl App {
         // forgotten when its bundle is removed): the first one shown is. Details of a
         // plugin that is gone close, saying so, rather than show another plugin, which
         // the next key would act on.
-        if self.selected().is_none() {
-            if self.screen == Screen::Detail && self.paused.is_none() {
+        // Paused, the sample shown may predate the plugin: the selection waits (keys find
+        // no target in that sample) rather than move to another plugin.
+        if self.selected().is_none() && self.paused.is_none() {
+            if self.screen == Screen::Detail {
                 if let Some(gone) = &self.selected_plugin {
                     self.status = Some(Status {
-                        text: format!("`{gone}` is no longer listed: its bundle was removed"),
+                        text: format!("`{gone}` is no longer listed"),
                         role: Role::Warn,
                     });
                 }
@@ -531,24 +533,36 @@ impl App {
         self.keep_log_cursor(pinned);
     }
 
-    /// The log line under the cursor, when it is away from the newest (which follows).
-    fn pinned_log_line(&self) -> Option<plugboard_engine::snapshot::OutputLine> {
-        (self.log_cursor > 0)
-            .then(|| {
-                self.visible_log()
-                    .get(self.log_cursor)
-                    .map(|line| (*line).clone())
-            })
-            .flatten()
+    /// The log line under the cursor, when it is away from the newest (which follows),
+    /// with how many lines equal to it are older: a plugin may repeat a line within a
+    /// millisecond, and new lines only ever come on the newer side.
+    fn pinned_log_line(&self) -> Option<(plugboard_engine::snapshot::OutputLine, usize)> {
+        if self.log_cursor == 0 {
+            return None;
+        }
+        let lines = self.visible_log();
+        let line = (*lines.get(self.log_cursor)?).clone();
+        let older = lines[self.log_cursor + 1..]
+            .iter()
+            .filter(|other| ***other == line)
+            .count();
+        Some((line, older))
     }
 
     /// Puts the log cursor back on `pinned` after the lines changed.
-    fn keep_log_cursor(&mut self, pinned: Option<plugboard_engine::snapshot::OutputLine>) {
-        if let Some(pinned) = pinned {
+    fn keep_log_cursor(&mut self, pinned: Option<(plugboard_engine::snapshot::OutputLine, usize)>) {
+        if let Some((pinned, older)) = pinned {
             let lines = self.visible_log();
-            self.log_cursor = lines
+            let equal: Vec<usize> = lines
                 .iter()
-                .position(|line| **line == pinned)
+                .enumerate()
+                .filter(|(_, line)| ***line == pinned)
+                .map(|(at, _)| at)
+                .collect();
+            self.log_cursor = equal
+                .len()
+                .checked_sub(older + 1)
+                .and_then(|from_newest| equal.get(from_newest).copied())
                 .unwrap_or_else(|| self.log_cursor.min(lines.len().saturating_sub(1)));
         }
     }
@@ -1486,6 +1500,10 @@ impl App {
             return;
         }
         self.screen = Screen::Detail;
+        // What was fetched for an earlier visit is stale: the kept samples serve until the
+        // next fetch (none while paused).
+        self.resource_history = None;
+        self.output_history = None;
         self.set_focus(Pane::Hooks);
         self.selected_hook = self.visible_hooks().first().cloned();
         self.log_cursor = 0;

@@ -930,13 +930,18 @@ impl Engine {
 
     /// Whether a reload of `plugin` to `bundle` would be refused for its dependencies, as
     /// the reload itself checks them: a cycle it would close, a dependency not running in
-    /// a version it accepts, a running dependent that does not accept its version. For a
-    /// front end that shows what a reload would do.
+    /// a version it accepts, a running dependent that does not accept its version. Only a
+    /// running plugin's reload checks them (one that is down only verifies the bundle
+    /// again; its next start checks). For a front end that shows what a reload would do.
     pub fn check_reload_dependencies(
         &self,
         plugin: &str,
         bundle: &crate::bundle::Bundle,
     ) -> Result<(), EngineError> {
+        let state = self.shared.plugin(plugin)?.lifecycle().state;
+        if !matches!(state, PluginState::Running | PluginState::Degraded) {
+            return Ok(());
+        }
         dependencies::check_reload(&self.shared, plugin, bundle.manifest())
     }
 

@@ -675,7 +675,7 @@ fn a_failed_pack_leaves_no_bundle_directory() {
         .map(|file| std::fs::read(good.join(file)).unwrap())
         .collect();
     assert!(before == after, "the signed bundle was changed");
-    let staged: Vec<_> = std::fs::read_dir(temp.path())
+    let staged: Vec<_> = std::fs::read_dir(&good)
         .unwrap()
         .filter_map(Result::ok)
         .filter(|entry| {

@@ -639,6 +639,46 @@ fn sighup_stops_the_engine_cleanly() {
     );
 }
 
+/// Under `nohup` (SIGHUP ignored from the start) a hangup does not stop the engine.
+#[test]
+fn under_nohup_a_hangup_does_not_stop_the_engine() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    crate::support::signed_example(&dir, "hello", &keys);
+    let mut engine = Command::new("nohup")
+        .arg(env!("CARGO_BIN_EXE_plugboard"))
+        .args(["headless", "--duration", "3s", "--plugins"])
+        .arg(&dir)
+        .arg("--trust-store")
+        .arg(&keys.store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nohup runs");
+    let pid = engine.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while engine_scopes_in("memory", pid).is_empty() {
+        assert!(Instant::now() < deadline, "the engine never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hung_up = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = engine.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        hung_up.elapsed() > Duration::from_millis(1500),
+        "ended {:?} after the hangup, before its duration",
+        hung_up.elapsed()
+    );
+    assert!(engine_scopes_in("memory", pid).is_empty());
+}
+
 /// SIGINT while plugins are still starting (here one whose `create` takes 9 s) stops the
 /// engine at once — its workers ended, its cgroups removed — instead of after every start.
 #[test]

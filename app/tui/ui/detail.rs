@@ -16,6 +16,19 @@ use crate::tui::columns::{health_look, isolation_badges, state_look};
 use crate::tui::format::{self, NONE};
 use crate::tui::theme::Theme;
 
+/// What the details say when the sample shown has no such plugin.
+fn no_plugin_line(app: &App) -> Line<'static> {
+    let text = if app.paused.is_some() {
+        format!(
+            "not in the sample shown (paused: {} steps to newer ones)",
+            app.keymap.label(crate::tui::keymap::Action::HistoryForward)
+        )
+    } else {
+        "the plugin is gone".to_owned()
+    };
+    Line::styled(text, app.theme.muted())
+}
+
 pub fn draw(
     frame: &mut Frame,
     body: Rect,
@@ -25,10 +38,7 @@ pub fn draw(
 ) {
     let theme = &app.theme;
     let Some(plugin) = app.selected() else {
-        frame.render_widget(
-            Paragraph::new(Line::styled("the plugin is gone", theme.muted())),
-            body,
-        );
+        frame.render_widget(Paragraph::new(no_plugin_line(app)), body);
         return;
     };
     let [title_area, rest] =

@@ -84,7 +84,22 @@ fn confirm_lines<'a>(
     // Too tall for the screen (a reload's preview on a short terminal): what does
     // not change gives way first, so every change stays in sight.
     let unchanged = |line: &&String| line.ends_with("(unchanged)");
-    let too_tall = confirm.lines.len() + 4 > usize::from(area.height.saturating_sub(2));
+    // Rows as the box will wrap them (its width as `draw_box` picks it).
+    let longest = confirm
+        .lines
+        .iter()
+        .map(|line| line.chars().count())
+        .max()
+        .unwrap_or(0);
+    let width = (longest + 4).clamp(30, usize::from(area.width.saturating_sub(4)).max(30));
+    let inner = width.saturating_sub(2).max(1);
+    let rows: usize = confirm
+        .lines
+        .iter()
+        .map(|line| line.chars().count().div_ceil(inner).max(1))
+        .sum();
+    // The blank line and the keys under them, and the box's borders.
+    let too_tall = rows + 4 > usize::from(area.height);
     let hidden = if too_tall {
         confirm.lines.iter().filter(unchanged).count()
     } else {

@@ -1172,6 +1172,60 @@ fn pause_freezes_the_display_and_steps_through_history() {
     assert!(text.contains("Running → ○ Stopped"), "{text}");
 }
 
+/// Paused and stepped back to a sample from before the plugin in the details existed, the
+/// details say so and keep it — no other plugin takes its place (keys would act on it).
+#[test]
+fn details_stepped_back_before_their_plugin_existed_keep_it() {
+    let mut app = app();
+    let mut later = fleet();
+    later["taken_at_ms"] = json!(NOW_MS + 5_000);
+    later["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(plugin("newbie", "running"));
+    app.on_sample(snapshot(later));
+    app.selected_plugin = Some("newbie".to_owned());
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Char('p'));
+    press(&mut app, KeyCode::Char('['));
+    app.on_sample(snapshot(fleet()));
+    assert_eq!(app.screen, Screen::Detail);
+    assert_eq!(app.selected_plugin.as_deref(), Some("newbie"));
+    let text = render(&mut app, 100, 40).join("\n");
+    assert!(text.contains("not in the sample shown"), "{text}");
+    press(&mut app, KeyCode::Char(']'));
+    assert!(app.selected().is_some_and(|shown| shown.name == "newbie"));
+}
+
+/// A log cursor on one of several equal lines (a plugin repeating itself within a
+/// millisecond) stays on that one as lines arrive.
+#[test]
+fn a_log_cursor_on_a_repeated_line_stays_on_that_copy() {
+    let mut app = app();
+    app.selected_plugin = Some("hello".to_owned());
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    let line = |text: &str| -> plugboard_engine::snapshot::OutputLine {
+        serde_json::from_value(json!({"at_ms": NOW_MS, "stream": "stdout", "line": text})).unwrap()
+    };
+    let mut lines = vec![
+        line("a"),
+        line("same"),
+        line("same"),
+        line("same"),
+        line("b"),
+    ];
+    app.on_output_history("hello".to_owned(), lines.clone());
+    // Newest first: b, same, same, same, a — the cursor on the second copy shown.
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Down);
+    assert_eq!(app.log_cursor, 2);
+    lines.extend([line("same"), line("c")]);
+    app.on_output_history("hello".to_owned(), lines);
+    // c, same, b, same, same, same, a: the same copy is now at 4.
+    assert_eq!(app.log_cursor, 4);
+}
+
 /// Stepped back while paused, the event log ends where the sample shown was taken.
 #[test]
 fn a_sample_stepped_back_to_shows_the_events_up_to_it() {
