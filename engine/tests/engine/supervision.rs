@@ -477,6 +477,10 @@ fn dependencies_start_first_and_a_running_dependent_guards_its_dependency() {
     stop(engine, "hello", true).unwrap();
     assert_eq!(plugin(engine, "hello").state, PluginState::Stopped);
     assert_eq!(plugin(engine, "counter").state, PluginState::Stopped);
+    // Down, its reload only verifies the bundle again: nothing for dependencies to refuse.
+    engine
+        .check_reload_dependencies("hello", &on_disk)
+        .expect("a stopped plugin's reload does not check dependencies");
 }
 
 /// Disabling a plugin a running plugin depends on is refused, naming the dependent; forced,
