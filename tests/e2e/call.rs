@@ -74,11 +74,7 @@ fn a_call_in_development_mode_says_it_ran_unverified() {
     let root = tempfile::tempdir().unwrap();
     let keys = keys(root.path(), "author");
     let bundle = signed_example(root.path(), "hello", &keys);
-    let library = bundle.join("libhello.so");
-    let mut bytes = std::fs::read(&library).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&library, bytes).unwrap();
+    crate::support::tamper_library(&bundle.join("libhello.so"));
     let args: [&dyn AsRef<std::ffi::OsStr>; 7] = [
         &"call",
         &"--allow-unsigned",

@@ -56,6 +56,30 @@ fn spawn_headless(args: &[&str], dir: &Path, store: &Path) -> Child {
         .expect("plugboard runs")
 }
 
+/// Waits until the engine `pid` has a worker cgroup for `plugin` (its worker is born in it).
+fn wait_for_worker_cgroup(pid: u32, plugin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !engine_scopes_in("memory", pid).iter().any(|scope| {
+        std::fs::read_dir(scope)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().contains(plugin))
+    }) {
+        assert!(Instant::now() < deadline, "{plugin} never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `SIG<name>` to the process `pid` (one this test started).
+fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 fn plugin<'a>(snapshot: &'a Value, name: &str) -> &'a Value {
     snapshot["plugins"]
         .as_array()
@@ -577,11 +601,7 @@ fn headless_in_development_mode_warns_of_what_runs_unverified() {
     let keys = keys(temp.path(), "fleet");
     let dir = temp.path().join("plugins");
     let bundle = crate::support::signed_example(&dir, "hello", &keys);
-    let library = bundle.join("libhello.so");
-    let mut bytes = std::fs::read(&library).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&library, bytes).unwrap();
+    crate::support::tamper_library(&bundle.join("libhello.so"));
     let output = plugboard(&[
         &"headless",
         &"--allow-unsigned",
@@ -610,22 +630,8 @@ fn sighup_stops_the_engine_cleanly() {
     crate::support::signed_example(&dir, "hello", &keys);
     let engine = spawn_headless(&["--json"], &dir, &keys.store);
     let pid = engine.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !engine_scopes_in("memory", pid).iter().any(|scope| {
-        std::fs::read_dir(scope)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|entry| entry.file_name().to_string_lossy().contains("hello"))
-    }) {
-        assert!(Instant::now() < deadline, "hello never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let killed = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    wait_for_worker_cgroup(pid, "hello");
+    signal(pid, "HUP");
     let output = engine.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -664,11 +670,7 @@ fn under_nohup_a_hangup_does_not_stop_the_engine() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let hung_up = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(pid, "HUP");
     let status = engine.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(
@@ -707,24 +709,10 @@ fn sigint_during_a_slow_start_stops_the_engine_at_once() {
     );
     let pid = engine.id();
     // slowhook is being created once its worker sits in its cgroup.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !engine_scopes_in("memory", pid).iter().any(|scope| {
-        std::fs::read_dir(scope)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|entry| entry.file_name().to_string_lossy().contains("slowhook"))
-    }) {
-        assert!(Instant::now() < deadline, "slowhook never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_worker_cgroup(pid, "slowhook");
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(pid, "INT");
     let output = engine.wait_with_output().unwrap();
     let took = signalled.elapsed();
     assert!(

@@ -120,6 +120,14 @@ pub fn pack_signed(manifest: &Path, name: &str, bundle: &Path, keys: &Keys) -> P
     bundle.to_owned()
 }
 
+/// Flips the last byte of a bundle's library: what it holds no longer matches its signature.
+pub fn tamper_library(library: &Path) {
+    let mut bytes = std::fs::read(library).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(library, bytes).unwrap();
+}
+
 /// `plugboard` with `args`, to be given its stdio and spawned.
 pub fn plugboard_command(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
