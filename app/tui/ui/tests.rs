@@ -1131,6 +1131,40 @@ fn mouse_clicks_select_rows_and_panes_and_sort_by_a_title() {
     );
 }
 
+/// The wheel over a pane focuses it and moves its cursor, a row a notch.
+#[test]
+fn the_mouse_wheel_focuses_the_pane_under_it_and_moves_its_cursor() {
+    let mut app = app();
+    let screen = render(&mut app, 80, 24);
+    let wheel = |kind: MouseEventKind, row: usize| MouseEvent {
+        kind,
+        column: 5,
+        row: u16::try_from(row).unwrap(),
+        modifiers: KeyModifiers::NONE,
+    };
+    let table_row = screen
+        .iter()
+        .position(|row| row.starts_with("│hello "))
+        .unwrap();
+    let first = app.selected_plugin.clone();
+    app.on_mouse(wheel(MouseEventKind::ScrollDown, table_row));
+    assert_eq!(app.focus, Pane::Plugins);
+    assert_ne!(
+        app.selected_plugin, first,
+        "a notch down selects the next row"
+    );
+    app.on_mouse(wheel(MouseEventKind::ScrollUp, table_row));
+    assert_eq!(app.selected_plugin, first, "and a notch up goes back");
+
+    let events_row = screen
+        .iter()
+        .position(|row| row.contains("traffic on: 20 calls/s"))
+        .unwrap();
+    app.on_mouse(wheel(MouseEventKind::ScrollDown, events_row));
+    assert_eq!(app.focus, Pane::Events);
+    assert_eq!(app.event_cursor, 1);
+}
+
 #[test]
 fn pause_freezes_the_display_and_steps_through_history() {
     let mut app = app();
