@@ -330,9 +330,8 @@ impl App {
         // Nothing selected yet, or the selected plugin is gone (a refused duplicate is
         // forgotten when its bundle is removed): the first one shown is. Details of a
         // plugin that is gone close, saying so, rather than show another plugin, which
-        // the next key would act on.
-        // Paused, the sample shown may predate the plugin: the selection waits (keys find
-        // no target in that sample) rather than move to another plugin.
+        // the next key would act on. Paused, the sample shown may predate the plugin: the
+        // selection waits (keys find no target in that sample).
         if self.selected().is_none() && self.paused.is_none() {
             if self.screen == Screen::Detail {
                 if let Some(gone) = &self.selected_plugin {
