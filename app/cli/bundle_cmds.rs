@@ -7,9 +7,7 @@ use plugboard_engine::bundle::{Bundle, BundleError};
 use plugboard_engine::manifest::{
     HostLimits, IsolationMode, MANIFEST_FILE, Manifest, read_manifest,
 };
-use plugboard_engine::trust::{
-    self, PrivateKey, SIGNATURE_FILE, TrustError, TrustLevel, TrustStore, Verified,
-};
+use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore, Verified};
 use serde::Serialize;
 
 use super::output::outln;
@@ -244,14 +242,10 @@ pub fn verify(bundle_dir: &Path, trust_store: &Path, config: Option<&Path>) -> R
 /// Why an engine refuses a bundle whose manifest asks for in-process isolation although
 /// its signer is trusted at a lower level (the engine's own rule), if it does.
 fn in_process_refusal(manifest: &Manifest, verified: &Verified) -> Option<String> {
-    (manifest.isolation.mode == IsolationMode::InProcess && verified.level != TrustLevel::InProcess)
-        .then(|| {
-            format!(
-                "`[isolation] mode = \"in-process\"` needs a signer trusted at level \
-                 `in-process`; this bundle's signer is trusted at level `{}`",
-                verified.level
-            )
-        })
+    if manifest.isolation.mode != IsolationMode::InProcess {
+        return None;
+    }
+    trust::in_process_refusal(Some(verified.level))
 }
 
 fn print_digests(bundle: &Bundle) -> Result<()> {

@@ -60,6 +60,21 @@ impl TrustLevel {
     }
 }
 
+/// The in-process rule: a bundle that asks to run inside the host process needs a signer
+/// trusted at level `in-process`. Why a signer trusted at `level` (`None`: not verified)
+/// is not enough, if it is not — said the same by the engine and the CLI.
+pub fn in_process_refusal(level: Option<TrustLevel>) -> Option<String> {
+    let why = match level {
+        Some(TrustLevel::InProcess) => return None,
+        Some(level) => format!("this bundle's signer is trusted at level `{level}`"),
+        None => "this bundle is not verified (development mode runs such bundles sandboxed only)"
+            .to_owned(),
+    };
+    Some(format!(
+        "`[isolation] mode = \"in-process\"` needs a signer trusted at level `in-process`; {why}"
+    ))
+}
+
 impl fmt::Display for TrustLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -450,16 +450,10 @@ fn check_signature(
     };
     if shared.config.isolation_of(bundle.manifest()) == IsolationMode::InProcess {
         let level = verified.as_ref().map(|verified| verified.level);
-        if level != Some(crate::trust::TrustLevel::InProcess) {
+        if let Some(reason) = crate::trust::in_process_refusal(level) {
             return Err(Refusal {
                 trust: true,
-                reason: format!(
-                "`[isolation] mode = \"in-process\"` needs a signer trusted at level `in-process`; {}",
-                match level {
-                    Some(level) => format!("this bundle's signer is trusted at level `{level}`"),
-                    None => "this bundle is not verified (development mode runs such bundles sandboxed only)".to_owned(),
-                }
-            ),
+                reason,
             });
         }
     }
