@@ -159,24 +159,32 @@ fn handle(
 /// there): it never runs, and stays Rejected — a reload would show it verified, a stop
 /// stopped, an unload unloaded.
 fn refuse_if_blocked(plugin: &Plugin, message: ActorMessage) -> Option<ActorMessage> {
+    // Only commands are looked at: the worker's events (output lines, notifications) come
+    // far more often and pass without the lifecycle lock.
+    let action = match &message {
+        ActorMessage::Stop(_) => "stopped",
+        ActorMessage::Unload(_) => "unloaded",
+        ActorMessage::Reload(_) => "reloaded",
+        ActorMessage::SetEnabled(true, _) => "enabled",
+        ActorMessage::SetEnabled(false, _) => "disabled",
+        ActorMessage::ClearQuarantine(_) => "cleared from quarantine",
+        _ => return Some(message),
+    };
     let Some(reason) = plugin.lifecycle().blocked.clone() else {
         return Some(message);
     };
-    let (reply, action) = match message {
-        ActorMessage::Stop(reply) => (reply, "stopped"),
-        ActorMessage::Unload(reply) => (reply, "unloaded"),
-        ActorMessage::Reload(reply) => (reply, "reloaded"),
-        ActorMessage::SetEnabled(enabled, reply) => {
-            (reply, if enabled { "enabled" } else { "disabled" })
-        }
-        ActorMessage::ClearQuarantine(reply) => (reply, "cleared from quarantine"),
-        other => return Some(other),
-    };
-    let _ = reply.send(Err(EngineError::Refused {
-        plugin: plugin.name.clone(),
-        action,
-        reason,
-    }));
+    if let ActorMessage::Stop(reply)
+    | ActorMessage::Unload(reply)
+    | ActorMessage::Reload(reply)
+    | ActorMessage::SetEnabled(_, reply)
+    | ActorMessage::ClearQuarantine(reply) = message
+    {
+        let _ = reply.send(Err(EngineError::Refused {
+            plugin: plugin.name.clone(),
+            action,
+            reason,
+        }));
+    }
     None
 }
 
