@@ -1097,11 +1097,16 @@ fn wait_until(
     }
 }
 
+/// An engine over hello whose watcher settles a change within 100 ms.
+fn watched_hello() -> crate::runtime::Fixture {
+    engine_configured(&[("hello", "hello", same)], |config| {
+        config.watch.debounce_ms = 100;
+    })
+}
+
 #[test]
 fn the_watcher_marks_changed_and_removed_bundles_and_discovers_new_ones() {
-    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
-        config.watch.debounce_ms = 100;
-    });
+    let fixture = watched_hello();
     let engine = &fixture.engine;
     start(engine, "hello");
     add_bundle(
@@ -1152,9 +1157,7 @@ fn the_watcher_marks_changed_and_removed_bundles_and_discovers_new_ones() {
 /// bundle being refused as a duplicate of a plugin whose bundle is gone.
 #[test]
 fn a_bundle_moved_to_another_directory_is_followed_by_its_plugin() {
-    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
-        config.watch.debounce_ms = 100;
-    });
+    let fixture = watched_hello();
     let engine = &fixture.engine;
     start(engine, "hello");
     std::fs::remove_dir_all(fixture.plugins.join("hello")).unwrap();
@@ -1195,9 +1198,7 @@ fn a_bundle_moved_to_another_directory_is_followed_by_its_plugin() {
 /// provides the plugin from then on.
 #[test]
 fn a_duplicate_is_forgotten_when_removed_and_takes_over_when_the_holder_is_removed() {
-    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
-        config.watch.debounce_ms = 100;
-    });
+    let fixture = watched_hello();
     let engine = &fixture.engine;
     start(engine, "hello");
     let copy = |bundle: &str| {
@@ -1270,9 +1271,7 @@ fn a_duplicate_is_forgotten_when_removed_and_takes_over_when_the_holder_is_remov
 /// `hello/`, as discovery at the next start would have it, and the backup is a duplicate.
 #[test]
 fn a_new_bundle_in_the_directory_of_the_plugins_name_wins_over_a_backup_moved_aside() {
-    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
-        config.watch.debounce_ms = 100;
-    });
+    let fixture = watched_hello();
     let engine = &fixture.engine;
     start(engine, "hello");
     let staging = fixture.temp.path().join("staging");
@@ -1310,9 +1309,7 @@ fn a_new_bundle_in_the_directory_of_the_plugins_name_wins_over_a_backup_moved_as
 /// where it is and the other bundle is a duplicate.
 #[test]
 fn a_manifest_missing_for_a_moment_does_not_move_the_plugin() {
-    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
-        config.watch.debounce_ms = 100;
-    });
+    let fixture = watched_hello();
     let engine = &fixture.engine;
     start(engine, "hello");
     let hello = fixture.plugins.join("hello");
@@ -1423,9 +1420,7 @@ fn disk_events_handled_late_name_the_directories_they_were_about() {
 /// A refused duplicate takes no command: it stays Rejected with its reason.
 #[test]
 fn a_duplicate_refuses_reload_stop_and_unload_and_stays_rejected() {
-    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
-        config.watch.debounce_ms = 100;
-    });
+    let fixture = watched_hello();
     let engine = &fixture.engine;
     add_bundle(
         &fixture.plugins,
