@@ -252,6 +252,9 @@ fn confine(
                 process::close_descriptor_range(SOCKET_FD, LIBRARY_FD);
                 let _ = process::set_no_new_privs();
                 let _ = process::drop_capabilities();
+                // It sits in the plugin's cgroup as the worker's uid: not dumpable, so that
+                // no process of that uid can attach to it (the child set its maps already).
+                let _ = process::set_not_dumpable();
                 process::mirror_child_exit(child, &abort_reader);
             }
             ForkSide::Child => {
@@ -286,6 +289,9 @@ fn confine(
             steps.note(Mechanism::Namespaces, &note);
         }
     }
+    // Out of the engine's working directory: relative paths mean the same inside as the
+    // engine's file checks take them to, and the plugin does not learn where it ran.
+    process::leave_working_directory()?;
     steps.record(
         Mechanism::Rlimits,
         process::apply_rlimits(plan.max_open_files, plan.address_space_bytes)

@@ -388,6 +388,11 @@ pub fn set_up_mounts(tmpfs_bytes: u64) -> Result<Vec<String>, ConfineError> {
     Ok(notes)
 }
 
+/// Works from `/`, not from the directory the engine was started in.
+pub fn leave_working_directory() -> Result<(), ConfineError> {
+    nix::unistd::chdir("/").map_err(fail("working directory /"))
+}
+
 pub fn set_hostname(name: &str) -> Result<(), ConfineError> {
     sethostname(name).map_err(fail("hostname"))
 }

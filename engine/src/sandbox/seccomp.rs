@@ -303,7 +303,34 @@ const ALWAYS_NOTIFIED: &[(&str, &str)] = &[
     ("fanotify_init", "watches the whole file system"),
     ("mknod", "creates device nodes"),
     ("mknodat", "creates device nodes"),
+    (
+        "open_tree_attr",
+        "new mount API: clones mount trees, as open_tree",
+    ),
+    (
+        "listmount",
+        "lists the host's mounts, which Landlock keeps /proc/self/mountinfo from showing",
+    ),
+    (
+        "statmount",
+        "describes the host's mounts, which Landlock keeps /proc/self/mountinfo from showing",
+    ),
 ];
+
+/// Calls of [`ALWAYS_NOTIFIED`] newer than libseccomp 2.5 knows, by their number: the same
+/// on every architecture for calls added since Linux 5.1 (the kernel's unified numbering;
+/// alpha aside).
+const NEWER_THAN_LIBSECCOMP: &[(&str, i32)] = &[
+    ("statmount", 457),
+    ("listmount", 458),
+    ("open_tree_attr", 467),
+];
+
+/// The first system call number past the kernel table these rules were written against
+/// (up to 469, `file_setattr`, Linux 6.17). Calls a newer kernel adds are answered
+/// `ENOSYS` by a second filter — as a kernel without them would, so callers fall back —
+/// until someone has looked at what they do. Unified numbering, as above.
+pub const FIRST_UNREVIEWED_SYSCALL: u32 = 470;
 
 /// The table of rules for a plugin with `policy`'s capabilities. Every call it does not
 /// name is allowed.
@@ -519,17 +546,26 @@ fn without_network() -> Vec<SyscallRule> {
         "any family but AF_UNIX (vsock, alg, xdp, bluetooth, tipc…) reaches host or kernel surface an empty network namespace does not remove",
     ));
     // A datagram socket reaches a host socket by its path (`/dev/log`, the journal) with
-    // `sendto` alone, no `connect`: none without the network capability. (Stream and
-    // seqpacket sockets need `connect`, refused below; `socketpair` reaches nothing.)
-    rules.push(SyscallRule::notify_if(
-        "socket",
-        ArgCondition::MaskedEqual {
-            arg: 1,
-            mask: SOCKET_TYPE_MASK,
-            value: int_bits(libc::SOCK_DGRAM),
-        },
-        "datagram socket (it sends to host sockets by path) without the network capability",
-    ));
+    // `sendto` alone, no `connect` — also one of a socket pair, whose peer does not stop a
+    // `sendto` naming another address, and a `SOCK_RAW` one, which AF_UNIX makes a datagram
+    // socket. So only the two connection types are allowed, for `socket` and `socketpair`
+    // alike: stream and seqpacket sockets reach nothing without `connect`, refused below.
+    for syscall in ["socket", "socketpair"] {
+        for socket_type in (0..=SOCKET_TYPE_MASK).filter(|&socket_type| {
+            socket_type != int_bits(libc::SOCK_STREAM)
+                && socket_type != int_bits(libc::SOCK_SEQPACKET)
+        }) {
+            rules.push(SyscallRule::notify_if(
+                syscall,
+                ArgCondition::MaskedEqual {
+                    arg: 1,
+                    mask: SOCKET_TYPE_MASK,
+                    value: socket_type,
+                },
+                "a socket of a type other than stream or seqpacket (datagram, raw: it sends to host sockets by path) without the network capability",
+            ));
+        }
+    }
     rules.push(SyscallRule::notify_if(
         "socketpair",
         ArgCondition::NotEqual {
@@ -662,13 +698,25 @@ const LISTENER_FLAGS: libc::c_ulong =
 /// take the *bad-architecture action*, which libseccomp defaults to killing only the thread
 /// and which is set here to `KILL_PROCESS`, so a process that tries never keeps running
 /// half-killed.
+///
+/// A second filter, loaded first, answers `ENOSYS` to calls newer than the rules (see
+/// [`FIRST_UNREVIEWED_SYSCALL`]).
 pub fn install(policy: &SyscallPolicy) -> Result<OwnedFd, SeccompError> {
     check_support()?;
     let program = compile(&rules(policy))?;
     // The kernel requires no_new_privs (or CAP_SYS_ADMIN, which root has and which must not
     // be what lets the filter in): set it here, explicitly, before the filter.
     nix::sys::prctl::set_no_new_privs().map_err(|source| SeccompError::NoNewPrivs { source })?;
-    load_with_listener(&program)
+    load(&unreviewed_calls_program(), 0)?;
+    let listener = load(&program, LISTENER_FLAGS)?;
+    let listener = i32::try_from(listener).map_err(|_| SeccompError::Load {
+        error: io::Error::other(format!(
+            "the kernel returned {listener}, which is not a descriptor"
+        )),
+    })?;
+    // SAFETY: with SECCOMP_FILTER_FLAG_NEW_LISTENER, a non-negative return is a descriptor
+    // the kernel just opened for this process and nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(listener) })
 }
 
 /// libseccomp keeps process-wide state (API level, detected kernel features) that it
@@ -725,7 +773,42 @@ fn compile(rules: &[SyscallRule]) -> Result<Vec<libc::sock_filter>, SeccompError
 /// call this architecture does not have (`fork` on arm64), and adding a rule for it is a
 /// no-op there; only a name it knows nowhere is an error.
 fn resolve(name: &'static str) -> Result<ScmpSyscall, SeccompError> {
-    ScmpSyscall::from_name(name).map_err(|_| SeccompError::UnknownSyscall { syscall: name })
+    ScmpSyscall::from_name(name).or_else(|_| {
+        NEWER_THAN_LIBSECCOMP
+            .iter()
+            .find(|&&(known, _)| known == name)
+            .map(|&(_, nr)| ScmpSyscall::from(nr))
+            .ok_or(SeccompError::UnknownSyscall { syscall: name })
+    })
+}
+
+/// The second filter: `ENOSYS` for every call from [`FIRST_UNREVIEWED_SYSCALL`] on, every
+/// other call allowed (the first filter decides those; of two filters' answers the kernel
+/// takes the stricter, so this one only ever adds refusals). Another architecture's or an
+/// x32 call is killed by the first filter whatever this one answers.
+fn unreviewed_calls_program() -> [libc::sock_filter; 4] {
+    // `nr` is the first word of `struct seccomp_data`.
+    const NR_OFFSET: u32 = 0;
+    let statement = |code: u32, k: u32| libc::sock_filter {
+        code: u16::try_from(code).unwrap_or_default(),
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    [
+        statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, NR_OFFSET),
+        libc::sock_filter {
+            code: u16::try_from(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K).unwrap_or_default(),
+            jt: 0,
+            jf: 1,
+            k: FIRST_UNREVIEWED_SYSCALL,
+        },
+        statement(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | u32::try_from(libc::ENOSYS).unwrap_or_default(),
+        ),
+        statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 fn compare(condition: &ArgCondition) -> ScmpArgCompare {
@@ -761,8 +844,9 @@ fn decode_program(bytes: &[u8]) -> Result<Vec<libc::sock_filter>, SeccompError> 
         .collect())
 }
 
-/// Attaches `program` to the calling thread with a new notification listener.
-fn load_with_listener(program: &[libc::sock_filter]) -> Result<OwnedFd, SeccompError> {
+/// Loads `program` on the calling thread with `flags`; the kernel's non-negative answer
+/// (a listener's descriptor, with `SECCOMP_FILTER_FLAG_NEW_LISTENER`).
+fn load(program: &[libc::sock_filter], flags: libc::c_ulong) -> Result<libc::c_long, SeccompError> {
     let len = u16::try_from(program.len()).map_err(|_| SeccompError::MalformedProgram {
         len: program.len() * 8,
     })?;
@@ -772,27 +856,20 @@ fn load_with_listener(program: &[libc::sock_filter]) -> Result<OwnedFd, SeccompE
     };
     // SAFETY: `fprog` points to `len` initialised instructions that outlive the call; the
     // kernel copies the program and never writes through the pointer.
-    let listener = unsafe {
+    let loaded = unsafe {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            LISTENER_FLAGS,
+            flags,
             &raw const fprog,
         )
     };
-    if listener < 0 {
+    if loaded < 0 {
         return Err(SeccompError::Load {
             error: io::Error::last_os_error(),
         });
     }
-    let listener = i32::try_from(listener).map_err(|_| SeccompError::Load {
-        error: io::Error::other(format!(
-            "the kernel returned {listener}, which is not a descriptor"
-        )),
-    })?;
-    // SAFETY: with SECCOMP_FILTER_FLAG_NEW_LISTENER, a non-negative return is a descriptor
-    // the kernel just opened for this process and nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(listener) })
+    Ok(loaded)
 }
 
 /// The native name of system call `nr`, as the kernel's tables and `syscalls(2)` spell it;
@@ -800,7 +877,14 @@ fn load_with_listener(program: &[libc::sock_filter]) -> Result<OwnedFd, SeccompE
 pub fn syscall_name(nr: i32) -> String {
     ScmpSyscall::from(nr)
         .get_name_by_arch(ScmpArch::Native)
-        .unwrap_or_else(|_| format!("syscall {nr}"))
+        .ok()
+        .or_else(|| {
+            NEWER_THAN_LIBSECCOMP
+                .iter()
+                .find(|&&(_, known)| known == nr)
+                .map(|&(name, _)| name.to_owned())
+        })
+        .unwrap_or_else(|| format!("syscall {nr}"))
 }
 
 #[cfg(test)]
@@ -963,6 +1047,59 @@ mod tests {
         for nr in [libc::SYS_getpid, libc::SYS_socket, libc::SYS_mount] {
             let call = Call::native(X32_SYSCALL_BIT | nr, [0; 6]);
             assert_eq!(verdict(confined(), &call), KILL_PROCESS, "x32 call {nr}");
+        }
+    }
+
+    #[test]
+    fn only_stream_and_seqpacket_unix_sockets_pass_without_network() {
+        let unix = int_bits(libc::AF_UNIX);
+        for (nr, name) in [
+            (libc::SYS_socket, "socket"),
+            (libc::SYS_socketpair, "socketpair"),
+        ] {
+            for kind in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET] {
+                let flagged = int_bits(kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
+                let call = Call::native(nr, [unix, flagged, 0, 0, 0, 0]);
+                assert_eq!(verdict(confined(), &call), ALLOW, "{name} type {kind}");
+            }
+            for kind in 0..=SOCKET_TYPE_MASK {
+                if kind == int_bits(libc::SOCK_STREAM) || kind == int_bits(libc::SOCK_SEQPACKET) {
+                    continue;
+                }
+                let call =
+                    Call::native(nr, [unix, kind | int_bits(libc::SOCK_CLOEXEC), 0, 0, 0, 0]);
+                assert_eq!(verdict(confined(), &call), NOTIFY, "{name} type {kind}");
+            }
+        }
+    }
+
+    #[test]
+    fn calls_newer_than_libseccomp_are_ruled_and_named_by_number() {
+        for (name, nr) in NEWER_THAN_LIBSECCOMP {
+            let call = Call::native(libc::c_long::from(*nr), [0; 6]);
+            assert_eq!(verdict(confined(), &call), NOTIFY, "{name}");
+            assert_eq!(syscall_name(*nr), *name);
+        }
+    }
+
+    #[test]
+    fn the_second_filter_refuses_only_calls_past_the_reviewed_table() {
+        let program = unreviewed_calls_program();
+        let enosys = libc::SECCOMP_RET_ERRNO | u32::try_from(libc::ENOSYS).unwrap();
+        let first = libc::c_long::from(FIRST_UNREVIEWED_SYSCALL);
+        for nr in [first, first + 1, 1000] {
+            assert_eq!(
+                simulate::run(&program, &Call::native(nr, [0; 6])),
+                enosys,
+                "nr {nr}"
+            );
+        }
+        for nr in [libc::SYS_read, libc::SYS_socket, libc::SYS_mseal, first - 1] {
+            assert_eq!(
+                simulate::run(&program, &Call::native(nr, [0; 6])),
+                ALLOW,
+                "nr {nr}"
+            );
         }
     }
 

@@ -266,6 +266,109 @@ fn unix_socket_pairs_still_work_without_network() {
     assert!(seen.is_empty(), "{seen:#?}");
 }
 
+/// AF_UNIX turns `SOCK_RAW` into a datagram socket, and a datagram socket of a pair still
+/// sends to any address `sendto` names: without `network`, neither reaches a host socket.
+#[test]
+fn raw_and_paired_datagram_sockets_cannot_reach_a_host_socket_without_network() {
+    if !seccomp_available(
+        "raw_and_paired_datagram_sockets_cannot_reach_a_host_socket_without_network",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.sock");
+    let host = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    host.set_nonblocking(true).unwrap();
+    let address = UnixAddr::new(&path).unwrap();
+    let confined = confine(NOTHING_GRANTED, move || {
+        let send_to_host = |fd: &OwnedFd| {
+            nix::sys::socket::sendto(
+                fd.as_raw_fd(),
+                b"escaped",
+                &address,
+                nix::sys::socket::MsgFlags::empty(),
+            )
+        };
+        let raw = socket(
+            AddressFamily::Unix,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .and_then(|fd| send_to_host(&fd));
+        let paired = socketpair(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .and_then(|(left, _right)| send_to_host(&left));
+        (raw, paired)
+    });
+    let ((raw, paired), seen) = confined.finish();
+    assert_eq!(raw, Err(Errno::EPERM), "socket(AF_UNIX, SOCK_RAW)");
+    assert_eq!(paired, Err(Errno::EPERM), "socketpair(AF_UNIX, SOCK_DGRAM)");
+    let mut received = [0u8; 16];
+    assert!(
+        host.recv(&mut received).is_err(),
+        "a datagram reached the host socket"
+    );
+    assert!(
+        reported(&seen, "socket")
+            .detail
+            .starts_with("domain AF_UNIX, type SOCK_RAW"),
+        "{seen:#?}"
+    );
+    assert!(
+        reported(&seen, "socketpair")
+            .detail
+            .starts_with("domain AF_UNIX, type SOCK_DGRAM"),
+        "{seen:#?}"
+    );
+}
+
+/// `listmount`'s number, the same on every architecture (libc does not name it yet).
+const LISTMOUNT: libc::c_long = 458;
+
+/// `listmount` and `statmount` show the host's mount table, which Landlock keeps
+/// `/proc/self/mountinfo` from showing; libseccomp 2.5 does not know them by name.
+#[test]
+fn mount_listing_calls_newer_than_libseccomp_are_reported_by_name() {
+    if !seccomp_available("mount_listing_calls_newer_than_libseccomp_are_reported_by_name") {
+        return;
+    }
+    // SAFETY: a null request makes listmount fail with EFAULT before it reads anything.
+    let unconfined = raw_result(unsafe {
+        libc::syscall(
+            LISTMOUNT,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            0usize,
+            0usize,
+        )
+    });
+    if unconfined == Err(Errno::ENOSYS) {
+        eprintln!("listmount: this kernel (before 6.8) has no such call; nothing to confine");
+        return;
+    }
+    assert_eq!(unconfined, Err(Errno::EFAULT), "listmount on this kernel");
+    let confined = confine(NOTHING_GRANTED, || {
+        // SAFETY: as above; under the filter it never reaches the kernel.
+        raw_result(unsafe {
+            libc::syscall(
+                LISTMOUNT,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+                0usize,
+                0usize,
+            )
+        })
+    });
+    let (result, seen) = confined.finish();
+    assert_eq!(result, Err(Errno::EPERM));
+    reported(&seen, "listmount");
+}
+
 #[test]
 fn connect_is_reported_without_network() {
     if !seccomp_available("connect_is_reported_without_network") {

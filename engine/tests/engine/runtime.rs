@@ -395,6 +395,36 @@ fn a_hostile_worker_is_killed_and_the_engine_keeps_serving_others() {
     );
 }
 
+/// A call of another ABI is killed by the seccomp filter with no notification to name it:
+/// the crash says what SIGSYS means here instead of passing for any crash.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_foreign_abi_system_call_ends_the_worker_and_is_said_to_be_the_filters_kill() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart.enabled = false;
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let report = call(engine, "prober", "foreign_abi", "");
+    assert_eq!(report.status, "gone", "{report:?}");
+    let event = wait_for(
+        &fixture.events,
+        Duration::from_secs(2),
+        |event| matches!(&event.kind, EventKind::Violation { violation } if violation.kind == ViolationKind::Crash),
+    );
+    let EventKind::Violation { violation } = event.kind else {
+        unreachable!()
+    };
+    assert_eq!(violation.facts["signal_name"], "SIGSYS");
+    assert_eq!(violation.mechanism, "seccomp");
+    assert!(
+        violation.detail.contains("system call of another ABI"),
+        "{violation:?}"
+    );
+    assert_eq!(violation.hook.as_deref(), Some("foreign_abi"));
+    assert_eq!(plugin(engine, "prober").state, PluginState::Failed);
+}
+
 #[test]
 fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
     // Without restarts, to see the crash itself (supervision.rs tests the backoff).

@@ -221,6 +221,17 @@ fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Seccomp"), "2");
     assert_rlimits_and_not_dumpable(pid);
+    // The intermediary outside its pid namespace, in the same cgroup as the same uid, is
+    // not dumpable either.
+    let intermediary_owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{}/status", worker.pid())).unwrap(),
+    );
+    assert_eq!(intermediary_owner, 0, "the intermediary is dumpable");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        Path::new("/"),
+        "the worker runs in the engine's working directory"
+    );
     for mechanism in Mechanism::ALL {
         let state = &worker.mechanisms()[&mechanism];
         assert!(state.active, "{mechanism:?} not active: {}", state.detail);

@@ -1,5 +1,5 @@
 //! What a hostile plugin can do inside its worker: write to the worker's IPC socket
-//! directly. The engine must treat the result as a protocol violation, kill the worker and
+//! directly; make a system call of another ABI. The engine must treat the result as a protocol violation, kill the worker and
 //! go on.
 #![allow(unsafe_code)]
 
@@ -16,4 +16,22 @@ pub fn write_to_ipc_socket(bytes: &[u8]) -> std::io::Result<()> {
     // `ManuallyDrop` keeps this borrowed view from closing it.
     let mut socket = ManuallyDrop::new(unsafe { File::from_raw_fd(IPC_SOCKET_FD) });
     socket.write_all(bytes)
+}
+
+/// `getpid` by its x32 number: a call of another ABI, which the worker's seccomp filter
+/// answers by killing the process (it cannot name it, so it lets nothing through).
+pub fn foreign_abi_syscall() -> std::io::Result<i64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
+        // SAFETY: getpid takes no arguments and touches no memory; on a kernel without x32
+        // it fails with ENOSYS.
+        let result = unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) };
+        if result < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(result)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }

@@ -13,7 +13,8 @@
 //! named in the payload through the host), `emit_later` (sleeps the milliseconds in the
 //! payload, then emits `prober.allowed`), `relay.a` / `relay.b` (each emits the other,
 //! for a loop of two probers), `forge` (writes garbage straight onto the
-//! worker's IPC socket, as a hostile plugin could), `unhealthy` / `healthy` (its health
+//! worker's IPC socket, as a hostile plugin could), `foreign_abi` (a system call by its
+//! x32 number, which the filter cannot name), `unhealthy` / `healthy` (its health
 //! checks fail / pass from then on). With the setting `emit_on_create` it emits that hook
 //! while it is created, and logs what the engine said.
 
@@ -164,22 +165,7 @@ impl Plugin for Prober {
                 )
                 .into_bytes()
             }
-            "whoami" => {
-                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-                let uid = status
-                    .lines()
-                    .find(|line| line.starts_with("Uid:"))
-                    .unwrap_or("Uid: ?")
-                    .to_owned();
-                let hostname =
-                    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                format!(
-                    "pid {} {uid} hostname {}",
-                    std::process::id(),
-                    hostname.trim()
-                )
-                .into_bytes()
-            }
+            "whoami" => whoami(),
             "env" => std::env::vars()
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect::<Vec<_>>()
@@ -229,6 +215,9 @@ impl Plugin for Prober {
                 hostile::write_to_ipc_socket(b"PB\xff\xff\xff\x7fnot a frame"),
                 |()| "forged".to_owned(),
             ),
+            "foreign_abi" => outcome(hostile::foreign_abi_syscall(), |pid| {
+                format!("the x32 getpid answered {pid}")
+            }),
             other => return Err(Error::unknown_hook(other)),
         })
     }
@@ -264,6 +253,23 @@ fn datagram(payload: &[u8]) -> Vec<u8> {
             .and_then(|socket| socket.send_to(b"from prober", &path)),
         |sent| format!("sent {sent} bytes to {path}"),
     )
+}
+
+/// Its pid, uids and hostname as the worker sees them.
+fn whoami() -> Vec<u8> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|line| line.starts_with("Uid:"))
+        .unwrap_or("Uid: ?")
+        .to_owned();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "pid {} {uid} hostname {}",
+        std::process::id(),
+        hostname.trim()
+    )
+    .into_bytes()
 }
 
 /// A TCP connection to the payload's address (`127.0.0.1:9` by default).
