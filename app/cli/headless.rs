@@ -1,5 +1,6 @@
 //! `plugboard headless`: the engine without the dashboard, printing snapshots.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -198,13 +199,16 @@ pub fn parse_traffic_on_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// How often the run looks for bundles the watcher found since the start.
+const DISCOVERY_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Development mode ran what the trust store refused: said on stderr, not only in the
 /// snapshots' events.
-fn warn_of_unverified(snapshot: &Snapshot) {
+fn warn_of_unverified(snapshot: &Snapshot, among: impl Fn(&str) -> bool) {
     for plugin in snapshot
         .plugins
         .iter()
-        .filter(|plugin| plugin.trust.unverified)
+        .filter(|plugin| plugin.trust.unverified && among(&plugin.name))
     {
         let why = plugin.trust.unverified_because.as_deref();
         errln!(
@@ -247,6 +251,47 @@ fn print(snapshot: &Snapshot, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Starts each of `plugins`, remembering it in `attempted`. A plugin that fails
+/// verification or start-up shows as Rejected/Failed with its reason in the snapshots; one
+/// whose start is refused before it begins (a dependency, `max_plugins`) stays as it was:
+/// said here, and in an event.
+fn start_plugins(
+    engine: &Engine,
+    signals: &StopSignals,
+    plugins: Vec<String>,
+    attempted: &mut BTreeSet<String>,
+) {
+    for plugin in plugins {
+        if signals.received().is_some() {
+            break;
+        }
+        attempted.insert(plugin.clone());
+        if let Err(err) = engine.execute(Command::Start {
+            plugin: plugin.clone(),
+        }) {
+            let state = engine
+                .snapshot()
+                .plugins
+                .iter()
+                .find(|shown| shown.name == plugin)
+                .map(|shown| shown.state);
+            // Rejected and Failed carry their reason in the snapshots; Disabled and
+            // Quarantined are kept from starting on purpose.
+            if !matches!(
+                state,
+                Some(
+                    PluginState::Rejected
+                        | PluginState::Failed
+                        | PluginState::Disabled
+                        | PluginState::Quarantined
+                )
+            ) {
+                errln!("plugboard: `{plugin}` not started: {err}");
+            }
+        }
+    }
+}
+
 pub fn run(options: &HeadlessOptions) -> Result<()> {
     let config = options.engine.engine_config()?;
     if config.plugin_dirs.is_empty() && config.bundles.is_empty() {
@@ -258,40 +303,11 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     let engine = Engine::start(config).context("the engine cannot start")?;
     // A signal stops the engine at once, also while a start waits for a slow `create`
     // (each may take up to its 10 s deadline, one after the other).
+    let mut attempted = BTreeSet::new();
     signals.stop_engine_during(&engine, || {
-        for plugin in engine.plugins() {
-            if signals.received().is_some() {
-                break;
-            }
-            // A plugin that fails verification or start-up shows as Rejected/Failed with
-            // its reason in the snapshots; one whose start is refused before it begins (a
-            // dependency, `max_plugins`) stays as it was: said here, and in an event.
-            if let Err(err) = engine.execute(Command::Start {
-                plugin: plugin.clone(),
-            }) {
-                let state = engine
-                    .snapshot()
-                    .plugins
-                    .iter()
-                    .find(|shown| shown.name == plugin)
-                    .map(|shown| shown.state);
-                // Rejected and Failed carry their reason in the snapshots; Disabled and
-                // Quarantined are kept from starting on purpose.
-                if !matches!(
-                    state,
-                    Some(
-                        PluginState::Rejected
-                            | PluginState::Failed
-                            | PluginState::Disabled
-                            | PluginState::Quarantined
-                    )
-                ) {
-                    errln!("plugboard: `{plugin}` not started: {err}");
-                }
-            }
-        }
+        start_plugins(&engine, &signals, engine.plugins(), &mut attempted);
     });
-    warn_of_unverified(&engine.snapshot());
+    warn_of_unverified(&engine.snapshot(), |_| true);
     // (Not once a signal stopped the engine during the starts: it ends below.)
     if options.traffic.is_some() && signals.received().is_none() {
         engine.execute(Command::Traffic {
@@ -313,6 +329,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     emits.sort_by_key(|scheduled| std::cmp::Reverse(scheduled.delay));
     std::thread::scope(|scope| -> Result<()> {
         let mut next_print = Some(started);
+        let mut next_discovery = started + DISCOVERY_INTERVAL;
         let mut printed = Ok(());
         while signals.received().is_none() && deadline.is_none_or(|end| Instant::now() < end) {
             while emits
@@ -322,6 +339,28 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 if let Some(scheduled) = emits.pop() {
                     let engine = &engine;
                     scope.spawn(move || emit(engine, &scheduled.hook));
+                }
+            }
+            // Bundles the watcher found since: started as those found at the start were.
+            // (Each name once while it is listed; a plugin stopped by policy is no longer
+            // `discovered`.)
+            if Instant::now() >= next_discovery {
+                next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+                let listed = engine.plugins();
+                attempted.retain(|name| listed.contains(name));
+                let found: Vec<String> = engine
+                    .snapshot()
+                    .plugins
+                    .iter()
+                    .filter(|plugin| plugin.state == PluginState::Discovered)
+                    .map(|plugin| plugin.name.clone())
+                    .filter(|name| !attempted.contains(name))
+                    .collect();
+                if !found.is_empty() {
+                    signals.stop_engine_during(&engine, || {
+                        start_plugins(&engine, &signals, found.clone(), &mut attempted);
+                    });
+                    warn_of_unverified(&engine.snapshot(), |name| found.iter().any(|f| f == name));
                 }
             }
             if next_print.is_some_and(|at| Instant::now() >= at) {

@@ -88,6 +88,12 @@ pub fn revoke(dir: &Path, key_id: Option<&str>, digest: Option<&str>) -> Result<
         }
         _ => bail!("give exactly one of --key-id or --digest"),
     }
+    // Stdout is the record of what changed; this is advice.
+    errln!(
+        "plugboard: engines using this store refuse it from their next start, restart or \
+         reload of a plugin it covers; a plugin running now stays up until then (stop it to \
+         end it at once)"
+    );
     Ok(())
 }
 

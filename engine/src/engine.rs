@@ -311,7 +311,6 @@ pub(crate) struct Shared {
     log: Option<Mutex<RotatingFile>>,
     audit: Option<AuditWriter>,
     pub scope: EngineScope,
-    pub trust: Option<TrustStore>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     events: Mutex<EventLog>,
     started: Instant,
@@ -330,6 +329,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The trust store as it is on disk now (`None` without one): read for every
+    /// verification, so that `plugboard trust revoke` or a newly pinned key counts from the
+    /// next start, restart or reload without restarting the engine. A few small files.
+    pub fn trust_store(&self) -> Option<Result<TrustStore, crate::trust::TrustError>> {
+        self.config.trust_store.as_deref().map(TrustStore::open)
+    }
+
     /// Changes one plugin's persisted toggles. The file is read again under its lock first,
     /// so a change made from a shell (`plugboard quarantine clear`) is not overwritten.
     pub fn persist(
@@ -457,14 +463,14 @@ impl Engine {
         let stale = remove_stale_scopes(&root).map_err(|err| EngineError::Cgroups {
             reason: err.to_string(),
         })?;
-        let trust = match &config.trust_store {
-            Some(dir) => Some(
-                TrustStore::open(dir).map_err(|err| EngineError::TrustStore {
-                    reason: err.to_string(),
-                })?,
-            ),
-            None => None,
-        };
+        // Read again for every verification (a key revoked or pinned while the engine runs
+        // counts from the next start, restart or reload); a store that cannot be read
+        // refuses the engine's start here rather than every plugin's later.
+        if let Some(dir) = &config.trust_store {
+            TrustStore::open(dir).map_err(|err| EngineError::TrustStore {
+                reason: err.to_string(),
+            })?;
+        }
         let log = config
             .log_file
             .as_ref()
@@ -510,7 +516,6 @@ impl Engine {
             log,
             audit,
             scope,
-            trust,
             plugins: RwLock::new(BTreeMap::new()),
             events: Mutex::new(EventLog::default()),
             started: Instant::now(),
@@ -925,7 +930,9 @@ impl Engine {
         &self,
         bundle: &crate::bundle::Bundle,
     ) -> Option<Result<crate::trust::Verified, crate::trust::TrustError>> {
-        self.shared.trust.as_ref().map(|store| bundle.verify(store))
+        self.shared
+            .trust_store()
+            .map(|store| store.and_then(|store| bundle.verify(&store)))
     }
 
     /// Whether a reload of `plugin` to `bundle` would be refused for its dependencies, as

@@ -135,6 +135,8 @@ pub(crate) struct Lifecycle {
     pub blocked: Option<String>,
     pub manifest: Option<Manifest>,
     pub library: Option<SealedLibrary>,
+    /// What `library`'s trust verdict rests on, asked again at each start from it.
+    pub proof: Option<actor::KeptProof>,
     /// The merged config the plugin receives at creation.
     pub config: serde_json::Map<String, serde_json::Value>,
     pub trust: TrustInfo,
@@ -216,6 +218,7 @@ impl Lifecycle {
             blocked,
             manifest: None,
             library: None,
+            proof: None,
             config: serde_json::Map::new(),
             trust: TrustInfo::default(),
             mechanisms: BTreeMap::new(),

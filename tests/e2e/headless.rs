@@ -779,3 +779,59 @@ fn a_refused_start_is_said_on_stderr_and_in_an_event() {
         });
     assert!(refused, "{last}");
 }
+
+/// A bundle deployed while headless runs is verified and started as those found at the
+/// start were; one that does not verify is rejected with its reason, not left waiting.
+#[test]
+fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    crate::support::signed_example(&dir, "hello", &keys);
+    let engine = spawn_headless(&["--json", "--interval", "100ms"], &dir, &keys.store);
+    let pid = engine.id();
+    wait_for_worker_cgroup(pid, "hello");
+
+    // Deployed as a whole: made beside, then renamed in.
+    let staging = temp.path().join("staging");
+    crate::support::signed_example(&staging, "counter", &keys);
+    let tampered = crate::support::signed_example(&staging, "flaky", &keys);
+    crate::support::tamper_library(&tampered.join("libflaky.so"));
+    std::fs::rename(staging.join("counter"), dir.join("counter")).unwrap();
+    std::fs::rename(staging.join("flaky"), dir.join("flaky")).unwrap();
+    wait_for_worker_cgroup(pid, "counter");
+    // Snapshots every 100 ms: one after the rejection is printed before the end.
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(pid, "TERM");
+    let output = engine.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let snapshots: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let states = |name: &str| -> Vec<String> {
+        snapshots
+            .iter()
+            .filter_map(|snapshot| {
+                snapshot["plugins"]
+                    .as_array()?
+                    .iter()
+                    .find(|plugin| plugin["name"] == name)
+                    .map(|plugin| plugin["state"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    };
+    assert!(
+        states("counter").iter().any(|state| state == "running"),
+        "{:?}",
+        states("counter")
+    );
+    assert!(
+        states("flaky").iter().any(|state| state == "rejected"),
+        "{:?}",
+        states("flaky")
+    );
+    let last = snapshots.last().unwrap();
+    let reason = plugin(last, "flaky")["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("does not match"), "{reason}");
+}

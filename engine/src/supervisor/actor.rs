@@ -18,7 +18,7 @@ use crate::manifest::{IsolationMode, Manifest};
 use crate::policy::{Action, OOM_KILLS_TOTAL, Violation, ViolationKind};
 use crate::sandbox::seccomp::{Capability, FileAccess, FileOperand};
 use crate::snapshot::{Health, PluginState, TrustInfo};
-use crate::trust::Verified;
+use crate::trust::{BundleDigests, BundleSignature, Verified};
 use crate::worker::{EventSink, ExitStatus, LaunchedWorker, Worker, WorkerEvent, plan_for};
 
 pub(crate) fn run_actor(
@@ -244,6 +244,16 @@ struct VerifiedBundle {
     library: SealedLibrary,
     config: serde_json::Map<String, serde_json::Value>,
     trust: TrustInfo,
+    proof: KeptProof,
+}
+
+/// What a bundle's trust verdict was reached on, kept with its sealed library: a start
+/// from the kept copy asks the trust store again (a key revoked meanwhile) without reading
+/// and hashing the bundle again.
+#[derive(Clone, Copy)]
+pub(crate) struct KeptProof {
+    digests: BundleDigests,
+    signature: Option<BundleSignature>,
 }
 
 /// Why a bundle was refused; `trust` when its signature or signer was the problem.
@@ -372,7 +382,11 @@ fn verified_from(
     checked: Result<Config, Refusal>,
 ) -> Result<VerifiedBundle, Refusal> {
     let bundle = read.map_err(|err| Refusal::from(err.to_string()))?;
-    let (verified, unverified_because) = check_signature(shared, &bundle)?;
+    let proof = KeptProof {
+        digests: *bundle.digests(),
+        signature: bundle.signature().copied(),
+    };
+    let (verified, unverified_because) = check_signature(shared, bundle.manifest(), &proof)?;
     let config = checked?;
     let signature = bundle
         .signature()
@@ -382,6 +396,7 @@ fn verified_from(
         manifest,
         library,
         config,
+        proof,
         trust: TrustInfo {
             signed: signature.is_some(),
             key_id: signature,
@@ -424,10 +439,24 @@ fn checked_config(
 /// key or bundle is refused in development too: a revocation is an operator's "never".
 fn check_signature(
     shared: &Shared,
-    bundle: &Bundle,
+    manifest: &Manifest,
+    proof: &KeptProof,
 ) -> Result<(Option<Verified>, Option<String>), Refusal> {
-    let (verified, unverified_because) = match (&shared.trust, shared.config.allow_unsigned) {
-        (Some(store), allow_unsigned) => match bundle.verify(store) {
+    let (verified, unverified_because) = match (shared.trust_store(), shared.config.allow_unsigned)
+    {
+        // Without the store, nothing says what is revoked: refused, in development too.
+        (Some(Err(err)), _) => {
+            return Err(Refusal {
+                reason: format!("the trust store cannot be read now: {err}"),
+                trust: true,
+            });
+        }
+        (Some(Ok(store)), allow_unsigned) => match store.verify(
+            &proof.digests,
+            proof.signature.as_ref(),
+            &manifest.plugin.name,
+            &manifest.plugin.version.to_string(),
+        ) {
             Ok(verified) => (Some(verified), None),
             Err(
                 err @ (crate::trust::TrustError::RevokedKey { .. }
@@ -456,7 +485,7 @@ fn check_signature(
             });
         }
     };
-    if shared.config.isolation_of(bundle.manifest()) == IsolationMode::InProcess {
+    if shared.config.isolation_of(manifest) == IsolationMode::InProcess {
         let level = verified.as_ref().map(|verified| verified.level);
         if let Some(reason) = crate::trust::in_process_refusal(level) {
             return Err(Refusal {
@@ -533,10 +562,7 @@ fn load_launching(
     let mut lifecycle = plugin.lifecycle();
     match verdict {
         Ok(verified) => {
-            lifecycle.manifest = Some(verified.manifest);
-            lifecycle.library = Some(verified.library);
-            lifecycle.config = verified.config;
-            lifecycle.trust = verified.trust;
+            keep_verified(&mut lifecycle, verified);
             lifecycle.reason = None;
             lifecycle.changed_on_disk = false;
             let to = if lifecycle.disabled {
@@ -958,7 +984,19 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         | PluginState::Failed
         | PluginState::BackingOff
         | PluginState::Stopping
-        | PluginState::Disabled => None,
+        | PluginState::Disabled => {
+            if kept_verdict_stands(shared, plugin) {
+                None
+            } else {
+                // The trust store says otherwise now (a key revoked, a level changed): the
+                // bundle is read and verified again, and refused with the store's reason.
+                load_launching(
+                    shared,
+                    plugin,
+                    max_plugins_reached(shared, plugin).is_none(),
+                )?
+            }
+        }
     };
     // Only one start at a time passes the `max_plugins` check and becomes Starting.
     let gate = shared
@@ -1024,6 +1062,32 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
                 reason,
             })
         }
+    }
+}
+
+/// Keeps a verified bundle as the one the plugin starts from.
+fn keep_verified(lifecycle: &mut Lifecycle, verified: VerifiedBundle) {
+    lifecycle.manifest = Some(verified.manifest);
+    lifecycle.library = Some(verified.library);
+    lifecycle.proof = Some(verified.proof);
+    lifecycle.config = verified.config;
+    lifecycle.trust = verified.trust;
+}
+
+/// Whether the trust store, read now, gives the kept copy of the bundle the verdict it was
+/// started on (the same signer level, or unverified in development mode as before).
+fn kept_verdict_stands(shared: &Shared, plugin: &Plugin) -> bool {
+    let lifecycle = plugin.lifecycle();
+    let (Some(manifest), Some(proof)) = (&lifecycle.manifest, &lifecycle.proof) else {
+        // Nothing kept: the start refuses or loads as before.
+        return true;
+    };
+    match check_signature(shared, manifest, proof) {
+        // (No level: unverified, allowed in development mode.)
+        Ok((verified, _)) => {
+            verified.map(|verified| verified.level.to_string()) == lifecycle.trust.level
+        }
+        Err(_) => false,
     }
 }
 
@@ -1170,10 +1234,7 @@ fn reload(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError>
         let running = Arc::new(running);
         let old = plugin.set_running(Some(Arc::clone(&running)));
         // The new version's trust first: the start's event says whether it is verified.
-        lifecycle.manifest = Some(verified.manifest);
-        lifecycle.library = Some(verified.library);
-        lifecycle.config = verified.config;
-        lifecycle.trust = verified.trust;
+        keep_verified(&mut lifecycle, verified);
         lifecycle.last_reload = Some(SystemTime::now());
         lifecycle.changed_on_disk = false;
         adopt_worker(shared, plugin, &mut lifecycle, &running);
@@ -1470,6 +1531,25 @@ fn crash_violation(status: ExitStatus, oom: Option<(u64, u64, Option<u64>)>) -> 
             ),
         )
         .fact(OOM_KILLS_TOTAL, total),
+        // The one way the seccomp filter kills: a call of another ABI (x32 numbers,
+        // 32-bit `int 0x80`), which it cannot name. No notification comes of it, so the
+        // exit status is all there is to go by (a plugin raising SIGSYS itself looks the
+        // same, and is said to).
+        _ if status
+            == (ExitStatus::Signal {
+                signal: libc::SIGSYS,
+            }) =>
+        {
+            Violation::new(
+                ViolationKind::Crash,
+                "seccomp",
+                format!(
+                    "the worker ended unexpectedly: {status}, the signal the seccomp filter kills \
+                 with when a system call of another ABI is made (x32, 32-bit int 0x80), or \
+                 the plugin raised it itself"
+                ),
+            )
+        }
         _ => Violation::new(
             ViolationKind::Crash,
             "engine",

@@ -1043,6 +1043,41 @@ fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
     assert_eq!(plugin(engine, "counter").state, PluginState::Rejected);
 }
 
+/// The trust store is read for every verification: a key revoked while the engine runs
+/// refuses the next reload (the running version keeps serving) and the next start.
+#[test]
+fn a_key_revoked_while_the_engine_runs_counts_from_the_next_verification() {
+    use plugboard_engine::trust::TrustStore;
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let signer = &fixture.signer;
+    TrustStore::revoke_key(&signer.store_dir, signer.key.public_key().key_id()).unwrap();
+
+    let reload = engine.execute(Command::Reload {
+        plugin: "hello".into(),
+    });
+    let refused = reload.unwrap_err().to_string();
+    assert!(refused.contains("revoked"), "{refused}");
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+    assert_eq!(call(engine, "hello", "greet", "old").status, "ok");
+
+    engine
+        .execute(Command::Stop {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap();
+    let refused = engine
+        .execute(Command::Start {
+            plugin: "hello".into(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("revoked"), "{refused}");
+    assert_eq!(plugin(engine, "hello").state, PluginState::Rejected);
+}
+
 /// A reload to a bundle nobody vouches for (development mode) says so at the new
 /// version's start, as a start does: the notice follows the new version's trust.
 #[test]
