@@ -1126,7 +1126,7 @@ impl Engine {
                 let (reply, answer) = mpsc::channel();
                 plugin
                     .inbox
-                    .send(ActorMessage::Stop(reply))
+                    .send(ActorMessage::Shutdown(reply))
                     .ok()
                     .map(|()| answer)
             })

@@ -310,6 +310,9 @@ pub(crate) enum ActorMessage {
     Load(Reply),
     Start(Reply),
     Stop(Reply),
+    /// The engine shuts down: a running worker is stopped; a plugin that is down keeps its
+    /// state (failed, rejected, quarantined…) for the final snapshot.
+    Shutdown(Reply),
     Unload(Reply),
     Reload(Reply),
     SetEnabled(bool, Reply),

@@ -1339,6 +1339,11 @@ pub const WORKER_LOG_LINES_PER_SEC: f64 = 1_000.0;
 /// frames itself, past its host's own log rate, cannot keep an engine thread busy.
 pub const WORKER_MESSAGES_PER_SEC: f64 = 5_000.0;
 
+/// A message that is not a reply costs one more of [`WORKER_MESSAGES_PER_SEC`]'s tokens per
+/// this many bytes of text or payload: a log line the host sends (at most [`MAX_LINE`])
+/// costs one or two, a megabyte 257 — 5,000 tokens a second read at most about 20 MB.
+pub const UNSOLICITED_BYTES_PER_TOKEN: usize = 4096;
+
 /// A token bucket: `per_sec` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
 pub struct TokenBucket {

@@ -110,6 +110,9 @@ fn handle(
         ActorMessage::Stop(reply) => {
             let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
         }
+        ActorMessage::Shutdown(reply) => {
+            let _ = reply.send(stop_for_shutdown(shared, plugin));
+        }
         ActorMessage::Unload(reply) => {
             // A quarantine outlasts an unload (the library is gone already): only
             // clearing it lets the plugin load and start again.
@@ -1089,6 +1092,27 @@ fn kept_verdict_stands(shared: &Shared, plugin: &Plugin) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// At the engine's shutdown: a plugin that runs is stopped; one that is down stays as it
+/// is — what broke is still there to see in the final snapshot — except that a restart
+/// waiting for its delay will not come: it ends Failed, saying so.
+fn stop_for_shutdown(shared: &Shared, plugin: &Plugin) -> Result<(), EngineError> {
+    if plugin.running().is_some() {
+        return stop(shared, plugin, PluginState::Stopped);
+    }
+    let mut lifecycle = plugin.lifecycle();
+    if lifecycle.state == PluginState::BackingOff {
+        lifecycle.backoff.next_retry = None;
+        let reason = lifecycle.reason.take().unwrap_or_default();
+        lifecycle.reason = Some(if reason.is_empty() {
+            "the engine shut down before its restart".to_owned()
+        } else {
+            format!("{reason}; the engine shut down before its restart")
+        });
+        set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
+    }
+    Ok(())
 }
 
 /// Stops the worker (gracefully, then by force) and ends in `to`.

@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 #[cfg(test)]
 use super::Emits;
 use super::{
-    CallFailure, CallOutcome, EmitHandler, EventSink, TokenBucket, WORKER_MESSAGES_PER_SEC,
-    WorkerEvent, log_line,
+    CallFailure, CallOutcome, EmitHandler, EventSink, TokenBucket, UNSOLICITED_BYTES_PER_TOKEN,
+    WORKER_MESSAGES_PER_SEC, WorkerEvent, log_line,
 };
 use crate::ipc::{
     CallRef, CallsRef, Channel, EngineMessage, IpcError, Outgoing, WorkerMessage, encode_frame,
@@ -660,12 +660,12 @@ impl Calls {
                 received,
             ),
             WorkerMessage::Log { level, message } => {
-                self.count_unsolicited();
+                self.count_unsolicited(message.len());
                 (self.events)(log_line(level, message));
                 Ok(0)
             }
             WorkerMessage::LogsDropped { lines } => {
-                self.count_unsolicited();
+                self.count_unsolicited(0);
                 (self.events)(WorkerEvent::OutputDropped { lines });
                 Ok(0)
             }
@@ -675,7 +675,7 @@ impl Calls {
                 payload,
                 depth,
             } => {
-                self.count_unsolicited();
+                self.count_unsolicited(hook.len() + payload.len());
                 // A name longer than any hook's cannot be granted: it is cut before the
                 // refusal keeps it in a violation.
                 let hook = crate::text::clipped(hook, 64);
@@ -783,17 +783,21 @@ impl Calls {
         }
     }
 
-    /// Counts a message that is not a reply against [`WORKER_MESSAGES_PER_SEC`]; past it,
-    /// receivers wait ([`Calls::pace`]) before they read on.
-    fn count_unsolicited(&self) {
+    /// Counts a message that is not a reply, of `bytes` bytes of text or payload, against
+    /// [`WORKER_MESSAGES_PER_SEC`] — one token, and one more per [`UNSOLICITED_BYTES_PER_TOKEN`]
+    /// bytes: a worker sending megabyte log lines itself (past its host, which never does)
+    /// must not buy a megabyte of the engine's decoding and clipping with one token. Past
+    /// the rate, receivers wait ([`Calls::pace`]) before they read on.
+    fn count_unsolicited(&self, bytes: usize) {
         let mut tokens = self
             .unsolicited
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         tokens.refill();
-        // Every message spends its token, the one that finds none too (a debt), so the
+        // Every message spends its tokens, the one that finds none too (a debt), so the
         // rate holds exactly.
-        tokens.spend(1.0);
+        #[allow(clippy::cast_precision_loss)]
+        tokens.spend(1.0 + (bytes / UNSOLICITED_BYTES_PER_TOKEN) as f64);
         if !tokens.has_token() {
             self.paced.store(true, Ordering::Relaxed);
         }
@@ -1389,6 +1393,45 @@ mod tests {
             f64::from(lines) >= WORKER_MESSAGES_PER_SEC,
             "{lines} log frames read in {took:.2} s: held back more than the rate needs"
         );
+        drop(fixture);
+        flooder.join().expect("flooder ends");
+    }
+
+    /// Long log frames cost their length: a worker sending 64 KiB lines itself is read at
+    /// a seventeenth of the rate of short ones, not at the same rate of frames.
+    #[test]
+    fn a_flood_of_long_log_frames_is_read_at_a_rate_by_their_bytes() {
+        const LENGTH: usize = 64 * 1024;
+        let fixture = fixture();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = {
+            let (worker, stop) = (Arc::clone(&fixture.worker), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                flood(&worker, &stop, |_| WorkerMessage::Log {
+                    level: 2,
+                    message: "x".repeat(LENGTH),
+                });
+            })
+        };
+        let started = Instant::now();
+        let mut lines = 0u32;
+        while started.elapsed() < Duration::from_millis(1500) {
+            if let Ok(WorkerEvent::Output { .. }) =
+                fixture.events.recv_timeout(Duration::from_millis(50))
+            {
+                lines += 1;
+            }
+        }
+        let took = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::SeqCst);
+        #[allow(clippy::cast_precision_loss)]
+        let tokens_each = 1.0 + (LENGTH / UNSOLICITED_BYTES_PER_TOKEN) as f64;
+        let bound = WORKER_MESSAGES_PER_SEC * (1.0 + took) / tokens_each;
+        assert!(
+            f64::from(lines) <= bound * 1.05,
+            "{lines} long log frames read in {took:.2} s, past {bound:.0}"
+        );
+        assert!(lines > 0, "none read");
         drop(fixture);
         flooder.join().expect("flooder ends");
     }

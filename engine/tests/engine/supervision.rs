@@ -2263,3 +2263,38 @@ fn tamper_library(library: &std::path::Path) {
     bytes[last] ^= 0xff;
     std::fs::write(library, bytes).unwrap();
 }
+
+/// The final snapshot after a shutdown still shows what broke: a crashed plugin stays
+/// Failed (not acknowledged as Stopped), one waiting for its restart ends Failed saying
+/// the restart will not come, and a running one is stopped.
+#[test]
+fn a_shutdown_keeps_failed_plugins_failed_for_the_final_snapshot() {
+    let fixture = engine_configured(
+        &[("prober", "prober", same), ("hello", "hello", same)],
+        |config| {
+            config.restart.initial_delay_ms = 60_000;
+            config.restart.max_delay_ms = 60_000;
+        },
+    );
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    start(engine, "hello");
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    wait_until(engine, "prober", Duration::from_secs(3), |prober| {
+        prober.state == PluginState::BackingOff
+    });
+    engine.shutdown();
+    let prober = plugin(engine, "prober");
+    assert_eq!(prober.state, PluginState::Failed);
+    let reason = prober.reason.unwrap_or_default();
+    assert!(
+        reason.contains("the engine shut down before its restart"),
+        "{reason}"
+    );
+    assert!(
+        prober.supervision.next_retry_ms.is_none(),
+        "{:?}",
+        prober.supervision
+    );
+    assert_eq!(plugin(engine, "hello").state, PluginState::Stopped);
+}
