@@ -849,29 +849,28 @@ impl App {
                         payload: act.payload,
                     },
                 };
-                // Then keep the traffic generator off its chaos hook: one chosen act, not
-                // a storm.
-                let quiet = Job {
-                    label: format!("disable hook {plugin}.chaos"),
-                    command: Command::DisableHook {
-                        plugin: plugin.clone(),
-                        hook: "chaos".to_owned(),
-                    },
-                };
-                self.chained.push((call.clone(), quiet, true));
+                // One chosen act: the zoo's manifests keep `chaos` from generated traffic
+                // (`traffic = false`), so nothing sets it off again behind the operator.
                 let shown = self
                     .snapshot()
                     .and_then(|snapshot| snapshot.plugins.iter().find(|p| p.name == plugin));
                 let running =
                     shown.is_some_and(|p| p.state == plugboard_engine::PluginState::Running);
-                // Set off before, its chaos hook was turned off after: on for this call.
+                // Turned off by the operator: choosing the act turns it on again.
                 let hook_off =
                     shown.is_some_and(|p| p.disabled_hooks.iter().any(|hook| hook == "chaos"));
+                let backing_off =
+                    shown.is_some_and(|p| p.state == plugboard_engine::PluginState::BackingOff);
                 let mut first = call;
                 if !running {
-                    // Not running: start it, then set it off.
+                    // Not running: start it, then set it off. (An operator's start: one
+                    // waiting to restart starts now, with a fresh restart budget.)
                     let start = Job {
-                        label: format!("start {plugin} for chaos"),
+                        label: if backing_off {
+                            format!("start {plugin} for chaos, now instead of its pending restart")
+                        } else {
+                            format!("start {plugin} for chaos")
+                        },
                         command: Command::Start {
                             plugin: plugin.clone(),
                         },
@@ -994,6 +993,22 @@ impl App {
     /// screen it must be a row the table shows: a selected plugin that the filter hides
     /// now (its state changed under a state filter) is not what the operator sees.
     fn target(&mut self) -> Option<PluginSnapshot> {
+        if self.screen == Screen::Main && self.focus == Pane::Events {
+            // The table's row stays highlighted beside the chosen event: acting on either
+            // could be the wrong one, so neither is guessed.
+            let about = self
+                .visible_events(None)
+                .get(self.event_cursor)
+                .and_then(|event| event.plugin.clone());
+            let text = match about {
+                Some(plugin) => format!(
+                    "plugin keys act on the table: tab to it, or enter to open `{plugin}`, this event's plugin"
+                ),
+                None => "plugin keys act on the table: tab to it".to_owned(),
+            };
+            self.warn(text);
+            return None;
+        }
         let selected = self.selected().cloned();
         match &selected {
             None => self.warn("no plugin selected"),

@@ -9,10 +9,10 @@ use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use plugboard_engine::EngineConfig;
 use plugboard_engine::bundle::Bundle;
 use plugboard_engine::manifest::{HostLimits, MANIFEST_FILE, Manifest};
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore};
-use plugboard_engine::{Command, EngineConfig};
 
 use super::ViewOptions;
 use super::app::{App, ChaosAct, Status};
@@ -135,15 +135,6 @@ pub fn run(mut app: App, view: &ViewOptions) -> Result<()> {
     config.audit_file = Some(work.path().join("audit.jsonl"));
     config.state_file = Some(work.path().join("state.json"));
     let engine = plugboard_engine::Engine::start(config).context("the engine cannot start")?;
-    // The traffic generator calls every hook of a running plugin: flaky's `steady` would
-    // heal it within a second of its chaos. Off, so the health checks' failure shows.
-    engine
-        .execute(Command::DisableHook {
-            plugin: "flaky".to_owned(),
-            hook: "steady".to_owned(),
-        })
-        .context("cannot turn flaky's steady hook off")?;
-
     // `--traffic-rate` if given, else the demo's own.
     let rate = view.traffic_rate.unwrap_or(DEMO_TRAFFIC);
     app.traffic_rate = rate;

@@ -18,6 +18,7 @@
 //! [hooks.greet]               # hook names: 1 to 64 characters from a-z, 0-9, '_', '.', '-'
 //! priority = "normal"         # critical | high | normal | low | background (default normal)
 //! timeout_ms = 100            # optional
+//! traffic = true              # false: the traffic generator leaves this hook out (default true)
 //!
 //! [capabilities]              # default: nothing granted
 //! fs_read = ["/usr/share"]    # absolute paths without `..`
@@ -189,13 +190,39 @@ pub struct PluginInfo {
 }
 
 /// `[hooks.<name>]`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookSpec {
     #[serde(default)]
     pub priority: Priority,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Whether the traffic generator calls it: `false` for a hook that does harm or costs
+    /// much on purpose (the zoo's `chaos`), which only an operator's call or an emit reaches.
+    #[serde(
+        default = "driven_by_traffic",
+        skip_serializing_if = "is_driven_by_traffic"
+    )]
+    pub traffic: bool,
+}
+
+impl Default for HookSpec {
+    fn default() -> Self {
+        Self {
+            priority: Priority::default(),
+            timeout_ms: None,
+            traffic: driven_by_traffic(),
+        }
+    }
+}
+
+fn driven_by_traffic() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_driven_by_traffic(traffic: &bool) -> bool {
+    *traffic
 }
 
 /// The order in which subscribers of one hook run: `Critical` first.

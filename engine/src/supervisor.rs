@@ -278,6 +278,8 @@ pub(crate) struct Running {
     pub runner: Runner,
     pub generation: u64,
     pub timeouts: BTreeMap<String, Duration>,
+    /// Hooks its manifest keeps from the traffic generator (`traffic = false`).
+    pub no_traffic: BTreeSet<String>,
     /// Its `max_in_flight`, over all its hooks together.
     pub max_in_flight: u64,
     /// The statistics of every hook its manifest subscribes to: what its calls in flight

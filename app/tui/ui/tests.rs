@@ -568,6 +568,31 @@ fn commands_never_reach_a_plugin_the_filter_hides() {
     assert_eq!(job.label, "stop counter");
 }
 
+/// With the event log focused, the table's row stays highlighted beside the chosen event:
+/// a plugin key acts on neither, and says where it acts.
+#[test]
+fn plugin_keys_in_the_event_log_say_they_act_on_the_table() {
+    let mut app = app();
+    app.selected_plugin = Some("hello".to_owned());
+    app.focus = Pane::Events;
+    app.event_filter = "plugin:counter".to_owned();
+    for key in ['x', 's', 'r', 'u'] {
+        assert!(press(&mut app, KeyCode::Char(key)).is_empty(), "{key}");
+    }
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert!(
+        status.as_deref().is_some_and(|text| text
+            .contains("plugin keys act on the table: tab to it, or enter to open `counter`")),
+        "{status:?}"
+    );
+    press(&mut app, KeyCode::Tab);
+    let effects = press(&mut app, KeyCode::Char('x'));
+    let [Effect::Run(job)] = effects.as_slice() else {
+        panic!("the table's plugin is stopped: {effects:?}");
+    };
+    assert_eq!(job.label, "stop hello");
+}
+
 #[test]
 fn the_event_log_filters_by_kind_and_plugin() {
     let mut app = app();
@@ -1371,7 +1396,8 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
     let text = render(&mut app, 80, 24).join("\n");
     assert!(text.contains("Chaos"), "{text}");
     assert!(text.contains("▶ dependent  does something bad"), "{text}");
-    // A stopped plugin: start it first, then the chaos call, then its chaos hook off.
+    // A stopped plugin: start it first, then the chaos call — and nothing after it (the
+    // zoo's manifests keep `chaos` from generated traffic).
     let effects = press(&mut app, KeyCode::Enter);
     let start = Job {
         label: "start dependent for chaos".to_owned(),
@@ -1392,22 +1418,24 @@ fn the_chaos_menu_starts_a_zoo_plugin_sets_it_off_and_quiets_it() {
         app.on_job_done(1, &start, Ok(Outcome::Done)),
         [Effect::Run(call.clone())]
     );
-    let quiet = Job {
-        label: "disable hook dependent.chaos".to_owned(),
-        command: Command::DisableHook {
-            plugin: "dependent".to_owned(),
-            hook: "chaos".to_owned(),
-        },
+    let report = plugboard_engine::CallReport {
+        plugin: "dependent".to_owned(),
+        hook: "chaos".to_owned(),
+        status: "gone".to_owned(),
+        reply: String::new(),
+        duration_us: 2_000_000,
     };
-    let refused = JobError {
-        message: "gone".to_owned(),
-        dependents: Vec::new(),
-    };
-    assert_eq!(
-        app.on_job_done(2, &call, Err(refused)),
-        [Effect::Run(quiet)],
-        "even when the call failed"
+    assert!(
+        app.on_job_done(2, &call, Ok(Outcome::Called { report }))
+            .is_empty()
     );
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert_eq!(
+        status.as_deref(),
+        Some("chaos dependent: gone in 2.00s"),
+        "the act's outcome stays in the status line"
+    );
+    press(&mut app, KeyCode::Enter);
     // A running plugin is called at once.
     press(&mut app, KeyCode::Char('c'));
     press(&mut app, KeyCode::Char('j'));

@@ -349,7 +349,8 @@ pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBoo
     }
 }
 
-/// A handle on every enabled hook of every running plugin.
+/// A handle on every enabled hook of every running plugin, but those its manifest keeps
+/// from traffic.
 fn traffic_targets(shared: &Shared) -> Vec<HookHandle> {
     shared
         .all_plugins()
@@ -361,7 +362,9 @@ fn traffic_targets(shared: &Shared) -> Vec<HookHandle> {
                     running
                         .timeouts
                         .keys()
-                        .filter(|hook| plugin.hook_enabled(hook))
+                        .filter(|hook| {
+                            plugin.hook_enabled(hook) && !running.no_traffic.contains(*hook)
+                        })
                         .cloned()
                         .collect()
                 })

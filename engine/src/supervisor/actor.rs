@@ -841,6 +841,12 @@ fn spawn_worker(
         runner,
         generation,
         timeouts,
+        no_traffic: manifest
+            .hooks
+            .iter()
+            .filter(|(_, spec)| !spec.traffic)
+            .map(|(hook, _)| hook.clone())
+            .collect(),
         max_in_flight: u64::from(resources.max_in_flight),
         hook_stats: hook_stats.into_boxed_slice(),
         emit_grants: manifest.capabilities.emit.clone(),

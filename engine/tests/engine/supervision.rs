@@ -840,6 +840,26 @@ fn the_traffic_generator_passes_over_disabled_hooks_and_finds_plugins_started_la
     assert_eq!((stats.errors, stats.timeouts, stats.busy), (0, 0, 0));
 }
 
+/// A hook its manifest keeps from traffic (`traffic = false`: the zoo's `chaos`) gets no
+/// generated call; an operator's call still reaches it.
+#[test]
+fn the_traffic_generator_leaves_out_hooks_their_manifest_keeps_from_it() {
+    let fixture = engine_configured(&[("crasher", "crasher", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "crasher");
+    engine
+        .execute(Command::Traffic { rate: Some(400.0) })
+        .unwrap();
+    wait_until(engine, "crasher", Duration::from_secs(10), |crasher| {
+        crasher.hooks["ping"].calls >= 100
+    });
+    engine.execute(Command::Traffic { rate: None }).unwrap();
+    let crasher = plugin(engine, "crasher");
+    assert_eq!(crasher.hooks["chaos"].calls, 0, "{:?}", crasher.hooks);
+    assert_eq!(crasher.state, PluginState::Running);
+    assert_eq!(call(engine, "crasher", "chaos", "").status, "gone");
+}
+
 #[test]
 fn max_plugins_caps_how_many_run_at_once() {
     let fixture = engine_configured(
