@@ -1258,8 +1258,10 @@ fn take_over_duplicate(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
         successor
     };
     if let Some(successor) = successor {
-        end_actor(&successor);
+        // The remaining duplicates name their new holder first: ending an actor waits for
+        // what it is doing.
         renew_duplicate_reasons(shared, plugin);
+        end_actor(&successor);
     }
 }
 

@@ -108,7 +108,14 @@ fn handle(
             let _ = reply.send(started);
         }
         ActorMessage::Stop(reply) => {
-            let _ = reply.send(stop(shared, plugin, PluginState::Stopped));
+            let stopped = stop(shared, plugin, PluginState::Stopped);
+            if stopped.is_ok() {
+                // The operator's stop acknowledges what brought it down (a crash, a spent
+                // restart budget): that stays in the events, not as the stopped plugin's
+                // reason.
+                plugin.lifecycle().reason = None;
+            }
+            let _ = reply.send(stopped);
         }
         ActorMessage::Shutdown(reply) => {
             let _ = reply.send(stop_for_shutdown(shared, plugin));
@@ -1344,6 +1351,14 @@ fn set_enabled(
         return Ok(());
     }
     lifecycle.disabled = !enabled;
+    // Why it was down before (a crash, a spent budget) is not why it is disabled or
+    // enabled now; the events keep it.
+    if !matches!(
+        lifecycle.state,
+        PluginState::Rejected | PluginState::Quarantined
+    ) {
+        lifecycle.reason = None;
+    }
     let state = lifecycle.state;
     drop(lifecycle);
     shared.event(Some(&plugin.name), EventKind::PluginToggled { enabled });

@@ -464,7 +464,9 @@ fn a_crash_is_detected_at_once_with_its_signal_and_cleaned_up() {
             force: false,
         })
         .unwrap();
-    assert_eq!(plugin(engine, "prober").state, PluginState::Stopped);
+    let stopped = plugin(engine, "prober");
+    assert_eq!(stopped.state, PluginState::Stopped);
+    assert_eq!(stopped.reason, None, "the stop acknowledged the crash");
     start(engine, "prober");
     assert_eq!(call(engine, "prober", "whoami", "").status, "ok");
 }
