@@ -20,7 +20,7 @@ pub struct HeadlessOptions {
     // them for a flag.
     #[arg(long, value_name = "RATE", allow_negative_numbers = true, value_parser = parse_traffic_rate)]
     pub traffic: Option<f64>,
-    /// Stop after this long (500ms, 10s, 2m, 1h; at least 1ms); default: until SIGINT/SIGTERM.
+    /// Stop after this long (500ms, 10s, 2m, 1h; at least 1ms); default: until SIGINT, SIGTERM or SIGHUP.
     #[arg(long, value_name = "D", value_parser = parse_run_duration)]
     pub duration: Option<std::time::Duration>,
     /// Print snapshots as JSON lines.
@@ -162,7 +162,7 @@ pub fn parse_run_duration(text: &str) -> Result<Duration, String> {
     parse_duration_from(
         text,
         SHORTEST_RUN,
-        "how long to run; leave it out to run until SIGINT or SIGTERM",
+        "how long to run; leave it out to run until SIGINT, SIGTERM or SIGHUP",
     )
 }
 
@@ -301,6 +301,9 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     }
     let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
+    for message in engine.unmatched_plugin_sections() {
+        errln!("plugboard: warning: {message}");
+    }
     // A signal stops the engine at once, also while a start waits for a slow `create`
     // (each may take up to its 10 s deadline, one after the other).
     let mut attempted = BTreeSet::new();

@@ -127,5 +127,9 @@ pub fn clear(options: &QuarantineOptions, plugin: &str) -> Result<()> {
     if !was_quarantined {
         bail!("`{plugin}` is not quarantined (in {})", path.display());
     }
-    outln!("cleared the quarantine of `{plugin}`; it can be started again")
+    outln!(
+        "cleared the quarantine of `{plugin}`; it can be started again (an engine running now \
+         shows it quarantined until its next start of it: the dashboard's start key, or a \
+         headless engine's next run)"
+    )
 }

@@ -4,6 +4,27 @@
 pub const NONE: &str = "–";
 
 /// `1h02m`, `3m04s`, `12.3s`.
+/// `1 violation`, `3 violations`: a count with its noun (plural by `s`).
+pub fn count(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// A state's label as words of running text: `BackingOff` → `backing off`.
+pub fn state_words(label: &str) -> String {
+    let mut words = String::with_capacity(label.len() + 2);
+    for (at, letter) in label.char_indices() {
+        if at > 0 && letter.is_uppercase() {
+            words.push(' ');
+        }
+        words.extend(letter.to_lowercase());
+    }
+    words
+}
+
 pub fn uptime(ms: u64) -> String {
     let seconds = ms / 1000;
     if seconds >= 3600 {
@@ -175,5 +196,9 @@ mod tests {
         assert_eq!(until(1_000, 1_800), "now");
         assert_eq!(truncate("plugboard", 5), "plug…");
         assert_eq!(truncate("plug", 5), "plug");
+        assert_eq!(count(1, "violation"), "1 violation");
+        assert_eq!(count(0, "violation"), "0 violations");
+        assert_eq!(state_words("BackingOff"), "backing off");
+        assert_eq!(state_words("Running"), "running");
     }
 }

@@ -138,8 +138,13 @@ pub const MAX_TRAFFIC_RATE: f64 = 1_000_000.0;
 pub enum EngineError {
     #[error("cgroups: {reason}")]
     Cgroups { reason: String },
-    #[error("cannot open {}: {reason}", file.display())]
-    File { file: PathBuf, reason: String },
+    #[error("cannot open the {what} {}: {reason}; expected a file it can append to", file.display())]
+    File {
+        /// Which file: `log_file`, `audit_file`.
+        what: &'static str,
+        file: PathBuf,
+        reason: String,
+    },
     #[error("trust store: {reason}")]
     TrustStore { reason: String },
     #[error("cannot read plugin directory {}: {reason}", dir.display())]
@@ -483,6 +488,7 @@ impl Engine {
                 )
                 .map(Mutex::new)
                 .map_err(|err| EngineError::File {
+                    what: "log_file",
                     file: file.clone(),
                     reason: err.to_string(),
                 })
@@ -499,6 +505,7 @@ impl Engine {
                 })
                 .and_then(AuditWriter::start)
                 .map_err(|err| EngineError::File {
+                    what: "audit_file",
                     file: file.clone(),
                     reason: err.to_string(),
                 })
@@ -553,7 +560,34 @@ impl Engine {
                 },
             );
         }
+        for message in engine.unmatched_plugin_sections() {
+            engine.shared.event(None, EventKind::Engine { message });
+        }
         Ok(engine)
+    }
+
+    /// A sentence for each `[plugins.<name>]` section of the host configuration that no
+    /// bundle found provides: a misspelt name would otherwise drop its limits, `enabled`
+    /// or `audit` without a word. (A bundle deployed later may still provide it.)
+    pub fn unmatched_plugin_sections(&self) -> Vec<String> {
+        let listed = self.plugins();
+        self.shared
+            .config
+            .plugins
+            .keys()
+            .filter(|name| !listed.contains(name))
+            .map(|name| {
+                format!(
+                    "the host configuration's `[plugins.{name}]` applies to no bundle found: \
+                     no plugin is named `{name}` (found: {})",
+                    if listed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        listed.join(", ")
+                    }
+                )
+            })
+            .collect()
     }
 
     /// Starts the bundle watcher: new bundles are discovered, changed and removed ones

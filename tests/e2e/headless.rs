@@ -835,3 +835,31 @@ fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
     let reason = plugin(last, "flaky")["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("does not match"), "{reason}");
 }
+
+/// A `[plugins.<name>]` section no bundle provides is said: a misspelt name would drop its
+/// settings without a word.
+#[test]
+fn a_host_configuration_section_for_no_plugin_found_is_warned_of() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    crate::support::signed_example(&dir, "hello", &keys);
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n[plugins.helo.resources]\nmemory_mb = 8\n",
+            dir.display().to_string(),
+            keys.store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = plugboard(&[&"headless", &"--config", &config, &"--duration", &"200ms"]);
+    let err = crate::support::stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("`[plugins.helo]` applies to no bundle found")
+            && err.contains("(found: hello)"),
+        "{err}"
+    );
+}

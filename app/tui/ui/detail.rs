@@ -173,7 +173,10 @@ fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
     }
     if plugin.violations > 0 {
         spans.push(Span::styled(
-            format!("  {} violations", plugin.violations),
+            format!(
+                "  {}",
+                crate::tui::format::count(plugin.violations, "violation")
+            ),
             theme.error(),
         ));
     }

@@ -43,7 +43,10 @@ pub fn draw(
             .count();
         if violations > 0 {
             title.push(Span::styled(
-                format!(" · {violations} violations"),
+                format!(
+                    " · {}",
+                    crate::tui::format::count(violations as u64, "violation")
+                ),
                 theme.error(),
             ));
         }

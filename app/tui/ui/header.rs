@@ -159,7 +159,11 @@ fn counts(app: &App) -> Vec<Span<'static>> {
     for (state, count) in states {
         let look = state_look(state);
         spans.push(Span::styled(
-            format!("{} {count} {} ", look.symbol, look.label.to_lowercase()),
+            format!(
+                "{} {count} {} ",
+                look.symbol,
+                crate::tui::format::state_words(look.label)
+            ),
             style_for(app, look.role),
         ));
     }

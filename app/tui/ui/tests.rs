@@ -1710,7 +1710,7 @@ fn violations_read_as_sentences_and_are_counted_in_the_plugin_events() {
     press(&mut app, KeyCode::BackTab);
     assert_eq!(app.focus, Pane::PluginEvents);
     let text = render(&mut app, 80, 24).join("\n");
-    assert!(text.contains("Events 2 · 1 violations"), "{text}");
+    assert!(text.contains("Events 2 · 1 violation"), "{text}");
 }
 
 /// An idle plugin's CPU line keeps its quota (an idle sample is 0% of any quota).

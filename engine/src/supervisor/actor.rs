@@ -477,6 +477,11 @@ fn check_signature(
                     trust: true,
                 });
             }
+            // Development mode is on: the error's advice to turn it on would read oddly.
+            Err(crate::trust::TrustError::Unsigned) if allow_unsigned => (
+                None,
+                Some("the bundle is not signed (no plugin.sig)".to_owned()),
+            ),
             Err(err) if allow_unsigned => (None, Some(err.to_string())),
             Err(err) => {
                 return Err(Refusal {
