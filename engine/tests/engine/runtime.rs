@@ -1381,3 +1381,31 @@ fn output_written_while_the_plugin_is_created_is_read_and_the_start_goes_on() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A write the plugin names by a way around (its root through `/proc/self/root`, a path
+/// relative to its working directory) is judged, and reported, as the file it reaches.
+#[test]
+fn writes_named_through_proc_self_root_or_relative_paths_are_reported_by_what_they_reach() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    for (named, reached) in [
+        (
+            "/proc/self/root/var/tmp/plugboard-prober-around",
+            "/var/tmp/plugboard-prober-around",
+        ),
+        ("plugboard-prober-relative", "/plugboard-prober-relative"),
+    ] {
+        let report = call(engine, "prober", "write_file", named);
+        assert!(report.reply.starts_with("denied:"), "{named}: {report:?}");
+        let event = wait_for(&fixture.events, Duration::from_secs(2), |event| {
+            matches!(&event.kind, EventKind::Violation { violation }
+                if violation.kind == ViolationKind::FsDenied)
+        });
+        let EventKind::Violation { violation } = event.kind else {
+            unreachable!()
+        };
+        assert_eq!(violation.facts["path"], reached, "{named}: {violation:?}");
+        assert!(!Path::new(reached).exists());
+    }
+}

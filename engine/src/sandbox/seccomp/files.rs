@@ -115,13 +115,16 @@ pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOper
         return Vec::new();
     }
     let memory = File::open(format!("/proc/{pid}/mem")).ok();
+    // Opens follow a link in their last component; calls that change names act on it.
+    let follows_last = matches!(syscall, "open" | "openat" | "creat" | "truncate");
     specs
         .into_iter()
         .map(|spec| {
             let path = memory
                 .as_ref()
                 .and_then(|memory| read_c_string(memory, args[spec.path]))
-                .and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw));
+                .and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw))
+                .map(|path| in_worker_view(pid, &path, follows_last));
             FileOperand {
                 path,
                 access: spec.access,
@@ -176,6 +179,82 @@ fn absolute(pid: u32, dirfd: Option<u64>, raw: &[u8]) -> Option<PathBuf> {
     base.is_absolute().then(|| normalise(&base.join(path)))
 }
 
+/// Symbolic links the kernel would follow for the worker's thread `pid`, followed: looked
+/// up through its own root (`/proc/<pid>/root`, where its private `/tmp` and `/proc` are),
+/// so that a link the plugin made in its `/tmp` to `/var/tmp` is judged as `/var/tmp`; and
+/// `/proc/self/root` (or `thread-self`, or a pid's) taken for its root. What does not exist
+/// (yet) is kept by name. Only for the report: Landlock decides on what the kernel finds.
+fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> PathBuf {
+    const MAX_LINKS: usize = 40;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        if is_proc_root_link(&candidate) {
+            resolved = PathBuf::from("/");
+            continue;
+        }
+        let last = pending.is_empty();
+        let seen_from_engine = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
+        let link = (links < MAX_LINKS && (follows_last || !last))
+            .then(|| std::fs::symlink_metadata(&seen_from_engine).ok())
+            .flatten()
+            .filter(|meta| meta.file_type().is_symlink())
+            .and_then(|_| std::fs::read_link(&seen_from_engine).ok());
+        match link {
+            Some(target) => {
+                links += 1;
+                if target.is_absolute() {
+                    resolved = PathBuf::from("/");
+                }
+                for component in target.components().rev() {
+                    match component {
+                        Component::Normal(name) => pending.push_front(name.to_owned()),
+                        Component::ParentDir => pending.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            None => resolved = candidate,
+        }
+    }
+    resolved
+}
+
+/// `/proc/self/root`, `/proc/thread-self/root` or `/proc/<pid>/root`: the caller's own root
+/// (the worker is alone in its pid namespace).
+fn is_proc_root_link(path: &Path) -> bool {
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [proc, process, root] if *proc == "proc" && *root == "root" => {
+            let process = process.to_string_lossy();
+            process == "self"
+                || process == "thread-self"
+                || (!process.is_empty() && process.bytes().all(|byte| byte.is_ascii_digit()))
+        }
+        _ => false,
+    }
+}
+
 /// `.` and `..` resolved by name, as `Path` does not; `..` at the root stays at the root.
 pub(crate) fn normalise(path: &Path) -> PathBuf {
     let mut normal = PathBuf::from("/");
@@ -194,6 +273,41 @@ pub(crate) fn normalise(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Through this process's own root, standing in for a worker's: links are followed
+    /// where the kernel would, and `/proc/self/root` is the root.
+    #[test]
+    fn paths_are_judged_as_the_file_their_links_reach() {
+        let pid = std::process::id();
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/var/tmp", &link).unwrap();
+        assert_eq!(
+            in_worker_view(pid, &link.join("x"), false),
+            Path::new("/var/tmp/x")
+        );
+        // The last component: followed by an open, not by an unlink.
+        assert_eq!(in_worker_view(pid, &link, true), Path::new("/var/tmp"));
+        assert_eq!(in_worker_view(pid, &link, false), link);
+        let relative = dir.path().join("up");
+        std::os::unix::fs::symlink("./link/y", &relative).unwrap();
+        assert_eq!(
+            in_worker_view(pid, &relative, true),
+            Path::new("/var/tmp/y")
+        );
+        assert_eq!(
+            in_worker_view(pid, Path::new("/proc/self/root/etc/x"), true),
+            Path::new("/etc/x")
+        );
+        assert_eq!(
+            in_worker_view(pid, Path::new("/proc/1/root/etc/x"), true),
+            Path::new("/etc/x")
+        );
+        // A loop ends, at the name reached.
+        let looped = dir.path().join("loop");
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        assert_eq!(in_worker_view(pid, &looped, true), looped);
+    }
 
     #[test]
     fn normalising_resolves_dots_by_name_and_stops_at_the_root() {
