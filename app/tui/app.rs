@@ -434,8 +434,14 @@ impl App {
                 });
             }
             Ok(Outcome::Done) => {
+                // Paused, the screen shows an older sample: the change is not in it yet.
+                let paused = if self.paused.is_some() {
+                    " (paused: the screen shows an older sample; p resumes)"
+                } else {
+                    ""
+                };
                 self.status = Some(Status {
-                    text: format!("✓ {}: done", job.label),
+                    text: format!("✓ {}: done{paused}", job.label),
                     role: Role::Ok,
                 });
             }
@@ -723,10 +729,28 @@ impl App {
             Some((name, lines)) if *name == plugin.name && !lines.is_empty() => lines,
             _ => &plugin.recent_output,
         };
-        lines
+        let kept: Vec<&plugboard_engine::snapshot::OutputLine> = lines
             .iter()
-            .rev()
             .filter(|line| line.at_ms <= shown_at || self.paused.is_none())
+            .collect();
+        // Newest first, but lines written together (same stream, same millisecond: a
+        // panic's message, a backtrace) keep their order, so they read top to bottom.
+        let mut newest_first = Vec::with_capacity(kept.len());
+        let mut end = kept.len();
+        while end > 0 {
+            let last = kept[end - 1];
+            let mut start = end - 1;
+            while start > 0
+                && kept[start - 1].at_ms == last.at_ms
+                && kept[start - 1].stream == last.stream
+            {
+                start -= 1;
+            }
+            newest_first.extend_from_slice(&kept[start..end]);
+            end = start;
+        }
+        newest_first
+            .into_iter()
             .filter(|line| {
                 let line = line.line.to_lowercase();
                 words.iter().all(|word| line.contains(word))
@@ -1405,14 +1429,22 @@ impl App {
     fn open(&mut self) {
         match (self.screen, self.focus) {
             (Screen::Main, Pane::Events) => {
-                // Jump to the plugin the event is about.
-                let plugin = self
+                // Jump to the plugin the event is about, on that event.
+                let chosen = self
                     .visible_events(None)
                     .get(self.event_cursor)
-                    .and_then(|event| event.plugin.clone());
-                if let Some(plugin) = plugin {
-                    self.selected_plugin = Some(plugin);
+                    .and_then(|event| Some((event.plugin.clone()?, event.seq)));
+                if let Some((plugin, seq)) = chosen {
+                    self.selected_plugin = Some(plugin.clone());
                     self.open_detail();
+                    if let Some(at) = self
+                        .visible_events(Some(&plugin))
+                        .iter()
+                        .position(|event| event.seq == seq)
+                    {
+                        self.plugin_event_cursor = at;
+                        self.focus = Pane::PluginEvents;
+                    }
                 }
             }
             (Screen::Main, _) => {

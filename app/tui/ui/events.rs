@@ -102,7 +102,13 @@ pub fn draw(
                     theme.muted(),
                 ));
             }
-            spans.push(Span::styled(described.text, style_for(app, described.role)));
+            // Cut visibly: enter shows it whole.
+            let used: usize = spans.iter().map(Span::width).sum();
+            let room = usize::from(inner.width).saturating_sub(used);
+            spans.push(Span::styled(
+                format::truncate(&described.text, room),
+                style_for(app, described.role),
+            ));
             ListItem::new(Line::from(spans))
         })
         .collect();

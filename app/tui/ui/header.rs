@@ -22,11 +22,16 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     );
     let mut second = counts(app);
     if let Some(back) = app.paused {
+        // The shown sample's time, as the events are stamped: how many samples came after
+        // it grows while paused, its time does not.
+        let at = snapshot.map_or_else(String::new, |snapshot| {
+            format!(" at {}", crate::tui::format::clock(snapshot.taken_at_ms))
+        });
         let paused = Span::styled(
             if back == 0 {
-                " ⏸ PAUSED ".to_owned()
+                format!(" ⏸ PAUSED{at} ")
             } else {
-                format!(" ⏸ PAUSED −{back} ")
+                format!(" ⏸ PAUSED{at} −{back} ")
             },
             theme.warn().add_modifier(Modifier::REVERSED),
         );

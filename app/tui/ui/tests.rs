@@ -593,6 +593,34 @@ fn plugin_keys_in_the_event_log_say_they_act_on_the_table() {
     assert_eq!(job.label, "stop hello");
 }
 
+/// Enter on an event opens its plugin's details on that very event; an event too long
+/// for its row is cut with a mark.
+#[test]
+fn enter_on_an_event_opens_its_plugin_on_that_event_and_cut_events_say_so() {
+    let mut app = app();
+    app.focus = Pane::Events;
+    app.event_filter = "signal".to_owned();
+    let chosen = app.visible_events(None)[0].clone();
+    let plugin = chosen.plugin.clone().unwrap();
+    app.event_filter.clear();
+    app.event_cursor = app
+        .visible_events(None)
+        .iter()
+        .position(|event| event.seq == chosen.seq)
+        .unwrap();
+    let screen = render(&mut app, 40, 24).join("\n");
+    assert!(
+        screen.contains("Verified → ● Ru…│"),
+        "a cut event is marked: {screen}"
+    );
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Detail);
+    assert_eq!(app.selected_plugin.as_deref(), Some(plugin.as_str()));
+    assert_eq!(app.focus, Pane::PluginEvents);
+    let shown = app.visible_events(Some(&plugin))[app.plugin_event_cursor].seq;
+    assert_eq!(shown, chosen.seq);
+}
+
 #[test]
 fn the_event_log_filters_by_kind_and_plugin() {
     let mut app = app();
@@ -1225,6 +1253,20 @@ fn pause_freezes_the_display_and_steps_through_history() {
         row_of(&render(&mut app, 80, 24), "│hello ").contains("Running"),
         "back again"
     );
+    // A command still acts on the live engine: its answer says the screen lags behind.
+    let stop = Job {
+        label: "stop counter".to_owned(),
+        command: Command::Stop {
+            plugin: "counter".to_owned(),
+            force: false,
+        },
+    };
+    app.on_job_done(1, &stop, Ok(Outcome::Done));
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert_eq!(
+        status.as_deref(),
+        Some("✓ stop counter: done (paused: the screen shows an older sample; p resumes)")
+    );
     press(&mut app, KeyCode::Char('p'));
     let text = render(&mut app, 80, 24).join("\n");
     assert!(!text.contains("PAUSED"));
@@ -1264,25 +1306,67 @@ fn a_log_cursor_on_a_repeated_line_stays_on_that_copy() {
     app.selected_plugin = Some("hello".to_owned());
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Tab);
-    let line = |text: &str| -> plugboard_engine::snapshot::OutputLine {
-        serde_json::from_value(json!({"at_ms": NOW_MS, "stream": "stdout", "line": text})).unwrap()
+    // Each a millisecond after the one before (lines of one millisecond keep their order).
+    let line = |at: u64, text: &str| -> plugboard_engine::snapshot::OutputLine {
+        serde_json::from_value(
+            json!({"at_ms": NOW_MS - 100 + at, "stream": "stdout", "line": text}),
+        )
+        .unwrap()
     };
     let mut lines = vec![
-        line("a"),
-        line("same"),
-        line("same"),
-        line("same"),
-        line("b"),
+        line(0, "a"),
+        line(1, "same"),
+        line(2, "same"),
+        line(3, "same"),
+        line(4, "b"),
     ];
     app.on_output_history("hello".to_owned(), lines.clone());
     // Newest first: b, same, same, same, a — the cursor on the second copy shown.
     press(&mut app, KeyCode::Down);
     press(&mut app, KeyCode::Down);
     assert_eq!(app.log_cursor, 2);
-    lines.extend([line("same"), line("c")]);
+    lines.extend([line(5, "same"), line(6, "c")]);
     app.on_output_history("hello".to_owned(), lines);
     // c, same, b, same, same, same, a: the same copy is now at 4.
     assert_eq!(app.log_cursor, 4);
+}
+
+/// Lines written together (one stream, one millisecond: a panic's message) read top to
+/// bottom, while the log shows the newest first.
+#[test]
+fn lines_written_together_keep_their_order_in_the_newest_first_log() {
+    let mut app = app();
+    app.selected_plugin = Some("hello".to_owned());
+    press(&mut app, KeyCode::Enter);
+    let line = |at: u64, stream: &str, text: &str| -> plugboard_engine::snapshot::OutputLine {
+        serde_json::from_value(json!({"at_ms": NOW_MS - 100 + at, "stream": stream, "line": text}))
+            .unwrap()
+    };
+    app.on_output_history(
+        "hello".to_owned(),
+        vec![
+            line(0, "stdout", "first"),
+            line(5, "stderr", "thread panicked at lib.rs:24:9:"),
+            line(5, "stderr", "panic number 1"),
+            line(5, "stderr", "note: run with RUST_BACKTRACE=1"),
+            line(9, "stdout", "after"),
+        ],
+    );
+    let shown: Vec<&str> = app
+        .visible_log()
+        .iter()
+        .map(|line| line.line.as_str())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "after",
+            "thread panicked at lib.rs:24:9:",
+            "panic number 1",
+            "note: run with RUST_BACKTRACE=1",
+            "first"
+        ]
+    );
 }
 
 /// Stepped back while paused, the event log ends where the sample shown was taken.
@@ -1302,7 +1386,7 @@ fn a_sample_stepped_back_to_shows_the_events_up_to_it() {
     assert!(text.contains("after the first sample"), "{text}");
     press(&mut app, KeyCode::Char('['));
     let text = render(&mut app, 80, 24).join("\n");
-    assert!(text.contains("PAUSED −1"), "{text}");
+    assert!(text.contains("PAUSED at 16:00:00 −1"), "{text}");
     assert!(!text.contains("after the first sample"), "{text}");
     assert!(text.contains("traffic on: 20 calls/s"), "{text}");
 }
