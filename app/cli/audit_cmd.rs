@@ -16,11 +16,17 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
     let cannot_read = || format!("cannot read audit file {}", file.display());
     let mut reader = AuditReader::open(file).with_context(cannot_read)?;
     let mut records = 0u64;
+    let mut engine = None;
     while let Some(item) = reader.next_item().with_context(cannot_read)? {
         match item {
             AuditItem::Skipped(warning) => errln!("warning: {warning}"),
             AuditItem::Record(record) => {
                 records += 1;
+                // Each run numbers its events from 1: where another engine's begin is said.
+                if !json && record.engine_pid.is_some() && record.engine_pid != engine {
+                    engine = record.engine_pid;
+                    outln!("-- engine {}", engine.unwrap_or_default())?;
+                }
                 print_record(&record, json)?;
             }
         }

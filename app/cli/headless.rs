@@ -261,11 +261,27 @@ fn start_plugins(
     plugins: Vec<String>,
     attempted: &mut BTreeSet<String>,
 ) {
+    let disabled: BTreeSet<String> = engine
+        .snapshot()
+        .plugins
+        .into_iter()
+        .filter(|shown| shown.state == PluginState::Disabled)
+        .map(|shown| shown.name)
+        .collect();
     for plugin in plugins {
         if signals.received().is_some() {
             break;
         }
         attempted.insert(plugin.clone());
+        if disabled.contains(&plugin) {
+            // Not started, but verified: its snapshot shows its version, hooks and signer
+            // instead of an unknown, unsigned-looking plugin (it stays disabled; one that
+            // does not verify shows as rejected, with its reason).
+            let _ = engine.execute(Command::Load {
+                plugin: plugin.clone(),
+            });
+            continue;
+        }
         if let Err(err) = engine.execute(Command::Start {
             plugin: plugin.clone(),
         }) {

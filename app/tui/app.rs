@@ -412,13 +412,14 @@ impl App {
     fn record_result(&mut self, job: &Job, result: Result<Outcome, JobError>) {
         match result {
             Ok(Outcome::Called { report }) => {
+                // A call refused before it reached the plugin (disabled, busy) took no time.
+                let took = if report.duration_us == 0 {
+                    String::new()
+                } else {
+                    format!(" in {}", super::format::micros(report.duration_us))
+                };
                 self.status = Some(Status {
-                    text: format!(
-                        "{}: {} in {}",
-                        job.label,
-                        report.status,
-                        super::format::micros(report.duration_us)
-                    ),
+                    text: format!("{}: {}{took}", job.label, report.status),
                     role: if report.status == "ok" {
                         Role::Ok
                     } else {

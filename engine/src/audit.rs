@@ -33,6 +33,10 @@ pub const AUDIT_SCHEMA: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub schema: u32,
+    /// The engine that wrote it: `seq` starts at 1 in each run, and runs may share a file.
+    /// (Absent from lines written before it was recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_pid: Option<u32>,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -76,6 +80,7 @@ impl AuditLog {
     pub fn append(&mut self, event: &Event, durable: bool) -> io::Result<()> {
         let record = AuditRecord {
             schema: AUDIT_SCHEMA,
+            engine_pid: Some(std::process::id()),
             event: event.clone(),
         };
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
@@ -304,7 +309,8 @@ mod tests {
             read_back
                 .records
                 .iter()
-                .all(|record| record.schema == AUDIT_SCHEMA)
+                .all(|record| record.schema == AUDIT_SCHEMA
+                    && record.engine_pid == Some(std::process::id()))
         );
         assert_eq!(read_back.warnings.len(), 1, "{:?}", read_back.warnings);
         assert!(read_back.warnings[0].contains("line 4") && read_back.warnings[0].contains("torn"));

@@ -173,7 +173,7 @@ pub enum EngineError {
     Quarantined { plugin: String, reason: String },
     #[error("`{plugin}` has no hook `{hook}`")]
     UnknownHook { plugin: String, hook: String },
-    #[error("`{plugin}` is no longer running")]
+    #[error("`{plugin}` is not running")]
     Gone { plugin: String },
     #[error(
         "traffic rate {rate} calls/s: expected 0 (off) or {MIN_TRAFFIC_RATE} to {MAX_TRAFFIC_RATE} calls/s"

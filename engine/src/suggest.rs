@@ -190,6 +190,7 @@ mod tests {
     fn record(seq: u64, plugin: &str, kind: EventKind) -> AuditRecord {
         AuditRecord {
             schema: crate::audit::AUDIT_SCHEMA,
+            engine_pid: None,
             event: Event {
                 seq,
                 at_ms: 0,

@@ -418,6 +418,19 @@ impl Classifier {
             let Ok(rest) = path.strip_prefix(&root.path) else {
                 continue;
             };
+            // What happens in a hidden entry of a bundle is no change of it: `plugboard
+            // pack` makes a bundle whole in `.plugboard-pack-…` inside it before renaming its files
+            // into place (the renames are the change, seen under their new names).
+            let mut inside = rest.components();
+            if root.kind == RootKind::PluginDir {
+                inside.next();
+            }
+            if inside
+                .next()
+                .is_some_and(|entry| entry.as_os_str().to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
             match root.kind {
                 RootKind::Bundle => bundles.push(root.path.clone()),
                 RootKind::PluginDir => {
@@ -569,6 +582,26 @@ mod tests {
         );
         classifier.rescan_all(now + quiet);
         assert_eq!(classifier.settle(now + quiet * 2), vec![]);
+    }
+
+    /// `plugboard pack` makes the bundle in a hidden directory inside it, then renames
+    /// the files into place: only the renames are a change of the bundle.
+    #[test]
+    fn events_in_a_hidden_entry_of_a_bundle_are_no_change_of_it() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("hello");
+        bundle(&dir, b"v1");
+        let quiet = Duration::from_millis(100);
+        let mut classifier = classifier(temp.path(), quiet);
+        let now = Instant::now();
+        classifier.touch(&dir.join(".plugboard-pack-x1/libdemo.so"), now);
+        assert_eq!(classifier.settle(now + quiet * 2), vec![]);
+        std::fs::write(dir.join("libdemo.so"), b"version 2").unwrap();
+        classifier.touch(&dir.join("libdemo.so"), now + quiet * 2);
+        assert_eq!(
+            classifier.settle(now + quiet * 3),
+            vec![BundleChange::Changed(dir.clone())]
+        );
     }
 
     #[test]

@@ -86,3 +86,24 @@ fn a_file_without_a_record_is_an_error_saying_what_was_expected() {
         "{err}"
     );
 }
+
+/// Each engine run numbers its events from 1: where another engine's lines begin, the
+/// text says so (the JSON lines carry `engine_pid`).
+#[test]
+fn the_lines_of_each_engine_run_are_told_apart() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("audit.jsonl");
+    let run = |pid: u32| RECORD.replacen('{', &format!("{{\"engine_pid\":{pid},"), 1);
+    std::fs::write(&file, format!("{}\n{}\n{}\n", run(10), run(10), run(11))).unwrap();
+    let text = ok(&plugboard(&[&"audit", &file]));
+    let markers: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("-- engine"))
+        .collect();
+    assert_eq!(markers, ["-- engine 10", "-- engine 11"], "{text}");
+    let json = ok(&plugboard(&[&"audit", &file, &"--json"]));
+    assert!(
+        json.lines().all(|line| line.contains("\"engine_pid\":1")),
+        "{json}"
+    );
+}

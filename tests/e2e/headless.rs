@@ -863,3 +863,38 @@ fn a_host_configuration_section_for_no_plugin_found_is_warned_of() {
         "{err}"
     );
 }
+
+/// A plugin disabled by the configuration is not started, but verified: its snapshot shows
+/// its version, hooks and signer, not an unknown, unsigned-looking plugin.
+#[test]
+fn a_disabled_plugin_is_verified_and_shown_but_not_started() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    crate::support::signed_example(&dir, "hello", &keys);
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n[plugins.hello]\nenabled = false\n",
+            dir.display().to_string(),
+            keys.store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = ok(&plugboard(&[
+        &"headless",
+        &"--config",
+        &config,
+        &"--duration",
+        &"200ms",
+        &"--json",
+    ]));
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let hello = plugin(&last, "hello");
+    assert_eq!(hello["state"], "disabled", "{hello}");
+    assert_eq!(hello["version"], "0.1.0", "{hello}");
+    assert_eq!(hello["trust"]["signed"], true, "{hello}");
+    assert!(hello["hooks"]["greet"].is_object(), "{hello}");
+    assert!(hello["sandbox_pid"].is_null(), "{hello}");
+}

@@ -278,6 +278,30 @@ fn draw_box(
     );
 }
 
+/// The help's notes beside the navigation keys: dialogs, filters, mouse, key file.
+fn help_notes(theme: &crate::tui::theme::Theme) -> Vec<Line<'static>> {
+    vec![
+        Line::raw(""),
+        Line::styled("Dialogs", theme.title()),
+        Line::styled(" y  yes    n / esc  no", theme.text()),
+        Line::raw(""),
+        Line::styled("Filters", theme.title()),
+        Line::styled(" words match name, state, kind or text;", theme.text()),
+        Line::styled(" events: kind:crash kind:viol plugin:hello;", theme.text()),
+        Line::styled(" esc clears it (main screen, not paused)", theme.text()),
+        Line::raw(""),
+        Line::styled("CALLS/S: the rate over the last 5-10 s.", theme.muted()),
+        Line::raw(""),
+        Line::styled("Mouse: click selects rows and panes,", theme.muted()),
+        Line::styled("a column title sorts, wheel scrolls.", theme.muted()),
+        Line::raw(""),
+        Line::styled(
+            "Keys: $XDG_CONFIG_HOME/plugboard/keymap.toml",
+            theme.muted(),
+        ),
+    ]
+}
+
 fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) -> u16 {
     let theme = &app.theme;
     let key_width = Action::ALL
@@ -300,36 +324,14 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App, scroll: u16) -> u16 {
         lines
     };
     let mut left = section(ActionGroup::Plugin);
+    left.push(Line::styled(
+        " (on the table's plugin, or the one in the details)",
+        theme.muted(),
+    ));
     left.push(Line::raw(""));
     left.extend(section(ActionGroup::View));
     let mut right = section(ActionGroup::Navigation);
-    right.push(Line::raw(""));
-    right.push(Line::styled("Dialogs", theme.title()));
-    right.push(Line::styled(" y  yes    n / esc  no", theme.text()));
-    right.push(Line::raw(""));
-    right.push(Line::styled("Filters", theme.title()));
-    right.push(Line::styled(
-        " words match name, state, kind or text;",
-        theme.text(),
-    ));
-    right.push(Line::styled(
-        " events: kind:crash kind:viol plugin:hello",
-        theme.text(),
-    ));
-    right.push(Line::raw(""));
-    right.push(Line::styled(
-        "Mouse: click selects rows and panes,",
-        theme.muted(),
-    ));
-    right.push(Line::styled(
-        "a column title sorts, wheel scrolls.",
-        theme.muted(),
-    ));
-    right.push(Line::raw(""));
-    right.push(Line::styled(
-        "Keys: $XDG_CONFIG_HOME/plugboard/keymap.toml",
-        theme.muted(),
-    ));
+    right.extend(help_notes(theme));
 
     let popup = centered(
         area,

@@ -1025,7 +1025,7 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let mut lifecycle = plugin.lifecycle();
-    check_startable(shared, plugin, &lifecycle)?;
+    check_startable_saying_why(shared, plugin, &mut lifecycle)?;
     if lifecycle.manifest.is_none() || lifecycle.library.is_none() {
         return Err(EngineError::WrongState {
             plugin: plugin.name.clone(),
@@ -1065,6 +1065,13 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
     let mut lifecycle = plugin.lifecycle();
     match started {
         Ok(running) => {
+            if lifecycle
+                .reason
+                .as_deref()
+                .is_some_and(|reason| reason.starts_with(NOT_STARTED))
+            {
+                lifecycle.reason = None;
+            }
             // Serving before anyone hears of the start.
             let running = Arc::new(running);
             plugin.set_running(Some(Arc::clone(&running)));
@@ -1094,6 +1101,26 @@ fn keep_verified(lifecycle: &mut Lifecycle, verified: VerifiedBundle) {
     lifecycle.config = verified.config;
     lifecycle.trust = verified.trust;
 }
+
+/// As [`check_startable`]; a start refused for the host's sake (`max_plugins`, a
+/// dependency) leaves the plugin as it was, saying why it did not start. (Disabled and
+/// quarantined say so already.)
+fn check_startable_saying_why(
+    shared: &Shared,
+    plugin: &Plugin,
+    lifecycle: &mut Lifecycle,
+) -> Result<(), EngineError> {
+    let checked = check_startable(shared, plugin, lifecycle);
+    if let Err(err) = &checked
+        && !matches!(err, EngineError::WrongState { .. })
+    {
+        lifecycle.reason = Some(format!("{NOT_STARTED}{err}"));
+    }
+    checked
+}
+
+/// How the reason of a start the host refused begins (cleared by the next start).
+const NOT_STARTED: &str = "not started: ";
 
 /// Whether the trust store, read now, gives the kept copy of the bundle the verdict it was
 /// started on (the same signer level, or unverified in development mode as before).

@@ -878,8 +878,15 @@ fn max_plugins_caps_how_many_run_at_once() {
         err.contains("max_plugins") && err.contains("hello"),
         "{err}"
     );
+    // The refused plugin says why it did not start, until it does.
+    let reason = plugin(engine, "counter").reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("not started: ") && reason.contains("max_plugins"),
+        "{reason}"
+    );
     stop(engine, "hello", false).unwrap();
     start(engine, "counter");
+    assert_eq!(plugin(engine, "counter").reason, None);
 }
 
 #[test]
