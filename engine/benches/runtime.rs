@@ -46,18 +46,16 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::io::{self, Read, Seek};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
-use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use nix::fcntl::OFlag;
 use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, unshare};
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
-use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::socket::{MsgFlags, recv, send};
@@ -74,9 +72,7 @@ use plugboard_engine::manifest::HostLimits;
 use plugboard_engine::sandbox::cgroup::{CgroupLimits, CgroupRoot, EngineScope, PluginCgroup};
 use plugboard_engine::sandbox::landlock::{self, FsPolicy};
 use plugboard_engine::sandbox::process::{self as confine, ForkSide};
-use plugboard_engine::sandbox::seccomp::{
-    self, ArgCondition, FileWatch, RuleAction, SyscallPolicy,
-};
+use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore, write_keypair};
 use plugboard_engine::worker::{
     EventSink, LaunchedWorker, Worker, WorkerPolicy, WorkerSpec, plan_for,
@@ -310,43 +306,12 @@ fn stand_in_host() {
     }
 }
 
-/// Compiles the worker's seccomp filter the way `seccomp::install` does (libseccomp, the
-/// same rules, exported through a memfd), without loading it; returns its instructions.
+/// Compiles the worker's seccomp filter as `seccomp::install` does, without loading it;
+/// returns its instructions.
 fn compile_filter(policy: SyscallPolicy) -> usize {
-    let mut filter = ScmpFilterContext::new(ScmpAction::Allow).expect("libseccomp filter");
-    filter
-        .set_act_badarch(ScmpAction::KillProcess)
-        .expect("bad-architecture action");
-    for rule in seccomp::rules(&policy) {
-        let action = match rule.action {
-            RuleAction::Notify => ScmpAction::Notify,
-            RuleAction::Errno(errno) => ScmpAction::Errno(errno),
-        };
-        let comparisons: Vec<ScmpArgCompare> = rule
-            .condition
-            .iter()
-            .map(|condition| match *condition {
-                ArgCondition::MaskedEqual { arg, mask, value } => {
-                    ScmpArgCompare::new(arg, ScmpCompareOp::MaskedEqual(mask), value)
-                }
-                ArgCondition::NotEqual { arg, value } => {
-                    ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, value)
-                }
-            })
-            .collect();
-        let syscall = ScmpSyscall::from_name(rule.syscall).expect("a known system call");
-        filter
-            .add_rule_conditional(action, syscall, &comparisons)
-            .expect("rule");
-    }
-    let memfd = memfd_create(c"bench-seccomp-bpf", MFdFlags::MFD_CLOEXEC).expect("memfd");
-    filter.export_bpf(&memfd).expect("export the program");
-    let mut file = std::fs::File::from(memfd);
-    let mut bytes = Vec::new();
-    file.rewind()
-        .and_then(|()| file.read_to_end(&mut bytes))
-        .expect("read the program back");
-    bytes.len() / 8
+    seccomp::compile(&seccomp::rules(&policy))
+        .expect("the worker's filter compiles")
+        .len()
 }
 
 /// Times compiling the worker's seccomp filter in a fresh process (as every worker does)

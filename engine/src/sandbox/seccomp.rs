@@ -723,8 +723,9 @@ pub fn install(policy: &SyscallPolicy) -> Result<OwnedFd, SeccompError> {
 /// updates without locking; filters are compiled one at a time.
 static LIBSECCOMP: Mutex<()> = Mutex::new(());
 
-/// Compiles `rules` into a BPF program for the native architecture.
-fn compile(rules: &[SyscallRule]) -> Result<Vec<libc::sock_filter>, SeccompError> {
+/// Compiles `rules` into a BPF program for the native architecture: what [`install`]
+/// loads (besides the second filter), without loading it.
+pub fn compile(rules: &[SyscallRule]) -> Result<Vec<libc::sock_filter>, SeccompError> {
     let _serialised = LIBSECCOMP.lock().unwrap_or_else(PoisonError::into_inner);
     let build = |step: String| {
         move |source| SeccompError::Build {
