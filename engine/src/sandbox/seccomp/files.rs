@@ -186,6 +186,11 @@ fn absolute(pid: u32, dirfd: Option<u64>, raw: &[u8]) -> Option<PathBuf> {
 /// (yet) is kept by name. Only for the report: Landlock decides on what the kernel finds.
 fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> PathBuf {
     const MAX_LINKS: usize = 40;
+    // Each look walks the path from the root again: a hostile plugin's path of 2,000
+    // components would cost the engine millions of lookups per call. Past this many, the
+    // rest is kept by name (Landlock still decides).
+    const MAX_LOOKS: usize = 32;
+    let mut looks = 0;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
         .components()
@@ -203,13 +208,24 @@ fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> PathBuf {
             continue;
         }
         let candidate = resolved.join(&name);
-        if is_proc_root_link(&candidate) {
+        // (`/proc/thread-self/root` is the longest such name.)
+        if candidate.as_os_str().len() <= "/proc/thread-self/root".len()
+            && is_proc_root_link(&candidate)
+        {
             resolved = PathBuf::from("/");
             continue;
         }
         let last = pending.is_empty();
         let seen_from_engine = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
-        let link = (links < MAX_LINKS && (follows_last || !last))
+        if looks == MAX_LOOKS {
+            resolved = candidate;
+            resolved.extend(pending.drain(..));
+            resolved = normalise(&resolved);
+            break;
+        }
+        let look = links < MAX_LINKS && (follows_last || !last);
+        looks += usize::from(look);
+        let link = look
             .then(|| std::fs::symlink_metadata(&seen_from_engine).ok())
             .flatten()
             .filter(|meta| meta.file_type().is_symlink())
@@ -307,6 +323,13 @@ mod tests {
         let looped = dir.path().join("loop");
         std::os::unix::fs::symlink(&looped, &looped).unwrap();
         assert_eq!(in_worker_view(pid, &looped, true), looped);
+        // A path of thousands of components is looked up only so far, then kept by name.
+        let deep: PathBuf = std::iter::once(link.clone())
+            .chain(std::iter::repeat_n(PathBuf::from("a"), 2000))
+            .collect();
+        let kept = in_worker_view(pid, &deep, true);
+        assert!(kept.starts_with("/var/tmp"), "{}", kept.display());
+        assert_eq!(kept.components().count(), 2 + 1 + 2000);
     }
 
     #[test]
