@@ -317,7 +317,11 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     }
     let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
-    for message in engine.unmatched_plugin_sections() {
+    for message in engine
+        .unmatched_plugin_sections()
+        .into_iter()
+        .chain(engine.state_file_warning().map(str::to_owned))
+    {
         errln!("plugboard: warning: {message}");
     }
     // A signal stops the engine at once, also while a start waits for a slow `create`

@@ -27,7 +27,7 @@ use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
 use crate::snapshot::{
     ConfigSetting, ConfigSource, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision,
 };
-use crate::supervisor::state_file::{PersistedState, PluginToggles};
+use crate::supervisor::state_file::{Claimed, PersistedState, PluginToggles, StateFileClaim};
 use crate::supervisor::{
     ActorMessage, DiskChange, Lifecycle, Plugin, PluginOverrides, Reply, RestartPolicy,
     WatchPolicy, dependencies, millis, run_actor,
@@ -316,6 +316,10 @@ pub(crate) struct Shared {
     log: Option<Mutex<RotatingFile>>,
     audit: Option<AuditWriter>,
     pub scope: EngineScope,
+    /// This engine's claim on its state file, held while it runs.
+    _state_claim: Option<StateFileClaim>,
+    /// Said when another engine held the state file at start.
+    state_file_warning: Option<String>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     events: Mutex<EventLog>,
     started: Instant,
@@ -462,12 +466,11 @@ impl Engine {
     /// cgroup scope, opens the trust store and discovers the bundles.
     pub fn start(mut config: EngineConfig) -> Result<Engine, EngineError> {
         make_bundle_paths_absolute(&mut config);
-        let root = CgroupRoot::detect(&config.cgroup_root).map_err(|err| EngineError::Cgroups {
+        let cgroups = |err: crate::sandbox::cgroup::CgroupError| EngineError::Cgroups {
             reason: err.to_string(),
-        })?;
-        let stale = remove_stale_scopes(&root).map_err(|err| EngineError::Cgroups {
-            reason: err.to_string(),
-        })?;
+        };
+        let root = CgroupRoot::detect(&config.cgroup_root).map_err(cgroups)?;
+        let stale = remove_stale_scopes(&root).map_err(cgroups)?;
         // Read again for every verification (a key revoked or pinned while the engine runs
         // counts from the next start, restart or reload); a store that cannot be read
         // refuses the engine's start here rather than every plugin's later.
@@ -515,6 +518,7 @@ impl Engine {
             Some(file) => PersistedState::load(file)?,
             None => PersistedState::default(),
         };
+        let (state_claim, state_file_warning) = claim_state_file(config.state_file.as_deref())?;
         // Created once everything that can refuse the configuration has accepted it, so a
         // refused start leaves no scope behind.
         let scope = create_scope(&root, config.memory_budget_mb)?;
@@ -532,7 +536,12 @@ impl Engine {
             host: Mutex::new(HostSnapshot::default()),
             workers_retired: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            _state_claim: state_claim,
+            state_file_warning,
         });
+        if let Some(message) = shared.state_file_warning.clone() {
+            shared.event(None, EventKind::Engine { message });
+        }
         for name in stale {
             shared.event(
                 None,
@@ -564,6 +573,12 @@ impl Engine {
             engine.shared.event(None, EventKind::Engine { message });
         }
         Ok(engine)
+    }
+
+    /// Set when another engine held this engine's state file as it started (also said in
+    /// an `engine` event).
+    pub fn state_file_warning(&self) -> Option<&str> {
+        self.shared.state_file_warning.as_deref()
     }
 
     /// A sentence for each `[plugins.<name>]` section of the host configuration that no
@@ -1714,4 +1729,26 @@ fn supervision_snapshot(policy: &RestartPolicy, lifecycle: &Lifecycle) -> Superv
         next_retry_ms: millis(lifecycle.backoff.next_retry.map(|(_, at)| at)),
         restart_budget_left: policy.max_restarts.saturating_sub(used),
     }
+}
+
+/// Claims the state file for this engine; the warning to give when another engine holds it.
+fn claim_state_file(
+    file: Option<&std::path::Path>,
+) -> Result<(Option<StateFileClaim>, Option<String>), EngineError> {
+    let Some(file) = file else {
+        return Ok((None, None));
+    };
+    Ok(match StateFileClaim::take(file)? {
+        Claimed::Claimed(claim) => (Some(claim), None),
+        Claimed::HeldBy(pid) => (
+            None,
+            Some(format!(
+                "another engine{} uses the state file {} too: each overwrites the other's \
+                 disabled plugins and hooks, and both run every plugin; give this one a \
+                 state file of its own (`state_file`, `--state-file`) or stop the other",
+                pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+                file.display()
+            )),
+        ),
+    })
 }

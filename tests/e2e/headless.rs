@@ -42,7 +42,7 @@ fn plugins_dir(root: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn spawn_headless(args: &[&str], dir: &Path, store: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    crate::support::plugboard_bin()
         .arg("headless")
         .arg("--plugins")
         .arg(dir)
@@ -897,4 +897,56 @@ fn a_disabled_plugin_is_verified_and_shown_but_not_started() {
     assert_eq!(hello["trust"]["signed"], true, "{hello}");
     assert!(hello["hooks"]["greet"].is_object(), "{hello}");
     assert!(hello["sandbox_pid"].is_null(), "{hello}");
+}
+
+/// A second engine on the state file of a running one is told, by pid: the two would
+/// overwrite each other's toggles.
+#[test]
+fn a_second_engine_on_the_same_state_file_is_warned_naming_the_first() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    let dir = temp.path().join("plugins");
+    crate::support::signed_example(&dir, "hello", &keys);
+    let state = temp.path().join("state.json");
+    let state_arg = state.display().to_string();
+    let first = spawn_headless(&["--state-file", &state_arg], &dir, &keys.store);
+    let first_pid = first.id();
+    wait_for_worker_cgroup(first_pid, "hello");
+    let output = plugboard(&[
+        &"headless",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &keys.store,
+        &"--state-file",
+        &state,
+        &"--duration",
+        &"200ms",
+    ]);
+    signal(first_pid, "TERM");
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let err = crate::support::stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another engine (pid {first_pid}) uses the state file {}",
+            state.display()
+        )),
+        "{err}"
+    );
+    // Once the first is gone, the next engine has the file to itself.
+    let alone = plugboard(&[
+        &"headless",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &keys.store,
+        &"--state-file",
+        &state,
+        &"--duration",
+        &"100ms",
+    ]);
+    let err = crate::support::stderr(&alone);
+    assert!(!err.contains("another engine"), "{err}");
 }

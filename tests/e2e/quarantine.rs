@@ -93,7 +93,7 @@ fn a_state_file_that_does_not_exist_is_reported_unless_it_is_the_default_not_wri
     let config_home = dir.path().join("config");
     let default = state_home.join("plugboard/state.json");
     let in_fresh_home = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        crate::support::plugboard_bin()
             .args(args)
             .env("XDG_STATE_HOME", &state_home)
             .env("XDG_CONFIG_HOME", &config_home)

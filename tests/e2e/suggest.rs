@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -44,7 +43,7 @@ fn audit_mode_records_instead_of_denying_and_suggest_prints_what_to_grant() {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    let output = crate::support::plugboard_bin()
         .arg("headless")
         .arg("--config")
         .arg(&config)

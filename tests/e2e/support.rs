@@ -1,11 +1,23 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The `plugboard` binary, kept off this machine's own configuration and state: its XDG
+/// directories are the test build's (a default state file, its claim file and lock live
+/// there, not in the home directory of whoever runs the tests).
+pub fn plugboard_bin() -> Command {
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-home");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
+    command
+        .env("NO_COLOR", "1")
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CONFIG_HOME", home.join("config"));
+    command
+}
+
 /// Runs `plugboard` with `args` and returns its output.
 pub fn plugboard(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    plugboard_bin()
         .args(args.iter().map(AsRef::as_ref))
-        .env("NO_COLOR", "1")
         .output()
         .expect("the plugboard binary runs")
 }
@@ -130,10 +142,8 @@ pub fn tamper_library(library: &Path) {
 
 /// `plugboard` with `args`, to be given its stdio and spawned.
 pub fn plugboard_command(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plugboard"));
-    command
-        .args(args.iter().map(AsRef::as_ref))
-        .env("NO_COLOR", "1");
+    let mut command = plugboard_bin();
+    command.args(args.iter().map(AsRef::as_ref));
     command
 }
 

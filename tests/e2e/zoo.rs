@@ -2,7 +2,6 @@
 //! the violations the engine caught are in the snapshots it prints.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -26,7 +25,7 @@ fn violations<'a>(snapshot: &'a Value, plugin: &str) -> Vec<&'a Value> {
 }
 
 fn headless(dir: &Path, store: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    crate::support::plugboard_bin()
         .arg("headless")
         .arg("--plugins")
         .arg(dir)

@@ -184,9 +184,83 @@ fn lock(file: &Path) -> Result<Flock<File>, StateFileError> {
         .map_err(|(_, errno)| failed(format!("cannot lock {}: {errno}", lock_file.display())))
 }
 
+/// An engine's claim on a state file for as long as it runs: a lock on `<file>.engine`
+/// holding its pid. Two engines on one state file overwrite each other's toggles; the
+/// second is told, by pid (it still runs: the writes themselves stay whole).
+#[derive(Debug)]
+pub struct StateFileClaim {
+    _lock: Flock<File>,
+}
+
+/// What [`StateFileClaim::take`] found.
+#[derive(Debug)]
+pub enum Claimed {
+    Claimed(StateFileClaim),
+    /// Another live engine holds it; its pid as it wrote it (`None` if unreadable).
+    HeldBy(Option<u32>),
+}
+
+impl StateFileClaim {
+    /// Claims `file` for this engine, or says who holds it.
+    pub fn take(file: &Path) -> Result<Claimed, StateFileError> {
+        let mut name = file.file_name().unwrap_or_default().to_owned();
+        name.push(".engine");
+        let claim_file = file.with_file_name(name);
+        let failed = |reason: String| StateFileError::Write {
+            file: file.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(parent_dir(file)).map_err(|err| failed(err.to_string()))?;
+        let handle = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&claim_file)
+            .map_err(|err| failed(format!("cannot open {}: {err}", claim_file.display())))?;
+        match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0)
+                    .and_then(|()| lock.write_all(std::process::id().to_string().as_bytes()))
+                    .map_err(|err| {
+                        failed(format!("cannot write {}: {err}", claim_file.display()))
+                    })?;
+                Ok(Claimed::Claimed(Self { _lock: lock }))
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(Claimed::HeldBy(
+                std::fs::read_to_string(&claim_file)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok()),
+            )),
+            Err((_, errno)) => Err(failed(format!(
+                "cannot lock {}: {errno}",
+                claim_file.display()
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_claim_on_a_state_file_names_the_first_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let Claimed::Claimed(first) = StateFileClaim::take(&file).unwrap() else {
+            panic!("the first claim succeeds");
+        };
+        match StateFileClaim::take(&file).unwrap() {
+            Claimed::HeldBy(pid) => assert_eq!(pid, Some(std::process::id())),
+            Claimed::Claimed(_) => panic!("a second claim succeeded while the first is held"),
+        }
+        drop(first);
+        assert!(matches!(
+            StateFileClaim::take(&file).unwrap(),
+            Claimed::Claimed(_)
+        ));
+    }
 
     #[test]
     fn a_saved_state_loads_back_and_empty_entries_are_dropped() {
