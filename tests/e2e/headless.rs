@@ -788,8 +788,16 @@ fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
     let keys = keys(temp.path(), "fleet");
     let dir = temp.path().join("plugins");
     crate::support::signed_example(&dir, "hello", &keys);
-    let engine = spawn_headless(&["--json", "--interval", "100ms"], &dir, &keys.store);
+    let mut engine = spawn_headless(&["--json", "--interval", "100ms"], &dir, &keys.store);
     let pid = engine.id();
+    // Read as it comes: a full pipe would hold the run's loop (its discovery too) in a write.
+    let stdout = engine.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
     wait_for_worker_cgroup(pid, "hello");
 
     // Deployed as a whole: made beside, then renamed in.
@@ -805,8 +813,10 @@ fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
     signal(pid, "TERM");
     let output = engine.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
-    let snapshots: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
+    let snapshots: Vec<Value> = reader
+        .join()
+        .unwrap()
+        .iter()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     let states = |name: &str| -> Vec<String> {
