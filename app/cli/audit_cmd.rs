@@ -17,16 +17,21 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
     let mut reader = AuditReader::open(file).with_context(cannot_read)?;
     let mut records = 0u64;
     let mut engine = None;
+    let mut last_seq = 0;
     while let Some(item) = reader.next_item().with_context(cannot_read)? {
         match item {
             AuditItem::Skipped(warning) => errln!("warning: {warning}"),
             AuditItem::Record(record) => {
                 records += 1;
-                // Each run numbers its events from 1: where another engine's begin is said.
-                if !json && record.engine_pid.is_some() && record.engine_pid != engine {
-                    engine = record.engine_pid;
-                    outln!("-- engine {}", engine.unwrap_or_default())?;
+                // Each run numbers its events from 1: where another engine's begin is said
+                // (another pid, or the numbers starting again: pids repeat, in containers
+                // every run may be pid 1).
+                let new_run = record.engine_pid != engine || record.event.seq <= last_seq;
+                if !json && record.engine_pid.is_some() && new_run {
+                    outln!("-- engine {}", record.engine_pid.unwrap_or_default())?;
                 }
+                engine = record.engine_pid;
+                last_seq = record.event.seq;
                 print_record(&record, json)?;
             }
         }

@@ -97,7 +97,7 @@ fn write_bundle(
     limits: &HostLimits,
 ) -> Result<Bundle> {
     let staging = tempfile::Builder::new()
-        .prefix(".plugboard-pack-")
+        .prefix(plugboard_engine::watcher::PACK_STAGING_PREFIX)
         .tempdir_in(out)
         .with_context(|| format!("cannot create a directory in {}", out.display()))?;
     let staged = |name: &Path| staging.path().join(name);

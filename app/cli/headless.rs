@@ -371,11 +371,15 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 next_discovery = Instant::now() + DISCOVERY_INTERVAL;
                 let listed = engine.plugins();
                 attempted.retain(|name| listed.contains(name));
+                // (Disabled ones are verified, as at the start.)
                 let found: Vec<String> = engine
                     .snapshot()
                     .plugins
                     .iter()
-                    .filter(|plugin| plugin.state == PluginState::Discovered)
+                    .filter(|plugin| {
+                        plugin.state == PluginState::Discovered
+                            || (plugin.state == PluginState::Disabled && plugin.version.is_none())
+                    })
                     .map(|plugin| plugin.name.clone())
                     .filter(|name| !attempted.contains(name))
                     .collect();

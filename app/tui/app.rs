@@ -412,8 +412,8 @@ impl App {
     fn record_result(&mut self, job: &Job, result: Result<Outcome, JobError>) {
         match result {
             Ok(Outcome::Called { report }) => {
-                // A call refused before it reached the plugin (disabled, busy) took no time.
-                let took = if report.duration_us == 0 {
+                // A call refused before it reached the plugin took no time worth saying.
+                let took = if matches!(report.status.as_str(), "disabled" | "busy") {
                     String::new()
                 } else {
                     format!(" in {}", super::format::micros(report.duration_us))

@@ -3,7 +3,6 @@
 /// Shown where a value does not exist (yet): no samples, no calls.
 pub const NONE: &str = "–";
 
-/// `1h02m`, `3m04s`, `12.3s`.
 /// `1 violation`, `3 violations`: a count with its noun (plural by `s`).
 pub fn count(count: u64, noun: &str) -> String {
     if count == 1 {
@@ -25,6 +24,7 @@ pub fn state_words(label: &str) -> String {
     words
 }
 
+/// `1h02m`, `3m04s`, `12.3s`.
 pub fn uptime(ms: u64) -> String {
     let seconds = ms / 1000;
     if seconds >= 3600 {

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
+/// How the directory `plugboard pack` stages a bundle in, inside it, begins.
+pub const PACK_STAGING_PREFIX: &str = ".plugboard-pack-";
 /// The file whose presence makes a directory a bundle.
 const MANIFEST_FILE: &str = "plugin.toml";
 /// A bundle written to without pause is still reported after this many debounce intervals.
@@ -418,17 +420,20 @@ impl Classifier {
             let Ok(rest) = path.strip_prefix(&root.path) else {
                 continue;
             };
-            // What happens in a hidden entry of a bundle is no change of it: `plugboard
-            // pack` makes a bundle whole in `.plugboard-pack-…` inside it before renaming its files
-            // into place (the renames are the change, seen under their new names).
+            // What happens in `plugboard pack`'s staging directory inside a bundle is no
+            // change of it: the bundle is made whole there before its files are renamed
+            // into place (the renames are the change, seen under their new names). (Only
+            // that one: a plugin's own files may be hidden, its library too.)
             let mut inside = rest.components();
             if root.kind == RootKind::PluginDir {
                 inside.next();
             }
-            if inside
-                .next()
-                .is_some_and(|entry| entry.as_os_str().to_string_lossy().starts_with('.'))
-            {
+            if inside.next().is_some_and(|entry| {
+                entry
+                    .as_os_str()
+                    .to_string_lossy()
+                    .starts_with(PACK_STAGING_PREFIX)
+            }) {
                 continue;
             }
             match root.kind {

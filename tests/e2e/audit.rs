@@ -93,8 +93,16 @@ fn a_file_without_a_record_is_an_error_saying_what_was_expected() {
 fn the_lines_of_each_engine_run_are_told_apart() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("audit.jsonl");
-    let run = |pid: u32| RECORD.replacen('{', &format!("{{\"engine_pid\":{pid},"), 1);
-    std::fs::write(&file, format!("{}\n{}\n{}\n", run(10), run(10), run(11))).unwrap();
+    let run = |pid: u32, seq: u32| {
+        RECORD
+            .replacen('{', &format!("{{\"engine_pid\":{pid},"), 1)
+            .replace("\"seq\":1", &format!("\"seq\":{seq}"))
+    };
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n{}\n", run(10, 1), run(10, 2), run(11, 1)),
+    )
+    .unwrap();
     let text = ok(&plugboard(&[&"audit", &file]));
     let markers: Vec<&str> = text
         .lines()
@@ -106,4 +114,21 @@ fn the_lines_of_each_engine_run_are_told_apart() {
         json.lines().all(|line| line.contains("\"engine_pid\":1")),
         "{json}"
     );
+}
+
+/// Pids repeat (in a container every run may be pid 1): numbers starting again mark a new
+/// run too.
+#[test]
+fn a_run_with_the_pid_of_the_one_before_is_told_apart_by_its_numbers() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("audit.jsonl");
+    let run = RECORD.replacen('{', "{\"engine_pid\":1,", 1);
+    let second = run.replace("\"seq\":1", "\"seq\":2");
+    std::fs::write(&file, format!("{run}\n{second}\n{run}\n")).unwrap();
+    let text = ok(&plugboard(&[&"audit", &file]));
+    let markers = text
+        .lines()
+        .filter(|line| line.starts_with("-- engine 1"))
+        .count();
+    assert_eq!(markers, 2, "{text}");
 }

@@ -144,10 +144,12 @@ impl FsPolicy {
             // The worker's /tmp is not the engine's: nothing to resolve here.
             return PathVerdict::Denied;
         }
-        let resolved = resolve_existing(path);
+        // The path comes with its links resolved as the worker sees them (the notified
+        // call's operands are); a rule is a host path, whose own links Landlock resolved
+        // when it opened it.
         let granted_resolved = granted.iter().any(|rule| {
             let rule = std::fs::canonicalize(rule).unwrap_or_else(|_| (*rule).clone());
-            path.starts_with(&rule) || resolved.starts_with(&rule)
+            path.starts_with(&rule)
         });
         if granted_resolved {
             PathVerdict::Granted
@@ -173,28 +175,6 @@ pub enum PathVerdict {
     Denied,
     /// Not decidable from the name; Landlock decides alone.
     NotJudged,
-}
-
-/// `path` with its deepest existing ancestor's symbolic links resolved (the rest appended
-/// unchanged); `path` itself when nothing of it resolves.
-fn resolve_existing(path: &Path) -> PathBuf {
-    let mut existing = path;
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(resolved) = std::fs::canonicalize(existing) {
-            return rest
-                .iter()
-                .rev()
-                .fold(resolved, |resolved, name| resolved.join(name));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return path.to_owned(),
-        }
-    }
 }
 
 /// Which list of the policy a path came from, and so what it grants.
@@ -445,8 +425,10 @@ fn access_rights(access: PathAccess) -> BitFlags<AccessFs> {
 mod tests {
     use super::*;
 
+    /// Paths come resolved (the notified call's operands are, in the worker's view); a
+    /// rule naming a link grants where the link leads, as Landlock does.
     #[test]
-    fn paths_are_judged_beneath_granted_paths_and_through_symbolic_links() {
+    fn paths_are_judged_beneath_granted_paths_and_rules_through_their_links() {
         // Not under /tmp: a worker's /tmp is its own, so names there are judged as they are.
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let granted = dir.path().join("granted");
@@ -464,8 +446,9 @@ mod tests {
             with_private_tmp.judge(Path::new("/tmp/x"), FileAccess::Write),
             PathVerdict::Granted
         );
+        let by_link = FsPolicy::for_worker(&[], std::slice::from_ref(&link), false, false);
         assert_eq!(
-            policy.judge(&link.join("new"), FileAccess::Write),
+            by_link.judge(&granted.join("new"), FileAccess::Write),
             PathVerdict::Granted
         );
         assert_eq!(

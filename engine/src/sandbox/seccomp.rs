@@ -304,6 +304,10 @@ const ALWAYS_NOTIFIED: &[(&str, &str)] = &[
     ("mknod", "creates device nodes"),
     ("mknodat", "creates device nodes"),
     (
+        "seccomp",
+        "a filter of its own would answer its forbidden calls before the engine sees them (an errno outranks a notification)",
+    ),
+    (
         "open_tree_attr",
         "new mount API: clones mount trees, as open_tree",
     ),
@@ -421,6 +425,10 @@ fn file_rules(watch: FileWatch) -> Vec<SyscallRule> {
     ] {
         rules.push(SyscallRule::notify(syscall, CHANGES_NAMES));
     }
+    rules.push(SyscallRule::notify(
+        "inotify_add_watch",
+        "a watch sees names and activity where Landlock does not look: checked against fs_read and fs_write, refused and reported outside them",
+    ));
     rules.push(SyscallRule {
         syscall: "openat2",
         action: RuleAction::Errno(libc::ENOSYS),
@@ -458,6 +466,15 @@ fn always_conditional() -> Vec<SyscallRule> {
                 value: int_bits(libc::PR_SET_DUMPABLE),
             },
             "the worker must stay non-dumpable, or same-uid processes could ptrace it and read its memory",
+        ),
+        SyscallRule::notify_if(
+            "prctl",
+            ArgCondition::MaskedEqual {
+                arg: 0,
+                mask: LOW_32_BITS,
+                value: int_bits(libc::PR_SET_SECCOMP),
+            },
+            "a filter of its own (the old interface of seccomp(2)) would hide its forbidden calls from the engine",
         ),
     ];
     // `unshare` is notified; `clone` with a namespace flag is the same escape.

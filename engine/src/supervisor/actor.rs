@@ -455,10 +455,11 @@ fn check_signature(
     let (verified, unverified_because) = match (shared.trust_store(), shared.config.allow_unsigned)
     {
         // Without the store, nothing says what is revoked: refused, in development too.
+        // (The host's trouble, not a trust failure of the plugin's.)
         (Some(Err(err)), _) => {
             return Err(Refusal {
                 reason: format!("the trust store cannot be read now: {err}"),
-                trust: true,
+                trust: false,
             });
         }
         (Some(Ok(store)), allow_unsigned) => match store.verify(
@@ -552,7 +553,10 @@ fn load_launching(
             reason,
         });
     }
-    if lifecycle.is_up() || lifecycle.state == PluginState::BackingOff {
+    // (Waiting to restart, with its kept copy: nothing to load.)
+    if lifecycle.is_up()
+        || (lifecycle.state == PluginState::BackingOff && lifecycle.library.is_some())
+    {
         return Ok(None);
     }
     let generation = lifecycle.issue_generation();
@@ -1005,19 +1009,7 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
         | PluginState::Failed
         | PluginState::BackingOff
         | PluginState::Stopping
-        | PluginState::Disabled => {
-            if kept_verdict_stands(shared, plugin) {
-                None
-            } else {
-                // The trust store says otherwise now (a key revoked, a level changed): the
-                // bundle is read and verified again, and refused with the store's reason.
-                load_launching(
-                    shared,
-                    plugin,
-                    max_plugins_reached(shared, plugin).is_none(),
-                )?
-            }
-        }
+        | PluginState::Disabled => load_if_verdict_changed(shared, plugin)?,
     };
     // Only one start at a time passes the `max_plugins` check and becomes Starting.
     let gate = shared
@@ -1122,19 +1114,43 @@ fn check_startable_saying_why(
 /// How the reason of a start the host refused begins (cleared by the next start).
 const NOT_STARTED: &str = "not started: ";
 
+/// A start from the kept copy: when the trust store says otherwise now (a key revoked, a
+/// level changed), the copy is dropped and the bundle read and verified again — refused
+/// with the store's reason, also on a restart after a crash.
+fn load_if_verdict_changed(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Plugin>,
+) -> Result<Option<LaunchResult>, EngineError> {
+    if kept_verdict_stands(shared, plugin) {
+        return Ok(None);
+    }
+    {
+        let mut lifecycle = plugin.lifecycle();
+        lifecycle.library = None;
+        lifecycle.proof = None;
+    }
+    load_launching(
+        shared,
+        plugin,
+        max_plugins_reached(shared, plugin).is_none(),
+    )
+}
+
 /// Whether the trust store, read now, gives the kept copy of the bundle the verdict it was
 /// started on (the same signer level, or unverified in development mode as before).
 fn kept_verdict_stands(shared: &Shared, plugin: &Plugin) -> bool {
-    let lifecycle = plugin.lifecycle();
-    let (Some(manifest), Some(proof)) = (&lifecycle.manifest, &lifecycle.proof) else {
-        // Nothing kept: the start refuses or loads as before.
-        return true;
+    // Copied out: the store is read from disk, and snapshots wait for the lifecycle lock.
+    let (manifest, proof, level) = {
+        let lifecycle = plugin.lifecycle();
+        let (Some(manifest), Some(proof)) = (&lifecycle.manifest, lifecycle.proof) else {
+            // Nothing kept: the start refuses or loads as before.
+            return true;
+        };
+        (manifest.clone(), proof, lifecycle.trust.level.clone())
     };
-    match check_signature(shared, manifest, proof) {
+    match check_signature(shared, &manifest, &proof) {
         // (No level: unverified, allowed in development mode.)
-        Ok((verified, _)) => {
-            verified.map(|verified| verified.level.to_string()) == lifecycle.trust.level
-        }
+        Ok((verified, _)) => verified.map(|verified| verified.level.to_string()) == level,
         Err(_) => false,
     }
 }

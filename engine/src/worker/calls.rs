@@ -652,6 +652,12 @@ impl Calls {
             WorkerMessage::Reply { id, status, body } => {
                 self.replies(own, std::iter::once((id, status, body)), received)
             }
+            // The engine packs at most CALLS_PER_FRAME calls to a frame: more replies in one
+            // answer calls it never sent together.
+            WorkerMessage::Replies { replies } if replies.len() > CALLS_PER_FRAME => Err(format!(
+                "{} replies in one frame; the engine sends at most {CALLS_PER_FRAME} calls to a frame",
+                replies.len()
+            )),
             WorkerMessage::Replies { replies } => self.replies(
                 own,
                 replies
@@ -705,6 +711,7 @@ impl Calls {
                     "reply to request {id}, which the engine never sent"
                 ));
             }
+            let reply_len = body.len();
             let reply = (status, body, received);
             if own.index(id).is_some() {
                 // A single request is forgotten when its caller leaves.
@@ -713,11 +720,16 @@ impl Calls {
                 }
                 if own.settle(id, Ok(reply)) {
                     settled += 1;
+                } else {
+                    self.count_unsolicited(reply_len);
                 }
                 continue;
             }
             let state = state.get_or_insert_with(|| self.lock());
             let Some(key) = state.waiting.remove(&id) else {
+                // A late reply (its call timed out) or a repeated one: settles nothing, and
+                // costs as a message that is not a reply, so a flood of them is paced.
+                self.count_unsolicited(reply_len);
                 continue;
             };
             if let Some(waiter) = state.callers.get_mut(&key) {
@@ -1586,6 +1598,63 @@ mod tests {
         assert!(fixture.events.try_recv().is_err(), "no violation");
         drop(fixture);
         echo.join().expect("echo ends");
+    }
+
+    /// Late and repeated replies settle nothing and cost as messages that are not replies:
+    /// a worker repeating a stale reply of 64 KiB is read at the byte-paced rate, and a
+    /// frame of more replies than the engine ever sends calls together is a violation.
+    #[test]
+    fn stale_replies_are_paced_and_an_oversized_batch_is_a_violation() {
+        const LENGTH: usize = 64 * 1024;
+        let fixture = fixture();
+        let timed_out = single(&fixture.calls, b"slow", Duration::from_millis(20));
+        assert!(timed_out.is_err());
+        let EngineMessage::Call { id, .. } = fixture.worker.recv::<EngineMessage>().unwrap() else {
+            panic!("expected the call");
+        };
+        let body = vec![b'x'; LENGTH];
+        let started = Instant::now();
+        let mut sent = 0u32;
+        while started.elapsed() < Duration::from_millis(1500) {
+            let stale = WorkerMessage::Reply {
+                id,
+                status: 0,
+                body: body.clone(),
+            };
+            match fixture.worker.try_send(&stale) {
+                Ok(true) => sent += 1,
+                Ok(false) => std::thread::sleep(Duration::from_micros(200)),
+                Err(err) => panic!("the engine's end closed: {err}"),
+            }
+        }
+        let took = started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let tokens_each = 1.0 + (LENGTH / UNSOLICITED_BYTES_PER_TOKEN) as f64;
+        // What was read at the rate, and what the socket's buffer holds besides.
+        let bound = WORKER_MESSAGES_PER_SEC * (1.0 + took) / tokens_each + 64.0;
+        assert!(
+            f64::from(sent) <= bound * 1.05,
+            "{sent} stale replies taken in {took:.2} s, past {bound:.0}"
+        );
+        assert!(fixture.events.try_recv().is_err(), "no violation");
+
+        let replies = (0..=CALLS_PER_FRAME)
+            .map(|_| crate::ipc::BatchedReply {
+                id,
+                status: 0,
+                body: Vec::new(),
+            })
+            .collect();
+        fixture
+            .worker
+            .send(&WorkerMessage::Replies { replies })
+            .unwrap();
+        match fixture.events.recv_timeout(Duration::from_secs(10)) {
+            Ok(WorkerEvent::ProtocolViolation { reason }) => {
+                assert!(reason.contains("65 replies in one frame"), "{reason}");
+            }
+            other => panic!("expected the violation, got {other:?}"),
+        }
     }
 
     /// The timeout of a call the worker never answers (while it keeps the engine busy).

@@ -1395,6 +1395,14 @@ fn writes_named_through_proc_self_root_or_relative_paths_are_reported_by_what_th
             "/var/tmp/plugboard-prober-around",
         ),
         ("plugboard-prober-relative", "/plugboard-prober-relative"),
+        (
+            "/proc/self/cwd/var/tmp/plugboard-prober-cwd",
+            "/var/tmp/plugboard-prober-cwd",
+        ),
+        (
+            "/proc/thread-self/root/var/tmp/../tmp/plugboard-prober-up",
+            "/var/tmp/plugboard-prober-up",
+        ),
     ] {
         let report = call(engine, "prober", "write_file", named);
         assert!(report.reply.starts_with("denied:"), "{named}: {report:?}");
@@ -1408,4 +1416,25 @@ fn writes_named_through_proc_self_root_or_relative_paths_are_reported_by_what_th
         assert_eq!(violation.facts["path"], reached, "{named}: {violation:?}");
         assert!(!Path::new(reached).exists());
     }
+}
+
+/// An inotify watch sees names and activity where Landlock does not look: outside the
+/// plugin's grants it is refused and reported; in its private /tmp it works.
+#[test]
+fn an_inotify_watch_outside_the_grants_is_refused_and_reported() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let report = call(engine, "prober", "watch", "/var/tmp");
+    assert!(report.reply.starts_with("denied:"), "{report:?}");
+    let event = wait_for(&fixture.events, Duration::from_secs(2), |event| {
+        matches!(&event.kind, EventKind::Violation { violation }
+            if violation.kind == ViolationKind::FsDenied)
+    });
+    let EventKind::Violation { violation } = event.kind else {
+        unreachable!()
+    };
+    assert_eq!(violation.facts["path"], "/var/tmp", "{violation:?}");
+    let inside = call(engine, "prober", "watch", "/tmp");
+    assert!(inside.reply.starts_with("ok:"), "{inside:?}");
 }

@@ -1105,6 +1105,27 @@ fn a_key_revoked_while_the_engine_runs_counts_from_the_next_verification() {
     assert_eq!(plugin(engine, "hello").state, PluginState::Rejected);
 }
 
+/// A restart after a crash asks the trust store again too: a plugin whose key was revoked
+/// meanwhile is refused, not brought back from its kept copy.
+#[test]
+fn a_restart_after_a_revocation_is_refused() {
+    use plugboard_engine::trust::TrustStore;
+    let fixture = engine_configured(&[("prober", "prober", same)], |config| {
+        config.restart.initial_delay_ms = 50;
+    });
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let signer = &fixture.signer;
+    TrustStore::revoke_key(&signer.store_dir, signer.key.public_key().key_id()).unwrap();
+    assert_eq!(call(engine, "prober", "crash", "").status, "gone");
+    let prober = wait_until(engine, "prober", Duration::from_secs(10), |prober| {
+        prober.state == PluginState::Rejected
+    });
+    let reason = prober.reason.unwrap_or_default();
+    assert!(reason.contains("revoked"), "{reason}");
+    assert_eq!(prober.supervision.starts, 1, "never started again");
+}
+
 /// A reload to a bundle nobody vouches for (development mode) says so at the new
 /// version's start, as a start does: the notice follows the new version's trust.
 #[test]

@@ -1,5 +1,5 @@
 //! What a hostile plugin can do inside its worker: write to the worker's IPC socket
-//! directly; make a system call of another ABI. The engine must treat the result as a protocol violation, kill the worker and
+//! directly; make a system call of another ABI; watch a path with inotify. The engine must treat the result as a protocol violation, kill the worker and
 //! go on.
 #![allow(unsafe_code)]
 
@@ -34,4 +34,24 @@ pub fn foreign_abi_syscall() -> std::io::Result<i64> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Watches `path` with inotify, which Landlock does not cover: the engine must judge it.
+pub fn watch_path(path: &str) -> std::io::Result<i32> {
+    let path = std::ffi::CString::new(path)?;
+    // SAFETY: inotify_init1 takes no pointers; the descriptor it returns is closed below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `fd` is ours.
+    let watch = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_CREATE) };
+    let result = if watch < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(watch)
+    };
+    // SAFETY: `fd` is the descriptor opened above, closed once.
+    unsafe { libc::close(fd) };
+    result
 }

@@ -14,7 +14,8 @@
 //! payload, then emits `prober.allowed`), `relay.a` / `relay.b` (each emits the other,
 //! for a loop of two probers), `forge` (writes garbage straight onto the
 //! worker's IPC socket, as a hostile plugin could), `foreign_abi` (a system call by its
-//! x32 number, which the filter cannot name), `unhealthy` / `healthy` (its health
+//! x32 number, which the filter cannot name), `watch` (an inotify watch on the path in the
+//! payload, default `/etc`), `unhealthy` / `healthy` (its health
 //! checks fail / pass from then on). With the setting `emit_on_create` it emits that hook
 //! while it is created, and logs what the engine said.
 
@@ -218,6 +219,10 @@ impl Plugin for Prober {
             "foreign_abi" => outcome(hostile::foreign_abi_syscall(), |pid| {
                 format!("the x32 getpid answered {pid}")
             }),
+            "watch" => {
+                let path = text(payload, "/etc");
+                outcome(hostile::watch_path(&path), |_| format!("watching {path}"))
+            }
             other => return Err(Error::unknown_hook(other)),
         })
     }

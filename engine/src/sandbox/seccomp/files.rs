@@ -34,9 +34,10 @@ impl FileAccess {
 /// One path argument of a file-system call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileOperand {
-    /// Absolute and lexically normalised (`.` and `..` resolved, symbolic links not), as
-    /// the caller's mount namespace names it; `None` when it could not be read (the caller
-    /// died, a bad pointer, a descriptor that is gone).
+    /// Absolute, with its symbolic links and `..` resolved as the caller would (see
+    /// `in_worker_view`), as the caller's mount namespace names it; `None` when it could
+    /// not be read (the caller died, a bad pointer, a descriptor that is gone) or needs
+    /// more lookups than the engine spends on one.
     pub path: Option<PathBuf>,
     pub access: FileAccess,
     /// The call creates the path's last component (`O_CREAT`, `mkdir`, the new name of a
@@ -103,6 +104,9 @@ fn specs(syscall: &str, args: &[u64; 6]) -> Vec<Spec> {
         "link" | "symlink" => vec![spec(None, 1, Write, true)],
         "linkat" => vec![spec(Some(2), 3, Write, true)],
         "symlinkat" => vec![spec(Some(1), 2, Write, true)],
+        // Landlock does not cover inotify: a watch reads names and activity, so it is
+        // judged as a read.
+        "inotify_add_watch" => vec![spec(None, 1, Read, false)],
         _ => Vec::new(),
     }
 }
@@ -115,8 +119,7 @@ pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOper
         return Vec::new();
     }
     let memory = File::open(format!("/proc/{pid}/mem")).ok();
-    // Opens follow a link in their last component; calls that change names act on it.
-    let follows_last = matches!(syscall, "open" | "openat" | "creat" | "truncate");
+    let follows_last = follows_last_link(syscall, args);
     specs
         .into_iter()
         .map(|spec| {
@@ -124,7 +127,7 @@ pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOper
                 .as_ref()
                 .and_then(|memory| read_c_string(memory, args[spec.path]))
                 .and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw))
-                .map(|path| in_worker_view(pid, &path, follows_last));
+                .and_then(|path| in_worker_view(pid, &path, follows_last));
             FileOperand {
                 path,
                 access: spec.access,
@@ -162,13 +165,30 @@ fn read_c_string(memory: &File, address: u64) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether the call follows a symbolic link in its path's last component: an open does,
+/// unless `O_NOFOLLOW`, or `O_CREAT | O_EXCL` (which fails on any existing name); so does
+/// `creat` and `truncate`; calls that change names act on the link itself.
+fn follows_last_link(syscall: &str, args: &[u64; 6]) -> bool {
+    let flags = match syscall {
+        "open" => args[1],
+        "openat" => args[2],
+        "creat" | "truncate" => return true,
+        "inotify_add_watch" => return args[2] & u64::from(libc::IN_DONT_FOLLOW) == 0,
+        _ => return false,
+    };
+    let set = |flag: libc::c_int| flags & u64::from(flag.unsigned_abs()) != 0;
+    let creates_new = set(libc::O_CREAT) && set(libc::O_EXCL);
+    !(set(libc::O_NOFOLLOW) || creates_new)
+}
+
 /// `raw` made absolute: against the directory descriptor in `dirfd` (a register; `AT_FDCWD`
-/// or `None` means the working directory) of process `pid`, then normalised.
+/// or `None` means the working directory) of process `pid`. `..` is left for
+/// [`in_worker_view`], which resolves it after the links before it, as the kernel does.
 fn absolute(pid: u32, dirfd: Option<u64>, raw: &[u8]) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let path = Path::new(std::ffi::OsStr::from_bytes(raw));
     if path.is_absolute() {
-        return Some(normalise(path));
+        return Some(path.to_owned());
     }
     // The kernel reads the descriptor as an `int`.
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
@@ -176,30 +196,25 @@ fn absolute(pid: u32, dirfd: Option<u64>, raw: &[u8]) -> Option<PathBuf> {
         None | Some(libc::AT_FDCWD) => std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?,
         Some(fd) => std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?,
     };
-    base.is_absolute().then(|| normalise(&base.join(path)))
+    base.is_absolute().then(|| base.join(path))
 }
 
 /// Symbolic links the kernel would follow for the worker's thread `pid`, followed: looked
 /// up through its own root (`/proc/<pid>/root`, where its private `/tmp` and `/proc` are),
-/// so that a link the plugin made in its `/tmp` to `/var/tmp` is judged as `/var/tmp`; and
-/// `/proc/self/root` (or `thread-self`, or a pid's) taken for its root. What does not exist
-/// (yet) is kept by name. Only for the report: Landlock decides on what the kernel finds.
-fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> PathBuf {
+/// so that a link the plugin made in its `/tmp` to `/var/tmp` is judged as `/var/tmp`;
+/// `..` taken after the links before it; its own `/proc/self` (or `thread-self`, or its
+/// pid) read from the engine's side: `root`, `cwd` and `fd/N`, also under `task/<tid>`.
+/// What does not exist (yet) is kept by name. `None` when the path needs more lookups than
+/// the engine spends on one (it is then not judged: Landlock decides, unreported). Only
+/// for the report: Landlock decides on what the kernel finds.
+fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> Option<PathBuf> {
     const MAX_LINKS: usize = 40;
     // Each look walks the path from the root again: a hostile plugin's path of 2,000
-    // components would cost the engine millions of lookups per call. Past this many, the
-    // rest is kept by name (Landlock still decides).
+    // components would cost the engine millions of lookups per call.
     const MAX_LOOKS: usize = 32;
     let mut looks = 0;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
-        .components()
-        .filter_map(|component| match component {
-            Component::Normal(name) => Some(name.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
+    let mut pending = components_of(path);
     let mut resolved = PathBuf::from("/");
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
@@ -207,24 +222,30 @@ fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> PathBuf {
             resolved.pop();
             continue;
         }
-        let candidate = resolved.join(&name);
-        // (`/proc/thread-self/root` is the longest such name.)
-        if candidate.as_os_str().len() <= "/proc/thread-self/root".len()
-            && is_proc_root_link(&candidate)
-        {
-            resolved = PathBuf::from("/");
+        if resolved == Path::new("/proc") && is_own_process(pid, &name) {
+            match own_process_link(pid, &mut pending) {
+                // Its root is the host's root, seen through its own mounts.
+                Some(OwnLink::Root) => resolved = PathBuf::from("/"),
+                Some(OwnLink::Target(target)) => {
+                    links += 1;
+                    resolved = PathBuf::from("/");
+                    prepend(&mut pending, &target);
+                }
+                // Another file of its /proc: kept by name (not judged).
+                None => resolved.push(&name),
+            }
             continue;
         }
+        let candidate = resolved.join(&name);
         let last = pending.is_empty();
-        let seen_from_engine = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
-        if looks == MAX_LOOKS {
-            resolved = candidate;
-            resolved.extend(pending.drain(..));
-            resolved = normalise(&resolved);
-            break;
-        }
         let look = links < MAX_LINKS && (follows_last || !last);
-        looks += usize::from(look);
+        if look {
+            looks += 1;
+            if looks > MAX_LOOKS {
+                return None;
+            }
+        }
+        let seen_from_engine = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
         let link = look
             .then(|| std::fs::symlink_metadata(&seen_from_engine).ok())
             .flatten()
@@ -236,54 +257,91 @@ fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> PathBuf {
                 if target.is_absolute() {
                     resolved = PathBuf::from("/");
                 }
-                for component in target.components().rev() {
-                    match component {
-                        Component::Normal(name) => pending.push_front(name.to_owned()),
-                        Component::ParentDir => pending.push_front("..".into()),
-                        _ => {}
-                    }
-                }
+                prepend(&mut pending, &target);
             }
             None => resolved = candidate,
         }
     }
-    resolved
+    Some(resolved)
 }
 
-/// `/proc/self/root`, `/proc/thread-self/root` or `/proc/<pid>/root`: the caller's own root
-/// (the worker is alone in its pid namespace).
-fn is_proc_root_link(path: &Path) -> bool {
-    let names: Vec<&std::ffi::OsStr> = path
-        .components()
+/// A path's names, `..` kept as names (`.` dropped).
+fn components_of(path: &Path) -> std::collections::VecDeque<std::ffi::OsString> {
+    path.components()
         .filter_map(|component| match component {
-            Component::Normal(name) => Some(name),
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
             _ => None,
         })
-        .collect();
-    match names.as_slice() {
-        [proc, process, root] if *proc == "proc" && *root == "root" => {
-            let process = process.to_string_lossy();
-            process == "self"
-                || process == "thread-self"
-                || (!process.is_empty() && process.bytes().all(|byte| byte.is_ascii_digit()))
-        }
-        _ => false,
+        .collect()
+}
+
+/// Puts `target`'s names before what is left to resolve.
+fn prepend(pending: &mut std::collections::VecDeque<std::ffi::OsString>, target: &Path) {
+    for name in components_of(target).into_iter().rev() {
+        pending.push_front(name);
     }
 }
 
-/// `.` and `..` resolved by name, as `Path` does not; `..` at the root stays at the root.
-pub(crate) fn normalise(path: &Path) -> PathBuf {
-    let mut normal = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                normal.pop();
-            }
-            Component::Normal(name) => normal.push(name),
-        }
+/// Where a link of the worker's own `/proc/<self>` leads.
+enum OwnLink {
+    Root,
+    Target(PathBuf),
+}
+
+/// Whether `/proc/<name>` in the worker is the calling process itself: `self`,
+/// `thread-self`, or its pid or thread id as its own pid namespace numbers them.
+fn is_own_process(pid: u32, name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    if name == "self" || name == "thread-self" {
+        return true;
     }
-    normal
+    if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_digit()) {
+        return false;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|line| line.starts_with("NStgid:") || line.starts_with("NSpid:"))
+        .filter_map(|line| line.split_whitespace().last())
+        .any(|innermost| innermost == name)
+}
+
+/// After `/proc/<self>`: takes `root`, `cwd` or `fd/<n>` (optionally after `task/<tid>`)
+/// from `pending` and says where it leads, read from the engine's side of the caller's
+/// `/proc` (the engine sees no `/proc/self` of the worker's). `None`, with `pending` as it
+/// was, for anything else.
+fn own_process_link(
+    pid: u32,
+    pending: &mut std::collections::VecDeque<std::ffi::OsString>,
+) -> Option<OwnLink> {
+    let names: Vec<String> = pending
+        .iter()
+        .take(4)
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let skip = usize::from(names.first() == Some(&"task")) * 2;
+    let (link, taken) = match names.get(skip..).unwrap_or_default() {
+        ["root", ..] => (OwnLink::Root, skip + 1),
+        ["cwd", ..] => (
+            OwnLink::Target(std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?),
+            skip + 1,
+        ),
+        ["fd", fd, ..] if fd.bytes().all(|byte| byte.is_ascii_digit()) => (
+            OwnLink::Target(std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?),
+            skip + 2,
+        ),
+        _ => return None,
+    };
+    if let OwnLink::Target(target) = &link
+        && !target.is_absolute()
+    {
+        // A pipe's or socket's name: no path to judge.
+        return None;
+    }
+    pending.drain(..taken);
+    Some(link)
 }
 
 #[cfg(test)]
@@ -291,52 +349,79 @@ mod tests {
     use super::*;
 
     /// Through this process's own root, standing in for a worker's: links are followed
-    /// where the kernel would, and `/proc/self/root` is the root.
+    /// where the kernel would, `..` after them, and its own `/proc/self` links are read.
     #[test]
     fn paths_are_judged_as_the_file_their_links_reach() {
         let pid = std::process::id();
+        let view = |path: &Path, follows_last: bool| in_worker_view(pid, path, follows_last);
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/var/tmp", &link).unwrap();
         assert_eq!(
-            in_worker_view(pid, &link.join("x"), false),
+            view(&link.join("x"), false).unwrap(),
             Path::new("/var/tmp/x")
         );
         // The last component: followed by an open, not by an unlink.
-        assert_eq!(in_worker_view(pid, &link, true), Path::new("/var/tmp"));
-        assert_eq!(in_worker_view(pid, &link, false), link);
+        assert_eq!(view(&link, true).unwrap(), Path::new("/var/tmp"));
+        assert_eq!(view(&link, false).unwrap(), link);
+        // `..` after a link leaves where the link led, not where its name is.
+        assert_eq!(
+            view(&link.join("../tmp/x"), true).unwrap(),
+            Path::new("/var/tmp/x")
+        );
         let relative = dir.path().join("up");
         std::os::unix::fs::symlink("./link/y", &relative).unwrap();
+        assert_eq!(view(&relative, true).unwrap(), Path::new("/var/tmp/y"));
+        for own in ["/proc/self/root/etc/x", "/proc/thread-self/root/etc/x"] {
+            assert_eq!(
+                view(Path::new(own), true).unwrap(),
+                Path::new("/etc/x"),
+                "{own}"
+            );
+        }
+        let cwd = std::env::current_dir().unwrap();
         assert_eq!(
-            in_worker_view(pid, &relative, true),
-            Path::new("/var/tmp/y")
+            view(Path::new("/proc/self/cwd/x"), true).unwrap(),
+            cwd.join("x")
         );
         assert_eq!(
-            in_worker_view(pid, Path::new("/proc/self/root/etc/x"), true),
-            Path::new("/etc/x")
+            view(&PathBuf::from(format!("/proc/self/task/{pid}/cwd/x")), true).unwrap(),
+            cwd.join("x")
         );
+        let opened = File::open(dir.path()).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&opened);
         assert_eq!(
-            in_worker_view(pid, Path::new("/proc/1/root/etc/x"), true),
-            Path::new("/etc/x")
+            view(&PathBuf::from(format!("/proc/self/fd/{fd}/link/z")), true).unwrap(),
+            Path::new("/var/tmp/z")
         );
-        // A loop ends, at the name reached.
+        // A loop ends (the kernel answers ELOOP): not judged.
         let looped = dir.path().join("loop");
         std::os::unix::fs::symlink(&looped, &looped).unwrap();
-        assert_eq!(in_worker_view(pid, &looped, true), looped);
-        // A path of thousands of components is looked up only so far, then kept by name.
+        assert_eq!(view(&looped, true), None);
+        // A path that needs more lookups than the engine spends on one is not judged.
         let deep: PathBuf = std::iter::once(link.clone())
             .chain(std::iter::repeat_n(PathBuf::from("a"), 2000))
             .collect();
-        let kept = in_worker_view(pid, &deep, true);
-        assert!(kept.starts_with("/var/tmp"), "{}", kept.display());
-        assert_eq!(kept.components().count(), 2 + 1 + 2000);
+        assert_eq!(view(&deep, true), None);
     }
 
     #[test]
-    fn normalising_resolves_dots_by_name_and_stops_at_the_root() {
-        assert_eq!(normalise(Path::new("/a/./b/../c")), Path::new("/a/c"));
-        assert_eq!(normalise(Path::new("/../../etc//x")), Path::new("/etc/x"));
-        assert_eq!(normalise(Path::new("/")), Path::new("/"));
+    fn an_open_that_does_not_follow_its_last_link_is_judged_on_the_link() {
+        let openat = |flags: libc::c_int| [0, 0, u64::from(flags.unsigned_abs()), 0, 0, 0];
+        assert!(follows_last_link("openat", &openat(libc::O_WRONLY)));
+        assert!(!follows_last_link(
+            "openat",
+            &openat(libc::O_WRONLY | libc::O_NOFOLLOW)
+        ));
+        assert!(!follows_last_link(
+            "openat",
+            &openat(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+        ));
+        assert!(follows_last_link(
+            "openat",
+            &openat(libc::O_WRONLY | libc::O_CREAT)
+        ));
+        assert!(!follows_last_link("unlinkat", &[0; 6]));
     }
 
     #[test]
