@@ -496,15 +496,24 @@ impl App {
 
     /// The bundle on disk was read for a reload: ask, showing what would change.
     pub fn on_reload_preview(&mut self, plugin: &PluginSnapshot, changes: Vec<String>) {
+        use plugboard_engine::PluginState;
+        // What a reload does depends on the state (the engine's `reload`): a running plugin
+        // gets the new version beside the old; one that is down is verified again, no more.
+        let what = if matches!(plugin.state, PluginState::Running | PluginState::Degraded) {
+            "verify again, start the new version beside the running one; traffic switches once \
+             it is healthy, and the old one keeps serving if the new one fails."
+        } else {
+            "verify the bundle on disk again; it is not started (start it after)."
+        };
         let mut lines = vec![
             format!(
-                "{} {} ({}): verify again, start the new version beside the",
+                "{} {} ({}): {what}",
                 plugin.name,
                 plugin.version.as_deref().unwrap_or("?"),
                 columns::state_look(plugin.state).label
             ),
-            "running one; traffic switches once it is healthy. On disk now:".to_owned(),
             String::new(),
+            "On disk now:".to_owned(),
         ];
         lines.extend(changes);
         if plugin.changed_on_disk {
@@ -1129,6 +1138,28 @@ impl App {
             }
             Action::Reload => {
                 if let Some(plugin) = self.target() {
+                    // The engine refuses these: said now, not after a preview and a `y`.
+                    use plugboard_engine::PluginState;
+                    let refused = match plugin.state {
+                        PluginState::Quarantined => Some(format!(
+                            "clear its quarantine first ({}), then reload",
+                            self.keymap.labels(Action::ClearQuarantine)
+                        )),
+                        PluginState::Starting | PluginState::Stopping | PluginState::Reloading => {
+                            Some("wait until it is running or down".to_owned())
+                        }
+                        _ => None,
+                    };
+                    if let Some(hint) = refused {
+                        self.warn(format!(
+                            "{} is {}: {hint}",
+                            plugin.name,
+                            crate::tui::format::state_words(
+                                columns::state_look(plugin.state).label
+                            )
+                        ));
+                        return Vec::new();
+                    }
                     self.status = Some(Status {
                         text: format!("reading the bundle of {} on disk…", plugin.name),
                         role: Role::Info,
@@ -1214,7 +1245,17 @@ impl App {
                     } else {
                         None
                     }
-                    .or_else(|| plugin.hooks.keys().next().cloned())
+                    // On the table: a hook safe to call at enter, never one that does harm
+                    // on purpose (`traffic = false`) or one switched off.
+                    .or_else(|| {
+                        plugin
+                            .hooks
+                            .iter()
+                            .find(|(name, stats)| {
+                                !stats.no_traffic && !plugin.disabled_hooks.contains(*name)
+                            })
+                            .map(|(name, _)| name.clone())
+                    })
                     .map(|hook| hook + " ")
                     .unwrap_or_default();
                     self.overlay = Some(Overlay::Prompt(Prompt {

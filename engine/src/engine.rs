@@ -1662,6 +1662,7 @@ fn hook_snapshots(
         for (hook, spec) in &manifest.hooks {
             let stats = hooks.entry(hook.clone()).or_default();
             stats.priority = Some(spec.priority);
+            stats.no_traffic = !spec.traffic;
             stats.timeout_ms = Some(
                 u64::try_from(
                     manifest

@@ -378,6 +378,7 @@ impl HookRecord {
             last_error_at: self.last_error.as_ref().map(|(when, _)| unix_millis(*when)),
             priority: None,
             timeout_ms: None,
+            no_traffic: false,
         }
     }
 }
@@ -454,6 +455,10 @@ pub struct HookStatsSnapshot {
     /// The hook's effective timeout (its own, else the plugin's, else the host's default).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// The manifest keeps it from generated traffic (`traffic = false`: a hook that does
+    /// harm or costs much on purpose).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_traffic: bool,
 }
 
 #[cfg(test)]

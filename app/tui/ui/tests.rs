@@ -621,6 +621,57 @@ fn enter_on_an_event_opens_its_plugin_on_that_event_and_cut_events_say_so() {
     assert_eq!(shown, chosen.seq);
 }
 
+/// On the table, `:` offers a hook safe to call at enter: never one kept from traffic for
+/// doing harm on purpose, nor one switched off.
+#[test]
+fn the_call_prompt_never_offers_a_harmful_or_disabled_hook() {
+    let mut fleet = fleet();
+    let mut chaos = hook(0, 0, 0);
+    chaos["no_traffic"] = json!(true);
+    fleet["plugins"][1]["hooks"] =
+        json!({"aaa": hook(0, 0, 0), "chaos": chaos, "ping": hook(0, 0, 0)});
+    fleet["plugins"][1]["disabled_hooks"] = json!(["aaa"]);
+    let mut app = app();
+    app.on_sample(snapshot(fleet));
+    app.selected_plugin = Some("counter".to_owned());
+    press(&mut app, KeyCode::Char(':'));
+    let Some(Overlay::Prompt(prompt)) = &app.overlay else {
+        panic!("a prompt: {:?}", app.overlay);
+    };
+    assert_eq!(prompt.input, "ping ");
+}
+
+/// A reload says what it will do in the plugin's state, and one the engine would refuse
+/// (quarantined) is refused at the key, saying what to do.
+#[test]
+fn a_reload_says_what_it_does_in_the_plugins_state() {
+    let mut fleet = fleet();
+    fleet["plugins"][0]["state"] = json!("quarantined");
+    let mut app = app();
+    app.on_sample(snapshot(fleet));
+    app.selected_plugin = Some("hello".to_owned());
+    assert!(press(&mut app, KeyCode::Char('r')).is_empty());
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert!(
+        status
+            .as_deref()
+            .is_some_and(|text| text.contains("hello is quarantined: clear its quarantine first")),
+        "{status:?}"
+    );
+    let stopped = {
+        let mut plugin = app.selected().unwrap().clone();
+        plugin.state = plugboard_engine::PluginState::Stopped;
+        plugin
+    };
+    app.on_reload_preview(&stopped, vec!["version 0.1.0 (unchanged)".to_owned()]);
+    let text = render(&mut app, 100, 30).join("\n");
+    assert!(
+        text.contains("verify the bundle on disk again; it is not started"),
+        "{text}"
+    );
+    assert!(!text.contains("beside the running one"), "{text}");
+}
+
 #[test]
 fn the_event_log_filters_by_kind_and_plugin() {
     let mut app = app();
