@@ -1476,6 +1476,17 @@ impl App {
                     .visible_events(None)
                     .get(self.event_cursor)
                     .and_then(|event| Some((event.plugin.clone()?, event.seq)));
+                // An event of the engine's own has no plugin to open: it is shown whole.
+                if chosen.is_none()
+                    && let Some(event) = self.visible_events(None).get(self.event_cursor)
+                {
+                    let lines = event_text(event);
+                    self.show(Overlay::Text {
+                        title: "Event".to_owned(),
+                        lines,
+                    });
+                    return;
+                }
                 if let Some((plugin, seq)) = chosen {
                     self.selected_plugin = Some(plugin.clone());
                     self.open_detail();
@@ -1511,35 +1522,7 @@ impl App {
                 let event = *self
                     .visible_events(Some(&plugin.name))
                     .get(self.plugin_event_cursor)?;
-                let described = describe::describe(event);
-                let mut lines = vec![
-                    format!(
-                        "{} {} {}",
-                        crate::tui::format::clock(event.at_ms),
-                        event.plugin.as_deref().unwrap_or("engine"),
-                        described.kind
-                    ),
-                    String::new(),
-                    described.text,
-                ];
-                if let plugboard_engine::EventKind::Violation { violation } = &event.kind {
-                    lines.push(String::new());
-                    lines.push(format!(
-                        "caught by {}, action {}",
-                        violation.mechanism,
-                        serde_json::to_value(violation.action)
-                            .ok()
-                            .and_then(|action| action.as_str().map(str::to_owned))
-                            .unwrap_or_default()
-                    ));
-                    lines.extend(
-                        violation
-                            .facts
-                            .iter()
-                            .map(|(fact, value)| format!("{fact} = {value}")),
-                    );
-                }
-                Some(("Event".to_owned(), lines))
+                Some(("Event".to_owned(), event_text(event)))
             }
             Pane::Log => {
                 let line = *self.visible_log().get(self.log_cursor)?;
@@ -1737,4 +1720,37 @@ pub fn shown_latency(recent_us: u64, since_start_us: u64) -> u64 {
     } else {
         recent_us
     }
+}
+
+/// An event in full, for its overlay: when, whose, what, and a violation's facts.
+fn event_text(event: &Event) -> Vec<String> {
+    let described = describe::describe(event);
+    let mut lines = vec![
+        format!(
+            "{} {} {}",
+            crate::tui::format::clock(event.at_ms),
+            event.plugin.as_deref().unwrap_or("engine"),
+            described.kind
+        ),
+        String::new(),
+        described.text,
+    ];
+    if let plugboard_engine::EventKind::Violation { violation } = &event.kind {
+        lines.push(String::new());
+        lines.push(format!(
+            "caught by {}, action {}",
+            violation.mechanism,
+            serde_json::to_value(violation.action)
+                .ok()
+                .and_then(|action| action.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ));
+        lines.extend(
+            violation
+                .facts
+                .iter()
+                .map(|(fact, value)| format!("{fact} = {value}")),
+        );
+    }
+    lines
 }

@@ -183,6 +183,11 @@ impl Column {
                 Some((used, None)) => CellText::new(format::bytes(used), Role::Text),
                 None => CellText::new(NONE, Role::Muted),
             },
+            // A plugin that is not serving has no rate or latency now (its last ones stay
+            // in its details).
+            Column::HooksPerSec | Column::P99 if !serving(plugin) => {
+                CellText::new(NONE, Role::Muted)
+            }
             Column::HooksPerSec => {
                 let rate = calls_per_sec(plugin);
                 CellText::new(
@@ -515,4 +520,13 @@ pub mod metrics {
             .as_ref()
             .map(|sample| (sample.memory_bytes, sample.memory_limit_bytes))
     }
+}
+
+/// Whether the plugin takes calls now.
+fn serving(plugin: &PluginSnapshot) -> bool {
+    use plugboard_engine::PluginState;
+    matches!(
+        plugin.state,
+        PluginState::Running | PluginState::Degraded | PluginState::Reloading
+    )
 }

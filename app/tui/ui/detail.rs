@@ -703,13 +703,13 @@ fn draw_hooks(
         return;
     }
     if hooks.is_empty() {
-        frame.render_widget(
-            Paragraph::new(Line::styled(
-                "subscribes to no hook, and none was called",
-                theme.muted(),
-            )),
-            inner,
-        );
+        // Without a verified manifest, its hooks are not known: none is not "no hook".
+        let text = if plugin.version.is_none() {
+            "not verified yet: its hooks are not known"
+        } else {
+            "subscribes to no hook, and none was called"
+        };
+        frame.render_widget(Paragraph::new(Line::styled(text, theme.muted())), inner);
         return;
     }
     let columns: Vec<HookColumn> = if inner.width >= 86 {

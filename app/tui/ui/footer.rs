@@ -36,8 +36,11 @@ pub fn draw_status(frame: &mut Frame, area: Rect, app: &App) {
             ));
         }
         if let Some(status) = &app.status {
+            // Cut visibly, not silently, where the line ends.
+            let used: usize = spans.iter().map(Span::width).sum();
+            let room = usize::from(area.width).saturating_sub(used);
             spans.push(Span::styled(
-                status.text.clone(),
+                crate::tui::format::truncate(&status.text, room),
                 style_for(app, status.role),
             ));
         } else if app.pending.is_empty() {

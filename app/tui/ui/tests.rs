@@ -619,6 +619,20 @@ fn enter_on_an_event_opens_its_plugin_on_that_event_and_cut_events_say_so() {
     assert_eq!(app.focus, Pane::PluginEvents);
     let shown = app.visible_events(Some(&plugin))[app.plugin_event_cursor].seq;
     assert_eq!(shown, chosen.seq);
+
+    // An engine's own event has no plugin to open: enter shows it whole.
+    press(&mut app, KeyCode::Esc);
+    app.focus = Pane::Events;
+    app.event_filter = "plugin:engine".to_owned();
+    app.event_cursor = 0;
+    press(&mut app, KeyCode::Enter);
+    let Some(Overlay::Text { lines, .. }) = &app.overlay else {
+        panic!("the event's text: {:?}", app.overlay);
+    };
+    assert!(
+        lines.iter().any(|line| line.contains("traffic on")),
+        "{lines:?}"
+    );
 }
 
 /// On the table, `:` offers a hook safe to call at enter: never one kept from traffic for
