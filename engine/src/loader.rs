@@ -168,11 +168,29 @@ impl UnsealedLibrary {
             error: io::Error::other("the hashing thread panicked"),
         })?;
         let memfd = OwnedFd::from(file);
-        fcntl(&memfd, FcntlArg::F_ADD_SEALS(IMMUTABLE_SEALS))
-            .map_err(|source| LoaderError::Seal { error: source })?;
+        seal(&memfd)?;
         let sealed = SealedLibrary { memfd, len };
         sealed.check_sealed()?;
         Ok((sealed, digest))
+    }
+}
+
+/// Seals `memfd` against every change. The kernel refuses a write seal (`EBUSY`) while a
+/// page of the file is pinned or mapped writable elsewhere, and waits only about 75 ms for
+/// that to pass: a pin can outlast that (another thread of the host forking while the file
+/// was written, a page still in flight), so a few more tries follow before giving up.
+fn seal(memfd: &OwnedFd) -> Result<(), LoaderError> {
+    const TRIES: u32 = 5;
+    let mut tries = 0;
+    loop {
+        match fcntl(memfd, FcntlArg::F_ADD_SEALS(IMMUTABLE_SEALS)) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) if tries + 1 < TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20 << tries));
+            }
+            Err(source) => return Err(LoaderError::Seal { error: source }),
+        }
     }
 }
 
