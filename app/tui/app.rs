@@ -966,7 +966,11 @@ impl App {
 
     fn submit_prompt(&mut self, prompt: Prompt) -> Vec<Effect> {
         match prompt.purpose {
-            PromptPurpose::Filter { .. } => Vec::new(),
+            PromptPurpose::Filter { .. } => {
+                // What the status said ("filter cleared", a hint) is about before.
+                self.status = None;
+                Vec::new()
+            }
             PromptPurpose::Call { plugin } => {
                 let input = prompt.input.trim_start();
                 let (hook, payload) = input.split_once(' ').unwrap_or((input, ""));
@@ -1571,6 +1575,14 @@ impl App {
             return;
         }
         self.screen = Screen::Detail;
+        // A hint about where keys act, or a refusal, was about the screen left behind.
+        if self
+            .status
+            .as_ref()
+            .is_some_and(|status| status.role == Role::Warn)
+        {
+            self.status = None;
+        }
         // What was fetched for an earlier visit is stale: the kept samples serve until the
         // next fetch (none while paused).
         self.resource_history = None;

@@ -224,12 +224,25 @@ pub fn describe(event: &Event) -> Described {
             } else if !action.is_empty() && action != "log" {
                 let _ = write!(sentence, " → {action}");
             }
-            for key in ["hook", "detail"] {
-                let part = text(key);
-                if !part.is_empty() {
-                    sentence.push_str(": ");
-                    sentence.push_str(&part);
-                }
+            // A resource counter's violation names the hooks that were in flight when the
+            // sampler saw it: bystanders as likely as causes (cpuspin's own threads spin
+            // while `ping` runs), so said as such; other kinds were caught in the call.
+            let sampled = matches!(
+                which.as_str(),
+                "cpu_throttled" | "memory_limit" | "pids_limit" | "fd_limit"
+            );
+            let hook = text("hook");
+            if !hook.is_empty() && !sampled {
+                sentence.push_str(": ");
+                sentence.push_str(&hook);
+            }
+            let detail = text("detail");
+            if !detail.is_empty() {
+                sentence.push_str(": ");
+                sentence.push_str(&detail);
+            }
+            if !hook.is_empty() && sampled {
+                let _ = write!(sentence, " (seen while {hook} ran)");
             }
             let role = if text("severity") == "warning" {
                 Role::Warn
@@ -481,6 +494,21 @@ mod tests {
             crash.text.starts_with("crash → not restarted: "),
             "{}",
             crash.text
+        );
+    }
+
+    #[test]
+    fn a_sampled_violation_names_the_hook_in_flight_as_a_bystander() {
+        let violation = plugboard_engine::policy::Violation::new(
+            plugboard_engine::policy::ViolationKind::CpuThrottled,
+            "cgroup",
+            "throttled in 100% of its CPU periods for 5 s",
+        )
+        .during(Some("ping".to_owned()));
+        let throttled = describe(&event(EventKind::Violation { violation }));
+        assert_eq!(
+            throttled.text,
+            "cpu throttled: throttled in 100% of its CPU periods for 5 s (seen while ping ran)"
         );
     }
 }

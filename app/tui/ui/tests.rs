@@ -585,7 +585,13 @@ fn plugin_keys_in_the_event_log_say_they_act_on_the_table() {
             .contains("plugin keys act on the table: tab to it, or enter to open `counter`")),
         "{status:?}"
     );
-    press(&mut app, KeyCode::Tab);
+    // Enter opens the event's plugin: the hint was about the screen left behind.
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Detail);
+    assert!(app.status.is_none(), "{:?}", app.status);
+    press(&mut app, KeyCode::Esc);
+    app.selected_plugin = Some("hello".to_owned());
+    app.focus = Pane::Plugins;
     let effects = press(&mut app, KeyCode::Char('x'));
     let [Effect::Run(job)] = effects.as_slice() else {
         panic!("the table's plugin is stopped: {effects:?}");
