@@ -1,5 +1,6 @@
 //! What a misbehaving plugin costs the engine. `prober`, sandboxed, runs one flood for about
-//! two seconds at a time: a forbidden call in a loop (`sockets`), empty lines written to
+//! two seconds at a time: a forbidden call in a loop (`sockets`), a write outside its grants
+//! in a loop (`writes`: each a file check the engine makes), empty lines written to
 //! stdout as fast as it can (`newlines`), lines printed and logged (`chatter`). For each,
 //! the engine's CPU time — this process, every thread (`getrusage(RUSAGE_SELF)`; the worker
 //! is another process) — next to the worker's (its cgroup's `cpuacct.usage`), the wall
@@ -87,9 +88,14 @@ fn main() {
     // chatter prints and logs as many lines as asked: about 300,000 in two seconds' worth
     // of the old engine, far fewer than it can write now.
     let lines = (flood_ms * 150).to_string();
-    let floods: [(&str, &str, &str); 4] = [
+    let floods: [(&str, &str, &str); 5] = [
         ("idle (no call)", "", ""),
         ("sockets: a forbidden call in a loop", "sockets", &millis),
+        (
+            "writes: a write outside fs_write, looped",
+            "writes",
+            &millis,
+        ),
         ("newlines: empty lines to stdout", "newlines", &millis),
         ("chatter: lines printed and logged", "chatter", &lines),
     ];

@@ -9,7 +9,8 @@
 //! `chatter` (prints and logs as many lines as the payload says), `log` (logs the payload
 //! as it is, newlines included), `newlines` (writes empty
 //! lines to stdout, 64 KiB per write, for the milliseconds in the payload), `sockets`
-//! (opens sockets, for the milliseconds in the payload, as fast as it can), `emit` (emits the hook
+//! (opens sockets, for the milliseconds in the payload, as fast as it can), `writes` (opens a
+//! file outside its grants for writing, the same way), `emit` (emits the hook
 //! named in the payload through the host), `emit_later` (sleeps the milliseconds in the
 //! payload, then emits `prober.allowed`), `relay.a` / `relay.b` (each emits the other,
 //! for a loop of two probers), `forge` (writes garbage straight onto the
@@ -73,6 +74,20 @@ fn flood_newlines(payload: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 /// Opens sockets as fast as it can for the time in the payload.
+/// Opens a file outside its grants for writing in a loop, for the milliseconds in the
+/// payload: each open a notification the engine reads, resolves and judges.
+fn flood_writes(payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let until = std::time::Instant::now() + millis(payload, "writes")?;
+    let (mut tried, mut denied) = (0u64, 0u64);
+    while std::time::Instant::now() < until {
+        tried += 1;
+        if std::fs::File::create("/var/tmp/plugboard-prober-flood/x").is_err() {
+            denied += 1;
+        }
+    }
+    Ok(format!("denied {denied} of {tried} writes").into_bytes())
+}
+
 fn flood_sockets(payload: &[u8]) -> Result<Vec<u8>, Error> {
     let until = std::time::Instant::now() + millis(payload, "sockets")?;
     let (mut tried, mut denied) = (0u64, 0u64);
@@ -203,6 +218,7 @@ impl Plugin for Prober {
             "log" => self.log_as_is(payload),
             "newlines" => flood_newlines(payload)?,
             "sockets" => flood_sockets(payload)?,
+            "writes" => flood_writes(payload)?,
             "emit" => {
                 let hook = text(payload, "prober.event");
                 self.emit(&hook, b"from prober")
