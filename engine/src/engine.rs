@@ -518,7 +518,7 @@ impl Engine {
             Some(file) => PersistedState::load(file)?,
             None => PersistedState::default(),
         };
-        let (state_claim, state_file_warning) = claim_state_file(config.state_file.as_deref())?;
+        let (state_claim, state_file_warning) = claim_state_file(config.state_file.as_deref());
         // Created once everything that can refuse the configuration has accepted it, so a
         // refused start leaves no scope behind.
         let scope = create_scope(&root, config.memory_budget_mb)?;
@@ -1733,13 +1733,25 @@ fn supervision_snapshot(policy: &RestartPolicy, lifecycle: &Lifecycle) -> Superv
 }
 
 /// Claims the state file for this engine; the warning to give when another engine holds it.
-fn claim_state_file(
-    file: Option<&std::path::Path>,
-) -> Result<(Option<StateFileClaim>, Option<String>), EngineError> {
+fn claim_state_file(file: Option<&std::path::Path>) -> (Option<StateFileClaim>, Option<String>) {
     let Some(file) = file else {
-        return Ok((None, None));
+        return (None, None);
     };
-    Ok(match StateFileClaim::take(file)? {
+    // The claim only warns: one that cannot be taken (a read-only directory, no locks on
+    // this file system) is said, and the engine starts.
+    let claimed = match StateFileClaim::take(file) {
+        Ok(claimed) => claimed,
+        Err(err) => {
+            return (
+                None,
+                Some(format!(
+                    "cannot tell whether another engine uses the state file {}: {err}",
+                    file.display()
+                )),
+            );
+        }
+    };
+    match claimed {
         Claimed::Claimed(claim) => (Some(claim), None),
         Claimed::HeldBy(pid) => (
             None,
@@ -1751,5 +1763,5 @@ fn claim_state_file(
                 file.display()
             )),
         ),
-    })
+    }
 }

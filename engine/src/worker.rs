@@ -1843,13 +1843,15 @@ impl ListenerPolicy {
 /// of the call.
 fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<WorkerEvent>) {
     if is_file_syscall(&call.syscall) {
+        // Landlock does not cover inotify: for a watch the engine is the only check, so a
+        // path it cannot judge (too many lookups, unreadable) is refused too.
+        let engine_enforces = call.syscall == "inotify_add_watch";
         let outside: Vec<&FileOperand> = call
             .files
             .iter()
-            .filter(|operand| {
-                operand.path.as_ref().is_some_and(|path| {
-                    policy.files.judge(path, operand.access) == PathVerdict::Denied
-                })
+            .filter(|operand| match &operand.path {
+                Some(path) => policy.files.judge(path, operand.access) == PathVerdict::Denied,
+                None => engine_enforces,
             })
             .collect();
         if policy.audit {
@@ -1866,11 +1868,10 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
                 Verdict::Deny(libc::EACCES),
                 Some(WorkerEvent::FsDenied {
                     syscall: call.syscall.clone(),
-                    path: operand
-                        .path
-                        .as_ref()
-                        .map(|path| path.display().to_string())
-                        .unwrap_or_default(),
+                    path: operand.path.as_ref().map_or_else(
+                        || "(a path the engine could not judge)".to_owned(),
+                        |path| path.display().to_string(),
+                    ),
                     access: operand.access,
                     pid: call.pid,
                 }),

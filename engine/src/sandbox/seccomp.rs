@@ -304,10 +304,6 @@ const ALWAYS_NOTIFIED: &[(&str, &str)] = &[
     ("mknod", "creates device nodes"),
     ("mknodat", "creates device nodes"),
     (
-        "seccomp",
-        "a filter of its own would answer its forbidden calls before the engine sees them (an errno outranks a notification)",
-    ),
-    (
         "open_tree_attr",
         "new mount API: clones mount trees, as open_tree",
     ),
@@ -466,6 +462,26 @@ fn always_conditional() -> Vec<SyscallRule> {
                 value: int_bits(libc::PR_SET_DUMPABLE),
             },
             "the worker must stay non-dumpable, or same-uid processes could ptrace it and read its memory",
+        ),
+        // seccomp(2) setting a mode (strict, a filter); its queries (available actions,
+        // notification sizes, which libseccomp makes) stay allowed.
+        SyscallRule::notify_if(
+            "seccomp",
+            ArgCondition::MaskedEqual {
+                arg: 0,
+                mask: LOW_32_BITS,
+                value: u64::from(libc::SECCOMP_SET_MODE_STRICT),
+            },
+            "strict mode of its own: a filter that outranks the engine's notifications",
+        ),
+        SyscallRule::notify_if(
+            "seccomp",
+            ArgCondition::MaskedEqual {
+                arg: 0,
+                mask: LOW_32_BITS,
+                value: u64::from(libc::SECCOMP_SET_MODE_FILTER),
+            },
+            "a filter of its own would answer its forbidden calls before the engine sees them (an errno outranks a notification)",
         ),
         SyscallRule::notify_if(
             "prctl",

@@ -711,7 +711,10 @@ impl Calls {
                     "reply to request {id}, which the engine never sent"
                 ));
             }
-            let reply_len = body.len();
+            // A late reply costs at most as a 64 KiB frame: one large answer to a call that
+            // timed out must not hold the replies behind it back for long, while a flood
+            // of them is still paced (and each is at most one frame to decode).
+            let reply_len = body.len().min(16 * UNSOLICITED_BYTES_PER_TOKEN);
             let reply = (status, body, received);
             if own.index(id).is_some() {
                 // A single request is forgotten when its caller leaves.

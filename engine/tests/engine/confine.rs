@@ -643,8 +643,23 @@ fn plugin_code_cannot_install_a_filter_of_its_own() {
     let unconfined = thread::spawn(install_own_listener).join().unwrap();
     assert!(unconfined.is_ok(), "control: {unconfined:?}");
 
-    let confined = confine(NOTHING_GRANTED, || install_own_listener().map(drop));
-    let (result, seen) = confined.finish();
+    let confined = confine(NOTHING_GRANTED, || {
+        // Its queries stay allowed (libseccomp asks what the kernel supports).
+        let action: u32 = libc::SECCOMP_RET_LOG;
+        // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 from the pointer, which outlives
+        // the call.
+        let query = raw_result(unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_GET_ACTION_AVAIL,
+                0,
+                &raw const action,
+            )
+        });
+        (query, install_own_listener().map(drop))
+    });
+    let ((query, result), seen) = confined.finish();
+    assert_eq!(query, Ok(0), "a query of the kernel's support");
     assert_eq!(result, Err(Errno::EPERM));
     reported(&seen, "seccomp");
 }

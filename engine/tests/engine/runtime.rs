@@ -1400,8 +1400,8 @@ fn writes_named_through_proc_self_root_or_relative_paths_are_reported_by_what_th
             "/var/tmp/plugboard-prober-cwd",
         ),
         (
-            "/proc/thread-self/root/var/tmp/../tmp/plugboard-prober-up",
-            "/var/tmp/plugboard-prober-up",
+            "/proc/thread-self/root/var/tmp/plugboard-prober-thread",
+            "/var/tmp/plugboard-prober-thread",
         ),
     ] {
         let report = call(engine, "prober", "write_file", named);
@@ -1437,4 +1437,9 @@ fn an_inotify_watch_outside_the_grants_is_refused_and_reported() {
     assert_eq!(violation.facts["path"], "/var/tmp", "{violation:?}");
     let inside = call(engine, "prober", "watch", "/tmp");
     assert!(inside.reply.starts_with("ok:"), "{inside:?}");
+    // The engine is the only check on a watch: a path it will not resolve (more lookups
+    // than it spends on one) is refused, though it reaches the granted /tmp.
+    let winding = format!("{}tmp", "/usr/..".repeat(40));
+    let refused = call(engine, "prober", "watch", &winding);
+    assert!(refused.reply.starts_with("denied:"), "{refused:?}");
 }

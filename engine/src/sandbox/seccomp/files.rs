@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,18 @@ pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOper
     }
     let memory = File::open(format!("/proc/{pid}/mem")).ok();
     let follows_last = follows_last_link(syscall, args);
+    // These fail with EEXIST on a name that exists, whatever the grants: the kernel's to
+    // answer (`mkdir -p` walks existing parents), not a denial to report.
+    let fails_on_existing = matches!(
+        syscall,
+        "mkdir" | "mkdirat" | "link" | "linkat" | "symlink" | "symlinkat"
+    );
+    let exists = |path: &Path| {
+        std::fs::symlink_metadata(
+            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path)),
+        )
+        .is_ok()
+    };
     specs
         .into_iter()
         .map(|spec| {
@@ -127,7 +140,8 @@ pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOper
                 .as_ref()
                 .and_then(|memory| read_c_string(memory, args[spec.path]))
                 .and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw))
-                .and_then(|path| in_worker_view(pid, &path, follows_last));
+                .and_then(|path| in_worker_view(pid, &path, follows_last))
+                .filter(|path| !(fails_on_existing && spec.creates && exists(path)));
             FileOperand {
                 path,
                 access: spec.access,
@@ -186,6 +200,11 @@ fn follows_last_link(syscall: &str, args: &[u64; 6]) -> bool {
 /// [`in_worker_view`], which resolves it after the links before it, as the kernel does.
 fn absolute(pid: u32, dirfd: Option<u64>, raw: &[u8]) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
+    // An empty name is the kernel's ENOENT to give (or, with AT_EMPTY_PATH, the descriptor's
+    // own file): nothing to judge by name.
+    if raw.is_empty() {
+        return None;
+    }
     let path = Path::new(std::ffi::OsStr::from_bytes(raw));
     if path.is_absolute() {
         return Some(path.to_owned());
@@ -222,6 +241,18 @@ fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> Option<PathBuf> 
             resolved.pop();
             continue;
         }
+        if resolved == Path::new("/proc")
+            && name
+                .as_encoded_bytes()
+                .first()
+                .is_some_and(u8::is_ascii_digit)
+        {
+            // A pid to compare reads the caller's status: a look like any other.
+            looks += 1;
+            if looks > MAX_LOOKS {
+                return None;
+            }
+        }
         if resolved == Path::new("/proc") && is_own_process(pid, &name) {
             match own_process_link(pid, &mut pending) {
                 // Its root is the host's root, seen through its own mounts.
@@ -238,7 +269,10 @@ fn in_worker_view(pid: u32, path: &Path, follows_last: bool) -> Option<PathBuf> 
         }
         let candidate = resolved.join(&name);
         let last = pending.is_empty();
-        let look = links < MAX_LINKS && (follows_last || !last);
+        // Links under /proc are magic (a process's fd, cwd, root): their text is no path
+        // to follow (a memfd's reads `/memfd:x (deleted)`); the caller's own are read
+        // above, others stay by name, not judged.
+        let look = links < MAX_LINKS && (follows_last || !last) && !candidate.starts_with("/proc");
         if look {
             looks += 1;
             if looks > MAX_LOOKS {
@@ -334,11 +368,22 @@ fn own_process_link(
         ),
         _ => return None,
     };
-    if let OwnLink::Target(target) = &link
-        && !target.is_absolute()
-    {
-        // A pipe's or socket's name: no path to judge.
-        return None;
+    if let OwnLink::Target(target) = &link {
+        // Only a name that leads to the very file the link does: a pipe's or socket's name
+        // is no path, and a memfd's (`/memfd:x (deleted)`) or shared memory's names a file
+        // on a mount no path reaches (Landlock does not judge those either).
+        let linked = names.get(skip..).and_then(|rest| match rest {
+            ["cwd", ..] => std::fs::metadata(format!("/proc/{pid}/cwd")).ok(),
+            ["fd", fd, ..] => std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok(),
+            _ => None,
+        })?;
+        let named = std::fs::metadata(
+            Path::new(&format!("/proc/{pid}/root")).join(target.strip_prefix("/").ok()?),
+        )
+        .ok()?;
+        if !target.is_absolute() || (linked.dev(), linked.ino()) != (named.dev(), named.ino()) {
+            return None;
+        }
     }
     pending.drain(..taken);
     Some(link)
@@ -346,6 +391,10 @@ fn own_process_link(
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+
     use super::*;
 
     /// Through this process's own root, standing in for a worker's: links are followed
@@ -394,6 +443,10 @@ mod tests {
             view(&PathBuf::from(format!("/proc/self/fd/{fd}/link/z")), true).unwrap(),
             Path::new("/var/tmp/z")
         );
+        // A memfd's link names no path (`/memfd:x (deleted)`): kept under /proc, not judged.
+        let memfd = memfd_create(c"plugboard-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        let through_fd = PathBuf::from(format!("/proc/self/fd/{}", memfd.as_raw_fd()));
+        assert_eq!(view(&through_fd, true).unwrap(), through_fd);
         // A loop ends (the kernel answers ELOOP): not judged.
         let looped = dir.path().join("loop");
         std::os::unix::fs::symlink(&looped, &looped).unwrap();
@@ -403,6 +456,38 @@ mod tests {
             .chain(std::iter::repeat_n(PathBuf::from("a"), 2000))
             .collect();
         assert_eq!(view(&deep, true), None);
+    }
+
+    /// Calls that fail with EEXIST on a name that exists, and an empty name, are the
+    /// kernel's to answer: no path to judge.
+    #[test]
+    fn an_existing_name_to_create_and_an_empty_name_are_not_judged() {
+        let pid = std::process::id();
+        let dir = tempfile::tempdir().unwrap();
+        let existing = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let new =
+            std::ffi::CString::new(dir.path().join("new").as_os_str().as_encoded_bytes()).unwrap();
+        let mkdir =
+            |name: &std::ffi::CStr| operands(pid, "mkdir", &[name.as_ptr() as u64, 0, 0, 0, 0, 0]);
+        assert_eq!(mkdir(&existing)[0].path, None);
+        assert_eq!(
+            mkdir(&new)[0].path.as_deref(),
+            Some(dir.path().join("new").as_path())
+        );
+        let empty = c"";
+        let open = operands(
+            pid,
+            "open",
+            &[
+                empty.as_ptr() as u64,
+                u64::from(libc::O_WRONLY.unsigned_abs()),
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+        assert_eq!(open[0].path, None);
     }
 
     #[test]
