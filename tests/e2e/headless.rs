@@ -41,6 +41,22 @@ fn plugins_dir(root: &Path) -> (PathBuf, PathBuf) {
     (dir, keys.store)
 }
 
+/// `root/host.toml` listing the plugin directory `dir` and trust store `store`, then
+/// `more` (TOML).
+fn host_config(root: &Path, dir: &Path, store: &Path, more: &str) -> PathBuf {
+    let config = root.join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n{more}",
+            dir.display().to_string(),
+            store.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn spawn_headless(args: &[&str], dir: &Path, store: &Path) -> Child {
     crate::support::plugboard_bin()
         .arg("headless")
@@ -354,16 +370,12 @@ fn headless_without_plugins_fails_with_the_reason() {
 fn headless_reads_a_host_configuration_and_refuses_a_broken_one() {
     let temp = tempfile::tempdir().unwrap();
     let (dir, store) = plugins_dir(temp.path());
-    let config = temp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n[sandbox]\nenv = {{ LANG = \"C\" }}\n",
-            dir.display().to_string(),
-            store.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = host_config(
+        temp.path(),
+        &dir,
+        &store,
+        "[sandbox]\nenv = { LANG = \"C\" }\n",
+    );
     let out = ok(&plugboard(&[
         &"headless",
         &"--config",
@@ -404,18 +416,13 @@ fn headless_reads_a_host_configuration_and_refuses_a_broken_one() {
 fn snapshots_show_effective_config_capabilities_limits_and_uncalled_hooks() {
     let temp = tempfile::tempdir().unwrap();
     let (dir, store) = plugins_dir(temp.path());
-    let config = temp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n\
-             [plugins.hello.config]\ngreeting = \"Howdy\"\n\
-             [plugins.hello.resources]\nmemory_mb = 48\n",
-            dir.display().to_string(),
-            store.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = host_config(
+        temp.path(),
+        &dir,
+        &store,
+        "[plugins.hello.config]\ngreeting = \"Howdy\"\n\
+         [plugins.hello.resources]\nmemory_mb = 48\n",
+    );
     let out = ok(&plugboard(&[
         &"headless",
         &"--config",
@@ -854,16 +861,12 @@ fn a_host_configuration_section_for_no_plugin_found_is_warned_of() {
     let keys = keys(temp.path(), "fleet");
     let dir = temp.path().join("plugins");
     crate::support::signed_example(&dir, "hello", &keys);
-    let config = temp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n[plugins.helo.resources]\nmemory_mb = 8\n",
-            dir.display().to_string(),
-            keys.store.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = host_config(
+        temp.path(),
+        &dir,
+        &keys.store,
+        "[plugins.helo.resources]\nmemory_mb = 8\n",
+    );
     let output = plugboard(&[&"headless", &"--config", &config, &"--duration", &"200ms"]);
     let err = crate::support::stderr(&output);
     assert!(output.status.success(), "{err}");
@@ -882,16 +885,12 @@ fn a_disabled_plugin_is_verified_and_shown_but_not_started() {
     let keys = keys(temp.path(), "fleet");
     let dir = temp.path().join("plugins");
     crate::support::signed_example(&dir, "hello", &keys);
-    let config = temp.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "plugin_dirs = [{:?}]\ntrust_store = {:?}\n[plugins.hello]\nenabled = false\n",
-            dir.display().to_string(),
-            keys.store.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = host_config(
+        temp.path(),
+        &dir,
+        &keys.store,
+        "[plugins.hello]\nenabled = false\n",
+    );
     let out = ok(&plugboard(&[
         &"headless",
         &"--config",

@@ -156,32 +156,42 @@ fn parent_dir(file: &Path) -> &Path {
 /// The lock file of `file`: the state file itself cannot carry the lock, since every save
 /// replaces it with a new inode.
 pub fn lock_file_of(file: &Path) -> PathBuf {
+    beside(file, ".lock")
+}
+
+/// `file`'s name with `suffix`, in its directory.
+fn beside(file: &Path, suffix: &str) -> PathBuf {
     let mut name = file.file_name().unwrap_or_default().to_owned();
-    name.push(".lock");
+    name.push(suffix);
     file.with_file_name(name)
 }
 
-/// Holds `file`'s write lock until dropped; creates its directory if needed.
-fn lock(file: &Path) -> Result<Flock<File>, StateFileError> {
-    let lock_file = lock_file_of(file);
+/// Opens (creating it, and its directory) the file beside `file` with `suffix`, for
+/// reading and writing, to lock; errors name `file`.
+fn open_beside(file: &Path, suffix: &str) -> Result<(File, PathBuf), StateFileError> {
+    let beside = beside(file, suffix);
     let failed = |reason: String| StateFileError::Write {
         file: file.to_owned(),
         reason,
     };
     std::fs::create_dir_all(parent_dir(file)).map_err(|err| failed(err.to_string()))?;
     let handle = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&lock_file)
-        .map_err(|err| {
-            failed(format!(
-                "cannot open lock file {}: {err}",
-                lock_file.display()
-            ))
-        })?;
-    Flock::lock(handle, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| failed(format!("cannot lock {}: {errno}", lock_file.display())))
+        .open(&beside)
+        .map_err(|err| failed(format!("cannot open {}: {err}", beside.display())))?;
+    Ok((handle, beside))
+}
+
+/// Holds `file`'s write lock until dropped; creates its directory if needed.
+fn lock(file: &Path) -> Result<Flock<File>, StateFileError> {
+    let (handle, lock_file) = open_beside(file, ".lock")?;
+    Flock::lock(handle, FlockArg::LockExclusive).map_err(|(_, errno)| StateFileError::Write {
+        file: file.to_owned(),
+        reason: format!("cannot lock {}: {errno}", lock_file.display()),
+    })
 }
 
 /// An engine's claim on a state file for as long as it runs: a lock on `<file>.engine`
@@ -203,21 +213,11 @@ pub enum Claimed {
 impl StateFileClaim {
     /// Claims `file` for this engine, or says who holds it.
     pub fn take(file: &Path) -> Result<Claimed, StateFileError> {
-        let mut name = file.file_name().unwrap_or_default().to_owned();
-        name.push(".engine");
-        let claim_file = file.with_file_name(name);
+        let (handle, claim_file) = open_beside(file, ".engine")?;
         let failed = |reason: String| StateFileError::Write {
             file: file.to_owned(),
             reason,
         };
-        std::fs::create_dir_all(parent_dir(file)).map_err(|err| failed(err.to_string()))?;
-        let handle = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&claim_file)
-            .map_err(|err| failed(format!("cannot open {}: {err}", claim_file.display())))?;
         match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 lock.set_len(0)

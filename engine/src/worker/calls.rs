@@ -1373,10 +1373,9 @@ mod tests {
         assert_eq!(emit_threads.threads_started(), 1);
     }
 
-    /// A worker writing log frames itself, as fast as it can, is read at
-    /// [`WORKER_MESSAGES_PER_SEC`]: the rest wait in the socket, and its sends with them.
-    #[test]
-    fn a_flood_of_log_frames_is_read_at_the_message_rate() {
+    /// Floods an engine's channel with log frames of `line(id)` for 1.5 s, as a worker
+    /// writing them itself would: how many the engine read, and over how long.
+    fn log_lines_read_in_a_flood(line: fn(u64) -> String) -> (u32, f64) {
         let fixture = fixture();
         let stop = Arc::new(AtomicBool::new(false));
         let flooder = {
@@ -1384,7 +1383,7 @@ mod tests {
             std::thread::spawn(move || {
                 flood(&worker, &stop, |id| WorkerMessage::Log {
                     level: 2,
-                    message: format!("line {id}"),
+                    message: line(id),
                 });
             })
         };
@@ -1399,6 +1398,16 @@ mod tests {
         }
         let took = started.elapsed().as_secs_f64();
         stop.store(true, Ordering::SeqCst);
+        drop(fixture);
+        flooder.join().expect("flooder ends");
+        (lines, took)
+    }
+
+    /// A worker writing log frames itself, as fast as it can, is read at
+    /// [`WORKER_MESSAGES_PER_SEC`]: the rest wait in the socket, and its sends with them.
+    #[test]
+    fn a_flood_of_log_frames_is_read_at_the_message_rate() {
+        let (lines, took) = log_lines_read_in_a_flood(|id| format!("line {id}"));
         let bound = WORKER_MESSAGES_PER_SEC * (1.0 + took);
         assert!(
             f64::from(lines) <= bound * 1.05,
@@ -1408,8 +1417,6 @@ mod tests {
             f64::from(lines) >= WORKER_MESSAGES_PER_SEC,
             "{lines} log frames read in {took:.2} s: held back more than the rate needs"
         );
-        drop(fixture);
-        flooder.join().expect("flooder ends");
     }
 
     /// Long log frames cost their length: a worker sending 64 KiB lines itself is read at
@@ -1417,28 +1424,7 @@ mod tests {
     #[test]
     fn a_flood_of_long_log_frames_is_read_at_a_rate_by_their_bytes() {
         const LENGTH: usize = 64 * 1024;
-        let fixture = fixture();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flooder = {
-            let (worker, stop) = (Arc::clone(&fixture.worker), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                flood(&worker, &stop, |_| WorkerMessage::Log {
-                    level: 2,
-                    message: "x".repeat(LENGTH),
-                });
-            })
-        };
-        let started = Instant::now();
-        let mut lines = 0u32;
-        while started.elapsed() < Duration::from_millis(1500) {
-            if let Ok(WorkerEvent::Output { .. }) =
-                fixture.events.recv_timeout(Duration::from_millis(50))
-            {
-                lines += 1;
-            }
-        }
-        let took = started.elapsed().as_secs_f64();
-        stop.store(true, Ordering::SeqCst);
+        let (lines, took) = log_lines_read_in_a_flood(|_| "x".repeat(LENGTH));
         #[allow(clippy::cast_precision_loss)]
         let tokens_each = 1.0 + (LENGTH / UNSOLICITED_BYTES_PER_TOKEN) as f64;
         let bound = WORKER_MESSAGES_PER_SEC * (1.0 + took) / tokens_each;
@@ -1447,8 +1433,6 @@ mod tests {
             "{lines} long log frames read in {took:.2} s, past {bound:.0}"
         );
         assert!(lines > 0, "none read");
-        drop(fixture);
-        flooder.join().expect("flooder ends");
     }
 
     /// A receive that fails in the engine — here its end is a pipe, not a socket; under

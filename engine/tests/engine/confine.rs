@@ -330,15 +330,11 @@ fn raw_and_paired_datagram_sockets_cannot_reach_a_host_socket_without_network() 
 /// `listmount`'s number, the same on every architecture (libc does not name it yet).
 const LISTMOUNT: libc::c_long = 458;
 
-/// `listmount` and `statmount` show the host's mount table, which Landlock keeps
-/// `/proc/self/mountinfo` from showing; libseccomp 2.5 does not know them by name.
-#[test]
-fn mount_listing_calls_newer_than_libseccomp_are_reported_by_name() {
-    if !seccomp_available("mount_listing_calls_newer_than_libseccomp_are_reported_by_name") {
-        return;
-    }
-    // SAFETY: a null request makes listmount fail with EFAULT before it reads anything.
-    let unconfined = raw_result(unsafe {
+/// `listmount` with a null request: EFAULT from the kernel before it reads anything.
+fn listmount_of_nothing() -> Result<libc::c_long, Errno> {
+    // SAFETY: a null request makes listmount fail with EFAULT before it reads anything;
+    // under the filter it never reaches the kernel.
+    raw_result(unsafe {
         libc::syscall(
             LISTMOUNT,
             std::ptr::null::<libc::c_void>(),
@@ -346,24 +342,23 @@ fn mount_listing_calls_newer_than_libseccomp_are_reported_by_name() {
             0usize,
             0usize,
         )
-    });
+    })
+}
+
+/// `listmount` and `statmount` show the host's mount table, which Landlock keeps
+/// `/proc/self/mountinfo` from showing; libseccomp 2.5 does not know them by name.
+#[test]
+fn mount_listing_calls_newer_than_libseccomp_are_reported_by_name() {
+    if !seccomp_available("mount_listing_calls_newer_than_libseccomp_are_reported_by_name") {
+        return;
+    }
+    let unconfined = listmount_of_nothing();
     if unconfined == Err(Errno::ENOSYS) {
         eprintln!("listmount: this kernel (before 6.8) has no such call; nothing to confine");
         return;
     }
     assert_eq!(unconfined, Err(Errno::EFAULT), "listmount on this kernel");
-    let confined = confine(NOTHING_GRANTED, || {
-        // SAFETY: as above; under the filter it never reaches the kernel.
-        raw_result(unsafe {
-            libc::syscall(
-                LISTMOUNT,
-                std::ptr::null::<libc::c_void>(),
-                0usize,
-                0usize,
-                0usize,
-            )
-        })
-    });
+    let confined = confine(NOTHING_GRANTED, listmount_of_nothing);
     let (result, seen) = confined.finish();
     assert_eq!(result, Err(Errno::EPERM));
     reported(&seen, "listmount");
