@@ -34,8 +34,8 @@ use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup, ThreadEntr
 use crate::sandbox::landlock::{FsPolicy, PathVerdict};
 use crate::sandbox::process::ProcessHandle;
 use crate::sandbox::seccomp::{
-    Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, capability_for,
-    is_file_syscall,
+    Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, WorkerIdentity,
+    capability_for, is_file_syscall,
 };
 use calls::Calls;
 
@@ -585,6 +585,10 @@ impl Worker {
             spec.plan.audit,
             spec.plan.network,
         );
+        let identity = WorkerIdentity {
+            uid: spec.plan.uid,
+            gid: spec.plan.gid,
+        };
         channel
             .send(&EngineMessage::Welcome {
                 protocol: PROTOCOL_VERSION,
@@ -632,7 +636,7 @@ impl Worker {
         // Served from now on: the plugin's constructor runs under the filter, and a call it
         // makes there must be answered for the worker to become ready.
         let listener_thread = if seccomp_active {
-            let policy = ListenerPolicy::new(file_rules, &mechanisms);
+            let policy = ListenerPolicy::new(file_rules, identity, &mechanisms);
             Some(serve_listener(&channel, &plugin, policy, &exited, events)?)
         } else {
             None
@@ -1819,6 +1823,8 @@ struct ListenerPolicy {
     /// The same file rules the worker gave Landlock.
     files: FsPolicy,
     audit: bool,
+    /// Who the worker is on the host: the engine adds a worker's inotify watches as it.
+    identity: WorkerIdentity,
 }
 
 impl ListenerPolicy {
@@ -1826,6 +1832,7 @@ impl ListenerPolicy {
     /// a worker with its own mount namespace has its private `/tmp` granted.
     fn new(
         (fs_read, fs_write, audit, network): (Vec<PathBuf>, Vec<PathBuf>, bool, bool),
+        identity: WorkerIdentity,
         mechanisms: &BTreeMap<Mechanism, MechanismState>,
     ) -> Self {
         let private_tmp = mechanisms
@@ -1834,6 +1841,7 @@ impl ListenerPolicy {
         Self {
             files: FsPolicy::for_worker(&fs_read, &fs_write, private_tmp, network),
             audit,
+            identity,
         }
     }
 }
@@ -1863,8 +1871,8 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
             });
             return (Verdict::Continue, event);
         }
-        return match outside.first() {
-            Some(operand) => (
+        return match (outside.first(), call.files.first()) {
+            (Some(operand), _) => (
                 Verdict::Deny(libc::EACCES),
                 Some(WorkerEvent::FsDenied {
                     syscall: call.syscall.clone(),
@@ -1876,8 +1884,22 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
                     pid: call.pid,
                 }),
             ),
+            // Granted: the engine adds the watch on what it judged (letting the call
+            // through would let another thread swap the path it judged).
+            (
+                None,
+                Some(FileOperand {
+                    path: Some(path), ..
+                }),
+            ) if engine_enforces => (
+                Verdict::AddWatch {
+                    path: path.clone(),
+                    identity: policy.identity,
+                },
+                None,
+            ),
             // Granted by name, or not decidable by name: Landlock decides.
-            None => (Verdict::Continue, None),
+            _ => (Verdict::Continue, None),
         };
     }
     let capability = capability_for(&call.syscall, &call.args);

@@ -22,6 +22,7 @@
 mod detail;
 mod files;
 mod listener;
+mod watch;
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use files::{FileAccess, FileOperand, is_file_syscall};
 pub use listener::{Notification, NotifyListener, Verdict};
+pub use watch::WorkerIdentity;
 
 /// What the plugin's manifest grants that the filter must let through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -382,7 +384,8 @@ fn write_open_conditions(arg: u32) -> [ArgCondition; 5] {
 
 /// File-system calls the engine checks against the worker's file rules and reports
 /// (`fs_denied`, the path named). Landlock stays the enforcer: what the engine lets
-/// through (`Verdict::Continue`) the kernel still checks.
+/// through (`Verdict::Continue`) the kernel still checks. (An inotify watch, which Landlock
+/// does not cover, the engine adds itself: `Verdict::AddWatch`.)
 fn file_rules(watch: FileWatch) -> Vec<SyscallRule> {
     const CHANGES_NAMES: &str = "creates, removes, renames or links a name: checked against fs_write and reported when denied";
     let mut rules = Vec::new();

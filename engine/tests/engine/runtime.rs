@@ -10,7 +10,9 @@ use plugboard_engine::{
     Command, Engine, EngineConfig, Event, EventKind, Outcome, PluginSnapshot, PluginState,
 };
 
-use crate::support::{Signer, built_plugin, make_bundle, repo_root};
+use crate::support::{
+    Signer, built_plugin, file_identity, inotify_fd_in, inotify_watches, make_bundle, repo_root,
+};
 use crate::worker::host_binary;
 
 pub struct Fixture {
@@ -1442,4 +1444,30 @@ fn an_inotify_watch_outside_the_grants_is_refused_and_reported() {
     let winding = format!("{}tmp", "/usr/..".repeat(40));
     let refused = call(engine, "prober", "watch", &winding);
     assert!(refused.reply.starts_with("denied:"), "{refused:?}");
+}
+
+/// A watch's path is checked by the engine alone, so the engine must act on the path it
+/// checked: prober adds watches on /tmp for half a second while a second thread keeps rewriting
+/// the path to /var/tmp. The kernel's own list of the worker's watches (its inotify
+/// descriptor's fdinfo, read from outside) must hold none on /var/tmp, and some on /tmp.
+#[test]
+fn a_watch_whose_path_is_rewritten_while_it_is_checked_never_lands_outside_the_grants() {
+    let fixture = engine_configured(&[("prober", "prober", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "prober");
+    let report = call(engine, "prober", "watch_race", "/var/tmp");
+    assert!(report.reply.starts_with("ok:"), "{report:?}");
+    // The confined child (pid 1 of its namespace) is where the plugin runs.
+    let pid = plugin(engine, "prober").sandbox_pid.expect("prober runs");
+    let watched = inotify_watches(pid, inotify_fd_in(&report.reply));
+    assert!(
+        !watched.is_empty(),
+        "no watch on /tmp was added: {report:?}"
+    );
+    for refused in ["/var/tmp", "/var"] {
+        assert!(
+            !watched.contains(&file_identity(Path::new(refused))),
+            "a watch landed on {refused}: {watched:?} ({report:?})"
+        );
+    }
 }

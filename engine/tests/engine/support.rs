@@ -109,3 +109,48 @@ pub fn example_bundle(root: &Path, name: &str, signer: &Signer) -> PathBuf {
         Some(&signer.key),
     )
 }
+
+/// The files a process's inotify descriptor watches, read from outside
+/// (`/proc/<pid>/fdinfo/<fd>`): `(major, minor, inode)` of each.
+pub fn inotify_watches(pid: u32, fd: u32) -> Vec<(u64, u64, u64)> {
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    // `inotify wd:1 ino:5e sdev:800001 mask:100 …`, numbers in hex; sdev is the kernel's
+    // device number (major << 20 | minor).
+    fdinfo
+        .lines()
+        .filter(|line| line.starts_with("inotify "))
+        .map(|line| {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|part| part.strip_prefix(name))
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                    .unwrap_or_else(|| panic!("{name} in {line}"))
+            };
+            let sdev = field("sdev:");
+            (sdev >> 20, sdev & 0xf_ffff, field("ino:"))
+        })
+        .collect()
+}
+
+/// `path`'s own `(major, minor, inode)` (a link's, not its target's), as
+/// [`inotify_watches`] names watched files.
+pub fn file_identity(path: &std::path::Path) -> (u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (
+        u64::from(libc::major(meta.dev())),
+        u64::from(libc::minor(meta.dev())),
+        meta.ino(),
+    )
+}
+
+/// The inotify descriptor prober's `watch` or `watch_race` names in its reply
+/// (`… inotify fd <n>…`).
+pub fn inotify_fd_in(reply: &str) -> u32 {
+    reply
+        .split("inotify fd ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|fd| fd.parse().ok())
+        .unwrap_or_else(|| panic!("no inotify descriptor in {reply:?}"))
+}

@@ -15,7 +15,9 @@ use plugboard_engine::worker::{
     plan_for,
 };
 
-use crate::support::{Signer, built_plugin, example_bundle};
+use crate::support::{
+    Signer, built_plugin, example_bundle, file_identity, inotify_fd_in, inotify_watches,
+};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -637,4 +639,57 @@ fn a_launched_worker_waits_confined_and_loads_only_a_sealed_library() {
     assert_eq!(call_text(&worker, "greet", "overlap"), "Hello, overlap!");
     worker.stop(Duration::from_secs(2));
     scope.remove().unwrap();
+}
+
+/// The engine adds a granted watch itself (see `an_inotify_watch…` in runtime.rs for why):
+/// as the worker's uid, so a directory inside the grants that the worker may not read is
+/// still refused by the kernel; in the worker's mount namespace, so its private /tmp is
+/// the one watched; and on the file a link leads to only when the call follows links.
+#[test]
+fn a_watch_the_engine_adds_is_checked_as_the_worker_in_the_workers_view() {
+    use std::os::unix::fs::PermissionsExt;
+    // Not under /tmp, which the worker sees as its own private tmpfs.
+    let granted = tempfile::Builder::new()
+        .prefix("plugboard-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(granted.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root_only = granted.path().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let to_etc = granted.path().join("to-etc");
+    std::os::unix::fs::symlink("/etc", &to_etc).unwrap();
+    let running = start_with("prober", |plan| {
+        plan.fs_read.push(granted.path().to_owned());
+    })
+    .unwrap_or_else(|err| panic!("prober starts: {err}"));
+    let watch = |path: &str| call_text(&running.worker, "watch", path);
+    let in_grant = watch(&granted.path().display().to_string());
+    let as_worker = watch(&root_only.display().to_string());
+    let followed = watch(&to_etc.display().to_string());
+    let link_itself = watch(&format!("nofollow:{}", to_etc.display()));
+    let private_tmp = watch("/tmp");
+    let watched = |reply: &str| inotify_watches(running.worker.sandbox_pid(), inotify_fd_in(reply));
+    let (in_grant_watched, link_watched) = (watched(&in_grant), watched(&link_itself));
+    let tmp_watched = watched(&private_tmp);
+    running.worker.stop(Duration::from_secs(2));
+    running.scope.remove().unwrap();
+    assert!(in_grant.starts_with("ok:"), "{in_grant}");
+    assert_eq!(in_grant_watched, vec![file_identity(granted.path())]);
+    // IN_DONT_FOLLOW: the link itself, in the grants — not /etc, nor the engine's own
+    // /proc link the engine hands the kernel.
+    assert_eq!(link_watched, vec![file_identity(&to_etc)], "{link_itself}");
+    // The worker's private /tmp, not the host's.
+    assert_ne!(
+        tmp_watched,
+        vec![file_identity(Path::new("/tmp"))],
+        "{private_tmp}"
+    );
+    assert_eq!(tmp_watched.len(), 1, "{private_tmp}");
+    assert!(
+        as_worker.starts_with("denied:") && as_worker.contains("Permission denied"),
+        "a directory only root may read was watched for the worker: {as_worker}"
+    );
+    assert!(followed.starts_with("denied:"), "{followed}");
+    assert!(private_tmp.starts_with("ok:"), "{private_tmp}");
 }

@@ -16,7 +16,9 @@
 //! for a loop of two probers), `forge` (writes garbage straight onto the
 //! worker's IPC socket, as a hostile plugin could), `foreign_abi` (a system call by its
 //! x32 number, which the filter cannot name), `watch` (an inotify watch on the path in the
-//! payload, default `/etc`), `unhealthy` / `healthy` (its health
+//! payload, default `/etc`; `nofollow:<path>` watches a link itself; the descriptor is
+//! kept open and named in the reply), `watch_race` (half a second of watches on `/tmp` while a thread
+//! keeps rewriting the path to the payload's, default `/etc`), `unhealthy` / `healthy` (its health
 //! checks fail / pass from then on). With the setting `emit_on_create` it emits that hook
 //! while it is created, and logs what the engine said.
 
@@ -235,10 +237,17 @@ impl Plugin for Prober {
             "foreign_abi" => outcome(hostile::foreign_abi_syscall(), |pid| {
                 format!("the x32 getpid answered {pid}")
             }),
-            "watch" => {
-                let path = text(payload, "/etc");
-                outcome(hostile::watch_path(&path), |_| format!("watching {path}"))
-            }
+            "watch" => watch(payload),
+            // Half a second of watches on /tmp (granted) while another thread keeps swapping
+            // the path for the payload's (refused, /etc by default).
+            "watch_race" => outcome(
+                hostile::watch_race(
+                    "/tmp",
+                    &text(payload, "/etc"),
+                    std::time::Duration::from_millis(500),
+                ),
+                |(fd, added)| format!("inotify fd {fd}, {added} watches added"),
+            ),
             other => return Err(Error::unknown_hook(other)),
         })
     }
@@ -263,6 +272,19 @@ fn big_reply(payload: &[u8]) -> Result<Vec<u8>, Error> {
         .parse()
         .map_err(|_| Error::invalid_input("big wants a byte count"))?;
     Ok(vec![b'x'; bytes])
+}
+
+/// An inotify watch on the payload's path (`/etc` by default; `nofollow:<path>` watches a
+/// link itself).
+fn watch(payload: &[u8]) -> Vec<u8> {
+    let path = text(payload, "/etc");
+    let (path, follow) = match path.strip_prefix("nofollow:") {
+        Some(link) => (link.to_owned(), false),
+        None => (path, true),
+    };
+    outcome(hostile::watch_path(&path, follow), |(fd, _)| {
+        format!("watching {path}, inotify fd {fd}")
+    })
 }
 
 /// A datagram to a host socket by its path (`/dev/log` unless the payload names another):

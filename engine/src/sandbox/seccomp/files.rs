@@ -5,7 +5,9 @@
 //! What is read can change after the engine read it (another thread of the plugin may
 //! rewrite the string before the kernel does): the engine only ever *denies* on what it
 //! read, and what it lets through the kernel checks again with Landlock. A path read here
-//! is therefore evidence for a report, never a permission.
+//! is therefore evidence for a report, never a permission — but for an inotify watch,
+//! which no other mechanism checks: the engine then adds the watch itself, on the path it
+//! read (`watch`), and never lets the call through.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -25,7 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, FileOperand};
-use super::{SeccompError, detail, syscall_name};
+use super::{SeccompError, detail, syscall_name, watch};
 
 /// One forbidden call, as the engine records it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub struct Notification {
 }
 
 /// How the engine answers a suspended call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The call fails with this errno and does nothing.
     Deny(i32),
@@ -57,6 +57,13 @@ pub enum Verdict {
     /// still decides (Landlock, for file calls) and in audit mode, which records instead of
     /// confining by the host's explicit choice.
     Continue,
+    /// The engine adds the `inotify_add_watch` the caller asked for itself, on `path` (the
+    /// path it read and judged, links resolved), as `identity`, and answers with the watch
+    /// descriptor or the error: for a watch the engine is the only check (see `watch`).
+    AddWatch {
+        path: std::path::PathBuf,
+        identity: super::WorkerIdentity,
+    },
 }
 
 /// A seccomp user-notification listener: the engine reads each call on it and answers it.
@@ -198,19 +205,27 @@ impl NotifyListener {
         if !waiting {
             return Ok((notification, verdict));
         }
-        let response = match verdict {
-            Verdict::Deny(errno) => libc::seccomp_notif_resp {
-                id: request.id,
-                val: 0,
-                error: -errno,
-                flags: 0,
-            },
+        let answered = |result: Result<i64, i32>| libc::seccomp_notif_resp {
+            id: request.id,
+            val: result.unwrap_or(0),
+            error: result.err().map_or(0, |errno| -errno),
+            flags: 0,
+        };
+        let response = match &verdict {
+            Verdict::Deny(errno) => answered(Err(*errno)),
             Verdict::Continue => libc::seccomp_notif_resp {
                 id: request.id,
                 val: 0,
                 error: 0,
                 flags: CONTINUE_FLAG,
             },
+            Verdict::AddWatch { path, identity } => answered(
+                watch::add_for_caller(request.pid, &request.data.args, path, *identity, || {
+                    self.still_waiting(request.id).unwrap_or(false)
+                })
+                .map(i64::from)
+                .map_err(|errno| errno as i32),
+            ),
         };
         loop {
             // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads one `struct seccomp_notif_resp` through
