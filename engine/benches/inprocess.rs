@@ -212,7 +212,7 @@ struct Loaded {
 }
 
 fn load_direct(name: &str, config: &[u8]) -> Loaded {
-    let library = loader::load(sealed(name)).unwrap_or_else(|err| fail(&err.to_string()));
+    let library = loader::load(sealed(name), name).unwrap_or_else(|err| fail(&err.to_string()));
     let instance = library
         .library()
         .instantiate(Arc::new(Quiet), config)

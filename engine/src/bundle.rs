@@ -217,20 +217,26 @@ impl Bundle {
     /// Loads the sealed library into this process. Runs the library's constructors: in
     /// process isolation only the confined worker calls this.
     pub fn load(self, _verified: &Verified) -> Result<(Manifest, LoadedLibrary), BundleError> {
-        let library = loader::load(self.library).map_err(|source| BundleError::Load {
-            dir: self.dir.clone(),
-            error: source,
-        })?;
+        let library =
+            loader::load(self.library, &self.manifest.plugin.library).map_err(|source| {
+                BundleError::Load {
+                    dir: self.dir.clone(),
+                    error: source,
+                }
+            })?;
         Ok((self.manifest, library))
     }
 
     /// Loads without a trust verdict: only for development hosts that explicitly allow
     /// unsigned bundles (and, in the engine, only inside a sandbox).
     pub fn load_unverified(self) -> Result<(Manifest, LoadedLibrary), BundleError> {
-        let library = loader::load(self.library).map_err(|source| BundleError::Load {
-            dir: self.dir.clone(),
-            error: source,
-        })?;
+        let library =
+            loader::load(self.library, &self.manifest.plugin.library).map_err(|source| {
+                BundleError::Load {
+                    dir: self.dir.clone(),
+                    error: source,
+                }
+            })?;
         Ok((self.manifest, library))
     }
 

@@ -470,7 +470,7 @@ impl Engine {
             reason: err.to_string(),
         };
         let root = CgroupRoot::detect(&config.cgroup_root).map_err(cgroups)?;
-        let stale = remove_stale_scopes(&root).map_err(cgroups)?;
+        let stale = remove_stale_scopes(&root);
         // Read again for every verification (a key revoked or pinned while the engine runs
         // counts from the next start, restart or reload); a store that cannot be read
         // refuses the engine's start here rather than every plugin's later.
@@ -539,17 +539,7 @@ impl Engine {
             _state_claim: state_claim,
             state_file_warning,
         });
-        if let Some(message) = shared.state_file_warning.clone() {
-            shared.event(None, EventKind::Engine { message });
-        }
-        for name in stale {
-            shared.event(
-                None,
-                EventKind::Engine {
-                    message: format!("removed stale cgroup {name} of an engine that is gone"),
-                },
-            );
-        }
+        say_what_the_start_found(&shared, stale);
         let sampler = Sampler::start(&shared);
         let engine = Engine {
             shared,
@@ -821,15 +811,33 @@ impl Engine {
     }
 
     fn start_in_order(&self, name: &str) -> Result<(), EngineError> {
-        for plugin in dependencies::start_order(&self.shared, name)? {
+        let order = dependencies::start_order(&self.shared, name).inspect_err(|refusal| {
+            // A missing, incompatible or circular dependency: the plugin says why. (A
+            // bundle that fails its verification on the way says so itself.)
+            let about_dependencies = matches!(
+                refusal,
+                EngineError::MissingDependency { .. }
+                    | EngineError::IncompatibleDependency { .. }
+                    | EngineError::DependencyCycle { .. }
+                    | EngineError::DependencyUnavailable { .. }
+            );
+            if about_dependencies && let Ok(plugin) = self.shared.plugin(name) {
+                crate::supervisor::say_not_started(&mut plugin.lifecycle(), refusal);
+            }
+        })?;
+        for plugin in order {
             let result = plugin.ask(ActorMessage::Start);
             match result {
                 Err(err) if plugin.name != name => {
-                    return Err(EngineError::DependencyUnavailable {
+                    let refusal = EngineError::DependencyUnavailable {
                         plugin: name.to_owned(),
                         dependency: plugin.name.clone(),
                         reason: err.to_string(),
-                    });
+                    };
+                    if let Ok(dependent) = self.shared.plugin(name) {
+                        crate::supervisor::say_not_started(&mut dependent.lifecycle(), &refusal);
+                    }
+                    return Err(refusal);
                 }
                 other => other?,
             }
@@ -1204,6 +1212,32 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What the engine's start found that an admin should hear of: a state file another engine
+/// uses, stale cgroups removed or left.
+fn say_what_the_start_found(shared: &Shared, stale: crate::sandbox::cgroup::StaleScopes) {
+    if let Some(message) = shared.state_file_warning.clone() {
+        shared.event(None, EventKind::Engine { message });
+    }
+    for name in stale.removed {
+        shared.event(
+            None,
+            EventKind::Engine {
+                message: format!("removed stale cgroup {name} of an engine that is gone"),
+            },
+        );
+    }
+    for error in stale.left {
+        shared.event(
+            None,
+            EventKind::Engine {
+                message: format!(
+                    "a stale cgroup of an engine that is gone could not be removed (tried again at the next start): {error}"
+                ),
+            },
+        );
     }
 }
 

@@ -228,7 +228,8 @@ impl InProcessPlugin {
             error: source,
         };
         let sealed = SealedLibrary::from_sealed_fd(descriptor).map_err(load_error)?;
-        let loaded = loader::load(sealed).map_err(load_error)?;
+        let loaded =
+            loader::load(sealed, &format!("the library of `{plugin}`")).map_err(load_error)?;
         let link = Arc::new(Link {
             sink: Arc::clone(sink),
             emit,

@@ -309,10 +309,11 @@ fn path_is_resident(path: &std::path::Path) -> bool {
     probe.is_ok()
 }
 
-/// Loads a sealed library and checks its ABI. Loading runs the library's constructors:
-/// call this only with verified bytes, and — in process isolation — only inside the
-/// confined worker.
-pub fn load(sealed: SealedLibrary) -> Result<LoadedLibrary, LoaderError> {
+/// Loads a sealed library and checks its ABI; errors name it `shown_as` (the bundle's
+/// file name, not the descriptor path it is loaded from). Loading runs the library's
+/// constructors: call this only with verified bytes, and — in process isolation — only
+/// inside the confined worker.
+pub fn load(sealed: SealedLibrary, shown_as: &str) -> Result<LoadedLibrary, LoaderError> {
     sealed.check_sealed()?;
     // Pick a descriptor whose /proc path no resident library claims (see RETIRED_DESCRIPTORS).
     let mut spare = Vec::new();
@@ -337,7 +338,8 @@ pub fn load(sealed: SealedLibrary) -> Result<LoadedLibrary, LoaderError> {
     drop(spare);
     // SAFETY: the bytes behind this path were verified by the caller and are sealed, so
     // what runs is exactly what was verified.
-    let library = unsafe { PluginLibrary::open(&proc_path(descriptor.as_fd())) }?;
+    let library = unsafe { PluginLibrary::open(&proc_path(descriptor.as_fd())) }
+        .map_err(|error| error.shown_as(std::path::Path::new(shown_as)))?;
     Ok(LoadedLibrary {
         library: Some(Arc::new(library)),
         descriptor: Some(descriptor),

@@ -21,7 +21,9 @@ pub use policy::{PluginOverrides, RestartPolicy, WatchPolicy};
 pub(crate) use runner::Runner;
 
 pub use actor::NOT_RESTARTED;
-pub(crate) use actor::{hooks_in_flight, millis, run_actor, say_dependents_left_running};
+pub(crate) use actor::{
+    hooks_in_flight, millis, run_actor, say_dependents_left_running, say_not_started,
+};
 
 use crate::engine::EngineError;
 use crate::events::unix_millis;

@@ -2085,6 +2085,7 @@ pub fn plan_for(
         .collect();
     let plan = ConfinementPlan {
         plugin: manifest.plugin.name.clone(),
+        library: manifest.plugin.library.clone(),
         uid,
         gid: uid,
         network: manifest.capabilities.network,

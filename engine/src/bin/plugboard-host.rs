@@ -551,7 +551,7 @@ fn load(
     channel: &Arc<Channel>,
 ) -> Result<(Instance, Arc<EngineLink>), String> {
     let sealed = SealedLibrary::from_sealed_fd(memfd).map_err(|err| err.to_string())?;
-    let loaded = loader::load(sealed).map_err(|err| err.to_string())?;
+    let loaded = loader::load(sealed, &plan.library).map_err(|err| err.to_string())?;
     let link = Arc::new(EngineLink::new(Arc::clone(channel)));
     let instance = loaded
         .library()

@@ -224,6 +224,9 @@ impl Serialize for CallsRef<'_> {
 pub struct ConfinementPlan {
     /// Plugin name (for the hostname and for messages).
     pub plugin: String,
+    /// The library's file name in the bundle (for messages: the worker loads it from a
+    /// descriptor).
+    pub library: String,
     /// Unprivileged host uid to switch to.
     pub uid: u32,
     /// Unprivileged host gid to switch to.
@@ -398,6 +401,7 @@ mod tests {
     fn plan() -> ConfinementPlan {
         ConfinementPlan {
             plugin: "p".to_owned(),
+            library: "libp.so".to_owned(),
             uid: 1,
             gid: 2,
             network: true,

@@ -764,16 +764,33 @@ impl PluginCgroup {
     }
 }
 
+/// What [`remove_stale_scopes`] did.
+#[derive(Debug, Default)]
+pub struct StaleScopes {
+    /// The scopes removed, by name.
+    pub removed: Vec<String>,
+    /// Why others (or a hierarchy's listing) could not be: a process that would not die
+    /// (stuck in the kernel, frozen), a directory that would not go.
+    pub left: Vec<CgroupError>,
+}
+
 /// Removes the scopes of engines that are gone — their pid is not running, or is running
 /// with another start time — after killing every process in them. Scopes of live engines
-/// and directories that are not scopes are left alone. Returns the removed scope names.
-///
-/// Every stale scope is tried; the first failure is returned after the others were handled.
-pub fn remove_stale_scopes(root: &CgroupRoot) -> Result<Vec<String>, CgroupError> {
+/// and directories that are not scopes are left alone. Every stale scope is tried; what
+/// could not be removed is said, not fatal: it takes nothing from this engine's own scope.
+pub fn remove_stale_scopes(root: &CgroupRoot) -> StaleScopes {
     let hierarchies = root.hierarchy_paths();
+    let mut outcome = StaleScopes::default();
     let mut stale = BTreeSet::new();
     for hierarchy in &hierarchies {
-        for dir in tree::child_cgroups(hierarchy)? {
+        let children = match tree::child_cgroups(hierarchy) {
+            Ok(children) => children,
+            Err(error) => {
+                outcome.left.push(error);
+                continue;
+            }
+        };
+        for dir in children {
             let Some(name) = dir.file_name().and_then(|name| name.to_str()) else {
                 continue;
             };
@@ -785,9 +802,6 @@ pub fn remove_stale_scopes(root: &CgroupRoot) -> Result<Vec<String>, CgroupError
             }
         }
     }
-
-    let mut removed = Vec::new();
-    let mut first_error = None;
     for name in stale {
         let dirs: Vec<PathBuf> = hierarchies
             .iter()
@@ -796,13 +810,11 @@ pub fn remove_stale_scopes(root: &CgroupRoot) -> Result<Vec<String>, CgroupError
         let result = tree::kill_all(&dirs, root.layout, KILL_TIMEOUT)
             .and_then(|()| tree::remove_trees(&dirs, KILL_TIMEOUT));
         match result {
-            Ok(()) => removed.push(name),
-            Err(error) => {
-                first_error.get_or_insert(error);
-            }
+            Ok(()) => outcome.removed.push(name),
+            Err(error) => outcome.left.push(error),
         }
     }
-    first_error.map_or(Ok(removed), Err)
+    outcome
 }
 
 /// A scope's pid and start time, if `name` is a scope name.

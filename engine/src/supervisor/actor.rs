@@ -1103,12 +1103,18 @@ fn check_startable_saying_why(
     lifecycle: &mut Lifecycle,
 ) -> Result<(), EngineError> {
     let checked = check_startable(shared, plugin, lifecycle);
-    if let Err(err) = &checked
-        && !matches!(err, EngineError::WrongState { .. })
-    {
-        lifecycle.reason = Some(format!("{NOT_STARTED}{err}"));
+    if let Err(err) = &checked {
+        say_not_started(lifecycle, err);
     }
     checked
+}
+
+/// Puts why the host refused a start in the plugin's reason (`not started: …`), unless the
+/// refusal is about its state (already running, quarantined), which shows for itself.
+pub(crate) fn say_not_started(lifecycle: &mut Lifecycle, refusal: &EngineError) {
+    if !matches!(refusal, EngineError::WrongState { .. }) {
+        lifecycle.reason = Some(format!("{NOT_STARTED}{refusal}"));
+    }
 }
 
 /// How the reason of a start the host refused begins (cleared by the next start).

@@ -226,7 +226,9 @@ fn kernel_stale_scope_of_a_dead_engine_is_removed_and_a_live_one_is_kept() {
     // Engines started by other tests in this binary remove stale scopes too and may get
     // there first, so the returned names are checked exactly on the fake tree only; here
     // what counts is the outcome.
-    let removed = remove_stale_scopes(&root).expect("remove stale scopes");
+    let stale = remove_stale_scopes(&root);
+    assert!(stale.left.is_empty(), "{:?}", stale.left);
+    let removed = stale.removed;
     assert!(
         !removed.iter().any(|name| name == live.name()),
         "{removed:?}"
@@ -598,7 +600,9 @@ fn stale_scopes_on_a_fake_tree_are_judged_by_pid_and_start_time() {
         fs::create_dir(tree.path().join(other)).unwrap();
     }
 
-    let mut removed = remove_stale_scopes(&root).expect("remove stale scopes");
+    let stale = remove_stale_scopes(&root);
+    assert!(stale.left.is_empty(), "{:?}", stale.left);
+    let mut removed = stale.removed;
     removed.sort();
     let mut expected = vec![gone, reused];
     expected.sort();
@@ -614,4 +618,42 @@ fn stale_scopes_on_a_fake_tree_are_judged_by_pid_and_start_time() {
     left.sort();
     assert_eq!(entries(tree.path()), left);
     live.remove().unwrap();
+}
+
+/// A stale scope that cannot be emptied (here a fake tree whose `cgroup.procs` never
+/// empties; on a host, a process stuck in the kernel or frozen) is said, and the engine
+/// starts all the same: it takes nothing from the engine's own scope.
+#[test]
+fn a_stale_scope_that_cannot_be_removed_is_said_and_the_engine_starts_anyway() {
+    use plugboard_engine::{Engine, EngineConfig, EventKind};
+    let tree = fake_v2("cpu memory pids");
+    let dead_pid = {
+        let mut child = Command::new("true").spawn().expect("`true` runs");
+        child.wait().expect("wait for true");
+        child.id()
+    };
+    let stale = format!("plugboard-engine-{dead_pid}-1-0");
+    fs::create_dir(tree.path().join(&stale)).unwrap();
+    let sleeper = Sleeper::start();
+    fs::write(
+        tree.path().join(&stale).join("cgroup.procs"),
+        format!("{}\n", sleeper.pid()),
+    )
+    .unwrap();
+    let mut config = EngineConfig::new(crate::worker::host_binary());
+    config.cgroup_root = tree.path().to_owned();
+    let engine = Engine::start(config).expect("the engine starts");
+    let said = engine
+        .recent_events()
+        .into_iter()
+        .find_map(|event| match event.kind {
+            EventKind::Engine { message } if message.contains("could not be removed") => {
+                Some(message)
+            }
+            _ => None,
+        });
+    engine.shutdown();
+    let said = said.expect("the stale scope left is said");
+    assert!(said.contains(&stale), "{said}");
+    drop(sleeper);
 }

@@ -33,6 +33,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn plan() -> ConfinementPlan {
     ConfinementPlan {
         plugin: "hello".to_owned(),
+        library: "libhello.so".to_owned(),
         uid: 65_534,
         gid: 65_534,
         network: false,
@@ -890,6 +891,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
                 config_json,
                 (require, serve_threads, audit),
             )| ConfinementPlan {
+                library: format!("lib{plugin}.so"),
                 plugin,
                 uid,
                 gid,

@@ -627,6 +627,17 @@ fn missing_incompatible_and_cyclic_dependencies_are_refused_by_name() {
     for name in ["hello", "counter", "prober", "panicky"] {
         assert_ne!(plugin(engine, name).state, PluginState::Running, "{name}");
     }
+    // The snapshot says why too, for scripts and the dashboard.
+    assert_eq!(
+        plugin(engine, "prober").reason.as_deref(),
+        Some(
+            "not started: `prober` depends on `missing-one` (^1), but no plugin of that name is known"
+        )
+    );
+    assert_eq!(
+        plugin(engine, "counter").reason.as_deref(),
+        Some("not started: dependency cycle: counter → hello → counter")
+    );
 }
 
 /// A manifest edited after signing decides nothing: the dependency it adds is neither

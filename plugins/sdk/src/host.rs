@@ -32,6 +32,38 @@ pub enum HostError {
     Create { status: i32, message: String },
 }
 
+impl HostError {
+    /// The same error naming the library `shown` instead of the path it was opened from
+    /// (a host that loads from `/proc/self/fd/N` names the bundle's file instead).
+    #[must_use]
+    pub fn shown_as(self, shown: &Path) -> Self {
+        match self {
+            Self::Open { path, reason } => Self::Open {
+                reason: reason.replace(&*path.to_string_lossy(), &shown.to_string_lossy()),
+                path: shown.to_owned(),
+            },
+            Self::NotAPlugin { .. } => Self::NotAPlugin {
+                path: shown.to_owned(),
+            },
+            Self::NullTable { .. } => Self::NullTable {
+                path: shown.to_owned(),
+            },
+            Self::AbiMismatch {
+                found, expected, ..
+            } => Self::AbiMismatch {
+                path: shown.to_owned(),
+                found,
+                expected,
+            },
+            Self::MalformedTable { reason, .. } => Self::MalformedTable {
+                path: shown.to_owned(),
+                reason,
+            },
+            created @ Self::Create { .. } => created,
+        }
+    }
+}
+
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
