@@ -145,6 +145,13 @@ enum Command {
         /// Development only: call an unsigned or untrusted bundle (still sandboxed).
         #[arg(long)]
         allow_unsigned: bool,
+        /// Also append the plugin's captured output to this file (it is printed on stderr
+        /// either way).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        /// Append every event of the run as a JSON line to this file.
+        #[arg(long, value_name = "FILE")]
+        audit_file: Option<PathBuf>,
     },
     /// List quarantined plugins, or clear one's quarantine (in the engine's state file).
     Quarantine {
@@ -311,11 +318,15 @@ pub fn run(cli: Cli) -> Result<()> {
             trust_store,
             config,
             allow_unsigned,
+            log_file,
+            audit_file,
         } => {
             let options = engine_options::EngineOptions {
                 config,
                 trust_store,
                 allow_unsigned,
+                log_file,
+                audit_file,
                 ..engine_options::EngineOptions::default()
             };
             call_cmd::run(&options, &bundle, &hook, payload.as_deref(), json)

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use plugboard_engine::manifest::MANIFEST_FILE;
 use plugboard_engine::policy::Violation;
-use plugboard_engine::worker::ExitStatus;
+use plugboard_engine::snapshot::OutputLine;
+use plugboard_engine::worker::{ExitStatus, OutputStream};
 use plugboard_engine::{
     CallReport, Command, Engine, EngineError, EventKind, Outcome, PluginSnapshot,
 };
@@ -47,6 +48,47 @@ struct CallOutput<'a> {
     /// Run without a trust verdict (`--allow-unsigned`): why the trust store refused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     unverified: Option<&'a str>,
+    /// What the plugin logged and its worker printed, oldest first.
+    output: Vec<PrintedLine<'a>>,
+}
+
+/// One line of the plugin's output in `--json`.
+#[derive(Debug, Serialize)]
+struct PrintedLine<'a> {
+    at_ms: u64,
+    /// `stdout`, `stderr`, or the level of a `host.log` line (`error`, `warn`, `info`,
+    /// `debug`).
+    stream: &'static str,
+    line: &'a str,
+}
+
+impl<'a> PrintedLine<'a> {
+    fn all(lines: &'a [OutputLine]) -> Vec<Self> {
+        lines
+            .iter()
+            .map(|line| PrintedLine {
+                at_ms: line.at_ms,
+                stream: stream_name(line.stream),
+                line: &line.line,
+            })
+            .collect()
+    }
+}
+
+fn stream_name(stream: OutputStream) -> &'static str {
+    match stream {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+        OutputStream::Log { level } => plugboard_sdk::LogLevel::from_code(level).name(),
+    }
+}
+
+/// The plugin's output on stderr, one line each, before what `call` says of the call.
+fn print_output(plugin: Option<&str>, lines: &[OutputLine]) {
+    let plugin = plugin.unwrap_or("plugin");
+    for line in lines {
+        errln!("{plugin} {}: {}", stream_name(line.stream), line.line);
+    }
 }
 
 /// What `--json` prints when there is no answer to print.
@@ -59,6 +101,8 @@ struct CallFailure<'a> {
     /// The hooks the plugin has, when the one asked for is not among them.
     #[serde(skip_serializing_if = "Option::is_none")]
     hooks: Option<&'a [String]>,
+    /// What the plugin logged and printed before it failed (a panic in its `create`).
+    output: Vec<PrintedLine<'a>>,
 }
 
 /// What is known of the plugin by the time something fails.
@@ -66,6 +110,8 @@ struct CallFailure<'a> {
 struct Known {
     plugin: Option<String>,
     hooks: Option<Vec<String>>,
+    /// What the plugin logged and printed, read once its worker is stopped.
+    output: Vec<OutputLine>,
 }
 
 /// A call that was answered.
@@ -107,9 +153,12 @@ pub fn run(
                     hook,
                     error: &one_line_reason(&err),
                     hooks: known.hooks.as_deref(),
+                    output: PrintedLine::all(&known.output),
                 };
                 // The call's own failure decides the exit status, not a reader gone.
                 let _ = outln!("{}", serde_json::to_string(&failure)?);
+            } else {
+                print_output(known.plugin.as_deref(), &known.output);
             }
             return Err(err);
         }
@@ -145,15 +194,19 @@ pub fn run(
             last_exit: answered.last_exit,
             violations: &answered.violations,
             unverified,
+            output: PrintedLine::all(&known.output),
         };
         let printed = outln!("{}", serde_json::to_string(&output)?);
         if failure.is_none() {
             printed?;
         }
-    } else if failure.is_none() {
-        outln!("{}", report.reply)?;
-        if !answered.violations.is_empty() {
-            errln!("plugboard: note: {}", caught(&answered.violations));
+    } else {
+        print_output(Some(&report.plugin), &known.output);
+        if failure.is_none() {
+            outln!("{}", report.reply)?;
+            if !answered.violations.is_empty() {
+                errln!("plugboard: note: {}", caught(&answered.violations));
+            }
         }
     }
     match failure {
@@ -192,6 +245,10 @@ fn call(
         start_and_call(&engine, bundle, hook, payload, known)
     });
     engine.shutdown();
+    // Read once the worker is stopped: its last lines (a panic's message) are in.
+    if let Some(name) = &known.plugin {
+        known.output = engine.plugin_output(name).unwrap_or_default();
+    }
     if let Some(signal) = signals.received() {
         bail!(
             "interrupted by {signal}: {} was stopped, with its worker and cgroups",

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    engine_scopes, fails, is_alive, keys, ok, plugboard, plugboard_command, plugin_library,
-    repo_root, signed_example, stderr, stdout,
+    engine_scopes, fails, fails_after_plugin_output, is_alive, keys, ok, plugboard,
+    plugboard_command, plugin_library, repo_root, signed_example, stderr, stdout,
 };
 
 #[test]
@@ -108,14 +108,13 @@ fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_err
     let root = tempfile::tempdir().unwrap();
     let keys = keys(root.path(), "author");
     let bundle = signed_example(root.path(), "hello", &keys);
-    let err = fails(&plugboard(&[
-        &"call",
-        &"--trust-store",
-        &keys.store,
-        &bundle,
-        &"nope",
-    ]));
+    let err = fails_after_plugin_output(
+        &plugboard(&[&"call", &"--trust-store", &keys.store, &bundle, &"nope"]),
+        Some("hello"),
+    );
     assert!(err.contains("no hook `nope`"), "{err}");
+    // What hello logged while it was created comes first.
+    assert!(err.starts_with("hello info: hello ready"), "{err}");
 
     let other = tempfile::tempdir().unwrap();
     let stranger = crate::support::keys(other.path(), "stranger");
@@ -131,15 +130,50 @@ fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_err
         "{err}"
     );
 
+    // The panic's message, which the worker printed, is shown with the plugin's name; with
+    // --log-file it is kept there too, and --json carries it as `output`.
     let panicky = signed_example(root.path(), "panicky", &keys);
-    let err = fails(&plugboard(&[
+    let log_file = root.path().join("call.log");
+    let err = fails_after_plugin_output(
+        &plugboard(&[
+            &"call",
+            &"--trust-store",
+            &keys.store,
+            &"--log-file",
+            &log_file,
+            &panicky,
+            &"panic",
+            &"on stage",
+        ]),
+        Some("panicky"),
+    );
+    assert!(err.contains("status panic"), "{err}");
+    assert!(
+        err.lines().any(|line| line.starts_with("panicky stderr: ")
+            && line.contains("panic number 1: on stage")),
+        "{err}"
+    );
+    let logged = std::fs::read_to_string(&log_file).unwrap();
+    assert!(logged.contains("panic number 1: on stage"), "{logged}");
+    let output = plugboard(&[
         &"call",
         &"--trust-store",
         &keys.store,
         &panicky,
         &"panic",
-    ]));
-    assert!(err.contains("status panic"), "{err}");
+        &"in json",
+        &"--json",
+    ]);
+    let report: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    let printed = report["output"].as_array().expect("output");
+    assert!(
+        printed.iter().any(|line| line["stream"] == "stderr"
+            && line["line"]
+                .as_str()
+                .is_some_and(|line| line.contains("panic number 1: in json"))
+            && line["at_ms"].as_u64().is_some()),
+        "{report}"
+    );
 }
 
 /// SIGTERM in the middle of a call stops the plugin as `headless` does: the worker ends

@@ -46,6 +46,20 @@ pub fn ok(output: &Output) -> String {
 /// Asserts a failure with exit code 1 and a one-line reason on stderr, and returns it.
 #[track_caller]
 pub fn fails(output: &Output) -> String {
+    let err = fails_after_plugin_output(output, None);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "the reason is one line: {err:?}"
+    );
+    err
+}
+
+/// Like [`fails`] for `call`, which prints the plugin's output (`<plugin> <stream>: …`)
+/// on stderr before the reason: the reason is the one last line; every line before it is
+/// `plugin`'s (none when `plugin` is `None`). Returns the whole of stderr.
+#[track_caller]
+pub fn fails_after_plugin_output(output: &Output, plugin: Option<&str>) -> String {
     assert_eq!(
         output.status.code(),
         Some(1),
@@ -54,12 +68,17 @@ pub fn fails(output: &Output) -> String {
         stderr(output)
     );
     let err = stderr(output);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "the reason is one line: {err:?}"
-    );
-    assert!(err.starts_with("plugboard: error: "), "{err}");
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    let Some((reason, before)) = lines.split_last() else {
+        panic!("no reason on stderr")
+    };
+    assert!(reason.starts_with("plugboard: error: "), "{err}");
+    for line in before {
+        assert!(
+            plugin.is_some_and(|plugin| line.starts_with(&format!("{plugin} "))),
+            "the reason is one line, after the plugin's output: {err:?}"
+        );
+    }
     err
 }
 
