@@ -308,6 +308,17 @@ fn start_plugins(
     }
 }
 
+/// The plugins rejected now.
+fn rejected_now(engine: &Engine) -> BTreeSet<String> {
+    engine
+        .snapshot()
+        .plugins
+        .into_iter()
+        .filter(|plugin| plugin.state == PluginState::Rejected)
+        .map(|plugin| plugin.name)
+        .collect()
+}
+
 pub fn run(options: &HeadlessOptions) -> Result<()> {
     let config = options.engine.engine_config()?;
     if config.plugin_dirs.is_empty() && config.bundles.is_empty() {
@@ -353,6 +364,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     std::thread::scope(|scope| -> Result<()> {
         let mut next_print = Some(started);
         let mut next_discovery = started + DISCOVERY_INTERVAL;
+        let mut rejected = rejected_now(&engine);
         let mut printed = Ok(());
         while signals.received().is_none() && deadline.is_none_or(|end| Instant::now() < end) {
             while emits
@@ -370,6 +382,9 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
             if Instant::now() >= next_discovery {
                 next_discovery = Instant::now() + DISCOVERY_INTERVAL;
                 let listed = engine.plugins();
+                // A rejected bundle replaced by one that verifies (the engine verifies it
+                // again when it changes): started as a newly found one.
+                let was_rejected = std::mem::replace(&mut rejected, rejected_now(&engine));
                 attempted.retain(|name| listed.contains(name));
                 // (Disabled ones are verified, as at the start.)
                 let found: Vec<String> = engine
@@ -379,9 +394,11 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                     .filter(|plugin| {
                         plugin.state == PluginState::Discovered
                             || (plugin.state == PluginState::Disabled && plugin.version.is_none())
+                            || (plugin.state == PluginState::Verified
+                                && was_rejected.contains(&plugin.name))
                     })
                     .map(|plugin| plugin.name.clone())
-                    .filter(|name| !attempted.contains(name))
+                    .filter(|name| !attempted.contains(name) || was_rejected.contains(name))
                     .collect();
                 if !found.is_empty() {
                     signals.stop_engine_during(&engine, || {

@@ -817,6 +817,14 @@ fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
     wait_for_worker_cgroup(pid, "counter");
     // Snapshots every 100 ms: one after the rejection is printed before the end.
     std::thread::sleep(Duration::from_millis(1500));
+    // The fix deployed in its place: verified again and started, without a restart of
+    // the engine.
+    let fixed = temp.path().join("fixed");
+    crate::support::signed_example(&fixed, "flaky", &keys);
+    std::fs::rename(dir.join("flaky"), staging.join("flaky-rejected")).unwrap();
+    std::fs::rename(fixed.join("flaky"), dir.join("flaky")).unwrap();
+    wait_for_worker_cgroup(pid, "flaky");
+    std::thread::sleep(Duration::from_millis(300));
     signal(pid, "TERM");
     let output = engine.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -848,9 +856,24 @@ fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
         "{:?}",
         states("flaky")
     );
-    let last = snapshots.last().unwrap();
-    let reason = plugin(last, "flaky")["reason"].as_str().unwrap_or_default();
+    let reason = snapshots
+        .iter()
+        .filter_map(|snapshot| {
+            snapshot["plugins"]
+                .as_array()?
+                .iter()
+                .find(|plugin| plugin["name"] == "flaky" && plugin["state"] == "rejected")
+                .and_then(|plugin| plugin["reason"].as_str())
+        })
+        .next_back()
+        .unwrap_or_default();
     assert!(reason.contains("does not match"), "{reason}");
+    let flaky = states("flaky");
+    let rejected_at = flaky.iter().position(|state| state == "rejected").unwrap();
+    assert!(
+        flaky[rejected_at..].iter().any(|state| state == "running"),
+        "the fixed bundle was not started: {flaky:?}"
+    );
 }
 
 /// A `[plugins.<name>]` section no bundle provides is said: a misspelt name would drop its

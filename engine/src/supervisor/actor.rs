@@ -2107,7 +2107,7 @@ fn restart_after_backoff(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
 const DEPENDENCY_STARTING_RETRY: Duration = Duration::from_millis(100);
 
 fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: &DiskChange) {
-    let reload_now = {
+    let (reload_now, verify_again) = {
         let mut lifecycle = plugin.lifecycle();
         match change {
             DiskChange::Removed(_) => lifecycle.removed_from_disk = true,
@@ -2118,12 +2118,19 @@ fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: &DiskChang
                 lifecycle.changed_on_disk = true;
             }
         }
-        !matches!(change, DiskChange::Removed(_))
-            && shared.config.watch.reload_on_change
-            && matches!(
-                lifecycle.state,
-                PluginState::Running | PluginState::Degraded
-            )
+        let present = !matches!(change, DiskChange::Removed(_));
+        (
+            present
+                && shared.config.watch.reload_on_change
+                && matches!(
+                    lifecycle.state,
+                    PluginState::Running | PluginState::Degraded
+                ),
+            // A rejected bundle replaced (a fixed one deployed, signed again): verified
+            // again at once, so that it shows as what it is now — and a headless engine
+            // starts it — without waiting for an operator.
+            present && lifecycle.state == PluginState::Rejected,
+        )
     };
     let shown = |dir: &std::path::Path| dir.display().to_string();
     shared.event(
@@ -2142,6 +2149,10 @@ fn on_disk_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>, change: &DiskChang
     if reload_now {
         // A failed reload is recorded by `reload` itself; the old version keeps serving.
         let _ = reload(shared, plugin);
+    }
+    if verify_again {
+        // Rejected again, it says why as before.
+        let _ = load(shared, plugin);
     }
 }
 
