@@ -1,10 +1,13 @@
 //! `plugboard headless`: the engine without the dashboard, printing snapshots.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use plugboard_engine::{Command, Engine, Outcome, PluginState, Snapshot};
+use plugboard_engine::policy::Action;
+use plugboard_engine::{Command, Engine, Event, EventKind, Outcome, PluginState, Snapshot};
 
 use super::engine_options::EngineOptions;
 use super::output::{errln, outln};
@@ -308,6 +311,49 @@ fn start_plugins(
     }
 }
 
+/// What an unattended engine's operator must hear of, printed on stderr as it happens:
+/// rejections, failed reloads, restarts given up, quarantines, and the engine's own notes
+/// (a stale cgroup left, a state file not written, seccomp notifications paced…) — not
+/// traffic switched, nor what this command says itself (starts refused, unverified
+/// plugins). Runs until `stop` is set, then prints what is left and ends.
+fn say_events(events: &std::sync::mpsc::Receiver<Event>, stop: &AtomicBool) {
+    loop {
+        let event = match events.recv_timeout(POLL_INTERVAL) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => continue,
+            Err(_) => break,
+        };
+        let plugin = event
+            .plugin
+            .as_deref()
+            .map_or_else(String::new, |name| format!("`{name}` "));
+        match event.kind {
+            EventKind::Rejected { reason } => errln!("plugboard: {plugin}rejected: {reason}"),
+            EventKind::ReloadFailed { reason } => {
+                errln!("plugboard: {plugin}reload failed, the old version keeps serving: {reason}");
+            }
+            EventKind::RestartsExhausted { restarts, window_s } => errln!(
+                "plugboard: {plugin}failed: {restarts} restarts within {window_s} s, no more"
+            ),
+            EventKind::Violation { violation } if violation.action == Action::Quarantine => {
+                errln!(
+                    "plugboard: {plugin}quarantined: {}: {}",
+                    violation.kind,
+                    violation.detail
+                );
+            }
+            EventKind::Engine { message }
+                if !(message.starts_with("traffic ")
+                    || message.starts_with("start refused:")
+                    || message.contains("runs UNVERIFIED")) =>
+            {
+                errln!("plugboard: {plugin}{message}");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The plugins rejected now.
 fn rejected_now(engine: &Engine) -> BTreeSet<String> {
     engine
@@ -328,6 +374,19 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     }
     let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
+    let events = engine.subscribe();
+    let stop_saying = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let stop = &stop_saying;
+        scope.spawn(move || say_events(&events, stop));
+        let ran = run_engine(options, &signals, &engine);
+        stop_saying.store(true, Ordering::SeqCst);
+        ran
+    })
+}
+
+/// [`run`] once the engine has started.
+fn run_engine(options: &HeadlessOptions, signals: &StopSignals, engine: &Engine) -> Result<()> {
     for message in engine
         .unmatched_plugin_sections()
         .into_iter()
@@ -338,8 +397,8 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     // A signal stops the engine at once, also while a start waits for a slow `create`
     // (each may take up to its 10 s deadline, one after the other).
     let mut attempted = BTreeSet::new();
-    signals.stop_engine_during(&engine, || {
-        start_plugins(&engine, &signals, engine.plugins(), &mut attempted);
+    signals.stop_engine_during(engine, || {
+        start_plugins(engine, signals, engine.plugins(), &mut attempted);
     });
     warn_of_unverified(&engine.snapshot(), |_| true);
     // (Not once a signal stopped the engine during the starts: it ends below.)
@@ -364,7 +423,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     std::thread::scope(|scope| -> Result<()> {
         let mut next_print = Some(started);
         let mut next_discovery = started + DISCOVERY_INTERVAL;
-        let mut rejected = rejected_now(&engine);
+        let mut rejected = rejected_now(engine);
         let mut printed = Ok(());
         while signals.received().is_none() && deadline.is_none_or(|end| Instant::now() < end) {
             while emits
@@ -372,7 +431,6 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 .is_some_and(|scheduled| started.elapsed() >= scheduled.delay)
             {
                 if let Some(scheduled) = emits.pop() {
-                    let engine = &engine;
                     scope.spawn(move || emit(engine, &scheduled.hook));
                 }
             }
@@ -384,7 +442,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                 let listed = engine.plugins();
                 // A rejected bundle replaced by one that verifies (the engine verifies it
                 // again when it changes): started as a newly found one.
-                let was_rejected = std::mem::replace(&mut rejected, rejected_now(&engine));
+                let was_rejected = std::mem::replace(&mut rejected, rejected_now(engine));
                 attempted.retain(|name| listed.contains(name));
                 // (Disabled ones are verified, as at the start.)
                 let found: Vec<String> = engine
@@ -401,8 +459,8 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
                     .filter(|name| !attempted.contains(name) || was_rejected.contains(name))
                     .collect();
                 if !found.is_empty() {
-                    signals.stop_engine_during(&engine, || {
-                        start_plugins(&engine, &signals, found.clone(), &mut attempted);
+                    signals.stop_engine_during(engine, || {
+                        start_plugins(engine, signals, found.clone(), &mut attempted);
                     });
                     warn_of_unverified(&engine.snapshot(), |name| found.iter().any(|f| f == name));
                 }

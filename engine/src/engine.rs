@@ -214,6 +214,10 @@ pub enum EngineError {
     ReloadFailed { plugin: String, reason: String },
     #[error(transparent)]
     StateFile(#[from] crate::supervisor::state_file::StateFileError),
+    #[error(
+        "{reason}; the change holds in this engine and is written to the state file as soon as it can be"
+    )]
+    StateNotWritten { reason: String },
 }
 
 /// What a front end asks of the engine.
@@ -328,6 +332,11 @@ pub(crate) struct Shared {
     pub start_gate: Mutex<()>,
     /// The operator's persisted toggles (written through on every change).
     persisted: Mutex<PersistedState>,
+    /// Plugins whose toggles could not be written to the state file (a full disk): as
+    /// they should be. They hold in this engine — read over what the file says — and the
+    /// sampler writes them again until they are on disk, so a quarantine on a full disk
+    /// still survives the next restart once space is free.
+    unsaved: Mutex<BTreeMap<String, PluginToggles>>,
     /// Host totals, refreshed by the sampler.
     pub host: Mutex<HostSnapshot>,
     /// Workers stopped or replaced so far: after each, the sampler gives the free pages
@@ -347,24 +356,86 @@ impl Shared {
 
     /// Changes one plugin's persisted toggles. The file is read again under its lock first,
     /// so a change made from a shell (`plugboard quarantine clear`) is not overwritten.
+    ///
+    /// When the file cannot be written, the change holds in this engine all the same and
+    /// is written by [`Self::write_unsaved_state`] later; the error says so.
     pub fn persist(
         &self,
         name: &str,
-        change: impl FnOnce(&mut PluginToggles),
+        change: impl Fn(&mut PluginToggles),
     ) -> Result<(), EngineError> {
         let mut persisted = self
             .persisted
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match &self.config.state_file {
-            Some(file) => {
-                *persisted = PersistedState::update(file, |state| {
-                    change(state.plugins.entry(name.to_owned()).or_default());
-                })?;
+        let Some(file) = &self.config.state_file else {
+            change(persisted.plugins.entry(name.to_owned()).or_default());
+            return Ok(());
+        };
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = PersistedState::update(file, |state| {
+            // Earlier changes that did not reach the disk go with this one.
+            for (plugin, toggles) in unsaved.iter() {
+                state.plugins.insert(plugin.clone(), toggles.clone());
             }
-            None => change(persisted.plugins.entry(name.to_owned()).or_default()),
+            change(state.plugins.entry(name.to_owned()).or_default());
+        });
+        match written {
+            Ok(state) => {
+                *persisted = state;
+                unsaved.clear();
+                Ok(())
+            }
+            Err(err) => {
+                let mut toggles = unsaved
+                    .get(name)
+                    .or_else(|| persisted.plugins.get(name))
+                    .cloned()
+                    .unwrap_or_default();
+                change(&mut toggles);
+                unsaved.insert(name.to_owned(), toggles);
+                Err(EngineError::StateNotWritten {
+                    reason: err.to_string(),
+                })
+            }
         }
-        Ok(())
+    }
+
+    /// Writes the toggles a failed [`Self::persist`] left in memory, if any: said once
+    /// they are on disk. Called by the sampler.
+    pub fn write_unsaved_state(&self) {
+        let Some(file) = &self.config.state_file else {
+            return;
+        };
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
+        if unsaved.is_empty() {
+            return;
+        }
+        let written = PersistedState::update(file, |state| {
+            for (plugin, toggles) in unsaved.iter() {
+                state.plugins.insert(plugin.clone(), toggles.clone());
+            }
+        });
+        if let Ok(state) = written {
+            *persisted = state;
+            let plugins: Vec<String> = std::mem::take(&mut *unsaved).into_keys().collect();
+            drop(unsaved);
+            drop(persisted);
+            self.event(
+                None,
+                EventKind::Engine {
+                    message: format!(
+                        "the state file {} is written again: what changed for {} is on disk",
+                        file.display(),
+                        plugins.join(", ")
+                    ),
+                },
+            );
+        }
     }
 
     /// The persisted toggles of one plugin, read afresh from the state file.
@@ -381,7 +452,13 @@ impl Shared {
         {
             *persisted = state;
         }
-        persisted.plugins.get(name).cloned().unwrap_or_default()
+        // What this engine could not write yet holds over the file.
+        let unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
+        unsaved
+            .get(name)
+            .or_else(|| persisted.plugins.get(name))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn event(&self, plugin: Option<&str>, kind: EventKind) {
@@ -533,6 +610,7 @@ impl Engine {
             traffic: Mutex::new(None),
             start_gate: Mutex::new(()),
             persisted: Mutex::new(persisted),
+            unsaved: Mutex::new(BTreeMap::new()),
             host: Mutex::new(HostSnapshot::default()),
             workers_retired: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),

@@ -868,6 +868,14 @@ fn headless_starts_bundles_deployed_while_it_runs_and_rejects_bad_ones() {
         .next_back()
         .unwrap_or_default();
     assert!(reason.contains("does not match"), "{reason}");
+    // An unattended engine's operator hears of the rejection on stderr.
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.lines()
+            .any(|line| line.starts_with("plugboard: `flaky` rejected: ")
+                && line.contains("does not match")),
+        "{err}"
+    );
     let flaky = states("flaky");
     let rejected_at = flaky.iter().position(|state| state == "rejected").unwrap();
     assert!(

@@ -103,6 +103,8 @@ fn run(shared: &Weak<Shared>, interval: Duration, stop: &(Mutex<bool>, Condvar))
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        // A state file that could not be written (a full disk) is tried again each tick.
+        shared.write_unsaved_state();
         let host = sample_host(&mut system, engine_pid);
         *shared.host.lock().unwrap_or_else(PoisonError::into_inner) = host;
         sample_workers(&shared, &mut probes);

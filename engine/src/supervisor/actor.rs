@@ -1978,7 +1978,7 @@ fn quarantine(shared: &Shared, plugin: &Plugin, reason: &str) {
         shared.event(
             Some(&plugin.name),
             EventKind::Engine {
-                message: format!("the quarantine is not persisted: {err}"),
+                message: format!("the quarantine is not on disk yet: {err}"),
             },
         );
     }

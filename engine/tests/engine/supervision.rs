@@ -2355,3 +2355,54 @@ fn a_shutdown_keeps_failed_plugins_failed_for_the_final_snapshot() {
     );
     assert_eq!(plugin(engine, "hello").state, PluginState::Stopped);
 }
+
+/// A state file that cannot be written (here its directory is a file; on a host, a full
+/// disk) loses nothing: the change holds in the engine, the command says it is not on
+/// disk yet, and it is written as soon as the file can be — so it survives a restart.
+#[test]
+fn a_toggle_the_state_file_cannot_take_yet_holds_and_is_written_once_it_can_be() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let blocked = state_dir.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    let state_file = blocked.join("state.json");
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        config.state_file = Some(state_file.clone());
+    });
+    let engine = &fixture.engine;
+    // Once the engine runs, its state file's directory becomes a file.
+    std::fs::rename(&blocked, state_dir.path().join("set-aside")).unwrap();
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let err = engine
+        .execute(Command::Disable {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is written to the state file as soon as it can be"),
+        "{err}"
+    );
+    assert_eq!(plugin(engine, "hello").state, PluginState::Disabled);
+    // Read over the file, which says nothing of it yet.
+    let refused = engine
+        .execute(Command::Start {
+            plugin: "hello".into(),
+        })
+        .unwrap_err();
+    assert!(refused.to_string().contains("enabled first"), "{refused}");
+
+    std::fs::remove_file(&blocked).unwrap();
+    std::fs::create_dir(&blocked).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !state_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let saved = std::fs::read_to_string(&state_file).expect("written once it can be");
+    assert!(saved.contains("hello"), "{saved}");
+    wait_for(
+        &fixture.events,
+        Duration::from_secs(2),
+        |event| matches!(&event.kind, EventKind::Engine { message } if message.contains("is written again")),
+    );
+}
