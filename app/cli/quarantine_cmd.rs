@@ -48,9 +48,14 @@ fn state_file(options: &QuarantineOptions) -> Result<StateFile> {
             state: Some(state),
         });
     }
+    // An engine writes its state file on its first change only; one that has run on this
+    // one left its claim beside it (`<state file>.engine`): nothing changed yet.
+    let mut claim = path.clone().into_os_string();
+    claim.push(".engine");
+    let engine_ran = Path::new(&claim).exists();
     let given_by = match source {
-        // The engine writes its default state file on the first change only.
         StateFileSource::Default => return Ok(StateFile { path, state: None }),
+        StateFileSource::HostConfig if engine_ran => return Ok(StateFile { path, state: None }),
         StateFileSource::Flag => "--state-file",
         StateFileSource::HostConfig => "`state_file` in the host configuration",
     };

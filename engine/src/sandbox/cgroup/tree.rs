@@ -81,8 +81,13 @@ pub(super) fn kill_all(
         }
         let waited = started.elapsed();
         if waited >= timeout {
+            // Named where they are (a process may be in one v1 hierarchy and not another).
+            let holding = dirs
+                .iter()
+                .find(|dir| processes(std::slice::from_ref(dir)).is_ok_and(|held| !held.is_empty()))
+                .unwrap_or(cgroup);
             return Err(CgroupError::StillPopulated {
-                cgroup: cgroup.clone(),
+                cgroup: holding.clone(),
                 pids,
                 waited,
             });
