@@ -893,18 +893,27 @@ impl App {
                 // Turned off by the operator: choosing the act turns it on again.
                 let hook_off =
                     shown.is_some_and(|p| p.disabled_hooks.iter().any(|hook| hook == "chaos"));
-                let backing_off =
-                    shown.is_some_and(|p| p.state == plugboard_engine::PluginState::BackingOff);
+                if let Some(waiting) =
+                    shown.filter(|p| p.state == plugboard_engine::PluginState::BackingOff)
+                {
+                    // Starting it now would be an operator's start, with a fresh restart
+                    // budget: acts repeated while it waits would never spend the budget
+                    // (what a demo of crashes wants to show). Set it off once it runs.
+                    let left = waiting.supervision.restart_budget_left;
+                    let restart = format!(
+                        " ({left} restart{} left in its budget)",
+                        if left == 1 { "" } else { "s" }
+                    );
+                    self.warn(format!(
+                        "{plugin} is backing off{restart}: set it off again once it runs, or press s to start it now with a fresh restart budget"
+                    ));
+                    return Vec::new();
+                }
                 let mut first = call;
                 if !running {
-                    // Not running: start it, then set it off. (An operator's start: one
-                    // waiting to restart starts now, with a fresh restart budget.)
+                    // Not running: start it, then set it off.
                     let start = Job {
-                        label: if backing_off {
-                            format!("start {plugin} for chaos, now instead of its pending restart")
-                        } else {
-                            format!("start {plugin} for chaos")
-                        },
+                        label: format!("start {plugin} for chaos"),
                         command: Command::Start {
                             plugin: plugin.clone(),
                         },

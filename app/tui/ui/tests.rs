@@ -1649,6 +1649,39 @@ fn dialogs_taller_than_the_screen_keep_the_chosen_entry_and_the_changes() {
     assert!(text.contains("no / esc"), "{text}");
 }
 
+/// A plugin waiting to restart is not started for an act: that would be an operator's
+/// start, with a fresh restart budget, and acts repeated in a demo would never spend it.
+#[test]
+fn the_chaos_menu_leaves_a_plugin_waiting_to_restart_to_its_restart() {
+    let mut app = app();
+    app.chaos = vec![crate::tui::app::ChaosAct {
+        plugin: "hello".to_owned(),
+        what: "crashes".to_owned(),
+        payload: Vec::new(),
+    }];
+    {
+        let mut snapshot = (**app.history.back().unwrap()).clone();
+        let hello = snapshot
+            .plugins
+            .iter_mut()
+            .find(|plugin| plugin.name == "hello")
+            .unwrap();
+        hello.state = plugboard_engine::PluginState::BackingOff;
+        hello.supervision.restart_budget_left = 3;
+        app.history.push_back(std::sync::Arc::new(snapshot));
+    }
+    press(&mut app, KeyCode::Char('c'));
+    let effects = press(&mut app, KeyCode::Enter);
+    assert!(effects.is_empty(), "{effects:?}");
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert_eq!(
+        status.as_deref(),
+        Some(
+            "hello is backing off (3 restarts left in its budget): set it off again once it runs, or press s to start it now with a fresh restart budget"
+        )
+    );
+}
+
 #[test]
 fn the_chaos_menu_turns_a_chaos_hook_turned_off_before_on_again_for_one_call() {
     let mut app = app();

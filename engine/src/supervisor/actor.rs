@@ -1430,10 +1430,9 @@ fn set_enabled(
     }
     if plugin.running().is_some() || state == PluginState::BackingOff {
         stop(shared, plugin, PluginState::Stopped)?;
-    } else if !matches!(
-        state,
-        PluginState::Rejected | PluginState::Quarantined | PluginState::Unloaded
-    ) {
+    } else if !matches!(state, PluginState::Rejected | PluginState::Quarantined) {
+        // An unloaded one too: it shows as disabled at once (enabled again, it is
+        // discovered, its library being gone).
         let mut lifecycle = plugin.lifecycle();
         set_state(shared, plugin, &mut lifecycle, PluginState::Disabled);
     }

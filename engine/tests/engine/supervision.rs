@@ -2406,3 +2406,34 @@ fn a_toggle_the_state_file_cannot_take_yet_holds_and_is_written_once_it_can_be()
         |event| matches!(&event.kind, EventKind::Engine { message } if message.contains("is written again")),
     );
 }
+
+/// Disabling an unloaded plugin shows it disabled at once (it stayed `unloaded` until the
+/// next start was refused); enabled again, it is discovered and starts.
+#[test]
+fn an_unloaded_plugin_disabled_shows_as_disabled_and_starts_once_enabled() {
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    engine
+        .execute(Command::Unload {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").state, PluginState::Unloaded);
+    engine
+        .execute(Command::Disable {
+            plugin: "hello".into(),
+            force: false,
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").state, PluginState::Disabled);
+    engine
+        .execute(Command::Enable {
+            plugin: "hello".into(),
+        })
+        .unwrap();
+    assert_eq!(plugin(engine, "hello").state, PluginState::Discovered);
+    start(engine, "hello");
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+}
