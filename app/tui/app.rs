@@ -216,6 +216,9 @@ pub struct App {
     pub theme: Theme,
     /// Newest last.
     pub history: VecDeque<Arc<Snapshot>>,
+    /// Jobs the dashboard ran on its own at start: their success is not said in the
+    /// status line (a failure is).
+    pub quiet_jobs: std::collections::BTreeSet<u64>,
     /// While paused: how many samples back from the newest the display is.
     pub paused: Option<usize>,
     /// Event log (newest last).
@@ -275,6 +278,7 @@ impl App {
             themes,
             theme,
             history: VecDeque::new(),
+            quiet_jobs: std::collections::BTreeSet::new(),
             paused: None,
             events: VecDeque::new(),
             paused_at_seq: None,
@@ -402,7 +406,11 @@ impl App {
             .position(|(first, _, _)| first == job)
             .map(|at| self.chained.remove(at));
         let succeeded = result.is_ok();
-        self.record_result(job, result);
+        // A startup job that worked shows in the table; the status line keeps what was
+        // said (the demo's key and directory).
+        if !(self.quiet_jobs.remove(&id) && succeeded) {
+            self.record_result(job, result);
+        }
         match next {
             Some((_, next, always)) if succeeded || always => vec![Effect::Run(next)],
             _ => Vec::new(),
@@ -1399,14 +1407,26 @@ impl App {
             }
             return;
         }
-        let at = Column::ALL
-            .iter()
-            .position(|column| *column == self.sort.column)
-            .unwrap_or(0);
-        let count = Column::ALL.len();
+        // Only through the columns on screen (a narrow terminal drops some): a sort by a
+        // column nobody sees reorders the rows for no visible reason.
+        let shown: Vec<Column> = if self.layout.header_cells.is_empty() {
+            Column::ALL.to_vec()
+        } else {
+            self.layout
+                .header_cells
+                .iter()
+                .map(|(column, _, _)| *column)
+                .collect()
+        };
+        let at = shown.iter().position(|column| *column == self.sort.column);
+        let count = shown.len();
         match action {
-            Action::SortNext => self.sort = Sort::by(Column::ALL[(at + 1) % count]),
-            Action::SortPrevious => self.sort = Sort::by(Column::ALL[(at + count - 1) % count]),
+            Action::SortNext => {
+                self.sort = Sort::by(shown[at.map_or(0, |at| (at + 1) % count)]);
+            }
+            Action::SortPrevious => {
+                self.sort = Sort::by(shown[at.map_or(count - 1, |at| (at + count - 1) % count)]);
+            }
             _ => self.sort.descending = !self.sort.descending,
         }
         self.status = Some(Status {

@@ -523,7 +523,7 @@ pub mod metrics {
 }
 
 /// Whether the plugin takes calls now.
-fn serving(plugin: &PluginSnapshot) -> bool {
+pub(crate) fn serving(plugin: &PluginSnapshot) -> bool {
     use plugboard_engine::PluginState;
     matches!(
         plugin.state,

@@ -111,8 +111,9 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
         sender: sender.clone(),
         wake,
     };
+    // The dashboard's own start-up jobs: said in the status line only if they fail.
     for plugin in &startup.load {
-        runner.run(
+        let id = runner.run(
             &mut app,
             Job {
                 label: format!("load {plugin}"),
@@ -121,9 +122,10 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
                 },
             },
         );
+        app.quiet_jobs.insert(id);
     }
     for plugin in &startup.start {
-        runner.run(
+        let id = runner.run(
             &mut app,
             Job {
                 label: format!("start {plugin}"),
@@ -132,16 +134,18 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
                 },
             },
         );
+        app.quiet_jobs.insert(id);
     }
     if let Some(rate) = startup.traffic {
         app.traffic_rate = rate;
-        runner.run(
+        let id = runner.run(
             &mut app,
             Job {
                 label: format!("traffic on ({rate} calls/s)"),
                 command: Command::Traffic { rate: Some(rate) },
             },
         );
+        app.quiet_jobs.insert(id);
     }
     drop(sender);
 
@@ -291,7 +295,9 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner, unread: &Unread) -
     for effect in effects {
         match effect {
             Effect::Quit => return Handled::Quit,
-            Effect::Run(job) => runner.run(app, job),
+            Effect::Run(job) => {
+                runner.run(app, job);
+            }
             Effect::PreviewReload { plugin } => {
                 // The host's limits, as the engine will check and fill in the new manifest.
                 let limits = app
@@ -315,7 +321,8 @@ struct JobRunner {
 }
 
 impl JobRunner {
-    fn run(&self, app: &mut App, job: Job) {
+    /// Runs `job` on a thread of its own: its id.
+    fn run(&self, app: &mut App, job: Job) -> u64 {
         let id = app.begin_job(&job);
         let (engine, sender, wake) = (
             Arc::clone(&self.engine),
@@ -338,6 +345,7 @@ impl JobRunner {
                 role: Role::Error,
             });
         }
+        id
     }
 }
 

@@ -155,3 +155,29 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 
 #[cfg(test)]
 mod tests;
+
+/// `spans` cut to `width` columns, the cut marked with `…` (in the style of the span it
+/// falls in): a line that does not fit shows that it goes on.
+fn fit_spans(spans: Vec<Span<'_>>, width: u16) -> Vec<Span<'_>> {
+    let width = usize::from(width);
+    if Line::from(spans.clone()).width() <= width {
+        return spans;
+    }
+    let mut fitted = Vec::new();
+    let mut used = 0;
+    for span in spans {
+        let span_width = span.width();
+        if used + span_width < width {
+            used += span_width;
+            fitted.push(span);
+            continue;
+        }
+        // The line goes on past this span: its last column shows that.
+        let room = width.saturating_sub(used);
+        let mut text: String = span.content.chars().take(room.saturating_sub(1)).collect();
+        text.push('…');
+        fitted.push(Span::styled(text, span.style));
+        break;
+    }
+    fitted
+}

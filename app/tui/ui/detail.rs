@@ -43,7 +43,8 @@ pub fn draw(
     };
     let [title_area, rest] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(body);
-    frame.render_widget(Paragraph::new(title_line(plugin, theme)), title_area);
+    let title = super::fit_spans(title_line(plugin, theme).spans, title_area.width);
+    frame.render_widget(Paragraph::new(Line::from(title)), title_area);
 
     let compact = rest.height < 18 || rest.width < 60;
     layout.compact = compact;
@@ -160,17 +161,8 @@ fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
             },
         ),
         Span::styled(format!("  health {health}"), theme.muted()),
-        Span::styled(
-            format!("  {} [{}]", plugin.isolation, isolation_badges(plugin)),
-            theme.info(),
-        ),
     ];
-    if let (Some(worker), Some(sandbox)) = (plugin.worker_pid, plugin.sandbox_pid) {
-        spans.push(Span::styled(
-            format!("  pid {worker}/{sandbox}"),
-            theme.muted(),
-        ));
-    }
+    // What an on-call engineer needs first comes first: a narrow screen cuts the end.
     if plugin.violations > 0 {
         spans.push(Span::styled(
             format!(
@@ -186,6 +178,16 @@ fn title_line<'a>(plugin: &'a PluginSnapshot, theme: &Theme) -> Line<'a> {
             theme.error(),
         ));
     }
+    if let (Some(worker), Some(sandbox)) = (plugin.worker_pid, plugin.sandbox_pid) {
+        spans.push(Span::styled(
+            format!("  pid {worker}/{sandbox}"),
+            theme.muted(),
+        ));
+    }
+    spans.push(Span::styled(
+        format!("  {} [{}]", plugin.isolation, isolation_badges(plugin)),
+        theme.info(),
+    ));
     Line::from(spans)
 }
 
@@ -361,13 +363,16 @@ const CHART_SAMPLES: usize = 16;
 /// One resource of `plugin` for a chart, oldest first: the engine's ring (minutes) when the
 /// UI has it for this plugin, up to the sample shown (paused, that is an older one); else
 /// the samples in the snapshots the UI kept, from the one shown back.
+/// The chart's values and the time they span (ms from the oldest to the shown sample):
+/// the engine's ring of the plugin's samples, minutes long and growing, squeezed into
+/// the chart's columns — or, before the ring has come, the last snapshots'.
 fn resource_series(
     app: &App,
     plugin: &PluginSnapshot,
     pick: fn(&plugboard_engine::monitor::ResourceSample) -> f64,
-) -> Vec<f64> {
+) -> (Vec<f64>, u64) {
     let shown_at = app.snapshot().map_or(u64::MAX, |shown| shown.taken_at_ms);
-    let ring: Vec<f64> = app
+    let ring: Vec<(u64, f64)> = app
         .resource_history
         .as_ref()
         .filter(|(name, _)| *name == plugin.name)
@@ -375,14 +380,19 @@ fn resource_series(
             samples
                 .iter()
                 .filter(|sample| sample.at_ms <= shown_at)
-                .map(pick)
+                .map(|sample| (sample.at_ms, pick(sample)))
                 .collect()
         })
         .unwrap_or_default();
+    let spanned = |points: &[(u64, f64)]| match (points.first(), points.last()) {
+        (Some((oldest, _)), Some((newest, _))) => newest.saturating_sub(*oldest),
+        _ => 0,
+    };
     if !ring.is_empty() {
-        return buckets(&ring, CHART_SAMPLES);
+        let values: Vec<f64> = ring.iter().map(|(_, value)| *value).collect();
+        return (buckets(&values, CHART_SAMPLES), spanned(&ring));
     }
-    let mut values: Vec<f64> = app
+    let mut points: Vec<(u64, f64)> = app
         .history
         .iter()
         .rev()
@@ -393,12 +403,13 @@ fn resource_series(
                 .iter()
                 .find(|other| other.name == plugin.name)
                 .and_then(|other| other.resources.as_ref())
-                .map(pick)
+                .map(|sample| (snapshot.taken_at_ms, pick(sample)))
         })
         .take(CHART_SAMPLES)
         .collect();
-    values.reverse();
-    values
+    points.reverse();
+    let span = spanned(&points);
+    (points.into_iter().map(|(_, value)| value).collect(), span)
 }
 
 fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
@@ -413,8 +424,8 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
     };
     let series = |pick| resource_series(app, plugin, pick);
     #[allow(clippy::cast_precision_loss)] // bytes far below 2^52 for a chart
-    let memory = series(|sample| sample.memory_bytes as f64);
-    let cpu = series(|sample| sample.cpu_percent);
+    let (memory, _) = series(|sample| sample.memory_bytes as f64);
+    let (cpu, span_ms) = series(|sample| sample.cpu_percent);
     // The quota as configured (an idle sample cannot say it: 0% of any quota is 0%).
     let cpu_limit = plugin
         .limits
@@ -458,6 +469,19 @@ fn resource_lines<'a>(app: &App, plugin: &PluginSnapshot) -> Vec<Line<'a>> {
             label("memory"),
             Span::styled(chart(&memory, memory_limit), hot(memory_share)),
             Span::styled(memory_text, theme.text()),
+        ]),
+        // How far back the charts reach (the engine's ring grows to minutes): read as
+        // seconds ago, a spike minutes old would mislead.
+        Line::from(vec![
+            label(""),
+            Span::styled(
+                if span_ms < 1000 {
+                    "↑ the newest sample".to_owned()
+                } else {
+                    format!("↑ last {}, peak per bar", format::uptime(span_ms))
+                },
+                theme.muted(),
+            ),
         ]),
         Line::from(vec![
             label("pids"),
@@ -778,6 +802,11 @@ fn draw_hooks(
                     theme.muted(),
                 ),
                 (HookColumn::Calls, Some(stats)) => (stats.calls.to_string(), theme.text()),
+                // As in the table: a plugin not serving has no rate now, only what its
+                // last 10 s of serving left.
+                (HookColumn::Rate, Some(_)) if !crate::tui::columns::serving(plugin) => {
+                    (NONE.to_owned(), theme.muted())
+                }
                 (HookColumn::Rate, Some(stats)) => {
                     (format::rate(stats.calls_per_sec_10s), theme.text())
                 }

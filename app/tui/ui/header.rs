@@ -21,18 +21,20 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         |snapshot| first_line(app, snapshot, area.width),
     );
     let mut second = counts(app);
-    if let Some(back) = app.paused {
-        // The shown sample's time, as the events are stamped: how many samples came after
-        // it grows while paused, its time does not.
+    if app.paused.is_some() {
+        // The shown sample's time, as the events are stamped, and how far it is behind
+        // the newest sample — in time, not samples: events make samples come faster than
+        // the sampling interval.
         let at = snapshot.map_or_else(String::new, |snapshot| {
             format!(" at {}", crate::tui::format::clock(snapshot.taken_at_ms))
         });
+        let behind = snapshot
+            .zip(app.history.back())
+            .map_or(0, |(shown, newest)| {
+                newest.taken_at_ms.saturating_sub(shown.taken_at_ms) / 1000
+            });
         let paused = Span::styled(
-            if back == 0 {
-                format!(" ⏸ PAUSED{at} ")
-            } else {
-                format!(" ⏸ PAUSED{at} −{back} ")
-            },
+            format!(" ⏸ PAUSED{at}, {behind}s behind "),
             theme.warn().add_modifier(Modifier::REVERSED),
         );
         second.insert(0, paused);
@@ -40,7 +42,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     }
     if area.height >= 2 {
         frame.render_widget(
-            Paragraph::new(vec![Line::from(first), Line::from(second)]),
+            Paragraph::new(vec![
+                Line::from(super::fit_spans(first, area.width)),
+                Line::from(super::fit_spans(second, area.width)),
+            ]),
             area,
         );
     } else {
@@ -58,7 +63,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             ));
         }
         line.extend(second);
-        frame.render_widget(Paragraph::new(Line::from(line)), area);
+        frame.render_widget(
+            Paragraph::new(Line::from(super::fit_spans(line, area.width))),
+            area,
+        );
     }
 }
 

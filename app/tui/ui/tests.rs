@@ -350,6 +350,24 @@ fn below_40x12_the_screen_says_it_is_too_small() {
     }
 }
 
+/// On a narrow screen the sort keys step through the columns shown only: a sort by a
+/// column dropped for want of room reordered the rows with no arrow anywhere.
+#[test]
+fn sorting_steps_through_the_columns_on_screen_only() {
+    let mut app = app();
+    render(&mut app, 80, 24);
+    let shown = Column::fitting(78);
+    assert!(shown.len() < Column::ALL.len(), "{shown:?}");
+    for action in [Action::SortNext, Action::SortPrevious] {
+        for _ in 0..Column::ALL.len() * 2 {
+            app.on_action(action);
+            assert!(shown.contains(&app.sort.column), "{:?}", app.sort);
+            let header = render(&mut app, 80, 24).join("\n");
+            assert!(header.contains('▲') || header.contains('▼'), "{header}");
+        }
+    }
+}
+
 #[test]
 fn every_column_sorts_and_numbers_put_the_worst_first() {
     let mut app = app();
@@ -357,11 +375,13 @@ fn every_column_sorts_and_numbers_put_the_worst_first() {
         plugin_order(&render(&mut app, 120, 30)),
         ["broken", "counter", "dependent", "hello"]
     );
-    // Walk the sort through every column; each must draw and keep every row.
+    // Walk the sort through every column (all are on a screen this wide); each must draw
+    // and keep every row.
+    render(&mut app, 400, 30);
     for _ in Column::ALL {
         app.on_action(Action::SortNext);
         assert_eq!(
-            plugin_order(&render(&mut app, 120, 30)).len(),
+            plugin_order(&render(&mut app, 400, 30)).len(),
             4,
             "sorted by {:?}",
             app.sort
@@ -1457,7 +1477,8 @@ fn a_sample_stepped_back_to_shows_the_events_up_to_it() {
     assert!(text.contains("after the first sample"), "{text}");
     press(&mut app, KeyCode::Char('['));
     let text = render(&mut app, 80, 24).join("\n");
-    assert!(text.contains("PAUSED at 16:00:00 −1"), "{text}");
+    // The newest sample is 5 s later than the one shown.
+    assert!(text.contains("PAUSED at 16:00:00, 5s behind"), "{text}");
     assert!(!text.contains("after the first sample"), "{text}");
     assert!(text.contains("traffic on: 20 calls/s"), "{text}");
 }
@@ -1867,6 +1888,8 @@ fn the_charts_draw_the_engine_ring_of_the_plugin_in_view() {
         text.contains("▁▁▁▁▁▁▁▁█▁▁▁▁▁▁▁ 8%"),
         "the spike survives the buckets: {text}"
     );
+    // The span the charts cover is said: 600 samples a second apart.
+    assert!(text.contains("↑ last 9m59s, peak per bar"), "{text}");
     // Paused: the display shows its own frozen samples, and stops asking.
     press(&mut app, KeyCode::Char('p'));
     assert_eq!(app.watched_plugin(), None);
@@ -2157,4 +2180,39 @@ fn a_text_longer_than_the_screen_shows_its_beginning_and_the_close_key() {
     let text = render(&mut app, 40, 12).join("\n");
     assert!(text.contains("the beginning"), "{text}");
     assert!(text.contains("any key: close"), "{text}");
+}
+
+/// The dashboard's own start-up jobs say nothing when they work (the demo's first status
+/// line, its key and directory, stays to be read); one that fails is said.
+#[test]
+fn start_up_jobs_that_work_leave_the_status_line_alone() {
+    let mut app = app();
+    app.status = Some(crate::tui::app::Status {
+        text: "demo: bundles signed by throw-away key k in /tmp/x".to_owned(),
+        role: crate::tui::theme::Role::Info,
+    });
+    let load = |plugin: &str| Job {
+        label: format!("load {plugin}"),
+        command: Command::Load {
+            plugin: plugin.to_owned(),
+        },
+    };
+    app.quiet_jobs.extend([1, 2]);
+    app.on_job_done(1, &load("hello"), Ok(Outcome::Done));
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert_eq!(
+        status.as_deref(),
+        Some("demo: bundles signed by throw-away key k in /tmp/x")
+    );
+    let refused = JobError {
+        message: "no".to_owned(),
+        dependents: Vec::new(),
+    };
+    app.on_job_done(2, &load("broken"), Err(refused));
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert_eq!(status.as_deref(), Some("✗ load broken: no"));
+    // Any other job is said as before.
+    app.on_job_done(3, &load("counter"), Ok(Outcome::Done));
+    let status = app.status.as_ref().map(|status| status.text.clone());
+    assert_eq!(status.as_deref(), Some("✓ load counter: done"));
 }
