@@ -82,9 +82,10 @@ enum Command {
     Verify {
         #[arg(value_name = "BUNDLE-DIR")]
         bundle: PathBuf,
-        /// Trust store: a directory of pinned `.pub` keys plus an optional trust.toml.
+        /// Trust store: a directory of pinned `.pub` keys plus an optional trust.toml
+        /// (default: the `trust_store` of the host configuration given with --config).
         #[arg(long, value_name = "DIR")]
-        trust_store: PathBuf,
+        trust_store: Option<PathBuf>,
         /// Host configuration whose `[limits]` the bundle is checked against, as that
         /// host's engine will check it (default: the built-in limits).
         #[arg(long, value_name = "F")]
@@ -203,11 +204,13 @@ enum QuarantineCommand {
 enum TrustCommand {
     /// List pinned keys with their trust levels, revocations and the trust list.
     List {
+        /// The trust store (a directory of pinned keys and revocations).
         #[arg(long, value_name = "DIR")]
         trust_store: PathBuf,
     },
     /// Pin a public key (SPKI PEM) in the store.
     Add {
+        /// The trust store (created if it does not exist).
         #[arg(long, value_name = "DIR")]
         trust_store: PathBuf,
         /// The signer's public key file.
@@ -222,6 +225,7 @@ enum TrustCommand {
         clap::ArgGroup::new("revoked").required(true).args(["key_id", "digest"])
     ))]
     Revoke {
+        /// The trust store (it must exist).
         #[arg(long, value_name = "DIR")]
         trust_store: PathBuf,
         /// Key id (16 hex characters) to revoke.
@@ -233,8 +237,10 @@ enum TrustCommand {
     },
     /// Add a bundle (name, version, bundle digest) to the store's encrypted trust list.
     Allow {
+        /// The trust store (it must exist).
         #[arg(long, value_name = "DIR")]
         trust_store: PathBuf,
+        /// The bundle to allow.
         #[arg(value_name = "BUNDLE-DIR")]
         bundle: PathBuf,
     },
@@ -284,7 +290,7 @@ pub fn run(cli: Cli) -> Result<()> {
             bundle,
             trust_store,
             config,
-        } => bundle_cmds::verify(&bundle, &trust_store, config.as_deref()),
+        } => bundle_cmds::verify(&bundle, trust_store.as_deref(), config.as_deref()),
         Command::Inspect {
             bundle,
             json,

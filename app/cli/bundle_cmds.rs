@@ -10,7 +10,7 @@ use plugboard_engine::manifest::{
 use plugboard_engine::trust::{self, PrivateKey, SIGNATURE_FILE, TrustError, TrustStore, Verified};
 use serde::Serialize;
 
-use super::output::outln;
+use super::output::{errln, outln};
 
 pub fn keygen(out: &Path, name: &str) -> Result<()> {
     // `write_keypair` checks the name first, then creates `out` itself, with mode 0700.
@@ -27,12 +27,17 @@ pub fn keygen(out: &Path, name: &str) -> Result<()> {
 /// The limits a bundle is checked against: those of the host configuration `config` (as
 /// that host's engine will check it), else the built-in ones.
 fn host_limits(config: Option<&Path>) -> Result<HostLimits> {
+    host_settings(config).map(|(limits, _)| limits)
+}
+
+/// [`host_limits`], and the configuration's trust store.
+fn host_settings(config: Option<&Path>) -> Result<(HostLimits, Option<std::path::PathBuf>)> {
     let Some(file) = config else {
-        return Ok(HostLimits::default());
+        return Ok((HostLimits::default(), None));
     };
     let mut host = plugboard_engine::EngineConfig::new(std::path::PathBuf::new());
     plugboard_engine::host_config::apply_file(&mut host, file)?;
-    Ok(host.limits)
+    Ok((host.limits, host.trust_store))
 }
 
 pub fn pack(
@@ -54,6 +59,7 @@ pub fn pack(
         );
     }
     check_is_elf(library)?;
+    check_plugin_library(library, &manifest)?;
     let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let bundle = match write_bundle(&source, &manifest, library, out, key.as_ref(), limits) {
@@ -190,6 +196,54 @@ fn check_is_elf(library: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What an engine would find only when it loads the library, said at `pack`: it must be
+/// a shared library that exports the plugin entry point (a program — a
+/// position-independent one is a shared object too — exports none). Read from its ELF tables; nothing of it runs. A file
+/// name other than the one the manifest gives is warned of (the usual slip: another
+/// plugin's library), as the bundle names it after the manifest.
+fn check_plugin_library(library: &Path, manifest: &Manifest) -> Result<()> {
+    use object::{Object as _, ObjectSymbol as _};
+    let bytes = std::fs::read(library)
+        .with_context(|| format!("cannot read the library {}", library.display()))?;
+    let file = object::File::parse(&*bytes).with_context(|| {
+        format!(
+            "library {} is not an ELF shared object it can read: expected the built plugin (.so)",
+            library.display()
+        )
+    })?;
+    if file.kind() != object::ObjectKind::Dynamic {
+        bail!(
+            "library {} is not a shared library (a program or an object file): expected the plugin built as a cdylib (.so)",
+            library.display()
+        );
+    }
+    let entry = plugboard_sdk::abi::ENTRY_SYMBOL;
+    let exported = file
+        .dynamic_symbols()
+        .any(|symbol| symbol.is_definition() && symbol.name() == Ok(entry));
+    if !exported {
+        bail!(
+            "library {} does not export `{entry}`: it is not a Plugboard plugin (expected one built with plugboard-sdk's `export_plugin!`, or against plugboard.h)",
+            library.display()
+        );
+    }
+    let given = library
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned());
+    let named = Path::new(&manifest.plugin.library)
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned());
+    if given != named {
+        errln!(
+            "plugboard: warning: the library given is {}, the manifest names {}: packed as {} (another plugin's library?)",
+            given.as_deref().unwrap_or("?"),
+            manifest.plugin.library,
+            manifest.plugin.library
+        );
+    }
+    Ok(())
+}
+
 pub fn sign(bundle_dir: &Path, key: &Path, config: Option<&Path>) -> Result<()> {
     let limits = &host_limits(config)?;
     let key = PrivateKey::load(key)?;
@@ -208,9 +262,15 @@ pub fn sign(bundle_dir: &Path, key: &Path, config: Option<&Path>) -> Result<()> 
     Ok(())
 }
 
-pub fn verify(bundle_dir: &Path, trust_store: &Path, config: Option<&Path>) -> Result<()> {
-    let limits = &host_limits(config)?;
-    let store = TrustStore::open(trust_store)?;
+pub fn verify(bundle_dir: &Path, trust_store: Option<&Path>, config: Option<&Path>) -> Result<()> {
+    let (limits, configured_store) = host_settings(config)?;
+    let limits = &limits;
+    let Some(trust_store) = trust_store.map(Path::to_path_buf).or(configured_store) else {
+        bail!(
+            "no trust store: pass --trust-store DIR, or --config F with `trust_store` set (the store whose pinned keys the bundle must be signed by)"
+        );
+    };
+    let store = TrustStore::open(&trust_store)?;
     let bundle = Bundle::open(bundle_dir, limits)?;
     let manifest = bundle.manifest();
     let verified = bundle.verify(&store).with_context(|| {

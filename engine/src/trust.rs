@@ -66,7 +66,11 @@ impl TrustLevel {
 pub fn in_process_refusal(level: Option<TrustLevel>) -> Option<String> {
     let why = match level {
         Some(TrustLevel::InProcess) => return None,
-        Some(level) => format!("this bundle's signer is trusted at level `{level}`"),
+        Some(level) => format!(
+            "this bundle's signer is trusted at level `{level}` (to trust it that far: \
+             `plugboard trust add --trust-store <dir> --level in-process <key.pub>`; or drop \
+             the `[isolation]` mode to run it sandboxed)"
+        ),
         None => "this bundle is not verified (development mode runs such bundles sandboxed only)"
             .to_owned(),
     };
@@ -196,7 +200,8 @@ pub enum TrustError {
 
     #[error(
         "the bundle is signed by key {key_id}, which is not pinned in the trust store: if you \
-         trust this signer, pin their public key with `plugboard trust add <key.pub>`"
+         trust this signer, pin their public key with \
+         `plugboard trust add --trust-store <dir> <key.pub>`"
     )]
     UnknownSigner { key_id: KeyId },
 

@@ -121,6 +121,19 @@ fn pack_sign_verify_round_trip_and_tampering_is_refused() {
         &"--trust-store",
         &keys.store,
     ]));
+    // The host configuration's trust store, as `call` and `headless` take it.
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!("trust_store = {:?}\n", keys.store.display().to_string()),
+    )
+    .unwrap();
+    ok(&plugboard(&[&"verify", &bundle, &"--config", &config]));
+    let err = fails(&plugboard(&[&"verify", &bundle]));
+    assert!(
+        err.contains("no trust store: pass --trust-store DIR"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -470,6 +483,73 @@ fn packing_a_bundle_in_place_keeps_its_library_and_a_non_elf_library_is_refused(
     assert!(!temp.path().join("out").exists(), "nothing written");
 }
 
+/// What the engine would refuse only when it loads the library is refused at `pack`: a
+/// program instead of a library, a library that is no plugin. Another plugin's library
+/// is packed, with a warning (the bundle names it as the manifest says).
+#[test]
+fn pack_refuses_a_library_that_is_no_plugin_and_warns_of_another_plugins() {
+    let temp = tempfile::tempdir().unwrap();
+    let manifest = repo_root().join("plugins/hello/plugin.toml");
+    let out = temp.path().join("out");
+    let program = ["/usr/bin/true", "/bin/true"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|path| path.is_file())
+        .expect("true is installed");
+    let err = fails(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &program,
+        &"--out",
+        &out,
+    ]));
+    assert!(
+        err.contains("does not export `plugboard_plugin_entry`: it is not a Plugboard plugin")
+            || err.contains("is not a shared library"),
+        "{err}"
+    );
+    let libc = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/libc.so.6",
+        "/usr/lib64/libc.so.6",
+        "/lib/aarch64-linux-gnu/libc.so.6",
+    ]
+    .into_iter()
+    .map(std::path::Path::new)
+    .find(|path| path.is_file())
+    .expect("libc is installed");
+    let err = fails(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &libc,
+        &"--out",
+        &out,
+    ]));
+    assert!(
+        err.contains("does not export `plugboard_plugin_entry`: it is not a Plugboard plugin"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+
+    let output = plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("counter"),
+        &"--out",
+        &out,
+    ]);
+    ok(&output);
+    let warned = stderr(&output);
+    assert!(
+        warned.contains("the library given is libcounter.so, the manifest names libhello.so"),
+        "{warned}"
+    );
+}
+
 #[test]
 fn completions_are_printed_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
@@ -706,6 +786,22 @@ fn key_file_mistakes_are_named_as_such() {
     );
     let err = fails(&plugboard(&[&"sign", &temp.path(), &"--key", &keys.public]));
     assert!(err.contains("this is a public key"), "{err}");
+    // A file that is no key at all: not told to chmod it.
+    let manifest = repo_root().join("plugins/hello/plugin.toml");
+    let err = fails(&plugboard(&[&"sign", &temp.path(), &"--key", &manifest]));
+    assert!(
+        err.contains("the file is no PEM key") && !err.contains("chmod"),
+        "{err}"
+    );
+    // The private key given to the trust store: said as that.
+    let err = fails(&plugboard(&[
+        &"trust",
+        &"add",
+        &"--trust-store",
+        &keys.store,
+        &keys.private,
+    ]));
+    assert!(err.contains("this is a private key"), "{err}");
     let output = plugboard(&[&"trust", &"revoke", &"--trust-store", &keys.store]);
     assert_eq!(output.status.code(), Some(2));
     let err = crate::support::stderr(&output);

@@ -33,14 +33,15 @@ pub enum ManifestError {
     NotUtf8 { file: PathBuf, byte_offset: usize },
 
     /// The text is not TOML.
-    #[error("{}:{line}:{column}: invalid TOML: {message} (in `{line_text}`)", .file.display())]
+    #[error("{}:{line}:{column}: invalid TOML: {message} ({context})", .file.display())]
     Syntax {
         file: PathBuf,
         line: u32,
         column: u32,
         message: String,
-        /// The offending line, shortened if long.
-        line_text: String,
+        /// Where: ``in `<the offending line>` ``, shortened if long — or, when that line is
+        /// empty (an error found at the end of the file), ``after `<the last line>` ``.
+        context: String,
     },
 
     /// A key the schema does not know, often a typo.
@@ -177,12 +178,23 @@ impl ManifestError {
             .get(line_start..)
             .and_then(|rest| rest.lines().next())
             .unwrap_or_default();
+        let context = if line_text.trim().is_empty() {
+            // An unclosed array or string is found where the file ends: the line that
+            // opened it is the one to show.
+            let before = source.get(..line_start).unwrap_or_default();
+            match before.lines().rev().find(|text| !text.trim().is_empty()) {
+                Some(last) => format!("after `{}`", shorten(last.trim())),
+                None => "in an empty file".to_owned(),
+            }
+        } else {
+            format!("in `{}`", shorten(line_text.trim()))
+        };
         ManifestError::Syntax {
             file: file.to_path_buf(),
             line,
             column,
             message: one_line(error.message()),
-            line_text: shorten(line_text.trim()),
+            context,
         }
     }
 }

@@ -97,14 +97,12 @@ pub struct PrivateKey {
     key_id: KeyId,
 }
 
-/// Whether the file at `path` begins as a PEM public key.
-fn is_public_key_file(path: &Path) -> bool {
+/// Whether the file at `path` begins with `pem_label` (within its first 64 bytes).
+fn begins_with(path: &Path, pem_label: &str) -> bool {
     let mut start = [0u8; 64];
     std::fs::File::open(path)
         .and_then(|mut file| std::io::Read::read(&mut file, &mut start))
-        .is_ok_and(|read| {
-            String::from_utf8_lossy(&start[..read]).contains("-----BEGIN PUBLIC KEY-----")
-        })
+        .is_ok_and(|read| String::from_utf8_lossy(&start[..read]).contains(pem_label))
 }
 
 impl PrivateKey {
@@ -137,9 +135,18 @@ impl PrivateKey {
         .map_err(|err| match err {
             // A public key (readable by all, as it may be) given where the private one is
             // wanted: said as that, not as a private key with loose permissions.
-            TrustError::InsecureKeyFile { .. } if is_public_key_file(path) => invalid(
-                "this is a public key (PEM `PUBLIC KEY`); sign with the private key, the .key \
-                 file beside it"
+            TrustError::InsecureKeyFile { .. }
+                if begins_with(path, "-----BEGIN PUBLIC KEY-----") =>
+            {
+                invalid(
+                    "this is a public key (PEM `PUBLIC KEY`); sign with the private key, the \
+                     .key file beside it"
+                        .to_owned(),
+                )
+            }
+            // Not a key at all (a manifest, a library): its mode is not the problem.
+            TrustError::InsecureKeyFile { .. } if !begins_with(path, "-----BEGIN") => invalid(
+                "the file is no PEM key; expected the .key file `plugboard keygen` wrote"
                     .to_owned(),
             ),
             other => other,
@@ -279,8 +286,18 @@ impl PublicKey {
             path: origin.to_owned(),
             reason,
         };
-        let verifying_key =
-            VerifyingKey::from_public_key_pem(text).map_err(|error| invalid(error.to_string()))?;
+        let verifying_key = VerifyingKey::from_public_key_pem(text).map_err(|error| {
+            // The private key given where the public one is wanted: said as that.
+            if text.contains("-----BEGIN PRIVATE KEY-----") {
+                invalid(
+                    "this is a private key (PEM `PRIVATE KEY`); pin the public key, the .pub \
+                     file beside it — a private key is never given to a trust store"
+                        .to_owned(),
+                )
+            } else {
+                invalid(error.to_string())
+            }
+        })?;
         // A small-order key lets one signature match many messages; no honest key is one.
         if verifying_key.is_weak() {
             return Err(invalid("it is a weak (small-order) key".to_owned()));

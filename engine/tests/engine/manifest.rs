@@ -151,6 +151,7 @@ invalid_manifests! {
     unknown_plugin_key: "unknown_plugin_key.toml" => ["unknown_plugin_key.toml:6: ", "unknown key `plugin.licence` in [plugin]", "expected one of: name, version, api_version, description, authors, library, min_host_version"];
     isolation_mode_unknown: "isolation_mode_unknown.toml" => ["isolation_mode_unknown.toml:8: ", "`isolation.mode`", r#"= "thread""#, "expected one of: process, in-process"];
     toml_syntax_error: "toml_syntax_error.toml" => ["toml_syntax_error.toml:3:14: invalid TOML: ", "(in `version = 0.1.0`)"];
+    toml_unclosed_at_end: "toml_unclosed_at_end.toml" => ["toml_unclosed_at_end.toml:9:1: invalid TOML: ", "(after `fs_read = [`)"];
     duplicate_key: "duplicate_key.toml" => ["duplicate_key.toml:6:1: invalid TOML: ", "duplicate key `name` in table `plugin`", r#"(in `name = "again"`)"#];
     missing_plugin_name: "missing_plugin_name.toml" => ["missing_plugin_name.toml:1: ", "missing key `plugin.name`", "expected a plugin name"];
     missing_plugin_table: "missing_plugin_table.toml" => ["missing_plugin_table.toml: ", "missing key `plugin`", "expected a [plugin] table with name, version, api_version and library"];

@@ -63,6 +63,10 @@ typedef struct pb_host_api {
                     const uint8_t *payload, size_t payload_len);
 } pb_host_api;
 
+/* Every function pointer below is required: a table with a NULL one is refused when the
+ * plugin is loaded ("malformed plugin table: null function pointer(s): health"). A plugin
+ * with nothing to check returns PB_STATUS_OK from health; one that never writes a buffer
+ * still gives a free_buffer (it is never called). */
 typedef struct pb_plugin_vtable {
     uint32_t abi_version; /* PLUGBOARD_ABI_VERSION; must stay the first field */
     uint32_t struct_size; /* sizeof(pb_plugin_vtable) */
