@@ -12,6 +12,27 @@ fn default_sdk_path() -> Option<PathBuf> {
     path.join("Cargo.toml").is_file().then_some(path)
 }
 
+/// Whether `dir` holds the SDK's package (its Cargo.toml names `plugboard-sdk`): any other
+/// directory would fail only at the plugin's first `cargo build`.
+fn check_is_sdk(dir: &Path) -> Result<()> {
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+    let named = text.parse::<toml::Table>().ok().and_then(|table| {
+        table
+            .get("package")?
+            .get("name")?
+            .as_str()
+            .map(str::to_owned)
+    });
+    if named.as_deref() != Some(SDK_PACKAGE) {
+        bail!(
+            "{} is not the plugboard SDK: expected a directory whose Cargo.toml is package `{SDK_PACKAGE}` (`plugins/sdk` in a Plugboard checkout)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The files of a new plugin crate; `{{key}}` placeholders are filled by [`render`].
 const TEMPLATES: [(&str, &str); 6] = [
     ("Cargo.toml", include_str!("../templates/new/Cargo.toml.in")),
@@ -127,24 +148,20 @@ pub fn scaffold(name: &str, parent: &Path, sdk_path: Option<&Path>) -> Result<()
             crate_dir.display()
         );
     }
-    let sdk_dependency = match sdk_path.map(Path::to_path_buf).or_else(default_sdk_path) {
-        Some(path) => {
-            let path = path
-                .canonicalize()
-                .with_context(|| format!("SDK path {} does not exist", path.display()))?;
-            format!(
-                "plugboard-sdk = {{ path = {:?} }}",
-                path.display().to_string()
-            )
-        }
-        None => format!("plugboard-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
+    let sdk = match sdk_path.map(Path::to_path_buf).or_else(default_sdk_path) {
+        Some(path) => path
+            .canonicalize()
+            .with_context(|| format!("SDK path {} does not exist", path.display()))?,
+        // Without a checkout beside this binary there is nothing to point at: a version
+        // would have to come from a registry the SDK may not be published to.
+        None => bail!(
+            "no plugboard SDK found beside this plugboard (built from a checkout that has gone): pass --sdk-path <dir>, the `plugins/sdk` directory of a Plugboard checkout"
+        ),
     };
-    let testing_dependency = sdk_dependency.replacen("plugboard-sdk = ", "", 1);
-    let testing_dependency = if testing_dependency.starts_with('{') {
-        testing_dependency.replacen('}', ", features = [\"testing\"] }", 1)
-    } else {
-        format!("{{ version = {testing_dependency}, features = [\"testing\"] }}")
-    };
+    check_is_sdk(&sdk)?;
+    let sdk_shown = format!("{:?}", sdk.display().to_string());
+    let sdk_dependency = format!("plugboard-sdk = {{ path = {sdk_shown} }}");
+    let testing_dependency = format!("{{ path = {sdk_shown}, features = [\"testing\"] }}");
     let library = format!("lib{}.so", name.replace('-', "_"));
     let type_name = type_name(name);
 

@@ -110,4 +110,15 @@ fn new_refuses_a_bad_name_and_an_existing_directory() {
     std::fs::create_dir(temp.path().join("taken")).unwrap();
     let err = fails(&plugboard(&[&"new", &"taken", &"--dir", &temp.path()]));
     assert!(err.contains("already exists"), "{err}");
+    // An --sdk-path that is not the SDK fails now, not at the plugin's first build.
+    let err = fails(&plugboard(&[
+        &"new",
+        &"elsewhere",
+        &"--dir",
+        &temp.path(),
+        &"--sdk-path",
+        &crate::support::repo_root().join("plugins/hello"),
+    ]));
+    assert!(err.contains("is not the plugboard SDK"), "{err}");
+    assert!(!temp.path().join("elsewhere").exists());
 }
