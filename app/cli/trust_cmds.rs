@@ -90,9 +90,8 @@ pub fn revoke(dir: &Path, key_id: Option<&str>, digest: Option<&str>) -> Result<
     }
     // Stdout is the record of what changed; this is advice.
     errln!(
-        "plugboard: engines using this store refuse it from their next start, restart or \
-         reload of a plugin it covers; a plugin running now stays up until then (stop it to \
-         end it at once)"
+        "plugboard: engines using this store stop the plugins it covers within a sampling \
+         interval (about a second), and refuse them from then on"
     );
     Ok(())
 }

@@ -337,6 +337,9 @@ pub(crate) struct Shared {
     /// sampler writes them again until they are on disk, so a quarantine on a full disk
     /// still survives the next restart once space is free.
     unsaved: Mutex<BTreeMap<String, PluginToggles>>,
+    /// What the trust store's directory held at the last look (names, sizes, times):
+    /// when it changes, every plugin that is up is checked against the store again.
+    trust_seen: Mutex<Option<Vec<(std::ffi::OsString, u64, SystemTime)>>>,
     /// Host totals, refreshed by the sampler.
     pub host: Mutex<HostSnapshot>,
     /// Workers stopped or replaced so far: after each, the sampler gives the free pages
@@ -435,6 +438,42 @@ impl Shared {
                     ),
                 },
             );
+        }
+    }
+
+    /// Looks at the trust store's directory (a few small files): when it changed since the
+    /// last look — a key revoked, unpinned, its level changed — every plugin is asked to
+    /// check what it runs against the store again. Called by the sampler; the first look
+    /// only remembers.
+    pub fn look_at_trust_store(&self) {
+        let Some(dir) = &self.config.trust_store else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut now: Vec<(std::ffi::OsString, u64, SystemTime)> = entries
+            .flatten()
+            .filter(|entry| entry.file_name() != ".trust.lock")
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok()?;
+                Some((entry.file_name(), meta.len(), meta.modified().ok()?))
+            })
+            .collect();
+        now.sort();
+        let mut seen = self
+            .trust_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changed = seen.as_ref().is_some_and(|before| *before != now);
+        *seen = Some(now);
+        drop(seen);
+        if changed {
+            for plugin in self.all_plugins() {
+                let _ = plugin
+                    .inbox
+                    .send(crate::supervisor::ActorMessage::TrustChanged);
+            }
         }
     }
 
@@ -611,6 +650,7 @@ impl Engine {
             start_gate: Mutex::new(()),
             persisted: Mutex::new(persisted),
             unsaved: Mutex::new(BTreeMap::new()),
+            trust_seen: Mutex::new(None),
             host: Mutex::new(HostSnapshot::default()),
             workers_retired: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
@@ -618,6 +658,8 @@ impl Engine {
             state_file_warning,
         });
         say_what_the_start_found(&shared, stale);
+        // The store as plugins will be verified against: a change from here on is seen.
+        shared.look_at_trust_store();
         let sampler = Sampler::start(&shared);
         let engine = Engine {
             shared,

@@ -336,6 +336,9 @@ pub(crate) enum ActorMessage {
         hooks: Option<String>,
     },
     Disk(DiskChange),
+    /// The trust store changed on disk: a plugin up on a verdict it no longer gives is
+    /// stopped.
+    TrustChanged,
     Exit,
 }
 

@@ -105,6 +105,8 @@ fn run(shared: &Weak<Shared>, interval: Duration, stop: &(Mutex<bool>, Condvar))
         };
         // A state file that could not be written (a full disk) is tried again each tick.
         shared.write_unsaved_state();
+        // A revocation stops what it covers at once, not at the next restart.
+        shared.look_at_trust_store();
         let host = sample_host(&mut system, engine_pid);
         *shared.host.lock().unwrap_or_else(PoisonError::into_inner) = host;
         sample_workers(&shared, &mut probes);

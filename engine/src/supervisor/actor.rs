@@ -160,6 +160,7 @@ fn handle(
             unrecorded.report(shared, plugin);
         }
         ActorMessage::Disk(change) => on_disk_change(shared, plugin, &change),
+        ActorMessage::TrustChanged => on_trust_change(shared, plugin),
         ActorMessage::Exit => return false,
     }
     true
@@ -1159,6 +1160,46 @@ fn kept_verdict_stands(shared: &Shared, plugin: &Plugin) -> bool {
         Ok((verified, _)) => verified.map(|verified| verified.level.to_string()) == level,
         Err(_) => false,
     }
+}
+
+/// The trust store changed while the plugin was up (running, or waiting to restart): when
+/// it no longer vouches for the bundle the plugin runs — a key or digest revoked, the key
+/// unpinned, the `in-process` level withdrawn from an in-process plugin's signer — the
+/// plugin is stopped at once and shows as rejected, saying why: a revocation in an
+/// incident must not wait for the next restart. A store that cannot be read right now
+/// (half-written) changes nothing; the next change is looked at again.
+fn on_trust_change(shared: &Arc<Shared>, plugin: &Arc<Plugin>) {
+    let (manifest, proof) = {
+        let lifecycle = plugin.lifecycle();
+        let up = plugin.running().is_some() || lifecycle.state == PluginState::BackingOff;
+        match (&lifecycle.manifest, lifecycle.proof) {
+            (Some(manifest), Some(proof)) if up => (manifest.clone(), proof),
+            _ => return,
+        }
+    };
+    let reason = match check_signature(shared, &manifest, &proof) {
+        Err(Refusal {
+            reason,
+            trust: true,
+        }) => format!("trust withdrawn while it ran: {reason}"),
+        _ => return,
+    };
+    let _ = stop(shared, plugin, PluginState::Rejected);
+    {
+        let mut lifecycle = plugin.lifecycle();
+        lifecycle.reason = Some(reason.clone());
+        // Its next start reads and verifies the bundle again.
+        lifecycle.library = None;
+        lifecycle.proof = None;
+        lifecycle.backoff = super::Backoff::default();
+    }
+    shared.event(
+        Some(&plugin.name),
+        EventKind::Rejected {
+            reason: reason.clone(),
+        },
+    );
+    trust_failure(shared, plugin, &reason, &reason);
 }
 
 /// At the engine's shutdown: a plugin that runs is stopped; one that is down stays as it

@@ -1081,31 +1081,36 @@ fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
     assert_eq!(plugin(engine, "counter").state, PluginState::Rejected);
 }
 
-/// The trust store is read for every verification: a key revoked while the engine runs
-/// refuses the next reload (the running version keeps serving) and the next start.
+/// A key revoked while the engine runs counts at once: the plugin it signed is stopped
+/// within a sampling interval or two, shows as rejected saying why, and its next start is
+/// refused — a revocation in an incident does not wait for the next restart.
 #[test]
-fn a_key_revoked_while_the_engine_runs_counts_from_the_next_verification() {
+fn a_key_revoked_while_the_engine_runs_stops_what_it_signed() {
     use plugboard_engine::trust::TrustStore;
     let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
     let engine = &fixture.engine;
     start(engine, "hello");
+    let sandbox = plugin(engine, "hello").sandbox_pid.expect("running");
     let signer = &fixture.signer;
     TrustStore::revoke_key(&signer.store_dir, signer.key.public_key().key_id()).unwrap();
 
-    let reload = engine.execute(Command::Reload {
-        plugin: "hello".into(),
+    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
+        hello.state == PluginState::Rejected
     });
-    let refused = reload.unwrap_err().to_string();
-    assert!(refused.contains("revoked"), "{refused}");
-    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
-    assert_eq!(call(engine, "hello", "greet", "old").status, "ok");
-
-    engine
-        .execute(Command::Stop {
-            plugin: "hello".into(),
-            force: false,
-        })
-        .unwrap();
+    let reason = hello.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("trust withdrawn while it ran: ") && reason.contains("revoked"),
+        "{reason}"
+    );
+    assert!(hello.worker_pid.is_none());
+    assert!(!process_alive(sandbox), "its worker was stopped");
+    assert!(
+        engine.recent_events().iter().any(|event| matches!(
+            &event.kind,
+            EventKind::Violation { violation } if violation.mechanism == "trust"
+        )),
+        "recorded as a trust violation"
+    );
     let refused = engine
         .execute(Command::Start {
             plugin: "hello".into(),
@@ -1114,6 +1119,23 @@ fn a_key_revoked_while_the_engine_runs_counts_from_the_next_verification() {
         .to_string();
     assert!(refused.contains("revoked"), "{refused}");
     assert_eq!(plugin(engine, "hello").state, PluginState::Rejected);
+}
+
+/// A change to the trust store that still vouches for what runs (another key pinned)
+/// leaves it running.
+#[test]
+fn a_trust_store_change_that_still_vouches_leaves_the_plugin_running() {
+    use plugboard_engine::trust::{PrivateKey, TrustLevel, TrustStore};
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let other = fixture.temp.path().join("other.pub");
+    std::fs::write(&other, PrivateKey::generate().public_key().to_pem()).unwrap();
+    TrustStore::add_key(&fixture.signer.store_dir, &other, TrustLevel::Sandboxed).unwrap();
+    // Two sampling intervals and more: time for the engine to look.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(plugin(engine, "hello").state, PluginState::Running);
+    assert_eq!(call(engine, "hello", "greet", "still").status, "ok");
 }
 
 /// A restart after a crash asks the trust store again too: a plugin whose key was revoked
