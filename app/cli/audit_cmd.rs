@@ -30,6 +30,23 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
                 if !json && record.engine_pid.is_some() && new_run {
                     outln!("-- engine {}", record.engine_pid.unwrap_or_default())?;
                 }
+                // Within a run the numbers follow each other: a hole is records the engine
+                // could not write (a full disk; `audit_write_failures` counted them).
+                if !new_run && record.event.seq > last_seq + 1 {
+                    let (first, last) = (last_seq + 1, record.event.seq - 1);
+                    let missing = if first == last {
+                        format!("record {first} is")
+                    } else {
+                        format!("records {first}–{last} are")
+                    };
+                    errln!(
+                        "warning: {missing} missing from this run{}: not written (a full disk?) or cut out",
+                        record
+                            .engine_pid
+                            .map(|pid| format!(" of engine {pid}"))
+                            .unwrap_or_default()
+                    );
+                }
                 engine = record.engine_pid;
                 last_seq = record.event.seq;
                 print_record(&record, json)?;

@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The open file and its rotation rule.
 #[derive(Debug)]
@@ -23,10 +24,26 @@ pub struct RotatingFile {
     /// A write failed part-way (disk full, a file size limit): the file may end in part
     /// of a line, so the next line starts on a line of its own.
     torn: bool,
+    /// When the path was last compared with the open file.
+    path_checked: Instant,
 }
+
+/// How often an append looks whether the path still names the open file: moved or
+/// removed from outside (a log rotator, a cleanup), the file is made again at the path —
+/// lines written to a file nobody can find are lost in all but name.
+const CHECK_PATH_EVERY: Duration = Duration::from_secs(1);
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Whether `path` names the very file `file` is.
+fn names(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(named), Ok(open)) => (named.dev(), named.ino()) == (open.dev(), open.ino()),
+        _ => false,
+    }
 }
 
 /// Whether the file's last byte is a newline (or the file is empty or absent).
@@ -55,6 +72,10 @@ impl RotatingFile {
         keep: u32,
         sync_on_rotation: bool,
     ) -> io::Result<Self> {
+        // Its directory is made as the state file's is (a fresh host's /var/log/plugboard).
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         let torn = !ends_with_newline(&path)?;
         let mut file = open_append(&path)?;
         if torn {
@@ -69,6 +90,7 @@ impl RotatingFile {
             file,
             size,
             torn: false,
+            path_checked: Instant::now(),
         })
     }
 
@@ -76,6 +98,14 @@ impl RotatingFile {
     /// interleave within a line; with `durable`, also waits until it is on disk. Rotates
     /// once the file has grown past its size.
     pub fn append_line(&mut self, line: &[u8], durable: bool) -> io::Result<()> {
+        if self.path_checked.elapsed() >= CHECK_PATH_EVERY {
+            self.path_checked = Instant::now();
+            if !names(&self.path, &self.file) {
+                self.file = open_append(&self.path)?;
+                self.size = self.file.metadata()?.len();
+                self.torn = false;
+            }
+        }
         let written = if self.torn {
             // One write still: a newline ends the torn line, then this one.
             let mut after_tear = Vec::with_capacity(line.len() + 1);
@@ -223,6 +253,20 @@ mod tests {
             ["first line past ten"]
         );
         assert!(!dir.path().join("engine.log.2").exists());
+    }
+
+    #[test]
+    fn a_file_moved_away_from_outside_is_made_again_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/audit.jsonl");
+        let mut file = RotatingFile::open(path.clone(), 1 << 20, 2, false).unwrap();
+        file.append_line(b"before\n", false).unwrap();
+        let moved = dir.path().join("audit.jsonl.moved");
+        std::fs::rename(&path, &moved).unwrap();
+        file.path_checked = Instant::now().checked_sub(CHECK_PATH_EVERY).unwrap();
+        file.append_line(b"after\n", false).unwrap();
+        assert_eq!(lines(&moved), ["before"]);
+        assert_eq!(lines(&path), ["after"]);
     }
 
     #[test]

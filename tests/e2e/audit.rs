@@ -132,3 +132,34 @@ fn a_run_with_the_pid_of_the_one_before_is_told_apart_by_its_numbers() {
         .count();
     assert_eq!(markers, 2, "{text}");
 }
+
+/// Within a run the records are numbered one after another: a hole (records the engine
+/// could not write on a full disk) is said, with what is missing; another run's numbers
+/// starting again are no hole.
+#[test]
+fn records_missing_from_a_run_are_said() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("audit.jsonl");
+    let record = |pid: u32, seq: u32| {
+        RECORD
+            .replacen('{', &format!("{{\"engine_pid\":{pid},"), 1)
+            .replace("\"seq\":1", &format!("\"seq\":{seq}"))
+    };
+    let lines: Vec<String> = [(7, 1), (7, 2), (7, 6), (7, 8), (8, 1)]
+        .into_iter()
+        .map(|(pid, seq)| record(pid, seq))
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let output = plugboard(&[&"audit", &file]);
+    ok(&output);
+    let warned = crate::support::stderr(&output);
+    let warnings: Vec<&str> = warned.lines().collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: records 3–5 are missing from this run of engine 7: not written (a full disk?) or cut out",
+            "warning: record 7 is missing from this run of engine 7: not written (a full disk?) or cut out",
+        ],
+        "{warned}"
+    );
+}
