@@ -86,6 +86,15 @@ impl EngineOptions {
         })
     }
 
+    /// The audit file: the flag, else the host configuration's `audit_file`. Reads only
+    /// the host configuration (for a command that starts no engine).
+    pub fn audit_file(&self) -> Result<Option<PathBuf>> {
+        if let Some(file) = &self.audit_file {
+            return Ok(Some(file.clone()));
+        }
+        Ok(self.host_config_file(PathBuf::new())?.audit_file)
+    }
+
     /// The host configuration file's settings alone (the file given, else the default one
     /// if it exists), the worker being `host_binary`.
     fn host_config_file(&self, host_binary: PathBuf) -> Result<EngineConfig> {

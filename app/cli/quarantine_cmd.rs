@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use plugboard_engine::supervisor::state_file::PersistedState;
 
 use super::engine_options::{EngineOptions, StateFileSource};
-use super::output::outln;
+use super::output::{errln, outln};
 
 /// Where the state file is.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -22,6 +22,9 @@ pub struct QuarantineOptions {
     /// $XDG_STATE_HOME/plugboard/state.json.
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
+    /// The audit file a clear is recorded in. Default: the configuration's `audit_file`.
+    #[arg(long, value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 /// The state file as found: `None` for the default one, not written yet.
@@ -132,9 +135,44 @@ pub fn clear(options: &QuarantineOptions, plugin: &str) -> Result<()> {
     if !was_quarantined {
         bail!("`{plugin}` is not quarantined (in {})", path.display());
     }
+    record_clear(options, plugin);
     outln!(
         "cleared the quarantine of `{plugin}`; it can be started again (an engine running now \
          shows it quarantined until its next start of it: the dashboard's start key, or a \
          headless engine's next run)"
     )
+}
+
+/// Puts the clear in the audit trail (the configuration's, or `--audit-file`), so that
+/// after an incident it says when the quarantine was lifted: a line of its own, with this
+/// command's pid as its `engine_pid` and `seq` 1. Said, not fatal, when it cannot be.
+fn record_clear(options: &QuarantineOptions, plugin: &str) {
+    let engine_options = EngineOptions {
+        config: options.config.clone(),
+        audit_file: options.audit_file.clone(),
+        ..EngineOptions::default()
+    };
+    let Ok(Some(file)) = engine_options.audit_file() else {
+        return;
+    };
+    let event = plugboard_engine::Event {
+        seq: 1,
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            }),
+        plugin: Some(plugin.to_owned()),
+        kind: plugboard_engine::EventKind::QuarantineCleared,
+    };
+    let written = plugboard_engine::audit::AuditLog::open(
+        plugboard_engine::audit::AuditPolicy::new(file.clone()),
+    )
+    .and_then(|mut audit| audit.append(&event, true));
+    if let Err(err) = written {
+        errln!(
+            "plugboard: warning: the clear is not in the audit file {}: {err}",
+            file.display()
+        );
+    }
 }

@@ -25,13 +25,21 @@ fn quarantine_lists_and_clears_what_the_state_file_holds() {
             && !listed.contains("hello"),
         "{listed}"
     );
+    // The clear is put in the audit trail, which an incident's review reads.
+    let audit = dir.path().join("audit.jsonl");
     ok(&plugboard(&[
         &"quarantine",
         &"clear",
         &"netprobe",
         &"--state-file",
         &state,
+        &"--audit-file",
+        &audit,
     ]));
+    let trail = ok(&plugboard(&[&"audit", &audit, &"--json"]));
+    let record: serde_json::Value = serde_json::from_str(trail.trim()).expect("one record");
+    assert_eq!(record["kind"], "quarantine_cleared", "{trail}");
+    assert_eq!(record["plugin"], "netprobe", "{trail}");
     let listed = ok(&plugboard(&[
         &"quarantine",
         &"list",
