@@ -361,13 +361,19 @@ fn what_the_engine_saw(
 /// engine caught.
 fn describe_failure(answered: &Answered) -> String {
     let report = &answered.report;
-    let mut said = format!(
-        "`{}` answered `{}` with status {} after {:?}",
-        report.plugin,
-        report.hook,
-        report.status,
-        Duration::from_micros(report.duration_us)
-    );
+    let took = Duration::from_micros(report.duration_us);
+    let (plugin, hook, status) = (&report.plugin, &report.hook, &report.status);
+    let mut said = match status.as_str() {
+        // The engine's answers: the plugin never saw the call, or never answered it.
+        "too_large" | "busy" | "disabled" => {
+            format!("the call of `{plugin}`'s `{hook}` was not sent, status {status}")
+        }
+        "timeout" => {
+            format!("`{plugin}` did not answer `{hook}` in time, status timeout after {took:?}")
+        }
+        "gone" => format!("`{plugin}`'s worker ended during `{hook}`, status gone after {took:?}"),
+        _ => format!("`{plugin}` answered `{hook}` with status {status} after {took:?}"),
+    };
     let reply = report.reply.trim();
     if !reply.is_empty() {
         said = format!("{said}: {reply}");

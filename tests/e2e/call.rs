@@ -281,7 +281,7 @@ fn a_call_whose_worker_died_says_how_on_stderr_and_in_json() {
     let output = plugboard(&[&"call", &"--trust-store", &keys.store, &crasher, &"chaos"]);
     let err = fails(&output);
     assert!(
-        err.contains("`crasher` answered `chaos` with status gone")
+        err.contains("`crasher`'s worker ended during `chaos`, status gone")
             && err.contains("killed by signal 11 (SIGSEGV)")
             && err.contains("violations: crash"),
         "{err}"
@@ -492,5 +492,37 @@ fn violations_are_reported_for_an_ok_answer_too() {
     assert!(
         noted.contains("note: violations: forbidden_syscall"),
         "{noted}"
+    );
+}
+
+/// A payload the engine will not send (over 1 MiB − 64 bytes, read from stdin) is said as
+/// the engine's refusal, not as the plugin's answer.
+#[test]
+fn a_payload_too_large_to_send_is_said_as_not_sent() {
+    use std::io::Write as _;
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let bundle = signed_example(root.path(), "hello", &keys);
+    let mut call = plugboard_command(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &bundle,
+        &"greet",
+        &"-",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("plugboard runs");
+    let mut stdin = call.stdin.take().unwrap();
+    stdin.write_all(&vec![b'x'; 1 << 20]).unwrap();
+    drop(stdin);
+    let output = call.wait_with_output().unwrap();
+    let err = fails_after_plugin_output(&output, Some("hello"));
+    assert!(
+        err.contains("the call of `hello`'s `greet` was not sent, status too_large"),
+        "{err}"
     );
 }
