@@ -589,10 +589,18 @@ impl Worker {
             uid: spec.plan.uid,
             gid: spec.plan.gid,
         };
+        let mut plan = spec.plan;
+        // Compiled here once per policy rather than by every worker; should it fail, the
+        // worker compiles it and reports the failure as its seccomp step.
+        if plan.seccomp_program.is_empty()
+            && let Ok(program) = crate::sandbox::seccomp::compiled_for(plan.syscall_policy())
+        {
+            plan.seccomp_program = crate::sandbox::seccomp::pack_program(&program);
+        }
         channel
             .send(&EngineMessage::Welcome {
                 protocol: PROTOCOL_VERSION,
-                plan: spec.plan,
+                plan,
             })
             .map_err(ipc)?;
         channel.send(&EngineMessage::Proceed).map_err(ipc)?;
@@ -2086,6 +2094,8 @@ pub fn plan_for(
     let plan = ConfinementPlan {
         plugin: manifest.plugin.name.clone(),
         library: manifest.plugin.library.clone(),
+        // Compiled at launch, once the mode is final (audit mode changes the filter).
+        seccomp_program: Vec::new(),
         uid,
         gid: uid,
         network: manifest.capabilities.network,

@@ -40,7 +40,7 @@ use plugboard_engine::loader::{self, SealedLibrary};
 use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::sandbox::landlock::{self, FsPolicy, PathAccess};
 use plugboard_engine::sandbox::process::{self, ConfineError, ForkSide};
-use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
+use plugboard_engine::sandbox::seccomp;
 use plugboard_engine::worker::{TokenBucket, WORKER_LOG_LINES_PER_SEC};
 use plugboard_sdk::host::{HostCallbacks, Instance};
 use plugboard_sdk::{LogLevel, abi};
@@ -341,19 +341,14 @@ fn confine_files_and_calls(
         Mechanism::Capabilities,
         process::drop_capabilities().map_err(|e| e.to_string()),
     )?;
-    let listener = steps.record(
-        Mechanism::Seccomp,
-        seccomp::install(&SyscallPolicy {
-            network: plan.network,
-            spawn: plan.spawn,
-            files: if plan.audit {
-                FileWatch::ReadsAndWrites
-            } else {
-                FileWatch::Writes
-            },
-        })
-        .map_err(|e| e.to_string()),
-    )?;
+    // The engine's compiled program when it sent one (the plan's, compiled once per
+    // policy in the engine), else compiled here.
+    let installed = if plan.seccomp_program.is_empty() {
+        seccomp::install(&plan.syscall_policy())
+    } else {
+        seccomp::install_compiled(&seccomp::unpack_program(&plan.seccomp_program))
+    };
+    let listener = steps.record(Mechanism::Seccomp, installed.map_err(|e| e.to_string()))?;
     if plan.audit {
         steps.note(
             Mechanism::Seccomp,

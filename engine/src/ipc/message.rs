@@ -258,6 +258,27 @@ pub struct ConfinementPlan {
     /// every open and every call a capability would grant, and the engine lets them through
     /// and records them; Landlock is not applied. Calls no capability grants stay denied.
     pub audit: bool,
+    /// The seccomp filter for this plan, compiled by the engine (once per policy: see
+    /// `seccomp::compiled_for`) and packed by `seccomp::pack_program`; empty: the worker
+    /// compiles it from the plan itself.
+    #[serde(default)]
+    pub seccomp_program: Vec<u64>,
+}
+
+impl ConfinementPlan {
+    /// The system calls this plan's filter lets through: from its capabilities and mode.
+    pub fn syscall_policy(&self) -> crate::sandbox::seccomp::SyscallPolicy {
+        use crate::sandbox::seccomp::{FileWatch, SyscallPolicy};
+        SyscallPolicy {
+            network: self.network,
+            spawn: self.spawn,
+            files: if self.audit {
+                FileWatch::ReadsAndWrites
+            } else {
+                FileWatch::Writes
+            },
+        }
+    }
 }
 
 impl ConfinementPlan {
@@ -402,6 +423,7 @@ mod tests {
         ConfinementPlan {
             plugin: "p".to_owned(),
             library: "libp.so".to_owned(),
+            seccomp_program: Vec::new(),
             uid: 1,
             gid: 2,
             network: true,

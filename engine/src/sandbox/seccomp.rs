@@ -27,7 +27,7 @@ mod watch;
 use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use libseccomp::error::SeccompError as LibseccompError;
 use libseccomp::{
@@ -738,13 +738,18 @@ const LISTENER_FLAGS: libc::c_ulong =
 /// A second filter, loaded first, answers `ENOSYS` to calls newer than the rules (see
 /// [`FIRST_UNREVIEWED_SYSCALL`]).
 pub fn install(policy: &SyscallPolicy) -> Result<OwnedFd, SeccompError> {
+    install_compiled(&compile(&rules(policy))?)
+}
+
+/// [`install`] with the program [`compiled_for`] made (the engine compiles each policy's
+/// once, and the worker loads it: no worker compiles its own).
+pub fn install_compiled(program: &[libc::sock_filter]) -> Result<OwnedFd, SeccompError> {
     check_support()?;
-    let program = compile(&rules(policy))?;
     // The kernel requires no_new_privs (or CAP_SYS_ADMIN, which root has and which must not
     // be what lets the filter in): set it here, explicitly, before the filter.
     nix::sys::prctl::set_no_new_privs().map_err(|source| SeccompError::NoNewPrivs { source })?;
     load(&unreviewed_calls_program(), 0)?;
-    let listener = load(&program, LISTENER_FLAGS)?;
+    let listener = load(program, LISTENER_FLAGS)?;
     let listener = i32::try_from(listener).map_err(|_| SeccompError::Load {
         error: io::Error::other(format!(
             "the kernel returned {listener}, which is not a descriptor"
@@ -753,6 +758,55 @@ pub fn install(policy: &SyscallPolicy) -> Result<OwnedFd, SeccompError> {
     // SAFETY: with SECCOMP_FILTER_FLAG_NEW_LISTENER, a non-negative return is a descriptor
     // the kernel just opened for this process and nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(listener) })
+}
+
+/// The program for `policy`, compiled once per policy in this process (there are eight)
+/// and kept: what [`install_compiled`] loads.
+pub fn compiled_for(policy: SyscallPolicy) -> Result<Arc<[libc::sock_filter]>, SeccompError> {
+    static COMPILED: Mutex<Vec<(SyscallPolicy, Arc<[libc::sock_filter]>)>> = Mutex::new(Vec::new());
+    if let Some((_, program)) = COMPILED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .find(|(compiled, _)| *compiled == policy)
+    {
+        return Ok(Arc::clone(program));
+    }
+    let program: Arc<[libc::sock_filter]> = compile(&rules(&policy))?.into();
+    COMPILED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((policy, Arc::clone(&program)));
+    Ok(program)
+}
+
+/// A program as the plan carries it: each instruction in one `u64` (`code`, `jt`, `jf`,
+/// `k` from the low bits up).
+pub fn pack_program(program: &[libc::sock_filter]) -> Vec<u64> {
+    program
+        .iter()
+        .map(|instruction| {
+            u64::from(instruction.code)
+                | u64::from(instruction.jt) << 16
+                | u64::from(instruction.jf) << 24
+                | u64::from(instruction.k) << 32
+        })
+        .collect()
+}
+
+/// [`pack_program`] undone.
+pub fn unpack_program(packed: &[u64]) -> Vec<libc::sock_filter> {
+    // The casts take each field's bits back out of the word it was packed into.
+    #[allow(clippy::cast_possible_truncation)]
+    packed
+        .iter()
+        .map(|word| libc::sock_filter {
+            code: *word as u16,
+            jt: (word >> 16) as u8,
+            jf: (word >> 24) as u8,
+            k: (word >> 32) as u32,
+        })
+        .collect()
 }
 
 /// libseccomp keeps process-wide state (API level, detected kernel features) that it
@@ -934,6 +988,39 @@ mod tests {
 
     fn names(rules: &[SyscallRule]) -> Vec<&'static str> {
         rules.iter().map(|rule| rule.syscall).collect()
+    }
+
+    /// The engine compiles each policy once and hands the worker the very program it
+    /// would have compiled itself, through the plan's packing.
+    #[test]
+    fn a_policy_is_compiled_once_and_survives_the_plans_packing() {
+        let policy = SyscallPolicy {
+            network: false,
+            spawn: true,
+            files: FileWatch::Writes,
+        };
+        let first = compiled_for(policy).unwrap();
+        let again = compiled_for(policy).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "compiled once");
+        let own = compile(&rules(&policy)).unwrap();
+        let shipped = unpack_program(&pack_program(&first));
+        let fields = |program: &[libc::sock_filter]| -> Vec<(u16, u8, u8, u32)> {
+            program
+                .iter()
+                .map(|step| (step.code, step.jt, step.jf, step.k))
+                .collect()
+        };
+        assert_eq!(fields(&shipped), fields(&own));
+        let other = compiled_for(SyscallPolicy {
+            network: true,
+            ..policy
+        })
+        .unwrap();
+        assert_ne!(
+            fields(&other),
+            fields(&own),
+            "another policy, another program"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn plan() -> ConfinementPlan {
     ConfinementPlan {
         plugin: "hello".to_owned(),
         library: "libhello.so".to_owned(),
+        seccomp_program: Vec::new(),
         uid: 65_534,
         gid: 65_534,
         network: false,
@@ -892,6 +893,7 @@ fn plan_strategy() -> impl Strategy<Value = ConfinementPlan> {
                 (require, serve_threads, audit),
             )| ConfinementPlan {
                 library: format!("lib{plugin}.so"),
+                seccomp_program: Vec::new(),
                 plugin,
                 uid,
                 gid,
