@@ -84,10 +84,16 @@ fn stream_name(stream: OutputStream) -> &'static str {
 }
 
 /// The plugin's output on stderr, one line each, before what `call` says of the call.
+/// Control characters are escaped (as in the engine's log): a plugin's newline must not
+/// start a line that passes for `call`'s own, nor its escape sequences reach the terminal.
 fn print_output(plugin: Option<&str>, lines: &[OutputLine]) {
     let plugin = plugin.unwrap_or("plugin");
     for line in lines {
-        errln!("{plugin} {}: {}", stream_name(line.stream), line.line);
+        errln!(
+            "{plugin} {}: {}",
+            stream_name(line.stream),
+            plugboard_engine::text::one_line(&line.line)
+        );
     }
 }
 

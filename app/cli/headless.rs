@@ -316,41 +316,48 @@ fn start_plugins(
 /// (a stale cgroup left, a state file not written, seccomp notifications paced…) — not
 /// traffic switched, nor what this command says itself (starts refused, unverified
 /// plugins). Runs until `stop` is set, then prints what is left and ends.
-fn say_events(events: &std::sync::mpsc::Receiver<Event>, stop: &AtomicBool) {
+fn say_events(events: &std::sync::mpsc::Receiver<Event>, said_up_to: u64, stop: &AtomicBool) {
     loop {
         let event = match events.recv_timeout(POLL_INTERVAL) {
             Ok(event) => event,
             Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => continue,
             Err(_) => break,
         };
-        let plugin = event
-            .plugin
-            .as_deref()
-            .map_or_else(String::new, |name| format!("`{name}` "));
-        match event.kind {
-            EventKind::Rejected { reason } => errln!("plugboard: {plugin}rejected: {reason}"),
-            EventKind::ReloadFailed { reason } => {
-                errln!("plugboard: {plugin}reload failed, the old version keeps serving: {reason}");
-            }
-            EventKind::RestartsExhausted { restarts, window_s } => errln!(
-                "plugboard: {plugin}failed: {restarts} restarts within {window_s} s, no more"
-            ),
-            EventKind::Violation { violation } if violation.action == Action::Quarantine => {
-                errln!(
-                    "plugboard: {plugin}quarantined: {}: {}",
-                    violation.kind,
-                    violation.detail
-                );
-            }
-            EventKind::Engine { message }
-                if !(message.starts_with("traffic ")
-                    || message.starts_with("start refused:")
-                    || message.contains("runs UNVERIFIED")) =>
-            {
-                errln!("plugboard: {plugin}{message}");
-            }
-            _ => {}
+        if event.seq > said_up_to {
+            say_event(event);
         }
+    }
+}
+
+/// One event, if it is one [`say_events`] says.
+fn say_event(event: Event) {
+    let plugin = event
+        .plugin
+        .as_deref()
+        .map_or_else(String::new, |name| format!("`{name}` "));
+    match event.kind {
+        EventKind::Rejected { reason } => errln!("plugboard: {plugin}rejected: {reason}"),
+        EventKind::ReloadFailed { reason } => {
+            errln!("plugboard: {plugin}reload failed, the old version keeps serving: {reason}");
+        }
+        EventKind::RestartsExhausted { restarts, window_s } => {
+            errln!("plugboard: {plugin}failed: {restarts} restarts within {window_s} s, no more");
+        }
+        EventKind::Violation { violation } if violation.action == Action::Quarantine => {
+            errln!(
+                "plugboard: {plugin}quarantined: {}: {}",
+                violation.kind,
+                violation.detail
+            );
+        }
+        EventKind::Engine { message }
+            if !(message.starts_with("traffic ")
+                || message.starts_with("start refused:")
+                || message.contains("runs UNVERIFIED")) =>
+        {
+            errln!("plugboard: {plugin}{message}");
+        }
+        _ => {}
     }
 }
 
@@ -375,10 +382,22 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     let signals = StopSignals::install()?;
     let engine = Engine::start(config).context("the engine cannot start")?;
     let events = engine.subscribe();
+    // What the engine found while it started (a stale cgroup it could not remove) came
+    // before anyone listened: said from its ring. (The state file's warning is said below,
+    // as a warning.)
+    let mut said_up_to = 0;
+    for event in engine.recent_events() {
+        said_up_to = said_up_to.max(event.seq);
+        let about_state_file = matches!(&event.kind, EventKind::Engine { message }
+            if engine.state_file_warning() == Some(message.as_str()));
+        if !about_state_file {
+            say_event(event);
+        }
+    }
     let stop_saying = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let stop = &stop_saying;
-        scope.spawn(move || say_events(&events, stop));
+        scope.spawn(move || say_events(&events, said_up_to, stop));
         let ran = run_engine(options, &signals, &engine);
         stop_saying.store(true, Ordering::SeqCst);
         ran

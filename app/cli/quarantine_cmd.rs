@@ -58,7 +58,9 @@ fn state_file(options: &QuarantineOptions) -> Result<StateFile> {
     let engine_ran = Path::new(&claim).exists();
     let given_by = match source {
         StateFileSource::Default => return Ok(StateFile { path, state: None }),
-        StateFileSource::HostConfig if engine_ran => return Ok(StateFile { path, state: None }),
+        StateFileSource::HostConfig | StateFileSource::Flag if engine_ran => {
+            return Ok(StateFile { path, state: None });
+        }
         StateFileSource::Flag => "--state-file",
         StateFileSource::HostConfig => "`state_file` in the host configuration",
     };
@@ -165,10 +167,15 @@ fn record_clear(options: &QuarantineOptions, plugin: &str) {
         plugin: Some(plugin.to_owned()),
         kind: plugboard_engine::EventKind::QuarantineCleared,
     };
-    let written = plugboard_engine::audit::AuditLog::open(
-        plugboard_engine::audit::AuditPolicy::new(file.clone()),
-    )
-    .and_then(|mut audit| audit.append(&event, true));
+    // One line appended, never a rotation: the file may be a running engine's, rotated
+    // by its own settings.
+    let policy = plugboard_engine::audit::AuditPolicy {
+        max_bytes: u64::MAX,
+        keep: 0,
+        ..plugboard_engine::audit::AuditPolicy::new(file.clone())
+    };
+    let written = plugboard_engine::audit::AuditLog::open(policy)
+        .and_then(|mut audit| audit.append(&event, true));
     if let Err(err) = written {
         errln!(
             "plugboard: warning: the clear is not in the audit file {}: {err}",

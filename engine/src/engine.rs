@@ -27,7 +27,9 @@ use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
 use crate::snapshot::{
     ConfigSetting, ConfigSource, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision,
 };
-use crate::supervisor::state_file::{Claimed, PersistedState, PluginToggles, StateFileClaim};
+use crate::supervisor::state_file::{
+    Claimed, PersistedState, PluginToggles, StateFileClaim, ToggleDelta,
+};
 use crate::supervisor::{
     ActorMessage, DiskChange, Lifecycle, Plugin, PluginOverrides, Reply, RestartPolicy,
     WatchPolicy, dependencies, millis, run_actor,
@@ -336,7 +338,7 @@ pub(crate) struct Shared {
     /// they should be. They hold in this engine — read over what the file says — and the
     /// sampler writes them again until they are on disk, so a quarantine on a full disk
     /// still survives the next restart once space is free.
-    unsaved: Mutex<BTreeMap<String, PluginToggles>>,
+    unsaved: Mutex<BTreeMap<String, ToggleDelta>>,
     /// What the trust store's directory held at the last look (names, sizes, times):
     /// when it changes, every plugin that is up is checked against the store again.
     trust_seen: Mutex<Option<Vec<(std::ffi::OsString, u64, SystemTime)>>>,
@@ -378,8 +380,8 @@ impl Shared {
         let mut unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
         let written = PersistedState::update(file, |state| {
             // Earlier changes that did not reach the disk go with this one.
-            for (plugin, toggles) in unsaved.iter() {
-                state.plugins.insert(plugin.clone(), toggles.clone());
+            for (plugin, delta) in unsaved.iter() {
+                delta.apply(state.plugins.entry(plugin.clone()).or_default());
             }
             change(state.plugins.entry(name.to_owned()).or_default());
         });
@@ -390,13 +392,17 @@ impl Shared {
                 Ok(())
             }
             Err(err) => {
-                let mut toggles = unsaved
-                    .get(name)
-                    .or_else(|| persisted.plugins.get(name))
-                    .cloned()
-                    .unwrap_or_default();
-                change(&mut toggles);
-                unsaved.insert(name.to_owned(), toggles);
+                // Kept as what it changed, replayed on the file as it will be then.
+                let mut before = persisted.plugins.get(name).cloned().unwrap_or_default();
+                if let Some(earlier) = unsaved.get(name) {
+                    earlier.apply(&mut before);
+                }
+                let mut after = before.clone();
+                change(&mut after);
+                unsaved
+                    .entry(name.to_owned())
+                    .or_default()
+                    .then(ToggleDelta::between(&before, &after));
                 Err(EngineError::StateNotWritten {
                     reason: err.to_string(),
                 })
@@ -405,10 +411,11 @@ impl Shared {
     }
 
     /// Writes the toggles a failed [`Self::persist`] left in memory, if any: said once
-    /// they are on disk. Called by the sampler.
-    pub fn write_unsaved_state(&self) {
+    /// they are on disk. Called by the sampler, and a last time at shutdown. Whether
+    /// anything is still not on disk.
+    pub fn write_unsaved_state(&self) -> bool {
         let Some(file) = &self.config.state_file else {
-            return;
+            return false;
         };
         let mut persisted = self
             .persisted
@@ -416,11 +423,11 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner);
         let mut unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
         if unsaved.is_empty() {
-            return;
+            return false;
         }
         let written = PersistedState::update(file, |state| {
-            for (plugin, toggles) in unsaved.iter() {
-                state.plugins.insert(plugin.clone(), toggles.clone());
+            for (plugin, delta) in unsaved.iter() {
+                delta.apply(state.plugins.entry(plugin.clone()).or_default());
             }
         });
         if let Ok(state) = written {
@@ -438,7 +445,9 @@ impl Shared {
                     ),
                 },
             );
+            return false;
         }
+        true
     }
 
     /// Looks at the trust store's directory (a few small files): when it changed since the
@@ -452,14 +461,26 @@ impl Shared {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
+        // Followed as the store reads them (a `trust.toml` that is a link to a file kept
+        // elsewhere), and the trust list where `trust.toml` puts it.
+        let seen = |path: &std::path::Path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((
+                path.as_os_str().to_owned(),
+                meta.len(),
+                meta.modified().ok()?,
+            ))
+        };
         let mut now: Vec<(std::ffi::OsString, u64, SystemTime)> = entries
             .flatten()
             .filter(|entry| entry.file_name() != ".trust.lock")
-            .filter_map(|entry| {
-                let meta = entry.metadata().ok()?;
-                Some((entry.file_name(), meta.len(), meta.modified().ok()?))
-            })
+            .filter_map(|entry| seen(&entry.path()))
             .collect();
+        let trust_list = std::fs::read_to_string(dir.join(crate::trust::TRUST_CONFIG_FILE))
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|table| Some(dir.join(table.get("trust_list")?.get("file")?.as_str()?)));
+        now.extend(trust_list.as_deref().and_then(seen));
         now.sort();
         let mut seen = self
             .trust_seen
@@ -492,12 +513,16 @@ impl Shared {
             *persisted = state;
         }
         // What this engine could not write yet holds over the file.
-        let unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
-        unsaved
+        let mut toggles = persisted.plugins.get(name).cloned().unwrap_or_default();
+        if let Some(delta) = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(name)
-            .or_else(|| persisted.plugins.get(name))
-            .cloned()
-            .unwrap_or_default()
+        {
+            delta.apply(&mut toggles);
+        }
+        toggles
     }
 
     pub fn event(&self, plugin: Option<&str>, kind: EventKind) {
@@ -1323,6 +1348,27 @@ impl Engine {
             }
         }
         let _ = self.shared.scope.remove();
+        // A last try for what a full disk kept from the state file; what still cannot be
+        // written is said (and lost with this engine).
+        if self.shared.write_unsaved_state() {
+            let plugins: Vec<String> = self
+                .shared
+                .unsaved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
+            self.shared.event(
+                None,
+                EventKind::Engine {
+                    message: format!(
+                        "the state file cannot be written: what changed for {} (a quarantine, a toggle) is lost with this engine",
+                        plugins.join(", ")
+                    ),
+                },
+            );
+        }
         if let Some(audit) = &self.shared.audit {
             audit.close();
         }

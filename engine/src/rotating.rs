@@ -37,6 +37,14 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// Makes the directory `path` is in, if it is missing.
+fn create_parent(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir),
+        None => Ok(()),
+    }
+}
+
 /// Whether `path` names the very file `file` is.
 fn names(path: &Path, file: &File) -> bool {
     use std::os::unix::fs::MetadataExt as _;
@@ -73,9 +81,7 @@ impl RotatingFile {
         sync_on_rotation: bool,
     ) -> io::Result<Self> {
         // Its directory is made as the state file's is (a fresh host's /var/log/plugboard).
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
+        create_parent(&path)?;
         let torn = !ends_with_newline(&path)?;
         let mut file = open_append(&path)?;
         if torn {
@@ -100,9 +106,13 @@ impl RotatingFile {
     pub fn append_line(&mut self, line: &[u8], durable: bool) -> io::Result<()> {
         if self.path_checked.elapsed() >= CHECK_PATH_EVERY {
             self.path_checked = Instant::now();
-            if !names(&self.path, &self.file) {
-                self.file = open_append(&self.path)?;
-                self.size = self.file.metadata()?.len();
+            // Made again (its directory too); when it cannot be (yet), this line still goes
+            // to the open file, and the next look tries again.
+            if !names(&self.path, &self.file)
+                && let Ok(file) = create_parent(&self.path).and_then(|()| open_append(&self.path))
+            {
+                self.size = file.metadata().map_or(0, |meta| meta.len());
+                self.file = file;
                 self.torn = false;
             }
         }
@@ -267,6 +277,11 @@ mod tests {
         file.append_line(b"after\n", false).unwrap();
         assert_eq!(lines(&moved), ["before"]);
         assert_eq!(lines(&path), ["after"]);
+        // Its directory removed too: made again.
+        std::fs::remove_dir_all(dir.path().join("logs")).unwrap();
+        file.path_checked = Instant::now().checked_sub(CHECK_PATH_EVERY).unwrap();
+        file.append_line(b"again\n", false).unwrap();
+        assert_eq!(lines(&path), ["again"]);
     }
 
     #[test]

@@ -34,8 +34,8 @@ use crate::sandbox::cgroup::{CgroupLimits, EngineScope, PluginCgroup, ThreadEntr
 use crate::sandbox::landlock::{FsPolicy, PathVerdict};
 use crate::sandbox::process::ProcessHandle;
 use crate::sandbox::seccomp::{
-    Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, WorkerIdentity,
-    capability_for, is_file_syscall,
+    Capability, FileAccess, FileOperand, Notification, NotifyListener, Verdict, capability_for,
+    is_file_syscall,
 };
 use calls::Calls;
 
@@ -585,10 +585,6 @@ impl Worker {
             spec.plan.audit,
             spec.plan.network,
         );
-        let identity = WorkerIdentity {
-            uid: spec.plan.uid,
-            gid: spec.plan.gid,
-        };
         let mut plan = spec.plan;
         // Compiled here once per policy rather than by every worker; should it fail, the
         // worker compiles it and reports the failure as its seccomp step.
@@ -644,7 +640,7 @@ impl Worker {
         // Served from now on: the plugin's constructor runs under the filter, and a call it
         // makes there must be answered for the worker to become ready.
         let listener_thread = if seccomp_active {
-            let policy = ListenerPolicy::new(file_rules, identity, &mechanisms);
+            let policy = ListenerPolicy::new(file_rules, &mechanisms);
             Some(serve_listener(&channel, &plugin, policy, &exited, events)?)
         } else {
             None
@@ -1831,8 +1827,6 @@ struct ListenerPolicy {
     /// The same file rules the worker gave Landlock.
     files: FsPolicy,
     audit: bool,
-    /// Who the worker is on the host: the engine adds a worker's inotify watches as it.
-    identity: WorkerIdentity,
 }
 
 impl ListenerPolicy {
@@ -1840,7 +1834,6 @@ impl ListenerPolicy {
     /// a worker with its own mount namespace has its private `/tmp` granted.
     fn new(
         (fs_read, fs_write, audit, network): (Vec<PathBuf>, Vec<PathBuf>, bool, bool),
-        identity: WorkerIdentity,
         mechanisms: &BTreeMap<Mechanism, MechanismState>,
     ) -> Self {
         let private_tmp = mechanisms
@@ -1849,7 +1842,6 @@ impl ListenerPolicy {
         Self {
             files: FsPolicy::for_worker(&fs_read, &fs_write, private_tmp, network),
             audit,
-            identity,
         }
     }
 }
@@ -1860,13 +1852,18 @@ impl ListenerPolicy {
 fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<WorkerEvent>) {
     if is_file_syscall(&call.syscall) {
         // Landlock does not cover inotify: for a watch the engine is the only check, so a
-        // path it cannot judge (too many lookups, unreadable) is refused too.
+        // path it cannot judge (too many lookups, unreadable, under /proc, whose files no
+        // rule names) is refused too.
         let engine_enforces = call.syscall == "inotify_add_watch";
         let outside: Vec<&FileOperand> = call
             .files
             .iter()
             .filter(|operand| match &operand.path {
-                Some(path) => policy.files.judge(path, operand.access) == PathVerdict::Denied,
+                Some(path) => match policy.files.judge(path, operand.access) {
+                    PathVerdict::Denied => true,
+                    PathVerdict::NotJudged => engine_enforces,
+                    PathVerdict::Granted => false,
+                },
                 None => engine_enforces,
             })
             .collect();
@@ -1897,15 +1894,19 @@ fn decide(policy: &ListenerPolicy, call: &Notification) -> (Verdict, Option<Work
             (
                 None,
                 Some(FileOperand {
-                    path: Some(path), ..
+                    path: Some(judged),
+                    named: Some(named),
+                    ..
                 }),
             ) if engine_enforces => (
                 Verdict::AddWatch {
-                    path: path.clone(),
-                    identity: policy.identity,
+                    named: named.clone(),
+                    judged: judged.clone(),
                 },
                 None,
             ),
+            // (A watch whose name was not kept: refused, as one the engine cannot judge.)
+            _ if engine_enforces => (Verdict::Deny(libc::EACCES), None),
             // Granted by name, or not decidable by name: Landlock decides.
             _ => (Verdict::Continue, None),
         };

@@ -526,3 +526,31 @@ fn a_payload_too_large_to_send_is_said_as_not_sent() {
         "{err}"
     );
 }
+
+/// The plugin's lines are its own: a newline or an escape sequence in what it logs is
+/// shown escaped, never as a line of `call`'s or as a command to the terminal.
+#[test]
+fn what_a_plugin_logs_cannot_pass_for_calls_own_lines() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = keys(root.path(), "author");
+    let prober = signed_example(root.path(), "prober", &keys);
+    let output = plugboard(&[
+        &"call",
+        &"--trust-store",
+        &keys.store,
+        &prober,
+        &"log",
+        &"fine\nplugboard: error: forged\u{1b}]52;c;x\u{7}",
+    ]);
+    ok(&output);
+    let err = stderr(&output);
+    assert!(
+        !err.lines().any(|line| line.starts_with("plugboard: error")),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(
+        err.contains("fine\\nplugboard: error: forged\\u{1b}]52;c;x\\u{7}"),
+        "{err:?}"
+    );
+}

@@ -179,8 +179,8 @@ impl ManifestError {
             .and_then(|rest| rest.lines().next())
             .unwrap_or_default();
         let context = if line_text.trim().is_empty() {
-            // An unclosed array or string is found where the file ends: the line that
-            // opened it is the one to show.
+            // An unclosed array or string is found where the file ends, on no line: the
+            // last line before the end is shown (where the file stops short).
             let before = source.get(..line_start).unwrap_or_default();
             match before.lines().rev().find(|text| !text.trim().is_empty()) {
                 Some(last) => format!("after `{}`", shorten(last.trim())),

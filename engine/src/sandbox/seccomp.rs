@@ -38,7 +38,6 @@ use serde::{Deserialize, Serialize};
 
 pub use files::{FileAccess, FileOperand, is_file_syscall};
 pub use listener::{Notification, NotifyListener, Verdict};
-pub use watch::WorkerIdentity;
 
 /// What the plugin's manifest grants that the filter must let through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -46,6 +46,94 @@ impl PluginToggles {
     }
 }
 
+/// What one change did to a plugin's toggles, field by field: kept while the state file
+/// cannot take it and replayed onto the file as it is then — so a field someone else
+/// changed meanwhile (`plugboard quarantine clear` from a shell) is not put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToggleDelta {
+    enabled: FieldChange<Option<bool>>,
+    quarantined: FieldChange<Option<Quarantine>>,
+    hooks_disabled: BTreeSet<String>,
+    hooks_enabled: BTreeSet<String>,
+}
+
+/// One field of a [`ToggleDelta`]: left as it is, or set to a value (which may be `None`:
+/// a quarantine lifted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum FieldChange<T> {
+    #[default]
+    Unchanged,
+    Set(T),
+}
+
+impl<T: Clone + PartialEq> FieldChange<T> {
+    fn between(before: &T, after: &T) -> Self {
+        if before == after {
+            Self::Unchanged
+        } else {
+            Self::Set(after.clone())
+        }
+    }
+
+    fn then(&mut self, later: Self) {
+        if let Self::Set(_) = later {
+            *self = later;
+        }
+    }
+
+    fn apply(&self, field: &mut T) {
+        if let Self::Set(value) = self {
+            field.clone_from(value);
+        }
+    }
+}
+
+impl ToggleDelta {
+    /// The fields `after` changed from `before`.
+    pub fn between(before: &PluginToggles, after: &PluginToggles) -> Self {
+        Self {
+            enabled: FieldChange::between(&before.enabled, &after.enabled),
+            quarantined: FieldChange::between(&before.quarantined, &after.quarantined),
+            hooks_disabled: after
+                .disabled_hooks
+                .difference(&before.disabled_hooks)
+                .cloned()
+                .collect(),
+            hooks_enabled: before
+                .disabled_hooks
+                .difference(&after.disabled_hooks)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// This change, then `later`.
+    pub fn then(&mut self, later: Self) {
+        self.enabled.then(later.enabled);
+        self.quarantined.then(later.quarantined);
+        for hook in later.hooks_disabled {
+            self.hooks_enabled.remove(&hook);
+            self.hooks_disabled.insert(hook);
+        }
+        for hook in later.hooks_enabled {
+            self.hooks_disabled.remove(&hook);
+            self.hooks_enabled.insert(hook);
+        }
+    }
+
+    /// Makes the change on `toggles`.
+    pub fn apply(&self, toggles: &mut PluginToggles) {
+        self.enabled.apply(&mut toggles.enabled);
+        self.quarantined.apply(&mut toggles.quarantined);
+        for hook in &self.hooks_disabled {
+            toggles.disabled_hooks.insert(hook.clone());
+        }
+        for hook in &self.hooks_enabled {
+            toggles.disabled_hooks.remove(hook);
+        }
+    }
+}
+
 /// The whole state file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +331,38 @@ impl StateFileClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change kept while the file could not take it is replayed as what it changed: a
+    /// quarantine cleared from a shell meanwhile stays cleared when a disable kept in
+    /// memory is written.
+    #[test]
+    fn a_kept_change_replays_only_the_fields_it_changed() {
+        let quarantined = PluginToggles {
+            quarantined: Some(Quarantine {
+                reason: "protocol_violation".to_owned(),
+                at_ms: 1,
+            }),
+            ..PluginToggles::default()
+        };
+        let mut disabled = quarantined.clone();
+        disabled.enabled = Some(false);
+        disabled.disabled_hooks.insert("greet".to_owned());
+        let mut delta = ToggleDelta::between(&quarantined, &disabled);
+        let mut hook_on_again = disabled.clone();
+        hook_on_again.disabled_hooks.remove("greet");
+        delta.then(ToggleDelta::between(&disabled, &hook_on_again));
+        // On disk meanwhile: the quarantine cleared, another hook turned off.
+        let mut on_disk = PluginToggles::default();
+        on_disk.disabled_hooks.insert("other".to_owned());
+        delta.apply(&mut on_disk);
+        assert_eq!(on_disk.enabled, Some(false));
+        assert_eq!(on_disk.quarantined, None, "the shell's clear stands");
+        assert_eq!(
+            on_disk.disabled_hooks,
+            BTreeSet::from(["other".to_owned()]),
+            "greet was turned off and on again; other was not touched"
+        );
+    }
 
     #[test]
     fn a_second_claim_on_a_state_file_names_the_first_holder() {

@@ -2459,3 +2459,76 @@ fn an_unloaded_plugin_disabled_shows_as_disabled_and_starts_once_enabled() {
     start(engine, "hello");
     assert_eq!(plugin(engine, "hello").state, PluginState::Running);
 }
+
+/// A `trust.toml` that is a link to a file kept elsewhere, rewritten there with a
+/// revocation, is seen as the store reads it: the plugin the revoked key signed is stopped.
+#[test]
+fn a_revocation_written_through_a_linked_trust_toml_stops_what_it_covers() {
+    let linked = std::sync::Mutex::new(None);
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        let store = config.trust_store.clone().expect("a store");
+        let kept = store.parent().unwrap().join("kept-elsewhere");
+        std::fs::create_dir_all(&kept).unwrap();
+        let outside = kept.join("trust.toml");
+        std::fs::write(&outside, "").unwrap();
+        std::os::unix::fs::symlink(&outside, store.join("trust.toml")).unwrap();
+        *linked.lock().unwrap() = Some(outside);
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let outside = linked.lock().unwrap().take().unwrap();
+    let key_id = fixture.signer.key.public_key().key_id();
+    // Replaced whole, as an editor or a deploy tool writes it: the link is untouched.
+    let staged = outside.with_extension("new");
+    std::fs::write(&staged, format!("[revoked]\nkeys = [\"{key_id}\"]\n")).unwrap();
+    std::fs::rename(&staged, &outside).unwrap();
+    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
+        hello.state == PluginState::Rejected
+    });
+    let reason = hello.reason.unwrap_or_default();
+    assert!(reason.contains("revoked"), "{reason}");
+}
+
+/// What the state file could not take is written a last time at shutdown (here no sample
+/// comes to do it first); what still cannot be written then is said to be lost.
+#[test]
+fn a_kept_toggle_is_written_at_shutdown_or_said_lost() {
+    for writable_again in [true, false] {
+        let state_dir = tempfile::tempdir().unwrap();
+        let blocked = state_dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        let state_file = blocked.join("state.json");
+        let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+            config.state_file = Some(state_file.clone());
+            config.sample_interval = Duration::from_secs(3600);
+        });
+        let engine = &fixture.engine;
+        std::fs::rename(&blocked, state_dir.path().join("set-aside")).unwrap();
+        std::fs::write(&blocked, "not a directory").unwrap();
+        assert!(
+            engine
+                .execute(Command::Disable {
+                    plugin: "hello".into(),
+                    force: false,
+                })
+                .is_err()
+        );
+        if writable_again {
+            std::fs::remove_file(&blocked).unwrap();
+            std::fs::create_dir(&blocked).unwrap();
+        }
+        engine.shutdown();
+        if writable_again {
+            let saved = std::fs::read_to_string(&state_file).expect("written at shutdown");
+            assert!(saved.contains("hello"), "{saved}");
+        } else {
+            assert!(
+                engine.recent_events().iter().any(|event| matches!(
+                    &event.kind,
+                    EventKind::Engine { message } if message.contains("is lost with this engine")
+                )),
+                "the loss is said"
+            );
+        }
+    }
+}

@@ -659,6 +659,19 @@ fn a_watch_the_engine_adds_is_checked_as_the_worker_in_the_workers_view() {
     std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o700)).unwrap();
     let to_etc = granted.path().join("to-etc");
     std::os::unix::fs::symlink("/etc", &to_etc).unwrap();
+    // A directory the worker may not search, holding a link into the grants: the kernel
+    // would refuse the worker the walk through it, whatever the link leads to.
+    let hidden = tempfile::Builder::new()
+        .prefix("plugboard-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(hidden.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let through_hidden = hidden.path().join("into-grant");
+    std::os::unix::fs::symlink(granted.path(), &through_hidden).unwrap();
+    let subdir = granted.path().join("sub");
+    std::fs::create_dir(&subdir).unwrap();
+    let to_sub = granted.path().join("to-sub");
+    std::os::unix::fs::symlink(&subdir, &to_sub).unwrap();
     let running = start_with("prober", |plan| {
         plan.fs_read.push(granted.path().to_owned());
     })
@@ -669,9 +682,14 @@ fn a_watch_the_engine_adds_is_checked_as_the_worker_in_the_workers_view() {
     let followed = watch(&to_etc.display().to_string());
     let link_itself = watch(&format!("nofollow:{}", to_etc.display()));
     let private_tmp = watch("/tmp");
+    let unsearchable = watch(&through_hidden.display().to_string());
+    let under_proc = watch("/proc");
+    // A trailing slash follows the link, IN_DONT_FOLLOW or not, as the kernel does.
+    let trailing_slash = watch(&format!("nofollow:{}/", to_sub.display()));
     let watched = |reply: &str| inotify_watches(running.worker.sandbox_pid(), inotify_fd_in(reply));
     let (in_grant_watched, link_watched) = (watched(&in_grant), watched(&link_itself));
     let tmp_watched = watched(&private_tmp);
+    let slash_watched = watched(&trailing_slash);
     running.worker.stop(Duration::from_secs(2));
     running.scope.remove().unwrap();
     assert!(in_grant.starts_with("ok:"), "{in_grant}");
@@ -686,6 +704,16 @@ fn a_watch_the_engine_adds_is_checked_as_the_worker_in_the_workers_view() {
         "{private_tmp}"
     );
     assert_eq!(tmp_watched.len(), 1, "{private_tmp}");
+    assert!(
+        unsearchable.starts_with("denied:") && unsearchable.contains("Permission denied"),
+        "a link in a directory the worker may not search was followed for it: {unsearchable}"
+    );
+    assert!(under_proc.starts_with("denied:"), "{under_proc}");
+    assert_eq!(
+        slash_watched,
+        vec![file_identity(&subdir)],
+        "{trailing_slash}"
+    );
     assert!(
         as_worker.starts_with("denied:") && as_worker.contains("Permission denied"),
         "a directory only root may read was watched for the worker: {as_worker}"

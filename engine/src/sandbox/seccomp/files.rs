@@ -42,6 +42,10 @@ pub struct FileOperand {
     /// not be read (the caller died, a bad pointer, a descriptor that is gone) or needs
     /// more lookups than the engine spends on one.
     pub path: Option<PathBuf>,
+    /// The path as the caller gave it, made absolute, its links not resolved (what an
+    /// engine that makes the call itself walks again as the caller would).
+    #[serde(skip)]
+    pub named: Option<PathBuf>,
     pub access: FileAccess,
     /// The call creates the path's last component (`O_CREAT`, `mkdir`, the new name of a
     /// `rename`), so the rights that count are those on its parent directory.
@@ -138,14 +142,23 @@ pub(super) fn operands(pid: u32, syscall: &str, args: &[u64; 6]) -> Vec<FileOper
     specs
         .into_iter()
         .map(|spec| {
-            let path = memory
+            let raw = memory
                 .as_ref()
-                .and_then(|memory| read_c_string(memory, args[spec.path]))
-                .and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw))
-                .and_then(|path| in_worker_view(pid, &path, follows_last))
+                .and_then(|memory| read_c_string(memory, args[spec.path]));
+            // A trailing `/` (or `/.`) makes the kernel follow a link in the last name
+            // whatever the call's flags say.
+            let follows_last = follows_last
+                || raw
+                    .as_deref()
+                    .is_some_and(|raw| raw.ends_with(b"/") || raw.ends_with(b"/."));
+            let named = raw.and_then(|raw| absolute(pid, spec.dirfd.map(|arg| args[arg]), &raw));
+            let path = named
+                .as_deref()
+                .and_then(|path| in_worker_view(pid, path, follows_last))
                 .filter(|path| !(fails_on_existing && spec.creates && exists(path)));
             FileOperand {
                 path,
+                named,
                 access: spec.access,
                 creates: spec.creates,
             }

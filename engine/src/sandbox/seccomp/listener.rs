@@ -57,12 +57,14 @@ pub enum Verdict {
     /// still decides (Landlock, for file calls) and in audit mode, which records instead of
     /// confining by the host's explicit choice.
     Continue,
-    /// The engine adds the `inotify_add_watch` the caller asked for itself, on `path` (the
-    /// path it read and judged, links resolved), as `identity`, and answers with the watch
-    /// descriptor or the error: for a watch the engine is the only check (see `watch`).
+    /// The engine adds the `inotify_add_watch` the caller asked for itself — on `judged`
+    /// (the path it read and judged, links resolved) when `named` (the path as the caller
+    /// gave it) reaches the same file for the caller — with the caller's identity, and
+    /// answers with the watch descriptor or the error: for a watch the engine is the only
+    /// check (see `watch`).
     AddWatch {
-        path: std::path::PathBuf,
-        identity: super::WorkerIdentity,
+        named: std::path::PathBuf,
+        judged: std::path::PathBuf,
     },
 }
 
@@ -219,8 +221,8 @@ impl NotifyListener {
                 error: 0,
                 flags: CONTINUE_FLAG,
             },
-            Verdict::AddWatch { path, identity } => answered(
-                watch::add_for_caller(request.pid, &request.data.args, path, *identity, || {
+            Verdict::AddWatch { named, judged } => answered(
+                watch::add_for_caller(request.pid, &request.data.args, named, judged, || {
                     self.still_waiting(request.id).unwrap_or(false)
                 })
                 .map(i64::from)
