@@ -1670,6 +1670,22 @@ fn dialogs_taller_than_the_screen_keep_the_chosen_entry_and_the_changes() {
     assert!(text.contains("no / esc"), "{text}");
 }
 
+/// A new sample like the newest, with `plugin` changed by `edit`.
+fn sample_with(
+    app: &mut App,
+    plugin: &str,
+    edit: impl FnOnce(&mut plugboard_engine::PluginSnapshot),
+) {
+    let mut snapshot = (**app.history.back().unwrap()).clone();
+    let shown = snapshot
+        .plugins
+        .iter_mut()
+        .find(|shown| shown.name == plugin)
+        .unwrap();
+    edit(shown);
+    app.history.push_back(std::sync::Arc::new(snapshot));
+}
+
 /// A plugin waiting to restart is not started for an act: that would be an operator's
 /// start, with a fresh restart budget, and acts repeated in a demo would never spend it.
 #[test]
@@ -1680,17 +1696,10 @@ fn the_chaos_menu_leaves_a_plugin_waiting_to_restart_to_its_restart() {
         what: "crashes".to_owned(),
         payload: Vec::new(),
     }];
-    {
-        let mut snapshot = (**app.history.back().unwrap()).clone();
-        let hello = snapshot
-            .plugins
-            .iter_mut()
-            .find(|plugin| plugin.name == "hello")
-            .unwrap();
+    sample_with(&mut app, "hello", |hello| {
         hello.state = plugboard_engine::PluginState::BackingOff;
         hello.supervision.restart_budget_left = 3;
-        app.history.push_back(std::sync::Arc::new(snapshot));
-    }
+    });
     press(&mut app, KeyCode::Char('c'));
     let effects = press(&mut app, KeyCode::Enter);
     assert!(effects.is_empty(), "{effects:?}");
@@ -1712,16 +1721,9 @@ fn the_chaos_menu_turns_a_chaos_hook_turned_off_before_on_again_for_one_call() {
         payload: b"8000".to_vec(),
     }];
     // Set off again once its chaos hook was turned off: on first, then the call.
-    {
-        let mut snapshot = (**app.history.back().unwrap()).clone();
-        let hello = snapshot
-            .plugins
-            .iter_mut()
-            .find(|plugin| plugin.name == "hello")
-            .unwrap();
+    sample_with(&mut app, "hello", |hello| {
         hello.disabled_hooks = vec!["chaos".to_owned()];
-        app.history.push_back(std::sync::Arc::new(snapshot));
-    }
+    });
     press(&mut app, KeyCode::Char('c'));
     let effects = press(&mut app, KeyCode::Enter);
     let enable = Job {
