@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use plugboard_engine::manifest::Priority;
@@ -23,6 +24,9 @@ pub const HISTORY: usize = 300;
 pub const EVENT_LOG: usize = 2000;
 /// Calls per second the traffic key turns on, unless the front end says otherwise.
 pub const DEFAULT_TRAFFIC_RATE: f64 = 20.0;
+
+/// How long a success stays in the status line (warnings and errors stay until replaced).
+pub const STATUS_OK_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
@@ -251,6 +255,9 @@ pub struct App {
     /// key typed for one lands in another.
     pub queued_overlays: VecDeque<Overlay>,
     pub status: Option<Status>,
+    /// The status line's text as first seen by a sample, and when: a success said long
+    /// ago is cleared (see [`STATUS_OK_FOR`]).
+    pub status_seen: Option<(String, Instant)>,
     /// Commands running now (label by job id).
     pub pending: BTreeMap<u64, String>,
     next_job: u64,
@@ -301,6 +308,7 @@ impl App {
             overlay: None,
             queued_overlays: VecDeque::new(),
             status: None,
+            status_seen: None,
             pending: BTreeMap::new(),
             next_job: 0,
             traffic_rate: DEFAULT_TRAFFIC_RATE,
@@ -317,6 +325,7 @@ impl App {
     // ----- data in -----
 
     pub fn on_sample(&mut self, sample: Snapshot) {
+        self.expire_status();
         let pinned = self.pinned_log_line();
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -1034,6 +1043,25 @@ impl App {
                 }
             }
             Pane::Hooks | Pane::Info => {}
+        }
+    }
+
+    /// Clears a success said [`STATUS_OK_FOR`] ago or more: the screen has moved on since
+    /// ("✓ start crasher: done" while crasher has crashed again). Warnings and errors
+    /// stay until something replaces them.
+    fn expire_status(&mut self) {
+        let Some(status) = &self.status else {
+            self.status_seen = None;
+            return;
+        };
+        match &self.status_seen {
+            Some((text, since)) if *text == status.text => {
+                if status.role == Role::Ok && since.elapsed() >= STATUS_OK_FOR {
+                    self.status = None;
+                    self.status_seen = None;
+                }
+            }
+            _ => self.status_seen = Some((status.text.clone(), Instant::now())),
         }
     }
 

@@ -2218,3 +2218,28 @@ fn start_up_jobs_that_work_leave_the_status_line_alone() {
     let status = app.status.as_ref().map(|status| status.text.clone());
     assert_eq!(status.as_deref(), Some("✓ load counter: done"));
 }
+
+/// A success said long ago leaves the status line ("✓ start crasher: done" while it has
+/// crashed since); a warning stays until something replaces it.
+#[test]
+fn a_success_leaves_the_status_line_after_a_while_and_a_warning_stays() {
+    use std::time::{Duration, Instant};
+    let long_ago = Instant::now()
+        .checked_sub(crate::tui::app::STATUS_OK_FOR + Duration::from_secs(1))
+        .unwrap();
+    for (role, stays) in [
+        (crate::tui::theme::Role::Ok, false),
+        (crate::tui::theme::Role::Warn, true),
+    ] {
+        let mut app = app();
+        app.status = Some(crate::tui::app::Status {
+            text: "said".to_owned(),
+            role,
+        });
+        app.on_sample(snapshot(fleet()));
+        assert!(app.status.is_some(), "just said: kept");
+        app.status_seen = Some(("said".to_owned(), long_ago));
+        app.on_sample(snapshot(fleet()));
+        assert_eq!(app.status.is_some(), stays, "{role:?}");
+    }
+}
