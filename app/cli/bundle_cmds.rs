@@ -58,7 +58,6 @@ pub fn pack(
             library.display()
         );
     }
-    check_is_elf(library)?;
     check_plugin_library(library, &manifest)?;
     let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -180,22 +179,6 @@ fn replace_file(
     Ok(())
 }
 
-/// Refuses a library that is not an ELF file (an empty file, a script, a manifest given
-/// by mistake): it could be signed, but never loaded.
-fn check_is_elf(library: &Path) -> Result<()> {
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(library)
-        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic));
-    if read.is_err() || magic != *b"\x7fELF" {
-        bail!(
-            "library {} is not an ELF shared object (it does not start with \\x7fELF): \
-             expected the built plugin (.so)",
-            library.display()
-        );
-    }
-    Ok(())
-}
-
 /// What an engine would find only when it loads the library, said at `pack`: it must be
 /// a shared library that exports the plugin entry point (a program — a
 /// position-independent one is a shared object too — exports none). Read from its ELF tables; nothing of it runs. A file
@@ -207,7 +190,7 @@ fn check_plugin_library(library: &Path, manifest: &Manifest) -> Result<()> {
         .with_context(|| format!("cannot read the library {}", library.display()))?;
     let file = object::File::parse(&*bytes).with_context(|| {
         format!(
-            "library {} is not an ELF shared object it can read: expected the built plugin (.so)",
+            "library {} is not an ELF shared object (its headers do not read as one): expected the built plugin (.so)",
             library.display()
         )
     })?;

@@ -361,14 +361,13 @@ fn say_event(event: Event) {
     }
 }
 
-/// The plugins rejected now.
-fn rejected_now(engine: &Engine) -> BTreeSet<String> {
-    engine
-        .snapshot()
+/// The plugins rejected in `snapshot`.
+fn rejected_in(snapshot: &Snapshot) -> BTreeSet<String> {
+    snapshot
         .plugins
-        .into_iter()
+        .iter()
         .filter(|plugin| plugin.state == PluginState::Rejected)
-        .map(|plugin| plugin.name)
+        .map(|plugin| plugin.name.clone())
         .collect()
 }
 
@@ -442,7 +441,7 @@ fn run_engine(options: &HeadlessOptions, signals: &StopSignals, engine: &Engine)
     std::thread::scope(|scope| -> Result<()> {
         let mut next_print = Some(started);
         let mut next_discovery = started + DISCOVERY_INTERVAL;
-        let mut rejected = rejected_now(engine);
+        let mut rejected = rejected_in(&engine.snapshot());
         let mut printed = Ok(());
         while signals.received().is_none() && deadline.is_none_or(|end| Instant::now() < end) {
             while emits
@@ -459,13 +458,13 @@ fn run_engine(options: &HeadlessOptions, signals: &StopSignals, engine: &Engine)
             if Instant::now() >= next_discovery {
                 next_discovery = Instant::now() + DISCOVERY_INTERVAL;
                 let listed = engine.plugins();
+                let shown = engine.snapshot();
                 // A rejected bundle replaced by one that verifies (the engine verifies it
                 // again when it changes): started as a newly found one.
-                let was_rejected = std::mem::replace(&mut rejected, rejected_now(engine));
+                let was_rejected = std::mem::replace(&mut rejected, rejected_in(&shown));
                 attempted.retain(|name| listed.contains(name));
                 // (Disabled ones are verified, as at the start.)
-                let found: Vec<String> = engine
-                    .snapshot()
+                let found: Vec<String> = shown
                     .plugins
                     .iter()
                     .filter(|plugin| {

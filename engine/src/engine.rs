@@ -417,6 +417,16 @@ impl Shared {
         let Some(file) = &self.config.state_file else {
             return false;
         };
+        // The sampler asks every tick; nearly always there is nothing (and nothing to
+        // take the toggles' lock for).
+        if self
+            .unsaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+        {
+            return false;
+        }
         let mut persisted = self
             .persisted
             .lock()

@@ -64,9 +64,19 @@ const SO_PASSRIGHTS: libc::c_int = 83;
 /// A pidfd for `pid` (Linux 5.3 and later): it becomes readable when the process exits,
 /// so its end can be polled beside its pipes.
 pub fn open_pidfd(pid: Pid) -> std::io::Result<OwnedFd> {
+    open_pidfd_with(pid, 0)
+}
+
+/// `PIDFD_THREAD` (Linux 6.9, `O_EXCL`'s value): a pidfd of one thread, whose own
+/// descriptor table `pidfd_getfd` then reads.
+pub const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+
+/// [`open_pidfd`] with `flags` (`PIDFD_THREAD` for a thread that is not its process's
+/// leader).
+pub fn open_pidfd_with(pid: Pid, flags: libc::c_long) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) takes a pid and flags by value and returns a new descriptor or
     // -1; it reads and writes none of this process's memory.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), flags) };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }

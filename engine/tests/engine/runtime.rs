@@ -101,6 +101,16 @@ pub fn start(engine: &Engine, name: &str) {
         .unwrap_or_else(|err| panic!("{name} starts: {err}"));
 }
 
+/// The engine's refusal to start `plugin` (a start that must fail).
+#[track_caller]
+pub fn refused_start(engine: &Engine, plugin: &str) -> plugboard_engine::EngineError {
+    engine
+        .execute(Command::Start {
+            plugin: plugin.to_owned(),
+        })
+        .expect_err("the start is refused")
+}
+
 pub fn call(
     engine: &Engine,
     plugin: &str,

@@ -9,7 +9,8 @@ use plugboard_engine::supervisor::RestartPolicy;
 use plugboard_engine::{Command, EngineError, EventKind, PluginState};
 
 use crate::runtime::{
-    add_bundle, call, engine_configured, plugin, process_alive, same, start, wait_for,
+    add_bundle, call, engine_configured, plugin, process_alive, refused_start, same, start,
+    wait_for,
 };
 
 fn restart_policy(initial_ms: u64, max_restarts: u32) -> RestartPolicy {
@@ -554,11 +555,7 @@ fn a_dependency_down_is_not_started_in_a_version_its_running_dependent_refuses()
             plugin: "prober".into(),
         })
         .unwrap();
-    let err = engine
-        .execute(Command::Start {
-            plugin: "prober".into(),
-        })
-        .unwrap_err();
+    let err = refused_start(engine, "prober");
     assert!(
         err.to_string().contains("counter") && err.to_string().contains("0.2.0"),
         "{err}"
@@ -604,14 +601,7 @@ fn missing_incompatible_and_cyclic_dependencies_are_refused_by_name() {
         |_| {},
     );
     let engine = &fixture.engine;
-    let start_error = |name: &str| {
-        engine
-            .execute(Command::Start {
-                plugin: name.to_owned(),
-            })
-            .unwrap_err()
-            .to_string()
-    };
+    let start_error = |name: &str| refused_start(engine, name).to_string();
     assert_eq!(
         start_error("counter"),
         "dependency cycle: counter → hello → counter"
@@ -657,11 +647,7 @@ fn a_dependency_added_to_a_signed_manifest_starts_nothing_and_the_bundle_is_reje
             format!("{signed}\n[dependencies]\n{dependency} = \"{requirement}\"\n"),
         )
         .unwrap();
-        let err = engine
-            .execute(Command::Start {
-                plugin: "counter".into(),
-            })
-            .unwrap_err();
+        let err = refused_start(engine, "counter");
         assert!(
             !matches!(
                 err,
@@ -721,11 +707,7 @@ fn hook_and_plugin_toggles_persist_across_engine_restarts() {
         (PluginState::Disabled, false)
     );
     assert!(counter.worker_pid.is_none());
-    let err = engine
-        .execute(Command::Start {
-            plugin: "counter".into(),
-        })
-        .unwrap_err();
+    let err = refused_start(engine, "counter");
     assert!(err.to_string().contains("enabled first"), "{err}");
     let saved = std::fs::read_to_string(&state_file).unwrap();
     assert!(
@@ -879,12 +861,7 @@ fn max_plugins_caps_how_many_run_at_once() {
     );
     let engine = &fixture.engine;
     start(engine, "hello");
-    let err = engine
-        .execute(Command::Start {
-            plugin: "counter".into(),
-        })
-        .unwrap_err()
-        .to_string();
+    let err = refused_start(engine, "counter").to_string();
     assert!(
         err.contains("max_plugins") && err.contains("hello"),
         "{err}"
@@ -998,12 +975,7 @@ fn a_config_override_the_schema_refuses_rejects_the_plugin_with_the_key() {
         );
     });
     let engine = &fixture.engine;
-    let err = engine
-        .execute(Command::Start {
-            plugin: "hello".into(),
-        })
-        .unwrap_err()
-        .to_string();
+    let err = refused_start(engine, "hello").to_string();
     assert!(
         err.contains("greeting") && err.contains("[plugins.hello]"),
         "{err}"
@@ -1068,12 +1040,7 @@ fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
         EventKind::Engine { message }
             if message.contains("UNVERIFIED") && message.contains("does not match")
     )));
-    let refused = engine
-        .execute(Command::Start {
-            plugin: "counter".into(),
-        })
-        .unwrap_err()
-        .to_string();
+    let refused = refused_start(engine, "counter").to_string();
     assert!(
         refused.contains("revoked") && refused.contains("development mode too"),
         "{refused}"
@@ -1111,12 +1078,7 @@ fn a_key_revoked_while_the_engine_runs_stops_what_it_signed() {
         )),
         "recorded as a trust violation"
     );
-    let refused = engine
-        .execute(Command::Start {
-            plugin: "hello".into(),
-        })
-        .unwrap_err()
-        .to_string();
+    let refused = refused_start(engine, "hello").to_string();
     assert!(refused.contains("revoked"), "{refused}");
     assert_eq!(plugin(engine, "hello").state, PluginState::Rejected);
 }
@@ -1978,12 +1940,7 @@ fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
         plugin(&fixture.engine, "prober").state,
         PluginState::Quarantined
     );
-    let err = fixture
-        .engine
-        .execute(Command::Start {
-            plugin: "prober".into(),
-        })
-        .unwrap_err();
+    let err = refused_start(&fixture.engine, "prober");
     assert!(
         err.to_string().contains("cleared from quarantine first"),
         "{err}"
@@ -2012,11 +1969,7 @@ fn a_quarantine_survives_an_engine_restart_until_an_operator_clears_it() {
     let prober = plugin(&engine, "prober");
     assert_eq!(prober.state, PluginState::Quarantined);
     assert!(prober.reason.unwrap_or_default().contains("quarantined"));
-    let err = engine
-        .execute(Command::Start {
-            plugin: "prober".into(),
-        })
-        .unwrap_err();
+    let err = refused_start(&engine, "prober");
     assert!(
         err.to_string().contains("cleared from quarantine first"),
         "{err}"
@@ -2407,11 +2360,7 @@ fn a_toggle_the_state_file_cannot_take_yet_holds_and_is_written_once_it_can_be()
     );
     assert_eq!(plugin(engine, "hello").state, PluginState::Disabled);
     // Read over the file, which says nothing of it yet.
-    let refused = engine
-        .execute(Command::Start {
-            plugin: "hello".into(),
-        })
-        .unwrap_err();
+    let refused = refused_start(engine, "hello");
     assert!(refused.to_string().contains("enabled first"), "{refused}");
 
     std::fs::remove_file(&blocked).unwrap();

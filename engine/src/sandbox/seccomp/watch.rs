@@ -156,20 +156,15 @@ fn watch_as_caller(
     Errno::result(watch)
 }
 
-/// `PIDFD_THREAD` (Linux 6.9, `O_EXCL`'s value): a pidfd of one thread, whose own
-/// descriptor table `pidfd_getfd` then reads.
-const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
-
 /// A pidfd of thread `tid`: of the thread itself where the kernel has them, else of its
 /// process (whose descriptor table is the thread's unless it unshared its own).
 fn pidfd_of_thread(tid: u32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open(2) takes a pid and flags by value and returns a new descriptor or
-    // -1; it reads and writes none of this process's memory.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
-    if raw >= 0 {
-        let raw = i32::try_from(raw).map_err(|_| Errno::EBADF)?;
-        // SAFETY: the kernel has just returned this descriptor; nothing else owns it.
-        return Ok(unsafe { OwnedFd::from_raw_fd(raw) });
+    use crate::sandbox::process::{PIDFD_THREAD, open_pidfd, open_pidfd_with};
+    let errno =
+        |error: std::io::Error| Errno::from_raw(error.raw_os_error().unwrap_or(libc::ESRCH));
+    let tid = i32::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    if let Ok(pidfd) = open_pidfd_with(nix::unistd::Pid::from_raw(tid), PIDFD_THREAD) {
+        return Ok(pidfd);
     }
     let status =
         std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
@@ -178,8 +173,7 @@ fn pidfd_of_thread(tid: u32) -> Result<OwnedFd, Errno> {
         .find_map(|line| line.strip_prefix("Tgid:"))
         .and_then(|tgid| tgid.trim().parse().ok())
         .ok_or(Errno::ESRCH)?;
-    crate::sandbox::process::open_pidfd(nix::unistd::Pid::from_raw(leader))
-        .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(libc::ESRCH)))
+    open_pidfd(nix::unistd::Pid::from_raw(leader)).map_err(errno)
 }
 
 /// Thread `tid`'s file-system identity, as the engine's user namespace numbers it (the
