@@ -6,8 +6,9 @@
 //!    then (1b) the same with everything pinned to one CPU;
 //! 2. spawn → verified → confined → ready as the engine starts a plugin (`Bundle::begin_open`,
 //!    then `Worker::launch` beside `read_library` + `verify`, then `load`), and the
-//!    sequential start for comparison, next to `bwrap --unshare-all --ro-bind / / true`,
-//!    with a breakdown of the start.
+//!    sequential start for comparison, and the same cold start of the C example
+//!    (`hello-c`, a 15 KiB library: almost nothing to hash), next to
+//!    `bwrap --unshare-all --ro-bind / / true`, with a breakdown of the start.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p plugboard-engine --bench runtime`
 //! (as root, cgroups mounted, `bwrap` installed). `PLUGBOARD_RUNTIME_BENCH_CALLS` sets the
@@ -518,9 +519,21 @@ struct Fixture {
 /// The example bundle (`plugins/hello/plugin.toml` + the built `libhello.so`), signed with a
 /// fresh key pinned in a fresh trust store.
 fn fixture() -> Fixture {
+    fixture_of("hello", "libhello.so")
+}
+
+/// The same plugin written in C (`plugins/hello-c`, a 16 KiB library): the start with
+/// almost nothing to hash.
+fn small_fixture() -> Fixture {
+    fixture_of("hello-c", "libhello_c.so")
+}
+
+/// The bundle of `plugins/<plugin>/plugin.toml` and the built `library`, signed with a fresh
+/// key pinned in a fresh trust store.
+fn fixture_of(plugin: &str, library_file: &str) -> Fixture {
     let profile = profile_dir();
     let host = profile.join("plugboard-host");
-    let library = profile.join("libhello.so");
+    let library = profile.join(library_file);
     for needed in [&host, &library] {
         if !needed.is_file() {
             fail(&format!(
@@ -538,16 +551,17 @@ fn fixture() -> Fixture {
     let (_, private, public) = write_keypair(&keys, "bench").expect("key pair");
     let store_dir = temp.path().join("store");
     TrustStore::add_key(&store_dir, &public, TrustLevel::Sandboxed).expect("pin the key");
-    let bundle_dir = temp.path().join("bundle-hello");
+    let bundle_dir = temp.path().join(format!("bundle-{plugin}"));
     std::fs::create_dir_all(&bundle_dir).expect("bundle dir");
     std::fs::copy(
-        repo.join("plugins/hello/plugin.toml"),
+        repo.join("plugins").join(plugin).join("plugin.toml"),
         bundle_dir.join("plugin.toml"),
     )
     .expect("copy plugin.toml");
-    std::fs::copy(&library, bundle_dir.join("libhello.so")).expect("copy libhello.so");
+    std::fs::copy(&library, bundle_dir.join(library_file)).expect("copy the library");
     let limits = HostLimits::default();
-    let bundle = Bundle::open(&bundle_dir, &limits).expect("the hello bundle opens");
+    let bundle = Bundle::open(&bundle_dir, &limits)
+        .unwrap_or_else(|err| panic!("the {plugin} bundle opens: {err}"));
     PrivateKey::load(&private)
         .expect("private key")
         .sign_bundle(bundle.digests())
@@ -1522,12 +1536,19 @@ fn references(fixture: &Fixture, scope: &EngineScope, limits: &CgroupLimits, ser
     second.remove().expect("cgroup removed");
 }
 
-fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
+/// The cold start of the C example (`small`), measured in the same rounds as hello's.
+const SMALL_START: &str = "start, C library";
+
+fn start_bench(fixture: &Fixture, small: &Fixture, scope: &EngineScope, starts: usize) {
     // One verified library for the replayed handshakes (a sealed memfd can be passed to any
     // number of workers).
     let bundle = Bundle::open(&fixture.bundle_dir, &fixture.limits).expect("bundle opens");
     bundle.verify(&fixture.store).expect("bundle verifies");
     let library_bytes = bundle.library().len();
+    let small_library_bytes = Bundle::open(&small.bundle_dir, &small.limits)
+        .expect("the C bundle opens")
+        .library()
+        .len();
     let (manifest, _, library) = bundle.into_parts();
     let plan = || {
         plan_for(
@@ -1550,11 +1571,15 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
     let quiet = || std::thread::sleep(QUIET);
     for round in 0..starts {
         // The measured pair first, in alternating order; the start after a quiet spell.
-        let mut measured = |series: &mut Series, label: &str| {
+        let mut measured_of = |fixture: &Fixture, series: &mut Series, label: &str| {
             let engine_cpu = cpu_time(UsageWho::RUSAGE_SELF);
             let (worker, _, times) = start_worker(fixture, scope);
             let engine_cpu = cpu_time(UsageWho::RUSAGE_SELF).saturating_sub(engine_cpu);
             series.push(label, times.total);
+            if label == SMALL_START {
+                let worker_cpu = Duration::from_nanos(cpu_usage(worker.cgroup_dirs()).unwrap_or(0));
+                series.push("cpu: start in all, C library", engine_cpu + worker_cpu);
+            }
             if label == "start" {
                 series.push("manifest", times.manifest);
                 series.push("library", times.library);
@@ -1572,6 +1597,7 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
             assert!(!worker.is_running(), "a worker did not stop");
             stop_times.push(nanos(stop.elapsed()));
         };
+        let mut measured = |series: &mut Series, label: &str| measured_of(fixture, series, label);
         if round % 2 == 0 {
             quiet();
             measured(&mut series, "start");
@@ -1584,21 +1610,7 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
 
         quiet();
         let (plan_now, limits) = plan();
-        let total = Instant::now();
-        let (replayed, phases) = replay_start(fixture, scope, &library, plan_now, &limits);
-        series.push("replay total", total.elapsed());
-        drop(replayed);
-        for (name, took) in [
-            ("cgroup create", phases.cgroup_create),
-            ("spawn", phases.spawn),
-            ("hello", phases.hello),
-            ("cgroup check", phases.cgroup_check),
-            ("confined", phases.confined),
-            ("listener", phases.listener),
-            ("ready", phases.ready),
-        ] {
-            series.push(name, took);
-        }
+        replay_phases(fixture, scope, &library, plan_now, &limits, &mut series);
         // Right after the replay's migration: what back-to-back starts see.
         measured(&mut series, "start, back-to-back");
 
@@ -1606,6 +1618,9 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
         let (worker, took) = start_worker_sequentially(fixture, scope);
         series.push("start, sequential", took);
         let _ = worker.stop(STOP_GRACE);
+
+        quiet();
+        measured_of(small, &mut series, SMALL_START);
 
         references(fixture, scope, &limits, &mut series);
 
@@ -1624,6 +1639,7 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
     let report = StartReport {
         starts,
         library_bytes,
+        small_library_bytes,
         series,
         probe_steps,
         compile_steps,
@@ -1632,7 +1648,53 @@ fn start_bench(fixture: &Fixture, scope: &EngineScope, starts: usize) {
     report.print();
 }
 
+/// `Worker::start` replayed phase by phase, into `series`.
+fn replay_phases(
+    fixture: &Fixture,
+    scope: &EngineScope,
+    library: &SealedLibrary,
+    plan: ConfinementPlan,
+    limits: &CgroupLimits,
+    series: &mut Series,
+) {
+    let total = Instant::now();
+    let (replayed, phases) = replay_start(fixture, scope, library, plan, limits);
+    series.push("replay total", total.elapsed());
+    drop(replayed);
+    for (name, took) in [
+        ("cgroup create", phases.cgroup_create),
+        ("spawn", phases.spawn),
+        ("hello", phases.hello),
+        ("cgroup check", phases.cgroup_check),
+        ("confined", phases.confined),
+        ("listener", phases.listener),
+        ("ready", phases.ready),
+    ] {
+        series.push(name, took);
+    }
+}
+
 impl StartReport {
+    /// Each kind of start against bwrap, with the goal's verdict.
+    fn print_ratios(&self) {
+        let bwrap = self.series.get("bwrap");
+        for (label, name) in [
+            ("cold", "start"),
+            ("back-to-back", "start, back-to-back"),
+            ("C library cold", SMALL_START),
+        ] {
+            let start = self.series.get(name);
+            let p50 = ratio(start.p50, bwrap.p50);
+            let p90 = ratio(start.p90, bwrap.p90);
+            println!(
+                "ratio {label} start / bwrap: p50 {p50:.2}x (goal <= {START_GOAL}x: {}), \
+             p90 {p90:.2}x ({})",
+                verdict(p50, START_GOAL),
+                verdict(p90, START_GOAL)
+            );
+        }
+    }
+
     /// The CPU time a cold start needs, against what the goal leaves on this machine's CPUs.
     fn print_cpu(&self) {
         let series = &self.series;
@@ -1640,8 +1702,6 @@ impl StartReport {
             .ok()
             .and_then(|cpus| u32::try_from(usize::from(cpus)).ok())
             .unwrap_or(1);
-        let start_cpu = series.get("cpu: start in all").p50;
-        let floor = start_cpu / cpus;
         let budget = series.get("bwrap").p50.mul_f64(START_GOAL);
         println!(
             "CPU time of a cold start (user + system; engine = this process, all its threads; \
@@ -1653,18 +1713,26 @@ impl StartReport {
                 "cpu: engine",
                 "cpu: worker",
                 "cpu: start in all",
+                "cpu: start in all, C library",
                 "cpu: bwrap",
             ],
         );
-        println!(
-            "  on {cpus} CPUs a start that needs {start_cpu:.2?} of CPU (p50) takes at least \
-             {floor:.2?}; {START_GOAL}x bwrap is {budget:.2?}{}",
-            if floor > budget {
-                " — out of reach here, however the work is spread"
-            } else {
-                ""
-            }
-        );
+        for (what, name) in [
+            ("a start", "cpu: start in all"),
+            ("a start of the C library", "cpu: start in all, C library"),
+        ] {
+            let start_cpu = series.get(name).p50;
+            let floor = start_cpu / cpus;
+            println!(
+                "  on {cpus} CPUs {what} that needs {start_cpu:.2?} of CPU (p50) takes at least \
+                 {floor:.2?}; {START_GOAL}x bwrap is {budget:.2?}{}",
+                if floor > budget {
+                    " — out of reach here, however the work is spread"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 }
 
@@ -1672,6 +1740,7 @@ impl StartReport {
 struct StartReport {
     starts: usize,
     library_bytes: u64,
+    small_library_bytes: u64,
     series: Series,
     probe_steps: Series,
     compile_steps: Series,
@@ -1683,6 +1752,7 @@ impl StartReport {
         let Self {
             starts,
             library_bytes,
+            small_library_bytes,
             series,
             probe_steps,
             compile_steps,
@@ -1705,22 +1775,22 @@ impl StartReport {
         series.print("", &["start", "start, back-to-back", "start, sequential"]);
         println!(
             "{:<62} {:>10.2?} {:>10.2?} {:>10.2?}",
+            format!(
+                "{SMALL_START} (hello-c, {} KiB), cold",
+                small_library_bytes / 1024
+            ),
+            series.get(SMALL_START).p50,
+            series.get(SMALL_START).p90,
+            series.get(SMALL_START).mean
+        );
+        println!(
+            "{:<62} {:>10.2?} {:>10.2?} {:>10.2?}",
             "bwrap --unshare-all --ro-bind / / true (process wall time)",
             bwrap_s.p50,
             bwrap_s.p90,
             bwrap_s.mean
         );
-        for (label, name) in [("cold", "start"), ("back-to-back", "start, back-to-back")] {
-            let start = series.get(name);
-            let p50 = ratio(start.p50, bwrap_s.p50);
-            let p90 = ratio(start.p90, bwrap_s.p90);
-            println!(
-                "ratio {label} start / bwrap: p50 {p50:.2}x (goal <= {START_GOAL}x: {}), \
-             p90 {p90:.2}x ({})",
-                verdict(p50, START_GOAL),
-                verdict(p90, START_GOAL)
-            );
-        }
+        self.print_ratios();
         self.print_cpu();
         println!();
         println!("breakdown of a cold start (phase means add up; p50/p90 per phase):");
@@ -1881,6 +1951,7 @@ fn measure() {
     let starts = count_from_env(STARTS_ENV, 50);
     check_bwrap();
     let fixture = fixture();
+    let small = small_fixture();
     let scope = engine_scope();
     println!(
         "runtime bench: hello worker from {}, engine scope {}",
@@ -1900,6 +1971,6 @@ fn measure() {
         status.success(),
         "the pinned round trips exited with {status}"
     );
-    start_bench(&fixture, &scope, starts);
+    start_bench(&fixture, &small, &scope, starts);
     remove_scope(&scope);
 }
