@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use plugboard_engine::policy::Action;
-use plugboard_engine::{Command, Engine, Event, EventKind, Outcome, PluginState, Snapshot};
+use plugboard_engine::{
+    Command, Engine, EngineTopic, Event, EventKind, Outcome, PluginState, Snapshot,
+};
 
 use super::engine_options::EngineOptions;
 use super::output::{errln, outln};
@@ -350,10 +352,12 @@ fn say_event(event: Event) {
                 violation.detail
             );
         }
-        EventKind::Engine { message }
-            if !(message.starts_with("traffic ")
-                || message.starts_with("start refused:")
-                || message.contains("runs UNVERIFIED")) =>
+        // Starts refused and unverified plugins this command says itself, in its words.
+        EventKind::Engine { message, topic, .. }
+            if !matches!(
+                topic,
+                EngineTopic::Traffic | EngineTopic::StartRefused | EngineTopic::Unverified
+            ) =>
         {
             errln!("plugboard: {plugin}{message}");
         }
@@ -387,7 +391,7 @@ pub fn run(options: &HeadlessOptions) -> Result<()> {
     let mut said_up_to = 0;
     for event in engine.recent_events() {
         said_up_to = said_up_to.max(event.seq);
-        let about_state_file = matches!(&event.kind, EventKind::Engine { message }
+        let about_state_file = matches!(&event.kind, EventKind::Engine { message, .. }
             if engine.state_file_warning() == Some(message.as_str()));
         if !about_state_file {
             say_event(event);

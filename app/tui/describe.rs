@@ -351,7 +351,11 @@ pub fn describe(event: &Event) -> Described {
             }
             (kind, sentence, role)
         }
-        "engine" => (kind, text("message"), Role::Info),
+        "engine" => {
+            let warning = fields.get("warning").and_then(Value::as_bool) == Some(true);
+            let role = if warning { Role::Warn } else { Role::Info };
+            (kind, text("message"), role)
+        }
         _ => {
             let sentence = fields_text(fields);
             (kind, sentence, Role::Text)
@@ -393,7 +397,7 @@ pub fn matches_filter(event: &Event, filter: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use plugboard_engine::EventKind;
+    use plugboard_engine::{EngineTopic, EventKind};
 
     use super::*;
 
@@ -408,14 +412,27 @@ mod tests {
 
     #[test]
     fn plugin_in_a_filter_is_that_plugin_and_a_star_takes_a_prefix() {
-        let mut of_hello_c = event(EventKind::Engine {
-            message: "x".to_owned(),
-        });
+        let mut of_hello_c = event(EventKind::engine_note(EngineTopic::General, "x"));
         of_hello_c.plugin = Some("hello-c".to_owned());
         assert!(!matches_filter(&of_hello_c, "plugin:hello"));
         assert!(matches_filter(&of_hello_c, "plugin:hello-c"));
         assert!(matches_filter(&of_hello_c, "plugin:hello*"));
         assert!(matches_filter(&of_hello_c, "kind:engine plugin:HELLO-C"));
+    }
+
+    #[test]
+    fn an_engine_warning_shows_as_a_warning_and_a_note_as_information() {
+        let left = describe(&event(EventKind::engine_warning(
+            EngineTopic::Cgroup,
+            "the cgroup plugboard-x of its stopped worker could not be removed",
+        )));
+        assert_eq!(left.role, Role::Warn);
+        assert!(left.text.contains("could not be removed"), "{}", left.text);
+        let traffic = describe(&event(EventKind::engine_note(
+            EngineTopic::Traffic,
+            "traffic off",
+        )));
+        assert_eq!(traffic.role, Role::Info);
     }
 
     #[test]

@@ -225,9 +225,10 @@ mod tests {
             .map(|n| {
                 log.push(
                     Some("hello"),
-                    EventKind::Engine {
-                        message: format!("event {n}"),
-                    },
+                    EventKind::engine_note(
+                        crate::events::EngineTopic::General,
+                        format!("event {n}"),
+                    ),
                 )
             })
             .collect()
@@ -250,9 +251,10 @@ mod tests {
                         let mut ring = ring.lock().unwrap();
                         let event = ring.push(
                             None,
-                            EventKind::Engine {
-                                message: format!("thread {thread} event {n}"),
-                            },
+                            EventKind::engine_note(
+                                crate::events::EngineTopic::General,
+                                format!("thread {thread} event {n}"),
+                            ),
                         );
                         let seq = event.seq;
                         let written = writer.submit(event, n % 10 == 0).unwrap();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, AuditPolicy, AuditWriter};
-use crate::events::{Event, EventKind, EventLog, unix_millis};
+use crate::events::{EngineTopic, Event, EventKind, EventLog, unix_millis};
 use crate::hooks::dispatch::{call, dispatch, drive_traffic};
 use crate::hooks::{HookHandle, HookStatsSnapshot};
 use crate::manifest::{HostLimits, IsolationMode, MANIFEST_FILE, Manifest};
@@ -447,13 +447,14 @@ impl Shared {
             drop(persisted);
             self.event(
                 None,
-                EventKind::Engine {
-                    message: format!(
+                EventKind::engine_note(
+                    EngineTopic::StateFile,
+                    format!(
                         "the state file {} is written again: what changed for {} is on disk",
                         file.display(),
                         plugins.join(", ")
                     ),
-                },
+                ),
             );
             return false;
         }
@@ -709,13 +710,17 @@ impl Engine {
         if let Err(err) = engine.discover() {
             engine.shared.event(
                 None,
-                EventKind::Engine {
-                    message: format!("discovery at start: {err}"),
-                },
+                EventKind::engine_warning(
+                    EngineTopic::Discovery,
+                    format!("discovery at start: {err}"),
+                ),
             );
         }
         for message in engine.unmatched_plugin_sections() {
-            engine.shared.event(None, EventKind::Engine { message });
+            engine.shared.event(
+                None,
+                EventKind::engine_warning(EngineTopic::Config, message),
+            );
         }
         Ok(engine)
     }
@@ -782,9 +787,10 @@ impl Engine {
             }
             Err(err) => self.shared.event(
                 None,
-                EventKind::Engine {
-                    message: format!("bundle directories are not watched: {err}"),
-                },
+                EventKind::engine_warning(
+                    EngineTopic::Discovery,
+                    format!("bundle directories are not watched: {err}"),
+                ),
             ),
         }
     }
@@ -956,9 +962,10 @@ impl Engine {
             ) {
                 self.shared.event(
                     Some(name),
-                    EventKind::Engine {
-                        message: format!("start refused: {err}"),
-                    },
+                    EventKind::engine_warning(
+                        EngineTopic::StartRefused,
+                        format!("start refused: {err}"),
+                    ),
                 );
             }
         }
@@ -1048,12 +1055,13 @@ impl Engine {
         }
         self.shared.event(
             Some(name),
-            EventKind::Engine {
-                message: format!(
+            EventKind::engine_note(
+                EngineTopic::Dependencies,
+                format!(
                     "forced {action}: stopping its dependents first: {}",
                     names.join(", ")
                 ),
-            },
+            ),
         );
         for dependent in dependents {
             dependent.ask(ActorMessage::Stop)?;
@@ -1185,9 +1193,7 @@ impl Engine {
             }
             self.shared.event(
                 None,
-                EventKind::Engine {
-                    message: "traffic off".to_owned(),
-                },
+                EventKind::engine_note(EngineTopic::Traffic, "traffic off".to_owned()),
             );
             return;
         };
@@ -1196,9 +1202,7 @@ impl Engine {
         drop(traffic);
         self.shared.event(
             None,
-            EventKind::Engine {
-                message: format!("traffic on: {rate} calls/s"),
-            },
+            EventKind::engine_note(EngineTopic::Traffic, format!("traffic on: {rate} calls/s")),
         );
         let shared = Arc::clone(&self.shared);
         let _ = std::thread::Builder::new()
@@ -1371,12 +1375,10 @@ impl Engine {
                 .collect();
             self.shared.event(
                 None,
-                EventKind::Engine {
-                    message: format!(
+                EventKind::engine_warning(EngineTopic::StateFile, format!(
                         "the state file cannot be written: what changed for {} (a quarantine, a toggle) is lost with this engine",
                         plugins.join(", ")
-                    ),
-                },
+                    )),
             );
         }
         if let Some(audit) = &self.shared.audit {
@@ -1395,24 +1397,26 @@ impl Drop for Engine {
 /// uses, stale cgroups removed or left.
 fn say_what_the_start_found(shared: &Shared, stale: crate::sandbox::cgroup::StaleScopes) {
     if let Some(message) = shared.state_file_warning.clone() {
-        shared.event(None, EventKind::Engine { message });
+        shared.event(
+            None,
+            EventKind::engine_warning(EngineTopic::StateFile, message),
+        );
     }
     for name in stale.removed {
         shared.event(
             None,
-            EventKind::Engine {
-                message: format!("removed stale cgroup {name} of an engine that is gone"),
-            },
+            EventKind::engine_note(
+                EngineTopic::Cgroup,
+                format!("removed stale cgroup {name} of an engine that is gone"),
+            ),
         );
     }
     for error in stale.left {
         shared.event(
             None,
-            EventKind::Engine {
-                message: format!(
+            EventKind::engine_warning(EngineTopic::Cgroup, format!(
                     "a stale cgroup of an engine that is gone could not be removed (tried again at the next start): {error}"
-                ),
-            },
+                )),
         );
     }
 }

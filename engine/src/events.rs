@@ -129,10 +129,66 @@ pub enum EventKind {
     },
     /// An operator cleared the plugin's quarantine.
     QuarantineCleared,
-    /// Engine-level notes (traffic on/off, shutdown).
+    /// Engine-level notes: `topic` says what about, `warning` whether an admin should act
+    /// or look (a cgroup left behind, a state file not written), so front ends pick and
+    /// colour them without reading `message`.
     Engine {
         message: String,
+        #[serde(default)]
+        topic: EngineTopic,
+        #[serde(default)]
+        warning: bool,
     },
+}
+
+/// What an engine note is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineTopic {
+    /// Anything else (and notes recorded before topics existed).
+    #[default]
+    General,
+    /// The traffic generator switched on or off.
+    Traffic,
+    /// A start an operator asked for was refused (a dependency, a cycle).
+    StartRefused,
+    /// A plugin runs without a verified signature (`allow_unsigned`).
+    Unverified,
+    /// The state file: in use by another engine, not written, written again.
+    StateFile,
+    /// A plugin's cgroup, or a stale one of an engine that is gone.
+    Cgroup,
+    /// Finding bundles: discovery, the directory watcher.
+    Discovery,
+    /// The host configuration (a `[plugins.<name>]` section naming no plugin).
+    Config,
+    /// Plugins depending on one another: dependents stopped first, a dependency down.
+    Dependencies,
+    /// The engine and a plugin's worker: its channel failing, its seccomp notifications
+    /// queued, its violations counted rather than recorded one by one.
+    Worker,
+    /// An emit refused for the depth of its chain.
+    Emit,
+}
+
+impl EventKind {
+    /// An engine note for the record.
+    pub fn engine_note(topic: EngineTopic, message: impl Into<String>) -> Self {
+        Self::Engine {
+            message: message.into(),
+            topic,
+            warning: false,
+        }
+    }
+
+    /// An engine note an admin should act on or look at.
+    pub fn engine_warning(topic: EngineTopic, message: impl Into<String>) -> Self {
+        Self::Engine {
+            message: message.into(),
+            topic,
+            warning: true,
+        }
+    }
 }
 
 /// The ring plus the live subscribers.
@@ -203,9 +259,7 @@ mod tests {
     fn engine_event(log: &mut EventLog, n: usize) {
         log.push(
             None,
-            EventKind::Engine {
-                message: format!("event {n}"),
-            },
+            EventKind::engine_note(EngineTopic::General, format!("event {n}")),
         );
     }
 

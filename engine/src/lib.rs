@@ -37,7 +37,7 @@ pub use engine::{
     CallReport, Command, Engine, EngineConfig, EngineError, MAX_TRAFFIC_RATE, MIN_TRAFFIC_RATE,
     Outcome,
 };
-pub use events::{Event, EventKind};
+pub use events::{EngineTopic, Event, EventKind};
 pub use hooks::dispatch::MAX_EMIT_DEPTH;
 pub use hooks::{HookCallError, HookHandle, HookReply};
 pub use snapshot::{PluginSnapshot, PluginState, Snapshot};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{CallResult, HookCallError, HookHandle};
 use crate::engine::{CallReport, EngineError, Shared};
-use crate::events::EventKind;
+use crate::events::{EngineTopic, EventKind};
 use crate::ipc::MAX_PAYLOAD_BYTES;
 use crate::manifest::Priority;
 use crate::policy::{Violation, ViolationKind};
@@ -143,7 +143,10 @@ impl Emits for PluginEmits {
                     ),
                 );
                 let _ = EMIT_THREADS.run(Box::new(move || {
-                    shared.event(Some(&emitter), EventKind::Engine { message });
+                    shared.event(
+                        Some(&emitter),
+                        EventKind::engine_warning(EngineTopic::Emit, message),
+                    );
                 }));
             }
             return Err(abi::EMIT_FAILED);

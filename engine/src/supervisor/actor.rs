@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{ActorMessage, DiskChange, Lifecycle, Plugin, Runner, Running, WhenFull};
 use crate::bundle::{Bundle, BundleError, OpeningBundle};
 use crate::engine::{EngineError, Shared};
-use crate::events::{EventKind, unix_millis};
+use crate::events::{EngineTopic, EventKind, unix_millis};
 use crate::hooks::dispatch::emit_handler;
 use crate::inprocess::InProcessPlugin;
 use crate::loader::SealedLibrary;
@@ -224,12 +224,10 @@ impl UnrecordedReport {
         }
         shared.event(
             Some(&plugin.name),
-            EventKind::Engine {
-                message: format!(
+            EventKind::engine_warning(EngineTopic::Worker, format!(
                     "{} violations not recorded one by one ({unrecorded} in all): the plugin caused them faster than the engine records them",
                     unrecorded - self.reported
-                ),
-            },
+                )),
         );
         self.reported = unrecorded;
         self.at = Some(Instant::now());
@@ -909,8 +907,7 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
     if lifecycle.trust.unverified {
         shared.event(
             Some(&plugin.name),
-            EventKind::Engine {
-                message: format!(
+            EventKind::engine_warning(EngineTopic::Unverified, format!(
                     "`{}` runs UNVERIFIED (allow_unsigned, development only): sandboxed, but nobody vouches for its code ({})",
                     plugin.name,
                     lifecycle
@@ -918,8 +915,7 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
                         .unverified_because
                         .as_deref()
                         .unwrap_or("not verified")
-                ),
-            },
+                )),
         );
     }
 }
@@ -1555,25 +1551,19 @@ fn on_worker_event(
             on_violation(shared, plugin, violation);
         }
         WorkerEvent::CgroupLeft { cgroup, reason } => {
-            shared.event(Some(&plugin.name), EventKind::Engine {
-                message: format!(
+            shared.event(Some(&plugin.name), EventKind::engine_warning(EngineTopic::Cgroup, format!(
                     "the cgroup {cgroup} of its stopped worker could not be removed ({reason}); what is left in it stays until the next engine start removes it"
-                ),
-            });
+                )));
         }
         WorkerEvent::ReceiveFailed { reason } => {
-            shared.event(Some(&plugin.name), EventKind::Engine {
-                message: format!(
+            shared.event(Some(&plugin.name), EventKind::engine_warning(EngineTopic::Worker, format!(
                     "the engine could not receive from its worker ({reason}); it tries again, and calls may time out meanwhile"
-                ),
-            });
+                )));
         }
         WorkerEvent::NotificationsPaced { per_sec } => {
-            shared.event(Some(&plugin.name), EventKind::Engine {
-                message: format!(
+            shared.event(Some(&plugin.name), EventKind::engine_warning(EngineTopic::Worker, format!(
                     "its seccomp notifications (forbidden calls, file writes) come faster than {per_sec}/s: they now wait their turn"
-                ),
-            });
+                )));
         }
         WorkerEvent::Exited { status } => {
             // An exit of the current worker while it should run is a crash; during a stop,
@@ -1719,13 +1709,14 @@ pub(crate) fn say_dependents_left_running(shared: &Shared, plugin: &Plugin, why:
     }
     shared.event(
         Some(&plugin.name),
-        EventKind::Engine {
-            message: format!(
+        EventKind::engine_warning(
+            EngineTopic::Dependencies,
+            format!(
                 "`{}` is down ({why}) while {} depending on it run on",
                 plugin.name,
                 dependents.join(", ")
             ),
-        },
+        ),
     );
 }
 
@@ -2017,9 +2008,10 @@ fn quarantine(shared: &Shared, plugin: &Plugin, reason: &str) {
     if let Err(err) = persisted {
         shared.event(
             Some(&plugin.name),
-            EventKind::Engine {
-                message: format!("the quarantine is not on disk yet: {err}"),
-            },
+            EventKind::engine_warning(
+                EngineTopic::StateFile,
+                format!("the quarantine is not on disk yet: {err}"),
+            ),
         );
     }
     plugin.lifecycle().reason = Some(format!("quarantined: {reason}"));

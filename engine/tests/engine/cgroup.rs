@@ -625,7 +625,7 @@ fn stale_scopes_on_a_fake_tree_are_judged_by_pid_and_start_time() {
 /// starts all the same: it takes nothing from the engine's own scope.
 #[test]
 fn a_stale_scope_that_cannot_be_removed_is_said_and_the_engine_starts_anyway() {
-    use plugboard_engine::{Engine, EngineConfig, EventKind};
+    use plugboard_engine::{Engine, EngineConfig, EngineTopic, EventKind};
     let tree = fake_v2("cpu memory pids");
     let dead_pid = {
         let mut child = Command::new("true").spawn().expect("`true` runs");
@@ -647,9 +647,11 @@ fn a_stale_scope_that_cannot_be_removed_is_said_and_the_engine_starts_anyway() {
         .recent_events()
         .into_iter()
         .find_map(|event| match event.kind {
-            EventKind::Engine { message } if message.contains("could not be removed") => {
-                Some(message)
-            }
+            EventKind::Engine {
+                message,
+                topic: EngineTopic::Cgroup,
+                warning: true,
+            } if message.contains("could not be removed") => Some(message),
             _ => None,
         });
     engine.shutdown();

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use plugboard_engine::policy::{Action, ViolationKind};
 use plugboard_engine::worker::{ExitStatus, NOTIFICATIONS_PER_SEC, OUTPUT_BYTES_PER_SEC};
 use plugboard_engine::{
-    Command, Engine, EngineConfig, Event, EventKind, Outcome, PluginSnapshot, PluginState,
+    Command, Engine, EngineConfig, EngineTopic, Event, EventKind, Outcome, PluginSnapshot,
+    PluginState,
 };
 
 use crate::support::{
@@ -732,7 +733,7 @@ fn a_flood_of_forbidden_calls_while_the_actor_is_busy_is_bounded_and_counted() {
     // The operator is told, the last of them too (within a second of the one before).
     let in_all = format!("({unrecorded} in all)");
     wait_for(&fixture.events, Duration::from_secs(5), |event| {
-        matches!(&event.kind, EventKind::Engine { message }
+        matches!(&event.kind, EventKind::Engine { message, .. }
             if message.contains("not recorded one by one") && message.contains(&in_all))
     });
 }
@@ -782,7 +783,7 @@ fn a_loop_of_forbidden_calls_is_paced_to_the_notification_rate() {
     );
     wait_for(&fixture.events, Duration::from_secs(5), |event| {
         event.plugin.as_deref() == Some("prober")
-            && matches!(&event.kind, EventKind::Engine { message }
+            && matches!(&event.kind, EventKind::Engine { message, topic: EngineTopic::Worker, warning: true }
                 if message.contains(&format!("faster than {NOTIFICATIONS_PER_SEC}/s")))
     });
 }
@@ -884,7 +885,7 @@ fn two_plugins_emitting_to_each_other_stop_at_the_depth_bound() {
         "{began:?}"
     );
     let refusal = wait_for(&fixture.events, Duration::from_secs(2), |event| {
-        matches!(&event.kind, EventKind::Engine { message }
+        matches!(&event.kind, EventKind::Engine { message, .. }
             if message.contains("chain of emits is 4 deep"))
     });
     assert_eq!(refusal.plugin.as_deref(), Some("prober-a"));

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use plugboard_engine::supervisor::RestartPolicy;
-use plugboard_engine::{Command, EngineError, EventKind, PluginState};
+use plugboard_engine::{Command, EngineError, EngineTopic, EventKind, PluginState};
 
 use crate::runtime::{
     add_bundle, call, engine_configured, plugin, process_alive, refused_start, same, start,
@@ -540,7 +540,7 @@ fn a_dependency_down_is_not_started_in_a_version_its_running_dependent_refuses()
     assert_eq!(plugin(engine, "counter").state, PluginState::Running);
     // Not silently: the engine says who runs on without it.
     wait_for(&fixture.events, Duration::from_secs(2), |event| {
-        matches!(&event.kind, EventKind::Engine { message }
+        matches!(&event.kind, EventKind::Engine { message, .. }
             if message.contains("`prober` is down (it crashed) while `counter`"))
     });
     add_bundle(
@@ -1000,7 +1000,8 @@ fn a_host_that_allows_unsigned_bundles_runs_them_sandboxed_and_says_so() {
     );
     assert!(engine.recent_events().iter().any(|event| matches!(
         &event.kind,
-        EventKind::Engine { message } if message.contains("UNVERIFIED")
+        EventKind::Engine { message, topic: EngineTopic::Unverified, warning: true }
+            if message.contains("UNVERIFIED")
     )));
 }
 
@@ -1037,7 +1038,7 @@ fn development_mode_runs_what_is_untrusted_but_never_what_is_revoked() {
     assert!(because.contains("does not match this bundle"), "{because}");
     assert!(engine.recent_events().iter().any(|event| matches!(
         &event.kind,
-        EventKind::Engine { message }
+        EventKind::Engine { message, .. }
             if message.contains("UNVERIFIED") && message.contains("does not match")
     )));
     let refused = refused_start(engine, "counter").to_string();
@@ -1141,7 +1142,7 @@ fn a_reload_to_an_unverified_bundle_says_so() {
     assert!(reloaded.trust.unverified);
     assert!(engine.recent_events().iter().any(|event| matches!(
         &event.kind,
-        EventKind::Engine { message }
+        EventKind::Engine { message, .. }
             if message.contains("UNVERIFIED") && message.contains("does not match")
     )));
 }
@@ -2374,7 +2375,7 @@ fn a_toggle_the_state_file_cannot_take_yet_holds_and_is_written_once_it_can_be()
     wait_for(
         &fixture.events,
         Duration::from_secs(2),
-        |event| matches!(&event.kind, EventKind::Engine { message } if message.contains("is written again")),
+        |event| matches!(&event.kind, EventKind::Engine { message, .. } if message.contains("is written again")),
     );
 }
 
@@ -2474,7 +2475,7 @@ fn a_kept_toggle_is_written_at_shutdown_or_said_lost() {
             assert!(
                 engine.recent_events().iter().any(|event| matches!(
                     &event.kind,
-                    EventKind::Engine { message } if message.contains("is lost with this engine")
+                    EventKind::Engine { message, .. } if message.contains("is lost with this engine")
                 )),
                 "the loss is said"
             );
