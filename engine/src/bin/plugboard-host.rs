@@ -349,6 +349,11 @@ fn confine_files_and_calls(
         seccomp::install_compiled(&seccomp::unpack_program(&plan.seccomp_program))
     };
     let listener = steps.record(Mechanism::Seccomp, installed.map_err(|e| e.to_string()))?;
+    if plan.seccomp_program.is_empty() {
+        // The engine compiles once per policy; a worker compiling its own costs every
+        // start the compile (and says so, so that a start doing it shows).
+        steps.note(Mechanism::Seccomp, seccomp::COMPILED_BY_WORKER);
+    }
     if plan.audit {
         steps.note(
             Mechanism::Seccomp,

@@ -759,6 +759,10 @@ pub fn install_compiled(program: &[libc::sock_filter]) -> Result<OwnedFd, Seccom
     Ok(unsafe { OwnedFd::from_raw_fd(listener) })
 }
 
+/// The seccomp step's note when the worker compiled its filter itself because the engine
+/// sent no program: every start then pays the compile.
+pub const COMPILED_BY_WORKER: &str = "filter compiled by the worker: the engine sent none";
+
 /// The program for `policy`, compiled once per policy in this process (there are eight)
 /// and kept: what [`install_compiled`] loads.
 pub fn compiled_for(policy: SyscallPolicy) -> Result<Arc<[libc::sock_filter]>, SeccompError> {

@@ -238,6 +238,12 @@ fn a_confined_worker_answers_and_the_kernel_shows_every_mechanism() {
         let state = &worker.mechanisms()[&mechanism];
         assert!(state.active, "{mechanism:?} not active: {}", state.detail);
     }
+    // The engine compiled the filter once and sent it: the start did not pay the compile.
+    let seccomp_step = &worker.mechanisms()[&Mechanism::Seccomp].detail;
+    assert!(
+        !seccomp_step.contains(plugboard_engine::sandbox::seccomp::COMPILED_BY_WORKER),
+        "{seccomp_step}"
+    );
 
     // Its cgroup holds it and the manifest's limits (hello: 32 MiB, 25 % CPU, 8 pids).
     let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
