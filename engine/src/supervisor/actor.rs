@@ -630,7 +630,8 @@ fn retire_replaced(shared: &Shared, plugin: &Plugin, old: &Arc<Running>) {
             .unwrap_or_else(PoisonError::into_inner)
     };
     *retiring() = Some(Arc::clone(old));
-    old.runner.retire(grace(shared, &plugin.name));
+    let longest_call = old.timeouts.values().copied().max().unwrap_or_default();
+    old.runner.retire(grace(shared, &plugin.name), longest_call);
     retiring().take();
     shared.workers_retired.fetch_add(1, Ordering::Relaxed);
 }

@@ -14,6 +14,9 @@ use crate::inprocess::InProcessPlugin;
 use crate::sandbox::Mechanism;
 use crate::worker::{CallFailure, CallOutcome, ExitStatus, MechanismState, Worker};
 
+/// How long after its deadline a timed-out call's caller has surely let go of it.
+const CALLER_NOTICES_TIMEOUT: Duration = Duration::from_millis(100);
+
 pub(crate) enum Runner {
     Worker(Arc<Worker>),
     /// The plugin, and the statistics of the hooks it subscribes to: a stop or a reload
@@ -81,12 +84,17 @@ impl Runner {
         }
     }
 
-    /// Retires a runner a reload replaced: waits for the calls given to it to be answered,
-    /// then stops it — `grace` for both together, so a call stuck past it is waited for
+    /// Retires a runner a reload replaced: waits for the calls given to it to be answered
+    /// or to time out — however long its slowest hook's timeout (`longest_call`) — then
+    /// stops it. A reload loses no call: one still running when the grace period ends would
+    /// otherwise die with the old worker. `grace` or the longest call, whichever is longer,
+    /// bounds drain and stop together, so a call stuck past its timeout is waited for
     /// once, not twice (in-process, the drain is the stop).
-    pub fn retire(&self, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        self.drain(grace);
+    pub fn retire(&self, grace: Duration, longest_call: Duration) {
+        // A caller notices its timeout at its next receive tick: a little after it.
+        let wait = grace.max(longest_call + CALLER_NOTICES_TIMEOUT);
+        let deadline = Instant::now() + wait;
+        self.drain(wait);
         if let Runner::Worker(worker) = self {
             worker.stop(deadline.saturating_duration_since(Instant::now()));
         }

@@ -149,6 +149,73 @@ fn version_2(manifest: &str) -> String {
     manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
 }
 
+/// `slowhook` whose slow calls sleep `ms` by default (so each version answers its own way).
+fn slowhook_sleeping(manifest: &str, ms: u32) -> String {
+    let default = "[config.sleep_ms]\ntype = \"integer\"\ndefault = 1000";
+    assert!(manifest.contains(default), "slowhook's manifest changed");
+    manifest.replace(
+        default,
+        &format!("[config.sleep_ms]\ntype = \"integer\"\ndefault = {ms}"),
+    )
+}
+
+/// A call still running on the old worker when the grace period ends is waited for up to
+/// its timeout and answered there: the old worker is not stopped under it (nor is the call
+/// run a second time on the new one).
+#[test]
+fn a_reload_waits_for_a_call_on_the_old_worker_longer_than_the_grace_period() {
+    let fixture = engine_configured(
+        &[("slowhook", "slowhook", |manifest| {
+            slowhook_sleeping(manifest, 190)
+        })],
+        |config| {
+            config.grace = Duration::from_millis(20);
+            let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+            // From 1 ms after its start on, `work` sleeps (its timeout is 200 ms).
+            overrides
+                .config
+                .insert("chaos_after_ms".to_owned(), 1.into());
+            config.plugins.insert("slowhook".to_owned(), overrides);
+        },
+    );
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "slowhook");
+    let old_pid = plugin(&engine, "slowhook").worker_pid.unwrap();
+    // The new version is on disk before the call, so the reload follows it at once.
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "slowhook",
+        "slowhook",
+        |manifest| version_2(&slowhook_sleeping(manifest, 170)),
+    );
+    let slow_call = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || call(&engine, "slowhook", "work", "x"))
+    };
+    // The call is on the old worker when the new one takes over.
+    std::thread::sleep(Duration::from_millis(10));
+    engine
+        .execute(Command::Reload {
+            plugin: "slowhook".into(),
+        })
+        .expect("the new version takes over");
+    let report = slow_call.join().unwrap();
+    assert_eq!(
+        report.status, "ok",
+        "the call during the reload: {report:?}"
+    );
+    assert_eq!(
+        report.reply, "slept 190 ms",
+        "the call was not answered by the old version it was given to"
+    );
+    let reloaded = plugin(&engine, "slowhook");
+    assert_eq!(reloaded.version.as_deref(), Some("0.2.0"));
+    assert_ne!(reloaded.worker_pid, Some(old_pid));
+    assert!(!process_alive(old_pid), "the old worker is gone");
+    assert_eq!(call(&engine, "slowhook", "work", "x").reply, "slept 170 ms");
+}
+
 #[test]
 fn a_reload_under_continuous_traffic_loses_no_call() {
     let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
