@@ -296,16 +296,12 @@ fn start_plugins(
                 .iter()
                 .find(|shown| shown.name == plugin)
                 .map(|shown| shown.state);
-            // Rejected and Failed carry their reason in the snapshots; Disabled and
-            // Quarantined are kept from starting on purpose.
+            // A rejection is said as its event; Disabled and Quarantined are kept from
+            // starting on purpose. (A start that failed — a required mechanism the kernel
+            // refused — is said here: its snapshot's reason is no message to an operator.)
             if !matches!(
                 state,
-                Some(
-                    PluginState::Rejected
-                        | PluginState::Failed
-                        | PluginState::Disabled
-                        | PluginState::Quarantined
-                )
+                Some(PluginState::Rejected | PluginState::Disabled | PluginState::Quarantined)
             ) {
                 errln!("plugboard: `{plugin}` not started: {err}");
             }

@@ -787,6 +787,65 @@ fn a_refused_start_is_said_on_stderr_and_in_an_event() {
     assert!(refused, "{last}");
 }
 
+/// A start that fails — a required mechanism the kernel refuses: Landlock cannot grant a
+/// path the worker may not open — is said on stderr, not only in the snapshot's reason.
+#[test]
+fn a_start_that_fails_for_a_required_mechanism_is_said_on_stderr() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    // Outside /tmp (the worker's own) and closed to the worker's uid.
+    let locked = tempfile::Builder::new()
+        .prefix("plugboard-locked-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let inside = locked.path().join("in");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::set_permissions(
+        locked.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let manifest = temp.path().join("plugin.toml");
+    let hello = std::fs::read_to_string(repo_root().join("plugins/hello/plugin.toml")).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            "{hello}\n[capabilities]\nfs_read = [{:?}]\n",
+            inside.display().to_string()
+        ),
+    )
+    .unwrap();
+    let dir = temp.path().join("plugins");
+    ok(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("hello"),
+        &"--out",
+        &dir.join("hello"),
+        &"--key",
+        &keys.private,
+    ]));
+    let output = plugboard(&[
+        &"headless",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &keys.store,
+        &"--duration",
+        &"200ms",
+        &"--json",
+    ]);
+    let out = ok(&output);
+    let err = crate::support::stderr(&output);
+    assert!(
+        err.contains("`hello` not started") && err.contains("landlock"),
+        "{err}"
+    );
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(plugin(&last, "hello")["state"], "failed", "{last}");
+}
+
 /// A bundle deployed while headless runs is verified and started as those found at the
 /// start were; one that does not verify is rejected with its reason, not left waiting.
 #[test]
