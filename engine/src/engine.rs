@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, AuditPolicy, AuditWriter};
 use crate::events::{EngineTopic, Event, EventKind, EventLog, unix_millis};
-use crate::hooks::dispatch::{call, dispatch, drive_traffic};
+use crate::hooks::dispatch::{call, dispatch};
+use crate::hooks::traffic::drive_traffic;
 use crate::hooks::{HookHandle, HookStatsSnapshot};
 use crate::manifest::{HostLimits, IsolationMode, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};

@@ -4,6 +4,7 @@
 
 pub mod dispatch;
 mod handle;
+pub(crate) mod traffic;
 
 pub use handle::{HookCallError, HookHandle, HookReply};
 

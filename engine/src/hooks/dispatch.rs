@@ -1,11 +1,11 @@
 //! Hook calls: one plugin's hook directly, a hook emitted to every subscriber in priority
 //! order, emits from plugins checked against their manifests, and the traffic generator.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use super::{CallResult, HookCallError, HookHandle};
+use super::CallResult;
 use crate::engine::{CallReport, EngineError, Shared};
 use crate::events::{EngineTopic, EventKind};
 use crate::ipc::MAX_PAYLOAD_BYTES;
@@ -308,73 +308,4 @@ pub(super) fn settle(
 
 fn same_worker(left: &Running, right: &Running) -> bool {
     left.runner.same(&right.runner)
-}
-
-/// How often the traffic generator looks for plugins and hooks to call. Between looks its
-/// handles follow reloads, stops and hook toggles on their own.
-const TRAFFIC_TARGETS_REFRESH: Duration = Duration::from_millis(250);
-
-/// Calls every enabled hook of every running plugin, round-robin, `rate` times a second,
-/// until `running` is cleared. A call goes through a [`HookHandle`], as an embedding host's
-/// would: the generator allocates nothing per call beyond the call itself.
-pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBool) {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut next = Instant::now();
-    let mut targets = Vec::new();
-    let mut looked = None::<Instant>;
-    let mut turn = 0usize;
-    while running.load(Ordering::SeqCst) {
-        if looked.is_none_or(|at| at.elapsed() >= TRAFFIC_TARGETS_REFRESH) {
-            targets = traffic_targets(shared);
-            looked = Some(Instant::now());
-        }
-        // The next target that takes calls: a hook disabled or a plugin stopped since the
-        // last look is passed over.
-        let count = targets.len();
-        for _ in 0..count {
-            let target = &mut targets[turn % count];
-            turn = turn.wrapping_add(1);
-            match target.call(b"traffic") {
-                Err(
-                    HookCallError::Disabled { .. }
-                    | HookCallError::NotRunning { .. }
-                    | HookCallError::UnknownHook { .. },
-                ) => {}
-                _ => break,
-            }
-        }
-        next += interval;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        } else {
-            next = Instant::now();
-        }
-    }
-}
-
-/// A handle on every enabled hook of every running plugin, but those its manifest keeps
-/// from traffic.
-fn traffic_targets(shared: &Shared) -> Vec<HookHandle> {
-    shared
-        .all_plugins()
-        .into_iter()
-        .flat_map(|plugin| {
-            let hooks: Vec<String> = plugin
-                .running()
-                .map(|running| {
-                    running
-                        .timeouts
-                        .keys()
-                        .filter(|hook| {
-                            plugin.hook_enabled(hook) && !running.no_traffic.contains(*hook)
-                        })
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            hooks
-                .into_iter()
-                .map(move |hook| HookHandle::new(Arc::clone(&plugin), hook))
-        })
-        .collect()
 }

@@ -900,6 +900,45 @@ fn the_traffic_generator_passes_over_disabled_hooks_and_finds_plugins_started_la
     assert_eq!((stats.errors, stats.timeouts, stats.busy), (0, 0, 0));
 }
 
+/// A plugin whose hooks are slow holds back only its own generated calls: the others keep
+/// the rate (one loop calling each in turn gave `hello` a few calls a second).
+#[test]
+fn a_slow_plugin_does_not_hold_back_the_traffic_of_the_others() {
+    let fixture = engine_configured(
+        &[("hello", "hello", same), ("slowhook", "slowhook", same)],
+        |config| {
+            let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+            // `work` and `ping` answer; from 1 ms after its start on, `work` sleeps 150 ms.
+            overrides
+                .config
+                .insert("chaos_after_ms".to_owned(), 1.into());
+            overrides.config.insert("sleep_ms".to_owned(), 150.into());
+            config.plugins.insert("slowhook".to_owned(), overrides);
+        },
+    );
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    start(engine, "slowhook");
+    engine
+        .execute(Command::Traffic { rate: Some(200.0) })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    engine.execute(Command::Traffic { rate: None }).unwrap();
+    let greets = plugin(engine, "hello").hooks["greet"].calls;
+    let slow = plugin(engine, "slowhook");
+    let work = slow.hooks["work"].calls;
+    // Three hooks share 200 calls a second; slowhook's lane, in a 150 ms call most of the
+    // time, passes its turns on. (Before: about 6 greets in this second.)
+    assert!(
+        greets >= 60,
+        "hello got {greets} calls in a second at 200/s"
+    );
+    assert!(
+        (1..=10).contains(&work),
+        "slowhook's work: {work} calls of 150 ms in a second"
+    );
+}
+
 /// A hook its manifest keeps from traffic (`traffic = false`: the zoo's `chaos`) gets no
 /// generated call; an operator's call still reaches it.
 #[test]
