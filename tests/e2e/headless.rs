@@ -846,6 +846,67 @@ fn a_start_that_fails_for_a_required_mechanism_is_said_on_stderr() {
     assert_eq!(plugin(&last, "hello")["state"], "failed", "{last}");
 }
 
+/// An in-process plugin's caught panics do not reach the engine's stderr (in the dashboard,
+/// its terminal): each is the call's error reply, with where it happened.
+#[test]
+fn an_in_process_plugins_caught_panics_stay_off_the_engines_stderr() {
+    let temp = tempfile::tempdir().unwrap();
+    let keys = keys(temp.path(), "fleet");
+    ok(&plugboard(&[
+        &"trust",
+        &"add",
+        &"--trust-store",
+        &keys.store,
+        &keys.public,
+        &"--level",
+        &"in-process",
+    ]));
+    let manifest = temp.path().join("plugin.toml");
+    let panicky = std::fs::read_to_string(repo_root().join("plugins/panicky/plugin.toml")).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{panicky}\n[isolation]\nmode = \"in-process\"\n"),
+    )
+    .unwrap();
+    let dir = temp.path().join("plugins");
+    ok(&plugboard(&[
+        &"pack",
+        &manifest,
+        &"--library",
+        &plugin_library("panicky"),
+        &"--out",
+        &dir.join("panicky"),
+        &"--key",
+        &keys.private,
+    ]));
+    let output = plugboard(&[
+        &"headless",
+        &"--plugins",
+        &dir,
+        &"--trust-store",
+        &keys.store,
+        &"--traffic",
+        &"200",
+        &"--duration",
+        &"500ms",
+        &"--json",
+    ]);
+    let out = ok(&output);
+    let err = crate::support::stderr(&output);
+    assert!(!err.contains("panicked"), "{err}");
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let panicky = plugin(&last, "panicky");
+    assert_eq!(panicky["isolation"], "in-process", "{panicky}");
+    let panic = &panicky["hooks"]["panic"];
+    assert!(panic["errors"].as_u64().unwrap() > 0, "{panic}");
+    assert!(
+        panic["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("panicked at plugins/panicky/src/lib.rs")),
+        "{panic}"
+    );
+}
+
 /// A bundle deployed while headless runs is verified and started as those found at the
 /// start were; one that does not verify is rejected with its reason, not left waiting.
 #[test]

@@ -66,6 +66,13 @@ fn an_in_process_plugin_answers_calls_with_statistics_and_no_sandbox() {
     // A panic is an error reply; the engine lives on.
     let panicked = call(engine, "panicky", "panic", "");
     assert_eq!(panicked.status, "panic", "{panicked:?}");
+    // Where it panicked is in the reply (the SDK keeps it off the engine's stderr).
+    assert!(
+        panicked
+            .reply
+            .starts_with("plugin panicked at plugins/panicky/src/lib.rs:"),
+        "{panicked:?}"
+    );
     assert_eq!(call(engine, "hello", "greet", "after").status, "ok");
     engine
         .execute(Command::Stop {

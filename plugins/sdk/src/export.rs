@@ -3,9 +3,11 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 
 use crate::abi::{self, HostApi, PluginBuffer, PluginVTable};
 use crate::{Config, Error, Plugin};
@@ -174,20 +176,60 @@ impl Host {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+fn panic_message(payload: &(dyn Any + Send), location: Option<String>) -> String {
     let detail = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned());
-    format!("plugin panicked: {detail}")
+    match location {
+        Some(location) => format!("plugin panicked at {location}: {detail}"),
+        None => format!("plugin panicked: {detail}"),
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs plugin code for the host (inside [`guarded`]).
+    static IN_ENTRY_POINT: Cell<bool> = const { Cell::new(false) };
+    /// Where the last panic caught in an entry point on this thread happened.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static QUIET_PANICS: Once = Once::new();
+
+/// Keeps panics caught at the entry points off stderr: their message is the call's error
+/// reply already, and in-process the engine's stderr is the dashboard's terminal, where the
+/// standard hook's text would land in the middle of the screen on every panic. The hook is
+/// this library's own (a plugin carries its own copy of the standard library); a panic on
+/// any other thread of the plugin still goes to the hook it had.
+fn quiet_caught_panics() {
+    QUIET_PANICS.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_ENTRY_POINT.with(Cell::get) {
+                let location = info
+                    .location()
+                    .map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
+                PANIC_LOCATION.with(|last| *last.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Runs `f`, turning a panic into an [`Error`] so it never unwinds into the host.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    quiet_caught_panics();
+    let outer = IN_ENTRY_POINT.with(|inside| inside.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_ENTRY_POINT.with(|inside| inside.set(outer));
+    match result {
         Ok(result) => result,
-        Err(payload) => Err(Error::panicked(panic_message(payload.as_ref()))),
+        Err(payload) => {
+            let location = PANIC_LOCATION.with(|last| last.borrow_mut().take());
+            Err(Error::panicked(panic_message(payload.as_ref(), location)))
+        }
     }
 }
 
@@ -319,7 +361,10 @@ unsafe extern "C" fn destroy<P: Plugin>(instance: *mut c_void) {
     // each instance exactly once, after every other call on it has returned.
     let plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
     // A panicking Drop must not unwind into the host either; the instance is gone anyway.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(plugin)));
+    let _ = guarded(move || {
+        drop(plugin);
+        Ok(())
+    });
 }
 
 unsafe extern "C" fn free_buffer(data: *mut u8, len: usize) {
