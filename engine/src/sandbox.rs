@@ -8,6 +8,7 @@ pub mod landlock;
 pub mod pages;
 pub mod process;
 pub mod seccomp;
+pub mod spawn;
 
 use serde::{Deserialize, Serialize};
 

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::stat::Mode;
+use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use serde::{Deserialize, Serialize};
@@ -367,33 +365,20 @@ impl Spawner {
     }
 }
 
+/// Spawns the worker binary with stdin `/dev/null`, the listed descriptors at their
+/// numbers, and no other descriptor of the engine's process (see
+/// [`crate::sandbox::spawn::spawn_with_only`]).
 fn spawn_now(request: &Launch) -> nix::Result<Pid> {
-    let mut actions = PosixSpawnFileActions::init()?;
-    // stdin is /dev/null; the listed descriptors are dup2'd to their numbers (dup2 clears
-    // close-on-exec on the copy only); everything else the engine has is close-on-exec.
-    actions.add_open(0, "/dev/null", OFlag::O_RDONLY, Mode::empty())?;
-    for (fd, target) in &request.fds {
-        actions.add_dup2(fd.as_raw_fd(), *target)?;
-    }
-    let mut attr = PosixSpawnAttr::init()?;
-    // A clean signal state: tokio or the caller may have blocked or ignored signals.
-    attr.set_sigmask(&SigSet::empty())?;
-    attr.set_sigdefault(&SigSet::all())?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )?;
-    let mut args = vec![
-        CString::new(request.binary.as_os_str().as_encoded_bytes())
-            .map_err(|_| nix::Error::EINVAL)?,
-    ];
+    let binary = CString::new(request.binary.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::Error::EINVAL)?;
+    let mut args = vec![binary.clone()];
     args.extend(request.args.iter().cloned());
-    posix_spawn(
-        request.binary.as_path(),
-        &actions,
-        &attr,
-        &args,
-        &request.env,
-    )
+    let fds: Vec<_> = request
+        .fds
+        .iter()
+        .map(|(fd, target)| (fd.as_fd(), *target))
+        .collect();
+    crate::sandbox::spawn::spawn_with_only(&binary, &args, &request.env, &fds)
 }
 
 /// Descriptors must arrive at numbers above the ones they are dup2'd onto, or a dup2
