@@ -33,7 +33,7 @@
 //! Pipelined calls ([`Calls::request_many`]) are packed into `Calls` frames and answered in
 //! `Replies` frames: one datagram carries up to [`CALLS_PER_FRAME`] calls each way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -176,9 +176,40 @@ impl Hasher for IdHasher {
 
 type ById<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// Timed-out requests remembered one by one; past this many, the oldest are forgotten and
+/// any reply to an id that old is taken as late.
+const ABANDONED_KEPT: usize = 4096;
+
+#[derive(Default)]
+struct Abandoned {
+    ids: BTreeSet<u64>,
+    /// Ids below this were forgotten: whatever answers them counts as late.
+    forgotten_below: u64,
+}
+
+impl Abandoned {
+    fn insert(&mut self, id: u64) {
+        self.ids.insert(id);
+        if self.ids.len() > ABANDONED_KEPT
+            && let Some(oldest) = self.ids.pop_first()
+        {
+            self.forgotten_below = self.forgotten_below.max(oldest + 1);
+        }
+    }
+
+    /// Whether a reply to `id` (no longer waited for) answers a request that timed out.
+    fn is_late(&self, id: u64) -> bool {
+        id < self.forgotten_below || self.ids.contains(&id)
+    }
+}
+
 struct State {
     /// Request id → the caller (its key) waiting for it.
     waiting: ById<u64>,
+    /// Requests whose caller gave up before their reply came (timed out): a reply to one
+    /// of them is late, discarded (and paced), where a second reply to a request answered
+    /// in time is a violation.
+    abandoned: Abandoned,
     /// Waiting callers by key (the first id of their requests).
     callers: ById<Waiter>,
     /// Who reads the socket now.
@@ -261,6 +292,7 @@ impl Calls {
             next_id: AtomicU64::new(1),
             state: Mutex::new(State {
                 waiting: ById::default(),
+                abandoned: Abandoned::default(),
                 callers: ById::default(),
                 receiver: None,
                 idle_reader: None,
@@ -619,6 +651,15 @@ impl Calls {
                 batch.settle(id, Ok(reply));
             }
         }
+        // Sent and not answered: a reply may still come, late.
+        for id in batch.ids.start..next_to_send.min(batch.ids.end) {
+            if batch
+                .index(id)
+                .is_some_and(|index| batch.results[index].is_none())
+            {
+                state.abandoned.insert(id);
+            }
+        }
         if leading || state.receiver == Some(Receiver::Caller(batch.key)) {
             pass_role(&mut state);
         }
@@ -692,9 +733,9 @@ impl Calls {
         }
     }
 
-    /// Settles or hands over replies. A reply to an id the engine never issued is a
-    /// violation; a known id nobody waits for is a late reply to a call that timed out (or
-    /// a repeated one): discarded.
+    /// Settles or hands over replies. A reply to an id the engine never issued, or a
+    /// second reply to a request answered in time (or never sent), is a violation; one to
+    /// a request that timed out is late: discarded, and paced.
     fn replies(
         &self,
         own: &mut Batch,
@@ -723,15 +764,17 @@ impl Calls {
                 }
                 if own.settle(id, Ok(reply)) {
                     settled += 1;
-                } else {
-                    self.count_unsolicited(reply_len);
+                    continue;
                 }
-                continue;
+                return Err(answered_twice(id));
             }
             let state = state.get_or_insert_with(|| self.lock());
             let Some(key) = state.waiting.remove(&id) else {
-                // A late reply (its call timed out) or a repeated one: settles nothing, and
-                // costs as a message that is not a reply, so a flood of them is paced.
+                if !state.abandoned.is_late(id) {
+                    return Err(answered_twice(id));
+                }
+                // Late (its call timed out): settles nothing, and costs as a message that
+                // is not a reply, so a flood of them is paced.
                 self.count_unsolicited(reply_len);
                 continue;
             };
@@ -1039,6 +1082,10 @@ fn encode_group(group: &[CallRef<'_>]) -> Result<Vec<u8>, ()> {
         several => encode_frame(&CallsRef { calls: several }),
     }
     .map_err(drop)
+}
+
+fn answered_twice(id: u64) -> String {
+    format!("a second reply to request {id}, which was answered already (or never sent)")
 }
 
 /// The receive role goes to a waiting caller (which is unparked) or to nobody.
@@ -1763,6 +1810,43 @@ mod tests {
             Err(CallFailure::WorkerGone)
         );
         forger.join().expect("forger ends");
+    }
+
+    /// A worker answering a call it answered in time once more breaks the protocol (a late
+    /// reply to a call that timed out does not: see above).
+    #[test]
+    fn a_second_reply_to_a_call_answered_in_time_is_a_violation() {
+        let fixture = fixture();
+        let worker = Arc::clone(&fixture.worker);
+        let repeater = std::thread::spawn(move || {
+            let EngineMessage::Call { id, .. } = worker.recv::<EngineMessage>().unwrap() else {
+                panic!("expected the call");
+            };
+            for _ in 0..2 {
+                worker
+                    .send(&WorkerMessage::Reply {
+                        id,
+                        status: 0,
+                        body: b"once".to_vec(),
+                    })
+                    .expect("reply");
+            }
+            id
+        });
+        assert_eq!(
+            single(&fixture.calls, b"x", Duration::from_secs(10)).as_deref(),
+            Ok(&b"once"[..])
+        );
+        let id = repeater.join().expect("repeater ends");
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::ProtocolViolation { reason }) => {
+                assert!(
+                    reason.contains(&format!("a second reply to request {id}")),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
     }
 
     #[test]
