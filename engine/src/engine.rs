@@ -24,6 +24,7 @@ use crate::manifest::{HostLimits, IsolationMode, MANIFEST_FILE, Manifest};
 use crate::monitor::{ResourceSample, SampleSeries, Sampler};
 use crate::policy::Policy;
 use crate::rotating::RotatingFile;
+use crate::sandbox::Mechanism;
 use crate::sandbox::cgroup::{CgroupRoot, EngineScope, remove_stale_scopes};
 use crate::snapshot::{
     ConfigSetting, ConfigSource, HostSnapshot, PluginSnapshot, PluginState, Snapshot, Supervision,
@@ -322,7 +323,9 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     log: Option<Mutex<RotatingFile>>,
     audit: Option<AuditWriter>,
-    pub scope: EngineScope,
+    /// This engine's cgroup scope; `None` when cgroups cannot be used and the host's
+    /// `require` leaves `cgroup` out (workers then run without one, and say so).
+    pub scope: Option<EngineScope>,
     /// This engine's claim on its state file, held while it runs.
     _state_claim: Option<StateFileClaim>,
     /// Said when another engine held the state file at start.
@@ -619,11 +622,14 @@ impl Engine {
     /// cgroup scope, opens the trust store and discovers the bundles.
     pub fn start(mut config: EngineConfig) -> Result<Engine, EngineError> {
         make_bundle_paths_absolute(&mut config);
-        let cgroups = |err: crate::sandbox::cgroup::CgroupError| EngineError::Cgroups {
-            reason: err.to_string(),
-        };
-        let root = CgroupRoot::detect(&config.cgroup_root).map_err(cgroups)?;
-        let stale = remove_stale_scopes(&root);
+        let cgroups_required = config.worker.require.contains(&Mechanism::Cgroup);
+        let root = CgroupRoot::detect(&config.cgroup_root).map_err(|err| err.to_string());
+        if let (Err(reason), true) = (&root, cgroups_required) {
+            return Err(EngineError::Cgroups {
+                reason: reason.clone(),
+            });
+        }
+        let stale = root.as_ref().map(remove_stale_scopes).unwrap_or_default();
         // Read again for every verification (a key revoked or pinned while the engine runs
         // counts from the next start, restart or reload); a store that cannot be read
         // refuses the engine's start here rather than every plugin's later.
@@ -632,41 +638,7 @@ impl Engine {
                 reason: err.to_string(),
             })?;
         }
-        let log = config
-            .log_file
-            .as_ref()
-            .map(|file| {
-                RotatingFile::open(
-                    file.clone(),
-                    config.log_max_mb.saturating_mul(1024 * 1024),
-                    config.log_keep,
-                    false,
-                )
-                .map(Mutex::new)
-                .map_err(|err| EngineError::File {
-                    what: "log_file",
-                    file: file.clone(),
-                    reason: err.to_string(),
-                })
-            })
-            .transpose()?;
-        let audit = config
-            .audit_file
-            .as_ref()
-            .map(|file| {
-                AuditLog::open(AuditPolicy {
-                    file: file.clone(),
-                    max_bytes: config.audit_max_mb.saturating_mul(1024 * 1024),
-                    keep: config.audit_keep,
-                })
-                .and_then(AuditWriter::start)
-                .map_err(|err| EngineError::File {
-                    what: "audit_file",
-                    file: file.clone(),
-                    reason: err.to_string(),
-                })
-            })
-            .transpose()?;
+        let (log, audit) = open_log_and_audit(&config)?;
         let persisted = match &config.state_file {
             Some(file) => PersistedState::load(file)?,
             None => PersistedState::default(),
@@ -674,7 +646,12 @@ impl Engine {
         let (state_claim, state_file_warning) = claim_state_file(config.state_file.as_deref());
         // Created once everything that can refuse the configuration has accepted it, so a
         // refused start leaves no scope behind.
-        let scope = create_scope(&root, config.memory_budget_mb)?;
+        let (scope, without_cgroups) =
+            match root.and_then(|root| create_scope(&root, config.memory_budget_mb)) {
+                Ok(scope) => (Some(scope), None),
+                Err(reason) if cgroups_required => return Err(EngineError::Cgroups { reason }),
+                Err(reason) => (None, Some(reason)),
+            };
         let shared = Arc::new(Shared {
             config,
             log,
@@ -694,7 +671,7 @@ impl Engine {
             _state_claim: state_claim,
             state_file_warning,
         });
-        say_what_the_start_found(&shared, stale);
+        say_what_the_start_found(&shared, stale, without_cgroups);
         // The store as plugins will be verified against: a change from here on is seen.
         shared.look_at_trust_store();
         let sampler = Sampler::start(&shared);
@@ -1362,7 +1339,9 @@ impl Engine {
                 let _ = actor.join();
             }
         }
-        let _ = self.shared.scope.remove();
+        if let Some(scope) = &self.shared.scope {
+            let _ = scope.remove();
+        }
         // A last try for what a full disk kept from the state file; what still cannot be
         // written is said (and lost with this engine).
         if self.shared.write_unsaved_state() {
@@ -1396,7 +1375,22 @@ impl Drop for Engine {
 
 /// What the engine's start found that an admin should hear of: a state file another engine
 /// uses, stale cgroups removed or left.
-fn say_what_the_start_found(shared: &Shared, stale: crate::sandbox::cgroup::StaleScopes) {
+fn say_what_the_start_found(
+    shared: &Shared,
+    stale: crate::sandbox::cgroup::StaleScopes,
+    without_cgroups: Option<String>,
+) {
+    if let Some(reason) = without_cgroups {
+        shared.event(
+            None,
+            EventKind::engine_warning(
+                EngineTopic::Cgroup,
+                format!(
+                    "cgroups cannot be used ({reason}); `cgroup` is not required, so plugins run without one: no memory, CPU or pids limit, no resource samples"
+                ),
+            ),
+        );
+    }
     if let Some(message) = shared.state_file_warning.clone() {
         shared.event(
             None,
@@ -1617,21 +1611,56 @@ fn make_bundle_paths_absolute(config: &mut EngineConfig) {
     }
 }
 
+/// The engine's log file and its audit writer, as the configuration asks.
+fn open_log_and_audit(
+    config: &EngineConfig,
+) -> Result<(Option<Mutex<RotatingFile>>, Option<AuditWriter>), EngineError> {
+    let log = config
+        .log_file
+        .as_ref()
+        .map(|file| {
+            RotatingFile::open(
+                file.clone(),
+                config.log_max_mb.saturating_mul(1024 * 1024),
+                config.log_keep,
+                false,
+            )
+            .map(Mutex::new)
+            .map_err(|err| EngineError::File {
+                what: "log_file",
+                file: file.clone(),
+                reason: err.to_string(),
+            })
+        })
+        .transpose()?;
+    let audit = config
+        .audit_file
+        .as_ref()
+        .map(|file| {
+            AuditLog::open(AuditPolicy {
+                file: file.clone(),
+                max_bytes: config.audit_max_mb.saturating_mul(1024 * 1024),
+                keep: config.audit_keep,
+            })
+            .and_then(AuditWriter::start)
+            .map_err(|err| EngineError::File {
+                what: "audit_file",
+                file: file.clone(),
+                reason: err.to_string(),
+            })
+        })
+        .transpose()?;
+    Ok((log, audit))
+}
+
 /// The engine's cgroup scope, with the host's total memory budget when it has one; none
-/// is left behind when the budget cannot be set.
-fn create_scope(
-    root: &CgroupRoot,
-    memory_budget_mb: Option<u64>,
-) -> Result<EngineScope, EngineError> {
-    let scope = EngineScope::create(root).map_err(|err| EngineError::Cgroups {
-        reason: err.to_string(),
-    })?;
+/// is left behind when the budget cannot be set. The error is the reason.
+fn create_scope(root: &CgroupRoot, memory_budget_mb: Option<u64>) -> Result<EngineScope, String> {
+    let scope = EngineScope::create(root).map_err(|err| err.to_string())?;
     if let Some(budget) = memory_budget_mb {
         if let Err(err) = scope.limit_memory(budget.saturating_mul(1024 * 1024)) {
             let _ = scope.remove();
-            return Err(EngineError::Cgroups {
-                reason: format!("memory budget of {budget} MiB: {err}"),
-            });
+            return Err(format!("memory budget of {budget} MiB: {err}"));
         }
     }
     Ok(scope)

@@ -542,8 +542,8 @@ impl std::fmt::Debug for LaunchedWorker {
 impl Worker {
     /// Spawns, confines and loads one plugin worker, and returns when it is ready or has
     /// failed (then nothing of it is left behind). `spec.library` must be sealed.
-    pub fn start(
-        scope: &EngineScope,
+    pub fn start<'s>(
+        scope: impl Into<Option<&'s EngineScope>>,
         spec: WorkerSpec<'_>,
         events: &EventSink,
     ) -> Result<Worker, WorkerError> {
@@ -552,17 +552,23 @@ impl Worker {
 
     /// Spawns the worker and lets it confine itself, up to its seccomp listener; it then
     /// waits for [`LaunchedWorker::load`]. `spec.library` may still be being filled.
-    pub fn launch(
-        scope: &EngineScope,
+    ///
+    /// Without a `scope` (the engine has no cgroups), or when its cgroup cannot be made,
+    /// the worker runs without one if the plan does not require `cgroup` — its cgroup
+    /// mechanism shown inactive with the reason — and is refused if it does.
+    pub fn launch<'s>(
+        scope: impl Into<Option<&'s EngineScope>>,
         spec: WorkerSpec<'_>,
         events: &EventSink,
     ) -> Result<LaunchedWorker, WorkerError> {
+        let scope = scope.into();
         let plugin = spec.plugin.clone();
         let ipc = |source| WorkerError::Ipc {
             plugin: plugin.clone(),
             error: source,
         };
-        let (starting, channel, stdout_read, stderr_read) = spawn_in_cgroup(scope, &spec)?;
+        let (starting, channel, stdout_read, stderr_read, cgroup_missing) =
+            spawn_in_cgroup(scope, &spec)?;
         let require = spec.plan.require.clone();
         let file_rules = (
             spec.plan.fs_read.clone(),
@@ -595,8 +601,11 @@ impl Worker {
                 ));
             }
         };
-        let cgroup_path = starting.cgroup.as_ref().map(PluginCgroup::display_path);
-        let mechanisms = mechanisms_from(&steps, cgroup_path.unwrap_or_default());
+        let cgroup = match (&starting.cgroup, cgroup_missing) {
+            (Some(cgroup), _) => Ok(cgroup.display_path()),
+            (None, missing) => Err(missing.unwrap_or_default()),
+        };
+        let mechanisms = mechanisms_from(&steps, cgroup);
         // A required mechanism must be reported active. A failed step is named first (the
         // worker stops confining itself there); one missing from the report (a worker that
         // stopped half-way for another reason) refuses the plugin too.
@@ -989,28 +998,53 @@ fn start_threads(
 /// Creates the worker's cgroup and spawns the worker into it: born inside on v1, moved
 /// after its Hello on v2 (or if the kernel shows it elsewhere). Either way the worker waits
 /// for the Welcome before it confines itself or loads anything.
+/// The spawned worker, in its cgroup — or, where the plan does not require one, without
+/// it, with the reason (the last value).
+type Spawned = (Starting, Arc<Channel>, OwnedFd, OwnedFd, Option<String>);
+
 fn spawn_in_cgroup(
-    scope: &EngineScope,
+    scope: Option<&EngineScope>,
     spec: &WorkerSpec<'_>,
-) -> Result<(Starting, Arc<Channel>, OwnedFd, OwnedFd), WorkerError> {
+) -> Result<Spawned, WorkerError> {
     let plugin = &spec.plugin;
-    let cgroup_error = |err: crate::sandbox::cgroup::CgroupError| WorkerError::Cgroup {
+    let cgroup_error = |reason: String| WorkerError::Cgroup {
         plugin: plugin.clone(),
-        reason: err.to_string(),
+        reason,
     };
-    let cgroup = PluginCgroup::create(scope, plugin, &spec.limits).map_err(cgroup_error)?;
+    let created = match scope {
+        Some(scope) => {
+            PluginCgroup::create(scope, plugin, &spec.limits).map_err(|err| err.to_string())
+        }
+        None => Err("the engine has no cgroups".to_owned()),
+    };
+    let required = spec
+        .plan
+        .require
+        .iter()
+        .any(|mechanism| mechanism == Mechanism::Cgroup.name());
+    let (cgroup, missing) = match created {
+        Ok(cgroup) => (Some(cgroup), None),
+        Err(reason) if required => return Err(cgroup_error(reason)),
+        // Memory, CPU and pids limits are the cgroup's: without it, none hold.
+        Err(reason) => (
+            None,
+            Some(format!("{reason}: no memory, CPU or pids limit")),
+        ),
+    };
     let (pid, engine_end, stdout_read, stderr_read) =
-        match spawn_process(spec, cgroup.thread_entry()) {
+        match spawn_process(spec, cgroup.as_ref().and_then(PluginCgroup::thread_entry)) {
             Ok(spawned) => spawned,
             Err(error) => {
-                let _ = cgroup.remove();
+                if let Some(cgroup) = cgroup {
+                    let _ = cgroup.remove();
+                }
                 return Err(error);
             }
         };
     // From here on, a failure must kill the worker and remove its cgroup.
     let starting = Starting {
         pid,
-        cgroup: Some(cgroup),
+        cgroup,
         done: false,
         uid: Some(UidLease::hold(spec.plan.uid)),
     };
@@ -1019,10 +1053,12 @@ fn spawn_in_cgroup(
     if let Some(cgroup) = &starting.cgroup {
         let raw_pid = pid.as_raw().unsigned_abs();
         if !cgroup.holds_process(raw_pid) {
-            cgroup.add_process(raw_pid).map_err(cgroup_error)?;
+            cgroup
+                .add_process(raw_pid)
+                .map_err(|err| cgroup_error(err.to_string()))?;
         }
     }
-    Ok((starting, channel, stdout_read, stderr_read))
+    Ok((starting, channel, stdout_read, stderr_read, missing))
 }
 
 fn expect_hello(channel: &Channel, plugin: &str, pid: Pid) -> Result<(), WorkerError> {
@@ -1246,10 +1282,11 @@ fn recv_before(
     }
 }
 
-/// What the worker's step reports say, plus the cgroup the engine itself put it in.
+/// What the worker's step reports say, plus the cgroup the engine itself put it in (its
+/// path), or why there is none.
 fn mechanisms_from(
     steps: &[StepReport],
-    cgroup_path: String,
+    cgroup: Result<String, String>,
 ) -> BTreeMap<Mechanism, MechanismState> {
     let mut mechanisms: BTreeMap<Mechanism, MechanismState> = Mechanism::ALL
         .into_iter()
@@ -1269,13 +1306,11 @@ fn mechanisms_from(
             (mechanism, state)
         })
         .collect();
-    mechanisms.insert(
-        Mechanism::Cgroup,
-        MechanismState {
-            active: true,
-            detail: cgroup_path,
-        },
-    );
+    let (active, detail) = match cgroup {
+        Ok(path) => (true, path),
+        Err(reason) => (false, reason),
+    };
+    mechanisms.insert(Mechanism::Cgroup, MechanismState { active, detail });
     mechanisms
 }
 

@@ -165,11 +165,11 @@ fn sample_workers(shared: &Shared, sampled: &mut Probes) {
             // From the worker itself, not the lifecycle: during a reload the lifecycle
             // may still name the old worker while the new one serves.
             let (_, pid, cgroup) = running.runner.identity();
-            let Some(cgroup) = cgroup else {
+            let (Some(cgroup), Some(scope)) = (cgroup, &shared.scope) else {
                 continue;
             };
             // A worker that just ended cannot be opened: it is sampled no more.
-            let Ok(mut probe) = WorkerProbe::open(shared.scope.root(), &cgroup, pid) else {
+            let Ok(mut probe) = WorkerProbe::open(scope.root(), &cgroup, pid) else {
                 probes.remove(&plugin.name);
                 continue;
             };

@@ -742,7 +742,7 @@ fn launch_worker(
         plan.enter_audit_mode();
     }
     let launched = Worker::launch(
-        &shared.scope,
+        shared.scope.as_ref(),
         crate::worker::WorkerSpec {
             plugin: plugin.name.clone(),
             host_binary: shared.config.worker.host_binary.clone(),
@@ -1774,7 +1774,7 @@ fn oom_kills_not_yet_reported(
 /// cannot be read.
 fn oom_kills(shared: &Shared, plugin: &Plugin) -> Option<(u64, Option<u64>)> {
     let cgroup = plugin.lifecycle().cgroup.clone()?;
-    let root = shared.scope.root();
+    let root = shared.scope.as_ref()?.root();
     let dir = root
         .controller_dir(crate::sandbox::cgroup::Controller::Memory, &cgroup)
         .ok()?;

@@ -148,7 +148,8 @@ impl Runner {
             Runner::Worker(worker) => (
                 worker.pid(),
                 worker.sandbox_pid(),
-                Some(worker.cgroup_path().to_owned()),
+                // Empty when it runs without a cgroup (not required, none to be had).
+                Some(worker.cgroup_path().to_owned()).filter(|path| !path.is_empty()),
             ),
             Runner::InProcess(..) => (std::process::id(), std::process::id(), None),
         }

@@ -5,10 +5,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use plugboard_engine::policy::{Action, ViolationKind};
+use plugboard_engine::sandbox::Mechanism;
 use plugboard_engine::worker::{ExitStatus, NOTIFICATIONS_PER_SEC, OUTPUT_BYTES_PER_SEC};
 use plugboard_engine::{
-    Command, Engine, EngineConfig, EngineTopic, Event, EventKind, Outcome, PluginSnapshot,
-    PluginState,
+    Command, Engine, EngineConfig, EngineError, EngineTopic, Event, EventKind, Outcome,
+    PluginSnapshot, PluginState,
 };
 
 use crate::support::{
@@ -1481,4 +1482,62 @@ fn a_watch_whose_path_is_rewritten_while_it_is_checked_never_lands_outside_the_g
             "a watch landed on {refused}: {watched:?} ({report:?})"
         );
     }
+}
+
+/// Cgroups the engine cannot use refuse its start while `cgroup` is required (the
+/// default), with the reason; a host that leaves `cgroup` out of `require` runs its plugins
+/// without one, and says so — in an engine warning and in the plugin's mechanisms.
+#[test]
+fn without_usable_cgroups_only_a_host_that_does_not_require_them_runs_plugins() {
+    let missing = Path::new("/nonexistent-plugboard-cgroups");
+    let temp = tempfile::tempdir().unwrap();
+    let signer = Signer::new(temp.path());
+    let plugins = temp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    add_bundle(&plugins, &signer, "hello", "hello", same);
+    let config = || {
+        let mut config = EngineConfig::new(host_binary());
+        config.plugin_dirs = vec![plugins.clone()];
+        config.trust_store = Some(signer.store_dir.clone());
+        config.cgroup_root = missing.to_owned();
+        config
+    };
+    match Engine::start(config()) {
+        Err(EngineError::Cgroups { reason }) => {
+            assert!(reason.contains("nonexistent-plugboard-cgroups"), "{reason}");
+        }
+        Err(other) => panic!("expected a cgroup error, got {other}"),
+        Ok(_) => panic!("an engine requiring cgroups started without them"),
+    }
+
+    let mut lowered = config();
+    lowered
+        .worker
+        .require
+        .retain(|mechanism| *mechanism != Mechanism::Cgroup);
+    let engine = Engine::start(lowered).expect("cgroup not required: the engine starts");
+    assert!(
+        engine.recent_events().iter().any(|event| matches!(
+            &event.kind,
+            EventKind::Engine { message, topic: EngineTopic::Cgroup, warning: true }
+                if message.contains("plugins run without one")
+        )),
+        "the engine says it runs without cgroups"
+    );
+    start(&engine, "hello");
+    let hello = plugin(&engine, "hello");
+    assert!(hello.cgroup.is_none(), "{:?}", hello.cgroup);
+    let cgroup = &hello.mechanisms["cgroup"];
+    assert!(
+        !cgroup.active && cgroup.detail.contains("no memory, CPU or pids limit"),
+        "{cgroup:?}"
+    );
+    assert!(hello.mechanisms["seccomp"].active);
+    assert_eq!(
+        call(&engine, "hello", "greet", "bare").reply,
+        "Hello, bare!"
+    );
+    let sandbox = hello.sandbox_pid.expect("running");
+    engine.shutdown();
+    assert!(!process_alive(sandbox), "stopped at shutdown");
 }
