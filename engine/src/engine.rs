@@ -1374,7 +1374,7 @@ impl Drop for Engine {
 }
 
 /// What the engine's start found that an admin should hear of: a state file another engine
-/// uses, stale cgroups removed or left.
+/// uses, stale cgroups removed or left, cgroups it cannot use.
 fn say_what_the_start_found(
     shared: &Shared,
     stale: crate::sandbox::cgroup::StaleScopes,
