@@ -19,6 +19,9 @@
 //! - hooks: `Worker::call_batch` on a real confined `hello` worker, batches of [`BATCH`]
 //!   `greet` calls (64-byte payload) from one thread, back to back (the engine packs them
 //!   64 to a frame, 256 in flight);
+//! - hooks through the engine: `HookHandle::call_many` of [`BATCH`] greets on a `hello`
+//!   started by a real `Engine` (each call admitted against `max_in_flight`, timed and
+//!   recorded in the hook's statistics — what an embedding host gets);
 //! - hooks: `Worker::call` from [`CALLER_THREADS`] threads at once (no batching API).
 //!
 //! Every peer is a separate process (this binary, re-executed); the measuring process
@@ -40,6 +43,7 @@ use plugboard_engine::sandbox::cgroup::{CgroupLimits, CgroupRoot, EngineScope, P
 use plugboard_engine::sandbox::seccomp::{self, FileWatch, SyscallPolicy};
 use plugboard_engine::trust::{PrivateKey, SIGNATURE_FILE, TrustLevel, TrustStore, write_keypair};
 use plugboard_engine::worker::{EventSink, Worker, WorkerPolicy, WorkerSpec, plan_for};
+use plugboard_engine::{Command as EngineCommand, Engine, EngineConfig};
 use plugboard_sdk::abi::STATUS_OK;
 
 const PEER_ENV: &str = "PLUGBOARD_PIPELINE_BENCH_PEER";
@@ -179,6 +183,7 @@ fn fail(message: &str) -> ! {
 struct Fixture {
     _temp: tempfile::TempDir,
     bundle_dir: PathBuf,
+    store_dir: PathBuf,
     store: TrustStore,
     limits: HostLimits,
     policy: WorkerPolicy,
@@ -205,7 +210,7 @@ fn fixture() -> Fixture {
     let (_, private, public) = write_keypair(&keys, "bench").expect("key pair");
     let store_dir = temp.path().join("store");
     TrustStore::add_key(&store_dir, &public, TrustLevel::Sandboxed).expect("pin the key");
-    let bundle_dir = temp.path().join("bundle-hello");
+    let bundle_dir = temp.path().join("plugins").join("hello");
     std::fs::create_dir_all(&bundle_dir).expect("bundle dir");
     std::fs::copy(
         repo.join("plugins/hello/plugin.toml"),
@@ -224,6 +229,7 @@ fn fixture() -> Fixture {
         _temp: temp,
         bundle_dir,
         store: TrustStore::open(&store_dir).expect("trust store"),
+        store_dir,
         policy: WorkerPolicy::new(host),
         limits,
     }
@@ -414,6 +420,44 @@ fn batched_hooks(worker: &Worker, period: Duration) -> u64 {
     answered
 }
 
+/// An engine running the fixture's `hello`, sandboxed, as a host embedding it would.
+fn engine_with_hello(fixture: &Fixture) -> Engine {
+    let mut config = EngineConfig::new(fixture.policy.host_binary.clone());
+    config.plugin_dirs = vec![
+        fixture
+            .bundle_dir
+            .parent()
+            .expect("the bundle sits in a plugin directory")
+            .to_owned(),
+    ];
+    config.trust_store = Some(fixture.store_dir.clone());
+    let engine = Engine::start(config).unwrap_or_else(|err| fail(&format!("the engine: {err}")));
+    engine
+        .execute(EngineCommand::Start {
+            plugin: "hello".to_owned(),
+        })
+        .unwrap_or_else(|err| fail(&format!("hello does not start in the engine: {err}")));
+    engine
+}
+
+/// `HookHandle::call_many` of [`BATCH`] greets through the engine, back to back, for
+/// `period`: the calls answered.
+fn engine_hooks(engine: &Engine, period: Duration) -> u64 {
+    let payload = [b'x'; DATAGRAM];
+    let payloads: Vec<&[u8]> = (0..BATCH).map(|_| &payload[..]).collect();
+    let mut handle = engine.hook_handle("hello", "greet").expect("hello's greet");
+    let start = Instant::now();
+    let mut answered = 0u64;
+    while start.elapsed() < period {
+        for answer in handle.call_many(&payloads) {
+            let reply = answer.expect("a pipelined greet");
+            assert!(reply.is_ok(), "greet failed");
+            answered += 1;
+        }
+    }
+    answered
+}
+
 /// `Worker::call` from [`CALLER_THREADS`] threads for `period`: the calls answered.
 fn threaded_hooks(worker: &Worker, period: Duration) -> u64 {
     let payload = [b'x'; DATAGRAM];
@@ -544,6 +588,7 @@ fn measure() {
     let placed = spawn_peer("echo", true, &scope, &limits);
     let batched = spawn_peer("echo-batched", true, &scope, &limits);
     let worker_dirs = worker.cgroup_dirs().to_vec();
+    let engine = engine_with_hello(&fixture);
 
     let mut kinds = vec![
         Kind::new(
@@ -576,6 +621,11 @@ fn measure() {
             worker_dirs.clone(),
             |period| threaded_hooks(&worker, period),
         ),
+        Kind::new(
+            "hooks: engine, HookHandle::call_many, 1 thread",
+            Vec::new(),
+            |period| engine_hooks(&engine, period),
+        ),
     ];
     // `PLUGBOARD_PIPELINE_BENCH_ONLY=<text>`: only the kinds whose name contains it.
     if let Ok(only) = std::env::var(ONLY_ENV) {
@@ -595,6 +645,24 @@ fn measure() {
     let count = kinds.len();
     kinds.rotate_right((rounds - 1) % count.max(1));
 
+    print_report(&kinds, (rounds, seconds), serve_threads, &limits);
+    drop(kinds);
+    engine.shutdown();
+    plain.finish();
+    placed.finish();
+    batched.finish();
+    let _ = worker.stop(STOP_GRACE);
+    assert!(!worker.is_running(), "the worker did not stop");
+    let _ = scope.remove();
+}
+
+/// The table and the goal's verdicts.
+fn print_report(
+    kinds: &[Kind<'_>],
+    (rounds, seconds): (usize, u64),
+    serve_threads: u32,
+    limits: &CgroupLimits,
+) {
     println!(
         "## Pipelined calls into one sandboxed plugin: {rounds} rounds of {seconds} s per kind, \
          kinds alternating; raw: {WINDOW} messages of {DATAGRAM} bytes in flight; hooks: \
@@ -618,24 +686,36 @@ fn measure() {
         "   (peer CPU: CPU time of the other side's cgroup per message or call; peer \
          throttled: its CPU quota at work)"
     );
-    if let [plain, placed, batching, packed, batch, threads] = medians[..] {
+    if let [
+        plain,
+        placed,
+        batching,
+        packed,
+        batch,
+        threads,
+        through_engine,
+    ] = medians[..]
+    {
         let best = batch.max(threads);
         println!(
-            "hooks/s (best API, median): {best:.0} (goal >= {GOAL:.0}: {}); / raw placed like \
-             the worker: {:.2}x; / raw plain: {:.2}x; / raw placed, batching child: {:.2}x; / \
-             raw placed, packed: {:.2}x",
+            "hooks/s (best worker API, median): {best:.0} (goal >= {GOAL:.0}: {}); / raw \
+             placed like the worker: {:.2}x; / raw plain: {:.2}x; / raw placed, batching \
+             child: {:.2}x; / raw placed, packed: {:.2}x",
             if best >= GOAL { "meets" } else { "MISSES" },
             best / placed,
             best / plain,
             best / batching,
             best / packed,
         );
+        println!(
+            "hooks/s through the engine (HookHandle::call_many, with statistics, median): \
+             {through_engine:.0} (goal >= {GOAL:.0}: {}); / raw placed like the worker: {:.2}x",
+            if through_engine >= GOAL {
+                "meets"
+            } else {
+                "MISSES"
+            },
+            through_engine / placed,
+        );
     }
-    drop(kinds);
-    plain.finish();
-    placed.finish();
-    batched.finish();
-    let _ = worker.stop(STOP_GRACE);
-    assert!(!worker.is_running(), "the worker did not stop");
-    let _ = scope.remove();
 }

@@ -27,7 +27,11 @@ use super::HookStats;
 use super::dispatch::{call_through, settle};
 use crate::ipc::MAX_PAYLOAD_BYTES;
 use crate::supervisor::{Plugin, Running};
-use crate::worker::CallFailure;
+use crate::worker::{CallFailure, CallOutcome};
+
+/// The most calls [`HookHandle::call_many`] has in flight at once (the worker's own
+/// pipelining keeps 256 of them ahead of their replies).
+const MAX_WINDOW: usize = 1024;
 
 /// Why a call through a [`HookHandle`] got no reply from the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,12 +149,78 @@ impl HookHandle {
     /// Calls the hook with `payload`. `Ok` is the plugin's answer, an error status
     /// included; `Err` says why there was none.
     pub fn call(&mut self, payload: &[u8]) -> Result<HookReply, HookCallError> {
+        self.refresh();
+        let resolved = self.resolved.as_ref().map_err(Clone::clone)?;
+        self.admit(resolved, payload)?;
+        let outcome = call_through(
+            &self.plugin,
+            &resolved.running,
+            &self.hook,
+            payload,
+            0,
+            resolved.timeout,
+        );
+        self.finish(resolved, outcome)
+    }
+
+    /// Calls the hook once per payload, pipelined into a sandboxed worker: the calls go
+    /// out packed in frames, at most `max_in_flight` at a time, and the worker answers a
+    /// frame's calls in order (so a slow call delays those packed after it). Each call is
+    /// admitted, timed out, counted and recorded as [`HookHandle::call`] would: a call not
+    /// answered within the hook's timeout of its window's start is a timeout, one past the
+    /// plugin's cap (other callers filling it) is busy. The answers are in the order of
+    /// `payloads`. In-process, the calls are made one after the other.
+    pub fn call_many(&mut self, payloads: &[&[u8]]) -> Vec<Result<HookReply, HookCallError>> {
+        self.refresh();
+        let resolved = match self.resolved.as_ref() {
+            Ok(resolved) => resolved,
+            Err(err) => return vec![Err(err.clone()); payloads.len()],
+        };
+        if !resolved.running.runner.is_sandboxed() {
+            return payloads.iter().map(|payload| self.call(payload)).collect();
+        }
+        let window = usize::try_from(resolved.running.max_in_flight)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_WINDOW);
+        let mut answers = Vec::with_capacity(payloads.len());
+        for chunk in payloads.chunks(window) {
+            let admitted: Vec<Result<(), HookCallError>> = chunk
+                .iter()
+                .map(|payload| self.admit(resolved, payload))
+                .collect();
+            let calls: Vec<(&str, &[u8])> = chunk
+                .iter()
+                .zip(&admitted)
+                .filter(|(_, admitted)| admitted.is_ok())
+                .map(|(payload, _)| (self.hook.as_str(), *payload))
+                .collect();
+            let mut outcomes = resolved
+                .running
+                .runner
+                .call_batch(&calls, resolved.timeout)
+                .into_iter();
+            for admitted in admitted {
+                answers.push(admitted.and_then(|()| {
+                    let outcome = outcomes.next().unwrap_or(Err(CallFailure::WorkerGone));
+                    self.finish(resolved, outcome)
+                }));
+            }
+        }
+        answers
+    }
+
+    /// Resolves again when a start, stop, reload or toggle moved the plugin's epoch.
+    fn refresh(&mut self) {
         let epoch = self.plugin.call_path_epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
             self.epoch = epoch;
             self.resolved = resolve(&self.plugin, &self.hook);
         }
-        let resolved = self.resolved.as_ref().map_err(Clone::clone)?;
+    }
+
+    /// Checks a call before it goes out — its size, the hook enabled, the plugin's cap —
+    /// and counts it as begun. Every `Ok` must be followed by [`HookHandle::finish`].
+    fn admit(&self, resolved: &Resolved, payload: &[u8]) -> Result<(), HookCallError> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(HookCallError::TooLarge {
                 plugin: self.plugin.name.clone(),
@@ -165,10 +235,9 @@ impl HookHandle {
                 hook: self.hook.clone(),
             });
         }
-        let stats = &resolved.stats;
         // The cap is the plugin's, over all its hooks.
         let running = &resolved.running;
-        if !stats.begin_within(
+        if !resolved.stats.begin_within(
             running.hook_stats.iter().map(Arc::as_ref),
             running.max_in_flight,
         ) {
@@ -177,15 +246,17 @@ impl HookHandle {
                 max_in_flight: running.max_in_flight,
             });
         }
-        let timeout = resolved.timeout;
-        let outcome = call_through(
-            &self.plugin,
-            &resolved.running,
-            &self.hook,
-            payload,
-            0,
-            timeout,
-        );
+        Ok(())
+    }
+
+    /// Records an admitted call's outcome in the statistics (a timeout is also a
+    /// violation) and says it as the caller's answer.
+    fn finish(
+        &self,
+        resolved: &Resolved,
+        outcome: Result<CallOutcome, CallFailure>,
+    ) -> Result<HookReply, HookCallError> {
+        let stats = &resolved.stats;
         let result = settle(
             &self.plugin,
             resolved.running.generation,

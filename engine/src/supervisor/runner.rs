@@ -49,6 +49,22 @@ impl Runner {
         }
     }
 
+    /// Calls pipelined into a sandboxed worker (see `Worker::call_batch`); in-process,
+    /// one after the other, as `call_at_depth`.
+    pub fn call_batch(
+        &self,
+        calls: &[(&str, &[u8])],
+        timeout: Duration,
+    ) -> Vec<Result<CallOutcome, CallFailure>> {
+        match self {
+            Runner::Worker(worker) => worker.call_batch(calls, timeout),
+            Runner::InProcess(..) => calls
+                .iter()
+                .map(|(hook, payload)| self.call_at_depth(hook, payload, 0, timeout))
+                .collect(),
+        }
+    }
+
     pub fn health(&self, timeout: Duration) -> Result<CallOutcome, CallFailure> {
         match self {
             Runner::Worker(worker) => worker.health(timeout),

@@ -1292,6 +1292,42 @@ fn a_payload_too_large_for_a_call_is_refused_and_the_largest_one_goes_through() 
     assert_eq!(plugin(engine, "hello").state, PluginState::Running);
 }
 
+/// Calls pipelined through a hook handle are each answered in order, counted and recorded
+/// like single calls; one too large is refused alone.
+#[test]
+fn calls_pipelined_through_a_handle_are_answered_in_order_and_counted() {
+    use plugboard_engine::hooks::HookCallError;
+    use plugboard_engine::ipc::MAX_PAYLOAD_BYTES;
+    let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let mut payloads: Vec<Vec<u8>> = (0..300).map(|n| format!("p{n}").into_bytes()).collect();
+    payloads[150] = vec![b'a'; MAX_PAYLOAD_BYTES + 1];
+    let borrowed: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let mut handle = engine.hook_handle("hello", "greet").unwrap();
+    let answers = handle.call_many(&borrowed);
+    assert_eq!(answers.len(), 300);
+    for (n, answer) in answers.iter().enumerate() {
+        if n == 150 {
+            assert!(
+                matches!(answer, Err(HookCallError::TooLarge { .. })),
+                "{answer:?}"
+            );
+            continue;
+        }
+        let reply = answer
+            .as_ref()
+            .unwrap_or_else(|err| panic!("call {n}: {err}"));
+        assert_eq!(
+            String::from_utf8_lossy(&reply.body),
+            format!("Hello, p{n}!")
+        );
+    }
+    let greet = &plugin(engine, "hello").hooks["greet"];
+    assert_eq!((greet.calls, greet.errors, greet.busy), (299, 0, 0));
+    assert_eq!(greet.in_flight, 0);
+}
+
 /// The traffic generator takes 0 (off) or a rate it can keep; anything else (negative,
 /// not a number, endless, so slow its interval overflows) is refused, not taken for off.
 #[test]
