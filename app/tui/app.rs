@@ -24,6 +24,8 @@ pub const HISTORY: usize = 300;
 pub const EVENT_LOG: usize = 2000;
 /// Calls per second the traffic key turns on, unless the front end says otherwise.
 pub const DEFAULT_TRAFFIC_RATE: f64 = 20.0;
+/// The rates the faster and slower keys step between.
+pub const KEY_TRAFFIC_RATES: std::ops::RangeInclusive<f64> = 1.0..=100_000.0;
 
 /// How long a success stays in the status line (warnings and errors stay until replaced).
 pub const STATUS_OK_FOR: Duration = Duration::from_secs(10);
@@ -796,9 +798,12 @@ impl App {
     }
 
     pub fn traffic_on(&self) -> bool {
-        self.history
-            .back()
-            .is_some_and(|snapshot| snapshot.traffic.is_some())
+        self.traffic_now().is_some()
+    }
+
+    /// The traffic generator's rate, when it is on.
+    fn traffic_now(&self) -> Option<f64> {
+        self.history.back().and_then(|snapshot| snapshot.traffic)
     }
 
     // ----- input -----
@@ -1278,6 +1283,30 @@ impl App {
                     )
                 };
                 return run(format!("{verb} hook {}.{hook}", plugin.name), command);
+            }
+            Action::TrafficFaster | Action::TrafficSlower => {
+                let factor = if action == Action::TrafficFaster {
+                    2.0
+                } else {
+                    0.5
+                };
+                // From the rate it runs at (set elsewhere, perhaps), else the one `t` uses.
+                let running = self.traffic_now();
+                let rate = (running.unwrap_or(self.traffic_rate) * factor)
+                    .clamp(*KEY_TRAFFIC_RATES.start(), *KEY_TRAFFIC_RATES.end());
+                self.traffic_rate = rate;
+                let shown = super::format::rate(rate);
+                if running.is_some() {
+                    return run(
+                        format!("traffic at {shown} calls/s"),
+                        Command::Traffic { rate: Some(rate) },
+                    );
+                }
+                self.status = Some(Status {
+                    text: format!("traffic rate {shown} calls/s when on (t)"),
+                    role: Role::Info,
+                });
+                return Vec::new();
             }
             Action::Traffic => {
                 let rate = (!self.traffic_on()).then_some(self.traffic_rate);

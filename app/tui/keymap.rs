@@ -28,6 +28,8 @@ pub enum Action {
     ToggleEnabled,
     ToggleHook,
     Traffic,
+    TrafficFaster,
+    TrafficSlower,
     Call,
     Pause,
     Filter,
@@ -68,7 +70,7 @@ impl ActionGroup {
 }
 
 impl Action {
-    pub const ALL: [Action; 31] = [
+    pub const ALL: [Action; 33] = [
         Action::Start,
         Action::Stop,
         Action::Reload,
@@ -80,6 +82,8 @@ impl Action {
         Action::ToggleHook,
         Action::Call,
         Action::Traffic,
+        Action::TrafficFaster,
+        Action::TrafficSlower,
         Action::Filter,
         Action::SortNext,
         Action::SortPrevious,
@@ -117,6 +121,8 @@ impl Action {
             Action::ToggleEnabled => "toggle_enabled",
             Action::ToggleHook => "toggle_hook",
             Action::Traffic => "traffic",
+            Action::TrafficFaster => "traffic_faster",
+            Action::TrafficSlower => "traffic_slower",
             Action::Call => "call",
             Action::Pause => "pause",
             Action::Filter => "filter",
@@ -154,6 +160,8 @@ impl Action {
             Action::ToggleEnabled => "enable/disable",
             Action::ToggleHook => "hook on/off",
             Action::Traffic => "traffic",
+            Action::TrafficFaster => "traffic ×2",
+            Action::TrafficSlower => "traffic ÷2",
             Action::Call => "call",
             Action::Pause => "pause",
             Action::Filter => "filter",
@@ -191,6 +199,8 @@ impl Action {
             Action::ToggleEnabled => "enable or disable the selected plugin (persisted)",
             Action::ToggleHook => "enable or disable the selected hook (detail view)",
             Action::Traffic => "traffic generator on/off",
+            Action::TrafficFaster => "traffic generator: twice the rate",
+            Action::TrafficSlower => "traffic generator: half the rate",
             Action::Call => "call a hook of the selected plugin with a payload",
             Action::Pause => "pause the display; older/newer step through history",
             Action::Filter => "filter the focused list (name, state, kind, text)",
@@ -225,7 +235,9 @@ impl Action {
             | Action::ToggleEnabled
             | Action::ToggleHook
             | Action::Call
-            | Action::Traffic => ActionGroup::Plugin,
+            | Action::Traffic
+            | Action::TrafficFaster
+            | Action::TrafficSlower => ActionGroup::Plugin,
             Action::Filter
             | Action::SortNext
             | Action::SortPrevious

@@ -1506,6 +1506,43 @@ fn traffic_toggles_from_the_snapshot_state() {
     assert_eq!(press(&mut app, KeyCode::Char('q')), [Effect::Quit]);
 }
 
+/// `+` and `-` double and halve the rate the generator runs at; off, they set the rate `t`
+/// turns on, and say so.
+#[test]
+fn traffic_faster_and_slower_step_the_rate() {
+    let mut app = app();
+    // The fleet's traffic runs at 20 calls/s.
+    assert_eq!(
+        press(&mut app, KeyCode::Char('+')),
+        [Effect::Run(Job {
+            label: "traffic at 40 calls/s".to_owned(),
+            command: Command::Traffic { rate: Some(40.0) }
+        })]
+    );
+    let mut quiet = fleet();
+    quiet["traffic"] = Value::Null;
+    app.on_sample(snapshot(quiet));
+    assert!(press(&mut app, KeyCode::Char('-')).is_empty());
+    let status = app.status.clone().expect("a status");
+    assert_eq!(status.text, "traffic rate 20 calls/s when on (t)");
+    assert_eq!(
+        press(&mut app, KeyCode::Char('t')),
+        [Effect::Run(Job {
+            label: "traffic on (20 calls/s)".to_owned(),
+            command: Command::Traffic { rate: Some(20.0) }
+        })]
+    );
+    // Never below one call a second.
+    for _ in 0..10 {
+        press(&mut app, KeyCode::Char('-'));
+    }
+    assert!(
+        (app.traffic_rate - 1.0).abs() < f64::EPSILON,
+        "{}",
+        app.traffic_rate
+    );
+}
+
 #[test]
 fn no_color_draws_without_colour_and_marks_the_selection_in_reverse() {
     let themes = Themes::built_in().unwrap();
