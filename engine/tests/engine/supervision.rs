@@ -2545,6 +2545,54 @@ fn a_revocation_written_through_a_linked_trust_toml_stops_what_it_covers() {
     assert!(reason.contains("revoked"), "{reason}");
 }
 
+/// A trust list kept outside the store (where `trust.toml` says) is looked at too: the
+/// list rewritten without the running plugin's bundle stops it.
+#[test]
+fn a_trust_list_kept_outside_the_store_rewritten_without_the_bundle_stops_it() {
+    use plugboard_engine::bundle::Bundle;
+    use plugboard_engine::manifest::HostLimits;
+    use plugboard_engine::trust::{TrustList, generate_trust_list_key, seal_trust_list};
+    let sealed_list = std::sync::Mutex::new(None);
+    let fixture = engine_configured(&[("hello", "hello", same)], |config| {
+        let store = config.trust_store.clone().expect("a store");
+        let kept = store.parent().unwrap().join("kept-elsewhere");
+        std::fs::create_dir_all(&kept).unwrap();
+        let key_file = kept.join("list.key");
+        let key = generate_trust_list_key(&key_file).unwrap();
+        let bundle =
+            Bundle::open(&config.plugin_dirs[0].join("hello"), &HostLimits::default()).unwrap();
+        let mut list = TrustList::new();
+        list.allow(
+            "hello",
+            &bundle.manifest().plugin.version.to_string(),
+            bundle.digests().bundle_digest(),
+        );
+        let list_file = kept.join("list.sealed");
+        std::fs::write(&list_file, seal_trust_list(&key, &list)).unwrap();
+        std::fs::write(
+            store.join("trust.toml"),
+            format!(
+                "[trust_list]\nfile = {:?}\nkey_file = {:?}\n",
+                list_file.display().to_string(),
+                key_file.display().to_string()
+            ),
+        )
+        .unwrap();
+        *sealed_list.lock().unwrap() = Some((list_file, key));
+    });
+    let engine = &fixture.engine;
+    start(engine, "hello");
+    let (list_file, key) = sealed_list.lock().unwrap().take().unwrap();
+    let staged = list_file.with_extension("new");
+    std::fs::write(&staged, seal_trust_list(&key, &TrustList::new())).unwrap();
+    std::fs::rename(&staged, &list_file).unwrap();
+    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
+        hello.state == PluginState::Rejected
+    });
+    let reason = hello.reason.unwrap_or_default();
+    assert!(reason.contains("trust list"), "{reason}");
+}
+
 /// What the state file could not take is written a last time at shutdown (here no sample
 /// comes to do it first); what still cannot be written then is said to be lost.
 #[test]
