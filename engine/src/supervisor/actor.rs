@@ -1926,7 +1926,9 @@ pub const NOT_RESTARTED: &str = "not_restarted";
 fn why_no_restart(shared: &Shared, lifecycle: &Lifecycle, now: Instant) -> Option<String> {
     let policy = &shared.config.restart;
     if !policy.enabled {
-        return Some("restarts are off ([restart] enabled = false)".to_owned());
+        // (Its `[restart] enabled = false`, or a front end such as `call` that runs one
+        // plugin once.)
+        return Some("restarts are off in this engine".to_owned());
     }
     if lifecycle.disabled {
         return Some("the plugin is disabled".to_owned());
@@ -1976,7 +1978,7 @@ fn on_violation(shared: &Arc<Shared>, plugin: &Arc<Plugin>, violation: Violation
                 } else {
                     format!(
                         "stopped after {kind}: {detail}; the policy restarts it, but restarts \
-                         are off ([restart] enabled = false)"
+                         are off in this engine"
                     )
                 };
                 lifecycle_reason(plugin, reason);
