@@ -33,6 +33,9 @@ use crate::worker::{CallFailure, CallOutcome};
 /// pipelining keeps 256 of them ahead of their replies).
 const MAX_WINDOW: usize = 1024;
 
+/// The longest a window of [`HookHandle::call_many`] waits, however many calls it holds.
+const MAX_WINDOW_WAIT: Duration = Duration::from_secs(600);
+
 /// Why a call through a [`HookHandle`] got no reply from the plugin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HookCallError {
@@ -164,49 +167,108 @@ impl HookHandle {
     }
 
     /// Calls the hook once per payload, pipelined into a sandboxed worker: the calls go
-    /// out packed in frames, at most `max_in_flight` at a time, and the worker answers a
-    /// frame's calls in order (so a slow call delays those packed after it). Each call is
-    /// admitted, timed out, counted and recorded as [`HookHandle::call`] would: a call not
-    /// answered within the hook's timeout of its window's start is a timeout, one past the
-    /// plugin's cap (other callers filling it) is busy. The answers are in the order of
-    /// `payloads`. In-process, the calls are made one after the other.
+    /// out packed in frames, in windows of at most `max_in_flight`, and the worker answers
+    /// a frame's calls one after the other. Each call is admitted (size, enabled, the
+    /// plugin's cap: one past it, other callers filling it, is busy), counted and recorded
+    /// in the hook's statistics as [`HookHandle::call`] would, with two differences that
+    /// come from the pipelining: a window is given its hook's timeout once per call in it
+    /// (a call waits behind those packed before it), and a call's recorded duration runs
+    /// from its window's start to its reply. A call whose worker a reload replaced goes to
+    /// the new one. The answers are in the order of `payloads`. In-process, the calls are
+    /// made one after the other.
     pub fn call_many(&mut self, payloads: &[&[u8]]) -> Vec<Result<HookReply, HookCallError>> {
-        self.refresh();
-        let resolved = match self.resolved.as_ref() {
-            Ok(resolved) => resolved,
-            Err(err) => return vec![Err(err.clone()); payloads.len()],
-        };
-        if !resolved.running.runner.is_sandboxed() {
-            return payloads.iter().map(|payload| self.call(payload)).collect();
-        }
-        let window = usize::try_from(resolved.running.max_in_flight)
-            .unwrap_or(usize::MAX)
-            .clamp(1, MAX_WINDOW);
         let mut answers = Vec::with_capacity(payloads.len());
-        for chunk in payloads.chunks(window) {
-            let admitted: Vec<Result<(), HookCallError>> = chunk
-                .iter()
-                .map(|payload| self.admit(resolved, payload))
-                .collect();
-            let calls: Vec<(&str, &[u8])> = chunk
-                .iter()
-                .zip(&admitted)
-                .filter(|(_, admitted)| admitted.is_ok())
-                .map(|(payload, _)| (self.hook.as_str(), *payload))
-                .collect();
-            let mut outcomes = resolved
-                .running
-                .runner
-                .call_batch(&calls, resolved.timeout)
-                .into_iter();
-            for admitted in admitted {
-                answers.push(admitted.and_then(|()| {
-                    let outcome = outcomes.next().unwrap_or(Err(CallFailure::WorkerGone));
-                    self.finish(resolved, outcome)
-                }));
+        let mut rest = payloads;
+        while !rest.is_empty() {
+            // Resolved again for every window: after a reload's switch, the windows go to
+            // the new worker, and the old one drains.
+            self.refresh();
+            let resolved = match self.resolved.as_ref() {
+                Ok(resolved) => resolved,
+                Err(err) => {
+                    answers.extend(rest.iter().map(|_| Err(err.clone())));
+                    break;
+                }
+            };
+            if !resolved.running.runner.is_sandboxed() {
+                let (payload, tail) = rest.split_at(1);
+                rest = tail;
+                answers.push(self.call(payload[0]));
+                continue;
             }
+            let window = usize::try_from(resolved.running.max_in_flight)
+                .unwrap_or(usize::MAX)
+                .clamp(1, MAX_WINDOW)
+                .min(rest.len());
+            let (chunk, tail) = rest.split_at(window);
+            rest = tail;
+            answers.extend(self.call_window(resolved, chunk));
         }
         answers
+    }
+
+    /// One window of [`HookHandle::call_many`].
+    fn call_window(
+        &self,
+        resolved: &Resolved,
+        chunk: &[&[u8]],
+    ) -> Vec<Result<HookReply, HookCallError>> {
+        let admitted: Vec<Result<(), HookCallError>> = chunk
+            .iter()
+            .map(|payload| self.admit(resolved, payload))
+            .collect();
+        let calls: Vec<(&str, &[u8])> = chunk
+            .iter()
+            .zip(&admitted)
+            .filter(|(_, admitted)| admitted.is_ok())
+            .map(|(payload, _)| (self.hook.as_str(), *payload))
+            .collect();
+        let wait = resolved
+            .timeout
+            .saturating_mul(u32::try_from(calls.len()).unwrap_or(u32::MAX))
+            .min(MAX_WINDOW_WAIT)
+            .max(resolved.timeout);
+        let runner = &resolved.running.runner;
+        let mut outcomes = runner.call_batch(&calls, wait);
+        let gone = |outcome: &Result<CallOutcome, CallFailure>| {
+            matches!(outcome, Err(CallFailure::WorkerGone))
+        };
+        if outcomes.iter().any(gone) {
+            // Stopped after a reload's drain with calls unanswered: they go to its
+            // successor, as a single call's do.
+            let lost: Vec<usize> = (0..outcomes.len())
+                .filter(|&i| gone(&outcomes[i]))
+                .collect();
+            if let Some(successor) = self
+                .plugin
+                .running()
+                .filter(|next| !next.runner.same(runner))
+            {
+                let again: Vec<(&str, &[u8])> = lost.iter().map(|&i| calls[i]).collect();
+                for (i, outcome) in lost.iter().zip(successor.runner.call_batch(&again, wait)) {
+                    outcomes[*i] = outcome;
+                }
+            }
+            if outcomes.iter().any(gone) {
+                // What the worker was doing when it died, for the crash's report.
+                resolved
+                    .running
+                    .lost_calls
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(self.hook.clone());
+            }
+        }
+        let mut outcomes = outcomes.into_iter();
+        admitted
+            .into_iter()
+            .map(|admitted| {
+                admitted.and_then(|()| {
+                    let outcome = outcomes.next().unwrap_or(Err(CallFailure::WorkerGone));
+                    self.finish(resolved, outcome)
+                })
+            })
+            .collect()
     }
 
     /// Resolves again when a start, stop, reload or toggle moved the plugin's epoch.

@@ -1328,6 +1328,37 @@ fn calls_pipelined_through_a_handle_are_answered_in_order_and_counted() {
     assert_eq!(greet.in_flight, 0);
 }
 
+/// A window of pipelined calls is given each call's timeout: 64 calls of 5 ms, packed one
+/// after the other, take longer than the hook's 200 ms and are no timeout for it.
+#[test]
+fn pipelined_calls_queued_behind_each_other_are_not_timeouts() {
+    let fixture = engine_configured(&[("slowhook", "slowhook", same)], |config| {
+        let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+        // From 1 ms after its start on, `work` sleeps 5 ms (its timeout is 200 ms).
+        overrides
+            .config
+            .insert("chaos_after_ms".to_owned(), 1.into());
+        overrides.config.insert("sleep_ms".to_owned(), 5.into());
+        config.plugins.insert("slowhook".to_owned(), overrides);
+    });
+    let engine = &fixture.engine;
+    start(engine, "slowhook");
+    std::thread::sleep(Duration::from_millis(10));
+    let payloads: Vec<&[u8]> = (0..128).map(|_| &b"x"[..]).collect();
+    let mut handle = engine.hook_handle("slowhook", "work").unwrap();
+    let answers = handle.call_many(&payloads);
+    for (n, answer) in answers.iter().enumerate() {
+        let reply = answer
+            .as_ref()
+            .unwrap_or_else(|err| panic!("call {n}: {err}"));
+        assert_eq!(String::from_utf8_lossy(&reply.body), "slept 5 ms");
+    }
+    let slowhook = plugin(engine, "slowhook");
+    let work = &slowhook.hooks["work"];
+    assert_eq!((work.calls, work.timeouts, work.errors), (128, 0, 0));
+    assert_eq!(slowhook.violations, 0, "no hook_timeout violation");
+}
+
 /// The traffic generator takes 0 (off) or a rate it can keep; anything else (negative,
 /// not a number, endless, so slow its interval overflows) is refused, not taken for off.
 #[test]
