@@ -3,11 +3,11 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Once;
+use std::sync::{Mutex, Once, PoisonError};
 
 use crate::abi::{self, HostApi, PluginBuffer, PluginVTable};
 use crate::{Config, Error, Plugin};
@@ -189,47 +189,96 @@ fn panic_message(payload: &(dyn Any + Send), location: Option<String>) -> String
 }
 
 thread_local! {
-    /// Set while this thread runs plugin code for the host (inside [`guarded`]).
-    static IN_ENTRY_POINT: Cell<bool> = const { Cell::new(false) };
-    /// Where the last panic caught in an entry point on this thread happened.
-    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Panics this thread has seen in the entry point it runs (0: it runs none). No
+    /// destructor: a thread-local that needs one would keep the library from being
+    /// unloaded while the thread lives.
+    static ENTRY_PANICS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks a thread that runs an entry point ([`ENTRY_PANICS`] counts from 1).
+const IN_ENTRY_POINT: u32 = 1;
+
+/// Where the panic an entry point is about to catch happened, with its message, by
+/// thread (a static, not a thread-local: see [`ENTRY_PANICS`]).
+static CAUGHT_PANICS: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+
+/// This thread, as the address of its [`ENTRY_PANICS`] (unique among live threads; no
+/// `thread::current()`, which would register a destructor for the thread's handle).
+fn this_thread() -> usize {
+    ENTRY_PANICS.with(|seen| std::ptr::from_ref(seen) as usize)
 }
 
 static QUIET_PANICS: Once = Once::new();
 
-/// Keeps panics caught at the entry points off stderr: their message is the call's error
-/// reply already, and in-process the engine's stderr is the dashboard's terminal, where the
+/// Keeps a panic an entry point will catch off stderr: its message is the call's error
+/// reply, and in-process the engine's stderr is the dashboard's terminal, where the
 /// standard hook's text would land in the middle of the screen on every panic. The hook is
-/// this library's own (a plugin carries its own copy of the standard library); a panic on
-/// any other thread of the plugin still goes to the hook it had.
+/// this library's own (a plugin carries its own copy of the standard library). Anything
+/// else still goes to the hook it had: a panic on a thread outside an entry point, and a
+/// second panic inside one (a destructor panicking while the first unwinds: the process
+/// aborts, and both are printed). Built with `panic = "abort"`, nothing is caught, and
+/// the hook is left alone.
 fn quiet_caught_panics() {
+    if !cfg!(panic = "unwind") {
+        return;
+    }
     QUIET_PANICS.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if IN_ENTRY_POINT.with(Cell::get) {
-                let location = info
+            let seen = ENTRY_PANICS.try_with(|seen| {
+                let before = seen.get();
+                if before >= IN_ENTRY_POINT {
+                    seen.set(before + 1);
+                }
+                before
+            });
+            let text = |info: &std::panic::PanicHookInfo<'_>| {
+                let at = info
                     .location()
                     .map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
-                PANIC_LOCATION.with(|last| *last.borrow_mut() = location);
-            } else {
-                previous(info);
+                panic_message(info.payload(), at)
+            };
+            match seen {
+                Ok(IN_ENTRY_POINT) => {
+                    let mut caught = CAUGHT_PANICS.lock().unwrap_or_else(PoisonError::into_inner);
+                    let me = this_thread();
+                    caught.retain(|(thread, _)| *thread != me);
+                    caught.push((me, text(info)));
+                }
+                Ok(seen) if seen > IN_ENTRY_POINT => {
+                    // The first one was kept for the reply that will now not come.
+                    if let Some((_, first)) = take_caught_panic() {
+                        eprintln!("{first}");
+                    }
+                    previous(info);
+                }
+                _ => previous(info),
             }
         }));
     });
 }
 
+/// The panic kept for this thread's entry point, if any.
+fn take_caught_panic() -> Option<(usize, String)> {
+    let me = this_thread();
+    let mut caught = CAUGHT_PANICS.lock().unwrap_or_else(PoisonError::into_inner);
+    let index = caught.iter().position(|(thread, _)| *thread == me)?;
+    Some(caught.swap_remove(index))
+}
+
 /// Runs `f`, turning a panic into an [`Error`] so it never unwinds into the host.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     quiet_caught_panics();
-    let outer = IN_ENTRY_POINT.with(|inside| inside.replace(true));
+    // Nested entry points (a plugin calling back into itself) share the outer one's count.
+    let outer = ENTRY_PANICS.with(|seen| seen.replace(seen.get().max(IN_ENTRY_POINT)));
     let result = catch_unwind(AssertUnwindSafe(f));
-    IN_ENTRY_POINT.with(|inside| inside.set(outer));
+    ENTRY_PANICS.with(|seen| seen.set(outer));
     match result {
         Ok(result) => result,
-        Err(payload) => {
-            let location = PANIC_LOCATION.with(|last| last.borrow_mut().take());
-            Err(Error::panicked(panic_message(payload.as_ref(), location)))
-        }
+        Err(payload) => Err(Error::panicked(
+            take_caught_panic()
+                .map_or_else(|| panic_message(payload.as_ref(), None), |(_, text)| text),
+        )),
     }
 }
 
@@ -361,10 +410,8 @@ unsafe extern "C" fn destroy<P: Plugin>(instance: *mut c_void) {
     // each instance exactly once, after every other call on it has returned.
     let plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
     // A panicking Drop must not unwind into the host either; the instance is gone anyway.
-    let _ = guarded(move || {
-        drop(plugin);
-        Ok(())
-    });
+    // (Outside `guarded`: nothing would carry its message, so the plugin's hook says it.)
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(plugin)));
 }
 
 unsafe extern "C" fn free_buffer(data: *mut u8, len: usize) {
@@ -374,4 +421,41 @@ unsafe extern "C" fn free_buffer(data: *mut u8, len: usize) {
     // SAFETY: `data`/`len` describe a boxed slice this library leaked in `write_buffer`,
     // handed back exactly once by the host.
     drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(data, len)) });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A panic an entry point catches is its reply, with where it happened, and reaches no
+    /// hook; one on a thread outside an entry point still reaches the hook there was.
+    #[test]
+    fn a_caught_panic_is_the_reply_and_only_other_panics_reach_the_previous_hook() {
+        static PRINTED: AtomicUsize = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(|_| {
+            PRINTED.fetch_add(1, Ordering::SeqCst);
+        }));
+        let caught = guarded::<()>(|| panic!("inside"));
+        let message = caught.unwrap_err().message().to_owned();
+        assert!(
+            message.starts_with("plugin panicked at plugins/sdk/src/export.rs:")
+                && message.ends_with(": inside"),
+            "{message}"
+        );
+        assert_eq!(
+            PRINTED.load(Ordering::SeqCst),
+            0,
+            "the caught panic was printed"
+        );
+        // Not inside an entry point any more.
+        let outside = std::thread::spawn(|| panic!("outside")).join();
+        assert!(outside.is_err());
+        assert_eq!(PRINTED.load(Ordering::SeqCst), 1);
+        // A later caught panic is its own, not the first one's.
+        let again = guarded::<()>(|| panic!("again")).unwrap_err();
+        assert!(again.message().ends_with(": again"), "{}", again.message());
+        assert!(CAUGHT_PANICS.lock().unwrap().is_empty());
+    }
 }
