@@ -272,7 +272,11 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     // Nested entry points (a plugin calling back into itself) share the outer one's count.
     let outer = ENTRY_PANICS.with(|seen| seen.replace(seen.get().max(IN_ENTRY_POINT)));
     let result = catch_unwind(AssertUnwindSafe(f));
-    ENTRY_PANICS.with(|seen| seen.set(outer));
+    let seen = ENTRY_PANICS.with(|seen| seen.replace(outer));
+    if result.is_ok() && seen > IN_ENTRY_POINT {
+        // A panic the plugin caught itself: nothing to report.
+        take_caught_panic();
+    }
     match result {
         Ok(result) => result,
         Err(payload) => Err(Error::panicked(
@@ -453,6 +457,10 @@ mod tests {
         let outside = std::thread::spawn(|| panic!("outside")).join();
         assert!(outside.is_err());
         assert_eq!(PRINTED.load(Ordering::SeqCst), 1);
+        // One the plugin catches itself leaves nothing behind.
+        let recovered = guarded(|| Ok(std::panic::catch_unwind(|| panic!("recovered")).is_err()));
+        assert_eq!(recovered.ok(), Some(true));
+        assert!(CAUGHT_PANICS.lock().unwrap().is_empty());
         // A later caught panic is its own, not the first one's.
         let again = guarded::<()>(|| panic!("again")).unwrap_err();
         assert!(again.message().ends_with(": again"), "{}", again.message());
