@@ -41,8 +41,16 @@ impl Lane {
             .name(format!("pb-traffic-{}", plugin.name))
             .spawn(move || {
                 let mut handles: HashMap<String, HookHandle> = HashMap::new();
+                let mut epoch = None;
                 // Ends when the generator drops the lane (traffic off, the plugin gone).
                 for hook in hooks {
+                    // A handle keeps what it resolved until its next call: after a start,
+                    // stop, reload or toggle, hooks no longer called would keep an old
+                    // worker (or in-process instance) alive. Resolved afresh instead.
+                    let now = plugin.call_path_epoch.load(Ordering::Acquire);
+                    if epoch.replace(now) != Some(now) {
+                        handles.clear();
+                    }
                     let handle = handles.entry(hook).or_insert_with_key(|hook| {
                         HookHandle::new(Arc::clone(&plugin), hook.clone())
                     });
@@ -56,16 +64,26 @@ impl Lane {
     }
 
     /// Hands the lane `hook` if it is free.
-    fn offer(&self, hook: &str) -> bool {
+    fn offer(&self, hook: &str) -> Offered {
         if self.busy.swap(true, Ordering::AcqRel) {
-            return false;
+            return Offered::Busy;
         }
-        if self.calls.try_send(hook.to_owned()).is_err() {
-            self.busy.store(false, Ordering::Release);
-            return false;
+        match self.calls.try_send(hook.to_owned()) {
+            Ok(()) => Offered::Taken,
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.busy.store(false, Ordering::Release);
+                Offered::Busy
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Offered::Gone,
         }
-        true
     }
+}
+
+enum Offered {
+    Taken,
+    Busy,
+    /// Its thread ended (a panic in a call): the lane is started again.
+    Gone,
 }
 
 /// Calls `rate` times a second until `running` is cleared.
@@ -99,14 +117,24 @@ pub(crate) fn drive_traffic(shared: &Arc<Shared>, rate: f64, running: &AtomicBoo
                     None => continue,
                 },
             };
-            if lane.offer(&target.hook) {
-                break;
+            match lane.offer(&target.hook) {
+                Offered::Taken => break,
+                Offered::Busy => {}
+                Offered::Gone => {
+                    lanes.remove(&target.plugin.name);
+                }
             }
         }
         next += interval;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        } else {
+        // In slices, so that traffic off or a new rate ends this loop (and its lanes) at
+        // once even at a call every few minutes.
+        while let Some(wait) = next.checked_duration_since(Instant::now()) {
+            if !running.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(wait.min(TARGETS_REFRESH));
+        }
+        if Instant::now() > next + interval {
             next = Instant::now();
         }
     }
