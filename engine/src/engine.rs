@@ -647,10 +647,15 @@ impl Engine {
         // Created once everything that can refuse the configuration has accepted it, so a
         // refused start leaves no scope behind.
         let (scope, without_cgroups) =
-            match root.and_then(|root| create_scope(&root, config.memory_budget_mb)) {
-                Ok(scope) => (Some(scope), None),
-                Err(reason) if cgroups_required => return Err(EngineError::Cgroups { reason }),
-                Err(reason) => (None, Some(reason)),
+            match root.map(|root| create_scope(&root, config.memory_budget_mb)) {
+                Ok(Ok(scope)) => (Some(scope), None),
+                // Cgroups work but the budget the host asked for cannot be set: refused, required
+                // or not (running without cgroups would drop every plugin's limits too).
+                Ok(Err(ScopeError::Budget(reason))) => return Err(EngineError::Cgroups { reason }),
+                Ok(Err(ScopeError::Scope(reason))) | Err(reason) if cgroups_required => {
+                    return Err(EngineError::Cgroups { reason });
+                }
+                Ok(Err(ScopeError::Scope(reason))) | Err(reason) => (None, Some(reason)),
             };
         let shared = Arc::new(Shared {
             config,
@@ -1653,14 +1658,27 @@ fn open_log_and_audit(
     Ok((log, audit))
 }
 
+/// Why the engine has no scope.
+enum ScopeError {
+    /// The scope cannot be made: cgroups are not usable here.
+    Scope(String),
+    /// The scope was made, but the host's memory budget cannot be set on it.
+    Budget(String),
+}
+
 /// The engine's cgroup scope, with the host's total memory budget when it has one; none
-/// is left behind when the budget cannot be set. The error is the reason.
-fn create_scope(root: &CgroupRoot, memory_budget_mb: Option<u64>) -> Result<EngineScope, String> {
-    let scope = EngineScope::create(root).map_err(|err| err.to_string())?;
+/// is left behind when the budget cannot be set.
+fn create_scope(
+    root: &CgroupRoot,
+    memory_budget_mb: Option<u64>,
+) -> Result<EngineScope, ScopeError> {
+    let scope = EngineScope::create(root).map_err(|err| ScopeError::Scope(err.to_string()))?;
     if let Some(budget) = memory_budget_mb {
         if let Err(err) = scope.limit_memory(budget.saturating_mul(1024 * 1024)) {
             let _ = scope.remove();
-            return Err(format!("memory budget of {budget} MiB: {err}"));
+            return Err(ScopeError::Budget(format!(
+                "memory budget of {budget} MiB: {err}"
+            )));
         }
     }
     Ok(scope)
