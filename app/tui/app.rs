@@ -26,6 +26,8 @@ pub const EVENT_LOG: usize = 2000;
 pub const DEFAULT_TRAFFIC_RATE: f64 = 20.0;
 /// The rates the faster and slower keys step between.
 pub const KEY_TRAFFIC_RATES: std::ops::RangeInclusive<f64> = 1.0..=100_000.0;
+/// How long a rate the keys asked for counts over the rate the snapshots show.
+const TRAFFIC_KEY_SETTLES: Duration = Duration::from_secs(3);
 
 /// How long a success stays in the status line (warnings and errors stay until replaced).
 pub const STATUS_OK_FOR: Duration = Duration::from_secs(10);
@@ -264,6 +266,8 @@ pub struct App {
     pub pending: BTreeMap<u64, String>,
     next_job: u64,
     pub traffic_rate: f64,
+    /// When the faster or slower key last asked for a rate.
+    traffic_keyed_at: Option<Instant>,
     pub layout: ScreenLayout,
     /// Shown instead of an empty plugin table (no plugin directory configured, …).
     pub empty_hint: Option<String>,
@@ -314,6 +318,7 @@ impl App {
             pending: BTreeMap::new(),
             next_job: 0,
             traffic_rate: DEFAULT_TRAFFIC_RATE,
+            traffic_keyed_at: None,
             layout: ScreenLayout::default(),
             empty_hint: None,
             resource_history: None,
@@ -1290,11 +1295,27 @@ impl App {
                 } else {
                     0.5
                 };
-                // From the rate it runs at (set elsewhere, perhaps), else the one `t` uses.
+                // From the rate it runs at (set elsewhere, perhaps), else the one `t` uses —
+                // but a rate asked for by these keys a moment ago counts even before a
+                // snapshot shows it, so that two presses double twice.
                 let running = self.traffic_now();
-                let rate = (running.unwrap_or(self.traffic_rate) * factor)
-                    .clamp(*KEY_TRAFFIC_RATES.start(), *KEY_TRAFFIC_RATES.end());
+                let asked_lately = self
+                    .traffic_keyed_at
+                    .is_some_and(|at| at.elapsed() < TRAFFIC_KEY_SETTLES);
+                let base = match running {
+                    Some(rate) if !asked_lately => rate,
+                    _ => self.traffic_rate,
+                };
+                // Each key only ever moves the rate its way (a rate set elsewhere, outside
+                // the keys' range, is not pulled into it).
+                let stepped = base * factor;
+                let rate = if factor > 1.0 {
+                    stepped.min(KEY_TRAFFIC_RATES.end().max(base))
+                } else {
+                    stepped.max(KEY_TRAFFIC_RATES.start().min(base))
+                };
                 self.traffic_rate = rate;
+                self.traffic_keyed_at = Some(Instant::now());
                 let shown = super::format::rate(rate);
                 if running.is_some() {
                     return run(

@@ -1511,7 +1511,8 @@ fn traffic_toggles_from_the_snapshot_state() {
 #[test]
 fn traffic_faster_and_slower_step_the_rate() {
     let mut app = app();
-    // The fleet's traffic runs at 20 calls/s.
+    // The fleet's traffic runs at 20 calls/s; a second press before the next snapshot
+    // doubles again.
     assert_eq!(
         press(&mut app, KeyCode::Char('+')),
         [Effect::Run(Job {
@@ -1519,6 +1520,14 @@ fn traffic_faster_and_slower_step_the_rate() {
             command: Command::Traffic { rate: Some(40.0) }
         })]
     );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('+')),
+        [Effect::Run(Job {
+            label: "traffic at 80 calls/s".to_owned(),
+            command: Command::Traffic { rate: Some(80.0) }
+        })]
+    );
+    press(&mut app, KeyCode::Char('-'));
     let mut quiet = fleet();
     quiet["traffic"] = Value::Null;
     app.on_sample(snapshot(quiet));
