@@ -105,7 +105,9 @@ impl Runner {
     /// stops it. A reload loses no call: one still running when the grace period ends would
     /// otherwise die with the old worker. `grace` or the longest call, whichever is longer,
     /// bounds drain and stop together, so a call stuck past its timeout is waited for
-    /// once, not twice (in-process, the drain is the stop).
+    /// once, not twice (in-process, the drain is the stop). It runs on the plugin's actor:
+    /// the plugin's next command waits for it (at most the longest hook timeout the
+    /// manifest may set).
     pub fn retire(&self, grace: Duration, longest_call: Duration) {
         // A caller notices its timeout at its next receive tick: a little after it.
         let wait = grace.max(longest_call + CALLER_NOTICES_TIMEOUT);
