@@ -148,9 +148,13 @@ fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_err
         Some("panicky"),
     );
     assert!(err.contains("status panic"), "{err}");
+    // The panic is the plugin's error log line (the SDK keeps it off its stderr), with
+    // where it happened.
     assert!(
-        err.lines().any(|line| line.starts_with("panicky stderr: ")
-            && line.contains("panic number 1: on stage")),
+        err.lines().any(
+            |line| line.starts_with("panicky error: plugin panicked at ")
+                && line.contains("panic number 1: on stage")
+        ),
         "{err}"
     );
     let logged = std::fs::read_to_string(&log_file).unwrap();
@@ -167,7 +171,7 @@ fn call_fails_with_the_reason_for_an_unknown_hook_an_untrusted_bundle_and_an_err
     let report: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
     let printed = report["output"].as_array().expect("output");
     assert!(
-        printed.iter().any(|line| line["stream"] == "stderr"
+        printed.iter().any(|line| line["stream"] == "error"
             && line["line"]
                 .as_str()
                 .is_some_and(|line| line.contains("panic number 1: in json"))

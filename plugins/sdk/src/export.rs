@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, Once, PoisonError};
 
 use crate::abi::{self, HostApi, PluginBuffer, PluginVTable};
@@ -210,9 +211,15 @@ fn this_thread() -> usize {
 
 static QUIET_PANICS: Once = Once::new();
 
+/// The host's table of the instance this library serves, for what the SDK itself logs (a
+/// caught panic): set at `create`, cleared at `destroy`. One instance per loaded library
+/// is what hosts make; with several, the latest one's host is told.
+static HOST_API: AtomicPtr<HostApi> = AtomicPtr::new(std::ptr::null_mut());
+
 /// Keeps a panic an entry point will catch off stderr: its message is the call's error
-/// reply, and in-process the engine's stderr is the dashboard's terminal, where the
-/// standard hook's text would land in the middle of the screen on every panic. The hook is
+/// reply, and goes to the host as an error log line (see [`guarded`]); in-process the
+/// engine's stderr is the dashboard's terminal, where the standard hook's text would land
+/// in the middle of the screen on every panic. The hook is
 /// this library's own (a plugin carries its own copy of the standard library). Anything
 /// else still goes to the hook it had: a panic on a thread outside an entry point, and a
 /// second panic inside one (a destructor panicking while the first unwinds: the process
@@ -279,10 +286,17 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     }
     match result {
         Ok(result) => result,
-        Err(payload) => Err(Error::panicked(
-            take_caught_panic()
-                .map_or_else(|| panic_message(payload.as_ref(), None), |(_, text)| text),
-        )),
+        Err(payload) => {
+            let text = take_caught_panic()
+                .map_or_else(|| panic_message(payload.as_ref(), None), |(_, text)| text);
+            // Logged too: the plugin's log is where an operator looks for what went wrong
+            // with it, whoever made the call.
+            Host {
+                api: HOST_API.load(Ordering::Acquire),
+            }
+            .log(LogLevel::Error, &text);
+            Err(Error::panicked(text))
+        }
     }
 }
 
@@ -342,6 +356,7 @@ unsafe extern "C" fn create<P: Plugin>(
     }
     // SAFETY: the host passes a buffer of `config_len` bytes that lives for this call.
     let config = unsafe { bytes(config, config_len) };
+    HOST_API.store(host.cast_mut(), Ordering::Release);
     let result = guarded(|| {
         // SAFETY: `host` is null or a table that outlives the instance (ABI contract).
         let version = unsafe { host.as_ref() }.map(|api| api.abi_version);
@@ -413,6 +428,8 @@ unsafe extern "C" fn destroy<P: Plugin>(instance: *mut c_void) {
     // SAFETY: `instance` came from `Box::into_raw` in `create::<P>`, and the host destroys
     // each instance exactly once, after every other call on it has returned.
     let plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
+    // Its host's table may go with it.
+    HOST_API.store(std::ptr::null_mut(), Ordering::Release);
     // A panicking Drop must not unwind into the host either; the instance is gone anyway.
     // (Outside `guarded`: nothing would carry its message, so the plugin's hook says it.)
     let _ = catch_unwind(AssertUnwindSafe(move || drop(plugin)));
