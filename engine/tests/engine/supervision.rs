@@ -216,6 +216,61 @@ fn a_reload_waits_for_a_call_on_the_old_worker_longer_than_the_grace_period() {
     assert_eq!(call(&engine, "slowhook", "work", "x").reply, "slept 170 ms");
 }
 
+/// Calls pipelined through a handle across a reload are all answered: the window on the
+/// old worker by it, the windows after the switch by the new one.
+#[test]
+fn pipelined_calls_across_a_reload_are_all_answered() {
+    let fixture = engine_configured(
+        &[("slowhook", "slowhook", |manifest| {
+            slowhook_sleeping(manifest, 5)
+        })],
+        |config| {
+            let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+            overrides
+                .config
+                .insert("chaos_after_ms".to_owned(), 1.into());
+            config.plugins.insert("slowhook".to_owned(), overrides);
+        },
+    );
+    let engine = Arc::new(fixture.engine);
+    start(&engine, "slowhook");
+    add_bundle(
+        &fixture.plugins,
+        &fixture.signer,
+        "slowhook",
+        "slowhook",
+        |manifest| version_2(&slowhook_sleeping(manifest, 6)),
+    );
+    let pipelined = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            let payloads: Vec<&[u8]> = (0..320).map(|_| &b"x"[..]).collect();
+            let mut handle = engine.hook_handle("slowhook", "work").unwrap();
+            handle.call_many(&payloads)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    engine
+        .execute(Command::Reload {
+            plugin: "slowhook".into(),
+        })
+        .expect("the new version takes over");
+    let answers = pipelined.join().unwrap();
+    let mut by_version = std::collections::BTreeMap::<String, usize>::new();
+    for (n, answer) in answers.iter().enumerate() {
+        let reply = answer
+            .as_ref()
+            .unwrap_or_else(|err| panic!("call {n}: {err}"));
+        *by_version
+            .entry(String::from_utf8_lossy(&reply.body).into_owned())
+            .or_default() += 1;
+    }
+    assert!(
+        by_version.contains_key("slept 5 ms") && by_version.contains_key("slept 6 ms"),
+        "answered by both versions: {by_version:?}"
+    );
+}
+
 #[test]
 fn a_reload_under_continuous_traffic_loses_no_call() {
     let fixture = engine_configured(&[("hello", "hello", same)], |_| {});
