@@ -7,7 +7,6 @@ use std::cell::Cell;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, Once, PoisonError};
 
 use crate::abi::{self, HostApi, PluginBuffer, PluginVTable};
@@ -211,11 +210,6 @@ fn this_thread() -> usize {
 
 static QUIET_PANICS: Once = Once::new();
 
-/// The host's table of the instance this library serves, for what the SDK itself logs (a
-/// caught panic): set at `create`, cleared at `destroy`. One instance per loaded library
-/// is what hosts make; with several, the latest one's host is told.
-static HOST_API: AtomicPtr<HostApi> = AtomicPtr::new(std::ptr::null_mut());
-
 /// Keeps a panic an entry point will catch off stderr: its message is the call's error
 /// reply, and goes to the host as an error log line (see [`guarded`]); in-process the
 /// engine's stderr is the dashboard's terminal, where the standard hook's text would land
@@ -273,8 +267,9 @@ fn take_caught_panic() -> Option<(usize, String)> {
     Some(caught.swap_remove(index))
 }
 
-/// Runs `f`, turning a panic into an [`Error`] so it never unwinds into the host.
-fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+/// Runs `f`, turning a panic into an [`Error`] so it never unwinds into the host; the panic
+/// is also logged to `host`, the instance's host.
+fn guarded<T>(host: Host, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     quiet_caught_panics();
     // Nested entry points (a plugin calling back into itself) share the outer one's count.
     let outer = ENTRY_PANICS.with(|seen| seen.replace(seen.get().max(IN_ENTRY_POINT)));
@@ -291,10 +286,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
                 .map_or_else(|| panic_message(payload.as_ref(), None), |(_, text)| text);
             // Logged too: the plugin's log is where an operator looks for what went wrong
             // with it, whoever made the call.
-            Host {
-                api: HOST_API.load(Ordering::Acquire),
-            }
-            .log(LogLevel::Error, &text);
+            host.log(LogLevel::Error, &text);
             Err(Error::panicked(text))
         }
     }
@@ -344,6 +336,13 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
+/// What the instance pointer handed to the host points at: the plugin, and its host's
+/// table (for what the SDK itself logs, such as a caught panic).
+struct Instance<P> {
+    host: Host,
+    plugin: P,
+}
+
 unsafe extern "C" fn create<P: Plugin>(
     host: *const HostApi,
     config: *const u8,
@@ -356,8 +355,7 @@ unsafe extern "C" fn create<P: Plugin>(
     }
     // SAFETY: the host passes a buffer of `config_len` bytes that lives for this call.
     let config = unsafe { bytes(config, config_len) };
-    HOST_API.store(host.cast_mut(), Ordering::Release);
-    let result = guarded(|| {
+    let result = guarded(Host { api: host }, || {
         // SAFETY: `host` is null or a table that outlives the instance (ABI contract).
         let version = unsafe { host.as_ref() }.map(|api| api.abi_version);
         if let Some(version) = version
@@ -373,7 +371,11 @@ unsafe extern "C" fn create<P: Plugin>(
     });
     match result {
         Ok(plugin) => {
-            let instance = Box::into_raw(Box::new(plugin)).cast::<c_void>();
+            let instance = Box::into_raw(Box::new(Instance {
+                host: Host { api: host },
+                plugin,
+            }))
+            .cast::<c_void>();
             // SAFETY: `instance_out` is non-null (checked above) and the host passes a
             // location valid for one pointer write.
             unsafe { instance_out.write(instance) };
@@ -392,14 +394,15 @@ unsafe extern "C" fn call<P: Plugin>(
     payload_len: usize,
     reply_out: *mut PluginBuffer,
 ) -> i32 {
-    // SAFETY: a non-null `instance` is the pointer `create::<P>` returned and the host has
+    // SAFETY: a non-null `instance` is the `Instance<P>` `create::<P>` returned and the host has
     // not destroyed it yet; it is only read through a shared reference.
-    let Some(plugin) = (unsafe { instance.cast::<P>().as_ref() }) else {
+    let Some(Instance { host, plugin }) = (unsafe { instance.cast::<Instance<P>>().as_ref() })
+    else {
         return abi::STATUS_INVALID_INPUT;
     };
     // SAFETY: the host passes buffers of the given lengths that live for this call.
     let (hook, payload) = unsafe { (bytes(hook, hook_len), bytes(payload, payload_len)) };
-    let result = guarded(|| {
+    let result = guarded(*host, || {
         let hook = std::str::from_utf8(hook)
             .map_err(|_| Error::invalid_input("hook name is not UTF-8"))?;
         plugin.call(hook, payload)
@@ -413,10 +416,11 @@ unsafe extern "C" fn health<P: Plugin>(
     detail_out: *mut PluginBuffer,
 ) -> i32 {
     // SAFETY: as in `call`.
-    let Some(plugin) = (unsafe { instance.cast::<P>().as_ref() }) else {
+    let Some(Instance { host, plugin }) = (unsafe { instance.cast::<Instance<P>>().as_ref() })
+    else {
         return abi::STATUS_INVALID_INPUT;
     };
-    let result = guarded(|| plugin.health().map(|()| Vec::new()));
+    let result = guarded(*host, || plugin.health().map(|()| Vec::new()));
     // SAFETY: `detail_out` is null or writable, per the ABI.
     unsafe { finish(result, detail_out) }
 }
@@ -427,9 +431,7 @@ unsafe extern "C" fn destroy<P: Plugin>(instance: *mut c_void) {
     }
     // SAFETY: `instance` came from `Box::into_raw` in `create::<P>`, and the host destroys
     // each instance exactly once, after every other call on it has returned.
-    let plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
-    // Its host's table may go with it.
-    HOST_API.store(std::ptr::null_mut(), Ordering::Release);
+    let plugin = unsafe { Box::from_raw(instance.cast::<Instance<P>>()) };
     // A panicking Drop must not unwind into the host either; the instance is gone anyway.
     // (Outside `guarded`: nothing would carry its message, so the plugin's hook says it.)
     let _ = catch_unwind(AssertUnwindSafe(move || drop(plugin)));
@@ -458,7 +460,7 @@ mod tests {
         std::panic::set_hook(Box::new(|_| {
             PRINTED.fetch_add(1, Ordering::SeqCst);
         }));
-        let caught = guarded::<()>(|| panic!("inside"));
+        let caught = guarded::<()>(Host::detached(), || panic!("inside"));
         let message = caught.unwrap_err().message().to_owned();
         assert!(
             message.starts_with("plugin panicked at plugins/sdk/src/export.rs:")
@@ -475,11 +477,13 @@ mod tests {
         assert!(outside.is_err());
         assert_eq!(PRINTED.load(Ordering::SeqCst), 1);
         // One the plugin catches itself leaves nothing behind.
-        let recovered = guarded(|| Ok(std::panic::catch_unwind(|| panic!("recovered")).is_err()));
+        let recovered = guarded(Host::detached(), || {
+            Ok(std::panic::catch_unwind(|| panic!("recovered")).is_err())
+        });
         assert_eq!(recovered.ok(), Some(true));
         assert!(CAUGHT_PANICS.lock().unwrap().is_empty());
         // A later caught panic is its own, not the first one's.
-        let again = guarded::<()>(|| panic!("again")).unwrap_err();
+        let again = guarded::<()>(Host::detached(), || panic!("again")).unwrap_err();
         assert!(again.message().ends_with(": again"), "{}", again.message());
         assert!(CAUGHT_PANICS.lock().unwrap().is_empty());
     }
