@@ -238,6 +238,9 @@ struct Waiter {
 struct Batch {
     key: u64,
     ids: Range<u64>,
+    /// Its requests below this id went out (or were refused); a reply to one above is
+    /// out of protocol.
+    sent_below: u64,
     results: Vec<Option<Result<Reply, CallFailure>>>,
     missing: usize,
 }
@@ -482,22 +485,24 @@ impl Calls {
             .checked_add(timeout)
             .unwrap_or(start + Duration::from_secs(86_400 * 365));
         let count_ids = u64::try_from(count).unwrap_or(u64::MAX);
-        let Some((first, mut leading)) = self.register(count_ids) else {
+        let window = u64::try_from(BATCH_WINDOW).unwrap_or(u64::MAX);
+        // Known to the receiver as they are about to go out, the first window's now.
+        let Some((first, mut leading)) = self.register(count_ids, count_ids.min(window)) else {
             return (0..count).map(|_| Err(CallFailure::WorkerGone)).collect();
         };
         let ids = first..first + count_ids;
+        let mut known_below = first + count_ids.min(window);
         let mut batch = Batch {
             key: first,
             ids: ids.clone(),
+            sent_below: first,
             results: (0..count).map(|_| None).collect(),
             missing: count,
         };
         // When the leader last read the clock: a receive needs it, and right after
         // registering, `start` is still as good as a fresh reading.
         let mut now = start;
-        let window = u64::try_from(BATCH_WINDOW).unwrap_or(u64::MAX);
         let chunk = u64::try_from(CALLS_PER_FRAME).unwrap_or(1);
-        let mut next_to_send = ids.start;
         let mut answered: u64 = 0;
         loop {
             // Keep up to BATCH_WINDOW requests ahead of their replies, topped up a frame's
@@ -506,24 +511,13 @@ impl Calls {
                 .start
                 .saturating_add(answered.saturating_add(window))
                 .min(ids.end);
-            let room = window_end.saturating_sub(next_to_send);
-            if room > 0 && room >= chunk.min(ids.end - next_to_send) {
-                let mut refused = Vec::new();
-                if let Ok(sent) = send(next_to_send..window_end, &mut refused) {
-                    next_to_send += sent;
-                } else {
-                    // The worker closed its end, or a request cannot be sent (too large):
-                    // the requests not sent yet fail; the sent ones still get their replies.
-                    for id in next_to_send..ids.end {
-                        batch.settle(id, Err(CallFailure::WorkerGone));
-                    }
-                    next_to_send = ids.end;
+            let room = window_end.saturating_sub(batch.sent_below);
+            if room > 0 && room >= chunk.min(ids.end - batch.sent_below) {
+                if window_end > known_below {
+                    self.make_known(batch.key, known_below..window_end);
+                    known_below = window_end;
                 }
-                // Calls too large for a frame: never sent, so never answered.
-                for id in refused {
-                    batch.settle(id, Err(CallFailure::WorkerGone));
-                    answered += 1;
-                }
+                answered += send_up_to(&mut batch, window_end, &mut send);
             }
             if batch.missing == 0 || self.gone.load(Ordering::SeqCst) {
                 break;
@@ -574,22 +568,23 @@ impl Calls {
                 }
                 // Woken by a delivery, a promotion, the worker's end — or the deadline.
                 let wait = deadline.saturating_duration_since(now);
-                std::thread::park_timeout(if next_to_send < ids.end {
+                std::thread::park_timeout(if batch.sent_below < ids.end {
                     wait.min(Duration::from_millis(1))
                 } else {
                     wait
                 });
             }
         }
-        self.leave(&mut batch, leading, next_to_send, timeout);
+        self.leave(&mut batch, leading, timeout);
         finish(batch)
     }
 
-    /// Issues `count` request ids and makes them known (so replies find their caller)
-    /// before any is sent: the first id (the caller's key), and whether the caller receives
-    /// (it got the receive role); `None` if the worker is gone. The counters written here
-    /// are written only under the lock, so they need no atomic read-modify-write.
-    fn register(&self, count: u64) -> Option<(u64, bool)> {
+    /// Issues `count` request ids and makes the first `known` of them known (so replies
+    /// find their caller) before any is sent: the first id (the caller's key), and whether
+    /// the caller receives (it got the receive role); `None` if the worker is gone. The
+    /// counters written here are written only under the lock, so they need no atomic
+    /// read-modify-write.
+    fn register(&self, count: u64, known: u64) -> Option<(u64, bool)> {
         let mut state = self.lock();
         if self.gone.load(Ordering::SeqCst) {
             return None;
@@ -603,7 +598,7 @@ impl Calls {
         );
         state
             .waiting
-            .extend((key..key.saturating_add(count)).map(|id| (id, key)));
+            .extend((key..key.saturating_add(known.min(count))).map(|id| (id, key)));
         let leading = state.receiver.is_none();
         state.callers.insert(
             key,
@@ -616,6 +611,12 @@ impl Calls {
             state.receiver = Some(Receiver::Caller(key));
         }
         Some((key, leading))
+    }
+
+    /// Makes more of a caller's requests known, just before they go out: a reply to a
+    /// request not sent yet is out of protocol.
+    fn make_known(&self, key: u64, ids: Range<u64>) {
+        self.lock().waiting.extend(ids.map(|id| (id, key)));
     }
 
     /// Takes the replies delivered to `batch`'s caller; whether the receive role was passed
@@ -641,7 +642,8 @@ impl Calls {
     /// The caller is done (all replies in, deadline passed, or the worker gone): forget its
     /// requests, take the replies delivered meanwhile, and pass the receive role on if it
     /// held it.
-    fn leave(&self, batch: &mut Batch, leading: bool, next_to_send: u64, timeout: Duration) {
+    fn leave(&self, batch: &mut Batch, leading: bool, timeout: Duration) {
+        let next_to_send = batch.sent_below;
         let mut state = self.lock();
         for id in batch.ids.clone() {
             state.waiting.remove(&id);
@@ -758,6 +760,9 @@ impl Calls {
             let reply_len = body.len().min(16 * UNSOLICITED_BYTES_PER_TOKEN);
             let reply = (status, body, received);
             if own.index(id).is_some() {
+                if id >= own.sent_below {
+                    return Err(answered_twice(id));
+                }
                 // A single request is forgotten when its caller leaves.
                 if several {
                     state.get_or_insert_with(|| self.lock()).waiting.remove(&id);
@@ -983,6 +988,7 @@ impl Calls {
         let mut nobody = Batch {
             key: 0,
             ids: 0..0,
+            sent_below: 0,
             results: Vec::new(),
             missing: 0,
         };
@@ -1082,6 +1088,32 @@ fn encode_group(group: &[CallRef<'_>]) -> Result<Vec<u8>, ()> {
         several => encode_frame(&CallsRef { calls: several }),
     }
     .map_err(drop)
+}
+
+/// Sends `batch`'s requests from its `sent_below` up to `end` (as many as go out now); the
+/// requests refused (too large for a frame: never sent, so never answered), which count
+/// as answered.
+fn send_up_to(
+    batch: &mut Batch,
+    end: u64,
+    send: &mut impl FnMut(Range<u64>, &mut Vec<u64>) -> Result<u64, ()>,
+) -> u64 {
+    let mut refused = Vec::new();
+    if let Ok(sent) = send(batch.sent_below..end, &mut refused) {
+        batch.sent_below += sent;
+    } else {
+        // The worker closed its end, or a request cannot be sent (too large): the
+        // requests not sent yet fail; the sent ones still get their replies.
+        for id in batch.sent_below..batch.ids.end {
+            batch.settle(id, Err(CallFailure::WorkerGone));
+        }
+        batch.sent_below = batch.ids.end;
+    }
+    let count = u64::try_from(refused.len()).unwrap_or(u64::MAX);
+    for id in refused {
+        batch.settle(id, Err(CallFailure::WorkerGone));
+    }
+    count
 }
 
 fn answered_twice(id: u64) -> String {
@@ -1571,6 +1603,47 @@ mod tests {
         assert_eq!(fixture.calls.in_flight(), 0);
         drop(fixture);
         echo.join().expect("echo ends");
+    }
+
+    /// A worker answering a pipelined call the engine has not sent yet (it can guess the
+    /// ids) breaks the protocol.
+    #[test]
+    fn a_reply_to_a_call_not_sent_yet_is_a_violation() {
+        let fixture = fixture();
+        let worker = Arc::clone(&fixture.worker);
+        let guesser = std::thread::spawn(move || {
+            let first = match worker.recv::<EngineMessage>().unwrap() {
+                EngineMessage::Calls { calls } => calls[0].id,
+                other => panic!("expected packed calls, got {other:?}"),
+            };
+            // The batch keeps 256 calls ahead of their replies: this one is not out yet.
+            let ahead = first + 290;
+            worker
+                .send(&WorkerMessage::Reply {
+                    id: ahead,
+                    status: 0,
+                    body: Vec::new(),
+                })
+                .expect("guessed reply");
+            ahead
+        });
+        let batch: Vec<(&str, &[u8])> = (0..300).map(|_| ("echo", &b"x"[..])).collect();
+        let results = fixture
+            .calls
+            .request_many(&batch, 0, Duration::from_secs(10));
+        assert!(
+            results
+                .iter()
+                .all(|result| result == &Err(CallFailure::WorkerGone)),
+            "the batch fails with the worker"
+        );
+        let ahead = guesser.join().expect("guesser ends");
+        match fixture.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(WorkerEvent::ProtocolViolation { reason }) => {
+                assert!(reason.contains(&format!("request {ahead}")), "{reason}");
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
     }
 
     #[test]
