@@ -26,7 +26,7 @@ pub const EVENT_LOG: usize = 2000;
 pub const DEFAULT_TRAFFIC_RATE: f64 = 20.0;
 /// The rates the faster and slower keys step between.
 pub const KEY_TRAFFIC_RATES: std::ops::RangeInclusive<f64> = 1.0..=100_000.0;
-/// How long a rate the keys asked for counts over the rate the snapshots show.
+/// How long what the traffic keys asked for counts over what the snapshots show.
 const TRAFFIC_KEY_SETTLES: Duration = Duration::from_secs(3);
 
 /// How long a success stays in the status line (warnings and errors stay until replaced).
@@ -266,8 +266,10 @@ pub struct App {
     pub pending: BTreeMap<u64, String>,
     next_job: u64,
     pub traffic_rate: f64,
-    /// When the faster or slower key last asked for a rate.
-    traffic_keyed_at: Option<Instant>,
+    /// What a traffic key last asked for (a rate, or off), and when.
+    traffic_asked: Option<(Option<f64>, Instant)>,
+    /// Traffic commands sent and not answered yet.
+    traffic_jobs: usize,
     pub layout: ScreenLayout,
     /// Shown instead of an empty plugin table (no plugin directory configured, …).
     pub empty_hint: Option<String>,
@@ -318,7 +320,8 @@ impl App {
             pending: BTreeMap::new(),
             next_job: 0,
             traffic_rate: DEFAULT_TRAFFIC_RATE,
-            traffic_keyed_at: None,
+            traffic_asked: None,
+            traffic_jobs: 0,
             layout: ScreenLayout::default(),
             empty_hint: None,
             resource_history: None,
@@ -333,6 +336,10 @@ impl App {
 
     pub fn on_sample(&mut self, sample: Snapshot) {
         self.expire_status();
+        // With no traffic command under way, the engine's word is the snapshot's.
+        if self.traffic_jobs == 0 {
+            self.traffic_asked = None;
+        }
         let pinned = self.pinned_log_line();
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -416,6 +423,9 @@ impl App {
         result: Result<Outcome, JobError>,
     ) -> Vec<Effect> {
         self.pending.remove(&id);
+        if matches!(job.command, Command::Traffic { .. }) {
+            self.traffic_jobs = self.traffic_jobs.saturating_sub(1);
+        }
         let next = self
             .chained
             .iter()
@@ -618,6 +628,9 @@ impl App {
     pub fn begin_job(&mut self, job: &Job) -> u64 {
         self.next_job += 1;
         self.pending.insert(self.next_job, job.label.clone());
+        if matches!(job.command, Command::Traffic { .. }) {
+            self.traffic_jobs += 1;
+        }
         self.next_job
     }
 
@@ -806,9 +819,14 @@ impl App {
         self.traffic_now().is_some()
     }
 
-    /// The traffic generator's rate, when it is on.
+    /// The traffic generator's rate, when it is on: as a traffic key asked for it a moment
+    /// ago (before a snapshot can show it: two quick presses act twice), else as the
+    /// newest snapshot shows it.
     fn traffic_now(&self) -> Option<f64> {
-        self.history.back().and_then(|snapshot| snapshot.traffic)
+        match self.traffic_asked {
+            Some((asked, at)) if at.elapsed() < TRAFFIC_KEY_SETTLES => asked,
+            _ => self.history.back().and_then(|snapshot| snapshot.traffic),
+        }
     }
 
     // ----- input -----
@@ -1295,17 +1313,9 @@ impl App {
                 } else {
                     0.5
                 };
-                // From the rate it runs at (set elsewhere, perhaps), else the one `t` uses —
-                // but a rate asked for by these keys a moment ago counts even before a
-                // snapshot shows it, so that two presses double twice.
+                // From the rate it runs at (set elsewhere, perhaps), else the one `t` uses.
                 let running = self.traffic_now();
-                let asked_lately = self
-                    .traffic_keyed_at
-                    .is_some_and(|at| at.elapsed() < TRAFFIC_KEY_SETTLES);
-                let base = match running {
-                    Some(rate) if !asked_lately => rate,
-                    _ => self.traffic_rate,
-                };
+                let base = running.unwrap_or(self.traffic_rate);
                 // Each key only ever moves the rate its way (a rate set elsewhere, outside
                 // the keys' range, is not pulled into it).
                 let stepped = base * factor;
@@ -1315,9 +1325,9 @@ impl App {
                     stepped.max(KEY_TRAFFIC_RATES.start().min(base))
                 };
                 self.traffic_rate = rate;
-                self.traffic_keyed_at = Some(Instant::now());
                 let shown = super::format::rate(rate);
                 if running.is_some() {
+                    self.traffic_asked = Some((Some(rate), Instant::now()));
                     return run(
                         format!("traffic at {shown} calls/s"),
                         Command::Traffic { rate: Some(rate) },
@@ -1331,6 +1341,7 @@ impl App {
             }
             Action::Traffic => {
                 let rate = (!self.traffic_on()).then_some(self.traffic_rate);
+                self.traffic_asked = Some((rate, Instant::now()));
                 let label = match rate {
                     Some(rate) => format!("traffic on ({} calls/s)", super::format::rate(rate)),
                     None => "traffic off".to_owned(),

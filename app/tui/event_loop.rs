@@ -106,11 +106,7 @@ pub fn run(engine: Engine, mut app: App, startup: &Startup) -> Result<()> {
 
     let mut guard = TerminalGuard::enter()?;
     spawn_input_thread(sender.clone());
-    let runner = JobRunner {
-        engine: Arc::clone(&engine),
-        sender: sender.clone(),
-        wake,
-    };
+    let runner = JobRunner::new(Arc::clone(&engine), sender.clone(), wake);
     // The dashboard's own start-up jobs: said in the status line only if they fail.
     for plugin in &startup.load {
         let id = runner.run(
@@ -313,17 +309,52 @@ fn handle(app: &mut App, event: AppEvent, runner: &JobRunner, unread: &Unread) -
 }
 
 /// Runs each command on a thread of its own (a start or a stop can take seconds) and
-/// reports back on the UI's channel.
+/// reports back on the UI's channel — but traffic commands one after the other on a thread
+/// of theirs, in the order the keys asked for them: run side by side, a burst of `+` ended
+/// at whichever rate the engine took last, and said another.
 struct JobRunner {
     engine: Arc<Engine>,
     sender: Sender<AppEvent>,
     wake: Sender<()>,
+    traffic: Option<Sender<(u64, Job)>>,
 }
 
 impl JobRunner {
-    /// Runs `job` on a thread of its own: its id.
+    fn new(engine: Arc<Engine>, sender: Sender<AppEvent>, wake: Sender<()>) -> Self {
+        let (traffic, jobs) = std::sync::mpsc::channel::<(u64, Job)>();
+        let (lane_engine, lane_sender, lane_wake) =
+            (Arc::clone(&engine), sender.clone(), wake.clone());
+        let lane = std::thread::Builder::new()
+            .name("pb-ui-traffic".to_owned())
+            .spawn(move || {
+                for (id, job) in jobs {
+                    let result = lane_engine
+                        .execute(job.command.clone())
+                        .map_err(|err| job_error(&err));
+                    let _ = lane_sender.send(AppEvent::JobDone { id, job, result });
+                    let _ = lane_wake.send(());
+                }
+            });
+        Self {
+            engine,
+            sender,
+            wake,
+            // Without its thread, traffic commands run as the others do.
+            traffic: lane.is_ok().then_some(traffic),
+        }
+    }
+
+    /// Runs `job` on a thread of its own (a traffic command on the traffic thread): its
+    /// id.
     fn run(&self, app: &mut App, job: Job) -> u64 {
         let id = app.begin_job(&job);
+        let job = match (&self.traffic, &job.command) {
+            (Some(traffic), Command::Traffic { .. }) => match traffic.send((id, job)) {
+                Ok(()) => return id,
+                Err(std::sync::mpsc::SendError((_, job))) => job,
+            },
+            _ => job,
+        };
         let (engine, sender, wake) = (
             Arc::clone(&self.engine),
             self.sender.clone(),

@@ -1182,11 +1182,13 @@ impl Engine {
         };
         let running = Arc::new(AtomicBool::new(true));
         *traffic = Some((rate, Arc::clone(&running)));
-        drop(traffic);
+        // Said under the lock: commands from several threads are said in the order they
+        // took effect, so the last one said is the rate that runs.
         self.shared.event(
             None,
             EventKind::engine_note(EngineTopic::Traffic, format!("traffic on: {rate} calls/s")),
         );
+        drop(traffic);
         let shared = Arc::clone(&self.shared);
         let _ = std::thread::Builder::new()
             .name("pb-traffic".to_owned())

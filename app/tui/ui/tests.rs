@@ -1503,6 +1503,14 @@ fn traffic_toggles_from_the_snapshot_state() {
             command: Command::Traffic { rate: Some(20.0) }
         })]
     );
+    // A double tap before the next snapshot: off, then on again.
+    assert_eq!(
+        press(&mut app, KeyCode::Char('t')),
+        [Effect::Run(Job {
+            label: "traffic off".to_owned(),
+            command: Command::Traffic { rate: None }
+        })]
+    );
     assert_eq!(press(&mut app, KeyCode::Char('q')), [Effect::Quit]);
 }
 
