@@ -474,21 +474,16 @@ pub fn calls_per_sec(plugin: &PluginSnapshot) -> f64 {
         .sum()
 }
 
-/// The slowest hook's recent p99, when any hook was called.
+/// The slowest hook's p99 over the last minute; when no hook was called in it, the
+/// slowest lifetime p99. (A hook called once, slowly, long ago — a chaos act — must not
+/// stand for the plugin while its other hooks serve fast.)
 pub fn worst_p99(plugin: &PluginSnapshot) -> Option<u64> {
-    plugin
-        .hooks
-        .values()
-        .filter(|hook| hook.calls > 0)
-        .map(|hook| {
-            // The last minute's p99 when there were calls in it, else the lifetime one.
-            if hook.recent.p99_us > 0 {
-                hook.recent.p99_us
-            } else {
-                hook.since_start.p99_us
-            }
-        })
+    let called = || plugin.hooks.values().filter(|hook| hook.calls > 0);
+    called()
+        .map(|hook| hook.recent.p99_us)
         .max()
+        .filter(|p99| *p99 > 0)
+        .or_else(|| called().map(|hook| hook.since_start.p99_us).max())
         // Calls that were never timed (the worker died under them, busy refusals): no
         // latency to show, not 0 µs.
         .filter(|p99| *p99 > 0)

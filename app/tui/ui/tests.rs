@@ -2297,3 +2297,25 @@ fn a_success_leaves_the_status_line_after_a_while_and_a_warning_stays() {
         assert_eq!(app.status.is_some(), stays, "{role:?}");
     }
 }
+
+/// The table's P99 is the last minute's: a hook called once, slowly, long ago (a chaos
+/// act) does not stand for a plugin whose other hooks serve fast; only when nothing was
+/// called in the last minute does the lifetime p99 show.
+#[test]
+fn the_p99_column_is_the_last_minutes_while_any_hook_was_called_in_it() {
+    let mut fleet = fleet();
+    let mut slow_once = hook(1, 0, 201_700);
+    slow_once["recent"] = json!({"p50_us": 0, "p90_us": 0, "p99_us": 0, "max_us": 0});
+    fleet["plugins"][0]["hooks"] = json!({"work": hook(600, 0, 157), "chaos": slow_once});
+    let shown = snapshot(fleet.clone());
+    assert_eq!(crate::tui::columns::worst_p99(&shown.plugins[0]), Some(157));
+    // Nothing called lately: the lifetime p99 is all there is.
+    let mut quiet = hook(600, 0, 157);
+    quiet["recent"] = json!({"p50_us": 0, "p90_us": 0, "p99_us": 0, "max_us": 0});
+    fleet["plugins"][0]["hooks"]["work"] = quiet;
+    let shown = snapshot(fleet);
+    assert_eq!(
+        crate::tui::columns::worst_p99(&shown.plugins[0]),
+        Some(201_700)
+    );
+}
