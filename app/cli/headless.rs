@@ -296,12 +296,16 @@ fn start_plugins(
                 .iter()
                 .find(|shown| shown.name == plugin)
                 .map(|shown| shown.state);
-            // A rejection is said as its event; Disabled and Quarantined are kept from
-            // starting on purpose. (A start that failed — a required mechanism the kernel
-            // refused — is said here: its snapshot's reason is no message to an operator.)
+            // A rejection and a failed start are said as their events; Disabled and
+            // Quarantined are kept from starting on purpose.
             if !matches!(
                 state,
-                Some(PluginState::Rejected | PluginState::Disabled | PluginState::Quarantined)
+                Some(
+                    PluginState::Rejected
+                        | PluginState::Failed
+                        | PluginState::Disabled
+                        | PluginState::Quarantined
+                )
             ) {
                 errln!("plugboard: `{plugin}` not started: {err}");
             }
@@ -335,6 +339,7 @@ fn say_event(event: Event) {
         .map_or_else(String::new, |name| format!("`{name}` "));
     match event.kind {
         EventKind::Rejected { reason } => errln!("plugboard: {plugin}rejected: {reason}"),
+        EventKind::StartFailed { reason } => errln!("plugboard: {plugin}start failed: {reason}"),
         EventKind::ReloadFailed { reason } => {
             errln!("plugboard: {plugin}reload failed, the old version keeps serving: {reason}");
         }

@@ -262,6 +262,11 @@ pub fn describe(event: &Event) -> Described {
             ),
             Role::Ok,
         ),
+        "start_failed" => (
+            kind,
+            format!("start failed: {}", text("reason")),
+            Role::Error,
+        ),
         "reload_failed" => (
             kind,
             format!("reload failed, old version serves: {}", text("reason")),
@@ -418,6 +423,18 @@ mod tests {
         assert!(matches_filter(&of_hello_c, "plugin:hello-c"));
         assert!(matches_filter(&of_hello_c, "plugin:hello*"));
         assert!(matches_filter(&of_hello_c, "kind:engine plugin:HELLO-C"));
+    }
+
+    #[test]
+    fn a_failed_start_says_why() {
+        let failed = describe(&event(EventKind::StartFailed {
+            reason: "the plugin refused to start (panic)".to_owned(),
+        }));
+        assert_eq!(failed.role, Role::Error);
+        assert_eq!(
+            failed.text,
+            "start failed: the plugin refused to start (panic)"
+        );
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub enum EventKind {
         to_version: String,
         library_sha3_512: Option<String>,
     },
+    /// A start failed (the worker's handshake, a required mechanism, the plugin's
+    /// creation); the plugin is `failed` with this reason.
+    StartFailed {
+        reason: String,
+    },
     /// A reload was refused or its new version failed; the old one keeps serving.
     ReloadFailed {
         reason: String,

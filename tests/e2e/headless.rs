@@ -839,7 +839,7 @@ fn a_start_that_fails_for_a_required_mechanism_is_said_on_stderr() {
     let out = ok(&output);
     let err = crate::support::stderr(&output);
     assert!(
-        err.contains("`hello` not started") && err.contains("landlock"),
+        err.contains("`hello` start failed: ") && err.contains("landlock"),
         "{err}"
     );
     let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

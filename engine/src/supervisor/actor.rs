@@ -1075,6 +1075,13 @@ fn start(shared: &Arc<Shared>, plugin: &Arc<Plugin>) -> Result<(), EngineError> 
             lifecycle.generation = generation;
             lifecycle.reason = Some(reason.clone());
             set_state(shared, plugin, &mut lifecycle, PluginState::Failed);
+            drop(lifecycle);
+            shared.event(
+                Some(&plugin.name),
+                EventKind::StartFailed {
+                    reason: reason.clone(),
+                },
+            );
             Err(EngineError::StartFailed {
                 plugin: plugin.name.clone(),
                 reason,

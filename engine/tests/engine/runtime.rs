@@ -1608,3 +1608,35 @@ fn without_usable_cgroups_only_a_host_that_does_not_require_them_runs_plugins() 
     engine.shutdown();
     assert!(!process_alive(sandbox), "stopped at shutdown");
 }
+
+/// A start that fails (here the plugin panics while it is created) leaves the plugin
+/// `failed` with the reason, and says it in a `start_failed` event.
+#[test]
+fn a_failed_start_is_an_event_with_its_reason() {
+    let fixture = engine_configured(&[("panicky", "panicky", same)], |config| {
+        let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
+        overrides
+            .config
+            .insert("panic_in_create".to_owned(), true.into());
+        config.plugins.insert("panicky".to_owned(), overrides);
+    });
+    let engine = &fixture.engine;
+    let refused = engine
+        .execute(Command::Start {
+            plugin: "panicky".into(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(refused, EngineError::StartFailed { .. }),
+        "{refused}"
+    );
+    let panicky = plugin(engine, "panicky");
+    assert_eq!(panicky.state, PluginState::Failed);
+    let reason = panicky.reason.unwrap_or_default();
+    assert!(reason.contains("plugin panicked at"), "{reason}");
+    wait_for(
+        &fixture.events,
+        Duration::from_secs(5),
+        |event| matches!(&event.kind, EventKind::StartFailed { reason: said } if *said == reason),
+    );
+}
