@@ -111,6 +111,17 @@ pub fn describe(event: &Event) -> Described {
                 })
                 .unwrap_or_default();
             let audit = fields.get("audit").and_then(Value::as_bool) == Some(true);
+            if fields.get("in_process").and_then(Value::as_bool) == Some(true) {
+                return Described {
+                    kind,
+                    text: format!(
+                        "started in-process: inside the engine (pid {}), no sandbox",
+                        text("worker_pid")
+                    ),
+                    role: Role::Warn,
+                    violation: false,
+                };
+            }
             (
                 kind,
                 format!(
@@ -470,6 +481,7 @@ mod tests {
             sandbox_pid: 11,
             mechanisms: vec!["ns".to_owned(), "sc".to_owned()],
             audit: true,
+            in_process: false,
         }));
         assert!(
             started.text.starts_with("started in AUDIT MODE"),
@@ -477,6 +489,17 @@ mod tests {
             started.text
         );
         assert!(matches!(started.role, Role::Warn));
+        let inside = describe(&event(EventKind::Started {
+            worker_pid: 7,
+            sandbox_pid: 7,
+            mechanisms: Vec::new(),
+            audit: false,
+            in_process: true,
+        }));
+        assert_eq!(
+            inside.text,
+            "started in-process: inside the engine (pid 7), no sandbox"
+        );
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub enum EventKind {
         /// not allow is recorded (`audited` events), not blocked.
         #[serde(skip_serializing_if = "std::ops::Not::not", default)]
         audit: bool,
+        /// Loaded into the engine itself (both pids are the engine's; no sandbox).
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        in_process: bool,
     },
     Stopped {
         exit: Option<ExitStatus>,

@@ -226,6 +226,7 @@ mod tests {
                     sandbox_pid: 2,
                     mechanisms: Vec::new(),
                     audit: true,
+                    in_process: false,
                 },
             ),
             record(2, "p", audited("network", "connect", None, false)),

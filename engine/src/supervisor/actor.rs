@@ -903,6 +903,7 @@ fn adopt_worker(shared: &Shared, plugin: &Plugin, lifecycle: &mut Lifecycle, run
                 .get(&plugin.name)
                 .is_some_and(|overrides| overrides.audit)
                 && running.runner.is_sandboxed(),
+            in_process: !running.runner.is_sandboxed(),
         },
     );
     if lifecycle.trust.unverified {

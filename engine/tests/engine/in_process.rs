@@ -54,6 +54,19 @@ fn an_in_process_plugin_answers_calls_with_statistics_and_no_sandbox() {
     );
     assert!(hello.mechanisms.values().all(|state| !state.active));
     assert_eq!(hello.worker_pid, Some(std::process::id()));
+    assert!(
+        engine
+            .recent_events()
+            .iter()
+            .any(|event| event.plugin.as_deref() == Some("hello")
+                && matches!(
+                    event.kind,
+                    plugboard_engine::EventKind::Started {
+                        in_process: true,
+                        ..
+                    }
+                ))
+    );
     assert_eq!(hello.trust.level.as_deref(), Some("in-process"));
     assert!(hello.cgroup.is_none());
     for _ in 0..10 {
