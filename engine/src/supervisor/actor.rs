@@ -1892,7 +1892,7 @@ fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) 
             .map(str::to_owned);
         let entry = lifecycle
             .itemized
-            .entry((violation.kind, syscall))
+            .entry((violation.kind, syscall.clone()))
             .or_insert(super::LoggedMinute {
                 since: now,
                 shown: 0,
@@ -1904,6 +1904,28 @@ fn record_violation(shared: &Shared, plugin: &Plugin, mut violation: Violation) 
         }
         if action == Action::Log && entry.shown >= super::ITEMIZED_PER_MINUTE {
             entry.counted_only += 1;
+            let left = Duration::from_secs(60).saturating_sub(now.duration_since(entry.since));
+            let first_counted = entry.counted_only == 1;
+            drop(lifecycle);
+            if first_counted {
+                // Said once a minute, so that a log going quiet under a flood reads as
+                // what it is.
+                let what = syscall.map_or_else(
+                    || violation.kind.to_string(),
+                    |syscall| format!("{} ({syscall})", violation.kind),
+                );
+                shared.event(
+                    Some(&plugin.name),
+                    EventKind::engine_note(
+                        EngineTopic::Worker,
+                        format!(
+                            "{what} past {} a minute: counted, not itemized, for the next {} s (the next one itemized says how many came between)",
+                            super::ITEMIZED_PER_MINUTE,
+                            left.as_secs().max(1)
+                        ),
+                    ),
+                );
+            }
             return action;
         }
         entry.shown += 1;

@@ -809,15 +809,24 @@ fn a_loop_of_forbidden_calls_is_counted_whole_and_itemized_up_to_a_bound() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let itemized = fixture
-        .events
-        .try_iter()
+    let events: Vec<Event> = fixture.events.try_iter().collect();
+    let itemized = events
+        .iter()
         .filter(|event| {
             matches!(&event.kind, EventKind::Violation { violation }
                 if violation.kind == ViolationKind::ForbiddenSyscall)
         })
         .count();
     assert_eq!(itemized, 20, "{denied} denied");
+    // Where the itemizing stopped, one note says so (the log going quiet is on purpose).
+    let said = events
+        .iter()
+        .filter(|event| {
+            matches!(&event.kind, EventKind::Engine { message, topic: EngineTopic::Worker, .. }
+                if message.starts_with("forbidden_syscall (socket) past 20 a minute: counted, not itemized"))
+        })
+        .count();
+    assert_eq!(said, 1, "{events:?}");
     assert_eq!(plugin(engine, "prober").violations, denied);
 }
 
