@@ -213,12 +213,11 @@ static QUIET_PANICS: Once = Once::new();
 /// Keeps a panic an entry point will catch off stderr: its message is the call's error
 /// reply, and goes to the host as an error log line (see [`guarded`]); in-process the
 /// engine's stderr is the dashboard's terminal, where the standard hook's text would land
-/// in the middle of the screen on every panic. The hook is
-/// this library's own (a plugin carries its own copy of the standard library). Anything
-/// else still goes to the hook it had: a panic on a thread outside an entry point, and a
-/// second panic inside one (a destructor panicking while the first unwinds: the process
-/// aborts, and both are printed). Built with `panic = "abort"`, nothing is caught, and
-/// the hook is left alone.
+/// in the middle of the screen on every panic. The hook is this library's own (a plugin
+/// carries its own copy of the standard library). Anything else still goes to the hook it
+/// had: a panic on a thread outside an entry point, and a second panic inside one (a
+/// destructor panicking while the first unwinds: the process aborts, and both are
+/// printed). Built with `panic = "abort"`, nothing is caught, and the hook is left alone.
 fn quiet_caught_panics() {
     if !cfg!(panic = "unwind") {
         return;
