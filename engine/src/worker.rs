@@ -995,13 +995,13 @@ fn start_threads(
     ]
 }
 
-/// Creates the worker's cgroup and spawns the worker into it: born inside on v1, moved
-/// after its Hello on v2 (or if the kernel shows it elsewhere). Either way the worker waits
-/// for the Welcome before it confines itself or loads anything.
 /// The spawned worker, in its cgroup — or, where the plan does not require one, without
 /// it, with the reason (the last value).
 type Spawned = (Starting, Arc<Channel>, OwnedFd, OwnedFd, Option<String>);
 
+/// Creates the worker's cgroup and spawns the worker into it: born inside on v1, moved
+/// after its Hello on v2 (or if the kernel shows it elsewhere). Either way the worker waits
+/// for the Welcome before it confines itself or loads anything.
 fn spawn_in_cgroup(
     scope: Option<&EngineScope>,
     spec: &WorkerSpec<'_>,
