@@ -356,13 +356,13 @@ fn call_runs_a_bundle_that_asks_for_in_process_sandboxed() {
             std::fs::read_to_string(repo_root().join(format!("plugins/{name}/plugin.toml")))
                 .unwrap();
         assert!(!manifest.contains("[isolation]"), "{manifest}");
-        let manifest_file = root.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &manifest_file,
-            format!("{manifest}\n[isolation]\nmode = \"in-process\"\n"),
+        crate::support::signed_example_with(
+            root.path(),
+            name,
+            "[isolation]\nmode = \"in-process\"\n",
+            &root.path().join(name),
+            &keys,
         )
-        .unwrap();
-        crate::support::pack_signed(&manifest_file, name, &root.path().join(name), &keys)
     };
 
     let hello = in_process("hello");

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::support::{
     engine_scopes_in, fails, is_alive, keys, ok, plugboard, plugin_library, repo_root,
+    signed_example_with,
 };
 
 /// A plugins directory with signed `hello` and `counter`, an unsigned `panicky` and a
@@ -805,27 +806,17 @@ fn a_start_that_fails_for_a_required_mechanism_is_said_on_stderr() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    let manifest = temp.path().join("plugin.toml");
-    let hello = std::fs::read_to_string(repo_root().join("plugins/hello/plugin.toml")).unwrap();
-    std::fs::write(
-        &manifest,
-        format!(
-            "{hello}\n[capabilities]\nfs_read = [{:?}]\n",
+    let dir = temp.path().join("plugins");
+    signed_example_with(
+        temp.path(),
+        "hello",
+        &format!(
+            "[capabilities]\nfs_read = [{:?}]\n",
             inside.display().to_string()
         ),
-    )
-    .unwrap();
-    let dir = temp.path().join("plugins");
-    ok(&plugboard(&[
-        &"pack",
-        &manifest,
-        &"--library",
-        &plugin_library("hello"),
-        &"--out",
         &dir.join("hello"),
-        &"--key",
-        &keys.private,
-    ]));
+        &keys,
+    );
     let output = plugboard(&[
         &"headless",
         &"--plugins",
@@ -861,24 +852,14 @@ fn an_in_process_plugins_caught_panics_stay_off_the_engines_stderr() {
         &"--level",
         &"in-process",
     ]));
-    let manifest = temp.path().join("plugin.toml");
-    let panicky = std::fs::read_to_string(repo_root().join("plugins/panicky/plugin.toml")).unwrap();
-    std::fs::write(
-        &manifest,
-        format!("{panicky}\n[isolation]\nmode = \"in-process\"\n"),
-    )
-    .unwrap();
     let dir = temp.path().join("plugins");
-    ok(&plugboard(&[
-        &"pack",
-        &manifest,
-        &"--library",
-        &plugin_library("panicky"),
-        &"--out",
+    signed_example_with(
+        temp.path(),
+        "panicky",
+        "[isolation]\nmode = \"in-process\"\n",
         &dir.join("panicky"),
-        &"--key",
-        &keys.private,
-    ]));
+        &keys,
+    );
     let output = plugboard(&[
         &"headless",
         &"--plugins",

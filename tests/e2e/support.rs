@@ -136,6 +136,22 @@ pub fn signed_example(root: &Path, name: &str, keys: &Keys) -> PathBuf {
     pack_signed(&manifest, name, &root.join(name), keys)
 }
 
+/// Packs example plugin `name` into `bundle`, signed by `keys`, with `more` (TOML) added
+/// to its manifest (the edited manifest is kept in `root`).
+pub fn signed_example_with(
+    root: &Path,
+    name: &str,
+    more: &str,
+    bundle: &Path,
+    keys: &Keys,
+) -> PathBuf {
+    let manifest =
+        std::fs::read_to_string(repo_root().join(format!("plugins/{name}/plugin.toml"))).unwrap();
+    let edited = root.join(format!("{name}.toml"));
+    std::fs::write(&edited, format!("{manifest}\n{more}")).unwrap();
+    pack_signed(&edited, name, bundle, keys)
+}
+
 /// Packs example plugin `name`'s library with `manifest` into `bundle`, signed by `keys`.
 pub fn pack_signed(manifest: &Path, name: &str, bundle: &Path, keys: &Keys) -> PathBuf {
     ok(&plugboard(&[

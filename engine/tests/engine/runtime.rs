@@ -82,6 +82,18 @@ pub fn engine_configured(
     }
 }
 
+/// Sets `[plugins.<plugin>.config]` values in the host configuration.
+pub fn configure_plugin(
+    config: &mut EngineConfig,
+    plugin: &str,
+    settings: &[(&str, serde_json::Value)],
+) {
+    let overrides = config.plugins.entry(plugin.to_owned()).or_default();
+    for (key, value) in settings {
+        overrides.config.insert((*key).to_owned(), value.clone());
+    }
+}
+
 pub fn same(manifest: &str) -> String {
     manifest.to_owned()
 }
@@ -1095,17 +1107,14 @@ fn a_start_of_a_tampered_bundle_is_refused_and_its_early_worker_leaves_nothing_b
 #[test]
 fn a_plugin_that_logs_while_it_is_created_but_never_finishes_is_refused_at_the_deadline() {
     let fixture = engine_configured(&[("slowhook", "slowhook", same)], |config| {
-        let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
-        overrides
-            .config
-            .insert("create_ms".to_owned(), 30_000.into());
         // Log lines back to back, a constructor logging in a loop: still refused at the
         // deadline. (`worker::tests::a_worker_that_floods_log_lines_while_it_is_created_…`
         // keeps the engine's queue full throughout, which this worker's CPU quota does not.)
-        overrides
-            .config
-            .insert("create_log_ms".to_owned(), 0.into());
-        config.plugins.insert("slowhook".to_owned(), overrides);
+        configure_plugin(
+            config,
+            "slowhook",
+            &[("create_ms", 30_000.into()), ("create_log_ms", 0.into())],
+        );
     });
     let engine = &fixture.engine;
     let began = Instant::now();
@@ -1342,13 +1351,12 @@ fn calls_pipelined_through_a_handle_are_answered_in_order_and_counted() {
 #[test]
 fn pipelined_calls_queued_behind_each_other_are_not_timeouts() {
     let fixture = engine_configured(&[("slowhook", "slowhook", same)], |config| {
-        let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
         // From 1 ms after its start on, `work` sleeps 5 ms (its timeout is 200 ms).
-        overrides
-            .config
-            .insert("chaos_after_ms".to_owned(), 1.into());
-        overrides.config.insert("sleep_ms".to_owned(), 5.into());
-        config.plugins.insert("slowhook".to_owned(), overrides);
+        configure_plugin(
+            config,
+            "slowhook",
+            &[("chaos_after_ms", 1.into()), ("sleep_ms", 5.into())],
+        );
     });
     let engine = &fixture.engine;
     start(engine, "slowhook");
@@ -1623,11 +1631,7 @@ fn without_usable_cgroups_only_a_host_that_does_not_require_them_runs_plugins() 
 #[test]
 fn a_failed_start_is_an_event_with_its_reason() {
     let fixture = engine_configured(&[("panicky", "panicky", same)], |config| {
-        let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
-        overrides
-            .config
-            .insert("panic_in_create".to_owned(), true.into());
-        config.plugins.insert("panicky".to_owned(), overrides);
+        configure_plugin(config, "panicky", &[("panic_in_create", true.into())]);
     });
     let engine = &fixture.engine;
     let refused = engine

@@ -9,8 +9,8 @@ use plugboard_engine::supervisor::RestartPolicy;
 use plugboard_engine::{Command, EngineError, EngineTopic, EventKind, PluginState};
 
 use crate::runtime::{
-    add_bundle, call, engine_configured, plugin, process_alive, refused_start, same, start,
-    wait_for,
+    add_bundle, call, configure_plugin, engine_configured, plugin, process_alive, refused_start,
+    same, start, wait_for,
 };
 
 fn restart_policy(initial_ms: u64, max_restarts: u32) -> RestartPolicy {
@@ -170,12 +170,8 @@ fn a_reload_waits_for_a_call_on_the_old_worker_longer_than_the_grace_period() {
         })],
         |config| {
             config.grace = Duration::from_millis(20);
-            let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
             // From 1 ms after its start on, `work` sleeps (its timeout is 200 ms).
-            overrides
-                .config
-                .insert("chaos_after_ms".to_owned(), 1.into());
-            config.plugins.insert("slowhook".to_owned(), overrides);
+            configure_plugin(config, "slowhook", &[("chaos_after_ms", 1.into())]);
         },
     );
     let engine = Arc::new(fixture.engine);
@@ -224,13 +220,7 @@ fn pipelined_calls_across_a_reload_are_all_answered() {
         &[("slowhook", "slowhook", |manifest| {
             slowhook_sleeping(manifest, 5)
         })],
-        |config| {
-            let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
-            overrides
-                .config
-                .insert("chaos_after_ms".to_owned(), 1.into());
-            config.plugins.insert("slowhook".to_owned(), overrides);
-        },
+        |config| configure_plugin(config, "slowhook", &[("chaos_after_ms", 1.into())]),
     );
     let engine = Arc::new(fixture.engine);
     start(&engine, "slowhook");
@@ -962,13 +952,12 @@ fn a_slow_plugin_does_not_hold_back_the_traffic_of_the_others() {
     let fixture = engine_configured(
         &[("hello", "hello", same), ("slowhook", "slowhook", same)],
         |config| {
-            let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
             // `work` and `ping` answer; from 1 ms after its start on, `work` sleeps 150 ms.
-            overrides
-                .config
-                .insert("chaos_after_ms".to_owned(), 1.into());
-            overrides.config.insert("sleep_ms".to_owned(), 150.into());
-            config.plugins.insert("slowhook".to_owned(), overrides);
+            configure_plugin(
+                config,
+                "slowhook",
+                &[("chaos_after_ms", 1.into()), ("sleep_ms", 150.into())],
+            );
         },
     );
     let engine = &fixture.engine;
@@ -1166,6 +1155,24 @@ fn a_host_that_allows_unsigned_bundles_runs_them_sandboxed_and_says_so() {
     )));
 }
 
+/// `plugin` once it shows as rejected, within `within`.
+fn once_rejected(
+    engine: &plugboard_engine::Engine,
+    plugin: &str,
+    within: Duration,
+) -> plugboard_engine::PluginSnapshot {
+    wait_until(engine, plugin, within, |shown| {
+        shown.state == PluginState::Rejected
+    })
+}
+
+/// Writes `file` whole, as an editor or a deploy tool does: a new file renamed over it.
+fn replace_whole(file: &std::path::Path, contents: impl AsRef<[u8]>) {
+    let staged = file.with_extension("new");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, file).unwrap();
+}
+
 /// Adds a comment to the bundle's manifest: it still parses, and its signature no longer
 /// matches.
 fn change_after_signing(bundle: &std::path::Path) {
@@ -1223,9 +1230,7 @@ fn a_key_revoked_while_the_engine_runs_stops_what_it_signed() {
     let signer = &fixture.signer;
     TrustStore::revoke_key(&signer.store_dir, signer.key.public_key().key_id()).unwrap();
 
-    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
-        hello.state == PluginState::Rejected
-    });
+    let hello = once_rejected(engine, "hello", Duration::from_secs(5));
     let reason = hello.reason.unwrap_or_default();
     assert!(
         reason.starts_with("trust withdrawn while it ran: ") && reason.contains("revoked"),
@@ -1275,9 +1280,7 @@ fn a_restart_after_a_revocation_is_refused() {
     let signer = &fixture.signer;
     TrustStore::revoke_key(&signer.store_dir, signer.key.public_key().key_id()).unwrap();
     assert_eq!(call(engine, "prober", "crash", "").status, "gone");
-    let prober = wait_until(engine, "prober", Duration::from_secs(10), |prober| {
-        prober.state == PluginState::Rejected
-    });
+    let prober = once_rejected(engine, "prober", Duration::from_secs(10));
     let reason = prober.reason.unwrap_or_default();
     assert!(reason.contains("revoked"), "{reason}");
     assert_eq!(prober.supervision.starts, 1, "never started again");
@@ -2589,13 +2592,9 @@ fn a_revocation_written_through_a_linked_trust_toml_stops_what_it_covers() {
     start(engine, "hello");
     let outside = linked.lock().unwrap().take().unwrap();
     let key_id = fixture.signer.key.public_key().key_id();
-    // Replaced whole, as an editor or a deploy tool writes it: the link is untouched.
-    let staged = outside.with_extension("new");
-    std::fs::write(&staged, format!("[revoked]\nkeys = [\"{key_id}\"]\n")).unwrap();
-    std::fs::rename(&staged, &outside).unwrap();
-    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
-        hello.state == PluginState::Rejected
-    });
+    // Replaced whole: the link is untouched.
+    replace_whole(&outside, format!("[revoked]\nkeys = [\"{key_id}\"]\n"));
+    let hello = once_rejected(engine, "hello", Duration::from_secs(5));
     let reason = hello.reason.unwrap_or_default();
     assert!(reason.contains("revoked"), "{reason}");
 }
@@ -2638,12 +2637,8 @@ fn a_trust_list_kept_outside_the_store_rewritten_without_the_bundle_stops_it() {
     let engine = &fixture.engine;
     start(engine, "hello");
     let (list_file, key) = sealed_list.lock().unwrap().take().unwrap();
-    let staged = list_file.with_extension("new");
-    std::fs::write(&staged, seal_trust_list(&key, &TrustList::new())).unwrap();
-    std::fs::rename(&staged, &list_file).unwrap();
-    let hello = wait_until(engine, "hello", Duration::from_secs(5), |hello| {
-        hello.state == PluginState::Rejected
-    });
+    replace_whole(&list_file, seal_trust_list(&key, &TrustList::new()));
+    let hello = once_rejected(engine, "hello", Duration::from_secs(5));
     let reason = hello.reason.unwrap_or_default();
     assert!(reason.contains("trust list"), "{reason}");
 }

@@ -910,11 +910,11 @@ fn on_a_schedule_the_zoo_misbehaves_unasked_and_is_caught_with_no_hook_running()
             // Without restarts, crasher's crash is seen once.
             config.restart.enabled = false;
             for name in ["netprobe", "crasher"] {
-                let mut overrides = plugboard_engine::supervisor::PluginOverrides::default();
-                overrides
-                    .config
-                    .insert("chaos_after_ms".to_owned(), AFTER_MS.into());
-                config.plugins.insert(name.to_owned(), overrides);
+                crate::runtime::configure_plugin(
+                    config,
+                    name,
+                    &[("chaos_after_ms", AFTER_MS.into())],
+                );
             }
         },
     );
